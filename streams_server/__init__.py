@@ -1,0 +1,8 @@
+"""A durable Durable Streams server: storage engine, protocol layer and Flask blueprint."""
+
+from .config import StreamsSettings
+from .errors import StreamError
+from .routes import init_app
+from .storage.engine import StreamStore
+
+__all__ = ["StreamStore", "StreamsSettings", "StreamError", "init_app"]

@@ -1,0 +1,59 @@
+"""`python -m streams_server`: the standalone Durable Streams server."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from streams_server.app import create_app  # noqa: E402
+from streams_server.config import MIB, StreamsSettings  # noqa: E402
+from streams_server.server import serve  # noqa: E402
+from streams_server.storage.engine import StreamStore  # noqa: E402
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m streams_server",
+        description="A durable Durable Streams protocol server (SQLite storage, gevent).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=4437, help="port (default 4437; 0 picks one)")
+    parser.add_argument("--data-dir", default="./data", help="where the SQLite file lives")
+    parser.add_argument("--memory", action="store_true", help="keep streams in memory only")
+    parser.add_argument(
+        "--long-poll-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="how long a long-poll read waits for data before 204 (default 30)",
+    )
+    parser.add_argument("--sse-max-duration", type=float, default=60.0, metavar="SECONDS",
+                        help="close SSE connections after this long (default 60)")
+    parser.add_argument("--max-body-mib", type=float, default=64, help="largest request body")
+    parser.add_argument("--max-chunk-kib", type=int, default=1024,
+                        help="largest catch-up read response (default 1024)")
+    parser.add_argument("--max-path-length", type=int, default=1024)
+    parser.add_argument("--auth-token", default=None,
+                        help="require Authorization: Bearer TOKEN on every request")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = StreamsSettings(
+        long_poll_timeout_s=args.long_poll_timeout,
+        sse_max_duration_s=args.sse_max_duration,
+        max_body_bytes=int(args.max_body_mib * MIB),
+        max_chunk_bytes=args.max_chunk_kib * 1024,
+        max_path_length=args.max_path_length,
+        auth_token=args.auth_token,
+    )
+    store = StreamStore.open_memory() if args.memory else StreamStore.open_directory(args.data_dir)
+    serve(create_app(store, settings), args.host, args.port, on_stop=store.close)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Settings of the streams server, shared by the blueprint and the standalone command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StreamsSettings:
+    """Limits and timings of the protocol layer; every field has a laptop-friendly default."""
+
+    long_poll_timeout_s: float = 30.0
+    sse_max_duration_s: float = 60.0  # section 10.2: close roughly every minute
+    sse_keepalive_s: float = 15.0
+    sse_retry_ms: int = 1000
+    max_body_bytes: int = 64 * MIB
+    max_chunk_bytes: int = 1 * MIB
+    max_path_length: int = 1024
+    spool_memory_bytes: int = 1 * MIB
+    auth_token: str | None = None
+
+    @property
+    def cache_visibility(self) -> str:
+        """Reads behind a token are user-specific: CDNs must not share them (10.1)."""
+        return "private" if self.auth_token else "public"

@@ -1,0 +1,92 @@
+"""The exceptions of `streams_server`, each carrying what an HTTP response needs.
+
+Every error a client can cause is a `StreamError` with a status, a machine-readable code and a
+message for people. The Flask routes map them to responses in exactly one place
+(`routes._handle_stream_error`); the storage engine raises them without knowing about HTTP
+beyond the status number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class StreamError(Exception):
+    """A request the server refuses; `status` is the HTTP status to answer with."""
+
+    status = 400
+    code = "BAD_REQUEST"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        empty_body: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.headers: dict[str, str] = dict(headers or {})
+        self.empty_body = empty_body
+
+
+class BadRequest(StreamError):
+    status = 400
+    code = "BAD_REQUEST"
+
+
+class Unauthorized(StreamError):
+    status = 401
+    code = "UNAUTHORIZED"
+
+
+class ProducerFenced(StreamError):
+    """A producer epoch older than the server's (section 5.2.1): a zombie writer."""
+
+    status = 403
+    code = "PRODUCER_FENCED"
+
+
+class NotFound(StreamError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class MethodNotAllowed(StreamError):
+    status = 405
+    code = "METHOD_NOT_ALLOWED"
+
+
+class Conflict(StreamError):
+    status = 409
+    code = "CONFLICT"
+
+
+class Gone(StreamError):
+    status = 410
+    code = "GONE"
+
+
+class PayloadTooLarge(StreamError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class UriTooLong(StreamError):
+    status = 414
+    code = "URI_TOO_LONG"
+
+
+class UnsupportedMediaType(StreamError):
+    status = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class StorageFailure(StreamError):
+    """The disk or database failed: nothing of the request was acknowledged."""
+
+    status = 503
+    code = "STORAGE_UNAVAILABLE"

@@ -1,0 +1,1 @@
+"""The protocol layer: HTTP semantics of Durable Streams on top of the storage engine."""

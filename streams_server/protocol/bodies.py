@@ -1,0 +1,54 @@
+"""Reading request bodies within the configured limits, spooling large ones to disk."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import BinaryIO
+
+from ..config import StreamsSettings
+from ..errors import PayloadTooLarge
+from ..storage.models import Entries, SpooledChunks
+
+_READ_CHUNK = 256 * 1024
+
+
+def _too_large(settings: StreamsSettings) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"request body exceeds the limit of {settings.max_body_bytes} bytes",
+        code="PAYLOAD_TOO_LARGE",
+    )
+
+
+def check_declared_length(content_length: int | None, settings: StreamsSettings) -> None:
+    """Refuse early, before reading anything, when Content-Length already says too much."""
+    if content_length is not None and content_length > settings.max_body_bytes:
+        raise _too_large(settings)
+
+
+def read_all(stream: BinaryIO, settings: StreamsSettings) -> bytes:
+    """The whole body in memory (JSON needs parsing), at most `max_body_bytes`."""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := stream.read(_READ_CHUNK):
+        size += len(chunk)
+        if size > settings.max_body_bytes:
+            raise _too_large(settings)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def read_spooled(stream: BinaryIO, settings: StreamsSettings) -> Entries:
+    """A binary body as storage entries; beyond `spool_memory_bytes` it goes to a temp file."""
+    first = stream.read(settings.spool_memory_bytes + 1)
+    if len(first) <= settings.spool_memory_bytes:
+        return [first] if first else []
+    spool = tempfile.TemporaryFile()
+    spool.write(first)
+    size = len(first)
+    while chunk := stream.read(_READ_CHUNK):
+        size += len(chunk)
+        if size > settings.max_body_bytes:
+            spool.close()
+            raise _too_large(settings)
+        spool.write(chunk)
+    return SpooledChunks(spool, size, settings.max_chunk_bytes)  # type: ignore[arg-type]

@@ -1,0 +1,101 @@
+"""Parsing and validating the protocol's request headers (sections 5.1, 5.2, 4.2)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+
+from ..errors import BadRequest
+from ..storage.models import Expiry, ProducerRef
+
+MAX_SAFE_INTEGER = 2**53 - 1
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+def flag(headers: Mapping[str, str], name: str) -> bool:
+    """A presence header such as `Stream-Closed`: only `true` (any case) counts (4.1)."""
+    value = headers.get(name)
+    return value is not None and value.strip().lower() == "true"
+
+
+def non_negative_integer(value: str, name: str, maximum: int = MAX_SAFE_INTEGER) -> int:
+    text = value.strip()
+    if not _DECIMAL.fullmatch(text):
+        raise BadRequest(
+            f"{name} must be a non-negative decimal integer without sign, leading zeros or "
+            f"decimal point, got {value[:40]!r}",
+            code=f"INVALID_{name.upper().replace('-', '_')}",
+        )
+    number = int(text)
+    if number > maximum:
+        raise BadRequest(f"{name} must be at most {maximum}", code="VALUE_TOO_LARGE")
+    return number
+
+
+def expiry(headers: Mapping[str, str]) -> Expiry:
+    """`Stream-TTL` (seconds, sliding) or `Stream-Expires-At` (RFC 3339), never both."""
+    ttl_header = headers.get("Stream-TTL")
+    expires_header = headers.get("Stream-Expires-At")
+    if ttl_header is not None and expires_header is not None:
+        raise BadRequest(
+            "Stream-TTL and Stream-Expires-At cannot be combined", code="CONFLICTING_EXPIRY"
+        )
+    if ttl_header is not None:
+        return Expiry(ttl_seconds=non_negative_integer(ttl_header, "Stream-TTL"))
+    if expires_header is not None:
+        return Expiry(expires_at_ms=rfc3339_ms(expires_header))
+    return Expiry()
+
+
+def rfc3339_ms(value: str) -> int:
+    text = value.strip()
+    if not _RFC3339.fullmatch(text):
+        raise BadRequest(
+            f"Stream-Expires-At must be an RFC 3339 timestamp, got {value[:60]!r}",
+            code="INVALID_EXPIRES_AT",
+        )
+    normalized = text.replace("z", "Z").replace("t", "T").replace(" ", "T")
+    try:
+        moment = datetime.fromisoformat(normalized.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadRequest(
+            f"Stream-Expires-At is not a valid date: {exc}", code="INVALID_EXPIRES_AT"
+        ) from None
+    return int(moment.timestamp() * 1000)
+
+
+def producer(headers: Mapping[str, str]) -> ProducerRef | None:
+    """The idempotent producer triple, all three headers or none (5.2.1)."""
+    names = ("Producer-Id", "Producer-Epoch", "Producer-Seq")
+    values = [headers.get(n) for n in names]
+    present = [v is not None for v in values]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = ", ".join(n for n, p in zip(names, present) if not p)
+        raise BadRequest(
+            f"Producer-Id, Producer-Epoch and Producer-Seq go together; missing {missing}",
+            code="INCOMPLETE_PRODUCER_HEADERS",
+        )
+    producer_id, epoch, seq = values
+    assert producer_id is not None and epoch is not None and seq is not None
+    if not producer_id.strip():
+        raise BadRequest("Producer-Id must not be empty", code="INVALID_PRODUCER_ID")
+    return ProducerRef(
+        producer_id=producer_id,
+        epoch=non_negative_integer(epoch, "Producer-Epoch"),
+        seq=non_negative_integer(seq, "Producer-Seq"),
+    )
+
+
+def stream_seq(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("Stream-Seq")
+    if value is None:
+        return None
+    if value == "":
+        raise BadRequest("Stream-Seq must not be empty", code="INVALID_STREAM_SEQ")
+    return value

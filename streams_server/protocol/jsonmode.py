@@ -1,0 +1,90 @@
+"""JSON mode (section 9.1): validation, one level of array flattening, array responses.
+
+Each message is stored as the exact JSON text the client sent for it, so reads return the
+client's bytes and no number or string is re-encoded on the way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from ..errors import BadRequest
+
+_WHITESPACE = " \t\n\r"
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def split_messages(body: bytes, *, allow_empty_array: bool) -> list[bytes]:
+    """The messages of a JSON body: the elements of a top-level array, else the value."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"JSON body is not valid UTF-8: {exc.reason}", code="INVALID_JSON") from None
+    start = _skip(text, 0)
+    if start == len(text):
+        raise BadRequest("JSON body is empty", code="INVALID_JSON")
+    if text[start] != "[":
+        end = _value_end(text, start)
+        if _skip(text, end) != len(text):
+            raise _invalid(text, _skip(text, end), "unexpected data after the JSON value")
+        return [text[start:end].encode("utf-8")]
+    messages = _array_elements(text, start)
+    if not messages and not allow_empty_array:
+        raise BadRequest(
+            "an empty JSON array appends nothing; send at least one message",
+            code="EMPTY_JSON_ARRAY",
+        )
+    return messages
+
+
+def encode_array(messages: Iterable[bytes]) -> bytes:
+    """A read response body: the messages as one JSON array."""
+    return b"[" + b",".join(messages) + b"]"
+
+
+def _array_elements(text: str, start: int) -> list[bytes]:
+    messages: list[bytes] = []
+    i = _skip(text, start + 1)
+    if i < len(text) and text[i] == "]":
+        i += 1
+    else:
+        while True:
+            end = _value_end(text, i)
+            messages.append(text[i:end].encode("utf-8"))
+            i = _skip(text, end)
+            if i < len(text) and text[i] == ",":
+                i = _skip(text, i + 1)
+                continue
+            if i < len(text) and text[i] == "]":
+                i += 1
+                break
+            raise _invalid(text, i, "expected ',' or ']' in the JSON array")
+    if _skip(text, i) != len(text):
+        raise _invalid(text, _skip(text, i), "unexpected data after the JSON array")
+    return messages
+
+
+def _value_end(text: str, start: int) -> int:
+    try:
+        _, end = _DECODER.raw_decode(text, start)
+    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise BadRequest(f"invalid JSON: {exc}", code="INVALID_JSON") from None
+    return end
+
+
+def _skip(text: str, i: int) -> int:
+    n = len(text)
+    while i < n and text[i] in _WHITESPACE:
+        i += 1
+    return i
+
+
+def _invalid(text: str, position: int, message: str) -> BadRequest:
+    return BadRequest(f"invalid JSON at character {position}: {message}", code="INVALID_JSON")

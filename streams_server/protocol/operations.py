@@ -1,0 +1,343 @@
+"""The stream operations of section 5: requests in, replies out, storage underneath."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+from ..config import StreamsSettings
+from ..errors import BadRequest, MethodNotAllowed
+from ..offsets import TAIL_SENTINEL, format_offset, parse_offset
+from ..storage.engine import StreamStore
+from ..storage.models import (
+    Entries,
+    ForkSpec,
+    ReadResult,
+    StreamInfo,
+    is_json_content_type,
+)
+from . import bodies, headers, jsonmode, sse
+from .cursor import next_cursor
+from .messages import Reply, StreamRequest
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+LIVE_MODES = ("long-poll", "sse")
+
+
+class StreamOperations:
+    """Carries out protocol requests against one `StreamStore`."""
+
+    def __init__(self, store: StreamStore, settings: StreamsSettings, stream_root: str) -> None:
+        self.store = store
+        self.settings = settings
+        self.stream_root = stream_root.rstrip("/") + "/"
+
+    def handle(self, request: StreamRequest) -> Reply:
+        handler = {
+            "PUT": self.create,
+            "POST": self.append,
+            "GET": self.read,
+            "HEAD": self.head,
+            "DELETE": self.delete,
+        }.get(request.method)
+        if handler is None:
+            raise MethodNotAllowed(
+                f"{request.method} is not a stream operation",
+                headers={"Allow": "GET, HEAD, POST, PUT, DELETE, OPTIONS"},
+            )
+        return handler(request)
+
+    # ------------------------------------------------------------------ create (5.1, 4.2)
+
+    def create(self, request: StreamRequest) -> Reply:
+        h = request.headers
+        content_type_given = bool(h.get("Content-Type", "").strip())
+        content_type = h.get("Content-Type", "").strip() or DEFAULT_CONTENT_TYPE
+        expiry = headers.expiry(h)
+        closed = headers.flag(h, "Stream-Closed")
+        fork = self._fork_spec(request)
+        if fork is not None and not content_type_given:
+            content_type = self.store.info(fork.source_path).content_type
+        bodies.check_declared_length(request.content_length, self.settings)
+        entries = self._body_entries(request, content_type, allow_empty_array=True)
+        result = self.store.create(
+            request.path,
+            content_type=content_type,
+            content_type_given=content_type_given,
+            expiry=expiry,
+            closed=closed,
+            entries=entries,
+            fork=fork,
+        )
+        reply = Reply(201 if result.created else 200, self._metadata_headers(result.info))
+        if result.created:
+            reply.headers["Location"] = request.url
+        return reply
+
+    def _fork_spec(self, request: StreamRequest) -> ForkSpec | None:
+        h = request.headers
+        source = h.get("Stream-Forked-From")
+        offset = h.get("Stream-Fork-Offset")
+        sub_offset = h.get("Stream-Fork-Sub-Offset")
+        if source is None:
+            if offset is not None or sub_offset is not None:
+                raise BadRequest(
+                    "Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From",
+                    code="INVALID_FORK",
+                )
+            return None
+        source_path = self._relative_path(source.strip())
+        if not source_path:
+            raise BadRequest("Stream-Forked-From names no stream", code="INVALID_FORK")
+        return ForkSpec(
+            source_path=source_path,
+            offset=None if offset is None else parse_offset(offset.strip(), field="Stream-Fork-Offset"),
+            sub_offset=0
+            if sub_offset is None
+            else headers.non_negative_integer(sub_offset, "Stream-Fork-Sub-Offset"),
+        )
+
+    def _relative_path(self, value: str) -> str:
+        """A stream path from a URL path such as `/v1/stream/a/b` (or already `a/b`)."""
+        if value.startswith(self.stream_root):
+            return value[len(self.stream_root) :]
+        return value.lstrip("/")
+
+    # ------------------------------------------------------------------ append and close (5.2, 5.3)
+
+    def append(self, request: StreamRequest) -> Reply:
+        h = request.headers
+        close = headers.flag(h, "Stream-Closed")
+        producer = headers.producer(h)
+        stream_seq = headers.stream_seq(h)
+        self.store.info(request.path)  # 404/410 before reading a body for nothing
+        bodies.check_declared_length(request.content_length, self.settings)
+        content_type = h.get("Content-Type", "").strip() or None
+        if content_type is None:
+            entries = bodies.read_spooled(request.body, self.settings)
+            if entries:
+                raise BadRequest(
+                    "an append with a body needs a Content-Type", code="MISSING_CONTENT_TYPE"
+                )
+        else:
+            entries = self._body_entries(request, content_type, allow_empty_array=False)
+        if not entries and not close:
+            raise BadRequest(
+                "an append needs a body (only a close with Stream-Closed: true may be empty)",
+                code="EMPTY_BODY",
+            )
+        result = self.store.append(
+            request.path,
+            entries,
+            content_type=content_type,
+            stream_seq=stream_seq,
+            producer=producer,
+            close=close,
+        )
+        new_data = bool(entries) and not result.duplicate
+        status = 200 if producer is not None and new_data else 204
+        reply = Reply(status, {"Stream-Next-Offset": format_offset(result.info.tail)})
+        if result.info.closed:
+            reply.headers["Stream-Closed"] = "true"
+        if result.producer_epoch is not None:
+            reply.headers["Producer-Epoch"] = str(result.producer_epoch)
+            reply.headers["Producer-Seq"] = str(result.producer_seq)
+        return reply
+
+    def _body_entries(
+        self, request: StreamRequest, content_type: str, *, allow_empty_array: bool
+    ) -> Entries:
+        if is_json_content_type(content_type):
+            body = bodies.read_all(request.body, self.settings)
+            if not body:
+                return []
+            return jsonmode.split_messages(body, allow_empty_array=allow_empty_array)
+        return bodies.read_spooled(request.body, self.settings)
+
+    # ------------------------------------------------------------------ delete and head (5.4, 5.5)
+
+    def delete(self, request: StreamRequest) -> Reply:
+        self.store.delete(request.path)
+        return Reply(204)
+
+    def head(self, request: StreamRequest) -> Reply:
+        info = self.store.info(request.path)
+        reply = Reply(200, self._metadata_headers(info))
+        reply.headers["Cache-Control"] = "no-store"
+        return reply
+
+    def _metadata_headers(self, info: StreamInfo) -> dict[str, str]:
+        out = {"Content-Type": info.content_type, "Stream-Next-Offset": format_offset(info.tail)}
+        if info.expiry.ttl_seconds is not None:
+            out["Stream-TTL"] = str(info.expiry.ttl_seconds)
+        if info.expiry.expires_at_ms is not None:
+            moment = datetime.fromtimestamp(info.expiry.expires_at_ms / 1000, tz=timezone.utc)
+            out["Stream-Expires-At"] = moment.isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z"
+            )
+        if info.closed:
+            out["Stream-Closed"] = "true"
+        return out
+
+    # ------------------------------------------------------------------ reads (5.6, 5.7, 5.8)
+
+    def read(self, request: StreamRequest) -> Reply:
+        live = request.args.get("live")
+        if live is not None and live not in LIVE_MODES:
+            raise BadRequest(
+                f"live must be long-poll or sse, got {live[:40]!r}", code="INVALID_LIVE_MODE"
+            )
+        offset = request.args.get("offset")
+        if live is not None and offset is None:
+            raise BadRequest(f"live={live} needs an offset", code="MISSING_OFFSET")
+        if offset == "":
+            raise BadRequest("offset must not be empty", code="INVALID_OFFSET")
+        at_tail = offset == TAIL_SENTINEL
+        position = None if at_tail or offset is None else parse_offset(offset)
+        if offset is None:
+            position = 0
+        cursor = request.args.get("cursor")
+        if live == "sse":
+            return self._sse(request, position, cursor)
+        if at_tail and live is None:
+            return self._tail_reply(request)
+        result = self.store.read(request.path, position, self.settings.max_chunk_bytes)
+        self.store.touch(result.info)
+        if live == "long-poll":
+            return self._long_poll(request, result, cursor)
+        return self._data_reply(request, result, cursor=None)
+
+    def _tail_reply(self, request: StreamRequest) -> Reply:
+        info = self.store.info(request.path)
+        self.store.touch(info)
+        reply = Reply(200, {"Content-Type": info.content_type})
+        reply.body = b"[]" if info.is_json else b""
+        reply.headers["Stream-Next-Offset"] = format_offset(info.tail)
+        reply.headers["Stream-Up-To-Date"] = "true"
+        reply.headers["Cache-Control"] = "no-store"
+        if info.closed:
+            reply.headers["Stream-Closed"] = "true"
+        return reply
+
+    def _long_poll(self, request: StreamRequest, result: ReadResult, cursor: str | None) -> Reply:
+        if result.entries or result.closed_at_end:
+            if not result.entries:
+                return self._no_content(result, cursor)
+            return self._data_reply(request, result, cursor=next_cursor(cursor))
+        self.store.wait_for_data(
+            result.info.stream_id, result.next_position, self.settings.long_poll_timeout_s
+        )
+        result = self.store.read(request.path, result.start, self.settings.max_chunk_bytes)
+        if result.entries:
+            return self._data_reply(request, result, cursor=next_cursor(cursor))
+        return self._no_content(result, cursor)
+
+    def _no_content(self, result: ReadResult, cursor: str | None) -> Reply:
+        reply = Reply(204, {"Stream-Next-Offset": format_offset(result.next_position)})
+        reply.headers["Stream-Up-To-Date"] = "true"
+        reply.headers["Cache-Control"] = "no-store"
+        if result.closed_at_end:
+            reply.headers["Stream-Closed"] = "true"
+        else:
+            reply.headers["Stream-Cursor"] = next_cursor(cursor)
+        return reply
+
+    def _data_reply(self, request: StreamRequest, result: ReadResult, cursor: str | None) -> Reply:
+        info = result.info
+        etag = f'"{info.stream_id}:{format_offset(result.start)}:{format_offset(result.next_position)}'
+        etag += ':c"' if result.closed_at_end else '"'
+        reply = Reply(200, {"Content-Type": info.content_type, "ETag": etag})
+        reply.headers["Stream-Next-Offset"] = format_offset(result.next_position)
+        if result.up_to_date:
+            reply.headers["Stream-Up-To-Date"] = "true"
+        if result.closed_at_end:
+            reply.headers["Stream-Closed"] = "true"
+        if cursor is not None and not result.closed_at_end:
+            reply.headers["Stream-Cursor"] = cursor
+        reply.headers["Cache-Control"] = (
+            f"{self.settings.cache_visibility}, max-age=60, stale-while-revalidate=300"
+        )
+        if _etag_matches(request.headers.get("If-None-Match"), etag):
+            reply.status = 304
+            return reply
+        reply.body = (
+            jsonmode.encode_array(result.entries) if info.is_json else b"".join(result.entries)
+        )
+        return reply
+
+    def _sse(self, request: StreamRequest, position: int | None, cursor: str | None) -> Reply:
+        info = self.store.info(request.path)
+        self.store.touch(info)
+        if position is not None and position > info.tail:
+            raise BadRequest("offset is beyond the stream's tail", code="OFFSET_OUT_OF_RANGE")
+        start = info.tail if position is None else position
+        # Validate the offset before committing to a 200 streaming response.
+        self.store.read(request.path, start, 1)
+        encoded = sse.uses_base64(info.content_type)
+        reply = Reply(200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        reply.headers["X-Accel-Buffering"] = "no"
+        if encoded:
+            reply.headers["stream-sse-data-encoding"] = "base64"
+        reply.body = self._sse_events(request.path, start, cursor, encoded)
+        return reply
+
+    def _sse_events(
+        self, path: str, position: int, cursor: str | None, encoded: bool
+    ) -> Iterator[bytes]:
+        settings = self.settings
+        deadline = time.monotonic() + settings.sse_max_duration_s
+        preamble = sse.retry_field(settings.sse_retry_ms)
+        sent_control = False
+        while True:
+            try:
+                result = self.store.read(path, position, settings.max_chunk_bytes)
+            except Exception:  # deleted or expired while followed: end the stream
+                return
+            # A data event and its control event go out in one write, so that a client
+            # never sees data without the offset that follows it.
+            out = preamble
+            preamble = b""
+            if result.entries:
+                payload = (
+                    jsonmode.encode_array(result.entries)
+                    if result.info.is_json
+                    else b"".join(result.entries)
+                )
+                out += sse.event("data", sse.data_event_text(payload, base64_encoded=encoded))
+            position = result.next_position
+            if result.entries or not sent_control:
+                cursor = next_cursor(cursor)
+                out += sse.control_event(
+                    format_offset(position),
+                    cursor=cursor,
+                    up_to_date=result.up_to_date,
+                    closed=result.closed_at_end,
+                )
+                sent_control = True
+            if out:
+                yield out
+            if result.closed_at_end:
+                return
+            if not result.up_to_date:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            woken = self.store.wait_for_data(
+                result.info.stream_id, position, min(settings.sse_keepalive_s, remaining)
+            )
+            if not woken:
+                yield sse.comment("keep-alive")
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate == "*" or candidate == etag:
+            return True
+    return False

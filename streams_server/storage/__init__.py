@@ -1,0 +1,1 @@
+"""The storage engine: streams on SQLite, group-committed, with live-read notification."""

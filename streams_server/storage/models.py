@@ -1,0 +1,119 @@
+"""Values the storage engine takes and returns: frozen, HTTP-free descriptions of streams."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO, Union
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """A stream's lifetime: a sliding TTL in seconds, an absolute deadline, or neither."""
+
+    ttl_seconds: int | None = None
+    expires_at_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class ProducerRef:
+    """The idempotent-producer triple of section 5.2.1."""
+
+    producer_id: str
+    epoch: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class ForkSpec:
+    """Where a new stream forks from (section 4.2), as the request named it."""
+
+    source_path: str
+    offset: int | None  # None: the source's tail
+    sub_offset: int = 0
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A snapshot of a stream's metadata."""
+
+    stream_id: int
+    path: str
+    content_type: str
+    tail: int
+    closed: bool
+    expiry: Expiry
+    created_at_ms: int
+    last_access_ms: int
+    fork_source_path: str | None = None
+    fork_offset: int | None = None
+    fork_request_offset: int | None = None
+    fork_sub_offset: int = 0
+
+    @property
+    def is_json(self) -> bool:
+        return is_json_content_type(self.content_type)
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    info: StreamInfo
+    created: bool
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What an append did: `duplicate` means an idempotent retry already applied earlier."""
+
+    info: StreamInfo
+    duplicate: bool = False
+    producer_epoch: int | None = None
+    producer_seq: int | None = None
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """Entries from `start` up to `next_position`; `up_to_date` if that is the tail."""
+
+    info: StreamInfo
+    start: int
+    next_position: int
+    entries: list[bytes] = field(default_factory=list)
+    up_to_date: bool = True
+
+    @property
+    def closed_at_end(self) -> bool:
+        """The reader has everything and the stream will never grow (EOF)."""
+        return self.up_to_date and self.info.closed
+
+
+def media_type(content_type: str) -> str:
+    """`Application/JSON; charset=utf-8` → `application/json`."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def is_json_content_type(content_type: str) -> bool:
+    return media_type(content_type) == "application/json"
+
+
+class SpooledChunks:
+    """A body held in a (spooled) temporary file, yielded in chunks of bounded size.
+
+    Lets an append of many megabytes reach the database without ever being whole in memory.
+    """
+
+    def __init__(self, file: BinaryIO, size: int, chunk_bytes: int) -> None:
+        self._file = file
+        self.size = size
+        self._chunk_bytes = chunk_bytes
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._file.seek(0)
+        while chunk := self._file.read(self._chunk_bytes):
+            yield chunk
+
+
+Entries = Union[list[bytes], SpooledChunks]

@@ -1,0 +1,64 @@
+"""The SQLite schema, created idempotently and migrated by version number."""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE streams (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,
+        content_type TEXT NOT NULL,
+        ttl_seconds INTEGER,
+        expires_at_ms INTEGER,
+        created_at_ms INTEGER NOT NULL,
+        last_access_ms INTEGER NOT NULL,
+        tail INTEGER NOT NULL DEFAULT 0,
+        closed INTEGER NOT NULL DEFAULT 0,
+        closed_by_producer TEXT,
+        closed_by_epoch INTEGER,
+        closed_by_seq INTEGER,
+        last_stream_seq TEXT,
+        fork_source_id INTEGER REFERENCES streams(id),
+        fork_offset INTEGER,
+        fork_request_offset INTEGER,
+        fork_sub_offset INTEGER NOT NULL DEFAULT 0,
+        soft_deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX streams_fork_source ON streams(fork_source_id)
+        WHERE fork_source_id IS NOT NULL;
+    CREATE TABLE entries (
+        stream_id INTEGER NOT NULL,
+        start INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        append_end INTEGER NOT NULL,
+        PRIMARY KEY (stream_id, start)
+    );
+    CREATE TABLE producers (
+        stream_id INTEGER NOT NULL,
+        producer_id TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (stream_id, producer_id)
+    );
+    """,
+}
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the database to SCHEMA_VERSION, one versioned step at a time."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for step in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in _split(_MIGRATIONS[step]):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {step}")
+        conn.execute("COMMIT")
+
+
+def _split(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
