@@ -1,8 +1,9 @@
 """A durable Durable Streams server: storage engine, protocol layer and Flask blueprint."""
 
+from .backend import StreamsBackend
 from .config import StreamsSettings
 from .errors import StreamError
 from .routes import init_app
 from .storage.engine import StreamStore
 
-__all__ = ["StreamStore", "StreamsSettings", "StreamError", "init_app"]
+__all__ = ["StreamsBackend", "StreamStore", "StreamsSettings", "StreamError", "init_app"]

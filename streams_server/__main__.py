@@ -11,7 +11,7 @@ import sys  # noqa: E402
 from streams_server.app import create_app  # noqa: E402
 from streams_server.config import MIB, StreamsSettings  # noqa: E402
 from streams_server.server import serve  # noqa: E402
-from streams_server.storage.engine import StreamStore  # noqa: E402
+from streams_server.backend import StreamsBackend  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         max_path_length=args.max_path_length,
         auth_token=args.auth_token,
     )
-    store = StreamStore.open_memory() if args.memory else StreamStore.open_directory(args.data_dir)
-    serve(create_app(store, settings), args.host, args.port, on_stop=store.close)
+    backend = StreamsBackend.open(None if args.memory else args.data_dir, settings)
+    serve(create_app(backend), args.host, args.port, on_stop=backend.close)
     return 0
 
 

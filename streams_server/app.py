@@ -5,14 +5,13 @@ from __future__ import annotations
 from flask import Flask
 
 from . import routes
-from .config import StreamsSettings
-from .storage.engine import StreamStore
+from .backend import StreamsBackend
 
 
-def create_app(store: StreamStore, settings: StreamsSettings) -> Flask:
+def create_app(backend: StreamsBackend) -> Flask:
     """A Flask app serving only the Durable Streams protocol at `/v1/stream/`."""
     app = Flask(__name__)
-    routes.init_app(app, store, settings)
+    routes.init_app(app, backend)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

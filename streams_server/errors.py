@@ -24,6 +24,7 @@ class StreamError(Exception):
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
         empty_body: bool = False,
+        details: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -31,6 +32,7 @@ class StreamError(Exception):
             self.code = code
         self.headers: dict[str, str] = dict(headers or {})
         self.empty_body = empty_body
+        self.details: dict[str, object] = dict(details or {})
 
 
 class BadRequest(StreamError):

@@ -17,9 +17,9 @@ from werkzeug.exceptions import HTTPException
 
 from .config import StreamsSettings
 from .errors import BadRequest, NotFound, StreamError, Unauthorized, UriTooLong
+from .backend import StreamsBackend
+from .protocol.control import uses_wake_token
 from .protocol.messages import Reply, StreamRequest
-from .protocol.operations import StreamOperations
-from .storage.engine import StreamStore
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +66,15 @@ ALLOWED_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
 streams_bp = Blueprint("durable_streams", __name__)
 
 
-def init_app(
-    app: Flask,
-    store: StreamStore,
-    settings: StreamsSettings,
-    url_prefix: str = "/v1/stream",
-) -> StreamOperations:
-    """Mount the streams protocol on `app` at `url_prefix`, served from `store`."""
-    operations = StreamOperations(store, settings, url_prefix)
-    app.extensions[EXTENSION_KEY] = operations
+def init_app(app: Flask, backend: StreamsBackend, url_prefix: str = "/v1/stream") -> None:
+    """Mount the streams protocol (and its `__ds` control APIs) on `app` at `url_prefix`."""
+    app.extensions[EXTENSION_KEY] = backend
     app.register_blueprint(streams_bp, url_prefix=url_prefix)
-    return operations
 
 
-def _operations() -> StreamOperations:
-    ops: StreamOperations = current_app.extensions[EXTENSION_KEY]
-    return ops
+def _backend() -> StreamsBackend:
+    backend: StreamsBackend = current_app.extensions[EXTENSION_KEY]
+    return backend
 
 
 @streams_bp.route(
@@ -99,21 +92,24 @@ def _operations() -> StreamOperations:
 def stream_endpoint(stream_path: str) -> Response:
     if request.method == "OPTIONS":
         return _preflight()
-    ops = _operations()
-    _check_authorization(ops.settings)
-    path = _validated_path(stream_path, ops.settings)
-    reply = ops.handle(
-        StreamRequest(
-            method=request.method,
-            path=path,
-            url=request.base_url,
-            headers=request.headers,
-            args=request.args,
-            body=request.stream,
-            content_length=request.content_length,
-        )
+    backend = _backend()
+    path = _validated_path(stream_path, backend.settings)
+    control = path.split("/", 1)[0] == RESERVED_PREFIX
+    if not (control and uses_wake_token(path)):
+        _check_authorization(backend.settings)
+    stream_request = StreamRequest(
+        method=request.method,
+        path=path,
+        url=request.base_url,
+        headers=request.headers,
+        args=request.args,
+        body=request.stream,
+        content_length=request.content_length,
     )
-    return _to_response(reply)
+    if control:
+        root = request.base_url[: len(request.base_url) - len(path)].rstrip("/")
+        return _to_response(backend.control.handle(stream_request, root))
+    return _to_response(backend.streams.handle(stream_request))
 
 
 def _validated_path(stream_path: str, settings: StreamsSettings) -> str:
@@ -126,11 +122,6 @@ def _validated_path(stream_path: str, settings: StreamsSettings) -> str:
         )
     if any(ord(c) < 0x20 or c == "\x7f" for c in stream_path):
         raise BadRequest("stream path contains control characters", code="INVALID_PATH")
-    if stream_path.split("/", 1)[0] == RESERVED_PREFIX:
-        raise NotFound(
-            f"{RESERVED_PREFIX}/ is reserved for control APIs and holds no such resource",
-            code="RESERVED_PATH",
-        )
     return stream_path
 
 
@@ -183,7 +174,7 @@ def _common_headers(response: Response) -> Response:
 @streams_bp.errorhandler(StreamError)
 def _handle_stream_error(error: StreamError) -> Response:
     empty = error.empty_body or request.method == "HEAD"
-    body = b"" if empty else _error_body(error.code, error.message)
+    body = b"" if empty else _error_body(error.code, error.message, error.details)
     response = Response(body, status=error.status, content_type="application/json")
     for name, value in error.headers.items():
         response.headers[name] = value
@@ -211,6 +202,6 @@ def _handle_unexpected(error: Exception) -> Response:
     )
 
 
-def _error_body(code: str, message: str) -> bytes:
-    payload: dict[str, Any] = {"error": {"code": code, "message": message}}
+def _error_body(code: str, message: str, details: dict[str, object] | None = None) -> bytes:
+    payload: dict[str, Any] = {"error": {"code": code, "message": message, **(details or {})}}
     return json.dumps(payload).encode("utf-8")

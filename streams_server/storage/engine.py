@@ -21,8 +21,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
-from ..errors import BadRequest, Conflict, Gone, NotFound
+from ..errors import BadRequest, Gone, NotFound
 from . import writes
 from .groupcommit import Effects, GroupCommitter, Transaction
 from .models import (
@@ -39,6 +40,7 @@ from .rows import STREAM_COLUMNS, expired, info_from_row, stream_chain
 from .schema import migrate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_READ_POOL = 8
 SWEEP_INTERVAL_S = 1.0
@@ -78,6 +80,7 @@ class StreamStore:
             apply_effects=self._apply_effects,
             leader_lock=self._leader_lock,
         )
+        self._wake_listener: Callable[[], None] | None = None
         self._closed = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="stream-sweeper", daemon=True)
         self._sweeper.start()
@@ -244,6 +247,20 @@ class StreamStore:
         """Delete a stream; soft-delete it while forks still read from it (section 5.4)."""
         self._committer.submit(lambda tx: writes.delete_stream(tx, self._live, path))
 
+    def transact(self, operation: Callable[[Transaction], T]) -> T:
+        """Run a write operation of a sibling storage module in a group-committed transaction."""
+        return self._committer.submit(operation)
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection with a consistent snapshot, for sibling storage modules' reads."""
+        with self._reading() as conn:
+            yield conn
+
+    def set_wake_listener(self, listener: Callable[[], None]) -> None:
+        """Called after every commit that changed subscription state (wakes, leases)."""
+        self._wake_listener = listener
+
     def sweep_expired(self) -> int:
         """Remove streams whose TTL or deadline has passed; returns how many."""
         return self._committer.submit(lambda tx: writes.sweep_expired(tx, self._live))
@@ -383,6 +400,8 @@ class StreamStore:
                 self._conditions.pop(stream_id, None)
         for hook in effects.hooks:
             hook()
+        if effects.wakes_issued and self._wake_listener is not None:
+            self._wake_listener()
 
     def _notify(self, stream_id: int) -> None:
         cond = self._conditions.get(stream_id)

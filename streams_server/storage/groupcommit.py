@@ -32,11 +32,13 @@ class Effects:
     changed: dict[int, tuple[int, bool]] = field(default_factory=dict)  # id -> (tail, closed)
     removed: set[int] = field(default_factory=set)
     hooks: list[Callable[[], None]] = field(default_factory=list)
+    wakes_issued: bool = False  # subscription state changed: the scheduler should look
 
     def merge(self, other: Effects) -> None:
         self.changed.update(other.changed)
         self.removed |= other.removed
         self.hooks.extend(other.hooks)
+        self.wakes_issued = self.wakes_issued or other.wakes_issued
 
 
 class Transaction:

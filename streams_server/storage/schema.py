@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -45,6 +45,37 @@ _MIGRATIONS: dict[int, str] = {
         updated_at_ms INTEGER NOT NULL,
         PRIMARY KEY (stream_id, producer_id)
     );
+    """,
+    2: """
+    CREATE TABLE subscriptions (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        pattern TEXT,
+        webhook_url TEXT,
+        wake_stream TEXT,
+        lease_ttl_ms INTEGER NOT NULL,
+        description TEXT,
+        config_hash TEXT NOT NULL,
+        base_url TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        generation INTEGER NOT NULL DEFAULT 0,
+        wake_id TEXT,
+        holder TEXT,
+        lease_expires_at_ms INTEGER,
+        delivery_attempt INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at_ms INTEGER,
+        last_error TEXT
+    );
+    CREATE TABLE subscription_links (
+        subscription_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        explicit INTEGER NOT NULL DEFAULT 0,
+        glob INTEGER NOT NULL DEFAULT 0,
+        acked_offset INTEGER NOT NULL,
+        PRIMARY KEY (subscription_id, path)
+    );
+    CREATE INDEX subscription_links_path ON subscription_links(path);
     """,
 }
 

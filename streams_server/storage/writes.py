@@ -12,6 +12,7 @@ from typing import Protocol
 
 from ..errors import BadRequest, Conflict, Gone, NotFound, ProducerFenced
 from ..offsets import format_offset
+from . import subscriptions
 from .groupcommit import Transaction
 from .models import (
     AppendResult,
@@ -137,11 +138,13 @@ def create_stream(
     )
     stream_id = cur.lastrowid
     assert stream_id is not None
+    initial_tail = tail
     tail = _write_entries(tx, stream_id, tail, entries)
     tx.conn.execute(
         "UPDATE streams SET tail = ?, closed = ? WHERE id = ?", (tail, int(closed), stream_id)
     )
     tx.stream_changed(stream_id, tail, closed)
+    subscriptions.on_stream_written(tx, path, initial_tail, tail)
     return CreateResult(info=_reread(tx, path), created=True)
 
 
@@ -301,6 +304,7 @@ def append_entries(
         ),
     )
     tx.stream_changed(stream_id, tail, close)
+    subscriptions.on_stream_written(tx, path, info.tail, tail)
     return AppendResult(
         info=_reread(tx, path), producer_epoch=producer_epoch, producer_seq=producer_seq
     )
@@ -396,6 +400,20 @@ def _write_entries(
         (position, stream_id, tail),
     )
     return position
+
+
+def append_internal(tx: Transaction, path: str, entries: list[bytes]) -> bool:
+    """An append by the server itself (wake events): no producer, no subscription hooks.
+
+    Returns False when the stream is missing, deleted or closed, and writes nothing then.
+    """
+    row = _row_by_path(tx, path)
+    if row is None or row["soft_deleted"] or row["closed"]:
+        return False
+    tail = _write_entries(tx, row["id"], row["tail"], entries)
+    tx.conn.execute("UPDATE streams SET tail = ? WHERE id = ?", (tail, row["id"]))
+    tx.stream_changed(row["id"], tail, False)
+    return True
 
 
 # ---------------------------------------------------------------------- delete and expiry

@@ -1,0 +1,43 @@
+"""Everything a streams server runs on, opened and closed together."""
+
+from __future__ import annotations
+
+import os
+
+from .config import StreamsSettings
+from .protocol.control import ControlOperations
+from .protocol.operations import StreamOperations
+from .storage.engine import StreamStore
+from .subscriptions.keys import ServerKeys
+from .subscriptions.service import SubscriptionService
+
+
+class StreamsBackend:
+    """The storage engine, the subscription service and the protocol operations on them."""
+
+    def __init__(self, store: StreamStore, keys: ServerKeys, settings: StreamsSettings,
+                 url_prefix: str) -> None:
+        self.store = store
+        self.settings = settings
+        self.subscriptions = SubscriptionService(store, keys)
+        self.streams = StreamOperations(store, settings, url_prefix)
+        self.control = ControlOperations(store, self.subscriptions)
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | None,
+        settings: StreamsSettings | None = None,
+        url_prefix: str = "/v1/stream",
+    ) -> StreamsBackend:
+        """Durable under `data_dir` (created if missing), or in memory when it is None."""
+        if data_dir is None:
+            return cls(StreamStore.open_memory(), ServerKeys(None), settings or StreamsSettings(),
+                       url_prefix)
+        os.makedirs(data_dir, exist_ok=True)
+        return cls(StreamStore.open_directory(data_dir), ServerKeys(data_dir),
+                   settings or StreamsSettings(), url_prefix)
+
+    def close(self) -> None:
+        self.subscriptions.close()
+        self.store.close()

@@ -1,0 +1,481 @@
+"""Subscription state in SQLite: links, cursors, wakes, leases and webhook retry schedules.
+
+All of it lives in the same database as the streams, so a wake caused by an append is written
+in the append's own transaction: a pull-wake event in the wake stream exists if and only if
+the append that caused it does.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from dataclasses import replace
+
+from ..errors import BadRequest, Conflict, NotFound
+from ..offsets import format_offset
+from ..subscriptions.globs import matches
+from ..subscriptions.model import (
+    PULL_WAKE,
+    WEBHOOK,
+    Ack,
+    LinkState,
+    SubscriptionConfig,
+    SubscriptionState,
+    WakeGrant,
+)
+from . import writes
+from .groupcommit import Transaction
+
+
+class Fenced(Conflict):
+    """A callback, ack or release for a wake that is no longer current (7.3)."""
+
+    code = "FENCED"
+
+
+# ---------------------------------------------------------------------- reading state
+
+
+def _row(conn: sqlite3.Connection, sub_id: str) -> sqlite3.Row | None:
+    return conn.execute(
+        "SELECT * FROM subscriptions WHERE id = ? AND deleted = 0", (sub_id,)
+    ).fetchone()
+
+
+def _links(conn: sqlite3.Connection, sub_id: str) -> tuple[LinkState, ...]:
+    rows = conn.execute(
+        "SELECT l.path, l.explicit, l.acked_offset, s.tail FROM subscription_links l"
+        " LEFT JOIN streams s ON s.path = l.path AND s.soft_deleted = 0"
+        " WHERE l.subscription_id = ? ORDER BY l.path",
+        (sub_id,),
+    )
+    return tuple(
+        LinkState(
+            path=r["path"],
+            link_type="explicit" if r["explicit"] else "glob",
+            acked_offset=r["acked_offset"],
+            tail_offset=r["tail"] if r["tail"] is not None else r["acked_offset"],
+        )
+        for r in rows
+    )
+
+
+def _state(conn: sqlite3.Connection, row: sqlite3.Row) -> SubscriptionState:
+    config = SubscriptionConfig(
+        type=row["type"],
+        pattern=row["pattern"],
+        streams=tuple(
+            r[0]
+            for r in conn.execute(
+                "SELECT path FROM subscription_links WHERE subscription_id = ? AND explicit = 1"
+                " ORDER BY path",
+                (row["id"],),
+            )
+        ),
+        webhook_url=row["webhook_url"],
+        wake_stream=row["wake_stream"],
+        lease_ttl_ms=row["lease_ttl_ms"],
+        description=row["description"],
+    )
+    return SubscriptionState(
+        id=row["id"],
+        config=config,
+        base_url=row["base_url"],
+        created_at_ms=row["created_at_ms"],
+        generation=row["generation"],
+        wake_id=row["wake_id"],
+        holder=row["holder"],
+        lease_expires_at_ms=row["lease_expires_at_ms"],
+        delivery_attempt=row["delivery_attempt"],
+        next_attempt_at_ms=row["next_attempt_at_ms"],
+        last_error=row["last_error"],
+        links=_links(conn, row["id"]),
+    )
+
+
+def get_subscription(conn: sqlite3.Connection, sub_id: str) -> SubscriptionState:
+    row = _row(conn, sub_id)
+    if row is None:
+        raise NotFound(f"subscription {sub_id!r} does not exist", code="SUBSCRIPTION_NOT_FOUND")
+    return _state(conn, row)
+
+
+def list_subscriptions(conn: sqlite3.Connection) -> list[SubscriptionState]:
+    rows = conn.execute("SELECT * FROM subscriptions WHERE deleted = 0 ORDER BY id").fetchall()
+    return [_state(conn, r) for r in rows]
+
+
+def next_deadline_ms(conn: sqlite3.Connection) -> int | None:
+    """The earliest lease expiry or webhook attempt due, if any."""
+    row = conn.execute(
+        "SELECT min(coalesce(min(lease_expires_at_ms), 9e18), coalesce(min(next_attempt_at_ms),"
+        " 9e18)) FROM subscriptions WHERE deleted = 0"
+    ).fetchone()
+    value = row[0] if row else None
+    return None if value is None or value >= 9e18 else int(value)
+
+
+def due_webhook_wakes(conn: sqlite3.Connection, now_ms: int) -> list[SubscriptionState]:
+    rows = conn.execute(
+        "SELECT * FROM subscriptions WHERE deleted = 0 AND type = ? AND wake_id IS NOT NULL"
+        " AND next_attempt_at_ms IS NOT NULL AND next_attempt_at_ms <= ?",
+        (WEBHOOK, now_ms),
+    ).fetchall()
+    return [_state(conn, r) for r in rows]
+
+
+# ---------------------------------------------------------------------- create, delete, links
+
+
+def put_subscription(
+    tx: Transaction, sub_id: str, config: SubscriptionConfig, base_url: str
+) -> tuple[SubscriptionState, bool]:
+    """Create a subscription, or re-confirm an identical one (6.2)."""
+    conn = tx.conn
+    existing = conn.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
+    if existing is not None and not existing["deleted"]:
+        if existing["config_hash"] != config.config_hash():
+            raise Conflict(
+                f"subscription {sub_id!r} exists with a different configuration",
+                code="SUBSCRIPTION_EXISTS",
+            )
+        return _state(conn, existing), False
+    generation = existing["generation"] if existing is not None else 0
+    conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
+    conn.execute("DELETE FROM subscription_links WHERE subscription_id = ?", (sub_id,))
+    conn.execute(
+        "INSERT INTO subscriptions (id, type, pattern, webhook_url, wake_stream, lease_ttl_ms,"
+        " description, config_hash, base_url, created_at_ms, generation)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            sub_id,
+            config.type,
+            config.pattern,
+            config.webhook_url,
+            config.wake_stream,
+            config.lease_ttl_ms,
+            config.description,
+            config.config_hash(),
+            base_url,
+            tx.now_ms,
+            generation,
+        ),
+    )
+    if config.pattern is not None:
+        _backfill_glob_links(tx, sub_id, config.pattern)
+    add_explicit_links(tx, sub_id, config.streams)
+    return get_subscription(conn, sub_id), True
+
+
+def _backfill_glob_links(tx: Transaction, sub_id: str, pattern: str) -> None:
+    """Link every existing matching stream at its current tail: no history is replayed."""
+    rows = tx.conn.execute(
+        "SELECT path, tail FROM streams WHERE soft_deleted = 0 AND path NOT LIKE '\\_\\_ds/%'"
+        " ESCAPE '\\'"
+    )
+    links = [(sub_id, r["path"], r["tail"]) for r in rows if matches(pattern, r["path"])]
+    tx.conn.executemany(
+        "INSERT INTO subscription_links (subscription_id, path, glob, acked_offset)"
+        " VALUES (?, ?, 1, ?)",
+        links,
+    )
+
+
+def add_explicit_links(tx: Transaction, sub_id: str, paths: tuple[str, ...]) -> None:
+    """Link streams explicitly at their current tail (6.4); linking twice changes nothing."""
+    for path in paths:
+        tail = tx.conn.execute(
+            "SELECT tail FROM streams WHERE path = ? AND soft_deleted = 0", (path,)
+        ).fetchone()
+        tx.conn.execute(
+            "INSERT INTO subscription_links (subscription_id, path, explicit, acked_offset)"
+            " VALUES (?, ?, 1, ?) ON CONFLICT (subscription_id, path) DO UPDATE SET explicit = 1",
+            (sub_id, path, tail[0] if tail else 0),
+        )
+
+
+def remove_explicit_link(tx: Transaction, sub_id: str, path: str) -> None:
+    tx.conn.execute(
+        "UPDATE subscription_links SET explicit = 0 WHERE subscription_id = ? AND path = ?",
+        (sub_id, path),
+    )
+    tx.conn.execute(
+        "DELETE FROM subscription_links WHERE subscription_id = ? AND path = ? AND explicit = 0"
+        " AND glob = 0",
+        (sub_id, path),
+    )
+
+
+def require_subscription(tx: Transaction, sub_id: str) -> sqlite3.Row:
+    row = _row(tx.conn, sub_id)
+    if row is None:
+        raise NotFound(f"subscription {sub_id!r} does not exist", code="SUBSCRIPTION_NOT_FOUND")
+    return row
+
+
+def delete_subscription(tx: Transaction, sub_id: str) -> None:
+    """Tombstone: the row stays so that its generation keeps fencing late requests."""
+    require_subscription(tx, sub_id)
+    tx.conn.execute(
+        "UPDATE subscriptions SET deleted = 1, wake_id = NULL, holder = NULL,"
+        " lease_expires_at_ms = NULL, next_attempt_at_ms = NULL WHERE id = ?",
+        (sub_id,),
+    )
+    tx.conn.execute("DELETE FROM subscription_links WHERE subscription_id = ?", (sub_id,))
+    tx.effects.wakes_issued = True
+
+
+# ---------------------------------------------------------------------- waking
+
+
+def on_stream_written(tx: Transaction, path: str, tail_before: int, tail_after: int) -> None:
+    """Link a newly matching stream and wake idle subscriptions that now have work."""
+    if path.startswith("__ds/"):
+        return
+    conn = tx.conn
+    for row in conn.execute(
+        "SELECT id, pattern FROM subscriptions WHERE deleted = 0 AND pattern IS NOT NULL"
+    ).fetchall():
+        if matches(row["pattern"], path):
+            conn.execute(
+                "INSERT INTO subscription_links (subscription_id, path, glob, acked_offset)"
+                " VALUES (?, ?, 1, ?) ON CONFLICT (subscription_id, path) DO UPDATE SET glob = 1",
+                (row["id"], path, tail_before),
+            )
+    if tail_after <= tail_before:
+        return
+    for row in conn.execute(
+        "SELECT s.* FROM subscriptions s JOIN subscription_links l ON l.subscription_id = s.id"
+        " WHERE l.path = ? AND s.deleted = 0 AND s.wake_id IS NULL AND l.acked_offset < ?",
+        (path, tail_after),
+    ).fetchall():
+        _issue_wake(tx, row, path)
+
+
+def _has_pending(conn: sqlite3.Connection, sub_id: str) -> str | None:
+    """The path of some linked stream with unacknowledged data, if any."""
+    row = conn.execute(
+        "SELECT l.path FROM subscription_links l JOIN streams s ON s.path = l.path"
+        " AND s.soft_deleted = 0 WHERE l.subscription_id = ? AND s.tail > l.acked_offset"
+        " LIMIT 1",
+        (sub_id,),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _issue_wake(tx: Transaction, row: sqlite3.Row, trigger_path: str | None) -> str:
+    """Start a new wake generation; pull-wake writes its event to the wake stream now."""
+    generation = row["generation"] + 1
+    wake_id = "w_" + secrets.token_hex(8)
+    webhook = row["type"] == WEBHOOK
+    tx.conn.execute(
+        "UPDATE subscriptions SET generation = ?, wake_id = ?, holder = NULL,"
+        " lease_expires_at_ms = NULL, delivery_attempt = 0, last_error = NULL,"
+        " next_attempt_at_ms = ? WHERE id = ?",
+        (generation, wake_id, tx.now_ms if webhook else None, row["id"]),
+    )
+    if row["type"] == PULL_WAKE:
+        event = {
+            "type": "wake",
+            "subscription_id": row["id"],
+            "stream": trigger_path,
+            "generation": generation,
+            "wake_id": wake_id,
+            "ts": tx.now_ms,
+        }
+        writes.append_internal(tx, row["wake_stream"], [json.dumps(event).encode()])
+    tx.effects.wakes_issued = True
+    return wake_id
+
+
+def _wake_again_if_pending(tx: Transaction, sub_id: str) -> bool:
+    pending = _has_pending(tx.conn, sub_id)
+    if pending is None:
+        return False
+    row = _row(tx.conn, sub_id)
+    assert row is not None
+    _issue_wake(tx, row, pending)
+    return True
+
+
+def _end_wake(tx: Transaction, sub_id: str) -> bool:
+    """Clear the wake and lease; returns whether a new wake was issued for pending work."""
+    tx.conn.execute(
+        "UPDATE subscriptions SET wake_id = NULL, holder = NULL, lease_expires_at_ms = NULL,"
+        " next_attempt_at_ms = NULL, delivery_attempt = 0, last_error = NULL WHERE id = ?",
+        (sub_id,),
+    )
+    tx.effects.wakes_issued = True
+    return _wake_again_if_pending(tx, sub_id)
+
+
+def expire_leases(tx: Transaction) -> int:
+    """End every lease whose time is up (7.3) and wake again where work is pending."""
+    rows = tx.conn.execute(
+        "SELECT id FROM subscriptions WHERE deleted = 0 AND lease_expires_at_ms IS NOT NULL"
+        " AND lease_expires_at_ms <= ?",
+        (tx.now_ms,),
+    ).fetchall()
+    for row in rows:
+        _end_wake(tx, row["id"])
+    return len(rows)
+
+
+# ---------------------------------------------------------------------- claim, ack, release
+
+
+def claim(tx: Transaction, sub_id: str, worker: str) -> WakeGrant:
+    """Lease a pull-wake subscription to `worker` (7.2)."""
+    row = require_subscription(tx, sub_id)
+    if row["type"] != PULL_WAKE:
+        raise BadRequest("only pull-wake subscriptions are claimed", code="NOT_PULL_WAKE")
+    lease_live = row["lease_expires_at_ms"] is not None and row["lease_expires_at_ms"] > tx.now_ms
+    if row["holder"] is not None and lease_live:
+        raise Conflict(
+            f"subscription {sub_id!r} is claimed by {row['holder']!r}",
+            code="ALREADY_CLAIMED",
+            details={"current_holder": row["holder"], "generation": row["generation"]},
+        )
+    if row["wake_id"] is None or row["holder"] is not None:
+        # No wake waiting to be claimed (or its lease lapsed): a claim starts a fresh one,
+        # so a worker can always take over a subscription that nobody holds.
+        _issue_wake_for_claim(tx, row)
+        row = require_subscription(tx, sub_id)
+    tx.conn.execute(
+        "UPDATE subscriptions SET holder = ?, lease_expires_at_ms = ? WHERE id = ?",
+        (worker, tx.now_ms + row["lease_ttl_ms"], sub_id),
+    )
+    tx.effects.wakes_issued = True
+    return WakeGrant(sub_id, row["wake_id"], row["generation"], row["lease_ttl_ms"], _links(tx.conn, sub_id))
+
+
+def _issue_wake_for_claim(tx: Transaction, row: sqlite3.Row) -> None:
+    tx.conn.execute(
+        "UPDATE subscriptions SET generation = generation + 1, wake_id = ?, holder = NULL,"
+        " lease_expires_at_ms = NULL WHERE id = ?",
+        ("w_" + secrets.token_hex(8), row["id"]),
+    )
+
+
+def check_fence(
+    row: sqlite3.Row, token_generation: int, token_wake: str, generation: int, wake_id: str
+) -> None:
+    """All four must match the current wake (7.3), else `409 FENCED`."""
+    current = row["generation"], row["wake_id"]
+    if (
+        row["wake_id"] is None
+        or (token_generation, token_wake) != current
+        or (generation, wake_id) != current
+    ):
+        raise Fenced("this wake is no longer current", code="FENCED")
+
+
+def acknowledge(
+    tx: Transaction,
+    sub_id: str,
+    *,
+    token_generation: int,
+    token_wake: str,
+    generation: int,
+    wake_id: str,
+    acks: tuple[Ack, ...],
+    done: bool,
+    kind: str,
+) -> bool:
+    """Apply acks; `done` ends the wake. Returns whether another wake was issued."""
+    row = _row(tx.conn, sub_id)
+    if row is None:
+        raise Fenced(f"subscription {sub_id!r} was deleted", code="FENCED")
+    if row["type"] != kind:
+        raise BadRequest(f"this endpoint is not for {row['type']} subscriptions", code="WRONG_TYPE")
+    check_fence(row, token_generation, token_wake, generation, wake_id)
+    if kind == PULL_WAKE and row["holder"] is None:
+        raise Fenced("the lease has ended", code="FENCED")
+    _apply_acks(tx, sub_id, acks)
+    if done:
+        return _end_wake(tx, sub_id)
+    tx.conn.execute(
+        "UPDATE subscriptions SET lease_expires_at_ms = ?, next_attempt_at_ms = NULL WHERE id = ?",
+        (tx.now_ms + row["lease_ttl_ms"], sub_id),
+    )
+    tx.effects.wakes_issued = True
+    return False
+
+
+def _apply_acks(tx: Transaction, sub_id: str, acks: tuple[Ack, ...]) -> None:
+    links = {link.path: link for link in _links(tx.conn, sub_id)}
+    for ack in acks:
+        link = links.get(ack.stream)
+        if link is None:
+            raise BadRequest(
+                f"stream {ack.stream!r} is not linked to this subscription", code="UNKNOWN_STREAM"
+            )
+        if ack.offset > link.tail_offset:
+            raise BadRequest(
+                f"ack offset {format_offset(ack.offset)} is beyond the tail of {ack.stream!r}",
+                code="OFFSET_OUT_OF_RANGE",
+            )
+        tx.conn.execute(
+            "UPDATE subscription_links SET acked_offset = max(acked_offset, ?)"
+            " WHERE subscription_id = ? AND path = ?",
+            (ack.offset, sub_id, ack.stream),
+        )
+
+
+def release(
+    tx: Transaction,
+    sub_id: str,
+    *,
+    token_generation: int,
+    token_wake: str,
+    generation: int,
+    wake_id: str,
+) -> bool:
+    row = _row(tx.conn, sub_id)
+    if row is None:
+        raise Fenced(f"subscription {sub_id!r} was deleted", code="FENCED")
+    check_fence(row, token_generation, token_wake, generation, wake_id)
+    return _end_wake(tx, sub_id)
+
+
+# ---------------------------------------------------------------------- webhook delivery
+
+
+def record_delivery(
+    tx: Transaction,
+    state: SubscriptionState,
+    *,
+    delivered: bool,
+    done: bool,
+    snapshot: tuple[LinkState, ...],
+    error: str | None,
+    retry_at_ms: int | None,
+) -> None:
+    """Store a delivery attempt's outcome, if its wake is still the current one."""
+    row = _row(tx.conn, state.id)
+    if row is None or row["wake_id"] != state.wake_id or row["generation"] != state.generation:
+        return
+    if delivered and done:
+        _apply_acks(
+            tx, state.id, tuple(Ack(link.path, link.tail_offset) for link in snapshot)
+        )
+        _end_wake(tx, state.id)
+        return
+    if delivered:
+        tx.conn.execute(
+            "UPDATE subscriptions SET next_attempt_at_ms = NULL, delivery_attempt = 0,"
+            " last_error = NULL, lease_expires_at_ms = ? WHERE id = ?",
+            (tx.now_ms + row["lease_ttl_ms"], state.id),
+        )
+    else:
+        tx.conn.execute(
+            "UPDATE subscriptions SET next_attempt_at_ms = ?, delivery_attempt ="
+            " delivery_attempt + 1, last_error = ? WHERE id = ?",
+            (retry_at_ms, error, state.id),
+        )
+    tx.effects.wakes_issued = True
+
+
+def with_links(state: SubscriptionState, links: tuple[LinkState, ...]) -> SubscriptionState:
+    return replace(state, links=links)

@@ -1,0 +1,252 @@
+"""The subscription service: validated operations plus the scheduler that keeps time.
+
+The scheduler thread sleeps until the earliest deadline stored in the database (a lease
+expiry or a webhook attempt) or until a commit changes subscription state, so leases expire
+on time with nobody calling, and a restart resumes the stored retry schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import requests
+
+from ..errors import BadRequest, Unauthorized
+from ..offsets import parse_offset
+from ..storage import subscriptions as db
+from ..storage.engine import StreamStore
+from . import tokens, webhooks
+from .keys import ServerKeys
+from .model import (
+    Ack,
+    SubscriptionState,
+    WakeGrant,
+    parse_config,
+    parse_stream_list,
+    stream_path,
+    validate_subscription_id,
+)
+
+log = logging.getLogger(__name__)
+
+IDLE_CHECK_S = 30.0
+
+
+class SubscriptionService:
+    """Sections 6 and 7 over one `StreamStore`."""
+
+    def __init__(self, store: StreamStore, keys: ServerKeys) -> None:
+        self.store = store
+        self.keys = keys
+        self._session = requests.Session()
+        self._poke = threading.Event()
+        self._stopping = threading.Event()
+        self._in_flight: set[tuple[str, str]] = set()
+        store.set_wake_listener(self._poke.set)
+        self._thread = threading.Thread(
+            target=self._run_scheduler, name="subscription-scheduler", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._poke.set()
+        self._thread.join(timeout=5)
+        self._session.close()
+
+    # ------------------------------------------------------------------ management (6.2-6.4)
+
+    def put(self, sub_id: str, body: Any, base_url: str) -> tuple[SubscriptionState, bool]:
+        config = parse_config(body)
+        validate_subscription_id(sub_id)
+        return self.store.transact(lambda tx: db.put_subscription(tx, sub_id, config, base_url))
+
+    def get(self, sub_id: str) -> SubscriptionState:
+        with self.store.reading() as conn:
+            return db.get_subscription(conn, sub_id)
+
+    def list(self) -> list[SubscriptionState]:
+        with self.store.reading() as conn:
+            return db.list_subscriptions(conn)
+
+    def delete(self, sub_id: str) -> None:
+        self.store.transact(lambda tx: db.delete_subscription(tx, sub_id))
+
+    def add_streams(self, sub_id: str, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise BadRequest("expected {\"streams\": [...]}", code="INVALID_STREAM")
+        paths = parse_stream_list(body.get("streams"), "streams")
+
+        def op(tx: Any) -> None:
+            db.require_subscription(tx, sub_id)
+            db.add_explicit_links(tx, sub_id, paths)
+
+        self.store.transact(op)
+
+    def remove_stream(self, sub_id: str, path: str) -> None:
+        stream_path(path, "stream")
+
+        def op(tx: Any) -> None:
+            db.require_subscription(tx, sub_id)
+            db.remove_explicit_link(tx, sub_id, path)
+
+        self.store.transact(op)
+
+    # ------------------------------------------------------------------ delivery (7.1-7.2)
+
+    def claim(self, sub_id: str, body: Any) -> tuple[WakeGrant, str]:
+        worker = body.get("worker") if isinstance(body, dict) else None
+        if not isinstance(worker, str) or not worker or len(worker) > 256:
+            raise BadRequest("claim needs {\"worker\": \"<name>\"}", code="INVALID_WORKER")
+        grant = self.store.transact(lambda tx: db.claim(tx, sub_id, worker))
+        token = tokens.mint(
+            self.keys.token_key,
+            tokens.TokenClaims(sub_id, grant.generation, grant.wake_id),
+        )
+        return grant, token
+
+    def ack(self, sub_id: str, authorization: str | None, body: Any, *, kind: str) -> bool:
+        claims = self._claims(sub_id, authorization)
+        generation, wake_id = _wake_fields(body)
+        acks = _parse_acks(body.get("acks", []))
+        done = body.get("done") is True
+        return self.store.transact(
+            lambda tx: db.acknowledge(
+                tx,
+                sub_id,
+                token_generation=claims.generation,
+                token_wake=claims.wake_id,
+                generation=generation,
+                wake_id=wake_id,
+                acks=acks,
+                done=done,
+                kind=kind,
+            )
+        )
+
+    def release(self, sub_id: str, authorization: str | None, body: Any) -> bool:
+        claims = self._claims(sub_id, authorization)
+        generation, wake_id = _wake_fields(body)
+        return self.store.transact(
+            lambda tx: db.release(
+                tx,
+                sub_id,
+                token_generation=claims.generation,
+                token_wake=claims.wake_id,
+                generation=generation,
+                wake_id=wake_id,
+            )
+        )
+
+    def _claims(self, sub_id: str, authorization: str | None) -> tokens.TokenClaims:
+        scheme, _, token = (authorization or "").partition(" ")
+        claims = (
+            tokens.verify(self.keys.token_key, token.strip())
+            if scheme.lower() == "bearer"
+            else None
+        )
+        if claims is None:
+            raise Unauthorized(
+                "a valid wake token is required in Authorization: Bearer <token>",
+                code="INVALID_TOKEN",
+            )
+        if claims.subscription_id != sub_id:
+            raise db.Fenced("the token belongs to another subscription", code="FENCED")
+        return claims
+
+    # ------------------------------------------------------------------ the scheduler
+
+    def _run_scheduler(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                timeout = self._tick()
+            except Exception:
+                log.exception("subscription scheduler tick failed")
+                timeout = 1.0
+            self._poke.wait(timeout)
+            self._poke.clear()
+
+    def _tick(self) -> float:
+        """Expire leases, start due deliveries; returns seconds until the next deadline."""
+        now = self.store.now_ms()
+        with self.store.reading() as conn:
+            deadline = db.next_deadline_ms(conn)
+        if deadline is not None and deadline <= now:
+            self.store.transact(db.expire_leases)
+            with self.store.reading() as conn:
+                due = db.due_webhook_wakes(conn, self.store.now_ms())
+            for state in due:
+                self._start_delivery(state)
+            with self.store.reading() as conn:
+                deadline = db.next_deadline_ms(conn)
+        if deadline is None:
+            return IDLE_CHECK_S
+        return max(0.005, min(IDLE_CHECK_S, (deadline - self.store.now_ms()) / 1000))
+
+    def _start_delivery(self, state: SubscriptionState) -> None:
+        key = (state.id, state.wake_id or "")
+        if key in self._in_flight:
+            return
+        self._in_flight.add(key)
+        threading.Thread(
+            target=self._deliver, args=(state, key), name="webhook-delivery", daemon=True
+        ).start()
+
+    def _deliver(self, state: SubscriptionState, key: tuple[str, str]) -> None:
+        try:
+            assert state.wake_id is not None
+            token = tokens.mint(
+                self.keys.token_key,
+                tokens.TokenClaims(state.id, state.generation, state.wake_id),
+            )
+            outcome = webhooks.deliver(self._session, state, self.keys, token)
+            retry_at = None
+            if not outcome.delivered:
+                delay = webhooks.retry_delay_s(state.delivery_attempt)
+                retry_at = self.store.now_ms() + int(delay * 1000)
+                log.warning(
+                    "webhook delivery for %s failed (%s); retry in %.1fs",
+                    state.id,
+                    outcome.error,
+                    delay,
+                )
+            self.store.transact(
+                lambda tx: db.record_delivery(
+                    tx,
+                    state,
+                    delivered=outcome.delivered,
+                    done=outcome.done,
+                    snapshot=state.links,
+                    error=outcome.error,
+                    retry_at_ms=retry_at,
+                )
+            )
+        except Exception:
+            log.exception("webhook delivery for %s crashed", state.id)
+        finally:
+            self._in_flight.discard(key)
+            self._poke.set()
+
+
+def _wake_fields(body: Any) -> tuple[int, str]:
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object", code="INVALID_BODY")
+    generation = body.get("generation")
+    wake_id = body.get("wake_id")
+    if not isinstance(generation, int) or isinstance(generation, bool) or not isinstance(wake_id, str):
+        raise BadRequest("generation (integer) and wake_id (string) are required", code="INVALID_BODY")
+    return generation, wake_id
+
+
+def _parse_acks(value: Any) -> tuple[Ack, ...]:
+    if not isinstance(value, list):
+        raise BadRequest("acks must be a list", code="INVALID_ACKS")
+    acks = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("offset"), str):
+            raise BadRequest("each ack is {\"stream\": path, \"offset\": offset}", code="INVALID_ACKS")
+        acks.append(Ack(stream_path(item.get("stream"), "ack stream"), parse_offset(item["offset"])))
+    return tuple(acks)
+

@@ -1,0 +1,87 @@
+"""Webhook URL validation against server-side request forgery (sections 6.2 and 12.8).
+
+Production URLs must be `https` to a public host. The one exception is local development:
+`http` or `https` to `localhost` or `127.0.0.x`. Private, loopback, link-local, metadata and
+other non-public targets are refused, both when the URL is given (IP literals and reserved
+names) and again when a delivery resolves the host name (so DNS cannot smuggle them in).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from ..errors import BadRequest
+
+_LOCAL_NAMES = {"localhost", "localhost.localdomain"}
+_BLOCKED_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa", ".lan")
+
+
+def _rejected(reason: str) -> BadRequest:
+    return BadRequest(f"webhook URL rejected: {reason}", code="WEBHOOK_URL_REJECTED")
+
+
+def is_development_host(host: str) -> bool:
+    if host in _LOCAL_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.version == 4 and str(address).startswith("127.0.0.")
+
+
+def _public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return _public_address(address.ipv4_mapped)
+    return address.is_global and not (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    )
+
+
+def validate_webhook_url(url: str) -> str:
+    """The URL if it is an acceptable webhook target, else `400 WEBHOOK_URL_REJECTED`."""
+    if not isinstance(url, str) or len(url) > 2048:
+        raise _rejected("the URL must be a string of at most 2048 characters")
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise _rejected(f"malformed URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise _rejected("only http(s) URLs with a host are allowed")
+    if parts.username or parts.password:
+        raise _rejected("credentials in the URL are not allowed")
+    if is_development_host(host):
+        return url
+    if parts.scheme != "https":
+        raise _rejected("webhooks must use https (http only to localhost or 127.0.0.x)")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if host.endswith(_BLOCKED_SUFFIXES) or "." not in host:
+            raise _rejected(f"{host!r} names a local network host") from None
+        return url
+    if not _public_address(address):
+        raise _rejected(f"{host} is a private, loopback, link-local or reserved address")
+    return url
+
+
+def check_resolved_host(url: str) -> None:
+    """At delivery time: refuse a public-looking name that resolves to a local address."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if is_development_host(host):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP):
+        address = ipaddress.ip_address(info[4][0])
+        if not _public_address(address):
+            raise _rejected(f"{host} resolves to the non-public address {address}")
