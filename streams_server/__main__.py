@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         auth_token=args.auth_token,
     )
     backend = StreamsBackend.open(None if args.memory else args.data_dir, settings)
+    backend.start()
     serve(create_app(backend), args.host, args.port, on_stop=backend.close)
     return 0
 

@@ -38,6 +38,11 @@ class StreamsBackend:
         return cls(StreamStore.open_directory(data_dir), ServerKeys(data_dir),
                    settings or StreamsSettings(), url_prefix)
 
+    def start(self) -> None:
+        """Start the background work: expiry sweeps, lease expiry, webhook deliveries."""
+        self.store.start_background_work()
+        self.subscriptions.start()
+
     def close(self) -> None:
         self.subscriptions.close()
         self.store.close()

@@ -82,8 +82,16 @@ class StreamStore:
         )
         self._wake_listener: Callable[[], None] | None = None
         self._closed = threading.Event()
-        self._sweeper = threading.Thread(target=self._sweep_loop, name="stream-sweeper", daemon=True)
-        self._sweeper.start()
+        self._sweeper: threading.Thread | None = None
+
+    def start_background_work(self) -> None:
+        """Start the expiry sweeper; a store that only serves requests does not need it
+        until then (so a process that never serves, like Flask's reloader, runs nothing)."""
+        if self._sweeper is None:
+            self._sweeper = threading.Thread(
+                target=self._sweep_loop, name="stream-sweeper", daemon=True
+            )
+            self._sweeper.start()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -107,7 +115,8 @@ class StreamStore:
             self._committer.submit(lambda tx: None)
         except Exception:  # closing must not fail because the disk did
             log.exception("final flush failed")
-        self._sweeper.join(timeout=5)
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=5)
         with self._leader_lock:
             self._writer.close()
             while True:

@@ -45,15 +45,21 @@ class SubscriptionService:
         self._stopping = threading.Event()
         self._in_flight: set[tuple[str, str]] = set()
         store.set_wake_listener(self._poke.set)
-        self._thread = threading.Thread(
-            target=self._run_scheduler, name="subscription-scheduler", daemon=True
-        )
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the scheduler (lease expiry, webhook delivery)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run_scheduler, name="subscription-scheduler", daemon=True
+            )
+            self._thread.start()
 
     def close(self) -> None:
         self._stopping.set()
         self._poke.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         self._session.close()
 
     # ------------------------------------------------------------------ management (6.2-6.4)

@@ -1,0 +1,79 @@
+"""Anthropic SDK exceptions turned into `ModelError`s a chat user can read.
+
+The full exception goes to the log; the user sees one sentence saying what happened and
+whether trying again may help. Never a stack trace, never the API key.
+"""
+
+from __future__ import annotations
+
+import anthropic
+
+from agent_actors.errors import ModelError
+
+_OVERLOADED = "The AI model is overloaded right now. Please try again in a little while."
+_RATE_LIMITED = ("The AI model is receiving too many requests (rate limited). "
+                 "Please try again in a minute.")
+_DROPPED = "The connection to the AI model was lost in the middle of the answer."
+
+
+def model_error(exc: BaseException, *, model: str, base_url: str) -> ModelError:
+    """The `ModelError` for an exception raised while asking ``model`` at ``base_url``."""
+    if isinstance(exc, ModelError):
+        return exc
+    if isinstance(exc, anthropic.APIStatusError):
+        return _status_error(exc, model)
+    if isinstance(exc, anthropic.APITimeoutError):
+        return ModelError("The AI model took too long to respond. Please try again.",
+                          code="timeout", retryable=True)
+    if isinstance(exc, anthropic.APIConnectionError):
+        return ModelError(f"Could not connect to the AI model at {base_url}.",
+                          code="connection", retryable=True)
+    return ModelError(_DROPPED, code="connection", retryable=True)
+
+
+def _status_error(exc: anthropic.APIStatusError, model: str) -> ModelError:
+    status, kind = exc.status_code, _error_type(exc)
+    detail = _api_message(exc)
+    if kind == "overloaded_error" or status == 529:
+        return ModelError(_OVERLOADED, code="overloaded", retryable=True, status=status)
+    if kind == "rate_limit_error" or status == 429:
+        return ModelError(_RATE_LIMITED, code="rate_limited", retryable=True, status=status)
+    if kind == "authentication_error" or status == 401:
+        return ModelError("The Anthropic API key was rejected. Check ANTHROPIC_API_KEY.",
+                          code="authentication", status=status)
+    if kind == "permission_error" or status == 403:
+        return ModelError(f"This API key may not use the model {model!r}.",
+                          code="permission", status=status)
+    if kind == "not_found_error" or status == 404:
+        return ModelError(f"The model {model!r} was not found. Check ANTHROPIC_MODEL.",
+                          code="not_found", status=status)
+    if kind == "request_too_large" or status == 413:
+        return ModelError("The conversation is too long for the AI model.",
+                          code="too_large", status=status)
+    if status == 400 or kind == "invalid_request_error":
+        return ModelError(f"The AI model rejected the request: {detail}",
+                          code="bad_request", status=status)
+    return ModelError(f"The AI service reported an error ({kind or status}). Please try again.",
+                      code="api_error", retryable=True, status=status)
+
+
+def _error_type(exc: anthropic.APIStatusError) -> str | None:
+    """``error.type`` from the body (also for mid-stream ``error`` events, whose status is 200)."""
+    kind = getattr(exc, "type", None)
+    if isinstance(kind, str):
+        return kind
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("type"), str):
+            return str(error["type"])
+    return None
+
+
+def _api_message(exc: anthropic.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:300]
+    return f"HTTP {exc.status_code}"

@@ -1,0 +1,51 @@
+"""Choose the model from settings: Claude when an API key is configured, else the demo."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from agent_actors.models.anthropic_model import DEFAULT_ANTHROPIC_MODEL, AnthropicModel
+from agent_actors.models.base import Model
+from agent_actors.models.demo import DemoModel
+
+log = logging.getLogger("agent_actors.models")
+
+DEMO = "demo"
+"""The model name that selects the offline demo model even when a key is set."""
+
+
+def model_from_settings(
+    name: str | None = None,
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    env: Mapping[str, str] | None = None,
+    demo_tokens_per_second: float = 30.0,
+    demo_first_token_latency: float = 0.3,
+    max_tokens: int = 1024,
+    system: str | None = None,
+) -> Model:
+    """The model to use, and one log line saying which.
+
+    Explicit arguments win over the environment (``ANTHROPIC_API_KEY``, ``ANTHROPIC_MODEL``,
+    ``ANTHROPIC_BASE_URL``; ``env`` defaults to ``os.environ``). ``name`` is a Claude model id,
+    or ``"demo"`` to force the offline demo. Without an API key the demo model is used.
+    """
+    env = os.environ if env is None else env
+    name = name or env.get("ANTHROPIC_MODEL") or None
+    api_key = api_key or env.get("ANTHROPIC_API_KEY") or None
+    base_url = base_url or env.get("ANTHROPIC_BASE_URL") or None
+    if name == DEMO or not api_key:
+        if name not in (None, DEMO):
+            log.warning("model %r requested but ANTHROPIC_API_KEY is not set; using the demo",
+                        name)
+        log.info("model: demo (offline, %.0f tokens/s); set ANTHROPIC_API_KEY to use Claude",
+                 demo_tokens_per_second)
+        return DemoModel(tokens_per_second=demo_tokens_per_second,
+                         first_token_latency=demo_first_token_latency)
+    model = AnthropicModel(api_key=api_key, model=name or DEFAULT_ANTHROPIC_MODEL,
+                           base_url=base_url, max_tokens=max_tokens, system=system)
+    log.info("model: %s via %s", model.name, model.base_url)
+    return model

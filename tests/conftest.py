@@ -1,0 +1,27 @@
+"""Fixtures shared by the test suites: real servers on real sockets, temporary data dirs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import ServerProcess, start_streams_server
+
+
+@pytest.fixture
+def streams_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """This project's server (`python -m streams_server`) on the SQLite engine."""
+    server = start_streams_server(tmp_path / "streams-data", long_poll_timeout=2.0)
+    try:
+        yield server
+    finally:
+        server.terminate()
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        yield session

@@ -1,0 +1,234 @@
+"""A local fake of the Anthropic Messages API, served over a real socket, for tests.
+
+``POST /v1/messages`` with ``"stream": true`` answers with the real SSE wire format and event
+sequence (``message_start``, ``content_block_start``, ``ping``, ``content_block_delta``
+with ``text_delta`` ..., ``content_block_stop``, ``message_delta`` with the stop reason and
+usage, ``message_stop``) over chunked HTTP/1.1, at a chosen token rate. Point the real SDK at
+it with ``base_url=fake.url`` (or ``ANTHROPIC_BASE_URL``).
+
+Scriptable per test::
+
+    with FakeAnthropic(reply="Hi there", tokens_per_second=200) as fake:
+        fake.reply = lambda messages: f"You said {messages[-1]['content']}"
+        fake.fail_next("429", retry_after=0.1)      # then the next request succeeds
+        fake.fail_next("stream_error", after_tokens=3)
+        ...
+        fake.requests        # every request body received, in order
+
+Failure modes: ``"429"`` (``rate_limit_error`` with ``retry-after``), ``"529"``
+(``overloaded_error``), ``"401"`` (``authentication_error``), ``"stream_error"`` (an
+``event: error`` with ``overloaded_error`` after some tokens), ``"drop"`` (the connection is
+closed mid-stream, without the final chunk), ``"stall"`` (the stream stops sending after some
+tokens until the client goes away or the fake stops).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Reply = str | Callable[[list[dict[str, Any]]], str]
+
+FAILURE_MODES = ("429", "529", "401", "stream_error", "drop", "stall")
+_TOKEN_RE = re.compile(r"\s*\S+")
+_HTTP_ERRORS = {
+    "429": (429, "rate_limit_error", "Number of request tokens has exceeded your rate limit."),
+    "529": (529, "overloaded_error", "Overloaded"),
+    "401": (401, "authentication_error", "invalid x-api-key"),
+}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One scripted failure, used by the next request."""
+
+    mode: str
+    after_tokens: int = 2
+    retry_after: float | None = None
+
+
+class FakeAnthropic:
+    """A threaded HTTP server imitating ``POST /v1/messages`` streaming; a context manager."""
+
+    def __init__(self, reply: Reply = "Hello from the fake model.", *,
+                 tokens_per_second: float = 200.0, model: str = "claude-fake-1") -> None:
+        self.reply: Reply = reply
+        self.tokens_per_second = tokens_per_second
+        self.model = model
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.tokens_sent = 0
+        self.client_disconnected = threading.Event()
+        """Set when a client went away while a stream was still being written."""
+        self._failures: list[Failure] = []
+        self._lock = threading.Condition()
+        self._stopping = threading.Event()
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        daemon=True, name="fake-anthropic")
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> FakeAnthropic:
+        """Start serving (in a background thread)."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release stalled streams."""
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeAnthropic:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- scripting and inspection -----------------------------------------------------------------
+
+    def fail_next(self, mode: str, *, times: int = 1, after_tokens: int = 2,
+                  retry_after: float | None = None) -> None:
+        """Make the next ``times`` requests fail with ``mode`` (see the module docstring)."""
+        if mode not in FAILURE_MODES:
+            raise ValueError(f"unknown failure mode {mode!r}; expected one of {FAILURE_MODES}")
+        with self._lock:
+            self._failures.extend([Failure(mode, after_tokens, retry_after)] * times)
+
+    def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
+        """Block until at least ``count`` requests have arrived; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self.requests) >= count, timeout)
+
+    def reply_for(self, messages: list[dict[str, Any]]) -> str:
+        """The reply text for a request's ``messages``."""
+        return self.reply(messages) if callable(self.reply) else self.reply
+
+    def _record(self, body: dict[str, Any], headers: dict[str, str]) -> Failure | None:
+        with self._lock:
+            self.requests.append(body)
+            self.headers.append(headers)
+            self._lock.notify_all()
+            return self._failures.pop(0) if self._failures else None
+
+
+def _handler_for(fake: FakeAnthropic) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(_MessagesHandler):
+        owner = fake
+
+    return Handler
+
+
+class _MessagesHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    owner: FakeAnthropic
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if self.path.split("?")[0] != "/v1/messages":
+            self._json_error(404, "not_found_error", f"no route {self.path}")
+            return
+        failure = self.owner._record(body, {k.lower(): v for k, v in self.headers.items()})
+        if failure is not None and failure.mode in _HTTP_ERRORS:
+            status, kind, message = _HTTP_ERRORS[failure.mode]
+            self._json_error(status, kind, message, failure.retry_after)
+            return
+        if not body.get("stream"):
+            self._json_error(400, "invalid_request_error", "this fake only streams")
+            return
+        try:
+            self._stream(body, failure)
+        except (BrokenPipeError, ConnectionResetError):
+            self.owner.client_disconnected.set()
+            self.close_connection = True
+
+    def _json_error(self, status: int, kind: str, message: str,
+                    retry_after: float | None = None) -> None:
+        payload = json.dumps({"type": "error", "error": {"type": kind, "message": message}})
+        data = payload.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("request-id", f"req_{uuid.uuid4().hex[:16]}")
+        if retry_after is not None:
+            self.send_header("retry-after", f"{retry_after:g}")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(self, body: dict[str, Any], failure: Failure | None) -> None:
+        messages = body.get("messages", [])
+        tokens = _TOKEN_RE.findall(self.owner.reply_for(messages))
+        input_tokens = _count_input_tokens(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("request-id", f"req_{uuid.uuid4().hex[:16]}")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self._event("message_start", {"type": "message_start", "message": {
+            "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
+            "content": [], "model": body.get("model", self.owner.model), "stop_reason": None,
+            "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+        }})
+        self._event("content_block_start", {"type": "content_block_start", "index": 0,
+                                            "content_block": {"type": "text", "text": ""}})
+        self._event("ping", {"type": "ping"})
+        interval = 1.0 / self.owner.tokens_per_second if self.owner.tokens_per_second else 0.0
+        for index, token in enumerate(tokens):
+            if failure is not None and index == failure.after_tokens:
+                self._fail_mid_stream(failure.mode)
+                return
+            if index and self.owner._stopping.wait(interval):
+                return
+            self._event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                "delta": {"type": "text_delta", "text": token}})
+            with self.owner._lock:
+                self.owner.tokens_sent += 1
+        self._event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        self._event("message_delta", {"type": "message_delta",
+                                      "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                      "usage": {"output_tokens": len(tokens)}})
+        self._event("message_stop", {"type": "message_stop"})
+        self._chunk(b"")  # the terminating zero-length chunk
+
+    def _fail_mid_stream(self, mode: str) -> None:
+        if mode == "stream_error":
+            self._event("error", {"type": "error", "error": {"type": "overloaded_error",
+                                                             "message": "Overloaded"}})
+            self._chunk(b"")
+        elif mode == "drop":
+            self.close_connection = True  # close without the terminating chunk
+        elif mode == "stall":
+            while not self.owner._stopping.wait(0.05):
+                self._chunk(b": \n\n")  # an SSE comment; fails once the client has gone
+            self.close_connection = True
+
+    def _event(self, name: str, data: dict[str, Any]) -> None:
+        self._chunk(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+def _count_input_tokens(body: dict[str, Any]) -> int:
+    texts = [str(body.get("system") or "")]
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(str(block.get("text", "")) for block in content if isinstance(block, dict))
+    return sum(len(_TOKEN_RE.findall(text)) for text in texts)

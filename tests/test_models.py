@@ -1,0 +1,281 @@
+"""The models: the real `anthropic` SDK against a local fake Messages API, and the demo model."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agent_actors.errors import ModelError
+from agent_actors.models import (
+    DEFAULT_ANTHROPIC_MODEL,
+    DEMO_LABEL,
+    AnthropicModel,
+    DemoModel,
+    ModelEvent,
+    ModelResult,
+    TextDelta,
+    Turn,
+    model_from_settings,
+    normalize_turns,
+)
+from tests.fake_anthropic import FakeAnthropic
+
+pytestmark = pytest.mark.timeout(120)
+
+API_KEY = "sk-ant-test-secret-key"
+REPLY = "The quick brown fox jumps over the lazy dog."
+LONG_REPLY = " ".join(f"word{i}" for i in range(300))
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAnthropic]:
+    """A fake Messages API answering REPLY quickly."""
+    with FakeAnthropic(REPLY, tokens_per_second=500) as server:
+        yield server
+
+
+def claude(fake: FakeAnthropic, *, max_retries: int = 0, **kwargs: Any) -> AnthropicModel:
+    """An AnthropicModel (real SDK) pointed at the fake."""
+    return AnthropicModel(api_key=API_KEY, base_url=fake.url, max_retries=max_retries,
+                          timeout=10.0, **kwargs)
+
+
+def split(events: list[ModelEvent]) -> tuple[str, list[TextDelta], ModelResult]:
+    """The text, the deltas and the final result of a finished stream."""
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    assert isinstance(events[-1], ModelResult), f"last event is not a result: {events[-1]!r}"
+    assert all(isinstance(e, TextDelta) for e in events[:-1])
+    return "".join(d.text for d in deltas), deltas, events[-1]
+
+
+# -- Anthropic: normal streaming ---------------------------------------------------------------
+
+
+def test_streams_text_deltas_then_a_result_with_usage(fake: FakeAnthropic) -> None:
+    text, deltas, result = split(list(claude(fake).stream([("user", "Hi")])))
+    assert text == REPLY
+    assert len(deltas) == len(REPLY.split())  # streamed piece by piece, not in one block
+    assert result.stop_reason == "end_turn" and not result.cancelled
+    assert (result.input_tokens, result.output_tokens) == (1, len(REPLY.split()))
+    assert result.model == DEFAULT_ANTHROPIC_MODEL
+
+
+def test_the_whole_conversation_reaches_the_model(fake: FakeAnthropic) -> None:
+    fake.reply = lambda messages: f"echo: {messages[-1]['content']}"
+    turns = [Turn("user", "My name is Ada."), Turn("assistant", "Hello Ada!"),
+             Turn("user", "What is my name?")]
+    model = claude(fake, model="claude-test-model", max_tokens=77, system="Be brief.")
+    text, _, _ = split(list(model.stream(turns)))
+    assert text == "echo: What is my name?"
+    body = fake.requests[0]
+    assert body["messages"] == [
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Hello Ada!"},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    assert (body["model"], body["max_tokens"], body["stream"]) == ("claude-test-model", 77, True)
+    assert body["system"] == "Be brief."
+    sent = fake.headers[0]  # SDK versions differ: x-api-key or an Authorization bearer
+    assert API_KEY in (sent.get("x-api-key"), sent.get("authorization", "").removeprefix("Bearer "))
+
+
+def test_consecutive_prompts_without_an_answer_are_sent_as_one_user_turn(
+    fake: FakeAnthropic,
+) -> None:
+    turns = [("user", "first"), ("assistant", "answer"), ("user", "second (its answer failed)"),
+             ("user", "third")]
+    split(list(claude(fake).stream(turns)))
+    assert fake.requests[0]["messages"][-1] == {
+        "role": "user", "content": "second (its answer failed)\n\nthird"}
+
+
+# -- Anthropic: failures -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "code"), [
+    ("429", "rate_limited"),
+    ("529", "overloaded"),
+    ("401", "authentication"),
+    ("stream_error", "overloaded"),
+    ("drop", "connection"),
+])
+def test_each_failure_becomes_a_readable_model_error(
+    fake: FakeAnthropic, mode: str, code: str,
+) -> None:
+    fake.fail_next(mode, after_tokens=2, retry_after=0)
+    events: list[ModelEvent] = []
+    with pytest.raises(ModelError) as failure:
+        for event in claude(fake).stream([("user", "Hi")]):
+            events.append(event)
+    error = failure.value
+    assert error.code == code
+    assert str(error) == error.message and error.message.endswith(".")
+    assert "Traceback" not in error.message and "{" not in error.message
+    assert API_KEY not in error.message
+    if mode in ("stream_error", "drop"):  # the text before the failure was already streamed
+        assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "The quick"
+        assert error.retryable
+
+
+def test_an_unreachable_endpoint_is_a_connection_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    model = AnthropicModel(api_key=API_KEY, base_url=f"http://127.0.0.1:{port}", max_retries=0)
+    with pytest.raises(ModelError) as failure:
+        list(model.stream([("user", "Hi")]))
+    assert failure.value.code == "connection"
+    assert f"127.0.0.1:{port}" in failure.value.message
+
+
+def test_the_sdk_retries_429_and_529_then_succeeds(fake: FakeAnthropic) -> None:
+    fake.fail_next("429", retry_after=0.05)
+    fake.fail_next("529")  # no retry-after: the SDK's own backoff
+    text, _, result = split(list(claude(fake, max_retries=3).stream([("user", "Hi")])))
+    assert text == REPLY and result.stop_reason == "end_turn"
+    assert len(fake.requests) == 3
+
+
+# -- Anthropic: cancellation -----------------------------------------------------------------------
+
+
+def set_from_another_thread(event: threading.Event) -> None:
+    threading.Thread(target=event.set).start()
+
+
+def test_cancel_mid_stream_stops_within_a_second_and_closes_the_stream() -> None:
+    with FakeAnthropic(LONG_REPLY, tokens_per_second=20) as fake:
+        cancel = threading.Event()
+        deltas, result, cancelled_at = 0, None, 0.0
+        for event in claude(fake).stream([("user", "Talk for a while")], cancel=cancel):
+            if isinstance(event, TextDelta):
+                deltas += 1
+                if deltas == 3:
+                    cancelled_at = time.monotonic()
+                    set_from_another_thread(cancel)
+            else:
+                result = event
+        assert result is not None and result.cancelled and result.stop_reason == "cancelled"
+        assert time.monotonic() - cancelled_at < 1.0
+        assert deltas < 10
+        assert fake.client_disconnected.wait(5.0), "the HTTP stream was not closed"
+
+
+def test_cancel_while_the_model_sends_nothing() -> None:
+    with FakeAnthropic(LONG_REPLY, tokens_per_second=200) as fake:
+        fake.fail_next("stall", after_tokens=2)
+        cancel = threading.Event()
+        stream = claude(fake).stream([("user", "Hi")], cancel=cancel)
+        assert isinstance(next(stream), TextDelta) and isinstance(next(stream), TextDelta)
+        started = time.monotonic()
+        set_from_another_thread(cancel)
+        rest = list(stream)
+        assert len(rest) == 1 and isinstance(rest[0], ModelResult) and rest[0].cancelled
+        assert time.monotonic() - started < 1.0
+        assert fake.client_disconnected.wait(5.0)
+
+
+def test_cancel_while_the_sdk_waits_to_retry() -> None:
+    with FakeAnthropic(REPLY) as fake:
+        fake.fail_next("429", retry_after=30)
+        cancel = threading.Event()
+
+        def cancel_once_asked() -> None:
+            fake.wait_for_requests(1)
+            cancel.set()
+
+        threading.Thread(target=cancel_once_asked).start()
+        started = time.monotonic()
+        events = list(claude(fake, max_retries=2).stream([("user", "Hi")], cancel=cancel))
+        assert events == [ModelResult("cancelled", 0, 0, DEFAULT_ANTHROPIC_MODEL)]
+        assert time.monotonic() - started < 1.0
+
+
+def test_abandoning_the_iterator_closes_the_http_stream() -> None:
+    with FakeAnthropic(LONG_REPLY, tokens_per_second=50) as fake:
+        stream = claude(fake).stream([("user", "Hi")])
+        next(stream)
+        stream.close()  # type: ignore[attr-defined]
+        assert fake.client_disconnected.wait(5.0)
+
+
+# -- demo model --------------------------------------------------------------------------------------
+
+
+def test_demo_streams_a_labelled_reply_about_the_prompt_at_the_set_rate() -> None:
+    demo = DemoModel(tokens_per_second=200, first_token_latency=0)
+    started = time.monotonic()
+    text, deltas, result = split(list(demo.stream([("user", "How do durable streams work?")])))
+    elapsed = time.monotonic() - started
+    assert text.startswith(DEMO_LABEL)
+    assert "How do durable streams work?" in text
+    assert len(deltas) == len(text.split()) and result.output_tokens == len(deltas)
+    assert result.input_tokens > 0 and result.stop_reason == "end_turn"
+    assert result.model == "demo"
+    assert elapsed >= (len(deltas) - 1) / 200 * 0.9  # paced, not all at once
+
+
+def test_demo_knows_the_history() -> None:
+    demo = DemoModel(tokens_per_second=0, first_token_latency=0)
+    turns = [("user", "Remember the word teapot."), ("assistant", "OK."), ("user", "Which word?")]
+    text, _, _ = split(list(demo.stream(turns)))
+    assert "Remember the word teapot." in text and "Which word?" in text
+
+
+def test_demo_cancel_from_another_thread() -> None:
+    demo = DemoModel(tokens_per_second=5, first_token_latency=0)
+    cancel = threading.Event()
+    stream = demo.stream([("user", "Hi")], cancel=cancel)
+    assert isinstance(next(stream), TextDelta)
+    started = time.monotonic()
+    set_from_another_thread(cancel)
+    rest = list(stream)
+    assert len(rest) == 1 and isinstance(rest[0], ModelResult)
+    assert rest[0].cancelled and rest[0].output_tokens == 1
+    assert time.monotonic() - started < 0.5
+
+
+# -- choosing a model, and turns ------------------------------------------------------------------
+
+
+def test_without_a_key_the_demo_is_used_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="agent_actors.models"):
+        model = model_from_settings(env={"ANTHROPIC_MODEL": "claude-x"})
+    assert isinstance(model, DemoModel)
+    assert "demo" in caplog.text and "ANTHROPIC_API_KEY" in caplog.text
+
+
+def test_with_a_key_claude_is_used_with_model_and_base_url_from_the_environment(
+    fake: FakeAnthropic, caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {"ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_MODEL": "claude-from-env",
+           "ANTHROPIC_BASE_URL": fake.url}
+    with caplog.at_level(logging.INFO, logger="agent_actors.models"):
+        model = model_from_settings(env=env)
+    assert isinstance(model, AnthropicModel) and model.model == "claude-from-env"
+    assert "anthropic:claude-from-env" in caplog.text and API_KEY not in caplog.text
+    split(list(model.stream([("user", "Hi")])))
+    assert fake.requests[0]["model"] == "claude-from-env"
+
+
+def test_explicit_settings_win_and_demo_can_be_forced() -> None:
+    env = {"ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_MODEL": "claude-from-env"}
+    chosen = model_from_settings("claude-from-flag", env=env)
+    assert isinstance(chosen, AnthropicModel) and chosen.model == "claude-from-flag"
+    assert chosen.base_url == "https://api.anthropic.com"
+    assert isinstance(model_from_settings("demo", env=env), DemoModel)
+
+
+def test_normalize_turns() -> None:
+    assert normalize_turns([("assistant", "hello"), ("user", "a"), ("user", ""),
+                            ("user", "b")]) == [Turn("user", "a\n\nb")]
+    with pytest.raises(ValueError):
+        normalize_turns([("user", "a"), ("assistant", "b")])
+    with pytest.raises(ValueError):
+        normalize_turns([("system", "a")])
