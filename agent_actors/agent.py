@@ -1,0 +1,375 @@
+"""`ConversationAgent`: the actor that answers one conversation's prompts, exactly once.
+
+Life of an agent (it holds the conversation's lease from the moment it is spawned):
+
+1. Boot, on a thread: append an `agent started` marker with a fresh producer epoch to the
+   responses stream. From then on no older agent can write there (it gets `403`), so reading
+   both streams *after* the marker gives the final word on what was already answered.
+2. Answer the prompts that have no finished answer, in order, one at a time, each on a
+   thread of its own; an answer cut short by a crash is restarted behind a `restart` marker.
+3. Follow the prompts stream for new prompts and cancels; acknowledge the processed offset
+   (persisted locally, acked on the subscription) and heartbeat the lease.
+4. Passivate when idle for `idle_timeout_s`: ack `done`, stop. The server wakes a new agent
+   for the next prompt.
+
+The actor's inbox only ever carries short messages; all blocking I/O runs on threads the
+actor owns, started in `on_start` and stopped in `on_stop`, reporting back with `tell`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from agent_actors import layout, schema
+from agent_actors.answering import AnswerAborted, AnswerOutcome, answer_prompt
+from agent_actors.conversation_log import ConversationLog
+from agent_actors.errors import ProducerFenced, StreamsError
+from agent_actors.lease_keeper import LeaseKeeper
+from agent_actors.models.base import Model
+from agent_actors.offsets_store import OffsetsStore
+from agent_actors.producer import Producer
+from agent_actors.schema import Cancel, Prompt
+from agent_actors.stream_types import Lease
+from agent_actors.streams_client import StreamsClient, Tail
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    coalesce_window_s: float = 0.03
+    idle_timeout_s: float = 60.0
+    context_budget_chars: int = 400_000  # roughly 100k tokens
+    heartbeat_s: float | None = None  # default: a third of the lease
+    live_mode: str = "sse"
+
+
+# -- messages to the agent (from its own threads) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Booted:
+    log: ConversationLog
+    producer: Producer
+    prompts_offset: str
+
+
+@dataclass(frozen=True)
+class _PromptBatch:
+    messages: tuple[Any, ...]
+    next_offset: str
+
+
+@dataclass(frozen=True)
+class _AnswerFinished:
+    outcome: AnswerOutcome
+
+
+@dataclass(frozen=True)
+class _ThreadFailed:
+    what: str
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class _Tick:
+    pass
+
+
+@dataclass(frozen=True)
+class _LeaseLost:
+    reason: str
+
+
+# -- messages to the supervisor --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentStopped:
+    """The agent ended normally: `idle` (passivated), `replaced`, `lease-lost`, `shutdown`."""
+
+    conversation_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AgentCrashed:
+    conversation_id: str
+    error: str
+
+
+class AgentFailure(Exception):
+    """Something the agent cannot handle: the supervisor restarts it with backoff."""
+
+
+@dataclass
+class _Current:
+    prompt: Prompt
+    cancel: threading.Event
+    abort: threading.Event
+
+
+class ConversationAgent(pykka.ThreadingActor):
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        *,
+        conversation_id: str,
+        lease: Lease,
+        client: StreamsClient,
+        model: Model,
+        offsets: OffsetsStore,
+        worker: str,
+        settings: AgentSettings,
+        supervisor: pykka.ActorRef[Any] | None,
+    ) -> None:
+        super().__init__()
+        self.conversation_id = conversation_id
+        self.lease = lease
+        self.client = client
+        self.model = model
+        self.offsets = offsets
+        self.worker = worker
+        self.settings = settings
+        self.supervisor = supervisor
+        self.prompts_path = layout.prompts_path(conversation_id)
+        self.responses_path = layout.responses_path(conversation_id)
+        self._log = ConversationLog()
+        self._producer: Producer | None = None
+        self._queue: deque[Prompt] = deque()
+        self._batches: deque[tuple[str, set[str]]] = deque()
+        self._current: _Current | None = None
+        self._last_active = time.monotonic()
+        self._reader: Tail | None = None
+        self._stopping = threading.Event()
+        self._stop_reason = "shutdown"
+        self._passivating = False
+        heartbeat = settings.heartbeat_s or max(0.5, lease.lease_ttl_ms / 3000)
+        self._keeper = LeaseKeeper(
+            client,
+            lease,
+            conversation_id=conversation_id,
+            prompts_path=self.prompts_path,
+            offsets=offsets,
+            heartbeat_s=heartbeat,
+            on_tick=lambda: self.actor_ref.tell(_Tick()),
+            on_lost=lambda reason: self.actor_ref.tell(_LeaseLost(reason)),
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        log.info("agent started conversation=%s generation=%d worker=%s",
+                 self.conversation_id, self.lease.generation, self.worker)
+        self._keeper.start()
+        self._spawn("boot", self._boot)
+
+    def on_stop(self) -> None:
+        self._stopping.set()
+        if self._reader is not None:
+            self._reader.close()
+        if self._current is not None:
+            self._current.abort.set()
+            self._current.cancel.set()
+        if self._stop_reason == "shutdown":
+            self._keeper.release()
+        else:
+            self._keeper.stop()
+        self._notify(AgentStopped(self.conversation_id, self._stop_reason))
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        self._stopping.set()
+        if self._reader is not None:
+            self._reader.close()
+        if self._current is not None:
+            self._current.abort.set()
+            self._current.cancel.set()
+        self._keeper.release()
+        log.error("agent crashed conversation=%s error=%s", self.conversation_id,
+                  exception_value)
+        self._notify(AgentCrashed(self.conversation_id, f"{exception_value}"))
+
+    def _stop_with(self, reason: str) -> None:
+        self._stop_reason = reason
+        self.actor_ref.stop(block=False)
+
+    def _notify(self, message: object) -> None:
+        if self.supervisor is not None:
+            try:
+                self.supervisor.tell(message)
+            except pykka.ActorDeadError:
+                pass
+
+    # -- the inbox -------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        if self._stopping.is_set():
+            return None
+        if isinstance(message, _Booted):
+            self._on_booted(message)
+        elif isinstance(message, _PromptBatch):
+            self._on_prompts(message)
+        elif isinstance(message, _AnswerFinished):
+            self._on_answer_finished(message.outcome)
+        elif isinstance(message, _Tick):
+            self._on_tick()
+        elif isinstance(message, _LeaseLost):
+            log.warning("agent %s: %s", self.conversation_id, message.reason)
+            self._stop_with("lease-lost")
+        elif isinstance(message, _ThreadFailed):
+            self._on_thread_failed(message)
+        return None
+
+    def _on_booted(self, booted: _Booted) -> None:
+        self._log = booted.log
+        self._producer = booted.producer
+        pending = self._log.unanswered()
+        self._queue.extend(pending)
+        self._batches.append((booted.prompts_offset, {p.id for p in pending}))
+        self._advance_offset()
+        self._reader = self.client.tail(self.prompts_path, booted.prompts_offset,
+                                        live=self.settings.live_mode)  # type: ignore[arg-type]
+        self._spawn("prompt-reader", self._read_prompts)
+        self._start_next()
+
+    def _on_prompts(self, batch: _PromptBatch) -> None:
+        self._last_active = time.monotonic()
+        waiting: set[str] = set()
+        for item in self._log.add_prompt_messages(batch.messages):
+            if isinstance(item, Prompt):
+                if not self._log.is_finished(item.id):
+                    self._queue.append(item)
+                    waiting.add(item.id)
+            elif isinstance(item, Cancel) and self._current is not None:
+                if self._current.prompt.id == item.prompt_id:
+                    self._current.cancel.set()
+        self._batches.append((batch.next_offset, waiting))
+        self._advance_offset()
+        self._start_next()
+
+    def _start_next(self) -> None:
+        if self._current is not None or self._passivating or self._producer is None:
+            return
+        while self._queue:
+            prompt = self._queue.popleft()
+            if self._log.is_finished(prompt.id):
+                continue
+            current = _Current(prompt, threading.Event(), threading.Event())
+            if prompt.id in self._log.cancel_requests:
+                current.cancel.set()  # cancelled before its turn came: no model call
+            self._current = current
+            attempt, drop_partial = self._log.next_attempt(prompt.id)
+            turns = self._log.history_for(prompt, self.settings.context_budget_chars)
+            producer = self._producer
+
+            def run() -> None:
+                outcome = answer_prompt(
+                    model=self.model, turns=turns, producer=producer, prompt_id=prompt.id,
+                    attempt=attempt, drop_partial=drop_partial, cancel=current.cancel,
+                    abort=current.abort, window_s=self.settings.coalesce_window_s,
+                )
+                self.actor_ref.tell(_AnswerFinished(outcome))
+
+            self._spawn(f"answer-{prompt.id}", run)
+            return
+
+    def _on_answer_finished(self, outcome: AnswerOutcome) -> None:
+        self._current = None
+        self._last_active = time.monotonic()
+        self._log.record_finished(outcome.prompt_id, outcome.attempt, outcome.text,
+                                  outcome.outcome, outcome.stop_reason)
+        log.info(
+            "answered conversation=%s prompt=%s outcome=%s stop_reason=%s model=%s"
+            " first_token_ms=%s input_tokens=%d output_tokens=%d duration_ms=%.0f chunks=%d",
+            self.conversation_id, outcome.prompt_id, outcome.outcome, outcome.stop_reason,
+            outcome.model,
+            "-" if outcome.first_token_ms is None else f"{outcome.first_token_ms:.0f}",
+            outcome.input_tokens, outcome.output_tokens, outcome.duration_ms, outcome.chunks,
+        )
+        for _, waiting in self._batches:
+            waiting.discard(outcome.prompt_id)
+        self._advance_offset()
+        self._start_next()
+
+    def _advance_offset(self) -> None:
+        latest = None
+        while self._batches and not self._batches[0][1]:
+            latest = self._batches.popleft()[0]
+        if latest is not None:
+            self._keeper.processed(latest)
+
+    def _on_tick(self) -> None:
+        idle = self._current is None and not self._queue and self._producer is not None
+        if idle and time.monotonic() - self._last_active >= self.settings.idle_timeout_s:
+            self._passivating = True
+            next_wake = self._keeper.finish()
+            log.info("agent passivated conversation=%s next_wake=%s", self.conversation_id,
+                     next_wake)
+            self._stop_with("idle")
+
+    def _on_thread_failed(self, failed: _ThreadFailed) -> None:
+        if isinstance(failed.error, AnswerAborted):
+            return
+        if isinstance(failed.error, ProducerFenced):
+            log.warning("agent %s was replaced by a newer one (%s)", self.conversation_id,
+                        failed.error)
+            self._stop_with("replaced")
+            return
+        raise AgentFailure(f"{failed.what} failed: {failed.error}") from failed.error
+
+    # -- threads ---------------------------------------------------------------------------
+
+    def _spawn(self, what: str, target: Any) -> None:
+        def guarded() -> None:
+            try:
+                target()
+            except BaseException as exc:  # every failure reaches the actor as a message
+                if not self._stopping.is_set():
+                    try:
+                        self.actor_ref.tell(_ThreadFailed(what, exc))
+                    except pykka.ActorDeadError:
+                        pass
+
+        threading.Thread(target=guarded, name=f"{what}-{self.conversation_id}",
+                         daemon=True).start()
+
+    def _boot(self) -> None:
+        """Fence older agents, then read what the streams say was already answered."""
+        client = self.client
+        client.ensure_stream(self.prompts_path)
+        client.ensure_stream(self.responses_path)
+        conversation = ConversationLog()
+        before = client.read_all(self.responses_path)
+        for message in before.messages:
+            conversation.apply_response(message)
+        epoch = max(self.lease.generation, conversation.max_epoch + 1)
+        producer = client.producer(self.responses_path, f"agent-{self.conversation_id}",
+                                   epoch=epoch)
+        producer.append([schema.agent_started(epoch, self.worker)])
+        after = client.read_all(self.responses_path, before.next_offset)
+        for message in after.messages:
+            conversation.apply_response(message)
+        prompts = client.read_all(self.prompts_path)
+        conversation.add_prompt_messages(prompts.messages)
+        self.actor_ref.tell(_Booted(conversation, producer, prompts.next_offset))
+
+    def _read_prompts(self) -> None:
+        reader = self._reader
+        assert reader is not None
+        try:
+            for batch in reader:
+                if self._stopping.is_set():
+                    return
+                if batch.messages:
+                    self.actor_ref.tell(_PromptBatch(batch.messages, batch.next_offset))
+        except StreamsError:
+            if not self._stopping.is_set():
+                raise

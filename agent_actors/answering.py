@@ -1,0 +1,171 @@
+"""Streaming one answer: model deltas in, coalesced `chunk` messages out, then `done`/`error`.
+
+Appending one message per token would cost one HTTP request (and one fsync) per token. The
+`ChunkWriter` batches instead: text that arrives while the previous append is in flight, or
+within `window_s` of the first unsent delta, goes out as one chunk. With a window of 0 it only
+batches what piled up during the last request, which keeps latency at one request's time.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from agent_actors import schema
+from agent_actors.errors import ModelError
+from agent_actors.faults import crash_point
+from agent_actors.models.base import Model, ModelResult, TextDelta, Turn
+from agent_actors.producer import Producer
+
+log = logging.getLogger(__name__)
+
+_END = None
+
+
+class AnswerAborted(Exception):
+    """The agent is stopping: the answer is left unfinished for the next agent to restart."""
+
+
+@dataclass(frozen=True)
+class AnswerOutcome:
+    """How one answer ended, for the agent's state and the per-prompt log line."""
+
+    prompt_id: str
+    attempt: int
+    text: str
+    outcome: str  # "done" or "error"
+    stop_reason: str | None
+    input_tokens: int
+    output_tokens: int
+    model: str
+    first_token_ms: float | None
+    duration_ms: float
+    chunks: int
+
+
+class ChunkWriter:
+    """Appends the deltas of one answer as coalesced `chunk` messages, on its own thread."""
+
+    def __init__(self, producer: Producer, prompt_id: str, attempt: int, window_s: float) -> None:
+        self._producer = producer
+        self._prompt_id = prompt_id
+        self._attempt = attempt
+        self._window_s = window_s
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.chunks = 0
+        self.error: BaseException | None = None
+        self.failed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"chunks-{prompt_id}", daemon=True)
+        self._thread.start()
+
+    def add(self, text: str) -> None:
+        if text and not self.failed.is_set():
+            self._queue.put(text)
+
+    def close(self) -> None:
+        """Send what is left and stop; re-raises an append failure (e.g. being fenced)."""
+        self._queue.put(_END)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        ending = False
+        while not ending:
+            first = self._queue.get()
+            if first is _END:
+                return
+            parts = [first]
+            ending = self._collect(parts)
+            try:
+                self._producer.append([schema.chunk(self._prompt_id, self._attempt, self.chunks,
+                                                    "".join(parts))])
+            except BaseException as exc:  # reported to the answer loop, which stops the model
+                self.error = exc
+                self.failed.set()
+                return
+            self.chunks += 1
+            if self.chunks == 1:
+                crash_point("mid-answer")
+
+    def _collect(self, parts: list[str]) -> bool:
+        """Gather more deltas for this chunk; True if the end marker was seen."""
+        deadline = time.monotonic() + self._window_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _END:
+                return True
+            parts.append(item)
+
+
+def answer_prompt(
+    *,
+    model: Model,
+    turns: list[Turn],
+    producer: Producer,
+    prompt_id: str,
+    attempt: int,
+    drop_partial: bool,
+    cancel: threading.Event,
+    abort: threading.Event,
+    window_s: float,
+) -> AnswerOutcome:
+    """Stream the model's answer to the end into the responses stream.
+
+    `cancel` (a user's cancel) ends the answer as `done` with stop reason "cancelled".
+    `abort` (the agent is stopping; `cancel` must be set with it to stop the model) leaves it
+    unfinished, raising `AnswerAborted`. Model failures end in an `error` message the user
+    can read. Append failures (a newer agent fenced this one, the server stayed unreachable)
+    propagate: the answer is then the next agent's to finish.
+    """
+    started = time.monotonic()
+    if drop_partial:
+        producer.append([schema.restart(prompt_id, attempt, "the agent restarted this answer")])
+    crash_point("before-first-chunk")
+    writer = ChunkWriter(producer, prompt_id, attempt, window_s)
+    parts: list[str] = []
+    first_token_ms: float | None = None
+    result: ModelResult | None = None
+    failure: ModelError | None = None
+    try:
+        if not cancel.is_set():
+            for event in model.stream(turns, cancel=cancel):
+                if writer.failed.is_set():
+                    cancel.set()
+                    break
+                if isinstance(event, TextDelta):
+                    if first_token_ms is None:
+                        first_token_ms = (time.monotonic() - started) * 1000
+                    parts.append(event.text)
+                    writer.add(event.text)
+                else:
+                    result = event
+    except ModelError as exc:
+        failure = exc
+    finally:
+        writer.close()
+    if abort.is_set():
+        raise AnswerAborted(prompt_id)
+    text = "".join(parts)
+    if failure is not None:
+        producer.append([schema.error(prompt_id, attempt, failure.message, failure.code)])
+        outcome, stop_reason, tokens_in, tokens_out, model_name = "error", None, 0, 0, model.name
+    else:
+        if result is None:  # cancelled before the model was even asked
+            result = ModelResult("cancelled", 0, 0, model.name)
+        producer.append([schema.done(prompt_id, attempt, result.stop_reason, result.input_tokens,
+                                     result.output_tokens, result.model)])
+        outcome, stop_reason = "done", result.stop_reason
+        tokens_in, tokens_out, model_name = result.input_tokens, result.output_tokens, result.model
+    crash_point("after-done")
+    return AnswerOutcome(prompt_id, attempt, text, outcome, stop_reason, tokens_in, tokens_out,
+                         model_name, first_token_ms, (time.monotonic() - started) * 1000,
+                         writer.chunks)
+

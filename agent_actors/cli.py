@@ -1,0 +1,76 @@
+"""`python -m agent_actors supervisor`: run a supervisor until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from agent_actors import layout
+from agent_actors.agent import AgentSettings
+from agent_actors.models.settings import model_from_settings
+from agent_actors.supervisor import Supervisor, SupervisorSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m agent_actors",
+                                     description="Durable chat agents (Pykka actors).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sup = commands.add_parser(
+        "supervisor", help="answer the prompts of every conversation on a streams server",
+        description="Spawn a conversation agent whenever a conversation has pending prompts.",
+    )
+    sup.add_argument("--streams-url", default="http://127.0.0.1:4437/v1/stream",
+                     help="the streams root (default http://127.0.0.1:4437/v1/stream)")
+    sup.add_argument("--data-dir", default="./data/agents",
+                     help="where processed-prompt offsets are kept (default ./data/agents)")
+    sup.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
+                     help="stop an agent idle this long; it wakes on the next prompt (60)")
+    sup.add_argument("--max-agents", type=int, default=100, help="live agents at most (100)")
+    sup.add_argument("--model", default=None,
+                     help="Claude model id, or 'demo' (default: $ANTHROPIC_MODEL, or the demo "
+                          "model when ANTHROPIC_API_KEY is unset)")
+    sup.add_argument("--coalesce-ms", type=float, default=30.0,
+                     help="batch model tokens for this long per chunk append (30)")
+    sup.add_argument("--lease-ttl-ms", type=int, default=layout.DEFAULT_LEASE_TTL_MS,
+                     help="conversation lease duration (30000)")
+    sup.add_argument("--wake-stream", default=layout.DEFAULT_WAKE_STREAM)
+    sup.add_argument("--worker-name", default=None, help="this supervisor's name in leases")
+    sup.add_argument("--auth-token", default=None, help="bearer token for the streams server")
+    sup.add_argument("--demo-tokens-per-second", type=float, default=30.0)
+    sup.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> SupervisorSettings:
+    extra = {"worker_name": args.worker_name} if args.worker_name else {}
+    return SupervisorSettings(
+        streams_url=args.streams_url.rstrip("/"),
+        data_dir=args.data_dir,
+        wake_stream=args.wake_stream,
+        lease_ttl_ms=args.lease_ttl_ms,
+        max_agents=args.max_agents,
+        auth_token=args.auth_token,
+        agent=AgentSettings(coalesce_window_s=args.coalesce_ms / 1000,
+                            idle_timeout_s=args.idle_timeout),
+        **extra,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = model_from_settings(args.model, demo_tokens_per_second=args.demo_tokens_per_second)
+    settings = settings_from_args(args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    supervisor = Supervisor.start(settings, model)
+    print(f"agent supervisor {settings.worker_name}: streams {settings.streams_url}, "
+          f"model {model.name}", file=sys.stderr, flush=True)
+    stop.wait()
+    supervisor.stop(timeout=30)
+    return 0

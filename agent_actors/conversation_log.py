@@ -1,0 +1,136 @@
+"""What a conversation's streams say happened: its prompts, and each prompt's answer so far.
+
+The agent rebuilds this on every start from the streams themselves (after fencing off any
+older agent), which is what makes answers exactly-once: a prompt with a `done` or `error` is
+never answered again, and a prompt with a partial answer is restarted with a `restart` marker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent_actors.models.base import ASSISTANT, USER, Turn
+from agent_actors.schema import Cancel, Prompt, parse_prompt_message
+
+
+@dataclass
+class AnswerState:
+    """The latest attempt at one prompt's answer."""
+
+    attempt: int = 0
+    parts: list[str] = field(default_factory=list)
+    outcome: str | None = None  # "done" or "error" once finished
+    stop_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    @property
+    def started(self) -> bool:
+        return bool(self.parts) or self.attempt > 0
+
+
+class ConversationLog:
+    """Prompts in order and the state of their answers, fed from both streams."""
+
+    def __init__(self) -> None:
+        self.prompts: list[Prompt] = []
+        self._prompt_ids: set[str] = set()
+        self.answers: dict[str, AnswerState] = {}
+        self.cancel_requests: set[str] = set()
+        self.max_epoch = -1
+
+    # -- feeding -------------------------------------------------------------------------
+
+    def add_prompt_messages(self, messages: tuple[Any, ...] | list[Any]) -> list[Prompt | Cancel]:
+        """Record prompts-stream messages; returns the new, understood ones in order."""
+        new: list[Prompt | Cancel] = []
+        for message in messages:
+            parsed = parse_prompt_message(message)
+            if isinstance(parsed, Prompt):
+                if parsed.id in self._prompt_ids:
+                    continue  # a client retried with a new producer: same prompt id
+                self._prompt_ids.add(parsed.id)
+                self.prompts.append(parsed)
+                new.append(parsed)
+            elif isinstance(parsed, Cancel):
+                self.cancel_requests.add(parsed.prompt_id)
+                new.append(parsed)
+        return new
+
+    def apply_response(self, message: Any) -> None:
+        """Record one responses-stream message."""
+        if not isinstance(message, dict):
+            return
+        kind = message.get("type")
+        if kind == "agent":
+            epoch = message.get("epoch")
+            if isinstance(epoch, int):
+                self.max_epoch = max(self.max_epoch, epoch)
+            return
+        prompt_id = message.get("promptId")
+        if not isinstance(prompt_id, str):
+            return
+        answer = self.answers.setdefault(prompt_id, AnswerState())
+        attempt = message.get("attempt", 0)
+        attempt = attempt if isinstance(attempt, int) else 0
+        if attempt > answer.attempt or kind == "restart":
+            answer.attempt, answer.parts = max(attempt, answer.attempt), []
+        if attempt < answer.attempt:
+            return  # a late message of an abandoned attempt
+        if kind == "chunk" and isinstance(message.get("content"), str):
+            answer.parts.append(message["content"])
+        elif kind in ("done", "error"):
+            answer.outcome = kind
+            stop = message.get("stopReason")
+            answer.stop_reason = stop if isinstance(stop, str) else None
+
+    def record_finished(self, prompt_id: str, attempt: int, text: str, outcome: str,
+                        stop_reason: str | None) -> None:
+        """What this agent itself just wrote as a complete answer."""
+        self.answers[prompt_id] = AnswerState(attempt, [text], outcome, stop_reason)
+
+    # -- questions -----------------------------------------------------------------------
+
+    def is_finished(self, prompt_id: str) -> bool:
+        answer = self.answers.get(prompt_id)
+        return answer is not None and answer.finished
+
+    def next_attempt(self, prompt_id: str) -> tuple[int, bool]:
+        """The attempt number for a new answer, and whether a partial one must be dropped."""
+        answer = self.answers.get(prompt_id)
+        if answer is None or not answer.started:
+            return (answer.attempt if answer else 0), False
+        return answer.attempt + 1, True
+
+    def unanswered(self) -> list[Prompt]:
+        return [p for p in self.prompts if not self.is_finished(p.id)]
+
+    def history_for(self, prompt: Prompt, budget_chars: int) -> list[Turn]:
+        """Earlier prompts and finished answers, then `prompt`, trimmed from the oldest
+        turns to fit `budget_chars` (the newest prompt is always kept)."""
+        turns: list[Turn] = []
+        for earlier in self.prompts:
+            if earlier.id == prompt.id:
+                break
+            turns.append(Turn(USER, earlier.content))
+            answer = self.answers.get(earlier.id)
+            if answer is not None and answer.outcome == "done" and answer.text:
+                turns.append(Turn(ASSISTANT, answer.text))
+        kept: list[Turn] = [Turn(USER, prompt.content)]
+        used = len(prompt.content)
+        for turn in reversed(turns):
+            if used + len(turn.text) > budget_chars:
+                break
+            kept.append(turn)
+            used += len(turn.text)
+        kept.reverse()
+        while kept and kept[0].role == ASSISTANT:
+            kept.pop(0)
+        return kept

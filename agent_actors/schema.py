@@ -1,0 +1,102 @@
+"""The JSON messages of a conversation's streams, as frozen values with codecs at the edge.
+
+Field names follow the original TypeScript example (`id`, `promptId`, `content`,
+`isComplete`, `timestamp` in ms) plus a `type` on every message. The README documents the
+schema for other clients.
+
+prompts stream (written by clients):
+    {"type": "prompt", "id", "content", "timestamp"}
+    {"type": "cancel", "promptId", "timestamp"}
+responses stream (written by the agent):
+    {"type": "agent", "event": "started", "epoch", "worker", "timestamp"}   fences older agents
+    {"type": "chunk", "id", "promptId", "attempt", "content", "isComplete": false, "timestamp"}
+    {"type": "restart", "promptId", "attempt", "reason", "isComplete": false, "timestamp"}
+    {"type": "done", "promptId", "attempt", "stopReason", "usage", "model", "isComplete": true,
+     "timestamp"}
+    {"type": "error", "promptId", "attempt", "message", "code", "isComplete": true, "timestamp"}
+A `restart` tells readers to drop the text of earlier attempts of that prompt's answer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agent_actors.layout import is_conversation_id
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    content: str
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class Cancel:
+    prompt_id: str
+
+
+@dataclass(frozen=True)
+class ConversationEntry:
+    id: str
+    title: str
+
+
+def parse_prompt_message(message: Any) -> Prompt | Cancel | None:
+    """A message of a prompts stream, or None for anything this agent does not understand."""
+    if not isinstance(message, dict):
+        return None
+    kind = message.get("type", "prompt")  # the original example had no type field
+    if kind == "prompt":
+        pid, content = message.get("id"), message.get("content")
+        if isinstance(pid, str) and pid and isinstance(content, str):
+            stamp = message.get("timestamp")
+            return Prompt(pid, content, stamp if isinstance(stamp, int) else 0)
+    elif kind == "cancel":
+        pid = message.get("promptId")
+        if isinstance(pid, str) and pid:
+            return Cancel(pid)
+    return None
+
+
+def parse_conversation_entry(message: Any) -> ConversationEntry | None:
+    if not isinstance(message, dict) or message.get("type", "conversation") != "conversation":
+        return None
+    cid = message.get("id")
+    if not is_conversation_id(cid):
+        return None
+    title = message.get("title")
+    return ConversationEntry(cid, title if isinstance(title, str) else "")
+
+
+def agent_started(epoch: int, worker: str) -> dict[str, Any]:
+    return {"type": "agent", "event": "started", "epoch": epoch, "worker": worker,
+            "timestamp": now_ms()}
+
+
+def chunk(prompt_id: str, attempt: int, index: int, content: str) -> dict[str, Any]:
+    return {"type": "chunk", "id": f"{prompt_id}/{attempt}/{index}", "promptId": prompt_id,
+            "attempt": attempt, "content": content, "isComplete": False, "timestamp": now_ms()}
+
+
+def restart(prompt_id: str, attempt: int, reason: str) -> dict[str, Any]:
+    return {"type": "restart", "promptId": prompt_id, "attempt": attempt, "reason": reason,
+            "isComplete": False, "timestamp": now_ms()}
+
+
+def done(prompt_id: str, attempt: int, stop_reason: str, input_tokens: int, output_tokens: int,
+         model: str) -> dict[str, Any]:
+    return {"type": "done", "promptId": prompt_id, "attempt": attempt, "stopReason": stop_reason,
+            "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens},
+            "model": model, "isComplete": True, "timestamp": now_ms()}
+
+
+def error(prompt_id: str, attempt: int, message: str, code: str) -> dict[str, Any]:
+    return {"type": "error", "promptId": prompt_id, "attempt": attempt, "message": message,
+            "code": code, "isComplete": True, "timestamp": now_ms()}

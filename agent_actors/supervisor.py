@@ -1,0 +1,315 @@
+"""`Supervisor`: spawns a `ConversationAgent` for each conversation with pending prompts.
+
+It learns about work two ways, both without polling idle conversations:
+
+- the shared wake stream, where the server writes a wake event whenever a conversation's
+  pull-wake subscription has unacknowledged prompts and nobody holds its lease;
+- the `conversations` stream, read from the start when the supervisor starts: for each
+  conversation it makes sure the subscription exists (idempotent) and checks once whether
+  prompts are pending, which covers wakes written while no supervisor was running.
+
+For a conversation with work it claims the subscription's lease and spawns an agent holding
+it. Leases are what let several supervisors, on several machines, share the work: a claim by
+one makes the others' claims fail with `ALREADY_CLAIMED`. Crashed agents are restarted with
+exponential backoff; the number of live agents is capped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from agent_actors import layout
+from agent_actors.agent import AgentCrashed, AgentSettings, AgentStopped, ConversationAgent
+from agent_actors.errors import (
+    AlreadyClaimed,
+    NoPendingWork,
+    NotFound,
+    StreamsError,
+)
+from agent_actors.models.base import Model
+from agent_actors.offsets_store import OffsetsStore
+from agent_actors.schema import parse_conversation_entry
+from agent_actors.stream_types import Lease
+from agent_actors.streams_client import StreamsClient, Tail
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    streams_url: str
+    data_dir: str | None = "./data/agents"
+    worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    wake_stream: str = layout.DEFAULT_WAKE_STREAM
+    lease_ttl_ms: int = layout.DEFAULT_LEASE_TTL_MS
+    max_agents: int = 100
+    restart_backoff_s: float = 1.0
+    auth_token: str | None = None
+    agent: AgentSettings = AgentSettings()
+
+
+# -- messages to the supervisor (from its own threads) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ready:
+    wake_offset: str
+
+
+@dataclass(frozen=True)
+class _ConversationsSeen:
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    conversation_id: str
+
+
+@dataclass(frozen=True)
+class _Woken:
+    conversation_id: str
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    conversation_id: str
+    lease: Lease | None  # None: not ours to take
+
+
+@dataclass(frozen=True)
+class _Retry:
+    conversation_id: str
+
+
+class Supervisor(pykka.ThreadingActor):
+    use_daemon_thread = True
+
+    def __init__(self, settings: SupervisorSettings, model: Model,
+                 client: StreamsClient | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.model = model
+        self.client = client or StreamsClient(settings.streams_url, auth_token=settings.auth_token)
+        self.offsets = OffsetsStore(settings.data_dir)
+        self.agents: dict[str, pykka.ActorRef[Any]] = {}
+        self._known: set[str] = set()
+        self._claiming: set[str] = set()
+        self._deferred: list[str] = []
+        self._failures: dict[str, int] = {}
+        self._not_before: dict[str, float] = {}
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._tails: list[Tail] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        log.info("supervisor %s started: streams=%s model=%s max_agents=%d",
+                 self.settings.worker_name, self.settings.streams_url, self.model.name,
+                 self.settings.max_agents)
+        threading.Thread(target=self._run_jobs, name="supervisor-jobs", daemon=True).start()
+        self._jobs.put(self._prepare)
+
+    def on_stop(self) -> None:
+        self._stopping.set()
+        for tail in self._tails:
+            tail.close()
+        for ref in list(self.agents.values()):
+            try:
+                ref.stop(block=True, timeout=15)
+            except pykka.ActorDeadError:
+                pass
+        self.agents.clear()
+        self._jobs.put(None)
+        self.offsets.close()
+        log.info("supervisor %s stopped", self.settings.worker_name)
+
+    # -- the inbox -------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        if self._stopping.is_set():
+            return None
+        if isinstance(message, _Ready):
+            self._watch(self.settings.wake_stream, message.wake_offset, self._on_wake_batch)
+            self._watch(layout.CONVERSATIONS_STREAM, "-1", self._on_conversations_batch)
+        elif isinstance(message, _ConversationsSeen):
+            for cid in message.ids:
+                if cid not in self._known:
+                    self._known.add(cid)
+                    self._jobs.put(lambda cid=cid: self._check_pending(cid))
+        elif isinstance(message, (_Pending, _Woken, _Retry)):
+            self._known.add(message.conversation_id)
+            self._try_claim(message.conversation_id)
+        elif isinstance(message, _Claimed):
+            self._on_claimed(message)
+        elif isinstance(message, AgentStopped):
+            self._on_agent_gone(message.conversation_id)
+            log.info("agent stopped conversation=%s reason=%s", message.conversation_id,
+                     message.reason)
+        elif isinstance(message, AgentCrashed):
+            self._on_agent_crashed(message)
+        elif message == "status":
+            return {"agents": sorted(self.agents), "deferred": list(self._deferred)}
+        return None
+
+    def _try_claim(self, cid: str) -> None:
+        if cid in self.agents or cid in self._claiming:
+            return
+        wait = self._not_before.get(cid, 0) - time.monotonic()
+        if wait > 0:
+            timer = threading.Timer(wait, lambda: self._tell(_Retry(cid)))
+            timer.daemon = True
+            timer.start()
+            return
+        if len(self.agents) + len(self._claiming) >= self.settings.max_agents:
+            if cid not in self._deferred:
+                self._deferred.append(cid)
+            return
+        self._claiming.add(cid)
+        self._jobs.put(lambda: self._claim(cid))
+
+    def _on_claimed(self, claimed: _Claimed) -> None:
+        cid = claimed.conversation_id
+        self._claiming.discard(cid)
+        if claimed.lease is None:
+            self._admit_deferred()
+            return
+        self.agents[cid] = ConversationAgent.start(
+            conversation_id=cid,
+            lease=claimed.lease,
+            client=self.client,
+            model=self.model,
+            offsets=self.offsets,
+            worker=self.settings.worker_name,
+            settings=self.settings.agent,
+            supervisor=self.actor_ref,
+        )
+
+    def _on_agent_gone(self, cid: str) -> None:
+        self.agents.pop(cid, None)
+        self._failures.pop(cid, None)
+        self._admit_deferred()
+
+    def _on_agent_crashed(self, crashed: AgentCrashed) -> None:
+        cid = crashed.conversation_id
+        self.agents.pop(cid, None)
+        failures = self._failures.get(cid, 0) + 1
+        self._failures[cid] = failures
+        delay = min(MAX_BACKOFF_S, self.settings.restart_backoff_s * 2 ** (failures - 1))
+        self._not_before[cid] = time.monotonic() + delay
+        log.warning("agent crashed conversation=%s failures=%d restart_in_s=%.1f error=%s",
+                    cid, failures, delay, crashed.error)
+        self._try_claim(cid)
+        self._admit_deferred()
+
+    def _admit_deferred(self) -> None:
+        while self._deferred and len(self.agents) + len(self._claiming) < self.settings.max_agents:
+            self._try_claim(self._deferred.pop(0))
+
+    # -- blocking work, on the supervisor's job thread -------------------------------------
+
+    def _tell(self, message: object) -> None:
+        try:
+            self.actor_ref.tell(message)
+        except pykka.ActorDeadError:
+            pass
+
+    def _run_jobs(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None or self._stopping.is_set():
+                return
+            try:
+                job()
+            except Exception:
+                log.exception("supervisor job failed")
+
+    def _prepare(self) -> None:
+        """Make sure the shared streams exist, waiting out an unreachable server."""
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                self.client.ensure_stream(self.settings.wake_stream)
+                self.client.ensure_stream(layout.CONVERSATIONS_STREAM)
+                wake_tail = self.client.head(self.settings.wake_stream).next_offset
+                self._tell(_Ready(wake_tail))
+                return
+            except StreamsError as exc:
+                log.warning("streams server unreachable at %s (%s); retrying in %.1fs",
+                            self.settings.streams_url, exc, delay)
+                self._stopping.wait(delay)
+                delay = min(10.0, delay * 2)
+
+    def _check_pending(self, cid: str) -> None:
+        """Ensure the conversation's subscription; report it if prompts await an answer."""
+        sub_id = layout.subscription_id(cid)
+        config = layout.subscription_config(cid, self.settings.wake_stream,
+                                            self.settings.lease_ttl_ms)
+        try:
+            subscription = self.client.put_subscription(sub_id, config)
+            prompts = self.client.head(layout.prompts_path(cid))
+        except NotFound:
+            return  # prompts stream not created yet: its creation will wake us
+        except StreamsError as exc:
+            log.warning("could not check conversation %s: %s", cid, exc)
+            return
+        acked = next((s.acked_offset for s in subscription.streams
+                      if s.path == layout.prompts_path(cid)), None)
+        processed = self.offsets.get(cid)
+        # Offsets of one stream sort lexicographically (section 8).
+        behind_subscription = acked is None or prompts.next_offset > acked
+        behind_agent = processed is not None and prompts.next_offset > processed
+        if behind_subscription or behind_agent:
+            self._tell(_Pending(cid))
+
+    def _claim(self, cid: str) -> None:
+        lease: Lease | None = None
+        try:
+            lease = self.client.claim(layout.subscription_id(cid), self.settings.worker_name)
+        except (AlreadyClaimed, NoPendingWork) as exc:
+            log.debug("not claiming %s: %s", cid, exc)
+        except StreamsError as exc:
+            log.warning("claim for %s failed: %s", cid, exc)
+        self._tell(_Claimed(cid, lease))
+
+    def _watch(self, path: str, offset: str, on_batch: Callable[[tuple[Any, ...]], None]) -> None:
+        tail = self.client.tail(path, offset, live=self.settings.agent.live_mode)  # type: ignore[arg-type]
+        self._tails.append(tail)
+
+        def follow() -> None:
+            try:
+                for batch in tail:
+                    if self._stopping.is_set():
+                        return
+                    if batch.messages:
+                        on_batch(batch.messages)
+            except StreamsError as exc:
+                if not self._stopping.is_set():
+                    log.error("following %s failed: %s", path, exc)
+
+        threading.Thread(target=follow, name=f"watch-{path}", daemon=True).start()
+
+    def _on_wake_batch(self, messages: tuple[Any, ...]) -> None:
+        for message in messages:
+            if isinstance(message, dict) and isinstance(message.get("subscription_id"), str):
+                cid = layout.conversation_of_subscription(message["subscription_id"])
+                if cid is not None:
+                    self._tell(_Woken(cid))
+
+    def _on_conversations_batch(self, messages: tuple[Any, ...]) -> None:
+        ids = tuple(e.id for e in map(parse_conversation_entry, messages) if e is not None)
+        if ids:
+            self._tell(_ConversationsSeen(ids))
