@@ -69,7 +69,7 @@ def parse_conversation_entry(message: Any) -> ConversationEntry | None:
     if not isinstance(message, dict) or message.get("type", "conversation") != "conversation":
         return None
     cid = message.get("id")
-    if not is_conversation_id(cid):
+    if not isinstance(cid, str) or not is_conversation_id(cid):
         return None
     title = message.get("title")
     return ConversationEntry(cid, title if isinstance(title, str) else "")

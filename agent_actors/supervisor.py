@@ -16,6 +16,7 @@ exponential backoff; the number of live agents is capped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import os
@@ -149,7 +150,7 @@ class Supervisor(pykka.ThreadingActor):
             for cid in message.ids:
                 if cid not in self._known:
                     self._known.add(cid)
-                    self._jobs.put(lambda cid=cid: self._check_pending(cid))
+                    self._jobs.put(functools.partial(self._check_pending, cid))
         elif isinstance(message, (_Pending, _Woken, _Retry)):
             self._known.add(message.conversation_id)
             self._try_claim(message.conversation_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,16 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None]) -> None:
     import gevent
     from gevent.pywsgi import WSGIServer
 
-    server = WSGIServer((host, port), app, log=None, error_log=logging.getLogger("wsgi"))
+    class NoDelayWSGIServer(WSGIServer):  # type: ignore[misc]
+        """pywsgi writes a response's headers and body in two sends; with Nagle's algorithm
+        the second waits for the client's delayed ACK (~40 ms on every keep-alive response,
+        live wake-ups included). Small writes must go out at once."""
+
+        def handle(self, sock: Any, address: Any) -> None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().handle(sock, address)
+
+    server = NoDelayWSGIServer((host, port), app, log=None, error_log=logging.getLogger("wsgi"))
     server.start()
     bound_host, bound_port = server.address[:2]
     print(f"durable streams: listening on http://{bound_host}:{bound_port}", file=sys.stderr, flush=True)

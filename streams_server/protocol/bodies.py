@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from typing import BinaryIO
+from typing import IO
 
 from ..config import StreamsSettings
 from ..errors import PayloadTooLarge
@@ -25,7 +25,7 @@ def check_declared_length(content_length: int | None, settings: StreamsSettings)
         raise _too_large(settings)
 
 
-def read_all(stream: BinaryIO, settings: StreamsSettings) -> bytes:
+def read_all(stream: IO[bytes], settings: StreamsSettings) -> bytes:
     """The whole body in memory (JSON needs parsing), at most `max_body_bytes`."""
     parts: list[bytes] = []
     size = 0
@@ -37,7 +37,7 @@ def read_all(stream: BinaryIO, settings: StreamsSettings) -> bytes:
     return b"".join(parts)
 
 
-def read_spooled(stream: BinaryIO, settings: StreamsSettings) -> Entries:
+def read_spooled(stream: IO[bytes], settings: StreamsSettings) -> Entries:
     """A binary body as storage entries; beyond `spool_memory_bytes` it goes to a temp file."""
     first = stream.read(settings.spool_memory_bytes + 1)
     if len(first) <= settings.spool_memory_bytes:
@@ -51,4 +51,4 @@ def read_spooled(stream: BinaryIO, settings: StreamsSettings) -> Entries:
             spool.close()
             raise _too_large(settings)
         spool.write(chunk)
-    return SpooledChunks(spool, size, settings.max_chunk_bytes)  # type: ignore[arg-type]
+    return SpooledChunks(spool, size, settings.max_chunk_bytes)

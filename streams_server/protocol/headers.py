@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from datetime import datetime
 
 from ..errors import BadRequest
 from ..storage.models import Expiry, ProducerRef
+from .messages import HeaderLookup
 
 MAX_SAFE_INTEGER = 2**53 - 1
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
@@ -16,7 +16,7 @@ _RFC3339 = re.compile(
 )
 
 
-def flag(headers: Mapping[str, str], name: str) -> bool:
+def flag(headers: HeaderLookup, name: str) -> bool:
     """A presence header such as `Stream-Closed`: only `true` (any case) counts (4.1)."""
     value = headers.get(name)
     return value is not None and value.strip().lower() == "true"
@@ -36,7 +36,7 @@ def non_negative_integer(value: str, name: str, maximum: int = MAX_SAFE_INTEGER)
     return number
 
 
-def expiry(headers: Mapping[str, str]) -> Expiry:
+def expiry(headers: HeaderLookup) -> Expiry:
     """`Stream-TTL` (seconds, sliding) or `Stream-Expires-At` (RFC 3339), never both."""
     ttl_header = headers.get("Stream-TTL")
     expires_header = headers.get("Stream-Expires-At")
@@ -68,7 +68,7 @@ def rfc3339_ms(value: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def producer(headers: Mapping[str, str]) -> ProducerRef | None:
+def producer(headers: HeaderLookup) -> ProducerRef | None:
     """The idempotent producer triple, all three headers or none (5.2.1)."""
     names = ("Producer-Id", "Producer-Epoch", "Producer-Seq")
     values = [headers.get(n) for n in names]
@@ -92,7 +92,7 @@ def producer(headers: Mapping[str, str]) -> ProducerRef | None:
     )
 
 
-def stream_seq(headers: Mapping[str, str]) -> str | None:
+def stream_seq(headers: HeaderLookup) -> str | None:
     value = headers.get("Stream-Seq")
     if value is None:
         return None

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Protocol
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO
+
+
+class HeaderLookup(Protocol):
+    """Case-insensitive request headers (Werkzeug's `Headers` is one)."""
+
+    def get(self, key: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -14,9 +21,9 @@ class StreamRequest:
     method: str
     path: str
     url: str  # the absolute URL of the stream, without query
-    headers: Mapping[str, str]  # case-insensitive
+    headers: HeaderLookup
     args: Mapping[str, str]
-    body: BinaryIO
+    body: IO[bytes]
     content_length: int | None
 
 

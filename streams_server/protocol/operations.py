@@ -52,8 +52,8 @@ class StreamOperations:
 
     def create(self, request: StreamRequest) -> Reply:
         h = request.headers
-        content_type_given = bool(h.get("Content-Type", "").strip())
-        content_type = h.get("Content-Type", "").strip() or DEFAULT_CONTENT_TYPE
+        content_type_given = bool((h.get("Content-Type") or "").strip())
+        content_type = (h.get("Content-Type") or "").strip() or DEFAULT_CONTENT_TYPE
         expiry = headers.expiry(h)
         closed = headers.flag(h, "Stream-Closed")
         fork = self._fork_spec(request)
@@ -113,7 +113,7 @@ class StreamOperations:
         stream_seq = headers.stream_seq(h)
         self.store.info(request.path)  # 404/410 before reading a body for nothing
         bodies.check_declared_length(request.content_length, self.settings)
-        content_type = h.get("Content-Type", "").strip() or None
+        content_type = (h.get("Content-Type") or "").strip() or None
         if content_type is None:
             entries = bodies.read_spooled(request.body, self.settings)
             if entries:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Union
+from typing import IO, Union
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class SpooledChunks:
     Lets an append of many megabytes reach the database without ever being whole in memory.
     """
 
-    def __init__(self, file: BinaryIO, size: int, chunk_bytes: int) -> None:
+    def __init__(self, file: IO[bytes], size: int, chunk_bytes: int) -> None:
         self._file = file
         self.size = size
         self._chunk_bytes = chunk_bytes

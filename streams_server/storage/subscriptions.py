@@ -38,9 +38,10 @@ class Fenced(Conflict):
 
 
 def _row(conn: sqlite3.Connection, sub_id: str) -> sqlite3.Row | None:
-    return conn.execute(
+    row: sqlite3.Row | None = conn.execute(
         "SELECT * FROM subscriptions WHERE id = ? AND deleted = 0", (sub_id,)
     ).fetchone()
+    return row
 
 
 def _links(conn: sqlite3.Connection, sub_id: str) -> tuple[LinkState, ...]:

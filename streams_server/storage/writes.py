@@ -38,11 +38,12 @@ LiveMap = Mapping[int, _LiveAccess]
 
 
 def _row_by_path(tx: Transaction, path: str) -> sqlite3.Row | None:
-    return tx.conn.execute(
+    row: sqlite3.Row | None = tx.conn.execute(
         f"SELECT {STREAM_COLUMNS} FROM streams s LEFT JOIN streams src"
         " ON src.id = s.fork_source_id WHERE s.path = ?",
         (path,),
     ).fetchone()
+    return row
 
 
 def _is_expired(row: sqlite3.Row, live: LiveMap, now_ms: int) -> bool:

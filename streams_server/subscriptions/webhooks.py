@@ -33,7 +33,7 @@ class DeliveryOutcome:
 
 def retry_delay_s(attempt: int) -> float:
     """Exponential backoff from 1 s up to 60 s, with 20 % jitter either way."""
-    base = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** max(0, attempt))
+    base: float = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** max(0, attempt))
     return base * (1 + random.uniform(-JITTER, JITTER))
 
 
