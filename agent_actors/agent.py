@@ -160,8 +160,8 @@ class ConversationAgent(pykka.ThreadingActor):
             prompts_path=self.prompts_path,
             offsets=offsets,
             heartbeat_s=heartbeat,
-            on_tick=lambda: self.actor_ref.tell(_Tick()),
-            on_lost=lambda reason: self.actor_ref.tell(_LeaseLost(reason)),
+            on_tick=lambda: self._tell_self(_Tick()),
+            on_lost=lambda reason: self._tell_self(_LeaseLost(reason)),
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -200,6 +200,13 @@ class ConversationAgent(pykka.ThreadingActor):
     def _stop_with(self, reason: str) -> None:
         self._stop_reason = reason
         self.actor_ref.stop(block=False)
+
+    def _tell_self(self, message: object) -> None:
+        """For the agent's own threads: a message to an agent that already stopped is moot."""
+        try:
+            self.actor_ref.tell(message)
+        except pykka.ActorDeadError:
+            pass
 
     def _notify(self, message: object) -> None:
         if self.supervisor is not None:

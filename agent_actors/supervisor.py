@@ -33,6 +33,7 @@ from agent_actors import layout
 from agent_actors.agent import AgentCrashed, AgentSettings, AgentStopped, ConversationAgent
 from agent_actors.errors import (
     AlreadyClaimed,
+    Conflict,
     NoPendingWork,
     NotFound,
     StreamsError,
@@ -260,7 +261,10 @@ class Supervisor(pykka.ThreadingActor):
         config = layout.subscription_config(cid, self.settings.wake_stream,
                                             self.settings.lease_ttl_ms)
         try:
-            subscription = self.client.put_subscription(sub_id, config)
+            try:
+                subscription = self.client.put_subscription(sub_id, config)
+            except Conflict:  # created by a client with other settings (e.g. lease TTL)
+                subscription = self.client.get_subscription(sub_id)
             prompts = self.client.head(layout.prompts_path(cid))
         except NotFound:
             return  # prompts stream not created yet: its creation will wake us
