@@ -31,6 +31,7 @@ import pykka
 
 from agent_actors import layout
 from agent_actors.agent import AgentCrashed, AgentSettings, AgentStopped, ConversationAgent
+from agent_actors.conversation_log import ConversationLog
 from agent_actors.errors import (
     AlreadyClaimed,
     Conflict,
@@ -277,8 +278,29 @@ class Supervisor(pykka.ThreadingActor):
         # Offsets of one stream sort lexicographically (section 8).
         behind_subscription = acked is None or prompts.next_offset > acked
         behind_agent = processed is not None and prompts.next_offset > processed
-        if behind_subscription or behind_agent:
+        if behind_subscription or behind_agent or (processed is None and self._unanswered(cid)):
             self._tell(_Pending(cid))
+
+    def _unanswered(self, cid: str) -> bool:
+        """Whether the streams show a prompt with no finished answer.
+
+        Needed once per conversation this supervisor has no offset for: a subscription
+        created after its first prompt (by a client that did not create it first) starts at
+        the stream's tail, and no wake would ever come for that prompt.
+        """
+        conversation = ConversationLog()
+        try:
+            prompts = self.client.read_all(layout.prompts_path(cid)).messages
+            if self.client.exists(layout.responses_path(cid)):  # else: nothing answered yet
+                for message in self.client.read_all(layout.responses_path(cid)).messages:
+                    conversation.apply_response(message)
+        except NotFound:
+            return False  # no prompts stream: no work
+        except StreamsError as exc:
+            log.warning("could not read conversation %s: %s", cid, exc)
+            return False
+        conversation.add_prompt_messages(prompts)
+        return bool(conversation.unanswered())
 
     def _claim(self, cid: str) -> None:
         lease: Lease | None = None

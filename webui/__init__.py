@@ -1,0 +1,47 @@
+"""The chat application: the streams protocol and the chat UI in one Flask app.
+
+`create_app()` is the composition root: it opens the streams backend, mounts the streams
+blueprint at `/v1/stream`, the chat at `/` and the inspector at `/inspector`, and (by default)
+runs an embedded agent supervisor, so that `flask run` alone gives a working chat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from flask import Flask
+
+from streams_server import StreamsBackend, StreamsSettings
+from streams_server import init_app as init_streams
+from streams_server.config import MIB
+from webui import chat
+from webui.config import load_config
+from webui.embedded import BackgroundWork
+
+STREAMS_PREFIX = "/v1/stream"
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app; background work starts with its first request."""
+    app = Flask(__name__)
+    load_config(app, test_config)
+    _configure_logging()
+    settings = StreamsSettings(
+        long_poll_timeout_s=float(app.config["LONG_POLL_TIMEOUT_S"]),
+        max_body_bytes=int(float(app.config["MAX_BODY_MIB"]) * MIB),
+        auth_token=app.config["STREAMS_AUTH_TOKEN"],
+    )
+    data_dir = None if app.config["STREAMS_MEMORY"] else os.path.join(app.config["DATA_DIR"], "streams")
+    backend = StreamsBackend.open(data_dir, settings, STREAMS_PREFIX)
+    init_streams(app, backend, STREAMS_PREFIX)
+    chat.init_app(app)
+    app.extensions["background_work"] = BackgroundWork(app, backend)
+    return app
+
+
+def _configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,76 @@
+"""The background parts of the app, started on its first request and stopped at exit.
+
+They start with the first request rather than in `create_app` because Flask's reloader
+(`flask run --debug`) builds the app in a watcher process that never serves: starting there
+would run a second supervisor beside the real one. The embedded supervisor reaches the
+streams over HTTP, through this app's own URL, exactly as a separate supervisor process would.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any
+
+from flask import Flask, request
+
+from agent_actors.agent import AgentSettings
+from agent_actors.models.settings import model_from_settings
+from agent_actors.supervisor import Supervisor, SupervisorSettings
+from streams_server import StreamsBackend
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundWork:
+    """Starts the streams backend's timers and the embedded supervisor exactly once."""
+
+    def __init__(self, app: Flask, backend: StreamsBackend) -> None:
+        self._app = app
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._started = False
+        self.supervisor: Any = None
+        app.before_request(self._start_once)
+        atexit.register(self.stop)
+
+    def _start_once(self) -> None:
+        if self._started:
+            return
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            self._backend.start()
+            if self._app.config["EMBEDDED_SUPERVISOR"]:
+                self.supervisor = self._start_supervisor(request.host_url)
+
+    def _start_supervisor(self, host_url: str) -> Any:
+        config = self._app.config
+        streams_url = config["AGENT_STREAMS_URL"] or host_url.rstrip("/") + "/v1/stream"
+        model = model_from_settings(config["AGENT_MODEL"],
+                                    demo_tokens_per_second=config["DEMO_TOKENS_PER_SECOND"])
+        settings = SupervisorSettings(
+            streams_url=streams_url,
+            data_dir=None if config["STREAMS_MEMORY"] else os.path.join(config["DATA_DIR"], "agents"),
+            max_agents=config["AGENT_MAX_AGENTS"],
+            lease_ttl_ms=config["AGENT_LEASE_TTL_MS"],
+            wake_stream=config["AGENT_WAKE_STREAM"],
+            auth_token=config["STREAMS_AUTH_TOKEN"],
+            agent=AgentSettings(coalesce_window_s=config["AGENT_COALESCE_MS"] / 1000,
+                                idle_timeout_s=config["AGENT_IDLE_TIMEOUT_S"]),
+        )
+        log.info("starting the embedded supervisor against %s", streams_url)
+        return Supervisor.start(settings, model)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self.supervisor is not None:
+                try:
+                    self.supervisor.stop(timeout=15)
+                except Exception:  # already dead at interpreter exit
+                    pass
+                self.supervisor = None
+        self._backend.close()

@@ -1,0 +1,100 @@
+// How the browser starts conversations, sends prompts and cancels answers: the one place in
+// the front end that knows the stream layout and the message shapes written by the browser
+// (see the README's schema). Everything goes through the outbox, so each append is retried
+// with its idempotent producer identity until acknowledged, even across a reload.
+
+import { config } from "./config.js";
+import { randomId } from "./util.js";
+
+export const CONVERSATIONS_PATH = "conversations";
+export const promptsPath = (conversationId) => `conversations/${conversationId}/prompts`;
+export const responsesPath = (conversationId) => `conversations/${conversationId}/responses`;
+
+/** The pull-wake subscription the agents' supervisor keeps for a conversation (agent_actors). */
+export const subscriptionId = (conversationId) => `conversation-${conversationId}`;
+
+export const newConversationId = () => randomId();
+export const newPromptId = () => randomId("p-");
+
+const TITLE_LIMIT = 60;
+
+/** A conversation title from its first prompt: the first line, shortened. */
+export function titleFrom(text) {
+  const line = String(text).trim().split("\n", 1)[0].replace(/\s+/g, " ");
+  if (line.length <= TITLE_LIMIT) return line || "Untitled";
+  return `${line.slice(0, TITLE_LIMIT - 1).replace(/\s+\S*$/, "")}…`;
+}
+
+/**
+ * The conversation's pull-wake subscription, exactly as agent_actors/layout.py defines it.
+ * It is created before the prompts stream: a pattern links a stream created later at offset
+ * 0, so the very first prompt wakes an agent (an explicit link to an existing stream would
+ * start at its tail and miss it).
+ */
+export function agentSubscription(conversationId) {
+  return {
+    id: subscriptionId(conversationId),
+    config: {
+      type: "pull-wake",
+      pattern: promptsPath(conversationId),
+      wake_stream: config.agents.wakeStream,
+      lease_ttl_ms: config.agents.leaseTtlMs,
+    },
+  };
+}
+
+/**
+ * Start a conversation: its subscription, then its prompt and response streams (PUT,
+ * idempotent), then list it in `conversations` - all before any prompt is appended to it.
+ * @param {import("./outbox.js").Outbox} outbox
+ */
+export function startConversation(outbox, { id, title }) {
+  return outbox.enqueue(
+    CONVERSATIONS_PATH,
+    { type: "conversation", id, title, timestamp: Date.now() },
+    {
+      subscription: agentSubscription(id),
+      ensure: [CONVERSATIONS_PATH, promptsPath(id), responsesPath(id)],
+    },
+  );
+}
+
+/** Append a prompt; returns {promptId, key, done}. */
+export function sendPrompt(outbox, conversationId, content) {
+  const promptId = newPromptId();
+  const entry = outbox.enqueue(
+    promptsPath(conversationId),
+    { type: "prompt", id: promptId, content, timestamp: Date.now() },
+    {
+      subscription: agentSubscription(conversationId),
+      ensure: [promptsPath(conversationId), responsesPath(conversationId)],
+      ensured: true,
+    },
+  );
+  return { promptId, ...entry };
+}
+
+/** Ask the agent to stop answering `promptId`. */
+export function cancelPrompt(outbox, conversationId, promptId) {
+  return outbox.enqueue(
+    promptsPath(conversationId),
+    { type: "cancel", promptId, timestamp: Date.now() },
+    { ensure: [promptsPath(conversationId)], ensured: true },
+  );
+}
+
+/** Pending outbox entries seen as chat items: new conversations and prompts not yet stored. */
+export function pendingItems(entries) {
+  const conversations = [];
+  const prompts = [];
+  for (const entry of entries) {
+    const body = entry.body ?? {};
+    if (entry.path === CONVERSATIONS_PATH && body.type === "conversation") {
+      conversations.push({ ...body, pending: true, streamsReady: !!entry.ensured });
+    }
+    const m = /^conversations\/([^/]+)\/prompts$/.exec(entry.path);
+    if (m && body.type === "prompt") prompts.push({ conversationId: m[1], ...body, key: entry.key });
+    if (m && body.type === "cancel") prompts.push({ conversationId: m[1], ...body, key: entry.key });
+  }
+  return { conversations, prompts };
+}

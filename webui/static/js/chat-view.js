@@ -1,0 +1,170 @@
+// Renders a conversation's turns: the prompt, then the answer as sanitised Markdown with its
+// state (sending, thinking, streaming, cancelling, done, cancelled, error).
+
+import { MarkdownView } from "./markdown.js";
+import { turnState } from "./conversation-model.js";
+import { el, formatTime } from "./util.js";
+
+const STATE_LABEL = {
+  sending: "Sending…",
+  failed: "Not sent",
+  thinking: "Thinking…",
+  streaming: "Answering…",
+  cancelling: "Stopping…",
+  done: "",
+  cancelled: "Stopped",
+  error: "Error",
+};
+
+export class ChatView {
+  #nodes = new Map(); // promptId -> turn DOM parts
+
+  /** @param {HTMLElement} list the <ol> of turns; @param {HTMLElement} scroller its scroll box */
+  constructor(list, scroller) {
+    this.list = list;
+    this.scroller = scroller;
+    list.addEventListener("click", (event) => copyCode(event));
+  }
+
+  clear() {
+    this.#nodes.clear();
+    this.list.replaceChildren();
+  }
+
+  /**
+   * Show `turns` (from the transcript) followed by `pending` prompts the outbox has not
+   * delivered yet ({id, content, timestamp, failed?}).
+   */
+  render(turns, pending) {
+    const stick = this.#nearBottom();
+    const wanted = [];
+    for (const turn of turns) wanted.push({ id: turn.promptId, turn });
+    const known = new Set(wanted.map((w) => w.id));
+    for (const p of pending) if (!known.has(p.id)) wanted.push({ id: p.id, pending: p });
+
+    const keep = new Set(wanted.map((w) => w.id));
+    for (const [id, parts] of this.#nodes) {
+      if (!keep.has(id)) {
+        parts.li.remove();
+        this.#nodes.delete(id);
+      }
+    }
+    let previous = null;
+    for (const item of wanted) {
+      let parts = this.#nodes.get(item.id);
+      if (!parts) {
+        parts = buildTurn(item.id);
+        this.#nodes.set(item.id, parts);
+      }
+      const expectedPosition = previous ? previous.nextSibling : this.list.firstChild;
+      if (expectedPosition !== parts.li) this.list.insertBefore(parts.li, expectedPosition);
+      if (item.turn) updateTurn(parts, item.turn);
+      else updatePending(parts, item.pending);
+      previous = parts.li;
+    }
+    if (stick) this.scrollToBottom();
+    return wanted.length;
+  }
+
+  scrollToBottom() {
+    this.scroller.scrollTop = this.scroller.scrollHeight;
+  }
+
+  #nearBottom() {
+    const s = this.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
+  }
+}
+
+function buildTurn(promptId) {
+  const promptText = el("div", { class: "bubble-text" });
+  const promptMeta = el("div", { class: "msg-meta", dataset: { testid: "prompt-meta" } });
+  const prompt = el("div", { class: "msg msg-user", dataset: { testid: "prompt" } },
+    el("div", { class: "bubble" }, promptText), promptMeta);
+
+  const status = el("div", { class: "answer-status", dataset: { testid: "answer-status" } },
+    el("span", { class: "dots", "aria-hidden": "true" }, el("i"), el("i"), el("i")),
+    el("span", { class: "answer-status-text" }));
+  const body = el("div", { class: "markdown", dataset: { testid: "answer-text" } });
+  const error = el("div", { class: "answer-error", dataset: { testid: "answer-error" }, hidden: true });
+  const meta = el("div", { class: "msg-meta answer-meta", dataset: { testid: "answer-meta" } });
+  const answer = el("div", { class: "msg msg-agent", dataset: { testid: "answer" } },
+    el("div", { class: "avatar", "aria-hidden": "true" }, "AI"),
+    el("div", { class: "answer-main" }, status, body, error, meta));
+
+  const li = el("li", { class: "turn", dataset: { testid: "turn", promptId } }, prompt, answer);
+  return { li, promptText, promptMeta, answer, status, statusText: status.lastChild, body, md: new MarkdownView(body), error, meta };
+}
+
+function setState(parts, state) {
+  if (parts.li.dataset.state === state) return;
+  parts.li.dataset.state = state;
+  parts.statusText.textContent = STATE_LABEL[state] ?? "";
+  parts.status.hidden = !["sending", "thinking", "streaming", "cancelling"].includes(state);
+  parts.answer.setAttribute("aria-busy", String(state === "thinking" || state === "streaming"));
+}
+
+function updatePending(parts, pending) {
+  parts.signature = null;
+  parts.promptText.textContent = pending.content;
+  parts.promptMeta.textContent = pending.failed ? `Not sent: ${pending.failed}` : `${formatTime(pending.timestamp)} · sending…`;
+  parts.li.classList.toggle("is-failed", !!pending.failed);
+  setState(parts, pending.failed ? "failed" : "sending");
+  parts.answer.hidden = !!pending.failed;
+}
+
+function updateTurn(parts, turn) {
+  const state = turnState(turn);
+  // Streaming touches one turn at a time: leave the others' DOM alone.
+  const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks].join("\u0000");
+  if (parts.signature === signature) return;
+  parts.signature = signature;
+  parts.li.classList.remove("is-failed");
+  parts.answer.hidden = false;
+  parts.promptText.textContent = turn.prompt.content;
+  parts.promptMeta.textContent = formatTime(turn.prompt.timestamp);
+  setState(parts, state);
+  parts.md.update(turn.text);
+  parts.body.classList.toggle("is-streaming", state === "streaming");
+  parts.body.hidden = turn.text === "" && state !== "done";
+  if (turn.error) {
+    parts.error.hidden = false;
+    parts.error.textContent = turn.error;
+  } else parts.error.hidden = true;
+  parts.meta.replaceChildren(...metaItems(turn, state));
+}
+
+function metaItems(turn, state) {
+  const items = [];
+  const add = (text, cls) => items.push(el("span", { class: cls ?? "" }, text));
+  if (state === "cancelled") add("Stopped by request", "tag tag-warn");
+  if (state === "error") add("Failed", "tag tag-error");
+  if (turn.restarts > 0) add(turn.restarts === 1 ? "↻ Answer restarted" : `↻ Answer restarted ${turn.restarts}×`, "tag");
+  if (state === "done" && turn.stopReason && turn.stopReason !== "end_turn") add(`Stop reason: ${turn.stopReason}`);
+  const usage = turn.usage ?? {};
+  const input = usage.input_tokens ?? usage.inputTokens;
+  const output = usage.output_tokens ?? usage.outputTokens;
+  if (Number.isFinite(output)) add(Number.isFinite(input) ? `${input} in · ${output} out tokens` : `${output} tokens`);
+  if (turn.model) add(String(turn.model));
+  if (turn.finishedAt) add(formatTime(turn.finishedAt));
+  return items;
+}
+
+async function copyCode(event) {
+  const button = event.target.closest?.("[data-copy-code]");
+  if (!button) return;
+  const code = button.closest(".md-code")?.querySelector("code");
+  if (!code) return;
+  try {
+    await navigator.clipboard.writeText(code.textContent);
+    button.textContent = "Copied";
+  } catch {
+    const range = document.createRange();
+    range.selectNodeContents(code);
+    const selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    button.textContent = "Selected";
+  }
+  setTimeout(() => (button.textContent = "Copy"), 1500);
+}

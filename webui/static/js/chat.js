@@ -1,0 +1,418 @@
+// The chat page: wires the streams client, the cross-tab hub and the outbox to the views.
+
+import { config } from "./config.js";
+import { StreamsClient } from "./streams.js";
+import { StreamHub } from "./hub.js";
+import { Outbox } from "./outbox.js";
+import * as protocol from "./chat-protocol.js";
+import { ConversationList, Transcript, turnState } from "./conversation-model.js";
+import { ChatView } from "./chat-view.js";
+import { FlowDiagram } from "./flow.js";
+import { RawStreamPanel } from "./stream-panels.js";
+import { ConnectionStatus } from "./status.js";
+import { Drawers } from "./drawers.js";
+import { el, formatTime, frameThrottle } from "./util.js";
+
+const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
+
+const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken });
+const hub = new StreamHub(client);
+const outbox = new Outbox(client);
+
+const ui = {
+  sidebar: document.getElementById("sidebar"),
+  streamsPanel: document.getElementById("streams-panel"),
+  scrim: $("scrim"),
+  toggleSidebar: $("toggle-sidebar"),
+  toggleStreams: $("toggle-streams"),
+  conversationList: $("conversation-list"),
+  conversationEmpty: $("conversation-list-empty"),
+  newConversation: $("new-conversation"),
+  title: $("conversation-title"),
+  welcome: $("welcome"),
+  messages: $("message-list"),
+  composer: $("composer"),
+  input: $("composer-input"),
+  send: $("send-button"),
+  stop: $("stop-button"),
+  announcer: $("announcer"),
+};
+
+const drawers = new Drawers({
+  sidebar: ui.sidebar,
+  streamsPanel: ui.streamsPanel,
+  scrim: ui.scrim,
+  toggleSidebar: ui.toggleSidebar,
+  toggleStreams: ui.toggleStreams,
+  closeSidebar: $("close-sidebar"),
+  closeStreams: $("close-streams"),
+  firstInSidebar: ui.newConversation,
+});
+const view = new ChatView(ui.messages, $("message-scroll"));
+const flow = new FlowDiagram($("flow-diagram"));
+const promptsPanel = new RawStreamPanel("prompts");
+const responsesPanel = new RawStreamPanel("responses");
+const status = new ConnectionStatus({ pill: $("connection-pill"), banner: $("connection-banner"), announce });
+
+const conversations = new ConversationList();
+let conversationsLoaded = false;
+const failedPrompts = new Map(); // promptId -> {conversationId, id, content, timestamp, failed}
+let current = null;
+
+// ------------------------------------------------------------------------ conversation list
+
+function pendingState() {
+  return protocol.pendingItems(outbox.pending());
+}
+
+function isKnown(id) {
+  return conversations.has(id) || pendingState().conversations.some((c) => c.id === id);
+}
+
+/** Its streams exist (listed, or created by our own pending start), so reading can begin. */
+function canFollow(id) {
+  return conversations.has(id) || pendingState().conversations.some((c) => c.id === id && c.streamsReady);
+}
+
+function conversationTitle(id) {
+  return conversations.get(id)?.title ?? pendingState().conversations.find((c) => c.id === id)?.title ?? null;
+}
+
+function renderConversationList() {
+  const items = conversations.sorted();
+  for (const pending of pendingState().conversations) {
+    if (!conversations.has(pending.id)) items.unshift({ id: pending.id, title: pending.title, timestamp: pending.timestamp, pending: true });
+  }
+  const focusedId = document.activeElement?.closest?.("[data-conversation-id]")?.dataset.conversationId;
+  ui.conversationList.replaceChildren(...items.map((c) => {
+    const active = current?.id === c.id;
+    const button = el("button", {
+      type: "button",
+      class: "conversation-item",
+      dataset: { testid: "conversation-item", conversationId: c.id },
+      "aria-current": active ? "page" : null,
+      onclick: () => navigateTo(c.id),
+    }, el("span", { class: "conversation-item-title" }, c.title), el("span", { class: "conversation-item-time" }, c.pending ? "sending…" : formatTime(c.timestamp)));
+    return el("li", {}, button);
+  }));
+  if (focusedId) ui.conversationList.querySelector(`[data-conversation-id="${CSS.escape(focusedId)}"]`)?.focus();
+  ui.conversationEmpty.hidden = items.length > 0 || !conversationsLoaded;
+}
+
+function followConversations() {
+  client.ensure(protocol.CONVERSATIONS_PATH).catch(() => {}); // so a fresh server has the list
+  hub.follow(protocol.CONVERSATIONS_PATH, {
+    onBatch(batch) {
+      const changed = conversations.apply(batch.messages ?? []);
+      if (batch.upToDate) conversationsLoaded = true;
+      if (changed || batch.upToDate) {
+        renderConversationList();
+        maybeFollow();
+        scheduleRender();
+      }
+    },
+    onStatus(s) {
+      if (s.state === "missing" || (s.state === "live" && s.upToDate)) {
+        conversationsLoaded = true;
+        renderConversationList();
+        scheduleRender();
+      }
+      status.setStream("conversations", s.state === "missing" ? { state: "live" } : s);
+      updateBrowserNode();
+    },
+  });
+}
+
+// ----------------------------------------------------------------------------- navigation
+
+function idFromHash() {
+  const m = /^#\/c\/([A-Za-z0-9_-]{1,64})$/.exec(window.location.hash);
+  return m ? m[1] : null;
+}
+
+function navigateTo(id) {
+  if (id) window.location.hash = `#/c/${id}`;
+  else {
+    history.pushState(null, "", window.location.pathname + window.location.search);
+    openConversation(null);
+  }
+  drawers.close();
+}
+
+function openConversation(id) {
+  if (current && id && current.id === id) return;
+  if (current) {
+    for (const f of current.follows) f.stop();
+    status.removeStream("prompts");
+    status.removeStream("responses");
+  }
+  current = {
+    id: id ?? protocol.newConversationId(),
+    transcript: new Transcript(),
+    follows: [],
+    following: false,
+    upToDate: { prompts: false, responses: false },
+    offsets: { prompts: "-1", responses: "-1" }, // where reading resumes after a pause
+    panelsReady: false,
+    paused: false,
+    states: new Map(),
+  };
+  view.clear();
+  promptsPanel.reset(null);
+  responsesPanel.reset(null);
+  flow.setSub("prompts", "");
+  flow.setSub("responses", "");
+  flow.setAgentState("idle");
+  ui.input.value = sessionStorage.getItem(draftKey()) ?? "";
+  autosize();
+  maybeFollow();
+  renderConversationList();
+  scheduleRender();
+}
+
+function maybeFollow() {
+  const c = current;
+  if (!c || c.following || c.paused || !canFollow(c.id)) return;
+  c.following = true;
+  const promptsPath = protocol.promptsPath(c.id);
+  const responsesPath = protocol.responsesPath(c.id);
+  if (!c.panelsReady) {
+    promptsPanel.reset(promptsPath);
+    responsesPanel.reset(responsesPath);
+    c.panelsReady = true;
+  }
+  c.follows.push(hub.follow(promptsPath, {
+    offset: c.offsets.prompts,
+    onBatch(batch) {
+      if (c !== current) return;
+      c.offsets.prompts = batch.to;
+      c.transcript.applyPrompts(batch.messages ?? []);
+      if (batch.upToDate) c.upToDate.prompts = true;
+      promptsPanel.add(batch);
+      if (batch.count) flow.promptsArrived(c.transcript.promptEntries);
+      scheduleRender();
+    },
+    onStatus: (s) => streamStatus(c, "prompts", s),
+  }));
+  c.follows.push(hub.follow(responsesPath, {
+    offset: c.offsets.responses,
+    onBatch(batch) {
+      if (c !== current) return;
+      c.offsets.responses = batch.to;
+      c.transcript.applyResponses(batch.messages ?? []);
+      if (batch.upToDate) c.upToDate.responses = true;
+      responsesPanel.add(batch);
+      if (batch.count) flow.responsesArrived(c.transcript.responseEntries);
+      scheduleRender();
+    },
+    onStatus: (s) => streamStatus(c, "responses", s),
+  }));
+}
+
+// Browsers share about six connections per host among all tabs. A tab hidden for a while
+// lets go of its conversation's two live reads (another tab may take them over through the
+// hub) and picks up from the same offsets when it is shown again.
+const PAUSE_AFTER_MS = 10000;
+let pauseTimer = null;
+
+function onVisibility() {
+  clearTimeout(pauseTimer);
+  if (document.visibilityState === "hidden") {
+    pauseTimer = setTimeout(pauseConversation, PAUSE_AFTER_MS);
+  } else if (current?.paused) {
+    current.paused = false;
+    maybeFollow();
+  }
+}
+
+function pauseConversation() {
+  const c = current;
+  if (!c || !c.following || document.visibilityState !== "hidden") return;
+  for (const f of c.follows) f.stop();
+  c.follows = [];
+  c.following = false;
+  c.paused = true;
+  status.removeStream("prompts");
+  status.removeStream("responses");
+}
+
+function streamStatus(c, name, s) {
+  if (c !== current) return;
+  // A stream not created yet (a conversation being started) is not a lost connection.
+  status.setStream(name, s.state === "missing" ? { state: "connecting" } : s);
+  if (s.state === "live" && s.upToDate) {
+    c.upToDate[name] = true;
+    scheduleRender();
+  }
+  updateBrowserNode();
+}
+
+function updateBrowserNode() {
+  const overall = status.overall();
+  flow.setBrowserState(overall === "live" ? "this tab · live" : overall);
+}
+
+// ------------------------------------------------------------------------------- rendering
+
+function pendingPrompts(conversationId) {
+  const items = pendingState().prompts.filter((p) => p.conversationId === conversationId && p.type === "prompt");
+  for (const failed of failedPrompts.values()) if (failed.conversationId === conversationId) items.push(failed);
+  return items;
+}
+
+function cancellablePromptIds() {
+  if (!current) return [];
+  const cancelling = new Set(pendingState().prompts.filter((p) => p.type === "cancel").map((p) => p.promptId));
+  const ids = current.transcript.visibleTurns()
+    .filter((t) => ["thinking", "streaming"].includes(turnState(t)))
+    .map((t) => t.promptId);
+  for (const p of pendingPrompts(current.id)) if (!p.failed && !current.transcript.turns.get(p.id)?.prompt) ids.push(p.id);
+  return ids.filter((id) => !cancelling.has(id));
+}
+
+const scheduleRender = frameThrottle(render);
+
+function render() {
+  const c = current;
+  if (!c) return;
+  const turns = c.transcript.visibleTurns();
+  const pending = pendingPrompts(c.id);
+  const count = view.render(turns, pending);
+  const known = isKnown(c.id);
+  const loaded = known ? c.upToDate.prompts && c.upToDate.responses : conversationsLoaded;
+  ui.welcome.hidden = count > 0 || !loaded;
+  const title = conversationTitle(c.id) ?? "New conversation";
+  ui.title.textContent = title;
+  document.title = `${title} · Durable Agent Chat`;
+  ui.stop.hidden = cancellablePromptIds().length === 0;
+  const active = turns.filter((t) => !t.final).map(turnState);
+  flow.setAgentState(active.includes("streaming") ? "streaming" : active.includes("thinking") ? "thinking" : active.length ? active[0] : "idle");
+  ui.messages.dataset.ready = String(loaded);
+  document.body.dataset.ready = String(conversationsLoaded && loaded);
+  announceChanges(c, turns, loaded);
+}
+
+function announceChanges(c, turns, loaded) {
+  const words = { thinking: "The agent is thinking.", done: "Answer complete.", cancelled: "Answer stopped.", error: "The answer failed." };
+  for (const turn of turns) {
+    const state = turnState(turn);
+    const before = c.states.get(turn.promptId);
+    c.states.set(turn.promptId, state);
+    // Only changes seen live are announced, not the history read at load.
+    if (loaded && c.announceReady && before !== state && words[state]) announce(words[state]);
+  }
+  if (loaded) c.announceReady = true;
+}
+
+function announce(text) {
+  ui.announcer.textContent = "";
+  requestAnimationFrame(() => (ui.announcer.textContent = text));
+}
+
+// -------------------------------------------------------------------------------- actions
+
+function send() {
+  const text = ui.input.value.trim();
+  if (!text || !current) return;
+  const id = current.id;
+  if (!isKnown(id)) {
+    protocol.startConversation(outbox, { id, title: protocol.titleFrom(text) });
+    if (idFromHash() !== id) history.replaceState(null, "", `#/c/${id}`);
+  }
+  protocol.sendPrompt(outbox, id, text);
+  ui.input.value = "";
+  sessionStorage.removeItem(draftKey());
+  autosize();
+  maybeFollow();
+  renderConversationList();
+  scheduleRender();
+  view.scrollToBottom();
+}
+
+function stop() {
+  if (!current) return;
+  for (const promptId of cancellablePromptIds()) protocol.cancelPrompt(outbox, current.id, promptId);
+  scheduleRender();
+}
+
+function draftKey() {
+  return `draft:${current?.id ?? ""}`;
+}
+
+function autosize() {
+  ui.input.style.height = "auto";
+  ui.input.style.height = `${Math.min(ui.input.scrollHeight, 220)}px`;
+}
+
+// ---------------------------------------------------------------------------------- wiring
+
+function wire() {
+  ui.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send();
+  });
+  ui.input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      send();
+    } else if (event.key === "Escape" && !ui.stop.hidden) {
+      event.preventDefault();
+      stop();
+    }
+  });
+  ui.input.addEventListener("input", () => {
+    autosize();
+    if (ui.input.value) sessionStorage.setItem(draftKey(), ui.input.value);
+    else sessionStorage.removeItem(draftKey());
+  });
+  ui.stop.addEventListener("click", () => {
+    stop();
+    ui.input.focus();
+  });
+  ui.newConversation.addEventListener("click", () => {
+    navigateTo(null);
+    ui.input.focus();
+  });
+  for (const chip of document.querySelectorAll(".suggestions .chip")) {
+    chip.addEventListener("click", () => {
+      ui.input.value = chip.textContent.trim();
+      send();
+      ui.input.focus();
+    });
+  }
+  window.addEventListener("hashchange", () => openConversation(idFromHash()));
+  window.addEventListener("popstate", () => openConversation(idFromHash()));
+  window.addEventListener("online", () => outbox.start());
+  document.addEventListener("visibilitychange", onVisibility);
+
+  outbox.on("change", () => {
+    renderConversationList();
+    maybeFollow();
+    scheduleRender();
+  });
+  outbox.on("state", (state, error) => status.setOutbox(state, error));
+  outbox.on("sent", ({ path }) => {
+    if (current && path === protocol.promptsPath(current.id)) flow.promptSent();
+  });
+  outbox.on("failed", ({ path, body, error }) => {
+    if (body?.type !== "prompt") return;
+    const m = /^conversations\/([^/]+)\/prompts$/.exec(path);
+    failedPrompts.set(body.id, { conversationId: m?.[1], id: body.id, content: body.content, timestamp: body.timestamp, failed: error.message });
+    // Give the text back so it can be sent again.
+    if (current?.id === m?.[1] && !ui.input.value.trim()) {
+      ui.input.value = body.content;
+      autosize();
+    }
+    scheduleRender();
+  });
+}
+
+function main() {
+  wire();
+  openConversation(idFromHash());
+  followConversations();
+  outbox.start(); // re-send anything a previous load of this tab left unacknowledged
+  updateBrowserNode();
+}
+
+main();

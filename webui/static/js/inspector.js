@@ -1,0 +1,463 @@
+// The stream inspector: open any stream by path on any Durable Streams server, see its
+// metadata, content (JSON, text or hex), follow it live from any offset, append to it, and
+// look at subscriptions. The protocol has no listing, so paths come from the user, from the
+// recently opened list, from the `conversations` stream and, where the server keeps one,
+// from a `__registry__` stream.
+
+import { config } from "./config.js";
+import { StreamsClient, bodyKind, HttpError } from "./streams.js";
+import { StreamHub } from "./hub.js";
+import { ConversationList } from "./conversation-model.js";
+import { CONVERSATIONS_PATH, promptsPath, responsesPath, subscriptionId } from "./chat-protocol.js";
+import { ConnectionStatus } from "./status.js";
+import { asText, hexDump } from "./format.js";
+import { renderSubscription } from "./subscription-view.js";
+import { el } from "./util.js";
+
+const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
+const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken });
+const hub = new StreamHub(client);
+const status = new ConnectionStatus({ pill: $("connection-pill"), banner: $("connection-banner") });
+
+const RECENT_KEY = "inspector:recent";
+const RENDER_LIMIT = 2000; // entries shown at most; older ones are summarised
+
+const state = {
+  path: null,
+  meta: null,
+  pages: [], // [{from, to, messages?, bytes?, live?}]
+  follow: null, // AbortController of the live read
+};
+
+// --------------------------------------------------------------------------------- paths
+
+function normalizePath(input) {
+  let path = String(input).trim();
+  if (path.startsWith(config.streamsUrl)) path = path.slice(config.streamsUrl.length);
+  try {
+    const url = new URL(path);
+    const root = new URL(config.streamsUrl);
+    if (url.origin === root.origin && url.pathname.startsWith(root.pathname)) path = url.pathname.slice(root.pathname.length);
+  } catch {
+    /* not an absolute URL */
+  }
+  return decodeURIComponent(path.split("?")[0]).replace(/^\/+|\/+$/g, "");
+}
+
+function recentPaths() {
+  try {
+    const list = JSON.parse(localStorage.getItem(RECENT_KEY) || "[]");
+    return Array.isArray(list) ? list.filter((p) => typeof p === "string") : [];
+  } catch {
+    return [];
+  }
+}
+
+function remember(path) {
+  const list = [path, ...recentPaths().filter((p) => p !== path)].slice(0, 12);
+  localStorage.setItem(RECENT_KEY, JSON.stringify(list));
+  renderRecent();
+}
+
+function pathButton(path, label) {
+  return el("li", {}, el("button", {
+    type: "button",
+    class: "path-button",
+    title: path,
+    dataset: { path, testid: "path-shortcut" },
+    "aria-current": state.path === path ? "true" : null,
+    onclick: () => open(path),
+  }, label ?? path));
+}
+
+function renderRecent() {
+  $("recent-paths").replaceChildren(...recentPaths().map((p) => pathButton(p)));
+}
+
+function markCurrent() {
+  for (const b of document.querySelectorAll(".path-button, .path-chip")) {
+    if (b.dataset.path) b.setAttribute("aria-current", String(b.dataset.path === state.path));
+  }
+}
+
+// ------------------------------------------------------------------------------ shortcuts
+
+const conversations = new ConversationList();
+
+function renderShortcuts() {
+  const items = [pathButton(CONVERSATIONS_PATH)];
+  for (const c of conversations.sorted()) {
+    const chip = (label, path) => el("button", {
+      type: "button",
+      class: "path-chip",
+      title: path,
+      dataset: { path, testid: "path-shortcut" },
+      "aria-current": state.path === path ? "true" : null,
+      "aria-label": `${c.title}: ${label}`,
+      onclick: () => open(path),
+    }, label);
+    const sub = subscriptionId(c.id);
+    items.push(el("li", { class: "path-group" },
+      el("span", { class: "path-group-title", title: `${c.title} (${c.id})` }, c.title),
+      el("span", { class: "path-group-links" },
+        chip("prompts", promptsPath(c.id)),
+        chip("responses", responsesPath(c.id)),
+        el("button", {
+          type: "button",
+          class: "path-chip",
+          title: `Subscription ${sub}`,
+          "aria-label": `${c.title}: subscription`,
+          dataset: { testid: "subscription-shortcut" },
+          onclick: () => {
+            $("subscription-id").value = sub;
+            $("subscription-form").requestSubmit();
+            $("subscription-card").scrollIntoView({ block: "nearest" });
+          },
+        }, "subscription"))));
+  }
+  $("conversation-shortcuts").replaceChildren(...items);
+}
+
+function followConversations() {
+  hub.follow(CONVERSATIONS_PATH, {
+    onBatch(batch) {
+      if (conversations.apply(batch.messages ?? [])) renderShortcuts();
+    },
+    onStatus(s) {
+      status.setStream("conversations", s.state === "missing" ? { state: "live" } : s);
+    },
+  });
+}
+
+/** Servers that keep a `__registry__` stream of stream lifecycle events get a full list. */
+async function loadRegistry() {
+  const result = $("registry-result");
+  result.textContent = "Looking…";
+  try {
+    const head = await client.head("__registry__");
+    if (!head.exists || bodyKind(head.contentType) !== "json") {
+      result.textContent = "This server keeps no __registry__ stream.";
+      return;
+    }
+    const { pages } = await client.readAll("__registry__", "-1");
+    const paths = new Map();
+    for (const page of pages) {
+      for (const event of JSON.parse(new TextDecoder().decode(page.bytes) || "[]")) {
+        const path = event?.value?.path ?? event?.key;
+        if (typeof path !== "string") continue;
+        if (event?.headers?.operation === "delete") paths.delete(path);
+        else paths.set(path, event?.value?.contentType ?? "");
+      }
+    }
+    $("registry-list").replaceChildren(...[...paths.keys()].sort().map((p) => pathButton(p)));
+    $("registry-list").hidden = false;
+    result.textContent = `${paths.size} stream${paths.size === 1 ? "" : "s"} in __registry__.`;
+  } catch (err) {
+    result.textContent = `Could not read it: ${err.message || err}`;
+  }
+}
+
+// ------------------------------------------------------------------------------- opening
+
+async function open(path) {
+  path = normalizePath(path);
+  if (!path) return;
+  stopFollowing();
+  state.path = path;
+  state.pages = [];
+  $("inspector-path").value = path;
+  $("inspector-title").textContent = path;
+  document.title = `${path} · Stream inspector`;
+  history.replaceState(null, "", `#path=${encodeURIComponent(path)}`);
+  $("inspector-empty").hidden = true;
+  $("subscription-view").replaceChildren();
+  markCurrent();
+  renderContent();
+  await refreshMeta();
+  if (state.meta?.exists) {
+    remember(path);
+    await readFrom($("read-offset").value.trim() || "-1");
+  }
+  markCurrent();
+}
+
+async function refreshMeta() {
+  const path = state.path;
+  let meta;
+  try {
+    meta = await client.head(path);
+  } catch (err) {
+    meta = { exists: false, status: err instanceof HttpError ? err.status : 0, error: String(err.message || err) };
+  }
+  if (path !== state.path) return;
+  state.meta = meta;
+  renderMeta();
+}
+
+function badge(text, kind) {
+  return el("span", { class: `badge ${kind ? `badge-${kind}` : ""}` }, text);
+}
+
+function renderMeta() {
+  const m = state.meta;
+  $("meta-card").hidden = false;
+  $("meta-url").textContent = client.url(state.path);
+  const statusCell = $("meta-status");
+  if (m.exists) statusCell.replaceChildren(badge(`${m.status} OK`, "ok"));
+  else if (m.status === 404) statusCell.replaceChildren(badge("404 Not found", "warn"));
+  else if (m.status === 410) statusCell.replaceChildren(badge("410 Gone", "error"));
+  else statusCell.replaceChildren(badge(m.error ?? `HTTP ${m.status}`, "error"));
+  $("meta-content-type").textContent = m.contentType ?? "—";
+  $("meta-tail-offset").textContent = m.nextOffset ?? "—";
+  $("meta-closed").replaceChildren(m.exists ? (m.closed ? badge("closed", "warn") : badge("open", "ok")) : "—");
+  $("meta-ttl").textContent = m.ttl ? `${m.ttl} s (sliding)` : m.exists ? "none" : "—";
+  $("meta-expires").textContent = m.expiresAt ? `${m.expiresAt} (${relative(m.expiresAt)})` : m.exists ? "none" : "—";
+  $("content-card").hidden = !m.exists;
+  $("append-card").hidden = !m.exists;
+  $("create-card").hidden = m.exists || m.status !== 404;
+  $("append-close").disabled = !!m.closed;
+  $("append-button").disabled = !!m.closed;
+  $("append-input").placeholder = bodyKind(m.contentType) === "json" ? '{"type":"note","text":"hello"}  (a JSON array appends several messages)' : "text to append";
+}
+
+function relative(iso) {
+  const ms = Date.parse(iso) - Date.now();
+  if (!Number.isFinite(ms)) return "invalid date";
+  const minutes = Math.round(Math.abs(ms) / 60000);
+  const span = minutes < 90 ? `${minutes} min` : `${Math.round(minutes / 60)} h`;
+  return ms >= 0 ? `in ${span}` : `${span} ago`;
+}
+
+// ------------------------------------------------------------------------------- content
+
+async function readFrom(offset) {
+  const path = state.path;
+  const kind = bodyKind(state.meta?.contentType);
+  $("follow-state").textContent = "Reading…";
+  try {
+    const { pages, nextOffset, closed, truncated } = await client.readAll(path, offset);
+    if (path !== state.path) return;
+    state.pages = pages.map((p) => decodePage(kind, p));
+    renderContent();
+    $("follow-state").textContent = `Read up to offset ${nextOffset}${closed ? " · stream closed (EOF)" : ""}${truncated ? " · stopped after 8 MiB" : ""}`;
+  } catch (err) {
+    $("follow-state").textContent = `Read failed: ${err.message || err}`;
+  }
+}
+
+function decodePage(kind, page) {
+  if (kind === "json") {
+    try {
+      const text = new TextDecoder().decode(page.bytes).trim();
+      return { from: page.from, to: page.nextOffset, messages: text ? JSON.parse(text) : [] };
+    } catch {
+      return { from: page.from, to: page.nextOffset, bytes: page.bytes };
+    }
+  }
+  return { from: page.from, to: page.nextOffset, bytes: page.bytes };
+}
+
+function viewMode() {
+  const chosen = $("read-view").value;
+  if (chosen !== "auto") return chosen;
+  const kind = bodyKind(state.meta?.contentType);
+  if (kind === "json") return "json";
+  if (kind === "text") return "text";
+  const sample = state.pages.find((p) => p.bytes?.length)?.bytes;
+  return sample && asText(sample.subarray(0, 4096)) !== null ? "text" : "hex";
+}
+
+function renderContent() {
+  const view = $("content-view");
+  const mode = viewMode();
+  const nodes = [];
+  let index = 0;
+  let byteBase = 0;
+  let messages = 0;
+  let bytes = 0;
+  for (const page of state.pages) {
+    nodes.push(el("div", { class: "batch-mark", dataset: { testid: "batch-mark" } }, `${page.live ? "live" : "read"} ${page.from} → ${page.to}`));
+    if (page.messages) {
+      for (const m of page.messages) {
+        index += 1;
+        messages += 1;
+        if (index > RENDER_LIMIT) continue;
+        const text = mode === "json" ? JSON.stringify(m, null, 2) : mode === "hex" ? hexDump(new TextEncoder().encode(JSON.stringify(m))) : JSON.stringify(m);
+        nodes.push(el("div", { class: "entry", dataset: { testid: "content-entry" } },
+          el("div", { class: "entry-head" }, el("span", {}, `#${index}`), m && typeof m === "object" && typeof m.type === "string" ? el("span", {}, m.type) : null),
+          el("pre", {}, text)));
+      }
+    } else if (page.bytes?.length) {
+      bytes += page.bytes.length;
+      const text = mode === "hex" ? hexDump(page.bytes, byteBase) : mode === "json" ? prettyJsonText(page.bytes) : new TextDecoder().decode(page.bytes);
+      nodes.push(el("div", { class: "entry", dataset: { testid: "content-entry" } },
+        el("div", { class: "entry-head" }, el("span", {}, `${page.bytes.length} bytes`)),
+        el("pre", {}, text)));
+      byteBase += page.bytes.length;
+    }
+  }
+  if (index > RENDER_LIMIT) nodes.push(el("div", { class: "batch-mark" }, `${index - RENDER_LIMIT} more entries not shown`));
+  const stick = view.scrollHeight - view.scrollTop - view.clientHeight < 40;
+  view.replaceChildren(...nodes);
+  if (stick || state.follow) view.scrollTop = view.scrollHeight;
+  $("content-summary").textContent = messages ? `${messages} message${messages === 1 ? "" : "s"}` : bytes ? `${bytes} bytes` : "";
+}
+
+function prettyJsonText(bytes) {
+  const text = new TextDecoder().decode(bytes);
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    return text;
+  }
+}
+
+// ---------------------------------------------------------------------------------- live
+
+function startFollowing() {
+  const path = state.path;
+  const offset = $("read-offset").value.trim() || "-1";
+  const abort = new AbortController();
+  state.follow = abort;
+  state.pages = [];
+  renderContent();
+  setFollowButton(true);
+  client.live(path, {
+    offset,
+    contentType: state.meta?.contentType ?? "application/octet-stream",
+    signal: abort.signal,
+    onBatch(batch) {
+      if (state.follow !== abort) return;
+      const page = { from: batch.from, to: batch.to, live: true };
+      if (batch.messages) page.messages = batch.messages;
+      else page.bytes = batch.bytes ?? new TextEncoder().encode(batch.text ?? "");
+      if ((page.messages?.length ?? page.bytes.length) > 0 || batch.closed) state.pages.push(page);
+      $("follow-state").textContent = `Following live · offset ${batch.to}${batch.upToDate ? " · up to date" : ""}${batch.closed ? " · stream closed (EOF)" : ""}`;
+      $("meta-tail-offset").textContent = batch.to;
+      renderContent();
+    },
+    onStatus(s) {
+      if (state.follow !== abort) return;
+      status.setStream("inspected", s);
+      if (s.state === "reconnecting") $("follow-state").textContent = `Connection lost, reconnecting (attempt ${s.attempt})…`;
+      if (s.state === "error") $("follow-state").textContent = `Live read refused: ${s.error?.message ?? s.error}`;
+      if (s.state === "closed") stopFollowing(false);
+    },
+  }).finally(() => {
+    if (state.follow === abort) stopFollowing(false);
+  });
+}
+
+function stopFollowing(abort = true) {
+  if (!state.follow) return;
+  if (abort) state.follow.abort();
+  state.follow = null;
+  status.removeStream("inspected");
+  setFollowButton(false);
+}
+
+function setFollowButton(on) {
+  const button = $("follow-toggle");
+  button.setAttribute("aria-pressed", String(on));
+  button.textContent = on ? "Stop following" : "Follow live";
+  button.classList.toggle("follow-on", on);
+}
+
+// -------------------------------------------------------------------------------- writes
+
+async function appendData(event) {
+  event.preventDefault();
+  const result = $("append-result");
+  const raw = $("append-input").value;
+  const contentType = state.meta?.contentType ?? "application/octet-stream";
+  const close = $("append-close").checked;
+  if (bodyKind(contentType) === "json" && raw.trim()) {
+    try {
+      JSON.parse(raw);
+    } catch (err) {
+      return showResult(result, `Not valid JSON: ${err.message}`, false);
+    }
+  }
+  if (!raw && !close) return showResult(result, "Nothing to append.", false);
+  try {
+    const res = await client.append(state.path, raw || undefined, { contentType, close });
+    if (!res.ok) return showResult(result, `HTTP ${res.status}${res.detail ? `: ${res.detail}` : ""}`, false);
+    showResult(result, `HTTP ${res.status} · next offset ${res.nextOffset ?? "—"}${res.closed ? " · stream closed" : ""}`, true);
+    $("append-input").value = "";
+    $("append-close").checked = false;
+    await refreshMeta();
+    if (!state.follow) await readFrom($("read-offset").value.trim() || "-1");
+  } catch (err) {
+    showResult(result, `Request failed: ${err.message || err}`, false);
+  }
+}
+
+async function createStream(event) {
+  event.preventDefault();
+  const result = $("create-result");
+  try {
+    const res = await client.create(state.path, $("create-type").value.trim() || "application/octet-stream");
+    showResult(result, `HTTP ${res.status} · created`, true);
+    await open(state.path);
+  } catch (err) {
+    showResult(result, err.message || String(err), false);
+  }
+}
+
+function showResult(node, text, ok) {
+  node.textContent = text;
+  node.className = `form-result ${ok ? "ok" : "error"}`;
+}
+
+// ------------------------------------------------------------------------- subscriptions
+
+async function showSubscription(event) {
+  event.preventDefault();
+  const id = $("subscription-id").value.trim();
+  const view = $("subscription-view");
+  if (!id) return;
+  view.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+  try {
+    view.replaceChildren(...renderSubscription(await client.subscription(id), { onOpenPath: open }));
+  } catch (err) {
+    const text = err instanceof HttpError && err.status === 404 ? `No subscription "${id}" on this server.` : `Could not load it: ${err.message || err}`;
+    view.replaceChildren(el("p", { class: "form-result error" }, text));
+  }
+}
+
+// -------------------------------------------------------------------------------- wiring
+
+function main() {
+  $("inspector-root").textContent = `${config.streamsUrl}/`;
+  $("inspector-open-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    open($("inspector-path").value);
+  });
+  $("meta-refresh").addEventListener("click", () => refreshMeta());
+  $("read-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    stopFollowing();
+    readFrom($("read-offset").value.trim() || "-1");
+  });
+  $("read-view").addEventListener("change", renderContent);
+  $("follow-toggle").addEventListener("click", () => (state.follow ? stopFollowing() : startFollowing()));
+  $("append-form").addEventListener("submit", appendData);
+  $("append-input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("append-form").requestSubmit();
+  });
+  $("create-form").addEventListener("submit", createStream);
+  $("subscription-form").addEventListener("submit", showSubscription);
+  renderRecent();
+  renderShortcuts();
+  followConversations();
+  $("registry-load").addEventListener("click", loadRegistry);
+  document.body.dataset.ready = "true";
+  const openFromHash = () => {
+    const fromHash = /^#path=(.+)$/.exec(window.location.hash);
+    if (fromHash) open(decodeURIComponent(fromHash[1]));
+  };
+  window.addEventListener("hashchange", openFromHash);
+  openFromHash();
+}
+
+main();

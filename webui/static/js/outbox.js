@@ -1,0 +1,193 @@
+// Exactly-once appends from the browser: an idempotent producer (section 5.2.1) with a
+// persistent outbox.
+//
+// Every append is written to sessionStorage before it is sent, together with the
+// (Producer-Id, Producer-Epoch, Producer-Seq) it was first sent with. Until the server answers
+// 200/204 it is retried - after a network failure, a 5xx, or a reload of the page - with that
+// same tuple, so the server deduplicates any copy that did land: the message appears once.
+//
+// The producer id is fresh for every page load rather than kept per tab: browsers copy
+// sessionStorage into a duplicated tab, and two writers sharing one (id, epoch) would see each
+// other's different messages answered "204 duplicate" and silently dropped. Entries left over
+// from an earlier load keep their own tuples, so a reload re-sends them exactly as before.
+
+import { backoff, Emitter, randomId, sleep } from "./util.js";
+
+const STORAGE_PREFIX = "ds-outbox:";
+
+export class Outbox extends Emitter {
+  #entries;
+  #producerId = randomId("web-");
+  #nextSeq = new Map(); // stream path -> next Producer-Seq for #producerId
+  #running = false;
+  #wake = null;
+  #waiters = new Map(); // entry key -> {resolve, reject}, for entries queued by this page load
+
+  /** @param {import("./streams.js").StreamsClient} client */
+  constructor(client, storage = window.sessionStorage) {
+    super();
+    this.client = client;
+    this.storage = storage;
+    this.key = STORAGE_PREFIX + client.baseUrl;
+    this.#entries = this.#load();
+    /** "idle" | "sending" | "retrying" */
+    this.state = "idle";
+    this.lastError = null;
+  }
+
+  /** Entries not yet acknowledged, oldest first (copies; for rendering pending items). */
+  pending() {
+    return this.#entries.map((e) => ({ key: e.key, path: e.path, body: e.body, ensured: e.ensured }));
+  }
+
+  /**
+   * Queue `body` (a JSON value) for appending to `path`. `ensure` lists streams to PUT
+   * (application/json, idempotent) before the first attempt; `ensured: true` skips that until a
+   * 404 says otherwise. `subscription` ({id, config}) is PUT before those streams (see
+   * chat-protocol.js for why the order matters). Resolves when the server has acknowledged it
+   * (in this page load).
+   */
+  enqueue(path, body, { ensure = [], ensured = false, subscription = null } = {}) {
+    const entry = {
+      key: randomId("ob-"), path, body, ensure, subscription,
+      ensured: ensured || (ensure.length === 0 && !subscription), tuple: null,
+    };
+    this.#entries.push(entry);
+    this.#save();
+    this.emit("change");
+    const done = new Promise((resolve, reject) => this.#waiters.set(entry.key, { resolve, reject }));
+    done.catch(() => {}); // failures are also reported through the "failed" event
+    this.start();
+    return { key: entry.key, done };
+  }
+
+  /** Start (or nudge) the flush loop; call once at page start to re-send leftovers. */
+  start() {
+    if (this.#wake) this.#wake.abort();
+    if (this.#running) return;
+    this.#running = true;
+    this.#run().finally(() => {
+      this.#running = false;
+      if (this.#entries.length) this.start();
+    });
+  }
+
+  async #run() {
+    let attempt = 0;
+    while (this.#entries.length) {
+      const entry = this.#entries[0];
+      this.#setState(attempt ? "retrying" : "sending");
+      let outcome;
+      try {
+        outcome = await this.#attempt(entry);
+      } catch (err) {
+        outcome = { retry: true, error: err };
+      }
+      if (outcome.retry) {
+        attempt += 1;
+        this.lastError = outcome.error ?? null;
+        this.#setState("retrying");
+        this.#wake = new AbortController();
+        await sleep(backoff(attempt, 300, 8000), this.#wake.signal).catch(() => {});
+        this.#wake = null;
+        continue;
+      }
+      attempt = 0;
+      this.lastError = null;
+      this.#finish(entry, outcome);
+    }
+    this.#setState("idle");
+  }
+
+  async #attempt(entry) {
+    if (!entry.ensured) {
+      if (entry.subscription) {
+        try {
+          await this.client.putSubscription(entry.subscription.id, entry.subscription.config);
+        } catch (err) {
+          // 409: it exists with other settings; the agents still watch it.
+          if (err?.status !== 409) throw err;
+        }
+      }
+      for (const path of entry.ensure) {
+        try {
+          await this.client.ensure(path, "application/json");
+        } catch (err) {
+          // 409: exists with another configuration; the append below reports what matters.
+          if (err?.status !== 409) throw err;
+        }
+      }
+      entry.ensured = true;
+      this.#save();
+      this.emit("change"); // the streams exist now: readers may start
+    }
+    if (!entry.tuple) {
+      entry.tuple = { id: this.#producerId, epoch: 0, seq: this.#nextSeq.get(entry.path) ?? 0 };
+      this.#save(); // persisted before the first byte leaves: a reload re-sends the same tuple
+    }
+    const result = await this.client.append(entry.path, JSON.stringify(entry.body), { producer: entry.tuple });
+    if (result.status === 200 || result.status === 204) {
+      if (entry.tuple.id === this.#producerId) this.#nextSeq.set(entry.path, entry.tuple.seq + 1);
+      return { ok: true, result };
+    }
+    if (result.status >= 500 || result.status === 429 || result.status === 408) {
+      return { retry: true, error: new Error(`HTTP ${result.status}`) };
+    }
+    if (result.status === 404 && entry.ensure.length && !entry.retriedEnsure) {
+      entry.ensured = false;
+      entry.retriedEnsure = true;
+      return { retry: true, error: new Error("stream not found; creating it") };
+    }
+    if (result.status === 403 || (result.status === 409 && result.expectedSeq !== null)) {
+      // Fenced or out of sequence: this tuple never stored the message. Start a new producer.
+      this.#rotate();
+      entry.tuple = null;
+      return { retry: true, error: new Error(`producer reset after HTTP ${result.status}`) };
+    }
+    return { ok: false, error: new Error(result.detail || `HTTP ${result.status}`), result };
+  }
+
+  #rotate() {
+    this.#producerId = randomId("web-");
+    this.#nextSeq.clear();
+  }
+
+  #finish(entry, outcome) {
+    this.#entries = this.#entries.filter((e) => e.key !== entry.key);
+    this.#save();
+    const waiter = this.#waiters.get(entry.key);
+    this.#waiters.delete(entry.key);
+    if (outcome.ok) {
+      this.emit("sent", { key: entry.key, path: entry.path, body: entry.body, result: outcome.result });
+      waiter?.resolve(outcome.result);
+    } else {
+      this.emit("failed", { key: entry.key, path: entry.path, body: entry.body, error: outcome.error });
+      waiter?.reject(outcome.error);
+    }
+    this.emit("change");
+  }
+
+  #setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    this.emit("state", state, this.lastError);
+  }
+
+  #load() {
+    try {
+      const entries = JSON.parse(this.storage.getItem(this.key) || "[]");
+      return Array.isArray(entries) ? entries.filter((e) => e && e.key && e.path) : [];
+    } catch {
+      return [];
+    }
+  }
+
+  #save() {
+    try {
+      if (this.#entries.length) this.storage.setItem(this.key, JSON.stringify(this.#entries));
+      else this.storage.removeItem(this.key);
+    } catch (err) {
+      console.warn("outbox not persisted", err);
+    }
+  }
+}

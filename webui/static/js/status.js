@@ -1,0 +1,87 @@
+// The connection state a user sees: a pill in the top bar and a banner that appears while the
+// connection is lost (or a message is being re-sent) and clears by itself once it is back.
+
+const GRACE_MS = 700; // a routine reconnect must not flash the banner
+
+export class ConnectionStatus {
+  #streams = new Map(); // name -> status object
+  #outbox = { state: "idle" };
+  #timer = null;
+  #shown = false;
+  #clearTimer = null;
+
+  constructor({ pill, banner, announce }) {
+    this.pill = pill;
+    this.banner = banner;
+    this.announce = announce ?? (() => {});
+  }
+
+  setStream(name, status) {
+    this.#streams.set(name, status);
+    this.#update();
+  }
+
+  removeStream(name) {
+    this.#streams.delete(name);
+    this.#update();
+  }
+
+  setOutbox(state, error) {
+    this.#outbox = { state, error };
+    this.#update();
+  }
+
+  /** "live" | "connecting" | "reconnecting" | "error" */
+  overall() {
+    const states = [...this.#streams.values()].map((s) => s.state);
+    if (states.includes("error")) return "error";
+    if (states.includes("reconnecting") || this.#outbox.state === "retrying") return "reconnecting";
+    if (states.includes("connecting")) return "connecting";
+    return "live";
+  }
+
+  #update() {
+    const state = this.overall();
+    const label = { live: "Live", connecting: "Connecting", reconnecting: "Reconnecting", error: "Error" }[state];
+    if (this.pill.dataset.state !== state) {
+      this.pill.dataset.state = state;
+      this.pill.querySelector(".conn-text").textContent = label;
+    }
+    if (state === "reconnecting" || state === "error") {
+      if (!this.#shown && !this.#timer) this.#timer = setTimeout(() => this.#show(), state === "error" ? 0 : GRACE_MS);
+      else if (this.#shown) this.#show();
+    } else {
+      clearTimeout(this.#timer);
+      this.#timer = null;
+      if (this.#shown) this.#recovered();
+    }
+  }
+
+  #show() {
+    this.#timer = null;
+    const state = this.overall();
+    if (state !== "reconnecting" && state !== "error") return;
+    clearTimeout(this.#clearTimer);
+    const errored = [...this.#streams.values()].find((s) => s.state === "error");
+    let text;
+    if (errored) text = `The streams server refused a read: ${errored.error ?? "error"}.`;
+    else if (this.#outbox.state === "retrying" && ![...this.#streams.values()].some((s) => s.state === "reconnecting")) {
+      text = "Your message has not been stored yet. Retrying…";
+    } else text = "Connection lost. Reconnecting…";
+    this.banner.dataset.state = state;
+    if (this.banner.textContent !== text) this.banner.textContent = text;
+    if (!this.#shown) this.announce(text);
+    this.banner.hidden = false;
+    this.#shown = true;
+  }
+
+  #recovered() {
+    this.#shown = false;
+    this.banner.dataset.state = "recovered";
+    this.banner.textContent = "Reconnected.";
+    this.announce("Reconnected.");
+    this.#clearTimer = setTimeout(() => {
+      if (!this.#shown) this.banner.hidden = true;
+    }, 1500);
+  }
+}

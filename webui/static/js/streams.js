@@ -1,0 +1,336 @@
+// A small Durable Streams client for the browser: create, HEAD, catch-up reads, appends and
+// SSE live reads that resume from the last control offset after any drop.
+
+import { SseParser } from "./sse.js";
+import { backoff, sleep } from "./util.js";
+
+/** A non-2xx answer from the server; `status` and `headers` say what went wrong. */
+export class HttpError extends Error {
+  constructor(status, detail, headers) {
+    super(`HTTP ${status}${detail ? `: ${detail}` : ""}`);
+    this.name = "HttpError";
+    this.status = status;
+    this.detail = detail;
+    this.headers = headers;
+  }
+}
+
+/** True when trying the same request again later may succeed. */
+export function isRetryable(err) {
+  if (err instanceof HttpError) return err.status >= 500 || err.status === 429 || err.status === 408;
+  return err?.name !== "AbortError"; // network failures surface as TypeError
+}
+
+/** How the bytes of a stream are shown to callers: JSON messages, text, or raw bytes. */
+export function bodyKind(contentType) {
+  const type = (contentType || "").split(";")[0].trim().toLowerCase();
+  if (type === "application/json") return "json";
+  if (type.startsWith("text/")) return "text";
+  return "bytes";
+}
+
+/** Parse a JSON-mode body (a JSON array of messages). */
+export function parseJsonBody(text) {
+  const trimmed = text.trim();
+  if (trimmed === "") return [];
+  const value = JSON.parse(trimmed);
+  return Array.isArray(value) ? value : [value];
+}
+
+export class StreamsClient {
+  /** @param {{baseUrl: string, token?: string|null}} options */
+  constructor({ baseUrl, token = null }) {
+    this.baseUrl = baseUrl.replace(/\/+$/, "");
+    this.token = token;
+  }
+
+  /** The URL of a stream path (segments are percent-encoded, slashes kept). */
+  url(path, params) {
+    const encoded = String(path).replace(/^\/+/, "").split("/").map(encodeURIComponent).join("/");
+    const url = new URL(`${this.baseUrl}/${encoded}`);
+    for (const [key, value] of Object.entries(params ?? {})) url.searchParams.set(key, value);
+    return url.href;
+  }
+
+  headers(extra = {}) {
+    const headers = { ...extra };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    return headers;
+  }
+
+  /** PUT: create the stream, or confirm it exists with this content type (idempotent). */
+  async ensure(path, contentType = "application/json", { signal } = {}) {
+    const res = await fetch(this.url(path), {
+      method: "PUT",
+      headers: this.headers({ "Content-Type": contentType }),
+      signal,
+    });
+    if (res.status === 200 || res.status === 201) {
+      return { created: res.status === 201, nextOffset: res.headers.get("Stream-Next-Offset") };
+    }
+    throw await httpError(res);
+  }
+
+  /** PUT with an optional initial body (the inspector's "create"). */
+  async create(path, contentType, { body, signal } = {}) {
+    const res = await fetch(this.url(path), {
+      method: "PUT",
+      headers: this.headers({ "Content-Type": contentType }),
+      body,
+      signal,
+    });
+    if (!res.ok) throw await httpError(res);
+    return { status: res.status, nextOffset: res.headers.get("Stream-Next-Offset") };
+  }
+
+  /** HEAD: metadata, or `{exists: false, status}` for 404/410. */
+  async head(path, { signal } = {}) {
+    const res = await fetch(this.url(path), { method: "HEAD", headers: this.headers(), signal, cache: "no-store" });
+    if (res.status === 404 || res.status === 410) return { exists: false, status: res.status };
+    if (!res.ok) throw await httpError(res);
+    const h = res.headers;
+    return {
+      exists: true,
+      status: res.status,
+      contentType: h.get("Content-Type"),
+      nextOffset: h.get("Stream-Next-Offset"),
+      closed: (h.get("Stream-Closed") || "").toLowerCase() === "true",
+      ttl: h.get("Stream-TTL"),
+      expiresAt: h.get("Stream-Expires-At"),
+      headers: h,
+    };
+  }
+
+  /** One catch-up GET from `offset`: bytes plus the protocol headers. */
+  async read(path, offset = "-1", { signal } = {}) {
+    const res = await fetch(this.url(path, { offset }), { headers: this.headers(), signal, cache: "no-store" });
+    if (!res.ok) throw await httpError(res);
+    const h = res.headers;
+    return {
+      bytes: new Uint8Array(await res.arrayBuffer()),
+      contentType: h.get("Content-Type"),
+      nextOffset: h.get("Stream-Next-Offset") ?? offset,
+      upToDate: (h.get("Stream-Up-To-Date") || "").toLowerCase() === "true",
+      closed: (h.get("Stream-Closed") || "").toLowerCase() === "true",
+    };
+  }
+
+  /** Catch-up reads from `offset` until up to date; JSON streams yield their messages. */
+  async readAll(path, offset = "-1", { signal, maxBytes = 8 * 1024 * 1024 } = {}) {
+    const chunks = [];
+    let total = 0;
+    let current = offset;
+    for (;;) {
+      const page = await this.read(path, current, { signal });
+      chunks.push({ from: current, ...page });
+      total += page.bytes.length;
+      const stalled = page.nextOffset === current && page.bytes.length === 0;
+      current = page.nextOffset;
+      if (page.upToDate || page.closed || stalled || total >= maxBytes) {
+        return { pages: chunks, nextOffset: current, closed: page.closed, truncated: total >= maxBytes && !page.upToDate };
+      }
+    }
+  }
+
+  /**
+   * POST one body. Returns the outcome for every HTTP status (the caller decides what a 403 or
+   * 409 means); throws only when the request never got an answer (network failure, abort).
+   */
+  async append(path, body, { contentType = "application/json", producer, close = false, signal } = {}) {
+    const extra = { "Content-Type": contentType };
+    if (producer) {
+      extra["Producer-Id"] = producer.id;
+      extra["Producer-Epoch"] = String(producer.epoch);
+      extra["Producer-Seq"] = String(producer.seq);
+    }
+    if (close) extra["Stream-Closed"] = "true";
+    const res = await fetch(this.url(path), { method: "POST", headers: this.headers(extra), body, signal });
+    const h = res.headers;
+    return {
+      ok: res.ok,
+      status: res.status,
+      duplicate: res.status === 204 && !!producer,
+      nextOffset: h.get("Stream-Next-Offset"),
+      closed: (h.get("Stream-Closed") || "").toLowerCase() === "true",
+      producerEpoch: h.get("Producer-Epoch"),
+      expectedSeq: h.get("Producer-Expected-Seq"),
+      receivedSeq: h.get("Producer-Received-Seq"),
+      detail: res.ok ? "" : await safeText(res),
+    };
+  }
+
+  /** PUT a subscription: create it, or confirm an identical one (section 6.2). */
+  async putSubscription(id, body, { signal } = {}) {
+    const res = await fetch(`${this.baseUrl}/__ds/subscriptions/${encodeURIComponent(id)}`, {
+      method: "PUT",
+      headers: this.headers({ "Content-Type": "application/json" }),
+      body: JSON.stringify(body),
+      signal,
+    });
+    if (!res.ok) throw await httpError(res);
+    return res.json();
+  }
+
+  /** GET a subscription's state (section 6.3). */
+  async subscription(id, { signal } = {}) {
+    const res = await fetch(`${this.baseUrl}/__ds/subscriptions/${encodeURIComponent(id)}`, {
+      headers: this.headers(),
+      signal,
+      cache: "no-store",
+    });
+    if (!res.ok) throw await httpError(res);
+    return res.json();
+  }
+
+  /**
+   * Follow a stream live over SSE from `offset`, forever: after a drop it reconnects from the
+   * last `streamNextOffset` of a control event. Data events are held back until the control
+   * event that follows them, so a batch is delivered together with the offset that ends it and
+   * a reconnect can never deliver the same data twice.
+   *
+   * onBatch({from, to, messages|text|bytes, upToDate, closed}) and onStatus({state, ...}) where
+   * state is "connecting" | "live" | "reconnecting" | "missing" | "closed" | "error".
+   * Resolves with the final offset when the stream is closed, the signal aborts, or the server
+   * answers with an error that retrying cannot fix (400, 401, 403, 410).
+   */
+  async live(path, { offset = "-1", contentType = "application/json", onBatch, onStatus, signal } = {}) {
+    let current = offset;
+    let attempt = 0;
+    let lastStatus = "";
+    const status = (state, extra = {}) => {
+      const key = `${state}|${extra.upToDate ?? ""}`;
+      if (key === lastStatus) return;
+      lastStatus = key;
+      onStatus?.({ state, ...extra });
+    };
+    status("connecting");
+    while (!signal?.aborted) {
+      let delivered = false;
+      try {
+        const res = await fetch(this.url(path, { offset: current, live: "sse" }), {
+          headers: this.headers({ Accept: "text/event-stream" }),
+          signal,
+          cache: "no-store",
+        });
+        if (!res.ok) throw await httpError(res);
+        const base64 = (res.headers.get("Stream-SSE-Data-Encoding") || "").toLowerCase() === "base64";
+        const kind = base64 ? "bytes" : bodyKind(contentType);
+        const outcome = await consumeSse(res, kind, current, (batch) => {
+          current = batch.to;
+          delivered = true;
+          attempt = 0;
+          status("live", { upToDate: batch.upToDate });
+          if (batch.count > 0 || batch.from !== batch.to || batch.closed) onBatch?.(batch);
+        });
+        if (outcome.closed) {
+          status("closed");
+          return { offset: current, closed: true };
+        }
+        if (!delivered) throw new Error("SSE response ended without a control event");
+        // The server ended the response normally (it does so periodically): reconnect at once.
+      } catch (err) {
+        if (signal?.aborted) break;
+        const http = err instanceof HttpError ? err.status : 0;
+        if ([400, 401, 403, 410].includes(http)) {
+          status("error", { error: err });
+          return { offset: current, error: err };
+        }
+        attempt += 1;
+        status(http === 404 ? "missing" : "reconnecting", { error: err, attempt });
+        try {
+          await sleep(backoff(attempt, http === 404 ? 300 : 250, http === 404 ? 2000 : 5000), signal);
+        } catch {
+          break;
+        }
+      }
+    }
+    return { offset: current, aborted: true };
+  }
+}
+
+async function consumeSse(res, kind, startOffset, deliver) {
+  let from = startOffset;
+  let pending = [];
+  let closed = false;
+  let failure = null;
+  const parser = new SseParser(({ event, data }) => {
+    if (failure || closed) return;
+    if (event === "data") {
+      pending.push(data);
+      return;
+    }
+    if (event !== "control") return; // unknown events are ignored, as SSE intends
+    try {
+      const control = JSON.parse(data);
+      const to = control.streamNextOffset ?? from;
+      const batch = { from, to, upToDate: !!(control.upToDate || control.streamClosed), closed: !!control.streamClosed };
+      Object.assign(batch, decodeBatch(kind, pending));
+      pending = [];
+      from = to;
+      closed = batch.closed;
+      deliver(batch);
+    } catch (err) {
+      failure = err;
+    }
+  });
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      parser.push(value);
+      if (failure) throw failure;
+      if (closed) break;
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  return { closed };
+}
+
+function decodeBatch(kind, payloads) {
+  if (kind === "json") {
+    const messages = [];
+    for (const payload of payloads) messages.push(...parseJsonBody(payload));
+    return { messages, count: messages.length };
+  }
+  if (kind === "text") {
+    const text = payloads.join("");
+    return { text, count: payloads.length };
+  }
+  const parts = payloads.map((p) => base64ToBytes(p.replace(/[\r\n]/g, "")));
+  const bytes = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const part of parts) {
+    bytes.set(part, at);
+    at += part.length;
+  }
+  return { bytes, count: payloads.length };
+}
+
+function base64ToBytes(text) {
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+async function httpError(res) {
+  return new HttpError(res.status, await safeText(res), res.headers);
+}
+
+async function safeText(res) {
+  try {
+    const text = await res.text();
+    try {
+      const body = JSON.parse(text);
+      const message = body?.error?.message ?? body?.message ?? body?.error;
+      if (typeof message === "string") return message.slice(0, 300);
+    } catch {
+      /* not JSON */
+    }
+    return text.slice(0, 300);
+  } catch {
+    return "";
+  }
+}

@@ -1,0 +1,114 @@
+// Small helpers shared by the pages: ids, timing, and DOM construction without innerHTML.
+
+/** A random id from the CSPRNG (works on plain-http LAN origins, unlike crypto.randomUUID). */
+export function randomId(prefix = "") {
+  const bytes = new Uint8Array(12);
+  crypto.getRandomValues(bytes);
+  let text = "";
+  for (const b of bytes) text += b.toString(16).padStart(2, "0");
+  return prefix + text;
+}
+
+/** Resolve after `ms`, or early (rejecting) when `signal` aborts. */
+export function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const timer = setTimeout(done, ms);
+    function done() {
+      signal?.removeEventListener("abort", abort);
+      resolve();
+    }
+    function abort() {
+      clearTimeout(timer);
+      reject(signal.reason);
+    }
+    signal?.addEventListener("abort", abort, { once: true });
+  });
+}
+
+/** Exponential backoff with full jitter: attempt 1 → ~base, capped at `max`. */
+export function backoff(attempt, base = 250, max = 5000) {
+  const ceiling = Math.min(max, base * 2 ** Math.max(0, attempt - 1));
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
+/**
+ * Build an element: el("div", {class: "x", dataset: {testid: "y"}, onclick: f}, child, "text").
+ * Children that are strings become text nodes, so untrusted text can never become markup.
+ */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  append(node, children);
+  return node;
+}
+
+function append(node, children) {
+  for (const child of children) {
+    if (child === undefined || child === null || child === false) continue;
+    if (Array.isArray(child)) append(node, child);
+    else node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+}
+
+/** An SVG element (same conventions as `el`). */
+export function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null) continue;
+    if (key === "class") node.setAttribute("class", value);
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, String(value));
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+/** "14:03" today, "Mar 3, 14:03" otherwise. */
+export function formatTime(ms) {
+  if (typeof ms !== "number" || !Number.isFinite(ms)) return "";
+  const date = new Date(ms);
+  const sameDay = date.toDateString() === new Date().toDateString();
+  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  if (sameDay) return time;
+  return `${date.toLocaleDateString([], { month: "short", day: "numeric" })}, ${time}`;
+}
+
+/** Run `fn` at most once per animation frame, however often it is requested. */
+export function frameThrottle(fn) {
+  let scheduled = false;
+  return () => {
+    if (scheduled) return;
+    scheduled = true;
+    requestAnimationFrame(() => {
+      scheduled = false;
+      fn();
+    });
+  };
+}
+
+/** A tiny event emitter: on(name, fn) returns an unsubscribe function. */
+export class Emitter {
+  #handlers = new Map();
+  on(name, fn) {
+    if (!this.#handlers.has(name)) this.#handlers.set(name, new Set());
+    this.#handlers.get(name).add(fn);
+    return () => this.#handlers.get(name)?.delete(fn);
+  }
+  emit(name, ...args) {
+    for (const fn of this.#handlers.get(name) ?? []) {
+      try {
+        fn(...args);
+      } catch (err) {
+        console.error(`handler for ${name} failed`, err);
+      }
+    }
+  }
+}
