@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -70,6 +71,22 @@ def init_app(app: Flask, backend: StreamsBackend, url_prefix: str = "/v1/stream"
     """Mount the streams protocol (and its `__ds` control APIs) on `app` at `url_prefix`."""
     app.extensions[EXTENSION_KEY] = backend
     app.register_blueprint(streams_bp, url_prefix=url_prefix)
+    app.register_error_handler(HTTPException, _routing_error_handler(url_prefix))
+
+
+def _routing_error_handler(url_prefix: str) -> Callable[[HTTPException], Any]:
+    """JSON errors for requests under `url_prefix` that no route of the blueprint matched
+    (an unknown method: 405; a path such as `//x`: 404). Flask does not know the blueprint
+    of such a request, so the blueprint's own handlers never see them. Other paths keep
+    whatever the application does by default."""
+    root = url_prefix.rstrip("/")
+
+    def handle(error: HTTPException) -> Any:
+        if request.path != root and not request.path.startswith(root + "/"):
+            return error
+        return _common_headers(_handle_http_exception(error))
+
+    return handle
 
 
 def _backend() -> StreamsBackend:
@@ -189,6 +206,9 @@ def _handle_http_exception(error: HTTPException) -> Response:
         status=error.code or 400,
         content_type="application/json",
     )
+    for name, value in error.get_headers():  # e.g. Allow on a 405
+        if name.lower() != "content-type":
+            response.headers[name] = value
     return response
 
 

@@ -38,10 +38,17 @@ def read_all(stream: IO[bytes], settings: StreamsSettings) -> bytes:
 
 
 def read_spooled(stream: IO[bytes], settings: StreamsSettings) -> Entries:
-    """A binary body as storage entries; beyond `spool_memory_bytes` it goes to a temp file."""
+    """A binary body as storage entries; beyond `spool_memory_bytes` it goes to a temp file.
+
+    Entries are at most `max_chunk_bytes` long, so that a catch-up read (which returns whole
+    entries) never has to exceed the chunk limit because of one large append.
+    """
     first = stream.read(settings.spool_memory_bytes + 1)
+    if len(first) > settings.max_body_bytes:  # a chunked body declares no length up front
+        raise _too_large(settings)
     if len(first) <= settings.spool_memory_bytes:
-        return [first] if first else []
+        step = settings.max_chunk_bytes
+        return [first[i : i + step] for i in range(0, len(first), step)]
     spool = tempfile.TemporaryFile()
     spool.write(first)
     size = len(first)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from ..errors import BadRequest
 from ..storage.models import Expiry, ProducerRef
@@ -11,6 +11,7 @@ from .messages import HeaderLookup
 
 MAX_SAFE_INTEGER = 2**53 - 1
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
 )
@@ -61,11 +62,12 @@ def rfc3339_ms(value: str) -> int:
     normalized = text.replace("z", "Z").replace("t", "T").replace(" ", "T")
     try:
         moment = datetime.fromisoformat(normalized.replace("Z", "+00:00"))
-    except ValueError as exc:
+        utc = moment.astimezone(timezone.utc)  # OverflowError outside years 1-9999 in UTC
+    except (ValueError, OverflowError) as exc:
         raise BadRequest(
             f"Stream-Expires-At is not a valid date: {exc}", code="INVALID_EXPIRES_AT"
         ) from None
-    return int(moment.timestamp() * 1000)
+    return (utc - UNIX_EPOCH) // timedelta(milliseconds=1)  # exact, unlike float seconds
 
 
 def producer(headers: HeaderLookup) -> ProducerRef | None:

@@ -6,8 +6,11 @@ the group committer, so an append's data, its producer state, its `Stream-Seq` a
 closure are committed in one transaction, and a `2xx` is only answered after the commit is on
 disk (WAL with `synchronous=FULL`).
 
-Live readers wait on a per-stream condition that committing writers notify, so a waiting
-long-poll or SSE reader costs no CPU and wakes within microseconds of the commit.
+The engine keeps a view of every stream's metadata in memory, updated only after each commit,
+plus the most recent entries of streams being written (`TailCache`). Metadata lookups and
+reads at or near the tail, which is what live readers do, never touch SQLite; only catch-up
+reads of older data do. Live readers wait on a per-stream condition that committing writers
+notify, so a waiting long-poll or SSE reader costs no CPU and wakes right after the commit.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from ..errors import BadRequest, Gone, NotFound
 from . import writes
+from .blocking import run_blocking
 from .groupcommit import Effects, GroupCommitter, Transaction
 from .models import (
     AppendResult,
@@ -38,6 +42,7 @@ from .models import (
 )
 from .rows import STREAM_COLUMNS, expired, info_from_row, stream_chain
 from .schema import migrate
+from .tailcache import TailCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,12 +52,12 @@ SWEEP_INTERVAL_S = 1.0
 
 
 @dataclass
-class _Live:
-    """In-memory state of a stream that live readers wait on."""
+class _Known:
+    """What the engine knows of one stream between commits."""
 
-    tail: int
-    closed: bool
-    last_access_ms: int
+    info: StreamInfo
+    soft_deleted: bool = False
+    last_access_ms: int = 0
     access_dirty: bool = False
 
 
@@ -69,10 +74,12 @@ class StreamStore:
         self._readers: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._reader_count = 0
         self._reader_lock = threading.Lock()
-        self._live: dict[int, _Live] = {}
+        self._streams: dict[int, _Known] = {}
+        self._ids: dict[str, int] = {}
+        self._tails = TailCache()
         self._conditions: dict[int, threading.Condition] = {}
         self._conditions_lock = threading.Lock()
-        self._load_live_state()
+        self._load_streams()
         self._committer = GroupCommitter(
             self._writer,
             clock_ms=self.now_ms,
@@ -83,15 +90,6 @@ class StreamStore:
         self._wake_listener: Callable[[], None] | None = None
         self._closed = threading.Event()
         self._sweeper: threading.Thread | None = None
-
-    def start_background_work(self) -> None:
-        """Start the expiry sweeper; a store that only serves requests does not need it
-        until then (so a process that never serves, like Flask's reloader, runs nothing)."""
-        if self._sweeper is None:
-            self._sweeper = threading.Thread(
-                target=self._sweep_loop, name="stream-sweeper", daemon=True
-            )
-            self._sweeper.start()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -105,6 +103,15 @@ class StreamStore:
     def open_memory(cls, **kwargs: object) -> StreamStore:
         """A volatile engine for tests: same semantics, nothing on disk."""
         return cls(None, **kwargs)  # type: ignore[arg-type]
+
+    def start_background_work(self) -> None:
+        """Start the expiry sweeper; a store that only serves requests does not need it
+        until then (so a process that never serves, like Flask's reloader, runs nothing)."""
+        if self._sweeper is None:
+            self._sweeper = threading.Thread(
+                target=self._sweep_loop, name="stream-sweeper", daemon=True
+            )
+            self._sweeper.start()
 
     def close(self) -> None:
         """Flush access times, stop the sweeper and close every connection."""
@@ -137,8 +144,7 @@ class StreamStore:
 
     def info(self, path: str) -> StreamInfo:
         """The metadata of a live stream; `NotFound` or `Gone` otherwise."""
-        with self._reading() as conn:
-            return self._visible_info(conn, path)
+        return self._visible(path).info
 
     def read(self, path: str, position: int | None, max_bytes: int) -> ReadResult:
         """Entries from `position` (None: the tail) up to about `max_bytes`.
@@ -146,15 +152,15 @@ class StreamStore:
         Always returns at least one entry when data exists past `position`, so a single entry
         larger than `max_bytes` is still readable.
         """
-        with self._reading() as conn:
-            info = self._visible_info(conn, path)
-            if position is None:
-                position = info.tail
-            if position > info.tail:
-                raise BadRequest(
-                    "offset is beyond the stream's tail", code="OFFSET_OUT_OF_RANGE"
-                )
-            entries, next_position = self._read_entries(conn, info, position, max_bytes)
+        info = self._visible(path).info
+        if position is None:
+            position = info.tail
+        if position > info.tail:
+            raise BadRequest("offset is beyond the stream's tail", code="OFFSET_OUT_OF_RANGE")
+        served = self._tails.read(info.stream_id, position, info.tail, max_bytes)
+        if served is None:
+            served = self._read_from_disk(info, position, max_bytes)
+        entries, next_position = served
         return ReadResult(
             info=info,
             start=position,
@@ -167,10 +173,10 @@ class StreamStore:
         """Reset a sliding TTL: a read counts as use (section 5.1); persisted lazily."""
         if info.expiry.ttl_seconds is None:
             return
-        live = self._live.get(info.stream_id)
-        if live is not None:
-            live.last_access_ms = self.now_ms()
-            live.access_dirty = True
+        known = self._streams.get(info.stream_id)
+        if known is not None:
+            known.last_access_ms = self.now_ms()
+            known.access_dirty = True
 
     def wait_for_data(self, stream_id: int, position: int, timeout: float) -> bool:
         """Block until the stream has data past `position`, is closed or gone (True), or
@@ -179,8 +185,13 @@ class StreamStore:
         cond = self._condition(stream_id)
         with cond:
             while True:
-                live = self._live.get(stream_id)
-                if live is None or live.closed or live.tail > position:
+                known = self._streams.get(stream_id)
+                if (
+                    known is None
+                    or known.soft_deleted
+                    or known.info.closed
+                    or known.info.tail > position
+                ):
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -189,16 +200,23 @@ class StreamStore:
 
     def list_streams(self, prefix: str = "", limit: int = 1000) -> list[StreamInfo]:
         """Live streams whose path starts with `prefix`, in path order."""
-        with self._reading() as conn:
-            rows = conn.execute(
-                f"SELECT {STREAM_COLUMNS} FROM streams s LEFT JOIN streams src"
-                " ON src.id = s.fork_source_id"
-                " WHERE s.soft_deleted = 0 AND s.path >= ? ORDER BY s.path LIMIT ?",
-                (prefix, limit * 2),
-            ).fetchall()
         now = self.now_ms()
-        infos = [info_from_row(r) for r in rows if r["path"].startswith(prefix)]
-        return [i for i in infos if not self._is_expired(i, now)][:limit]
+        infos = [
+            k.info
+            for k in list(self._streams.values())
+            if not k.soft_deleted and k.info.path.startswith(prefix) and not self._expired(k, now)
+        ]
+        return sorted(infos, key=lambda i: i.path)[:limit]
+
+    def read_with(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on a connection with a consistent snapshot, off the event loop (for
+        sibling storage modules' reads)."""
+
+        def run() -> T:
+            with self._reading() as conn:
+                return fn(conn)
+
+        return run() if self._memory else run_blocking(run)
 
     # ------------------------------------------------------------------ writes
 
@@ -217,7 +235,7 @@ class StreamStore:
         return self._committer.submit(
             lambda tx: writes.create_stream(
                 tx,
-                self._live,
+                self._access_view(),
                 path=path,
                 content_type=content_type,
                 content_type_given=content_type_given,
@@ -242,7 +260,7 @@ class StreamStore:
         return self._committer.submit(
             lambda tx: writes.append_entries(
                 tx,
-                self._live,
+                self._access_view(),
                 path=path,
                 entries=entries,
                 content_type=content_type,
@@ -254,17 +272,11 @@ class StreamStore:
 
     def delete(self, path: str) -> None:
         """Delete a stream; soft-delete it while forks still read from it (section 5.4)."""
-        self._committer.submit(lambda tx: writes.delete_stream(tx, self._live, path))
+        self._committer.submit(lambda tx: writes.delete_stream(tx, self._access_view(), path))
 
     def transact(self, operation: Callable[[Transaction], T]) -> T:
         """Run a write operation of a sibling storage module in a group-committed transaction."""
         return self._committer.submit(operation)
-
-    @contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
-        """A connection with a consistent snapshot, for sibling storage modules' reads."""
-        with self._reading() as conn:
-            yield conn
 
     def set_wake_listener(self, listener: Callable[[], None]) -> None:
         """Called after every commit that changed subscription state (wakes, leases)."""
@@ -272,7 +284,10 @@ class StreamStore:
 
     def sweep_expired(self) -> int:
         """Remove streams whose TTL or deadline has passed; returns how many."""
-        return self._committer.submit(lambda tx: writes.sweep_expired(tx, self._live))
+        now = self.now_ms()
+        if not any(self._expired(k, now) for k in list(self._streams.values())):
+            return 0
+        return self._committer.submit(lambda tx: writes.sweep_expired(tx, self._access_view()))
 
     # ------------------------------------------------------------------ internals
 
@@ -313,64 +328,34 @@ class StreamStore:
                 return self._connect()
         return self._readers.get()
 
-    def _visible_info(self, conn: sqlite3.Connection, path: str) -> StreamInfo:
-        row = conn.execute(
-            f"SELECT {STREAM_COLUMNS} FROM streams s LEFT JOIN streams src"
-            " ON src.id = s.fork_source_id WHERE s.path = ?",
-            (path,),
-        ).fetchone()
-        if row is None:
+    def _visible(self, path: str) -> _Known:
+        stream_id = self._ids.get(path)
+        known = None if stream_id is None else self._streams.get(stream_id)
+        if known is None:
             raise NotFound(f"stream {path!r} does not exist")
-        info = info_from_row(row)
-        if self._is_expired(info, self.now_ms()):
+        if self._expired(known, self.now_ms()):
             raise NotFound(f"stream {path!r} does not exist (it expired)")
-        if row["soft_deleted"]:
+        if known.soft_deleted:
             raise Gone(f"stream {path!r} was deleted", code="STREAM_DELETED")
-        live = self._live.get(info.stream_id)
-        if live is not None and live.last_access_ms > info.last_access_ms:
-            info = _with_access(info, live.last_access_ms)
-        return info
+        return known
 
-    def _is_expired(self, info: StreamInfo, now_ms: int) -> bool:
-        live = self._live.get(info.stream_id)
-        last_access = max(info.last_access_ms, live.last_access_ms if live else 0)
-        return expired(info.expiry, last_access, now_ms)
+    @staticmethod
+    def _expired(known: _Known, now_ms: int) -> bool:
+        last_access = max(known.info.last_access_ms, known.last_access_ms)
+        return expired(known.info.expiry, last_access, now_ms)
 
-    def _read_entries(
-        self, conn: sqlite3.Connection, info: StreamInfo, position: int, max_bytes: int
+    def _access_view(self) -> dict[int, _Known]:
+        """Per stream, the newest access time (write operations check expiry with it)."""
+        return self._streams
+
+    def _read_from_disk(
+        self, info: StreamInfo, position: int, max_bytes: int
     ) -> tuple[list[bytes], int]:
-        entries: list[bytes] = []
-        size = 0
-        next_position = position
-        for segment in stream_chain(conn, info.stream_id, info.tail):
-            if segment.end <= next_position:
-                continue
-            rows = conn.execute(
-                "SELECT start, data FROM entries WHERE stream_id = ? AND start >= ?"
-                " AND start < ? ORDER BY start",
-                (segment.stream_id, max(next_position, segment.start), segment.end),
-            )
-            first = True
-            for start, data in rows:
-                if first and start != next_position and next_position > segment.start:
-                    raise BadRequest(
-                        "offset does not fall on an entry boundary of this stream",
-                        code="INVALID_OFFSET",
-                    )
-                first = False
-                if entries and size + len(data) > max_bytes:
-                    return entries, next_position
-                if start + len(data) > segment.end:  # a fork boundary inside an entry
-                    data = data[: segment.end - start]
-                entries.append(bytes(data))
-                size += len(data)
-                next_position = start + len(data)
-            if first and next_position < segment.end:
-                raise BadRequest(
-                    "offset does not fall on an entry boundary of this stream",
-                    code="INVALID_OFFSET",
-                )
-        return entries, next_position
+        def read() -> tuple[list[bytes], int]:
+            with self._reading() as conn:
+                return _read_entries(conn, info, position, max_bytes)
+
+        return read() if self._memory else run_blocking(read)
 
     def _condition(self, stream_id: int) -> threading.Condition:
         with self._conditions_lock:
@@ -379,34 +364,59 @@ class StreamStore:
                 cond = self._conditions[stream_id] = threading.Condition()
             return cond
 
-    def _load_live_state(self) -> None:
-        for row in self._writer.execute(
-            "SELECT id, tail, closed, last_access_ms FROM streams"
-        ):
-            self._live[row["id"]] = _Live(row["tail"], bool(row["closed"]), row["last_access_ms"])
+    def _load_streams(self) -> None:
+        rows = self._writer.execute(
+            f"SELECT {STREAM_COLUMNS} FROM streams s LEFT JOIN streams src"
+            " ON src.id = s.fork_source_id"
+        ).fetchall()
+        for row in rows:
+            info = info_from_row(row)
+            self._streams[info.stream_id] = _Known(
+                info, bool(row["soft_deleted"]), info.last_access_ms
+            )
+            self._ids[info.path] = info.stream_id
 
     def _flush_access_times(self, tx: Transaction) -> None:
-        dirty = [(live.last_access_ms, sid) for sid, live in list(self._live.items()) if live.access_dirty]
+        dirty = [
+            (known.last_access_ms, sid)
+            for sid, known in list(self._streams.items())
+            if known.access_dirty
+        ]
         for _, sid in dirty:
-            self._live[sid].access_dirty = False
+            self._streams[sid].access_dirty = False
         if dirty:
             tx.conn.executemany(
                 "UPDATE streams SET last_access_ms = max(last_access_ms, ?) WHERE id = ?", dirty
             )
 
     def _apply_effects(self, effects: Effects) -> None:
-        for stream_id, (tail, closed) in effects.changed.items():
-            live = self._live.get(stream_id)
-            if live is None:
-                self._live[stream_id] = _Live(tail, closed, self.now_ms())
+        for stream_id, change in effects.changes.items():
+            known = self._streams.get(stream_id)
+            if change.info is not None:
+                info = change.info
+                if known is None:
+                    self._streams[stream_id] = _Known(info, False, info.last_access_ms)
+                else:
+                    known.info = replace(info, last_access_ms=max(info.last_access_ms,
+                                                                  known.info.last_access_ms))
+                    known.soft_deleted = False
+                self._ids[info.path] = stream_id
+                self._tails.appended(stream_id, info, change.appended)
+            elif change.soft_deleted and known is not None:
+                known.soft_deleted = True
+                self._tails.forget(stream_id)
             else:
-                live.tail, live.closed = tail, closed
+                if known is not None and self._ids.get(known.info.path) == stream_id:
+                    del self._ids[known.info.path]
+                self._streams.pop(stream_id, None)
+                self._tails.forget(stream_id)
+                with self._conditions_lock:
+                    cond = self._conditions.pop(stream_id, None)
+                if cond is not None:
+                    with cond:
+                        cond.notify_all()
+                continue
             self._notify(stream_id)
-        for stream_id in effects.removed:
-            self._live.pop(stream_id, None)
-            self._notify(stream_id)
-            with self._conditions_lock:
-                self._conditions.pop(stream_id, None)
         for hook in effects.hooks:
             hook()
         if effects.wakes_issued and self._wake_listener is not None:
@@ -424,11 +434,45 @@ class StreamStore:
                 removed = self.sweep_expired()
                 if removed:
                     log.info("removed %d expired streams", removed)
+                if any(k.access_dirty for k in list(self._streams.values())):
+                    self._committer.submit(lambda tx: None)  # persists sliding-TTL resets
             except Exception:
                 log.exception("expiry sweep failed")
 
 
-def _with_access(info: StreamInfo, last_access_ms: int) -> StreamInfo:
-    from dataclasses import replace
+def _read_entries(
+    conn: sqlite3.Connection, info: StreamInfo, position: int, max_bytes: int
+) -> tuple[list[bytes], int]:
+    """Entries of a (possibly forked) stream from `position`, at most up to `info.tail`."""
+    entries: list[bytes] = []
+    size = 0
+    next_position = position
+    for segment in stream_chain(conn, info.stream_id, info.tail):
+        if segment.end <= next_position:
+            continue
+        rows = conn.execute(
+            "SELECT start, data FROM entries WHERE stream_id = ? AND start >= ?"
+            " AND start < ? ORDER BY start",
+            (segment.stream_id, max(next_position, segment.start), segment.end),
+        )
+        first = True
+        for start, data in rows:
+            if first and start != next_position and next_position > segment.start:
+                raise _not_a_boundary()
+            first = False
+            if entries and size + len(data) > max_bytes:
+                return entries, next_position
+            if start + len(data) > segment.end:  # a fork boundary inside an entry
+                data = data[: segment.end - start]
+            entries.append(bytes(data))
+            size += len(data)
+            next_position = start + len(data)
+        if first and next_position < segment.end:
+            raise _not_a_boundary()
+    return entries, next_position
 
-    return replace(info, last_access_ms=last_access_ms)
+
+def _not_a_boundary() -> BadRequest:
+    return BadRequest(
+        "offset does not fall on an entry boundary of this stream", code="INVALID_OFFSET"
+    )

@@ -3,7 +3,8 @@
 A writer enqueues its operation and then competes for the leader lock. Whoever gets it takes
 every queued operation, runs them in one SQLite transaction (each inside its own savepoint, so
 one refused request does not undo the others), commits once, applies the post-commit effects,
-and releases the lock. A writer that finds its operation already done by an earlier leader
+and releases the lock. While the commit's fsync runs on another thread, new writers queue up
+for the next batch. A writer that finds its operation already done by an earlier leader
 simply returns its result. Throughput grows with concurrency because the fsync, the dominant
 cost, is paid once per batch instead of once per request.
 """
@@ -19,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from ..errors import StorageFailure, StreamError
 from .blocking import run_blocking
+from .models import StreamInfo
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +28,39 @@ T = TypeVar("T")
 
 
 @dataclass
+class StreamChange:
+    """A stream's state after a committed operation, for the engine's in-memory view.
+
+    `info` None: the stream is gone from clients' view (deleted, or soft-deleted if
+    `soft_deleted`). `appended`: the entries added, as (start, bytes), so live readers can be
+    served from memory; None when they were not kept (a body spooled to disk).
+    """
+
+    info: StreamInfo | None
+    soft_deleted: bool = False
+    appended: list[tuple[int, bytes]] | None = field(default_factory=list)
+
+
+@dataclass
 class Effects:
     """What committed operations changed, applied only once the commit is durable."""
 
-    changed: dict[int, tuple[int, bool]] = field(default_factory=dict)  # id -> (tail, closed)
-    removed: set[int] = field(default_factory=set)
+    changes: dict[int, StreamChange] = field(default_factory=dict)
     hooks: list[Callable[[], None]] = field(default_factory=list)
     wakes_issued: bool = False  # subscription state changed: the scheduler should look
 
+    def record(self, stream_id: int, change: StreamChange) -> None:
+        earlier = self.changes.get(stream_id)
+        if earlier is not None and change.info is not None and earlier.info is not None:
+            if earlier.appended is None or change.appended is None:
+                change.appended = None
+            else:
+                change.appended = earlier.appended + change.appended
+        self.changes[stream_id] = change
+
     def merge(self, other: Effects) -> None:
-        self.changed.update(other.changed)
-        self.removed |= other.removed
+        for stream_id, change in other.changes.items():
+            self.record(stream_id, change)
         self.hooks.extend(other.hooks)
         self.wakes_issued = self.wakes_issued or other.wakes_issued
 
@@ -49,12 +73,14 @@ class Transaction:
         self.now_ms = now_ms
         self.effects = Effects()
 
-    def stream_changed(self, stream_id: int, tail: int, closed: bool) -> None:
-        self.effects.changed[stream_id] = (tail, closed)
+    def stream_written(self, info: StreamInfo, appended: list[tuple[int, bytes]] | None) -> None:
+        self.effects.record(info.stream_id, StreamChange(info, appended=appended))
+
+    def stream_soft_deleted(self, stream_id: int) -> None:
+        self.effects.record(stream_id, StreamChange(None, soft_deleted=True))
 
     def stream_removed(self, stream_id: int) -> None:
-        self.effects.removed.add(stream_id)
-        self.effects.changed.pop(stream_id, None)
+        self.effects.record(stream_id, StreamChange(None))
 
     def after_commit(self, hook: Callable[[], None]) -> None:
         self.effects.hooks.append(hook)
@@ -112,7 +138,7 @@ class GroupCommitter:
     def _lead(self, batch: list[_Pending[Any]]) -> None:
         effects = Effects()
         try:
-            run_blocking(lambda: self._run_batch(batch, effects))
+            self._run_batch(batch, effects)
         except sqlite3.Error as exc:
             log.error("commit of %d operations failed: %s", len(batch), exc)
             failure = StorageFailure("the storage engine could not commit the request")
@@ -135,7 +161,10 @@ class GroupCommitter:
             effects.merge(tx.effects)
             for pending in batch:
                 self._run_one(conn, pending, effects)
-            conn.execute("COMMIT")
+            # Only the commit (the fsync) leaves the event loop: the statements before it take
+            # microseconds, and running them on another thread would make each of them wait
+            # for the GIL behind the busy event loop.
+            run_blocking(lambda: conn.execute("COMMIT"))
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

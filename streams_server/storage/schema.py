@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -76,6 +76,14 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (subscription_id, path)
     );
     CREATE INDEX subscription_links_path ON subscription_links(path);
+    """,
+    # Patterns without wildcards (one conversation's prompts stream, say) are looked up by
+    # index when a stream is created, instead of glob-matching every subscription.
+    3: """
+    ALTER TABLE subscriptions ADD COLUMN literal_pattern TEXT;
+    UPDATE subscriptions SET literal_pattern = pattern WHERE instr(pattern, '*') = 0;
+    CREATE INDEX subscriptions_literal_pattern ON subscriptions(literal_pattern)
+        WHERE literal_pattern IS NOT NULL;
     """,
 }
 

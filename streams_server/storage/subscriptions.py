@@ -146,13 +146,14 @@ def put_subscription(
     conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
     conn.execute("DELETE FROM subscription_links WHERE subscription_id = ?", (sub_id,))
     conn.execute(
-        "INSERT INTO subscriptions (id, type, pattern, webhook_url, wake_stream, lease_ttl_ms,"
-        " description, config_hash, base_url, created_at_ms, generation)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO subscriptions (id, type, pattern, literal_pattern, webhook_url, wake_stream,"
+        " lease_ttl_ms, description, config_hash, base_url, created_at_ms, generation)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             sub_id,
             config.type,
             config.pattern,
+            config.pattern if config.pattern and "*" not in config.pattern else None,
             config.webhook_url,
             config.wake_stream,
             config.lease_ttl_ms,
@@ -230,22 +231,35 @@ def delete_subscription(tx: Transaction, sub_id: str) -> None:
 # ---------------------------------------------------------------------- waking
 
 
-def on_stream_written(tx: Transaction, path: str, tail_before: int, tail_after: int) -> None:
-    """Link a newly matching stream and wake idle subscriptions that now have work."""
-    if path.startswith("__ds/"):
-        return
+def on_stream_created(tx: Transaction, path: str, tail_before: int) -> None:
+    """Link a new stream to every subscription whose pattern matches it, at the position
+    before its initial data, so that data already counts as pending (6.2)."""
     conn = tx.conn
-    for row in conn.execute(
-        "SELECT id, pattern FROM subscriptions WHERE deleted = 0 AND pattern IS NOT NULL"
-    ).fetchall():
-        if matches(row["pattern"], path):
-            conn.execute(
-                "INSERT INTO subscription_links (subscription_id, path, glob, acked_offset)"
-                " VALUES (?, ?, 1, ?) ON CONFLICT (subscription_id, path) DO UPDATE SET glob = 1",
-                (row["id"], path, tail_before),
-            )
+    candidates = conn.execute(
+        "SELECT id FROM subscriptions WHERE deleted = 0 AND literal_pattern = ?", (path,)
+    ).fetchall()
+    candidates += [
+        row
+        for row in conn.execute(
+            "SELECT id, pattern FROM subscriptions WHERE deleted = 0 AND pattern IS NOT NULL"
+            " AND literal_pattern IS NULL"
+        ).fetchall()
+        if matches(row["pattern"], path)
+    ]
+    for row in candidates:
+        conn.execute(
+            "INSERT INTO subscription_links (subscription_id, path, glob, acked_offset)"
+            " VALUES (?, ?, 1, ?) ON CONFLICT (subscription_id, path) DO UPDATE SET glob = 1,"
+            " acked_offset = min(acked_offset, excluded.acked_offset)",
+            (row["id"], path, tail_before),
+        )
+
+
+def on_stream_written(tx: Transaction, path: str, tail_before: int, tail_after: int) -> None:
+    """Wake the idle subscriptions linked to `path` that now have unacknowledged data."""
     if tail_after <= tail_before:
         return
+    conn = tx.conn
     for row in conn.execute(
         "SELECT s.* FROM subscriptions s JOIN subscription_links l ON l.subscription_id = s.id"
         " WHERE l.path = ? AND s.deleted = 0 AND s.wake_id IS NULL AND l.acked_offset < ?",

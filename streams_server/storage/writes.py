@@ -7,7 +7,8 @@ its effects on the transaction; raising a `StreamError` rolls back only that ope
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from ..errors import BadRequest, Conflict, Gone, NotFound, ProducerFenced
@@ -140,13 +141,16 @@ def create_stream(
     stream_id = cur.lastrowid
     assert stream_id is not None
     initial_tail = tail
-    tail = _write_entries(tx, stream_id, tail, entries)
+    tail, appended = _write_entries(tx, stream_id, tail, entries)
     tx.conn.execute(
         "UPDATE streams SET tail = ?, closed = ? WHERE id = ?", (tail, int(closed), stream_id)
     )
-    tx.stream_changed(stream_id, tail, closed)
-    subscriptions.on_stream_written(tx, path, initial_tail, tail)
-    return CreateResult(info=_reread(tx, path), created=True)
+    created = _reread(tx, path)
+    tx.stream_written(created, appended)
+    if not path.startswith("__ds/"):
+        subscriptions.on_stream_created(tx, path, initial_tail)
+        subscriptions.on_stream_written(tx, path, initial_tail, tail)
+    return CreateResult(info=created, created=True)
 
 
 def _check_same_config(
@@ -288,7 +292,7 @@ def append_entries(
                 code="SEQUENCE_REGRESSION",
             )
 
-    tail = _write_entries(tx, stream_id, info.tail, entries)
+    tail, appended = _write_entries(tx, stream_id, info.tail, entries)
     tx.conn.execute(
         "UPDATE streams SET tail = ?, closed = ?, last_access_ms = ?,"
         " last_stream_seq = coalesce(?, last_stream_seq),"
@@ -304,11 +308,10 @@ def append_entries(
             stream_id,
         ),
     )
-    tx.stream_changed(stream_id, tail, close)
+    updated = replace(info, tail=tail, closed=close, last_access_ms=tx.now_ms)
+    tx.stream_written(updated, appended)
     subscriptions.on_stream_written(tx, path, info.tail, tail)
-    return AppendResult(
-        info=_reread(tx, path), producer_epoch=producer_epoch, producer_seq=producer_seq
-    )
+    return AppendResult(info=updated, producer_epoch=producer_epoch, producer_seq=producer_seq)
 
 
 def _append_to_closed(
@@ -380,19 +383,25 @@ def _sequence_gap(expected: int, received: int) -> None:
 
 
 def _write_entries(
-    tx: Transaction, stream_id: int, tail: int, entries: Iterable[bytes]
-) -> int:
-    """Insert entries at `tail`; every row records where its append ends (for sub-offsets)."""
+    tx: Transaction, stream_id: int, tail: int, entries: Entries
+) -> tuple[int, list[tuple[int, bytes]] | None]:
+    """Insert entries at `tail`; every row records where its append ends (for sub-offsets).
+
+    Returns the new tail and the entries as (start, bytes) for the in-memory tail cache, or
+    None for a body spooled to disk (too big to keep).
+    """
     position = tail
     insert = "INSERT INTO entries (stream_id, start, data, append_end) VALUES (?, ?, ?, ?)"
     if isinstance(entries, list):  # the common case: the end is known before writing
         end = tail + sum(len(e) for e in entries)
         rows = []
+        appended = []
         for data in entries:
             rows.append((stream_id, position, data, end))
+            appended.append((position, data))
             position += len(data)
         tx.conn.executemany(insert, rows)
-        return end
+        return end, appended
     for data in entries:  # a body spooled to disk, written chunk by chunk
         tx.conn.execute(insert, (stream_id, position, data, -1))
         position += len(data)
@@ -400,7 +409,7 @@ def _write_entries(
         "UPDATE entries SET append_end = ? WHERE stream_id = ? AND start >= ?",
         (position, stream_id, tail),
     )
-    return position
+    return position, None
 
 
 def append_internal(tx: Transaction, path: str, entries: list[bytes]) -> bool:
@@ -411,9 +420,9 @@ def append_internal(tx: Transaction, path: str, entries: list[bytes]) -> bool:
     row = _row_by_path(tx, path)
     if row is None or row["soft_deleted"] or row["closed"]:
         return False
-    tail = _write_entries(tx, row["id"], row["tail"], entries)
+    tail, appended = _write_entries(tx, row["id"], row["tail"], entries)
     tx.conn.execute("UPDATE streams SET tail = ? WHERE id = ?", (tail, row["id"]))
-    tx.stream_changed(row["id"], tail, False)
+    tx.stream_written(replace(info_from_row(row), tail=tail), appended)
     return True
 
 
@@ -446,7 +455,7 @@ def _retire(tx: Transaction, stream_id: int) -> None:
     ).fetchone()[0]
     if forks:
         tx.conn.execute("UPDATE streams SET soft_deleted = 1 WHERE id = ?", (stream_id,))
-        tx.stream_removed(stream_id)
+        tx.stream_soft_deleted(stream_id)
         return
     _remove_cascading(tx, stream_id)
 

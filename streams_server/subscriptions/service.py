@@ -70,12 +70,10 @@ class SubscriptionService:
         return self.store.transact(lambda tx: db.put_subscription(tx, sub_id, config, base_url))
 
     def get(self, sub_id: str) -> SubscriptionState:
-        with self.store.reading() as conn:
-            return db.get_subscription(conn, sub_id)
+        return self.store.read_with(lambda conn: db.get_subscription(conn, sub_id))
 
     def list(self) -> list[SubscriptionState]:
-        with self.store.reading() as conn:
-            return db.list_subscriptions(conn)
+        return self.store.read_with(db.list_subscriptions)
 
     def delete(self, sub_id: str) -> None:
         self.store.transact(lambda tx: db.delete_subscription(tx, sub_id))
@@ -177,16 +175,15 @@ class SubscriptionService:
     def _tick(self) -> float:
         """Expire leases, start due deliveries; returns seconds until the next deadline."""
         now = self.store.now_ms()
-        with self.store.reading() as conn:
-            deadline = db.next_deadline_ms(conn)
+        deadline = self.store.read_with(db.next_deadline_ms)
         if deadline is not None and deadline <= now:
             self.store.transact(db.expire_leases)
-            with self.store.reading() as conn:
-                due = db.due_webhook_wakes(conn, self.store.now_ms())
+            due = self.store.read_with(
+                lambda conn: db.due_webhook_wakes(conn, self.store.now_ms())
+            )
             for state in due:
                 self._start_delivery(state)
-            with self.store.reading() as conn:
-                deadline = db.next_deadline_ms(conn)
+            deadline = self.store.read_with(db.next_deadline_ms)
         if deadline is None:
             return IDLE_CHECK_S
         return max(0.005, min(IDLE_CHECK_S, (deadline - self.store.now_ms()) / 1000))

@@ -1,0 +1,104 @@
+"""The most recent entries of the streams being written, kept in memory for live readers.
+
+A live reader (long-poll or SSE) asks for what was appended since its offset, which is
+almost always in the last few appends. Serving those from memory means a thousand readers
+woken by one append cost a thousand dictionary lookups, not a thousand SQLite queries.
+Each stream keeps its newest entries up to `per_stream_bytes`; across all streams at most
+`total_bytes` are kept, dropping the buffers of the streams written least recently first.
+Only a stream's own entries are cached (a fork's inherited range is read from disk).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from .models import StreamInfo
+
+PER_STREAM_BYTES = 256 * 1024
+TOTAL_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class _Buffer:
+    start: int  # position of the first cached entry (or the tail when empty)
+    entries: deque[tuple[int, bytes]] = field(default_factory=deque)
+    size: int = 0
+
+
+class TailCache:
+    def __init__(self, per_stream_bytes: int = PER_STREAM_BYTES,
+                 total_bytes: int = TOTAL_BYTES) -> None:
+        self._per_stream = per_stream_bytes
+        self._total_limit = total_bytes
+        self._buffers: OrderedDict[int, _Buffer] = OrderedDict()
+        self._total = 0
+
+    def appended(
+        self, stream_id: int, info: StreamInfo, entries: list[tuple[int, bytes]] | None
+    ) -> None:
+        """Record a committed write; `entries` None means they are unknown (start afresh)."""
+        buffer = self._buffers.get(stream_id)
+        fresh = (
+            entries is None
+            or buffer is None
+            or (entries and entries[0][0] != buffer.start + buffer.size)
+            or (entries and entries[-1][0] + len(entries[-1][1]) != info.tail)
+        )
+        if fresh or buffer is None or entries is None:
+            self.forget(stream_id)
+            buffer = self._buffers[stream_id] = _Buffer(start=info.tail)
+            if entries and entries[-1][0] + len(entries[-1][1]) == info.tail:
+                buffer.start = entries[0][0]
+            else:
+                entries = []
+        for start, data in entries:
+            buffer.entries.append((start, data))
+            buffer.size += len(data)
+            self._total += len(data)
+        self._buffers.move_to_end(stream_id)
+        self._trim(buffer)
+
+    def forget(self, stream_id: int) -> None:
+        buffer = self._buffers.pop(stream_id, None)
+        if buffer is not None:
+            self._total -= buffer.size
+
+    def read(
+        self, stream_id: int, position: int, tail: int, max_bytes: int
+    ) -> tuple[list[bytes], int] | None:
+        """Entries from `position` if the cache holds everything from there to `tail`."""
+        buffer = self._buffers.get(stream_id)
+        if buffer is None or position < buffer.start or buffer.start + buffer.size < tail:
+            return None
+        if position == tail:
+            return [], tail
+        out: list[bytes] = []
+        size = 0
+        next_position = position
+        found = False
+        for start, data in buffer.entries:
+            if start < position:
+                continue
+            if not found:
+                if start != position:
+                    return None  # not an entry boundary: the disk path reports it
+                found = True
+            if start >= tail or (out and size + len(data) > max_bytes):
+                break
+            out.append(data)
+            size += len(data)
+            next_position = start + len(data)
+        return (out, next_position) if found else None
+
+    def _trim(self, buffer: _Buffer) -> None:
+        while buffer.size > self._per_stream and buffer.entries:
+            start, data = buffer.entries.popleft()
+            buffer.size -= len(data)
+            self._total -= len(data)
+            buffer.start = start + len(data)
+        while self._total > self._total_limit and self._buffers:
+            oldest_id = next(iter(self._buffers))
+            if self._buffers[oldest_id] is buffer:
+                break
+            self.forget(oldest_id)
