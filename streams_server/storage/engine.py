@@ -401,7 +401,11 @@ class StreamStore:
                                                                   known.info.last_access_ms))
                     known.soft_deleted = False
                 self._ids[info.path] = stream_id
-                self._tails.appended(stream_id, info, change.appended)
+                try:
+                    self._tails.appended(stream_id, info, change.appended)
+                except Exception:  # the data is committed: lose only the cache, never the reply
+                    log.exception("tail cache update failed for stream %d", stream_id)
+                    self._tails.forget(stream_id)
             elif change.soft_deleted and known is not None:
                 known.soft_deleted = True
                 self._tails.forget(stream_id)

@@ -1,7 +1,8 @@
 """Start, watch and stop server processes for tests.
 
 A server counts as ready when it prints a line containing ``listening on http://HOST:PORT``
-(on stdout or stderr). Its output is drained continuously into a log file, so pipes never
+(on stdout or stderr), or one matching a custom ``ready_pattern`` whose first group is the
+URL (``flask run`` says ``Running on http://HOST:PORT``). Its output is drained continuously into a log file, so pipes never
 fill up and a failing test can show what the server said.
 """
 
@@ -63,12 +64,18 @@ class ServerProcess:
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 30.0,
+        ready_pattern: re.Pattern[bytes] = _READY_RE,
+        process_group: bool = False,
     ) -> None:
+        """``process_group``: run it in a session of its own and signal the whole group, for
+        servers that fork helpers (``flask run --debug`` and its reloader child)."""
         self.argv: list[str] = [str(a) for a in argv]
         self.log_path = Path(log_path)
         self.cwd = cwd
         self.env = dict(env) if env is not None else None
         self.ready_timeout = ready_timeout
+        self.ready_pattern = ready_pattern
+        self.process_group = process_group
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._ready = threading.Event()  # set on the "listening on" line or at EOF
@@ -92,6 +99,7 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            start_new_session=self.process_group,
         )
         assert self._proc.stdout is not None
         self._reader = threading.Thread(
@@ -173,7 +181,7 @@ class ServerProcess:
             for line in iter(stream.readline, b""):
                 log.write(line)
                 if not self._ready.is_set():
-                    match = _READY_RE.search(line)
+                    match = self.ready_pattern.search(line)
                     if match:
                         self._url = match.group(1).decode().rstrip(".,;:)")
                         self._ready.set()
@@ -205,15 +213,26 @@ class ServerProcess:
         if proc is None:
             return None
         if proc.poll() is None:
-            proc.send_signal(sig)
+            self._signal(proc, sig)
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                self._signal(proc, signal.SIGKILL)
                 proc.wait()
+        if self.process_group:
+            self._signal(proc, signal.SIGKILL)  # children the leader left behind
         if self._reader is not None:
             self._reader.join(timeout=5.0)
         return proc.returncode
+
+    def _signal(self, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        if not self.process_group:
+            proc.send_signal(sig)
+            return
+        try:
+            os.killpg(proc.pid, sig)  # the group this process leads (start_new_session)
+        except ProcessLookupError:
+            pass
 
 
 def start_streams_server(
