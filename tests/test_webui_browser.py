@@ -1,0 +1,542 @@
+"""The chat in a real headless Chromium, against the app run by `flask run` on a real port.
+
+The model is `tests.fake_anthropic.FakeAnthropic` at a chosen token rate, reached by the real
+Anthropic SDK inside the app's embedded supervisor; nothing else is faked. Every wait is on
+DOM state, a log line or a stream's content, never a sleep. What the page showed over time comes
+from a MutationObserver recorder (`tests.support.browser`), so "the answer grew token by token"
+and "no text was ever shown twice" are checked on every DOM change, not on samples.
+
+Screenshots go to ``test-artifacts/screenshots/``; with ``UPDATE_SCREENSHOTS=1`` the desktop
+chat screenshot is also copied to ``docs/screenshot-chat.png`` (the README shows it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Request, Route, expect, sync_playwright
+
+from tests.fake_anthropic import FakeAnthropic
+from tests.support import ARTIFACTS_DIR, REPO_ROOT, ServerProcess
+from tests.support.browser import RECORDER_JS, launch_chromium, turn_for, turn_log, unsafe_nodes
+from tests.support.webapp import ScriptedReplies, read_json_stream, start_chat_app
+
+pytestmark = pytest.mark.timeout(120)
+
+SCREENSHOTS = ARTIFACTS_DIR / "screenshots"
+DOCS_SCREENSHOT = REPO_ROOT / "docs" / "screenshot-chat.png"
+DESKTOP = {"width": 1440, "height": 900}
+PHONE = {"width": 375, "height": 812}
+TIMEOUT_MS = 20_000
+
+NewContext = Callable[..., BrowserContext]
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def replies() -> ScriptedReplies:
+    return ScriptedReplies()
+
+
+@pytest.fixture(scope="module")
+def fake_model(replies: ScriptedReplies) -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(reply=replies, tokens_per_second=20) as fake:
+        yield fake
+
+
+@pytest.fixture
+def model(fake_model: FakeAnthropic) -> FakeAnthropic:
+    """The module's fake model, back at its default token rate."""
+    fake_model.tokens_per_second = 20
+    fake_model.client_disconnected.clear()
+    return fake_model
+
+
+@pytest.fixture(scope="module")
+def chat_app(tmp_path_factory: pytest.TempPathFactory, fake_model: FakeAnthropic) -> Iterator[ServerProcess]:
+    """One app (`flask run`) shared by the tests that do not stop it."""
+    server = start_chat_app(tmp_path_factory.mktemp("chat-app"), model_url=fake_model.url)
+    try:
+        yield server
+    finally:
+        server.terminate()
+
+
+@pytest.fixture
+def new_context(browser: Browser) -> Iterator[NewContext]:
+    """Make browser contexts (separate profiles) with the recorder; fails the test on any
+    uncaught page error; closes them afterwards."""
+    contexts: list[BrowserContext] = []
+    errors: list[str] = []
+
+    def make(**options: Any) -> BrowserContext:
+        context = browser.new_context(viewport=options.pop("viewport", DESKTOP), **options)
+        context.set_default_timeout(TIMEOUT_MS)
+        context.add_init_script(RECORDER_JS)
+        context.on("page", lambda page: page.on("pageerror", lambda exc: errors.append(f"{page.url}: {exc}")))
+        contexts.append(context)
+        return context
+
+    yield make
+    for context in contexts:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def open_chat(context: BrowserContext, url: str) -> Page:
+    """A new tab on `url`, once the app says it has loaded what it shows."""
+    page = context.new_page()
+    page.goto(url)
+    wait_ready(page)
+    return page
+
+
+def wait_ready(page: Page) -> None:
+    expect(page.get_by_test_id("app")).to_have_attribute("data-ready", "true")
+
+
+def send_prompt(page: Page, text: str) -> str:
+    """Type `text` into the composer and press Enter; the new turn's prompt id."""
+    box = page.get_by_test_id("composer-input")
+    box.fill(text)
+    box.press("Enter")
+    expect(box).to_have_value("")
+    turn = turn_for(page, text)
+    expect(turn).to_have_count(1)
+    prompt_id = turn.get_attribute("data-prompt-id")
+    assert prompt_id
+    return prompt_id
+
+
+def wait_state(page: Page, prompt: str, state: str, timeout: float = TIMEOUT_MS) -> None:
+    expect(turn_for(page, prompt)).to_have_attribute("data-state", state, timeout=timeout)
+
+
+def answer_text(page: Page, prompt: str) -> str:
+    return norm(turn_for(page, prompt).get_by_test_id("answer-text").text_content() or "")
+
+
+def wait_words(page: Page, prompt_id: str, count: int) -> None:
+    """Until the answer of `prompt_id` shows at least `count` words."""
+    page.wait_for_function(
+        """([id, count]) => {
+             const turn = document.querySelector(`[data-testid="turn"][data-prompt-id="${id}"]`);
+             const text = turn?.querySelector('[data-testid="answer-text"]')?.textContent ?? "";
+             return text.trim().split(/\\s+/).filter(Boolean).length >= count;
+           }""",
+        arg=[prompt_id, count],
+    )
+
+
+def conversation_id(page: Page) -> str:
+    match = re.search(r"#/c/([A-Za-z0-9_-]+)$", page.url)
+    assert match, f"no conversation in the URL {page.url}"
+    return match.group(1)
+
+
+def norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def words(label: str, count: int) -> str:
+    """A reply of `count` distinct words, so any duplicated or lost word changes the text."""
+    return " ".join(f"{label}{i}" for i in range(1, count + 1)) + "."
+
+
+def unique(text: str) -> str:
+    return f"{text} [{uuid.uuid4().hex[:6]}]"
+
+
+def assert_grew_cleanly(log: list[dict[str, Any]], reply: str) -> list[str]:
+    """Every text shown was a prefix of the full reply; returns the distinct partial texts."""
+    full = norm(reply)
+    partial: list[str] = []
+    for entry in log:
+        text = norm(entry["text"])
+        assert full.startswith(text), f"shown text is not a prefix of the reply: {text!r}"
+        if text and text != full and text not in partial:
+            partial.append(text)
+    return partial
+
+
+def prompt_messages(app_url: str, cid: str) -> list[dict[str, Any]]:
+    return read_json_stream(app_url, f"conversations/{cid}/prompts")
+
+
+def response_messages(app_url: str, cid: str) -> list[dict[str, Any]]:
+    return read_json_stream(app_url, f"conversations/{cid}/responses")
+
+
+def streamed_answer(app_url: str, cid: str, prompt_id: str) -> str:
+    """The answer as the responses stream has it (the last attempt's chunks)."""
+    messages = [m for m in response_messages(app_url, cid) if m.get("promptId") == prompt_id]
+    attempt = max((m.get("attempt", 0) for m in messages), default=0)
+    return "".join(m["content"] for m in messages if m["type"] == "chunk" and m.get("attempt", 0) == attempt)
+
+
+def assert_fills_the_window(page: Page) -> None:
+    """The chat reaches the bottom of the window (the composer is not floating above a gap)."""
+    viewport = page.viewport_size
+    box = page.locator(".chat-layout").bounding_box()
+    assert viewport and box, "no layout box"
+    assert abs(box["y"] + box["height"] - viewport["height"]) <= 1, (box, viewport)
+
+
+def screenshot(page: Page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / name
+    page.screenshot(path=str(path))
+    return path
+
+
+# -- tests ---------------------------------------------------------------------------------------
+
+
+def test_tokens_stream_into_the_answer(chat_app: ServerProcess, model: FakeAnthropic,
+                                       replies: ScriptedReplies, new_context: NewContext) -> None:
+    page = open_chat(new_context(), chat_app.url)
+    prompt, reply = unique("Count to thirty for me"), words("token", 30)
+    replies.set(prompt, reply)
+    prompt_id = send_prompt(page, prompt)
+
+    wait_state(page, prompt, "done")
+    assert answer_text(page, prompt) == norm(reply)
+    log = turn_log(page, prompt_id)
+    partial = assert_grew_cleanly(log, reply)
+    assert len(partial) >= 3, f"the answer did not grow over several renders: {partial}"
+    states = [e["state"] for e in log]
+    assert "streaming" in states and states[-1] == "done", states
+    assert states.index("streaming") < states.index("done")
+    expect(turn_for(page, prompt).get_by_test_id("answer-meta")).to_contain_text("claude-fake-1")
+    cid = conversation_id(page)
+    assert streamed_answer(chat_app.url, cid, prompt_id) == reply
+    expect(page.get_by_test_id("conversation-title")).to_have_text(prompt)
+
+
+def test_reload_mid_answer_continues_one_clean_answer(chat_app: ServerProcess, model: FakeAnthropic,
+                                                      replies: ScriptedReplies,
+                                                      new_context: NewContext) -> None:
+    model.tokens_per_second = 15
+    page = open_chat(new_context(), chat_app.url)
+    prompt, reply = unique("Tell me a long story"), words("story", 60)
+    replies.set(prompt, reply)
+    prompt_id = send_prompt(page, prompt)
+    wait_words(page, prompt_id, 4)
+    before = turn_log(page, prompt_id)
+
+    page.reload()
+    wait_ready(page)
+    wait_state(page, prompt, "done", timeout=30_000)
+
+    after = turn_log(page, prompt_id)
+    assert answer_text(page, prompt) == norm(reply)
+    assert page.get_by_test_id("turn").count() == 1
+    assert before[-1]["state"] == "streaming", before
+    assert_grew_cleanly(before, reply)
+    resumed = assert_grew_cleanly(after, reply)
+    shown_before = len(norm(before[-1]["text"]))
+    assert resumed and any(e["state"] == "streaming" and len(norm(e["text"])) > shown_before
+                           for e in after), "the answer did not continue live after the reload"
+    assert streamed_answer(chat_app.url, conversation_id(page), prompt_id) == reply
+
+
+def test_pages_stay_in_sync(chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+                            new_context: NewContext) -> None:
+    tabs_context, other_context = new_context(), new_context()
+    first = open_chat(tabs_context, chat_app.url)
+    opening = unique("Hello everyone")
+    send_prompt(first, opening)
+    wait_state(first, opening, "done")
+    url = f"{chat_app.url}/#/c/{conversation_id(first)}"
+    pages = [first, open_chat(tabs_context, url), open_chat(tabs_context, url), open_chat(other_context, url)]
+    for page in pages[1:]:
+        wait_state(page, opening, "done")
+
+    model.tokens_per_second = 15
+    prompt, reply = unique("What do all tabs see?"), words("sync", 40)
+    replies.set(prompt, reply)
+    prompt_id = send_prompt(pages[2], prompt)
+    for page in pages:
+        wait_state(page, prompt, "done")
+    for index, page in enumerate(pages):
+        assert answer_text(page, prompt) == norm(reply), f"page {index}"
+        assert page.get_by_test_id("turn").count() == 2, f"page {index}"
+        partial = assert_grew_cleanly(turn_log(page, prompt_id), reply)
+        assert len(partial) >= 2, f"page {index} did not see the answer stream in: {partial}"
+
+
+def test_stop_button_cancels_a_streaming_answer(chat_app: ServerProcess, model: FakeAnthropic,
+                                                replies: ScriptedReplies,
+                                                new_context: NewContext) -> None:
+    model.tokens_per_second = 15
+    page = open_chat(new_context(), chat_app.url)
+    prompt, reply = unique("Recite a very long list"), words("item", 200)
+    replies.set(prompt, reply)
+    prompt_id = send_prompt(page, prompt)
+    wait_words(page, prompt_id, 3)
+
+    stop = page.get_by_test_id("stop-button")
+    expect(stop).to_be_visible()
+    stop.click()
+    wait_state(page, prompt, "cancelled")
+
+    text = answer_text(page, prompt)
+    assert text and norm(reply).startswith(text) and len(text) < len(norm(reply)) // 2, text
+    assert_grew_cleanly(turn_log(page, prompt_id), reply)
+    expect(stop).to_be_hidden()
+    expect(turn_for(page, prompt).get_by_test_id("answer-meta")).to_contain_text("Stopped")
+    assert model.client_disconnected.wait(10), "the model's stream was not closed after stop"
+    cid = conversation_id(page)
+    assert {"type": "cancel", "promptId": prompt_id} in [
+        {k: m.get(k) for k in ("type", "promptId")} for m in prompt_messages(chat_app.url, cid)]
+    assert norm(streamed_answer(chat_app.url, cid, prompt_id)) == text
+
+
+XSS_REPLY = (
+    'Markup test: <img src=x onerror="window.__xss=1"> then <script>window.__xss=2</script>'
+    " and a [link](javascript:window.__xss=3) and <a href=\"javascript:window.__xss=4\">raw</a>"
+    ' and <svg onload="window.__xss=5"></svg> end.'
+)
+
+
+def test_model_markup_renders_as_inert_text(chat_app: ServerProcess, model: FakeAnthropic,
+                                            replies: ScriptedReplies, new_context: NewContext) -> None:
+    model.tokens_per_second = 200
+    page = open_chat(new_context(), chat_app.url)
+    violations: list[str] = []
+    page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
+    prompt = unique("Show me some HTML")
+    replies.set(prompt, XSS_REPLY)
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+
+    answer = turn_for(page, prompt).get_by_test_id("answer-text")
+    text = norm(answer.text_content() or "")
+    assert '<img src=x onerror="window.__xss=1">' in text
+    assert "<script>window.__xss=2</script>" in text
+    assert '<svg onload="window.__xss=5"></svg>' in text
+    assert answer.locator("img, script, svg, iframe, object, embed, style").count() == 0
+    code_capable = answer.evaluate(
+        """root => [...root.querySelectorAll("*")].flatMap(el => [...el.attributes]
+             .filter(a => /^on/i.test(a.name) || /^\\s*javascript:/i.test(a.value))
+             .map(a => `${el.tagName} ${a.name}=${a.value}`))""")
+    assert code_capable == []
+    assert '<a href="javascript:window.__xss=4">raw</a>' in text
+    answer.get_by_text("link", exact=True).click()  # whatever the link became, it does nothing
+    assert page.evaluate("() => typeof window.__xss") == "undefined"
+    assert unsafe_nodes(page) == [], "the renderer inserted code-capable markup at some point"
+    assert violations == [], f"something tried to run and was only stopped by the CSP: {violations}"
+
+
+def test_new_conversation_appears_in_another_tab(chat_app: ServerProcess, model: FakeAnthropic,
+                                                 new_context: NewContext) -> None:
+    context = new_context()
+    creator, watcher = open_chat(context, chat_app.url), open_chat(context, chat_app.url)
+    creator.get_by_test_id("new-conversation").click()
+    prompt = unique("Plan a picnic")
+    send_prompt(creator, prompt)
+    cid = conversation_id(creator)
+
+    item = watcher.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+    expect(item).to_contain_text(prompt)
+    item.click()
+    expect(watcher).to_have_url(re.compile(f"#/c/{cid}$"))
+    wait_state(watcher, prompt, "done")
+    expect(watcher.get_by_test_id("conversation-title")).to_have_text(prompt)
+
+
+def test_a_lost_append_response_is_retried_and_stored_once(chat_app: ServerProcess, model: FakeAnthropic,
+                                                           new_context: NewContext) -> None:
+    """The POST reaches the server and is stored, but its response is lost: the retry must
+    carry the same producer identity, so the server answers it as a duplicate."""
+    page = open_chat(new_context(), chat_app.url)
+    opening = unique("First things first")
+    send_prompt(page, opening)
+    wait_state(page, opening, "done")
+    cid = conversation_id(page)
+    prompt = unique("Did this arrive twice?")
+    attempts: list[dict[str, str]] = []
+    stored: list[int] = []
+
+    def drop_first_response(route: Route, request: Request) -> None:
+        if request.method == "POST" and prompt in (request.post_data or ""):
+            attempts.append(request.headers)
+            if not stored:
+                stored.append(route.fetch().status)  # the server stores it...
+                route.abort("connectionreset")  # ...and the browser never hears back
+                return
+        route.continue_()
+
+    page.route(lambda url: url.endswith(f"/conversations/{cid}/prompts"), drop_first_response)
+    # The aborted attempt gets no response event: the first response is the retry's.
+    with page.expect_response(lambda r: r.request.method == "POST" and prompt in (r.request.post_data or "")) as retry:
+        send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+
+    assert stored == [200]
+    assert retry.value.status == 204, "the retry was not recognised as a duplicate"
+    assert len(attempts) >= 2, "the lost append was not retried"
+    tuples = {(h["producer-id"], h["producer-epoch"], h["producer-seq"]) for h in attempts}
+    assert len(tuples) == 1, f"the retry changed its producer identity: {tuples}"
+    contents = [m.get("content") for m in prompt_messages(chat_app.url, cid) if m.get("type") == "prompt"]
+    assert contents == [opening, prompt]
+    assert page.get_by_test_id("turn").count() == 2
+
+
+def test_a_prompt_sent_while_the_server_is_down_is_delivered_once(
+        tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"AGENT_LEASE_TTL_MS": "3000"})  # a dead agent's lease ends soon
+    try:
+        context = new_context()
+        page = open_chat(context, app.url)
+        opening = unique("Before the outage")
+        send_prompt(page, opening)
+        wait_state(page, opening, "done")
+        cid = conversation_id(page)
+        prompt, reply = unique("Sent during the outage"), words("back", 12)
+        replies.set(prompt, reply)
+        attempts: list[dict[str, str]] = []
+        failures: list[str] = []
+
+        def is_this_prompt(request: Request) -> bool:
+            return request.method == "POST" and prompt in (request.post_data or "")
+
+        page.on("request", lambda r: attempts.append(r.headers) if is_this_prompt(r) else None)
+        page.on("requestfailed", lambda r: failures.append(r.url) if is_this_prompt(r) else None)
+
+        app.kill()
+        send_prompt(page, prompt)
+        wait_state(page, prompt, "sending")
+        banner = page.get_by_test_id("connection-banner")
+        expect(banner).to_be_visible()
+        expect(banner).to_contain_text(re.compile("Reconnecting|Retrying"))
+        expect(page.get_by_test_id("connection-pill")).to_have_attribute("data-state", "reconnecting")
+        while len(failures) < 2:  # events are delivered only inside Playwright calls: no race
+            page.wait_for_event("requestfailed", predicate=is_this_prompt)
+
+        app.start()
+        wait_state(page, prompt, "done", timeout=40_000)
+        expect(banner).to_be_hidden()
+        expect(page.get_by_test_id("connection-pill")).to_have_attribute("data-state", "live")
+
+        assert answer_text(page, prompt) == norm(reply)
+        tuples = {(h["producer-id"], h["producer-epoch"], h["producer-seq"]) for h in attempts}
+        assert len(attempts) >= 3 and len(tuples) == 1, f"retries must keep one producer identity: {tuples}"
+        prompts = [m for m in prompt_messages(app.url, cid) if m.get("type") == "prompt"]
+        assert [m["content"] for m in prompts] == [opening, prompt]
+        prompt_id = prompts[1]["id"]
+        finals = [m for m in response_messages(app.url, cid)
+                  if m.get("promptId") == prompt_id and m.get("isComplete")]
+        assert [m["type"] for m in finals] == ["done"]
+        assert streamed_answer(app.url, cid, prompt_id) == reply
+    finally:
+        app.terminate()
+
+
+def test_flask_debug_starts_exactly_one_supervisor(tmp_path: Path, model: FakeAnthropic,
+                                                   new_context: NewContext) -> None:
+    """With the reloader on, two processes load the app; only the one that serves may run
+    a supervisor."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url, debug=True)
+    try:
+        page = open_chat(new_context(), app.url)
+        children = Path(f"/proc/{app.pid}/task/{app.pid}/children").read_text().split()
+        assert children, "flask run --debug did not serve from a reloader child"
+        prompt = unique("Who is answering?")
+        send_prompt(page, prompt)
+        wait_state(page, prompt, "done")
+        send_prompt(page, prompt + " again")
+        wait_state(page, prompt + " again", "done")
+        markers = [m for m in response_messages(app.url, conversation_id(page))
+                   if m.get("type") == "agent" and m.get("event") == "started"]
+    finally:
+        app.terminate()  # its whole output is in the log once it has exited
+    log = app.log_path.read_text(errors="replace").rsplit("\n=== ", 1)[-1]
+    assert "Restarting with" in log, "the reloader was not on"
+    assert len(re.findall(r"starting the embedded supervisor", log)) == 1, log
+    assert len(re.findall(r"supervisor \S+ started", log)) == 1, log
+    assert len(markers) == 1, markers
+
+
+SHOWCASE = [
+    ("Explain durable streams in three bullet points",
+     "- **Append-only**: every prompt and every token is appended to a stream and stored on disk.\n"
+     "- **Resumable**: a reader keeps its offset and continues from it after a reload or a lost connection.\n"
+     "- **Exactly once**: writers use idempotent producer ids, so a retried append is never duplicated."),
+    ("What happens if I reload this page while you answer?",
+     "Nothing is lost. This answer is streaming from `conversations/<id>/responses`, and your tab "
+     "remembers the last offset it has shown:\n\n"
+     "1. The page reloads and reads the stream from the beginning.\n"
+     "2. It catches up to the tail, then follows it live over SSE.\n"
+     "3. The agent never noticed: it kept appending tokens the whole time.\n\n"
+     "```python\n"
+     "for batch in stream.follow(offset=last_offset, live=\"sse\"):\n"
+     "    render(batch.messages)\n"
+     "```\n\n"
+     "Open a second tab and you will see the same conversation, live."),
+]
+
+
+def test_screenshots_of_the_chat_and_the_inspector(tmp_path: Path, model: FakeAnthropic,
+                                                   replies: ScriptedReplies,
+                                                   new_context: NewContext) -> None:
+    """Pictures for humans (and the README); the checks make sure they show a finished chat."""
+    model.tokens_per_second = 400
+    app = start_chat_app(tmp_path / "app", model_url=model.url)  # a list with only these chats
+    try:
+        context = new_context()
+        page = open_chat(context, app.url)
+        for prompt, reply in SHOWCASE:
+            replies.set(prompt, reply)
+            page.get_by_test_id("new-conversation").click()
+            send_prompt(page, prompt)
+            wait_state(page, prompt, "done")
+        cid = conversation_id(page)
+        answer = turn_for(page, SHOWCASE[-1][0]).get_by_test_id("answer-text")
+        expect(answer.locator("pre code")).to_contain_text("stream.follow")
+        expect(answer.locator("ol > li")).to_have_count(3)
+        expect(page.get_by_test_id("conversation-item")).to_have_count(2)
+        expect(page.get_by_test_id("raw-responses-count")).not_to_have_text("0 entries")
+        assert_fills_the_window(page)
+        desktop = screenshot(page, "chat-desktop.png")
+
+        phone = open_chat(new_context(viewport=PHONE), f"{app.url}/#/c/{cid}")
+        wait_state(phone, SHOWCASE[-1][0], "done")
+        assert_fills_the_window(phone)
+        screenshot(phone, "chat-phone.png")
+
+        inspector = context.new_page()
+        path = f"conversations/{cid}/responses"
+        inspector.goto(f"{app.url}/inspector#path={quote(path, safe='')}")
+        expect(inspector.get_by_test_id("meta-tail-offset")).to_have_text(re.compile(r"\S"))
+        expect(inspector.get_by_test_id("content-view")).to_contain_text("stopReason")
+        screenshot(inspector, "inspector.png")
+    finally:
+        app.terminate()
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(desktop, DOCS_SCREENSHOT)
