@@ -33,7 +33,7 @@ from agent_actors.models.base import (
 
 log = logging.getLogger("agent_actors.models")
 
-DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5"
+DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
 """Claude Sonnet 5: the current model with the best balance of speed and intelligence."""
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 _CANCEL_CHECK_S = 0.1

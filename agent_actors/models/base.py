@@ -60,7 +60,7 @@ class Model(Protocol):
 
     @property
     def name(self) -> str:
-        """A short description for logs, e.g. ``"anthropic:claude-sonnet-5"``."""
+        """A short description for logs, e.g. ``"anthropic:claude-sonnet-5-5"``."""
         ...
 
     def stream(
