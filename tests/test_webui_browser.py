@@ -12,6 +12,7 @@ chat screenshot is also copied to ``docs/screenshot-chat.png`` (the README shows
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,10 +23,11 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Request, Route, expect, sync_playwright
+import requests
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request, Route, expect, sync_playwright
 
 from tests.fake_anthropic import FakeAnthropic
-from tests.support import ARTIFACTS_DIR, REPO_ROOT, ServerProcess
+from tests.support import ARTIFACTS_DIR, REPO_ROOT, ServerProcess, start_reference_server
 from tests.support.browser import RECORDER_JS, launch_chromium, turn_for, turn_log, unsafe_nodes
 from tests.support.webapp import ScriptedReplies, read_json_stream, start_chat_app
 
@@ -480,6 +482,138 @@ def test_flask_debug_starts_exactly_one_supervisor(tmp_path: Path, model: FakeAn
     assert len(re.findall(r"starting the embedded supervisor", log)) == 1, log
     assert len(re.findall(r"supervisor \S+ started", log)) == 1, log
     assert len(markers) == 1, markers
+
+
+def created(response: requests.Response) -> requests.Response:
+    assert response.status_code in (200, 201), f"{response.request.method} {response.url}: " \
+        f"{response.status_code} {response.text}"
+    return response
+
+
+def test_the_inspector_lists_streams_and_subscriptions(chat_app: ServerProcess,
+                                                       new_context: NewContext) -> None:
+    """Where the server offers `__ds/streams` and `__ds/subscriptions`, the inspector lists
+    every stream and subscription, filters them, and opens them with a click or the keyboard."""
+    root = f"{chat_app.url}/v1/stream"
+    tag = uuid.uuid4().hex[:8]
+    notes, log, copy, wake = (f"inspect-{tag}/{name}" for name in ("notes", "log", "notes-copy", "wake"))
+    sub_id = f"inspect-{tag}"
+    with requests.Session() as http:
+        created(http.put(f"{root}/{notes}", headers={"Content-Type": "application/json", "Stream-TTL": "3600"},
+                         data=json.dumps([{"type": "note", "text": "hello from the inspector test"}])))
+        created(http.put(f"{root}/{log}", headers={"Content-Type": "text/plain", "Stream-Closed": "true"},
+                         data="one line of plain text\n"))
+        created(http.put(f"{root}/{copy}", headers={"Stream-Forked-From": f"/v1/stream/{notes}"}))
+        created(http.put(f"{root}/__ds/subscriptions/{sub_id}", json={
+            "type": "pull-wake", "streams": [notes, log], "wake_stream": wake, "lease_ttl_ms": 600_000}))
+        claim = created(http.post(f"{root}/__ds/subscriptions/{sub_id}/claim",
+                                  json={"worker": f"worker-{tag}"})).json()
+        notes_tail = http.head(f"{root}/{notes}").headers["Stream-Next-Offset"]
+
+    page = open_chat(new_context(), f"{chat_app.url}/inspector")
+    expect(page.get_by_test_id("registry-section")).to_be_hidden()
+
+    def stream_item(path: str) -> Locator:
+        return page.locator(f'[data-testid="stream-list-item"][data-path="{path}"]')
+
+    expect(stream_item(notes)).to_contain_text("application/json")
+    expect(stream_item(notes)).to_contain_text("TTL 3600 s")
+    expect(stream_item(notes)).to_contain_text(notes_tail)
+    expect(stream_item(log)).to_contain_text("closed")
+    expect(stream_item(copy)).to_contain_text(f"fork of {notes}")
+    expect(page.get_by_test_id("stream-list").get_by_test_id("stream-list-item")).not_to_have_count(0)
+
+    stream_filter = page.get_by_test_id("stream-filter")
+    stream_filter.fill(f"inspect-{tag}/")
+    expect(page.get_by_test_id("stream-list-item")).to_have_count(3)
+    stream_filter.fill(f"{tag} text/plain")
+    expect(page.get_by_test_id("stream-list-item")).to_have_count(1)
+    stream_filter.press("Enter")  # opens the only match, keyboard alone
+    expect(page.get_by_test_id("inspector-title")).to_have_text(log)
+    expect(page.get_by_test_id("meta-closed")).to_have_text("closed")
+    expect(page.get_by_test_id("content-view")).to_contain_text("one line of plain text")
+
+    stream_filter.fill(tag)
+    stream_item(notes).click()
+    expect(page.get_by_test_id("inspector-title")).to_have_text(notes)
+    expect(stream_item(notes)).to_have_attribute("aria-current", "true")
+    expect(page.get_by_test_id("meta-content-type")).to_have_text("application/json")
+    expect(page.get_by_test_id("meta-tail-offset")).to_have_text(notes_tail)
+    expect(page.get_by_test_id("meta-closed")).to_have_text("open")
+    expect(page.get_by_test_id("meta-ttl")).to_contain_text("3600")
+    expect(page.get_by_test_id("meta-created")).to_have_text(re.compile(r"^\d{4}-\d\d-\d\dT"))
+    expect(page.get_by_test_id("content-view")).to_contain_text('"text": "hello from the inspector test"')
+
+    stream_item(copy).click()
+    expect(page.get_by_test_id("inspector-title")).to_have_text(copy)
+    expect(page.get_by_test_id("meta-forked-from")).to_have_text(notes)
+    expect(page.get_by_test_id("content-view")).to_contain_text("hello from the inspector test")
+
+    later = f"inspect-{tag}/later"
+    created(requests.put(f"{root}/{later}", headers={"Content-Type": "application/json"}, timeout=10))
+    expect(stream_item(later)).to_have_count(0)
+    page.get_by_test_id("streams-refresh").click()
+    expect(stream_item(later)).to_have_count(1)
+
+    subscription = page.locator(f'[data-testid="subscription-list-item"][data-subscription-id="{sub_id}"]')
+    for text in ("pull-wake", "active", wake, notes, log, "acked", f"generation {claim['generation']}",
+                 f"worker-{tag}", "lease expires in"):
+        expect(subscription).to_contain_text(text)
+    subscription.focus()
+    subscription.press("Enter")
+    expect(subscription).to_have_attribute("aria-current", "true")
+    view = page.get_by_test_id("subscription-view")
+    expect(view.get_by_test_id("subscription-view-id")).to_have_text(sub_id)
+    expect(view.get_by_test_id("subscription-fields")).to_contain_text(f"worker-{tag}")
+    expect(view.get_by_test_id("subscription-streams")).to_contain_text(notes)
+    stream_filter.fill(tag)
+    screenshot(page, "inspector-lists.png")
+
+    phone = open_chat(new_context(viewport=PHONE), f"{chat_app.url}/inspector")
+    phone.get_by_test_id("stream-filter").fill(tag)
+    expect(phone.get_by_test_id("stream-list-item")).to_have_count(4)
+    phone.locator(f'[data-testid="subscription-list-item"][data-subscription-id="{sub_id}"]').click()
+    expect(phone.get_by_test_id("subscription-view-id")).to_have_text(sub_id)
+    assert phone.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+    screenshot(phone, "inspector-lists-phone.png")
+
+
+def test_the_inspector_without_listings_against_the_node_reference_server(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """A server without the listing extensions (the Node reference server answers 404): the
+    page says nothing about it and works from typed paths as before."""
+    reference = start_reference_server()  # needs npm ci in tests/conformance (the install)
+    app = None
+    try:
+        root = f"{reference.url}/v1/stream"
+        path = f"inspect-{uuid.uuid4().hex[:8]}/notes"
+        created(requests.put(f"{root}/{path}", headers={"Content-Type": "application/json"},
+                             data=json.dumps([{"type": "note", "text": "kept by the reference server"}]),
+                             timeout=10))
+        app = start_chat_app(tmp_path / "app", model_url=model.url,
+                             config={"STREAMS_BROWSER_URL": root, "EMBEDDED_SUPERVISOR": "false"})
+        page = new_context().new_page()
+        probes: list[int] = []
+        page.on("response", lambda r: probes.append(r.status) if "/__ds/" in r.url else None)
+        page.goto(f"{app.url}/inspector")
+        wait_ready(page)
+        page.wait_for_function("() => performance.getEntriesByType('resource')"
+                               ".filter(e => e.name.includes('/__ds/')).length >= 2")
+        page.get_by_test_id("inspector-path").fill(path)
+        page.get_by_test_id("inspector-path").press("Enter")
+        expect(page.get_by_test_id("content-view")).to_contain_text("kept by the reference server")
+        expect(page.get_by_test_id("meta-content-type")).to_have_text("application/json")
+        expect(page.get_by_test_id("stream-listing")).to_be_hidden()
+        expect(page.get_by_test_id("streams-refresh")).to_be_hidden()
+        expect(page.get_by_test_id("subscription-listing")).to_be_hidden()
+        expect(page.get_by_test_id("registry-section")).to_be_visible()
+        expect(page.get_by_test_id("subscription-form")).to_be_visible()
+        assert probes and all(status == 404 for status in probes), probes
+        assert len(probes) == 2, f"the listings must be probed once each: {probes}"
+    finally:
+        if app is not None:
+            app.terminate()
+        reference.terminate()
 
 
 SHOWCASE = [

@@ -2,7 +2,10 @@
 // metadata, content (JSON, text or hex), follow it live from any offset, append to it, and
 // look at subscriptions. The protocol has no listing, so paths come from the user, from the
 // recently opened list, from the `conversations` stream and, where the server keeps one,
-// from a `__registry__` stream.
+// from a `__registry__` stream. Servers that offer the read-only listing extensions under the
+// reserved prefix (`__ds/streams`, `__ds/subscriptions`, as this project's server does) also
+// get a filterable list of every stream and every subscription; each is probed once at load
+// and left out silently where the server does not answer it (the Node reference server).
 
 import { config } from "./config.js";
 import { StreamsClient, bodyKind, HttpError } from "./streams.js";
@@ -21,6 +24,7 @@ const status = new ConnectionStatus({ pill: $("connection-pill"), banner: $("con
 
 const RECENT_KEY = "inspector:recent";
 const RENDER_LIMIT = 2000; // entries shown at most; older ones are summarised
+const LIST_LIMIT = 500; // streams or subscriptions listed at most; the filter narrows them
 
 const state = {
   path: null,
@@ -75,7 +79,7 @@ function renderRecent() {
 }
 
 function markCurrent() {
-  for (const b of document.querySelectorAll(".path-button, .path-chip")) {
+  for (const b of document.querySelectorAll(".path-button, .path-chip, .list-item[data-path]")) {
     if (b.dataset.path) b.setAttribute("aria-current", String(b.dataset.path === state.path));
   }
 }
@@ -157,6 +161,172 @@ async function loadRegistry() {
   }
 }
 
+// ------------------------------------------------------------------------------ listings
+
+const listing = {
+  streams: null, // the last stream listing; null while the server has not offered one
+  subscriptions: null, // likewise for subscriptions
+  selected: null, // id of the subscription shown below the list
+  streamsListedAt: "",
+  streamsSeq: 0,
+  subscriptionsSeq: 0,
+};
+
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+const clock = () => new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+
+/**
+ * Fetch the stream listing. The first call (`probe`) finds out whether the server offers it: any
+ * failure then leaves the page as it is without a word. Later calls (refresh) report failures
+ * and keep the last list.
+ */
+async function loadStreams({ probe = false } = {}) {
+  if (!probe && listing.streams === null) return;
+  const seq = ++listing.streamsSeq;
+  const result = $("stream-list-result");
+  if (!probe) result.textContent = "Refreshing…";
+  let streams;
+  try {
+    streams = await client.listStreams();
+  } catch (err) {
+    if (!probe && seq === listing.streamsSeq) result.textContent = `Could not refresh the list: ${err.message || err}`;
+    return;
+  }
+  if (seq !== listing.streamsSeq) return;
+  listing.streams = streams;
+  listing.streamsListedAt = clock();
+  $("stream-listing").hidden = false;
+  $("streams-refresh").hidden = false;
+  $("registry-section").hidden = true;
+  renderStreamList();
+  renderListedMeta();
+}
+
+function matchingStreams() {
+  const terms = $("stream-filter").value.toLowerCase().split(/\s+/).filter(Boolean);
+  if (!terms.length) return listing.streams;
+  return listing.streams.filter((s) => {
+    const haystack = [s.path, s.content_type, s.forked_from].filter((v) => typeof v === "string").join("\n").toLowerCase();
+    return terms.every((t) => haystack.includes(t));
+  });
+}
+
+function renderStreamList() {
+  if (!listing.streams) return;
+  const shown = matchingStreams();
+  $("stream-list").replaceChildren(...shown.slice(0, LIST_LIMIT).map(streamItem));
+  const total = plural(listing.streams.length, "stream");
+  let text = shown === listing.streams ? total : `${shown.length} of ${total} match`;
+  if (shown.length > LIST_LIMIT) text += ` · the first ${LIST_LIMIT} are shown, filter to narrow`;
+  $("stream-list-result").textContent = `${text} · listed at ${listing.streamsListedAt}`;
+}
+
+function fact(label, value, { code = false, title } = {}) {
+  if (value === undefined || value === null || value === "") return null;
+  return el("span", { class: "fact", title },
+    label ? el("span", { class: "fact-label" }, `${label} `) : null,
+    code ? el("code", {}, String(value)) : String(value));
+}
+
+function streamItem(s) {
+  return el("li", {}, el("button", {
+    type: "button",
+    class: "list-item",
+    title: s.path,
+    dataset: { testid: "stream-list-item", path: s.path },
+    "aria-current": state.path === s.path ? "true" : null,
+    onclick: () => open(s.path),
+  },
+  el("span", { class: "list-item-title" }, s.path),
+  el("span", { class: "list-item-facts" },
+    fact("", s.content_type || "no content type"),
+    s.closed ? badge("closed", "warn") : null,
+    typeof s.ttl_seconds === "number" ? fact("TTL", `${s.ttl_seconds} s`) : null,
+    s.expires_at ? fact("expires", relative(s.expires_at), { title: s.expires_at }) : null),
+  el("span", { class: "list-item-facts" }, fact("tail", s.next_offset ?? "—", { code: true })),
+  s.forked_from ? el("span", { class: "list-item-facts" }, fact("fork of", s.forked_from, { code: true })) : null));
+}
+
+/** Fetch the subscription listing; `probe` as for streams. */
+async function loadSubscriptions({ probe = false } = {}) {
+  if (!probe && listing.subscriptions === null) return;
+  const seq = ++listing.subscriptionsSeq;
+  const result = $("subscription-list-result");
+  if (!probe) result.textContent = "Refreshing…";
+  let subscriptions;
+  try {
+    subscriptions = await client.listSubscriptions();
+  } catch (err) {
+    if (!probe && seq === listing.subscriptionsSeq) result.textContent = `Could not refresh the list: ${err.message || err}`;
+    return;
+  }
+  if (seq !== listing.subscriptionsSeq) return;
+  listing.subscriptions = subscriptions.sort((a, b) => subscriptionKey(a).localeCompare(subscriptionKey(b)));
+  $("subscription-listing").hidden = false;
+  $("subscriptions-refresh").hidden = false;
+  const list = listing.subscriptions;
+  $("subscription-list").replaceChildren(...list.slice(0, LIST_LIMIT).map(subscriptionItem));
+  let text = list.length ? plural(list.length, "subscription") : "No subscriptions on this server";
+  if (list.length > LIST_LIMIT) text += ` · the first ${LIST_LIMIT} are shown`;
+  result.textContent = `${text} · listed at ${clock()}`;
+}
+
+function subscriptionKey(sub) {
+  return String(sub.id ?? sub.subscription_id);
+}
+
+function subscriptionItem(sub) {
+  const id = subscriptionKey(sub);
+  const streams = Array.isArray(sub.streams) ? sub.streams.filter((s) => s && typeof s.path === "string") : [];
+  const shownStreams = streams.slice(0, 8);
+  return el("li", {}, el("button", {
+    type: "button",
+    class: "list-item sub-item",
+    dataset: { testid: "subscription-list-item", subscriptionId: id },
+    "aria-current": listing.selected === id ? "true" : null,
+    onclick: () => {
+      $("subscription-id").value = id;
+      showSubscriptionById(id, { reveal: true });
+    },
+  },
+  el("span", { class: "list-item-head" },
+    el("span", { class: "list-item-title" }, id),
+    sub.type ? badge(String(sub.type)) : null,
+    sub.status ? badge(String(sub.status), sub.status === "active" ? "ok" : "error") : null),
+  el("span", { class: "list-item-facts" },
+    fact("pattern", sub.pattern, { code: true }),
+    fact("wake stream", sub.wake_stream, { code: true }),
+    fact("webhook", sub.webhook?.url, { code: true }),
+    fact("generation", sub.generation),
+    fact("holder", sub.holder, { code: true }),
+    sub.lease_expires_at ? fact("lease expires", relative(sub.lease_expires_at), { title: sub.lease_expires_at }) : null,
+    sub.next_attempt_at ? fact("next attempt", relative(sub.next_attempt_at), { title: sub.next_attempt_at }) : null),
+  streams.length
+    ? el("span", { class: "sub-streams" },
+      ...shownStreams.map((s) => el("span", { class: "sub-stream" },
+        el("code", { class: "sub-stream-path" }, s.path),
+        fact("acked", s.acked_offset ?? "—", { code: true }))),
+      streams.length > shownStreams.length ? el("span", { class: "fact-label" }, `and ${streams.length - shownStreams.length} more`) : null)
+    : el("span", { class: "list-item-facts" }, el("span", { class: "fact-label" }, sub.pattern ? "no stream matches yet" : "no linked streams")),
+  sub.last_error ? el("span", { class: "sub-error" }, `Last error: ${sub.last_error}`) : null));
+}
+
+function markSelectedSubscription() {
+  for (const item of document.querySelectorAll('[data-testid="subscription-list-item"]')) {
+    item.setAttribute("aria-current", String(item.dataset.subscriptionId === listing.selected));
+  }
+}
+
+/** Up and down arrows move between the items of a list (Tab still leaves it). */
+function arrowKeys(event) {
+  if (event.key !== "ArrowDown" && event.key !== "ArrowUp") return;
+  const items = [...event.currentTarget.querySelectorAll("button.list-item")];
+  const at = items.indexOf(document.activeElement);
+  if (at < 0) return;
+  event.preventDefault();
+  items[Math.max(0, Math.min(items.length - 1, at + (event.key === "ArrowDown" ? 1 : -1)))].focus();
+}
+
 // ------------------------------------------------------------------------------- opening
 
 async function open(path) {
@@ -171,11 +341,14 @@ async function open(path) {
   history.replaceState(null, "", `#path=${encodeURIComponent(path)}`);
   $("inspector-empty").hidden = true;
   $("subscription-view").replaceChildren();
+  listing.selected = null;
+  markSelectedSubscription();
   markCurrent();
   renderContent();
   await refreshMeta();
   if (state.meta?.exists) {
     remember(path);
+    if (listing.streams && !listing.streams.some((s) => s.path === path)) loadStreams(); // newer than the list
     await readFrom($("read-offset").value.trim() || "-1");
   }
   markCurrent();
@@ -218,13 +391,38 @@ function renderMeta() {
   $("append-close").disabled = !!m.closed;
   $("append-button").disabled = !!m.closed;
   $("append-input").placeholder = bodyKind(m.contentType) === "json" ? '{"type":"note","text":"hello"}  (a JSON array appends several messages)' : "text to append";
+  renderListedMeta();
+}
+
+/** Show or hide a `<dd>` of the metadata together with its `<dt>`. */
+function showRow(dd, shown) {
+  dd.hidden = !shown;
+  dd.previousElementSibling.hidden = !shown;
+}
+
+/** What only the stream listing knows about the open stream: when it was created, its source. */
+function renderListedMeta() {
+  const listed = state.meta?.exists ? listing.streams?.find((s) => s.path === state.path) : null;
+  showRow($("meta-created"), !!listed?.created_at);
+  $("meta-created").textContent = listed?.created_at ?? "";
+  showRow($("meta-forked-from"), !!listed?.forked_from);
+  $("meta-forked-from").replaceChildren(listed?.forked_from ? el("button", {
+    type: "button",
+    class: "path-button",
+    title: `Open ${listed.forked_from}`,
+    dataset: { path: listed.forked_from },
+    onclick: () => open(listed.forked_from),
+  }, listed.forked_from) : "");
 }
 
 function relative(iso) {
   const ms = Date.parse(iso) - Date.now();
   if (!Number.isFinite(ms)) return "invalid date";
-  const minutes = Math.round(Math.abs(ms) / 60000);
-  const span = minutes < 90 ? `${minutes} min` : `${Math.round(minutes / 60)} h`;
+  const seconds = Math.round(Math.abs(ms) / 1000);
+  const span = seconds < 90 ? `${seconds} s`
+    : seconds < 90 * 60 ? `${Math.round(seconds / 60)} min`
+      : seconds < 48 * 3600 ? `${Math.round(seconds / 3600)} h`
+        : `${Math.round(seconds / 86400)} d`;
   return ms >= 0 ? `in ${span}` : `${span} ago`;
 }
 
@@ -385,6 +583,7 @@ async function appendData(event) {
     showResult(result, `HTTP ${res.status} · next offset ${res.nextOffset ?? "—"}${res.closed ? " · stream closed" : ""}`, true);
     $("append-input").value = "";
     $("append-close").checked = false;
+    loadStreams();
     await refreshMeta();
     if (!state.follow) await readFrom($("read-offset").value.trim() || "-1");
   } catch (err) {
@@ -398,6 +597,7 @@ async function createStream(event) {
   try {
     const res = await client.create(state.path, $("create-type").value.trim() || "application/octet-stream");
     showResult(result, `HTTP ${res.status} · created`, true);
+    loadStreams();
     await open(state.path);
   } catch (err) {
     showResult(result, err.message || String(err), false);
@@ -414,15 +614,26 @@ function showResult(node, text, ok) {
 async function showSubscription(event) {
   event.preventDefault();
   const id = $("subscription-id").value.trim();
+  if (id) await showSubscriptionById(id);
+}
+
+/** Show one subscription (a fresh GET) below the list; `reveal` scrolls it into view. */
+async function showSubscriptionById(id, { reveal = false } = {}) {
   const view = $("subscription-view");
-  if (!id) return;
+  listing.selected = id;
+  markSelectedSubscription();
   view.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+  let nodes;
   try {
-    view.replaceChildren(...renderSubscription(await client.subscription(id), { onOpenPath: open }));
+    const sub = await client.subscription(id);
+    nodes = renderSubscription(sub, { onOpenPath: open });
   } catch (err) {
     const text = err instanceof HttpError && err.status === 404 ? `No subscription "${id}" on this server.` : `Could not load it: ${err.message || err}`;
-    view.replaceChildren(el("p", { class: "form-result error" }, text));
+    nodes = [el("p", { class: "form-result error" }, text)];
   }
+  if (listing.selected !== id) return; // another one was asked for meanwhile
+  view.replaceChildren(el("h3", { class: "subscription-view-title", dataset: { testid: "subscription-view-id" } }, id), ...nodes);
+  if (reveal) view.scrollIntoView({ block: "nearest" });
 }
 
 // -------------------------------------------------------------------------------- wiring
@@ -451,6 +662,23 @@ function main() {
   renderShortcuts();
   followConversations();
   $("registry-load").addEventListener("click", loadRegistry);
+  $("streams-refresh").addEventListener("click", () => loadStreams());
+  $("subscriptions-refresh").addEventListener("click", () => loadSubscriptions());
+  $("stream-filter").addEventListener("input", renderStreamList);
+  $("stream-filter").addEventListener("keydown", (event) => {
+    const items = [...$("stream-list").querySelectorAll("button.list-item")];
+    if (event.key === "Enter" && items.length) {
+      event.preventDefault();
+      items[0].click();
+    } else if (event.key === "ArrowDown" && items.length) {
+      event.preventDefault();
+      items[0].focus();
+    }
+  });
+  $("stream-list").addEventListener("keydown", arrowKeys);
+  $("subscription-list").addEventListener("keydown", arrowKeys);
+  loadStreams({ probe: true });
+  loadSubscriptions({ probe: true });
   document.body.dataset.ready = "true";
   const openFromHash = () => {
     const fromHash = /^#path=(.+)$/.exec(window.location.hash);

@@ -183,6 +183,33 @@ export class StreamsClient {
   }
 
   /**
+   * GET `__ds/streams?prefix=`: every stream, where the server offers this listing (an
+   * extension under the reserved prefix, not part of the protocol). Throws an HttpError (404 or
+   * 405 where it is not offered) or an Error when the answer is not such a listing.
+   */
+  async listStreams({ prefix = "", signal } = {}) {
+    const body = await this.getJson("__ds/streams", prefix ? { prefix } : {}, signal);
+    if (!Array.isArray(body?.streams)) throw new Error("the answer is not a stream listing");
+    return body.streams.filter((s) => s && typeof s === "object" && typeof s.path === "string");
+  }
+
+  /** GET `__ds/subscriptions`: every subscription, where the server offers this listing. */
+  async listSubscriptions({ signal } = {}) {
+    const body = await this.getJson("__ds/subscriptions", {}, signal);
+    if (!Array.isArray(body?.subscriptions)) throw new Error("the answer is not a subscription listing");
+    return body.subscriptions.filter((s) => s && typeof s === "object" && typeof (s.id ?? s.subscription_id) === "string");
+  }
+
+  /** GET a control path under the stream root and parse its JSON answer. */
+  async getJson(controlPath, params, signal) {
+    const url = new URL(`${this.baseUrl}/${controlPath}`);
+    for (const [key, value] of Object.entries(params ?? {})) url.searchParams.set(key, value);
+    const res = await fetch(url.href, { headers: this.headers({ Accept: "application/json" }), signal, cache: "no-store" });
+    if (!res.ok) throw await httpError(res);
+    return res.json();
+  }
+
+  /**
    * Follow a stream live over SSE from `offset`, forever: after a drop it reconnects from the
    * last `streamNextOffset` of a control event. Data events are held back until the control
    * event that follows them, so a batch is delivered together with the offset that ends it and
