@@ -1,0 +1,244 @@
+"""Configurable limits and access control of `python -m streams_server`, over real sockets.
+
+Each limit is set small on the command line and then crossed: request bodies (``413``),
+catch-up chunks (split, ``Stream-Up-To-Date`` only on the last), path length (``414``), plus
+chunked request bodies and the optional bearer token (``401``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.support import ServerProcess, start_streams_server
+from tests.support.streams_http import StreamsHttp, error_body, offset_position
+
+pytestmark = pytest.mark.timeout(60)
+
+BINARY = "application/octet-stream"
+JSON = "application/json"
+MAX_BODY = int(0.01 * 1024 * 1024)  # --max-body-mib 0.01
+MAX_CHUNK = 4 * 1024  # --max-chunk-kib 4
+MAX_PATH = 64  # --max-path-length 64
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamsHttp]:
+    """A server with tiny limits on bodies, chunks and paths."""
+    server = start_streams_server(
+        tmp_path_factory.mktemp("limits") / "data",
+        extra_args=["--max-body-mib", "0.01", "--max-chunk-kib", "4",
+                    "--max-path-length", str(MAX_PATH)],
+    )
+    try:
+        yield StreamsHttp(server.url)
+    finally:
+        server.terminate()
+
+
+@pytest.fixture(scope="module")
+def roomy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamsHttp]:
+    """A server with the default body limit and 64 KiB read chunks."""
+    server = start_streams_server(
+        tmp_path_factory.mktemp("roomy") / "data", extra_args=["--max-chunk-kib", "64"])
+    try:
+        yield StreamsHttp(server.url)
+    finally:
+        server.terminate()
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server that wants ``Authorization: Bearer TOKEN``."""
+    server = start_streams_server(
+        tmp_path_factory.mktemp("auth") / "data", extra_args=["--auth-token", TOKEN])
+    try:
+        yield server
+    finally:
+        server.terminate()
+
+
+def pieces(data: bytes, size: int = 1000) -> Iterator[bytes]:
+    """A generator body: `requests` sends it with ``Transfer-Encoding: chunked``."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def assert_error(response: requests.Response, status: int, code: str | None = None) -> None:
+    assert response.status_code == status, (response.status_code, response.content[:300])
+    payload = error_body(response)
+    if code is not None:
+        assert payload["error"]["code"] == code, payload
+
+
+# ---------------------------------------------------------------------- request bodies
+
+
+def test_body_over_the_limit_is_413_and_stores_nothing(small: StreamsHttp) -> None:
+    """With a declared length or chunked, binary or JSON, append or create: over the limit
+    is a 413 with a JSON error, at the limit is accepted, and nothing over it is stored."""
+    assert small.put("body/bin", BINARY).status_code == 201
+    assert small.post("body/bin", b"a" * MAX_BODY).status_code == 204
+    tail = small.metadata("body/bin")[1]["Stream-Next-Offset"]
+    assert_error(small.post("body/bin", b"b" * (MAX_BODY + 1)), 413, "PAYLOAD_TOO_LARGE")
+    assert_error(small.post("body/bin", pieces(b"c" * (MAX_BODY + 1))), 413, "PAYLOAD_TOO_LARGE")
+    assert_error(small.post("body/bin", pieces(b"d" * 50_000, 4096)), 413, "PAYLOAD_TOO_LARGE")
+    assert small.metadata("body/bin")[1]["Stream-Next-Offset"] == tail
+    assert small.catch_up("body/bin").content == b"a" * MAX_BODY
+
+    assert small.put("body/json", JSON).status_code == 201
+    message = json.dumps("x" * (MAX_BODY - 4)).encode()
+    assert len(b"[" + message + b"]") == MAX_BODY
+    assert small.post("body/json", b"[" + message + b"]", JSON).status_code == 204
+    over = b"[" + message + b", 1]"
+    assert_error(small.post("body/json", over, JSON), 413, "PAYLOAD_TOO_LARGE")
+    assert_error(small.post("body/json", pieces(over), JSON), 413, "PAYLOAD_TOO_LARGE")
+    assert small.catch_up("body/json").messages == ["x" * (MAX_BODY - 4)]
+
+    for body in (b"e" * (MAX_BODY + 1), pieces(b"f" * (MAX_BODY + 1))):
+        assert_error(small.put("body/created", BINARY, body), 413, "PAYLOAD_TOO_LARGE")
+        assert small.head("body/created").status_code == 404
+
+
+# ---------------------------------------------------------------------- catch-up chunks
+
+
+def _check_chunks(client: StreamsHttp, path: str, limit: int) -> list[requests.Response]:
+    read = client.catch_up(path)
+    for response in read.responses:
+        assert len(response.content) <= limit, f"a {len(response.content)}-byte chunk"
+    flags = [r.headers.get("Stream-Up-To-Date") for r in read.responses]
+    assert flags == [None] * (len(flags) - 1) + ["true"], flags
+    return read.responses
+
+
+def test_catch_up_read_is_split_into_chunks_of_at_most_the_limit(small: StreamsHttp) -> None:
+    """A long binary stream, one append bigger than a chunk included, and a long JSON stream
+    are read in chunks no larger than ``--max-chunk-kib``; only the last is up to date, and
+    together they are the stream."""
+    rng = random.Random(5)
+    appends = [rng.randbytes(rng.randrange(1, 1500)) for _ in range(30)]
+    appends.insert(12, rng.randbytes(9000))  # one append larger than a chunk
+    assert small.put("chunks/bin", BINARY).status_code == 201
+    for data in appends:
+        assert small.post("chunks/bin", data).status_code == 204
+    responses = _check_chunks(small, "chunks/bin", MAX_CHUNK)
+    assert b"".join(r.content for r in responses) == b"".join(appends)
+    assert len(responses) >= len(b"".join(appends)) // MAX_CHUNK
+
+    messages = [{"i": i, "text": "m" * rng.randrange(0, 600)} for i in range(60)]
+    assert small.put("chunks/json", JSON).status_code == 201
+    for start in range(0, 60, 6):
+        body = json.dumps(messages[start : start + 6]).encode()
+        assert small.post("chunks/json", body, JSON).status_code == 204
+    responses = _check_chunks(small, "chunks/json", MAX_CHUNK)
+    assert [m for r in responses for m in json.loads(r.content)] == messages
+    assert len(responses) > 1
+
+    live = small.get("chunks/bin", "-1", live="long-poll")  # data ahead: answered at once
+    assert live.status_code == 200 and len(live.content) <= MAX_CHUNK
+    assert "Stream-Up-To-Date" not in live.headers
+
+
+# ---------------------------------------------------------------------- paths
+
+
+def test_path_longer_than_the_limit_is_414(small: StreamsHttp) -> None:
+    """Every method on a too-long path gets 414 with a JSON error (HEAD: no body); a path at
+    the limit works. The limit counts characters of the decoded path."""
+    too_long = "p" * (MAX_PATH + 1)
+    for method in ("PUT", "POST", "GET", "DELETE"):
+        response = small.request(method, too_long, headers={"Content-Type": BINARY},
+                                 body=b"x" if method == "POST" else None)
+        assert_error(response, 414, "PATH_TOO_LONG")
+    head = small.head(too_long)
+    assert head.status_code == 414 and head.content == b""
+    assert small.put("p" * MAX_PATH, BINARY).status_code == 201
+    assert small.put("\u00e9" * MAX_PATH, BINARY).status_code == 201
+    assert_error(small.put("\u00e9" * (MAX_PATH + 1), BINARY), 414, "PATH_TOO_LONG")
+
+
+# ---------------------------------------------------------------------- chunked bodies
+
+
+def test_chunked_request_bodies_create_and_append(roomy: StreamsHttp) -> None:
+    """Bodies without Content-Length (Transfer-Encoding: chunked) work for create and
+    append, binary and JSON, including one far beyond the in-memory spool (3 MiB)."""
+    rng = random.Random(9)
+    initial = rng.randbytes(5000)
+    assert roomy.put("chunked/bin", BINARY, pieces(initial, 777)).status_code == 201
+    small_append = rng.randbytes(3000)
+    assert roomy.post("chunked/bin", pieces(small_append, 100)).status_code == 204
+    large = rng.randbytes(3 * 1024 * 1024 + 17)
+    response = roomy.post("chunked/bin", pieces(large, 65536))
+    assert response.status_code == 204
+    expected = initial + small_append + large
+    assert offset_position(response.headers["Stream-Next-Offset"]) == len(expected)
+    responses = _check_chunks(roomy, "chunked/bin", 64 * 1024)
+    assert b"".join(r.content for r in responses) == expected
+
+    batch = json.dumps([{"n": i, "s": "\u2713" * i} for i in range(50)]).encode()
+    assert roomy.put("chunked/json", JSON, pieces(b'[{"n":-1}]', 3)).status_code == 201
+    assert roomy.post("chunked/json", pieces(batch, 10), JSON).status_code == 204
+    assert roomy.catch_up("chunked/json").messages == [{"n": -1}] + json.loads(batch)
+
+
+# ---------------------------------------------------------------------- access control
+
+
+def test_bearer_token_is_required_when_configured(guarded: ServerProcess) -> None:
+    """Without the right ``Authorization: Bearer`` every operation is a 401 that changes
+    nothing; with it everything works; CORS preflight needs no token."""
+    anonymous = StreamsHttp(guarded.url)
+    wrong = StreamsHttp(guarded.url, headers={"Authorization": "Bearer not-it"})
+    basic = StreamsHttp(guarded.url, headers={"Authorization": f"Basic {TOKEN}"})
+    allowed = StreamsHttp(guarded.url, headers={"Authorization": f"Bearer {TOKEN}"})
+    for client in (anonymous, wrong, basic):
+        for method in ("PUT", "POST", "GET", "DELETE"):
+            response = client.request(method, "auth/s", headers={"Content-Type": BINARY},
+                                      body=b"x" if method == "POST" else None)
+            assert_error(response, 401, "UNAUTHORIZED")
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert client.head("auth/s").status_code == 401
+    assert allowed.head("auth/s").status_code == 404  # the refused PUTs created nothing
+
+    assert allowed.put("auth/s", BINARY).status_code == 201
+    assert allowed.post("auth/s", b"secret").status_code == 204
+    assert_error(anonymous.post("auth/s", b"intruder"), 401)
+    read = allowed.get("auth/s")
+    assert read.content == b"secret"
+    assert read.headers["Cache-Control"].startswith("private")
+    scheme_case = StreamsHttp(guarded.url, headers={"Authorization": f"bearer {TOKEN}"})
+    assert scheme_case.catch_up("auth/s").content == b"secret"
+
+    preflight = anonymous.request("OPTIONS", "auth/s", headers={
+        "Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert preflight.status_code == 204
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    assert preflight.headers["Access-Control-Allow-Origin"] == "http://app.example"
+
+
+# ---------------------------------------------------------------------- latency
+
+
+def test_keep_alive_responses_are_not_delayed(roomy: StreamsHttp) -> None:
+    """Responses with a body on a reused connection come back in milliseconds. (With Nagle's
+    algorithm on the server socket, pywsgi's separate header and body writes waited for the
+    client's delayed ACK: ~40 ms per read, live wake-ups included.)"""
+    assert roomy.put("latency/s", BINARY, b"x" * 100).status_code == 201
+    roomy.get("latency/s")  # open the connection
+    timings = []
+    for _ in range(15):
+        started = time.perf_counter()
+        assert roomy.get("latency/s").content == b"x" * 100
+        timings.append(time.perf_counter() - started)
+    assert statistics.median(timings) < 0.02, timings
