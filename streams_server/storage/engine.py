@@ -64,7 +64,13 @@ class _Known:
 class StreamStore:
     """Durable streams on SQLite: a file under a data directory, or an in-memory database."""
 
-    def __init__(self, db_path: str | None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db_path: str | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_batch: int | None = None,
+    ) -> None:
         self._clock = clock
         self._memory = db_path is None
         self._db_path = db_path
@@ -86,6 +92,7 @@ class StreamStore:
             before_batch=self._flush_access_times,
             apply_effects=self._apply_effects,
             leader_lock=self._leader_lock,
+            max_batch=max_batch,
         )
         self._wake_listener: Callable[[], None] | None = None
         self._closed = threading.Event()

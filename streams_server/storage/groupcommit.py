@@ -110,8 +110,12 @@ class GroupCommitter:
         before_batch: Callable[[Transaction], None],
         apply_effects: Callable[[Effects], None],
         leader_lock: threading.Lock,
+        max_batch: int | None = None,
     ) -> None:
+        """`max_batch` caps the operations per transaction (1 turns group commit off, which
+        only the group-commit benchmark wants)."""
         self._conn = conn
+        self._max_batch = max_batch
         self._clock_ms = clock_ms
         self._before_batch = before_batch
         self._apply_effects = apply_effects
@@ -129,7 +133,8 @@ class GroupCommitter:
         with self._leader_lock:
             if not pending.done:
                 with self._queue_lock:
-                    batch, self._queue = self._queue, []
+                    cut = len(self._queue) if self._max_batch is None else self._max_batch
+                    batch, self._queue = self._queue[:cut], self._queue[cut:]
                 self._lead(batch)
         if pending.error is not None:
             raise pending.error

@@ -6,7 +6,9 @@ into those streams. Every token carries its emit time, so the latency of each to
 model to the reader is exact. The ramp always reaches N=100 (or its last step)
 and stops after that at the first N whose p99 exceeds the limit.
 The same readers then consume the fake model directly (no agent, no durable stream): the
-difference of the two p50s is what durability costs.
+difference of the two p50s is what durability costs. Each step also counts the agents'
+appends (one message each) in the responses streams, the price of a coalescing window
+(``--set chat_coalesce_ms=...``) in requests per second.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from streams_server.bench.fake_model import END_TOKEN, STAMP_PATTERN
+from streams_server.bench.httpclient import Connection
 from streams_server.bench.live import LiveMux, LiveReader, parse_log
 from streams_server.bench.processes import URL_PATTERN, ManagedProcess, free_port, wait_until
 from streams_server.bench.stats import ms, summarize
@@ -50,9 +53,20 @@ class StepResult:
     first_token: list[float] = field(default_factory=list)
     """From sending a prompt to its first token reaching the reader (wake-up + model start)."""
     complete: int = 0
+    appends: int = 0
+    """Appends the agents made to the responses streams (each carries one message)."""
+    chunks: int = 0
+    """Of which `chunk` messages: tokens per chunk is what the coalescing window buys."""
+    seconds: float = 0.0
+    """From the first prompt sent to the last answer's end at its reader."""
+
+    @property
+    def appends_per_second(self) -> float:
+        return self.appends / self.seconds if self.seconds > 0 else float("nan")
 
     def to_json(self) -> dict[str, object]:
-        return {"n": self.n, "complete": self.complete,
+        return {"n": self.n, "complete": self.complete, "appends": self.appends,
+                "chunks": self.chunks, "seconds": round(self.seconds, 3),
                 "tokens_ms": summarize(self.tokens).to_json(),
                 "prompt_to_first_token_ms": summarize(self.first_token).to_json()}
 
@@ -84,7 +98,8 @@ def _log_step(ctx: Context, step: StepResult) -> bool:
     s = summarize(step.tokens)
     ctx.log(f"chat N={step.n}: token p50 {s.p50:.1f} ms p99 {s.p99:.1f} ms, "
             f"prompt->first token p50 {summarize(step.first_token).p50:.0f} ms, "
-            f"{step.complete}/{step.n} answers complete")
+            f"{step.complete}/{step.n} answers complete, {step.appends} appends "
+            f"({step.appends_per_second:.0f}/s, {step.chunks} chunks)")
     return not s.p99 <= ctx.sizes.chat_p99_limit_ms
 
 
@@ -99,6 +114,8 @@ def _metrics(ctx: Context, steps: list[StepResult], direct: StepResult) -> list[
         metrics += [
             Metric(f"7.n{n}.p50", f"7 chat N={n}: token p50", "ms", s.p50, note=note),
             Metric(f"7.n{n}.p99", f"7 chat N={n}: token p99", "ms", s.p99),
+            Metric(f"7.n{n}.appends", f"7 chat N={n}: agent appends", "req/s",
+                   step.appends_per_second if step else float("nan")),
         ]
     held = max((step.n for step in steps if step.complete == step.n
                 and summarize(step.tokens).p99 <= limit), default=0)
@@ -218,8 +235,26 @@ def _run_step(ctx: Context, conversations: _Conversations, n: int) -> StepResult
         answer_s = ctx.sizes.chat_tokens / ctx.sizes.chat_tokens_per_second
         done.wait(answer_s + 30.0 + n * 0.1)
         step.complete = len(done.hits)
+        step.seconds = max(done.hits.values(), default=time.time()) - sent[0]
     _collect(step, readers, sent)
+    for cid, offset in zip(cids, offsets):
+        messages = _read_from(conversations.conn, conversations.responses(cid), offset)
+        step.appends += len(messages)
+        step.chunks += sum(1 for m in messages if isinstance(m, dict) and m.get("type") == "chunk")
     return step
+
+
+def _read_from(conn: Connection, path: str, offset: str) -> list[object]:
+    """Every message of a JSON stream from ``offset`` to its tail (catch-up reads)."""
+    messages: list[object] = []
+    while True:
+        response = conn.request("GET", f"{path}?offset={quote(offset)}").expect(200, 204)
+        if response.body.strip():
+            messages.extend(json.loads(response.body))
+        next_offset = response.header("stream-next-offset") or offset
+        if response.header("stream-up-to-date") == "true" or next_offset == offset:
+            return messages
+        offset = next_offset
 
 
 def _direct_step(ctx: Context, model_url: str, n: int) -> StepResult:
