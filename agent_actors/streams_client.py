@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+import requests.adapters
 
 from agent_actors import errors
 from agent_actors._http import RetryPolicy, Transport, raise_for_status
@@ -65,7 +66,9 @@ class StreamsClient:
     must exceed the server's long-poll timeout. ``retry`` governs retries of transient
     failures. May be shared between threads: requests keep no per-call state in the session
     (no cookies are used) and its connection pool is thread-safe; each `Tail` uses a session
-    of its own.
+    of its own. ``pool_size`` is how many connections the pool keeps open for reuse: make it
+    the number of threads that send requests at once, or each one over it opens (and
+    throws away) a connection per request.
     """
 
     def __init__(
@@ -77,18 +80,26 @@ class StreamsClient:
         timeout: float = 10.0,
         live_timeout: float = 75.0,
         retry: RetryPolicy | None = None,
+        pool_size: int = 10,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise errors.ConfigurationError(f"streams URL must be http(s)://..., not {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.live_timeout = live_timeout
         self.transport = Transport(
-            session or requests.Session(), auth_token=auth_token, timeout=timeout,
+            session or _pooled_session(pool_size), auth_token=auth_token, timeout=timeout,
             retry=retry or RetryPolicy(),
         )
 
     def __repr__(self) -> str:
         return f"StreamsClient({self.base_url!r})"
+
+    def with_retry(self, retry: RetryPolicy) -> StreamsClient:
+        """A client of the same server, sharing this one's connections, retrying per ``retry``."""
+        return StreamsClient(
+            self.base_url, session=self.transport.session, auth_token=self.transport.auth_token,
+            timeout=self.transport.timeout, live_timeout=self.live_timeout, retry=retry,
+        )
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -333,6 +344,14 @@ class StreamsClient:
                 return {}
             value = response.json()
             return value if isinstance(value, dict) else {}
+
+
+def _pooled_session(pool_size: int) -> requests.Session:
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 def _flag(headers: Mapping[str, str], name: str) -> bool:

@@ -16,6 +16,7 @@ exponential backoff; the number of live agents is capped.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import queue
@@ -48,6 +49,8 @@ from agent_actors.streams_client import StreamsClient, Tail
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+STARTUP_PROBE_S = 2.0
+"""How long one startup attempt retries before the supervisor reports the server unreachable."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,8 @@ class _Woken:
 @dataclass(frozen=True)
 class _Claimed:
     conversation_id: str
-    lease: Lease | None  # None: not ours to take
+    lease: Lease | None  # None: not ours to take, or `error` says why the claim failed
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,9 @@ class Supervisor(pykka.ThreadingActor):
         super().__init__()
         self.settings = settings
         self.model = model
-        self.client = client or StreamsClient(settings.streams_url, auth_token=settings.auth_token)
+        # Each agent sends requests from two threads at once (its answer, its lease keeper).
+        self.client = client or StreamsClient(settings.streams_url, auth_token=settings.auth_token,
+                                              pool_size=2 * settings.max_agents + 4)
         self.offsets = OffsetsStore(settings.data_dir)
         self.agents: dict[str, pykka.ActorRef[Any]] = {}
         self._known: set[str] = set()
@@ -188,6 +194,12 @@ class Supervisor(pykka.ThreadingActor):
         cid = claimed.conversation_id
         self._claiming.discard(cid)
         if claimed.lease is None:
+            if claimed.error is not None:
+                # The server may hold a wake for it that it will not repeat: try again later.
+                failures, delay = self._back_off(cid)
+                log.warning("claim failed conversation=%s failures=%d retry_in_s=%.1f error=%s",
+                            cid, failures, delay, claimed.error)
+                self._try_claim(cid)
             self._admit_deferred()
             return
         self.agents[cid] = ConversationAgent.start(
@@ -209,14 +221,19 @@ class Supervisor(pykka.ThreadingActor):
     def _on_agent_crashed(self, crashed: AgentCrashed) -> None:
         cid = crashed.conversation_id
         self.agents.pop(cid, None)
-        failures = self._failures.get(cid, 0) + 1
-        self._failures[cid] = failures
-        delay = min(MAX_BACKOFF_S, self.settings.restart_backoff_s * 2 ** (failures - 1))
-        self._not_before[cid] = time.monotonic() + delay
+        failures, delay = self._back_off(cid)
         log.warning("agent crashed conversation=%s failures=%d restart_in_s=%.1f error=%s",
                     cid, failures, delay, crashed.error)
         self._try_claim(cid)
         self._admit_deferred()
+
+    def _back_off(self, cid: str) -> tuple[int, float]:
+        """Count one more failure for `cid` and delay its next claim: (failures, delay)."""
+        failures = self._failures.get(cid, 0) + 1
+        self._failures[cid] = failures
+        delay = min(MAX_BACKOFF_S, self.settings.restart_backoff_s * 2 ** (failures - 1))
+        self._not_before[cid] = time.monotonic() + delay
+        return failures, delay
 
     def _admit_deferred(self) -> None:
         while self._deferred and len(self.agents) + len(self._claiming) < self.settings.max_agents:
@@ -241,13 +258,20 @@ class Supervisor(pykka.ThreadingActor):
                 log.exception("supervisor job failed")
 
     def _prepare(self) -> None:
-        """Make sure the shared streams exist, waiting out an unreachable server."""
+        """Make sure the shared streams exist, waiting out an unreachable server.
+
+        Each attempt gives up after `STARTUP_PROBE_S`, not the client's whole retry deadline,
+        so that an unreachable server is reported at once.
+        """
+        retry = self.client.transport.retry
+        probe = self.client.with_retry(
+            dataclasses.replace(retry, deadline=min(retry.deadline, STARTUP_PROBE_S)))
         delay = 0.5
         while not self._stopping.is_set():
             try:
-                self.client.ensure_stream(self.settings.wake_stream)
-                self.client.ensure_stream(layout.CONVERSATIONS_STREAM)
-                wake_tail = self.client.head(self.settings.wake_stream).next_offset
+                probe.ensure_stream(self.settings.wake_stream)
+                probe.ensure_stream(layout.CONVERSATIONS_STREAM)
+                wake_tail = probe.head(self.settings.wake_stream).next_offset
                 self._tell(_Ready(wake_tail))
                 return
             except StreamsError as exc:
@@ -304,13 +328,16 @@ class Supervisor(pykka.ThreadingActor):
 
     def _claim(self, cid: str) -> None:
         lease: Lease | None = None
+        error: str | None = None
         try:
             lease = self.client.claim(layout.subscription_id(cid), self.settings.worker_name)
         except (AlreadyClaimed, NoPendingWork) as exc:
             log.debug("not claiming %s: %s", cid, exc)
+        except NotFound as exc:
+            log.warning("not claiming %s: %s", cid, exc)
         except StreamsError as exc:
-            log.warning("claim for %s failed: %s", cid, exc)
-        self._tell(_Claimed(cid, lease))
+            error = str(exc)
+        self._tell(_Claimed(cid, lease, error))
 
     def _watch(self, path: str, offset: str, on_batch: Callable[[tuple[Any, ...]], None]) -> None:
         tail = self.client.tail(path, offset, live=self.settings.agent.live_mode)  # type: ignore[arg-type]

@@ -104,6 +104,10 @@ class SupervisorProcess:
     def kill(self) -> int | None:
         return self._stop(signal.SIGKILL, 5.0)
 
+    def stop_with(self, sig: signal.Signals, timeout: float) -> int | None:
+        """Send ``sig`` and wait ``timeout`` seconds for the exit (SIGKILL after that)."""
+        return self._stop(sig, timeout)
+
     def _stop(self, sig: signal.Signals, timeout: float) -> int | None:
         proc = self._proc
         if proc is None:

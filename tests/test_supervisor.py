@@ -1,0 +1,407 @@
+"""The supervisor's duties: restart crashed agents with backoff, cap the live agents, wait out
+an unreachable streams server, and shut down cleanly on SIGTERM/SIGINT.
+
+Real streams servers, real sockets, the real `anthropic` SDK against the local fake Messages
+API. Some tests run the `Supervisor` actor in this process, to give its streams client a short
+retry deadline (an outage then crashes an agent in a second, not in thirty) and to ask it for
+its status; the others run `python -m agent_actors supervisor` as a child process.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+
+from agent_actors.agent import AgentSettings
+from agent_actors.models.anthropic_model import AnthropicModel
+from agent_actors.streams_client import RetryPolicy, StreamsClient
+from agent_actors.supervisor import Supervisor, SupervisorSettings
+from tests.fake_anthropic import FakeAnthropic
+from tests.support import ServerProcess, free_port, start_streams_server
+from tests.support.agents import (
+    ChatClient,
+    SupervisorProcess,
+    supervisor_process,
+    wait_for_answers,
+    wait_until,
+)
+from tests.test_agents import (
+    assert_clean_answers,
+    fake_reply,
+    final_render,
+    lease_holder,
+    reply_to,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+LEASE_TTL_MS = 2000
+LONG_REPLY = " ".join(f"word{i}" for i in range(150))
+
+
+def long_or_short(messages: list[dict[str, Any]]) -> str:
+    """The fake model's reply: `LONG_REPLY` to the prompt "long", else `reply_to` it."""
+    return LONG_REPLY if messages[-1]["content"] == "long" else fake_reply(messages)
+
+
+# -- watching the in-process supervisor's log ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogLine:
+    at: float  # time.monotonic()
+    text: str
+
+
+class LogWatch(logging.Handler):
+    """Keeps every `agent_actors` log line, with its time, for tests to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[LogLine] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._changed:
+            self.lines.append(LogLine(time.monotonic(), record.getMessage()))
+            self._changed.notify_all()
+
+    def matching(self, pattern: str) -> list[LogLine]:
+        regex = re.compile(pattern)
+        with self._changed:
+            return [line for line in self.lines if regex.search(line.text)]
+
+    def wait_for(self, pattern: str, *, count: int = 1, timeout: float = 20.0) -> LogLine:
+        """The ``count``-th line matching ``pattern``, once it is logged."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(found := self.matching(pattern)) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    tail = "\n".join(line.text for line in self.lines[-30:])
+                    raise AssertionError(f"no {count} line(s) matching {pattern!r} after "
+                                         f"{timeout}s; last lines:\n{tail}")
+                self._changed.wait(remaining)
+            return found[count - 1]
+
+
+@pytest.fixture
+def logs() -> Iterator[LogWatch]:
+    logger = logging.getLogger("agent_actors")
+    watch = LogWatch()
+    level = logger.level
+    logger.addHandler(watch)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield watch
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(level)
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(long_or_short, tokens_per_second=200) as server:
+        yield server
+
+
+StartInProcess = Callable[..., "pykka.ActorRef[Any]"]
+
+
+@pytest.fixture
+def in_process(tmp_path: Path, fake: FakeAnthropic) -> Iterator[StartInProcess]:
+    """Start `Supervisor` actors in this process; all are stopped at teardown."""
+    refs: list[pykka.ActorRef[Any]] = []
+
+    def start(root: str, *, retry_deadline: float = 30.0, worker: str = "w1",
+              idle_timeout: float = 30.0, **settings: Any) -> pykka.ActorRef[Any]:
+        client = StreamsClient(root, retry=RetryPolicy(deadline=retry_deadline))
+        model = AnthropicModel(api_key="test-key", model="claude-fake-1", base_url=fake.url)
+        ref = Supervisor.start(
+            SupervisorSettings(streams_url=root, data_dir=str(tmp_path / f"agents-{worker}"),
+                               worker_name=worker, lease_ttl_ms=LEASE_TTL_MS,
+                               agent=AgentSettings(idle_timeout_s=idle_timeout), **settings),
+            model, client=client)
+        refs.append(ref)
+        return ref
+
+    yield start
+    for ref in refs:
+        try:
+            ref.stop(timeout=30)
+        except pykka.ActorDeadError:
+            pass
+
+
+StartSupervisor = Callable[..., SupervisorProcess]
+
+
+@pytest.fixture
+def start_supervisor(
+    request: pytest.FixtureRequest, tmp_path: Path, fake: FakeAnthropic,
+) -> Iterator[StartSupervisor]:
+    """Start supervisor processes; all are stopped at teardown."""
+    started: list[SupervisorProcess] = []
+    test_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+
+    def start(root: str, *, worker: str = "w1", lease_ttl_ms: int = LEASE_TTL_MS,
+              **options: Any) -> SupervisorProcess:
+        sup = supervisor_process(root, tmp_path / f"agents-{worker}", model_url=fake.url,
+                                 worker_name=worker, lease_ttl_ms=lease_ttl_ms,
+                                 log_name=f"{test_name}-{worker}", **options)
+        started.append(sup)
+        return sup.start()
+
+    yield start
+    for sup in started:
+        sup.terminate(timeout=15)
+        print(f"--- supervisor log ({sup.log_path}) ---\n{sup.log_tail(40)}")
+
+
+def streams_root(server: ServerProcess) -> str:
+    return f"{server.url}/v1/stream"
+
+
+def status(supervisor: pykka.ActorRef[Any]) -> dict[str, list[str]]:
+    """What the supervisor actor answers to "status": its live agents and waiting ones."""
+    answer = supervisor.ask("status", timeout=5)
+    assert isinstance(answer, dict)
+    return answer
+
+
+def connect(root: str, lease_ttl_ms: int = LEASE_TTL_MS) -> tuple[StreamsClient, ChatClient]:
+    client = StreamsClient(root)
+    return client, ChatClient(client, lease_ttl_ms=lease_ttl_ms)
+
+
+def mid_answer(prompt_id: str, attempt: int) -> Callable[[Any], bool]:
+    """A `wait_for_answers` condition: the answer's ``attempt`` has shown some text."""
+    def condition(renderer: Any) -> bool:
+        answer = renderer.answers.get(prompt_id)
+        return answer is not None and answer.attempt == attempt and bool(answer.text)
+    return condition
+
+
+_BACKOFF = re.compile(r"failures=(\d+) (?:restart|retry)_in_s=([\d.]+)")
+
+
+def backoffs(logs: LogWatch, pattern: str) -> list[tuple[LogLine, int, float]]:
+    """The lines matching ``pattern`` with their failure count and delay."""
+    found = []
+    for line in logs.matching(pattern):
+        match = _BACKOFF.search(line.text)
+        assert match is not None, line
+        found.append((line, int(match[1]), float(match[2])))
+    return found
+
+
+# -- 1. a crashed agent is restarted with backoff ---------------------------------------------------
+
+
+def test_a_crashed_agent_is_restarted_with_backoff_and_answers_once(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """The streams server dies twice while the agent streams an answer: each time the agent's
+    appends fail past the retry deadline and it crashes (not a model error, not a fence); the
+    supervisor restarts it later each time, and the answer ends complete, once."""
+    fake.tokens_per_second = 40  # the long reply takes ~4 s: both outages land mid-answer
+    root = streams_root(streams_server)
+    in_process(root, retry_deadline=1.0, restart_backoff_s=0.5)
+    client, chat = connect(root)
+    cid = chat.start_conversation("crashes")
+    prompt = chat.send_prompt(cid, "long")
+    crash_lines = rf"agent crashed conversation={cid} failures="
+
+    for outage in (1, 2):
+        # The agent of this round is streaming its attempt; kill the server under it.
+        wait_for_answers(client, cid, [prompt], until=mid_answer(prompt, outage - 1))
+        streams_server.kill()
+        logs.wait_for(crash_lines, count=outage, timeout=20)
+        streams_server.start()
+
+    rendered = wait_for_answers(client, cid, [prompt], timeout=30)
+    answer = rendered.answers[prompt]
+    assert answer.text == LONG_REPLY and answer.terminals_total == 1, answer
+    assert answer.terminal["type"] == "done" and answer.terminal["stopReason"] == "end_turn"
+    assert answer.restarts == 2 and answer.attempt == 2, answer  # two cut-off attempts hidden
+    final = final_render(client, cid)
+    assert final.answers[prompt].terminals_total == 1
+    assert final.answers[prompt].chunks_after_terminal == 0
+    assert len(logs.matching(f"answered conversation={cid} prompt={prompt} ")) == 1
+
+    # Backoff: each crash counts one more failure and waits twice as long as the one before
+    # (claims that failed while the server was down count too), and no agent started before
+    # its restart delay had passed.
+    crashes = backoffs(logs, crash_lines)
+    everything = backoffs(logs, rf"(?:agent crashed|claim failed) conversation={cid} failures=")
+    assert len(crashes) == 2, crashes
+    assert [n for _, n, _ in everything] == list(range(1, len(everything) + 1))
+    assert all(delay == min(30.0, 0.5 * 2 ** (n - 1)) for _, n, delay in everything)
+    assert crashes[0][2] < crashes[1][2], crashes
+    starts = logs.matching(f"agent started conversation={cid} ")
+    assert len(starts) == 3, [s.text for s in starts]
+    for (crash, _, delay), restarted in zip(crashes, starts[1:]):
+        assert restarted.at - crash.at >= delay - 0.05, (crash, restarted)
+    print("backoff:\n" + "\n".join(line.text[:100] for line, _, _ in everything))
+
+
+def test_a_claim_that_fails_while_the_server_is_down_is_retried(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """With one agent slot, B waits behind A. The server dies: A's agent crashes, which frees
+    the slot, and B's claim fails. The server holds B's wake (issued, never claimed) and will
+    not write another, so only the supervisor retrying the claim gets B answered."""
+    fake.tokens_per_second = 40
+    root = streams_root(streams_server)
+    sup = in_process(root, retry_deadline=1.0, restart_backoff_s=0.5, max_agents=1,
+                     idle_timeout=0.5)  # the one slot is freed soon after each answer
+    client, chat = connect(root)
+    a, b = chat.start_conversation("A"), chat.start_conversation("B")
+    prompt_a = chat.send_prompt(a, "long")
+    wait_for_answers(client, a, [prompt_a], until=mid_answer(prompt_a, 0))
+    prompt_b = chat.send_prompt(b, "queued behind A")
+    wait_until(lambda: status(sup) == {"agents": [a], "deferred": [b]},
+               timeout=10, what="B to wait for a free slot")
+
+    streams_server.kill()
+    logs.wait_for(rf"claim failed conversation={b} failures=1 ", timeout=20)
+    streams_server.start()
+
+    rendered_b = wait_for_answers(client, b, [prompt_b], timeout=30)
+    assert_clean_answers(rendered_b, {prompt_b: "queued behind A"})
+    rendered_a = wait_for_answers(client, a, [prompt_a], timeout=30)
+    assert rendered_a.answers[prompt_a].text == LONG_REPLY
+    assert rendered_a.answers[prompt_a].terminals_total == 1
+
+
+# -- 2. --max-agents caps the live agents -------------------------------------------------------------
+
+
+def test_max_agents_caps_live_agents_and_every_conversation_is_answered(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """Four conversations with a prompt each and two agent slots: two agents run, two
+    conversations wait; passivation frees the slots and every prompt is answered once."""
+    fake.tokens_per_second = 30  # ~0.6 s per answer
+    root = streams_root(streams_server)
+    sup = in_process(root, max_agents=2, idle_timeout=0.3)
+    client, chat = connect(root)
+    conversations = [chat.start_conversation(f"capped {i}") for i in range(4)]
+    prompts = {cid: chat.send_prompt(cid, f"question for {cid}") for cid in conversations}
+
+    # Two agents run; the other two conversations wait for a slot.
+    wait_until(lambda: [len(v) for v in status(sup).values()] == [2, 2],
+               timeout=10, what="two agents running and two conversations deferred")
+    for cid, prompt in prompts.items():
+        rendered = wait_for_answers(client, cid, [prompt], timeout=30)
+        assert_clean_answers(rendered, {prompt: f"question for {cid}"})
+    assert peak_live_agents(logs) == 2
+    for cid in conversations:
+        assert len(logs.matching(f"agent started conversation={cid} ")) == 1
+    assert len(fake.requests) == 4
+
+
+def peak_live_agents(logs: LogWatch) -> int:
+    """The most agents alive at once, as the log tells it.
+
+    An agent logs `agent passivated` before it stops, and the supervisor admits the next one
+    only after hearing that it stopped, so the log order never undercounts.
+    """
+    live = peak = 0
+    for line in logs.matching(r"^agent (started|passivated) conversation=|"
+                              r"^agent crashed conversation=\S+ error="):
+        live += 1 if line.text.startswith("agent started") else -1
+        peak = max(peak, live)
+    return peak
+
+
+# -- 3. the streams server unreachable at start ----------------------------------------------------
+
+
+def test_supervisor_waits_for_an_unreachable_streams_server(
+    tmp_path: Path, start_supervisor: StartSupervisor,
+) -> None:
+    """Started before the server, it says the server is unreachable, keeps trying (no exit),
+    and answers once the server is up on that port."""
+    port = free_port()
+    root = f"http://127.0.0.1:{port}/v1/stream"
+    sup = start_supervisor(root)
+    unreachable = re.escape(f"streams server unreachable at {root}")
+    assert sup.wait_for_line(unreachable, timeout=10), sup.log_tail()
+    first = sup.count_lines(unreachable)
+    assert sup.wait_for_line(unreachable, timeout=10, since=len(sup.lines)), "no retry"
+    assert sup.count_lines(unreachable) > first and sup.running
+
+    server = start_streams_server(tmp_path / "streams", port=port, long_poll_timeout=2.0)
+    try:
+        client, chat = connect(root)
+        cid = chat.start_conversation("late server")
+        prompt = chat.send_prompt(cid, "are you there?")
+        rendered = wait_for_answers(client, cid, [prompt], timeout=30)
+        assert_clean_answers(rendered, {prompt: "are you there?"})
+        assert sup.running
+    finally:
+        server.terminate()
+
+
+# -- 4. clean shutdown on SIGTERM and SIGINT -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_the_supervisor_cleanly_and_frees_its_leases(
+    sig: signal.Signals, streams_server: ServerProcess, fake: FakeAnthropic,
+    start_supervisor: StartSupervisor,
+) -> None:
+    """Exit 0 promptly, leases given back: a second supervisor takes over at once, not after
+    the (long) lease TTL, and finishes the answer the first one was streaming."""
+    ttl_ms = 60_000
+    fake.tokens_per_second = 40
+    root = streams_root(streams_server)
+    first = start_supervisor(root, worker="first", lease_ttl_ms=ttl_ms, idle_timeout=60)
+    client, chat = connect(root, lease_ttl_ms=ttl_ms)
+    idle, busy = chat.start_conversation("idle"), chat.start_conversation("busy")
+    answered = chat.send_prompt(idle, "first question")
+    wait_for_answers(client, idle, [answered])
+    long_prompt = chat.send_prompt(busy, "long")
+    wait_for_answers(client, busy, [long_prompt], until=mid_answer(long_prompt, 0))
+    assert lease_holder(client, idle) == "first" and lease_holder(client, busy) == "first"
+
+    signalled = time.monotonic()
+    assert first.stop_with(sig, timeout=15) == 0, first.log_tail()
+    exit_s = time.monotonic() - signalled
+    assert exit_s < 5, f"exit took {exit_s:.1f}s"
+    assert first.count_lines("supervisor first stopped") == 1
+    assert lease_holder(client, idle) is None and lease_holder(client, busy) is None
+
+    second = start_supervisor(root, worker="second", lease_ttl_ms=ttl_ms, idle_timeout=60)
+    taken_over = time.monotonic()
+    follow_up = chat.send_prompt(idle, "second question")
+    wait_for_answers(client, idle, [answered, follow_up], timeout=30)
+    wait_for_answers(client, busy, [long_prompt], timeout=30)
+    takeover_s = time.monotonic() - taken_over
+    assert takeover_s < ttl_ms / 1000 / 3, f"took over after {takeover_s:.1f}s"
+
+    assert_clean_answers(final_render(client, idle),
+                         {answered: "first question", follow_up: "second question"})
+    cut = final_render(client, busy).answers[long_prompt]
+    assert cut.text == LONG_REPLY and cut.terminals_total == 1 and cut.restarts == 1, cut
+    assert second.count_lines(f"answered conversation={busy} prompt={long_prompt} ") == 1
+    assert first.count_lines(f"answered conversation={busy} ") == 0
+    print(f"{sig.name}: exit after {exit_s * 1000:.0f} ms, second supervisor answered both "
+          f"after {takeover_s:.1f} s (lease TTL {ttl_ms / 1000:.0f} s)")
