@@ -24,6 +24,7 @@ from .messages import Reply, StreamRequest
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 LIVE_MODES = ("long-poll", "sse")
+SSE_CACHE_ENTRIES = 512
 
 
 class StreamOperations:
@@ -33,6 +34,9 @@ class StreamOperations:
         self.store = store
         self.settings = settings
         self.stream_root = stream_root.rstrip("/") + "/"
+        # Encoded SSE batches by (stream, range, encoding, cursor, flags): stream data at a
+        # range never changes, so every reader of the same range shares one encoding.
+        self._sse_cache: dict[tuple[object, ...], bytes] = {}
 
     def handle(self, request: StreamRequest) -> Reply:
         handler = {
@@ -288,6 +292,33 @@ class StreamOperations:
         reply.body = self._sse_events(request.path, start, cursor, encoded)
         return reply
 
+    def _sse_batch(self, result: ReadResult, cursor: str, encoded: bool) -> bytes:
+        """The data event (if any) and control event for one read, encoded once and shared:
+        a thousand readers woken by one append all ask for the same bytes."""
+        key = (result.info.stream_id, result.start, result.next_position, encoded, cursor,
+               result.up_to_date, result.closed_at_end)
+        cached = self._sse_cache.get(key)
+        if cached is not None:
+            return cached
+        out = b""
+        if result.entries:
+            payload = (
+                jsonmode.encode_array(result.entries)
+                if result.info.is_json
+                else b"".join(result.entries)
+            )
+            out += sse.event("data", sse.data_event_text(payload, base64_encoded=encoded))
+        out += sse.control_event(
+            format_offset(result.next_position),
+            cursor=cursor,
+            up_to_date=result.up_to_date,
+            closed=result.closed_at_end,
+        )
+        if len(self._sse_cache) >= SSE_CACHE_ENTRIES:
+            self._sse_cache.clear()
+        self._sse_cache[key] = out
+        return out
+
     def _sse_events(
         self, path: str, position: int, cursor: str | None, encoded: bool
     ) -> Iterator[bytes]:
@@ -304,22 +335,10 @@ class StreamOperations:
             # never sees data without the offset that follows it.
             out = preamble
             preamble = b""
-            if result.entries:
-                payload = (
-                    jsonmode.encode_array(result.entries)
-                    if result.info.is_json
-                    else b"".join(result.entries)
-                )
-                out += sse.event("data", sse.data_event_text(payload, base64_encoded=encoded))
             position = result.next_position
             if result.entries or not sent_control:
                 cursor = next_cursor(cursor)
-                out += sse.control_event(
-                    format_offset(position),
-                    cursor=cursor,
-                    up_to_date=result.up_to_date,
-                    closed=result.closed_at_end,
-                )
+                out += self._sse_batch(result, cursor, encoded)
                 sent_control = True
             if out:
                 yield out

@@ -58,7 +58,6 @@ class _Known:
     info: StreamInfo
     soft_deleted: bool = False
     last_access_ms: int = 0
-    access_dirty: bool = False
 
 
 class StreamStore:
@@ -81,6 +80,8 @@ class StreamStore:
         self._reader_count = 0
         self._reader_lock = threading.Lock()
         self._streams: dict[int, _Known] = {}
+        self._touched: set[int] = set()  # sliding TTLs reset by reads, not yet persisted
+        self._expiring: set[int] = set()  # streams with a TTL or deadline: the sweeper's work
         self._ids: dict[str, int] = {}
         self._tails = TailCache()
         self._conditions: dict[int, threading.Condition] = {}
@@ -183,7 +184,7 @@ class StreamStore:
         known = self._streams.get(info.stream_id)
         if known is not None:
             known.last_access_ms = self.now_ms()
-            known.access_dirty = True
+            self._touched.add(info.stream_id)
 
     def wait_for_data(self, stream_id: int, position: int, timeout: float) -> bool:
         """Block until the stream has data past `position`, is closed or gone (True), or
@@ -292,7 +293,8 @@ class StreamStore:
     def sweep_expired(self) -> int:
         """Remove streams whose TTL or deadline has passed; returns how many."""
         now = self.now_ms()
-        if not any(self._expired(k, now) for k in list(self._streams.values())):
+        candidates = [self._streams.get(sid) for sid in list(self._expiring)]
+        if not any(k is not None and self._expired(k, now) for k in candidates):
             return 0
         return self._committer.submit(lambda tx: writes.sweep_expired(tx, self._access_view()))
 
@@ -382,15 +384,13 @@ class StreamStore:
                 info, bool(row["soft_deleted"]), info.last_access_ms
             )
             self._ids[info.path] = info.stream_id
+            self._track_expiry(info)
 
     def _flush_access_times(self, tx: Transaction) -> None:
+        touched, self._touched = self._touched, set()
         dirty = [
-            (known.last_access_ms, sid)
-            for sid, known in list(self._streams.items())
-            if known.access_dirty
+            (self._streams[sid].last_access_ms, sid) for sid in touched if sid in self._streams
         ]
-        for _, sid in dirty:
-            self._streams[sid].access_dirty = False
         if dirty:
             tx.conn.executemany(
                 "UPDATE streams SET last_access_ms = max(last_access_ms, ?) WHERE id = ?", dirty
@@ -408,6 +408,7 @@ class StreamStore:
                                                                   known.info.last_access_ms))
                     known.soft_deleted = False
                 self._ids[info.path] = stream_id
+                self._track_expiry(info)
                 try:
                     self._tails.appended(stream_id, info, change.appended)
                 except Exception:  # the data is committed: lose only the cache, never the reply
@@ -420,6 +421,7 @@ class StreamStore:
                 if known is not None and self._ids.get(known.info.path) == stream_id:
                     del self._ids[known.info.path]
                 self._streams.pop(stream_id, None)
+                self._expiring.discard(stream_id)
                 self._tails.forget(stream_id)
                 with self._conditions_lock:
                     cond = self._conditions.pop(stream_id, None)
@@ -433,6 +435,12 @@ class StreamStore:
         if effects.wakes_issued and self._wake_listener is not None:
             self._wake_listener()
 
+    def _track_expiry(self, info: StreamInfo) -> None:
+        if info.expiry.ttl_seconds is not None or info.expiry.expires_at_ms is not None:
+            self._expiring.add(info.stream_id)
+        else:
+            self._expiring.discard(info.stream_id)
+
     def _notify(self, stream_id: int) -> None:
         cond = self._conditions.get(stream_id)
         if cond is not None:
@@ -445,7 +453,7 @@ class StreamStore:
                 removed = self.sweep_expired()
                 if removed:
                     log.info("removed %d expired streams", removed)
-                if any(k.access_dirty for k in list(self._streams.values())):
+                if self._touched:
                     self._committer.submit(lambda tx: None)  # persists sliding-TTL resets
             except Exception:
                 log.exception("expiry sweep failed")
