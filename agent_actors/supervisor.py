@@ -64,6 +64,9 @@ class SupervisorSettings:
     restart_backoff_s: float = 1.0
     auth_token: str | None = None
     agent: AgentSettings = AgentSettings()
+    # How long stopping waits for agents to release their leases; after that the leases
+    # simply expire (e.g. when the streams server is already gone).
+    shutdown_timeout_s: float = 15.0
 
 
 # -- messages to the supervisor (from its own threads) ---------------------------------------
@@ -136,11 +139,18 @@ class Supervisor(pykka.ThreadingActor):
         self._stopping.set()
         for tail in self._tails:
             tail.close()
+        stopping = []
         for ref in list(self.agents.values()):
             try:
-                ref.stop(block=True, timeout=15)
+                stopping.append(ref.stop(block=False))
             except pykka.ActorDeadError:
                 pass
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        for future in stopping:
+            try:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except (pykka.Timeout, pykka.ActorDeadError):
+                log.info("an agent did not stop in time; its lease will expire instead")
         self.agents.clear()
         self._jobs.put(None)
         self.offsets.close()

@@ -23,6 +23,8 @@ from streams_server import StreamsBackend
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_TIMEOUT_S = 2.0
+
 
 class BackgroundWork:
     """Starts the streams backend's timers and the embedded supervisor exactly once."""
@@ -61,6 +63,9 @@ class BackgroundWork:
             auth_token=config["STREAMS_AUTH_TOKEN"],
             agent=AgentSettings(coalesce_window_s=config["AGENT_COALESCE_MS"] / 1000,
                                 idle_timeout_s=config["AGENT_IDLE_TIMEOUT_S"]),
+            # At exit the app's own server has usually stopped already, so agents cannot
+            # release their leases over HTTP: do not hold up Ctrl+C waiting for that.
+            shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
         )
         log.info("starting the embedded supervisor against %s", streams_url)
         return Supervisor.start(settings, model)
@@ -69,8 +74,8 @@ class BackgroundWork:
         with self._lock:
             if self.supervisor is not None:
                 try:
-                    self.supervisor.stop(timeout=15)
-                except Exception:  # already dead at interpreter exit
+                    self.supervisor.stop(timeout=SHUTDOWN_TIMEOUT_S + 1)
+                except Exception:  # already dead, or too slow: the process exits anyway
                     pass
                 self.supervisor = None
         self._backend.close()
