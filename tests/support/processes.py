@@ -117,6 +117,19 @@ class ServerProcess:
         """
         return self._stop(signal.SIGTERM, timeout)
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Deliver `sig` to the process (its whole group if it has one) without waiting."""
+        assert self._proc is not None
+        if self.process_group:
+            os.killpg(self._proc.pid, sig)
+        else:
+            self._proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit on its own; its exit code."""
+        assert self._proc is not None
+        return self._proc.wait(timeout=timeout)
+
     def kill(self) -> int | None:
         """Send SIGKILL (a crash, no chance to clean up) and wait for the process to die."""
         return self._stop(signal.SIGKILL, 10.0)

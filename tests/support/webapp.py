@@ -31,6 +31,7 @@ def start_chat_app(
     model_url: str,
     port: int | None = None,
     debug: bool = False,
+    interruptible: bool = False,
     config: Mapping[str, str] | None = None,
     log_dir: Path = DEFAULT_LOG_DIR,
     ready_timeout: float = 45.0,
@@ -39,9 +40,15 @@ def start_chat_app(
 
     ``config`` holds extra ``CHAT_*`` settings, e.g. ``{"AGENT_LEASE_TTL_MS": "3000"}``.
     The process runs in a group of its own, so stopping it also stops a reloader's child.
+    ``interruptible``: SIGINT raises KeyboardInterrupt in it, as Ctrl+C in a terminal does,
+    even when this test process inherited an ignored SIGINT (background jobs do).
     """
     port = free_port() if port is None else port
     argv = [sys.executable, "-m", "flask", "run", "--host", "127.0.0.1", "--port", str(port)]
+    if interruptible:
+        argv[1:3] = ["-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, "
+                     "signal.default_int_handler); sys.argv[0] = 'flask'; "
+                     "runpy.run_module('flask', run_name='__main__')"]
     if debug:
         argv.append("--debug")
     env = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED_ENV_PREFIXES)}
