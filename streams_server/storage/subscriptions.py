@@ -22,6 +22,7 @@ from ..subscriptions.model import (
     LinkState,
     SubscriptionConfig,
     SubscriptionState,
+    WakeFence,
     WakeGrant,
 )
 from . import writes
@@ -373,38 +374,29 @@ def _issue_wake_for_claim(tx: Transaction, row: sqlite3.Row) -> None:
     )
 
 
-def check_fence(
-    row: sqlite3.Row, token_generation: int, token_wake: str, generation: int, wake_id: str
-) -> None:
-    """All four must match the current wake (7.3), else `409 FENCED`."""
-    current = row["generation"], row["wake_id"]
-    if (
-        row["wake_id"] is None
-        or (token_generation, token_wake) != current
-        or (generation, wake_id) != current
-    ):
-        raise Fenced("this wake is no longer current", code="FENCED")
-
-
-def acknowledge(
-    tx: Transaction,
-    sub_id: str,
-    *,
-    token_generation: int,
-    token_wake: str,
-    generation: int,
-    wake_id: str,
-    acks: tuple[Ack, ...],
-    done: bool,
-    kind: str,
-) -> bool:
-    """Apply acks; `done` ends the wake. Returns whether another wake was issued."""
+def _fenced_row(tx: Transaction, sub_id: str, fence: WakeFence) -> sqlite3.Row:
+    """The subscription row if the request's wake is the current one, else `409 FENCED`."""
     row = _row(tx.conn, sub_id)
     if row is None:
         raise Fenced(f"subscription {sub_id!r} was deleted", code="FENCED")
+    current = row["generation"], row["wake_id"]
+    if (
+        row["wake_id"] is None
+        or (fence.token_generation, fence.token_wake) != current
+        or (fence.generation, fence.wake_id) != current
+    ):
+        raise Fenced("this wake is no longer current", code="FENCED")
+    return row
+
+
+def acknowledge(
+    tx: Transaction, sub_id: str, fence: WakeFence, acks: tuple[Ack, ...], *, done: bool,
+    kind: str,
+) -> bool:
+    """Apply acks; `done` ends the wake. Returns whether another wake was issued."""
+    row = _fenced_row(tx, sub_id, fence)
     if row["type"] != kind:
         raise BadRequest(f"this endpoint is not for {row['type']} subscriptions", code="WRONG_TYPE")
-    check_fence(row, token_generation, token_wake, generation, wake_id)
     if kind == PULL_WAKE and row["holder"] is None:
         raise Fenced("the lease has ended", code="FENCED")
     _apply_acks(tx, sub_id, acks)
@@ -438,19 +430,8 @@ def _apply_acks(tx: Transaction, sub_id: str, acks: tuple[Ack, ...]) -> None:
         )
 
 
-def release(
-    tx: Transaction,
-    sub_id: str,
-    *,
-    token_generation: int,
-    token_wake: str,
-    generation: int,
-    wake_id: str,
-) -> bool:
-    row = _row(tx.conn, sub_id)
-    if row is None:
-        raise Fenced(f"subscription {sub_id!r} was deleted", code="FENCED")
-    check_fence(row, token_generation, token_wake, generation, wake_id)
+def release(tx: Transaction, sub_id: str, fence: WakeFence) -> bool:
+    _fenced_row(tx, sub_id, fence)
     return _end_wake(tx, sub_id)
 
 

@@ -96,6 +96,17 @@ class WakeGrant:
 
 
 @dataclass(frozen=True)
+class WakeFence:
+    """What a callback, ack or release claims about the wake: from its token and its body.
+    All four must match the subscription's current wake (7.3)."""
+
+    token_generation: int
+    token_wake: str
+    generation: int
+    wake_id: str
+
+
+@dataclass(frozen=True)
 class Ack:
     stream: str
     offset: int

@@ -21,6 +21,7 @@ from . import tokens, webhooks
 from .keys import ServerKeys
 from .model import (
     Ack,
+    WakeFence,
     SubscriptionState,
     WakeGrant,
     parse_config,
@@ -112,37 +113,21 @@ class SubscriptionService:
         return grant, token
 
     def ack(self, sub_id: str, authorization: str | None, body: Any, *, kind: str) -> bool:
-        claims = self._claims(sub_id, authorization)
-        generation, wake_id = _wake_fields(body)
+        fence = self._fence(sub_id, authorization, body)
         acks = _parse_acks(body.get("acks", []))
         done = body.get("done") is True
         return self.store.transact(
-            lambda tx: db.acknowledge(
-                tx,
-                sub_id,
-                token_generation=claims.generation,
-                token_wake=claims.wake_id,
-                generation=generation,
-                wake_id=wake_id,
-                acks=acks,
-                done=done,
-                kind=kind,
-            )
+            lambda tx: db.acknowledge(tx, sub_id, fence, acks, done=done, kind=kind)
         )
 
     def release(self, sub_id: str, authorization: str | None, body: Any) -> bool:
+        fence = self._fence(sub_id, authorization, body)
+        return self.store.transact(lambda tx: db.release(tx, sub_id, fence))
+
+    def _fence(self, sub_id: str, authorization: str | None, body: Any) -> WakeFence:
         claims = self._claims(sub_id, authorization)
         generation, wake_id = _wake_fields(body)
-        return self.store.transact(
-            lambda tx: db.release(
-                tx,
-                sub_id,
-                token_generation=claims.generation,
-                token_wake=claims.wake_id,
-                generation=generation,
-                wake_id=wake_id,
-            )
-        )
+        return WakeFence(claims.generation, claims.wake_id, generation, wake_id)
 
     def _claims(self, sub_id: str, authorization: str | None) -> tokens.TokenClaims:
         scheme, _, token = (authorization or "").partition(" ")
