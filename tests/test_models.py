@@ -205,6 +205,27 @@ def test_abandoning_the_iterator_closes_the_http_stream() -> None:
         assert fake.client_disconnected.wait(5.0)
 
 
+def test_closing_a_finished_stream_late_leaves_the_next_stream_on_its_connection_alone(
+) -> None:
+    # The SDK returns a finished stream's connection to its pool; the next stream reuses it.
+    # Closing the first iterator only then (as garbage collection does) must not shut it.
+    with FakeAnthropic(LONG_REPLY, tokens_per_second=200) as fake:
+        model = claude(fake)
+        first = model.stream([("user", "One")])
+        first_events = []
+        for event in first:
+            first_events.append(event)
+            if isinstance(event, ModelResult):
+                break
+        assert split(first_events)[2].stop_reason == "end_turn"
+        second = model.stream([("user", "Two")])
+        assert isinstance(next(second), TextDelta)
+        first.close()  # type: ignore[attr-defined]
+        text, _, result = split(list(second))
+        assert result.stop_reason == "end_turn" and text.endswith("word299")
+        assert not fake.client_disconnected.is_set()
+
+
 # -- demo model --------------------------------------------------------------------------------------
 
 

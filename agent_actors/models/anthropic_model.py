@@ -127,47 +127,61 @@ class _Pump(threading.Thread):
 
     def cancel(self) -> None:
         """Stop: shut the HTTP stream's socket so a blocked read returns at once."""
-        with self._lock:
+        with self._lock:  # held so the pump cannot hand the connection back meanwhile
             self._cancelled = True
-            response = self._response
-        if response is not None:
-            _shutdown_socket(response)
+            if self._response is not None:
+                _shutdown_socket(self._response)
 
     def run(self) -> None:
         try:
-            self._stream()
+            finished = self._stream()
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
             if not self._cancelled:
                 log.warning("model %s failed: %r", self.owner.model, exc)
                 self.events.put(model_error(exc, model=self.owner.model,
                                             base_url=self.owner.base_url))
+            return
+        if self._cancelled:
+            return
+        if not finished:
+            self.events.put(ModelError("The AI model's answer was cut off before it finished.",
+                                       code="incomplete", retryable=True))
+            return
+        self.events.put(ModelResult(self.stop_reason or "end_turn", self.input_tokens,
+                                    self.output_tokens, self.owner.model))
 
-    def _stream(self) -> None:
-        finished = False
+    def _stream(self) -> bool:
+        """Read the SDK's events into the queue; True once ``message_stop`` arrived."""
         with self.owner.client.messages.stream(**self.request) as stream:
             with self._lock:
                 if self._cancelled:
-                    return
+                    return False
                 self._response = stream.response
-            for event in stream:
-                if self._cancelled:
-                    return
-                if event.type == "message_start":
-                    self.input_tokens = event.message.usage.input_tokens
-                    self.output_tokens = event.message.usage.output_tokens
-                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                    self.events.put(TextDelta(event.delta.text))
-                elif event.type == "message_delta":
-                    self.stop_reason = event.delta.stop_reason or self.stop_reason
-                    self.output_tokens = event.usage.output_tokens
-                    self.input_tokens = event.usage.input_tokens or self.input_tokens
-                elif event.type == "message_stop":
-                    finished = True
-        if not finished:
-            raise ModelError("The AI model's answer was cut off before it finished.",
-                             code="incomplete", retryable=True)
-        self.events.put(ModelResult(self.stop_reason or "end_turn", self.input_tokens,
-                                    self.output_tokens, self.owner.model))
+            try:
+                return self._read_events(stream)
+            finally:
+                # Leaving the ``with`` closes the response or hands its connection back to the
+                # SDK's pool, where another stream may reuse it: no longer ours to shut down.
+                with self._lock:
+                    self._response = None
+
+    def _read_events(self, stream: Any) -> bool:
+        finished = False
+        for event in stream:  # read to the end, so the connection can be reused
+            if self._cancelled:
+                return False
+            if event.type == "message_start":
+                self.input_tokens = event.message.usage.input_tokens
+                self.output_tokens = event.message.usage.output_tokens
+            elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                self.events.put(TextDelta(event.delta.text))
+            elif event.type == "message_delta":
+                self.stop_reason = event.delta.stop_reason or self.stop_reason
+                self.output_tokens = event.usage.output_tokens
+                self.input_tokens = event.usage.input_tokens or self.input_tokens
+            elif event.type == "message_stop":
+                finished = True
+        return finished
 
 
 def _shutdown_socket(response: Any) -> None:
