@@ -20,6 +20,7 @@ from typing import Any
 import requests
 
 from agent_actors import errors
+from agent_actors._wire import WirePool, WireResponse
 
 log = logging.getLogger("agent_actors.streams_client")
 
@@ -68,11 +69,24 @@ class Transport:
         auth_token: str | None,
         timeout: float,
         retry: RetryPolicy,
+        wire: WirePool | None = None,
     ) -> None:
         self.session = session
+        self.wire = wire
         self.auth_token = auth_token
         self.timeout = timeout
         self.retry = retry
+
+    def with_retry(self, retry: RetryPolicy) -> Transport:
+        """The same connections and credentials, retrying per ``retry``."""
+        return Transport(self.session, auth_token=self.auth_token, timeout=self.timeout,
+                         retry=retry, wire=self.wire)
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self.session.close()
+        if self.wire is not None:
+            self.wire.close()
 
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """Request headers: the bearer token (if any) plus ``extra``."""
@@ -93,8 +107,11 @@ class Transport:
         timeout: float | None = None,
         stop_event: threading.Event | None = None,
         session: requests.Session | None = None,
-    ) -> requests.Response:
+    ) -> requests.Response | WireResponse:
         """Send one request, retrying transient failures; return the final response.
+
+        Ordinary requests go through the lean `WirePool` when there is one; ``session``
+        (a tail's interruptible session) sends this one through `requests` instead.
 
         Connection errors and ``5xx`` are retried only when ``idempotent`` (a repeat cannot
         do harm); ``429`` is always retried, since the server did not process the request.
@@ -110,11 +127,8 @@ class Transport:
             retry_after: float | None = None
             status: int | None = None
             try:
-                response = (session or self.session).request(
-                    method, url, headers=self.headers(headers), params=params, data=data,
-                    timeout=timeout if timeout is not None else self.timeout,
-                    allow_redirects=False,
-                )
+                response = self._send(method, url, headers, params, data, idempotent,
+                                      timeout if timeout is not None else self.timeout, session)
             except _CONNECT_ERRORS as exc:
                 if not idempotent and not _surely_unsent(exc):
                     raise errors.StreamsUnavailable(
@@ -141,7 +155,24 @@ class Transport:
             attempt += 1
 
 
-def raise_for_status(response: requests.Response, *, resource: str = "stream") -> None:
+    def _send(
+        self, method: str, url: str, headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None, data: bytes | None, idempotent: bool,
+        timeout: float, session: requests.Session | None,
+    ) -> requests.Response | WireResponse:
+        if session is None and self.wire is not None and self.wire.serves(url):
+            return self.wire.request(method, url, headers=self.headers(headers),
+                                     params=dict(params) if params else None, data=data,
+                                     timeout=timeout, idempotent=idempotent)
+        return (session or self.session).request(
+            method, url, headers=self.headers(headers), params=params, data=data,
+            timeout=timeout, allow_redirects=False,
+        )
+
+
+def raise_for_status(
+    response: requests.Response | WireResponse, *, resource: str = "stream",
+) -> None:
     """Raise the `StreamsError` matching an error response; do nothing for ``2xx``/``3xx``.
 
     ``resource`` (``"stream"`` or ``"subscription"``) picks the 404 subclass.

@@ -1,4 +1,4 @@
-"""A small Durable Streams client on `requests`, for any conformant server.
+"""A small Durable Streams client for any conformant server.
 
 It covers what the agents need from PROTOCOL.md: create-or-ensure, metadata, delete and close
 of streams (section 5); idempotent-producer appends (5.2.1, see `agent_actors.producer`);
@@ -15,6 +15,7 @@ that are safe to repeat.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,7 @@ import requests.adapters
 from agent_actors import errors
 from agent_actors._http import RetryPolicy, Transport, raise_for_status
 from agent_actors._tail import LiveMode, Tail
+from agent_actors._wire import WirePool, WireResponse
 from agent_actors.producer import Producer
 from agent_actors.stream_types import (
     AppendResult,
@@ -64,11 +66,11 @@ class StreamsClient:
 
     ``timeout`` bounds each ordinary request; live reads use ``live_timeout`` instead, which
     must exceed the server's long-poll timeout. ``retry`` governs retries of transient
-    failures. May be shared between threads: requests keep no per-call state in the session
-    (no cookies are used) and its connection pool is thread-safe; each `Tail` uses a session
-    of its own. ``pool_size`` is how many connections the pool keeps open for reuse: make it
-    the number of threads that send requests at once, or each one over it opens (and
-    throws away) a connection per request.
+    failures. May be shared between threads: ordinary requests go through a thread-safe pool
+    of kept-alive connections (`agent_actors._wire`, or the given `requests` ``session``), and
+    each `Tail` reads through a `requests` session of its own. ``pool_size`` is how many
+    connections the pool keeps open for reuse: make it the number of threads that send
+    requests at once, or each one over it opens (and throws away) a connection per request.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class StreamsClient:
         self.transport = Transport(
             session or _pooled_session(pool_size), auth_token=auth_token, timeout=timeout,
             retry=retry or RetryPolicy(),
+            wire=None if session is not None else _wire_pool(self.base_url, pool_size),
         )
 
     def __repr__(self) -> str:
@@ -96,14 +99,13 @@ class StreamsClient:
 
     def with_retry(self, retry: RetryPolicy) -> StreamsClient:
         """A client of the same server, sharing this one's connections, retrying per ``retry``."""
-        return StreamsClient(
-            self.base_url, session=self.transport.session, auth_token=self.transport.auth_token,
-            timeout=self.transport.timeout, live_timeout=self.live_timeout, retry=retry,
-        )
+        clone = copy.copy(self)
+        clone.transport = self.transport.with_retry(retry)
+        return clone
 
     def close(self) -> None:
         """Release pooled connections."""
-        self.transport.session.close()
+        self.transport.close()
 
     # -- URLs ---------------------------------------------------------------------------------
 
@@ -235,7 +237,7 @@ class StreamsClient:
         return Tail(self, path, offset, live=live, stop_event=stop_event,
                     yield_empty=yield_empty, request_timeout=self.live_timeout)
 
-    def parse_read(self, response: requests.Response, offset: str) -> ReadResult:
+    def parse_read(self, response: requests.Response | WireResponse, offset: str) -> ReadResult:
         """Decode a successful read response (catch-up or long-poll) into a `ReadResult`."""
         headers = response.headers
         closed = _flag(headers, "Stream-Closed")
@@ -344,6 +346,14 @@ class StreamsClient:
                 return {}
             value = response.json()
             return value if isinstance(value, dict) else {}
+
+
+def _wire_pool(base_url: str, pool_size: int) -> WirePool | None:
+    """The lean connection pool, unless the environment routes ``base_url`` through a proxy
+    (which only `requests` knows how to use)."""
+    if requests.utils.get_environ_proxies(base_url):
+        return None
+    return WirePool(base_url, size=pool_size)
 
 
 def _pooled_session(pool_size: int) -> requests.Session:
