@@ -1,20 +1,21 @@
-"""Claude through the official `anthropic` SDK's streaming API (``client.messages.stream``).
+"""Claude through the official `anthropic` SDK's streaming API (``messages.create(stream=True)``).
 
-The SDK call runs on a short-lived pump thread that feeds a queue; the caller's iterator reads
-the queue and watches the cancel event, so a cancel takes effect within a tenth of a second
-whatever the SDK is doing (waiting for the first byte, reading, or sleeping before a retry).
-On cancel the pump's socket is shut down, which ends the HTTP stream at once.
+The request is opened (connection, the SDK's retries of ``429``/``5xx``/``529`` honouring
+``retry-after``, the response headers) on a short-lived thread, so that a cancel takes effect
+within a tenth of a second even while the SDK waits; the events are then read on the
+caller's own thread, so a token costs one wake-up, not a hand-over between threads. While
+an answer streams, the model's `_CancelWatch` shuts its socket down once its cancel event is
+set, which ends a blocked read at once.
 
-The SDK retries ``429`` and ``5xx``/``529`` before the stream starts (``max_retries``,
-honouring ``retry-after``); a failure after that becomes a `ModelError`.
+A failure after the stream started becomes a `ModelError`.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
 """Claude Sonnet 5: the current model with the best balance of speed and intelligence."""
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 _CANCEL_CHECK_S = 0.1
+_INCOMPLETE = "The AI model's answer was cut off before it finished."
 
 
 class AnthropicModel:
@@ -44,7 +46,8 @@ class AnthropicModel:
 
     ``base_url`` may point at any Anthropic-compatible endpoint. ``max_retries`` is the SDK's
     retry budget for ``429``/``529``/``5xx``/connection errors before the stream starts;
-    ``timeout`` bounds each network read.
+    ``timeout`` bounds each network read. Safe to share between threads: the SDK client's
+    connection pool is, and each `stream` call keeps its own state.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class AnthropicModel:
         self.client = anthropic.Anthropic(
             api_key=api_key, base_url=self.base_url, max_retries=max_retries, timeout=timeout,
         )
+        self._watch = _CancelWatch()
 
     @property
     def name(self) -> str:
@@ -79,109 +83,153 @@ class AnthropicModel:
             "model": self.model,
             "max_tokens": self.max_tokens,
             "messages": [{"role": t.role, "content": t.text} for t in normalize_turns(turns)],
+            "stream": True,
         }
         if self.system:
             request["system"] = self.system
-        pump = _Pump(self, request)
-        return _follow(pump, cancel or threading.Event(), self.model)
+        return self._answer(request, cancel or threading.Event())
+
+    def _answer(self, request: dict[str, Any], cancel: threading.Event) -> Iterator[ModelEvent]:
+        usage = _Usage()
+        opening = _Opening(self.client, request, self.model)
+        stream = opening.wait(cancel)
+        if stream is None:
+            yield ModelResult(CANCELLED, 0, 0, self.model)
+            return
+        if isinstance(stream, BaseException):
+            self._fail(stream)
+        watched = self._watch.add(cancel, stream.response)
+        finished = False
+        try:
+            for event in stream:
+                if cancel.is_set():
+                    break
+                if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    yield TextDelta(event.delta.text)
+                elif event.type == "message_stop":
+                    # Reading on hands the connection back to the SDK's pool: unwatch it first.
+                    self._watch.remove(watched)
+                    finished = True
+                else:
+                    usage.update(event)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
+            if not cancel.is_set():
+                self._fail(exc)
+        finally:
+            self._watch.remove(watched)
+            stream.close()
+        if cancel.is_set() and not finished:
+            yield ModelResult(CANCELLED, usage.input_tokens, usage.output_tokens, self.model)
+        elif not finished:
+            raise ModelError(_INCOMPLETE, code="incomplete", retryable=True)
+        else:
+            yield ModelResult(usage.stop_reason or "end_turn", usage.input_tokens,
+                              usage.output_tokens, self.model)
+
+    def _fail(self, exc: BaseException) -> None:
+        log.warning("model %s failed: %r", self.model, exc)
+        raise model_error(exc, model=self.model, base_url=self.base_url) from exc
 
 
-def _follow(pump: _Pump, cancel: threading.Event, model: str) -> Iterator[ModelEvent]:
-    """Yield the pump's events until its result, an error, or the cancel event."""
-    pump.start()
-    try:
-        while True:
-            try:
-                item = pump.events.get(timeout=_CANCEL_CHECK_S)
-            except queue.Empty:
-                item = None
-            if cancel.is_set():
-                pump.cancel()
-                yield ModelResult(CANCELLED, pump.input_tokens, pump.output_tokens, model)
-                return
-            if item is None:
-                continue
-            if isinstance(item, ModelError):
-                raise item
-            yield item
-            if isinstance(item, ModelResult):
-                return
-    finally:
-        pump.cancel()  # a no-op after the result; stops the HTTP stream if abandoned early
+class _Usage:
+    """Token counts and stop reason, from ``message_start`` and ``message_delta``."""
 
-
-class _Pump(threading.Thread):
-    """Runs one SDK stream and puts `TextDelta`, then a `ModelResult` or `ModelError`."""
-
-    def __init__(self, owner: AnthropicModel, request: dict[str, Any]) -> None:
-        super().__init__(name=f"anthropic-stream-{owner.model}", daemon=True)
-        self.owner = owner
-        self.request = request
-        self.events: queue.Queue[TextDelta | ModelResult | ModelError] = queue.Queue()
+    def __init__(self) -> None:
         self.input_tokens = 0
         self.output_tokens = 0
         self.stop_reason: str | None = None
-        self._lock = threading.Lock()
-        self._cancelled = False
-        self._response: Any = None
 
-    def cancel(self) -> None:
-        """Stop: shut the HTTP stream's socket so a blocked read returns at once."""
-        with self._lock:  # held so the pump cannot hand the connection back meanwhile
-            self._cancelled = True
-            if self._response is not None:
-                _shutdown_socket(self._response)
+    def update(self, event: Any) -> None:
+        if event.type == "message_start":
+            self.input_tokens = event.message.usage.input_tokens
+            self.output_tokens = event.message.usage.output_tokens
+        elif event.type == "message_delta":
+            self.stop_reason = event.delta.stop_reason or self.stop_reason
+            self.output_tokens = event.usage.output_tokens
+            self.input_tokens = event.usage.input_tokens or self.input_tokens
+
+
+class _Opening(threading.Thread):
+    """Opens one streaming request on its own thread, so the caller can give up waiting."""
+
+    def __init__(self, client: anthropic.Anthropic, request: dict[str, Any], model: str) -> None:
+        super().__init__(name=f"anthropic-open-{model}", daemon=True)
+        self.client = client
+        self.request = request
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._result: Any = None
+        self.start()
+
+    def wait(self, cancel: threading.Event) -> Any:
+        """The SDK's open stream or the exception that prevented it; None if cancelled."""
+        while not self._done.wait(_CANCEL_CHECK_S):
+            if cancel.is_set():
+                with self._lock:
+                    self._abandoned = True
+                    if not self._done.is_set():
+                        return None
+                self._close_result()
+                return None
+        if cancel.is_set():
+            self._close_result()
+            return None
+        return self._result
 
     def run(self) -> None:
         try:
-            finished = self._stream()
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
-            if not self._cancelled:
-                log.warning("model %s failed: %r", self.owner.model, exc)
-                self.events.put(model_error(exc, model=self.owner.model,
-                                            base_url=self.owner.base_url))
-            return
-        if self._cancelled:
-            return
-        if not finished:
-            self.events.put(ModelError("The AI model's answer was cut off before it finished.",
-                                       code="incomplete", retryable=True))
-            return
-        self.events.put(ModelResult(self.stop_reason or "end_turn", self.input_tokens,
-                                    self.output_tokens, self.owner.model))
+            result: Any = self.client.messages.create(**self.request)
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+            result = exc
+        with self._lock:
+            self._result = result
+            self._done.set()
+            abandoned = self._abandoned
+        if abandoned:
+            self._close_result()
 
-    def _stream(self) -> bool:
-        """Read the SDK's events into the queue; True once ``message_stop`` arrived."""
-        with self.owner.client.messages.stream(**self.request) as stream:
-            with self._lock:
-                if self._cancelled:
-                    return False
-                self._response = stream.response
-            try:
-                return self._read_events(stream)
-            finally:
-                # Leaving the ``with`` closes the response or hands its connection back to the
-                # SDK's pool, where another stream may reuse it: no longer ours to shut down.
-                with self._lock:
-                    self._response = None
+    def _close_result(self) -> None:
+        if not isinstance(self._result, BaseException) and self._result is not None:
+            self._result.close()
 
-    def _read_events(self, stream: Any) -> bool:
-        finished = False
-        for event in stream:  # read to the end, so the connection can be reused
-            if self._cancelled:
-                return False
-            if event.type == "message_start":
-                self.input_tokens = event.message.usage.input_tokens
-                self.output_tokens = event.message.usage.output_tokens
-            elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                self.events.put(TextDelta(event.delta.text))
-            elif event.type == "message_delta":
-                self.stop_reason = event.delta.stop_reason or self.stop_reason
-                self.output_tokens = event.usage.output_tokens
-                self.input_tokens = event.usage.input_tokens or self.input_tokens
-            elif event.type == "message_stop":
-                finished = True
-        return finished
+
+class _CancelWatch:
+    """One thread per model: shuts down the socket of each streaming answer once cancelled."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, tuple[threading.Event, Any]] = {}
+        self._next_key = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, cancel: threading.Event, response: Any) -> int:
+        with self._lock:
+            key = self._next_key
+            self._next_key += 1
+            self._watched[key] = (cancel, response)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="anthropic-cancel-watch",
+                                                daemon=True)
+                self._thread.start()
+            return key
+
+    def remove(self, key: int) -> None:
+        """Stop watching; after this returns the socket is never touched."""
+        with self._lock:
+            self._watched.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(_CANCEL_CHECK_S)
+            with self._lock:  # held while shutting down, so `remove` waits for it
+                for key, (cancel, response) in list(self._watched.items()):
+                    if cancel.is_set():
+                        del self._watched[key]
+                        _shutdown_socket(response)
+                if not self._watched:
+                    self._thread = None  # the next `add` starts another
+                    return
 
 
 def _shutdown_socket(response: Any) -> None:

@@ -73,23 +73,27 @@ class TailCache:
             return None
         if position == tail:
             return [], tail
+        # Live readers are a few entries behind the tail: walk back from the newest entry.
+        newer: list[tuple[int, bytes]] = []
+        for start, data in reversed(buffer.entries):
+            if start < position:
+                return None  # not an entry boundary: the disk path reports it
+            if start < tail:  # entries past `tail` were appended after the caller looked
+                newer.append((start, data))
+            if start == position:
+                break
+        else:
+            return None
         out: list[bytes] = []
         size = 0
         next_position = position
-        found = False
-        for start, data in buffer.entries:
-            if start < position:
-                continue
-            if not found:
-                if start != position:
-                    return None  # not an entry boundary: the disk path reports it
-                found = True
-            if start >= tail or (out and size + len(data) > max_bytes):
+        for start, data in reversed(newer):
+            if out and size + len(data) > max_bytes:
                 break
             out.append(data)
             size += len(data)
             next_position = start + len(data)
-        return (out, next_position) if found else None
+        return out, next_position
 
     def _trim(self, buffer: _Buffer) -> None:
         while buffer.size > self._per_stream and buffer.entries:

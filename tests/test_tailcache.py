@@ -1,0 +1,69 @@
+"""The tail cache answers exactly what the entries on disk would, or declines."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams_server.storage.models import Expiry, StreamInfo
+from streams_server.storage.tailcache import TailCache
+
+_INFO = StreamInfo(stream_id=1, path="s", content_type="application/octet-stream", tail=0,
+                   closed=False, expiry=Expiry(), created_at_ms=0, last_access_ms=0)
+
+
+def _entries(sizes: list[int]) -> list[tuple[int, bytes]]:
+    entries, position = [], 0
+    for index, size in enumerate(sizes):
+        entries.append((position, bytes([index % 256]) * size))
+        position += size
+    return entries
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=60),
+       per_stream=st.integers(1, 2000), data=st.data())
+def test_a_read_is_the_entries_from_the_position_up_to_the_snapshot_tail(
+    sizes: list[int], per_stream: int, data: st.DataObject,
+) -> None:
+    entries = _entries(sizes)
+    cache = TailCache(per_stream_bytes=per_stream)
+    for entry in entries:  # one commit per entry, as live appends arrive
+        tail = entry[0] + len(entry[1])
+        cache.appended(1, dataclasses.replace(_INFO, tail=tail), [entry])
+    end = entries[-1][0] + len(entries[-1][1])
+    boundaries = sorted({start for start, _ in entries} | {end})
+    position = data.draw(st.integers(0, end), label="position")
+    tail = data.draw(st.sampled_from([b for b in boundaries if b >= position] or [end]),
+                     label="snapshot tail")
+    max_bytes = data.draw(st.integers(1, 200), label="max_bytes")
+    result = cache.read(1, position, tail, max_bytes)
+
+    answerable = position in boundaries and position >= _kept_start(entries, per_stream)
+    assert (result is not None) == answerable, (position, tail, result)
+    if result is None:
+        return  # the disk path serves it
+    wanted = [chunk for start, chunk in entries if position <= start < tail]
+    chunks, next_position = result
+    expected, size = [], 0
+    for chunk in wanted:
+        if expected and size + len(chunk) > max_bytes:
+            break
+        expected.append(chunk)
+        size += len(chunk)
+    assert chunks == expected
+    assert next_position == position + size
+
+
+def _kept_start(entries: list[tuple[int, bytes]], per_stream: int) -> int:
+    """Where the cache's buffer starts once trimmed to ``per_stream`` bytes."""
+    size = sum(len(chunk) for _, chunk in entries)
+    start = 0
+    for entry_start, chunk in entries:
+        if size <= per_stream:
+            break
+        size -= len(chunk)
+        start = entry_start + len(chunk)
+    return start
