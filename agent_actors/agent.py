@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AgentSettings:
-    coalesce_window_s: float = 0.03
+    coalesce_window_s: float = 0.0
     idle_timeout_s: float = 60.0
     context_budget_chars: int = 400_000  # roughly 100k tokens
     heartbeat_s: float | None = None  # default: a third of the lease

@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--model", default=None,
                      help="Claude model id, or 'demo' (default: $ANTHROPIC_MODEL, or the demo "
                           "model when ANTHROPIC_API_KEY is unset)")
-    sup.add_argument("--coalesce-ms", type=float, default=30.0,
-                     help="batch model tokens for this long per chunk append (30)")
+    sup.add_argument("--coalesce-ms", type=float, default=0.0,
+                     help="wait this long for more model tokens before a chunk append; with 0 "
+                          "a chunk holds what arrived while the previous append was sent (0)")
     sup.add_argument("--lease-ttl-ms", type=int, default=layout.DEFAULT_LEASE_TTL_MS,
                      help="conversation lease duration (30000)")
     sup.add_argument("--wake-stream", default=layout.DEFAULT_WAKE_STREAM)

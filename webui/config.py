@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "AGENT_MODEL": None,
     "AGENT_IDLE_TIMEOUT_S": 60.0,
     "AGENT_MAX_AGENTS": 100,
-    "AGENT_COALESCE_MS": 30.0,
+    "AGENT_COALESCE_MS": 0.0,
     "AGENT_LEASE_TTL_MS": 30_000,
     # The stream where the server writes wake events for the agents.
     "AGENT_WAKE_STREAM": "agents/wake",

@@ -168,7 +168,7 @@ def supervisor_process(
     worker_name: str,
     idle_timeout: float = 30.0,
     lease_ttl_ms: int = 2000,
-    coalesce_ms: float = 30.0,
+    coalesce_ms: float = 0.0,
     max_agents: int = 20,
     model: str = "claude-fake-1",
     log_dir: Path = DEFAULT_LOG_DIR,
