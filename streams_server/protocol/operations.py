@@ -19,7 +19,7 @@ from ..storage.models import (
     is_json_content_type,
 )
 from . import bodies, headers, jsonmode, sse
-from .cursor import next_cursor
+from .cursor import later_cursor, next_cursor
 from .messages import Reply, StreamRequest
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -36,7 +36,7 @@ class StreamOperations:
         self.stream_root = stream_root.rstrip("/") + "/"
         # Encoded SSE batches by (stream, range, encoding, cursor, flags): stream data at a
         # range never changes, so every reader of the same range shares one encoding.
-        self._sse_cache: dict[tuple[object, ...], bytes] = {}
+        self._sse_cache: dict[tuple[object, ...], tuple[bytes, str]] = {}
 
     def handle(self, request: StreamRequest) -> Reply:
         handler = {
@@ -293,31 +293,26 @@ class StreamOperations:
         return reply
 
     def _sse_batch(self, result: ReadResult, cursor: str, encoded: bool) -> bytes:
-        """The data event (if any) and control event for one read, encoded once and shared:
-        a thousand readers woken by one append all ask for the same bytes."""
-        key = (result.info.stream_id, result.start, result.next_position, encoded, cursor,
-               result.up_to_date, result.closed_at_end)
+        """The data event (if any) and control event for one read. The data event is encoded
+        once and shared: a thousand readers woken by one append all ask for the same bytes."""
+        key = (result.info.stream_id, result.start, result.next_position, encoded)
         cached = self._sse_cache.get(key)
-        if cached is not None:
-            return cached
-        out = b""
-        if result.entries:
-            payload = (
-                jsonmode.encode_array(result.entries)
-                if result.info.is_json
-                else b"".join(result.entries)
-            )
-            out += sse.event("data", sse.data_event_text(payload, base64_encoded=encoded))
-        out += sse.control_event(
-            format_offset(result.next_position),
-            cursor=cursor,
-            up_to_date=result.up_to_date,
-            closed=result.closed_at_end,
-        )
-        if len(self._sse_cache) >= SSE_CACHE_ENTRIES:
-            self._sse_cache.clear()
-        self._sse_cache[key] = out
-        return out
+        if cached is None:
+            data = b""
+            if result.entries:
+                payload = (
+                    jsonmode.encode_array(result.entries)
+                    if result.info.is_json
+                    else b"".join(result.entries)
+                )
+                data = sse.event("data", sse.data_event_text(payload, base64_encoded=encoded))
+            cached = (data, format_offset(result.next_position))
+            if len(self._sse_cache) >= SSE_CACHE_ENTRIES:
+                self._sse_cache.clear()
+            self._sse_cache[key] = cached
+        data, next_offset = cached
+        return data + sse.control_event(next_offset, cursor=cursor, up_to_date=result.up_to_date,
+                                        closed=result.closed_at_end)
 
     def _sse_events(
         self, path: str, position: int, cursor: str | None, encoded: bool
@@ -337,7 +332,7 @@ class StreamOperations:
             preamble = b""
             position = result.next_position
             if result.entries or not sent_control:
-                cursor = next_cursor(cursor)
+                cursor = later_cursor(cursor) if sent_control and cursor else next_cursor(cursor)
                 out += self._sse_batch(result, cursor, encoded)
                 sent_control = True
             if out:

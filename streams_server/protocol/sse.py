@@ -27,14 +27,16 @@ def data_event_text(payload: bytes, *, base64_encoded: bool) -> str:
 def control_event(
     next_offset: str, *, cursor: str | None, up_to_date: bool, closed: bool
 ) -> bytes:
-    fields: dict[str, object] = {"streamNextOffset": next_offset}
+    """The ``control`` event. Offsets and cursors are made of digits and ``_`` only (they are
+    the server's own), so the JSON is written directly: this runs once per reader per batch."""
+    fields = f'"streamNextOffset":"{next_offset}"'
     if cursor is not None and not closed:
-        fields["streamCursor"] = cursor
+        fields += f',"streamCursor":"{cursor}"'
     if up_to_date or closed:
-        fields["upToDate"] = True
+        fields += ',"upToDate":true'
     if closed:
-        fields["streamClosed"] = True
-    return event("control", json.dumps(fields, separators=(",", ":")))
+        fields += ',"streamClosed":true'
+    return b"event: control\ndata:{" + fields.encode("ascii") + b"}\n\n"
 
 
 def retry_field(milliseconds: int) -> bytes:

@@ -9,8 +9,9 @@ disk (WAL with `synchronous=FULL`).
 The engine keeps a view of every stream's metadata in memory, updated only after each commit,
 plus the most recent entries of streams being written (`TailCache`). Metadata lookups and
 reads at or near the tail, which is what live readers do, never touch SQLite; only catch-up
-reads of older data do. Live readers wait on a per-stream condition that committing writers
-notify, so a waiting long-poll or SSE reader costs no CPU and wakes right after the commit.
+reads of older data do. Live readers wait on a per-stream change signal that committing
+writers fire, so a waiting long-poll or SSE reader costs no CPU and wakes right after the
+commit.
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ class StreamStore:
         self._expiring: set[int] = set()  # streams with a TTL or deadline: the sweeper's work
         self._ids: dict[str, int] = {}
         self._tails = TailCache()
-        self._conditions: dict[int, threading.Condition] = {}
-        self._conditions_lock = threading.Lock()
+        self._signals: dict[int, _ChangeSignal] = {}
+        self._signals_lock = threading.Lock()
         self._load_streams()
         self._committer = GroupCommitter(
             self._writer,
@@ -190,21 +191,17 @@ class StreamStore:
         """Block until the stream has data past `position`, is closed or gone (True), or
         until `timeout` passes (False)."""
         deadline = time.monotonic() + timeout
-        cond = self._condition(stream_id)
-        with cond:
-            while True:
-                known = self._streams.get(stream_id)
-                if (
-                    known is None
-                    or known.soft_deleted
-                    or known.info.closed
-                    or known.info.tail > position
-                ):
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                cond.wait(remaining)
+        signal = self._signal(stream_id)
+        while True:
+            changed = signal.current()  # taken before looking: a change after this sets it
+            known = self._streams.get(stream_id)
+            if (known is None or known.soft_deleted or known.info.closed
+                    or known.info.tail > position):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            changed.wait(remaining)
 
     def list_streams(self, prefix: str = "", limit: int = 1000) -> list[StreamInfo]:
         """Live streams whose path starts with `prefix`, in path order."""
@@ -366,12 +363,12 @@ class StreamStore:
 
         return read() if self._memory else run_blocking(read)
 
-    def _condition(self, stream_id: int) -> threading.Condition:
-        with self._conditions_lock:
-            cond = self._conditions.get(stream_id)
-            if cond is None:
-                cond = self._conditions[stream_id] = threading.Condition()
-            return cond
+    def _signal(self, stream_id: int) -> _ChangeSignal:
+        with self._signals_lock:
+            signal = self._signals.get(stream_id)
+            if signal is None:
+                signal = self._signals[stream_id] = _ChangeSignal()
+            return signal
 
     def _load_streams(self) -> None:
         rows = self._writer.execute(
@@ -423,11 +420,10 @@ class StreamStore:
                 self._streams.pop(stream_id, None)
                 self._expiring.discard(stream_id)
                 self._tails.forget(stream_id)
-                with self._conditions_lock:
-                    cond = self._conditions.pop(stream_id, None)
-                if cond is not None:
-                    with cond:
-                        cond.notify_all()
+                with self._signals_lock:
+                    signal = self._signals.pop(stream_id, None)
+                if signal is not None:
+                    signal.fire()
                 continue
             self._notify(stream_id)
         for hook in effects.hooks:
@@ -442,10 +438,9 @@ class StreamStore:
             self._expiring.discard(info.stream_id)
 
     def _notify(self, stream_id: int) -> None:
-        cond = self._conditions.get(stream_id)
-        if cond is not None:
-            with cond:
-                cond.notify_all()
+        signal = self._signals.get(stream_id)
+        if signal is not None:
+            signal.fire()
 
     def _sweep_loop(self) -> None:
         while not self._closed.wait(SWEEP_INTERVAL_S):
@@ -495,3 +490,27 @@ def _not_a_boundary() -> BadRequest:
     return BadRequest(
         "offset does not fall on an entry boundary of this stream", code="INVALID_OFFSET"
     )
+
+
+class _ChangeSignal:
+    """Wakes every reader waiting on one stream at once.
+
+    Each change sets the current `threading.Event` and puts a fresh one in its place: a
+    thousand SSE readers then wake from one ``set()`` (under gevent, from one hub callback),
+    where a `threading.Condition` would release a lock per waiter and make every woken
+    reader take the condition's lock again in turn.
+    """
+
+    __slots__ = ("_event", "_lock")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+
+    def current(self) -> threading.Event:
+        return self._event
+
+    def fire(self) -> None:
+        with self._lock:
+            event, self._event = self._event, threading.Event()
+        event.set()

@@ -1,0 +1,77 @@
+"""SSE control events: their cursor (PROTOCOL.md section 10.1) and their exact encoding."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from streams_server.protocol.cursor import current_interval
+from streams_server.protocol.sse import control_event
+from tests.support import ServerProcess
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("cursor", [None, "1234"])
+@pytest.mark.parametrize("up_to_date", [False, True])
+@pytest.mark.parametrize("closed", [False, True])
+def test_control_events_are_the_json_the_protocol_describes(
+    cursor: str | None, up_to_date: bool, closed: bool,
+) -> None:
+    raw = control_event("0000000000000000_0000000000000042", cursor=cursor,
+                        up_to_date=up_to_date, closed=closed)
+    name, data, blank, end = raw.decode().split("\n")
+    assert (name, blank, end) == ("event: control", "", "")
+    expected: dict[str, object] = {"streamNextOffset": "0000000000000000_0000000000000042"}
+    if cursor is not None and not closed:
+        expected["streamCursor"] = cursor
+    if up_to_date or closed:
+        expected["upToDate"] = True
+    if closed:
+        expected["streamClosed"] = True
+    assert data.startswith("data:") and json.loads(data[5:]) == expected
+
+
+def _cursors(url: str, params: dict[str, str], appends: int) -> list[int]:
+    """The streamCursor of every control event while ``appends`` appends arrive live."""
+    cursors: list[int] = []
+    with requests.get(url, params={"offset": "now", "live": "sse", **params}, stream=True,
+                      timeout=20) as response:
+        assert response.status_code == 200
+        writer = threading.Thread(target=_append_slowly, args=(url, appends))
+        writer.start()
+        for line in response.iter_lines():
+            if line.startswith(b"data:{\"streamNextOffset\""):
+                cursors.append(int(json.loads(line[5:])["streamCursor"]))
+                if len(cursors) == appends + 1:
+                    break
+        writer.join()
+    return cursors
+
+
+def _append_slowly(url: str, count: int) -> None:
+    for index in range(count):
+        time.sleep(0.05)
+        requests.post(url, data=json.dumps([index]),
+                      headers={"Content-Type": "application/json"}).raise_for_status()
+
+
+def test_cursors_on_one_connection_follow_the_clock_not_jitter(
+    streams_server: ServerProcess,
+) -> None:
+    url = f"{streams_server.url}/v1/stream/cursor-test"
+    requests.put(url, headers={"Content-Type": "application/json"}).raise_for_status()
+    # Without an echoed cursor every event carries the current interval, the same value any
+    # other reader gets, so one encoding of the event serves all of them.
+    plain = _cursors(url, {}, 5)
+    assert len(plain) == 6 and set(plain) <= {current_interval() - 1, current_interval()}
+    # An echoed cursor at or past the current interval is jittered ahead once, then the
+    # connection's later events never go back from it, nor keep jumping ahead.
+    echoed = current_interval() + 10
+    jittered = _cursors(url, {"cursor": str(echoed)}, 5)
+    assert jittered[0] > echoed
+    assert jittered == [jittered[0]] * 6
