@@ -1,4 +1,4 @@
-"""A durable Durable Streams server: storage engine, protocol layer and Flask blueprint."""
+"""A durable Durable Streams server: storage engine, protocol layer and its web layer for Flask."""
 
 from .backend import StreamsBackend
 from .config import StreamsSettings

@@ -1,4 +1,4 @@
-"""The standalone streams application: the protocol blueprint and a health check."""
+"""The standalone streams application: the streams protocol and a health check."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Settings of the streams server, shared by the blueprint and the standalone command."""
+"""Settings of the streams server, shared by the web layer and the standalone command."""
 
 from __future__ import annotations
 

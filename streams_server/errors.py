@@ -1,8 +1,8 @@
 """The exceptions of `streams_server`, each carrying what an HTTP response needs.
 
 Every error a client can cause is a `StreamError` with a status, a machine-readable code and a
-message for people. The Flask routes map them to responses in exactly one place
-(`routes._handle_stream_error`); the storage engine raises them without knowing about HTTP
+message for people. The web layer maps them to responses in exactly one place
+(`routes._error_reply`); the storage engine raises them without knowing about HTTP
 beyond the status number.
 """
 

@@ -1,7 +1,7 @@
 """The chat application: the streams protocol and the chat UI in one Flask app.
 
-`create_app()` is the composition root: it opens the streams backend, mounts the streams
-blueprint at `/v1/stream`, the chat at `/` and the inspector at `/inspector`, and (by default)
+`create_app()` is the composition root: it opens the streams backend, serves the streams
+protocol at `/v1/stream`, the chat at `/` and the inspector at `/inspector`, and (by default)
 runs an embedded agent supervisor, so that `flask run` alone gives a working chat.
 """
 

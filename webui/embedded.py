@@ -14,7 +14,8 @@ import os
 import threading
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask
+from werkzeug.wsgi import get_current_url
 
 from agent_actors.agent import AgentSettings
 from agent_actors.models.settings import model_from_settings
@@ -35,19 +36,31 @@ class BackgroundWork:
         self._lock = threading.Lock()
         self._started = False
         self.supervisor: Any = None
-        app.before_request(self._start_once)
+        # Wrapped around the whole WSGI chain, not a `before_request` hook: the streams
+        # protocol is answered before Flask dispatches, and after a restart a browser may
+        # send nothing but streams requests.
+        serve = app.wsgi_app
+
+        def start_then_serve(environ: dict[str, Any], start_response: Any) -> Any:
+            if not self._started:
+                self._start_once(get_current_url(environ, host_only=True))
+            return serve(environ, start_response)
+
+        app.wsgi_app = start_then_serve  # type: ignore[method-assign]
         atexit.register(self.stop)
 
-    def _start_once(self) -> None:
-        if self._started:
-            return
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def _start_once(self, host_url: str) -> None:
         with self._lock:
             if self._started:
                 return
             self._started = True
             self._backend.start()
             if self._app.config["EMBEDDED_SUPERVISOR"]:
-                self.supervisor = self._start_supervisor(request.host_url)
+                self.supervisor = self._start_supervisor(host_url)
 
     def _start_supervisor(self, host_url: str) -> Any:
         config = self._app.config
