@@ -20,6 +20,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from typing import IO, Any, cast
 from urllib.parse import urlencode, urlsplit
@@ -31,6 +32,7 @@ _USER_AGENT = "agent-actors"
 _MAX_LINE = 65536
 _MAX_HEADERS = 200
 _NO_BODY_STATUSES = frozenset({204, 304})
+_TRUSTED_IDLE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,16 @@ class _Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = cast(IO[bytes], sock.makefile("rb", buffering=65536))
+        self.idle_since = 0.0
 
     def dropped(self) -> bool:
-        """True if the server closed this idle connection (it is readable: EOF or junk)."""
+        """True if the server closed this idle connection (it is readable: EOF or junk).
+
+        Not looked at when idle for less than `_TRUSTED_IDLE_S`: servers keep idle
+        connections for seconds, and at an append every few tens of milliseconds the
+        ``select`` is a syscall per request; a rare early close is caught as `_Stale`."""
+        if time.monotonic() - self.idle_since < _TRUSTED_IDLE_S:
+            return False
         try:
             readable, _, _ = select.select([self.sock], [], [], 0)
         except (OSError, ValueError):
@@ -181,6 +190,7 @@ class WirePool:
             connection.close()
 
     def _checkin(self, connection: _Connection) -> None:
+        connection.idle_since = time.monotonic()
         with self._lock:
             if len(self._idle) < self.size:
                 self._idle.append(connection)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -134,6 +135,21 @@ def test_a_connection_the_server_closed_while_idle_is_replaced(
     for _ in range(3):
         assert pool.request("POST", f"{server.url}/s", data=b"x", idempotent=False).ok
     assert server.connections == 3
+
+
+def test_a_connection_closed_while_idle_for_a_while_is_noticed_before_sending(
+    serve: Callable[[Reply], ScriptedServer],
+) -> None:
+    # The server silently closes after each answer (no "Connection: close"): after a second
+    # of idleness the pool looks before reusing, so even a request that must not be repeated
+    # goes out once, on a fresh connection.
+    server = serve(lambda number, request: OK)
+    server.close_after_reply = True
+    pool = WirePool(server.url)
+    assert pool.request("POST", f"{server.url}/s", data=b"1", idempotent=False).ok
+    time.sleep(1.2)
+    assert pool.request("POST", f"{server.url}/s", data=b"2", idempotent=False).ok
+    assert server.connections == 2 and len(server.requests) == 2
 
 
 def test_a_stale_connection_is_retried_only_for_idempotent_requests(

@@ -41,6 +41,8 @@ class Sizes:
     chat_p99_limit_ms: float = 100.0
     chat_coalesce_ms: float | None = None
     """The agents' ``--coalesce-ms`` (None: the supervisor's default)."""
+    chat_supervisors: int = 1
+    """Supervisor processes sharing the conversations (through their leases)."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}

@@ -13,6 +13,7 @@ appends (one message each) in the responses streams, the price of a coalescing w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -77,7 +78,9 @@ def chat(ctx: Context) -> list[Metric]:
     steps: list[StepResult] = []
     with _fake_model(ctx) as model:
         assert model.url is not None
-        with _supervisor(ctx, model.url):
+        with contextlib.ExitStack() as supervisors:
+            for index in range(sizes.chat_supervisors):
+                supervisors.enter_context(_supervisor(ctx, model.url, index))
             with _Conversations(ctx) as conversations:
                 for n in sizes.chat_steps:
                     step = _run_step(ctx, conversations, n)
@@ -89,7 +92,8 @@ def chat(ctx: Context) -> list[Metric]:
     d = summarize(direct.tokens)
     ctx.log(f"direct model->reader N={overhead_n}: token p50 {d.p50:.1f} ms p99 {d.p99:.1f} ms")
     ctx.details["7_chat"] = {"steps": [s.to_json() for s in steps], "direct": direct.to_json(),
-                             "coalesce_ms": sizes.chat_coalesce_ms}
+                             "coalesce_ms": sizes.chat_coalesce_ms,
+                             "supervisors": sizes.chat_supervisors}
     return _metrics(ctx, steps, direct)
 
 
@@ -147,20 +151,21 @@ def _fake_model(ctx: Context) -> ManagedProcess:
                           log_path=ctx.workdir / "logs" / f"fake-model-{ctx.server}.log").start()
 
 
-def _supervisor(ctx: Context, model_url: str) -> ManagedProcess:
+def _supervisor(ctx: Context, model_url: str, index: int) -> ManagedProcess:
     sizes = ctx.sizes
     argv = [sys.executable, "-m", "agent_actors", "supervisor",
             "--streams-url", f"{ctx.base_url}{ctx.stream_root}",
-            "--data-dir", str(ctx.workdir / f"agents-{ctx.server}"),
+            "--data-dir", str(ctx.workdir / f"agents-{ctx.server}-{index}"),
             "--max-agents", str(max(sizes.chat_steps) + 10),
             "--idle-timeout", "600", "--lease-ttl-ms", str(_LEASE_TTL_MS),
-            "--worker-name", f"bench-{ctx.server}", "--log-level", "WARNING"]
+            "--worker-name", f"bench-{ctx.server}-{index}", "--log-level", "WARNING"]
     if sizes.chat_coalesce_ms is not None:
         argv += ["--coalesce-ms", str(sizes.chat_coalesce_ms)]
     env = {**os.environ, "ANTHROPIC_API_KEY": "bench-key", "ANTHROPIC_BASE_URL": model_url,
            "ANTHROPIC_MODEL": "claude-bench", "PYTHONUNBUFFERED": "1"}
-    return ManagedProcess("supervisor", argv, ready="agent supervisor ", env=env,
-                          log_path=ctx.workdir / "logs" / f"supervisor-{ctx.server}.log").start()
+    log_path = ctx.workdir / "logs" / f"supervisor-{ctx.server}-{index}.log"
+    return ManagedProcess(f"supervisor-{index}", argv, ready="agent supervisor ", env=env,
+                          log_path=log_path).start()
 
 
 # -- conversations, the way any client starts them (see the README) ----------------------------
