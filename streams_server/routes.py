@@ -18,11 +18,12 @@ import http
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import IO, Any, cast
 from urllib.parse import parse_qsl, quote
 
 from flask import Flask
 from werkzeug.datastructures import EnvironHeaders, MultiDict
+from werkzeug.exceptions import HTTPException
 from werkzeug.sansio.utils import get_host
 from werkzeug.wsgi import get_content_length, get_input_stream
 
@@ -147,13 +148,28 @@ class StreamsMiddleware:
             url=url,
             headers=headers,
             args=MultiDict(parse_qsl(query, keep_blank_values=True, errors="werkzeug.url_quote")),
-            body=get_input_stream(environ),
+            body=cast(IO[bytes], _RequestBody(get_input_stream(environ))),
             content_length=get_content_length(environ),
         )
         if control:
             root = url[: len(url) - len(stream_path)].rstrip("/")
             return self.backend.control.handle(request, root)
         return self.backend.streams.handle(request)
+
+
+class _RequestBody:
+    """The request body for the protocol layer: a body that ends before its declared length
+    (or inside a chunk) is the client's error, a 400, not the server's."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except (OSError, ValueError, HTTPException) as exc:
+            raise BadRequest(f"the request body ended early or is malformed: {exc}",
+                             code="INCOMPLETE_BODY") from exc
 
 
 def _stream_url(environ: dict[str, Any], path: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import statistics
 import time
 from collections.abc import Iterator
@@ -242,3 +243,39 @@ def test_keep_alive_responses_are_not_delayed(roomy: StreamsHttp) -> None:
         assert roomy.get("latency/s").content == b"x" * 100
         timings.append(time.perf_counter() - started)
     assert statistics.median(timings) < 0.02, timings
+
+
+def _raw_exchange(base_url: str, head: bytes, body: bytes) -> tuple[int, bytes]:
+    """Send a request whose body ends early (the client half-closes), return status and body."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("content_type", [JSON, BINARY])
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_cut_short_is_a_400_and_appends_nothing(
+    roomy: StreamsHttp, content_type: str, framing: str,
+) -> None:
+    path = f"cut-{framing}-{content_type.split('/')[1]}"
+    roomy.put(path, content_type=content_type).raise_for_status()
+    before = roomy.head(path).headers["Stream-Next-Offset"]
+    target = f"/v1/stream/{path}".encode()
+    if framing == "content-length":
+        head = (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: 100\r\n\r\n"
+                % (target, content_type.encode()))
+        body = b"[1,2,3]"
+    else:
+        head = (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" % (target, content_type.encode()))
+        body = b"7\r\n[1,"
+    status, payload = _raw_exchange(roomy.base_url, head, body)
+    assert status == 400, payload
+    assert json.loads(payload)["error"]["code"] == "INCOMPLETE_BODY"
+    assert roomy.head(path).headers["Stream-Next-Offset"] == before
