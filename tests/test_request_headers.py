@@ -1,0 +1,58 @@
+"""The standalone server's request-header parser, as gevent's pywsgi handler uses it."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from streams_server.server import RequestHeaders
+
+
+def parse(block: bytes) -> RequestHeaders:
+    return RequestHeaders(io.BytesIO(block + b"ignored body"))
+
+
+def test_values_by_name_case_insensitively_first_one_wins() -> None:
+    headers = parse(b"Host: x\r\nContent-Type: application/json\r\nX-A: 1\r\nx-a: 2\r\n\r\n")
+    assert headers.get("content-type") == "application/json" == headers.typeheader
+    assert headers.get("X-A") == "1" and headers.getheader("x-a") == "1"
+    assert headers.get("missing") is None and headers.get("missing", "d") == "d"
+    assert headers.headers == ["Host: x\r\n", "Content-Type: application/json\r\n",
+                               "X-A: 1\r\n", "x-a: 2\r\n"]
+    assert headers.status == ""
+
+
+def test_the_block_ends_at_the_blank_line_or_at_eof_and_bare_newlines_count() -> None:
+    reader = io.BytesIO(b"A: 1\nB: 2\n\nbody")
+    headers = RequestHeaders(reader)
+    assert (headers.get("a"), headers.get("b")) == ("1", "2") and reader.read() == b"body"
+    assert RequestHeaders(io.BytesIO(b"A: 1\r\n")).get("a") == "1"
+
+
+def test_folded_lines_continue_the_previous_value() -> None:
+    headers = parse(b"X-Long: one\r\n two\r\n\tthree\r\nY: 2\r\n\r\n")
+    assert headers.get("x-long") == "one\r\n two\r\n\tthree"
+    assert headers.get("y") == "2"
+
+
+def test_deleting_a_name_removes_every_occurrence_with_its_continuations() -> None:
+    headers = parse(b"Content-Length: 5\r\nA: 1\r\ncontent-length: 6\r\n more\r\n\r\n")
+    del headers["Content-Length"]
+    assert headers.get("content-length") is None
+    assert headers.headers == ["A: 1\r\n"]
+    with pytest.raises(KeyError):
+        del headers["content-length"]
+
+
+@pytest.mark.parametrize("block", [
+    b"No colon here\r\n\r\n",
+    b": no name\r\n\r\n",
+    b"Space before : colon\r\n\r\n",
+    b" leading continuation\r\n\r\n",
+    b"".join(b"H%d: v\r\n" % i for i in range(101)) + b"\r\n",
+    b"Big: " + b"x" * 70000 + b"\r\n\r\n",
+])
+def test_malformed_or_oversized_blocks_are_refused(block: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse(block)
