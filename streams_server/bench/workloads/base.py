@@ -35,7 +35,7 @@ class Sizes:
     growth_samples: int = 300
     growth_seconds: float = 30.0
     """Stop sampling one phase after this long (at least 10 samples): slow reads stay short."""
-    chat_steps: tuple[int, ...] = (10, 25, 50, 100, 150, 200)
+    chat_steps: tuple[int, ...] = (10, 25, 50, 75, 100, 150, 200)
     chat_tokens: int = 150
     chat_tokens_per_second: float = 50.0
     chat_p99_limit_ms: float = 100.0
