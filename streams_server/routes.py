@@ -152,8 +152,7 @@ class StreamsMiddleware:
             content_length=get_content_length(environ),
         )
         if control:
-            root = url[: len(url) - len(stream_path)].rstrip("/")
-            return self.backend.control.handle(request, root)
+            return self.backend.control.handle(request, _stream_url(environ, self.root))
         return self.backend.streams.handle(request)
 
 

@@ -263,3 +263,15 @@ def test_a_down_webhook_receiver_is_retried_with_backoff_across_a_restart(
     link = next(s for s in state["streams"] if s["path"] == "jobs/e")
     assert link["acked_offset"] == tail
     assert state["status"] == "active"
+
+
+def test_a_subscription_id_that_needs_escaping_gets_the_right_jwks_url(
+    streams_server: ServerProcess,
+) -> None:
+    base = f"{streams_server.url}/v1/stream"
+    config = {"type": "webhook", "pattern": "x/*", "webhook": {"url": "https://example.com/h"}}
+    response = requests.put(f"{base}/__ds/subscriptions/a%20b%C3%A9", json=config, timeout=10)
+    assert response.status_code == 201, response.text
+    assert response.json()["id"] == "a b\u00e9"
+    assert response.json()["webhook"]["signing"]["jwks_url"] == f"{base}/__ds/jwks.json"
+    assert requests.get(response.json()["webhook"]["signing"]["jwks_url"], timeout=10).ok
