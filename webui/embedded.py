@@ -49,10 +49,6 @@ class BackgroundWork:
         app.wsgi_app = start_then_serve  # type: ignore[method-assign]
         atexit.register(self.stop)
 
-    @property
-    def started(self) -> bool:
-        return self._started
-
     def _start_once(self, host_url: str) -> None:
         with self._lock:
             if self._started:
