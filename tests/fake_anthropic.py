@@ -12,12 +12,14 @@ Scriptable per test::
         fake.reply = lambda messages: f"You said {messages[-1]['content']}"
         fake.fail_next("429", retry_after=0.1)      # then the next request succeeds
         fake.fail_next("stream_error", after_tokens=3)
+        fake.extra_events = [("future_event", {"type": "future_event"})]  # after the 1st token
         ...
         fake.requests        # every request body received, in order
 
 Failure modes: ``"429"`` (``rate_limit_error`` with ``retry-after``), ``"529"``
 (``overloaded_error``), ``"401"`` (``authentication_error``), ``"stream_error"`` (an
-``event: error`` with ``overloaded_error`` after some tokens), ``"drop"`` (the connection is
+``event: error`` with ``overloaded_error`` after some tokens), ``"garbled"`` (an event whose
+data is not JSON, after some tokens), ``"drop"`` (the connection is
 closed mid-stream, without the final chunk), ``"stall"`` (the stream stops sending after some
 tokens until the client goes away or the fake stops).
 """
@@ -35,7 +37,7 @@ from typing import Any
 
 Reply = str | Callable[[list[dict[str, Any]]], str]
 
-FAILURE_MODES = ("429", "529", "401", "stream_error", "drop", "stall")
+FAILURE_MODES = ("429", "529", "401", "stream_error", "garbled", "drop", "stall")
 _TOKEN_RE = re.compile(r"\s*\S+")
 _HTTP_ERRORS = {
     "429": (429, "rate_limit_error", "Number of request tokens has exceeded your rate limit."),
@@ -62,6 +64,8 @@ class FakeAnthropic:
         self.tokens_per_second = tokens_per_second
         self.model = model
         self.requests: list[dict[str, Any]] = []
+        self.extra_events: list[tuple[str, dict[str, Any]]] = []
+        """Events every stream sends right after its first token (e.g. ones clients skip)."""
         self.headers: list[dict[str, str]] = []
         self.tokens_sent = 0
         self.client_disconnected = threading.Event()
@@ -196,6 +200,9 @@ class _MessagesHandler(http.server.BaseHTTPRequestHandler):
                                                 "delta": {"type": "text_delta", "text": token}})
             with self.owner._lock:
                 self.owner.tokens_sent += 1
+            if index == 0:
+                for name, data in self.owner.extra_events:
+                    self._event(name, data)
         self._event("content_block_stop", {"type": "content_block_stop", "index": 0})
         self._event("message_delta", {"type": "message_delta",
                                       "delta": {"stop_reason": "end_turn", "stop_sequence": None},
@@ -207,6 +214,9 @@ class _MessagesHandler(http.server.BaseHTTPRequestHandler):
         if mode == "stream_error":
             self._event("error", {"type": "error", "error": {"type": "overloaded_error",
                                                              "message": "Overloaded"}})
+            self._chunk(b"")
+        elif mode == "garbled":
+            self._chunk(b"event: content_block_delta\ndata: {\"type\": \"content_blo\n\n")
             self._chunk(b"")
         elif mode == "drop":
             self.close_connection = True  # close without the terminating chunk

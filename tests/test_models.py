@@ -103,6 +103,7 @@ def test_consecutive_prompts_without_an_answer_are_sent_as_one_user_turn(
     ("529", "overloaded"),
     ("401", "authentication"),
     ("stream_error", "overloaded"),
+    ("garbled", "bad_response"),
     ("drop", "connection"),
 ])
 def test_each_failure_becomes_a_readable_model_error(
@@ -118,9 +119,25 @@ def test_each_failure_becomes_a_readable_model_error(
     assert str(error) == error.message and error.message.endswith(".")
     assert "Traceback" not in error.message and "{" not in error.message
     assert API_KEY not in error.message
-    if mode in ("stream_error", "drop"):  # the text before the failure was already streamed
+    if mode in ("stream_error", "garbled", "drop"):  # the text before the failure was already streamed
         assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "The quick"
         assert error.retryable
+
+
+def test_events_an_answer_does_not_need_are_skipped(fake: FakeAnthropic) -> None:
+    fake.extra_events = [
+        ("ping", {"type": "ping"}),
+        ("content_block_start", {"type": "content_block_start", "index": 1,
+                                 "content_block": {"type": "thinking", "thinking": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                 "delta": {"type": "thinking_delta", "thinking": "Hmm"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+        ("an_event_from_the_future", {"type": "an_event_from_the_future", "x": [1]}),
+    ]
+    events = list(claude(fake).stream([("user", "Hi")]))
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == fake.reply
+    result = events[-1]
+    assert isinstance(result, ModelResult) and result.stop_reason == "end_turn"
 
 
 def test_an_unreachable_endpoint_is_a_connection_error() -> None:

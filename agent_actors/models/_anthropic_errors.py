@@ -31,9 +31,23 @@ def model_error(exc: BaseException, *, model: str, base_url: str) -> ModelError:
     return ModelError(_DROPPED, code="connection", retryable=True)
 
 
+def stream_error(body: dict[str, object], *, model: str) -> ModelError:
+    """The `ModelError` for an ``error`` event in the middle of a streamed answer.
+
+    The response's status was 200 by then, so the error's ``type`` alone says what happened.
+    """
+    error = body.get("error")
+    kind = error.get("type") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return _classified(None, kind if isinstance(kind, str) else None,
+                       message[:300] if isinstance(message, str) else "no details", model)
+
+
 def _status_error(exc: anthropic.APIStatusError, model: str) -> ModelError:
-    status, kind = exc.status_code, _error_type(exc)
-    detail = _api_message(exc)
+    return _classified(exc.status_code, _error_type(exc), _api_message(exc), model)
+
+
+def _classified(status: int | None, kind: str | None, detail: str, model: str) -> ModelError:
     if kind == "overloaded_error" or status == 529:
         return ModelError(_OVERLOADED, code="overloaded", retryable=True, status=status)
     if kind == "rate_limit_error" or status == 429:
