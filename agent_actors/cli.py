@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = model_from_settings(args.model, demo_tokens_per_second=args.demo_tokens_per_second)
     settings = settings_from_args(args)
+    # Everything imported so far (the SDK, pydantic, ...) lives as long as the process: kept
+    # out of the collector, a full collection no longer stops every conversation for 100+ ms.
+    gc.freeze()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

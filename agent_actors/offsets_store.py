@@ -13,6 +13,8 @@ import sqlite3
 import threading
 import time
 
+from agent_actors._blocking import off_loop
+
 
 class OffsetsStore:
     """Processed offsets per conversation; `data_dir=None` keeps them in memory."""
@@ -35,22 +37,23 @@ class OffsetsStore:
 
     def get(self, conversation_id: str) -> str | None:
         with self._lock:
-            row = self._conn.execute(
+            row = off_loop(lambda: self._conn.execute(
                 "SELECT prompts_offset FROM processed_offsets WHERE conversation_id = ?",
                 (conversation_id,),
-            ).fetchone()
+            ).fetchone())
         return None if row is None else str(row[0])
 
     def save(self, conversation_id: str, offset: str) -> None:
         """Store `offset` unless an equal or later one is already stored (offsets sort)."""
-        with self._lock:
-            self._conn.execute(
+        row = (conversation_id, offset, int(time.time() * 1000))
+        with self._lock:  # held while the pool's thread runs the statement: one at a time
+            off_loop(lambda: self._conn.execute(
                 "INSERT INTO processed_offsets VALUES (?, ?, ?) ON CONFLICT (conversation_id)"
                 " DO UPDATE SET prompts_offset = excluded.prompts_offset,"
                 " updated_at_ms = excluded.updated_at_ms"
                 " WHERE excluded.prompts_offset > processed_offsets.prompts_offset",
-                (conversation_id, offset, int(time.time() * 1000)),
-            )
+                row,
+            ))
 
     def close(self) -> None:
         with self._lock:

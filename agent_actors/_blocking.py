@@ -1,0 +1,25 @@
+"""Blocking disk work that must not freeze the supervisor's gevent loop.
+
+`python -m agent_actors` runs on greenlets (see ``__main__``); an ``fsync`` there would stall
+every conversation of the process for its duration. `off_loop` runs such a call on a real OS
+thread from gevent's pool when gevent has patched ``threading``, and directly otherwise (the
+agents embedded in the threaded web app).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def off_loop(call: Callable[[], T]) -> T:
+    """``call()``, made where blocking the calling greenlet alone is what happens."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading"):
+        return call()
+    import gevent
+
+    return gevent.get_hub().threadpool.apply(call)  # type: ignore[no-any-return]

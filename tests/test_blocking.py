@@ -1,0 +1,49 @@
+"""`off_loop`: under the supervisor's gevent loop, a blocking call must not freeze the others.
+
+Run in a child process, since it needs gevent's monkey-patching (this test process runs the
+agents on real threads, as the web app does).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+_PROGRAM = textwrap.dedent("""
+    from gevent import monkey
+    monkey.patch_all()
+    import gevent
+    from agent_actors._blocking import off_loop
+
+    blocking_sleep = monkey.get_original("time", "sleep")  # holds its OS thread, as fsync does
+    ticks = []
+
+    def ticker():
+        while True:
+            ticks.append(1)
+            gevent.sleep(0.01)
+
+    gevent.spawn(ticker)
+    gevent.sleep(0)
+    before = len(ticks)
+    assert off_loop(lambda: blocking_sleep(0.3) or "result") == "result"
+    print(len(ticks) - before)
+""")
+
+
+def test_a_blocking_call_runs_while_the_other_greenlets_go_on() -> None:
+    done = subprocess.run([sys.executable, "-c", _PROGRAM], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 10  # the ticker kept ticking during the 0.3 s call
+
+
+def test_without_gevent_the_call_is_made_directly() -> None:
+    from agent_actors._blocking import off_loop
+
+    assert off_loop(lambda: 42) == 42
