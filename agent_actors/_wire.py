@@ -21,12 +21,12 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, cast
 from urllib.parse import urlencode, urlsplit
 
 import requests
-from requests.structures import CaseInsensitiveDict
 
 _USER_AGENT = "agent-actors"
 _MAX_LINE = 65536
@@ -43,11 +43,45 @@ class WireRequest:
     url: str
 
 
+class ResponseHeaders(Mapping[str, str]):
+    """Response headers, looked up case-insensitively; repeated ones joined with ``", "``.
+
+    Names are kept lower-cased: `requests`' `CaseInsensitiveDict` keeps the sent spelling at
+    the price of two dictionary operations per access, measurable at an append per token.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+
+    def add(self, name: str, value: str) -> None:
+        key = name.lower()
+        previous = self._values.get(key)
+        self._values[key] = value if previous is None else f"{previous}, {value}"
+
+    def __getitem__(self, name: str) -> str:
+        return self._values[name.lower()]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._values.get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"ResponseHeaders({self._values!r})"
+
+
 class WireResponse:
     """A fully read response with the parts of `requests.Response` the client uses."""
 
     def __init__(self, request: WireRequest, status: int, reason: str,
-                 headers: CaseInsensitiveDict[str], content: bytes) -> None:
+                 headers: ResponseHeaders, content: bytes) -> None:
         self.request = request
         self.url = request.url
         self.status_code = status
@@ -275,8 +309,8 @@ def _status(line: bytes) -> tuple[int, str]:
     return int(code), reason
 
 
-def _headers(reader: IO[bytes]) -> CaseInsensitiveDict[str]:
-    headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
+def _headers(reader: IO[bytes]) -> ResponseHeaders:
+    headers = ResponseHeaders()
     for _ in range(_MAX_HEADERS):
         line = reader.readline(_MAX_LINE)
         if line in (b"\r\n", b"\n"):
@@ -286,14 +320,12 @@ def _headers(reader: IO[bytes]) -> CaseInsensitiveDict[str]:
         name, colon, value = line.decode("latin-1").partition(":")
         if not colon:
             raise _ProtocolError(f"malformed header line {line[:80]!r}")
-        name, value = name.strip(), value.strip()
-        previous = headers.get(name)
-        headers[name] = value if previous is None else f"{previous}, {value}"
+        headers.add(name.strip(), value.strip())
     raise _ProtocolError(f"more than {_MAX_HEADERS} response headers")
 
 
 def _body(reader: IO[bytes], method: str, status: int,
-          headers: CaseInsensitiveDict[str]) -> tuple[bytes, bool]:
+          headers: ResponseHeaders) -> tuple[bytes, bool]:
     """The response body, and whether the connection may be reused."""
     keep_alive = "close" not in headers.get("Connection", "").lower()
     if method == "HEAD" or status in _NO_BODY_STATUSES or 100 <= status < 200:
