@@ -48,7 +48,9 @@ class ChunkWriter:
 
     The writer thread is woken once per chunk (by the first delta after a send), not once
     per delta: at tens of tokens per second per answer, wake-ups are what an agent process
-    spends most of its CPU on.
+    spends most of its CPU on. The wake-up is an `Event` beside a plain lock rather than a
+    `Condition`, whose every wait allocates a lock (and, in the gevent supervisor, runs in
+    Python over gevent's primitives, where an `Event` is native).
     """
 
     def __init__(self, producer: Producer, prompt_id: str, attempt: int, window_s: float) -> None:
@@ -56,7 +58,8 @@ class ChunkWriter:
         self._prompt_id = prompt_id
         self._attempt = attempt
         self._window_s = window_s
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._parts: list[str] = []
         self._first_at = 0.0
         self._ending = False
@@ -69,17 +72,19 @@ class ChunkWriter:
     def add(self, text: str) -> None:
         if not text or self.failed.is_set():
             return
-        with self._changed:
+        with self._lock:
             self._parts.append(text)
-            if len(self._parts) == 1:
+            first = len(self._parts) == 1
+            if first:
                 self._first_at = time.monotonic()
-                self._changed.notify()
+        if first:
+            self._wake.set()
 
     def close(self) -> None:
         """Send what is left and stop; re-raises an append failure (e.g. being fenced)."""
-        with self._changed:
+        with self._lock:
             self._ending = True
-            self._changed.notify()
+        self._wake.set()
         self._thread.join()
         if self.error is not None:
             raise self.error
@@ -101,18 +106,27 @@ class ChunkWriter:
                 crash_point("mid-answer")
 
     def _next_chunk(self) -> str | None:
-        """The text of the next chunk once its window has passed; None at the end."""
-        with self._changed:
-            while not self._parts and not self._ending:
-                self._changed.wait()
-            if not self._parts:
-                return None
-            deadline = self._first_at + self._window_s
-            while not self._ending and (remaining := deadline - time.monotonic()) > 0:
-                self._changed.wait(remaining)
+        """The text of the next chunk once its window has passed; None at the end.
+
+        `_wake` is set by the first delta after a send and by `close`, each after changing
+        what is looked at here; a set left over from parts already taken costs one more look.
+        """
+        while True:
+            with self._lock:
+                if self._parts:
+                    break
+                if self._ending:
+                    return None
+            self._wake.wait()
+            self._wake.clear()
+        deadline = self._first_at + self._window_s
+        while not self._ending and (remaining := deadline - time.monotonic()) > 0:
+            if self._wake.wait(remaining):
+                self._wake.clear()  # `close` (then `_ending` ends the wait) or a left-over set
+        with self._lock:
             text = "".join(self._parts)
             self._parts = []
-            return text
+        return text
 
 
 def answer_prompt(
