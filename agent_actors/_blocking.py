@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 
 def off_loop(call: Callable[[], T]) -> T:
-    """``call()``, made where blocking the calling greenlet alone is what happens."""
+    """Return ``call()``, run so that only the calling greenlet waits for it."""
     monkey = sys.modules.get("gevent.monkey")
     if monkey is None or not monkey.is_module_patched("threading"):
         return call()

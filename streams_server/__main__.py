@@ -56,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     backend = StreamsBackend.open(None if args.memory else args.data_dir, settings)
     backend.start()
+    app = create_app(backend)
     # Modules, the app and the opened store live as long as the process: kept out of the
     # collector, a full collection no longer pauses every connection for 40 ms.
     gc.freeze()
-    serve(create_app(backend), args.host, args.port, on_stop=backend.close)
+    serve(app, args.host, args.port, on_stop=backend.close)
     return 0
 
 
