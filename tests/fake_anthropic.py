@@ -29,6 +29,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -73,7 +74,7 @@ class FakeAnthropic:
         self._failures: list[Failure] = []
         self._lock = threading.Condition()
         self._stopping = threading.Event()
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         daemon=True, name="fake-anthropic")
@@ -123,6 +124,14 @@ class FakeAnthropic:
             self.headers.append(headers)
             self._lock.notify_all()
             return self._failures.pop(0) if self._failures else None
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    """A client hanging up (a cancel, an abandoned stream) is routine here, not a traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _handler_for(fake: FakeAnthropic) -> type[http.server.BaseHTTPRequestHandler]:
