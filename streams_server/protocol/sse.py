@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import re
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
