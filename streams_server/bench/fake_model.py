@@ -81,12 +81,8 @@ class FakeModel:
             delay = started + index * self.interval - time.monotonic()
             if delay > 0:
                 gevent.sleep(delay)
-            if index == self.tokens - 1:
-                text = f" {END_TOKEN}"
-                _event(sock, "content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                     "delta": {"type": "text_delta", "text": text}})
-            else:
-                sock.sendall(_stamped_delta())
+            text = f" {END_TOKEN}" if index == self.tokens - 1 else f" T{time.time_ns() // 1000}"
+            sock.sendall(_text_delta(text))
         _event(sock, "content_block_stop", {"type": "content_block_stop", "index": 0})
         _event(sock, "message_delta", {"type": "message_delta",
                                        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
@@ -96,21 +92,24 @@ class FakeModel:
 
 
 _DELTA_HEAD = b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, ' \
-    b'"delta": {"type": "text_delta", "text": " T'
-_DELTA_TAIL = b'"}}\n\n'
+    b'"delta": {"type": "text_delta", "text": '
+_DELTA_TAIL = b"}}\n\n"
 
 
-def _stamped_delta() -> bytes:
-    """One chunk-framed ``content_block_delta`` whose text is the time now: the same bytes as
-    `_event` would send, made without building and encoding a dict (this process's CPU is
-    taken from the system under test, which shares the machine)."""
-    payload = b"%s%d%s" % (_DELTA_HEAD, time.time_ns() // 1000, _DELTA_TAIL)
-    return b"%x\r\n%s\r\n" % (len(payload), payload)
+def _text_delta(text: str) -> bytes:
+    """A ``content_block_delta`` event, the same bytes as `_event` would send, made without
+    building and encoding a dict per token (this process's CPU is taken from the system under
+    test, which shares the machine)."""
+    return _chunk(b"%s%s%s" % (_DELTA_HEAD, json.dumps(text).encode(), _DELTA_TAIL))
 
 
 def _event(sock: GSocket, name: str, data: dict[str, Any]) -> None:
-    payload = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
-    sock.sendall(b"%x\r\n%s\r\n" % (len(payload), payload))
+    sock.sendall(_chunk(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()))
+
+
+def _chunk(payload: bytes) -> bytes:
+    """``payload`` as one chunk of a chunked HTTP/1.1 body."""
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
 def _send_json(sock: GSocket, status: int, data: dict[str, Any]) -> None:
