@@ -3,7 +3,9 @@
 `python -m agent_actors` runs on greenlets (see ``__main__``); an ``fsync`` there would stall
 every conversation of the process for its duration. `off_loop` runs such a call on a real OS
 thread from gevent's pool when gevent has patched ``threading``, and directly otherwise (the
-agents embedded in the threaded web app).
+agents embedded in the threaded web app). The streams server has the same few lines
+(`streams_server.storage.blocking`); the agents keep their own rather than import the
+server's package, which they otherwise reach only over HTTP.
 """
 
 from __future__ import annotations
