@@ -11,6 +11,7 @@ Scriptable per test::
     with FakeAnthropic(reply="Hi there", tokens_per_second=200) as fake:
         fake.reply = lambda messages: f"You said {messages[-1]['content']}"
         fake.fail_next("429", retry_after=0.1)      # then the next request succeeds
+        fake.fail_next("529", headers={"x-should-retry": "false"})  # extra response headers
         fake.fail_next("stream_error", after_tokens=3)
         fake.extra_events = [("future_event", {"type": "future_event"})]  # after the 1st token
         ...
@@ -54,6 +55,7 @@ class Failure:
     mode: str
     after_tokens: int = 2
     retry_after: float | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class FakeAnthropic:
@@ -102,12 +104,17 @@ class FakeAnthropic:
     # -- scripting and inspection -----------------------------------------------------------------
 
     def fail_next(self, mode: str, *, times: int = 1, after_tokens: int = 2,
-                  retry_after: float | None = None) -> None:
-        """Make the next ``times`` requests fail with ``mode`` (see the module docstring)."""
+                  retry_after: float | None = None, headers: dict[str, str] | None = None,
+                  ) -> None:
+        """Make the next ``times`` requests fail with ``mode`` (see the module docstring).
+
+        ``headers`` are added to an error status's response.
+        """
         if mode not in FAILURE_MODES:
             raise ValueError(f"unknown failure mode {mode!r}; expected one of {FAILURE_MODES}")
+        failure = Failure(mode, after_tokens, retry_after, tuple((headers or {}).items()))
         with self._lock:
-            self._failures.extend([Failure(mode, after_tokens, retry_after)] * times)
+            self._failures.extend([failure] * times)
 
     def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
         """Block until at least ``count`` requests have arrived; False on timeout."""
@@ -156,7 +163,7 @@ class _MessagesHandler(http.server.BaseHTTPRequestHandler):
         failure = self.owner._record(body, {k.lower(): v for k, v in self.headers.items()})
         if failure is not None and failure.mode in _HTTP_ERRORS:
             status, kind, message = _HTTP_ERRORS[failure.mode]
-            self._json_error(status, kind, message, failure.retry_after)
+            self._json_error(status, kind, message, failure.retry_after, failure.headers)
             return
         if not body.get("stream"):
             self._json_error(400, "invalid_request_error", "this fake only streams")
@@ -168,7 +175,8 @@ class _MessagesHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _json_error(self, status: int, kind: str, message: str,
-                    retry_after: float | None = None) -> None:
+                    retry_after: float | None = None,
+                    headers: tuple[tuple[str, str], ...] = ()) -> None:
         payload = json.dumps({"type": "error", "error": {"type": kind, "message": message}})
         data = payload.encode()
         self.send_response(status)
@@ -176,6 +184,8 @@ class _MessagesHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("request-id", f"req_{uuid.uuid4().hex[:16]}")
         if retry_after is not None:
             self.send_header("retry-after", f"{retry_after:g}")
+        for name, value in headers:
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import email.utils
 import logging
 import socket
 import threading
@@ -24,6 +26,7 @@ from agent_actors.models import (
     model_from_settings,
     normalize_turns,
 )
+from agent_actors.models._retry_policy import retry_after
 from tests.fake_anthropic import FakeAnthropic
 
 pytestmark = pytest.mark.timeout(120)
@@ -151,12 +154,75 @@ def test_an_unreachable_endpoint_is_a_connection_error() -> None:
     assert f"127.0.0.1:{port}" in failure.value.message
 
 
-def test_the_sdk_retries_429_and_529_then_succeeds(fake: FakeAnthropic) -> None:
+def test_429_and_529_are_retried_then_the_answer_streams(fake: FakeAnthropic) -> None:
     fake.fail_next("429", retry_after=0.05)
-    fake.fail_next("529")  # no retry-after: the SDK's own backoff
+    fake.fail_next("529")  # no retry-after: exponential backoff
     text, _, result = split(list(claude(fake, max_retries=3).stream([("user", "Hi")])))
     assert text == REPLY and result.stop_reason == "end_turn"
     assert len(fake.requests) == 3
+
+
+def test_retries_stop_when_the_budget_is_spent(fake: FakeAnthropic) -> None:
+    fake.fail_next("529", retry_after=0.01, times=3)
+    with pytest.raises(ModelError) as failure:
+        list(claude(fake, max_retries=2).stream([("user", "Hi")]))
+    assert failure.value.code == "overloaded" and len(fake.requests) == 3
+
+
+@pytest.mark.parametrize(("mode", "headers", "requests"), [
+    ("401", {}, 1),                                 # not a status worth retrying
+    ("529", {"x-should-retry": "false"}, 1),        # the server says no
+    ("401", {"x-should-retry": "true"}, 2),         # the server says yes
+])
+def test_the_servers_x_should_retry_header_wins(
+        fake: FakeAnthropic, mode: str, headers: dict[str, str], requests: int) -> None:
+    fake.fail_next(mode, headers=headers, retry_after=0.01)
+    events = []
+    with contextlib.suppress(ModelError):
+        events = list(claude(fake, max_retries=3).stream([("user", "Hi")]))
+    assert len(fake.requests) == requests
+    assert bool(events) == (requests == 2)
+
+
+@pytest.mark.parametrize("headers", [
+    {"retry-after-ms": "20", "retry-after": "30"},  # milliseconds win over seconds
+    {"retry-after": "3600"},                        # over a minute: backoff instead
+])
+def test_the_wait_before_a_retry_is_the_one_asked_for_up_to_a_minute(
+        fake: FakeAnthropic, headers: dict[str, str]) -> None:
+    fake.fail_next("429", headers=headers)
+    started = time.monotonic()
+    text, _, _ = split(list(claude(fake, max_retries=1).stream([("user", "Hi")])))
+    assert text == REPLY and time.monotonic() - started < 5.0
+
+
+def test_retry_after_is_read_as_milliseconds_seconds_or_an_http_date() -> None:
+    in_ten_minutes = email.utils.formatdate(time.time() + 600, usegmt=True)
+    assert retry_after({"retry-after-ms": "250"}) == 0.25
+    assert retry_after({"retry-after": "1.5"}) == 1.5
+    assert 595 < (retry_after({"retry-after": in_ten_minutes}) or 0) <= 600
+    assert retry_after({"retry-after": "soon"}) is None and retry_after({}) is None
+
+
+def test_a_lost_connection_is_retried() -> None:
+    # A server that accepts and hangs up at once: the SDK raises APIConnectionError each time.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        accepted: list[socket.socket] = []
+
+        def hang_up() -> None:
+            while len(accepted) < 3:
+                connection, _ = listener.accept()
+                accepted.append(connection)
+                connection.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        model = AnthropicModel(api_key=API_KEY, base_url=f"http://127.0.0.1:"
+                               f"{listener.getsockname()[1]}", max_retries=2)
+        with pytest.raises(ModelError) as failure:
+            list(model.stream([("user", "Hi")]))
+        assert failure.value.code == "connection" and len(accepted) == 3
 
 
 # -- Anthropic: cancellation -----------------------------------------------------------------------
@@ -198,7 +264,7 @@ def test_cancel_while_the_model_sends_nothing() -> None:
         assert fake.client_disconnected.wait(5.0)
 
 
-def test_cancel_while_the_sdk_waits_to_retry() -> None:
+def test_cancel_while_waiting_to_retry() -> None:
     with FakeAnthropic(REPLY) as fake:
         fake.fail_next("429", retry_after=30)
         cancel = threading.Event()
@@ -212,6 +278,19 @@ def test_cancel_while_the_sdk_waits_to_retry() -> None:
         events = list(claude(fake, max_retries=2).stream([("user", "Hi")], cancel=cancel))
         assert events == [ModelResult("cancelled", 0, 0, DEFAULT_ANTHROPIC_MODEL)]
         assert time.monotonic() - started < 1.0
+        # The wait for the retry ends with the cancel: no retried request, no thread left.
+        assert not opening_threads_after(1.0)
+        assert len(fake.requests) == 1
+
+
+def opening_threads_after(seconds: float) -> list[threading.Thread]:
+    """The model's request-opening threads still alive after waiting up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = [t for t in threading.enumerate() if t.name.startswith("anthropic-open")]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.02)
 
 
 def test_abandoning_the_iterator_closes_the_http_stream() -> None:

@@ -1,18 +1,19 @@
 """Claude through the official `anthropic` SDK, streaming (``messages.with_streaming_response``).
 
-The SDK makes the request: connection, headers and key, its retries of ``429``/``5xx``/``529``
-honouring ``retry-after``, and its typed exceptions for an error status. The answer's
-Server-Sent Events are then decoded here, as plain JSON, instead of into the SDK's typed
-event objects: building those cost a third of the agents' CPU at 100 conversations (see the
-README's performance section), and an answer needs only text deltas, usage and the stop
-reason. Only the documented event names are acted on; unknown ones are skipped, as the API
-asks of clients.
+The SDK makes the request (connection, headers and key) and raises its typed exceptions for an
+error status. A request that failed before its answer began is retried here, with the SDK's
+own policy (`_retry_policy`), because the SDK's wait between attempts cannot be cut short by a
+cancel. The answer's Server-Sent Events are decoded here too, as plain JSON, instead of into
+the SDK's typed event objects: building those cost a third of the agents' CPU at 100
+conversations (see the README's performance section), and an answer needs only text deltas,
+usage and the stop reason. Only the documented event names are acted on; unknown ones are
+skipped, as the API asks of clients.
 
-The request is opened on a short-lived thread, so that a cancel takes effect within a tenth
-of a second even while the SDK waits; the events are then read on the caller's own thread,
-so a token costs one wake-up, not a hand-over between threads. While an answer streams, the
-model's `_CancelWatch` shuts its socket down once its cancel event is set, which ends a
-blocked read at once.
+The request is opened on a short-lived thread, so that a cancel takes effect within a tenth of
+a second even while the answer has not begun; the events are then read on the caller's own
+thread, so a token costs one wake-up, not a hand-over between threads. While an answer
+streams, the model's `_CancelWatch` shuts its socket down once its cancel event is set, which
+ends a blocked read at once.
 
 A failure after the stream started becomes a `ModelError`.
 """
@@ -32,6 +33,7 @@ import anthropic
 from agent_actors._sse import SseEvent, parse_events
 from agent_actors.errors import ModelError
 from agent_actors.models._anthropic_errors import model_error, stream_error
+from agent_actors.models._retry_policy import retry_delay
 from agent_actors.models.base import (
     CANCELLED,
     ModelEvent,
@@ -54,8 +56,8 @@ _UNREADABLE = "The AI model sent an answer this app could not read."
 class AnthropicModel:
     """Answers with Claude via the Messages API, streaming text deltas.
 
-    ``base_url`` may point at any Anthropic-compatible endpoint. ``max_retries`` is the SDK's
-    retry budget for ``429``/``529``/``5xx``/connection errors before the stream starts;
+    ``base_url`` may point at any Anthropic-compatible endpoint. ``max_retries`` is the retry
+    budget for ``429``/``529``/``5xx``/connection errors before the stream starts;
     ``timeout`` bounds each network read. Safe to share between threads: the SDK client's
     connection pool is, and each `stream` call keeps its own state.
     """
@@ -75,8 +77,9 @@ class AnthropicModel:
         self.base_url = base_url or DEFAULT_BASE_URL
         self.max_tokens = max_tokens
         self.system = system
+        self.max_retries = max_retries
         self.client = anthropic.Anthropic(
-            api_key=api_key, base_url=self.base_url, max_retries=max_retries, timeout=timeout,
+            api_key=api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
         )
         self._watch = _CancelWatch()
 
@@ -101,7 +104,7 @@ class AnthropicModel:
 
     def _answer(self, request: dict[str, Any], cancel: threading.Event) -> Iterator[ModelEvent]:
         usage = _Usage()
-        opening = _Opening(self.client, request, self.model)
+        opening = _Opening(self.client, request, self.model, self.max_retries, cancel)
         response = opening.wait(cancel)
         if response is None:
             yield ModelResult(CANCELLED, 0, 0, self.model)
@@ -187,12 +190,19 @@ def _count(value: object, default: int) -> int:
 
 
 class _Opening(threading.Thread):
-    """Opens one streaming request on its own thread, so the caller can give up waiting."""
+    """Opens one streaming request on its own thread, so the caller can give up waiting.
 
-    def __init__(self, client: anthropic.Anthropic, request: dict[str, Any], model: str) -> None:
+    Retries as `_retry_policy` says, up to ``max_retries`` times; a cancel ends the wait
+    between attempts, and no further attempt is made.
+    """
+
+    def __init__(self, client: anthropic.Anthropic, request: dict[str, Any], model: str,
+                 max_retries: int, cancel: threading.Event) -> None:
         super().__init__(name=f"anthropic-open-{model}", daemon=True)
         self.client = client
         self.request = request
+        self.max_retries = max_retries
+        self.cancel = cancel
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._abandoned = False
@@ -215,18 +225,29 @@ class _Opening(threading.Thread):
         return self._result
 
     def run(self) -> None:
-        try:
-            # Entered here, closed by the caller (`APIResponse.close`): the request is made now.
-            result: Any = self.client.messages.with_streaming_response.create(
-                **self.request).__enter__()
-        except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
-            result = exc
+        result = self._attempt()
+        retries = 0
+        while isinstance(result, Exception) and retries < self.max_retries:
+            delay = retry_delay(result, retries)
+            if delay is None or self.cancel.wait(delay):
+                break
+            log.info("model request failed (%r); retry %d of %d", result, retries + 1,
+                     self.max_retries)
+            retries += 1
+            result = self._attempt()
         with self._lock:
             self._result = result
             self._done.set()
             abandoned = self._abandoned
         if abandoned:
             self._close_result()
+
+    def _attempt(self) -> Any:
+        try:
+            # Entered here, closed by the caller (`APIResponse.close`): the request is made now.
+            return self.client.messages.with_streaming_response.create(**self.request).__enter__()
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+            return exc
 
     def _close_result(self) -> None:
         if not isinstance(self._result, BaseException) and self._result is not None:
