@@ -96,6 +96,7 @@ class StreamStore:
             apply_effects=self._apply_effects,
             leader_lock=self._leader_lock,
             max_batch=max_batch,
+            commit_off_loop=not self._memory,
         )
         self._wake_listener: Callable[[], None] | None = None
         self._closed = threading.Event()
