@@ -13,6 +13,7 @@ one place where exceptions become HTTP error responses (JSON, never a stack trac
 
 from __future__ import annotations
 
+import functools
 import hmac
 import http
 import json
@@ -22,7 +23,7 @@ from typing import IO, Any, cast
 from urllib.parse import parse_qsl, quote
 
 from flask import Flask
-from werkzeug.datastructures import EnvironHeaders, MultiDict
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.sansio.utils import get_host
 from werkzeug.wsgi import get_content_length, get_input_stream
@@ -113,7 +114,7 @@ class StreamsMiddleware:
         if raw_path != self.root and not raw_path.startswith(self.root + "/"):
             return self.app(environ, start_response)
         method = environ.get("REQUEST_METHOD", "GET").upper()
-        headers = EnvironHeaders(environ)
+        headers = _RequestHeaders(environ)
         try:
             reply = self._handle(environ, method, headers, _decoded(raw_path))
         except StreamError as error:
@@ -124,7 +125,7 @@ class StreamsMiddleware:
                           _error_body("INTERNAL_ERROR", "the server failed to handle this request"))
         return _respond(reply, method, headers.get("Origin"), start_response)
 
-    def _handle(self, environ: dict[str, Any], method: str, headers: EnvironHeaders,
+    def _handle(self, environ: dict[str, Any], method: str, headers: _RequestHeaders,
                 path: str) -> Reply:
         stream_path = path[len(self.root) + 1:]
         if stream_path.startswith("/"):
@@ -154,6 +155,29 @@ class StreamsMiddleware:
         if control:
             return self.backend.control.handle(request, _stream_url(environ, self.root))
         return self.backend.streams.handle(request)
+
+
+class _RequestHeaders:
+    """A request's headers read straight from the WSGI environ, by name, case-insensitively.
+
+    Werkzeug's `EnvironHeaders` normalises the name on every lookup, and an append looks up
+    seven; here each name's environ key is worked out once per process.
+    """
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self._environ = environ
+
+    def get(self, name: str) -> str | None:
+        value = self._environ.get(_environ_key(name))
+        return None if value is None else str(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _environ_key(name: str) -> str:
+    key = name.upper().replace("-", "_")
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
 
 
 class _RequestBody:
@@ -198,10 +222,10 @@ def _validated_path(stream_path: str, settings: StreamsSettings) -> str:
     return stream_path
 
 
-def _check_authorization(headers: EnvironHeaders, settings: StreamsSettings) -> None:
+def _check_authorization(headers: _RequestHeaders, settings: StreamsSettings) -> None:
     if not settings.auth_token:
         return
-    supplied = headers.get("Authorization", "")
+    supplied = headers.get("Authorization") or ""
     scheme, _, token = supplied.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         token.strip().encode(), settings.auth_token.encode()
@@ -212,7 +236,7 @@ def _check_authorization(headers: EnvironHeaders, settings: StreamsSettings) -> 
         )
 
 
-def _preflight(headers: EnvironHeaders) -> Reply:
+def _preflight(headers: _RequestHeaders) -> Reply:
     requested = headers.get("Access-Control-Request-Headers")
     return Reply(204, {
         "Access-Control-Allow-Methods": ALLOWED_METHODS,

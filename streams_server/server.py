@@ -74,6 +74,7 @@ class RequestHeaders:
 
     def __init__(self, rfile: Any) -> None:
         self._lines: list[tuple[str, str]] = []  # (lower-case name or "" for a continuation, line)
+        self._first: dict[str, int] = {}  # name -> index of its first line (pywsgi asks ~8 times)
         for _ in range(self.MAX_HEADERS + 1):
             raw = rfile.readline(self.MAX_LINE + 1)
             if len(raw) > self.MAX_LINE:
@@ -89,7 +90,9 @@ class RequestHeaders:
             name, colon, _ = line.partition(":")
             if not colon or not name or name != name.strip():
                 raise ValueError(f"malformed request header line {line[:80]!r}")
-            self._lines.append((name.lower(), line))
+            key = name.lower()
+            self._first.setdefault(key, len(self._lines))
+            self._lines.append((key, line))
         raise ValueError(f"more than {self.MAX_HEADERS} request headers")
 
     @property
@@ -97,16 +100,15 @@ class RequestHeaders:
         return [line for _, line in self._lines]
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        wanted = name.lower()
-        for index, (key, line) in enumerate(self._lines):
-            if key == wanted:
-                value = line.partition(":")[2]
-                for more_key, more in self._lines[index + 1:]:
-                    if more_key:
-                        break
-                    value += more
-                return value.strip()
-        return default
+        index = self._first.get(name.lower())
+        if index is None:
+            return default
+        value = self._lines[index][1].partition(":")[2]
+        for more_key, more in self._lines[index + 1:]:
+            if more_key:
+                break
+            value += more
+        return value.strip()
 
     getheader = get
 
@@ -126,3 +128,7 @@ class RequestHeaders:
         if len(kept) == len(self._lines):
             raise KeyError(name)
         self._lines = kept
+        self._first = {}
+        for index, (key, _) in enumerate(kept):
+            if key:
+                self._first.setdefault(key, index)

@@ -37,10 +37,11 @@ def test_folded_lines_continue_the_previous_value() -> None:
 
 
 def test_deleting_a_name_removes_every_occurrence_with_its_continuations() -> None:
-    headers = parse(b"Content-Length: 5\r\nA: 1\r\ncontent-length: 6\r\n more\r\n\r\n")
+    headers = parse(b"Content-Length: 5\r\nA: 1\r\ncontent-length: 6\r\n more\r\nB: 2\r\n\r\n")
     del headers["Content-Length"]
     assert headers.get("content-length") is None
-    assert headers.headers == ["A: 1\r\n"]
+    assert headers.headers == ["A: 1\r\n", "B: 2\r\n"]
+    assert (headers.get("a"), headers.get("b")) == ("1", "2")  # found after the lines moved
     with pytest.raises(KeyError):
         del headers["content-length"]
 

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TypeVar
 
 from ..errors import BadRequest, Gone, NotFound
@@ -407,8 +407,9 @@ class StreamStore:
                 if known is None:
                     self._streams[stream_id] = _Known(info, False, info.last_access_ms)
                 else:
-                    known.info = replace(info, last_access_ms=max(info.last_access_ms,
-                                                                  known.info.last_access_ms))
+                    known.info = info.updated(
+                        tail=info.tail, closed=info.closed,
+                        last_access_ms=max(info.last_access_ms, known.info.last_access_ms))
                     known.soft_deleted = False
                 self._ids[info.path] = stream_id
                 self._track_expiry(info)

@@ -54,6 +54,14 @@ class StreamInfo:
     def is_json(self) -> bool:
         return is_json_content_type(self.content_type)
 
+    def updated(self, *, tail: int, closed: bool, last_access_ms: int) -> StreamInfo:
+        """This snapshot after a write (every append makes two: half `dataclasses.replace`'s
+        cost)."""
+        return StreamInfo(self.stream_id, self.path, self.content_type, tail, closed,
+                          self.expiry, self.created_at_ms, last_access_ms,
+                          self.fork_source_path, self.fork_offset, self.fork_request_offset,
+                          self.fork_sub_offset)
+
 
 @dataclass(frozen=True)
 class CreateResult:

@@ -48,10 +48,12 @@ def _row_by_path(tx: Transaction, path: str) -> sqlite3.Row | None:
 
 
 def _is_expired(row: sqlite3.Row, live: LiveMap, now_ms: int) -> bool:
-    info = info_from_row(row)
-    state = live.get(info.stream_id)
-    last_access = max(info.last_access_ms, state.last_access_ms if state else 0)
-    return expired(info.expiry, last_access, now_ms)
+    expiry = Expiry(row["ttl_seconds"], row["expires_at_ms"])
+    if expiry.ttl_seconds is None and expiry.expires_at_ms is None:
+        return False
+    state = live.get(row["id"])
+    last_access = max(row["last_access_ms"], state.last_access_ms if state else 0)
+    return expired(expiry, last_access, now_ms)
 
 
 def _visible_row(tx: Transaction, live: LiveMap, path: str) -> sqlite3.Row:
@@ -308,7 +310,7 @@ def append_entries(
             stream_id,
         ),
     )
-    updated = replace(info, tail=tail, closed=close, last_access_ms=tx.now_ms)
+    updated = info.updated(tail=tail, closed=close, last_access_ms=tx.now_ms)
     tx.stream_written(updated, appended)
     subscriptions.on_stream_written(tx, path, info.tail, tail)
     return AppendResult(info=updated, producer_epoch=producer_epoch, producer_seq=producer_seq)
