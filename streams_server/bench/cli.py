@@ -107,6 +107,7 @@ class Run:
         self.timings: dict[str, float] = {}
         self.started = time.time()
         self.load_at_start = os.getloadavg()
+        self.cpu_probe_ms: dict[str, float] = {"start": cpu_probe_ms()}
 
     def to_json(self) -> dict[str, Any]:
         rows = build_rows(self.metrics)
@@ -114,7 +115,7 @@ class Run:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
             "duration_s": round(time.time() - self.started, 1),
             "machine": {"cpus": os.cpu_count(), "loadavg_at_start": self.load_at_start,
-                        "loadavg_at_end": os.getloadavg()},
+                        "loadavg_at_end": os.getloadavg(), "cpu_probe_ms": self.cpu_probe_ms},
             "sizes": self.sizes.to_json(),
             "servers": {s: {"metrics": {m.key: m.to_json() for m in self.metrics[s]},
                             "details": self.details[s]} for s in self.servers},
@@ -124,11 +125,26 @@ class Run:
         }
 
 
+def cpu_probe_ms() -> float:
+    """The CPU time of a fixed pure-Python loop, in milliseconds: how fast this machine runs
+    Python right now. On a shared VM it moves with the neighbours' load (by 60 % within an
+    hour here), and every figure of the run moves with it."""
+    times = []
+    for _ in range(3):  # the fastest of three: a probe of its own is noisy
+        started = time.process_time()
+        total = 0
+        for i in range(1_000_000):
+            total += i * i
+        times.append(time.process_time() - started)
+    return round(min(times) * 1000, 1)
+
+
 def run_server(run: Run, kind: str, workloads: list[Workload], options: ServerOptions) -> None:
     """Start server ``kind``, run each workload against it, stop it; errors are recorded."""
     todo = [w for w in workloads if w.applies_to(kind)]
     if not todo:
         return
+    run.cpu_probe_ms[kind] = cpu_probe_ms()
     started = time.perf_counter()
     try:
         process = server_process(kind, options).start()
@@ -192,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in servers:
             run_server(run, kind, workloads, options)
     finally:
+        run.cpu_probe_ms["end"] = cpu_probe_ms()
         result = run.to_json()
         if args.out:
             args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -206,4 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntotal {result['duration_s']:.0f} s on {os.cpu_count()} CPUs, "
           f"{'quick' if args.quick else 'full'} sizes; load average at start {load} "
           "(figures drift with load: compare columns of one run only)")
+    probes = ", ".join(f"{where} {ms:.0f}" for where, ms in run.cpu_probe_ms.items())
+    print(f"CPU probe, ms for a fixed Python loop (lower is faster; a server's is taken just "
+          f"before it starts): {probes}")
     return 1 if run.errors else 0
