@@ -97,7 +97,9 @@ def test_two_workers_racing_for_a_claim_exactly_one_wins(
     winners = [r for r in results if r.status_code == 200]
     losers = [r for r in results if r.status_code == 409]
     assert len(winners) == 1 and len(losers) == 7, [r.status_code for r in results]
-    holder = winners[0].request.body and json.loads(winners[0].request.body)["worker"]
+    claimed = winners[0].request.body
+    assert isinstance(claimed, bytes)
+    holder = json.loads(claimed)["worker"]
     for r in losers:
         error = r.json()["error"]
         assert error["code"] == "ALREADY_CLAIMED"
@@ -269,7 +271,8 @@ def test_a_subscription_id_that_needs_escaping_gets_the_right_jwks_url(
     streams_server: ServerProcess,
 ) -> None:
     base = f"{streams_server.url}/v1/stream"
-    config = {"type": "webhook", "pattern": "x/*", "webhook": {"url": "https://example.com/h"}}
+    config: dict[str, Any] = {"type": "webhook", "pattern": "x/*",
+                              "webhook": {"url": "https://example.com/h"}}
     response = requests.put(f"{base}/__ds/subscriptions/a%20b%C3%A9", json=config, timeout=10)
     assert response.status_code == 201, response.text
     assert response.json()["id"] == "a b\u00e9"

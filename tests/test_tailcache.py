@@ -47,7 +47,8 @@ def test_a_read_is_the_entries_from_the_position_up_to_the_snapshot_tail(
         return  # the disk path serves it
     wanted = [chunk for start, chunk in entries if position <= start < tail]
     chunks, next_position = result
-    expected, size = [], 0
+    expected: list[bytes] = []
+    size = 0
     for chunk in wanted:
         if expected and size + len(chunk) > max_bytes:
             break
