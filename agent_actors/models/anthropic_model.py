@@ -229,10 +229,12 @@ class _Opening(threading.Thread):
         retries = 0
         while isinstance(result, Exception) and retries < self.max_retries:
             delay = retry_delay(result, retries)
-            if delay is None or self.cancel.wait(delay):
+            if delay is None:
                 break
-            log.info("model request failed (%r); retry %d of %d", result, retries + 1,
-                     self.max_retries)
+            log.info("model request failed (%r); retry %d of %d in %.1f s", result,
+                     retries + 1, self.max_retries, delay)
+            if self.cancel.wait(delay):
+                break
             retries += 1
             result = self._attempt()
         with self._lock:
