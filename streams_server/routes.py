@@ -114,7 +114,7 @@ class StreamsMiddleware:
         if raw_path != self.root and not raw_path.startswith(self.root + "/"):
             return self.app(environ, start_response)
         method = environ.get("REQUEST_METHOD", "GET").upper()
-        headers = _RequestHeaders(environ)
+        headers = _EnvironHeaders(environ)
         try:
             reply = self._handle(environ, method, headers, _decoded(raw_path))
         except StreamError as error:
@@ -125,7 +125,7 @@ class StreamsMiddleware:
                           _error_body("INTERNAL_ERROR", "the server failed to handle this request"))
         return _respond(reply, method, headers.get("Origin"), start_response)
 
-    def _handle(self, environ: dict[str, Any], method: str, headers: _RequestHeaders,
+    def _handle(self, environ: dict[str, Any], method: str, headers: _EnvironHeaders,
                 path: str) -> Reply:
         stream_path = path[len(self.root) + 1:]
         if stream_path.startswith("/"):
@@ -157,7 +157,7 @@ class StreamsMiddleware:
         return self.backend.streams.handle(request)
 
 
-class _RequestHeaders:
+class _EnvironHeaders:
     """A request's headers read straight from the WSGI environ, by name, case-insensitively.
 
     Werkzeug's `EnvironHeaders` normalises the name on every lookup, and an append looks up
@@ -222,7 +222,7 @@ def _validated_path(stream_path: str, settings: StreamsSettings) -> str:
     return stream_path
 
 
-def _check_authorization(headers: _RequestHeaders, settings: StreamsSettings) -> None:
+def _check_authorization(headers: _EnvironHeaders, settings: StreamsSettings) -> None:
     if not settings.auth_token:
         return
     supplied = headers.get("Authorization") or ""
@@ -236,7 +236,7 @@ def _check_authorization(headers: _RequestHeaders, settings: StreamsSettings) ->
         )
 
 
-def _preflight(headers: _RequestHeaders) -> Reply:
+def _preflight(headers: _EnvironHeaders) -> Reply:
     requested = headers.get("Access-Control-Request-Headers")
     return Reply(204, {
         "Access-Control-Allow-Methods": ALLOWED_METHODS,

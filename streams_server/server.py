@@ -74,12 +74,12 @@ class RequestHeaders:
 
     def __init__(self, rfile: Any) -> None:
         self._lines: list[tuple[str, str]] = []  # (lower-case name or "" for a continuation, line)
-        self._first: dict[str, int] = {}  # name -> index of its first line (pywsgi asks ~8 times)
         for _ in range(self.MAX_HEADERS + 1):
             raw = rfile.readline(self.MAX_LINE + 1)
             if len(raw) > self.MAX_LINE:
                 raise ValueError("request header line too long")
             if raw in (b"\r\n", b"\n", b""):
+                self._first = _first_lines(self._lines)
                 return
             line = raw.decode("latin-1").rstrip("\r\n") + "\r\n"
             if line[:1] in " \t":
@@ -90,9 +90,7 @@ class RequestHeaders:
             name, colon, _ = line.partition(":")
             if not colon or not name or name != name.strip():
                 raise ValueError(f"malformed request header line {line[:80]!r}")
-            key = name.lower()
-            self._first.setdefault(key, len(self._lines))
-            self._lines.append((key, line))
+            self._lines.append((name.lower(), line))
         raise ValueError(f"more than {self.MAX_HEADERS} request headers")
 
     @property
@@ -128,7 +126,13 @@ class RequestHeaders:
         if len(kept) == len(self._lines):
             raise KeyError(name)
         self._lines = kept
-        self._first = {}
-        for index, (key, _) in enumerate(kept):
-            if key:
-                self._first.setdefault(key, index)
+        self._first = _first_lines(kept)
+
+
+def _first_lines(lines: list[tuple[str, str]]) -> dict[str, int]:
+    """Each name's first line, by index: pywsgi looks up about eight names per request."""
+    first: dict[str, int] = {}
+    for index, (key, _) in enumerate(lines):
+        if key:
+            first.setdefault(key, index)
+    return first

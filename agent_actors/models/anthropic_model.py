@@ -105,7 +105,7 @@ class AnthropicModel:
     def _answer(self, request: dict[str, Any], cancel: threading.Event) -> Iterator[ModelEvent]:
         usage = _Usage()
         opening = _Opening(self.client, request, self.model, self.max_retries, cancel)
-        response = opening.wait(cancel)
+        response = opening.wait()
         if response is None:
             yield ModelResult(CANCELLED, 0, 0, self.model)
             return
@@ -209,17 +209,17 @@ class _Opening(threading.Thread):
         self._result: Any = None
         self.start()
 
-    def wait(self, cancel: threading.Event) -> Any:
+    def wait(self) -> Any:
         """The SDK's streaming response or the exception that prevented it; None if cancelled."""
         while not self._done.wait(_CANCEL_CHECK_S):
-            if cancel.is_set():
+            if self.cancel.is_set():
                 with self._lock:
                     self._abandoned = True
                     if not self._done.is_set():
                         return None
                 self._close_result()
                 return None
-        if cancel.is_set():
+        if self.cancel.is_set():
             self._close_result()
             return None
         return self._result
