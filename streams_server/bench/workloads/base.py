@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -131,6 +132,25 @@ def append(conn: Connection, path: str, body: bytes, content_type: str = JSON,
     """``POST`` one append; 200 or 204 expected."""
     all_headers = {"Content-Type": content_type, **(headers or {})}
     return conn.request("POST", path, body, all_headers).expect(200, 204)
+
+
+def request_retrying(conn: Connection, method: str, path: str, body: bytes,
+                     headers: dict[str, str], *, ok: tuple[int, ...],
+                     retry_if: Callable[[int], bool], retries: list[str],
+                     pause_s: float = 0.0) -> Response:
+    """A request whose refusal (a status not in ``ok`` for which ``retry_if`` holds) is sent
+    twice more, ``pause_s`` apart; each refusal is noted in ``retries`` for the report.
+
+    For the reference server, which sometimes refuses a request on a stream it has just
+    created; the bench says how often it had to.
+    """
+    for _ in range(2):
+        response = conn.request(method, path, body, headers)
+        if response.status in ok or not retry_if(response.status):
+            return response.expect(*ok)
+        retries.append(f"{path} -> {response.status} {response.body[:80]!r}")
+        time.sleep(pause_s)
+    return conn.request(method, path, body, headers).expect(*ok)
 
 
 def delete_stream(conn: Connection, path: str) -> None:

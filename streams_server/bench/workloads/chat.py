@@ -34,6 +34,7 @@ from streams_server.bench.workloads.base import (
     Metric,
     Target,
     create_stream,
+    request_retrying,
     tail_offset,
 )
 
@@ -238,14 +239,9 @@ class _Conversations:
         the growth workload sees it on PUTs); noted, as there. A retried prompt carries the
         same producer sequence, so it is never stored twice.
         """
-        for attempt in range(3):
-            response = self.conn.request("POST", path, body, {"Content-Type": JSON,
-                                                              **(headers or {})})
-            if response.status != 404 or attempt == 2:
-                response.expect(200, 204)
-                return
-            self.retries.append(f"{path} -> 404 {response.body[:80]!r}")
-            time.sleep(0.05)
+        request_retrying(self.conn, "POST", path, body, {"Content-Type": JSON, **(headers or {})},
+                         ok=(200, 204), retry_if=lambda status: status == 404,
+                         retries=self.retries, pause_s=0.05)
 
 
 # -- one step ------------------------------------------------------------------------------------

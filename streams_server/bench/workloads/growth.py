@@ -27,6 +27,7 @@ from streams_server.bench.workloads.base import (
     append,
     create_stream,
     delete_stream,
+    request_retrying,
 )
 from streams_server.bench.workloads.catchup import build_stream
 
@@ -180,13 +181,8 @@ def _in_threads(ctx: Context, paths: list[str], method: str) -> float:
 
 def _put_retrying(conn: Connection, path: str, retries: list[str]) -> None:
     """Create a stream with one small message; a failed PUT is retried twice (and noted)."""
-    for attempt in range(3):
-        response = conn.request("PUT", path, b'{"n":1}', {"Content-Type": JSON})
-        if response.status in (200, 201):
-            return
-        if attempt == 2:
-            response.expect(200, 201)
-        retries.append(f"{path} -> {response.status} {response.body[:80]!r}")
+    request_retrying(conn, "PUT", path, b'{"n":1}', {"Content-Type": JSON}, ok=(200, 201),
+                     retry_if=lambda status: True, retries=retries)
 
 
 def _create_many(ctx: Context, count: int) -> float:
