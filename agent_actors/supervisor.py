@@ -67,6 +67,9 @@ class SupervisorSettings:
     # How long stopping waits for agents to release their leases; after that the leases
     # simply expire (e.g. when the streams server is already gone).
     shutdown_timeout_s: float = 15.0
+    # Threads for claims and start-up checks, a few requests each: conversations woken
+    # together (a burst of prompts, a restart's scan) do not queue behind one another's.
+    job_threads: int = 8
 
 
 # -- messages to the supervisor (from its own threads) ---------------------------------------
@@ -112,9 +115,11 @@ class Supervisor(pykka.ThreadingActor):
         super().__init__()
         self.settings = settings
         self.model = model
-        # Each agent sends requests from two threads at once (its answer, its lease keeper).
-        self.client = client or StreamsClient(settings.streams_url, auth_token=settings.auth_token,
-                                              pool_size=2 * settings.max_agents + 4)
+        # Each agent sends requests from two threads at once (its answer, its lease keeper),
+        # and so may each job thread.
+        self.client = client or StreamsClient(
+            settings.streams_url, auth_token=settings.auth_token,
+            pool_size=2 * settings.max_agents + settings.job_threads + 4)
         self.offsets = OffsetsStore(settings.data_dir)
         self.agents: dict[str, pykka.ActorRef[Any]] = {}
         self._known: set[str] = set()
@@ -132,7 +137,9 @@ class Supervisor(pykka.ThreadingActor):
         log.info("supervisor %s started: streams=%s model=%s max_agents=%d",
                  self.settings.worker_name, self.settings.streams_url, self.model.name,
                  self.settings.max_agents)
-        threading.Thread(target=self._run_jobs, name="supervisor-jobs", daemon=True).start()
+        for index in range(self.settings.job_threads):
+            threading.Thread(target=self._run_jobs, name=f"supervisor-jobs-{index}",
+                             daemon=True).start()
         self._jobs.put(self._prepare)
 
     def on_stop(self) -> None:
@@ -152,7 +159,8 @@ class Supervisor(pykka.ThreadingActor):
             except (pykka.Timeout, pykka.ActorDeadError):
                 log.info("an agent did not stop in time; its lease will expire instead")
         self.agents.clear()
-        self._jobs.put(None)
+        for _ in range(self.settings.job_threads):
+            self._jobs.put(None)
         self.offsets.close()
         log.info("supervisor %s stopped", self.settings.worker_name)
 
@@ -249,7 +257,7 @@ class Supervisor(pykka.ThreadingActor):
         while self._deferred and len(self.agents) + len(self._claiming) < self.settings.max_agents:
             self._try_claim(self._deferred.pop(0))
 
-    # -- blocking work, on the supervisor's job thread -------------------------------------
+    # -- blocking work, on the supervisor's job threads ------------------------------------
 
     def _tell(self, message: object) -> None:
         try:

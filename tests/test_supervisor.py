@@ -127,8 +127,9 @@ def in_process(tmp_path: Path, fake: FakeAnthropic) -> Iterator[StartInProcess]:
     refs: list[pykka.ActorRef[Any]] = []
 
     def start(root: str, *, retry_deadline: float = 30.0, worker: str = "w1",
-              idle_timeout: float = 30.0, **settings: Any) -> pykka.ActorRef[Any]:
-        client = StreamsClient(root, retry=RetryPolicy(deadline=retry_deadline))
+              idle_timeout: float = 30.0, client: StreamsClient | None = None,
+              **settings: Any) -> pykka.ActorRef[Any]:
+        client = client or StreamsClient(root, retry=RetryPolicy(deadline=retry_deadline))
         model = AnthropicModel(api_key="test-key", model="claude-fake-1", base_url=fake.url)
         ref = Supervisor.start(
             SupervisorSettings(streams_url=root, data_dir=str(tmp_path / f"agents-{worker}"),
@@ -329,6 +330,45 @@ def peak_live_agents(logs: LogWatch) -> int:
         live += 1 if line.text.startswith("agent started") else -1
         peak = max(peak, live)
     return peak
+
+
+class ClaimsInFlight(StreamsClient):
+    """A streams client that counts its claims in flight at once; each claim first waits (up
+    to `hold_s`) for `expected` of them to be in flight together."""
+
+    def __init__(self, root: str, expected: int, hold_s: float = 5.0) -> None:
+        super().__init__(root)
+        self.expected = expected
+        self.hold_s = hold_s
+        self.peak = 0
+        self._in_flight = 0
+        self._changed = threading.Condition()
+
+    def claim(self, subscription_id: str, worker: str) -> Any:
+        with self._changed:
+            self._in_flight += 1
+            self.peak = max(self.peak, self._in_flight)
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self.peak >= self.expected, timeout=self.hold_s)
+            self._in_flight -= 1
+        return super().claim(subscription_id, worker)
+
+
+def test_conversations_woken_together_are_claimed_at_once(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+) -> None:
+    """Four prompts sent together: the four claims are in flight at the same time, so the
+    last conversation does not wait for three claims' round trips before its agent starts."""
+    root = streams_root(streams_server)
+    claims = ClaimsInFlight(root, expected=4)
+    in_process(root, client=claims)
+    client, chat = connect(root)
+    conversations = [chat.start_conversation(f"together {i}") for i in range(4)]
+    prompts = {cid: chat.send_prompt(cid, f"question for {cid}") for cid in conversations}
+    for cid, prompt in prompts.items():
+        rendered = wait_for_answers(client, cid, [prompt], timeout=30)
+        assert_clean_answers(rendered, {prompt: f"question for {cid}"})
+    assert claims.peak == 4
 
 
 # -- 3. the streams server unreachable at start ----------------------------------------------------
