@@ -1,5 +1,6 @@
-"""The supervisor's duties: restart crashed agents with backoff, cap the live agents, wait out
-an unreachable streams server, and shut down cleanly on SIGTERM/SIGINT.
+"""The supervisor's duties: restart crashed agents with backoff, cap the live agents, claim
+conversations woken together at once, wait out an unreachable streams server, and shut down
+cleanly on SIGTERM/SIGINT.
 
 Real streams servers, real sockets, the real `anthropic` SDK against the local fake Messages
 API. Some tests run the `Supervisor` actor in this process, to give its streams client a short
@@ -330,6 +331,9 @@ def peak_live_agents(logs: LogWatch) -> int:
         live += 1 if line.text.startswith("agent started") else -1
         peak = max(peak, live)
     return peak
+
+
+# -- 2b. conversations woken together are claimed at once ------------------------------------------
 
 
 class ClaimsInFlight(StreamsClient):
