@@ -25,6 +25,7 @@ import pytest
 
 from agent_actors.agent import AgentSettings
 from agent_actors.models.anthropic_model import AnthropicModel
+from agent_actors.stream_types import Lease
 from agent_actors.streams_client import RetryPolicy, StreamsClient
 from agent_actors.supervisor import Supervisor, SupervisorSettings
 from tests.fake_anthropic import FakeAnthropic
@@ -348,7 +349,7 @@ class ClaimsInFlight(StreamsClient):
         self._in_flight = 0
         self._changed = threading.Condition()
 
-    def claim(self, subscription_id: str, worker: str) -> Any:
+    def claim(self, subscription_id: str, worker: str) -> Lease:
         with self._changed:
             self._in_flight += 1
             self.peak = max(self.peak, self._in_flight)
