@@ -30,13 +30,13 @@ import pykka
 from agent_actors import layout, schema
 from agent_actors.answering import AnswerAborted, AnswerOutcome, answer_prompt
 from agent_actors.conversation_log import ConversationLog
-from agent_actors.errors import ProducerFenced, StreamsError
+from agent_actors.errors import ProducerFenced, StreamNotFound, StreamsError
 from agent_actors.lease_keeper import LeaseKeeper
 from agent_actors.models.base import Model
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.producer import Producer
 from agent_actors.schema import Cancel, Prompt
-from agent_actors.stream_types import Lease
+from agent_actors.stream_types import Lease, ReadResult
 from agent_actors.streams_client import StreamsClient, Tail
 
 log = logging.getLogger(__name__)
@@ -351,10 +351,8 @@ class ConversationAgent(pykka.ThreadingActor):
     def _boot(self) -> None:
         """Fence older agents, then read what the streams say was already answered."""
         client = self.client
-        client.ensure_stream(self.prompts_path)
-        client.ensure_stream(self.responses_path)
         conversation = ConversationLog()
-        before = client.read_all(self.responses_path)
+        before = self._read_all_creating(self.responses_path)
         for message in before.messages:
             conversation.apply_response(message)
         epoch = max(self.lease.generation, conversation.max_epoch + 1)
@@ -364,9 +362,19 @@ class ConversationAgent(pykka.ThreadingActor):
         after = client.read_all(self.responses_path, before.next_offset)
         for message in after.messages:
             conversation.apply_response(message)
-        prompts = client.read_all(self.prompts_path)
+        prompts = self._read_all_creating(self.prompts_path)
         conversation.add_prompt_messages(prompts.messages)
         self.actor_ref.tell(_Booted(conversation, producer, prompts.next_offset))
+
+    def _read_all_creating(self, path: str) -> ReadResult:
+        """The whole stream, created first if it is missing. Clients create a conversation's
+        streams before its first prompt, so reading first saves every boot a `PUT` per
+        stream: two of its six requests, each a queue's wait on a busy server."""
+        try:
+            return self.client.read_all(path)
+        except StreamNotFound:
+            self.client.ensure_stream(path)
+            return self.client.read_all(path)
 
     def _read_prompts(self) -> None:
         reader = self._reader

@@ -165,6 +165,24 @@ def test_new_conversation_is_answered_with_multi_turn_history(
     assert len(fake.requests) == 2
 
 
+def test_an_agent_creates_a_missing_responses_stream_and_answers(
+    tmp_path: Path, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    server = start_streams_server(tmp_path / "streams", long_poll_timeout=2.0)
+    try:
+        start_supervisor(streams_root(server))
+        client, chat = connect(server)
+        cid = chat.start_conversation("no responses stream yet", responses_stream=False)
+        assert not client.exists(layout.responses_path(cid))
+
+        prompt = chat.send_prompt(cid, "Who makes the responses stream?")
+        assert_clean_answers(final_render(client, cid),
+                             {prompt: "Who makes the responses stream?"})
+        assert client.head(layout.responses_path(cid)).content_type == "application/json"
+    finally:
+        server.terminate()
+
+
 # -- 2. cancel ----------------------------------------------------------------------------------
 
 
