@@ -1,15 +1,19 @@
-"""The app as `flask run` runs it, outside the browser: stopping it with Ctrl+C."""
+"""The app as `flask run` runs it, outside the browser: stopping it with Ctrl+C, and where
+its embedded supervisor connects."""
 
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path
+
+import requests
 
 from agent_actors import layout
 from agent_actors.streams_client import StreamsClient
 from tests.fake_anthropic import FakeAnthropic
-from tests.support.agents import ChatClient
+from tests.support.agents import ChatClient, wait_for_answers
 from tests.support.webapp import start_chat_app
 
 
@@ -36,3 +40,34 @@ def test_ctrl_c_stops_flask_run_promptly_in_the_middle_of_an_answer(tmp_path: Pa
     assert code == 0, app.log_tail()
     assert elapsed < 8, f"Ctrl+C took {elapsed:.1f} s"
     assert "Traceback" not in app.log_path.read_text(errors="replace"), app.log_tail()
+
+
+def test_the_first_requests_host_header_does_not_choose_where_the_agents_connect(
+    tmp_path: Path,
+) -> None:
+    """The embedded supervisor starts with the first request. It used to take its streams URL
+    from that request's Host header: whoever sent it chose where the agents connected, with
+    the streams token, and no prompt was answered until a restart."""
+    trap = socket.create_server(("127.0.0.1", 0))
+    trap.setblocking(False)
+    trap_port = trap.getsockname()[1]
+    with trap, FakeAnthropic(reply="Answered by the app's own agents.") as model:
+        app = start_chat_app(tmp_path / "data", model_url=model.url)
+        try:
+            page = requests.get(f"{app.url}/", headers={"Host": f"127.0.0.1:{trap_port}"},
+                                timeout=10)
+            assert page.status_code == 200
+            client = StreamsClient(f"{app.url}/v1/stream")
+            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
+            cid = chat.start_conversation("after a forged Host")
+            prompt = chat.send_prompt(cid, "hello?")
+            answer = wait_for_answers(client, cid, [prompt]).answers[prompt]
+            assert answer.text == "Answered by the app's own agents."
+        finally:
+            app.terminate()
+        try:
+            trap.accept()
+        except BlockingIOError:
+            pass  # nobody connected to the address the Host header named
+        else:
+            raise AssertionError("the agents connected to the address in the Host header")

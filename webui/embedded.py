@@ -15,7 +15,6 @@ import threading
 from typing import Any
 
 from flask import Flask
-from werkzeug.wsgi import get_current_url
 
 from agent_actors.agent import AgentSettings
 from agent_actors.models.settings import model_from_settings
@@ -43,24 +42,24 @@ class BackgroundWork:
 
         def start_then_serve(environ: dict[str, Any], start_response: Any) -> Any:
             if not self._started:
-                self._start_once(get_current_url(environ, host_only=True))
+                self._start_once(own_url(environ))
             return serve(environ, start_response)
 
         app.wsgi_app = start_then_serve  # type: ignore[method-assign]
         atexit.register(self.stop)
 
-    def _start_once(self, host_url: str) -> None:
+    def _start_once(self, root_url: str) -> None:
         with self._lock:
             if self._started:
                 return
             self._started = True
             self._backend.start()
             if self._app.config["EMBEDDED_SUPERVISOR"]:
-                self.supervisor = self._start_supervisor(host_url)
+                self.supervisor = self._start_supervisor(root_url)
 
-    def _start_supervisor(self, host_url: str) -> Any:
+    def _start_supervisor(self, root_url: str) -> Any:
         config = self._app.config
-        streams_url = config["AGENT_STREAMS_URL"] or host_url.rstrip("/") + "/v1/stream"
+        streams_url = config["AGENT_STREAMS_URL"] or root_url.rstrip("/") + "/v1/stream"
         model = model_from_settings(config["AGENT_MODEL"],
                                     demo_tokens_per_second=config["DEMO_TOKENS_PER_SECOND"])
         settings = SupervisorSettings(
@@ -88,3 +87,19 @@ class BackgroundWork:
                     pass
                 self.supervisor = None
         self._backend.close()
+
+
+def own_url(environ: dict[str, Any]) -> str:
+    """This server's own root URL, from the address it listens on.
+
+    Not from the request's ``Host`` header: the first request would then choose where the
+    embedded supervisor connects (and sends the streams token). Werkzeug's and gevent's
+    servers set ``SERVER_NAME`` and ``SERVER_PORT`` from their bound socket; a server
+    listening on every interface is reached on the loopback one. Behind a server that
+    takes ``SERVER_NAME`` from the request instead, set ``CHAT_AGENT_STREAMS_URL``.
+    """
+    host = str(environ.get("SERVER_NAME") or "127.0.0.1")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{environ.get('wsgi.url_scheme', 'http')}://{host}:{environ['SERVER_PORT']}"
