@@ -111,9 +111,12 @@ class StreamsMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         raw_path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        framing = _framing_error(environ)
+        if framing is not None:  # whatever the path: the connection's next request is at stake
+            return _respond(_error_reply(framing, method), method, None, start_response)
         if raw_path != self.root and not raw_path.startswith(self.root + "/"):
             return self.app(environ, start_response)
-        method = environ.get("REQUEST_METHOD", "GET").upper()
         headers = _EnvironHeaders(environ)
         try:
             reply = self._handle(environ, method, headers, _decoded(raw_path))
@@ -193,6 +196,29 @@ class _RequestBody:
         except (OSError, ValueError, HTTPException) as exc:
             raise BadRequest(f"the request body ended early or is malformed: {exc}",
                              code="INCOMPLETE_BODY") from exc
+
+
+def _framing_error(environ: dict[str, Any]) -> BadRequest | None:
+    """Why the request body's end is uncertain, if it is (RFC 9112, section 6).
+
+    gevent's server refuses such requests itself; Werkzeug's (``flask run``) passes them on
+    and reads a malformed Content-Length, or a Transfer-Encoding other than ``chunked``, as
+    "no body": an append would be stored without its data, and the body's bytes would be
+    taken for the next request on the connection (a request smuggled past whatever checked
+    the first). The answer closes the connection.
+    """
+    coding = environ.get("HTTP_TRANSFER_ENCODING")
+    length = str(environ.get("CONTENT_LENGTH") or "").strip()
+    problem = None
+    if coding is not None and coding.strip().lower() != "chunked":
+        problem = f"the Transfer-Encoding {coding[:80]!r} is not supported (only chunked)"
+    elif coding is not None and length:
+        problem = "a request cannot have both Transfer-Encoding and Content-Length"
+    elif length and not (length.isascii() and length.isdigit()):
+        problem = f"Content-Length must be a non-negative integer, not {length[:40]!r}"
+    if problem is None:
+        return None
+    return BadRequest(problem, code="INVALID_FRAMING", headers={"Connection": "close"})
 
 
 def _stream_url(environ: dict[str, Any], path: str) -> str:

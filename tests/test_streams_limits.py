@@ -2,7 +2,8 @@
 
 Each limit is set small on the command line and then crossed: request bodies (``413``),
 catch-up chunks (split, ``Stream-Up-To-Date`` only on the last), path length (``414``), plus
-chunked request bodies and the optional bearer token (``401``).
+chunked request bodies and the optional bearer token (``401``). Bodies cut short or framed
+ambiguously are refused both by the standalone server and by the chat app's (`flask run`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import requests
 
 from tests.support import ServerProcess, start_streams_server
 from tests.support.streams_http import StreamsHttp, error_body, offset_position
+from tests.support.webapp import start_chat_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,6 +66,23 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         yield server
     finally:
         server.terminate()
+
+
+@pytest.fixture(scope="module")
+def flask_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamsHttp]:
+    """The chat app under `flask run` (Werkzeug's server), which serves the same protocol."""
+    app = start_chat_app(tmp_path_factory.mktemp("flask") / "data",
+                         model_url="http://127.0.0.1:9", config={"EMBEDDED_SUPERVISOR": "false"})
+    try:
+        yield StreamsHttp(app.url)
+    finally:
+        app.terminate()
+
+
+@pytest.fixture(params=["gevent", "flask-run"])
+def front(request: pytest.FixtureRequest) -> StreamsHttp:
+    """The standalone server (gevent's), then the chat app's (Werkzeug's)."""
+    return request.getfixturevalue("roomy" if request.param == "gevent" else "flask_run")
 
 
 def pieces(data: bytes, size: int = 1000) -> Iterator[bytes]:
@@ -261,11 +280,11 @@ def _raw_exchange(base_url: str, head: bytes, body: bytes) -> tuple[int, bytes]:
 @pytest.mark.parametrize("content_type", [JSON, BINARY])
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_a_body_cut_short_is_a_400_and_appends_nothing(
-    roomy: StreamsHttp, content_type: str, framing: str,
+    front: StreamsHttp, content_type: str, framing: str,
 ) -> None:
     path = f"cut-{framing}-{content_type.split('/')[1]}"
-    roomy.put(path, content_type=content_type).raise_for_status()
-    before = roomy.head(path).headers["Stream-Next-Offset"]
+    front.put(path, content_type=content_type).raise_for_status()
+    before = front.head(path).headers["Stream-Next-Offset"]
     target = f"/v1/stream/{path}".encode()
     if framing == "content-length":
         head = (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: 100\r\n\r\n"
@@ -275,7 +294,34 @@ def test_a_body_cut_short_is_a_400_and_appends_nothing(
         head = (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n" % (target, content_type.encode()))
         body = b"7\r\n[1,"
-    status, payload = _raw_exchange(roomy.base_url, head, body)
+    status, payload = _raw_exchange(front.base_url, head, body)
     assert status == 400, payload
     assert json.loads(payload)["error"]["code"] == "INCOMPLETE_BODY"
-    assert roomy.head(path).headers["Stream-Next-Offset"] == before
+    assert front.head(path).headers["Stream-Next-Offset"] == before
+
+
+@pytest.mark.parametrize("framing", [
+    b"Transfer-Encoding: gzip, chunked\r\n",
+    b"Transfer-Encoding: gzip\r\n",
+    b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
+    b"Content-Length: abc\r\n",
+    b"Content-Length: -5\r\n",
+    b"Content-Length: 2, 2\r\n",
+])
+def test_a_body_of_uncertain_length_is_refused_and_smuggles_nothing(
+    front: StreamsHttp, framing: bytes,
+) -> None:
+    """Framed any other way than by one Content-Length or by chunked alone, a request's body
+    could be read as no body at all, and its bytes as the connection's next request: here
+    a closing append whose body hides another append. The request is refused and the
+    connection closed: the stream is neither closed without the data nor appended to."""
+    path = f"framing-{abs(hash(framing))}"
+    front.put(path, content_type=JSON).raise_for_status()
+    hidden = (b"POST /v1/stream/%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 14\r\n\r\n{\"smuggled\":1}" % path.encode())
+    head = (b"POST /v1/stream/%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Stream-Closed: true\r\n" % path.encode()) + framing + b"\r\n"
+    status, payload = _raw_exchange(front.base_url, head, hidden)
+    assert status == 400, payload
+    after = front.get(path)
+    assert after.json() == [] and "Stream-Closed" not in after.headers

@@ -43,7 +43,7 @@ def read_spooled(stream: IO[bytes], settings: StreamsSettings) -> Entries:
     Entries are at most `max_chunk_bytes` long, so that a catch-up read (which returns whole
     entries) never has to exceed the chunk limit because of one large append.
     """
-    first = stream.read(settings.spool_memory_bytes + 1)
+    first = _read_up_to(stream, settings.spool_memory_bytes + 1)
     if len(first) > settings.max_body_bytes:  # a chunked body declares no length up front
         raise _too_large(settings)
     if len(first) <= settings.spool_memory_bytes:
@@ -59,3 +59,18 @@ def read_spooled(stream: IO[bytes], settings: StreamsSettings) -> Entries:
             raise _too_large(settings)
         spool.write(chunk)
     return SpooledChunks(spool, size, settings.max_chunk_bytes)
+
+
+def _read_up_to(stream: IO[bytes], limit: int) -> bytes:
+    """Up to `limit` bytes, reading until the body ends if it is shorter.
+
+    One `read` may return less than the body holds, and only a read at its end finds out
+    whether it ended early: Werkzeug's input stream raises there, when the client sent less
+    than its Content-Length, so a cut-off body is refused instead of stored.
+    """
+    parts: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := stream.read(limit - size)):
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
