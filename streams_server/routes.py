@@ -231,8 +231,16 @@ def _stream_url(environ: dict[str, Any], path: str) -> str:
 
 
 def _decoded(raw_path: str) -> str:
-    """The path as text: WSGI hands it over as percent-decoded bytes in latin-1."""
-    return raw_path.encode("latin-1").decode(errors="replace")
+    """The path as text: WSGI hands it over as percent-decoded bytes in latin-1.
+
+    Bytes that are not UTF-8 are refused rather than replaced: replaced, ``%FF`` and ``%FE``
+    would both name the stream ``\ufffd``, one stream under many URLs.
+    """
+    try:
+        return raw_path.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise BadRequest("the path is not UTF-8 once percent-decoded",
+                         code="INVALID_PATH") from None
 
 
 def _validated_path(stream_path: str, settings: StreamsSettings) -> str:

@@ -197,3 +197,5 @@ def _body(request: StreamRequest) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", code="INVALID_JSON") from None
+    except RecursionError:
+        raise BadRequest("the body's JSON is nested too deeply", code="INVALID_JSON") from None

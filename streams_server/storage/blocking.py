@@ -25,5 +25,24 @@ def run_blocking(fn: Callable[[], T]) -> T:
     if _gevent_patched():
         import gevent
 
-        return gevent.get_hub().threadpool.apply(fn)  # type: ignore[no-any-return]
+        outcome = gevent.get_hub().threadpool.apply(_outcome_of, (fn,))
+        if isinstance(outcome, _Raised):
+            raise outcome.error
+        return outcome  # type: ignore[no-any-return]
     return fn()
+
+
+class _Raised:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _outcome_of(fn: Callable[[], T]) -> T | _Raised:
+    """`fn`'s result, or what it raised, as a value: gevent's pool would print the traceback
+    of an error raised in a worker, even one the caller turns into a 404 for the client."""
+    try:
+        return fn()
+    except BaseException as error:  # noqa: BLE001 - re-raised by the caller, in its greenlet
+        return _Raised(error)

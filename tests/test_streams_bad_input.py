@@ -1,0 +1,71 @@
+"""Hostile and malformed requests to `python -m streams_server`, over real sockets: each gets
+a clear JSON 4xx, changes nothing, and leaves no traceback in the server's log.
+
+Each case here was once answered otherwise (found by fuzzing the server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import ServerProcess, start_streams_server
+from tests.support.streams_http import StreamsHttp, error_body
+
+pytestmark = pytest.mark.timeout(60)
+
+JSON = "application/json"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_streams_server(tmp_path_factory.mktemp("bad-input") / "data")
+    try:
+        yield server
+    finally:
+        server.terminate()
+
+
+@pytest.fixture
+def http(server: ServerProcess) -> StreamsHttp:
+    return StreamsHttp(server.url)
+
+
+def assert_error(response: object, status: int, code: str) -> None:
+    assert response.status_code == status, (response.status_code, response.content[:300])
+    assert error_body(response)["error"]["code"] == code
+
+
+def test_deeply_nested_json_in_a_control_body_is_a_400(http: StreamsHttp) -> None:
+    """`json.loads` raises RecursionError, not ValueError, past Python's nesting limit."""
+    response = http.request("PUT", "__ds/subscriptions/deep", headers={"Content-Type": JSON},
+                            body=b"[" * 100_000)
+    assert_error(response, 400, "INVALID_JSON")
+    assert http.get("__ds/subscriptions/deep").status_code == 404
+
+
+def test_a_path_that_is_not_utf8_once_decoded_is_refused_not_aliased(http: StreamsHttp) -> None:
+    """With undecodable bytes replaced by U+FFFD, `%FF`, `%FE` and `%C0` all named one stream."""
+    assert_error(http.put("alias-%FF", content_type=JSON), 400, "INVALID_PATH")
+    assert_error(http.post("alias-%C0", b'[{"a": 1}]', content_type=JSON), 400, "INVALID_PATH")
+    assert http.get("alias-%EF%BF%BD").status_code == 404
+    assert http.put("alias-%C3%A9", content_type=JSON).status_code == 201  # é is fine
+    assert http.get("alias-%C3%A9").json() == []
+
+
+def test_expected_errors_leave_no_traceback_in_the_log(server: ServerProcess,
+                                                        http: StreamsHttp) -> None:
+    """Errors raised in the storage thread pool (a 404, a 400 for an offset read from disk)
+    are the client's answer, not the operator's problem: gevent's pool used to print each
+    one's traceback, a log anyone could flood."""
+    assert http.put("logged", content_type=JSON).status_code == 201
+    assert http.post("logged", b'[{"n": 1}, {"n": 2}]', content_type=JSON).status_code == 204
+    server.restart()  # the tail cache is empty: reads now come from the database
+    http = StreamsHttp(server.url)
+    assert http.get("__ds/subscriptions/nope").status_code == 404
+    assert_error(http.get("logged", offset="0000000000000000_0000000000000003"),
+                 400, "INVALID_OFFSET")
+    assert http.get("logged").json() == [{"n": 1}, {"n": 2}]
+    log = server.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, server.log_tail()
