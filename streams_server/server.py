@@ -80,7 +80,6 @@ class RequestHeaders:
                 raise ValueError("request header line too long")
             if raw in (b"\r\n", b"\n", b""):
                 self._first = _first_lines(self._lines)
-                self._check_framing()
                 return
             line = raw.decode("latin-1").rstrip("\r\n") + "\r\n"
             if line[:1] in " \t":
@@ -94,34 +93,14 @@ class RequestHeaders:
             self._lines.append((name.lower(), line))
         raise ValueError(f"more than {self.MAX_HEADERS} request headers")
 
-    def _check_framing(self) -> None:
-        """Refuse a body whose end the server could misjudge (RFC 9112, section 6).
-
-        pywsgi decodes only a ``Transfer-Encoding`` of exactly ``chunked``; with any other
-        value (``gzip, chunked``) it would read no body, and the body's bytes would then be
-        taken for the next request on the connection: a request smuggled past whatever
-        checked the first. With ``Content-Length`` beside it, a proxy in front may have
-        framed the body by the other header.
-        """
-        codings = [self._value(i) for i, (key, _) in enumerate(self._lines)
-                   if key == "transfer-encoding"]
-        if not codings:
-            return
-        if ",".join(codings).strip().lower() != "chunked":
-            raise ValueError(f"unsupported Transfer-Encoding {', '.join(codings)[:80]!r}")
-        if "content-length" in self._first:
-            raise ValueError("both Transfer-Encoding and Content-Length")
-
     @property
     def headers(self) -> list[str]:
         return [line for _, line in self._lines]
 
     def get(self, name: str, default: str | None = None) -> str | None:
         index = self._first.get(name.lower())
-        return default if index is None else self._value(index)
-
-    def _value(self, index: int) -> str:
-        """The value of the header line at `index`, with its continuation lines."""
+        if index is None:
+            return default
         value = self._lines[index][1].partition(":")[2]
         for more_key, more in self._lines[index + 1:]:
             if more_key:
