@@ -250,6 +250,7 @@ class StreamStore:
                 closed=closed,
                 entries=entries or [],
                 fork=fork,
+                check_position=check_read_position,
             )
         )
 
@@ -479,6 +480,9 @@ def _read_entries(
         first = True
         for start, data in rows:
             if first and start != next_position and next_position > segment.start:
+                # The traceback keeps the cursor alive: an unfinished statement would hold
+                # this connection's read snapshot, and later reads on it would see stale rows.
+                rows.close()
                 raise _not_a_boundary()
             first = False
             if entries and size + len(data) > max_bytes:
@@ -491,6 +495,15 @@ def _read_entries(
         if first and next_position < segment.end:
             raise _not_a_boundary()
     return entries, next_position
+
+
+def check_read_position(conn: sqlite3.Connection, info: StreamInfo, position: int) -> None:
+    """Raise `INVALID_OFFSET` unless a read of `info` may start at `position` (at most its tail).
+
+    This is the read path itself, asked for one entry: fork creation validates fork offsets
+    with it, so a fork can diverge only where a read could start.
+    """
+    _read_entries(conn, info, position, max_bytes=0)
 
 
 def _not_a_boundary() -> BadRequest:

@@ -7,7 +7,7 @@ its effects on the transaction; raising a `StreamError` rolls back only that ope
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
@@ -33,6 +33,9 @@ class _LiveAccess(Protocol):
 
 
 LiveMap = Mapping[int, _LiveAccess]
+PositionCheck = Callable[[sqlite3.Connection, StreamInfo, int], None]
+"""Raises `INVALID_OFFSET` unless a read of the stream may start at the position: the read
+path's boundary check, handed in by the engine (which imports this module)."""
 
 
 # ---------------------------------------------------------------------- lookups
@@ -89,6 +92,7 @@ def create_stream(
     closed: bool,
     entries: Entries,
     fork: ForkSpec | None,
+    check_position: PositionCheck,
 ) -> CreateResult:
     existing = _row_by_path(tx, path)
     if existing is not None and _is_expired(existing, live, tx.now_ms):
@@ -116,7 +120,7 @@ def create_stream(
                 f"{source.content_type!r}",
                 code="CONTENT_TYPE_MISMATCH",
             )
-        fork_offset = _resolve_fork_point(tx, source, fork)
+        fork_offset = _resolve_fork_point(tx, source, fork, check_position)
         fork_source_id = source.stream_id
         if expiry.ttl_seconds is None and expiry.expires_at_ms is None:
             expiry = source.expiry
@@ -201,7 +205,10 @@ def _fork_source(tx: Transaction, live: LiveMap, fork: ForkSpec) -> StreamInfo:
     return info_from_row(row)
 
 
-def _resolve_fork_point(tx: Transaction, source: StreamInfo, fork: ForkSpec) -> int:
+def _resolve_fork_point(
+    tx: Transaction, source: StreamInfo, fork: ForkSpec, check_position: PositionCheck
+) -> int:
+    """The position where the fork diverges from `source`: its anchor plus the sub-offset."""
     anchor = source.tail if fork.offset is None else fork.offset
     if anchor > source.tail:
         raise BadRequest(
@@ -209,6 +216,8 @@ def _resolve_fork_point(tx: Transaction, source: StreamInfo, fork: ForkSpec) -> 
             f"{format_offset(source.tail)}",
             code="FORK_OFFSET_OUT_OF_RANGE",
         )
+    if source.is_json or fork.sub_offset:
+        _check_anchor(tx, source, anchor, check_position)
     if fork.sub_offset == 0:
         return anchor
     for segment in stream_chain(tx.conn, source.stream_id, source.tail):
@@ -224,12 +233,33 @@ def _resolve_fork_point(tx: Transaction, source: StreamInfo, fork: ForkSpec) -> 
     )
 
 
+def _check_anchor(
+    tx: Transaction, source: StreamInfo, anchor: int, check_position: PositionCheck
+) -> None:
+    """Refuse a fork offset that a read of the source would refuse (section 8 allows it).
+
+    Checked for JSON, where a fork inside a message would read back as broken JSON forever,
+    and under a sub-offset, which counts from an entry boundary. A binary fork without one
+    needs no check: any byte position is a clean divergence point, as sub-offset forks show.
+    """
+    try:
+        check_position(tx.conn, source, anchor)
+    except BadRequest as exc:
+        if exc.code != "INVALID_OFFSET":
+            raise
+        unit = "a message" if source.is_json else "an entry"
+        raise BadRequest(
+            f"Stream-Fork-Offset {format_offset(anchor)} does not fall on {unit} boundary"
+            f" of {source.path!r}: fork at an offset this server returned",
+            code="INVALID_OFFSET",
+        ) from None
+
+
 def _sub_offset_point(
     rows: sqlite3.Cursor, anchor: int, sub_offset: int, is_json: bool, segment_end: int
 ) -> int:
     first = rows.fetchone()
-    if first is None or first["start"] != anchor:
-        raise BadRequest("fork offset is not an entry boundary", code="INVALID_OFFSET")
+    assert first is not None and first["start"] == anchor, "checked by _check_anchor"
     boundary = min(first["append_end"], segment_end)
     if not is_json:
         if anchor + sub_offset > boundary:
