@@ -1,4 +1,6 @@
-"""`off_loop`: under the supervisor's gevent loop, a blocking call must not freeze the others.
+"""`off_loop`: under the supervisor's gevent loop, a blocking call must not freeze the others;
+and the streams server's `run_blocking`, which brings back a client's error without the
+frames it was raised in.
 
 Run in a child process, since it needs gevent's monkey-patching (this test process runs the
 agents on real threads, as the web app does).
@@ -47,3 +49,41 @@ def test_without_gevent_the_call_is_made_directly() -> None:
     from agent_actors._blocking import off_loop
 
     assert off_loop(lambda: 42) == 42
+
+
+_RAISING_PROGRAM = textwrap.dedent("""
+    from gevent import monkey
+    monkey.patch_all()
+    import gc
+    import weakref
+    from streams_server.errors import NotFound
+    from streams_server.storage.blocking import run_blocking
+
+    gc.disable()  # only reference counts free things: what a cycle or a holder keeps, stays
+
+    class Cursor:  # stands for an open SQLite cursor, which pins its connection's snapshot
+        pass
+
+    held = []
+
+    def read_missing_stream():
+        cursor = Cursor()
+        held.append(weakref.ref(cursor))
+        raise NotFound("no such stream")
+
+    try:
+        run_blocking(read_missing_stream)
+    except NotFound as error:
+        print(error.code, end=" ")
+    print("freed" if held[0]() is None else "kept")
+""")
+
+
+def test_a_client_error_from_the_thread_pool_keeps_no_frame_alive() -> None:
+    """A read refused in a worker thread left the worker holding the error's traceback, and
+    with it the reading frame's open cursor: that connection's later reads saw old data."""
+    done = subprocess.run([sys.executable, "-c", _RAISING_PROGRAM], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "NOT_FOUND freed", done.stdout
+    assert "Traceback" not in done.stderr, done.stderr

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from ..errors import StreamError
+
 T = TypeVar("T")
 
 
@@ -27,7 +29,13 @@ def run_blocking(fn: Callable[[], T]) -> T:
 
         outcome = gevent.get_hub().threadpool.apply(_outcome_of, (fn,))
         if isinstance(outcome, _Raised):
-            raise outcome.error
+            error, outcome = outcome.error, None
+            try:
+                raise error
+            finally:
+                # The traceback holds this frame: its reference back to the error would be
+                # a cycle, left for the garbage collector (with `fn` and what it holds).
+                del error
         return outcome  # type: ignore[no-any-return]
     return fn()
 
@@ -41,8 +49,15 @@ class _Raised:
 
 def _outcome_of(fn: Callable[[], T]) -> T | _Raised:
     """`fn`'s result, or what it raised, as a value: gevent's pool would print the traceback
-    of an error raised in a worker, even one the caller turns into a 404 for the client."""
+    of an error raised in a worker, even one the caller turns into a 404 for the client.
+
+    A client's error travels without its traceback: the pool's worker keeps its last result
+    until its next task, and the traceback's frames would keep an open cursor, and with it
+    an old read snapshot of its connection, alive that long.
+    """
     try:
         return fn()
+    except StreamError as error:
+        return _Raised(error.with_traceback(None))
     except BaseException as error:  # noqa: BLE001 - re-raised by the caller, in its greenlet
         return _Raised(error)
