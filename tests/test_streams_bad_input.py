@@ -69,3 +69,17 @@ def test_expected_errors_leave_no_traceback_in_the_log(server: ServerProcess,
     assert http.get("logged").json() == [{"n": 1}, {"n": 2}]
     log = server.log_path.read_text(errors="replace")
     assert "Traceback" not in log, server.log_tail()
+
+
+@pytest.mark.parametrize("content_type", ["text/\x00plain", "text/plain\x7f", "a/" + "b" * 1100])
+def test_a_content_type_that_cannot_be_sent_back_is_refused(http: StreamsHttp,
+                                                            content_type: str) -> None:
+    """A stream's content type is repeated in every read's headers: control characters would
+    go back to every reader raw."""
+    path = f"ctype-{len(content_type)}-{ord(content_type[6])}"
+    assert_error(http.put(path, content_type=content_type), 400, "INVALID_CONTENT_TYPE")
+    assert http.head(path).status_code == 404
+    assert http.put(path, content_type="text/plain").status_code == 201
+    response = http.post(path, b"x", content_type=content_type)
+    assert_error(response, 400, "INVALID_CONTENT_TYPE")
+    assert http.get(path).content == b""

@@ -10,6 +10,7 @@ from ..storage.models import Expiry, ProducerRef
 from .messages import HeaderLookup
 
 MAX_SAFE_INTEGER = 2**53 - 1
+MAX_CONTENT_TYPE_LENGTH = 1024
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _RFC3339 = re.compile(
@@ -21,6 +22,21 @@ def flag(headers: HeaderLookup, name: str) -> bool:
     """A presence header such as `Stream-Closed`: only `true` (any case) counts (4.1)."""
     value = headers.get(name)
     return value is not None and value.strip().lower() == "true"
+
+
+def content_type(headers: HeaderLookup) -> str | None:
+    """The Content-Type as given (trimmed), or None. It is stored and sent back on every
+    read, so it must be a header value a client can take back: printable, and short."""
+    value = (headers.get("Content-Type") or "").strip()
+    if not value:
+        return None
+    if len(value) > MAX_CONTENT_TYPE_LENGTH:
+        raise BadRequest(f"Content-Type is longer than {MAX_CONTENT_TYPE_LENGTH} characters",
+                         code="INVALID_CONTENT_TYPE")
+    if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in value):
+        raise BadRequest("Content-Type contains control characters",
+                         code="INVALID_CONTENT_TYPE")
+    return value
 
 
 def non_negative_integer(value: str, name: str, maximum: int = MAX_SAFE_INTEGER) -> int:

@@ -57,8 +57,9 @@ class StreamOperations:
 
     def create(self, request: StreamRequest) -> Reply:
         h = request.headers
-        content_type_given = bool((h.get("Content-Type") or "").strip())
-        content_type = (h.get("Content-Type") or "").strip() or DEFAULT_CONTENT_TYPE
+        given_type = headers.content_type(h)
+        content_type_given = given_type is not None
+        content_type = given_type or DEFAULT_CONTENT_TYPE
         expiry = headers.expiry(h)
         closed = headers.flag(h, "Stream-Closed")
         fork = self._fork_spec(request)
@@ -123,7 +124,7 @@ class StreamOperations:
         stream_seq = headers.stream_seq(h)
         self.store.info(request.path)  # 404/410 before reading a body for nothing
         bodies.check_declared_length(request.content_length, self.settings)
-        content_type = (h.get("Content-Type") or "").strip() or None
+        content_type = headers.content_type(h)
         if content_type is None:
             entries = bodies.read_spooled(request.body, self.settings)
             if entries:
