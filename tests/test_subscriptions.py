@@ -13,6 +13,10 @@ from typing import Any
 import pytest
 import requests
 
+from streams_server.errors import BadRequest
+from streams_server.subscriptions.globs import (
+    MAX_PATTERN_LENGTH, MAX_PATTERN_SEGMENTS, MAX_PATTERN_STARS, matches, validate_pattern,
+)
 from tests.support import ServerProcess
 
 
@@ -278,3 +282,170 @@ def test_a_subscription_id_that_needs_escaping_gets_the_right_jwks_url(
     assert response.json()["id"] == "a b\u00e9"
     assert response.json()["webhook"]["signing"]["jwks_url"] == f"{base}/__ds/jwks.json"
     assert requests.get(response.json()["webhook"]["signing"]["jwks_url"], timeout=10).ok
+
+
+# --- Glob matching: semantics, no exponential blow-up, bounded patterns -----------------------
+#
+# Hostile patterns once made matching exponential, and matching runs inside the group-commit
+# write transaction, so one pattern stalled every write. The hostile cases below are sized so
+# that the old backtracking matcher would need hours: without a polynomial matcher they hang
+# until their pytest-timeout fails them (no assertion on wall time).
+
+GLOB_CASES = [
+    # (pattern, path, matches)
+    ("a/b", "a/b", True),
+    ("a/b", "a/c", False),
+    ("a/b", "a/b/c", False),
+    ("a/b/c", "a/b", False),
+    ("*", "a", True),
+    ("*", "a/b", False),
+    ("a/*", "a/b", True),
+    ("a/*", "a", False),
+    ("a/*", "a/b/c", False),
+    ("*x", "abcx", True),  # `*` at the start of a segment
+    ("*x", "x", True),
+    ("*x", "xa", False),
+    ("x*", "xabc", True),  # at the end
+    ("x*", "ax", False),
+    ("a*c", "abbbc", True),  # in the middle
+    ("a*c", "ac", True),
+    ("a*c", "abcd", False),
+    ("a*c", "c", False),
+    ("a*b*c", "a1b2c", True),  # several in one segment
+    ("a*b*c", "abc", True),
+    ("a*b*c", "acb", False),
+    ("*a*a*", "aa", True),
+    ("*a*a*", "a", False),
+    ("aba*aba", "aba", False),  # prefix and suffix may not overlap
+    ("aba*aba", "ababa", False),
+    ("aba*aba", "abaaba", True),
+    ("pre-*/x", "pre-/x", True),
+    ("pre-*/x", "pre/x", False),
+    ("**", "a", True),
+    ("**", "a/b/c", True),
+    ("**/c", "c", True),  # `**` at the start matches zero segments
+    ("**/c", "a/b/c", True),
+    ("**/c", "a/b/d", False),
+    ("a/**", "a", True),  # at the end
+    ("a/**", "a/b/c", True),
+    ("a/**", "b/c", False),
+    ("a/**/d", "a/d", True),  # in the middle
+    ("a/**/d", "a/b/c/d", True),
+    ("a/**/d", "a/b/c", False),
+    ("a/**/d", "a/d/x", False),
+    ("a/**/**/d", "a/d", True),  # consecutive `**` are one `**`
+    ("a/**/**/d", "a/b/c/d", True),
+    ("**/**", "a", True),
+    ("**/b/**/d/*", "x/b/y/z/d/e", True),
+    ("**/b/**/d/*", "x/b/y/z/d", False),
+    ("**/x*y/**", "a/xzzy/b", True),
+    ("**/x*y/**", "a/xzz/b", False),
+    ("a.b", "a.b", True),  # regular-expression metacharacters are literals
+    ("a.b", "axb", False),
+    ("a+", "a+", True),
+    ("a+", "aa", False),
+    ("(a)", "(a)", True),
+    ("(a)", "a", False),
+    ("[ab]", "[ab]", True),
+    ("[ab]", "a", False),
+    ("a?", "ab", False),
+    ("^a$|b", "^a$|b", True),
+    ("x\\d", "x\\d", True),
+    ("x\\d", "x1", False),
+    ("*.json", "log.json", True),
+    ("*.json", "logxjson", False),
+    ("v(*)", "v(1.2)", True),
+    ("v(*)", "v1.2", False),
+]
+
+
+@pytest.mark.parametrize(("pattern", "path", "expected"), GLOB_CASES)
+def test_glob_matching_follows_the_segment_rules(pattern: str, path: str, expected: bool) -> None:
+    assert validate_pattern(pattern) == pattern
+    assert matches(pattern, path) is expected
+
+
+def test_consecutive_stars_in_a_segment_act_as_one() -> None:
+    """`validate_pattern` refuses them, but a stored pattern may still hold them."""
+    assert matches("a***b", "ab") and matches("a***b", "axyzb")
+    assert not matches("a***b", "axyz")
+
+
+@pytest.mark.timeout(60)
+def test_many_double_star_segments_against_a_deep_path_match_in_polynomial_time() -> None:
+    path = "/".join(["d"] * 30)
+    hostile = "/".join(["**"] * 30 + ["nomatch"])
+    assert validate_pattern(hostile) == hostile
+    assert not matches(hostile, path)
+    assert matches("/".join(["**"] * 30 + ["d"]), path)
+    assert matches("/".join(["**", "d"] * 15 + ["**"]), path)
+    assert not matches("/".join(["**", "d"] * 15 + ["**"]), "/".join(["d"] * 14))
+
+
+@pytest.mark.timeout(60)
+def test_many_stars_in_one_segment_match_in_polynomial_time() -> None:
+    hostile = "*a" * 30 + "*b"
+    assert validate_pattern(hostile) == hostile
+    assert not matches(hostile, "a" * 2000)
+    assert matches(hostile, "a" * 2000 + "b")
+    assert matches(hostile, "a" * 30 + "b")
+    assert not matches(hostile, "a" * 29 + "b")
+
+
+@pytest.mark.timeout(60)
+def test_a_hostile_pattern_does_not_stall_the_server(
+    streams_server: ServerProcess, http: requests.Session
+) -> None:
+    """The subscription PUT (backfill) and a later stream create (matching every pattern) both
+    answer; before the fix each would hold the write transaction for hours."""
+    root = _root(streams_server)
+    deep = "/".join(["d"] * 30)
+    _put_json_stream(http, root, deep)
+    r = http.put(
+        f"{root}/__ds/subscriptions/hostile",
+        json={"type": "webhook", "pattern": "/".join(["**"] * 30 + ["nomatch"]),
+              "webhook": {"url": "https://example.com/h"}},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["streams"] == []
+    _put_json_stream(http, root, deep + "/d")
+    _put_json_stream(http, root, "other")
+    assert _append(http, root, "other", {"n": 1})
+    linked = http.get(f"{root}/__ds/subscriptions/hostile").json()["streams"]
+    assert linked == [], linked
+
+
+def test_validate_pattern_accepts_patterns_at_its_limits() -> None:
+    for pattern in (
+        "x" * MAX_PATTERN_LENGTH,
+        "/".join(["s"] * MAX_PATTERN_SEGMENTS),
+        "*" + "a*" * (MAX_PATTERN_STARS - 1),
+    ):
+        assert validate_pattern(pattern) == pattern
+
+
+@pytest.mark.parametrize(
+    ("pattern", "limit"),
+    [
+        ("x" * (MAX_PATTERN_LENGTH + 1), str(MAX_PATTERN_LENGTH)),
+        ("/".join(["s"] * (MAX_PATTERN_SEGMENTS + 1)), str(MAX_PATTERN_SEGMENTS)),
+        ("/".join(["**"] * (MAX_PATTERN_SEGMENTS + 1)), str(MAX_PATTERN_SEGMENTS)),
+        ("*" + "a*" * MAX_PATTERN_STARS, str(MAX_PATTERN_STARS)),
+    ],
+    ids=["too-long", "too-many-segments", "too-many-double-stars", "too-many-stars"],
+)
+def test_validate_pattern_rejects_oversized_patterns(pattern: str, limit: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        validate_pattern(pattern)
+    assert caught.value.code == "INVALID_PATTERN"
+    assert caught.value.status == 400
+    assert limit in caught.value.message
+
+
+def test_an_oversized_pattern_is_refused_over_http(streams_server: ServerProcess) -> None:
+    base = f"{streams_server.url}/v1/stream"
+    config: dict[str, Any] = {"type": "webhook", "pattern": "*a" * MAX_PATTERN_STARS + "*",
+                              "webhook": {"url": "https://example.com/h"}}
+    response = requests.put(f"{base}/__ds/subscriptions/big", json=config, timeout=10)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "INVALID_PATTERN"
