@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from tests.support import ServerProcess, start_streams_server
 from tests.support.streams_http import StreamsHttp, error_body
@@ -32,7 +33,7 @@ def http(server: ServerProcess) -> StreamsHttp:
     return StreamsHttp(server.url)
 
 
-def assert_error(response: object, status: int, code: str) -> None:
+def assert_error(response: requests.Response, status: int, code: str) -> None:
     assert response.status_code == status, (response.status_code, response.content[:300])
     assert error_body(response)["error"]["code"] == code
 

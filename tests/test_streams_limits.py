@@ -82,7 +82,9 @@ def flask_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamsHttp]
 @pytest.fixture(params=["gevent", "flask-run"])
 def front(request: pytest.FixtureRequest) -> StreamsHttp:
     """The standalone server (gevent's), then the chat app's (Werkzeug's)."""
-    return request.getfixturevalue("roomy" if request.param == "gevent" else "flask_run")
+    front: StreamsHttp = request.getfixturevalue(
+        "roomy" if request.param == "gevent" else "flask_run")
+    return front
 
 
 def pieces(data: bytes, size: int = 1000) -> Iterator[bytes]:
