@@ -28,7 +28,7 @@ from typing import Any
 import pykka
 
 from agent_actors import layout, schema
-from agent_actors.answering import AnswerAborted, AnswerOutcome, answer_prompt
+from agent_actors.answering import AnswerAborted, AnswerOutcome, answer_prompt, refuse_prompt
 from agent_actors.conversation_log import ConversationLog
 from agent_actors.errors import ProducerFenced, StreamNotFound, StreamsError
 from agent_actors.lease_keeper import LeaseKeeper
@@ -278,11 +278,15 @@ class ConversationAgent(pykka.ThreadingActor):
             producer = self._producer
 
             def run() -> None:
-                outcome = answer_prompt(
-                    model=self.model, turns=turns, producer=producer, prompt_id=prompt.id,
-                    attempt=attempt, drop_partial=drop_partial, cancel=current.cancel,
-                    abort=current.abort, window_s=self.settings.coalesce_window_s,
-                )
+                if prompt.problem is not None:
+                    outcome = refuse_prompt(producer=producer, prompt_id=prompt.id,
+                                            attempt=attempt, reason=prompt.problem)
+                else:
+                    outcome = answer_prompt(
+                        model=self.model, turns=turns, producer=producer, prompt_id=prompt.id,
+                        attempt=attempt, drop_partial=drop_partial, cancel=current.cancel,
+                        abort=current.abort, window_s=self.settings.coalesce_window_s,
+                    )
                 self.actor_ref.tell(_AnswerFinished(outcome))
 
             self._spawn(f"answer-{prompt.id}", run)

@@ -129,6 +129,16 @@ class ChunkWriter:
         return text
 
 
+def refuse_prompt(*, producer: Producer, prompt_id: str, attempt: int,
+                  reason: str) -> AnswerOutcome:
+    """End a prompt the model cannot be asked (see `schema.Prompt.problem`) with an `error`
+    message, so that a client waiting for its answer gets one."""
+    started = time.monotonic()
+    producer.append([schema.error(prompt_id, attempt, reason, "invalid_prompt")])
+    return AnswerOutcome(prompt_id, attempt, "", "error", None, 0, 0, "-", None,
+                         (time.monotonic() - started) * 1000, 0)
+
+
 def answer_prompt(
     *,
     model: Model,

@@ -119,6 +119,8 @@ class ConversationLog:
         for earlier in self.prompts:
             if earlier.id == prompt.id:
                 break
+            if earlier.problem is not None:
+                continue  # never sent to the model
             turns.append(Turn(USER, earlier.content))
             answer = self.answers.get(earlier.id)
             if answer is not None and answer.outcome == "done" and answer.text:

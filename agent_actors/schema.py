@@ -35,6 +35,8 @@ class Prompt:
     id: str
     content: str
     timestamp: int
+    problem: str | None = None
+    """Why the prompt cannot be answered (its content is not text): it gets an `error`."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class ConversationEntry:
     title: str
 
 
+UNREADABLE_PROMPT = "This prompt could not be read: its content is not text."
+
+
 def parse_prompt_message(message: Any) -> Prompt | Cancel | None:
     """A message of a prompts stream, or None for anything this agent does not understand."""
     if not isinstance(message, dict):
@@ -55,9 +60,12 @@ def parse_prompt_message(message: Any) -> Prompt | Cancel | None:
     kind = message.get("type", "prompt")  # the original example had no type field
     if kind == "prompt":
         pid, content = message.get("id"), message.get("content")
-        if isinstance(pid, str) and pid and isinstance(content, str):
+        if isinstance(pid, str) and pid:
             stamp = message.get("timestamp")
-            return Prompt(pid, content, stamp if isinstance(stamp, int) else 0)
+            stamp = stamp if isinstance(stamp, int) else 0
+            if isinstance(content, str):
+                return Prompt(pid, content, stamp)
+            return Prompt(pid, "", stamp, problem=UNREADABLE_PROMPT)
     elif kind == "cancel":
         pid = message.get("promptId")
         if isinstance(pid, str) and pid:

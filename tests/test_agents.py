@@ -183,6 +183,31 @@ def test_an_agent_creates_a_missing_responses_stream_and_answers(
         server.terminate()
 
 
+def test_a_prompt_without_text_gets_an_error_and_the_next_one_is_answered(
+    tmp_path: Path, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """Any client may write to a prompts stream. A prompt whose content is not text used to be
+    skipped without a word: a client waiting for its answer waited forever."""
+    server = start_streams_server(tmp_path / "streams", long_poll_timeout=2.0)
+    try:
+        start_supervisor(streams_root(server))
+        client, chat = connect(server)
+        cid = chat.start_conversation("a bad prompt")
+        unreadable = chat.send_prompt(cid, {"text": "not a string"})
+        readable = chat.send_prompt(cid, "And this one?")
+
+        rendered = final_render(client, cid)
+        refusal = rendered.answers[unreadable]
+        assert refusal.terminal["type"] == "error" and refusal.terminals_total == 1
+        assert refusal.terminal["code"] == "invalid_prompt"
+        assert "not text" in refusal.terminal["message"] and refusal.text == ""
+        assert_clean_answers(rendered, {readable: "And this one?"})
+        assert [r["messages"] for r in fake.requests] == [
+            [{"role": "user", "content": "And this one?"}]]
+    finally:
+        server.terminate()
+
+
 # -- 2. cancel ----------------------------------------------------------------------------------
 
 

@@ -228,7 +228,8 @@ class ChatClient:
                                                     auto_claim=True)
         return cid
 
-    def send_prompt(self, cid: str, content: str) -> str:
+    def send_prompt(self, cid: str, content: Any) -> str:
+        """Append a prompt; `content` is sent as given (a client could send anything)."""
         prompt_id = f"p{uuid.uuid4().hex[:10]}"
         self._producers[cid].append([{"type": "prompt", "id": prompt_id, "content": content,
                                       "timestamp": schema.now_ms()}])
