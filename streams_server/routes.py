@@ -20,7 +20,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, cast
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 
 from flask import Flask
 from werkzeug.datastructures import MultiDict
@@ -44,6 +44,9 @@ from .protocol.messages import Reply, StreamRequest
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "durable_streams"
+FRAMING_PROBLEM_KEY = "durable_streams.framing_problem"
+"""Set in the environ by the standalone server when a request's body length is ambiguous in
+ways the environ itself no longer shows (see `server.RequestHeaders`)."""
 RESERVED_PREFIX = "__ds"
 
 EXPOSED_HEADERS = ", ".join(
@@ -119,7 +122,7 @@ class StreamsMiddleware:
             return self.app(environ, start_response)
         headers = _EnvironHeaders(environ)
         try:
-            reply = self._handle(environ, method, headers, _decoded(raw_path))
+            reply = self._handle(environ, method, headers, _decoded(environ, raw_path))
         except StreamError as error:
             reply = _error_reply(error, method)
         except Exception:  # noqa: BLE001 - logged; the client gets a JSON 500, no traceback
@@ -201,20 +204,22 @@ class _RequestBody:
 def _framing_error(environ: dict[str, Any]) -> BadRequest | None:
     """Why the request body's end is uncertain, if it is (RFC 9112, section 6).
 
-    gevent's server refuses such requests itself; Werkzeug's (``flask run``) passes them on
-    and reads a malformed Content-Length, or a Transfer-Encoding other than ``chunked``, as
-    "no body": an append would be stored without its data, and the body's bytes would be
-    taken for the next request on the connection (a request smuggled past whatever checked
-    the first). The answer closes the connection.
+    Both servers read a Transfer-Encoding other than ``chunked`` as "no body", and Werkzeug's
+    (``flask run``) a malformed Content-Length too: an append would be stored without its
+    data, and the body's bytes taken for the next request on the connection (a request
+    smuggled past whatever checked the first). What the environ no longer shows (duplicate
+    lengths, a length dropped for chunked) the standalone server reports under
+    `FRAMING_PROBLEM_KEY`. The answer closes the connection.
     """
     coding = environ.get("HTTP_TRANSFER_ENCODING")
     length = str(environ.get("CONTENT_LENGTH") or "").strip()
-    problem = None
-    if coding is not None and coding.strip().lower() != "chunked":
-        problem = f"the Transfer-Encoding {coding[:80]!r} is not supported (only chunked)"
-    elif coding is not None and length:
-        problem = "a request cannot have both Transfer-Encoding and Content-Length"
-    elif length and not (length.isascii() and length.isdigit()):
+    problem: str | None = environ.get(FRAMING_PROBLEM_KEY)
+    if problem is None and coding is not None:
+        if coding.strip().lower() != "chunked":
+            problem = f"the Transfer-Encoding {coding[:80]!r} is not supported (only chunked)"
+        elif length:
+            problem = "a request cannot have both Transfer-Encoding and Content-Length"
+    if problem is None and length and not (length.isascii() and length.isdigit()):
         problem = f"Content-Length must be a non-negative integer, not {length[:40]!r}"
     if problem is None:
         return None
@@ -230,17 +235,27 @@ def _stream_url(environ: dict[str, Any], path: str) -> str:
     return f"{scheme}://{host}{quote(full_path, safe=_PATH_SAFE)}"
 
 
-def _decoded(raw_path: str) -> str:
+def _decoded(environ: dict[str, Any], raw_path: str) -> str:
     """The path as text: WSGI hands it over as percent-decoded bytes in latin-1.
 
     Bytes that are not UTF-8 are refused rather than replaced: replaced, ``%FF`` and ``%FE``
-    would both name the stream ``\ufffd``, one stream under many URLs.
+    would both name the stream ``\ufffd``, one stream under many URLs. Werkzeug's server
+    (``flask run``) replaces them itself before the app sees the path, so a U+FFFD in its
+    path is checked against the request line it keeps (``RAW_URI``).
     """
+    invalid = BadRequest("the path is not UTF-8 once percent-decoded", code="INVALID_PATH")
     try:
-        return raw_path.encode("latin-1").decode("utf-8")
+        path = raw_path.encode("latin-1").decode("utf-8")
     except UnicodeError:
-        raise BadRequest("the path is not UTF-8 once percent-decoded",
-                         code="INVALID_PATH") from None
+        raise invalid from None
+    raw_uri = environ.get("RAW_URI")
+    if "\ufffd" in path and isinstance(raw_uri, str):
+        try:  # undo Werkzeug's WSGI encoding of the request target, then decode it strictly
+            target = raw_uri.encode("latin-1").decode("utf-8").encode("latin-1")
+            unquote_to_bytes(urlsplit(target).path).decode("utf-8")
+        except UnicodeError:
+            raise invalid from None
+    return path
 
 
 def _validated_path(stream_path: str, settings: StreamsSettings) -> str:

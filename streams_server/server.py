@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .routes import FRAMING_PROBLEM_KEY
+
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +46,15 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None]) -> None:
         def log_request(self) -> None:
             """No access log (the server is made with ``log=None``), so none is formatted:
             pywsgi would build each request's line, clock reading included, and drop it."""
+
+        def get_environ(self) -> dict[str, Any]:
+            """The environ, telling the app when the body's framing was ambiguous: it then
+            refuses the request (in JSON) and closes the connection."""
+            environ: dict[str, Any] = super().get_environ()
+            problem = getattr(self.headers, "framing_problem", None)
+            if problem is not None:
+                environ[FRAMING_PROBLEM_KEY] = problem
+            return environ
 
     server = NoDelayWSGIServer((host, port), app, log=None, error_log=logging.getLogger("wsgi"),
                                handler_class=LeanHeadersHandler)
@@ -80,6 +91,7 @@ class RequestHeaders:
                 raise ValueError("request header line too long")
             if raw in (b"\r\n", b"\n", b""):
                 self._first = _first_lines(self._lines)
+                self.framing_problem = self._framing_problem()
                 return
             line = raw.decode("latin-1").rstrip("\r\n") + "\r\n"
             if line[:1] in " \t":
@@ -92,6 +104,18 @@ class RequestHeaders:
                 raise ValueError(f"malformed request header line {line[:80]!r}")
             self._lines.append((name.lower(), line))
         raise ValueError(f"more than {self.MAX_HEADERS} request headers")
+
+    def _framing_problem(self) -> str | None:
+        """What makes the body's length ambiguous, where pywsgi would pick one reading:
+        several different Content-Lengths (it takes the first), or Content-Length beside
+        Transfer-Encoding (it drops the length when the coding is chunked)."""
+        lengths = {line.partition(":")[2].strip() for key, line in self._lines
+                   if key == "content-length"}
+        if len(lengths) > 1:
+            return "the request has conflicting Content-Length headers"
+        if lengths and "transfer-encoding" in self._first:
+            return "a request cannot have both Transfer-Encoding and Content-Length"
+        return None
 
     @property
     def headers(self) -> list[str]:

@@ -13,6 +13,7 @@ import requests
 
 from tests.support import ServerProcess, start_streams_server
 from tests.support.streams_http import StreamsHttp, error_body
+from tests.support.webapp import start_chat_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,6 +34,26 @@ def http(server: ServerProcess) -> StreamsHttp:
     return StreamsHttp(server.url)
 
 
+@pytest.fixture(scope="module")
+def flask_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamsHttp]:
+    """The chat app under `flask run` (Werkzeug's server), which serves the same protocol."""
+    app = start_chat_app(tmp_path_factory.mktemp("flask") / "data",
+                         model_url="http://127.0.0.1:9", config={"EMBEDDED_SUPERVISOR": "false"})
+    try:
+        yield StreamsHttp(app.url)
+    finally:
+        app.terminate()
+
+
+@pytest.fixture(params=["gevent", "flask-run"])
+def front(request: pytest.FixtureRequest, server: ServerProcess) -> StreamsHttp:
+    """The standalone server (gevent's), then the chat app's (Werkzeug's)."""
+    if request.param == "gevent":
+        return StreamsHttp(server.url)
+    app: StreamsHttp = request.getfixturevalue("flask_run")
+    return app
+
+
 def assert_error(response: requests.Response, status: int, code: str) -> None:
     assert response.status_code == status, (response.status_code, response.content[:300])
     assert error_body(response)["error"]["code"] == code
@@ -46,13 +67,27 @@ def test_deeply_nested_json_in_a_control_body_is_a_400(http: StreamsHttp) -> Non
     assert http.get("__ds/subscriptions/deep").status_code == 404
 
 
-def test_a_path_that_is_not_utf8_once_decoded_is_refused_not_aliased(http: StreamsHttp) -> None:
-    """With undecodable bytes replaced by U+FFFD, `%FF`, `%FE` and `%C0` all named one stream."""
-    assert_error(http.put("alias-%FF", content_type=JSON), 400, "INVALID_PATH")
-    assert_error(http.post("alias-%C0", b'[{"a": 1}]', content_type=JSON), 400, "INVALID_PATH")
-    assert http.get("alias-%EF%BF%BD").status_code == 404
-    assert http.put("alias-%C3%A9", content_type=JSON).status_code == 201  # é is fine
-    assert http.get("alias-%C3%A9").json() == []
+def test_a_path_that_is_not_utf8_once_decoded_is_refused_not_aliased(front: StreamsHttp) -> None:
+    """With undecodable bytes replaced by U+FFFD, `%FF`, `%FE` and `%C0` all named one stream
+    (Werkzeug's server replaces them before the app sees the path)."""
+    assert_error(front.put("alias-%FF", content_type=JSON), 400, "INVALID_PATH")
+    assert_error(front.post("alias-%C0", b'[{"a": 1}]', content_type=JSON), 400,
+                 "INVALID_PATH")
+    assert front.get("alias-%EF%BF%BD").status_code == 404
+    assert front.put("alias-%EF%BF%BD", content_type=JSON).status_code == 201  # U+FFFD itself
+    assert front.put("alias-%C3%A9", content_type=JSON).status_code == 201  # é is fine
+    assert front.get("alias-%C3%A9").json() == []
+    assert_error(front.put("alias-%FE", content_type=JSON), 400, "INVALID_PATH")
+
+
+@pytest.mark.parametrize("source", ["/v1/stream/al/%FF", "/v1/stream/al/%00"])
+def test_a_fork_source_that_is_not_a_clean_path_is_refused(front: StreamsHttp,
+                                                           source: str) -> None:
+    """The header is percent-decoded like a URL path, and was decoded with replacement."""
+    assert front.put("al/%EF%BF%BD", content_type=JSON).status_code in (200, 201)
+    response = front.put("al/fork", None, headers={"Stream-Forked-From": source})
+    assert_error(response, 400, "INVALID_FORK")
+    assert front.head("al/fork").status_code == 404
 
 
 def test_expected_errors_leave_no_traceback_in_the_log(server: ServerProcess,

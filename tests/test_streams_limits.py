@@ -327,3 +327,30 @@ def test_a_body_of_uncertain_length_is_refused_and_smuggles_nothing(
     assert status == 400, payload
     after = front.get(path)
     assert after.json() == [] and "Stream-Closed" not in after.headers
+
+
+def test_a_chunked_body_with_a_content_length_is_refused(front: StreamsHttp) -> None:
+    """Framed both ways, a body's end depends on which header a reader believes (a proxy in
+    front may believe the other): refused, not read as chunked."""
+    front.put("framed-twice", content_type=BINARY).raise_for_status()
+    head = (b"POST /v1/stream/framed-twice HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+            b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n" % BINARY.encode())
+    status, payload = _raw_exchange(front.base_url, head, b"3\r\nabc\r\n0\r\n\r\n")
+    assert status == 400, payload
+    assert json.loads(payload)["error"]["code"] == "INVALID_FRAMING"
+    assert front.get("framed-twice").content == b""
+
+
+def test_conflicting_content_lengths_are_refused_by_the_standalone_server(
+    roomy: StreamsHttp,
+) -> None:
+    """pywsgi frames the body by the first of two Content-Lengths, a proxy may use the last:
+    the bytes between would be one party's body and the other's next request. (Werkzeug's
+    server keeps only the last, so `flask run`, a laptop's server, cannot tell.)"""
+    roomy.put("two-lengths", content_type=BINARY).raise_for_status()
+    head = (b"POST /v1/stream/two-lengths HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+            b"Content-Length: 10\r\nContent-Length: 3\r\n\r\n" % BINARY.encode())
+    status, payload = _raw_exchange(roomy.base_url, head, b"abcGET /v1")
+    assert status == 400, payload
+    assert json.loads(payload)["error"]["code"] == "INVALID_FRAMING"
+    assert roomy.get("two-lengths").content == b""

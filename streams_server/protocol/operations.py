@@ -98,9 +98,16 @@ class StreamOperations:
             return None
         # The header holds the source URL's path component, percent-encoded like any URL
         # path (4.2); stream paths are stored decoded, as the routes receive them.
-        source_path = self._relative_path(unquote(source.strip()))
+        try:
+            source_path = self._relative_path(unquote(source.strip(), errors="strict"))
+        except UnicodeError:
+            raise BadRequest("Stream-Forked-From is not UTF-8 once percent-decoded",
+                             code="INVALID_FORK") from None
         if not source_path:
             raise BadRequest("Stream-Forked-From names no stream", code="INVALID_FORK")
+        if any(ord(c) < 0x20 or c == "\x7f" for c in source_path):
+            raise BadRequest("Stream-Forked-From contains control characters",
+                             code="INVALID_FORK")
         return ForkSpec(
             source_path=source_path,
             offset=None if offset is None else parse_offset(offset.strip(), field="Stream-Fork-Offset"),
