@@ -231,6 +231,8 @@ def _stream_url(environ: dict[str, Any], path: str) -> str:
     scheme = environ.get("wsgi.url_scheme", "http")
     server = (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))
     host = get_host(scheme, environ.get("HTTP_HOST"), server)
+    if not host:  # Werkzeug answers "" for a Host it finds malformed (RFC 9112, 3.2: a 400)
+        raise BadRequest("the Host header is not a valid host[:port]", code="INVALID_HOST")
     full_path = environ.get("SCRIPT_NAME", "").rstrip("/") + path
     return f"{scheme}://{host}{quote(full_path, safe=_PATH_SAFE)}"
 

@@ -119,3 +119,12 @@ def test_a_content_type_that_cannot_be_sent_back_is_refused(http: StreamsHttp,
     response = http.post(path, b"x", content_type=content_type)
     assert_error(response, 400, "INVALID_CONTENT_TYPE")
     assert http.get(path).content == b""
+
+
+@pytest.mark.parametrize("host", ["x\x01y", "a b", "x:99999999"])
+def test_a_malformed_host_header_is_a_400(front: StreamsHttp, host: str) -> None:
+    """The Host names the stream's URL in `Location`: a malformed one gave `http:///v1/...`."""
+    response = front.request("PUT", f"host-{ord(host[1])}", headers={
+        "Host": host, "Content-Type": JSON})
+    assert_error(response, 400, "INVALID_HOST")
+    assert front.head(f"host-{ord(host[1])}").status_code == 404
