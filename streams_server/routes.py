@@ -18,6 +18,7 @@ import hmac
 import http
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, cast
 from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
@@ -25,7 +26,6 @@ from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 from flask import Flask
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
-from werkzeug.sansio.utils import get_host
 from werkzeug.wsgi import get_content_length, get_input_stream
 
 from .backend import StreamsBackend
@@ -93,6 +93,8 @@ _COMMON_HEADERS = [
 ]
 _NO_BODY_STATUSES = frozenset({204, 304})
 _PATH_SAFE = "!$&'()*+,/:;=@%"  # a URL path segment's characters, and '%' already quoted
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::(?P<port>[0-9]{1,5}))?")
+"""RFC 3986's host (an IP literal or a reg-name) and optional port."""
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -229,12 +231,26 @@ def _framing_error(environ: dict[str, Any]) -> BadRequest | None:
 def _stream_url(environ: dict[str, Any], path: str) -> str:
     """The request's absolute URL without its query, percent-encoded as UTF-8."""
     scheme = environ.get("wsgi.url_scheme", "http")
-    server = (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))
-    host = get_host(scheme, environ.get("HTTP_HOST"), server)
-    if not host:  # Werkzeug answers "" for a Host it finds malformed (RFC 9112, 3.2: a 400)
-        raise BadRequest("the Host header is not a valid host[:port]", code="INVALID_HOST")
     full_path = environ.get("SCRIPT_NAME", "").rstrip("/") + path
-    return f"{scheme}://{host}{quote(full_path, safe=_PATH_SAFE)}"
+    return f"{scheme}://{_host(environ, scheme)}{quote(full_path, safe=_PATH_SAFE)}"
+
+
+def _host(environ: dict[str, Any], scheme: str) -> str:
+    """``host[:port]`` from the Host header, else from the server's own name.
+
+    A Host that is not a host (control characters, spaces, a port past 65535) is a 400, as
+    RFC 9112 (3.2) asks. Werkzeug's `get_host` answers "" for those, but also for names with
+    an underscore, which URLs allow (a Docker Compose service such as ``streams_server``).
+    """
+    host = environ.get("HTTP_HOST")
+    if host is None:
+        name, port = environ.get("SERVER_NAME", ""), str(environ.get("SERVER_PORT", ""))
+        default = (scheme == "http" and port == "80") or (scheme == "https" and port == "443")
+        return name if default or not port else f"{name}:{port}"
+    match = _HOST.fullmatch(host)
+    if match is None or (match["port"] and int(match["port"]) > 65535):
+        raise BadRequest("the Host header is not a valid host[:port]", code="INVALID_HOST")
+    return host
 
 
 def _decoded(environ: dict[str, Any], raw_path: str) -> str:

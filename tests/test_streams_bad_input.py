@@ -107,12 +107,14 @@ def test_expected_errors_leave_no_traceback_in_the_log(server: ServerProcess,
     assert "Traceback" not in log, server.log_tail()
 
 
-@pytest.mark.parametrize("content_type", ["text/\x00plain", "text/plain\x7f", "a/" + "b" * 1100])
-def test_a_content_type_that_cannot_be_sent_back_is_refused(http: StreamsHttp,
-                                                            content_type: str) -> None:
+@pytest.mark.parametrize("content_type", ["text/\x00plain", "text/plain\x7f", "a/" + "b" * 1100],
+                         ids=["nul", "del", "too-long"])
+def test_a_content_type_that_cannot_be_sent_back_is_refused(
+    http: StreamsHttp, content_type: str, request: pytest.FixtureRequest,
+) -> None:
     """A stream's content type is repeated in every read's headers: control characters would
     go back to every reader raw."""
-    path = f"ctype-{len(content_type)}-{ord(content_type[6])}"
+    path = f"ctype-{request.node.callspec.id}"
     assert_error(http.put(path, content_type=content_type), 400, "INVALID_CONTENT_TYPE")
     assert http.head(path).status_code == 404
     assert http.put(path, content_type="text/plain").status_code == 201
@@ -121,10 +123,24 @@ def test_a_content_type_that_cannot_be_sent_back_is_refused(http: StreamsHttp,
     assert http.get(path).content == b""
 
 
-@pytest.mark.parametrize("host", ["x\x01y", "a b", "x:99999999"])
-def test_a_malformed_host_header_is_a_400(front: StreamsHttp, host: str) -> None:
+@pytest.mark.parametrize("host", ["x\x01y", "a b", "x:99999999", "x:"], ids=[
+    "control-character", "space", "port-too-big", "empty-port"])
+def test_a_malformed_host_header_is_a_400(front: StreamsHttp, host: str,
+                                          request: pytest.FixtureRequest) -> None:
     """The Host names the stream's URL in `Location`: a malformed one gave `http:///v1/...`."""
-    response = front.request("PUT", f"host-{ord(host[1])}", headers={
-        "Host": host, "Content-Type": JSON})
+    path = f"host-{request.node.callspec.id}"
+    response = front.request("PUT", path, headers={"Host": host, "Content-Type": JSON})
     assert_error(response, 400, "INVALID_HOST")
-    assert front.head(f"host-{ord(host[1])}").status_code == 404
+    assert front.head(path).status_code == 404
+
+
+@pytest.mark.parametrize("host", ["streams_server:4437", "[::1]:8080", "example.com"],
+                         ids=["underscore", "ipv6", "name"])
+def test_a_valid_host_header_names_the_created_stream(front: StreamsHttp, host: str,
+                                                      request: pytest.FixtureRequest) -> None:
+    """Underscores included (a Docker Compose service name), which Werkzeug's check refuses."""
+    path = f"host-ok-{request.node.callspec.id}"
+    response = front.request("PUT", path, headers={"Host": host, "Content-Type": JSON})
+    assert response.status_code == 201, response.content
+    assert response.headers["Location"] == f"http://{host}/v1/stream/{path}"
+    assert front.request("GET", path, headers={"Host": host}).json() == []
