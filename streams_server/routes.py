@@ -244,9 +244,10 @@ def _host(environ: dict[str, Any], scheme: str) -> str:
     """
     host = environ.get("HTTP_HOST")
     if host is None:
-        name, port = environ.get("SERVER_NAME", ""), str(environ.get("SERVER_PORT", ""))
+        name, port = str(environ.get("SERVER_NAME", "")), str(environ.get("SERVER_PORT", ""))
         default = (scheme == "http" and port == "80") or (scheme == "https" and port == "443")
         return name if default or not port else f"{name}:{port}"
+    host = str(host)
     match = _HOST.fullmatch(host)
     if match is None or (match["port"] and int(match["port"]) > 65535):
         raise BadRequest("the Host header is not a valid host[:port]", code="INVALID_HOST")
