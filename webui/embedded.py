@@ -60,6 +60,9 @@ class BackgroundWork:
     def _start_supervisor(self, root_url: str) -> Any:
         config = self._app.config
         streams_url = config["AGENT_STREAMS_URL"] or root_url.rstrip("/") + "/v1/stream"
+        if not config["AGENT_STREAMS_URL"] and root_url.startswith("https:"):
+            log.warning("the embedded supervisor connects to %s; if the TLS certificate does "
+                        "not name that address, set CHAT_AGENT_STREAMS_URL", streams_url)
         model = model_from_settings(config["AGENT_MODEL"],
                                     demo_tokens_per_second=config["DEMO_TOKENS_PER_SECOND"])
         settings = SupervisorSettings(
@@ -90,16 +93,23 @@ class BackgroundWork:
 
 
 def own_url(environ: dict[str, Any]) -> str:
-    """This server's own root URL, from the address it listens on.
+    """This server's own root URL: the local address of the connection the first request came
+    in on (or, without one, ``SERVER_NAME`` and ``SERVER_PORT``).
 
-    Not from the request's ``Host`` header: the first request would then choose where the
-    embedded supervisor connects (and sends the streams token). Werkzeug's and gevent's
-    servers set ``SERVER_NAME`` and ``SERVER_PORT`` from their bound socket; a server
-    listening on every interface is reached on the loopback one. Behind a server that
-    takes ``SERVER_NAME`` from the request instead, set ``CHAT_AGENT_STREAMS_URL``.
+    Not the request's ``Host`` header: the first request would then choose where the
+    embedded supervisor connects (and sends the streams token). Where that address is not
+    right (TLS with a certificate for a name, a proxy that rewrites the port, a server that
+    fills ``SERVER_NAME`` from the request), set ``CHAT_AGENT_STREAMS_URL``.
     """
-    host = str(environ.get("SERVER_NAME") or "127.0.0.1")
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{environ.get('wsgi.url_scheme', 'http')}://{host}:{environ['SERVER_PORT']}"
+    scheme = environ.get("wsgi.url_scheme", "http")
+    sock = environ.get("werkzeug.socket")  # Werkzeug's server: the accepted connection
+    try:
+        host, port = sock.getsockname()[:2] if sock is not None else (None, None)
+    except OSError:
+        host = port = None
+    if host is None:
+        host, port = environ.get("SERVER_NAME") or "127.0.0.1", environ["SERVER_PORT"]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(str(host), str(host))  # bound to all
+    if ":" in host:  # an IPv6 address; a zone (fe80::1%eth0) is percent-encoded in a URL
+        host = "[" + host.replace("%", "%25") + "]"
+    return f"{scheme}://{host}:{port}"
