@@ -124,19 +124,6 @@ def test_json_fork_is_created_exactly_where_a_read_may_start(client: StreamsHttp
         assert inherited + json_messages(client, "every/src", token) == sum(appends, [])
 
 
-def test_refused_offsets_leave_later_reads_up_to_date(client: StreamsHttp) -> None:
-    """Reads and forks refused for an offset inside a message must not pin a database snapshot:
-    a fork created right after one is read in full, on whichever pooled connection serves it."""
-    create_json(client, "stale/src", [{"a": 1}, {"b": 2}, {"c": 3}])  # rows left to fetch
-    for n in range(12):  # more rounds than the engine's pool has read connections
-        assert_error(fork(client, f"stale/bad-{n}", "stale/src", offset_token(3)), 400,
-                     "INVALID_OFFSET")
-        assert_error(client.get("stale/src", offset_token(3)), 400, "INVALID_OFFSET")
-        assert fork(client, f"stale/fork-{n}", "stale/src", offset_token(7)).status_code == 201
-        assert client.post(f"stale/fork-{n}", b'{"z":9}', JSON).status_code == 204
-        assert json_messages(client, f"stale/fork-{n}") == [{"a": 1}, {"z": 9}]
-
-
 def test_json_fork_at_a_boundary_stays_valid_json_after_appends(client: StreamsHttp) -> None:
     """A fork at an offset the server returned inherits the messages before it; its own appends
     follow them in one JSON array, and the source is untouched."""
