@@ -1,6 +1,6 @@
 """The supervisor's duties: restart crashed agents with backoff, cap the live agents, claim
-conversations woken together at once, wait out an unreachable streams server, and shut down
-cleanly on SIGTERM/SIGINT.
+conversations woken together at once (and boot their agents without needless requests),
+wait out an unreachable streams server, and shut down cleanly on SIGTERM/SIGINT.
 
 Real streams servers, real sockets, the real `anthropic` SDK against the local fake Messages
 API. Some tests run the `Supervisor` actor in this process, to give its streams client a short
@@ -374,6 +374,34 @@ def test_conversations_woken_together_are_claimed_at_once(
         rendered = wait_for_answers(client, cid, [prompt], timeout=30)
         assert_clean_answers(rendered, {prompt: f"question for {cid}"})
     assert claims.peak == 4
+
+
+class EnsureCounting(StreamsClient):
+    """A streams client that records the paths it creates or confirms with a `PUT`."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.ensured: list[str] = []
+
+    def ensure_stream(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        self.ensured.append(path)
+        return super().ensure_stream(path, *args, **kwargs)
+
+
+def test_an_agent_boots_without_putting_streams_its_client_created(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+) -> None:
+    """A boot's requests each wait their turn on a busy server: the conversation's streams,
+    which its client created before the first prompt, are read, not `PUT` again."""
+    root = streams_root(streams_server)
+    counting = EnsureCounting(root)
+    in_process(root, client=counting)
+    client, chat = connect(root)
+    cid = chat.start_conversation("streams already there")
+    prompt = chat.send_prompt(cid, "boot lean")
+    assert_clean_answers(wait_for_answers(client, cid, [prompt], timeout=30),
+                         {prompt: "boot lean"})
+    assert [path for path in counting.ensured if cid in path] == []
 
 
 # -- 3. the streams server unreachable at start ----------------------------------------------------
