@@ -65,7 +65,8 @@ def parse_prompt_message(message: Any) -> Prompt | Cancel | None:
             stamp = stamp if isinstance(stamp, int) else 0
             if isinstance(content, str):
                 return Prompt(pid, content, stamp)
-            return Prompt(pid, "", stamp, problem=UNREADABLE_PROMPT)
+            if "type" in message or "content" in message:  # meant as a prompt: say why not
+                return Prompt(pid, "", stamp, problem=UNREADABLE_PROMPT)
     elif kind == "cancel":
         pid = message.get("promptId")
         if isinstance(pid, str) and pid:

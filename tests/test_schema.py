@@ -1,0 +1,31 @@
+"""What an agent makes of a prompts stream's messages: written by any client, so anything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent_actors.schema import UNREADABLE_PROMPT, Cancel, Prompt, parse_prompt_message
+
+
+@pytest.mark.parametrize(("message", "parsed"), [
+    ({"type": "prompt", "id": "p1", "content": "hi", "timestamp": 5}, Prompt("p1", "hi", 5)),
+    ({"id": "p1", "content": "hi"}, Prompt("p1", "hi", 0)),  # the original example's shape
+    ({"type": "cancel", "promptId": "p1"}, Cancel("p1")),
+    # Meant as a prompt, but its content is not text: answered with an error, not ignored.
+    ({"type": "prompt", "id": "p1", "content": ["hi"]},
+     Prompt("p1", "", 0, problem=UNREADABLE_PROMPT)),
+    ({"type": "prompt", "id": "p1"}, Prompt("p1", "", 0, problem=UNREADABLE_PROMPT)),
+    ({"id": "p1", "content": None}, Prompt("p1", "", 0, problem=UNREADABLE_PROMPT)),
+    # Not prompts at all, or with no id to answer under: ignored.
+    ({"id": "p1"}, None),
+    ({"type": "prompt", "id": "", "content": "hi"}, None),
+    ({"type": "prompt", "id": 7, "content": "hi"}, None),
+    ({"type": "note", "id": "p1", "content": "hi"}, None),
+    ({"type": "cancel"}, None),
+    (["not", "an", "object"], None),
+    ("text", None),
+])
+def test_prompts_stream_messages(message: Any, parsed: Prompt | Cancel | None) -> None:
+    assert parse_prompt_message(message) == parsed
