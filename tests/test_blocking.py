@@ -69,7 +69,10 @@ _RAISING_PROGRAM = textwrap.dedent("""
     def read_missing_stream():
         cursor = Cursor()
         held.append(weakref.ref(cursor))
-        raise NotFound("no such stream")
+        try:
+            raise LookupError("no row")
+        except LookupError:  # raised while handling another: its traceback holds this frame
+            raise NotFound("no such stream")
 
     try:
         run_blocking(read_missing_stream)

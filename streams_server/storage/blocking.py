@@ -58,6 +58,7 @@ def _outcome_of(fn: Callable[[], T]) -> T | _Raised:
     try:
         return fn()
     except StreamError as error:
+        error.__cause__ = error.__context__ = None  # their tracebacks hold frames too
         return _Raised(error.with_traceback(None))
     except BaseException as error:  # noqa: BLE001 - re-raised by the caller, in its greenlet
         return _Raised(error)
