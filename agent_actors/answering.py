@@ -135,8 +135,10 @@ def refuse_prompt(*, producer: Producer, prompt_id: str, attempt: int,
     message, so that a client waiting for its answer gets one."""
     started = time.monotonic()
     producer.append([schema.error(prompt_id, attempt, reason, "invalid_prompt")])
-    return AnswerOutcome(prompt_id, attempt, "", "error", None, 0, 0, "-", None,
-                         (time.monotonic() - started) * 1000, 0)
+    return AnswerOutcome(prompt_id=prompt_id, attempt=attempt, text="", outcome="error",
+                         stop_reason=None, input_tokens=0, output_tokens=0, model="-",
+                         first_token_ms=None,
+                         duration_ms=(time.monotonic() - started) * 1000, chunks=0)
 
 
 def answer_prompt(

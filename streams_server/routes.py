@@ -39,14 +39,13 @@ from .errors import (
     UriTooLong,
 )
 from .protocol.control import uses_wake_token
+from .protocol.headers import has_control_characters
 from .protocol.messages import Reply, StreamRequest
+from .server import FRAMING_PROBLEM_KEY
 
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "durable_streams"
-FRAMING_PROBLEM_KEY = "durable_streams.framing_problem"
-"""Set in the environ by the standalone server when a request's body length is ambiguous in
-ways the environ itself no longer shows (see `server.RequestHeaders`)."""
 RESERVED_PREFIX = "__ds"
 
 EXPOSED_HEADERS = ", ".join(
@@ -285,7 +284,7 @@ def _validated_path(stream_path: str, settings: StreamsSettings) -> str:
             f"stream path is longer than {settings.max_path_length} characters",
             code="PATH_TOO_LONG",
         )
-    if any(ord(c) < 0x20 or c == "\x7f" for c in stream_path):
+    if has_control_characters(stream_path):
         raise BadRequest("stream path contains control characters", code="INVALID_PATH")
     return stream_path
 

@@ -15,9 +15,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .routes import FRAMING_PROBLEM_KEY
-
 log = logging.getLogger(__name__)
+
+FRAMING_PROBLEM_KEY = "durable_streams.framing_problem"
+"""Set in the environ when a request's body length is ambiguous in ways the environ itself
+no longer shows (see `RequestHeaders.framing_problem`); the streams middleware refuses it."""
 
 
 def serve(app: Any, host: str, port: int, on_stop: Callable[[], None]) -> None:
@@ -51,7 +53,7 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None]) -> None:
             """The environ, telling the app when the body's framing was ambiguous: it then
             refuses the request (in JSON) and closes the connection."""
             environ: dict[str, Any] = super().get_environ()
-            problem = getattr(self.headers, "framing_problem", None)
+            problem = self.headers.framing_problem
             if problem is not None:
                 environ[FRAMING_PROBLEM_KEY] = problem
             return environ
@@ -82,6 +84,8 @@ class RequestHeaders:
     MAX_HEADERS = 100
     MAX_LINE = 65536
     status = ""  # pywsgi refuses the request if this is set; errors here are raised instead
+    framing_problem: str | None = None
+    """Why the body's length is ambiguous, if it is (see `_framing_problem`)."""
 
     def __init__(self, rfile: Any) -> None:
         self._lines: list[tuple[str, str]] = []  # (lower-case name or "" for a continuation, line)

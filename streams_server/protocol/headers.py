@@ -24,6 +24,13 @@ def flag(headers: HeaderLookup, name: str) -> bool:
     return value is not None and value.strip().lower() == "true"
 
 
+def has_control_characters(text: str, *, tab_allowed: bool = False) -> bool:
+    """Whether `text` holds ASCII control characters (C0 or DEL); a header value may hold
+    tabs, a path may not."""
+    return any((ord(c) < 0x20 and not (tab_allowed and c == "\t")) or c == "\x7f"
+               for c in text)
+
+
 def content_type(headers: HeaderLookup) -> str | None:
     """The Content-Type as given (trimmed), or None. It is stored and sent back on every
     read, so it must be a header value a client can take back: printable, and short."""
@@ -33,7 +40,7 @@ def content_type(headers: HeaderLookup) -> str | None:
     if len(value) > MAX_CONTENT_TYPE_LENGTH:
         raise BadRequest(f"Content-Type is longer than {MAX_CONTENT_TYPE_LENGTH} characters",
                          code="INVALID_CONTENT_TYPE")
-    if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in value):
+    if has_control_characters(value, tab_allowed=True):
         raise BadRequest("Content-Type contains control characters",
                          code="INVALID_CONTENT_TYPE")
     return value

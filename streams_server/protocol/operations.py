@@ -105,7 +105,7 @@ class StreamOperations:
                              code="INVALID_FORK") from None
         if not source_path:
             raise BadRequest("Stream-Forked-From names no stream", code="INVALID_FORK")
-        if any(ord(c) < 0x20 or c == "\x7f" for c in source_path):
+        if headers.has_control_characters(source_path):
             raise BadRequest("Stream-Forked-From contains control characters",
                              code="INVALID_FORK")
         return ForkSpec(

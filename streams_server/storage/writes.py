@@ -259,7 +259,8 @@ def _sub_offset_point(
     rows: sqlite3.Cursor, anchor: int, sub_offset: int, is_json: bool, segment_end: int
 ) -> int:
     first = rows.fetchone()
-    assert first is not None and first["start"] == anchor, "checked by _check_anchor"
+    if first is None or first["start"] != anchor:  # `_check_anchor` refuses these first
+        raise BadRequest("fork offset is not an entry boundary", code="INVALID_OFFSET")
     boundary = min(first["append_end"], segment_end)
     if not is_json:
         if anchor + sub_offset > boundary:
