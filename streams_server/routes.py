@@ -89,6 +89,10 @@ _COMMON_HEADERS = [
     ("Access-Control-Expose-Headers", EXPOSED_HEADERS),
     ("X-Content-Type-Options", "nosniff"),
     ("Cross-Origin-Resource-Policy", "cross-origin"),
+    # A stream may be created as text/html by anyone who may write: opened as a page, its
+    # bytes must not run as script on this origin (where the chat and its token live). Reads
+    # by fetch or EventSource are not documents, so the policy does not touch them.
+    ("Content-Security-Policy", "sandbox; default-src 'none'"),
 ]
 _NO_BODY_STATUSES = frozenset({204, 304})
 _PATH_SAFE = "!$&'()*+,/:;=@%"  # a URL path segment's characters, and '%' already quoted

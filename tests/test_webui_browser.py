@@ -353,6 +353,22 @@ def test_model_markup_renders_as_inert_text(chat_app: ServerProcess, model: Fake
     assert violations == [], f"something tried to run and was only stopped by the CSP: {violations}"
 
 
+def test_an_html_stream_opened_as_a_page_runs_no_script(chat_app: ServerProcess,
+                                                         new_context: NewContext) -> None:
+    """Anyone who may append may create a `text/html` stream, and a link to it in an answer
+    opens it on the chat's origin: its script must not run there (it could read the page's
+    streams token and post to the chat's other tabs)."""
+    page_url = f"{chat_app.url}/v1/stream/pages/{uuid.uuid4().hex[:8]}.html"
+    created = requests.put(page_url, data=b"<p id=shown>hello</p><script>window.__xss=1</script>",
+                           headers={"Content-Type": "text/html"}, timeout=10)
+    assert created.status_code == 201, created.text
+    page = new_context().new_page()
+    page.goto(page_url)
+    assert page.locator("#shown").text_content() == "hello"  # shown, inert
+    assert page.evaluate("() => typeof window.__xss") == "undefined"
+    assert page.evaluate("() => window.origin") == "null"  # sandboxed: an opaque origin
+
+
 def test_new_conversation_appears_in_another_tab(chat_app: ServerProcess, model: FakeAnthropic,
                                                  new_context: NewContext) -> None:
     context = new_context()
