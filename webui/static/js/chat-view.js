@@ -58,8 +58,13 @@ export class ChatView {
       }
       const expectedPosition = previous ? previous.nextSibling : this.list.firstChild;
       if (expectedPosition !== parts.li) this.list.insertBefore(parts.li, expectedPosition);
-      if (item.turn) updateTurn(parts, item.turn);
-      else updatePending(parts, item.pending);
+      try {
+        if (item.turn) updateTurn(parts, item.turn);
+        else updatePending(parts, item.pending);
+      } catch (err) {
+        // One turn that cannot be shown (hostile stream content) costs only itself.
+        console.warn(`could not render turn ${item.id}`, err);
+      }
       previous = parts.li;
     }
     if (stick) this.scrollToBottom();

@@ -2,6 +2,47 @@
 // deterministic: the same messages always give the same result, so a reload that re-reads
 // the streams from the beginning renders exactly the same conversation.
 
+// Anyone who may append to a stream can put any JSON there, and JSON.parse can build objects
+// whose toString/valueOf are not functions ({"toString": null}): String(x), `${x}` or
+// [x].join() throw on them. So every field is turned into a primitive here, where it is read;
+// what the rest of the UI sees is a string, a finite number or null.
+
+/** A string as is; null/undefined as null; anything else as a text rendering that cannot throw. */
+export function safeText(value) {
+  if (typeof value === "string") return value;
+  if (value === null || value === undefined) return null;
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  try {
+    const json = JSON.stringify(value);
+    return typeof json === "string" ? json : null;
+  } catch {
+    return "[unreadable value]";
+  }
+}
+
+/** A finite number, else null. */
+export function safeNumber(value) {
+  return typeof value === "number" && Number.isFinite(value) ? value : null;
+}
+
+function safeUsage(usage) {
+  if (!usage || typeof usage !== "object") return null;
+  return {
+    input_tokens: safeNumber(usage.input_tokens) ?? safeNumber(usage.inputTokens),
+    output_tokens: safeNumber(usage.output_tokens) ?? safeNumber(usage.outputTokens),
+  };
+}
+
+/** Run `fn(message)`; a message that makes it throw costs only itself (logged, not raised). */
+function isolated(what, message, fn) {
+  try {
+    return fn(message);
+  } catch (err) {
+    console.warn(`skipped a ${what} message that could not be applied`, err);
+    return undefined;
+  }
+}
+
 /** The conversation list, from the `conversations` stream. */
 export class ConversationList {
   byId = new Map();
@@ -9,14 +50,16 @@ export class ConversationList {
   /** Apply messages; returns true if anything visible changed. */
   apply(messages) {
     let changed = false;
-    for (const m of messages) {
-      if (!m || typeof m !== "object" || typeof m.id !== "string") continue;
-      if (m.type !== undefined && m.type !== "conversation") continue; // unknown types are skipped
-      const existing = this.byId.get(m.id);
-      const title = typeof m.title === "string" && m.title.trim() ? m.title.trim() : existing?.title ?? "Untitled";
-      const timestamp = existing?.timestamp ?? (Number.isFinite(m.timestamp) ? m.timestamp : 0);
-      this.byId.set(m.id, { id: m.id, title, timestamp });
-      changed = true;
+    for (const message of messages) {
+      isolated("conversation", message, (m) => {
+        if (!m || typeof m !== "object" || typeof m.id !== "string") return;
+        if (m.type !== undefined && m.type !== "conversation") return; // unknown types are skipped
+        const existing = this.byId.get(m.id);
+        const title = typeof m.title === "string" && m.title.trim() ? m.title.trim() : existing?.title ?? "Untitled";
+        const timestamp = existing?.timestamp ?? safeNumber(m.timestamp) ?? 0;
+        this.byId.set(m.id, { id: m.id, title, timestamp });
+        changed = true;
+      });
     }
     return changed;
   }
@@ -72,7 +115,7 @@ export function turnState(turn) {
   if (turn.final === "error") return "error";
   if (turn.final === "cancelled") return "cancelled";
   if (turn.final === "done") {
-    if (CANCEL_REASONS.test(turn.stopReason ?? "")) return "cancelled";
+    if (typeof turn.stopReason === "string" && CANCEL_REASONS.test(turn.stopReason)) return "cancelled";
     return "done";
   }
   if (turn.cancelRequested) return "cancelling";
@@ -103,84 +146,92 @@ export class Transcript {
   /** Apply prompt-stream messages; returns the ids of changed turns. */
   applyPrompts(messages) {
     const changed = new Set();
-    for (const m of messages) {
+    for (const message of messages) {
       this.promptEntries += 1;
-      if (!m || typeof m !== "object") continue;
-      const type = m.type ?? (typeof m.content === "string" && typeof m.id === "string" ? "prompt" : undefined);
-      if (type === "prompt" && typeof m.id === "string") {
-        const turn = this.#turn(m.id);
-        if (turn.prompt) continue; // a repeated prompt id is the same prompt
-        turn.prompt = { content: String(m.content ?? ""), timestamp: m.timestamp ?? null };
-        this.order.push(m.id);
-        changed.add(m.id);
-      } else if (type === "cancel" && typeof m.promptId === "string") {
-        const turn = this.#turn(m.promptId);
-        if (!turn.final) {
-          turn.cancelRequested = true;
-          changed.add(m.promptId);
-        }
-      } else {
-        this.ignored += 1;
-      }
+      isolated("prompt-stream", message, (m) => this.#applyPrompt(m, changed));
     }
     return changed;
+  }
+
+  #applyPrompt(m, changed) {
+    if (!m || typeof m !== "object") return;
+    const type = m.type ?? (typeof m.content === "string" && typeof m.id === "string" ? "prompt" : undefined);
+    if (type === "prompt" && typeof m.id === "string") {
+      const turn = this.#turn(m.id);
+      if (turn.prompt) return; // a repeated prompt id is the same prompt
+      turn.prompt = { content: safeText(m.content) ?? "", timestamp: safeNumber(m.timestamp) };
+      this.order.push(m.id);
+      changed.add(m.id);
+    } else if (type === "cancel" && typeof m.promptId === "string") {
+      const turn = this.#turn(m.promptId);
+      if (!turn.final) {
+        turn.cancelRequested = true;
+        changed.add(m.promptId);
+      }
+    } else {
+      this.ignored += 1;
+    }
   }
 
   /** Apply response-stream messages; returns the ids of changed turns. */
   applyResponses(messages) {
     const changed = new Set();
-    for (const m of messages) {
+    for (const message of messages) {
       this.responseEntries += 1;
-      if (!m || typeof m !== "object" || typeof m.promptId !== "string") {
-        this.ignored += 1;
-        continue;
-      }
-      const turn = this.#turn(m.promptId);
-      // Messages without `type` follow the original example: chunks, the last one complete.
-      const type = m.type ?? (m.isComplete ? "done" : "chunk");
-      const attempt = Number.isInteger(m.attempt) ? m.attempt : turn.attempt;
-      if (attempt < turn.attempt) {
-        this.ignored += 1; // a message of an attempt that was already restarted
-        continue;
-      }
-      if (type === "restart" || attempt > turn.attempt) {
-        // The agent starts this answer again: what was streamed so far is void.
-        restartTurn(turn, attempt);
-        changed.add(m.promptId);
-        if (type === "restart") continue;
-      }
-      if (turn.final) continue; // nothing follows a final message, except a restart
-      if (type === "chunk") {
-        if (typeof m.id === "string") {
-          if (turn.chunkIds.has(m.id)) continue; // the same chunk twice is shown once
-          turn.chunkIds.add(m.id);
-        }
-        if (typeof m.content === "string" && m.content) {
-          turn.text += m.content;
-          turn.chunks += 1;
-          turn.firstChunkAt ??= m.timestamp ?? null;
-        }
-      } else if (type === "done" || type === "cancelled") {
-        if (typeof m.content === "string" && m.content) {
-          turn.text += m.content;
-          turn.chunks += 1;
-        }
-        turn.final = type;
-        turn.stopReason = m.stopReason ?? m.stop_reason ?? (type === "cancelled" ? "cancelled" : null);
-        turn.usage = m.usage ?? null;
-        turn.model = m.model ?? null;
-        turn.finishedAt = m.timestamp ?? null;
-      } else if (type === "error") {
-        turn.final = "error";
-        turn.error = String(m.message ?? m.error ?? m.content ?? "The agent reported an error.");
-        turn.finishedAt = m.timestamp ?? null;
-      } else {
-        this.ignored += 1;
-        continue;
-      }
-      changed.add(m.promptId);
+      isolated("response-stream", message, (m) => this.#applyResponse(m, changed));
     }
     return changed;
+  }
+
+  #applyResponse(m, changed) {
+    if (!m || typeof m !== "object" || typeof m.promptId !== "string") {
+      this.ignored += 1;
+      return;
+    }
+    const turn = this.#turn(m.promptId);
+    // Messages without `type` follow the original example: chunks, the last one complete.
+    const type = m.type ?? (m.isComplete ? "done" : "chunk");
+    const attempt = Number.isInteger(m.attempt) ? m.attempt : turn.attempt;
+    if (attempt < turn.attempt) {
+      this.ignored += 1; // a message of an attempt that was already restarted
+      return;
+    }
+    if (type === "restart" || attempt > turn.attempt) {
+      // The agent starts this answer again: what was streamed so far is void.
+      restartTurn(turn, attempt);
+      changed.add(m.promptId);
+      if (type === "restart") return;
+    }
+    if (turn.final) return; // nothing follows a final message, except a restart
+    if (type === "chunk") {
+      if (typeof m.id === "string") {
+        if (turn.chunkIds.has(m.id)) return; // the same chunk twice is shown once
+        turn.chunkIds.add(m.id);
+      }
+      if (typeof m.content === "string" && m.content) {
+        turn.text += m.content;
+        turn.chunks += 1;
+        turn.firstChunkAt ??= safeNumber(m.timestamp);
+      }
+    } else if (type === "done" || type === "cancelled") {
+      if (typeof m.content === "string" && m.content) {
+        turn.text += m.content;
+        turn.chunks += 1;
+      }
+      turn.final = type;
+      turn.stopReason = safeText(m.stopReason ?? m.stop_reason) ?? (type === "cancelled" ? "cancelled" : null);
+      turn.usage = safeUsage(m.usage);
+      turn.model = safeText(m.model);
+      turn.finishedAt = safeNumber(m.timestamp);
+    } else if (type === "error") {
+      turn.final = "error";
+      turn.error = safeText(m.message ?? m.error ?? m.content) ?? "The agent reported an error.";
+      turn.finishedAt = safeNumber(m.timestamp);
+    } else {
+      this.ignored += 1;
+      return;
+    }
+    changed.add(m.promptId);
   }
 
   /** Turns with a prompt, in prompt order. */

@@ -45,7 +45,16 @@ function normalizePath(input) {
   } catch {
     /* not an absolute URL */
   }
-  return decodeURIComponent(path.split("?")[0]).replace(/^\/+|\/+$/g, "");
+  return decodeOrRaw(path.split("?")[0]).replace(/^\/+|\/+$/g, "");
+}
+
+/** Percent-decoded text, or the text as typed when it is not valid percent-encoding ("x/%zz"). */
+function decodeOrRaw(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
 }
 
 function recentPaths() {
@@ -682,7 +691,7 @@ function main() {
   document.body.dataset.ready = "true";
   const openFromHash = () => {
     const fromHash = /^#path=(.+)$/.exec(window.location.hash);
-    if (fromHash) open(decodeURIComponent(fromHash[1]));
+    if (fromHash) open(decodeOrRaw(fromHash[1]));
   };
   window.addEventListener("hashchange", openFromHash);
   openFromHash();

@@ -6,18 +6,110 @@
 // emphasis (* _ ** __ *** ~~), inline code, fenced code blocks (also unterminated, while an
 // answer streams), bullet and ordered lists (nested, tight or loose), block quotes, GFM pipe
 // tables, thematic breaks, links, autolinks and bare URLs, hard line breaks.
+//
+// The source is untrusted in size and shape too: anyone who may append to a stream can send
+// an answer built to make a parser slow or to exhaust the stack. So no regular expression here
+// backtracks over more than one ambiguous run, the inline scans share a work budget per block,
+// nesting is limited to MAX_NESTING levels, and only the first MAX_MARKDOWN characters are
+// parsed as Markdown (the rest is shown as plain text, with a note).
+
+/** Characters of an answer rendered as Markdown; the rest is plain text. */
+export const MAX_MARKDOWN = 200_000;
+/** Lines longer than this are never taken for block syntax (a heading, an item, a quote). */
+export const MAX_BLOCK_LINE = 20_000;
+/** Deepest nesting of quotes/lists (and of inline emphasis/links); deeper is plain text. */
+export const MAX_NESTING = 32;
+/** Tables stop collecting rows past this many cells; further lines are paragraphs. */
+export const MAX_TABLE_CELLS = 20_000;
 
 // ---------------------------------------------------------------------------- block parsing
 
-const FENCE = /^( {0,3})(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*$/;
-const HEADING = /^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$/;
 const RULE = /^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$/;
 const QUOTE = /^ {0,3}> ?(.*)$/;
 const ITEM = /^( *)([-*+]|\d{1,9}[.)])(?:([ \t]+)(.*)|$)/;
-const TABLE_DELIM = /^ *\|? *:?-+:? *(?:\| *:?-+:? *)*\|? *$/;
+const DELIM_CELL = /^:?-+:?$/;
+const LINE_BREAKS = /[\n\r\u2028\u2029]/;
 
 function isBlank(line) {
   return /^[ \t]*$/.test(line);
+}
+
+/** Whether a line may be block syntax at all (a very long line is paragraph text). */
+function matchable(line) {
+  return line.length <= MAX_BLOCK_LINE;
+}
+
+function isSpaceOrTab(c) {
+  return c === " " || c === "\t";
+}
+
+/** Up to three leading spaces: the index after them. */
+function afterIndent(line) {
+  let k = 0;
+  while (k < 3 && line[k] === " ") k += 1;
+  return k;
+}
+
+/**
+ * A fence opening ("```lang", "~~~"): [line, indent, marker, lang] or null. The marker is the
+ * whole run of ` or ~ (at least three) and nothing after it may contain a backtick.
+ */
+function matchFence(line) {
+  if (!matchable(line)) return null;
+  const k = afterIndent(line);
+  const c = line[k];
+  if (c !== "`" && c !== "~") return null;
+  let n = 0;
+  while (line[k + n] === c) n += 1;
+  if (n < 3) return null;
+  const rest = line.slice(k + n);
+  if (rest.includes("`")) return null;
+  const lang = /^[ \t]*([^`\s]*)/.exec(rest)[1];
+  return [line, line.slice(0, k), line.slice(k, k + n), lang];
+}
+
+/**
+ * An ATX heading: {level, text} or null. "# Title ##" has the text "Title": the closing run of
+ * #s (after a space or tab) and trailing spaces are not part of it. Written without regular
+ * expressions that could backtrack (a line of "#", thousands of spaces and an unmatched end
+ * took minutes with the one-regex version).
+ */
+function matchHeading(line) {
+  if (!matchable(line) || LINE_BREAKS.test(line)) return null;
+  const k = afterIndent(line);
+  let level = 0;
+  while (line[k + level] === "#") level += 1;
+  if (level < 1 || level > 6) return null;
+  let start = k + level;
+  if (start < line.length && !isSpaceOrTab(line[start])) return null;
+  while (start < line.length && isSpaceOrTab(line[start])) start += 1;
+  let end = line.length;
+  while (end > start && isSpaceOrTab(line[end - 1])) end -= 1;
+  // A closing sequence: a run of #s that a space or tab separates from the text.
+  let hashes = end;
+  while (hashes > start && line[hashes - 1] === "#") hashes -= 1;
+  if (hashes < end && hashes > start && isSpaceOrTab(line[hashes - 1])) {
+    end = hashes;
+    while (end > start && isSpaceOrTab(line[end - 1])) end -= 1;
+  }
+  return { level, text: line.slice(start, end) };
+}
+
+function trimSpaces(text) {
+  let a = 0;
+  let b = text.length;
+  while (a < b && text[a] === " ") a += 1;
+  while (b > a && text[b - 1] === " ") b -= 1;
+  return text.slice(a, b);
+}
+
+/** A table's delimiter row: "| :--- | ---: |" (cells of -, optionally aligned with :). */
+function isTableDelimiter(line) {
+  if (!matchable(line)) return false;
+  let text = trimSpaces(line);
+  if (text.startsWith("|")) text = text.slice(1);
+  if (text.endsWith("|")) text = text.slice(0, -1);
+  return text.split("|").every((cell) => DELIM_CELL.test(trimSpaces(cell)));
 }
 
 function indentOf(line) {
@@ -26,11 +118,19 @@ function indentOf(line) {
 
 /** Lines that end a paragraph when they appear in it. */
 function startsBlock(line) {
-  return FENCE.test(line) || HEADING.test(line) || RULE.test(line) || QUOTE.test(line) || ITEM.test(line);
+  if (!matchable(line)) return false;
+  return !!matchFence(line) || !!matchHeading(line) || RULE.test(line) || QUOTE.test(line) || ITEM.test(line);
 }
 
-/** Parse lines into block objects; each top-level block keeps its source as `raw`. */
-export function parseBlocks(lines) {
+/**
+ * Parse lines into block objects; each top-level block keeps its source as `raw`. `depth` is
+ * how deep in quotes and lists these lines are: past MAX_NESTING they are plain text.
+ */
+export function parseBlocks(lines, depth = 0) {
+  if (depth > MAX_NESTING) {
+    const text = lines.join("\n");
+    return isBlank(text) ? [] : [{ type: "plain", text, raw: text }];
+  }
   const blocks = [];
   let i = 0;
   while (i < lines.length) {
@@ -42,24 +142,27 @@ export function parseBlocks(lines) {
     }
     let block;
     let m;
-    if ((m = FENCE.exec(line))) {
+    if (!matchable(line)) {
+      block = { type: "paragraph", text: line };
+      i += 1;
+    } else if ((m = matchFence(line))) {
       [block, i] = parseFence(lines, i, m);
-    } else if ((m = HEADING.exec(line))) {
-      block = { type: "heading", level: m[1].length, text: m[2] ?? "" };
+    } else if ((m = matchHeading(line))) {
+      block = { type: "heading", level: m.level, text: m.text };
       i += 1;
     } else if (RULE.test(line)) {
       block = { type: "rule" };
       i += 1;
     } else if (QUOTE.test(line)) {
       const inner = [];
-      while (i < lines.length && (m = QUOTE.exec(lines[i]))) {
+      while (i < lines.length && matchable(lines[i]) && (m = QUOTE.exec(lines[i]))) {
         inner.push(m[1]);
         i += 1;
       }
-      block = { type: "quote", children: parseBlocks(inner) };
+      block = { type: "quote", children: parseBlocks(inner, depth + 1) };
     } else if (ITEM.test(line)) {
-      [block, i] = parseList(lines, i);
-    } else if (line.includes("|") && i + 1 < lines.length && TABLE_DELIM.test(lines[i + 1]) && lines[i + 1].includes("-")) {
+      [block, i] = parseList(lines, i, depth);
+    } else if (line.includes("|") && i + 1 < lines.length && isTableDelimiter(lines[i + 1]) && lines[i + 1].includes("-")) {
       [block, i] = parseTable(lines, i);
     } else {
       const text = [line];
@@ -96,7 +199,7 @@ function parseFence(lines, i, m) {
   return [{ type: "code", lang: m[3] || "", text: body.join("\n"), closed }, j];
 }
 
-function parseList(lines, i) {
+function parseList(lines, i, depth) {
   const first = ITEM.exec(lines[i]);
   const ordered = /\d/.test(first[2]);
   const baseIndent = first[1].length;
@@ -105,7 +208,7 @@ function parseList(lines, i) {
   let sawBlank = false;
   while (i < lines.length) {
     const line = lines[i];
-    const m = ITEM.exec(line);
+    const m = matchable(line) ? ITEM.exec(line) : null;
     if (m && m[1].length <= baseIndent + 1 && /\d/.test(m[2]) === ordered && (!item || m[1].length < item.contentIndent)) {
       // A sibling item.
       if (item && sawBlank) list.loose = true;
@@ -123,7 +226,7 @@ function parseList(lines, i) {
       while (k < lines.length && isBlank(lines[k])) k += 1;
       if (k >= lines.length) break;
       const next = lines[k];
-      const nextItem = ITEM.exec(next);
+      const nextItem = matchable(next) ? ITEM.exec(next) : null;
       const continues = indentOf(next) >= item.contentIndent ||
         (nextItem && nextItem[1].length <= baseIndent + 1 && /\d/.test(nextItem[2]) === ordered);
       if (!continues) break;
@@ -146,7 +249,7 @@ function parseList(lines, i) {
     }
     break;
   }
-  for (const it of list.items) it.children = parseBlocks(it.lines);
+  for (const it of list.items) it.children = parseBlocks(it.lines, depth + 1);
   return [list, i];
 }
 
@@ -187,7 +290,8 @@ function parseTable(lines, i) {
   });
   const rows = [];
   let j = i + 2;
-  while (j < lines.length && !isBlank(lines[j]) && lines[j].includes("|")) {
+  const maxRows = Math.floor(MAX_TABLE_CELLS / Math.max(1, header.length));
+  while (j < lines.length && rows.length < maxRows && !isBlank(lines[j]) && lines[j].includes("|")) {
     rows.push(splitRow(lines[j]));
     j += 1;
   }
@@ -197,6 +301,37 @@ function parseTable(lines, i) {
 // --------------------------------------------------------------------------- inline parsing
 
 const PUNCT = /[!-/:-@[-`{-~]/;
+const URL_TRAILING = new Set([...".,;:!?)]}*_~"]);
+
+// The inline scans (closers, brackets, destinations, code spans, URLs) look ahead, and some
+// source shapes would make them look ahead from every position ("[a](" repeated). They draw
+// on one budget per top-level block, proportional to its size; a scan that finds it spent
+// gives up, so what is left of that block shows as literal text. Ordinary Markdown uses a
+// small fraction of it.
+let budget = 0;
+let budgetActive = false;
+let inlineDepth = 0;
+
+function withBudget(size, fn) {
+  if (budgetActive) return fn();
+  budgetActive = true;
+  budget = 100_000 + 20 * size;
+  try {
+    return fn();
+  } finally {
+    budgetActive = false;
+  }
+}
+
+/** Charge `n` units of work; false once the budget is spent. */
+function spend(n) {
+  budget -= n;
+  return budget >= 0;
+}
+
+function hasBudget() {
+  return budget > 0;
+}
 
 /** A URL safe to put in href: absolute http(s) only, else null. */
 export function safeHref(url) {
@@ -214,22 +349,42 @@ function runLength(text, at) {
   return n;
 }
 
-/** Index just after the code span opening at `at`, or -1 if it never closes. */
+/** Index just after the code span opening at `at`, or -1 if it never closes (or no budget). */
 function codeSpanEnd(text, at) {
+  if (!hasBudget()) return -1;
   const n = runLength(text, at);
+  if (!spend(n)) return -1;
   let k = at + n;
-  while ((k = text.indexOf("`", k)) >= 0) {
+  for (;;) {
+    const from = k;
+    k = text.indexOf("`", k);
+    if (!spend((k < 0 ? text.length : k) - from + 1)) return -1;
+    if (k < 0) return -1;
     const m = runLength(text, k);
+    if (!spend(m)) return -1;
     if (m === n) return k + m;
     k += m;
   }
-  return -1;
 }
 
-/** Find the closing delimiter run for emphasis of `size` with char `c`, from `from`. */
-function findCloser(text, from, c, size) {
+/**
+ * Find the closing delimiter run for emphasis of `size` with char `c`, from `from`. The scan
+ * from a position always takes the same path, so `memo` (per text, c and size) remembers for
+ * every position passed where that path ended: each position is scanned once, not once per
+ * opener ("*a *a *a ..." was quadratic).
+ */
+function findCloser(text, from, c, size, memo) {
+  if (!hasBudget()) return -1;
+  const passed = [];
   let k = from;
+  let result = -1;
   while (k < text.length) {
+    const known = memo[k];
+    if (known !== 0) {
+      result = known - 2;
+      break;
+    }
+    passed.push(k);
     const ch = text[k];
     if (ch === "\\") {
       k += 2;
@@ -247,18 +402,25 @@ function findCloser(text, from, c, size) {
       const rightFlanking = before !== undefined && !/\s/.test(before);
       const intraword = c === "_" && after !== undefined && /[\p{L}\p{N}]/u.test(after);
       // A longer run may also close an inner emphasis ("**a *b***"): close at its end.
-      if (rightFlanking && !intraword && n >= size) return k + n - size;
+      if (rightFlanking && !intraword && n >= size) {
+        result = k + n - size;
+        break;
+      }
       k += n;
       continue;
     }
     k += 1;
   }
-  return -1;
+  // A scan cut short by the budget proves nothing: remember only complete ones.
+  if (!spend(passed.length)) return -1;
+  for (const at of passed) memo[at] = result + 2;
+  return result;
 }
 
 function findBracketEnd(text, at) {
   let depth = 0;
   for (let k = at; k < text.length; k++) {
+    if (!spend(1)) return -1;
     const c = text[k];
     if (c === "\\") k += 1;
     else if (c === "`") {
@@ -276,8 +438,10 @@ function parseDestination(text, at) {
   let k = at + 1;
   while (text[k] === " ") k += 1;
   let url = "";
+  if (!hasBudget()) return null;
   if (text[k] === "<") {
     const close = text.indexOf(">", k);
+    if (!spend((close < 0 ? text.length : close) - k)) return null;
     if (close < 0) return null;
     url = text.slice(k + 1, close);
     k = close + 1;
@@ -285,6 +449,7 @@ function parseDestination(text, at) {
     let depth = 0;
     const begin = k;
     for (; k < text.length; k++) {
+      if (!spend(1)) return null;
       const c = text[k];
       if (c === "\\") k += 1;
       else if (c === "(") depth += 1;
@@ -298,6 +463,7 @@ function parseDestination(text, at) {
   while (text[k] === " ") k += 1;
   if (text[k] === '"' || text[k] === "'") {
     const close = text.indexOf(text[k], k + 1);
+    if (!spend((close < 0 ? text.length : close) - k)) return null;
     if (close < 0) return null;
     k = close + 1;
     while (text[k] === " ") k += 1;
@@ -309,8 +475,59 @@ function parseDestination(text, at) {
 const BARE_URL = /https?:\/\/[^\s<>"'`]+/iy;
 const ANGLE_URL = /<(https?:\/\/[^\s<>]+)>/iy;
 
+/** `text` without its trailing spaces (a loop: / +$/ is quadratic on long runs of spaces). */
+function trimTrailingSpaces(text) {
+  let end = text.length;
+  while (end > 0 && text[end - 1] === " ") end -= 1;
+  return end === text.length ? text : text.slice(0, end);
+}
+
+/** A bare URL without the punctuation that more likely ends the sentence. */
+function trimUrlPunctuation(url) {
+  let end = url.length;
+  while (end > 0 && URL_TRAILING.has(url[end - 1])) end -= 1;
+  return url.slice(0, end);
+}
+
+/**
+ * Whether a code span's content loses one space at each end: it starts and ends with a space
+ * and has something else between them (what /^ .*[^ ].* $/ tested, without its quadratic
+ * backtracking; "." never crosses a line break, so at most one may be inside).
+ */
+function stripsSpaces(inner) {
+  if (inner.length < 3 || inner[0] !== " " || inner[inner.length - 1] !== " ") return false;
+  let breaks = 0;
+  let other = false;
+  for (let k = 1; k < inner.length - 1; k++) {
+    const c = inner[k];
+    if (c === "\n" || c === "\r" || c === "\u2028" || c === "\u2029") breaks += 1;
+    if (c !== " ") other = true;
+  }
+  return other && breaks <= 1;
+}
+
 /** Render inline Markdown into `parent` (DOM nodes only). */
 export function renderInline(text, parent) {
+  if (inlineDepth >= MAX_NESTING) {
+    // Nested deeper than anyone writes: the rest is literal text.
+    if (text) parent.append(document.createTextNode(text));
+    return;
+  }
+  inlineDepth += 1;
+  try {
+    withBudget(text.length, () => renderInlineText(text, parent));
+  } finally {
+    inlineDepth -= 1;
+  }
+}
+
+function renderInlineText(text, parent) {
+  const memos = new Map(); // `${c}${size}` -> findCloser's memo for this text
+  const memoFor = (c, size) => {
+    let memo = memos.get(c + size);
+    if (!memo) memos.set(c + size, (memo = new Int32Array(text.length + 1)));
+    return memo;
+  };
   let buffer = "";
   const flush = () => {
     if (buffer) parent.append(document.createTextNode(buffer));
@@ -333,7 +550,7 @@ export function renderInline(text, parent) {
       continue;
     }
     if (c === "\n") {
-      buffer = buffer.replace(/ +$/, "");
+      buffer = trimTrailingSpaces(buffer);
       flush();
       parent.append(document.createElement("br"));
       i += 1;
@@ -348,7 +565,7 @@ export function renderInline(text, parent) {
         continue;
       }
       let inner = text.slice(i + n, end - n).replace(/\n/g, " ");
-      if (/^ .*[^ ].* $/.test(inner)) inner = inner.slice(1, -1);
+      if (stripsSpaces(inner)) inner = inner.slice(1, -1);
       flush();
       const code = document.createElement("code");
       code.textContent = inner;
@@ -377,21 +594,21 @@ export function renderInline(text, parent) {
         continue;
       }
     }
-    if (c === "<") {
+    if (c === "<" && hasBudget()) {
       ANGLE_URL.lastIndex = i;
       const m = ANGLE_URL.exec(text);
-      if (m && safeHref(m[1])) {
+      if (m && spend(m[0].length) && safeHref(m[1])) {
         flush();
         appendLink(parent, m[1], m[1], false, true);
         i += m[0].length;
         continue;
       }
     }
-    if ((c === "h" || c === "H") && (prev === undefined || /[\s(]/.test(prev))) {
+    if ((c === "h" || c === "H") && (prev === undefined || /[\s(]/.test(prev)) && hasBudget()) {
       BARE_URL.lastIndex = i;
       const m = BARE_URL.exec(text);
-      if (m) {
-        const url = m[0].replace(/[.,;:!?)\]}*_~]+$/, "");
+      if (m && spend(m[0].length)) {
+        const url = trimUrlPunctuation(m[0]);
         if (safeHref(url)) {
           flush();
           appendLink(parent, url, url, false, true);
@@ -409,7 +626,7 @@ export function renderInline(text, parent) {
       if (leftFlanking && !intraword) {
         let done = false;
         for (const size of sizes) {
-          const closer = findCloser(text, i + size, c, size);
+          const closer = findCloser(text, i + size, c, size, memoFor(c, size));
           if (closer > i + size) {
             flush();
             parent.append(emphasis(c, size, text.slice(i + size, closer)));
@@ -468,7 +685,11 @@ function appendLink(parent, label, url, image, literal = false) {
 // ------------------------------------------------------------------------------- rendering
 
 /** Render one block object into a DOM node. */
-export function renderBlock(block, { tight = false } = {}) {
+export function renderBlock(block, options = {}) {
+  return withBudget((block.raw ?? "").length, () => renderBlockNode(block, options));
+}
+
+function renderBlockNode(block, { tight = false } = {}) {
   switch (block.type) {
     case "heading": {
       // Model headings sit inside a message: shift them below the page's own headings.
@@ -498,6 +719,18 @@ export function renderBlock(block, { tight = false } = {}) {
     }
     case "table":
       return renderTable(block);
+    case "plain":
+      return plainText(block.text);
+    case "overflow": {
+      const wrap = document.createElement("div");
+      wrap.className = "md-overflow";
+      const note = document.createElement("p");
+      note.className = "md-note";
+      note.dataset.testid = "markdown-overflow";
+      note.textContent = `This answer is longer than ${MAX_MARKDOWN.toLocaleString("en")} characters: the rest is shown as plain text.`;
+      wrap.append(note, plainText(block.text));
+      return wrap;
+    }
     default: {
       if (tight) {
         const span = document.createElement("span");
@@ -564,14 +797,38 @@ function tableCell(tag, text, align) {
   return cell;
 }
 
+/** Text as it is, lines kept (no Markdown). */
+function plainText(text) {
+  const p = document.createElement("p");
+  p.className = "md-plain";
+  text.split(/\r\n?|\n/).forEach((line, k) => {
+    if (k > 0) p.append(document.createElement("br"));
+    if (line) p.append(document.createTextNode(line));
+  });
+  return p;
+}
+
 function toLines(source) {
-  return String(source ?? "").replace(/\r\n?/g, "\n").replace(/\t/g, "    ").split("\n");
+  return source.replace(/\r\n?/g, "\n").replace(/\t/g, "    ").split("\n");
+}
+
+/** The blocks of a source: its first MAX_MARKDOWN characters as Markdown, then the rest. */
+function parseSource(source) {
+  const text = String(source ?? "");
+  if (text.length <= MAX_MARKDOWN) return parseBlocks(toLines(text));
+  // Cut at a line break, so the last Markdown block is whole (unless the lines are huge).
+  let cut = text.lastIndexOf("\n", MAX_MARKDOWN);
+  if (cut < MAX_MARKDOWN / 2) cut = MAX_MARKDOWN;
+  const rest = text.slice(cut);
+  const blocks = parseBlocks(toLines(text.slice(0, cut)));
+  blocks.push({ type: "overflow", text: rest.replace(/^\n/, ""), raw: rest });
+  return blocks;
 }
 
 /** Render Markdown source into a fresh DocumentFragment. */
 export function renderMarkdown(source) {
   const fragment = document.createDocumentFragment();
-  for (const block of parseBlocks(toLines(source))) fragment.append(renderBlock(block));
+  for (const block of parseSource(source)) fragment.append(renderBlock(block));
   return fragment;
 }
 
@@ -591,7 +848,20 @@ export class MarkdownView {
   update(source) {
     if (source === this.#source) return;
     this.#source = source;
-    const blocks = parseBlocks(toLines(source));
+    try {
+      this.#render(source);
+    } catch (err) {
+      // Never expected; if it happens, the answer is still readable.
+      console.warn("could not render an answer as Markdown", err);
+      for (const stale of this.#rendered.splice(0)) stale.node.remove();
+      const node = plainText(String(source ?? ""));
+      this.container.append(node);
+      this.#rendered.push({ raw: null, node });
+    }
+  }
+
+  #render(source) {
+    const blocks = parseSource(source);
     let k = 0;
     while (k < blocks.length && k < this.#rendered.length && blocks[k].raw === this.#rendered[k].raw) k += 1;
     for (const stale of this.#rendered.splice(k)) stale.node.remove();

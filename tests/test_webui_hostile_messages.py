@@ -1,0 +1,305 @@
+"""The chat and the inspector against hostile stream content, in a real headless Chromium.
+
+Anyone who may append to a conversation's streams can put any JSON there, and every viewer's
+browser renders it. These tests append such messages with plain HTTP (as an attacker would),
+then a normal prompt and answer after them, and check that the page shows the later ones and
+raised no uncaught error (the `new_context` fixture fails a test on any page error):
+
+* fields that cannot be turned into strings (``{"toString": null, "valueOf": null}``, which
+  JSON.parse happily builds) cost at most their own turn;
+* answers built to make the Markdown renderer backtrack for minutes, or to exhaust its stack,
+  render (there are no timed assertions: the inputs are sized so that the renderer before the
+  fix took far longer than the test's timeout);
+* a stream name that is not valid percent-encoding opens in the inspector.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import requests
+from playwright.sync_api import Page, expect
+
+from tests.support import ServerProcess
+from tests.support.browser import turn_for, unsafe_nodes
+from tests.support.webapp import start_chat_app
+from tests.test_webui_browser import NewContext, browser, new_context, norm, open_chat  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.timeout(120)
+
+# What JSON.parse turns into an object that String(), `${}` and [].join() throw on.
+UNPRINTABLE: dict[str, Any] = {"toString": None, "valueOf": None}
+ATTEMPT = 1
+
+
+# -- fixtures and helpers ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chat_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The app (`flask run`) without its embedded agents: the streams hold only what a test
+    appends, so no agent's answer races the hostile one."""
+    server = start_chat_app(tmp_path_factory.mktemp("hostile-app"), model_url="http://127.0.0.1:9",
+                            config={"EMBEDDED_SUPERVISOR": "false"})
+    try:
+        yield server
+    finally:
+        server.terminate()
+
+
+class Conversation:
+    """A conversation written straight into the streams, as anyone who may append can."""
+
+    def __init__(self, app: ServerProcess, title: str) -> None:
+        self.root = f"{app.url}/v1/stream"
+        self.app_url = app.url
+        self.id = f"hostile-{uuid.uuid4().hex[:12]}"
+        self.http = requests.Session()
+        for path in ("conversations", f"conversations/{self.id}/prompts", f"conversations/{self.id}/responses"):
+            response = self.http.put(f"{self.root}/{path}", headers={"Content-Type": "application/json"})
+            assert response.status_code in (200, 201), (path, response.status_code, response.text)
+        self.append("conversations", {"type": "conversation", "id": self.id, "title": title, "timestamp": now()})
+
+    @property
+    def url(self) -> str:
+        return f"{self.app_url}/#/c/{self.id}"
+
+    def append(self, path: str, message: Any) -> None:
+        response = self.http.post(f"{self.root}/{path}", headers={"Content-Type": "application/json"},
+                                  data=json.dumps(message))
+        assert response.status_code in (200, 204), (path, response.status_code, response.text[:200])
+
+    def prompt(self, prompt_id: str, content: Any, **fields: Any) -> None:
+        self.append(f"conversations/{self.id}/prompts",
+                    {"type": "prompt", "id": prompt_id, "content": content, "timestamp": now(), **fields})
+
+    def respond(self, message: dict[str, Any]) -> None:
+        self.append(f"conversations/{self.id}/responses", message)
+
+    def answer(self, prompt_id: str, text: str, **done: Any) -> None:
+        self.respond({"type": "chunk", "id": f"{prompt_id}-c1", "promptId": prompt_id, "attempt": ATTEMPT,
+                      "content": text, "isComplete": False, "timestamp": now()})
+        self.respond({"type": "done", "promptId": prompt_id, "attempt": ATTEMPT, "stopReason": "end_turn",
+                      "isComplete": True, "timestamp": now(), **done})
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def now() -> int:
+    return int(time.time() * 1000)
+
+
+@pytest.fixture
+def conversation(chat_app: ServerProcess) -> Iterator[Callable[[str], Conversation]]:
+    made: list[Conversation] = []
+
+    def make(title: str) -> Conversation:
+        made.append(Conversation(chat_app, title))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def watch_console(page: Page) -> list[str]:
+    """Errors the page logs (a handler that threw and was caught still logs one)."""
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    return errors
+
+
+def open_conversation(new_context: NewContext, c: Conversation) -> tuple[Page, list[str]]:
+    page = new_context().new_page()
+    errors = watch_console(page)
+    page.goto(c.url)
+    expect(page.get_by_test_id("app")).to_have_attribute("data-ready", "true")
+    return page, errors
+
+
+def expect_answer(page: Page, prompt: str, text: str, state: str = "done") -> None:
+    turn = turn_for(page, prompt)
+    expect(turn).to_have_attribute("data-state", state)
+    expect(turn.get_by_test_id("answer-text")).to_contain_text(text)
+
+
+# -- A: fields that cannot be stringified --------------------------------------------------------
+
+HOSTILE_FIELDS: dict[str, Callable[[Conversation], None]] = {
+    "done.stopReason": lambda c: c.answer("p1", "victim answer", stopReason=UNPRINTABLE),
+    "done.model": lambda c: c.answer("p1", "victim answer", model=UNPRINTABLE),
+    "done.timestamp": lambda c: c.answer("p1", "victim answer", timestamp=UNPRINTABLE),
+    "error.message": lambda c: c.respond({"type": "error", "promptId": "p1", "attempt": ATTEMPT,
+                                          "message": UNPRINTABLE, "isComplete": True}),
+    "prompt.content": lambda c: c.prompt("p0", UNPRINTABLE),
+}
+
+
+@pytest.mark.parametrize("field", list(HOSTILE_FIELDS))
+def test_an_unprintable_field_costs_at_most_its_own_turn(
+        field: str, conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    c = conversation(f"unprintable {field}")
+    c.prompt("pA", "earlier question")
+    c.answer("pA", "earlier answer")
+    c.prompt("p1", "question")
+    HOSTILE_FIELDS[field](c)
+    c.prompt("pB", "later question")
+    c.answer("pB", "later answer")
+
+    page, console_errors = open_conversation(new_context, c)
+    expect_answer(page, "earlier question", "earlier answer")
+    expect_answer(page, "later question", "later answer")
+    if field.startswith("done."):
+        expect_answer(page, "question", "victim answer")
+    if field == "error.message":
+        expect(turn_for(page, "question")).to_have_attribute("data-state", "error")
+    if field == "prompt.content":
+        # Shown as the JSON it is, not as an error and not as "[object Object]".
+        expect(page.get_by_test_id("turn").filter(
+            has=page.get_by_test_id("prompt").get_by_text('{"toString":null,"valueOf":null}'))).to_have_count(1)
+
+    # And the conversation stays live: an answer appended now shows up.
+    c.prompt("pC", "live question")
+    c.answer("pC", "live answer")
+    expect_answer(page, "live question", "live answer")
+    assert page.get_by_test_id("turn").count() == (5 if field.startswith("prompt.") else 4)
+    assert console_errors == [], console_errors
+    assert unsafe_nodes(page) == []
+
+
+# -- B/C: Markdown built to be slow, or deeper than the stack ------------------------------------
+
+# Sized so that the renderer before the fix would take many minutes (the heading: 6,000
+# spaces took 30 s and the time grows with about the cube of the length; the others are
+# quadratic and took about a second at a tenth of these sizes), or threw RangeError.
+HOSTILE_MARKDOWN: dict[str, tuple[str, str]] = {
+    "heading": ("#" + " " * 20_000 + "\u2028", "#"),
+    "table-delimiter": ("a|b\n" + " " * 600_000 + "x", "a|b"),
+    "emphasis": ("_a " * 150_000 + "end", "_a _a"),
+    "emphasis-star": ("*a " * 150_000 + "end", "*a *a"),
+    "link-destination": ("[a](" * 120_000 + "end", "[a]([a]("),
+    "nested-list": ("- " * 3000 + "deep item", "deep item"),
+    "nested-quote": ("> " * 8000 + "deep quote", "deep quote"),
+    "nested-ordered": ("1. " * 3000 + "deep number", "deep number"),
+}
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("name", list(HOSTILE_MARKDOWN))
+def test_hostile_markdown_renders(name: str, conversation: Callable[[str], Conversation],
+                                  new_context: NewContext) -> None:
+    source, shown = HOSTILE_MARKDOWN[name]
+    c = conversation(f"markdown {name}")
+    c.prompt("p1", "hostile question")
+    c.answer("p1", source)
+    c.prompt("pB", "later question")
+    c.answer("pB", "later **answer**")
+
+    page, console_errors = open_conversation(new_context, c)
+    expect_answer(page, "hostile question", shown)
+    expect_answer(page, "later question", "later answer")
+    expect(turn_for(page, "later question").locator("strong")).to_have_text("answer")
+    assert console_errors == [], console_errors
+
+
+def test_an_answer_beyond_the_markdown_limit_ends_as_plain_text(
+        conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    head = "# Heading\n\nSome **bold** text.\n\n"
+    filler = ("word " * 15 + "\n") * 4000  # 320 KB
+    tail = "# not a heading\n**not bold** the very end"
+    c = conversation("a long answer")
+    c.prompt("p1", "long question")
+    c.answer("p1", head + filler + tail)
+
+    page, console_errors = open_conversation(new_context, c)
+    turn = turn_for(page, "long question")
+    expect(turn).to_have_attribute("data-state", "done")
+    answer = turn.get_by_test_id("answer-text")
+    expect(answer.locator("h3")).to_have_text("Heading")
+    expect(answer.locator("strong").first).to_have_text("bold")
+    expect(answer.get_by_test_id("markdown-overflow")).to_be_visible()
+    overflow = answer.locator(".md-overflow .md-plain")
+    expect(overflow).to_contain_text("# not a heading")
+    expect(overflow).to_contain_text("**not bold** the very end")
+    assert answer.locator("h3").count() == 1
+    assert console_errors == [], console_errors
+
+
+# Ordinary Markdown renders exactly as before the limits were added.
+ORDINARY_MARKDOWN = "\n".join([
+    "# Title ##",
+    "## Second #####   ",
+    "### Keep # inside",
+    "#### foo#",
+    "",
+    "Text with *em*, **strong**, ***both***, ~~gone~~, `code`, [a link](https://example.com/x \"t\")",
+    "and https://example.org/path. Also snake_case_name stays.",
+    "",
+    "| left | center | right |",
+    "|:-----|:------:|------:|",
+    "| `a|b` | **x** | 3 |",
+    "",
+    "- one",
+    "- two",
+    "  - nested *item*",
+    "",
+    "> quoted **text**",
+    "",
+    "```py",
+    "print('# not a heading')",
+    "```",
+])
+
+
+def test_ordinary_markdown_still_renders(conversation: Callable[[str], Conversation],
+                                         new_context: NewContext) -> None:
+    c = conversation("ordinary markdown")
+    c.prompt("p1", "ordinary question")
+    c.answer("p1", ORDINARY_MARKDOWN)
+    page, console_errors = open_conversation(new_context, c)
+    turn = turn_for(page, "ordinary question")
+    expect(turn).to_have_attribute("data-state", "done")
+    answer = turn.get_by_test_id("answer-text")
+    assert [answer.locator(f"h{n}").text_content() for n in (3, 4, 5, 6)] == [
+        "Title", "Second", "Keep # inside", "foo#"]
+    assert answer.locator("em").first.text_content() == "em"
+    assert answer.locator("strong > em").text_content() == "both"
+    assert answer.locator("del").text_content() == "gone"
+    links = answer.locator("a")
+    assert links.nth(0).get_attribute("href") == "https://example.com/x"
+    assert links.nth(1).get_attribute("href") == "https://example.org/path"
+    assert "snake_case_name" in norm(answer.text_content() or "")
+    assert answer.locator("th").all_text_contents() == ["left", "center", "right"]
+    assert answer.locator("th").evaluate_all("ths => ths.map(th => th.className)") == [
+        "align-left", "align-center", "align-right"]
+    assert answer.locator("td code").text_content() == "a|b"
+    assert answer.locator("ul ul em").text_content() == "item"
+    assert answer.locator("blockquote strong").text_content() == "text"
+    assert answer.locator("pre code").text_content() == "print('# not a heading')"
+    assert console_errors == [], console_errors
+
+
+# -- D: the inspector and stream names that are not percent-encoding ------------------------------
+
+
+def test_the_inspector_opens_a_stream_whose_name_has_a_stray_percent(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    path = f"hostile-{uuid.uuid4().hex[:8]}/%zz"
+    response = requests.put(f"{chat_app.url}/v1/stream/{quote(path, safe='/')}",
+                            headers={"Content-Type": "text/plain"}, data="stray percent content\n")
+    assert response.status_code in (200, 201), (response.status_code, response.text)
+
+    page = open_chat(new_context(), f"{chat_app.url}/inspector#path={quote(path, safe='')}")
+    expect(page.get_by_test_id("inspector-title")).to_have_text(path)
+    expect(page.get_by_test_id("content-view")).to_contain_text("stray percent content")
+
+    page = open_chat(new_context(), f"{chat_app.url}/inspector#path={path}")  # a malformed hash
+    expect(page.get_by_test_id("inspector-title")).to_have_text(path)
+    expect(page.get_by_test_id("content-view")).to_contain_text("stray percent content")
