@@ -13,7 +13,6 @@ import requests
 
 from tests.support import ServerProcess, start_streams_server
 from tests.support.streams_http import StreamsHttp, error_body
-from tests.support.webapp import start_chat_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,17 +31,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture
 def http(server: ServerProcess) -> StreamsHttp:
     return StreamsHttp(server.url)
-
-
-@pytest.fixture(scope="module")
-def flask_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamsHttp]:
-    """The chat app under `flask run` (Werkzeug's server), which serves the same protocol."""
-    app = start_chat_app(tmp_path_factory.mktemp("flask") / "data",
-                         model_url="http://127.0.0.1:9", config={"EMBEDDED_SUPERVISOR": "false"})
-    try:
-        yield StreamsHttp(app.url)
-    finally:
-        app.terminate()
 
 
 @pytest.fixture(params=["gevent", "flask-run"])

@@ -20,7 +20,6 @@ import requests
 
 from tests.support import ServerProcess, start_streams_server
 from tests.support.streams_http import StreamsHttp, error_body, offset_position
-from tests.support.webapp import start_chat_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,17 +65,6 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         yield server
     finally:
         server.terminate()
-
-
-@pytest.fixture(scope="module")
-def flask_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamsHttp]:
-    """The chat app under `flask run` (Werkzeug's server), which serves the same protocol."""
-    app = start_chat_app(tmp_path_factory.mktemp("flask") / "data",
-                         model_url="http://127.0.0.1:9", config={"EMBEDDED_SUPERVISOR": "false"})
-    try:
-        yield StreamsHttp(app.url)
-    finally:
-        app.terminate()
 
 
 @pytest.fixture(params=["gevent", "flask-run"])
@@ -330,16 +318,25 @@ def test_a_body_of_uncertain_length_is_refused_and_smuggles_nothing(
     assert after.json() == [] and "Stream-Closed" not in after.headers
 
 
+def _assert_refused_as_ambiguous(client: StreamsHttp, path: str, framing: bytes,
+                                 body: bytes) -> None:
+    """POST `body` to a fresh binary stream with the `framing` headers: a 400 INVALID_FRAMING,
+    and the stream stays empty."""
+    client.put(path, content_type=BINARY).raise_for_status()
+    head = (b"POST /v1/stream/%s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+            % (path.encode(), BINARY.encode())) + framing + b"\r\n"
+    status, payload = _raw_exchange(client.base_url, head, body)
+    assert status == 400, payload
+    assert json.loads(payload)["error"]["code"] == "INVALID_FRAMING"
+    assert client.get(path).content == b""
+
+
 def test_a_chunked_body_with_a_content_length_is_refused(front: StreamsHttp) -> None:
     """Framed both ways, a body's end depends on which header a reader believes (a proxy in
     front may believe the other): refused, not read as chunked."""
-    front.put("framed-twice", content_type=BINARY).raise_for_status()
-    head = (b"POST /v1/stream/framed-twice HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
-            b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n" % BINARY.encode())
-    status, payload = _raw_exchange(front.base_url, head, b"3\r\nabc\r\n0\r\n\r\n")
-    assert status == 400, payload
-    assert json.loads(payload)["error"]["code"] == "INVALID_FRAMING"
-    assert front.get("framed-twice").content == b""
+    _assert_refused_as_ambiguous(front, "framed-twice",
+                                 b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+                                 b"3\r\nabc\r\n0\r\n\r\n")
 
 
 def test_conflicting_content_lengths_are_refused_by_the_standalone_server(
@@ -348,10 +345,5 @@ def test_conflicting_content_lengths_are_refused_by_the_standalone_server(
     """pywsgi frames the body by the first of two Content-Lengths, a proxy may use the last:
     the bytes between would be one party's body and the other's next request. (Werkzeug's
     server keeps only the last, so `flask run`, a laptop's server, cannot tell.)"""
-    roomy.put("two-lengths", content_type=BINARY).raise_for_status()
-    head = (b"POST /v1/stream/two-lengths HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
-            b"Content-Length: 10\r\nContent-Length: 3\r\n\r\n" % BINARY.encode())
-    status, payload = _raw_exchange(roomy.base_url, head, b"abcGET /v1")
-    assert status == 400, payload
-    assert json.loads(payload)["error"]["code"] == "INVALID_FRAMING"
-    assert roomy.get("two-lengths").content == b""
+    _assert_refused_as_ambiguous(roomy, "two-lengths",
+                                 b"Content-Length: 10\r\nContent-Length: 3\r\n", b"abcGET /v1")
