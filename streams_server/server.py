@@ -8,7 +8,9 @@ and wake together from one notification. Blocking SQLite commits are moved to re
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import signal
 import socket
 import sys
@@ -16,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+_HTTP_VERSION = re.compile(r"HTTP/(\d+)\.(\d+)")
 
 FRAMING_PROBLEM_KEY = "durable_streams.framing_problem"
 """Set in the environ when a request's body length is ambiguous in ways the environ itself
@@ -25,7 +29,7 @@ no longer shows (see `RequestHeaders.framing_problem`); the streams middleware r
 def serve(app: Any, host: str, port: int, on_stop: Callable[[], None]) -> None:
     """Serve `app` until SIGINT/SIGTERM, then stop accepting, and call `on_stop`."""
     import gevent
-    from gevent.pywsgi import WSGIHandler, WSGIServer
+    from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
 
     class NoDelayWSGIServer(WSGIServer):  # type: ignore[misc]
         """pywsgi writes a response's headers and body in two sends; with Nagle's algorithm
@@ -39,7 +43,7 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None]) -> None:
     class LeanHeadersHandler(WSGIHandler):  # type: ignore[misc]
         """pywsgi parses request headers with the standard library's email package, about a
         tenth of the server's CPU under a stream of small appends; `RequestHeaders` reads them
-        directly (malformed headers still end in pywsgi's 400). Formatting the discarded
+        directly (malformed headers end in a JSON 400). Formatting the discarded
         access-log line was another 1.4 % (py-spy, chat benchmark)."""
 
         def MessageClass(self, rfile: Any, *args: Any) -> RequestHeaders:  # noqa: N802
@@ -58,6 +62,45 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None]) -> None:
                 environ[FRAMING_PROBLEM_KEY] = problem
             return environ
 
+        def _check_http_version(self) -> bool:
+            """HTTP/1.0 and 1.1 only; another well-formed version is a 505, not a 400."""
+            match = _HTTP_VERSION.fullmatch(self.request_version)
+            if match is None:
+                return False
+            if (int(match[1]), int(match[2])) not in ((1, 0), (1, 1)):
+                raise UnreadableRequest(
+                    f"HTTP version {self.request_version[:20]!r} is not supported "
+                    "(HTTP/1.0 and HTTP/1.1 are)",
+                    status="505 HTTP Version Not Supported", code="HTTP_VERSION_NOT_SUPPORTED")
+            return True
+
+        def handle_one_request(self) -> Any:
+            outcome = super().handle_one_request()
+            if isinstance(outcome, tuple) and outcome[0] == "414":
+                refusal = UnreadableRequest(
+                    f"the request line is longer than {MAX_REQUEST_LINE - 1} bytes",
+                    status="414 URI Too Long", code="REQUEST_LINE_TOO_LONG")
+                return self._refuse(refusal)
+            return outcome
+
+        def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+            """A request pywsgi could not read as far as the app: answered in JSON like any
+            other refusal, and logged as the client's mistake (pywsgi logs the socket at
+            ERROR level and answers with an empty body)."""
+            if isinstance(ex, UnreadableRequest):
+                refusal = ex
+            elif isinstance(ex, (ValueError, OSError)):
+                message = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
+                refusal = UnreadableRequest(f"malformed HTTP request: {message[:200]}")
+            else:
+                log.exception("failed to read a request from %s", self.client_address)
+                refusal = UnreadableRequest("the server could not read this request")
+            return self._refuse(refusal)
+
+        def _refuse(self, refusal: UnreadableRequest) -> tuple[str, bytes]:
+            log.info("refused a request from %s: %s", self.client_address[0], refusal)
+            return refusal.status[:3], refusal.response()
+
     server = NoDelayWSGIServer((host, port), app, log=None, error_log=logging.getLogger("wsgi"),
                                handler_class=LeanHeadersHandler)
     server.start()
@@ -71,6 +114,28 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None]) -> None:
     log.info("shutting down")
     server.stop(timeout=2)
     on_stop()
+
+
+class UnreadableRequest(ValueError):
+    """A request too malformed to reach the app (raised while pywsgi reads it): the JSON
+    error it is answered with, after which the connection is closed."""
+
+    def __init__(self, message: str, *, status: str = "400 Bad Request",
+                 code: str = "MALFORMED_REQUEST") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    def response(self) -> bytes:
+        body = json.dumps({"error": {"code": self.code, "message": str(self)}}).encode()
+        head = (f"HTTP/1.1 {self.status}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        return head.encode("latin-1") + body
+
+
+def _too_large(message: str) -> UnreadableRequest:
+    return UnreadableRequest(message, status="431 Request Header Fields Too Large",
+                             code="HEADERS_TOO_LARGE")
 
 
 class RequestHeaders:
@@ -92,22 +157,23 @@ class RequestHeaders:
         for _ in range(self.MAX_HEADERS + 1):
             raw = rfile.readline(self.MAX_LINE + 1)
             if len(raw) > self.MAX_LINE:
-                raise ValueError("request header line too long")
+                raise _too_large(f"a request header line is longer than {self.MAX_LINE} bytes")
             if raw in (b"\r\n", b"\n", b""):
                 self._first = _first_lines(self._lines)
+                _check_content_lengths(self._lines)
                 self.framing_problem = self._framing_problem()
                 return
             line = raw.decode("latin-1").rstrip("\r\n") + "\r\n"
             if line[:1] in " \t":
                 if not self._lines:
-                    raise ValueError("request headers start with a continuation line")
+                    raise UnreadableRequest("the request headers start with a continuation line")
                 self._lines.append(("", line))
                 continue
             name, colon, _ = line.partition(":")
             if not colon or not name or name != name.strip():
-                raise ValueError(f"malformed request header line {line[:80]!r}")
+                raise UnreadableRequest(f"malformed request header line {line[:80]!r}")
             self._lines.append((name.lower(), line))
-        raise ValueError(f"more than {self.MAX_HEADERS} request headers")
+        raise _too_large(f"the request has more than {self.MAX_HEADERS} headers")
 
     def _framing_problem(self) -> str | None:
         """What makes the body's length ambiguous, where pywsgi would pick one reading:
@@ -155,6 +221,19 @@ class RequestHeaders:
             raise KeyError(name)
         self._lines = kept
         self._first = _first_lines(kept)
+
+
+def _check_content_lengths(lines: list[tuple[str, str]]) -> None:
+    """Refuse a Content-Length that is not a plain decimal number here, where pywsgi would
+    fail on it before the app is called (or read ``+5`` and ``1_0`` as numbers)."""
+    for key, line in lines:
+        if key != "content-length":
+            continue
+        length = line.partition(":")[2].strip()
+        if not (length.isascii() and length.isdigit()):
+            raise UnreadableRequest(
+                f"Content-Length must be a non-negative integer, not {length[:40]!r}",
+                code="INVALID_FRAMING")
 
 
 def _first_lines(lines: list[tuple[str, str]]) -> dict[str, int]:

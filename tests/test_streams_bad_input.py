@@ -6,6 +6,8 @@ Each case here was once answered otherwise (found by fuzzing the server).
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -132,3 +134,49 @@ def test_a_valid_host_header_names_the_created_stream(front: StreamsHttp, host: 
     assert response.status_code == 201, response.content
     assert response.headers["Location"] == f"http://{host}/v1/stream/{path}"
     assert front.request("GET", path, headers={"Host": host}).json() == []
+
+
+def _raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `request` as is and read the answer to the end (the server closes)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "code"), [
+    (b"GET /v1/stream/x HTTP/2.0\r\nHost: a\r\n\r\n", 505, "HTTP_VERSION_NOT_SUPPORTED"),
+    (b"GET /v1/stream/x HTTP/one\r\nHost: a\r\n\r\n", 400, "MALFORMED_REQUEST"),
+    (b"BREW\r\n\r\n", 400, "MALFORMED_REQUEST"),
+    (b"GET /v1/stream/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n",
+     414, "REQUEST_LINE_TOO_LONG"),
+    (b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+     431, "HEADERS_TOO_LARGE"),
+    (b"GET /v1/stream/x HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(120))
+     + b"\r\n", 431, "HEADERS_TOO_LARGE"),
+    (b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n", 400,
+     "MALFORMED_REQUEST"),
+    (b"POST /v1/stream/x HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", 400,
+     "INVALID_FRAMING"),
+], ids=["http2", "bad-version", "no-target", "long-line", "long-header", "many-headers",
+        "no-colon", "length-abc"])
+def test_requests_refused_before_the_app_get_a_json_error(
+    server: ServerProcess, request_bytes: bytes, status: int, code: str,
+) -> None:
+    """What gevent's HTTP parser refuses (before any app sees the request) is answered like
+    every other error: JSON with a code, the connection closed, and an info line in the log,
+    not an ERROR (pywsgi's own answers were empty, and logged as errors with the socket)."""
+    got_status, headers, body = _raw_answer(server.url, request_bytes)
+    assert got_status == status, body
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    assert json.loads(body)["error"]["code"] == code
+    log = server.log_path.read_text(errors="replace")
+    assert " ERROR " not in log and "Traceback" not in log, server.log_tail()
