@@ -24,4 +24,27 @@ def off_loop(call: Callable[[], T]) -> T:
         return call()
     import gevent
 
-    return gevent.get_hub().threadpool.apply(call)  # type: ignore[no-any-return]
+    outcome = gevent.get_hub().threadpool.apply(_outcome_of, (call,))
+    if isinstance(outcome, _Raised):
+        error, outcome = outcome.error, None
+        try:
+            raise error
+        finally:
+            del error  # the traceback holds this frame: no cycle left for the collector
+    return outcome  # type: ignore[no-any-return]
+
+
+class _Raised:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _outcome_of(call: Callable[[], T]) -> T | _Raised:
+    """`call`'s result, or what it raised, as a value: gevent's pool prints the traceback of
+    an error raised in a worker, which the caller then reports (or handles) again."""
+    try:
+        return call()
+    except BaseException as error:  # noqa: BLE001 - re-raised by `off_loop` in its greenlet
+        return _Raised(error)

@@ -90,3 +90,28 @@ def test_a_client_error_from_the_thread_pool_keeps_no_frame_alive() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "NOT_FOUND freed", done.stdout
     assert "Traceback" not in done.stderr, done.stderr
+
+
+_FAILING_OFF_LOOP_PROGRAM = textwrap.dedent("""
+    from gevent import monkey
+    monkey.patch_all()
+    from agent_actors._blocking import off_loop
+
+    def fail():
+        raise OSError("disk gone")
+
+    try:
+        off_loop(fail)
+    except OSError as error:
+        print(error)
+""")
+
+
+def test_an_error_off_the_loop_is_the_callers_to_report() -> None:
+    """gevent's pool printed the traceback of every error raised in a worker, which the caller
+    then handled (and logged) again: one failure, two reports."""
+    done = subprocess.run([sys.executable, "-c", _FAILING_OFF_LOOP_PROGRAM],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "disk gone"
+    assert "Traceback" not in done.stderr, done.stderr
