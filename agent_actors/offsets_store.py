@@ -3,17 +3,24 @@
 For each conversation: the prompts-stream offset up to which every prompt has a finished
 answer. An agent resumes reading prompts from there; the subscription's acked offset mirrors
 it. The responses stream stays the authority on what was answered: this file only saves the
-agent from re-reading what it knows is done.
+agent from re-reading what it knows is done. So a file that fails (locked by someone else's
+transaction, a full disk) costs a warning and some re-reading, never an agent.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
 import time
 
 from agent_actors._blocking import off_loop
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 1.0
+"""How long a statement waits for another connection's lock on the file before giving up."""
 
 
 class OffsetsStore:
@@ -25,8 +32,10 @@ class OffsetsStore:
         else:
             os.makedirs(data_dir, exist_ok=True)
             target = os.path.join(data_dir, "agents.sqlite3")
+        self._target = target
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+        self._conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                                     timeout=BUSY_TIMEOUT_S)
         if data_dir is not None:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
@@ -36,24 +45,37 @@ class OffsetsStore:
         )
 
     def get(self, conversation_id: str) -> str | None:
-        with self._lock:
-            row = off_loop(lambda: self._conn.execute(
-                "SELECT prompts_offset FROM processed_offsets WHERE conversation_id = ?",
-                (conversation_id,),
-            ).fetchone())
+        """The stored offset; None if there is none, or if the file cannot be read."""
+        try:
+            with self._lock:
+                row = off_loop(lambda: self._conn.execute(
+                    "SELECT prompts_offset FROM processed_offsets WHERE conversation_id = ?",
+                    (conversation_id,),
+                ).fetchone())
+        except sqlite3.Error as exc:
+            self._warn("read", conversation_id, exc)
+            return None
         return None if row is None else str(row[0])
 
     def save(self, conversation_id: str, offset: str) -> None:
         """Store `offset` unless an equal or later one is already stored (offsets sort)."""
         row = (conversation_id, offset, int(time.time() * 1000))
-        with self._lock:  # held while the pool's thread runs the statement: one at a time
-            off_loop(lambda: self._conn.execute(
-                "INSERT INTO processed_offsets VALUES (?, ?, ?) ON CONFLICT (conversation_id)"
-                " DO UPDATE SET prompts_offset = excluded.prompts_offset,"
-                " updated_at_ms = excluded.updated_at_ms"
-                " WHERE excluded.prompts_offset > processed_offsets.prompts_offset",
-                row,
-            ))
+        try:
+            with self._lock:  # held while the pool's thread runs the statement: one at a time
+                off_loop(lambda: self._conn.execute(
+                    "INSERT INTO processed_offsets VALUES (?, ?, ?) ON CONFLICT (conversation_id)"
+                    " DO UPDATE SET prompts_offset = excluded.prompts_offset,"
+                    " updated_at_ms = excluded.updated_at_ms"
+                    " WHERE excluded.prompts_offset > processed_offsets.prompts_offset",
+                    row,
+                ))
+        except sqlite3.Error as exc:
+            self._warn("save", conversation_id, exc)
+
+    def _warn(self, action: str, conversation_id: str, exc: sqlite3.Error) -> None:
+        log.warning("could not %s the processed offset of %s in %s (%s); going on without it:"
+                    " the responses stream tells which prompts are answered",
+                    action, conversation_id, self._target, exc)
 
     def close(self) -> None:
         with self._lock:
