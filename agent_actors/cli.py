@@ -12,6 +12,7 @@ import threading
 from agent_actors import layout
 from agent_actors.agent import AgentSettings
 from agent_actors.models.settings import model_from_settings
+from agent_actors.offsets_store import OffsetsFileError
 from agent_actors.supervisor import Supervisor, SupervisorSettings
 
 
@@ -73,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    supervisor = Supervisor.start(settings, model)
+    try:
+        supervisor = Supervisor.start(settings, model)
+    except OffsetsFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"agent supervisor {settings.worker_name}: streams {settings.streams_url}, "
           f"model {model.name}", file=sys.stderr, flush=True)
     stop.wait()

@@ -23,26 +23,33 @@ BUSY_TIMEOUT_S = 1.0
 """How long a statement waits for another connection's lock on the file before giving up."""
 
 
+class OffsetsFileError(RuntimeError):
+    """The offsets file cannot be opened (no access, not a directory, a damaged file): the
+    supervisor cannot start, and the message says why."""
+
+
 class OffsetsStore:
     """Processed offsets per conversation; `data_dir=None` keeps them in memory."""
 
     def __init__(self, data_dir: str | None) -> None:
-        if data_dir is None:
-            target = ":memory:"
-        else:
-            os.makedirs(data_dir, exist_ok=True)
-            target = os.path.join(data_dir, "agents.sqlite3")
+        target = ":memory:" if data_dir is None else os.path.join(data_dir, "agents.sqlite3")
         self._target = target
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
-                                     timeout=BUSY_TIMEOUT_S)
-        if data_dir is not None:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS processed_offsets (conversation_id TEXT PRIMARY KEY,"
-            " prompts_offset TEXT NOT NULL, updated_at_ms INTEGER NOT NULL)"
-        )
+        try:
+            if data_dir is not None:
+                os.makedirs(data_dir, exist_ok=True)
+            self._conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                                         timeout=BUSY_TIMEOUT_S)
+            if data_dir is not None:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS processed_offsets (conversation_id TEXT PRIMARY KEY,"
+                " prompts_offset TEXT NOT NULL, updated_at_ms INTEGER NOT NULL)"
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise OffsetsFileError(
+                f"cannot open the agents' offsets file {target!r}: {exc}") from exc
 
     def get(self, conversation_id: str) -> str | None:
         """The stored offset; None if there is none, or if the file cannot be read."""

@@ -11,8 +11,8 @@ import sys  # noqa: E402
 
 from streams_server.app import create_app  # noqa: E402
 from streams_server.config import MIB, StreamsSettings  # noqa: E402
-from streams_server.server import serve  # noqa: E402
-from streams_server.backend import StreamsBackend  # noqa: E402
+from streams_server.backend import DataDirectoryError, StreamsBackend  # noqa: E402
+from streams_server.server import CannotListen, serve  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -54,13 +54,22 @@ def main(argv: list[str] | None = None) -> int:
         max_path_length=args.max_path_length,
         auth_token=args.auth_token,
     )
-    backend = StreamsBackend.open(None if args.memory else args.data_dir, settings)
+    try:
+        backend = StreamsBackend.open(None if args.memory else args.data_dir, settings)
+    except DataDirectoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     backend.start()
     app = create_app(backend)
     # Modules, the app and the opened store live as long as the process: kept out of the
     # collector, a full collection no longer pauses every connection for 40 ms.
     gc.freeze()
-    serve(app, args.host, args.port, on_stop=backend.close)
+    try:
+        serve(app, args.host, args.port, on_stop=backend.close)
+    except CannotListen as exc:
+        backend.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

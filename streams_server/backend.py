@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
 from .config import StreamsSettings
 from .protocol.control import ControlOperations
@@ -10,6 +11,11 @@ from .protocol.operations import StreamOperations
 from .storage.engine import StreamStore
 from .subscriptions.keys import ServerKeys
 from .subscriptions.service import SubscriptionService
+
+
+class DataDirectoryError(RuntimeError):
+    """The data directory cannot be used (not a directory, no access, a damaged database):
+    the server cannot start, and the message says why."""
 
 
 class StreamsBackend:
@@ -34,9 +40,14 @@ class StreamsBackend:
         if data_dir is None:
             return cls(StreamStore.open_memory(), ServerKeys(None), settings or StreamsSettings(),
                        url_prefix)
-        os.makedirs(data_dir, exist_ok=True)
-        return cls(StreamStore.open_directory(data_dir), ServerKeys(data_dir),
-                   settings or StreamsSettings(), url_prefix)
+        try:
+            os.makedirs(data_dir, exist_ok=True)
+            store = StreamStore.open_directory(data_dir)
+            keys = ServerKeys(data_dir)
+        except (OSError, sqlite3.Error) as exc:
+            raise DataDirectoryError(
+                f"cannot open the streams data directory {data_dir!r}: {exc}") from exc
+        return cls(store, keys, settings or StreamsSettings(), url_prefix)
 
     def start(self) -> None:
         """Start the background work: expiry sweeps, lease expiry, webhook deliveries."""

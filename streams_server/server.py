@@ -26,8 +26,14 @@ FRAMING_PROBLEM_KEY = "durable_streams.framing_problem"
 no longer shows (see `RequestHeaders.framing_problem`); the streams middleware refuses it."""
 
 
+class CannotListen(RuntimeError):
+    """The address cannot be bound (in use, not this machine's, a privileged port)."""
+
+
 def serve(app: Any, host: str, port: int, on_stop: Callable[[], None]) -> None:
-    """Serve `app` until SIGINT/SIGTERM, then stop accepting, and call `on_stop`."""
+    """Serve `app` until SIGINT/SIGTERM, then stop accepting, and call `on_stop`.
+
+    Raises `CannotListen` (without calling `on_stop`) if the address cannot be bound."""
     import gevent
     from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
 
@@ -103,7 +109,10 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None]) -> None:
 
     server = NoDelayWSGIServer((host, port), app, log=None, error_log=logging.getLogger("wsgi"),
                                handler_class=LeanHeadersHandler)
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     bound_host, bound_port = server.address[:2]
     print(f"durable streams: listening on http://{bound_host}:{bound_port}", file=sys.stderr, flush=True)
 

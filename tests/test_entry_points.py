@@ -1,15 +1,24 @@
-"""Both commands hand sockets and threads to gevent before anything could have imported them.
+"""The commands as a user runs them: how they start, and how they refuse to.
 
-gevent warns (``MonkeyPatchWarning``) when ``ssl`` was imported before its patching: those
-modules then keep the blocking originals. Importing either package must not pull them in.
+Both gevent commands hand sockets and threads to gevent before anything could have imported
+them: gevent warns (``MonkeyPatchWarning``) when ``ssl`` was imported before its patching, and
+those modules then keep the blocking originals. Importing either package must not pull them in.
+
+A command that cannot start (a damaged database, a busy port) says why in one line and exits
+with status 1, where each used to print a traceback.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,3 +30,67 @@ def test_the_command_patches_before_ssl_is_imported(command: list[str]) -> None:
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
     assert "MonkeyPatchWarning" not in done.stderr, done.stderr
+
+
+def _not_a_database(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"this is not an SQLite database\n" * 200)
+    return path
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=45, cwd=REPO_ROOT,
+                          env=env)
+
+
+def _assert_refused_clearly(done: subprocess.CompletedProcess[str], *phrases: str) -> None:
+    """Exit status 1 and a one-line reason, not a traceback."""
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    for phrase in phrases:
+        assert phrase in done.stderr, done.stderr[-2000:]
+
+
+def test_the_streams_server_refuses_a_damaged_database_clearly(tmp_path: Path) -> None:
+    _not_a_database(tmp_path / "streams.sqlite3")
+    done = _run([sys.executable, "-m", "streams_server", "--port", "0",
+                 "--data-dir", str(tmp_path)])
+    _assert_refused_clearly(done, f"cannot open the streams data directory {str(tmp_path)!r}",
+                            "file is not a database")
+
+
+def test_the_streams_server_refuses_a_data_dir_that_is_a_file_clearly(tmp_path: Path) -> None:
+    a_file = tmp_path / "plain-file"
+    a_file.write_text("x")
+    done = _run([sys.executable, "-m", "streams_server", "--port", "0",
+                 "--data-dir", str(a_file)])
+    _assert_refused_clearly(done, "cannot open the streams data directory")
+
+
+def test_the_streams_server_refuses_a_busy_port_clearly(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run([sys.executable, "-m", "streams_server", "--port", str(port),
+                     "--data-dir", str(tmp_path)])
+    _assert_refused_clearly(done, f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_the_supervisor_refuses_a_damaged_offsets_file_clearly(tmp_path: Path) -> None:
+    _not_a_database(tmp_path / "agents.sqlite3")
+    done = _run([sys.executable, "-m", "agent_actors", "supervisor", "--model", "demo",
+                 "--data-dir", str(tmp_path), "--streams-url", "http://127.0.0.1:9/v1/stream"])
+    _assert_refused_clearly(done, "cannot open the agents' offsets file",
+                            "file is not a database")
+
+
+@pytest.mark.parametrize("damaged", ["streams/streams.sqlite3", "agents/agents.sqlite3"])
+def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: str) -> None:
+    """Before: a traceback from the app factory; or, for the agents' file, a chat that
+    started, answered its first request with a 500, and then never answered a prompt."""
+    _not_a_database(tmp_path / damaged)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "FLASK_"))}
+    env["CHAT_DATA_DIR"] = str(tmp_path)
+    done = _run([sys.executable, "-m", "flask", "run", "--port", "0"], env=env)
+    _assert_refused_clearly(done, "Error: cannot open", "file is not a database")

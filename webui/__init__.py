@@ -11,9 +11,12 @@ import logging
 import os
 from typing import Any
 
+import click
 from flask import Flask
 
+from agent_actors.offsets_store import OffsetsFileError
 from streams_server import StreamsBackend, StreamsSettings
+from streams_server.backend import DataDirectoryError
 from streams_server import init_app as init_streams
 from streams_server.config import MIB
 from webui import chat
@@ -34,11 +37,23 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         auth_token=app.config["STREAMS_AUTH_TOKEN"],
     )
     data_dir = None if app.config["STREAMS_MEMORY"] else os.path.join(app.config["DATA_DIR"], "streams")
-    backend = StreamsBackend.open(data_dir, settings, STREAMS_PREFIX)
+    try:
+        backend = StreamsBackend.open(data_dir, settings, STREAMS_PREFIX)
+    except DataDirectoryError as exc:
+        raise StartupError(str(exc)) from exc
     init_streams(app, backend, STREAMS_PREFIX)
     chat.init_app(app)
-    app.extensions["background_work"] = BackgroundWork(app, backend)
+    try:
+        app.extensions["background_work"] = BackgroundWork(app, backend)
+    except OffsetsFileError as exc:
+        backend.close()
+        raise StartupError(str(exc)) from exc
     return app
+
+
+class StartupError(click.ClickException):
+    """The app cannot start (a damaged or unusable data directory). A ClickException, so
+    that `flask run` prints its message alone ("Error: ...") instead of a traceback."""
 
 
 def _configure_logging() -> None:

@@ -18,6 +18,7 @@ from flask import Flask
 
 from agent_actors.agent import AgentSettings
 from agent_actors.models.settings import model_from_settings
+from agent_actors.offsets_store import OffsetsStore
 from agent_actors.supervisor import Supervisor, SupervisorSettings
 from streams_server import StreamsBackend
 
@@ -35,6 +36,10 @@ class BackgroundWork:
         self._lock = threading.Lock()
         self._started = False
         self.supervisor: Any = None
+        if app.config["EMBEDDED_SUPERVISOR"]:
+            # The supervisor starts with the first request; a file it cannot open must stop
+            # the app now, not leave a chat whose prompts are never answered.
+            OffsetsStore(self._agents_data_dir()).close()
         # Wrapped around the whole WSGI chain, not a `before_request` hook: the streams
         # protocol is answered before Flask dispatches, and after a restart a browser may
         # send nothing but streams requests.
@@ -67,7 +72,7 @@ class BackgroundWork:
                                     demo_tokens_per_second=config["DEMO_TOKENS_PER_SECOND"])
         settings = SupervisorSettings(
             streams_url=streams_url,
-            data_dir=None if config["STREAMS_MEMORY"] else os.path.join(config["DATA_DIR"], "agents"),
+            data_dir=self._agents_data_dir(),
             max_agents=config["AGENT_MAX_AGENTS"],
             lease_ttl_ms=config["AGENT_LEASE_TTL_MS"],
             wake_stream=config["AGENT_WAKE_STREAM"],
@@ -80,6 +85,10 @@ class BackgroundWork:
         )
         log.info("starting the embedded supervisor against %s", streams_url)
         return Supervisor.start(settings, model)
+
+    def _agents_data_dir(self) -> str | None:
+        config = self._app.config
+        return None if config["STREAMS_MEMORY"] else os.path.join(config["DATA_DIR"], "agents")
 
     def stop(self) -> None:
         with self._lock:
