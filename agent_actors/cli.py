@@ -43,8 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--worker-name", default=None, help="this supervisor's name in leases")
     sup.add_argument("--auth-token", default=None, help="bearer token for the streams server")
     sup.add_argument("--demo-tokens-per-second", type=float, default=30.0)
-    sup.add_argument("--log-level", default="INFO")
+    sup.add_argument("--log-level", default="INFO", type=str.upper,
+                     choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse values the supervisor could only fail on later, one conversation at a time."""
+    ttl_low, ttl_high = layout.LEASE_TTL_MS_RANGE
+    problems = [
+        (not args.streams_url.startswith(("http://", "https://")),
+         f"--streams-url must be an http:// or https:// URL, not {args.streams_url!r}"),
+        (args.idle_timeout <= 0, "--idle-timeout must be greater than 0"),
+        (args.max_agents < 1, "--max-agents must be at least 1"),
+        (args.coalesce_ms < 0, "--coalesce-ms must not be negative"),
+        (not ttl_low <= args.lease_ttl_ms <= ttl_high,
+         f"--lease-ttl-ms must be from {ttl_low} to {ttl_high}"),
+        (args.demo_tokens_per_second <= 0, "--demo-tokens-per-second must be greater than 0"),
+    ]
+    for failed, message in problems:
+        if failed:
+            parser.error(message)
 
 
 def settings_from_args(args: argparse.Namespace) -> SupervisorSettings:
@@ -63,8 +82,10 @@ def settings_from_args(args: argparse.Namespace) -> SupervisorSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = model_from_settings(args.model, demo_tokens_per_second=args.demo_tokens_per_second)
     settings = settings_from_args(args)

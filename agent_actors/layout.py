@@ -16,6 +16,8 @@ from agent_actors.stream_types import SubscriptionConfig
 CONVERSATIONS_STREAM = "conversations"
 DEFAULT_WAKE_STREAM = "agents/wake"
 DEFAULT_LEASE_TTL_MS = 30_000
+LEASE_TTL_MS_RANGE = (1_000, 600_000)
+"""The lease durations a subscription may ask for (the streams server refuses others)."""
 SUBSCRIPTION_PREFIX = "conversation-"
 
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

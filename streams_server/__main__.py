@@ -8,6 +8,7 @@ import argparse  # noqa: E402
 import gc  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 from streams_server.app import create_app  # noqa: E402
 from streams_server.config import MIB, StreamsSettings  # noqa: E402
@@ -15,28 +16,51 @@ from streams_server.backend import DataDirectoryError, StreamsBackend  # noqa: E
 from streams_server.server import CannotListen, serve  # noqa: E402
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def bounded(convert: Callable[[str], float], low: float, high: float | None = None,
+            *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: `convert`, then `low` <= value (or < with `above`) <= `high`."""
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        too_low = value <= low if above else value < low
+        if too_low or (high is not None and value > high):
+            bound = f"greater than {low:g}" if above else f"at least {low:g}"
+            limit = "" if high is None else f" and at most {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}{limit}, not {text}")
+        return value
+    return parse
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m streams_server",
         description="A durable Durable Streams protocol server (SQLite storage, gevent).",
     )
+    seconds = bounded(float, 0, above=True)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=4437, help="port (default 4437; 0 picks one)")
+    parser.add_argument("--port", type=bounded(int, 0, 65535), default=4437,
+                        help="port (default 4437; 0 picks one)")
     parser.add_argument("--data-dir", default="./data", help="where the SQLite file lives")
     parser.add_argument("--memory", action="store_true", help="keep streams in memory only")
     parser.add_argument(
-        "--long-poll-timeout", type=float, default=30.0, metavar="SECONDS",
+        "--long-poll-timeout", type=seconds, default=30.0, metavar="SECONDS",
         help="how long a long-poll read waits for data before 204 (default 30)",
     )
-    parser.add_argument("--sse-max-duration", type=float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--sse-max-duration", type=seconds, default=60.0, metavar="SECONDS",
                         help="close SSE connections after this long (default 60)")
-    parser.add_argument("--max-body-mib", type=float, default=64, help="largest request body")
-    parser.add_argument("--max-chunk-kib", type=int, default=1024,
+    parser.add_argument("--max-body-mib", type=bounded(float, 0, above=True), default=64,
+                        help="largest request body")
+    parser.add_argument("--max-chunk-kib", type=bounded(int, 1), default=1024,
                         help="largest catch-up read response (default 1024)")
-    parser.add_argument("--max-path-length", type=int, default=1024)
+    parser.add_argument("--max-path-length", type=bounded(int, 1), default=1024)
     parser.add_argument("--auth-token", default=None,
                         help="require Authorization: Bearer TOKEN on every request")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     return parser.parse_args(argv)
 
 
@@ -45,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     # The event loop and the commit thread share the GIL; a short switch interval lets a
     # finished fsync hand its result back in well under a millisecond instead of up to 5.
     sys.setswitchinterval(0.0005)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = StreamsSettings(
         long_poll_timeout_s=args.long_poll_timeout,
         sse_max_duration_s=args.sse_max_duration,

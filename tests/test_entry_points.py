@@ -94,3 +94,36 @@ def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: s
     env["CHAT_DATA_DIR"] = str(tmp_path)
     done = _run([sys.executable, "-m", "flask", "run", "--port", "0"], env=env)
     _assert_refused_clearly(done, "Error: cannot open", "file is not a database")
+
+
+@pytest.mark.parametrize(("setting", "value", "says"), [
+    ("MAX_BODY_MIB", "abc", "CHAT_MAX_BODY_MIB must be a number greater than 0, not 'abc'"),
+    ("AGENT_MAX_AGENTS", "-5", "CHAT_AGENT_MAX_AGENTS must be a whole number at least 1"),
+    ("AGENT_LEASE_TTL_MS", "0", "CHAT_AGENT_LEASE_TTL_MS must be a whole number at least 1000"),
+    ("EMBEDDED_SUPERVISOR", "yes", "CHAT_EMBEDDED_SUPERVISOR must be true or false"),
+])
+def test_flask_run_refuses_a_setting_out_of_range_clearly(tmp_path: Path, setting: str,
+                                                          value: str, says: str) -> None:
+    """Before: a traceback for a non-number; other values were taken, and failed later
+    (no agent could take a lease of 0 ms) or never (an agent limit of -5)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "FLASK_"))}
+    env.update({"CHAT_DATA_DIR": str(tmp_path), f"CHAT_{setting}": value})
+    done = _run([sys.executable, "-m", "flask", "run", "--port", "0"], env=env)
+    _assert_refused_clearly(done, f"Error: {says}")
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["streams_server", "--port", "70000"], "--port: must be at least 0 and at most 65535"),
+    (["streams_server", "--long-poll-timeout", "0"], "--long-poll-timeout: must be greater than 0"),
+    (["streams_server", "--log-level", "loud"], "--log-level: invalid choice"),
+    (["agent_actors", "supervisor", "--max-agents", "0"], "--max-agents must be at least 1"),
+    (["agent_actors", "supervisor", "--lease-ttl-ms", "10"],
+     "--lease-ttl-ms must be from 1000 to 600000"),
+    (["agent_actors", "supervisor", "--streams-url", "localhost:4437"],
+     "--streams-url must be an http:// or https:// URL"),
+])
+def test_a_command_refuses_an_option_out_of_range_as_a_usage_error(argv: list[str],
+                                                                   says: str) -> None:
+    done = _run([sys.executable, "-m", *argv])
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert says in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]

@@ -20,7 +20,7 @@ from streams_server.backend import DataDirectoryError
 from streams_server import init_app as init_streams
 from streams_server.config import MIB
 from webui import chat
-from webui.config import load_config
+from webui.config import ConfigError, load_config
 from webui.embedded import BackgroundWork
 
 STREAMS_PREFIX = "/v1/stream"
@@ -29,7 +29,10 @@ STREAMS_PREFIX = "/v1/stream"
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app; background work starts with its first request."""
     app = Flask(__name__)
-    load_config(app, test_config)
+    try:
+        load_config(app, test_config)
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from exc
     _configure_logging()
     settings = StreamsSettings(
         long_poll_timeout_s=float(app.config["LONG_POLL_TIMEOUT_S"]),

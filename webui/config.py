@@ -8,9 +8,12 @@ can be (`CHAT_EMBEDDED_SUPERVISOR=false`). The model is configured the Anthropic
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
+
+from agent_actors.layout import LEASE_TTL_MS_RANGE
 
 DEFAULTS: dict[str, Any] = {
     # Where the streams database and the agents' offsets live.
@@ -39,8 +42,60 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class ConfigError(ValueError):
+    """Settings the app cannot run with; the message names each one and what it must be."""
+
+
 def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
+    """Fill `app.config`; raises `ConfigError` for a setting out of its range or type."""
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("CHAT")
     if test_config:
         app.config.from_mapping(test_config)
+    check_config(app.config)
+
+
+def _number(low: float, *, above: bool = False, high: float | None = None,
+            whole: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            return False
+        return (value > low if above else value >= low) and (high is None or value <= high)
+    kind = "a whole number" if whole else "a number"
+    bound = f"greater than {low:g}" if above else f"at least {low:g}"
+    return ok, f"{kind} {bound}" + ("" if high is None else f" and at most {high:g}")
+
+
+def _text(optional: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(value: Any) -> bool:
+        return (optional and value is None) or (isinstance(value, str) and value.strip() != "")
+    return ok, "text" + (" (or unset)" if optional else "")
+
+
+_FLAG = (lambda value: isinstance(value, bool), "true or false")
+
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "DATA_DIR": _text(),
+    "STREAMS_MEMORY": _FLAG,
+    "STREAMS_BROWSER_URL": _text(),
+    "STREAMS_AUTH_TOKEN": _text(optional=True),
+    "LONG_POLL_TIMEOUT_S": _number(0, above=True),
+    "MAX_BODY_MIB": _number(0, above=True),
+    "EMBEDDED_SUPERVISOR": _FLAG,
+    "AGENT_STREAMS_URL": _text(optional=True),
+    "AGENT_MODEL": _text(optional=True),
+    "AGENT_IDLE_TIMEOUT_S": _number(0, above=True),
+    "AGENT_MAX_AGENTS": _number(1, whole=True),
+    "AGENT_COALESCE_MS": _number(0),
+    "AGENT_LEASE_TTL_MS": _number(LEASE_TTL_MS_RANGE[0], high=LEASE_TTL_MS_RANGE[1],
+                                  whole=True),
+    "AGENT_WAKE_STREAM": _text(),
+    "DEMO_TOKENS_PER_SECOND": _number(0, above=True),
+}
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    problems = [f"CHAT_{key} must be {wanted}, not {config[key]!r}"
+                for key, (ok, wanted) in _CHECKS.items() if not ok(config[key])]
+    if problems:
+        raise ConfigError("; ".join(problems))
