@@ -24,11 +24,15 @@ def flag(headers: HeaderLookup, name: str) -> bool:
     return value is not None and value.strip().lower() == "true"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_TAB = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def has_control_characters(text: str, *, tab_allowed: bool = False) -> bool:
     """Whether `text` holds ASCII control characters (C0 or DEL); a header value may hold
-    tabs, a path may not."""
-    return any((ord(c) < 0x20 and not (tab_allowed and c == "\t")) or c == "\x7f"
-               for c in text)
+    tabs, a path may not. (A regular expression: every request's path goes through here,
+    and a generator over its characters was 1-2 % of the server's CPU in the chat.)"""
+    return (_CONTROL_BUT_TAB if tab_allowed else _CONTROL).search(text) is not None
 
 
 def content_type(headers: HeaderLookup) -> str | None:
