@@ -36,7 +36,8 @@ class Prompt:
     content: str
     timestamp: int
     problem: str | None = None
-    """Why the prompt cannot be answered (its content is not text): it gets an `error`."""
+    """Why the prompt cannot be answered (its content is not text, or blank): it gets an
+    `error`."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class ConversationEntry:
 
 
 UNREADABLE_PROMPT = "This prompt could not be read: its content is not text."
+BLANK_PROMPT = "This prompt is empty: there is nothing to answer."
 
 
 def parse_prompt_message(message: Any) -> Prompt | Cancel | None:
@@ -64,7 +66,9 @@ def parse_prompt_message(message: Any) -> Prompt | Cancel | None:
             stamp = message.get("timestamp")
             stamp = stamp if isinstance(stamp, int) else 0
             if isinstance(content, str):
-                return Prompt(pid, content, stamp)
+                # Blank by Python's measure, which the model adapters use (U+0085 included).
+                blank = not content.strip()
+                return Prompt(pid, content, stamp, problem=BLANK_PROMPT if blank else None)
             if "type" in message or "content" in message:  # meant as a prompt: say why not
                 return Prompt(pid, "", stamp, problem=UNREADABLE_PROMPT)
     elif kind == "cancel":

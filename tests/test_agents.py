@@ -208,6 +208,35 @@ def test_a_prompt_without_text_gets_an_error_and_the_next_one_is_answered(
         server.terminate()
 
 
+@pytest.mark.parametrize("blank", ["", "   ", "\x85", "\x1c\x1f"],
+                         ids=["empty", "spaces", "next-line", "separators"])
+def test_a_blank_prompt_gets_an_error_and_the_next_one_is_answered(
+    tmp_path: Path, fake: FakeAnthropic, start_supervisor: StartSupervisor, blank: str,
+) -> None:
+    """A prompt of nothing but (Python's) whitespace made the model adapter raise on every
+    attempt: the agent crashed, restarted, crashed again, and the conversation never moved.
+    A browser sends U+0085 or U+001C as text (its `trim()` keeps them)."""
+    server = start_streams_server(tmp_path / "streams", long_poll_timeout=2.0)
+    try:
+        start_supervisor(streams_root(server))
+        client, chat = connect(server)
+        cid = chat.start_conversation("a blank prompt")
+        empty = chat.send_prompt(cid, blank)
+        readable = chat.send_prompt(cid, "And this one?")
+
+        rendered = final_render(client, cid)
+        refusal = rendered.answers[empty]
+        assert refusal.terminal["type"] == "error" and refusal.terminals_total == 1
+        assert refusal.terminal["code"] == "invalid_prompt"
+        assert "empty" in refusal.terminal["message"]
+        assert_clean_answers(rendered, {readable: "And this one?"})
+        started = [m for m in client.read_all(layout.responses_path(cid)).messages
+                   if m.get("type") == "agent"]
+        assert len(started) == 1, started  # one agent, never restarted
+    finally:
+        server.terminate()
+
+
 # -- 2. cancel ----------------------------------------------------------------------------------
 
 

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from agent_actors.schema import UNREADABLE_PROMPT, Cancel, Prompt, parse_prompt_message
+from agent_actors.schema import (BLANK_PROMPT, UNREADABLE_PROMPT, Cancel, Prompt,
+                                  parse_prompt_message)
 
 
 @pytest.mark.parametrize(("message", "parsed"), [
@@ -18,6 +19,11 @@ from agent_actors.schema import UNREADABLE_PROMPT, Cancel, Prompt, parse_prompt_
      Prompt("p1", "", 0, problem=UNREADABLE_PROMPT)),
     ({"type": "prompt", "id": "p1"}, Prompt("p1", "", 0, problem=UNREADABLE_PROMPT)),
     ({"id": "p1", "content": None}, Prompt("p1", "", 0, problem=UNREADABLE_PROMPT)),
+    # Text with nothing in it to answer (Python's whitespace, which is more than a browser's
+    # `trim()`: U+0085 and U+001C-U+001F too): an error, as the model must not be asked.
+    ({"id": "p1", "content": ""}, Prompt("p1", "", 0, problem=BLANK_PROMPT)),
+    ({"id": "p1", "content": " \n\t"}, Prompt("p1", " \n\t", 0, problem=BLANK_PROMPT)),
+    ({"id": "p1", "content": "\x85\x1c"}, Prompt("p1", "\x85\x1c", 0, problem=BLANK_PROMPT)),
     # Not prompts at all, or with no id to answer under: ignored.
     ({"id": "p1"}, None),
     ({"type": "prompt", "id": "", "content": "hi"}, None),
