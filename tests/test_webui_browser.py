@@ -317,6 +317,31 @@ def test_stop_button_cancels_a_streaming_answer(chat_app: ServerProcess, model: 
     assert norm(streamed_answer(chat_app.url, cid, prompt_id)) == text
 
 
+def test_stop_cancels_the_answer_in_progress_not_the_prompts_waiting_their_turn(
+    chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+    new_context: NewContext,
+) -> None:
+    """Stop used to cancel every unfinished prompt: a question typed while an answer
+    streamed was marked stopped and never answered."""
+    model.tokens_per_second = 15
+    page = open_chat(new_context(), chat_app.url)
+    first, first_reply = unique("Recite an endless list"), words("item", 200)
+    queued, queued_reply = unique("And then a short one"), words("short", 5)
+    replies.set(first, first_reply)
+    replies.set(queued, queued_reply)
+    first_id = send_prompt(page, first)
+    wait_words(page, first_id, 3)
+    send_prompt(page, queued)
+
+    page.get_by_test_id("stop-button").click()
+    wait_state(page, first, "cancelled")
+    wait_state(page, queued, "done", timeout=30_000)
+    assert answer_text(page, queued) == norm(queued_reply)
+    cancelled = [m.get("promptId") for m in prompt_messages(chat_app.url, conversation_id(page))
+                 if m.get("type") == "cancel"]
+    assert cancelled == [first_id]
+
+
 XSS_REPLY = (
     'Markup test: <img src=x onerror="window.__xss=1"> then <script>window.__xss=2</script>'
     " and a [link](javascript:window.__xss=3) and <a href=\"javascript:window.__xss=4\">raw</a>"

@@ -329,9 +329,12 @@ function send() {
   view.scrollToBottom();
 }
 
+/** Stop the answer in progress: the first unfinished prompt (the agent answers in order).
+ * Prompts waiting their turn are questions of their own; another Stop cancels the next. */
 function stop() {
   if (!current) return;
-  for (const promptId of cancellablePromptIds()) protocol.cancelPrompt(outbox, current.id, promptId);
+  const [inProgress] = cancellablePromptIds();
+  if (inProgress) protocol.cancelPrompt(outbox, current.id, inProgress);
   scheduleRender();
 }
 
