@@ -342,6 +342,35 @@ def test_stop_cancels_the_answer_in_progress_not_the_prompts_waiting_their_turn(
     assert cancelled == [first_id]
 
 
+HIDE_TAB_JS = """() => {
+    Object.defineProperty(document, "visibilityState", {configurable: true, get: () => "hidden"});
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def test_a_tab_being_shown_makes_hidden_tabs_let_go_of_their_live_reads(
+    chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+    new_context: NewContext,
+) -> None:
+    """Each conversation shown holds two live reads, and a browser allows about six
+    connections per host: with two hidden tabs on other conversations, a third tab's prompt
+    could not be sent until a hidden tab's 10-second timer let go of its reads."""
+    context = new_context()
+    pages = []
+    for index in range(3):
+        page = open_chat(context, chat_app.url)
+        prompt, reply = unique(f"Tab {index} says hello"), words(f"tab{index}-", 4)
+        replies.set(prompt, reply)
+        send_prompt(page, prompt)
+        wait_state(page, prompt, "done", timeout=30_000)
+        assert answer_text(page, prompt) == norm(reply)
+        for hidden in pages:  # well before the 10 s timer: at once, when this tab showed
+            expect(hidden.get_by_test_id("app")).to_have_attribute("data-paused", "true",
+                                                                   timeout=5_000)
+        page.evaluate(HIDE_TAB_JS)
+        pages.append(page)
+
+
 XSS_REPLY = (
     'Markup test: <img src=x onerror="window.__xss=1"> then <script>window.__xss=2</script>'
     " and a [link](javascript:window.__xss=3) and <a href=\"javascript:window.__xss=4\">raw</a>"

@@ -211,16 +211,26 @@ function maybeFollow() {
 
 // Browsers share about six connections per host among all tabs. A tab hidden for a while
 // lets go of its conversation's two live reads (another tab may take them over through the
-// hub) and picks up from the same offsets when it is shown again.
+// hub) and picks up from the same offsets when it is shown again. A tab being shown needs
+// connections now: it tells the hidden tabs, which let go at once (three tabs on three
+// conversations hold seven live reads; the third tab's prompt waited for a hidden tab's timer).
 const PAUSE_AFTER_MS = 10000;
 let pauseTimer = null;
+const tabs = typeof BroadcastChannel === "function" ? new BroadcastChannel("chat-tabs") : null;
+tabs?.addEventListener("message", (event) => {
+  if (event.data?.type === "shown") pauseConversation();
+});
 
 function onVisibility() {
   clearTimeout(pauseTimer);
   if (document.visibilityState === "hidden") {
     pauseTimer = setTimeout(pauseConversation, PAUSE_AFTER_MS);
-  } else if (current?.paused) {
+    return;
+  }
+  tabs?.postMessage({ type: "shown" });
+  if (current?.paused) {
     current.paused = false;
+    document.body.dataset.paused = "false";
     maybeFollow();
   }
 }
@@ -228,10 +238,12 @@ function onVisibility() {
 function pauseConversation() {
   const c = current;
   if (!c || !c.following || document.visibilityState !== "hidden") return;
+  clearTimeout(pauseTimer);
   for (const f of c.follows) f.stop();
   c.follows = [];
   c.following = false;
   c.paused = true;
+  document.body.dataset.paused = "true";
   status.removeStream("prompts");
   status.removeStream("responses");
 }
@@ -387,6 +399,7 @@ function wire() {
   window.addEventListener("popstate", () => openConversation(idFromHash()));
   window.addEventListener("online", () => outbox.start());
   document.addEventListener("visibilitychange", onVisibility);
+  if (document.visibilityState === "visible") tabs?.postMessage({ type: "shown" });
 
   outbox.on("change", () => {
     renderConversationList();
