@@ -43,6 +43,36 @@ def test_ctrl_c_stops_flask_run_promptly_in_the_middle_of_an_answer(tmp_path: Pa
     assert "Traceback" not in app.log_path.read_text(errors="replace"), app.log_tail()
 
 
+def test_after_ctrl_c_the_next_start_resumes_the_answer_without_waiting_for_the_lease(
+    tmp_path: Path,
+) -> None:
+    """At exit the embedded agents cannot release their leases over HTTP (the app's server
+    is down), so the next `flask run` waited out the lease (30 s by default) before it
+    finished the answer. The app now releases its own agents' leases in-process as it stops.
+    The lease here is ten minutes: the answer must not wait for it."""
+    ten_minutes = 600_000
+    with FakeAnthropic(reply=" ".join(f"word{i}" for i in range(60)), tokens_per_second=20) as model:
+        app = start_chat_app(tmp_path / "data", model_url=model.url, interruptible=True,
+                             config={"AGENT_LEASE_TTL_MS": str(ten_minutes)})
+        try:
+            client = StreamsClient(f"{app.url}/v1/stream")
+            chat = ChatClient(client, lease_ttl_ms=ten_minutes)
+            cid = chat.start_conversation("interrupted, then resumed")
+            prompt = chat.send_prompt(cid, "a long answer, please")
+            for batch in client.tail(layout.responses_path(cid), "-1"):
+                if any(m.get("type") == "chunk" for m in batch.messages):
+                    break  # the agent is streaming its answer
+            app.send_signal(signal.SIGINT)
+            assert app.wait(timeout=20) == 0, app.log_tail()
+
+            app.start()
+            client = StreamsClient(f"{app.url}/v1/stream")
+            answer = wait_for_answers(client, cid, [prompt], timeout=60).answers[prompt]
+            assert answer.text == " ".join(f"word{i}" for i in range(60))
+        finally:
+            app.terminate()
+
+
 def test_the_first_requests_host_header_does_not_choose_where_the_agents_connect(
     tmp_path: Path,
 ) -> None:

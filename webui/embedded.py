@@ -36,6 +36,7 @@ class BackgroundWork:
         self._lock = threading.Lock()
         self._started = False
         self.supervisor: Any = None
+        self._worker_name = ""
         if app.config["EMBEDDED_SUPERVISOR"]:
             # The supervisor starts with the first request; a file it cannot open must stop
             # the app now, not leave a chat whose prompts are never answered.
@@ -84,6 +85,7 @@ class BackgroundWork:
             shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
         )
         log.info("starting the embedded supervisor against %s", streams_url)
+        self._worker_name = settings.worker_name
         return Supervisor.start(settings, model)
 
     def _agents_data_dir(self) -> str | None:
@@ -98,7 +100,20 @@ class BackgroundWork:
                 except Exception:  # already dead, or too slow: the process exits anyway
                     pass
                 self.supervisor = None
+                self._release_leases()
         self._backend.close()
+
+    def _release_leases(self) -> None:
+        """Its agents have stopped, but by now the app's server usually has too, so they
+        could not release their leases over HTTP: released here, in-process, the next start
+        finishes their answers at once instead of after the lease's TTL."""
+        try:
+            released = self._backend.subscriptions.release_leases_of(self._worker_name)
+        except Exception:  # noqa: BLE001 - at exit: the leases then expire as after a crash
+            log.warning("could not release the embedded agents' leases", exc_info=True)
+            return
+        if released:
+            log.info("released %d lease(s) of the stopped embedded agents", released)
 
 
 def own_url(environ: dict[str, Any]) -> str:

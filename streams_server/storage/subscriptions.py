@@ -338,6 +338,17 @@ def expire_leases(tx: Transaction) -> int:
     return len(rows)
 
 
+def release_holder(tx: Transaction, worker: str) -> int:
+    """End every lease `worker` holds, waking again where work is pending: for a worker known
+    to have stopped, whose leases would otherwise hold its conversations until they expire."""
+    rows = tx.conn.execute(
+        "SELECT id FROM subscriptions WHERE deleted = 0 AND holder = ?", (worker,),
+    ).fetchall()
+    for row in rows:
+        _end_wake(tx, row["id"])
+    return len(rows)
+
+
 # ---------------------------------------------------------------------- claim, ack, release
 
 
