@@ -356,7 +356,7 @@ def test_a_tab_being_shown_makes_hidden_tabs_let_go_of_their_live_reads(
     connections per host: with two hidden tabs on other conversations, a third tab's prompt
     could not be sent until a hidden tab's 10-second timer let go of its reads."""
     context = new_context()
-    pages = []
+    pages: list[Page] = []
     for index in range(3):
         page = open_chat(context, chat_app.url)
         prompt, reply = unique(f"Tab {index} says hello"), words(f"tab{index}-", 4)
