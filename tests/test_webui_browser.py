@@ -322,7 +322,7 @@ def test_stop_cancels_the_answer_in_progress_not_the_prompts_waiting_their_turn(
     new_context: NewContext,
 ) -> None:
     """Stop used to cancel every unfinished prompt: a question typed while an answer
-    streamed was marked stopped and never answered."""
+    streamed was marked stopped and never answered. Meanwhile that question says it waits."""
     model.tokens_per_second = 15
     page = open_chat(new_context(), chat_app.url)
     first, first_reply = unique("Recite an endless list"), words("item", 200)
@@ -332,6 +332,9 @@ def test_stop_cancels_the_answer_in_progress_not_the_prompts_waiting_their_turn(
     first_id = send_prompt(page, first)
     wait_words(page, first_id, 3)
     send_prompt(page, queued)
+    # It shows it waits its turn, where it used to show "Thinking…" like the answer above.
+    wait_state(page, queued, "queued")
+    expect(turn_for(page, queued)).to_contain_text("Waiting for the answer above")
 
     page.get_by_test_id("stop-button").click()
     wait_state(page, first, "cancelled")

@@ -1,5 +1,5 @@
 // Renders a conversation's turns: the prompt, then the answer as sanitised Markdown with its
-// state (sending, thinking, streaming, cancelling, done, cancelled, error).
+// state (sending, queued, thinking, streaming, cancelling, done, cancelled, error).
 
 import { MarkdownView } from "./markdown.js";
 import { turnState } from "./conversation-model.js";
@@ -8,6 +8,7 @@ import { el, formatTime } from "./util.js";
 const STATE_LABEL = {
   sending: "Sending…",
   failed: "Not sent",
+  queued: "Waiting for the answer above…",
   thinking: "Thinking…",
   streaming: "Answering…",
   cancelling: "Stopping…",
@@ -50,6 +51,7 @@ export class ChatView {
       }
     }
     let previous = null;
+    let earlierUnfinished = false; // the agent answers in order: later prompts wait their turn
     for (const item of wanted) {
       let parts = this.#nodes.get(item.id);
       if (!parts) {
@@ -59,8 +61,10 @@ export class ChatView {
       const expectedPosition = previous ? previous.nextSibling : this.list.firstChild;
       if (expectedPosition !== parts.li) this.list.insertBefore(parts.li, expectedPosition);
       try {
-        if (item.turn) updateTurn(parts, item.turn);
-        else updatePending(parts, item.pending);
+        if (item.turn) {
+          updateTurn(parts, item.turn, earlierUnfinished);
+          earlierUnfinished ||= !item.turn.final;
+        } else updatePending(parts, item.pending);
       } catch (err) {
         // One turn that cannot be shown (hostile stream content) costs only itself.
         console.warn(`could not render turn ${item.id}`, err);
@@ -105,7 +109,7 @@ function setState(parts, state) {
   if (parts.li.dataset.state === state) return;
   parts.li.dataset.state = state;
   parts.statusText.textContent = STATE_LABEL[state] ?? "";
-  parts.status.hidden = !["sending", "thinking", "streaming", "cancelling"].includes(state);
+  parts.status.hidden = !["sending", "queued", "thinking", "streaming", "cancelling"].includes(state);
   parts.answer.setAttribute("aria-busy", String(state === "thinking" || state === "streaming"));
 }
 
@@ -118,8 +122,9 @@ function updatePending(parts, pending) {
   parts.answer.hidden = !!pending.failed;
 }
 
-function updateTurn(parts, turn) {
-  const state = turnState(turn);
+function updateTurn(parts, turn, waitingTurn) {
+  const shown = turnState(turn);
+  const state = shown === "thinking" && waitingTurn ? "queued" : shown;
   // Streaming touches one turn at a time: leave the others' DOM alone.
   const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks].join("\u0000");
   if (parts.signature === signature) return;
