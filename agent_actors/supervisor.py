@@ -176,7 +176,7 @@ class Supervisor(pykka.ThreadingActor):
             for cid in message.ids:
                 if cid not in self._known:
                     self._known.add(cid)
-                    self._jobs.put(functools.partial(self._check_pending, cid))
+                    self._jobs.put(functools.partial(self._recheck, cid))
         elif isinstance(message, (_Pending, _Woken, _Retry)):
             self._known.add(message.conversation_id)
             self._try_claim(message.conversation_id)
@@ -234,6 +234,10 @@ class Supervisor(pykka.ThreadingActor):
     def _on_agent_gone(self, cid: str) -> None:
         self.agents.pop(cid, None)
         self._failures.pop(cid, None)
+        # A wake that came while the agent was still registered was ignored: a prompt sent
+        # as an idle agent stopped, or the new wake the server wrote when the agent's lease
+        # lapsed (it stops when it learns so). Look again, as for a conversation seen at start.
+        self._jobs.put(functools.partial(self._recheck, cid))
         self._admit_deferred()
 
     def _on_agent_crashed(self, crashed: AgentCrashed) -> None:
@@ -298,8 +302,20 @@ class Supervisor(pykka.ThreadingActor):
                 self._stopping.wait(delay)
                 delay = min(10.0, delay * 2)
 
-    def _check_pending(self, cid: str) -> None:
-        """Ensure the conversation's subscription; report it if prompts await an answer."""
+    def _recheck(self, cid: str, attempt: int = 0) -> None:
+        """`_check_pending`, tried again later (backing off) while the server cannot answer:
+        a conversation left unchecked would wait for a wake that may never come."""
+        if self._stopping.is_set() or self._check_pending(cid):
+            return
+        delay = min(MAX_BACKOFF_S, self.settings.restart_backoff_s * 2 ** attempt)
+        timer = threading.Timer(
+            delay, lambda: self._jobs.put(functools.partial(self._recheck, cid, attempt + 1)))
+        timer.daemon = True
+        timer.start()
+
+    def _check_pending(self, cid: str) -> bool:
+        """Ensure the conversation's subscription; report it if prompts await an answer.
+        False if the server could not be asked."""
         sub_id = layout.subscription_id(cid)
         config = layout.subscription_config(cid, self.settings.wake_stream,
                                             self.settings.lease_ttl_ms)
@@ -310,10 +326,10 @@ class Supervisor(pykka.ThreadingActor):
                 subscription = self.client.get_subscription(sub_id)
             prompts = self.client.head(layout.prompts_path(cid))
         except NotFound:
-            return  # prompts stream not created yet: its creation will wake us
+            return True  # prompts stream not created yet: its creation will wake us
         except StreamsError as exc:
             log.warning("could not check conversation %s: %s", cid, exc)
-            return
+            return False
         acked = next((s.acked_offset for s in subscription.streams
                       if s.path == layout.prompts_path(cid)), None)
         processed = self.offsets.get(cid)
@@ -322,6 +338,7 @@ class Supervisor(pykka.ThreadingActor):
         behind_agent = processed is not None and prompts.next_offset > processed
         if behind_subscription or behind_agent or (processed is None and self._unanswered(cid)):
             self._tell(_Pending(cid))
+        return True
 
     def _unanswered(self, cid: str) -> bool:
         """Whether the streams show a prompt with no finished answer.

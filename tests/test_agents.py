@@ -446,6 +446,39 @@ def test_a_stalled_supervisor_is_fenced_and_stops_when_it_wakes_up(
     assert fresh.count_lines(f"answered conversation={cid} prompt={first} ") == 1
 
 
+def test_an_agent_that_lost_its_lease_hands_the_conversation_back_to_its_supervisor(
+    streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """With one supervisor, frozen past its agent's lease (a paused VM, a long outage): the
+    server woke the conversation again, but the supervisor saw that wake while the agent was
+    still registered and ignored it, and the agent then stopped on its lost lease. Nothing
+    claimed the conversation again: the partial answer and every later prompt waited for a
+    supervisor restart. (Found by a kill -9 and SIGSTOP test campaign.)"""
+    fake.tokens_per_second = 50
+    fake.reply = lambda messages: reply_to("stalled") * 3 \
+        if messages[-1]["content"] == "stalled" else fake_reply(messages)
+    sup = start_supervisor(streams_root(streams_server))
+    client, chat = connect(streams_server)
+    cid = chat.start_conversation("stall alone")
+    first = chat.send_prompt(cid, "stalled")
+    wait_for_answers(client, cid, [first],
+                     until=lambda r: first in r.answers and bool(r.answers[first].text))
+    sup.pause()
+    try:
+        wait_until(lambda: lease_holder(client, cid) is None, timeout=15,
+                   what="the lease to expire while the supervisor is frozen")
+    finally:
+        sup.resume()
+    assert sup.wait_for_line(f"agent {cid}: lease lost", timeout=10)
+    second = chat.send_prompt(cid, "after the stall")
+    wait_for_answers(client, cid, [first, second], timeout=30)
+
+    rendered = final_render(client, cid)
+    assert rendered.answers[first].text == reply_to("stalled") * 3
+    assert rendered.answers[first].terminals_total == 1
+    assert rendered.answers[second].text == reply_to("after the stall")
+
+
 # -- 6. passivation ---------------------------------------------------------------------------------
 
 
