@@ -151,6 +151,7 @@ class ConversationAgent(pykka.ThreadingActor):
         self._reader: Tail | None = None
         self._stopping = threading.Event()
         self._stop_reason = "shutdown"
+        self._failure = ""  # why the server failed it, when it stops for that ("failed")
         self._passivating = False
         heartbeat = settings.heartbeat_s or max(0.5, lease.lease_ttl_ms / 3000)
         self._keeper = LeaseKeeper(
@@ -179,11 +180,14 @@ class ConversationAgent(pykka.ThreadingActor):
         if self._current is not None:
             self._current.abort.set()
             self._current.cancel.set()
-        if self._stop_reason == "shutdown":
+        if self._stop_reason in ("shutdown", "failed"):
             self._keeper.release()
         else:
             self._keeper.stop()
-        self._notify(AgentStopped(self.conversation_id, self._stop_reason))
+        if self._stop_reason == "failed":
+            self._notify(AgentCrashed(self.conversation_id, self._failure))
+        else:
+            self._notify(AgentStopped(self.conversation_id, self._stop_reason))
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         self._stopping.set()
@@ -333,6 +337,14 @@ class ConversationAgent(pykka.ThreadingActor):
             log.warning("agent %s was replaced by a newer one (%s)", self.conversation_id,
                         failed.error)
             self._stop_with("replaced")
+            return
+        if isinstance(failed.error, StreamsError):
+            # The server refused, or stayed unreachable past the client's retries: expected
+            # while it is down. The supervisor restarts the agent (backing off), and the new
+            # one picks up where this one stopped; no traceback to log.
+            self._failure = f"{failed.what} failed: {failed.error}"
+            log.warning("agent %s stops: %s", self.conversation_id, self._failure)
+            self._stop_with("failed")
             return
         raise AgentFailure(f"{failed.what} failed: {failed.error}") from failed.error
 

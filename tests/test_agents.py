@@ -479,6 +479,25 @@ def test_an_agent_that_lost_its_lease_hands_the_conversation_back_to_its_supervi
     assert rendered.answers[second].text == reply_to("after the stall")
 
 
+def test_an_agent_failed_by_the_server_stops_with_a_warning_not_a_traceback(
+    streams_server: ServerProcess, start_supervisor: StartSupervisor,
+) -> None:
+    """The server failing an agent's request for good (here its prompts stream is deleted
+    under it; likewise a server down past the client's retries) is expected: the agent
+    stops, and its supervisor restarts it, backing off. It used to crash through pykka's
+    handler, which logged two chained tracebacks as an ERROR per agent."""
+    sup = start_supervisor(streams_root(streams_server))
+    client, chat = connect(streams_server)
+    cid = chat.start_conversation("pulled from under the agent")
+    first = chat.send_prompt(cid, "hello")
+    wait_for_answers(client, cid, [first])
+    client.delete(layout.prompts_path(cid))
+    assert sup.wait_for_line(f"agent {cid} stops: prompt-reader failed", timeout=15)
+    assert sup.wait_for_line(f"agent crashed conversation={cid} failures=1", timeout=5)
+    log = "\n".join(sup.lines)  # this process's lines (the file keeps earlier runs')
+    assert "Traceback" not in log and "Unhandled exception" not in log, sup.log_tail()
+
+
 # -- 6. passivation ---------------------------------------------------------------------------------
 
 
