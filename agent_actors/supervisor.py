@@ -111,7 +111,8 @@ class Supervisor(pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(self, settings: SupervisorSettings, model: Model,
-                 client: StreamsClient | None = None) -> None:
+                 client: StreamsClient | None = None,
+                 offsets: OffsetsStore | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.model = model
@@ -120,7 +121,7 @@ class Supervisor(pykka.ThreadingActor):
         self.client = client or StreamsClient(
             settings.streams_url, auth_token=settings.auth_token,
             pool_size=2 * settings.max_agents + settings.job_threads + 4)
-        self.offsets = OffsetsStore(settings.data_dir)
+        self.offsets = offsets or OffsetsStore(settings.data_dir)  # closed when it stops
         self.agents: dict[str, pykka.ActorRef[Any]] = {}
         self._known: set[str] = set()
         self._claiming: set[str] = set()

@@ -169,7 +169,6 @@ class RequestHeaders:
                 raise _too_large(f"a request header line is longer than {self.MAX_LINE} bytes")
             if raw in (b"\r\n", b"\n", b""):
                 self._first = _first_lines(self._lines)
-                _check_content_lengths(self._lines)
                 self.framing_problem = self._framing_problem()
                 return
             line = raw.decode("latin-1").rstrip("\r\n") + "\r\n"
@@ -187,9 +186,16 @@ class RequestHeaders:
     def _framing_problem(self) -> str | None:
         """What makes the body's length ambiguous, where pywsgi would pick one reading:
         several different Content-Lengths (it takes the first), or Content-Length beside
-        Transfer-Encoding (it drops the length when the coding is chunked)."""
+        Transfer-Encoding (it drops the length when the coding is chunked). A length that
+        is not a plain decimal number is refused at once (`UnreadableRequest`): pywsgi would
+        fail on it before the app is called, or read ``+5`` and ``1_0`` as numbers."""
         lengths = {line.partition(":")[2].strip() for key, line in self._lines
                    if key == "content-length"}
+        for length in lengths:
+            if not (length.isascii() and length.isdigit()):
+                raise UnreadableRequest(
+                    f"Content-Length must be a non-negative integer, not {length[:40]!r}",
+                    code="INVALID_FRAMING")
         if len(lengths) > 1:
             return "the request has conflicting Content-Length headers"
         if lengths and "transfer-encoding" in self._first:
@@ -230,19 +236,6 @@ class RequestHeaders:
             raise KeyError(name)
         self._lines = kept
         self._first = _first_lines(kept)
-
-
-def _check_content_lengths(lines: list[tuple[str, str]]) -> None:
-    """Refuse a Content-Length that is not a plain decimal number here, where pywsgi would
-    fail on it before the app is called (or read ``+5`` and ``1_0`` as numbers)."""
-    for key, line in lines:
-        if key != "content-length":
-            continue
-        length = line.partition(":")[2].strip()
-        if not (length.isascii() and length.isdigit()):
-            raise UnreadableRequest(
-                f"Content-Length must be a non-negative integer, not {length[:40]!r}",
-                code="INVALID_FRAMING")
 
 
 def _first_lines(lines: list[tuple[str, str]]) -> dict[str, int]:

@@ -37,10 +37,10 @@ class BackgroundWork:
         self._started = False
         self.supervisor: Any = None
         self._worker_name = ""
-        if app.config["EMBEDDED_SUPERVISOR"]:
-            # The supervisor starts with the first request; a file it cannot open must stop
-            # the app now, not leave a chat whose prompts are never answered.
-            OffsetsStore(self._agents_data_dir()).close()
+        # The supervisor starts with the first request; its offsets file is opened now, as
+        # a file it cannot open must stop the app, not leave a chat that never answers.
+        self._offsets = (OffsetsStore(self._agents_data_dir())
+                         if app.config["EMBEDDED_SUPERVISOR"] else None)
         # Wrapped around the whole WSGI chain, not a `before_request` hook: the streams
         # protocol is answered before Flask dispatches, and after a restart a browser may
         # send nothing but streams requests.
@@ -86,7 +86,7 @@ class BackgroundWork:
         )
         log.info("starting the embedded supervisor against %s", streams_url)
         self._worker_name = settings.worker_name
-        return Supervisor.start(settings, model)
+        return Supervisor.start(settings, model, offsets=self._offsets)
 
     def _agents_data_dir(self) -> str | None:
         config = self._app.config
