@@ -284,7 +284,14 @@ class ConversationAgent(pykka.ThreadingActor):
             def run() -> None:
                 if prompt.problem is not None:
                     outcome = refuse_prompt(producer=producer, prompt_id=prompt.id,
-                                            attempt=attempt, reason=prompt.problem)
+                                            attempt=attempt, reason=prompt.problem,
+                                            code=schema.INVALID_PROMPT)
+                elif attempt >= schema.MAX_ANSWER_ATTEMPTS:
+                    log.warning("agent %s: gave up on prompt %s after %d interrupted attempts",
+                                self.conversation_id, prompt.id, attempt)
+                    outcome = refuse_prompt(producer=producer, prompt_id=prompt.id,
+                                            attempt=attempt, reason=schema.gave_up_message(attempt),
+                                            code=schema.INTERRUPTED)
                 else:
                     outcome = answer_prompt(
                         model=self.model, turns=turns, producer=producer, prompt_id=prompt.id,

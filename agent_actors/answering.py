@@ -22,6 +22,9 @@ from agent_actors.producer import Producer
 log = logging.getLogger(__name__)
 
 
+MODEL_BUG = "The model failed unexpectedly while answering (the agent's log says why)."
+
+
 class AnswerAborted(Exception):
     """The agent is stopping: the answer is left unfinished for the next agent to restart."""
 
@@ -130,11 +133,11 @@ class ChunkWriter:
 
 
 def refuse_prompt(*, producer: Producer, prompt_id: str, attempt: int,
-                  reason: str) -> AnswerOutcome:
-    """End a prompt the model cannot be asked (see `schema.Prompt.problem`) with an `error`
-    message, so that a client waiting for its answer gets one."""
+                  reason: str, code: str) -> AnswerOutcome:
+    """End a prompt the model is not asked about with an `error` message (`reason`, fit to
+    show), so that a client waiting for its answer gets one."""
     started = time.monotonic()
-    producer.append([schema.error(prompt_id, attempt, reason, "invalid_prompt")])
+    producer.append([schema.error(prompt_id, attempt, reason, code)])
     return AnswerOutcome(prompt_id=prompt_id, attempt=attempt, text="", outcome="error",
                          stop_reason=None, input_tokens=0, output_tokens=0, model="-",
                          first_token_ms=None,
@@ -185,6 +188,9 @@ def answer_prompt(
                     result = event
     except ModelError as exc:
         failure = exc
+    except Exception:  # noqa: BLE001 - a model adapter's bug: retrying the answer repeats it
+        log.exception("model %s failed unexpectedly answering prompt %s", model.name, prompt_id)
+        failure = ModelError(MODEL_BUG, code="internal")
     finally:
         writer.close()
     if abort.is_set():

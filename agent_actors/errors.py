@@ -138,7 +138,8 @@ class ModelError(AgentActorsError):
 
     ``message`` is short, readable and safe to show in the chat. ``code`` is stable and
     machine-readable (``rate_limited``, ``overloaded``, ``authentication``, ``connection``,
-    ``timeout``, ``bad_request``, ``not_found``, ``api_error``, ``incomplete``);
+    ``timeout``, ``bad_request``, ``not_found``, ``api_error``, ``incomplete``, and
+    ``internal`` for an adapter that raised something else, a bug);
     ``retryable`` says whether trying again later may help; ``status`` is the HTTP status when
     there was one.
     """

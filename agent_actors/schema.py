@@ -53,6 +53,20 @@ class ConversationEntry:
 
 UNREADABLE_PROMPT = "This prompt could not be read: its content is not text."
 BLANK_PROMPT = "This prompt is empty: there is nothing to answer."
+INVALID_PROMPT = "invalid_prompt"
+"""The `code` of the error that answers a prompt with a `problem`."""
+
+MAX_ANSWER_ATTEMPTS = 4
+"""Attempts at one answer before an agent gives up on it: each restart follows an agent that
+stopped mid-answer, and an answer that kills its agent every time (a crash in the model's
+output handling, memory) must not block its conversation, or re-bill the model, forever."""
+INTERRUPTED = "interrupted"
+"""The `code` of the error that ends an answer after `MAX_ANSWER_ATTEMPTS`."""
+
+
+def gave_up_message(attempts: int) -> str:
+    return (f"The agent stopped in the middle of this answer {attempts} times, so it was not"
+            " tried again. Send the prompt again to retry.")
 
 
 def parse_prompt_message(message: Any) -> Prompt | Cancel | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent_actors import layout
+from agent_actors import layout, schema
 from agent_actors.streams_client import StreamsClient
 from tests.fake_anthropic import FakeAnthropic
 from tests.support import ServerProcess, start_reference_server, start_streams_server
@@ -368,6 +368,36 @@ def test_kill_9_then_restart_gives_exactly_one_clean_answer_per_prompt(
         assert rendered.answers[first].restarts == 0
     agents = [m for m in rendered.messages if isinstance(m, dict) and m.get("type") == "agent"]
     assert len(agents) == 2, agents  # one agent before the kill, one after
+
+
+def test_an_answer_that_kills_its_agent_every_time_ends_in_an_error_after_bounded_attempts(
+    streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    fake.tokens_per_second = 50
+    root = streams_root(streams_server)
+    client, chat = connect(streams_server)
+    cid = chat.start_conversation("poison")
+    first = chat.send_prompt(cid, "first question")
+    # Every supervisor started with this crash point dies as the first chunk of its first
+    # answer is written: the same answer, restarted by each, never finishes.
+    sup = start_supervisor(root, crash_at="mid-answer")
+    assert sup.wait_exit(timeout=15) == -signal.SIGKILL
+    for _ in range(schema.MAX_ANSWER_ATTEMPTS - 1):
+        sup.start(crash_at="mid-answer")
+        assert sup.wait_exit(timeout=15) == -signal.SIGKILL
+    requests_before = len(fake.requests)
+
+    sup.start(crash_at="mid-answer")  # would die again if it asked the model
+    wait_for_answers(client, cid, [first], timeout=30)
+    answer = render(client.read_all(layout.responses_path(cid)).messages).answers[first]
+    assert answer.restarts == schema.MAX_ANSWER_ATTEMPTS - 1
+    assert answer.terminal["type"] == "error"
+    assert answer.terminal["code"] == schema.INTERRUPTED
+    assert answer.terminal["message"] == schema.gave_up_message(schema.MAX_ANSWER_ATTEMPTS)
+    assert answer.text == ""  # the last attempt's text: none, so no half answer is shown
+    assert len(fake.requests) == requests_before  # the model was not asked again
+    assert sup.running
+    assert sup.count_lines("gave up on prompt") == 1
 
 
 # -- 5. two supervisors at once -------------------------------------------------------------------

@@ -1,0 +1,57 @@
+"""`answer_prompt` with a model adapter that breaks its contract by raising something other
+than `ModelError`. No real adapter does (the Anthropic one turns every failure into a
+`ModelError`), which is why this one is a stand-in; the producer records instead of writing,
+as in test_chunk_writer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
+
+import pytest
+
+from agent_actors.answering import MODEL_BUG, answer_prompt
+from agent_actors.models.base import ModelEvent, TextDelta, Turn
+from agent_actors.producer import Producer
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class RecordingProducer:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    def append(self, messages: list[dict[str, Any]]) -> None:
+        self.messages.extend(messages)
+
+
+class BrokenModel:
+    """Streams one delta, then fails the way a bug in an adapter would."""
+
+    name = "broken"
+
+    def stream(self, turns: Sequence[Turn | tuple[str, str]], *,
+               cancel: threading.Event | None = None) -> Iterator[ModelEvent]:
+        yield TextDelta("Half an ans")
+        raise KeyError("delta")
+
+
+def test_an_adapter_bug_ends_the_answer_in_an_error_and_logs_the_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    producer = RecordingProducer()
+    with caplog.at_level(logging.ERROR, logger="agent_actors.answering"):
+        outcome = answer_prompt(
+            model=BrokenModel(), turns=[Turn("user", "hi")],
+            producer=cast(Producer, producer), prompt_id="p1", attempt=0, drop_partial=False,
+            cancel=threading.Event(), abort=threading.Event(), window_s=0.0,
+        )
+    assert outcome.outcome == "error"
+    assert [m["type"] for m in producer.messages] == ["chunk", "error"]
+    error = producer.messages[-1]
+    assert (error["code"], error["message"], error["isComplete"]) == ("internal", MODEL_BUG, True)
+    assert "KeyError" not in error["message"]  # the user sees no internals
+    [record] = caplog.records
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
