@@ -58,6 +58,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-chunk-kib", type=bounded(int, 1), default=1024,
                         help="largest catch-up read response (default 1024)")
     parser.add_argument("--max-path-length", type=bounded(int, 1), default=1024)
+    parser.add_argument("--max-storage-mib", type=bounded(float, 0, above=True), default=None,
+                        help="refuse writes (507) that would grow the database past this size"
+                             " (default: no limit but the disk's)")
     parser.add_argument("--auth-token", default=None,
                         help="require Authorization: Bearer TOKEN on every request")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         max_chunk_bytes=args.max_chunk_kib * 1024,
         max_path_length=args.max_path_length,
         auth_token=args.auth_token,
+        max_storage_bytes=None if args.max_storage_mib is None else int(args.max_storage_mib * MIB),
     )
     try:
         backend = StreamsBackend.open(None if args.memory else args.data_dir, settings)

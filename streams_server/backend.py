@@ -37,17 +37,18 @@ class StreamsBackend:
         url_prefix: str = "/v1/stream",
     ) -> StreamsBackend:
         """Durable under `data_dir` (created if missing), or in memory when it is None."""
+        settings = settings or StreamsSettings()
         if data_dir is None:
-            return cls(StreamStore.open_memory(), ServerKeys(None), settings or StreamsSettings(),
-                       url_prefix)
+            return cls(StreamStore.open_memory(max_bytes=settings.max_storage_bytes),
+                       ServerKeys(None), settings, url_prefix)
         try:
             os.makedirs(data_dir, exist_ok=True)
-            store = StreamStore.open_directory(data_dir)
+            store = StreamStore.open_directory(data_dir, max_bytes=settings.max_storage_bytes)
             keys = ServerKeys(data_dir)
         except (OSError, sqlite3.Error) as exc:
             raise DataDirectoryError(
                 f"cannot open the streams data directory {data_dir!r}: {exc}") from exc
-        return cls(store, keys, settings or StreamsSettings(), url_prefix)
+        return cls(store, keys, settings, url_prefix)
 
     def start(self) -> None:
         """Start the background work: expiry sweeps, lease expiry, webhook deliveries."""

@@ -20,6 +20,7 @@ class StreamsSettings:
     max_path_length: int = 1024
     spool_memory_bytes: int = 1 * MIB
     auth_token: str | None = None
+    max_storage_bytes: int | None = None  # the database's quota; None: as large as the disk
 
     @property
     def cache_visibility(self) -> str:

@@ -92,3 +92,11 @@ class StorageFailure(StreamError):
 
     status = 503
     code = "STORAGE_UNAVAILABLE"
+
+
+class StorageFull(StorageFailure):
+    """The disk, or the storage quota (`--max-storage-mib`), is full: nothing of the request
+    was stored; deleting streams (or freeing the disk) makes room."""
+
+    status = 507
+    code = "STORAGE_FULL"

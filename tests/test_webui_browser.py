@@ -532,6 +532,50 @@ def test_a_prompt_sent_while_the_server_is_down_is_delivered_once(
         app.terminate()
 
 
+def fill_stream(app_url: str, path: str, content_type: str, pieces: list[bytes]) -> None:
+    """Append each piece in turn until the server refuses it with 507 (storage full)."""
+    url = f"{app_url}/v1/stream/{path}"
+    for piece in pieces:
+        while (r := requests.post(url, data=piece, headers={"Content-Type": content_type},
+                                  timeout=10)).status_code == 204:
+            pass
+        assert r.status_code == 507, (r.status_code, r.text)
+
+
+def test_a_prompt_sent_while_storage_is_full_waits_and_is_sent_when_there_is_room(
+        tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"MAX_STORAGE_MIB": "1"})
+    try:
+        page = open_chat(new_context(), app.url)
+        opening = unique("Before the disk filled")
+        send_prompt(page, opening)
+        wait_state(page, opening, "done")
+        cid = conversation_id(page)
+        root = f"{app.url}/v1/stream"
+        assert requests.put(f"{root}/filler", headers={"Content-Type": "application/octet-stream"},
+                            timeout=10).status_code == 201
+        fill_stream(app.url, "filler", "application/octet-stream", [b"x" * 16384])
+        # The prompts stream's last page too, with messages the chat and the agents ignore.
+        fill_stream(app.url, f"conversations/{cid}/prompts", "application/json",
+                    [json.dumps({"type": "padding", "pad": "p" * n}).encode() for n in (200, 40, 0)])
+
+        prompt, reply = unique("Sent to a full disk"), words("room", 8)
+        replies.set(prompt, reply)
+        send_prompt(page, prompt)
+        wait_state(page, prompt, "sending")
+        banner = page.get_by_test_id("connection-banner")
+        expect(banner).to_have_text(re.compile("not been stored yet: the server's storage is full"))
+
+        assert requests.delete(f"{root}/filler", timeout=10).status_code == 204
+        wait_state(page, prompt, "done", timeout=40_000)
+        expect(banner).to_be_hidden()
+        assert answer_text(page, prompt) == norm(reply)
+        prompts = [m for m in prompt_messages(app.url, cid) if m.get("type") == "prompt"]
+        assert [m["content"] for m in prompts] == [opening, prompt]
+    finally:
+        app.terminate()
+
+
 def test_flask_debug_starts_exactly_one_supervisor(tmp_path: Path, model: FakeAnthropic,
                                                    new_context: NewContext) -> None:
     """With the reloader on, two processes load the app; only the one that serves may run

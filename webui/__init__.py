@@ -38,6 +38,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         long_poll_timeout_s=float(app.config["LONG_POLL_TIMEOUT_S"]),
         max_body_bytes=int(float(app.config["MAX_BODY_MIB"]) * MIB),
         auth_token=app.config["STREAMS_AUTH_TOKEN"],
+        max_storage_bytes=(None if app.config["MAX_STORAGE_MIB"] is None
+                           else int(float(app.config["MAX_STORAGE_MIB"]) * MIB)),
     )
     data_dir = None if app.config["STREAMS_MEMORY"] else os.path.join(app.config["DATA_DIR"], "streams")
     try:

@@ -26,6 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "STREAMS_AUTH_TOKEN": None,
     "LONG_POLL_TIMEOUT_S": 30.0,
     "MAX_BODY_MIB": 64,
+    # The streams database's quota: writes past it get 507 (default: no limit but the disk).
+    "MAX_STORAGE_MIB": None,
     # Run a supervisor inside the app, so that `flask run` alone answers prompts.
     "EMBEDDED_SUPERVISOR": True,
     # The streams root the embedded supervisor uses; default: this app's own URL.
@@ -56,14 +58,17 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
 
 
 def _number(low: float, *, above: bool = False, high: float | None = None,
-            whole: bool = False) -> tuple[Callable[[Any], bool], str]:
+            whole: bool = False, optional: bool = False) -> tuple[Callable[[Any], bool], str]:
     def ok(value: Any) -> bool:
+        if optional and value is None:
+            return True
         if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
             return False
         return (value > low if above else value >= low) and (high is None or value <= high)
     kind = "a whole number" if whole else "a number"
     bound = f"greater than {low:g}" if above else f"at least {low:g}"
-    return ok, f"{kind} {bound}" + ("" if high is None else f" and at most {high:g}")
+    return ok, (f"{kind} {bound}" + ("" if high is None else f" and at most {high:g}")
+                + (" (or unset)" if optional else ""))
 
 
 def _text(optional: bool = False) -> tuple[Callable[[Any], bool], str]:
@@ -81,6 +86,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "STREAMS_AUTH_TOKEN": _text(optional=True),
     "LONG_POLL_TIMEOUT_S": _number(0, above=True),
     "MAX_BODY_MIB": _number(0, above=True),
+    "MAX_STORAGE_MIB": _number(0, above=True, optional=True),
     "EMBEDDED_SUPERVISOR": _FLAG,
     "AGENT_STREAMS_URL": _text(optional=True),
     "AGENT_MODEL": _text(optional=True),

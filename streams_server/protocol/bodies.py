@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import tempfile
-from typing import IO
+from collections.abc import Callable
+from typing import IO, TypeVar
 
 from ..config import StreamsSettings
-from ..errors import PayloadTooLarge
+from ..errors import PayloadTooLarge, StorageFailure, StorageFull
 from ..storage.models import Entries, SpooledChunks
 
 _READ_CHUNK = 256 * 1024
@@ -49,16 +51,38 @@ def read_spooled(stream: IO[bytes], settings: StreamsSettings) -> Entries:
     if len(first) <= settings.spool_memory_bytes:
         step = settings.max_chunk_bytes
         return [first[i : i + step] for i in range(0, len(first), step)]
-    spool = tempfile.TemporaryFile()
-    spool.write(first)
-    size = len(first)
-    while chunk := stream.read(_READ_CHUNK):
-        size += len(chunk)
-        if size > settings.max_body_bytes:
-            spool.close()
-            raise _too_large(settings)
-        spool.write(chunk)
+    spool = _write_or_fail(lambda: tempfile.TemporaryFile())
+    try:
+        _write_or_fail(lambda: spool.write(first))
+        size = len(first)
+        while chunk := stream.read(_READ_CHUNK):
+            size += len(chunk)
+            if size > settings.max_body_bytes:
+                raise _too_large(settings)
+            _write_or_fail(lambda: spool.write(chunk))
+    except BaseException:
+        try:
+            spool.close()  # flushes what is buffered: on a full disk that fails too
+        except OSError:
+            pass
+        raise
     return SpooledChunks(spool, size, settings.max_chunk_bytes)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+T = TypeVar("T")
+
+
+def _write_or_fail(write: Callable[[], T]) -> T:
+    """`write` to the spool file, with the disk's failure as the request's error."""
+    try:
+        return write()
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise StorageFull(f"the server's temporary storage is full ({exc.strerror}):"
+                              " nothing of the request was stored") from exc
+        raise StorageFailure(f"the server could not buffer the request body: {exc.strerror}"
+                             ) from exc
 
 
 def _read_up_to(stream: IO[bytes], limit: int) -> bytes:

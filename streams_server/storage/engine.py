@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..errors import BadRequest, Gone, NotFound
+from ..errors import BadRequest, Gone, NotFound, StorageFailure
 from . import writes
 from .blocking import run_blocking
 from .groupcommit import Effects, GroupCommitter, Transaction
@@ -71,13 +71,18 @@ class StreamStore:
         *,
         clock: Callable[[], float] = time.time,
         max_batch: int | None = None,
+        max_bytes: int | None = None,
     ) -> None:
+        """`max_bytes` caps the database's size: writes that would grow it further fail
+        with `StorageFull`, as they do when the disk is full."""
         self._clock = clock
         self._memory = db_path is None
         self._db_path = db_path
         self._leader_lock = threading.Lock()
         self._writer = self._connect()
         migrate(self._writer)
+        if max_bytes is not None:
+            _set_quota(self._writer, max_bytes)
         self._readers: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._reader_count = 0
         self._reader_lock = threading.Lock()
@@ -458,6 +463,8 @@ class StreamStore:
                     log.info("removed %d expired streams", removed)
                 if self._touched:
                     self._committer.submit(lambda tx: None)  # persists sliding-TTL resets
+            except StorageFailure:
+                pass  # the committer logs the outage; the next sweep tries again
             except Exception:
                 log.exception("expiry sweep failed")
 
@@ -534,3 +541,15 @@ class _ChangeSignal:
         with self._lock:
             event, self._event = self._event, threading.Event()
         event.set()
+
+
+def _set_quota(conn: sqlite3.Connection, max_bytes: int) -> None:
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    wanted = max(1, max_bytes // page_size)
+    # SQLite keeps the current page count when asked for less: the database cannot shrink
+    # by itself, but it grows no further (deleted streams' pages are reused).
+    granted = conn.execute(f"PRAGMA max_page_count={wanted}").fetchone()[0]
+    if granted > wanted:
+        log.warning("the database is already %.1f MiB, over the storage quota of %.1f MiB:"
+                    " appends that need new space are refused until streams are deleted",
+                    granted * page_size / 2**20, max_bytes / 2**20)

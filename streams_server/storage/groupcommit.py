@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from ..errors import StorageFailure, StreamError
+from ..errors import StorageFailure, StorageFull, StreamError
 from .blocking import run_blocking
 from .models import StreamInfo
 
@@ -99,6 +100,40 @@ class _Pending(Generic[T]):
         self.error: BaseException | None = None
 
 
+class _OutageLog:
+    """Logs failing commits once per outage (a full disk fails every write until space is
+    freed: one line per request would bury everything else), then a reminder every minute,
+    then the recovery. Near full, small writes still fit between refused ones: the outage
+    ends only with a commit `QUIET_S` after the last failure."""
+
+    REMIND_S = 60.0
+    QUIET_S = 10.0
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._reminded = 0.0
+        self._last_failure = 0.0
+        self._refused = 0
+
+    def failed(self, exc: sqlite3.Error, operations: int) -> None:
+        now = self._last_failure = time.monotonic()
+        self._refused += operations
+        if self._since is None:
+            self._since = self._reminded = now
+            log.error("commits are failing (%s): write requests get an error until the"
+                      " storage recovers", exc)
+        elif now - self._reminded >= self.REMIND_S:
+            self._reminded = now
+            log.error("commits still failing (%s) after %.0f s; %d write operations refused",
+                      exc, now - self._since, self._refused)
+
+    def succeeded(self) -> None:
+        if self._since is not None and time.monotonic() - self._last_failure >= self.QUIET_S:
+            log.warning("commits succeed again; %d write operations were refused in %.0f s",
+                        self._refused, self._last_failure - self._since)
+            self._since, self._refused = None, 0
+
+
 class GroupCommitter:
     """Runs write operations in batched transactions on one SQLite connection."""
 
@@ -126,6 +161,7 @@ class GroupCommitter:
         self._queue: list[_Pending[Any]] = []
         self._queue_lock = threading.Lock()
         self._leader_lock = leader_lock
+        self._outage = _OutageLog()
         self.batches = 0
         self.operations = 0
 
@@ -149,11 +185,18 @@ class GroupCommitter:
         try:
             self._run_batch(batch, effects)
         except sqlite3.Error as exc:
-            log.error("commit of %d operations failed: %s", len(batch), exc)
-            failure = StorageFailure("the storage engine could not commit the request")
+            self._outage.failed(exc, len(batch))
+            failure: StorageFailure
+            if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                failure = StorageFull("the server's storage is full: nothing of the request"
+                                      " was stored")
+            else:
+                failure = StorageFailure("the storage engine could not commit the request")
             for pending in batch:
                 pending.error = failure
             effects = Effects()
+        else:
+            self._outage.succeeded()
         finally:
             for pending in batch:
                 pending.done = True
@@ -191,6 +234,8 @@ class GroupCommitter:
             conn.execute("ROLLBACK TO op")
             pending.error = exc
         except sqlite3.Error:
+            # The batch fails. SQLite may already have rolled the whole transaction back (it
+            # does on SQLITE_FULL), so the savepoint may be gone: no RELEASE to hide the cause.
             raise
         except Exception as exc:  # a bug in one operation must not sink the batch
             log.exception("write operation failed")
@@ -198,5 +243,4 @@ class GroupCommitter:
             pending.error = StorageFailure(f"internal error while writing: {type(exc).__name__}")
         else:
             effects.merge(tx.effects)
-        finally:
-            conn.execute("RELEASE op")
+        conn.execute("RELEASE op")

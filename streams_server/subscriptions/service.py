@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from ..errors import BadRequest, Unauthorized
+from ..errors import BadRequest, StorageFailure, Unauthorized
 from ..offsets import parse_offset
 from ..storage import subscriptions as db
 from ..storage.engine import StreamStore
@@ -156,6 +156,8 @@ class SubscriptionService:
         while not self._stopping.is_set():
             try:
                 timeout = self._tick()
+            except StorageFailure:  # the committer logs the outage; lease expiry waits for it
+                timeout = 1.0
             except Exception:
                 log.exception("subscription scheduler tick failed")
                 timeout = 1.0
@@ -216,6 +218,9 @@ class SubscriptionService:
                     retry_at_ms=retry_at,
                 )
             )
+        except StorageFailure as exc:
+            log.warning("webhook delivery for %s not recorded (%s); it is retried", state.id,
+                        exc)
         except Exception:
             log.exception("webhook delivery for %s crashed", state.id)
         finally:

@@ -12,6 +12,7 @@
 // from an earlier load keep their own tuples, so a reload re-sends them exactly as before.
 
 import { backoff, Emitter, randomId, sleep } from "./util.js";
+import { HttpError } from "./streams.js";
 
 const STORAGE_PREFIX = "ds-outbox:";
 
@@ -131,7 +132,7 @@ export class Outbox extends Emitter {
       return { ok: true, result };
     }
     if (result.status >= 500 || result.status === 429 || result.status === 408) {
-      return { retry: true, error: new Error(`HTTP ${result.status}`) };
+      return { retry: true, error: new HttpError(result.status, result.detail) };
     }
     if (result.status === 404 && entry.ensure.length && !entry.retriedEnsure) {
       entry.ensured = false;

@@ -66,7 +66,7 @@ export class ConnectionStatus {
     let text;
     if (errored) text = `The streams server refused a read: ${errored.error ?? "error"}.`;
     else if (this.#outbox.state === "retrying" && ![...this.#streams.values()].some((s) => s.state === "reconnecting")) {
-      text = "Your message has not been stored yet. Retrying…";
+      text = notStoredYet(this.#outbox.error);
     } else text = "Connection lost. Reconnecting…";
     this.banner.dataset.state = state;
     if (this.banner.textContent !== text) this.banner.textContent = text;
@@ -84,4 +84,13 @@ export class ConnectionStatus {
       if (!this.#shown) this.banner.hidden = true;
     }, 1500);
   }
+}
+
+/** What the banner says while the outbox retries a message the server did not store. */
+function notStoredYet(error) {
+  if (error?.status === 507) {
+    return "Your message has not been stored yet: the server's storage is full. It is sent as soon as there is room.";
+  }
+  if (error?.detail) return `Your message has not been stored yet (the server said: ${error.detail}). Retrying…`;
+  return "Your message has not been stored yet. Retrying…";
 }
