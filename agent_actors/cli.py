@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import signal
 import sys
 import threading
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--auth-token", default=None, help="bearer token for the streams server")
     sup.add_argument("--demo-tokens-per-second", type=float, default=30.0)
     sup.add_argument("--log-level", default="INFO", type=str.upper,
-                     choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+                     choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     return parser
 
 
@@ -54,12 +55,16 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     problems = [
         (not args.streams_url.startswith(("http://", "https://")),
          f"--streams-url must be an http:// or https:// URL, not {args.streams_url!r}"),
-        (args.idle_timeout <= 0, "--idle-timeout must be greater than 0"),
+        # Written so that NaN, which fails every comparison, fails each check too.
+        (not args.idle_timeout > 0 or math.isinf(args.idle_timeout),
+         "--idle-timeout must be a finite number greater than 0"),
         (args.max_agents < 1, "--max-agents must be at least 1"),
-        (args.coalesce_ms < 0, "--coalesce-ms must not be negative"),
+        (not 0 <= args.coalesce_ms < math.inf,
+         "--coalesce-ms must be a finite number, 0 or more"),
         (not ttl_low <= args.lease_ttl_ms <= ttl_high,
          f"--lease-ttl-ms must be from {ttl_low} to {ttl_high}"),
-        (args.demo_tokens_per_second <= 0, "--demo-tokens-per-second must be greater than 0"),
+        (not 0 <= args.demo_tokens_per_second < math.inf,
+         "--demo-tokens-per-second must be a finite number, 0 (instant) or more"),
     ]
     for failed, message in problems:
         if failed:

@@ -40,6 +40,10 @@ class OffsetsStore:
                 os.makedirs(data_dir, exist_ok=True)
             self._conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
                                          timeout=BUSY_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as exc:
+            raise OffsetsFileError(
+                f"cannot open the agents' offsets file {target!r}: {exc}") from exc
+        try:
             if data_dir is not None:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=FULL")
@@ -48,6 +52,7 @@ class OffsetsStore:
                 " prompts_offset TEXT NOT NULL, updated_at_ms INTEGER NOT NULL)"
             )
         except (OSError, sqlite3.Error) as exc:
+            self._conn.close()
             raise OffsetsFileError(
                 f"cannot open the agents' offsets file {target!r}: {exc}") from exc
 

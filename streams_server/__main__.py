@@ -7,16 +7,17 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 from streams_server.app import create_app  # noqa: E402
-from streams_server.config import MIB, StreamsSettings  # noqa: E402
+from streams_server.config import StreamsSettings, mib_to_bytes  # noqa: E402
 from streams_server.backend import DataDirectoryError, StreamsBackend  # noqa: E402
 from streams_server.server import CannotListen, serve  # noqa: E402
 
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def bounded(convert: Callable[[str], float], low: float, high: float | None = None,
@@ -27,6 +28,8 @@ def bounded(convert: Callable[[str], float], low: float, high: float | None = No
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):  # NaN passes every comparison below
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
         too_low = value <= low if above else value < low
         if too_low or (high is not None and value > high):
             bound = f"greater than {low:g}" if above else f"at least {low:g}"
@@ -76,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = StreamsSettings(
         long_poll_timeout_s=args.long_poll_timeout,
         sse_max_duration_s=args.sse_max_duration,
-        max_body_bytes=int(args.max_body_mib * MIB),
+        max_body_bytes=mib_to_bytes(args.max_body_mib),
         max_chunk_bytes=args.max_chunk_kib * 1024,
         max_path_length=args.max_path_length,
         auth_token=args.auth_token,
-        max_storage_bytes=None if args.max_storage_mib is None else int(args.max_storage_mib * MIB),
+        max_storage_bytes=None if args.max_storage_mib is None else mib_to_bytes(args.max_storage_mib),
     )
     try:
         backend = StreamsBackend.open(None if args.memory else args.data_dir, settings)

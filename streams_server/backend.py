@@ -9,7 +9,7 @@ from .config import StreamsSettings
 from .protocol.control import ControlOperations
 from .protocol.operations import StreamOperations
 from .storage.engine import StreamStore
-from .subscriptions.keys import ServerKeys
+from .subscriptions.keys import DamagedKeyFile, ServerKeys
 from .subscriptions.service import SubscriptionService
 
 
@@ -44,8 +44,13 @@ class StreamsBackend:
         try:
             os.makedirs(data_dir, exist_ok=True)
             store = StreamStore.open_directory(data_dir, max_bytes=settings.max_storage_bytes)
-            keys = ServerKeys(data_dir)
         except (OSError, sqlite3.Error) as exc:
+            raise DataDirectoryError(
+                f"cannot open the streams data directory {data_dir!r}: {exc}") from exc
+        try:
+            keys = ServerKeys(data_dir)
+        except (OSError, DamagedKeyFile) as exc:
+            store.close()
             raise DataDirectoryError(
                 f"cannot open the streams data directory {data_dir!r}: {exc}") from exc
         return cls(store, keys, settings, url_prefix)

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 MIB = 1024 * 1024
 
 
+def mib_to_bytes(mib: float) -> int:
+    """A size given in MiB (a positive number), in whole bytes: at least one."""
+    return max(1, int(mib * MIB))
+
+
 @dataclass(frozen=True)
 class StreamsSettings:
     """Limits and timings of the protocol layer; every field has a laptop-friendly default."""

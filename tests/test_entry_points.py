@@ -17,8 +17,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from flask import Flask
 
+from agent_actors.cli import build_parser, check_args
+from streams_server.subscriptions.keys import SIGNING_KEY_FILE
 from tests.support import REPO_ROOT
+from webui import create_app
+from webui.config import load_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,6 +66,21 @@ def test_the_streams_server_refuses_a_damaged_database_clearly(tmp_path: Path) -
                             "file is not a database")
 
 
+@pytest.mark.parametrize("content", [
+    b"not a key\n",
+    # A valid PEM key, of another type than the Ed25519 one the server writes.
+    ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()),
+], ids=["garbage", "wrong-type"])
+def test_the_streams_server_refuses_a_damaged_key_file_clearly(tmp_path: Path,
+                                                                content: bytes) -> None:
+    (tmp_path / SIGNING_KEY_FILE).write_bytes(content)
+    done = _run([sys.executable, "-m", "streams_server", "--port", "0",
+                 "--data-dir", str(tmp_path)])
+    _assert_refused_clearly(done, "cannot open the streams data directory", SIGNING_KEY_FILE)
+
+
 def test_the_streams_server_refuses_a_data_dir_that_is_a_file_clearly(tmp_path: Path) -> None:
     a_file = tmp_path / "plain-file"
     a_file.write_text("x")
@@ -97,7 +119,13 @@ def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: s
 
 
 @pytest.mark.parametrize(("setting", "value", "says"), [
-    ("MAX_BODY_MIB", "abc", "CHAT_MAX_BODY_MIB must be a number greater than 0, not 'abc'"),
+    ("MAX_BODY_MIB", "abc",
+     "CHAT_MAX_BODY_MIB must be a finite number greater than 0, not 'abc'"),
+    ("MAX_BODY_MIB", "Infinity", "CHAT_MAX_BODY_MIB must be a finite number greater than 0"),
+    ("LONG_POLL_TIMEOUT_S", "NaN",
+     "CHAT_LONG_POLL_TIMEOUT_S must be a finite number greater than 0, not nan"),
+    ("AGENT_STREAMS_URL", "localhost:4437/v1/stream",
+     "CHAT_AGENT_STREAMS_URL must be an http:// or https:// URL (or unset)"),
     ("AGENT_MAX_AGENTS", "-5", "CHAT_AGENT_MAX_AGENTS must be a whole number at least 1"),
     ("AGENT_LEASE_TTL_MS", "0", "CHAT_AGENT_LEASE_TTL_MS must be a whole number at least 1000"),
     ("EMBEDDED_SUPERVISOR", "yes", "CHAT_EMBEDDED_SUPERVISOR must be true or false"),
@@ -116,6 +144,13 @@ def test_flask_run_refuses_a_setting_out_of_range_clearly(tmp_path: Path, settin
     (["streams_server", "--port", "70000"], "--port: must be at least 0 and at most 65535"),
     (["streams_server", "--long-poll-timeout", "0"], "--long-poll-timeout: must be greater than 0"),
     (["streams_server", "--log-level", "loud"], "--log-level: invalid choice"),
+    (["streams_server", "--long-poll-timeout", "nan"],
+     "--long-poll-timeout: must be a finite number, not nan"),
+    (["streams_server", "--max-body-mib", "inf"], "--max-body-mib: must be a finite number"),
+    (["agent_actors", "supervisor", "--idle-timeout", "nan"],
+     "--idle-timeout must be a finite number greater than 0"),
+    (["agent_actors", "supervisor", "--coalesce-ms", "inf"],
+     "--coalesce-ms must be a finite number, 0 or more"),
     (["agent_actors", "supervisor", "--max-agents", "0"], "--max-agents must be at least 1"),
     (["agent_actors", "supervisor", "--lease-ttl-ms", "10"],
      "--lease-ttl-ms must be from 1000 to 600000"),
@@ -127,3 +162,41 @@ def test_a_command_refuses_an_option_out_of_range_as_a_usage_error(argv: list[st
     done = _run([sys.executable, "-m", *argv])
     assert done.returncode == 2, done.stderr[-2000:]
     assert says in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_settings_left_empty_written_as_digits_or_zero_are_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Empty meant "the default" before the settings were checked, a token of digits is
+    still a token (not the number JSON makes of it), and 0 tokens/s is the demo's instant."""
+    for key in [k for k in os.environ if k.startswith("CHAT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CHAT_STREAMS_AUTH_TOKEN", "0123456")
+    monkeypatch.setenv("CHAT_AGENT_MODEL", "")
+    monkeypatch.setenv("CHAT_AGENT_STREAMS_URL", " ")
+    monkeypatch.setenv("CHAT_DEMO_TOKENS_PER_SECOND", "0")
+    app = Flask("settings")
+    load_config(app, None)
+    assert app.config["STREAMS_AUTH_TOKEN"] == "0123456"
+    assert app.config["AGENT_MODEL"] is None and app.config["AGENT_STREAMS_URL"] is None
+    assert app.config["DEMO_TOKENS_PER_SECOND"] == 0
+
+    parser = build_parser()
+    args = parser.parse_args(["supervisor", "--demo-tokens-per-second", "0",
+                              "--log-level", "critical"])
+    check_args(parser, args)  # exits (SystemExit) if refused
+    assert args.log_level == "CRITICAL"
+
+
+def test_an_app_that_never_served_closes_the_agents_offsets_file_when_stopped(
+    tmp_path: Path,
+) -> None:
+    def open_offsets_files() -> list[str]:
+        fds = Path("/proc/self/fd")
+        targets = [os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()]
+        return [t for t in targets if "agents.sqlite3" in t and t.startswith(str(tmp_path))]
+
+    app = create_app({"DATA_DIR": str(tmp_path)})
+    assert open_offsets_files()  # opened at start, to refuse a damaged one at once
+    app.extensions["background_work"].stop()
+    assert open_offsets_files() == []

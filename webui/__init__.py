@@ -18,7 +18,7 @@ from agent_actors.offsets_store import OffsetsFileError
 from streams_server import StreamsBackend, StreamsSettings
 from streams_server.backend import DataDirectoryError
 from streams_server import init_app as init_streams
-from streams_server.config import MIB
+from streams_server.config import mib_to_bytes
 from webui import chat
 from webui.config import ConfigError, load_config
 from webui.embedded import BackgroundWork
@@ -36,10 +36,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     _configure_logging()
     settings = StreamsSettings(
         long_poll_timeout_s=float(app.config["LONG_POLL_TIMEOUT_S"]),
-        max_body_bytes=int(float(app.config["MAX_BODY_MIB"]) * MIB),
+        max_body_bytes=mib_to_bytes(app.config["MAX_BODY_MIB"]),
         auth_token=app.config["STREAMS_AUTH_TOKEN"],
         max_storage_bytes=(None if app.config["MAX_STORAGE_MIB"] is None
-                           else int(float(app.config["MAX_STORAGE_MIB"]) * MIB)),
+                           else mib_to_bytes(app.config["MAX_STORAGE_MIB"])),
     )
     data_dir = None if app.config["STREAMS_MEMORY"] else os.path.join(app.config["DATA_DIR"], "streams")
     try:

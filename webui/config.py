@@ -8,6 +8,8 @@ can be (`CHAT_EMBEDDED_SUPERVISOR=false`). The model is configured the Anthropic
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,12 +50,24 @@ class ConfigError(ValueError):
     """Settings the app cannot run with; the message names each one and what it must be."""
 
 
+TEXT_SETTINGS = ("DATA_DIR", "STREAMS_BROWSER_URL", "STREAMS_AUTH_TOKEN", "AGENT_STREAMS_URL",
+                 "AGENT_MODEL", "AGENT_WAKE_STREAM")
+OPTIONAL_SETTINGS = ("STREAMS_AUTH_TOKEN", "AGENT_STREAMS_URL", "AGENT_MODEL")
+"""Settings an empty value leaves unset (their defaults apply)."""
+
+
 def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
     """Fill `app.config`; raises `ConfigError` for a setting out of its range or type."""
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("CHAT")
+    for key in TEXT_SETTINGS:  # as written: JSON would make a token of digits a number
+        if f"CHAT_{key}" in os.environ:
+            app.config[key] = os.environ[f"CHAT_{key}"]
     if test_config:
         app.config.from_mapping(test_config)
+    for key in OPTIONAL_SETTINGS:
+        if isinstance(app.config[key], str) and not app.config[key].strip():
+            app.config[key] = None
     check_config(app.config)
 
 
@@ -64,17 +78,24 @@ def _number(low: float, *, above: bool = False, high: float | None = None,
             return True
         if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
             return False
+        if not math.isfinite(value):  # JSON's NaN and Infinity; NaN passes every comparison
+            return False
         return (value > low if above else value >= low) and (high is None or value <= high)
-    kind = "a whole number" if whole else "a number"
+    kind = "a whole number" if whole else "a finite number"
     bound = f"greater than {low:g}" if above else f"at least {low:g}"
     return ok, (f"{kind} {bound}" + ("" if high is None else f" and at most {high:g}")
                 + (" (or unset)" if optional else ""))
 
 
-def _text(optional: bool = False) -> tuple[Callable[[Any], bool], str]:
+def _text(optional: bool = False, url: bool = False) -> tuple[Callable[[Any], bool], str]:
     def ok(value: Any) -> bool:
-        return (optional and value is None) or (isinstance(value, str) and value.strip() != "")
-    return ok, "text" + (" (or unset)" if optional else "")
+        if optional and value is None:
+            return True
+        if not isinstance(value, str) or not value.strip():
+            return False
+        return not url or value.startswith(("http://", "https://"))
+    wanted = "an http:// or https:// URL" if url else "text"
+    return ok, wanted + (" (or unset)" if optional else "")
 
 
 _FLAG = (lambda value: isinstance(value, bool), "true or false")
@@ -88,7 +109,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "MAX_BODY_MIB": _number(0, above=True),
     "MAX_STORAGE_MIB": _number(0, above=True, optional=True),
     "EMBEDDED_SUPERVISOR": _FLAG,
-    "AGENT_STREAMS_URL": _text(optional=True),
+    "AGENT_STREAMS_URL": _text(optional=True, url=True),
     "AGENT_MODEL": _text(optional=True),
     "AGENT_IDLE_TIMEOUT_S": _number(0, above=True),
     "AGENT_MAX_AGENTS": _number(1, whole=True),
@@ -96,7 +117,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "AGENT_LEASE_TTL_MS": _number(LEASE_TTL_MS_RANGE[0], high=LEASE_TTL_MS_RANGE[1],
                                   whole=True),
     "AGENT_WAKE_STREAM": _text(),
-    "DEMO_TOKENS_PER_SECOND": _number(0, above=True),
+    "DEMO_TOKENS_PER_SECOND": _number(0),  # 0: instant answers
 }
 
 

@@ -101,6 +101,9 @@ class BackgroundWork:
                     pass
                 self.supervisor = None
                 self._release_leases()
+            elif self._offsets is not None:  # no supervisor started to own and close it
+                self._offsets.close()
+            self._offsets = None
         self._backend.close()
 
     def _release_leases(self) -> None:

@@ -34,6 +34,10 @@ def _write_secret(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+class DamagedKeyFile(ValueError):
+    """A key file of the data directory cannot be used."""
+
+
 class ServerKeys:
     """Loads or creates the signing and token keys under `key_dir` (None: in memory)."""
 
@@ -57,8 +61,12 @@ class ServerKeys:
         path = os.path.join(key_dir, SIGNING_KEY_FILE)
         if os.path.exists(path):
             with open(path, "rb") as f:
-                key = serialization.load_pem_private_key(f.read(), password=None)
-            assert isinstance(key, Ed25519PrivateKey)
+                try:
+                    key = serialization.load_pem_private_key(f.read(), password=None)
+                except (ValueError, TypeError) as exc:
+                    raise DamagedKeyFile(f"{path} is not a PEM private key: {exc}") from exc
+            if not isinstance(key, Ed25519PrivateKey):
+                raise DamagedKeyFile(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
             return key
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
