@@ -151,6 +151,7 @@ class ConversationAgent(pykka.ThreadingActor):
         self._reader: Tail | None = None
         self._stopping = threading.Event()
         self._stop_reason = "shutdown"
+        self._stop_requested = False
         self._failure = ""  # why the server failed it, when it stops for that ("failed")
         self._passivating = False
         heartbeat = settings.heartbeat_s or max(0.5, lease.lease_ttl_ms / 3000)
@@ -202,6 +203,11 @@ class ConversationAgent(pykka.ThreadingActor):
         self._notify(AgentCrashed(self.conversation_id, f"{exception_value}"))
 
     def _stop_with(self, reason: str) -> None:
+        """Stop once the messages already queued are handled; the first reason given wins,
+        and no new answer starts meanwhile (it would only be aborted)."""
+        if self._stop_requested:
+            return
+        self._stop_requested = True
         self._stop_reason = reason
         self.actor_ref.stop(block=False)
 
@@ -267,7 +273,8 @@ class ConversationAgent(pykka.ThreadingActor):
         self._start_next()
 
     def _start_next(self) -> None:
-        if self._current is not None or self._passivating or self._producer is None:
+        if (self._current is not None or self._passivating or self._stop_requested
+                or self._producer is None):
             return
         while self._queue:
             prompt = self._queue.popleft()

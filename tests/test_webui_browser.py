@@ -345,6 +345,33 @@ def test_stop_cancels_the_answer_in_progress_not_the_prompts_waiting_their_turn(
     assert cancelled == [first_id]
 
 
+def test_a_second_stop_while_the_first_is_being_cancelled_leaves_the_next_prompt_alone(
+    tmp_path: Path, model: FakeAnthropic, new_context: NewContext,
+) -> None:
+    """No agent runs here, so the cancelled answer stays "cancelling" for as long as the test
+    looks: a second Stop (a double click, Esc after the click) used to cancel the prompt
+    waiting behind it."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"EMBEDDED_SUPERVISOR": "false"})
+    try:
+        page = open_chat(new_context(), app.url)
+        first, queued = unique("Answered by nobody"), unique("Waiting behind it")
+        first_id = send_prompt(page, first)
+        send_prompt(page, queued)
+        wait_state(page, queued, "queued")
+        page.get_by_test_id("stop-button").click()
+        wait_state(page, first, "cancelling")
+        expect(page.get_by_test_id("stop-button")).to_be_hidden()
+        page.get_by_test_id("composer-input").press("Escape")
+        page.get_by_test_id("composer-input").fill("typed after")  # a round trip to the page
+        cancels = [m.get("promptId") for m in prompt_messages(app.url, conversation_id(page))
+                   if m.get("type") == "cancel"]
+        assert cancels == [first_id]
+        expect(turn_for(page, queued)).to_have_attribute("data-state", "queued")
+    finally:
+        app.terminate()
+
+
 HIDE_TAB_JS = """() => {
     Object.defineProperty(document, "visibilityState", {configurable: true, get: () => "hidden"});
     document.dispatchEvent(new Event("visibilitychange"));

@@ -272,14 +272,17 @@ function pendingPrompts(conversationId) {
   return items;
 }
 
-function cancellablePromptIds() {
-  if (!current) return [];
-  const cancelling = new Set(pendingState().prompts.filter((p) => p.type === "cancel").map((p) => p.promptId));
-  const ids = current.transcript.visibleTurns()
-    .filter((t) => ["thinking", "streaming"].includes(turnState(t)))
-    .map((t) => t.promptId);
-  for (const p of pendingPrompts(current.id)) if (!p.failed && !current.transcript.turns.get(p.id)?.prompt) ids.push(p.id);
-  return ids.filter((id) => !cancelling.has(id));
+/** The prompt Stop applies to: the first unfinished one (the agent answers in order), or null
+ * when there is none or it is being cancelled already (a second Stop must not reach the
+ * prompts waiting behind it: they are questions of their own). */
+function promptToStop() {
+  if (!current) return null;
+  const first = current.transcript.visibleTurns().find((t) => !t.final);
+  const unsent = pendingPrompts(current.id).find((p) => !p.failed && !current.transcript.turns.get(p.id)?.prompt);
+  const id = first?.promptId ?? unsent?.id;
+  if (!id || first?.cancelRequested) return null;
+  const cancelSent = pendingState().prompts.some((p) => p.type === "cancel" && p.promptId === id);
+  return cancelSent ? null : id;
 }
 
 const scheduleRender = frameThrottle(render);
@@ -296,7 +299,7 @@ function render() {
   const title = conversationTitle(c.id) ?? "New conversation";
   ui.title.textContent = title;
   document.title = `${title} · Durable Agent Chat`;
-  ui.stop.hidden = cancellablePromptIds().length === 0;
+  ui.stop.hidden = promptToStop() === null;
   const active = turns.filter((t) => !t.final).map(turnState);
   flow.setAgentState(active.includes("streaming") ? "streaming" : active.includes("thinking") ? "thinking" : active.length ? active[0] : "idle");
   ui.messages.dataset.ready = String(loaded);
@@ -341,12 +344,10 @@ function send() {
   view.scrollToBottom();
 }
 
-/** Stop the answer in progress: the first unfinished prompt (the agent answers in order).
- * Prompts waiting their turn are questions of their own; another Stop cancels the next. */
+/** Stop the answer in progress (see `promptToStop`). */
 function stop() {
-  if (!current) return;
-  const [inProgress] = cancellablePromptIds();
-  if (inProgress) protocol.cancelPrompt(outbox, current.id, inProgress);
+  const id = promptToStop();
+  if (id) protocol.cancelPrompt(outbox, current.id, id);
   scheduleRender();
 }
 
