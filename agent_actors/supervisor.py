@@ -45,6 +45,7 @@ from agent_actors.offsets_store import OffsetsStore
 from agent_actors.schema import parse_conversation_entry
 from agent_actors.stream_types import Lease
 from agent_actors.streams_client import StreamsClient, Tail
+from agent_actors.timers import Timers
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class Supervisor(pykka.ThreadingActor):
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._timers = Timers("supervisor-timers")
         self._stopping = threading.Event()
         self._tails: list[Tail] = []
 
@@ -160,6 +162,7 @@ class Supervisor(pykka.ThreadingActor):
             except (pykka.Timeout, pykka.ActorDeadError):
                 log.info("an agent did not stop in time; its lease will expire instead")
         self.agents.clear()
+        self._timers.close()
         for _ in range(self.settings.job_threads):
             self._jobs.put(None)
         self.offsets.close()
@@ -198,9 +201,7 @@ class Supervisor(pykka.ThreadingActor):
             return
         wait = self._not_before.get(cid, 0) - time.monotonic()
         if wait > 0:
-            timer = threading.Timer(wait, lambda: self._tell(_Retry(cid)))
-            timer.daemon = True
-            timer.start()
+            self._timers.call_later(wait, lambda: self._tell(_Retry(cid)))
             return
         if len(self.agents) + len(self._claiming) >= self.settings.max_agents:
             if cid not in self._deferred:
@@ -309,10 +310,8 @@ class Supervisor(pykka.ThreadingActor):
         if self._stopping.is_set() or self._check_pending(cid):
             return
         delay = min(MAX_BACKOFF_S, self.settings.restart_backoff_s * 2 ** attempt)
-        timer = threading.Timer(
+        self._timers.call_later(
             delay, lambda: self._jobs.put(functools.partial(self._recheck, cid, attempt + 1)))
-        timer.daemon = True
-        timer.start()
 
     def _check_pending(self, cid: str) -> bool:
         """Ensure the conversation's subscription; report it if prompts await an answer.

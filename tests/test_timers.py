@@ -1,0 +1,55 @@
+"""`Timers`: many delayed callbacks on one thread, in deadline order."""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import pytest
+
+from agent_actors.timers import Timers
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_callbacks_run_in_deadline_order_on_a_single_thread() -> None:
+    timers = Timers("test-timers")
+    ran: list[int] = []
+    threads: set[str] = set()
+    all_ran = threading.Event()
+    before = threading.active_count()
+
+    def callback(n: int) -> None:
+        ran.append(n)
+        threads.add(threading.current_thread().name)
+        if len(ran) == 300:
+            all_ran.set()
+
+    for n in range(300):  # scheduled out of order: 299, 298, ... due first
+        timers.call_later(0.05 + (299 - n) * 0.001, functools.partial(callback, n))
+    assert threading.active_count() <= before + 1  # one thread, not one per timer
+    assert all_ran.wait(10)
+    assert ran == sorted(ran, reverse=True)
+    assert threads == {"test-timers"}
+    timers.close()
+
+
+def test_a_failing_callback_does_not_stop_the_others_and_close_drops_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    timers = Timers("test-timers")
+    second = threading.Event()
+    late = threading.Event()
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    timers.call_later(0.0, boom)
+    timers.call_later(0.01, second.set)
+    assert second.wait(5)
+    assert "a scheduled callback failed" in caplog.text
+    timers.call_later(0.2, late.set)
+    timers.close()
+    assert not late.wait(0.5)
+    timers.call_later(0.0, late.set)  # after close: ignored
+    assert not late.wait(0.2)
