@@ -18,7 +18,10 @@ from tests.support.agents import ChatClient, wait_for_answers
 from tests.support.webapp import start_chat_app
 
 
-def test_ctrl_c_stops_flask_run_promptly_in_the_middle_of_an_answer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_stops_flask_run_promptly_in_the_middle_of_an_answer(
+    tmp_path: Path, sig: signal.Signals,
+) -> None:
     """At exit the app's own server is already down, so its agents cannot release their
     leases over HTTP: Ctrl+C must still end the process within seconds, without a traceback
     (it used to wait 15 s per agent and end in a pykka Timeout)."""
@@ -33,7 +36,7 @@ def test_ctrl_c_stops_flask_run_promptly_in_the_middle_of_an_answer(tmp_path: Pa
                 if any(m.get("type") == "chunk" for m in batch.messages):
                     break  # the agent is streaming its answer
             started = time.monotonic()
-            app.send_signal(signal.SIGINT)
+            app.send_signal(sig)
             code = app.wait(timeout=20)
             elapsed = time.monotonic() - started
         finally:
@@ -43,13 +46,15 @@ def test_ctrl_c_stops_flask_run_promptly_in_the_middle_of_an_answer(tmp_path: Pa
     assert "Traceback" not in app.log_path.read_text(errors="replace"), app.log_tail()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
 def test_after_ctrl_c_the_next_start_resumes_the_answer_without_waiting_for_the_lease(
-    tmp_path: Path,
+    tmp_path: Path, sig: signal.Signals,
 ) -> None:
     """At exit the embedded agents cannot release their leases over HTTP (the app's server
     is down), so the next `flask run` waited out the lease (30 s by default) before it
     finished the answer. The app now releases its own agents' leases in-process as it stops.
-    The lease here is ten minutes: the answer must not wait for it."""
+    The lease here is ten minutes: the answer must not wait for it. `kill` (SIGTERM) used
+    to end the process without that, so it waited."""
     ten_minutes = 600_000
     with FakeAnthropic(reply=" ".join(f"word{i}" for i in range(60)), tokens_per_second=20) as model:
         app = start_chat_app(tmp_path / "data", model_url=model.url, interruptible=True,
@@ -62,7 +67,7 @@ def test_after_ctrl_c_the_next_start_resumes_the_answer_without_waiting_for_the_
             for batch in client.tail(layout.responses_path(cid), "-1"):
                 if any(m.get("type") == "chunk" for m in batch.messages):
                     break  # the agent is streaming its answer
-            app.send_signal(signal.SIGINT)
+            app.send_signal(sig)
             assert app.wait(timeout=20) == 0, app.log_tail()
 
             app.start()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from typing import Any
 
 import click
@@ -36,6 +38,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     _configure_logging()
     settings = StreamsSettings(
         long_poll_timeout_s=float(app.config["LONG_POLL_TIMEOUT_S"]),
+        sse_keepalive_s=float(app.config["SSE_KEEPALIVE_S"]),
         max_body_bytes=mib_to_bytes(app.config["MAX_BODY_MIB"]),
         auth_token=app.config["STREAMS_AUTH_TOKEN"],
         max_storage_bytes=(None if app.config["MAX_STORAGE_MIB"] is None
@@ -53,7 +56,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     except OffsetsFileError as exc:
         backend.close()
         raise StartupError(str(exc)) from exc
+    _stop_on_sigterm_as_on_ctrl_c()
     return app
+
+
+def _stop_on_sigterm_as_on_ctrl_c() -> None:
+    """`kill` (and systemd's or docker's stop) ends `flask run` the way Ctrl+C does, through
+    its clean exit, where the embedded agents' leases are released: killed outright, the
+    next start waits out the lease before finishing their answers. Only where no one
+    handles SIGTERM yet: a WSGI server that has its own handler keeps it."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 class StartupError(click.ClickException):

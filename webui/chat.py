@@ -34,6 +34,9 @@ chat_bp = Blueprint(
 )
 
 
+SILENCE_KEEPALIVES = 2.5
+
+
 def init_app(app: Flask) -> None:
     """Register the chat and inspector pages on ``app`` and give their settings defaults."""
     for key, value in DEFAULTS.items():
@@ -48,6 +51,8 @@ def browser_settings() -> dict[str, Any]:
     return {
         "streamsUrl": str(current_app.config["STREAMS_BROWSER_URL"]).rstrip("/"),
         "authToken": current_app.config.get("STREAMS_AUTH_TOKEN") or None,
+        # Two keep-alives missed, and then some: the connection (or the server) is gone.
+        "silenceMs": int(SILENCE_KEEPALIVES * float(current_app.config["SSE_KEEPALIVE_S"]) * 1000),
         "agents": {
             "wakeStream": current_app.config.get("AGENT_WAKE_STREAM", "agents/wake"),
             "leaseTtlMs": int(current_app.config.get("AGENT_LEASE_TTL_MS", 30_000)),

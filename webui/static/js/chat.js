@@ -15,7 +15,7 @@ import { el, formatTime, frameThrottle } from "./util.js";
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 
-const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken });
+const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken, silenceMs: config.silenceMs });
 const hub = new StreamHub(client);
 const outbox = new Outbox(client);
 

@@ -14,6 +14,8 @@ function readConfig() {
     streamsUrl: root.href.replace(/\/+$/, ""),
     /** Optional bearer token for the streams server. */
     authToken: raw.authToken || null,
+    /** Silence (ms) after which a live read reconnects and an append is retried; 0: never. */
+    silenceMs: Number(raw.silenceMs) > 0 ? Number(raw.silenceMs) : 0,
     /** How conversations' subscriptions wake the agents (must match the supervisor's). */
     agents: Object.freeze({
       wakeStream: raw.agents?.wakeStream || "agents/wake",

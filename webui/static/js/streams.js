@@ -37,11 +37,59 @@ export function parseJsonBody(text) {
   return Array.isArray(value) ? value : [value];
 }
 
+/** A live read or an append that heard nothing from the server for too long. */
+export class StalledError extends Error {
+  constructor(ms) {
+    super(`no word from the server for ${Math.round(ms / 1000)} s`);
+    this.name = "StalledError";
+  }
+}
+
+/**
+ * An AbortController for one request that also aborts when `outer` does, or (with `silenceMs`)
+ * when `feed()` has not been called for that long: a server that froze, or a connection that
+ * died without closing, sends nothing, and a fetch would wait for it forever.
+ */
+class RequestGuard {
+  constructor(outer, silenceMs) {
+    this.controller = new AbortController();
+    this.signal = this.controller.signal;
+    this.silenceMs = silenceMs;
+    this.timer = null;
+    this.onOuterAbort = () => this.controller.abort(outer.reason);
+    this.outer = outer;
+    outer?.addEventListener("abort", this.onOuterAbort, { once: true });
+    this.feed();
+  }
+
+  feed() {
+    if (!(this.silenceMs > 0)) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.controller.abort(new StalledError(this.silenceMs)), this.silenceMs);
+  }
+
+  /** The error to report: the stall, rather than the AbortError it caused. */
+  reason(err) {
+    return this.signal.reason instanceof StalledError ? this.signal.reason : err;
+  }
+
+  release() {
+    clearTimeout(this.timer);
+    this.outer?.removeEventListener("abort", this.onOuterAbort);
+  }
+}
+
 export class StreamsClient {
-  /** @param {{baseUrl: string, token?: string|null}} options */
-  constructor({ baseUrl, token = null }) {
+  /**
+   * @param {{baseUrl: string, token?: string|null, silenceMs?: number}} options
+   * `silenceMs`: a live read that receives nothing (not even the server's keep-alive
+   * comments) for this long is dropped and resumed, and an append unanswered for this long
+   * (plus time for its body) is given up, to be retried; 0 waits forever.
+   */
+  constructor({ baseUrl, token = null, silenceMs = 0 }) {
     this.baseUrl = baseUrl.replace(/\/+$/, "");
     this.token = token;
+    this.silenceMs = silenceMs;
   }
 
   /** The URL of a stream path (segments are percent-encoded, slashes kept). */
@@ -144,7 +192,17 @@ export class StreamsClient {
       extra["Producer-Seq"] = String(producer.seq);
     }
     if (close) extra["Stream-Closed"] = "true";
-    const res = await fetch(this.url(path), { method: "POST", headers: this.headers(extra), body, signal });
+    // Time for the body too, at 50 kB/s at least: a slow upload is not a stalled server.
+    const size = typeof body === "string" ? body.length : body?.byteLength ?? body?.size ?? 0;
+    const guard = new RequestGuard(signal, this.silenceMs > 0 ? this.silenceMs + size / 50 : 0);
+    let res;
+    try {
+      res = await fetch(this.url(path), { method: "POST", headers: this.headers(extra), body, signal: guard.signal });
+    } catch (err) {
+      throw guard.reason(err);
+    } finally {
+      guard.release();
+    }
     const h = res.headers;
     return {
       ok: res.ok,
@@ -233,12 +291,16 @@ export class StreamsClient {
     status("connecting");
     while (!signal?.aborted) {
       let delivered = false;
+      const guard = new RequestGuard(signal, this.silenceMs);
       try {
         const res = await fetch(this.url(path, { offset: current, live: "sse" }), {
           headers: this.headers({ Accept: "text/event-stream" }),
-          signal,
+          signal: guard.signal,
           cache: "no-store",
+        }).catch((err) => {
+          throw guard.reason(err);
         });
+        guard.feed();
         if (!res.ok) throw await httpError(res);
         const base64 = (res.headers.get("Stream-SSE-Data-Encoding") || "").toLowerCase() === "base64";
         const kind = base64 ? "bytes" : bodyKind(contentType);
@@ -248,6 +310,8 @@ export class StreamsClient {
           attempt = 0;
           status("live", { upToDate: batch.upToDate });
           if (batch.count > 0 || batch.from !== batch.to || batch.closed) onBatch?.(batch);
+        }, () => guard.feed()).catch((err) => {
+          throw guard.reason(err);
         });
         if (outcome.closed) {
           status("closed");
@@ -269,13 +333,15 @@ export class StreamsClient {
         } catch {
           break;
         }
+      } finally {
+        guard.release();
       }
     }
     return { offset: current, aborted: true };
   }
 }
 
-async function consumeSse(res, kind, startOffset, deliver) {
+async function consumeSse(res, kind, startOffset, deliver, heard) {
   let from = startOffset;
   let pending = [];
   let closed = false;
@@ -305,6 +371,7 @@ async function consumeSse(res, kind, startOffset, deliver) {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
+      heard();
       parser.push(value);
       if (failure) throw failure;
       if (closed) break;
