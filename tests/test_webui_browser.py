@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -557,6 +558,70 @@ def test_a_prompt_sent_while_the_server_is_down_is_delivered_once(
         assert streamed_answer(app.url, cid, prompt_id) == reply
     finally:
         app.terminate()
+
+
+def test_a_frozen_server_is_noticed_and_the_answer_resumes_when_it_thaws(
+        tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """A server that stops answering without closing its connections (frozen, or a network
+    path that died) used to leave the page showing "Live" and "Sending…" forever. The page
+    now counts on the server's SSE keep-alives (0.4 s here, 15 s by default)."""
+    model.tokens_per_second = 10
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_KEEPALIVE_S": "0.4"})
+    try:
+        page = open_chat(new_context(), app.url)
+        prompt, reply = unique("Talk while I freeze"), words("thaw", 40)
+        replies.set(prompt, reply)
+        prompt_id = send_prompt(page, prompt)
+        wait_words(page, prompt_id, 3)
+        pill = page.get_by_test_id("connection-pill")
+        expect(pill).to_have_attribute("data-state", "live")
+        phone = open_chat(new_context(viewport=PHONE), app.url)
+
+        app.send_signal(signal.SIGSTOP)
+        try:
+            expect(pill).to_have_attribute("data-state", "reconnecting", timeout=10_000)
+            expect(page.get_by_test_id("connection-banner")).to_be_visible()
+            # The pill's wider "Reconnecting" used to push a phone's page past its screen.
+            expect(phone.get_by_test_id("connection-pill")).to_have_attribute(
+                "data-state", "reconnecting", timeout=10_000)
+            assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+            second = unique("Sent to the frozen server")
+            replies.set(second, words("later", 5))
+            send_prompt(page, second)
+            wait_state(page, second, "sending")
+        finally:
+            app.send_signal(signal.SIGCONT)
+        wait_state(page, prompt, "done", timeout=40_000)
+        wait_state(page, second, "done", timeout=40_000)
+        expect(pill).to_have_attribute("data-state", "live")
+        assert answer_text(page, prompt) == norm(reply)
+        assert_grew_cleanly(turn_log(page, prompt_id), reply)
+        prompts = [m["content"] for m in prompt_messages(app.url, conversation_id(page))
+                   if m.get("type") == "prompt"]
+        assert prompts == [prompt, second]  # the retried append was stored once
+    finally:
+        app.terminate()
+
+
+def test_a_narrow_table_scrolls_instead_of_breaking_its_words(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    columns = ["Notes", "left", "right", "bold", "italic", "strike", "code", "quote", "links"]
+    table = "\n".join(["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns),
+                       "| " + " | ".join(w.upper() for w in columns) + " |"])
+    prompt = unique("A wide table, please")
+    replies.set(prompt, f"Here:\n\n{table}\n")
+    page = open_chat(new_context(viewport=PHONE), chat_app.url)
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+    lines_per_cell = page.evaluate("""() => [...document.querySelectorAll('.md-table th, .md-table td')]
+        .map(cell => { const r = document.createRange(); r.selectNodeContents(cell);
+                       return [cell.textContent, r.getClientRects().length]; })""")
+    assert len(lines_per_cell) == 2 * len(columns)
+    assert all(lines == 1 for _, lines in lines_per_cell), lines_per_cell
+    wrapper = page.locator(".md-table").last
+    assert wrapper.evaluate("w => w.scrollWidth > w.clientWidth")  # it scrolls sideways
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
 
 
 def fill_stream(app_url: str, path: str, content_type: str, pieces: list[bytes]) -> None:
