@@ -603,6 +603,19 @@ def test_a_frozen_server_is_noticed_and_the_answer_resumes_when_it_thaws(
         app.terminate()
 
 
+def test_a_draft_typed_for_a_new_conversation_survives_a_reload(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """A conversation not started yet gets a new id on every load: its draft was kept under
+    that id, so a reload lost it (drafts of existing conversations survived)."""
+    page = open_chat(new_context(), chat_app.url)
+    box = page.get_by_test_id("composer-input")
+    draft = unique("Half a thought")
+    box.fill(draft)
+    page.reload()
+    wait_ready(page)
+    expect(page.get_by_test_id("composer-input")).to_have_value(draft)
+
+
 def test_a_narrow_table_scrolls_instead_of_breaking_its_words(
         chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
         new_context: NewContext) -> None:

@@ -330,13 +330,14 @@ function send() {
   const text = ui.input.value.trim();
   if (!text || !current) return;
   const id = current.id;
+  const draft = draftKey();
   if (!isKnown(id)) {
     protocol.startConversation(outbox, { id, title: protocol.titleFrom(text) });
     if (idFromHash() !== id) history.replaceState(null, "", `#/c/${id}`);
   }
   protocol.sendPrompt(outbox, id, text);
   ui.input.value = "";
-  sessionStorage.removeItem(draftKey());
+  saveDraft(draft, "");
   autosize();
   maybeFollow();
   renderConversationList();
@@ -351,8 +352,19 @@ function stop() {
   scheduleRender();
 }
 
+/** Drafts are kept per conversation; a conversation not started yet has a new id on every
+ * load, so its draft is kept as the new conversation's. */
 function draftKey() {
-  return `draft:${current?.id ?? ""}`;
+  return `draft:${current && isKnown(current.id) ? current.id : "new"}`;
+}
+
+function saveDraft(key, text) {
+  try {
+    if (text) sessionStorage.setItem(key, text);
+    else sessionStorage.removeItem(key);
+  } catch (err) {
+    console.warn("draft not kept (sessionStorage is full)", err); // the text stays in the box
+  }
 }
 
 function autosize() {
@@ -378,8 +390,7 @@ function wire() {
   });
   ui.input.addEventListener("input", () => {
     autosize();
-    if (ui.input.value) sessionStorage.setItem(draftKey(), ui.input.value);
-    else sessionStorage.removeItem(draftKey());
+    saveDraft(draftKey(), ui.input.value);
   });
   ui.stop.addEventListener("click", () => {
     stop();
@@ -418,6 +429,7 @@ function wire() {
     // Give the text back so it can be sent again.
     if (current?.id === m?.[1] && !ui.input.value.trim()) {
       ui.input.value = body.content;
+      saveDraft(draftKey(), body.content); // kept across a reload, as typed text is
       autosize();
     }
     scheduleRender();
