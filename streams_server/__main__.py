@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         max_chunk_bytes=args.max_chunk_kib * 1024,
         max_path_length=args.max_path_length,
         auth_token=args.auth_token,
-        max_storage_bytes=None if args.max_storage_mib is None else mib_to_bytes(args.max_storage_mib),
+        max_storage_bytes=(None if args.max_storage_mib is None
+                           else mib_to_bytes(args.max_storage_mib)),
     )
     try:
         backend = StreamsBackend.open(None if args.memory else args.data_dir, settings)

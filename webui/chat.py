@@ -52,7 +52,7 @@ def browser_settings() -> dict[str, Any]:
         "streamsUrl": str(current_app.config["STREAMS_BROWSER_URL"]).rstrip("/"),
         "authToken": current_app.config.get("STREAMS_AUTH_TOKEN") or None,
         # Two keep-alives missed, and then some: the connection (or the server) is gone.
-        "silenceMs": int(SILENCE_KEEPALIVES * float(current_app.config["SSE_KEEPALIVE_S"]) * 1000),
+        "silenceMs": int(SILENCE_KEEPALIVES * current_app.config["SSE_KEEPALIVE_S"] * 1000),
         "agents": {
             "wakeStream": current_app.config.get("AGENT_WAKE_STREAM", "agents/wake"),
             "leaseTtlMs": int(current_app.config.get("AGENT_LEASE_TTL_MS", 30_000)),

@@ -58,7 +58,8 @@ class RequestGuard {
     this.timer = null;
     this.onOuterAbort = () => this.controller.abort(outer.reason);
     this.outer = outer;
-    outer?.addEventListener("abort", this.onOuterAbort, { once: true });
+    if (outer?.aborted) this.controller.abort(outer.reason);
+    else outer?.addEventListener("abort", this.onOuterAbort, { once: true });
     this.feed();
   }
 
