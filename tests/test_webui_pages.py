@@ -40,6 +40,7 @@ def test_pages_default_to_the_streams_root_on_the_same_origin(path: str) -> None
     assert page_settings(response.get_data(as_text=True)) == {
         "streamsUrl": "/v1/stream",
         "authToken": None,
+        "silenceMs": 37500,  # 2.5 keep-alives of 15 s
         "agents": {"wakeStream": "agents/wake", "leaseTtlMs": 30000},
     }
     csp = response.headers["Content-Security-Policy"]

@@ -23,6 +23,9 @@ DEFAULTS: dict[str, Any] = {
     # Optional bearer token the browser sends as ``Authorization: Bearer <token>``.
     # Whoever can load the page can read it: use it to gate a deployment, not per user.
     "STREAMS_AUTH_TOKEN": None,
+    # How often the streams server sends SSE keep-alives: the page reconnects after 2.5 of
+    # them are missed.
+    "SSE_KEEPALIVE_S": 15.0,
 }
 
 chat_bp = Blueprint(
