@@ -46,7 +46,8 @@ def test_ctrl_c_stops_flask_run_promptly_in_the_middle_of_an_answer(
     assert "Traceback" not in app.log_path.read_text(errors="replace"), app.log_tail()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["ctrl-c", "kill", "kill-9"])
 def test_after_ctrl_c_the_next_start_resumes_the_answer_without_waiting_for_the_lease(
     tmp_path: Path, sig: signal.Signals,
 ) -> None:
@@ -54,7 +55,8 @@ def test_after_ctrl_c_the_next_start_resumes_the_answer_without_waiting_for_the_
     is down), so the next `flask run` waited out the lease (30 s by default) before it
     finished the answer. The app now releases its own agents' leases in-process as it stops.
     The lease here is ten minutes: the answer must not wait for it. `kill` (SIGTERM) used
-    to end the process without that, so it waited."""
+    to end the process without that, so it waited; after `kill -9`, which leaves no chance
+    to release anything, the next start releases the leases its dead predecessor held."""
     ten_minutes = 600_000
     with FakeAnthropic(reply=" ".join(f"word{i}" for i in range(60)), tokens_per_second=20) as model:
         app = start_chat_app(tmp_path / "data", model_url=model.url, interruptible=True,
@@ -68,7 +70,7 @@ def test_after_ctrl_c_the_next_start_resumes_the_answer_without_waiting_for_the_
                 if any(m.get("type") == "chunk" for m in batch.messages):
                     break  # the agent is streaming its answer
             app.send_signal(sig)
-            assert app.wait(timeout=20) == 0, app.log_tail()
+            assert app.wait(timeout=20) == (-sig if sig == signal.SIGKILL else 0), app.log_tail()
 
             app.start()
             client = StreamsClient(f"{app.url}/v1/stream")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import socket
 import threading
 from typing import Any
 
@@ -25,6 +26,8 @@ from streams_server import StreamsBackend
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 2.0
+EMBEDDED_WORKER_PREFIX = f"embedded-{socket.gethostname()}-"
+"""The embedded supervisor's worker name, before its process id."""
 
 
 class BackgroundWork:
@@ -61,6 +64,7 @@ class BackgroundWork:
             self._started = True
             self._backend.start()
             if self._app.config["EMBEDDED_SUPERVISOR"]:
+                self._release_leases_of_earlier_runs()
                 self.supervisor = self._start_supervisor(root_url)
 
     def _start_supervisor(self, root_url: str) -> Any:
@@ -83,6 +87,7 @@ class BackgroundWork:
             # At exit the app's own server has usually stopped already, so agents cannot
             # release their leases over HTTP: do not hold up Ctrl+C waiting for that.
             shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
+            worker_name=f"{EMBEDDED_WORKER_PREFIX}{os.getpid()}",
         )
         log.info("starting the embedded supervisor against %s", streams_url)
         self._worker_name = settings.worker_name
@@ -105,6 +110,20 @@ class BackgroundWork:
                 self._offsets.close()
             self._offsets = None
         self._backend.close()
+
+    def _release_leases_of_earlier_runs(self) -> None:
+        """Leases the embedded agents of an earlier run held when it was killed (`kill -9`,
+        a crash: no clean exit released them). That run is gone, as this database has one
+        server process at a time: released now, its answers resume at once instead of after
+        the lease's TTL (30 s by default)."""
+        try:
+            released = self._backend.subscriptions.release_leases_of(EMBEDDED_WORKER_PREFIX,
+                                                                     prefix=True)
+        except Exception:  # noqa: BLE001 - the leases then expire as after any crash
+            log.warning("could not release the leases of an earlier run", exc_info=True)
+            return
+        if released:
+            log.info("released %d lease(s) an earlier run's embedded agents held", released)
 
     def _release_leases(self) -> None:
         """Its agents have stopped, but by now the app's server usually has too, so they
