@@ -27,8 +27,10 @@ import pytest
 import requests
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request, Route, expect, sync_playwright
 
+from agent_actors.streams_client import StreamsClient
 from tests.fake_anthropic import FakeAnthropic
 from tests.support import ARTIFACTS_DIR, REPO_ROOT, ServerProcess, start_reference_server
+from tests.support.agents import ChatClient
 from tests.support.browser import RECORDER_JS, launch_chromium, turn_for, turn_log, unsafe_nodes
 from tests.support.webapp import ScriptedReplies, read_json_stream, start_chat_app
 
@@ -614,6 +616,23 @@ def test_a_draft_typed_for_a_new_conversation_survives_a_reload(
     page.reload()
     wait_ready(page)
     expect(page.get_by_test_id("composer-input")).to_have_value(draft)
+
+
+def test_a_deep_link_scrolls_the_conversation_list_to_its_conversation(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"EMBEDDED_SUPERVISOR": "false"})
+    try:
+        chat = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000)
+        oldest = chat.start_conversation("The oldest one")  # listed last, newest first
+        for n in range(40):
+            chat.start_conversation(f"Filler {n}")
+        page = open_chat(new_context(), f"{app.url}/#/c/{oldest}")
+        item = page.locator(f'[data-conversation-id="{oldest}"]')
+        expect(item).to_have_attribute("aria-current", "page")
+        expect(item).to_be_in_viewport()
+    finally:
+        app.terminate()
 
 
 def test_a_narrow_table_scrolls_instead_of_breaking_its_words(

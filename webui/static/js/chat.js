@@ -97,6 +97,23 @@ function renderConversationList() {
   }));
   if (focusedId) ui.conversationList.querySelector(`[data-conversation-id="${CSS.escape(focusedId)}"]`)?.focus();
   ui.conversationEmpty.hidden = items.length > 0 || !conversationsLoaded;
+  revealActiveConversation();
+}
+
+let revealed = null; // the conversation the list last scrolled to: the user's scrolling wins after
+
+/** Scroll the list (only the list: the sidebar may be an off-screen drawer) to the open
+ * conversation once, when it is opened or first appears in the list (a deep link). */
+function revealActiveConversation() {
+  if (!current || revealed === current.id) return;
+  const item = ui.conversationList.querySelector('[aria-current="page"]');
+  const box = ui.conversationList.closest(".sidebar");
+  if (!item || !box) return;
+  revealed = current.id;
+  const top = item.getBoundingClientRect().top - box.getBoundingClientRect().top + box.scrollTop;
+  if (top < box.scrollTop || top + item.offsetHeight > box.scrollTop + box.clientHeight) {
+    box.scrollTop = Math.max(0, top - box.clientHeight / 3);
+  }
 }
 
 function followConversations() {
