@@ -65,6 +65,8 @@ class FakeAnthropic:
                  tokens_per_second: float = 200.0, model: str = "claude-fake-1") -> None:
         self.reply: Reply = reply
         self.tokens_per_second = tokens_per_second
+        self.first_token_delay = 0.0
+        """Seconds between the stream's start and its first token (the model "thinking")."""
         self.model = model
         self.requests: list[dict[str, Any]] = []
         self.extra_events: list[tuple[str, dict[str, Any]]] = []
@@ -213,7 +215,8 @@ class _MessagesHandler(http.server.BaseHTTPRequestHandler):
             if failure is not None and index == failure.after_tokens:
                 self._fail_mid_stream(failure.mode)
                 return
-            if index and self.owner._stopping.wait(interval):
+            wait = interval if index else self.owner.first_token_delay
+            if wait and self.owner._stopping.wait(wait):
                 return
             self._event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                                 "delta": {"type": "text_delta", "text": token}})

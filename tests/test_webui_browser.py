@@ -71,8 +71,9 @@ def fake_model(replies: ScriptedReplies) -> Iterator[FakeAnthropic]:
 
 @pytest.fixture
 def model(fake_model: FakeAnthropic) -> FakeAnthropic:
-    """The module's fake model, back at its default token rate."""
+    """The module's fake model, back at its default token rate and thinking time."""
     fake_model.tokens_per_second = 20
+    fake_model.first_token_delay = 0.0
     fake_model.client_disconnected.clear()
     return fake_model
 
@@ -583,6 +584,9 @@ def test_a_frozen_server_is_noticed_and_the_answer_resumes_when_it_thaws(
         try:
             expect(pill).to_have_attribute("data-state", "reconnecting", timeout=10_000)
             expect(page.get_by_test_id("connection-banner")).to_be_visible()
+            # Said once, by the banner (an alert): not also by the pill and the announcer.
+            live_regions = page.locator("[role=alert], [role=status], [aria-live]:not([aria-live=off])")
+            expect(live_regions.filter(has_text=re.compile("Reconnect|Connection lost"))).to_have_count(1)
             # The pill's wider "Reconnecting" used to push a phone's page past its screen.
             expect(phone.get_by_test_id("connection-pill")).to_have_attribute(
                 "data-state", "reconnecting", timeout=10_000)
@@ -616,6 +620,21 @@ def test_a_draft_typed_for_a_new_conversation_survives_a_reload(
     page.reload()
     wait_ready(page)
     expect(page.get_by_test_id("composer-input")).to_have_value(draft)
+
+
+def test_an_announcement_made_at_once_after_another_joins_it_instead_of_replacing_it(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """A screen reader reads a replaced live region from its new text: "Answer complete."
+    replaced a moment later by "The agent is thinking." was never heard."""
+    model.first_token_delay = 3.0  # each prompt is "thinking" for that long
+    page = open_chat(new_context(), chat_app.url)
+    first = unique("First question")
+    send_prompt(page, first)
+    wait_state(page, first, "done")
+    send_prompt(page, unique("Second question, at once"))
+    expect(page.get_by_test_id("announcer")).to_have_text(
+        "Answer complete. The agent is thinking.")
 
 
 def test_a_deep_link_scrolls_the_conversation_list_to_its_conversation(

@@ -52,7 +52,7 @@ const view = new ChatView(ui.messages, $("message-scroll"));
 const flow = new FlowDiagram($("flow-diagram"));
 const promptsPanel = new RawStreamPanel("prompts");
 const responsesPanel = new RawStreamPanel("responses");
-const status = new ConnectionStatus({ pill: $("connection-pill"), banner: $("connection-banner"), announce });
+const status = new ConnectionStatus({ pill: $("connection-pill"), banner: $("connection-banner") });
 
 const conversations = new ConversationList();
 let conversationsLoaded = false;
@@ -336,9 +336,18 @@ function announceChanges(c, turns, loaded) {
   if (loaded) c.announceReady = true;
 }
 
+const ANNOUNCE_JOIN_MS = 1500;
+let lastAnnounced = { text: "", at: -Infinity };
+
+/** Say `text` through the live region. One said moments earlier is kept in front of it: a
+ * replaced region is read from its new text only, so "Answer complete." followed at once by
+ * "The agent is thinking." (the next prompt starting) was never heard. */
 function announce(text) {
+  const now = performance.now();
+  const joined = now - lastAnnounced.at < ANNOUNCE_JOIN_MS ? `${lastAnnounced.text} ${text}` : text;
+  lastAnnounced = { text: joined, at: now };
   ui.announcer.textContent = "";
-  requestAnimationFrame(() => (ui.announcer.textContent = text));
+  requestAnimationFrame(() => (ui.announcer.textContent = joined));
 }
 
 // -------------------------------------------------------------------------------- actions

@@ -10,10 +10,10 @@ export class ConnectionStatus {
   #shown = false;
   #clearTimer = null;
 
-  constructor({ pill, banner, announce }) {
+  /** The banner is the one live region (an alert) about the connection; the pill is not. */
+  constructor({ pill, banner }) {
     this.pill = pill;
     this.banner = banner;
-    this.announce = announce ?? (() => {});
   }
 
   setStream(name, status) {
@@ -70,7 +70,6 @@ export class ConnectionStatus {
     } else text = "Connection lost. Reconnecting…";
     this.banner.dataset.state = state;
     if (this.banner.textContent !== text) this.banner.textContent = text;
-    if (!this.#shown) this.announce(text);
     this.banner.hidden = false;
     this.#shown = true;
   }
@@ -79,7 +78,6 @@ export class ConnectionStatus {
     this.#shown = false;
     this.banner.dataset.state = "recovered";
     this.banner.textContent = "Reconnected.";
-    this.announce("Reconnected.");
     this.#clearTimer = setTimeout(() => {
       if (!this.#shown) this.banner.hidden = true;
     }, 1500);
