@@ -637,6 +637,25 @@ def test_an_announcement_made_at_once_after_another_joins_it_instead_of_replacin
         "Answer complete. The agent is thinking.")
 
 
+def test_a_link_to_an_unknown_conversation_says_so_and_a_message_starts_it(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    cid = f"nosuch{uuid.uuid4().hex[:8]}"
+    page = open_chat(new_context(), f"{chat_app.url}/#/c/{cid}")
+    notice = page.get_by_test_id("unknown-conversation")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("no conversation at this link")
+    prompt = unique("Starting it here")
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+    assert conversation_id(page) == cid
+    expect(page.get_by_test_id("welcome")).to_be_hidden()
+    page.goto(f"{chat_app.url}/#/c/{cid}")
+    page.reload()
+    wait_ready(page)
+    expect(turn_for(page, prompt)).to_have_count(1)
+    expect(notice).to_be_hidden()
+
+
 def test_a_deep_link_scrolls_the_conversation_list_to_its_conversation(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     app = start_chat_app(tmp_path / "app", model_url=model.url,

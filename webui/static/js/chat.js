@@ -30,6 +30,7 @@ const ui = {
   newConversation: $("new-conversation"),
   title: $("conversation-title"),
   welcome: $("welcome"),
+  unknownConversation: $("unknown-conversation"),
   messages: $("message-list"),
   composer: $("composer"),
   input: $("composer-input"),
@@ -313,6 +314,8 @@ function render() {
   const known = isKnown(c.id);
   const loaded = known ? c.upToDate.prompts && c.upToDate.responses : conversationsLoaded;
   ui.welcome.hidden = count > 0 || !loaded;
+  // A link to a conversation this server does not have (a typo, or a wiped server).
+  ui.unknownConversation.hidden = known || !conversationsLoaded || idFromHash() !== c.id;
   const title = conversationTitle(c.id) ?? "New conversation";
   ui.title.textContent = title;
   document.title = `${title} · Durable Agent Chat`;
