@@ -656,6 +656,25 @@ def test_a_link_to_an_unknown_conversation_says_so_and_a_message_starts_it(
     expect(notice).to_be_hidden()
 
 
+def test_an_answer_that_stops_growing_says_what_may_be_going_on(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """After a crash the half answer sat there for up to the lease's TTL with only its
+    blinking cursor; now, after 10 s without new text, it says what may be going on."""
+    model.tokens_per_second = 1 / 13  # the second word comes 13 s after the first
+    page = open_chat(new_context(), chat_app.url)
+    prompt = unique("Answer slowly")
+    replies.set(prompt, "Slowly then.")
+    send_prompt(page, prompt)
+    turn = turn_for(page, prompt)
+    expect(turn).to_have_attribute("data-state", "streaming")
+    expect(turn).to_have_attribute("data-stalled", "false")
+    expect(turn).to_have_attribute("data-stalled", "true", timeout=15_000)
+    expect(turn).to_contain_text("If the agent stopped, another one resumes this answer within 30 s")
+    wait_state(page, prompt, "done", timeout=15_000)
+    expect(turn).not_to_contain_text("If the agent stopped")
+
+
 def test_a_deep_link_scrolls_the_conversation_list_to_its_conversation(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     app = start_chat_app(tmp_path / "app", model_url=model.url,

@@ -1,9 +1,13 @@
 // Renders a conversation's turns: the prompt, then the answer as sanitised Markdown with its
 // state (sending, queued, thinking, streaming, cancelling, done, cancelled, error).
 
+import { config } from "./config.js";
 import { MarkdownView } from "./markdown.js";
 import { turnState } from "./conversation-model.js";
 import { el, formatTime } from "./util.js";
+
+/** An answer with no new text this long says what may be going on (call `render` meanwhile). */
+export const STALL_MS = 10_000;
 
 const STATE_LABEL = {
   sending: "Sending…",
@@ -105,10 +109,18 @@ function buildTurn(promptId) {
   return { li, promptText, promptMeta, answer, status, statusText: status.lastChild, body, md: new MarkdownView(body), error, meta };
 }
 
-function setState(parts, state) {
-  if (parts.li.dataset.state === state) return;
+function stalledLabel(state) {
+  const within = `within ${Math.round(config.agents.leaseTtlMs / 1000)} s`;
+  return state === "thinking"
+    ? `Still waiting for the first words. If the agent stopped, another one takes over ${within}.`
+    : `No new text for a while. If the agent stopped, another one resumes this answer ${within}.`;
+}
+
+function setState(parts, state, stalled = false) {
+  if (parts.li.dataset.state === state && parts.li.dataset.stalled === String(stalled)) return;
   parts.li.dataset.state = state;
-  parts.statusText.textContent = STATE_LABEL[state] ?? "";
+  parts.li.dataset.stalled = String(stalled);
+  parts.statusText.textContent = stalled ? stalledLabel(state) : STATE_LABEL[state] ?? "";
   parts.status.hidden = !["sending", "queued", "thinking", "streaming", "cancelling"].includes(state);
   parts.answer.setAttribute("aria-busy", String(state === "thinking" || state === "streaming"));
 }
@@ -125,15 +137,21 @@ function updatePending(parts, pending) {
 function updateTurn(parts, turn, waitingTurn) {
   const shown = turnState(turn);
   const state = shown === "thinking" && waitingTurn ? "queued" : shown;
+  const progress = [state, turn.text.length, turn.restarts].join("\u0000");
+  if (parts.progress !== progress) {
+    parts.progress = progress;
+    parts.progressAt = performance.now();
+  }
+  const stalled = (state === "thinking" || state === "streaming") && performance.now() - parts.progressAt > STALL_MS;
   // Streaming touches one turn at a time: leave the others' DOM alone.
-  const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks].join("\u0000");
+  const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks, stalled].join("\u0000");
   if (parts.signature === signature) return;
   parts.signature = signature;
   parts.li.classList.remove("is-failed");
   parts.answer.hidden = false;
   parts.promptText.textContent = turn.prompt.content;
   parts.promptMeta.textContent = formatTime(turn.prompt.timestamp);
-  setState(parts, state);
+  setState(parts, state, stalled);
   parts.md.update(turn.text);
   parts.body.classList.toggle("is-streaming", state === "streaming");
   parts.body.hidden = turn.text === "" && state !== "done";

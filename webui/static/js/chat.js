@@ -6,7 +6,7 @@ import { StreamHub } from "./hub.js";
 import { Outbox } from "./outbox.js";
 import * as protocol from "./chat-protocol.js";
 import { ConversationList, Transcript, turnState } from "./conversation-model.js";
-import { ChatView } from "./chat-view.js";
+import { ChatView, STALL_MS } from "./chat-view.js";
 import { FlowDiagram } from "./flow.js";
 import { RawStreamPanel } from "./stream-panels.js";
 import { ConnectionStatus } from "./status.js";
@@ -471,6 +471,10 @@ function main() {
   followConversations();
   outbox.start(); // re-send anything a previous load of this tab left unacknowledged
   updateBrowserNode();
+  // Nothing arriving is news too: an unfinished answer that stops growing says so.
+  setInterval(() => {
+    if (current?.transcript.visibleTurns().some((t) => !t.final)) scheduleRender();
+  }, STALL_MS / 5);
 }
 
 main();
