@@ -675,6 +675,26 @@ def test_an_answer_that_stops_growing_says_what_may_be_going_on(
     expect(turn).not_to_contain_text("If the agent stopped")
 
 
+def test_on_a_phone_the_message_box_keeps_its_room_while_stop_shows(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    model.tokens_per_second = 5
+    page = open_chat(new_context(viewport={"width": 360, "height": 740}), chat_app.url)
+    prompt = unique("Keep talking")
+    replies.set(prompt, words("w", 60))
+    send_prompt(page, prompt)
+    expect(page.get_by_test_id("stop-button")).to_be_visible()
+    box = page.get_by_test_id("composer-input").bounding_box()
+    composer = page.get_by_test_id("composer").bounding_box()
+    assert box is not None and composer is not None
+    print(f"message box {box['width']:.0f} of {composer['width']:.0f} px")
+    assert box["width"] >= 0.6 * composer["width"]
+    # The buttons still say what they do, to screen readers too.
+    expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+
+
 def test_a_deep_link_scrolls_the_conversation_list_to_its_conversation(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     app = start_chat_app(tmp_path / "app", model_url=model.url,
