@@ -695,6 +695,31 @@ def test_on_a_phone_the_message_box_keeps_its_room_while_stop_shows(
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
 
 
+def test_a_page_ahead_of_a_wiped_server_says_so(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """An operator wiped the data directory while a page was open: the page's offsets are
+    past the new streams' tails. It used to show "HTTP 400: offset is beyond the stream's
+    tail" and nothing more."""
+    data = tmp_path / "app"
+    app = start_chat_app(data, model_url=model.url)
+    try:
+        page = open_chat(new_context(), app.url)
+        prompt = unique("Before the wipe")
+        send_prompt(page, prompt)
+        wait_state(page, prompt, "done")
+        app.terminate()
+        shutil.rmtree(data)
+        app.start()
+        # Another page (or client) recreates the conversation list, shorter than before.
+        created(requests.put(f"{app.url}/v1/stream/conversations",
+                             headers={"Content-Type": "application/json"}, timeout=10))
+        expect(page.get_by_test_id("connection-banner")).to_contain_text(
+            "streams were reset or replaced since this page read them. Reload the page",
+            timeout=20_000)
+    finally:
+        app.terminate()
+
+
 def test_a_deep_link_scrolls_the_conversation_list_to_its_conversation(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     app = start_chat_app(tmp_path / "app", model_url=model.url,

@@ -149,7 +149,11 @@ class Follow {
         this.hub.broadcast({ kind: "batch", path: this.path, batch }, this);
       },
       onStatus: (status) => {
-        const plain = { state: status.state, upToDate: status.upToDate, attempt: status.attempt, error: status.error ? String(status.error.message || status.error) : undefined };
+        const plain = {
+          state: status.state, upToDate: status.upToDate, attempt: status.attempt,
+          error: status.error ? String(status.error.message || status.error) : undefined,
+          errorCode: status.error?.code ?? undefined,
+        };
         this.#setStatus(plain);
         this.hub.broadcast({ kind: "status", path: this.path, status: plain }, this);
       },

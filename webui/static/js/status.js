@@ -64,7 +64,10 @@ export class ConnectionStatus {
     clearTimeout(this.#clearTimer);
     const errored = [...this.#streams.values()].find((s) => s.state === "error");
     let text;
-    if (errored) text = `The streams server refused a read: ${errored.error ?? "error"}.`;
+    if (errored?.errorCode === "OFFSET_OUT_OF_RANGE") {
+      // The page has read further than the stream now goes: the server's data was reset.
+      text = "The server's streams were reset or replaced since this page read them. Reload the page to see what it has now.";
+    } else if (errored) text = `The streams server refused a read: ${errored.error ?? "error"}.`;
     else if (this.#outbox.state === "retrying" && ![...this.#streams.values()].some((s) => s.state === "reconnecting")) {
       text = notStoredYet(this.#outbox.error);
     } else text = "Connection lost. Reconnecting…";

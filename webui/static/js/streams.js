@@ -411,21 +411,31 @@ function base64ToBytes(text) {
 }
 
 async function httpError(res) {
-  return new HttpError(res.status, await safeText(res), res.headers);
+  const { message, code } = await errorOf(res);
+  const error = new HttpError(res.status, message, res.headers);
+  error.code = code; // the server's machine-readable reason, when it gave one
+  return error;
 }
 
 async function safeText(res) {
+  return (await errorOf(res)).message;
+}
+
+/** The message (at most 300 characters) and code of an error response's body. */
+async function errorOf(res) {
+  let text;
   try {
-    const text = await res.text();
-    try {
-      const body = JSON.parse(text);
-      const message = body?.error?.message ?? body?.message ?? body?.error;
-      if (typeof message === "string") return message.slice(0, 300);
-    } catch {
-      /* not JSON */
-    }
-    return text.slice(0, 300);
+    text = await res.text();
   } catch {
-    return "";
+    return { message: "", code: null };
   }
+  try {
+    const body = JSON.parse(text);
+    const message = body?.error?.message ?? body?.message ?? body?.error;
+    const code = typeof body?.error?.code === "string" ? body.error.code : null;
+    if (typeof message === "string") return { message: message.slice(0, 300), code };
+  } catch {
+    /* not JSON */
+  }
+  return { message: text.slice(0, 300), code: null };
 }
