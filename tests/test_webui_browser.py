@@ -720,6 +720,25 @@ def test_a_page_ahead_of_a_wiped_server_says_so(
         app.terminate()
 
 
+def test_a_prompt_too_long_to_keep_is_refused_in_the_page_and_its_text_kept(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """Over about 2.5 million characters a prompt no longer fit the tab's sessionStorage,
+    so a reload before the server had it lost it (and the prompts behind it), with only a
+    console warning. The page now refuses prompts over a million characters, saying so."""
+    page = open_chat(new_context(), chat_app.url)
+    box = page.get_by_test_id("composer-input")
+    box.evaluate("(el, n) => { el.value = 'x'.repeat(n); el.dispatchEvent(new Event('input')); }",
+                 1_000_001)
+    box.press("Enter")
+    error = page.get_by_test_id("composer-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("too long to send: 1,000,001 characters, the limit is 1,000,000")
+    assert box.evaluate("el => el.value.length") == 1_000_001  # kept, to be shortened
+    expect(page.get_by_test_id("turn")).to_have_count(0)
+    box.fill("short enough")
+    expect(error).to_be_hidden()
+
+
 def test_a_deep_link_scrolls_the_conversation_list_to_its_conversation(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     app = start_chat_app(tmp_path / "app", model_url=model.url,

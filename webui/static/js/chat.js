@@ -37,6 +37,7 @@ const ui = {
   send: $("send-button"),
   stop: $("stop-button"),
   announcer: $("announcer"),
+  composerError: $("composer-error"),
 };
 
 const drawers = new Drawers({
@@ -355,9 +356,19 @@ function announce(text) {
 
 // -------------------------------------------------------------------------------- actions
 
+/** The longest prompt sent: far beyond any model's context already, and what the tab can
+ * keep (twice over, in UTF-16) in its ~5 MB of sessionStorage until the server has it. */
+const MAX_PROMPT_CHARS = 1_000_000;
+
 function send() {
   const text = ui.input.value.trim();
   if (!text || !current) return;
+  if (text.length > MAX_PROMPT_CHARS) {
+    ui.composerError.textContent = `This message is too long to send: ${text.length.toLocaleString()} characters, the limit is ${MAX_PROMPT_CHARS.toLocaleString()}.`;
+    ui.composerError.hidden = false;
+    return;
+  }
+  ui.composerError.hidden = true;
   const id = current.id;
   const draft = draftKey();
   if (!isKnown(id)) {
@@ -420,6 +431,7 @@ function wire() {
   ui.input.addEventListener("input", () => {
     autosize();
     saveDraft(draftKey(), ui.input.value);
+    if (ui.input.value.trim().length <= MAX_PROMPT_CHARS) ui.composerError.hidden = true;
   });
   ui.stop.addEventListener("click", () => {
     stop();
