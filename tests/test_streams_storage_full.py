@@ -11,14 +11,19 @@ from __future__ import annotations
 import logging
 import sqlite3
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from streams_server.errors import NotFound, StorageFull
 from streams_server.storage import groupcommit
+from streams_server.storage.engine import StreamStore
+from streams_server.storage.models import Expiry
 from tests.support import ServerProcess, start_streams_server
 from tests.support.processes import DEFAULT_LOG_DIR, REPO_ROOT, free_port
 from tests.support.streams_http import StreamsHttp, error_body
@@ -107,11 +112,18 @@ def test_a_full_quota_refuses_writes_with_507_loses_nothing_and_recovers(tmp_pat
         server.terminate()
 
 
+SPOOLED = 1024 * 1024 + 1 + 27 * 256 * 1024  # the body's first read and 27 full chunks
+
+
+@pytest.mark.parametrize(("limit", "size"), [
+    (8 * 1024 * 1024, 9 * 1024 * 1024),  # a write in the middle of the body fails
+    (SPOOLED + 50, SPOOLED + 100),  # only the last 99 bytes, still buffered, do not fit
+], ids=["mid-body", "last-flush"])
 def test_a_large_body_whose_temporary_file_cannot_grow_is_refused_with_507(
-    tmp_path: Path,
+    tmp_path: Path, limit: int, size: int,
 ) -> None:
+    """`limit` holds for every file the server writes, its database's included."""
     port = free_port("127.0.0.1")
-    limit = 8 * 1024 * 1024  # every file the server writes, its database's included
     server = ServerProcess(
         ["prlimit", f"--fsize={limit}", sys.executable, "-m", "streams_server",
          "--port", str(port), "--data-dir", str(tmp_path / "data")],
@@ -120,7 +132,7 @@ def test_a_large_body_whose_temporary_file_cannot_grow_is_refused_with_507(
     try:
         http = StreamsHttp(server.url)
         assert http.put("big", content_type=BINARY).status_code == 201
-        response = http.post("big", b"z" * (limit + 1024 * 1024))  # spooled past 1 MiB
+        response = http.post("big", b"z" * size)  # spooled past 1 MiB
         assert response.status_code == 507, (response.status_code, response.text)
         error = error_body(response)["error"]
         assert error["code"] == "STORAGE_FULL"
@@ -159,3 +171,69 @@ def test_an_outage_is_logged_once_and_its_end_after_a_quiet_spell(
         " refused",
         "commits succeed again; 5 write operations were refused in 61 s",
     ]
+
+
+def test_an_append_that_needs_space_does_not_fail_what_was_batched_with_it(
+    tmp_path: Path,
+) -> None:
+    """Group commit runs concurrent writes in one transaction: when one of them needed space
+    that was not there, the whole batch failed with 507, the delete that would have freed
+    space included. The engine is driven in-process to batch them for sure: holding its
+    leader lock while the writers queue makes the next leader take them all at once."""
+    store = StreamStore.open_directory(str(tmp_path), max_bytes=1024 * 1024)
+    try:
+        for path in ("filler", "big"):
+            store.create(path, content_type=BINARY, expiry=Expiry(None, None))
+        with pytest.raises(StorageFull):
+            for _ in range(1000):
+                store.append("filler", [b"x" * 16384], content_type=BINARY)
+        outcomes: dict[str, object] = {}
+
+        def run(name: str, operation: Callable[[], object]) -> None:
+            try:
+                outcomes[name] = operation()
+            except Exception as exc:  # noqa: BLE001 - the outcome under test
+                outcomes[name] = exc
+
+        writers = [
+            threading.Thread(target=run, args=("big", lambda: store.append(
+                "big", [b"y" * 200_000], content_type=BINARY))),
+            threading.Thread(target=run, args=("delete", lambda: store.delete("filler"))),
+        ]
+        before = store.commit_stats
+        with store._leader_lock:  # noqa: SLF001 - see the docstring
+            for writer in writers:
+                writer.start()
+            deadline = time.monotonic() + 5
+            while len(store._committer._queue) < 2:  # noqa: SLF001
+                assert time.monotonic() < deadline, "the writers never queued"
+                time.sleep(0.01)
+        for writer in writers:
+            writer.join(10)
+        assert outcomes["delete"] is None, outcomes  # freed space despite its batch-mate
+        with pytest.raises(NotFound):
+            store.info("filler")
+        assert store.commit_stats != before
+    finally:
+        store.close()
+
+
+def test_a_database_already_over_the_quota_is_held_at_its_size_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SQLite cannot set a page limit below the file's size, and the file does not shrink:
+    the warning used to promise the quota would hold again once streams were deleted."""
+    store = StreamStore.open_directory(str(tmp_path))
+    store.create("s", content_type=BINARY, expiry=Expiry(None, None))
+    for _ in range(128):
+        store.append("s", [b"x" * 16384], content_type=BINARY)  # 2 MiB
+    store.close()
+    with caplog.at_level(logging.WARNING, logger="streams_server.storage.engine"):
+        store = StreamStore.open_directory(str(tmp_path), max_bytes=512 * 1024)
+    try:
+        assert "over the storage quota of 0.5 MiB: it is held at its size" in caplog.text
+        with pytest.raises(StorageFull):
+            for _ in range(1000):
+                store.append("s", [b"y" * 16384], content_type=BINARY)
+    finally:
+        store.close()

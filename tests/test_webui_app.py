@@ -105,3 +105,37 @@ def test_the_first_requests_host_header_does_not_choose_where_the_agents_connect
             app.terminate()
         with pytest.raises(BlockingIOError):  # nobody connected to the address it named
             trap.accept()
+
+
+def test_a_restart_releases_only_its_own_earlier_runs_leases(tmp_path: Path) -> None:
+    """Another supervisor's lease survives this app's restart, even one named like an
+    embedded supervisor of this host (a second chat app whose agents use this app's
+    streams): releasing by name prefix used to end it, restarting its answer."""
+    with FakeAnthropic() as model:
+        app = start_chat_app(tmp_path / "data", model_url=model.url)
+        try:
+            root = f"{app.url}/v1/stream"
+            http = requests.Session()
+            assert http.put(f"{root}/wake/other", headers={"Content-Type": "application/json"},
+                            timeout=10).status_code == 201
+            assert http.put(f"{root}/__ds/subscriptions/other", timeout=10, json={
+                "type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/other",
+                "lease_ttl_ms": 600_000}).status_code == 201
+            assert http.put(f"{root}/jobs/a", headers={"Content-Type": "application/json"},
+                            timeout=10).status_code == 201
+            assert http.post(f"{root}/jobs/a", json={"n": 1}, timeout=10).status_code == 204
+            other = f"embedded-{socket.gethostname()}-424242"
+            claim = http.post(f"{root}/__ds/subscriptions/other/claim", json={"worker": other},
+                              timeout=10)
+            assert claim.status_code == 200, claim.text
+
+            app.kill()
+            app.start()
+            http = requests.Session()
+            assert http.get(f"{app.url}/", timeout=10).status_code == 200  # starts its agents
+            app_log = app.log_path.read_text(errors="replace")
+            assert "starting the embedded supervisor" in app_log.rsplit("\n=== ", 1)[-1]
+            state = http.get(f"{root}/__ds/subscriptions/other", timeout=10).json()
+            assert state["holder"] == other
+        finally:
+            app.terminate()

@@ -26,8 +26,8 @@ from streams_server import StreamsBackend
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 2.0
-EMBEDDED_WORKER_PREFIX = f"embedded-{socket.gethostname()}-"
-"""The embedded supervisor's worker name, before its process id."""
+EMBEDDED_WORKER_FILE = "embedded-worker"
+"""In the agents' data directory: the worker name of the last run's embedded supervisor."""
 
 
 class BackgroundWork:
@@ -64,7 +64,6 @@ class BackgroundWork:
             self._started = True
             self._backend.start()
             if self._app.config["EMBEDDED_SUPERVISOR"]:
-                self._release_leases_of_earlier_runs()
                 self.supervisor = self._start_supervisor(root_url)
 
     def _start_supervisor(self, root_url: str) -> Any:
@@ -87,8 +86,9 @@ class BackgroundWork:
             # At exit the app's own server has usually stopped already, so agents cannot
             # release their leases over HTTP: do not hold up Ctrl+C waiting for that.
             shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
-            worker_name=f"{EMBEDDED_WORKER_PREFIX}{os.getpid()}",
+            worker_name=f"embedded-{socket.gethostname()}-{os.getpid()}",
         )
+        self._release_leases_of_earlier_runs(settings.worker_name)
         log.info("starting the embedded supervisor against %s", streams_url)
         self._worker_name = settings.worker_name
         return Supervisor.start(settings, model, offsets=self._offsets)
@@ -111,19 +111,37 @@ class BackgroundWork:
             self._offsets = None
         self._backend.close()
 
-    def _release_leases_of_earlier_runs(self) -> None:
-        """Leases the embedded agents of an earlier run held when it was killed (`kill -9`,
-        a crash: no clean exit released them). That run is gone, as this database has one
-        server process at a time: released now, its answers resume at once instead of after
-        the lease's TTL (30 s by default)."""
+    def _release_leases_of_earlier_runs(self, worker_name: str) -> None:
+        """Leases the embedded agents of this app's earlier run held when it was killed
+        (`kill -9`, a crash: no clean exit released them). That run is gone, as this
+        database has one server process at a time: released now, its answers resume at once
+        instead of after the lease's TTL (30 s by default). The earlier run's worker name is
+        kept in the agents' data directory, and the new one written in its place."""
+        data_dir = self._agents_data_dir()
+        if data_dir is None:
+            return  # in memory: no earlier run's leases survived
+        record = os.path.join(data_dir, EMBEDDED_WORKER_FILE)
         try:
-            released = self._backend.subscriptions.release_leases_of(EMBEDDED_WORKER_PREFIX,
-                                                                     prefix=True)
+            with open(record, encoding="utf-8") as file:
+                earlier = file.read().strip()
+        except FileNotFoundError:
+            earlier = ""
+        except OSError as exc:
+            log.warning("could not read %s (%s): an earlier run's leases expire instead",
+                        record, exc)
+            earlier = ""
+        try:
+            released = (self._backend.subscriptions.release_leases_of(earlier)
+                        if earlier else 0)
+            with open(f"{record}.tmp", "w", encoding="utf-8") as file:
+                file.write(worker_name)
+            os.replace(f"{record}.tmp", record)
         except Exception:  # noqa: BLE001 - the leases then expire as after any crash
             log.warning("could not release the leases of an earlier run", exc_info=True)
             return
         if released:
-            log.info("released %d lease(s) an earlier run's embedded agents held", released)
+            log.info("released %d lease(s) the earlier run's embedded agents (%s) held",
+                     released, earlier)
 
     def _release_leases(self) -> None:
         """Its agents have stopped, but by now the app's server usually has too, so they

@@ -60,6 +60,7 @@ def read_spooled(stream: IO[bytes], settings: StreamsSettings) -> Entries:
             if size > settings.max_body_bytes:
                 raise _too_large(settings)
             _write_or_fail(lambda: spool.write(chunk))
+        _write_or_fail(spool.flush)  # the last buffered bytes: the disk may refuse them too
     except BaseException:
         try:
             spool.close()  # flushes what is buffered: on a full disk that fails too

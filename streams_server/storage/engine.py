@@ -546,10 +546,11 @@ class _ChangeSignal:
 def _set_quota(conn: sqlite3.Connection, max_bytes: int) -> None:
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     wanted = max(1, max_bytes // page_size)
-    # SQLite keeps the current page count when asked for less: the database cannot shrink
-    # by itself, but it grows no further (deleted streams' pages are reused).
+    # SQLite keeps the current page count when asked for less, and its file does not shrink
+    # by itself: a database already larger is held at its size instead (deleted streams'
+    # pages are reused within it).
     granted = conn.execute(f"PRAGMA max_page_count={wanted}").fetchone()[0]
     if granted > wanted:
-        log.warning("the database is already %.1f MiB, over the storage quota of %.1f MiB:"
-                    " appends that need new space are refused until streams are deleted",
+        log.warning("the database is already %.1f MiB, over the storage quota of %.1f MiB: it"
+                    " is held at its size (an offline VACUUM shrinks it to what streams use)",
                     granted * page_size / 2**20, max_bytes / 2**20)

@@ -185,6 +185,14 @@ class GroupCommitter:
         try:
             self._run_batch(batch, effects)
         except sqlite3.Error as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_FULL and len(batch) > 1:
+                # One operation needed space that is not there, and SQLite may have rolled the
+                # whole transaction back: each again on its own, so that those that need no
+                # new space (a delete that frees some, a small append) still succeed.
+                for pending in batch:
+                    pending.result, pending.error = None, None
+                    self._lead([pending])
+                return
             self._outage.failed(exc, len(batch))
             failure: StorageFailure
             if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:

@@ -338,19 +338,12 @@ def expire_leases(tx: Transaction) -> int:
     return len(rows)
 
 
-def release_holder(tx: Transaction, worker: str, *, prefix: bool = False) -> int:
-    """End every lease `worker` holds (with `prefix`, any worker whose name starts so), waking
-    again where work is pending: for workers known to have stopped, whose leases would
-    otherwise hold their conversations until they expire."""
-    if prefix:
-        rows = tx.conn.execute(
-            "SELECT id FROM subscriptions WHERE deleted = 0 AND substr(holder, 1, ?) = ?",
-            (len(worker), worker),
-        ).fetchall()
-    else:
-        rows = tx.conn.execute(
-            "SELECT id FROM subscriptions WHERE deleted = 0 AND holder = ?", (worker,),
-        ).fetchall()
+def release_holder(tx: Transaction, worker: str) -> int:
+    """End every lease `worker` holds, waking again where work is pending: for a worker known
+    to have stopped, whose leases would otherwise hold its conversations until they expire."""
+    rows = tx.conn.execute(
+        "SELECT id FROM subscriptions WHERE deleted = 0 AND holder = ?", (worker,),
+    ).fetchall()
     for row in rows:
         _end_wake(tx, row["id"])
     return len(rows)

@@ -124,11 +124,11 @@ class SubscriptionService:
         fence = self._fence(sub_id, authorization, body)
         return self.store.transact(lambda tx: db.release(tx, sub_id, fence))
 
-    def release_leases_of(self, worker: str, *, prefix: bool = False) -> int:
-        """End every lease held by `worker` (with `prefix`, by every worker whose name starts
-        so), known to have stopped: the embedded supervisor at exit, when it can no longer
-        reach the server over HTTP, and those of earlier runs of this process at start."""
-        return self.store.transact(lambda tx: db.release_holder(tx, worker, prefix=prefix))
+    def release_leases_of(self, worker: str) -> int:
+        """End every lease held by `worker`, known to have stopped: the embedded supervisor
+        at exit, when it can no longer reach the server over HTTP, and the one of this app's
+        earlier run at start."""
+        return self.store.transact(lambda tx: db.release_holder(tx, worker))
 
     def _fence(self, sub_id: str, authorization: str | None, body: Any) -> WakeFence:
         claims = self._claims(sub_id, authorization)
