@@ -124,6 +124,8 @@ def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: s
     ("MAX_BODY_MIB", "Infinity", "CHAT_MAX_BODY_MIB must be a finite number greater than 0"),
     ("LONG_POLL_TIMEOUT_S", "NaN",
      "CHAT_LONG_POLL_TIMEOUT_S must be a finite number greater than 0, not nan"),
+    ("SSE_KEEPALIVE_S", "1000000",  # the page's timers would overflow and fire at once
+     "CHAT_SSE_KEEPALIVE_S must be a finite number greater than 0 and at most 3600"),
     ("AGENT_STREAMS_URL", "localhost:4437/v1/stream",
      "CHAT_AGENT_STREAMS_URL must be an http:// or https:// URL (or unset)"),
     ("AGENT_MAX_AGENTS", "-5", "CHAT_AGENT_MAX_AGENTS must be a whole number at least 1"),

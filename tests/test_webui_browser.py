@@ -621,6 +621,19 @@ def test_a_draft_typed_for_a_new_conversation_survives_a_reload(
     wait_ready(page)
     expect(page.get_by_test_id("composer-input")).to_have_value(draft)
 
+    # A started conversation keeps its own draft, read before the list of conversations
+    # has loaded (which used to fall back to the new conversation's).
+    send_prompt(page, draft)
+    wait_state(page, draft, "done")
+    box.fill("the new conversation's draft")
+    page.get_by_test_id("new-conversation").click()
+    box.fill("a draft of the new conversation")
+    page.go_back()
+    expect(box).to_have_value("the new conversation's draft")
+    page.reload()
+    wait_ready(page)
+    expect(page.get_by_test_id("composer-input")).to_have_value("the new conversation's draft")
+
 
 def test_an_announcement_made_at_once_after_another_joins_it_instead_of_replacing_it(
         chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
@@ -775,6 +788,62 @@ def test_a_narrow_table_scrolls_instead_of_breaking_its_words(
     wrapper = page.locator(".md-table").last
     assert wrapper.evaluate("w => w.scrollWidth > w.clientWidth")  # it scrolls sideways
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+
+
+def test_a_request_the_server_never_answers_is_given_up_and_retried(
+        tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """Only appends and live reads were timed: a new conversation whose stream creation
+    (a PUT) got no answer stayed "Sending…" for good, with no retry and no banner."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"SSE_KEEPALIVE_S": "0.4", "SSE_MAX_DURATION_S": "1"})
+    try:
+        page = open_chat(new_context(), app.url)
+        held: list[Route] = []
+
+        def hold_first(route: Route) -> None:
+            if route.request.method == "PUT" and not held:
+                held.append(route)  # never answered
+            else:
+                route.continue_()
+
+        page.route(re.compile(r".*/v1/stream/conversations/[^/]+/prompts$"), hold_first)
+        prompt, reply = unique("Through a lost request"), words("kept", 5)
+        replies.set(prompt, reply)
+        send_prompt(page, prompt)
+        wait_state(page, prompt, "done", timeout=30_000)
+        assert len(held) == 1
+        assert answer_text(page, prompt) == norm(reply)
+        page.unroute("**/*")
+    finally:
+        app.terminate()
+
+
+def test_a_large_prompt_on_a_slow_upload_is_stored_once_not_restarted(
+        tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """An append had a time budget of the silence plus 50 kB/s: a slower upload was cut off
+    and started again from zero, forever."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"SSE_KEEPALIVE_S": "0.4", "SSE_MAX_DURATION_S": "1"})
+    try:
+        page = open_chat(new_context(), app.url)
+        prompt = unique("Long") + " " + "x" * 100_000
+        replies.set(prompt, "Received.")
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.send("Network.emulateNetworkConditions", {
+            "offline": False, "latency": 0, "downloadThroughput": -1,
+            "uploadThroughput": 25_000})  # bytes/s: four seconds for this prompt
+        posts: list[Request] = []
+        page.on("request", lambda r: posts.append(r) if r.method == "POST"
+                and "/prompts" in r.url else None)
+        box = page.get_by_test_id("composer-input")
+        box.evaluate("(el, text) => { el.value = text; el.dispatchEvent(new Event('input')); }",
+                     prompt)
+        box.press("Enter")
+        wait_state(page, prompt, "done", timeout=40_000)
+        assert len(posts) == 1, f"the upload was restarted: {len(posts)} POSTs"
+    finally:
+        app.terminate()
 
 
 def fill_stream(app_url: str, path: str, content_type: str, pieces: list[bytes]) -> None:

@@ -41,6 +41,7 @@ def test_pages_default_to_the_streams_root_on_the_same_origin(path: str) -> None
         "streamsUrl": "/v1/stream",
         "authToken": None,
         "silenceMs": 37500,  # 2.5 keep-alives of 15 s
+        "queuedMs": 65000,  # an SSE response's 60 s, and some
         "agents": {"wakeStream": "agents/wake", "leaseTtlMs": 30000},
     }
     csp = response.headers["Content-Security-Policy"]

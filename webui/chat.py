@@ -26,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
     # How often the streams server sends SSE keep-alives: the page reconnects after 2.5 of
     # them are missed.
     "SSE_KEEPALIVE_S": 15.0,
+    # How long the server keeps an SSE response open: the longest a request of the page
+    # may queue for one of the browser's connections to a host.
+    "SSE_MAX_DURATION_S": 60.0,
 }
 
 chat_bp = Blueprint(
@@ -56,6 +59,7 @@ def browser_settings() -> dict[str, Any]:
         "authToken": current_app.config.get("STREAMS_AUTH_TOKEN") or None,
         # Two keep-alives missed, and then some: the connection (or the server) is gone.
         "silenceMs": int(SILENCE_KEEPALIVES * current_app.config["SSE_KEEPALIVE_S"] * 1000),
+        "queuedMs": int((current_app.config["SSE_MAX_DURATION_S"] + 5) * 1000),
         "agents": {
             "wakeStream": current_app.config.get("AGENT_WAKE_STREAM", "agents/wake"),
             "leaseTtlMs": int(current_app.config.get("AGENT_LEASE_TTL_MS", 30_000)),

@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "LONG_POLL_TIMEOUT_S": 30.0,
     # SSE keep-alive comments this often; the page reconnects after 2.5 of them are missed.
     "SSE_KEEPALIVE_S": 15.0,
+    # SSE responses end after this long (section 10.2) and the reader reconnects.
+    "SSE_MAX_DURATION_S": 60.0,
     "MAX_BODY_MIB": 64,
     # The streams database's quota: writes past it get 507 (default: no limit but the disk).
     "MAX_STORAGE_MIB": None,
@@ -108,7 +110,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "STREAMS_BROWSER_URL": _text(),
     "STREAMS_AUTH_TOKEN": _text(optional=True),
     "LONG_POLL_TIMEOUT_S": _number(0, above=True),
-    "SSE_KEEPALIVE_S": _number(0, above=True),
+    "SSE_KEEPALIVE_S": _number(0, above=True, high=3600),
+    "SSE_MAX_DURATION_S": _number(0, above=True, high=3600),
     "MAX_BODY_MIB": _number(0, above=True),
     "MAX_STORAGE_MIB": _number(0, above=True, optional=True),
     "EMBEDDED_SUPERVISOR": _FLAG,

@@ -15,7 +15,7 @@ import { el, formatTime, frameThrottle } from "./util.js";
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 
-const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken, silenceMs: config.silenceMs });
+const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken, silenceMs: config.silenceMs, queuedMs: config.queuedMs });
 const hub = new StreamHub(client);
 const outbox = new Outbox(client);
 
@@ -343,13 +343,13 @@ function announceChanges(c, turns, loaded) {
 const ANNOUNCE_JOIN_MS = 1500;
 let lastAnnounced = { text: "", at: -Infinity };
 
-/** Say `text` through the live region. One said moments earlier is kept in front of it: a
- * replaced region is read from its new text only, so "Answer complete." followed at once by
- * "The agent is thinking." (the next prompt starting) was never heard. */
+/** Say `text` through the live region. The one said moments earlier is kept in front of it:
+ * a replaced region is read from its new text only, so "Answer complete." followed at once
+ * by "The agent is thinking." (the next prompt starting) was never heard. */
 function announce(text) {
   const now = performance.now();
   const joined = now - lastAnnounced.at < ANNOUNCE_JOIN_MS ? `${lastAnnounced.text} ${text}` : text;
-  lastAnnounced = { text: joined, at: now };
+  lastAnnounced = { text, at: now };
   ui.announcer.textContent = "";
   requestAnimationFrame(() => (ui.announcer.textContent = joined));
 }
@@ -392,10 +392,11 @@ function stop() {
   scheduleRender();
 }
 
-/** Drafts are kept per conversation; a conversation not started yet has a new id on every
+/** Drafts are kept per conversation. A new one (no link to it yet) has a new id on every
  * load, so its draft is kept as the new conversation's. */
 function draftKey() {
-  return `draft:${current && isKnown(current.id) ? current.id : "new"}`;
+  const linked = current && (idFromHash() === current.id || isKnown(current.id));
+  return `draft:${linked ? current.id : "new"}`;
 }
 
 function saveDraft(key, text) {

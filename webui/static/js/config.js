@@ -16,6 +16,8 @@ function readConfig() {
     authToken: raw.authToken || null,
     /** Silence (ms) after which a live read reconnects and an append is retried; 0: never. */
     silenceMs: Number(raw.silenceMs) > 0 ? Number(raw.silenceMs) : 0,
+    /** How long a request may wait for one of the browser's connections (see streams.js). */
+    queuedMs: Number(raw.queuedMs) > 0 ? Number(raw.queuedMs) : 65_000,
     /** How conversations' subscriptions wake the agents (must match the supervisor's). */
     agents: Object.freeze({
       wakeStream: raw.agents?.wakeStream || "agents/wake",

@@ -18,7 +18,7 @@ import { renderSubscription } from "./subscription-view.js";
 import { el } from "./util.js";
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
-const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken, silenceMs: config.silenceMs });
+const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken, silenceMs: config.silenceMs, queuedMs: config.queuedMs });
 const hub = new StreamHub(client);
 const status = new ConnectionStatus({ pill: $("connection-pill"), banner: $("connection-banner") });
 

@@ -46,12 +46,13 @@ export class StalledError extends Error {
 }
 
 /**
- * An AbortController for one request that also aborts when `outer` does, or (with `silenceMs`)
- * when `feed()` has not been called for that long: a server that froze, or a connection that
- * died without closing, sends nothing, and a fetch would wait for it forever.
+ * An AbortController for one request that also aborts when `outer` does, or when the server
+ * says nothing for too long: `firstMs` until the response starts, then `silenceMs` between
+ * two `feed()`s. A server that froze, or a connection that died without closing, sends
+ * nothing, and a fetch would wait for it forever. (0: no limit.)
  */
 class RequestGuard {
-  constructor(outer, silenceMs) {
+  constructor(outer, silenceMs, firstMs = silenceMs) {
     this.controller = new AbortController();
     this.signal = this.controller.signal;
     this.silenceMs = silenceMs;
@@ -60,13 +61,17 @@ class RequestGuard {
     this.outer = outer;
     if (outer?.aborted) this.controller.abort(outer.reason);
     else outer?.addEventListener("abort", this.onOuterAbort, { once: true });
-    this.feed();
+    this.#arm(firstMs);
   }
 
+  /** The server said something: it gets `silenceMs` again. */
   feed() {
-    if (!(this.silenceMs > 0)) return;
+    this.#arm(this.silenceMs);
+  }
+
+  #arm(ms) {
     clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.controller.abort(new StalledError(this.silenceMs)), this.silenceMs);
+    if (ms > 0) this.timer = setTimeout(() => this.controller.abort(new StalledError(ms)), ms);
   }
 
   /** The error to report: the stall, rather than the AbortError it caused. */
@@ -80,17 +85,40 @@ class RequestGuard {
   }
 }
 
+/** Larger request bodies are not timed: a slow upload is not a stalled server. */
+const TIMED_BODY_BYTES = 64 * 1024;
+
 export class StreamsClient {
   /**
    * @param {{baseUrl: string, token?: string|null, silenceMs?: number}} options
    * `silenceMs`: a live read that receives nothing (not even the server's keep-alive
-   * comments) for this long is dropped and resumed, and an append unanswered for this long
-   * (plus time for its body) is given up, to be retried; 0 waits forever.
+   * comments) for this long is dropped and resumed; any request whose response has not
+   * started after this long plus `queuedMs` is given up (a StalledError), except those with
+   * a large body. 0 waits forever. `queuedMs`: how long a request may wait for a connection:
+   * over HTTP/1.1 a browser opens six per host, and live reads hold theirs until the server
+   * ends them (about once a minute).
    */
-  constructor({ baseUrl, token = null, silenceMs = 0 }) {
+  constructor({ baseUrl, token = null, silenceMs = 0, queuedMs = 65_000 }) {
     this.baseUrl = baseUrl.replace(/\/+$/, "");
     this.token = token;
-    this.silenceMs = silenceMs;
+    const most = (2 ** 31 - 1) / 2; // setTimeout's limit, for the sum of the two
+    this.silenceMs = Math.min(silenceMs, most);
+    this.queuedMs = Math.min(queuedMs, most);
+  }
+
+  /** `fetch`, given up (a StalledError) when no response starts in time (see RequestGuard). */
+  async #fetch(url, init = {}) {
+    const body = init.body;
+    const size = body == null ? 0 : typeof body === "string" ? body.length * 3 : body.byteLength ?? body.size ?? Infinity;
+    const limit = this.silenceMs > 0 && size <= TIMED_BODY_BYTES ? this.silenceMs + this.queuedMs : 0;
+    const guard = new RequestGuard(init.signal, 0, limit);
+    try {
+      return await fetch(url, { ...init, signal: guard.signal });
+    } catch (err) {
+      throw guard.reason(err);
+    } finally {
+      guard.release();
+    }
   }
 
   /** The URL of a stream path (segments are percent-encoded, slashes kept). */
@@ -109,7 +137,7 @@ export class StreamsClient {
 
   /** PUT: create the stream, or confirm it exists with this content type (idempotent). */
   async ensure(path, contentType = "application/json", { signal } = {}) {
-    const res = await fetch(this.url(path), {
+    const res = await this.#fetch(this.url(path), {
       method: "PUT",
       headers: this.headers({ "Content-Type": contentType }),
       signal,
@@ -122,7 +150,7 @@ export class StreamsClient {
 
   /** PUT with an optional initial body (the inspector's "create"). */
   async create(path, contentType, { body, signal } = {}) {
-    const res = await fetch(this.url(path), {
+    const res = await this.#fetch(this.url(path), {
       method: "PUT",
       headers: this.headers({ "Content-Type": contentType }),
       body,
@@ -134,7 +162,7 @@ export class StreamsClient {
 
   /** HEAD: metadata, or `{exists: false, status}` for 404/410. */
   async head(path, { signal } = {}) {
-    const res = await fetch(this.url(path), { method: "HEAD", headers: this.headers(), signal, cache: "no-store" });
+    const res = await this.#fetch(this.url(path), { method: "HEAD", headers: this.headers(), signal, cache: "no-store" });
     if (res.status === 404 || res.status === 410) return { exists: false, status: res.status };
     if (!res.ok) throw await httpError(res);
     const h = res.headers;
@@ -152,7 +180,7 @@ export class StreamsClient {
 
   /** One catch-up GET from `offset`: bytes plus the protocol headers. */
   async read(path, offset = "-1", { signal } = {}) {
-    const res = await fetch(this.url(path, { offset }), { headers: this.headers(), signal, cache: "no-store" });
+    const res = await this.#fetch(this.url(path, { offset }), { headers: this.headers(), signal, cache: "no-store" });
     if (!res.ok) throw await httpError(res);
     const h = res.headers;
     return {
@@ -193,17 +221,7 @@ export class StreamsClient {
       extra["Producer-Seq"] = String(producer.seq);
     }
     if (close) extra["Stream-Closed"] = "true";
-    // Time for the body too, at 50 kB/s at least: a slow upload is not a stalled server.
-    const size = typeof body === "string" ? body.length : body?.byteLength ?? body?.size ?? 0;
-    const guard = new RequestGuard(signal, this.silenceMs > 0 ? this.silenceMs + size / 50 : 0);
-    let res;
-    try {
-      res = await fetch(this.url(path), { method: "POST", headers: this.headers(extra), body, signal: guard.signal });
-    } catch (err) {
-      throw guard.reason(err);
-    } finally {
-      guard.release();
-    }
+    const res = await this.#fetch(this.url(path), { method: "POST", headers: this.headers(extra), body, signal });
     const h = res.headers;
     return {
       ok: res.ok,
@@ -220,7 +238,7 @@ export class StreamsClient {
 
   /** PUT a subscription: create it, or confirm an identical one (section 6.2). */
   async putSubscription(id, body, { signal } = {}) {
-    const res = await fetch(`${this.baseUrl}/__ds/subscriptions/${encodeURIComponent(id)}`, {
+    const res = await this.#fetch(`${this.baseUrl}/__ds/subscriptions/${encodeURIComponent(id)}`, {
       method: "PUT",
       headers: this.headers({ "Content-Type": "application/json" }),
       body: JSON.stringify(body),
@@ -232,7 +250,7 @@ export class StreamsClient {
 
   /** GET a subscription's state (section 6.3). */
   async subscription(id, { signal } = {}) {
-    const res = await fetch(`${this.baseUrl}/__ds/subscriptions/${encodeURIComponent(id)}`, {
+    const res = await this.#fetch(`${this.baseUrl}/__ds/subscriptions/${encodeURIComponent(id)}`, {
       headers: this.headers(),
       signal,
       cache: "no-store",
@@ -263,7 +281,7 @@ export class StreamsClient {
   async getJson(controlPath, params, signal) {
     const url = new URL(`${this.baseUrl}/${controlPath}`);
     for (const [key, value] of Object.entries(params ?? {})) url.searchParams.set(key, value);
-    const res = await fetch(url.href, { headers: this.headers({ Accept: "application/json" }), signal, cache: "no-store" });
+    const res = await this.#fetch(url.href, { headers: this.headers({ Accept: "application/json" }), signal, cache: "no-store" });
     if (!res.ok) throw await httpError(res);
     return res.json();
   }
@@ -292,7 +310,7 @@ export class StreamsClient {
     status("connecting");
     while (!signal?.aborted) {
       let delivered = false;
-      const guard = new RequestGuard(signal, this.silenceMs);
+      const guard = new RequestGuard(signal, this.silenceMs, this.silenceMs > 0 ? this.silenceMs + this.queuedMs : 0);
       try {
         const res = await fetch(this.url(path, { offset: current, live: "sse" }), {
           headers: this.headers({ Accept: "text/event-stream" }),
