@@ -293,7 +293,7 @@ class ConversationAgent(pykka.ThreadingActor):
                     outcome = refuse_prompt(producer=producer, prompt_id=prompt.id,
                                             attempt=attempt, reason=prompt.problem,
                                             code=schema.INVALID_PROMPT)
-                elif attempt >= schema.MAX_ANSWER_ATTEMPTS:
+                elif attempt >= schema.MAX_ANSWER_ATTEMPTS and not current.cancel.is_set():
                     log.warning("agent %s: gave up on prompt %s after %d interrupted attempts",
                                 self.conversation_id, prompt.id, attempt)
                     outcome = refuse_prompt(producer=producer, prompt_id=prompt.id,

@@ -370,9 +370,12 @@ def test_kill_9_then_restart_gives_exactly_one_clean_answer_per_prompt(
     assert len(agents) == 2, agents  # one agent before the kill, one after
 
 
+@pytest.mark.parametrize("cancelled", [False, True], ids=["given-up", "cancelled-meanwhile"])
 def test_an_answer_that_kills_its_agent_every_time_ends_in_an_error_after_bounded_attempts(
     streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+    cancelled: bool,
 ) -> None:
+    """A user who stopped the answer meanwhile sees it stopped, not given up on."""
     fake.tokens_per_second = 50
     root = streams_root(streams_server)
     client, chat = connect(streams_server)
@@ -386,18 +389,24 @@ def test_an_answer_that_kills_its_agent_every_time_ends_in_an_error_after_bounde
         sup.start(crash_at="mid-answer")
         assert sup.wait_exit(timeout=15) == -signal.SIGKILL
     requests_before = len(fake.requests)
+    if cancelled:
+        chat.cancel(cid, first)
 
     sup.start(crash_at="mid-answer")  # would die again if it asked the model
     wait_for_answers(client, cid, [first], timeout=30)
     answer = render(client.read_all(layout.responses_path(cid)).messages).answers[first]
-    assert answer.restarts == schema.MAX_ANSWER_ATTEMPTS - 1
-    assert answer.terminal["type"] == "error"
-    assert answer.terminal["code"] == schema.INTERRUPTED
-    assert answer.terminal["message"] == schema.gave_up_message(schema.MAX_ANSWER_ATTEMPTS)
+    assert answer.restarts == schema.MAX_ANSWER_ATTEMPTS - 1 + int(cancelled)
+    if cancelled:
+        assert answer.terminal["type"] == "done"
+        assert answer.terminal["stopReason"] == "cancelled"
+    else:
+        assert answer.terminal["type"] == "error"
+        assert answer.terminal["code"] == schema.INTERRUPTED
+        assert answer.terminal["message"] == schema.gave_up_message(schema.MAX_ANSWER_ATTEMPTS)
     assert answer.text == ""  # the last attempt's text: none, so no half answer is shown
     assert len(fake.requests) == requests_before  # the model was not asked again
     assert sup.running
-    assert sup.count_lines("gave up on prompt") == 1
+    assert sup.count_lines("gave up on prompt") == int(not cancelled)
 
 
 # -- 5. two supervisors at once -------------------------------------------------------------------
