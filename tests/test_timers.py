@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 
 import pytest
 
@@ -17,7 +18,6 @@ def test_callbacks_run_in_deadline_order_on_a_single_thread() -> None:
     ran: list[int] = []
     threads: set[str] = set()
     all_ran = threading.Event()
-    before = threading.active_count()
 
     def callback(n: int) -> None:
         ran.append(n)
@@ -25,9 +25,13 @@ def test_callbacks_run_in_deadline_order_on_a_single_thread() -> None:
         if len(ran) == 300:
             all_ran.set()
 
+    start = time.monotonic()
     for n in range(300):  # scheduled out of order: 299, 298, ... due first
-        timers.call_later(0.05 + (299 - n) * 0.001, functools.partial(callback, n))
-    assert threading.active_count() <= before + 1  # one thread, not one per timer
+        due = start + 0.5 + (299 - n) * 0.001  # absolute: however long scheduling takes
+        timers.call_later(due - time.monotonic(), functools.partial(callback, n))
+    assert time.monotonic() < start + 0.5, "scheduling took longer than the test allows"
+    # One thread, not one per timer.
+    assert sum(t.name == "test-timers" for t in threading.enumerate()) == 1
     assert all_ran.wait(10)
     assert ran == sorted(ran, reverse=True)
     assert threads == {"test-timers"}
