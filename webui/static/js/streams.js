@@ -37,7 +37,7 @@ export function parseJsonBody(text) {
   return Array.isArray(value) ? value : [value];
 }
 
-/** A live read or an append that heard nothing from the server for too long. */
+/** A request that heard nothing from the server for too long (see RequestGuard). */
 export class StalledError extends Error {
   constructor(ms) {
     super(`no word from the server for ${Math.round(ms / 1000)} s`);
