@@ -340,7 +340,7 @@ function announceChanges(c, turns, loaded) {
   if (loaded) c.announceReady = true;
 }
 
-const ANNOUNCE_JOIN_MS = 1500;
+const ANNOUNCE_JOIN_MS = 3000; // about the time a screen reader takes to say one of them
 let lastAnnounced = { text: "", at: -Infinity };
 
 /** Say `text` through the live region. The one said moments earlier is kept in front of it:
