@@ -160,7 +160,7 @@ class Supervisor(pykka.ThreadingActor):
             try:
                 future.get(timeout=max(0.0, deadline - time.monotonic()))
             except (pykka.Timeout, pykka.ActorDeadError):
-                log.info("an agent did not stop in time; its lease will expire instead")
+                log.info("an agent did not stop in time to release its lease")
         self.agents.clear()
         self._timers.close()
         for _ in range(self.settings.job_threads):
