@@ -139,3 +139,23 @@ def test_a_restart_releases_only_its_own_earlier_runs_leases(tmp_path: Path) -> 
             assert state["holder"] == other
         finally:
             app.terminate()
+
+
+def test_an_unreadable_record_of_the_earlier_run_only_costs_a_warning(tmp_path: Path) -> None:
+    record = tmp_path / "data" / "agents" / "embedded-worker"
+    record.parent.mkdir(parents=True)
+    record.write_bytes(b"\xff\xfe not text \x00")
+    with FakeAnthropic() as model:
+        app = start_chat_app(tmp_path / "data", model_url=model.url)
+        try:
+            assert requests.get(f"{app.url}/", timeout=10).status_code == 200
+            client = StreamsClient(f"{app.url}/v1/stream")
+            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
+            cid = chat.start_conversation("after a damaged record")
+            prompt = chat.send_prompt(cid, "still answered?")
+            wait_for_answers(client, cid, [prompt], timeout=30)
+            log = app.log_path.read_text(errors="replace").rsplit("\n=== ", 1)[-1]
+            assert "could not read" in log and "Traceback" not in log, app.log_tail()
+            assert record.read_text().startswith("embedded-")  # this run's name, for the next
+        finally:
+            app.terminate()

@@ -126,7 +126,7 @@ class BackgroundWork:
                 earlier = file.read().strip()
         except FileNotFoundError:
             earlier = ""
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # unreadable, or not text
             log.warning("could not read %s (%s): an earlier run's leases expire instead",
                         record, exc)
             earlier = ""
