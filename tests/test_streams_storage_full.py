@@ -35,11 +35,6 @@ JSON = "application/json"
 LEASE_MS = 1000
 
 
-def log_of_this_start(server: ServerProcess) -> str:
-    text = server.log_path.read_text(errors="replace")
-    return text[text.rindex("\n=== "):]
-
-
 def fill(http: StreamsHttp, path: str, piece: bytes, content_type: str) -> list[bytes]:
     """Append `piece` until the server refuses; the pieces it acknowledged."""
     stored: list[bytes] = []
@@ -105,7 +100,7 @@ def test_a_full_quota_refuses_writes_with_507_loses_nothing_and_recovers(tmp_pat
             time.sleep(0.1)
         assert later[0]["stream"] == "jobs/a"
 
-        log = log_of_this_start(server)
+        log = server.log_since_start()
         assert "Traceback" not in log, server.log_tail()
         assert log.count("commits are failing") == 1, log  # one outage, however many refusals
     finally:
@@ -140,7 +135,7 @@ def test_a_large_body_whose_temporary_file_cannot_grow_is_refused_with_507(
         assert http.get("big", offset="-1").content == b""
         assert http.post("big", b"fits").status_code == 204
         assert http.get("big", offset="-1").content == b"fits"
-        assert "Traceback" not in log_of_this_start(server), server.log_tail()
+        assert "Traceback" not in server.log_since_start(), server.log_tail()
     finally:
         server.terminate()
 

@@ -908,7 +908,7 @@ def test_flask_debug_starts_exactly_one_supervisor(tmp_path: Path, model: FakeAn
                    if m.get("type") == "agent" and m.get("event") == "started"]
     finally:
         app.terminate()  # its whole output is in the log once it has exited
-    log = app.log_path.read_text(errors="replace").rsplit("\n=== ", 1)[-1]
+    log = app.log_since_start()
     assert "Restarting with" in log, "the reloader was not on"
     assert len(re.findall(r"starting the embedded supervisor", log)) == 1, log
     assert len(re.findall(r"supervisor \S+ started", log)) == 1, log

@@ -464,7 +464,7 @@ class StreamStore:
                 if self._touched:
                     self._committer.submit(lambda tx: None)  # persists sliding-TTL resets
             except StorageFailure:
-                pass  # the committer logs the outage; the next sweep tries again
+                continue  # the committer logs the outage; the next sweep tries again
             except Exception:
                 log.exception("expiry sweep failed")
 

@@ -179,6 +179,11 @@ class ServerProcess:
         """Exit code of the last process, None while running or before the first start."""
         return self._proc.poll() if self._proc is not None else None
 
+    def log_since_start(self) -> str:
+        """The log file from the header of the latest start on (earlier starts left out)."""
+        text = self.log_path.read_text(errors="replace")
+        return text[text.rfind("\n=== ") + 1:]
+
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines of the log file (all starts)."""
         try:
