@@ -474,6 +474,37 @@ def test_new_conversation_appears_in_another_tab(chat_app: ServerProcess, model:
     expect(watcher.get_by_test_id("conversation-title")).to_have_text(prompt)
 
 
+def test_a_conversation_with_a_new_prompt_moves_to_the_top_of_every_tab(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    older = chat.start_conversation(unique("Older"))
+    newer = chat.start_conversation(unique("Newer"))
+    writer = open_chat(new_context(), f"{chat_app.url}/#/c/{older}")
+    watcher = open_chat(new_context(), chat_app.url)  # another browser, not only another tab
+
+    def listed(page: Page) -> Locator:
+        return page.get_by_test_id("conversation-item")
+
+    for page in (writer, watcher):
+        expect(listed(page).first).to_have_attribute("data-conversation-id", newer)
+    prompt = unique("Bring this one back up")
+    send_prompt(writer, prompt)
+    for page in (writer, watcher):
+        expect(listed(page).first).to_have_attribute("data-conversation-id", older)
+        expect(listed(page).nth(1)).to_have_attribute("data-conversation-id", newer)
+    wait_state(writer, prompt, "done")
+    follow_up = unique("And again")
+    send_prompt(writer, follow_up)  # already first: nothing more to say in the list
+    wait_state(writer, follow_up, "done")
+
+    watcher.reload()
+    wait_ready(watcher)
+    expect(listed(watcher).first).to_have_attribute("data-conversation-id", older)
+    activity = [m for m in read_json_stream(chat_app.url, "conversations")
+                if m.get("type") == "activity" and m.get("id") in (older, newer)]
+    assert [m["id"] for m in activity] == [older]
+
+
 def test_a_lost_append_response_is_retried_and_stored_once(chat_app: ServerProcess, model: FakeAnthropic,
                                                            new_context: NewContext) -> None:
     """The POST reaches the server and is stored, but its response is lost: the retry must

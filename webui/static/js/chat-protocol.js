@@ -74,6 +74,16 @@ export function sendPrompt(outbox, conversationId, content) {
   return { promptId, ...entry };
 }
 
+/** Say in `conversations` that a conversation has a new prompt, so that every tab lists it
+ * first. Only worth sending when it is not first already. */
+export function markActive(outbox, conversationId) {
+  return outbox.enqueue(
+    CONVERSATIONS_PATH,
+    { type: "activity", id: conversationId, timestamp: Date.now() },
+    { ensure: [CONVERSATIONS_PATH], ensured: true },
+  );
+}
+
 /** Ask the agent to stop answering `promptId`. */
 export function cancelPrompt(outbox, conversationId, promptId) {
   return outbox.enqueue(
@@ -83,18 +93,21 @@ export function cancelPrompt(outbox, conversationId, promptId) {
   );
 }
 
-/** Pending outbox entries seen as chat items: new conversations and prompts not yet stored. */
+/** Pending outbox entries seen as chat items: new conversations, activity and prompts not yet
+ * stored. */
 export function pendingItems(entries) {
   const conversations = [];
+  const activity = []; // conversation ids, oldest first
   const prompts = [];
   for (const entry of entries) {
     const body = entry.body ?? {};
     if (entry.path === CONVERSATIONS_PATH && body.type === "conversation") {
       conversations.push({ ...body, pending: true, streamsReady: !!entry.ensured });
     }
+    if (entry.path === CONVERSATIONS_PATH && body.type === "activity") activity.push(body.id);
     const m = /^conversations\/([^/]+)\/prompts$/.exec(entry.path);
     if (m && body.type === "prompt") prompts.push({ conversationId: m[1], ...body, key: entry.key });
     if (m && body.type === "cancel") prompts.push({ conversationId: m[1], ...body, key: entry.key });
   }
-  return { conversations, prompts };
+  return { conversations, activity, prompts };
 }

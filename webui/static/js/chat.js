@@ -80,11 +80,22 @@ function conversationTitle(id) {
   return conversations.get(id)?.title ?? pendingState().conversations.find((c) => c.id === id)?.title ?? null;
 }
 
-function renderConversationList() {
+/** The list as shown: what our own pending messages will make it, most recently active first. */
+function listedConversations() {
   const items = conversations.sorted();
-  for (const pending of pendingState().conversations) {
-    if (!conversations.has(pending.id)) items.unshift({ id: pending.id, title: pending.title, timestamp: pending.timestamp, pending: true });
+  const pending = pendingState();
+  for (const id of pending.activity) {
+    const at = items.findIndex((c) => c.id === id);
+    if (at > 0) items.unshift(...items.splice(at, 1));
   }
+  for (const start of pending.conversations) {
+    if (!conversations.has(start.id)) items.unshift({ id: start.id, title: start.title, timestamp: start.timestamp, pending: true });
+  }
+  return items;
+}
+
+function renderConversationList() {
+  const items = listedConversations();
   const focusedId = document.activeElement?.closest?.("[data-conversation-id]")?.dataset.conversationId;
   ui.conversationList.replaceChildren(...items.map((c) => {
     const active = current?.id === c.id;
@@ -94,7 +105,7 @@ function renderConversationList() {
       dataset: { testid: "conversation-item", conversationId: c.id },
       "aria-current": active ? "page" : null,
       onclick: () => navigateTo(c.id),
-    }, el("span", { class: "conversation-item-title" }, c.title), el("span", { class: "conversation-item-time" }, c.pending ? "sending…" : formatTime(c.timestamp)));
+    }, el("span", { class: "conversation-item-title" }, c.title), el("span", { class: "conversation-item-time" }, c.pending ? "sending…" : formatTime(c.activeAt || c.timestamp)));
     return el("li", {}, button);
   }));
   if (focusedId) ui.conversationList.querySelector(`[data-conversation-id="${CSS.escape(focusedId)}"]`)?.focus();
@@ -376,6 +387,7 @@ function send() {
     if (idFromHash() !== id) history.replaceState(null, "", `#/c/${id}`);
   }
   protocol.sendPrompt(outbox, id, text);
+  if (listedConversations()[0]?.id !== id) protocol.markActive(outbox, id);
   ui.input.value = "";
   saveDraft(draft, "");
   autosize();

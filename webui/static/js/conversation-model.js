@@ -43,9 +43,14 @@ function isolated(what, message, fn) {
   }
 }
 
-/** The conversation list, from the `conversations` stream. */
+/**
+ * The conversation list, from the `conversations` stream: a `conversation` message lists one
+ * (a later one with the same id renames it), an `activity` message says it has a new prompt.
+ */
 export class ConversationList {
   byId = new Map();
+  #activity = new Map(); // id -> {order, activeAt}: its latest listing or activity message
+  #order = 0;
 
   /** Apply messages; returns true if anything visible changed. */
   apply(messages) {
@@ -53,15 +58,26 @@ export class ConversationList {
     for (const message of messages) {
       isolated("conversation", message, (m) => {
         if (!m || typeof m !== "object" || typeof m.id !== "string") return;
+        if (m.type === "activity") {
+          this.#touch(m.id, safeNumber(m.timestamp));
+          changed ||= this.byId.has(m.id);
+          return;
+        }
         if (m.type !== undefined && m.type !== "conversation") return; // unknown types are skipped
         const existing = this.byId.get(m.id);
         const title = typeof m.title === "string" && m.title.trim() ? m.title.trim() : existing?.title ?? "Untitled";
         const timestamp = existing?.timestamp ?? safeNumber(m.timestamp) ?? 0;
+        if (!existing) this.#touch(m.id, timestamp);
         this.byId.set(m.id, { id: m.id, title, timestamp });
         changed = true;
       });
     }
     return changed;
+  }
+
+  #touch(id, at) {
+    const activeAt = Math.max(at ?? 0, this.#activity.get(id)?.activeAt ?? 0);
+    this.#activity.set(id, { order: ++this.#order, activeAt });
   }
 
   has(id) {
@@ -72,9 +88,12 @@ export class ConversationList {
     return this.byId.get(id);
   }
 
-  /** Newest first. */
+  /** Most recently active first, in the stream's order rather than by the timestamps, which
+   * come from the writers' clocks: every tab and machine shows the same order. */
   sorted() {
-    return [...this.byId.values()].sort((a, b) => b.timestamp - a.timestamp || (a.id < b.id ? -1 : 1));
+    return [...this.byId.values()]
+      .map((c) => ({ ...c, ...this.#activity.get(c.id) }))
+      .sort((a, b) => b.order - a.order);
   }
 }
 
