@@ -505,6 +505,48 @@ def test_a_conversation_with_a_new_prompt_moves_to_the_top_of_every_tab(
     assert [m["id"] for m in activity] == [older]
 
 
+def test_a_rename_reaches_every_tab_and_escape_or_a_blank_title_keeps_the_old_one(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    before, after = unique("Before"), unique("After the rename")
+    cid = chat.start_conversation(before)
+    link = f"{chat_app.url}/#/c/{cid}"
+    renamer, watcher = open_chat(new_context(), link), open_chat(new_context(), link)
+    title, field = renamer.get_by_test_id("conversation-title"), renamer.get_by_test_id("rename-input")
+
+    def item(page: Page) -> Locator:
+        return page.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+
+    renamer.get_by_test_id("rename-conversation").click()
+    expect(field).to_be_focused()
+    expect(field).to_have_value(before)
+    field.fill("Not this one")
+    field.press("Escape")
+    expect(title).to_have_text(before)
+    renamer.get_by_test_id("rename-conversation").click()
+    field.fill("   ")
+    field.press("Enter")
+    expect(title).to_have_text(before)
+    expect(renamer.get_by_test_id("rename-conversation")).to_be_focused()
+
+    renamer.get_by_test_id("rename-conversation").click()
+    field.fill(f"  {after}  ")
+    field.press("Enter")
+    for page in (renamer, watcher):
+        expect(page.get_by_test_id("conversation-title")).to_have_text(after)
+        expect(item(page)).to_contain_text(after)
+    watcher.reload()
+    wait_ready(watcher)
+    expect(watcher.get_by_test_id("conversation-title")).to_have_text(after)
+    listings = [m for m in read_json_stream(chat_app.url, "conversations")
+                if m.get("type") == "conversation" and m.get("id") == cid]
+    assert [m["title"] for m in listings] == [before, after]
+
+    prompt = unique("Still answered after the rename?")
+    send_prompt(renamer, prompt)
+    wait_state(renamer, prompt, "done")
+
+
 def test_a_lost_append_response_is_retried_and_stored_once(chat_app: ServerProcess, model: FakeAnthropic,
                                                            new_context: NewContext) -> None:
     """The POST reaches the server and is stored, but its response is lost: the retry must

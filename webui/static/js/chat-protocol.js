@@ -74,6 +74,21 @@ export function sendPrompt(outbox, conversationId, content) {
   return { promptId, ...entry };
 }
 
+/** The longest title a rename keeps (the list and the header cut it short anyway). */
+export const MAX_TITLE_CHARS = 200;
+
+/** Give a listed conversation a new title: its `conversation` message again, every tab
+ * taking the latest title. Returns null when `title` is blank (nothing to rename to). */
+export function renameConversation(outbox, { id, title }) {
+  const clean = String(title).replace(/\s+/g, " ").trim().slice(0, MAX_TITLE_CHARS);
+  if (!clean) return null;
+  return outbox.enqueue(
+    CONVERSATIONS_PATH,
+    { type: "conversation", id, title: clean, timestamp: Date.now() },
+    { ensure: [CONVERSATIONS_PATH], ensured: true },
+  );
+}
+
 /** Say in `conversations` that a conversation has a new prompt, so that every tab lists it
  * first. Only worth sending when it is not first already. */
 export function markActive(outbox, conversationId) {

@@ -29,6 +29,9 @@ const ui = {
   conversationEmpty: $("conversation-list-empty"),
   newConversation: $("new-conversation"),
   title: $("conversation-title"),
+  rename: $("rename-conversation"),
+  renameForm: $("rename-form"),
+  renameInput: $("rename-input"),
   welcome: $("welcome"),
   unknownConversation: $("unknown-conversation"),
   messages: $("message-list"),
@@ -76,8 +79,9 @@ function canFollow(id) {
   return conversations.has(id) || pendingState().conversations.some((c) => c.id === id && c.streamsReady);
 }
 
+/** The latest title: one we are still sending (a new conversation, or a rename) wins. */
 function conversationTitle(id) {
-  return conversations.get(id)?.title ?? pendingState().conversations.find((c) => c.id === id)?.title ?? null;
+  return pendingState().conversations.findLast((c) => c.id === id)?.title ?? conversations.get(id)?.title ?? null;
 }
 
 /** The list as shown: what our own pending messages will make it, most recently active first. */
@@ -91,7 +95,7 @@ function listedConversations() {
   for (const start of pending.conversations) {
     if (!conversations.has(start.id)) items.unshift({ id: start.id, title: start.title, timestamp: start.timestamp, pending: true });
   }
-  return items;
+  return items.map((c) => ({ ...c, title: conversationTitle(c.id) ?? c.title }));
 }
 
 function renderConversationList() {
@@ -171,6 +175,7 @@ function navigateTo(id) {
 
 function openConversation(id) {
   if (current && id && current.id === id) return;
+  endRename(false);
   if (current) {
     for (const f of current.follows) f.stop();
     status.removeStream("prompts");
@@ -330,6 +335,7 @@ function render() {
   ui.unknownConversation.hidden = known || !conversationsLoaded || idFromHash() !== c.id;
   const title = conversationTitle(c.id) ?? "New conversation";
   ui.title.textContent = title;
+  ui.rename.hidden = !conversations.has(c.id) || !ui.renameForm.hidden;
   document.title = `${title} · Durable Agent Chat`;
   ui.stop.hidden = promptToStop() === null;
   const active = turns.filter((t) => !t.final).map(turnState);
@@ -404,6 +410,29 @@ function stop() {
   scheduleRender();
 }
 
+function startRename() {
+  if (!current || !conversations.has(current.id)) return;
+  ui.renameInput.value = conversationTitle(current.id) ?? "";
+  ui.title.hidden = true;
+  ui.rename.hidden = true;
+  ui.renameForm.hidden = false;
+  ui.renameInput.focus();
+  ui.renameInput.select();
+}
+
+/** Leave the title field, keeping what was typed (`save`) unless it is blank or unchanged. */
+function endRename(save) {
+  if (ui.renameForm.hidden) return;
+  const title = ui.renameInput.value;
+  ui.renameForm.hidden = true;
+  ui.title.hidden = false;
+  ui.rename.hidden = false;
+  if (save && current && title.trim() && title.trim() !== conversationTitle(current.id)) {
+    protocol.renameConversation(outbox, { id: current.id, title });
+  }
+  scheduleRender();
+}
+
 /** Drafts are kept per conversation. A new one (no link to it yet) has a new id on every
  * load, so its draft is kept as the new conversation's. */
 function draftKey() {
@@ -450,6 +479,19 @@ function wire() {
     stop();
     ui.input.focus();
   });
+  ui.rename.addEventListener("click", startRename);
+  ui.renameForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    endRename(true);
+    ui.rename.focus();
+  });
+  ui.renameInput.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape") return;
+    event.preventDefault();
+    endRename(false);
+    ui.rename.focus();
+  });
+  ui.renameInput.addEventListener("blur", () => endRename(true));
   ui.newConversation.addEventListener("click", () => {
     navigateTo(null);
     ui.input.focus();
