@@ -93,7 +93,8 @@ class _LeaseLost:
 
 @dataclass(frozen=True)
 class AgentStopped:
-    """The agent ended normally: `idle` (passivated), `replaced`, `lease-lost`, `shutdown`."""
+    """The agent ended normally: `idle` (passivated), `replaced`, `lease-lost`, `shutdown`,
+    `deleted`."""
 
     conversation_id: str
     reason: str
@@ -103,6 +104,12 @@ class AgentStopped:
 class AgentCrashed:
     conversation_id: str
     error: str
+
+
+@dataclass(frozen=True)
+class ConversationDeleted:
+    """From the supervisor: the conversation was deleted. The agent stops at once, leaving
+    its answer unfinished, and lets go of the lease."""
 
 
 class AgentFailure(Exception):
@@ -181,7 +188,7 @@ class ConversationAgent(pykka.ThreadingActor):
         if self._current is not None:
             self._current.abort.set()
             self._current.cancel.set()
-        if self._stop_reason in ("shutdown", "failed"):
+        if self._stop_reason in ("shutdown", "failed", "deleted"):
             self._keeper.release()
         else:
             self._keeper.stop()
@@ -238,6 +245,8 @@ class ConversationAgent(pykka.ThreadingActor):
             self._on_answer_finished(message.outcome)
         elif isinstance(message, _Tick):
             self._on_tick()
+        elif isinstance(message, ConversationDeleted):
+            self._stop_with("deleted")
         elif isinstance(message, _LeaseLost):
             log.warning("agent %s: %s", self.conversation_id, message.reason)
             self._stop_with("lease-lost")

@@ -92,6 +92,14 @@ def parse_prompt_message(message: Any) -> Prompt | Cancel | None:
     return None
 
 
+def parse_deletion(message: Any) -> str | None:
+    """The id of the conversation a `{"type": "delete", "id"}` message deletes, else None."""
+    if not isinstance(message, dict) or message.get("type") != "delete":
+        return None
+    cid = message.get("id")
+    return cid if is_conversation_id(cid) else None
+
+
 def parse_conversation_entry(message: Any) -> ConversationEntry | None:
     if not isinstance(message, dict) or message.get("type", "conversation") != "conversation":
         return None

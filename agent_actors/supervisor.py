@@ -8,6 +8,10 @@ It learns about work two ways, both without polling idle conversations:
   conversation it makes sure the subscription exists (idempotent) and checks once whether
   prompts are pending, which covers wakes written while no supervisor was running.
 
+A `delete` message in the `conversations` stream ends a conversation for good: its agent
+stops, and the supervisor deletes its subscription and both its streams (once per offsets
+file; again whenever a wake shows that a late writer brought them back).
+
 For a conversation with work it claims the subscription's lease and spawns an agent holding
 it. Leases are what let several supervisors, on several machines, share the work: a claim by
 one makes the others' claims fail with `ALREADY_CLAIMED`. Crashed agents are restarted with
@@ -31,18 +35,26 @@ from typing import Any
 import pykka
 
 from agent_actors import layout
-from agent_actors.agent import AgentCrashed, AgentSettings, AgentStopped, ConversationAgent
+from agent_actors.agent import (
+    AgentCrashed,
+    AgentSettings,
+    AgentStopped,
+    ConversationAgent,
+    ConversationDeleted,
+)
 from agent_actors.conversation_log import ConversationLog
 from agent_actors.errors import (
     AlreadyClaimed,
     Conflict,
     NoPendingWork,
     NotFound,
+    StreamGone,
     StreamsError,
+    StreamsUnavailable,
 )
 from agent_actors.models.base import Model
 from agent_actors.offsets_store import OffsetsStore
-from agent_actors.schema import parse_conversation_entry
+from agent_actors.schema import parse_conversation_entry, parse_deletion
 from agent_actors.stream_types import Lease
 from agent_actors.streams_client import StreamsClient, Tail
 from agent_actors.timers import Timers
@@ -84,6 +96,17 @@ class _Ready:
 @dataclass(frozen=True)
 class _ConversationsSeen:
     ids: tuple[str, ...]
+    deleted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Remove:
+    conversation_id: str  # a deleted conversation whose streams may still be there
+
+
+@dataclass(frozen=True)
+class _Removed:
+    conversation_id: str
 
 
 @dataclass(frozen=True)
@@ -125,6 +148,8 @@ class Supervisor(pykka.ThreadingActor):
         self.offsets = offsets or OffsetsStore(settings.data_dir)  # closed when it stops
         self.agents: dict[str, pykka.ActorRef[Any]] = {}
         self._known: set[str] = set()
+        self._deleted: set[str] = set()
+        self._removing: set[str] = set()
         self._claiming: set[str] = set()
         self._deferred: list[str] = []
         self._failures: dict[str, int] = {}
@@ -177,13 +202,21 @@ class Supervisor(pykka.ThreadingActor):
             self._watch(self.settings.wake_stream, message.wake_offset, self._on_wake_batch)
             self._watch(layout.CONVERSATIONS_STREAM, "-1", self._on_conversations_batch)
         elif isinstance(message, _ConversationsSeen):
+            for cid in message.deleted:
+                self._on_deleted(cid)
             for cid in message.ids:
                 if cid not in self._known:
                     self._known.add(cid)
                     self._jobs.put(functools.partial(self._recheck, cid))
+        elif isinstance(message, _Woken) and message.conversation_id in self._deleted:
+            self._remove(message.conversation_id)  # a late writer brought its streams back
+        elif isinstance(message, _Remove):
+            self._remove(message.conversation_id)
         elif isinstance(message, (_Pending, _Woken, _Retry)):
             self._known.add(message.conversation_id)
             self._try_claim(message.conversation_id)
+        elif isinstance(message, _Removed):
+            self._removing.discard(message.conversation_id)
         elif isinstance(message, _Claimed):
             self._on_claimed(message)
         elif isinstance(message, AgentStopped):
@@ -197,7 +230,7 @@ class Supervisor(pykka.ThreadingActor):
         return None
 
     def _try_claim(self, cid: str) -> None:
-        if cid in self.agents or cid in self._claiming:
+        if cid in self.agents or cid in self._claiming or cid in self._deleted:
             return
         wait = self._not_before.get(cid, 0) - time.monotonic()
         if wait > 0:
@@ -213,6 +246,11 @@ class Supervisor(pykka.ThreadingActor):
     def _on_claimed(self, claimed: _Claimed) -> None:
         cid = claimed.conversation_id
         self._claiming.discard(cid)
+        if cid in self._deleted:  # deleted while being claimed
+            if claimed.lease is not None:
+                self._jobs.put(functools.partial(self._release_and_remove, claimed.lease))
+            self._admit_deferred()
+            return
         if claimed.lease is None:
             if claimed.error is not None:
                 # The server may hold a wake for it that it will not repeat: try again later.
@@ -236,6 +274,10 @@ class Supervisor(pykka.ThreadingActor):
     def _on_agent_gone(self, cid: str) -> None:
         self.agents.pop(cid, None)
         self._failures.pop(cid, None)
+        if cid in self._deleted:
+            self._remove(cid)
+            self._admit_deferred()
+            return
         # A wake that came while the agent was still registered was ignored: a prompt sent
         # as an idle agent stopped, or the new wake the server wrote when the agent's lease
         # lapsed (it stops when it learns so). Look again, as for a conversation seen at start.
@@ -245,11 +287,41 @@ class Supervisor(pykka.ThreadingActor):
     def _on_agent_crashed(self, crashed: AgentCrashed) -> None:
         cid = crashed.conversation_id
         self.agents.pop(cid, None)
+        if cid in self._deleted:  # e.g. its streams went first: nothing to restart
+            log.info("agent of deleted conversation=%s ended: %s", cid, crashed.error)
+            self._remove(cid)
+            self._admit_deferred()
+            return
         failures, delay = self._back_off(cid)
         log.warning("agent crashed conversation=%s failures=%d restart_in_s=%.1f error=%s",
                     cid, failures, delay, crashed.error)
         self._try_claim(cid)
         self._admit_deferred()
+
+    def _on_deleted(self, cid: str) -> None:
+        """Stop the conversation's agent, if any, then remove its streams; never claim it again."""
+        if cid in self._deleted:
+            return
+        self._deleted.add(cid)
+        self._known.add(cid)
+        self._failures.pop(cid, None)
+        self._not_before.pop(cid, None)
+        if cid in self._deferred:
+            self._deferred.remove(cid)
+        agent = self.agents.get(cid)
+        if agent is not None:
+            log.info("conversation %s was deleted: stopping its agent", cid)
+            try:
+                agent.tell(ConversationDeleted())  # its removal follows when it has stopped
+            except pykka.ActorDeadError:
+                pass  # stopped already: its AgentStopped/AgentCrashed is on its way here
+        elif cid not in self._claiming:  # else: when the claim is answered
+            self._jobs.put(functools.partial(self._remove_unless_done, cid))
+
+    def _remove(self, cid: str) -> None:
+        if cid not in self._removing:
+            self._removing.add(cid)
+            self._jobs.put(functools.partial(self._remove_conversation, cid))
 
     def _back_off(self, cid: str) -> tuple[int, float]:
         """Count one more failure for `cid` and delay its next claim: (failures, delay)."""
@@ -307,7 +379,7 @@ class Supervisor(pykka.ThreadingActor):
     def _recheck(self, cid: str, attempt: int = 0) -> None:
         """`_check_pending`, tried again later (backing off) while the server cannot answer:
         a conversation left unchecked would wait for a wake that may never come."""
-        if self._stopping.is_set() or self._check_pending(cid):
+        if self._stopping.is_set() or cid in self._deleted or self._check_pending(cid):
             return
         delay = min(MAX_BACKOFF_S, self.settings.restart_backoff_s * 2 ** attempt)
         self._timers.call_later(
@@ -361,6 +433,54 @@ class Supervisor(pykka.ThreadingActor):
         conversation.add_prompt_messages(prompts)
         return bool(conversation.unanswered())
 
+    def _remove_unless_done(self, cid: str) -> None:
+        """At a start, a conversation deleted long ago was removed then: no requests."""
+        if self.offsets.is_removed(cid):
+            log.debug("deleted conversation %s was removed before", cid)
+        else:
+            self._tell(_Remove(cid))
+
+    def _release_and_remove(self, lease: Lease) -> None:
+        try:
+            self.client.release(lease)
+        except StreamsError as exc:
+            log.info("could not release the lease of deleted %s: %s", lease.subscription_id, exc)
+        cid = layout.conversation_of_subscription(lease.subscription_id)
+        if cid is not None:
+            self._tell(_Remove(cid))
+
+    def _remove_conversation(self, cid: str, attempt: int = 0) -> None:
+        """Delete a deleted conversation's subscription and streams; retried (backing off)
+        while the server cannot answer. Gone already (404, or 410 for a stream that forks
+        still read) is done."""
+        deletions: list[Callable[[], None]] = [
+            functools.partial(self.client.delete_subscription, layout.subscription_id(cid)),
+            functools.partial(self.client.delete, layout.prompts_path(cid)),
+            functools.partial(self.client.delete, layout.responses_path(cid)),
+        ]
+        try:
+            for delete in deletions:
+                try:
+                    delete()
+                except (NotFound, StreamGone):
+                    pass
+        except StreamsUnavailable as exc:
+            if self._stopping.is_set():
+                return
+            delay = min(MAX_BACKOFF_S, self.settings.restart_backoff_s * 2 ** attempt)
+            log.warning("could not remove deleted conversation %s (%s); retrying in %.1fs",
+                        cid, exc, delay)
+            self._timers.call_later(delay, lambda: self._jobs.put(
+                functools.partial(self._remove_conversation, cid, attempt + 1)))
+            return
+        except StreamsError as exc:  # refused (e.g. a token without the right): not retried
+            log.error("could not remove deleted conversation %s: %s", cid, exc)
+            self._tell(_Removed(cid))
+            return
+        self.offsets.record_removed(cid)
+        log.info("removed deleted conversation=%s", cid)
+        self._tell(_Removed(cid))
+
     def _claim(self, cid: str) -> None:
         lease: Lease | None = None
         error: str | None = None
@@ -400,5 +520,6 @@ class Supervisor(pykka.ThreadingActor):
 
     def _on_conversations_batch(self, messages: tuple[Any, ...]) -> None:
         ids = tuple(e.id for e in map(parse_conversation_entry, messages) if e is not None)
-        if ids:
-            self._tell(_ConversationsSeen(ids))
+        deleted = tuple(cid for cid in map(parse_deletion, messages) if cid is not None)
+        if ids or deleted:
+            self._tell(_ConversationsSeen(ids, deleted))

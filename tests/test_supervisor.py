@@ -23,7 +23,9 @@ from typing import Any
 import pykka
 import pytest
 
+from agent_actors import layout
 from agent_actors.agent import AgentSettings
+from agent_actors.errors import NotFound, StreamsUnavailable
 from agent_actors.models.anthropic_model import AnthropicModel
 from agent_actors.stream_types import Lease
 from agent_actors.streams_client import RetryPolicy, StreamsClient
@@ -478,3 +480,111 @@ def test_signal_stops_the_supervisor_cleanly_and_frees_its_leases(
     assert first.count_lines(f"answered conversation={busy} ") == 0
     print(f"{sig.name}: exit after {exit_s * 1000:.0f} ms, second supervisor answered both "
           f"after {takeover_s:.1f} s (lease TTL {ttl_ms / 1000:.0f} s)")
+
+
+# -- 5. a deleted conversation ---------------------------------------------------------------------
+
+
+def conversation_gone(client: StreamsClient, cid: str) -> bool:
+    """Neither its subscription nor either of its streams is left on the server."""
+    try:
+        client.get_subscription(layout.subscription_id(cid))
+        return False
+    except NotFound:
+        pass
+    return not any(client.exists(path)
+                   for path in (layout.prompts_path(cid), layout.responses_path(cid)))
+
+
+def test_a_conversation_deleted_mid_answer_is_stopped_removed_and_never_answered_again(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    fake.tokens_per_second = 40  # the long reply takes ~4 s: the deletion lands mid-answer
+    root = streams_root(streams_server)
+    sup = in_process(root, worker="w1")
+    client, chat = connect(root)
+    doomed, kept = chat.start_conversation("doomed"), chat.start_conversation("kept")
+    prompt = chat.send_prompt(doomed, "long")
+    wait_for_answers(client, doomed, [prompt], until=mid_answer(prompt, 0))
+    requests_before = len(fake.requests)
+
+    chat.delete_conversation(doomed)
+    logs.wait_for(f"removed deleted conversation={doomed}")
+    assert conversation_gone(client, doomed)
+    wait_until(lambda: doomed not in status(sup)["agents"], timeout=10, what="the agent to stop")
+    assert logs.matching(f"agent stopped conversation={doomed} reason=deleted")
+    assert not logs.matching(rf"agent crashed conversation={doomed} ")
+
+    # A late writer (a tab that missed the deletion) brings the streams back with a prompt:
+    # they are removed again, and no agent answers it.
+    late = ChatClient(client, lease_ttl_ms=LEASE_TTL_MS)
+    late.client.put_subscription(layout.subscription_id(doomed),
+                                 layout.subscription_config(doomed, lease_ttl_ms=LEASE_TTL_MS))
+    late.client.ensure_stream(layout.prompts_path(doomed))
+    late.client.producer(layout.prompts_path(doomed), "late-tab", auto_claim=True).append(
+        [{"type": "prompt", "id": "p-late", "content": "anyone?", "timestamp": 1}])
+    logs.wait_for(f"removed deleted conversation={doomed}", count=2)
+    assert conversation_gone(client, doomed)
+
+    # The other conversation is untouched, and a new supervisor (same offsets file) neither
+    # answers the deleted one nor sends its removal again.
+    other = chat.send_prompt(kept, "still here")
+    assert_clean_answers(wait_for_answers(client, kept, [other]), {other: "still here"})
+    sup.stop(timeout=30)
+    in_process(root, worker="w1")
+    logs.wait_for(f"deleted conversation {doomed} was removed before")
+    again = chat.send_prompt(kept, "and after a restart")
+    wait_for_answers(client, kept, [other, again])
+    assert len(logs.matching(f"agent started conversation={doomed} ")) == 1
+    assert len(logs.matching(f"removed deleted conversation={doomed}")) == 2
+    assert all(doomed not in str(r) for r in fake.requests[requests_before:]), \
+        "the model was asked about the deleted conversation again"
+
+
+def test_a_conversation_deleted_while_no_supervisor_runs_is_removed_at_start_unanswered(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    doomed = chat.start_conversation("deleted before any agent")
+    chat.send_prompt(doomed, "never answer this")
+    chat.delete_conversation(doomed)
+    kept = chat.start_conversation("kept")
+    prompt = chat.send_prompt(kept, "answer this one")
+
+    in_process(root)
+    assert_clean_answers(wait_for_answers(client, kept, [prompt]), {prompt: "answer this one"})
+    logs.wait_for(f"removed deleted conversation={doomed}")
+    assert conversation_gone(client, doomed)
+    assert not logs.matching(f"agent started conversation={doomed} ")
+    assert [r["messages"][-1]["content"] for r in fake.requests] == ["answer this one"]
+
+
+class FailingDeletes(StreamsClient):
+    """A streams client whose first `failures` subscription deletions find the server down."""
+
+    def __init__(self, root: str, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StreamsUnavailable("connection refused (injected)")
+        super().delete_subscription(subscription_id)
+
+
+def test_a_deletion_the_server_cannot_carry_out_yet_is_retried(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    root = streams_root(streams_server)
+    in_process(root, client=FailingDeletes(root, failures=2), restart_backoff_s=0.2)
+    client, chat = connect(root)
+    doomed = chat.start_conversation("deleted during an outage")
+    chat.delete_conversation(doomed)
+    logs.wait_for(f"could not remove deleted conversation {doomed} .* retrying in 0.4s")
+    logs.wait_for(f"removed deleted conversation={doomed}")
+    assert conversation_gone(client, doomed)

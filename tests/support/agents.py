@@ -228,6 +228,10 @@ class ChatClient:
                                                     auto_claim=True)
         return cid
 
+    def delete_conversation(self, cid: str) -> None:
+        assert self._conversations is not None, "start a conversation first"
+        self._conversations.append([{"type": "delete", "id": cid, "timestamp": schema.now_ms()}])
+
     def send_prompt(self, cid: str, content: Any) -> str:
         """Append a prompt; `content` is sent as given (a client could send anything)."""
         prompt_id = f"p{uuid.uuid4().hex[:10]}"
