@@ -30,7 +30,7 @@ from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request,
 from agent_actors.streams_client import StreamsClient
 from tests.fake_anthropic import FakeAnthropic
 from tests.support import ARTIFACTS_DIR, REPO_ROOT, ServerProcess, start_reference_server
-from tests.support.agents import ChatClient
+from tests.support.agents import ChatClient, wait_until
 from tests.support.browser import RECORDER_JS, launch_chromium, turn_for, turn_log, unsafe_nodes
 from tests.support.webapp import ScriptedReplies, read_json_stream, start_chat_app
 
@@ -545,6 +545,91 @@ def test_a_rename_reaches_every_tab_and_escape_or_a_blank_title_keeps_the_old_on
     prompt = unique("Still answered after the rename?")
     send_prompt(renamer, prompt)
     wait_state(renamer, prompt, "done")
+
+
+def test_a_deleted_conversation_leaves_every_tab_and_the_server(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    title = unique("To be deleted")
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(title)
+    link = f"{chat_app.url}/#/c/{cid}"
+    deleter, watcher = open_chat(new_context(), link), open_chat(new_context(), link)
+    prompt = unique("Say something first")
+    send_prompt(deleter, prompt)
+    wait_state(watcher, prompt, "done")
+    item = f'[data-testid="conversation-item"][data-conversation-id="{cid}"]'
+
+    deleter.once("dialog", lambda dialog: dialog.dismiss())
+    deleter.get_by_test_id("delete-conversation").click()
+    expect(deleter.locator(item)).to_have_count(1)  # thought better of it: nothing changed
+    expect(deleter).to_have_url(re.compile(f"#/c/{cid}$"))
+
+    questions: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    watcher.get_by_test_id("composer-input").fill("a half-written thought")
+    deleter.once("dialog", accept)
+    deleter.get_by_test_id("delete-conversation").click()
+    assert questions and title in questions[0]
+    for page in (deleter, watcher):
+        expect(page.locator(item)).to_have_count(0)
+        expect(page.get_by_test_id("deleted-conversation")).to_have_text(f"“{title}” was deleted.")
+        expect(page.get_by_test_id("conversation-title")).to_have_text("New conversation")
+        assert not page.url.endswith(cid)
+    expect(watcher.get_by_test_id("composer-input")).to_have_value("a half-written thought")
+
+    client = StreamsClient(f"{chat_app.url}/v1/stream")
+    wait_until(lambda: not client.exists(f"conversations/{cid}/prompts")
+               and not client.exists(f"conversations/{cid}/responses"),
+               timeout=20, what="the supervisor to remove the deleted conversation's streams")
+
+    # A link to it, opened later, says so; a message sent there starts a new conversation.
+    late = open_chat(new_context(), link)
+    expect(late.get_by_test_id("deleted-conversation")).to_have_text(f"“{title}” was deleted.")
+    fresh = unique("A new start")
+    send_prompt(late, fresh)
+    wait_state(late, fresh, "done")
+    assert conversation_id(late) != cid
+    assert not client.exists(f"conversations/{cid}/prompts")
+
+
+def test_a_prompt_waiting_to_be_sent_is_dropped_with_its_deleted_conversation(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Its retries would bring the deleted streams back (a 404 makes the outbox create them)."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Deleted with a prompt in the outbox"))
+    page = open_chat(new_context(), f"{chat_app.url}/#/c/{cid}")
+    tried: list[str] = []
+
+    def unreachable(route: Route, request: Request) -> None:
+        tried.append(request.method)
+        route.abort("connectionrefused")
+
+    page.route(lambda url: f"/conversations/{cid}/" in url, unreachable)
+    stuck = unique("This never gets through")
+    page.get_by_test_id("composer-input").fill(stuck)
+    page.get_by_test_id("composer-input").press("Enter")
+    expect(turn_for(page, stuck)).to_have_count(1)
+    wait_until(lambda: "POST" in tried, timeout=10, what="the prompt's first attempt")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id("delete-conversation").click()
+    expect(turn_for(page, stuck)).to_have_count(0)
+    client = StreamsClient(f"{chat_app.url}/v1/stream")
+    wait_until(lambda: not client.exists(f"conversations/{cid}/prompts"), timeout=20,
+               what="the deleted conversation's removal")
+    attempts = len(tried)
+
+    after = unique("The next conversation still works")
+    send_prompt(page, after)
+    wait_state(page, after, "done")
+    assert len(tried) == attempts, "the dropped prompt was tried again"
+    assert not client.exists(f"conversations/{cid}/prompts")
+    assert page.evaluate("() => Object.keys(sessionStorage).filter(k => k.startsWith('ds-outbox:'))"
+                         ".map(k => sessionStorage.getItem(k)).join('')").find(stuck) == -1
 
 
 def test_a_lost_append_response_is_retried_and_stored_once(chat_app: ServerProcess, model: FakeAnthropic,

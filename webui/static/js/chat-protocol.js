@@ -89,6 +89,19 @@ export function renameConversation(outbox, { id, title }) {
   );
 }
 
+/** Delete a conversation for everyone: a `delete` message in `conversations`, on which the
+ * agents' supervisor removes its streams and subscription. Its prompts not sent yet are
+ * dropped, so that no retry brings its streams back. */
+export function deleteConversation(outbox, conversationId) {
+  outbox.discard(({ path, body }) => path === promptsPath(conversationId)
+    || (path === CONVERSATIONS_PATH && body?.id === conversationId));
+  return outbox.enqueue(
+    CONVERSATIONS_PATH,
+    { type: "delete", id: conversationId, timestamp: Date.now() },
+    { ensure: [CONVERSATIONS_PATH], ensured: true },
+  );
+}
+
 /** Say in `conversations` that a conversation has a new prompt, so that every tab lists it
  * first. Only worth sending when it is not first already. */
 export function markActive(outbox, conversationId) {
@@ -113,6 +126,7 @@ export function cancelPrompt(outbox, conversationId, promptId) {
 export function pendingItems(entries) {
   const conversations = [];
   const activity = []; // conversation ids, oldest first
+  const deleted = [];
   const prompts = [];
   for (const entry of entries) {
     const body = entry.body ?? {};
@@ -120,9 +134,10 @@ export function pendingItems(entries) {
       conversations.push({ ...body, pending: true, streamsReady: !!entry.ensured });
     }
     if (entry.path === CONVERSATIONS_PATH && body.type === "activity") activity.push(body.id);
+    if (entry.path === CONVERSATIONS_PATH && body.type === "delete") deleted.push(body.id);
     const m = /^conversations\/([^/]+)\/prompts$/.exec(entry.path);
     if (m && body.type === "prompt") prompts.push({ conversationId: m[1], ...body, key: entry.key });
     if (m && body.type === "cancel") prompts.push({ conversationId: m[1], ...body, key: entry.key });
   }
-  return { conversations, activity, prompts };
+  return { conversations, activity, deleted, prompts };
 }

@@ -32,6 +32,8 @@ const ui = {
   rename: $("rename-conversation"),
   renameForm: $("rename-form"),
   renameInput: $("rename-input"),
+  delete: $("delete-conversation"),
+  deletedNotice: $("deleted-conversation"),
   welcome: $("welcome"),
   unknownConversation: $("unknown-conversation"),
   messages: $("message-list"),
@@ -86,8 +88,8 @@ function conversationTitle(id) {
 
 /** The list as shown: what our own pending messages will make it, most recently active first. */
 function listedConversations() {
-  const items = conversations.sorted();
   const pending = pendingState();
+  const items = conversations.sorted().filter((c) => !pending.deleted.includes(c.id));
   for (const id of pending.activity) {
     const at = items.findIndex((c) => c.id === id);
     if (at > 0) items.unshift(...items.splice(at, 1));
@@ -139,6 +141,7 @@ function followConversations() {
     onBatch(batch) {
       const changed = conversations.apply(batch.messages ?? []);
       if (batch.upToDate) conversationsLoaded = true;
+      if (current && conversations.isDeleted(current.id)) leaveDeleted(current.id);
       if (changed || batch.upToDate) {
         renderConversationList();
         maybeFollow();
@@ -176,6 +179,11 @@ function navigateTo(id) {
 function openConversation(id) {
   if (current && id && current.id === id) return;
   endRename(false);
+  ui.deletedNotice.hidden = true;
+  if (id && conversations.isDeleted(id)) {
+    leaveDeleted(id); // opens a new conversation instead
+    return;
+  }
   if (current) {
     for (const f of current.follows) f.stop();
     status.removeStream("prompts");
@@ -336,6 +344,7 @@ function render() {
   const title = conversationTitle(c.id) ?? "New conversation";
   ui.title.textContent = title;
   ui.rename.hidden = !conversations.has(c.id) || !ui.renameForm.hidden;
+  ui.delete.hidden = ui.rename.hidden;
   document.title = `${title} · Durable Agent Chat`;
   ui.stop.hidden = promptToStop() === null;
   const active = turns.filter((t) => !t.final).map(turnState);
@@ -433,6 +442,36 @@ function endRename(save) {
   scheduleRender();
 }
 
+function deleteCurrent() {
+  if (!current || !conversations.has(current.id)) return;
+  const id = current.id;
+  const title = conversationTitle(id);
+  const question = `Delete “${title}”?\n\nIts prompts and answers are removed for every tab and device. This cannot be undone.`;
+  if (!window.confirm(question)) return;
+  protocol.deleteConversation(outbox, id);
+  leaveDeleted(id, title);
+  ui.input.focus();
+}
+
+/** Show a new conversation in place of `id`, which was deleted (here, elsewhere, or before
+ * its link was opened), and say so. */
+function leaveDeleted(id, title = conversations.deletedTitle(id)) {
+  saveDraft(`draft:${id}`, "");
+  for (const [promptId, failed] of failedPrompts) if (failed.conversationId === id) failedPrompts.delete(promptId);
+  if (idFromHash() === id) history.replaceState(null, "", window.location.pathname + window.location.search);
+  const typed = current?.id === id ? ui.input.value : "";
+  openConversation(null);
+  if (typed.trim() && !ui.input.value.trim()) {
+    ui.input.value = typed; // what was being written is kept for the new conversation
+    saveDraft(draftKey(), typed);
+    autosize();
+  }
+  const said = `${title ? `“${title}”` : "The conversation at this link"} was deleted.`;
+  ui.deletedNotice.textContent = said;
+  ui.deletedNotice.hidden = false;
+  announce(said);
+}
+
 /** Drafts are kept per conversation. A new one (no link to it yet) has a new id on every
  * load, so its draft is kept as the new conversation's. */
 function draftKey() {
@@ -480,6 +519,7 @@ function wire() {
     ui.input.focus();
   });
   ui.rename.addEventListener("click", startRename);
+  ui.delete.addEventListener("click", deleteCurrent);
   ui.renameForm.addEventListener("submit", (event) => {
     event.preventDefault();
     endRename(true);

@@ -45,12 +45,14 @@ function isolated(what, message, fn) {
 
 /**
  * The conversation list, from the `conversations` stream: a `conversation` message lists one
- * (a later one with the same id renames it), an `activity` message says it has a new prompt.
+ * (a later one with the same id renames it), an `activity` message says it has a new prompt,
+ * and a `delete` message removes it for good.
  */
 export class ConversationList {
   byId = new Map();
   #activity = new Map(); // id -> {order, activeAt}: its latest listing or activity message
   #order = 0;
+  #deleted = new Map(); // id -> its title when it was deleted, if it was listed
 
   /** Apply messages; returns true if anything visible changed. */
   apply(messages) {
@@ -58,6 +60,12 @@ export class ConversationList {
     for (const message of messages) {
       isolated("conversation", message, (m) => {
         if (!m || typeof m !== "object" || typeof m.id !== "string") return;
+        if (m.type === "delete") {
+          if (!this.#deleted.has(m.id)) this.#deleted.set(m.id, this.byId.get(m.id)?.title ?? null);
+          changed = this.byId.delete(m.id) || changed;
+          return;
+        }
+        if (this.#deleted.has(m.id)) return; // a late message does not bring it back
         if (m.type === "activity") {
           this.#touch(m.id, safeNumber(m.timestamp));
           changed ||= this.byId.has(m.id);
@@ -82,6 +90,14 @@ export class ConversationList {
 
   has(id) {
     return this.byId.has(id);
+  }
+
+  isDeleted(id) {
+    return this.#deleted.has(id);
+  }
+
+  deletedTitle(id) {
+    return this.#deleted.get(id) ?? null;
   }
 
   get(id) {

@@ -62,6 +62,26 @@ export class Outbox extends Emitter {
     return { key: entry.key, done };
   }
 
+  /**
+   * Drop the entries `matches({path, body})` picks, e.g. the unsent prompts of a conversation
+   * being deleted. One being sent at this moment may still land. Returns how many were dropped.
+   */
+  discard(matches) {
+    const dropped = this.#entries.filter((e) => matches({ path: e.path, body: e.body }));
+    if (!dropped.length) return 0;
+    this.#entries = this.#entries.filter((e) => !dropped.includes(e));
+    // A dropped message may have reached the server under its Producer-Seq: the next one on
+    // its stream must not reuse that number (it would be answered "duplicate" and lost).
+    if (dropped.some((e) => e.tuple)) this.#rotate();
+    this.#save();
+    for (const e of dropped) {
+      this.#waiters.get(e.key)?.reject(new Error("discarded"));
+      this.#waiters.delete(e.key);
+    }
+    this.emit("change");
+    return dropped.length;
+  }
+
   /** Start (or nudge) the flush loop; call once at page start to re-send leftovers. */
   start() {
     if (this.#wake) this.#wake.abort();
@@ -83,6 +103,10 @@ export class Outbox extends Emitter {
         outcome = await this.#attempt(entry);
       } catch (err) {
         outcome = { retry: true, error: err };
+      }
+      if (!this.#entries.includes(entry)) {
+        attempt = 0; // discarded while it was being sent
+        continue;
       }
       if (outcome.retry) {
         attempt += 1;
