@@ -314,6 +314,7 @@ def test_stop_button_cancels_a_streaming_answer(chat_app: ServerProcess, model: 
     assert_grew_cleanly(turn_log(page, prompt_id), reply)
     expect(stop).to_be_hidden()
     expect(turn_for(page, prompt).get_by_test_id("answer-meta")).to_contain_text("Stopped")
+    expect(turn_for(page, prompt).get_by_test_id("retry")).to_be_visible()  # the answer, afresh
     assert model.client_disconnected.wait(10), "the model's stream was not closed after stop"
     cid = conversation_id(page)
     assert {"type": "cancel", "promptId": prompt_id} in [
@@ -630,6 +631,29 @@ def test_a_prompt_waiting_to_be_sent_is_dropped_with_its_deleted_conversation(
     assert not client.exists(f"conversations/{cid}/prompts")
     assert page.evaluate("() => Object.keys(sessionStorage).filter(k => k.startsWith('ds-outbox:'))"
                          ".map(k => sessionStorage.getItem(k)).join('')").find(stuck) == -1
+
+
+def test_a_failed_answer_can_be_tried_again_from_the_last_turn(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    page = open_chat(new_context(), chat_app.url)
+    model.fail_next("401")
+    prompt = unique("Fail this one first")
+    page.get_by_test_id("composer-input").fill(prompt)
+    page.get_by_test_id("composer-input").press("Enter")
+    wait_state(page, prompt, "error")
+    page.get_by_test_id("composer-input").fill("typed meanwhile")
+
+    turns = page.get_by_test_id("turn")
+    turns.first.get_by_test_id("retry").click()
+    expect(turns).to_have_count(2)
+    expect(turns.nth(1)).to_have_attribute("data-state", "done")
+    expect(turns.first).to_have_attribute("data-state", "error")
+    expect(turns.first.get_by_test_id("retry")).to_have_count(0)  # no longer the last turn
+    expect(turns.nth(1).get_by_test_id("retry")).to_have_count(0)  # it succeeded
+    expect(page.get_by_test_id("composer-input")).to_have_value("typed meanwhile")
+    cid = conversation_id(page)
+    contents = [m["content"] for m in prompt_messages(chat_app.url, cid) if m.get("type") == "prompt"]
+    assert contents == [prompt, prompt]
 
 
 def test_a_lost_append_response_is_retried_and_stored_once(chat_app: ServerProcess, model: FakeAnthropic,

@@ -24,11 +24,19 @@ const STATE_LABEL = {
 export class ChatView {
   #nodes = new Map(); // promptId -> turn DOM parts
 
-  /** @param {HTMLElement} list the <ol> of turns; @param {HTMLElement} scroller its scroll box */
-  constructor(list, scroller) {
+  /**
+   * @param {HTMLElement} list the <ol> of turns; @param {HTMLElement} scroller its scroll box
+   * @param {{onRetry?: (promptId: string) => void}} actions what the turns' buttons do
+   */
+  constructor(list, scroller, { onRetry = () => {} } = {}) {
     this.list = list;
     this.scroller = scroller;
-    list.addEventListener("click", (event) => copyCode(event));
+    list.addEventListener("click", (event) => {
+      copyCode(event);
+      const retry = event.target.closest?.("[data-retry]");
+      const promptId = retry?.closest("[data-prompt-id]")?.dataset.promptId;
+      if (promptId) onRetry(promptId);
+    });
   }
 
   clear() {
@@ -56,6 +64,7 @@ export class ChatView {
     }
     let previous = null;
     let earlierUnfinished = false; // the agent answers in order: later prompts wait their turn
+    const last = wanted.at(-1);
     for (const item of wanted) {
       let parts = this.#nodes.get(item.id);
       if (!parts) {
@@ -66,7 +75,7 @@ export class ChatView {
       if (expectedPosition !== parts.li) this.list.insertBefore(parts.li, expectedPosition);
       try {
         if (item.turn) {
-          updateTurn(parts, item.turn, earlierUnfinished);
+          updateTurn(parts, item.turn, earlierUnfinished, item === last);
           earlierUnfinished ||= !item.turn.final;
         } else updatePending(parts, item.pending);
       } catch (err) {
@@ -134,7 +143,9 @@ function updatePending(parts, pending) {
   parts.answer.hidden = !!pending.failed;
 }
 
-function updateTurn(parts, turn, waitingTurn) {
+/** `latest`: the conversation's last turn, the one a failed or stopped answer can be tried
+ * again from (sending its prompt again). */
+function updateTurn(parts, turn, waitingTurn, latest) {
   const shown = turnState(turn);
   const state = shown === "thinking" && waitingTurn ? "queued" : shown;
   const progress = [state, turn.text.length, turn.restarts].join("\u0000");
@@ -144,7 +155,7 @@ function updateTurn(parts, turn, waitingTurn) {
   }
   const stalled = (state === "thinking" || state === "streaming") && performance.now() - parts.progressAt > STALL_MS;
   // Streaming touches one turn at a time: leave the others' DOM alone.
-  const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks, stalled].join("\u0000");
+  const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks, stalled, latest].join("\u0000");
   if (parts.signature === signature) return;
   parts.signature = signature;
   parts.li.classList.remove("is-failed");
@@ -160,6 +171,9 @@ function updateTurn(parts, turn, waitingTurn) {
     parts.error.textContent = turn.error;
   } else parts.error.hidden = true;
   parts.meta.replaceChildren(...metaItems(turn, state));
+  if (latest && (state === "error" || state === "cancelled")) {
+    parts.meta.append(el("button", { type: "button", class: "meta-action", dataset: { retry: "", testid: "retry" } }, "Try again"));
+  }
 }
 
 function metaItems(turn, state) {

@@ -55,7 +55,7 @@ const drawers = new Drawers({
   closeStreams: $("close-streams"),
   firstInSidebar: ui.newConversation,
 });
-const view = new ChatView(ui.messages, $("message-scroll"));
+const view = new ChatView(ui.messages, $("message-scroll"), { onRetry: retry });
 const flow = new FlowDiagram($("flow-diagram"));
 const promptsPanel = new RawStreamPanel("prompts");
 const responsesPanel = new RawStreamPanel("responses");
@@ -395,17 +395,28 @@ function send() {
     return;
   }
   ui.composerError.hidden = true;
-  const id = current.id;
   const draft = draftKey();
+  ui.input.value = "";
+  saveDraft(draft, "");
+  autosize();
+  sendPrompt(text);
+}
+
+/** Send the prompt of a failed or stopped answer again, as a new prompt. */
+function retry(promptId) {
+  const content = current?.transcript.turns.get(promptId)?.prompt?.content;
+  if (typeof content === "string" && content.trim()) sendPrompt(content);
+  ui.input.focus();
+}
+
+function sendPrompt(text) {
+  const id = current.id;
   if (!isKnown(id)) {
     protocol.startConversation(outbox, { id, title: protocol.titleFrom(text) });
     if (idFromHash() !== id) history.replaceState(null, "", `#/c/${id}`);
   }
   protocol.sendPrompt(outbox, id, text);
   if (listedConversations()[0]?.id !== id) protocol.markActive(outbox, id);
-  ui.input.value = "";
-  saveDraft(draft, "");
-  autosize();
   maybeFollow();
   renderConversationList();
   scheduleRender();
