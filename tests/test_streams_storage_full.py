@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -140,13 +141,70 @@ def test_a_large_body_whose_temporary_file_cannot_grow_is_refused_with_507(
         server.terminate()
 
 
+def test_a_database_at_its_file_size_limit_refuses_writes_with_507_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """SQLite reports the kernel's `EFBIG` (as a disk quota's `EDQUOT`) as a "disk I/O
+    error"; it is the storage being full all the same."""
+    data, limit = tmp_path / "data", 3 * 2**20
+    port = free_port("127.0.0.1")
+    limited = ServerProcess(
+        ["prlimit", f"--fsize={limit}", sys.executable, "-m", "streams_server",
+         "--port", str(port), "--data-dir", str(data)],
+        log_path=DEFAULT_LOG_DIR / f"streams_server-{port}.log", cwd=REPO_ROOT,
+    ).start()
+    try:
+        http = StreamsHttp(limited.url)
+        assert http.put("log", content_type=BINARY).status_code == 201
+        stored = fill(http, "log", b"y" * 30_000, BINARY)
+        assert len(stored) > 10
+        assert http.catch_up("log").content == b"".join(stored)
+        log = limited.log_since_start()
+        assert "disk I/O error: no room left (the file-size limit or the disk quota)" in log, log
+        assert "Traceback" not in log, log
+    finally:
+        limited.terminate()
+    unlimited = start_streams_server(data)
+    try:
+        http = StreamsHttp(unlimited.url)
+        assert http.catch_up("log").content == b"".join(stored)
+        assert http.post("log", b"more").status_code == 204
+        assert http.catch_up("log").content == b"".join(stored) + b"more"
+    finally:
+        unlimited.terminate()
+
+
+PROBE_SCRIPT = """
+import sqlite3, sys
+from streams_server.storage.room import RoomCheck
+error = sqlite3.OperationalError("disk I/O error")
+error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE
+print(RoomCheck(sys.argv[1]).explains(error))
+"""
+
+
+@pytest.mark.parametrize(("limit", "full"), [(None, "False"), (32 * 1024, "True")])
+def test_the_room_probe_tells_a_full_directory_from_a_failing_disk(
+    tmp_path: Path, limit: int | None, full: str,
+) -> None:
+    """No database file to measure yet: only the probe's own write can tell (here against a
+    file-size limit below its size, as a spent disk quota would refuse it)."""
+    command = [sys.executable, "-c", PROBE_SCRIPT, str(tmp_path / "streams.sqlite3")]
+    if limit is not None:
+        command = ["prlimit", f"--fsize={limit}", *command]
+    answer = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=30)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.strip() == full
+    assert list(tmp_path.iterdir()) == []  # the probe cleans up after itself
+
+
 def test_an_outage_is_logged_once_and_its_end_after_a_quiet_spell(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [100.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
     outage = groupcommit._OutageLog()
-    full = sqlite3.OperationalError("database or disk is full")
+    full = "database or disk is full"
     with caplog.at_level(logging.WARNING, logger=groupcommit.log.name):
         outage.succeeded()
         outage.failed(full, 3)

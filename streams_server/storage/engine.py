@@ -41,6 +41,7 @@ from .models import (
     ReadResult,
     StreamInfo,
 )
+from .room import RoomCheck
 from .rows import STREAM_COLUMNS, expired, info_from_row, stream_chain
 from .schema import migrate
 from .tailcache import TailCache
@@ -94,6 +95,7 @@ class StreamStore:
         self._signals: dict[int, _ChangeSignal] = {}
         self._signals_lock = threading.Lock()
         self._load_streams()
+        room = RoomCheck(db_path) if db_path is not None else None
         self._committer = GroupCommitter(
             self._writer,
             clock_ms=self.now_ms,
@@ -102,6 +104,7 @@ class StreamStore:
             leader_lock=self._leader_lock,
             max_batch=max_batch,
             commit_off_loop=not self._memory,
+            out_of_room=lambda exc: room is not None and room.explains(exc),
         )
         self._wake_listener: Callable[[], None] | None = None
         self._closed = threading.Event()

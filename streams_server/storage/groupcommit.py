@@ -115,17 +115,17 @@ class _OutageLog:
         self._last_failure = 0.0
         self._refused = 0
 
-    def failed(self, exc: sqlite3.Error, operations: int) -> None:
+    def failed(self, cause: str, operations: int) -> None:
         now = self._last_failure = time.monotonic()
         self._refused += operations
         if self._since is None:
             self._since = self._reminded = now
             log.error("commits are failing (%s): write requests get an error until the"
-                      " storage recovers", exc)
+                      " storage recovers", cause)
         elif now - self._reminded >= self.REMIND_S:
             self._reminded = now
             log.error("commits still failing (%s) after %.0f s; %d write operations refused",
-                      exc, now - self._since, self._refused)
+                      cause, now - self._since, self._refused)
 
     def succeeded(self) -> None:
         if self._since is not None and time.monotonic() - self._last_failure >= self.QUIET_S:
@@ -147,9 +147,11 @@ class GroupCommitter:
         leader_lock: threading.Lock,
         max_batch: int | None = None,
         commit_off_loop: bool = True,
+        out_of_room: Callable[[sqlite3.Error], bool] = lambda exc: False,
     ) -> None:
         """`max_batch` caps the operations per transaction (1 turns group commit off, which
-        only the group-commit benchmark wants). `commit_off_loop` False commits where the
+        only the group-commit benchmark wants). `out_of_room` says whether a failed write
+        failed for lack of room, beyond SQLite's own `SQLITE_FULL`. `commit_off_loop` False commits where the
         batch ran: for an in-memory database, whose commit has no fsync to wait for, handing
         it to a thread and back would double the CPU of a lone append."""
         self._conn = conn
@@ -162,6 +164,7 @@ class GroupCommitter:
         self._queue_lock = threading.Lock()
         self._leader_lock = leader_lock
         self._outage = _OutageLog()
+        self._out_of_room = out_of_room
         self.batches = 0
         self.operations = 0
 
@@ -185,7 +188,8 @@ class GroupCommitter:
         try:
             self._run_batch(batch, effects)
         except sqlite3.Error as exc:
-            if exc.sqlite_errorcode == sqlite3.SQLITE_FULL and len(batch) > 1:
+            full = exc.sqlite_errorcode == sqlite3.SQLITE_FULL or self._out_of_room(exc)
+            if full and len(batch) > 1:
                 # One operation needed space that is not there, and SQLite may have rolled the
                 # whole transaction back: each again on its own, so that those that need no
                 # new space (a delete that frees some, a small append) still succeed.
@@ -193,9 +197,12 @@ class GroupCommitter:
                     pending.result, pending.error = None, None
                     self._lead([pending])
                 return
-            self._outage.failed(exc, len(batch))
+            cause = str(exc)
+            if full and exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                cause += ": no room left (the file-size limit or the disk quota)"
+            self._outage.failed(cause, len(batch))
             failure: StorageFailure
-            if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+            if full:
                 failure = StorageFull("the server's storage is full: nothing of the request"
                                       " was stored")
             else:
