@@ -9,8 +9,8 @@ It learns about work two ways, both without polling idle conversations:
   prompts are pending, which covers wakes written while no supervisor was running.
 
 A `delete` message in the `conversations` stream ends a conversation for good: its agent
-stops, and the supervisor deletes its subscription and both its streams (once per offsets
-file; again whenever a wake shows that a late writer brought them back).
+stops, and the supervisor deletes its subscription and both its streams, again at each start
+and whenever a wake shows that a late writer brought them back.
 
 For a conversation with work it claims the subscription's lease and spawns an agent holding
 it. Leases are what let several supervisors, on several machines, share the work: a claim by
@@ -55,7 +55,7 @@ from agent_actors.errors import (
 from agent_actors.models.base import Model
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.schema import parse_conversation_entry, parse_deletion
-from agent_actors.stream_types import Lease
+from agent_actors.stream_types import Lease, ReadResult
 from agent_actors.streams_client import StreamsClient, Tail
 from agent_actors.timers import Timers
 
@@ -97,6 +97,15 @@ class _Ready:
 class _ConversationsSeen:
     ids: tuple[str, ...]
     deleted: tuple[str, ...] = ()
+
+
+@dataclass
+class _Gathered:
+    """What the `conversations` stream said, not yet told to the supervisor."""
+
+    ids: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    caught_up: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,8 +157,10 @@ class Supervisor(pykka.ThreadingActor):
         self.offsets = offsets or OffsetsStore(settings.data_dir)  # closed when it stops
         self.agents: dict[str, pykka.ActorRef[Any]] = {}
         self._known: set[str] = set()
+        # Read by the job threads too (a set's `in` is atomic): nothing of these is claimed.
         self._deleted: set[str] = set()
         self._removing: set[str] = set()
+        self._remove_again: set[str] = set()  # asked while a removal was under way
         self._claiming: set[str] = set()
         self._deferred: list[str] = []
         self._failures: dict[str, int] = {}
@@ -158,6 +169,7 @@ class Supervisor(pykka.ThreadingActor):
         self._timers = Timers("supervisor-timers")
         self._stopping = threading.Event()
         self._tails: list[Tail] = []
+        self._conversations_seen = _Gathered()  # the `conversations` watch thread's own
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -202,12 +214,13 @@ class Supervisor(pykka.ThreadingActor):
             self._watch(self.settings.wake_stream, message.wake_offset, self._on_wake_batch)
             self._watch(layout.CONVERSATIONS_STREAM, "-1", self._on_conversations_batch)
         elif isinstance(message, _ConversationsSeen):
-            for cid in message.deleted:
-                self._on_deleted(cid)
+            deleted = set(message.deleted)
             for cid in message.ids:
-                if cid not in self._known:
+                if cid not in self._known and cid not in deleted:
                     self._known.add(cid)
                     self._jobs.put(functools.partial(self._recheck, cid))
+            for cid in message.deleted:
+                self._on_deleted(cid)
         elif isinstance(message, _Woken) and message.conversation_id in self._deleted:
             self._remove(message.conversation_id)  # a late writer brought its streams back
         elif isinstance(message, _Remove):
@@ -216,7 +229,11 @@ class Supervisor(pykka.ThreadingActor):
             self._known.add(message.conversation_id)
             self._try_claim(message.conversation_id)
         elif isinstance(message, _Removed):
-            self._removing.discard(message.conversation_id)
+            cid = message.conversation_id
+            self._removing.discard(cid)
+            if cid in self._remove_again:
+                self._remove_again.discard(cid)
+                self._remove(cid)
         elif isinstance(message, _Claimed):
             self._on_claimed(message)
         elif isinstance(message, AgentStopped):
@@ -249,6 +266,8 @@ class Supervisor(pykka.ThreadingActor):
         if cid in self._deleted:  # deleted while being claimed
             if claimed.lease is not None:
                 self._jobs.put(functools.partial(self._release_and_remove, claimed.lease))
+            else:
+                self._remove(cid)
             self._admit_deferred()
             return
         if claimed.lease is None:
@@ -316,10 +335,14 @@ class Supervisor(pykka.ThreadingActor):
             except pykka.ActorDeadError:
                 pass  # stopped already: its AgentStopped/AgentCrashed is on its way here
         elif cid not in self._claiming:  # else: when the claim is answered
-            self._jobs.put(functools.partial(self._remove_unless_done, cid))
+            self._remove(cid)
 
     def _remove(self, cid: str) -> None:
-        if cid not in self._removing:
+        """Remove a deleted conversation's streams; once more after a removal under way,
+        which may have missed what a late writer created meanwhile."""
+        if cid in self._removing:
+            self._remove_again.add(cid)
+        else:
             self._removing.add(cid)
             self._jobs.put(functools.partial(self._remove_conversation, cid))
 
@@ -379,7 +402,12 @@ class Supervisor(pykka.ThreadingActor):
     def _recheck(self, cid: str, attempt: int = 0) -> None:
         """`_check_pending`, tried again later (backing off) while the server cannot answer:
         a conversation left unchecked would wait for a wake that may never come."""
-        if self._stopping.is_set() or cid in self._deleted or self._check_pending(cid):
+        if self._stopping.is_set() or cid in self._deleted:
+            return
+        checked = self._check_pending(cid)
+        if cid in self._deleted:  # meanwhile: its `PUT` may have brought the subscription back
+            self._tell(_Remove(cid))
+        if checked:
             return
         delay = min(MAX_BACKOFF_S, self.settings.restart_backoff_s * 2 ** attempt)
         self._timers.call_later(
@@ -433,13 +461,6 @@ class Supervisor(pykka.ThreadingActor):
         conversation.add_prompt_messages(prompts)
         return bool(conversation.unanswered())
 
-    def _remove_unless_done(self, cid: str) -> None:
-        """At a start, a conversation deleted long ago was removed then: no requests."""
-        if self.offsets.is_removed(cid):
-            log.debug("deleted conversation %s was removed before", cid)
-        else:
-            self._tell(_Remove(cid))
-
     def _release_and_remove(self, lease: Lease) -> None:
         try:
             self.client.release(lease)
@@ -477,7 +498,7 @@ class Supervisor(pykka.ThreadingActor):
             log.error("could not remove deleted conversation %s: %s", cid, exc)
             self._tell(_Removed(cid))
             return
-        self.offsets.record_removed(cid)
+        self.offsets.forget(cid)
         log.info("removed deleted conversation=%s", cid)
         self._tell(_Removed(cid))
 
@@ -494,7 +515,7 @@ class Supervisor(pykka.ThreadingActor):
             error = str(exc)
         self._tell(_Claimed(cid, lease, error))
 
-    def _watch(self, path: str, offset: str, on_batch: Callable[[tuple[Any, ...]], None]) -> None:
+    def _watch(self, path: str, offset: str, on_batch: Callable[[ReadResult], None]) -> None:
         tail = self.client.tail(path, offset, live=self.settings.agent.live_mode)  # type: ignore[arg-type]
         self._tails.append(tail)
 
@@ -504,22 +525,32 @@ class Supervisor(pykka.ThreadingActor):
                     if self._stopping.is_set():
                         return
                     if batch.messages:
-                        on_batch(batch.messages)
+                        on_batch(batch)
             except StreamsError as exc:
                 if not self._stopping.is_set():
                     log.error("following %s failed: %s", path, exc)
 
         threading.Thread(target=follow, name=f"watch-{path}", daemon=True).start()
 
-    def _on_wake_batch(self, messages: tuple[Any, ...]) -> None:
-        for message in messages:
+    def _on_wake_batch(self, batch: ReadResult) -> None:
+        for message in batch.messages:
             if isinstance(message, dict) and isinstance(message.get("subscription_id"), str):
                 cid = layout.conversation_of_subscription(message["subscription_id"])
                 if cid is not None:
                     self._tell(_Woken(cid))
 
-    def _on_conversations_batch(self, messages: tuple[Any, ...]) -> None:
-        ids = tuple(e.id for e in map(parse_conversation_entry, messages) if e is not None)
-        deleted = tuple(cid for cid in map(parse_deletion, messages) if cid is not None)
-        if ids or deleted:
-            self._tell(_ConversationsSeen(ids, deleted))
+    def _on_conversations_batch(self, batch: ReadResult) -> None:
+        """Until the first read reaches the tail, what it finds is gathered and told at once:
+        a conversation deleted further on must not be checked (which `PUT`s its
+        subscription) first."""
+        seen = self._conversations_seen
+        seen.ids.extend(e.id for e in map(parse_conversation_entry, batch.messages)
+                        if e is not None)
+        seen.deleted.extend(cid for cid in map(parse_deletion, batch.messages) if cid is not None)
+        if not seen.caught_up and not batch.up_to_date:
+            return
+        seen.caught_up = True
+        if seen.ids or seen.deleted:
+            self._tell(_ConversationsSeen(tuple(seen.ids), tuple(seen.deleted)))
+        seen.ids.clear()
+        seen.deleted.clear()

@@ -518,26 +518,22 @@ def test_a_conversation_deleted_mid_answer_is_stopped_removed_and_never_answered
 
     # A late writer (a tab that missed the deletion) brings the streams back with a prompt:
     # they are removed again, and no agent answers it.
-    late = ChatClient(client, lease_ttl_ms=LEASE_TTL_MS)
-    late.client.put_subscription(layout.subscription_id(doomed),
-                                 layout.subscription_config(doomed, lease_ttl_ms=LEASE_TTL_MS))
-    late.client.ensure_stream(layout.prompts_path(doomed))
-    late.client.producer(layout.prompts_path(doomed), "late-tab", auto_claim=True).append(
-        [{"type": "prompt", "id": "p-late", "content": "anyone?", "timestamp": 1}])
-    logs.wait_for(f"removed deleted conversation={doomed}", count=2)
-    assert conversation_gone(client, doomed)
+    bring_back(client, doomed)
+    wait_until(lambda: conversation_gone(client, doomed), timeout=10,
+               what="the streams brought back to be removed again")
 
-    # The other conversation is untouched, and a new supervisor (same offsets file) neither
-    # answers the deleted one nor sends its removal again.
+    # The other conversation is untouched, and a new supervisor does not answer the deleted
+    # one (it removes it again, in case a writer brought it back while none ran).
     other = chat.send_prompt(kept, "still here")
     assert_clean_answers(wait_for_answers(client, kept, [other]), {other: "still here"})
     sup.stop(timeout=30)
+    removals = len(logs.matching(f"removed deleted conversation={doomed}"))
     in_process(root, worker="w1")
-    logs.wait_for(f"deleted conversation {doomed} was removed before")
+    logs.wait_for(f"removed deleted conversation={doomed}", count=removals + 1)
     again = chat.send_prompt(kept, "and after a restart")
     wait_for_answers(client, kept, [other, again])
+    assert conversation_gone(client, doomed)
     assert len(logs.matching(f"agent started conversation={doomed} ")) == 1
-    assert len(logs.matching(f"removed deleted conversation={doomed}")) == 2
     assert all(doomed not in str(r) for r in fake.requests[requests_before:]), \
         "the model was asked about the deleted conversation again"
 
@@ -588,3 +584,186 @@ def test_a_deletion_the_server_cannot_carry_out_yet_is_retried(
     logs.wait_for(f"could not remove deleted conversation {doomed} .* retrying in 0.4s")
     logs.wait_for(f"removed deleted conversation={doomed}")
     assert conversation_gone(client, doomed)
+
+
+def bring_back(client: StreamsClient, cid: str) -> None:
+    """What a tab that missed the deletion does: its subscription, its prompts stream and a
+    prompt, as the page's outbox sends them after a 404."""
+    client.put_subscription(layout.subscription_id(cid),
+                            layout.subscription_config(cid, lease_ttl_ms=LEASE_TTL_MS))
+    client.ensure_stream(layout.prompts_path(cid))
+    client.producer(layout.prompts_path(cid), "late-tab", auto_claim=True).append(
+        [{"type": "prompt", "id": "p-late", "content": "anyone?", "timestamp": 1}])
+
+
+class HeldCall(StreamsClient):
+    """A streams client whose first call of one kind (`held` says which) waits for `go`."""
+
+    def __init__(self, root: str, held: Callable[[str, tuple[Any, ...]], bool]) -> None:
+        super().__init__(root)
+        self.held = held
+        self.reached = threading.Event()
+        self.go = threading.Event()
+        self.done = threading.Event()
+
+    def _hold(self, name: str, *args: Any) -> bool:
+        if self.reached.is_set() or not self.held(name, args):
+            return False
+        self.reached.set()
+        assert self.go.wait(30)
+        return True
+
+    def read_all(self, path: str, offset: str = "-1") -> Any:
+        self._hold("read_all", path)
+        return super().read_all(path, offset)
+
+    def claim(self, subscription_id: str, worker: str) -> Any:
+        if self._hold("claim", subscription_id):
+            raise StreamsUnavailable("connection reset (injected)")
+        return super().claim(subscription_id, worker)
+
+    def delete(self, path: str, *, missing_ok: bool = False) -> None:
+        self._hold("delete", path)
+        super().delete(path, missing_ok=missing_ok)
+
+    def put_subscription(self, subscription_id: str, config: Any) -> Any:
+        held = self._hold("put_subscription", subscription_id)
+        try:
+            return super().put_subscription(subscription_id, config)
+        finally:
+            if held:
+                self.done.set()
+
+
+def test_a_conversation_deleted_while_its_agent_boots_is_not_brought_back_by_the_boot(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """The boot reads the conversation's streams and creates a missing one: held until the
+    deletion has stopped its agent, it must not create them again after the removal."""
+    root = streams_root(streams_server)
+    held = HeldCall(root, lambda name, args: name == "read_all"
+                    and threading.current_thread().name.startswith("boot-"))
+    in_process(root, client=held)
+    client, chat = connect(root)
+    doomed = chat.start_conversation("deleted while booting")
+    chat.send_prompt(doomed, "hello")
+    assert held.reached.wait(20), "the agent never booted"
+    chat.delete_conversation(doomed)
+    time.sleep(0.5)  # the agent has the deletion; its boot is still held
+    held.go.set()
+    logs.wait_for(f"removed deleted conversation={doomed}")
+    boot = [t for t in threading.enumerate() if t.name == f"boot-{doomed}"]
+    for thread in boot:
+        thread.join(20)
+    assert conversation_gone(client, doomed), "the boot brought the deleted streams back"
+
+
+def test_a_deletion_during_a_claim_that_fails_is_still_carried_out(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    root = streams_root(streams_server)
+    held = HeldCall(root, lambda name, args: name == "claim")
+    in_process(root, client=held, restart_backoff_s=0.2)
+    client, chat = connect(root)
+    doomed = chat.start_conversation("deleted while claiming")
+    chat.send_prompt(doomed, "hello")
+    assert held.reached.wait(20)
+    chat.delete_conversation(doomed)
+    time.sleep(0.5)  # the supervisor has the deletion while the claim is out
+    held.go.set()  # and the claim fails
+    logs.wait_for(f"removed deleted conversation={doomed}")
+    assert conversation_gone(client, doomed)
+    assert not logs.matching(f"agent started conversation={doomed} ")
+
+
+def test_a_late_writer_during_the_removal_gets_its_streams_removed_too(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    root = streams_root(streams_server)
+    held = HeldCall(root, lambda name, args: name == "delete" and args[0].endswith("/responses"))
+    in_process(root, client=held)
+    client, chat = connect(root)
+    doomed = chat.start_conversation("doomed")
+    chat.delete_conversation(doomed)
+    assert held.reached.wait(20)  # its subscription and prompts are gone, not its responses
+    bring_back(client, doomed)
+    time.sleep(0.5)  # the supervisor has the wake of the late prompt
+    held.go.set()
+    logs.wait_for(f"removed deleted conversation={doomed}", count=2)
+    assert conversation_gone(client, doomed)
+
+
+def test_a_recheck_racing_the_removal_does_not_leave_the_subscription_behind(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """An agent going idle makes the supervisor look at its conversation again, which `PUT`s
+    the subscription: held until the deletion's removal is done."""
+    root = streams_root(streams_server)
+    armed = threading.Event()
+    held = HeldCall(root, lambda name, args: name == "put_subscription" and armed.is_set())
+    in_process(root, client=held, idle_timeout=1.0)
+    client, chat = connect(root)
+    doomed = chat.start_conversation("idle then deleted")
+    chat.send_prompt(doomed, "hello")
+    logs.wait_for(f"answered conversation={doomed} ")
+    armed.set()
+    logs.wait_for(f"agent stopped conversation={doomed} reason=idle")
+    assert held.reached.wait(10)
+    chat.delete_conversation(doomed)
+    logs.wait_for(f"removed deleted conversation={doomed}")
+    held.go.set()
+    assert held.done.wait(10)
+    logs.wait_for(f"removed deleted conversation={doomed}", count=2)
+    assert conversation_gone(client, doomed)
+
+
+def test_streams_brought_back_while_no_supervisor_runs_are_removed_at_the_next_start(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    root = streams_root(streams_server)
+    sup = in_process(root)
+    client, chat = connect(root)
+    doomed = chat.start_conversation("doomed")
+    chat.delete_conversation(doomed)
+    logs.wait_for(f"removed deleted conversation={doomed}")
+    sup.stop(timeout=30)
+    bring_back(client, doomed)  # its wake comes while no supervisor reads the wake stream
+
+    removals = len(logs.matching(f"removed deleted conversation={doomed}"))
+    in_process(root)
+    logs.wait_for(f"removed deleted conversation={doomed}", count=removals + 1)
+    assert conversation_gone(client, doomed)
+    assert not logs.matching(f"agent started conversation={doomed} ")
+
+
+def test_a_restart_does_not_bring_back_the_subscription_of_a_conversation_deleted_long_ago(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """A start reads `conversations` in batches of about a megabyte: a conversation listed in
+    one and deleted in a later one must not be checked (which `PUT`s its subscription)."""
+    root = streams_root(streams_server)
+    sup = in_process(root)
+    client, chat = connect(root)
+    doomed = chat.start_conversation("deleted long ago")
+    busy_list = client.producer(layout.CONVERSATIONS_STREAM, "busy-list", auto_claim=True)
+    for i in range(40):  # a long list in between: 4 MB of activity
+        busy_list.append([{"type": "activity", "id": f"other{i}", "timestamp": 1,
+                           "pad": "x" * 100_000}])
+    chat.delete_conversation(doomed)
+    logs.wait_for(f"removed deleted conversation={doomed}")
+    sup.stop(timeout=30)
+
+    restarted = time.monotonic()
+    removals = len(logs.matching(f"removed deleted conversation={doomed}"))
+    in_process(root)
+    logs.wait_for(f"removed deleted conversation={doomed}", count=removals + 1)
+    time.sleep(1.0)  # a start-up check of it, had one been queued, would have run by now
+    assert conversation_gone(client, doomed)
+    assert not [line for line in logs.matching(f"could not check conversation {doomed}")
+                if line.at > restarted]
