@@ -656,6 +656,93 @@ def test_a_failed_answer_can_be_tried_again_from_the_last_turn(
     assert contents == [prompt, prompt]
 
 
+def append_to_conversations(app: ServerProcess, message: dict[str, Any]) -> None:
+    """What any writer may append: the page must cope with it."""
+    response = requests.post(f"{app.url}/v1/stream/conversations", data=json.dumps(message),
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code in (200, 204), response.text
+
+
+def test_the_list_copes_with_an_impossible_time_and_a_title_of_many_lines(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    victim = chat.start_conversation(unique("Victim"))
+    page = open_chat(new_context(), chat_app.url)
+    item = f'[data-testid="conversation-item"][data-conversation-id="{victim}"]'
+    expect(page.locator(item)).to_have_count(1)
+    append_to_conversations(chat_app, {"type": "activity", "id": victim, "timestamp": 1e300})
+    append_to_conversations(chat_app, {"type": "conversation", "id": victim,
+                                       "title": "Line one\n\nline two " + "x" * 10_000})
+    later = chat.start_conversation(unique("Listed after both"))
+    expect(page.locator(f'[data-conversation-id="{later}"]')).to_have_count(1)
+    title = page.locator(item).locator(".conversation-item-title").text_content() or ""
+    assert title.startswith("Line one line two x") and len(title) == 200, title[:40]
+    page.reload()
+    wait_ready(page)
+    expect(page.locator(item)).to_have_count(1)
+
+
+def test_a_tab_that_sees_a_deletion_drops_what_it_had_not_sent_for_it(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Its queued prompt's retries would create the deleted streams again, and its queued
+    rename would list the conversation again."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Deleted elsewhere"))
+    link = f"{chat_app.url}/#/c/{cid}"
+    offline, deleter = open_chat(new_context(), link), open_chat(new_context(), link)
+    sent: list[str] = []
+    connected = False
+
+    def network(route: Route, request: Request) -> None:
+        if not connected:
+            route.abort("connectionrefused")
+            return
+        if request.method != "GET":
+            sent.append(f"{request.method} {request.url}")
+        route.continue_()
+
+    offline.route(lambda url: "/v1/stream/" in url and "live=" not in url, network)
+    stuck = unique("Sent just before the deletion")
+    offline.get_by_test_id("composer-input").fill(stuck)
+    offline.get_by_test_id("composer-input").press("Enter")
+    offline.get_by_test_id("rename-conversation").click()
+    offline.get_by_test_id("rename-input").fill("A rename that waits")
+    offline.get_by_test_id("rename-input").press("Enter")
+
+    deleter.once("dialog", lambda dialog: dialog.accept())
+    deleter.get_by_test_id("delete-conversation").click()
+    expect(offline.get_by_test_id("deleted-conversation")).to_be_visible()
+    expect(offline.locator(f'[data-conversation-id="{cid}"]')).to_have_count(0)
+    connected = True
+    offline.evaluate("() => window.dispatchEvent(new Event('online'))")
+    wait_until(lambda: offline.evaluate(
+        "() => !Object.keys(sessionStorage).some(k => k.startsWith('ds-outbox:'))"),
+        timeout=20, what="the outbox to be empty")
+    assert not [s for s in sent if cid in s], sent
+    expect(offline.locator(f'[data-conversation-id="{cid}"]')).to_have_count(0)
+    listings = [m for m in read_json_stream(chat_app.url, "conversations") if m.get("id") == cid]
+    assert [m["type"] for m in listings] == ["conversation", "delete"]
+
+
+def test_deleted_elsewhere_while_renaming_focus_goes_to_the_message_box_with_the_text_kept(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Renamed when deleted"))
+    link = f"{chat_app.url}/#/c/{cid}"
+    renamer, deleter = open_chat(new_context(), chat_app.url), open_chat(new_context(), link)
+    box = renamer.get_by_test_id("composer-input")
+    box.fill("a draft for a new conversation")
+    renamer.locator(f'[data-conversation-id="{cid}"]').click()
+    box.fill("written in the doomed one")
+    renamer.get_by_test_id("rename-conversation").click()
+    renamer.get_by_test_id("rename-input").fill("half typed")
+    deleter.once("dialog", lambda dialog: dialog.accept())
+    deleter.get_by_test_id("delete-conversation").click()
+    expect(renamer.get_by_test_id("deleted-conversation")).to_be_visible()
+    expect(box).to_be_focused()
+    expect(box).to_have_value("a draft for a new conversation\n\nwritten in the doomed one")
+
+
 def test_a_lost_append_response_is_retried_and_stored_once(chat_app: ServerProcess, model: FakeAnthropic,
                                                            new_context: NewContext) -> None:
     """The POST reaches the server and is stored, but its response is lost: the retry must

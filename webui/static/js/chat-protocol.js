@@ -4,6 +4,7 @@
 // with its idempotent producer identity until acknowledged, even across a reload.
 
 import { config } from "./config.js";
+import { cleanTitle } from "./conversation-model.js";
 import { randomId } from "./util.js";
 
 export const CONVERSATIONS_PATH = "conversations";
@@ -74,13 +75,10 @@ export function sendPrompt(outbox, conversationId, content) {
   return { promptId, ...entry };
 }
 
-/** The longest title a rename keeps (the list and the header cut it short anyway). */
-export const MAX_TITLE_CHARS = 200;
-
 /** Give a listed conversation a new title: its `conversation` message again, every tab
  * taking the latest title. Returns null when `title` is blank (nothing to rename to). */
 export function renameConversation(outbox, { id, title }) {
-  const clean = String(title).replace(/\s+/g, " ").trim().slice(0, MAX_TITLE_CHARS);
+  const clean = cleanTitle(title);
   if (!clean) return null;
   return outbox.enqueue(
     CONVERSATIONS_PATH,
@@ -93,13 +91,20 @@ export function renameConversation(outbox, { id, title }) {
  * agents' supervisor removes its streams and subscription. Its prompts not sent yet are
  * dropped, so that no retry brings its streams back. */
 export function deleteConversation(outbox, conversationId) {
-  outbox.discard(({ path, body }) => path === promptsPath(conversationId)
-    || (path === CONVERSATIONS_PATH && body?.id === conversationId));
+  dropUnsent(outbox, conversationId);
   return outbox.enqueue(
     CONVERSATIONS_PATH,
     { type: "delete", id: conversationId, timestamp: Date.now() },
     { ensure: [CONVERSATIONS_PATH], ensured: true },
   );
+}
+
+/** Drop what the outbox still holds for a deleted conversation: its prompts, and its
+ * renames and activity (sent, they would list it again; a prompt's retries would create its
+ * streams again). */
+export function dropUnsent(outbox, conversationId) {
+  return outbox.discard(({ path, body }) => path === promptsPath(conversationId)
+    || (path === CONVERSATIONS_PATH && body?.id === conversationId && body?.type !== "delete"));
 }
 
 /** Say in `conversations` that a conversation has a new prompt, so that every tab lists it

@@ -22,6 +22,7 @@ const outbox = new Outbox(client);
 const ui = {
   sidebar: document.getElementById("sidebar"),
   streamsPanel: document.getElementById("streams-panel"),
+  main: document.getElementById("main"),
   scrim: $("scrim"),
   toggleSidebar: $("toggle-sidebar"),
   toggleStreams: $("toggle-streams"),
@@ -63,6 +64,7 @@ const status = new ConnectionStatus({ pill: $("connection-pill"), banner: $("con
 
 const conversations = new ConversationList();
 let conversationsLoaded = false;
+const deletedHere = new Set(); // conversations this tab deleted
 const failedPrompts = new Map(); // promptId -> {conversationId, id, content, timestamp, failed}
 let current = null;
 
@@ -89,7 +91,7 @@ function conversationTitle(id) {
 /** The list as shown: what our own pending messages will make it, most recently active first. */
 function listedConversations() {
   const pending = pendingState();
-  const items = conversations.sorted().filter((c) => !pending.deleted.includes(c.id));
+  const items = conversations.sorted().filter((c) => !pending.deleted.includes(c.id) && !deletedHere.has(c.id));
   for (const id of pending.activity) {
     const at = items.findIndex((c) => c.id === id);
     if (at > 0) items.unshift(...items.splice(at, 1));
@@ -141,6 +143,9 @@ function followConversations() {
     onBatch(batch) {
       const changed = conversations.apply(batch.messages ?? []);
       if (batch.upToDate) conversationsLoaded = true;
+      for (const m of batch.messages ?? []) {
+        if (m?.type === "delete" && typeof m.id === "string" && m.id !== current?.id) forgetDeleted(m.id);
+      }
       if (current && conversations.isDeleted(current.id)) leaveDeleted(current.id);
       if (changed || batch.upToDate) {
         renderConversationList();
@@ -433,7 +438,7 @@ function stop() {
 function startRename() {
   if (!current || !conversations.has(current.id)) return;
   ui.renameInput.value = conversationTitle(current.id) ?? "";
-  ui.title.hidden = true;
+  ui.title.classList.add("visually-hidden"); // still the page's heading
   ui.rename.hidden = true;
   ui.renameForm.hidden = false;
   ui.renameInput.focus();
@@ -445,7 +450,7 @@ function endRename(save) {
   if (ui.renameForm.hidden) return;
   const title = ui.renameInput.value;
   ui.renameForm.hidden = true;
-  ui.title.hidden = false;
+  ui.title.classList.remove("visually-hidden");
   ui.rename.hidden = false;
   if (save && current && title.trim() && title.trim() !== conversationTitle(current.id)) {
     protocol.renameConversation(outbox, { id: current.id, title });
@@ -460,6 +465,7 @@ function deleteCurrent() {
   const question = `Delete “${title}”?\n\nIts prompts and answers are removed for every tab and device. This cannot be undone.`;
   if (!window.confirm(question)) return;
   protocol.deleteConversation(outbox, id);
+  deletedHere.add(id); // not listed again between the server's answer and the stream's copy
   leaveDeleted(id, title);
   ui.input.focus();
 }
@@ -467,20 +473,31 @@ function deleteCurrent() {
 /** Show a new conversation in place of `id`, which was deleted (here, elsewhere, or before
  * its link was opened), and say so. */
 function leaveDeleted(id, title = conversations.deletedTitle(id)) {
-  saveDraft(`draft:${id}`, "");
-  for (const [promptId, failed] of failedPrompts) if (failed.conversationId === id) failedPrompts.delete(promptId);
+  forgetDeleted(id);
   if (idFromHash() === id) history.replaceState(null, "", window.location.pathname + window.location.search);
-  const typed = current?.id === id ? ui.input.value : "";
+  const typed = current?.id === id ? ui.input.value.trim() : "";
+  const focusWasHere = ui.main.contains(document.activeElement) || document.activeElement === document.body;
   openConversation(null);
-  if (typed.trim() && !ui.input.value.trim()) {
-    ui.input.value = typed; // what was being written is kept for the new conversation
-    saveDraft(draftKey(), typed);
+  if (typed) {
+    // What was being written is kept for the new conversation, after any draft it had.
+    const draft = ui.input.value.trim();
+    ui.input.value = draft && draft !== typed ? `${draft}\n\n${typed}` : typed;
+    saveDraft(draftKey(), ui.input.value);
     autosize();
   }
+  if (focusWasHere) ui.input.focus(); // its header buttons or title field are gone
   const said = `${title ? `“${title}”` : "The conversation at this link"} was deleted.`;
   ui.deletedNotice.textContent = said;
   ui.deletedNotice.hidden = false;
   announce(said);
+}
+
+/** What this tab keeps for a conversation that was deleted: its draft, its refused prompts,
+ * and its messages still in the outbox (whose retries would create its streams again). */
+function forgetDeleted(id) {
+  saveDraft(`draft:${id}`, "");
+  for (const [promptId, failed] of failedPrompts) if (failed.conversationId === id) failedPrompts.delete(promptId);
+  protocol.dropUnsent(outbox, id);
 }
 
 /** Drafts are kept per conversation. A new one (no link to it yet) has a new id on every

@@ -43,6 +43,16 @@ function isolated(what, message, fn) {
   }
 }
 
+/** The longest title kept: anyone can append a title of any size, with line breaks too. */
+export const MAX_TITLE_CHARS = 200;
+
+/** A title on one line and at most `MAX_TITLE_CHARS` long; null if it is blank or not text. */
+export function cleanTitle(value) {
+  if (typeof value !== "string") return null;
+  const line = value.replace(/\s+/g, " ").trim();
+  return line ? line.slice(0, MAX_TITLE_CHARS) : null;
+}
+
 /**
  * The conversation list, from the `conversations` stream: a `conversation` message lists one
  * (a later one with the same id renames it), an `activity` message says it has a new prompt,
@@ -73,7 +83,7 @@ export class ConversationList {
         }
         if (m.type !== undefined && m.type !== "conversation") return; // unknown types are skipped
         const existing = this.byId.get(m.id);
-        const title = typeof m.title === "string" && m.title.trim() ? m.title.trim() : existing?.title ?? "Untitled";
+        const title = cleanTitle(m.title) ?? existing?.title ?? "Untitled";
         const timestamp = existing?.timestamp ?? safeNumber(m.timestamp) ?? 0;
         if (!existing) this.#touch(m.id, timestamp);
         this.byId.set(m.id, { id: m.id, title, timestamp });
@@ -83,8 +93,9 @@ export class ConversationList {
     return changed;
   }
 
+  /** The list's order is the stream's; the time shown is the latest message's own. */
   #touch(id, at) {
-    const activeAt = Math.max(at ?? 0, this.#activity.get(id)?.activeAt ?? 0);
+    const activeAt = at ?? this.#activity.get(id)?.activeAt ?? 0;
     this.#activity.set(id, { order: ++this.#order, activeAt });
   }
 

@@ -95,8 +95,11 @@ export class Outbox extends Emitter {
 
   async #run() {
     let attempt = 0;
+    let previous = null;
     while (this.#entries.length) {
       const entry = this.#entries[0];
+      if (entry !== previous) attempt = 0; // the one being retried was discarded
+      previous = entry;
       this.#setState(attempt ? "retrying" : "sending");
       let outcome;
       try {
@@ -104,10 +107,7 @@ export class Outbox extends Emitter {
       } catch (err) {
         outcome = { retry: true, error: err };
       }
-      if (!this.#entries.includes(entry)) {
-        attempt = 0; // discarded while it was being sent
-        continue;
-      }
+      if (!this.#entries.includes(entry)) continue; // discarded while it was being sent
       if (outcome.retry) {
         attempt += 1;
         this.lastError = outcome.error ?? null;

@@ -80,6 +80,7 @@ const DAY_FORMAT = new Intl.DateTimeFormat([], { month: "short", day: "numeric" 
 export function formatTime(ms) {
   if (typeof ms !== "number" || !Number.isFinite(ms)) return "";
   const date = new Date(ms);
+  if (Number.isNaN(date.getTime())) return ""; // beyond the dates a Date holds (e.g. 1e300)
   const now = new Date();
   const sameDay = date.getFullYear() === now.getFullYear() && date.getMonth() === now.getMonth()
     && date.getDate() === now.getDate();
