@@ -743,6 +743,23 @@ def test_deleted_elsewhere_while_renaming_focus_goes_to_the_message_box_with_the
     expect(box).to_have_value("a draft for a new conversation\n\nwritten in the doomed one")
 
 
+def test_an_answer_and_its_code_are_copied_as_written(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    prompt = unique("Some code, please")
+    reply = "Here it is:\n\n```python\nprint('hi')\n```\n\nThat is **all**."
+    replies.set(prompt, reply)
+    page = open_chat(new_context(permissions=["clipboard-read", "clipboard-write"]), chat_app.url)
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+    turn = turn_for(page, prompt)
+    turn.get_by_test_id("copy-answer").click()
+    expect(turn.get_by_test_id("copy-answer")).to_have_text("Copied")
+    assert norm(page.evaluate("() => navigator.clipboard.readText()")) == norm(reply)
+    turn.locator("[data-copy-code]").click()
+    assert page.evaluate("() => navigator.clipboard.readText()").strip() == "print('hi')"
+
+
 def test_a_lost_append_response_is_retried_and_stored_once(chat_app: ServerProcess, model: FakeAnthropic,
                                                            new_context: NewContext) -> None:
     """The POST reaches the server and is stored, but its response is lost: the retry must

@@ -32,10 +32,14 @@ export class ChatView {
     this.list = list;
     this.scroller = scroller;
     list.addEventListener("click", (event) => {
-      copyCode(event);
-      const retry = event.target.closest?.("[data-retry]");
-      const promptId = retry?.closest("[data-prompt-id]")?.dataset.promptId;
-      if (promptId) onRetry(promptId);
+      const button = event.target.closest?.("button");
+      const promptId = button?.closest("[data-prompt-id]")?.dataset.promptId;
+      if (!button || !promptId) return;
+      if (button.dataset.copyCode !== undefined) copyCode(button);
+      else if (button.dataset.copyAnswer !== undefined) {
+        const parts = this.#nodes.get(promptId);
+        if (parts) copyToClipboard(button, parts.text, parts.body);
+      } else if (button.dataset.retry !== undefined) onRetry(promptId);
     });
   }
 
@@ -170,7 +174,11 @@ function updateTurn(parts, turn, waitingTurn, latest) {
     parts.error.hidden = false;
     parts.error.textContent = turn.error;
   } else parts.error.hidden = true;
+  parts.text = turn.text;
   parts.meta.replaceChildren(...metaItems(turn, state));
+  if (turn.text && (state === "done" || state === "cancelled" || state === "error")) {
+    parts.meta.append(el("button", { type: "button", class: "meta-action", dataset: { copyAnswer: "", testid: "copy-answer" }, "aria-label": "Copy the answer (Markdown)" }, "Copy"));
+  }
   if (latest && (state === "error" || state === "cancelled")) {
     parts.meta.append(el("button", { type: "button", class: "meta-action", dataset: { retry: "", testid: "retry" } }, "Try again"));
   }
@@ -192,17 +200,20 @@ function metaItems(turn, state) {
   return items;
 }
 
-async function copyCode(event) {
-  const button = event.target.closest?.("[data-copy-code]");
-  if (!button) return;
+function copyCode(button) {
   const code = button.closest(".md-code")?.querySelector("code");
-  if (!code) return;
+  if (code) copyToClipboard(button, code.textContent, code);
+}
+
+/** Put `text` on the clipboard; where the page may not (no permission, not a secure
+ * origin), select `shown` instead so that Ctrl+C copies it. The button says which it did. */
+async function copyToClipboard(button, text, shown) {
   try {
-    await navigator.clipboard.writeText(code.textContent);
+    await navigator.clipboard.writeText(text);
     button.textContent = "Copied";
   } catch {
     const range = document.createRange();
-    range.selectNodeContents(code);
+    range.selectNodeContents(shown);
     const selection = window.getSelection();
     selection.removeAllRanges();
     selection.addRange(range);
