@@ -156,7 +156,6 @@ class ConversationAgent(pykka.ThreadingActor):
         self._current: _Current | None = None
         self._last_active = time.monotonic()
         self._reader: Tail | None = None
-        self._booting: threading.Thread | None = None
         self._stopping = threading.Event()
         self._stop_reason = "shutdown"
         self._stop_requested = False
@@ -180,7 +179,7 @@ class ConversationAgent(pykka.ThreadingActor):
         log.info("agent started conversation=%s generation=%d worker=%s",
                  self.conversation_id, self.lease.generation, self.worker)
         self._keeper.start()
-        self._booting = self._spawn("boot", self._boot)
+        self._spawn("boot", self._boot)
 
     def on_stop(self) -> None:
         self._stopping.set()
@@ -189,10 +188,6 @@ class ConversationAgent(pykka.ThreadingActor):
         if self._current is not None:
             self._current.abort.set()
             self._current.cancel.set()
-        if self._stop_reason == "deleted" and self._booting is not None:
-            # The supervisor removes the conversation's streams once this agent has stopped:
-            # a boot still under way must not create them again after that.
-            self._booting.join(self.client.transport.retry.deadline + 1.0)
         if self._stop_reason in ("shutdown", "failed", "deleted"):
             self._keeper.release()
         else:
@@ -378,7 +373,7 @@ class ConversationAgent(pykka.ThreadingActor):
 
     # -- threads ---------------------------------------------------------------------------
 
-    def _spawn(self, what: str, target: Any) -> threading.Thread:
+    def _spawn(self, what: str, target: Any) -> None:
         def guarded() -> None:
             try:
                 target()
@@ -389,10 +384,8 @@ class ConversationAgent(pykka.ThreadingActor):
                     except pykka.ActorDeadError:
                         pass
 
-        thread = threading.Thread(target=guarded, name=f"{what}-{self.conversation_id}",
-                                  daemon=True)
-        thread.start()
-        return thread
+        threading.Thread(target=guarded, name=f"{what}-{self.conversation_id}",
+                         daemon=True).start()
 
     def _boot(self) -> None:
         """Fence older agents, then read what the streams say was already answered."""
@@ -420,7 +413,9 @@ class ConversationAgent(pykka.ThreadingActor):
             return self.client.read_all(path)
         except StreamNotFound:
             if self._stopping.is_set():
-                raise  # stopped meanwhile (perhaps deleted): create nothing
+                raise  # stopped meanwhile (perhaps deleted): create nothing. (A PUT already
+                # under way may still land: the supervisor removes a deleted conversation
+                # again once that cannot be.)
             self.client.ensure_stream(path)
             return self.client.read_all(path)
 

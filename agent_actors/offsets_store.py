@@ -51,6 +51,10 @@ class OffsetsStore:
                 "CREATE TABLE IF NOT EXISTS processed_offsets (conversation_id TEXT PRIMARY KEY,"
                 " prompts_offset TEXT NOT NULL, updated_at_ms INTEGER NOT NULL)"
             )
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS removed_conversations"
+                " (conversation_id TEXT PRIMARY KEY, removed_at_ms INTEGER NOT NULL)"
+            )
         except (OSError, sqlite3.Error) as exc:
             self._conn.close()
             raise OffsetsFileError(
@@ -84,15 +88,35 @@ class OffsetsStore:
         except sqlite3.Error as exc:
             self._warn("save", conversation_id, exc)
 
-    def forget(self, conversation_id: str) -> None:
-        """Drop the offset of a conversation that was deleted."""
+    def record_removed(self, conversation_id: str) -> None:
+        """A deleted conversation's streams and subscription are gone: drop its offset, and
+        remember it, so that a later start only checks that nothing came back."""
+        removed = (conversation_id, int(time.time() * 1000))
+
+        def run() -> None:
+            self._conn.execute("DELETE FROM processed_offsets WHERE conversation_id = ?",
+                               (conversation_id,))
+            self._conn.execute("INSERT OR IGNORE INTO removed_conversations VALUES (?, ?)",
+                               removed)
+
         try:
             with self._lock:
-                off_loop(lambda: self._conn.execute(
-                    "DELETE FROM processed_offsets WHERE conversation_id = ?",
-                    (conversation_id,)))
+                off_loop(run)
         except sqlite3.Error as exc:
-            self._warn("forget", conversation_id, exc)
+            self._warn("remove", conversation_id, exc)
+
+    def is_removed(self, conversation_id: str) -> bool:
+        """Whether `record_removed` was done for it (False if the file cannot be read)."""
+        try:
+            with self._lock:
+                row = off_loop(lambda: self._conn.execute(
+                    "SELECT 1 FROM removed_conversations WHERE conversation_id = ?",
+                    (conversation_id,),
+                ).fetchone())
+        except sqlite3.Error as exc:
+            self._warn("read", conversation_id, exc)
+            return False
+        return row is not None
 
     def _warn(self, action: str, conversation_id: str, exc: sqlite3.Error) -> None:
         log.warning("could not %s the processed offset of %s in %s (%s); going on without it:"

@@ -9,8 +9,11 @@ It learns about work two ways, both without polling idle conversations:
   prompts are pending, which covers wakes written while no supervisor was running.
 
 A `delete` message in the `conversations` stream ends a conversation for good: its agent
-stops, and the supervisor deletes its subscription and both its streams, again at each start
-and whenever a wake shows that a late writer brought them back.
+stops, and the supervisor deletes its subscription and both its streams. It does so again
+whenever a wake shows that a late writer brought them back, once more after any request of
+the stopped agent may still have been under way, and at a start if they are there (a read
+first, for the conversations the offsets file says were removed before). Removals run on
+their own thread, so that a start with many deleted conversations claims pending work first.
 
 For a conversation with work it claims the subscription's lease and spawns an agent holding
 it. Leases are what let several supervisors, on several machines, share the work: a claim by
@@ -97,6 +100,7 @@ class _Ready:
 class _ConversationsSeen:
     ids: tuple[str, ...]
     deleted: tuple[str, ...] = ()
+    live: bool = True  # False: what the first read found, up to the stream's tail
 
 
 @dataclass
@@ -166,6 +170,10 @@ class Supervisor(pykka.ThreadingActor):
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._removals: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        # Past this, no request of a stopped agent is still under way: its retries have
+        # stopped (the deadline) and the last attempt has had its full timeout.
+        self._stragglers_s = self.client.transport.retry.deadline + self.client.transport.timeout
         self._timers = Timers("supervisor-timers")
         self._stopping = threading.Event()
         self._tails: list[Tail] = []
@@ -178,8 +186,10 @@ class Supervisor(pykka.ThreadingActor):
                  self.settings.worker_name, self.settings.streams_url, self.model.name,
                  self.settings.max_agents)
         for index in range(self.settings.job_threads):
-            threading.Thread(target=self._run_jobs, name=f"supervisor-jobs-{index}",
-                             daemon=True).start()
+            threading.Thread(target=self._run_jobs, args=(self._jobs,),
+                             name=f"supervisor-jobs-{index}", daemon=True).start()
+        threading.Thread(target=self._run_jobs, args=(self._removals,),
+                         name="supervisor-removals", daemon=True).start()
         self._jobs.put(self._prepare)
 
     def on_stop(self) -> None:
@@ -202,6 +212,7 @@ class Supervisor(pykka.ThreadingActor):
         self._timers.close()
         for _ in range(self.settings.job_threads):
             self._jobs.put(None)
+        self._removals.put(None)
         self.offsets.close()
         log.info("supervisor %s stopped", self.settings.worker_name)
 
@@ -212,7 +223,8 @@ class Supervisor(pykka.ThreadingActor):
             return None
         if isinstance(message, _Ready):
             self._watch(self.settings.wake_stream, message.wake_offset, self._on_wake_batch)
-            self._watch(layout.CONVERSATIONS_STREAM, "-1", self._on_conversations_batch)
+            self._watch(layout.CONVERSATIONS_STREAM, "-1", self._on_conversations_batch,
+                        empty_batches=True)
         elif isinstance(message, _ConversationsSeen):
             deleted = set(message.deleted)
             for cid in message.ids:
@@ -220,9 +232,11 @@ class Supervisor(pykka.ThreadingActor):
                     self._known.add(cid)
                     self._jobs.put(functools.partial(self._recheck, cid))
             for cid in message.deleted:
-                self._on_deleted(cid)
+                self._on_deleted(cid, live=message.live)
         elif isinstance(message, _Woken) and message.conversation_id in self._deleted:
-            self._remove(message.conversation_id)  # a late writer brought its streams back
+            log.info("a wake for deleted conversation %s: removing it again",
+                     message.conversation_id)  # a late writer brought its streams back
+            self._remove(message.conversation_id)
         elif isinstance(message, _Remove):
             self._remove(message.conversation_id)
         elif isinstance(message, (_Pending, _Woken, _Retry)):
@@ -294,7 +308,7 @@ class Supervisor(pykka.ThreadingActor):
         self.agents.pop(cid, None)
         self._failures.pop(cid, None)
         if cid in self._deleted:
-            self._remove(cid)
+            self._remove_after_agent(cid)
             self._admit_deferred()
             return
         # A wake that came while the agent was still registered was ignored: a prompt sent
@@ -308,7 +322,7 @@ class Supervisor(pykka.ThreadingActor):
         self.agents.pop(cid, None)
         if cid in self._deleted:  # e.g. its streams went first: nothing to restart
             log.info("agent of deleted conversation=%s ended: %s", cid, crashed.error)
-            self._remove(cid)
+            self._remove_after_agent(cid)
             self._admit_deferred()
             return
         failures, delay = self._back_off(cid)
@@ -317,8 +331,9 @@ class Supervisor(pykka.ThreadingActor):
         self._try_claim(cid)
         self._admit_deferred()
 
-    def _on_deleted(self, cid: str) -> None:
-        """Stop the conversation's agent, if any, then remove its streams; never claim it again."""
+    def _on_deleted(self, cid: str, *, live: bool) -> None:
+        """Stop the conversation's agent, if any, then remove its streams; never claim it again.
+        `live`: deleted now, not found deleted at the start."""
         if cid in self._deleted:
             return
         self._deleted.add(cid)
@@ -328,23 +343,33 @@ class Supervisor(pykka.ThreadingActor):
         if cid in self._deferred:
             self._deferred.remove(cid)
         agent = self.agents.get(cid)
+        log.info("conversation %s was deleted%s", cid, ": stopping its agent" if agent else "")
         if agent is not None:
-            log.info("conversation %s was deleted: stopping its agent", cid)
             try:
                 agent.tell(ConversationDeleted())  # its removal follows when it has stopped
             except pykka.ActorDeadError:
                 pass  # stopped already: its AgentStopped/AgentCrashed is on its way here
         elif cid not in self._claiming:  # else: when the claim is answered
-            self._remove(cid)
+            self._remove(cid, unless_removed_before=True)
+        if live:  # an agent of it that stopped a moment ago may still have a request out
+            self._timers.call_later(self._stragglers_s, lambda: self._tell(_Remove(cid)))
 
-    def _remove(self, cid: str) -> None:
+    def _remove(self, cid: str, *, unless_removed_before: bool = False) -> None:
         """Remove a deleted conversation's streams; once more after a removal under way,
         which may have missed what a late writer created meanwhile."""
         if cid in self._removing:
             self._remove_again.add(cid)
         else:
             self._removing.add(cid)
-            self._jobs.put(functools.partial(self._remove_conversation, cid))
+            self._removals.put(functools.partial(self._remove_conversation, cid,
+                                                 check_first=unless_removed_before))
+
+    def _remove_after_agent(self, cid: str) -> None:
+        """Remove a deleted conversation whose agent has just ended, and again once any
+        request that agent's threads still had under way (its boot creates missing streams)
+        has ended too."""
+        self._remove(cid)
+        self._timers.call_later(self._stragglers_s, lambda: self._tell(_Remove(cid)))
 
     def _back_off(self, cid: str) -> tuple[int, float]:
         """Count one more failure for `cid` and delay its next claim: (failures, delay)."""
@@ -366,9 +391,9 @@ class Supervisor(pykka.ThreadingActor):
         except pykka.ActorDeadError:
             pass
 
-    def _run_jobs(self) -> None:
+    def _run_jobs(self, jobs: queue.Queue[Callable[[], None] | None]) -> None:
         while True:
-            job = self._jobs.get()
+            job = jobs.get()
             if job is None or self._stopping.is_set():
                 return
             try:
@@ -470,10 +495,16 @@ class Supervisor(pykka.ThreadingActor):
         if cid is not None:
             self._tell(_Remove(cid))
 
-    def _remove_conversation(self, cid: str, attempt: int = 0) -> None:
+    def _remove_conversation(self, cid: str, attempt: int = 0, *,
+                             check_first: bool = False) -> None:
         """Delete a deleted conversation's subscription and streams; retried (backing off)
         while the server cannot answer. Gone already (404, or 410 for a stream that forks
-        still read) is done."""
+        still read) is done. `check_first`: if the offsets file says they were removed
+        before, only look (reads, not a write transaction each) whether any came back."""
+        if check_first and self.offsets.is_removed(cid) and not self._left_behind(cid):
+            log.debug("deleted conversation %s: nothing left", cid)
+            self._tell(_Removed(cid))
+            return
         deletions: list[Callable[[], None]] = [
             functools.partial(self.client.delete_subscription, layout.subscription_id(cid)),
             functools.partial(self.client.delete, layout.prompts_path(cid)),
@@ -491,16 +522,30 @@ class Supervisor(pykka.ThreadingActor):
             delay = min(MAX_BACKOFF_S, self.settings.restart_backoff_s * 2 ** attempt)
             log.warning("could not remove deleted conversation %s (%s); retrying in %.1fs",
                         cid, exc, delay)
-            self._timers.call_later(delay, lambda: self._jobs.put(
+            self._timers.call_later(delay, lambda: self._removals.put(
                 functools.partial(self._remove_conversation, cid, attempt + 1)))
             return
         except StreamsError as exc:  # refused (e.g. a token without the right): not retried
             log.error("could not remove deleted conversation %s: %s", cid, exc)
             self._tell(_Removed(cid))
             return
-        self.offsets.forget(cid)
+        self.offsets.record_removed(cid)
         log.info("removed deleted conversation=%s", cid)
         self._tell(_Removed(cid))
+
+    def _left_behind(self, cid: str) -> bool:
+        """Whether anything of a removed conversation is on the server again (or the server
+        cannot say: then its removal is tried again)."""
+        try:
+            try:
+                self.client.get_subscription(layout.subscription_id(cid))
+                return True
+            except NotFound:
+                pass
+            return any(self.client.exists(path)
+                       for path in (layout.prompts_path(cid), layout.responses_path(cid)))
+        except StreamsError:
+            return True
 
     def _claim(self, cid: str) -> None:
         lease: Lease | None = None
@@ -515,8 +560,13 @@ class Supervisor(pykka.ThreadingActor):
             error = str(exc)
         self._tell(_Claimed(cid, lease, error))
 
-    def _watch(self, path: str, offset: str, on_batch: Callable[[ReadResult], None]) -> None:
-        tail = self.client.tail(path, offset, live=self.settings.agent.live_mode)  # type: ignore[arg-type]
+    def _watch(self, path: str, offset: str, on_batch: Callable[[ReadResult], None], *,
+               empty_batches: bool = False) -> None:
+        """Follow `path` on a thread of its own; `empty_batches`: also those with no
+        messages (to learn that the first read reached the tail of an empty stream)."""
+        live = self.settings.agent.live_mode
+        tail = self.client.tail(path, offset, live=live,  # type: ignore[arg-type]
+                                yield_empty=empty_batches)
         self._tails.append(tail)
 
         def follow() -> None:
@@ -524,7 +574,7 @@ class Supervisor(pykka.ThreadingActor):
                 for batch in tail:
                     if self._stopping.is_set():
                         return
-                    if batch.messages:
+                    if batch.messages or empty_batches:
                         on_batch(batch)
             except StreamsError as exc:
                 if not self._stopping.is_set():
@@ -549,8 +599,8 @@ class Supervisor(pykka.ThreadingActor):
         seen.deleted.extend(cid for cid in map(parse_deletion, batch.messages) if cid is not None)
         if not seen.caught_up and not batch.up_to_date:
             return
-        seen.caught_up = True
+        live, seen.caught_up = seen.caught_up, True
         if seen.ids or seen.deleted:
-            self._tell(_ConversationsSeen(tuple(seen.ids), tuple(seen.deleted)))
+            self._tell(_ConversationsSeen(tuple(seen.ids), tuple(seen.deleted), live=live))
         seen.ids.clear()
         seen.deleted.clear()

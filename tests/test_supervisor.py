@@ -15,6 +15,7 @@ import re
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 
 from agent_actors import layout
 from agent_actors.agent import AgentSettings
-from agent_actors.errors import NotFound, StreamsUnavailable
+from agent_actors.errors import LeaseFenced, NotFound, StreamsUnavailable
 from agent_actors.models.anthropic_model import AnthropicModel
 from agent_actors.stream_types import Lease
 from agent_actors.streams_client import RetryPolicy, StreamsClient
@@ -523,13 +524,12 @@ def test_a_conversation_deleted_mid_answer_is_stopped_removed_and_never_answered
                what="the streams brought back to be removed again")
 
     # The other conversation is untouched, and a new supervisor does not answer the deleted
-    # one (it removes it again, in case a writer brought it back while none ran).
+    # one (it looks whether a writer brought it back while none ran).
     other = chat.send_prompt(kept, "still here")
     assert_clean_answers(wait_for_answers(client, kept, [other]), {other: "still here"})
     sup.stop(timeout=30)
-    removals = len(logs.matching(f"removed deleted conversation={doomed}"))
     in_process(root, worker="w1")
-    logs.wait_for(f"removed deleted conversation={doomed}", count=removals + 1)
+    logs.wait_for(f"deleted conversation {doomed}: nothing left")  # only looked, no DELETE
     again = chat.send_prompt(kept, "and after a restart")
     wait_for_answers(client, kept, [other, again])
     assert conversation_gone(client, doomed)
@@ -599,8 +599,9 @@ def bring_back(client: StreamsClient, cid: str) -> None:
 class HeldCall(StreamsClient):
     """A streams client whose first call of one kind (`held` says which) waits for `go`."""
 
-    def __init__(self, root: str, held: Callable[[str, tuple[Any, ...]], bool]) -> None:
-        super().__init__(root)
+    def __init__(self, root: str, held: Callable[[str, tuple[Any, ...]], bool],
+                 **client_options: Any) -> None:
+        super().__init__(root, **client_options)
         self.held = held
         self.reached = threading.Event()
         self.go = threading.Event()
@@ -626,6 +627,14 @@ class HeldCall(StreamsClient):
         self._hold("delete", path)
         super().delete(path, missing_ok=missing_ok)
 
+    def ensure_stream(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        held = self._hold("ensure_stream", path)
+        try:
+            return super().ensure_stream(path, *args, **kwargs)
+        finally:
+            if held:
+                self.done.set()
+
     def put_subscription(self, subscription_id: str, config: Any) -> Any:
         held = self._hold("put_subscription", subscription_id)
         try:
@@ -650,9 +659,8 @@ def test_a_conversation_deleted_while_its_agent_boots_is_not_brought_back_by_the
     chat.send_prompt(doomed, "hello")
     assert held.reached.wait(20), "the agent never booted"
     chat.delete_conversation(doomed)
-    time.sleep(0.5)  # the agent has the deletion; its boot is still held
+    logs.wait_for(f"removed deleted conversation={doomed}")  # while the boot is held
     held.go.set()
-    logs.wait_for(f"removed deleted conversation={doomed}")
     boot = [t for t in threading.enumerate() if t.name == f"boot-{doomed}"]
     for thread in boot:
         thread.join(20)
@@ -671,7 +679,7 @@ def test_a_deletion_during_a_claim_that_fails_is_still_carried_out(
     chat.send_prompt(doomed, "hello")
     assert held.reached.wait(20)
     chat.delete_conversation(doomed)
-    time.sleep(0.5)  # the supervisor has the deletion while the claim is out
+    logs.wait_for(f"conversation {doomed} was deleted")  # while the claim is out
     held.go.set()  # and the claim fails
     logs.wait_for(f"removed deleted conversation={doomed}")
     assert conversation_gone(client, doomed)
@@ -690,7 +698,7 @@ def test_a_late_writer_during_the_removal_gets_its_streams_removed_too(
     chat.delete_conversation(doomed)
     assert held.reached.wait(20)  # its subscription and prompts are gone, not its responses
     bring_back(client, doomed)
-    time.sleep(0.5)  # the supervisor has the wake of the late prompt
+    logs.wait_for(f"a wake for deleted conversation {doomed}")
     held.go.set()
     logs.wait_for(f"removed deleted conversation={doomed}", count=2)
     assert conversation_gone(client, doomed)
@@ -743,10 +751,18 @@ def test_streams_brought_back_while_no_supervisor_runs_are_removed_at_the_next_s
 
 def test_a_restart_does_not_bring_back_the_subscription_of_a_conversation_deleted_long_ago(
     streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
-    logs: LogWatch,
+    logs: LogWatch, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A start reads `conversations` in batches of about a megabyte: a conversation listed in
     one and deleted in a later one must not be checked (which `PUT`s its subscription)."""
+    told: list[Any] = []
+    on_receive = Supervisor.on_receive
+
+    def watched(self: Supervisor, message: Any) -> Any:
+        told.append(message)
+        return on_receive(self, message)
+
+    monkeypatch.setattr(Supervisor, "on_receive", watched)
     root = streams_root(streams_server)
     sup = in_process(root)
     client, chat = connect(root)
@@ -759,11 +775,97 @@ def test_a_restart_does_not_bring_back_the_subscription_of_a_conversation_delete
     logs.wait_for(f"removed deleted conversation={doomed}")
     sup.stop(timeout=30)
 
-    restarted = time.monotonic()
-    removals = len(logs.matching(f"removed deleted conversation={doomed}"))
+    told.clear()
     in_process(root)
-    logs.wait_for(f"removed deleted conversation={doomed}", count=removals + 1)
-    time.sleep(1.0)  # a start-up check of it, had one been queued, would have run by now
+    logs.wait_for(f"deleted conversation {doomed}: nothing left")
+    seen = [m for m in told if type(m).__name__ == "_ConversationsSeen"]
+    assert seen and all(doomed not in m.ids or doomed in m.deleted for m in seen), seen
     assert conversation_gone(client, doomed)
-    assert not [line for line in logs.matching(f"could not check conversation {doomed}")
-                if line.at > restarted]
+
+
+class Recording(StreamsClient):
+    """Records, in order, the supervisor's claims and deletions."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.calls: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def _note(self, name: str, arg: str) -> None:
+        with self._lock:
+            self.calls.append((name, arg))
+
+    def claim(self, subscription_id: str, worker: str) -> Any:
+        self._note("claim", subscription_id)
+        return super().claim(subscription_id, worker)
+
+    def delete(self, path: str, *, missing_ok: bool = False) -> None:
+        self._note("delete", path)
+        super().delete(path, missing_ok=missing_ok)
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        self._note("delete_subscription", subscription_id)
+        super().delete_subscription(subscription_id)
+
+
+def test_a_start_claims_pending_work_without_deleting_again_what_it_removed_before(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """Anyone may append `delete` messages: a start pays a few reads for each conversation
+    removed before, on their own thread, and no write transaction."""
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    kept = chat.start_conversation("kept")
+    deleted = [f"c{uuid.uuid4().hex[:12]}" for _ in range(200)]
+    client.producer(layout.CONVERSATIONS_STREAM, "old-tabs", auto_claim=True).append(
+        [{"type": "delete", "id": cid, "timestamp": 1} for cid in deleted])
+    sup = in_process(root)
+    logs.wait_for("removed deleted conversation=", count=len(deleted), timeout=60)
+    sup.stop(timeout=30)
+
+    prompt = chat.send_prompt(kept, "hello")
+    recording = Recording(root)
+    in_process(root, client=recording)
+    assert_clean_answers(wait_for_answers(client, kept, [prompt]), {prompt: "hello"})
+    logs.wait_for(f"deleted conversation {deleted[-1]}: nothing left")
+    with recording._lock:
+        calls = list(recording.calls)
+    assert ("claim", layout.subscription_id(kept)) in calls
+    assert not [call for call in calls if call[0].startswith("delete")], calls[:5]
+
+
+def test_a_boot_request_under_way_when_its_agent_stopped_is_outlived_by_a_later_removal(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """An agent stopped for another reason (here its lease was lost) before the deletion:
+    its boot's `PUT` of a missing stream lands after the first removal. The removal after
+    every request of that agent has ended deletes it."""
+    root = streams_root(streams_server)
+    fenced = threading.Event()
+    held = HeldCall(root, lambda name, args: name == "ensure_stream"
+                    and threading.current_thread().name.startswith("boot-"),
+                    timeout=2.0, retry=RetryPolicy(deadline=1.0))  # stragglers end in 3 s
+
+    def ack(lease: Any, *args: Any, **kwargs: Any) -> Any:
+        if fenced.is_set():
+            fenced.clear()
+            raise LeaseFenced("fenced (injected)")
+        return StreamsClient.ack(held, lease, *args, **kwargs)
+
+    held.ack = ack  # type: ignore[method-assign]
+    in_process(root, client=held)
+    client, chat = connect(root)
+    doomed = chat.start_conversation("boot outlives its agent", responses_stream=False)
+    chat.send_prompt(doomed, "hello")
+    assert held.reached.wait(20), "the boot never created the responses stream"
+    fenced.set()  # the lease is lost while the boot is under way
+    logs.wait_for(f"agent stopped conversation={doomed} reason=lease-lost")
+    chat.delete_conversation(doomed)
+    logs.wait_for(f"removed deleted conversation={doomed}")
+    held.go.set()  # the boot's PUT lands now
+    assert held.done.wait(10)
+    assert client.exists(layout.responses_path(doomed))  # back, for now
+    logs.wait_for(f"removed deleted conversation={doomed}", count=2, timeout=20)
+    assert conversation_gone(client, doomed)
