@@ -8,7 +8,9 @@ limit (`prlimit --fsize`, the kernel's `EFBIG`, as `ENOSPC` would be).
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import pytest
 import requests
 
 from streams_server.errors import NotFound, StorageFull
-from streams_server.storage import groupcommit
+from streams_server.storage import groupcommit, room
 from streams_server.storage.engine import StreamStore
 from streams_server.storage.models import Expiry
 from tests.support import ServerProcess, start_streams_server
@@ -290,3 +292,61 @@ def test_a_database_already_over_the_quota_is_held_at_its_size_and_says_so(
                 store.append("s", [b"y" * 16384], content_type=BINARY)
     finally:
         store.close()
+
+
+def raise_erofs(path: str) -> None:
+    raise OSError(errno.EROFS, "Read-only file system", path)
+
+
+@pytest.mark.parametrize("failure", ["probe clean-up", "classifier bug"])
+def test_a_batch_whose_failure_cannot_be_classified_is_never_reported_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str,
+) -> None:
+    """The disk fails while the room probe cleans up (a file system remounted read-only), or
+    the classification itself fails: every operation of the rolled-back batch fails too."""
+    db = tmp_path / "streams.sqlite3"
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (v INTEGER)")
+    out_of_room: Callable[[sqlite3.Error], bool]
+    if failure == "probe clean-up":
+        monkeypatch.setattr(os, "unlink", raise_erofs)
+        out_of_room = room.RoomCheck(str(db)).explains
+    else:
+        def out_of_room(exc: sqlite3.Error) -> bool:
+            raise RuntimeError("a bug in the classification")
+    leader = threading.Lock()
+    committer = groupcommit.GroupCommitter(
+        conn, clock_ms=lambda: 0, before_batch=lambda tx: None,
+        apply_effects=lambda effects: None, leader_lock=leader, out_of_room=out_of_room)
+
+    def good(tx: groupcommit.Transaction) -> str:
+        tx.conn.execute("INSERT INTO t VALUES (1)")
+        return "stored"
+
+    def bad(tx: groupcommit.Transaction) -> str:
+        error = sqlite3.OperationalError("disk I/O error")
+        error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE
+        raise error
+
+    outcomes: dict[str, object] = {}
+
+    def submit(name: str, operation: Callable[[groupcommit.Transaction], str]) -> None:
+        try:
+            outcomes[name] = committer.submit(operation)
+        except BaseException as exc:  # noqa: BLE001 - the outcome under test
+            outcomes[name] = exc
+
+    with leader:  # both queue up for one batch
+        threads = [threading.Thread(target=submit, args=(name, op))
+                   for name, op in (("good", good), ("bad", bad))]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(committer._queue) < 2:  # noqa: SLF001 - no event marks it: spin briefly
+            assert time.monotonic() < deadline, "the operations never queued"
+    for thread in threads:
+        thread.join(10)
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0  # rolled back
+    assert all(isinstance(outcome, BaseException) for outcome in outcomes.values()), outcomes
+    assert len(outcomes) == 2

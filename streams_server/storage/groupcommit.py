@@ -150,10 +150,10 @@ class GroupCommitter:
         out_of_room: Callable[[sqlite3.Error], bool] = lambda exc: False,
     ) -> None:
         """`max_batch` caps the operations per transaction (1 turns group commit off, which
-        only the group-commit benchmark wants). `out_of_room` says whether a failed write
-        failed for lack of room, beyond SQLite's own `SQLITE_FULL`. `commit_off_loop` False commits where the
+        only the group-commit benchmark wants). `commit_off_loop` False commits where the
         batch ran: for an in-memory database, whose commit has no fsync to wait for, handing
-        it to a thread and back would double the CPU of a lone append."""
+        it to a thread and back would double the CPU of a lone append. `out_of_room` says
+        whether a failed write failed for lack of room, beyond SQLite's own `SQLITE_FULL`."""
         self._conn = conn
         self._commit_off_loop = commit_off_loop
         self._max_batch = max_batch
@@ -185,8 +185,10 @@ class GroupCommitter:
 
     def _lead(self, batch: list[_Pending[Any]]) -> None:
         effects = Effects()
+        committed = False
         try:
             self._run_batch(batch, effects)
+            committed = True
         except sqlite3.Error as exc:
             full = exc.sqlite_errorcode == sqlite3.SQLITE_FULL or self._out_of_room(exc)
             if full and len(batch) > 1:
@@ -214,6 +216,10 @@ class GroupCommitter:
             self._outage.succeeded()
         finally:
             for pending in batch:
+                if not committed and not pending.done and pending.error is None:
+                    # Failed in a way not handled above (a bug): never report it stored.
+                    pending.error = StorageFailure("the storage engine could not commit the"
+                                                   " request")
                 pending.done = True
         self.batches += 1
         self.operations += len(batch)

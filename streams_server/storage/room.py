@@ -11,13 +11,19 @@ means the storage is full.
 from __future__ import annotations
 
 import errno
+import glob
+import logging
 import os
 import resource
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from .blocking import run_blocking
+
+log = logging.getLogger(__name__)
 
 PROBE_BYTES = 64 * 1024
 """Written (and synced) by the probe: more than one page of SQLite's, so a quota that lets no
@@ -26,9 +32,11 @@ RECHECK_S = 1.0
 """An outage fails every write: the probe's answer serves this long."""
 
 WRITE_ERRORS = frozenset({sqlite3.SQLITE_IOERR_WRITE, sqlite3.SQLITE_IOERR_FSYNC,
-                          sqlite3.SQLITE_IOERR_TRUNCATE})
+                          sqlite3.SQLITE_IOERR_TRUNCATE, sqlite3.SQLITE_IOERR_SHMSIZE})
 """SQLite's errors that a lack of room can be behind."""
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+PROBE_PREFIX = ".room-probe-"
+T = TypeVar("T")
 
 
 class RoomCheck:
@@ -36,8 +44,11 @@ class RoomCheck:
 
     def __init__(self, db_path: str) -> None:
         self._db_path = db_path
+        self._directory = os.path.dirname(os.path.abspath(db_path))
         self._checked_at = -RECHECK_S
         self._exhausted = False
+        for left in glob.glob(os.path.join(glob.escape(self._directory), PROBE_PREFIX + "*")):
+            _quietly(os.unlink, left)  # a probe cut short by a kill
 
     def explains(self, exc: sqlite3.Error) -> bool:
         """True if `exc` is a write error and the storage has no room for more."""
@@ -45,7 +56,12 @@ class RoomCheck:
             return False
         now = time.monotonic()
         if now - self._checked_at >= RECHECK_S:
-            self._exhausted = self._at_size_limit() or run_blocking(self._probe_fails)
+            try:
+                self._exhausted = run_blocking(
+                    lambda: self._at_size_limit() or self._probe_fails())
+            except Exception:  # noqa: BLE001 - the disk's own failure: not for lack of room
+                log.warning("could not tell whether the storage is full", exc_info=True)
+                self._exhausted = False
             self._checked_at = time.monotonic()
         return self._exhausted
 
@@ -63,9 +79,8 @@ class RoomCheck:
         return False
 
     def _probe_fails(self) -> bool:
-        directory = os.path.dirname(os.path.abspath(self._db_path))
         try:
-            fd, path = tempfile.mkstemp(prefix=".room-probe-", dir=directory)
+            fd, path = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=self._directory)
         except OSError as exc:
             return exc.errno in _NO_ROOM
         try:
@@ -76,6 +91,13 @@ class RoomCheck:
         except OSError as exc:
             return exc.errno in _NO_ROOM
         finally:
-            os.close(fd)
-            os.unlink(path)
+            _quietly(os.close, fd)  # a failing disk may refuse these too: it is what the
+            _quietly(os.unlink, path)  # error being classified is about
         return False
+
+
+def _quietly(clean_up: Callable[[T], object], target: T) -> None:
+    try:
+        clean_up(target)
+    except OSError:
+        pass
