@@ -644,7 +644,7 @@ def test_a_failed_answer_can_be_tried_again_from_the_last_turn(
     page.get_by_test_id("composer-input").fill("typed meanwhile")
 
     turns = page.get_by_test_id("turn")
-    turns.first.get_by_test_id("retry").click()
+    turns.first.get_by_test_id("retry").dblclick()  # asks once
     expect(turns).to_have_count(2)
     expect(turns.nth(1)).to_have_attribute("data-state", "done")
     expect(turns.first).to_have_attribute("data-state", "error")
@@ -654,6 +654,15 @@ def test_a_failed_answer_can_be_tried_again_from_the_last_turn(
     cid = conversation_id(page)
     contents = [m["content"] for m in prompt_messages(chat_app.url, cid) if m.get("type") == "prompt"]
     assert contents == [prompt, prompt]
+
+    # A prompt refused for being blank has nothing to ask again.
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    blank = chat.start_conversation(unique("Blank"))
+    chat.send_prompt(blank, "   ")
+    page.goto(f"{chat_app.url}/#/c/{blank}")
+    expect(turns).to_have_count(1)
+    expect(turns.first).to_have_attribute("data-state", "error")
+    expect(turns.first.get_by_test_id("retry")).to_have_count(0)
 
 
 def append_to_conversations(app: ServerProcess, message: dict[str, Any]) -> None:

@@ -39,7 +39,10 @@ export class ChatView {
       else if (button.dataset.copyAnswer !== undefined) {
         const parts = this.#nodes.get(promptId);
         if (parts) copyToClipboard(button, parts.text, parts.body);
-      } else if (button.dataset.retry !== undefined) onRetry(promptId);
+      } else if (button.dataset.retry !== undefined) {
+        button.disabled = true; // a double click asks once; the next render removes it
+        onRetry(promptId);
+      }
     });
   }
 
@@ -179,7 +182,8 @@ function updateTurn(parts, turn, waitingTurn, latest) {
   if (turn.text && (state === "done" || state === "cancelled" || state === "error")) {
     parts.meta.append(el("button", { type: "button", class: "meta-action", dataset: { copyAnswer: "", testid: "copy-answer" }, "aria-label": "Copy the answer (Markdown)" }, "Copy"));
   }
-  if (latest && (state === "error" || state === "cancelled")) {
+  const askable = typeof turn.prompt?.content === "string" && turn.prompt.content.trim() !== "";
+  if (latest && askable && (state === "error" || state === "cancelled")) {
     parts.meta.append(el("button", { type: "button", class: "meta-action", dataset: { retry: "", testid: "retry" } }, "Try again"));
   }
 }

@@ -410,7 +410,7 @@ function send() {
 /** Send the prompt of a failed or stopped answer again, as a new prompt. */
 function retry(promptId) {
   const content = current?.transcript.turns.get(promptId)?.prompt?.content;
-  if (typeof content === "string" && content.trim()) sendPrompt(content);
+  if (typeof content === "string" && content.trim() && content.length <= MAX_PROMPT_CHARS) sendPrompt(content);
   ui.input.focus();
 }
 
