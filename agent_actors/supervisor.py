@@ -115,6 +115,7 @@ class _Gathered:
 @dataclass(frozen=True)
 class _Remove:
     conversation_id: str  # a deleted conversation whose streams may still be there
+    check_first: bool = False  # look before deleting: the usual answer is "nothing there"
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ class Supervisor(pykka.ThreadingActor):
                      message.conversation_id)  # a late writer brought its streams back
             self._remove(message.conversation_id)
         elif isinstance(message, _Remove):
-            self._remove(message.conversation_id)
+            self._remove(message.conversation_id, unless_removed_before=message.check_first)
         elif isinstance(message, (_Pending, _Woken, _Retry)):
             self._known.add(message.conversation_id)
             self._try_claim(message.conversation_id)
@@ -352,7 +353,8 @@ class Supervisor(pykka.ThreadingActor):
         elif cid not in self._claiming:  # else: when the claim is answered
             self._remove(cid, unless_removed_before=True)
         if live:  # an agent of it that stopped a moment ago may still have a request out
-            self._timers.call_later(self._stragglers_s, lambda: self._tell(_Remove(cid)))
+            self._timers.call_later(self._stragglers_s,
+                                    lambda: self._tell(_Remove(cid, check_first=True)))
 
     def _remove(self, cid: str, *, unless_removed_before: bool = False) -> None:
         """Remove a deleted conversation's streams; once more after a removal under way,
@@ -369,7 +371,8 @@ class Supervisor(pykka.ThreadingActor):
         request that agent's threads still had under way (its boot creates missing streams)
         has ended too."""
         self._remove(cid)
-        self._timers.call_later(self._stragglers_s, lambda: self._tell(_Remove(cid)))
+        self._timers.call_later(self._stragglers_s,
+                                lambda: self._tell(_Remove(cid, check_first=True)))
 
     def _back_off(self, cid: str) -> tuple[int, float]:
         """Count one more failure for `cid` and delay its next claim: (failures, delay)."""
