@@ -94,6 +94,7 @@ class SupervisorSettings:
 @dataclass(frozen=True)
 class _Ready:
     wake_offset: str
+    conversations_tail: str  # where `conversations` ended at the start
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class _Gathered:
 
     ids: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    start_tail: str | None = None  # None until the start's `HEAD` of the stream is known
     caught_up: bool = False
 
 
@@ -223,9 +225,9 @@ class Supervisor(pykka.ThreadingActor):
         if self._stopping.is_set():
             return None
         if isinstance(message, _Ready):
+            self._conversations_seen.start_tail = message.conversations_tail
             self._watch(self.settings.wake_stream, message.wake_offset, self._on_wake_batch)
-            self._watch(layout.CONVERSATIONS_STREAM, "-1", self._on_conversations_batch,
-                        empty_batches=True)
+            self._watch(layout.CONVERSATIONS_STREAM, "-1", self._on_conversations_batch)
         elif isinstance(message, _ConversationsSeen):
             deleted = set(message.deleted)
             for cid in message.ids:
@@ -347,10 +349,11 @@ class Supervisor(pykka.ThreadingActor):
         log.info("conversation %s was deleted%s", cid, ": stopping its agent" if agent else "")
         if agent is not None:
             try:
-                agent.tell(ConversationDeleted())  # its removal follows when it has stopped
+                agent.tell(ConversationDeleted())
             except pykka.ActorDeadError:
                 pass  # stopped already: its AgentStopped/AgentCrashed is on its way here
-        elif cid not in self._claiming:  # else: when the claim is answered
+            return  # its removal, and the one after its stragglers, follow when it has stopped
+        if cid not in self._claiming:  # else: when the claim is answered
             self._remove(cid, unless_removed_before=True)
         if live:  # an agent of it that stopped a moment ago may still have a request out
             self._timers.call_later(self._stragglers_s,
@@ -419,7 +422,8 @@ class Supervisor(pykka.ThreadingActor):
                 probe.ensure_stream(self.settings.wake_stream)
                 probe.ensure_stream(layout.CONVERSATIONS_STREAM)
                 wake_tail = probe.head(self.settings.wake_stream).next_offset
-                self._tell(_Ready(wake_tail))
+                conversations_tail = probe.head(layout.CONVERSATIONS_STREAM).next_offset
+                self._tell(_Ready(wake_tail, conversations_tail))
                 return
             except StreamsError as exc:
                 log.warning("streams server unreachable at %s (%s); retrying in %.1fs",
@@ -563,13 +567,8 @@ class Supervisor(pykka.ThreadingActor):
             error = str(exc)
         self._tell(_Claimed(cid, lease, error))
 
-    def _watch(self, path: str, offset: str, on_batch: Callable[[ReadResult], None], *,
-               empty_batches: bool = False) -> None:
-        """Follow `path` on a thread of its own; `empty_batches`: also those with no
-        messages (to learn that the first read reached the tail of an empty stream)."""
-        live = self.settings.agent.live_mode
-        tail = self.client.tail(path, offset, live=live,  # type: ignore[arg-type]
-                                yield_empty=empty_batches)
+    def _watch(self, path: str, offset: str, on_batch: Callable[[ReadResult], None]) -> None:
+        tail = self.client.tail(path, offset, live=self.settings.agent.live_mode)  # type: ignore[arg-type]
         self._tails.append(tail)
 
         def follow() -> None:
@@ -577,7 +576,7 @@ class Supervisor(pykka.ThreadingActor):
                 for batch in tail:
                     if self._stopping.is_set():
                         return
-                    if batch.messages or empty_batches:
+                    if batch.messages:
                         on_batch(batch)
             except StreamsError as exc:
                 if not self._stopping.is_set():
@@ -593,16 +592,19 @@ class Supervisor(pykka.ThreadingActor):
                     self._tell(_Woken(cid))
 
     def _on_conversations_batch(self, batch: ReadResult) -> None:
-        """Until the first read reaches the tail, what it finds is gathered and told at once:
-        a conversation deleted further on must not be checked (which `PUT`s its
-        subscription) first."""
+        """Until the read reaches where the stream ended at the start, what it finds is
+        gathered and told at once: a conversation deleted further on must not be checked
+        (which `PUT`s its subscription) first. A batch with anything appended since the start
+        is `live` (offsets of one stream sort as strings)."""
         seen = self._conversations_seen
         seen.ids.extend(e.id for e in map(parse_conversation_entry, batch.messages)
                         if e is not None)
         seen.deleted.extend(cid for cid in map(parse_deletion, batch.messages) if cid is not None)
-        if not seen.caught_up and not batch.up_to_date:
+        start_tail = seen.start_tail or ""
+        if not seen.caught_up and not batch.up_to_date and batch.next_offset < start_tail:
             return
-        live, seen.caught_up = seen.caught_up, True
+        seen.caught_up = True
+        live = batch.next_offset > start_tail
         if seen.ids or seen.deleted:
             self._tell(_ConversationsSeen(tuple(seen.ids), tuple(seen.deleted), live=live))
         seen.ids.clear()

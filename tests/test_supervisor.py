@@ -869,3 +869,70 @@ def test_a_boot_request_under_way_when_its_agent_stopped_is_outlived_by_a_later_
     assert client.exists(layout.responses_path(doomed))  # back, for now
     logs.wait_for(f"removed deleted conversation={doomed}", count=2, timeout=20)
     assert conversation_gone(client, doomed)
+
+
+@pytest.fixture
+def default_server(tmp_path: Path) -> Iterator[str]:
+    """A streams server with the production long-poll timeout (30 s)."""
+    server = start_streams_server(tmp_path / "streams-data", long_poll_timeout=30.0)
+    try:
+        yield f"{server.url}/v1/stream"
+    finally:
+        server.terminate()
+
+
+@pytest.mark.parametrize("live_mode", ["sse", "long-poll"])
+def test_a_deletion_first_seen_on_a_fresh_stream_still_outlives_a_stopped_agents_boot(
+    default_server: str, fake: FakeAnthropic, logs: LogWatch, tmp_path: Path, live_mode: str,
+) -> None:
+    """The supervisor's first read of an empty `conversations` stream, long-polled, is held
+    for the server's whole long-poll timeout: a deletion appended meanwhile is still new
+    (appended after the start), and gets the removal after the stragglers."""
+    root = default_server
+    fenced = threading.Event()
+    held = HeldCall(root, lambda name, args: name == "ensure_stream"
+                    and threading.current_thread().name.startswith("boot-"),
+                    timeout=2.0, retry=RetryPolicy(deadline=1.0))  # stragglers end in 3 s
+
+    def ack(lease: Any, *args: Any, **kwargs: Any) -> Any:
+        if fenced.is_set():
+            fenced.clear()
+            raise LeaseFenced("fenced (injected)")
+        return StreamsClient.ack(held, lease, *args, **kwargs)
+
+    held.ack = ack  # type: ignore[method-assign]
+    model = AnthropicModel(api_key="test-key", model="claude-fake-1", base_url=fake.url)
+    sup = Supervisor.start(
+        SupervisorSettings(streams_url=root, data_dir=str(tmp_path / "agents"), worker_name="w1",
+                           lease_ttl_ms=LEASE_TTL_MS,
+                           agent=AgentSettings(idle_timeout_s=30.0, live_mode=live_mode)),
+        model, client=held)
+    try:
+        client = StreamsClient(root)
+        # A conversation that its client has not listed (yet): subscription, prompts, a prompt.
+        cid = "creview9c0001"
+        client.put_subscription(layout.subscription_id(cid),
+                                layout.subscription_config(cid, lease_ttl_ms=LEASE_TTL_MS))
+        client.ensure_stream(layout.prompts_path(cid))
+        logs.wait_for("supervisor w1 started")
+        wait_until(lambda: sum(t.name.startswith("watch-") for t in threading.enumerate()) == 2,
+                   timeout=10, what="the supervisor to follow its streams")
+        client.producer(layout.prompts_path(cid), "tab", auto_claim=True).append(
+            [{"type": "prompt", "id": "p1", "content": "hello", "timestamp": 1}])
+        assert held.reached.wait(20), "the boot never created the responses stream"
+        fenced.set()  # the lease is lost while the boot is under way
+        logs.wait_for(f"agent stopped conversation={cid} reason=lease-lost")
+        # The deletion: the first message of `conversations`, well after the supervisor started.
+        client.ensure_stream(layout.CONVERSATIONS_STREAM)
+        client.producer(layout.CONVERSATIONS_STREAM, "tab-list", auto_claim=True).append(
+            [{"type": "delete", "id": cid, "timestamp": 1}])
+        logs.wait_for(f"removed deleted conversation={cid}")
+        held.go.set()  # the stopped agent's boot PUT lands now
+        assert held.done.wait(10)
+        logs.wait_for(f"removed deleted conversation={cid}", count=2, timeout=20)
+        assert conversation_gone(client, cid)
+    finally:
+        try:
+            sup.stop(timeout=30)
+        except pykka.ActorDeadError:
+            pass
