@@ -350,3 +350,55 @@ def test_a_batch_whose_failure_cannot_be_classified_is_never_reported_stored(
     assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0  # rolled back
     assert all(isinstance(outcome, BaseException) for outcome in outcomes.values()), outcomes
     assert len(outcomes) == 2
+
+
+def test_a_bug_in_a_retried_operation_fails_only_that_one(tmp_path: Path) -> None:
+    """A batch without room is retried one operation at a time: an unexpected error in one
+    of those retries fails that operation, not the leader's already committed one."""
+    conn = sqlite3.connect(tmp_path / "db", isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (v INTEGER)")
+    classifications: list[sqlite3.Error] = []
+
+    def out_of_room(exc: sqlite3.Error) -> bool:
+        classifications.append(exc)
+        if len(classifications) > 1:
+            raise RuntimeError("a bug in the classification")
+        return True  # the whole batch: "no room", so each is tried on its own
+
+    leader = threading.Lock()
+    committer = groupcommit.GroupCommitter(
+        conn, clock_ms=lambda: 0, before_batch=lambda tx: None,
+        apply_effects=lambda effects: None, leader_lock=leader, out_of_room=out_of_room)
+
+    def good(tx: groupcommit.Transaction) -> str:
+        tx.conn.execute("INSERT INTO t VALUES (1)")
+        return "stored"
+
+    def bad(tx: groupcommit.Transaction) -> str:
+        error = sqlite3.OperationalError("disk I/O error")
+        error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE
+        raise error
+
+    outcome: dict[str, object] = {}
+
+    def lead_with_good() -> None:
+        try:
+            outcome["good"] = committer.submit(good)
+        except BaseException as exc:  # noqa: BLE001 - the outcome under test
+            outcome["good"] = exc
+
+    with leader:
+        writer = threading.Thread(target=lead_with_good)
+        writer.start()
+        deadline = time.monotonic() + 10
+        while len(committer._queue) < 1:  # noqa: SLF001
+            assert time.monotonic() < deadline
+        # A second writer's operation, queued behind it (it would wait on the leader lock).
+        other: groupcommit._Pending[str] = groupcommit._Pending(bad)  # noqa: SLF001
+        committer._queue.append(other)  # noqa: SLF001
+    writer.join(10)
+
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 1  # good was committed
+    assert other.done and other.error is not None  # bad: failed, as it should
+    assert outcome["good"] == "stored", outcome

@@ -190,7 +190,7 @@ class GroupCommitter:
             self._run_batch(batch, effects)
             committed = True
         except sqlite3.Error as exc:
-            full = exc.sqlite_errorcode == sqlite3.SQLITE_FULL or self._out_of_room(exc)
+            full = exc.sqlite_errorcode == sqlite3.SQLITE_FULL or self._lacks_room(exc)
             if full and len(batch) > 1:
                 # One operation needed space that is not there, and SQLite may have rolled the
                 # whole transaction back: each again on its own, so that those that need no
@@ -212,6 +212,9 @@ class GroupCommitter:
             for pending in batch:
                 pending.error = failure
             effects = Effects()
+        except Exception:  # a bug: its operations fail (below), and it is not the leader's
+            log.exception("a write batch failed")
+            effects = Effects()
         else:
             self._outage.succeeded()
         finally:
@@ -224,6 +227,13 @@ class GroupCommitter:
         self.batches += 1
         self.operations += len(batch)
         self._apply_effects(effects)
+
+    def _lacks_room(self, exc: sqlite3.Error) -> bool:
+        try:
+            return self._out_of_room(exc)
+        except Exception:  # a bug in the classification: the error stays a plain failure
+            log.exception("could not tell whether a failed write lacked room")
+            return False
 
     def _run_batch(self, batch: list[_Pending[Any]], effects: Effects) -> None:
         conn = self._conn
