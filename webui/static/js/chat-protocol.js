@@ -14,6 +14,15 @@ export const responsesPath = (conversationId) => `conversations/${conversationId
 /** The pull-wake subscription the agents' supervisor keeps for a conversation (agent_actors). */
 export const subscriptionId = (conversationId) => `conversation-${conversationId}`;
 
+/** The longest prompt sent: far beyond any model's context already, and what the tab can
+ * keep (twice over, in UTF-16) in its ~5 MB of sessionStorage until the server has it. */
+export const MAX_PROMPT_CHARS = 1_000_000;
+
+/** Whether a stored prompt's content can be sent again as it is (Try again). */
+export function canAskAgain(content) {
+  return typeof content === "string" && content.trim() !== "" && content.length <= MAX_PROMPT_CHARS;
+}
+
 export const newConversationId = () => randomId();
 export const newPromptId = () => randomId("p-");
 

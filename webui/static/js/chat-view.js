@@ -3,6 +3,7 @@
 
 import { config } from "./config.js";
 import { MarkdownView } from "./markdown.js";
+import { canAskAgain } from "./chat-protocol.js";
 import { turnState } from "./conversation-model.js";
 import { el, formatTime } from "./util.js";
 
@@ -182,8 +183,7 @@ function updateTurn(parts, turn, waitingTurn, latest) {
   if (turn.text && (state === "done" || state === "cancelled" || state === "error")) {
     parts.meta.append(el("button", { type: "button", class: "meta-action", dataset: { copyAnswer: "", testid: "copy-answer" }, "aria-label": "Copy the answer (Markdown)" }, "Copy"));
   }
-  const askable = typeof turn.prompt?.content === "string" && turn.prompt.content.trim() !== "";
-  if (latest && askable && (state === "error" || state === "cancelled")) {
+  if (latest && canAskAgain(turn.prompt?.content) && (state === "error" || state === "cancelled")) {
     parts.meta.append(el("button", { type: "button", class: "meta-action", dataset: { retry: "", testid: "retry" } }, "Try again"));
   }
 }

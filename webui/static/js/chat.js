@@ -387,15 +387,11 @@ function announce(text) {
 
 // -------------------------------------------------------------------------------- actions
 
-/** The longest prompt sent: far beyond any model's context already, and what the tab can
- * keep (twice over, in UTF-16) in its ~5 MB of sessionStorage until the server has it. */
-const MAX_PROMPT_CHARS = 1_000_000;
-
 function send() {
   const text = ui.input.value.trim();
   if (!text || !current) return;
-  if (text.length > MAX_PROMPT_CHARS) {
-    ui.composerError.textContent = `This message is too long to send: ${text.length.toLocaleString()} characters, the limit is ${MAX_PROMPT_CHARS.toLocaleString()}.`;
+  if (text.length > protocol.MAX_PROMPT_CHARS) {
+    ui.composerError.textContent = `This message is too long to send: ${text.length.toLocaleString()} characters, the limit is ${protocol.MAX_PROMPT_CHARS.toLocaleString()}.`;
     ui.composerError.hidden = false;
     return;
   }
@@ -410,7 +406,7 @@ function send() {
 /** Send the prompt of a failed or stopped answer again, as a new prompt. */
 function retry(promptId) {
   const content = current?.transcript.turns.get(promptId)?.prompt?.content;
-  if (typeof content === "string" && content.trim() && content.length <= MAX_PROMPT_CHARS) sendPrompt(content);
+  if (protocol.canAskAgain(content)) sendPrompt(content);
   ui.input.focus();
 }
 
@@ -540,7 +536,7 @@ function wire() {
   ui.input.addEventListener("input", () => {
     autosize();
     saveDraft(draftKey(), ui.input.value);
-    if (ui.input.value.trim().length <= MAX_PROMPT_CHARS) ui.composerError.hidden = true;
+    if (ui.input.value.trim().length <= protocol.MAX_PROMPT_CHARS) ui.composerError.hidden = true;
   });
   ui.stop.addEventListener("click", () => {
     stop();
