@@ -835,6 +835,33 @@ def test_a_start_claims_pending_work_without_deleting_again_what_it_removed_befo
     assert not [call for call in calls if call[0].startswith("delete")], calls[:5]
 
 
+def test_a_start_claims_pending_work_before_it_has_removed_many_deleted_conversations(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """Removals run on their own thread: a pending prompt's claim does not queue behind the
+    removal of hundreds of conversations deleted while no supervisor ran."""
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    kept = chat.start_conversation("kept")
+    deleted = [f"c{uuid.uuid4().hex[:12]}" for _ in range(200)]
+    client.producer(layout.CONVERSATIONS_STREAM, "old-tabs", auto_claim=True).append(
+        [{"type": "delete", "id": cid, "timestamp": 1} for cid in deleted])
+    prompt = chat.send_prompt(kept, "hello")
+
+    recording = Recording(root)
+    in_process(root, client=recording)
+    assert_clean_answers(wait_for_answers(client, kept, [prompt]), {prompt: "hello"})
+    logs.wait_for("removed deleted conversation=", count=len(deleted), timeout=60)
+    with recording._lock:
+        calls = list(recording.calls)
+    claimed_at = calls.index(("claim", layout.subscription_id(kept)))
+    deletions = [i for i, call in enumerate(calls) if call[0].startswith("delete")]
+    assert len(deletions) == 3 * len(deleted)
+    before = sum(1 for i in deletions if i < claimed_at)
+    assert before < len(deletions) // 2, f"{before} of {len(deletions)} DELETEs came first"
+
+
 def test_a_boot_request_under_way_when_its_agent_stopped_is_outlived_by_a_later_removal(
     streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
     logs: LogWatch,
