@@ -23,6 +23,7 @@ exponential backoff; the number of live agents is capped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -348,10 +349,9 @@ class Supervisor(pykka.ThreadingActor):
         agent = self.agents.get(cid)
         log.info("conversation %s was deleted%s", cid, ": stopping its agent" if agent else "")
         if agent is not None:
-            try:
+            # One that stopped already has its AgentStopped/AgentCrashed on its way here.
+            with contextlib.suppress(pykka.ActorDeadError):
                 agent.tell(ConversationDeleted())
-            except pykka.ActorDeadError:
-                pass  # stopped already: its AgentStopped/AgentCrashed is on its way here
             return  # its removal, and the one after its stragglers, follow when it has stopped
         if cid not in self._claiming:  # else: when the claim is answered
             self._remove(cid, unless_removed_before=True)

@@ -298,6 +298,52 @@ def raise_erofs(path: str) -> None:
     raise OSError(errno.EROFS, "Read-only file system", path)
 
 
+def table_committer(
+    db: Path, out_of_room: Callable[[sqlite3.Error], bool],
+) -> tuple[sqlite3.Connection, groupcommit.GroupCommitter, threading.Lock]:
+    """A group committer over a database with one table `t`, and its leader lock."""
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (v INTEGER)")
+    leader = threading.Lock()
+    committer = groupcommit.GroupCommitter(
+        conn, clock_ms=lambda: 0, before_batch=lambda tx: None,
+        apply_effects=lambda effects: None, leader_lock=leader, out_of_room=out_of_room)
+    return conn, committer, leader
+
+
+def insert_a_row(tx: groupcommit.Transaction) -> str:
+    tx.conn.execute("INSERT INTO t VALUES (1)")
+    return "stored"
+
+
+def fail_to_write(tx: groupcommit.Transaction) -> str:
+    error = sqlite3.OperationalError("disk I/O error")
+    error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE
+    raise error
+
+
+def submit_in_thread(committer: groupcommit.GroupCommitter,
+                     operation: Callable[[groupcommit.Transaction], str],
+                     outcomes: dict[str, object], name: str) -> threading.Thread:
+    """`committer.submit(operation)` on a new thread; its result or error goes to `outcomes`."""
+    def submit() -> None:
+        try:
+            outcomes[name] = committer.submit(operation)
+        except BaseException as exc:  # noqa: BLE001 - the outcome under test
+            outcomes[name] = exc
+
+    thread = threading.Thread(target=submit)
+    thread.start()
+    return thread
+
+
+def wait_until_queued(committer: groupcommit.GroupCommitter, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(committer._queue) < count:  # noqa: SLF001 - no event marks it: spin briefly
+        assert time.monotonic() < deadline, "the operations never queued"
+
+
 @pytest.mark.parametrize("failure", ["probe clean-up", "classifier bug"])
 def test_a_batch_whose_failure_cannot_be_classified_is_never_reported_stored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str,
@@ -305,9 +351,6 @@ def test_a_batch_whose_failure_cannot_be_classified_is_never_reported_stored(
     """The disk fails while the room probe cleans up (a file system remounted read-only), or
     the classification itself fails: every operation of the rolled-back batch fails too."""
     db = tmp_path / "streams.sqlite3"
-    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE t (v INTEGER)")
     out_of_room: Callable[[sqlite3.Error], bool]
     if failure == "probe clean-up":
         monkeypatch.setattr(os, "unlink", raise_erofs)
@@ -315,36 +358,12 @@ def test_a_batch_whose_failure_cannot_be_classified_is_never_reported_stored(
     else:
         def out_of_room(exc: sqlite3.Error) -> bool:
             raise RuntimeError("a bug in the classification")
-    leader = threading.Lock()
-    committer = groupcommit.GroupCommitter(
-        conn, clock_ms=lambda: 0, before_batch=lambda tx: None,
-        apply_effects=lambda effects: None, leader_lock=leader, out_of_room=out_of_room)
-
-    def good(tx: groupcommit.Transaction) -> str:
-        tx.conn.execute("INSERT INTO t VALUES (1)")
-        return "stored"
-
-    def bad(tx: groupcommit.Transaction) -> str:
-        error = sqlite3.OperationalError("disk I/O error")
-        error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE
-        raise error
-
+    conn, committer, leader = table_committer(db, out_of_room)
     outcomes: dict[str, object] = {}
-
-    def submit(name: str, operation: Callable[[groupcommit.Transaction], str]) -> None:
-        try:
-            outcomes[name] = committer.submit(operation)
-        except BaseException as exc:  # noqa: BLE001 - the outcome under test
-            outcomes[name] = exc
-
     with leader:  # both queue up for one batch
-        threads = [threading.Thread(target=submit, args=(name, op))
-                   for name, op in (("good", good), ("bad", bad))]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 10
-        while len(committer._queue) < 2:  # noqa: SLF001 - no event marks it: spin briefly
-            assert time.monotonic() < deadline, "the operations never queued"
+        threads = [submit_in_thread(committer, insert_a_row, outcomes, "good"),
+                   submit_in_thread(committer, fail_to_write, outcomes, "bad")]
+        wait_until_queued(committer, 2)
     for thread in threads:
         thread.join(10)
     assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0  # rolled back
@@ -355,9 +374,6 @@ def test_a_batch_whose_failure_cannot_be_classified_is_never_reported_stored(
 def test_a_bug_in_a_retried_operation_fails_only_that_one(tmp_path: Path) -> None:
     """A batch without room is retried one operation at a time: an unexpected error in one
     of those retries fails that operation, not the leader's already committed one."""
-    conn = sqlite3.connect(tmp_path / "db", isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE t (v INTEGER)")
     classifications: list[sqlite3.Error] = []
 
     def out_of_room(exc: sqlite3.Error) -> bool:
@@ -366,36 +382,13 @@ def test_a_bug_in_a_retried_operation_fails_only_that_one(tmp_path: Path) -> Non
             raise RuntimeError("a bug in the classification")
         return True  # the whole batch: "no room", so each is tried on its own
 
-    leader = threading.Lock()
-    committer = groupcommit.GroupCommitter(
-        conn, clock_ms=lambda: 0, before_batch=lambda tx: None,
-        apply_effects=lambda effects: None, leader_lock=leader, out_of_room=out_of_room)
-
-    def good(tx: groupcommit.Transaction) -> str:
-        tx.conn.execute("INSERT INTO t VALUES (1)")
-        return "stored"
-
-    def bad(tx: groupcommit.Transaction) -> str:
-        error = sqlite3.OperationalError("disk I/O error")
-        error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE
-        raise error
-
+    conn, committer, leader = table_committer(tmp_path / "db", out_of_room)
     outcome: dict[str, object] = {}
-
-    def lead_with_good() -> None:
-        try:
-            outcome["good"] = committer.submit(good)
-        except BaseException as exc:  # noqa: BLE001 - the outcome under test
-            outcome["good"] = exc
-
     with leader:
-        writer = threading.Thread(target=lead_with_good)
-        writer.start()
-        deadline = time.monotonic() + 10
-        while len(committer._queue) < 1:  # noqa: SLF001
-            assert time.monotonic() < deadline
+        writer = submit_in_thread(committer, insert_a_row, outcome, "good")
+        wait_until_queued(committer, 1)
         # A second writer's operation, queued behind it (it would wait on the leader lock).
-        other: groupcommit._Pending[str] = groupcommit._Pending(bad)  # noqa: SLF001
+        other: groupcommit._Pending[str] = groupcommit._Pending(fail_to_write)  # noqa: SLF001
         committer._queue.append(other)  # noqa: SLF001
     writer.join(10)
 

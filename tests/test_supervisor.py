@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -862,6 +862,25 @@ def test_a_start_claims_pending_work_before_it_has_removed_many_deleted_conversa
     assert before < len(deletions) // 2, f"{before} of {len(deletions)} DELETEs came first"
 
 
+class StragglingBoot(HeldCall):
+    """Holds an agent's boot as it creates a missing stream; once `fenced` is set, the next
+    heartbeat finds the lease lost. Its requests give up within 3 s (deadline and timeout),
+    so the removal after stragglers comes soon."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root, lambda name, args: name == "ensure_stream"
+                         and threading.current_thread().name.startswith("boot-"),
+                         timeout=2.0, retry=RetryPolicy(deadline=1.0))
+        self.fenced = threading.Event()
+
+    def ack(self, lease: Lease, acks: Mapping[str, str] | None = None, *,
+            done: bool = False) -> bool:
+        if self.fenced.is_set():
+            self.fenced.clear()
+            raise LeaseFenced("fenced (injected)")
+        return super().ack(lease, acks, done=done)
+
+
 def test_a_boot_request_under_way_when_its_agent_stopped_is_outlived_by_a_later_removal(
     streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
     logs: LogWatch,
@@ -870,24 +889,13 @@ def test_a_boot_request_under_way_when_its_agent_stopped_is_outlived_by_a_later_
     its boot's `PUT` of a missing stream lands after the first removal. The removal after
     every request of that agent has ended deletes it."""
     root = streams_root(streams_server)
-    fenced = threading.Event()
-    held = HeldCall(root, lambda name, args: name == "ensure_stream"
-                    and threading.current_thread().name.startswith("boot-"),
-                    timeout=2.0, retry=RetryPolicy(deadline=1.0))  # stragglers end in 3 s
-
-    def ack(lease: Any, *args: Any, **kwargs: Any) -> Any:
-        if fenced.is_set():
-            fenced.clear()
-            raise LeaseFenced("fenced (injected)")
-        return StreamsClient.ack(held, lease, *args, **kwargs)
-
-    held.ack = ack  # type: ignore[method-assign]
+    held = StragglingBoot(root)
     in_process(root, client=held)
     client, chat = connect(root)
     doomed = chat.start_conversation("boot outlives its agent", responses_stream=False)
     chat.send_prompt(doomed, "hello")
     assert held.reached.wait(20), "the boot never created the responses stream"
-    fenced.set()  # the lease is lost while the boot is under way
+    held.fenced.set()  # the lease is lost while the boot is under way
     logs.wait_for(f"agent stopped conversation={doomed} reason=lease-lost")
     chat.delete_conversation(doomed)
     logs.wait_for(f"removed deleted conversation={doomed}")
@@ -916,18 +924,7 @@ def test_a_deletion_first_seen_on_a_fresh_stream_still_outlives_a_stopped_agents
     for the server's whole long-poll timeout: a deletion appended meanwhile is still new
     (appended after the start), and gets the removal after the stragglers."""
     root = default_server
-    fenced = threading.Event()
-    held = HeldCall(root, lambda name, args: name == "ensure_stream"
-                    and threading.current_thread().name.startswith("boot-"),
-                    timeout=2.0, retry=RetryPolicy(deadline=1.0))  # stragglers end in 3 s
-
-    def ack(lease: Any, *args: Any, **kwargs: Any) -> Any:
-        if fenced.is_set():
-            fenced.clear()
-            raise LeaseFenced("fenced (injected)")
-        return StreamsClient.ack(held, lease, *args, **kwargs)
-
-    held.ack = ack  # type: ignore[method-assign]
+    held = StragglingBoot(root)
     model = AnthropicModel(api_key="test-key", model="claude-fake-1", base_url=fake.url)
     sup = Supervisor.start(
         SupervisorSettings(streams_url=root, data_dir=str(tmp_path / "agents"), worker_name="w1",
@@ -947,7 +944,7 @@ def test_a_deletion_first_seen_on_a_fresh_stream_still_outlives_a_stopped_agents
         client.producer(layout.prompts_path(cid), "tab", auto_claim=True).append(
             [{"type": "prompt", "id": "p1", "content": "hello", "timestamp": 1}])
         assert held.reached.wait(20), "the boot never created the responses stream"
-        fenced.set()  # the lease is lost while the boot is under way
+        held.fenced.set()  # the lease is lost while the boot is under way
         logs.wait_for(f"agent stopped conversation={cid} reason=lease-lost")
         # The deletion: the first message of `conversations`, well after the supervisor started.
         client.ensure_stream(layout.CONVERSATIONS_STREAM)
