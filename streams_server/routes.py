@@ -95,7 +95,8 @@ _COMMON_HEADERS = [
     ("Content-Security-Policy", "sandbox; default-src 'none'"),
 ]
 _NO_BODY_STATUSES = frozenset({204, 304})
-_PATH_SAFE = "!$&'()*+,/:;=@%"  # a URL path segment's characters, and '%' already quoted
+_PATH_SAFE = "!$&'()*+,/:;=@"  # a URL path segment's characters ('%' is quoted: a path
+# arrives decoded, so a stream named `%42` is `%2542` in its URL)
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::(?P<port>[0-9]{1,5}))?")
 """RFC 3986's host (an IP literal or a reg-name) and optional port."""
 

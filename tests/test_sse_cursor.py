@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from streams_server.protocol.cursor import current_interval
+from streams_server.protocol.cursor import current_interval, next_cursor
 from streams_server.protocol.sse import control_event
 from tests.support import ServerProcess
 
@@ -75,3 +75,10 @@ def test_cursors_on_one_connection_follow_the_clock_not_jitter(
     jittered = _cursors(url, {"cursor": str(echoed)}, 5)
     assert jittered[0] > echoed
     assert jittered == [jittered[0]] * 6
+
+
+@pytest.mark.parametrize("digits", [38, 41, 300])
+def test_a_cursor_echoed_back_is_always_exceeded_however_long(digits: int) -> None:
+    """Only its first 30 digits were read, so a longer cursor got a smaller one back."""
+    echoed = "9" * digits
+    assert int(next_cursor(echoed)) > int(echoed)

@@ -136,6 +136,18 @@ def test_a_valid_host_header_names_the_created_stream(front: StreamsHttp, host: 
     assert front.request("GET", path, headers={"Host": host}).json() == []
 
 
+def test_the_location_of_a_stream_named_with_a_percent_sign_names_that_stream(
+        front: StreamsHttp) -> None:
+    """The path arrives decoded: `%2542` names the stream `%42`, whose URL is `%2542` again.
+    The Location header said `%42`, which names the stream `B`."""
+    created = front.request("PUT", "percent%2542", headers={"Content-Type": JSON})
+    assert created.status_code == 201, created.content
+    location = created.headers["Location"]
+    assert location.endswith("/v1/stream/percent%2542"), location
+    assert front.session.head(location).status_code == 200
+    assert front.request("HEAD", "percentB").status_code == 404
+
+
 def _raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send `request` as is and read the answer to the end (the server closes)."""
     host, port = url.removeprefix("http://").split(":")

@@ -573,7 +573,8 @@ class StreamsMachine(RuleBasedStateMachine):
             self.expect(exchange, 400)
             return
         if stream.closed:
-            duplicate_close = stream.closed_by == (producer_id, *triple)
+            # The closing request again, or any close-only one: idempotent (5.2, 5.2.1).
+            duplicate_close = stream.closed_by == (producer_id, *triple) or not entries
             self.expect(exchange, 204 if duplicate_close else 409)
             assert exchange.header("Stream-Closed") == "true"
             return

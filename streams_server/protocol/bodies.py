@@ -9,7 +9,7 @@ from typing import IO, TypeVar
 
 from ..config import StreamsSettings
 from ..errors import PayloadTooLarge, StorageFailure, StorageFull
-from ..storage.models import Entries, SpooledChunks
+from ..storage.models import Entries, SpooledChunks, split_entries
 
 _READ_CHUNK = 256 * 1024
 
@@ -39,18 +39,19 @@ def read_all(stream: IO[bytes], settings: StreamsSettings) -> bytes:
     return b"".join(parts)
 
 
-def read_spooled(stream: IO[bytes], settings: StreamsSettings) -> Entries:
+def read_spooled(stream: IO[bytes], settings: StreamsSettings, *, text: bool = False
+                 ) -> Entries:
     """A binary body as storage entries; beyond `spool_memory_bytes` it goes to a temp file.
 
     Entries are at most `max_chunk_bytes` long, so that a catch-up read (which returns whole
-    entries) never has to exceed the chunk limit because of one large append.
+    entries) never has to exceed the chunk limit because of one large append. With `text`
+    they end between UTF-8 characters.
     """
     first = _read_up_to(stream, settings.spool_memory_bytes + 1)
     if len(first) > settings.max_body_bytes:  # a chunked body declares no length up front
         raise _too_large(settings)
     if len(first) <= settings.spool_memory_bytes:
-        step = settings.max_chunk_bytes
-        return [first[i : i + step] for i in range(0, len(first), step)]
+        return split_entries(first, settings.max_chunk_bytes, text=text)
     spool = _write_or_fail(lambda: tempfile.TemporaryFile())
     try:
         _write_or_fail(lambda: spool.write(first))
@@ -67,7 +68,7 @@ def read_spooled(stream: IO[bytes], settings: StreamsSettings) -> Entries:
         except OSError:
             pass
         raise
-    return SpooledChunks(spool, size, settings.max_chunk_bytes)
+    return SpooledChunks(spool, size, settings.max_chunk_bytes, text=text)
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -7,6 +7,7 @@ import time
 
 CURSOR_EPOCH_S = 1728432000  # 2024-10-09T00:00:00Z
 CURSOR_INTERVAL_S = 20
+MAX_CURSOR_DIGITS = 40  # parsing longer ones as numbers costs time for nothing
 
 
 def current_interval(now: float | None = None) -> int:
@@ -18,7 +19,9 @@ def next_cursor(client_cursor: str | None, now: float | None = None) -> str:
     """The current interval number, or strictly more than the client's echoed cursor."""
     interval = current_interval(now)
     if client_cursor is not None and client_cursor.isascii() and client_cursor.isdigit():
-        echoed = int(client_cursor[:30])
+        if len(client_cursor) > MAX_CURSOR_DIGITS:  # not one of ours; still answered above it
+            return "1" + client_cursor
+        echoed = int(client_cursor)
         if echoed >= interval:
             jitter_s = random.randint(1, 3600)
             return str(echoed + max(1, jitter_s // CURSOR_INTERVAL_S))

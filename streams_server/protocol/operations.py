@@ -17,6 +17,7 @@ from ..storage.models import (
     ReadResult,
     StreamInfo,
     is_json_content_type,
+    is_text_content_type,
 )
 from . import bodies, headers, jsonmode, sse
 from .cursor import later_cursor, next_cursor
@@ -171,7 +172,8 @@ class StreamOperations:
             if not body:
                 return []
             return jsonmode.split_messages(body, allow_empty_array=allow_empty_array)
-        return bodies.read_spooled(request.body, self.settings)
+        return bodies.read_spooled(request.body, self.settings,
+                                   text=is_text_content_type(content_type))
 
     # ------------------------------------------------------------------ delete and head (5.4, 5.5)
 
@@ -243,10 +245,11 @@ class StreamOperations:
             if not result.entries:
                 return self._no_content(result, cursor)
             return self._data_reply(request, result, cursor=next_cursor(cursor))
-        self.store.wait_for_data(
-            result.info.stream_id, result.next_position, self.settings.long_poll_timeout_s
+        stream_id = result.info.stream_id
+        self.store.wait_for_data(stream_id, result.next_position, self.settings.long_poll_timeout_s)
+        result = self.store.read(
+            request.path, result.start, self.settings.max_chunk_bytes, stream_id=stream_id
         )
-        result = self.store.read(request.path, result.start, self.settings.max_chunk_bytes)
         if result.entries:
             return self._data_reply(request, result, cursor=next_cursor(cursor))
         return self._no_content(result, cursor)
@@ -273,9 +276,7 @@ class StreamOperations:
             reply.headers["Stream-Closed"] = "true"
         if cursor is not None and not result.closed_at_end:
             reply.headers["Stream-Cursor"] = cursor
-        reply.headers["Cache-Control"] = (
-            f"{self.settings.cache_visibility}, max-age=60, stale-while-revalidate=300"
-        )
+        reply.headers["Cache-Control"] = self._catch_up_cache_control(info)
         if _etag_matches(request.headers.get("If-None-Match"), etag):
             reply.status = 304
             return reply
@@ -283,6 +284,21 @@ class StreamOperations:
             jsonmode.encode_array(result.entries) if info.is_json else b"".join(result.entries)
         )
         return reply
+
+    def _catch_up_cache_control(self, info: StreamInfo) -> str:
+        """Data at an offset never changes, so caches may keep it; but not past the stream's
+        end of life (section 5.6: derived from TTL/expiry). A sliding TTL was just reset by
+        this read, and reads a cache answers do not reset it."""
+        visibility = self.settings.cache_visibility
+        expiry = info.expiry
+        if expiry.ttl_seconds is None and expiry.expires_at_ms is None:
+            return f"{visibility}, max-age=60, stale-while-revalidate=300"
+        life_s = 60
+        if expiry.ttl_seconds is not None:
+            life_s = min(life_s, expiry.ttl_seconds)
+        if expiry.expires_at_ms is not None:
+            life_s = min(life_s, (expiry.expires_at_ms - self.store.now_ms()) // 1000)
+        return f"{visibility}, max-age={life_s}" if life_s > 0 else "no-store"
 
     def _sse(self, request: StreamRequest, position: int | None, cursor: str | None) -> Reply:
         info = self.store.info(request.path)
@@ -297,7 +313,7 @@ class StreamOperations:
         reply.headers["X-Accel-Buffering"] = "no"
         if encoded:
             reply.headers["stream-sse-data-encoding"] = "base64"
-        reply.body = self._sse_events(request.path, start, cursor, encoded)
+        reply.body = self._sse_events(request.path, info.stream_id, start, cursor, encoded)
         return reply
 
     def _sse_batch(self, result: ReadResult, cursor: str, encoded: bool) -> bytes:
@@ -323,7 +339,7 @@ class StreamOperations:
                                         closed=result.closed_at_end)
 
     def _sse_events(
-        self, path: str, position: int, cursor: str | None, encoded: bool
+        self, path: str, stream_id: int, position: int, cursor: str | None, encoded: bool
     ) -> Iterator[bytes]:
         settings = self.settings
         deadline = time.monotonic() + settings.sse_max_duration_s
@@ -331,7 +347,8 @@ class StreamOperations:
         sent_control = False
         while True:
             try:
-                result = self.store.read(path, position, settings.max_chunk_bytes)
+                result = self.store.read(path, position, settings.max_chunk_bytes,
+                                         stream_id=stream_id)
             except Exception:  # deleted or expired while followed: end the stream
                 return
             # A data event and its control event go out in one write, so that a client
@@ -339,7 +356,8 @@ class StreamOperations:
             out = preamble
             preamble = b""
             position = result.next_position
-            if result.entries or not sent_control:
+            # Closed with no data after it: the control event that says so is still owed.
+            if result.entries or not sent_control or result.closed_at_end:
                 cursor = later_cursor(cursor) if sent_control and cursor else next_cursor(cursor)
                 out += self._sse_batch(result, cursor, encoded)
                 sent_control = True

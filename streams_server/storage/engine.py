@@ -165,13 +165,19 @@ class StreamStore:
         """The metadata of a live stream; `NotFound` or `Gone` otherwise."""
         return self._visible(path).info
 
-    def read(self, path: str, position: int | None, max_bytes: int) -> ReadResult:
+    def read(
+        self, path: str, position: int | None, max_bytes: int, *, stream_id: int | None = None
+    ) -> ReadResult:
         """Entries from `position` (None: the tail) up to about `max_bytes`.
 
         Always returns at least one entry when data exists past `position`, so a single entry
-        larger than `max_bytes` is still readable.
+        larger than `max_bytes` is still readable. `stream_id`: the stream a live read began
+        on. If the path now names another (deleted and created again while the reader
+        waited), the one it followed is gone: `NotFound`, never the new stream's data.
         """
         info = self._visible(path).info
+        if stream_id is not None and info.stream_id != stream_id:
+            raise NotFound(f"stream {path!r} was deleted")
         if position is None:
             position = info.tail
         if position > info.tail:

@@ -100,27 +100,68 @@ def media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
+def is_text_content_type(content_type: str) -> bool:
+    return media_type(content_type).startswith("text/")
+
+
 def is_json_content_type(content_type: str) -> bool:
     return media_type(content_type) == "application/json"
+
+
+def utf8_cut(data: bytes) -> int:
+    """Where to end a piece of `data` so that no UTF-8 character is split: `len(data)`, or
+    the start of a multi-byte character whose last bytes are missing. SSE sends a text
+    stream's entries as text, and half a character each side of an entry boundary would
+    arrive as two replacement characters."""
+    for back in range(1, min(4, len(data) + 1)):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue  # a continuation byte: its character started further back
+        if 0xC0 <= byte < 0xF8:
+            length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) - back if length > back else len(data)
+        return len(data)  # ASCII, or a byte UTF-8 never uses
+    return len(data)  # complete, or not UTF-8 at all: nothing to keep whole
+
+
+def split_entries(data: bytes, chunk_bytes: int, *, text: bool) -> list[bytes]:
+    """`data` as entries of at most `chunk_bytes`; for text, ended between characters."""
+    entries = []
+    start = 0
+    while start < len(data):
+        end = min(start + chunk_bytes, len(data))
+        if text and end < len(data):
+            end = start + (utf8_cut(data[start:end]) or end - start)
+        entries.append(data[start:end])
+        start = end
+    return entries
 
 
 class SpooledChunks:
     """A body held in a (spooled) temporary file, yielded in chunks of bounded size.
 
     Lets an append of many megabytes reach the database without ever being whole in memory.
+    `text`: chunks end between UTF-8 characters (see `utf8_cut`).
     """
 
-    def __init__(self, file: IO[bytes], size: int, chunk_bytes: int) -> None:
+    def __init__(self, file: IO[bytes], size: int, chunk_bytes: int, *, text: bool = False
+                 ) -> None:
         self._file = file
         self.size = size
         self._chunk_bytes = chunk_bytes
+        self._text = text
 
     def __bool__(self) -> bool:
         return self.size > 0
 
     def __iter__(self) -> Iterator[bytes]:
         self._file.seek(0)
-        while chunk := self._file.read(self._chunk_bytes):
+        carried = b""  # the start of a character the previous chunk left out
+        while chunk := carried + self._file.read(self._chunk_bytes - len(carried)):
+            carried = b""
+            if self._text and len(chunk) == self._chunk_bytes:
+                cut = utf8_cut(chunk) or len(chunk)
+                chunk, carried = chunk[:cut], chunk[cut:]
             yield chunk
 
 

@@ -363,8 +363,8 @@ def _append_to_closed(
                 producer_epoch=producer.epoch,
                 producer_seq=producer.seq,
             )
-    elif close and not entries:
-        return AppendResult(info=info, duplicate=True)
+    if close and not entries:  # a close-only request is idempotent, with producer headers
+        return AppendResult(info=info, duplicate=True)  # or without (sections 5.2, 5.2.1)
     raise Conflict(
         f"stream {info.path!r} is closed",
         code="STREAM_CLOSED",

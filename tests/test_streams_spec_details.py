@@ -1,0 +1,236 @@
+"""Details of PROTOCOL.md that the official conformance suite does not test, over real
+sockets. Each was once answered otherwise (found by reading the spec against the server)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+
+from tests.support import ServerProcess, start_streams_server
+from tests.support.streams_http import StreamsHttp
+
+pytestmark = pytest.mark.timeout(60)
+
+TEXT = "text/plain; charset=utf-8"
+CHUNK_KIB = 16
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Small catch-up chunks, so that appends of a few dozen KiB are stored in pieces."""
+    server = start_streams_server(tmp_path_factory.mktemp("spec") / "data",
+                                  extra_args=["--max-chunk-kib", str(CHUNK_KIB)])
+    try:
+        yield server
+    finally:
+        server.terminate()
+
+
+@pytest.fixture
+def http(server: ServerProcess) -> StreamsHttp:
+    return StreamsHttp(server.url)
+
+
+def sse_events(response: requests.Response) -> Iterator[tuple[str, str]]:
+    """(event name, data) of each event of an SSE response, until the server ends it."""
+    name, data = "", list[str]()  # the event being read
+    for raw in response.iter_lines():
+        line = raw.decode("utf-8")
+        if line == "":
+            if name or data:
+                yield name, "\n".join(data)
+            name, data = "", []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(" ") else value)
+
+
+def follow(http: StreamsHttp, path: str, offset: str) -> requests.Response:
+    response = http.session.get(http.url(path), params={"offset": offset, "live": "sse"},
+                                stream=True, timeout=20)
+    assert response.status_code == 200, response.content
+    return response
+
+
+# -- SSE (section 5.8) ----------------------------------------------------------------------------
+
+
+def test_closing_a_stream_with_no_data_ends_its_sse_readers_with_stream_closed(
+    http: StreamsHttp,
+) -> None:
+    """The reader waits at the tail; a close-only request gives it no data to send, and the
+    final control event must still say `streamClosed` (it used to end the connection
+    without one, so a client saw a drop and reconnected)."""
+    path = "closed-while-followed"
+    assert http.request("PUT", path, headers={"Content-Type": TEXT}, body="a").status_code == 201
+    controls: list[dict[str, object]] = []
+    with follow(http, path, "now") as response:
+        for name, data in sse_events(response):
+            if name == "control":
+                controls.append(json.loads(data))
+                if len(controls) == 1:  # the reader is at the tail, waiting
+                    closing = http.request("POST", path, headers={"Stream-Closed": "true"})
+                    assert closing.status_code == 204, closing.content
+    assert len(controls) == 2, controls
+    assert controls[-1] == {"streamNextOffset": controls[0]["streamNextOffset"],
+                            "upToDate": True, "streamClosed": True}
+
+
+@pytest.mark.parametrize("characters", [20_000, 600_000], ids=["in-memory", "spooled-to-disk"])
+def test_a_text_append_stored_in_pieces_reaches_sse_readers_whole(
+    http: StreamsHttp, characters: int,
+) -> None:
+    """An append larger than a catch-up chunk is stored as several entries, and SSE sends
+    text streams' entries as text. Pieces cut inside a two-byte character arrived as two
+    replacement characters. The larger body is spooled to a temporary file first."""
+    path = f"text-in-pieces-{characters}"
+    text = "a" + "é" * characters  # the odd first byte puts every cut inside a character
+    assert http.request("PUT", path, headers={"Content-Type": TEXT}).status_code == 201
+    appended = http.request("POST", path, headers={"Content-Type": TEXT},
+                            body=text.encode("utf-8"))
+    assert appended.status_code == 204, appended.content
+    received: list[str] = []
+    pieces = 0
+    with follow(http, path, "-1") as response:
+        for name, data in sse_events(response):
+            if name == "data":
+                received.append(data)
+                pieces += 1
+            elif name == "control" and json.loads(data).get("upToDate"):
+                break
+    assert pieces > 1  # the append was stored, and sent, in more than one piece
+    assert "".join(received) == text
+    assert http.request("GET", path, params={"offset": "-1"}).content.decode("utf-8")[:100] \
+        == text[:100]
+
+
+# -- a stream deleted and created again under a live reader (sections 4, 5.4) -------------------
+
+
+def _answer(sock: socket.socket) -> bytes:
+    sock.settimeout(20)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_live_readers_of_a_deleted_stream_never_get_the_data_of_the_next_one_of_its_name(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A long-poll and an SSE reader wait at offset 5 of a stream. It is deleted, created
+    again under the same path and appended to, in one go: the readers woke to the new
+    stream's bytes at "their" offset, as if the old stream had gone on. They must end
+    instead (404 for the long-poll). The in-memory server commits on its event loop, so
+    the three requests, sent together on one connection, complete before either reader
+    runs again."""
+    server = start_streams_server(tmp_path_factory.mktemp("recreated") / "data", memory=True,
+                                  long_poll_timeout=20)
+    try:
+        http = StreamsHttp(server.url)
+        path = "recreated"
+        http.request("PUT", path, headers={"Content-Type": TEXT}, body="aaaaa").raise_for_status()
+        tail = http.request("HEAD", path).headers["Stream-Next-Offset"]
+        host, port = server.url.split("//", 1)[1].split(":")
+        target = f"/v1/stream/{path}"
+
+        long_poll = socket.create_connection((host, int(port)))
+        long_poll.sendall(f"GET {target}?offset={tail}&live=long-poll HTTP/1.1\r\n"
+                          f"Host: {host}\r\nConnection: close\r\n\r\n".encode())
+        # Accepted after the long-poll's connection, the SSE reader's first control event
+        # means both requests wait at the tail.
+        with follow(http, path, tail) as sse:
+            events = sse_events(sse)
+            assert next(events)[0] == "control"
+            with socket.create_connection((host, int(port))) as writer:
+                writer.sendall(
+                    f"DELETE {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"
+                    f"PUT {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n"
+                    f"Content-Length: 5\r\n\r\nbbbbb"
+                    f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n"
+                    f"Content-Length: 7\r\nConnection: close\r\n\r\nNEWDATA".encode())
+                statuses = [line.split()[1] for line in _answer(writer).split(b"\r\n")
+                            if line.startswith(b"HTTP/1.1 ")]
+            assert statuses == [b"204", b"201", b"204"]
+            after = []
+            for event in events:  # until the server ends the response, or its first data
+                after.append(event)
+                if event[0] == "data":
+                    break
+        answer = _answer(long_poll)
+        long_poll.close()
+        assert answer.startswith(b"HTTP/1.1 404 "), answer[:300]
+        assert b"NEWDATA" not in answer
+        assert all(name != "data" for name, _ in after), after
+        assert http.request("GET", path, params={"offset": "-1"}).text == "bbbbbNEWDATA"
+    finally:
+        server.terminate()
+
+
+# -- closure with producer headers (sections 5.2, 5.2.1) ------------------------------------------
+
+
+def test_a_close_only_request_is_idempotent_with_any_producer_headers(http: StreamsHttp) -> None:
+    """Closing an already-closed stream again is a 204 with or without producer headers;
+    with a tuple other than the closing one it used to be a 409."""
+    path = "closed-by-producer"
+    assert http.request("PUT", path, headers={"Content-Type": TEXT}).status_code == 201
+    producer = {"Producer-Id": "w", "Producer-Epoch": "0"}
+    closing = http.request("POST", path, body="last",
+                           headers={**producer, "Producer-Seq": "0", "Content-Type": TEXT,
+                                    "Stream-Closed": "true"})
+    assert closing.status_code == 200, closing.content
+    for seq in ("0", "1"):
+        again = http.request("POST", path, headers={**producer, "Producer-Seq": seq,
+                                                     "Stream-Closed": "true"})
+        assert again.status_code == 204, (seq, again.content)
+        assert again.headers["Stream-Closed"] == "true"
+    refused = http.request("POST", path, body="more", headers={
+        **producer, "Producer-Seq": "1", "Content-Type": TEXT, "Stream-Closed": "true"})
+    assert refused.status_code == 409  # a body still cannot be appended to a closed stream
+    assert http.request("GET", path, params={"offset": "-1"}).text == "last"
+
+
+# -- caching (section 5.6) ------------------------------------------------------------------------
+
+
+def _max_age(response: requests.Response) -> tuple[int | None, str]:
+    header = response.headers["Cache-Control"]
+    for directive in header.split(","):
+        name, _, value = directive.strip().partition("=")
+        if name == "max-age":
+            return int(value), header
+    return None, header
+
+
+def test_catch_up_reads_are_cached_no_longer_than_the_stream_lives(http: StreamsHttp) -> None:
+    """Every catch-up read said `max-age=60, stale-while-revalidate=300`, even of a stream
+    with seconds left to live: caches could serve it minutes after it was gone."""
+    forever = "cached-forever"
+    http.request("PUT", forever, headers={"Content-Type": TEXT}, body="x").raise_for_status()
+    read = http.request("GET", forever, params={"offset": "-1"})
+    assert read.headers["Cache-Control"] == "public, max-age=60, stale-while-revalidate=300"
+
+    sliding = "cached-ttl"
+    http.request("PUT", sliding, headers={"Content-Type": TEXT, "Stream-TTL": "5"},
+                 body="x").raise_for_status()
+    max_age, header = _max_age(http.request("GET", sliding, params={"offset": "-1"}))
+    assert max_age == 5 and "stale" not in header, header
+
+    deadline = datetime.now(timezone.utc) + timedelta(seconds=30)
+    until = "cached-until"
+    http.request("PUT", until, body="x", headers={
+        "Content-Type": TEXT, "Stream-Expires-At": deadline.isoformat(timespec="seconds")
+    }).raise_for_status()
+    started = time.time()
+    max_age, header = _max_age(http.request("GET", until, params={"offset": "-1"}))
+    assert max_age is not None and "stale" not in header, header
+    assert 30 - (time.time() - started) - 2 <= max_age <= 30, header
