@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -689,6 +690,178 @@ def test_the_list_copes_with_an_impossible_time_and_a_title_of_many_lines(
     page.reload()
     wait_ready(page)
     expect(page.locator(item)).to_have_count(1)
+
+
+def test_titles_are_shown_whole_and_plain_and_ids_no_client_makes_are_not_listed(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """A title cut in the middle of an emoji showed a replacement character on every device;
+    characters that reverse text made "gnp.exe" read "exe.png"; an id the README does not
+    allow was listed and opened a blank page; a date of another year showed no year."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    renamed = chat.start_conversation(unique("To be renamed"))
+    page = open_chat(new_context(), chat_app.url)
+    item = f'[data-testid="conversation-item"][data-conversation-id="{renamed}"]'
+    append_to_conversations(chat_app, {"type": "conversation", "id": renamed,
+                                       "title": "Report \u202egnp.exe\u0000 " + "😀" * 300})
+    append_to_conversations(chat_app, {"type": "activity", "id": renamed,
+                                       "timestamp": 1_577_934_000_000})  # 2020-01-02
+    append_to_conversations(chat_app, {"type": "conversation", "id": "../../agents/wake",
+                                       "title": "Not a conversation"})
+    later = chat.start_conversation(unique("Listed after all three"))
+    expect(page.locator(f'[data-conversation-id="{later}"]')).to_have_count(1)
+    title = page.locator(item).locator(".conversation-item-title").text_content() or ""
+    assert title == "Report gnp.exe " + "😀" * 185, title[:30]
+    assert "2020" in (page.locator(item).locator(".conversation-item-time").text_content() or "")
+    expect(page.get_by_text("Not a conversation")).to_have_count(0)
+
+    page.get_by_test_id("new-conversation").click()
+    first_prompt = "😀" * 100
+    send_prompt(page, first_prompt)
+    cid = conversation_id(page)
+
+    def titles() -> list[str]:
+        return [m["title"] for m in read_json_stream(chat_app.url, "conversations")
+                if m.get("id") == cid and m.get("type") == "conversation"]
+
+    wait_until(lambda: bool(titles()), timeout=10, what="the new conversation's listing")
+    assert titles() == ["😀" * 59 + "…"]
+
+    arabic = unique("مرحبا، كيف حالك؟")
+    send_prompt(page, arabic)
+    wait_state(page, arabic, "done")
+    direction = turn_for(page, arabic).locator(".bubble-text").evaluate(
+        "node => getComputedStyle(node).direction")
+    assert direction == "rtl"
+
+
+def test_a_restarted_answer_shows_nothing_of_the_earlier_attempts_end(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Its token counts, model and time stayed on the answer being written again."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Restarted by hand"))
+    page = open_chat(new_context(), f"{chat_app.url}/#/c/{cid}")
+    responses = f"{chat_app.url}/v1/stream/conversations/{cid}/responses"
+    prompt = unique("An answer that is written twice")
+    append_json(responses, [
+        {"type": "chunk", "id": "p-x/0/0", "promptId": "p-x", "attempt": 0, "content": "first",
+         "isComplete": False, "timestamp": 1},
+        {"type": "done", "promptId": "p-x", "attempt": 0, "stopReason": "max_tokens",
+         "usage": {"inputTokens": 7, "outputTokens": 4242}, "model": "earlier-model",
+         "isComplete": True, "timestamp": 2},
+        {"type": "restart", "promptId": "p-x", "attempt": 1, "reason": "again",
+         "isComplete": False, "timestamp": 3},
+        {"type": "chunk", "id": "p-x/1/0", "promptId": "p-x", "attempt": 1, "content": "second",
+         "isComplete": False, "timestamp": 4},
+    ])
+    append_json(f"{chat_app.url}/v1/stream/conversations/{cid}/prompts",
+                [{"type": "prompt", "id": "p-x", "content": prompt, "timestamp": 1}])
+    turn = turn_for(page, prompt)
+    expect(turn.get_by_test_id("answer-text")).to_have_text("second")
+    meta = turn.get_by_test_id("answer-meta").text_content() or ""
+    assert "4242" not in meta and "earlier-model" not in meta and "max_tokens" not in meta, meta
+
+
+def append_json(url: str, messages: list[dict[str, Any]]) -> None:
+    response = requests.post(url, data=json.dumps(messages),
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code in (200, 204), response.text
+
+
+def test_a_prompt_stays_shown_between_being_stored_and_being_read_back(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Once stored, a prompt left the outbox, and it was shown again only when the page read
+    it back from the stream: in between (a second after a restart) it was not shown."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    title = unique("Read back late")
+    cid = chat.start_conversation(title)
+    page = new_context().new_page()
+
+    def reads(url: str) -> bool:
+        return f"/conversations/{cid}/prompts?" in url
+
+    def fail(route: Route) -> None:
+        route.abort("connectionrefused")
+
+    page.route(reads, fail)  # its reads of the prompts fail
+    page.goto(f"{chat_app.url}/#/c/{cid}")
+    expect(page.get_by_test_id("conversation-title")).to_have_text(title)
+    prompt = unique("Still here after it is stored")
+    with page.expect_response(lambda r: r.request.method == "POST"
+                              and r.url.endswith(f"/conversations/{cid}/prompts")) as stored:
+        page.get_by_test_id("composer-input").fill(prompt)
+        page.get_by_test_id("composer-input").press("Enter")
+    assert stored.value.status in (200, 204)
+    assert any(m.get("content") == prompt for m in prompt_messages(chat_app.url, cid))
+    page.wait_for_timeout(300)  # the page handles the response
+    expect(turn_for(page, prompt)).to_have_count(1)
+    page.unroute(reads, fail)
+    wait_state(page, prompt, "done")
+    expect(turn_for(page, prompt)).to_have_count(1)
+
+
+def test_the_top_conversation_gets_the_time_of_its_new_prompt(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """An activity message was written only to move a conversation up, so the one at the
+    top kept the time of its last move, hours old, in every tab."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Top for hours"))
+    three_hours_ago = int(time.time() * 1000) - 3 * 3600 * 1000
+    append_to_conversations(chat_app, {"type": "activity", "id": cid, "timestamp": three_hours_ago})
+    page = open_chat(new_context(), f"{chat_app.url}/#/c/{cid}")
+    items = page.get_by_test_id("conversation-item")
+    expect(items.first).to_have_attribute("data-conversation-id", cid)
+    prompt = unique("A new prompt at the top")
+    send_prompt(page, prompt)
+    wait_until(lambda: any(m.get("type") == "activity" and m.get("id") == cid
+                           and m.get("timestamp", 0) > three_hours_ago
+                           for m in read_json_stream(chat_app.url, "conversations")),
+               timeout=10, what="the new activity")
+    wait_state(page, prompt, "done")
+    follow_up = unique("A minute has not passed")
+    send_prompt(page, follow_up)
+    wait_state(page, follow_up, "done")
+    activity = [m for m in read_json_stream(chat_app.url, "conversations")
+                if m.get("type") == "activity" and m.get("id") == cid]
+    assert len(activity) == 2  # the listed time was fresh for the second prompt
+
+
+def test_skip_to_content_moves_focus_without_leaving_the_conversation_or_the_stream(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Followed as a link, it set the address to `#main`: the chat opened a blank new
+    conversation, and the inspector forgot its stream on the next reload."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    title = unique("Skipped into")
+    cid = chat.start_conversation(title)
+    page = open_chat(new_context(), f"{chat_app.url}/#/c/{cid}")
+    expect(page.get_by_test_id("conversation-title")).to_have_text(title)
+    page.keyboard.press("Tab")
+    expect(page.locator(".skip-link")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#main")).to_be_focused()
+    assert page.url.endswith(f"#/c/{cid}")
+    expect(page.get_by_test_id("conversation-title")).to_have_text(title)
+
+    inspector = open_chat(new_context(), f"{chat_app.url}/inspector#path=conversations")
+    inspector.keyboard.press("Tab")
+    inspector.keyboard.press("Enter")
+    expect(inspector.locator("#main")).to_be_focused()
+    assert inspector.url.endswith("#path=conversations")
+
+
+def test_a_suggestion_is_sent_as_it_is_and_what_was_typed_stays(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    page = open_chat(new_context(viewport={"width": 390, "height": 800}), chat_app.url)
+    expect(page.get_by_role("link", name="Durable Agent Chat")).to_be_visible()  # the logo alone
+    box = page.get_by_test_id("composer-input")
+    box.fill("my own question, half written")
+    chip = page.locator(".suggestions .chip").first
+    suggestion = (chip.text_content() or "").strip()
+    chip.click()
+    wait_state(page, suggestion, "done")
+    expect(box).to_have_value("my own question, half written")
+    page.reload()
+    wait_ready(page)
+    expect(page.get_by_test_id("composer-input")).to_have_value("my own question, half written")
 
 
 def test_a_tab_that_sees_a_deletion_drops_what_it_had_not_sent_for_it(

@@ -31,8 +31,9 @@ const TITLE_LIMIT = 60;
 /** A conversation title from its first prompt: the first line, shortened. */
 export function titleFrom(text) {
   const line = String(text).trim().split("\n", 1)[0].replace(/\s+/g, " ");
-  if (line.length <= TITLE_LIMIT) return line || "Untitled";
-  return `${line.slice(0, TITLE_LIMIT - 1).replace(/\s+\S*$/, "")}…`;
+  const characters = Array.from(line.slice(0, TITLE_LIMIT * 2)); // whole emoji, not halves
+  if (characters.length <= TITLE_LIMIT && line.length <= TITLE_LIMIT * 2) return line || "Untitled";
+  return `${characters.slice(0, TITLE_LIMIT - 1).join("").replace(/\s+\S*$/, "")}…`;
 }
 
 /**

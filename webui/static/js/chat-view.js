@@ -107,7 +107,7 @@ export class ChatView {
 }
 
 function buildTurn(promptId) {
-  const promptText = el("div", { class: "bubble-text" });
+  const promptText = el("div", { class: "bubble-text", dir: "auto" });
   const promptMeta = el("div", { class: "msg-meta", dataset: { testid: "prompt-meta" } });
   const prompt = el("div", { class: "msg msg-user", dataset: { testid: "prompt" } },
     el("div", { class: "bubble" }, promptText), promptMeta);
@@ -115,7 +115,7 @@ function buildTurn(promptId) {
   const status = el("div", { class: "answer-status", dataset: { testid: "answer-status" } },
     el("span", { class: "dots", "aria-hidden": "true" }, el("i"), el("i"), el("i")),
     el("span", { class: "answer-status-text" }));
-  const body = el("div", { class: "markdown", dataset: { testid: "answer-text" } });
+  const body = el("div", { class: "markdown", dir: "auto", dataset: { testid: "answer-text" } });
   const error = el("div", { class: "answer-error", dataset: { testid: "answer-error" }, hidden: true });
   const meta = el("div", { class: "msg-meta answer-meta", dataset: { testid: "answer-meta" } });
   const answer = el("div", { class: "msg msg-agent", dataset: { testid: "answer" } },
@@ -145,9 +145,10 @@ function setState(parts, state, stalled = false) {
 function updatePending(parts, pending) {
   parts.signature = null;
   parts.promptText.textContent = pending.content;
-  parts.promptMeta.textContent = pending.failed ? `Not sent: ${pending.failed}` : `${formatTime(pending.timestamp)} · sending…`;
+  parts.promptMeta.textContent = pending.failed ? `Not sent: ${pending.failed}`
+    : pending.sent ? formatTime(pending.timestamp) : `${formatTime(pending.timestamp)} · sending…`;
   parts.li.classList.toggle("is-failed", !!pending.failed);
-  setState(parts, pending.failed ? "failed" : "sending");
+  setState(parts, pending.failed ? "failed" : pending.sent ? "thinking" : "sending");
   parts.answer.hidden = !!pending.failed;
 }
 

@@ -11,7 +11,7 @@ import { FlowDiagram } from "./flow.js";
 import { RawStreamPanel } from "./stream-panels.js";
 import { ConnectionStatus } from "./status.js";
 import { Drawers } from "./drawers.js";
-import { el, formatTime, frameThrottle } from "./util.js";
+import { el, formatTime, frameThrottle, wireSkipLink } from "./util.js";
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 
@@ -65,7 +65,10 @@ const status = new ConnectionStatus({ pill: $("connection-pill"), banner: $("con
 const conversations = new ConversationList();
 let conversationsLoaded = false;
 const deletedHere = new Set(); // conversations this tab deleted
+const ACTIVITY_SHOWN_FOR_MS = 60_000; // a list's time of the first conversation, kept this long
 const failedPrompts = new Map(); // promptId -> {conversationId, id, content, timestamp, failed}
+// Stored, but not read back from the stream yet: still shown, or they would vanish in between.
+const sentPrompts = new Map(); // promptId -> {conversationId, id, content, timestamp, sent: true}
 let current = null;
 
 // ------------------------------------------------------------------------ conversation list
@@ -113,7 +116,7 @@ function renderConversationList() {
       dataset: { testid: "conversation-item", conversationId: c.id },
       "aria-current": active ? "page" : null,
       onclick: () => navigateTo(c.id),
-    }, el("span", { class: "conversation-item-title" }, c.title), el("span", { class: "conversation-item-time" }, c.pending ? "sending…" : formatTime(c.activeAt || c.timestamp)));
+    }, el("span", { class: "conversation-item-title", dir: "auto" }, c.title), el("span", { class: "conversation-item-time" }, c.pending ? "sending…" : formatTime(c.activeAt || c.timestamp)));
     return el("li", {}, button);
   }));
   if (focusedId) ui.conversationList.querySelector(`[data-conversation-id="${CSS.escape(focusedId)}"]`)?.focus();
@@ -316,6 +319,7 @@ function updateBrowserNode() {
 
 function pendingPrompts(conversationId) {
   const items = pendingState().prompts.filter((p) => p.conversationId === conversationId && p.type === "prompt");
+  for (const sent of sentPrompts.values()) if (sent.conversationId === conversationId) items.push(sent);
   for (const failed of failedPrompts.values()) if (failed.conversationId === conversationId) items.push(failed);
   return items;
 }
@@ -339,6 +343,9 @@ function render() {
   const c = current;
   if (!c) return;
   const turns = c.transcript.visibleTurns();
+  for (const [id, sent] of sentPrompts) {
+    if (sent.conversationId === c.id && c.transcript.turns.get(id)?.prompt) sentPrompts.delete(id);
+  }
   const pending = pendingPrompts(c.id);
   const count = view.render(turns, pending);
   const known = isKnown(c.id);
@@ -417,7 +424,11 @@ function sendPrompt(text) {
     if (idFromHash() !== id) history.replaceState(null, "", `#/c/${id}`);
   }
   protocol.sendPrompt(outbox, id, text);
-  if (listedConversations()[0]?.id !== id) protocol.markActive(outbox, id);
+  // Lists show the most recently active first, with the time of that activity: say so
+  // unless the list says it already.
+  const first = listedConversations()[0];
+  const listedAt = first?.activeAt || first?.timestamp || 0;
+  if (first?.id !== id || Date.now() - listedAt > ACTIVITY_SHOWN_FOR_MS) protocol.markActive(outbox, id);
   maybeFollow();
   renderConversationList();
   scheduleRender();
@@ -493,6 +504,7 @@ function leaveDeleted(id, title = conversations.deletedTitle(id)) {
 function forgetDeleted(id) {
   saveDraft(`draft:${id}`, "");
   for (const [promptId, failed] of failedPrompts) if (failed.conversationId === id) failedPrompts.delete(promptId);
+  for (const [promptId, sent] of sentPrompts) if (sent.conversationId === id) sentPrompts.delete(promptId);
   protocol.dropUnsent(outbox, id);
 }
 
@@ -562,8 +574,12 @@ function wire() {
   });
   for (const chip of document.querySelectorAll(".suggestions .chip")) {
     chip.addEventListener("click", () => {
-      ui.input.value = chip.textContent.trim();
-      send();
+      if (!current) return;
+      // Sent as it is: what was typed stays in the box (now the conversation's draft).
+      const typed = ui.input.value;
+      saveDraft(draftKey(), "");
+      sendPrompt(chip.textContent.trim());
+      saveDraft(draftKey(), typed);
       ui.input.focus();
     });
   }
@@ -579,8 +595,12 @@ function wire() {
     scheduleRender();
   });
   outbox.on("state", (state, error) => status.setOutbox(state, error));
-  outbox.on("sent", ({ path }) => {
+  outbox.on("sent", ({ path, body }) => {
     if (current && path === protocol.promptsPath(current.id)) flow.promptSent();
+    const m = /^conversations\/([^/]+)\/prompts$/.exec(path);
+    if (body?.type === "prompt" && m) {
+      sentPrompts.set(body.id, { conversationId: m[1], id: body.id, content: body.content, timestamp: body.timestamp, sent: true });
+    }
   });
   outbox.on("failed", ({ path, body, error }) => {
     if (body?.type !== "prompt") return;
@@ -598,6 +618,7 @@ function wire() {
 
 function main() {
   wire();
+  wireSkipLink();
   openConversation(idFromHash());
   followConversations();
   outbox.start(); // re-send anything a previous load of this tab left unacknowledged

@@ -43,14 +43,25 @@ function isolated(what, message, fn) {
   }
 }
 
+/** A conversation id as the README defines it; a listing with any other names no streams
+ * a client would create, and could not be opened. */
+export const CONVERSATION_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
 /** The longest title kept: anyone can append a title of any size, with line breaks too. */
 export const MAX_TITLE_CHARS = 200;
 
-/** A title on one line and at most `MAX_TITLE_CHARS` long; null if it is blank or not text. */
+// Control characters, and the invisible ones that reorder or hide text: a title like
+// "invoice\u202Egnp.exe" would read "invoiceexe.png".
+const INVISIBLE = /[\u0000-\u0008\u000e-\u001f\u007f-\u009f\u200b\u202a-\u202e\u2066-\u2069\ufeff]/g;
+
+/** A title on one line, at most `MAX_TITLE_CHARS` characters (an emoji is one), without
+ * invisible characters; null if it is blank or not text. */
 export function cleanTitle(value) {
   if (typeof value !== "string") return null;
-  const line = value.replace(/\s+/g, " ").trim();
-  return line ? line.slice(0, MAX_TITLE_CHARS) : null;
+  const line = value.slice(0, MAX_TITLE_CHARS * 8).replace(INVISIBLE, "").replace(/\s+/g, " ").trim();
+  if (!line) return null;
+  // Cut between characters; a lone half of a pair (from the cut above, or sent so) goes.
+  return Array.from(line).slice(0, MAX_TITLE_CHARS).join("").replace(/[\ud800-\udfff]/gu, "") || null;
 }
 
 /**
@@ -69,7 +80,7 @@ export class ConversationList {
     let changed = false;
     for (const message of messages) {
       isolated("conversation", message, (m) => {
-        if (!m || typeof m !== "object" || typeof m.id !== "string") return;
+        if (!m || typeof m !== "object" || typeof m.id !== "string" || !CONVERSATION_ID.test(m.id)) return;
         if (m.type === "delete") {
           if (!this.#deleted.has(m.id)) this.#deleted.set(m.id, this.byId.get(m.id)?.title ?? null);
           changed = this.byId.delete(m.id) || changed;
@@ -152,6 +163,11 @@ function restartTurn(turn, attempt) {
   turn.chunkIds.clear();
   turn.final = null;
   turn.error = null;
+  turn.stopReason = null; // nor what an earlier attempt's end said
+  turn.usage = null;
+  turn.model = null;
+  turn.firstChunkAt = null;
+  turn.finishedAt = null;
   turn.attempt = attempt;
   turn.restarts += 1;
 }

@@ -15,7 +15,7 @@ import { CONVERSATIONS_PATH, promptsPath, responsesPath, subscriptionId } from "
 import { ConnectionStatus } from "./status.js";
 import { asText, hexDump } from "./format.js";
 import { renderSubscription } from "./subscription-view.js";
-import { el } from "./util.js";
+import { el, wireSkipLink } from "./util.js";
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken, silenceMs: config.silenceMs, queuedMs: config.queuedMs });
@@ -648,6 +648,7 @@ async function showSubscriptionById(id, { reveal = false } = {}) {
 // -------------------------------------------------------------------------------- wiring
 
 function main() {
+  wireSkipLink();
   $("inspector-root").textContent = `${config.streamsUrl}/`;
   $("inspector-open-form").addEventListener("submit", (event) => {
     event.preventDefault();

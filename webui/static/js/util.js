@@ -75,8 +75,9 @@ export function svg(tag, attrs = {}, ...children) {
 // time a 300-turn conversation took to open.
 const TIME_FORMAT = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
 const DAY_FORMAT = new Intl.DateTimeFormat([], { month: "short", day: "numeric" });
+const DATE_FORMAT = new Intl.DateTimeFormat([], { year: "numeric", month: "short", day: "numeric" });
 
-/** "14:03" today, "Mar 3, 14:03" otherwise. */
+/** "14:03" today, "Mar 3, 14:03" this year, "Mar 3, 2025, 14:03" before. */
 export function formatTime(ms) {
   if (typeof ms !== "number" || !Number.isFinite(ms)) return "";
   const date = new Date(ms);
@@ -85,7 +86,19 @@ export function formatTime(ms) {
   const sameDay = date.getFullYear() === now.getFullYear() && date.getMonth() === now.getMonth()
     && date.getDate() === now.getDate();
   const time = TIME_FORMAT.format(date);
-  return sameDay ? time : `${DAY_FORMAT.format(date)}, ${time}`;
+  if (sameDay) return time;
+  const day = date.getFullYear() === now.getFullYear() ? DAY_FORMAT : DATE_FORMAT;
+  return `${day.format(date)}, ${time}`;
+}
+
+/** The "Skip to content" link moves focus to the page's main area. Followed as a link it
+ * would replace the address's `#/c/{id}` or `#path=...` with `#main`, which the page reads
+ * as leaving the conversation (or the stream) it shows. */
+export function wireSkipLink() {
+  document.querySelector(".skip-link")?.addEventListener("click", (event) => {
+    event.preventDefault();
+    document.getElementById("main")?.focus();
+  });
 }
 
 /** Run `fn` at most once per animation frame, however often it is requested. */
