@@ -148,6 +148,16 @@ def test_the_location_of_a_stream_named_with_a_percent_sign_names_that_stream(
     assert front.request("HEAD", "percentB").status_code == 404
 
 
+@pytest.mark.parametrize("path", ["a/%2E%2E/b", "%2E%2E", "a/%2E", "%2e/x"])
+def test_a_stream_is_not_created_under_a_path_with_dot_segments(front: StreamsHttp,
+                                                                 path: str) -> None:
+    """Browsers resolve `..` and `.` away: such a stream could not be reached from a page,
+    and `a/../b` would read as `b` there."""
+    assert_error(front.request("PUT", path, headers={"Content-Type": JSON}), 400, "INVALID_PATH")
+    assert front.request("PUT", "a/..b/.c./...", headers={"Content-Type": JSON}).status_code in (
+        200, 201)  # dots inside a name are fine
+
+
 def _raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send `request` as is and read the answer to the end (the server closes)."""
     host, port = url.removeprefix("http://").split(":")

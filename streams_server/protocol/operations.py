@@ -57,6 +57,11 @@ class StreamOperations:
     # ------------------------------------------------------------------ create (5.1, 4.2)
 
     def create(self, request: StreamRequest) -> Reply:
+        if any(segment in (".", "..") for segment in request.path.split("/")):
+            # Browsers and fetch resolve these away: such a stream could not be reached from
+            # a page, and `a/../b` would read as `b` there (section 12.2: sanitise paths).
+            raise BadRequest("a stream path must not have '.' or '..' segments",
+                             code="INVALID_PATH")
         h = request.headers
         given_type = headers.content_type(h)
         content_type_given = given_type is not None
