@@ -24,8 +24,9 @@ def test_control_events_are_the_json_the_protocol_describes(
 ) -> None:
     raw = control_event("0000000000000000_0000000000000042", cursor=cursor,
                         up_to_date=up_to_date, closed=closed)
-    name, data, blank, end = raw.decode().split("\n")
+    name, data, event_id, blank, end = raw.decode().split("\n")
     assert (name, blank, end) == ("event: control", "", "")
+    assert event_id == "id:0000000000000000_0000000000000042"  # for EventSource's reconnects
     expected: dict[str, object] = {"streamNextOffset": "0000000000000000_0000000000000042"}
     if cursor is not None and not closed:
         expected["streamCursor"] = cursor

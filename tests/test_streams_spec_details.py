@@ -112,6 +112,55 @@ def test_a_text_append_stored_in_pieces_reaches_sse_readers_whole(
         == text[:100]
 
 
+def _event_ids(response: requests.Response, datas: list[str]) -> str:
+    """Reads events until up to date: appends each data event's data to `datas`, returns
+    the last `id` field seen."""
+    last_id, name = "", ""
+    for raw in response.iter_lines():
+        line = raw.decode("utf-8")
+        if line.startswith("id:"):
+            last_id = line[3:]
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:") and name == "data":
+            datas.append(line[5:])
+        elif line.startswith("data:") and json.loads(line[5:]).get("upToDate"):
+            return last_id
+    raise AssertionError("the response ended before it was up to date")
+
+
+def test_an_event_source_reconnecting_with_its_last_event_id_gets_only_what_followed(
+    http: StreamsHttp,
+) -> None:
+    """The server ends SSE responses every minute (section 10.2), and an `EventSource`
+    reconnects to the same URL by itself: without event ids it asked again from the URL's
+    offset and got everything twice. It sends the last `id` back as `Last-Event-ID`."""
+    path = "resumed-by-event-id"
+    json_type = {"Content-Type": "application/json"}
+    http.request("PUT", path, headers=json_type, body="[1, 2]").raise_for_status()
+    first: list[str] = []
+    with follow(http, path, "-1") as response:
+        last_id = _event_ids(response, first)
+    assert first == ["[1,2]"]
+    assert last_id == http.request("HEAD", path).headers["Stream-Next-Offset"]
+    http.request("POST", path, headers=json_type, body="[3]").raise_for_status()
+
+    def reconnect(last_event_id: str) -> list[str]:
+        datas: list[str] = []
+        with http.session.get(http.url(path), params={"offset": "-1", "live": "sse"},
+                              headers={"Last-Event-ID": last_event_id}, stream=True,
+                              timeout=20) as response:
+            assert response.status_code == 200
+            _event_ids(response, datas)
+        return datas
+
+    assert reconnect(last_id) == ["[3]"]
+    # Not an offset of this stream: the URL's offset holds.
+    for foreign in ("garbage", "9999999999999999_0000000000000001",
+                    "0000000000000000_0000000000000099"):
+        assert reconnect(foreign) == ["[1,2,3]"], foreign
+
+
 # -- a stream deleted and created again under a live reader (sections 4, 5.4) -------------------
 
 

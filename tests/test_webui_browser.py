@@ -1286,6 +1286,33 @@ def test_a_request_the_server_never_answers_is_given_up_and_retried(
         app.terminate()
 
 
+def test_a_browser_event_source_gets_every_message_once_across_the_servers_reconnects(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Any page may read a stream with the browser's own `EventSource`. The server ends each
+    SSE response after `SSE_MAX_DURATION_S`, and EventSource reconnects to the same URL by
+    itself: from the URL's offset, everything came again. Event ids make it resume."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
+    try:
+        stream = f"{app.url}/v1/stream/event-source-{uuid.uuid4().hex[:6]}"
+        json_type = {"Content-Type": "application/json"}
+        requests.put(stream, data="[0]", headers=json_type, timeout=10).raise_for_status()
+        page = open_chat(new_context(), app.url)
+        page.evaluate("""url => {
+            window.received = []; window.opened = 0;
+            const source = new EventSource(url);
+            source.addEventListener("data", (event) => window.received.push(event.data));
+            source.addEventListener("open", () => { window.opened += 1; });
+        }""", f"{stream}?offset=-1&live=sse")
+        page.wait_for_function("() => window.opened >= 2 && window.received.length >= 1")
+        requests.post(stream, data="[1]", headers=json_type, timeout=10).raise_for_status()
+        page.wait_for_function("() => window.received.includes('[1]')")
+        opened = page.evaluate("() => window.opened")
+        page.wait_for_function(f"() => window.opened > {opened}")  # once more: nothing again
+        assert page.evaluate("() => window.received") == ["[0]", "[1]"]
+    finally:
+        app.terminate()
+
+
 def test_a_large_prompt_on_a_slow_upload_is_stored_once_not_restarted(
         tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
     """An append had a time budget of the silence plus 50 kB/s: a slower upload was cut off

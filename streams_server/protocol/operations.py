@@ -8,7 +8,7 @@ from datetime import timedelta
 from urllib.parse import unquote
 
 from ..config import StreamsSettings
-from ..errors import BadRequest, Gone, MethodNotAllowed
+from ..errors import BadRequest, Gone, MethodNotAllowed, StreamError
 from ..offsets import TAIL_SENTINEL, format_offset, parse_offset
 from ..storage.engine import StreamStore
 from ..storage.models import (
@@ -310,9 +310,11 @@ class StreamOperations:
         self.store.touch(info)
         if position is not None and position > info.tail:
             raise BadRequest("offset is beyond the stream's tail", code="OFFSET_OUT_OF_RANGE")
-        start = info.tail if position is None else position
-        # Validate the offset before committing to a 200 streaming response.
-        self.store.read(request.path, start, 1)
+        start = self._resumed_at(request, position)
+        if start is None:
+            start = info.tail if position is None else position
+            # Validate the offset before committing to a 200 streaming response.
+            self.store.read(request.path, start, 1)
         encoded = sse.uses_base64(info.content_type)
         reply = Reply(200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         reply.headers["X-Accel-Buffering"] = "no"
@@ -321,6 +323,24 @@ class StreamOperations:
         reply.body = self._sse_events(request.path, info.stream_id, start, cursor, encoded)
         return reply
 
+    def _resumed_at(self, request: StreamRequest, position: int | None) -> int | None:
+        """Where an `EventSource` that reconnects by itself (after the server ends a response,
+        section 10.2) left off: its `Last-Event-ID` is the last event's offset, as the events'
+        `id` fields give it. Without that it would ask again from the URL's offset and get
+        everything since then twice. Anything else there (not an offset of this stream, or
+        before the URL's) is not ours to interpret and is ignored."""
+        last_id = request.headers.get("Last-Event-ID")
+        if not last_id:
+            return None
+        try:
+            resumed = parse_offset(last_id.strip())
+            if position is not None and resumed < position:
+                return None
+            self.store.read(request.path, resumed, 1)  # within the stream, at a boundary
+        except StreamError:
+            return None
+        return resumed
+
     def _sse_batch(self, result: ReadResult, cursor: str, encoded: bool) -> bytes:
         """The data event (if any) and control event for one read. The data event is encoded
         once and shared: a thousand readers woken by one append all ask for the same bytes."""
@@ -328,14 +348,16 @@ class StreamOperations:
         cached = self._sse_cache.get(key)
         if cached is None:
             data = b""
+            next_offset = format_offset(result.next_position)
             if result.entries:
                 payload = (
                     jsonmode.encode_array(result.entries)
                     if result.info.is_json
                     else b"".join(result.entries)
                 )
-                data = sse.event("data", sse.data_event_text(payload, base64_encoded=encoded))
-            cached = (data, format_offset(result.next_position))
+                data = sse.event("data", sse.data_event_text(payload, base64_encoded=encoded),
+                                 event_id=next_offset)
+            cached = (data, next_offset)
             if len(self._sse_cache) >= SSE_CACHE_ENTRIES:
                 self._sse_cache.clear()
             self._sse_cache[key] = cached
