@@ -38,7 +38,7 @@ from .errors import (
     Unauthorized,
     UriTooLong,
 )
-from .protocol.control import uses_wake_token
+from .protocol.control import is_public, uses_wake_token
 from .protocol.headers import has_control_characters
 from .protocol.messages import Reply, StreamRequest
 from .server import FRAMING_PROBLEM_KEY
@@ -151,7 +151,7 @@ class StreamsMiddleware:
         settings = self.backend.settings
         stream_path = _validated_path(stream_path, settings)
         control = stream_path.split("/", 1)[0] == RESERVED_PREFIX
-        if not (control and uses_wake_token(stream_path)):
+        if not (control and (uses_wake_token(stream_path) or is_public(stream_path, method))):
             _check_authorization(headers, settings)
         url = _stream_url(environ, path)
         query = environ.get("QUERY_STRING", "").encode("latin-1").decode(errors="replace")

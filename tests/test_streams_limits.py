@@ -237,6 +237,19 @@ def test_bearer_token_is_required_when_configured(guarded: ServerProcess) -> Non
     assert preflight.headers["Access-Control-Allow-Origin"] == "http://app.example"
 
 
+def test_the_webhook_signing_keys_are_public_where_a_token_is_required(
+        guarded: ServerProcess) -> None:
+    """A webhook receiver verifies deliveries with them (section 6.5): it should not need the
+    server's own bearer token to fetch them. Nothing else under `__ds` opens up."""
+    anonymous = StreamsHttp(guarded.url)
+    keys = anonymous.request("GET", "__ds/jwks.json")
+    assert keys.status_code == 200, keys.content
+    assert keys.headers["Content-Type"] == "application/jwk-set+json"
+    assert keys.json()["keys"][0]["crv"] == "Ed25519"
+    assert_error(anonymous.request("POST", "__ds/jwks.json"), 401, "UNAUTHORIZED")
+    assert_error(anonymous.request("GET", "__ds/subscriptions"), 401, "UNAUTHORIZED")
+
+
 # ---------------------------------------------------------------------- latency
 
 

@@ -38,6 +38,12 @@ def _iso(ms: int | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def is_public(control_path: str, method: str) -> bool:
+    """The webhook signing keys (section 6.5) are public keys for webhook receivers to
+    verify deliveries with: a receiver should not need the server's own bearer token."""
+    return method in ("GET", "HEAD") and control_path.split("/", 1)[1:] == ["jwks.json"]
+
+
 def uses_wake_token(control_path: str) -> bool:
     parts = control_path.split("/")
     return len(parts) == 4 and parts[1] == "subscriptions" and parts[3] in TOKEN_AUTHENTICATED_ACTIONS
