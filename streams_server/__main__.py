@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     # collector, a full collection no longer pauses every connection for 40 ms.
     gc.freeze()
     try:
-        serve(app, args.host, args.port, on_stop=backend.close)
+        serve(app, args.host, args.port, on_stop=backend.close, on_draining=backend.drain)
     except CannotListen as exc:
         backend.close()
         print(f"error: {exc}", file=sys.stderr)

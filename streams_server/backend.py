@@ -60,6 +60,10 @@ class StreamsBackend:
         self.store.start_background_work()
         self.subscriptions.start()
 
+    def drain(self) -> None:
+        """Live reads end (the server is stopping); see `StreamStore.drain`."""
+        self.store.drain()
+
     def close(self) -> None:
         self.subscriptions.close()
         self.store.close()

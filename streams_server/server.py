@@ -30,12 +30,24 @@ class CannotListen(RuntimeError):
     """The address cannot be bound (in use, not this machine's, a privileged port)."""
 
 
-def serve(app: Any, host: str, port: int, on_stop: Callable[[], None]) -> None:
-    """Serve `app` until SIGINT/SIGTERM, then stop accepting, and call `on_stop`.
+DRAIN_S = 5.0
+"""At a stop, how long requests under way may take to finish before `on_stop` closes the store."""
+
+
+def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
+          on_draining: Callable[[], None] = lambda: None) -> None:
+    """Serve `app` until SIGINT/SIGTERM, then stop accepting, call `on_draining` (which should
+    end live reads), let the requests under way finish (up to `DRAIN_S`), and call `on_stop`.
+    Idle keep-alive connections are not waited for.
 
     Raises `CannotListen` (without calling `on_stop`) if the address cannot be bound."""
     import gevent
+    import gevent.event
     from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
+
+    in_flight = 0
+    idle = gevent.event.Event()
+    idle.set()
 
     class NoDelayWSGIServer(WSGIServer):  # type: ignore[misc]
         """pywsgi writes a response's headers and body in two sends; with Nagle's algorithm
@@ -80,6 +92,18 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None]) -> None:
                     status="505 HTTP Version Not Supported", code="HTTP_VERSION_NOT_SUPPORTED")
             return True
 
+        def handle_one_response(self) -> Any:
+            """Counted while it runs: a stop waits for these, not for idle connections."""
+            nonlocal in_flight
+            in_flight += 1
+            idle.clear()
+            try:
+                return super().handle_one_response()
+            finally:
+                in_flight -= 1
+                if in_flight == 0:
+                    idle.set()
+
         def handle_one_request(self) -> Any:
             outcome = super().handle_one_request()
             if isinstance(outcome, tuple) and outcome[0] == "414":
@@ -121,7 +145,11 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None]) -> None:
         gevent.signal_handler(sig, stopping.set)
     stopping.wait()
     log.info("shutting down")
-    server.stop(timeout=2)
+    server.close()
+    on_draining()
+    if not idle.wait(DRAIN_S):
+        log.warning("%d requests still under way after %.0f s: stopping anyway", in_flight,
+                    DRAIN_S)
     on_stop()
 
 

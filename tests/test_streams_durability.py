@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import requests
 
+from streams_server.server import DRAIN_S
 from tests.support import ServerProcess, start_streams_server
 from tests.support.streams_http import (
     StreamsHttp,
@@ -409,9 +410,10 @@ WRITERS = 8
 
 
 def _crash_during_appends(
-    server: ServerProcess, *, json_mode: bool, use_producer: bool
+    server: ServerProcess, *, json_mode: bool, use_producer: bool, graceful: bool = False
 ) -> tuple[list[CrashWriter], list[Ack]]:
-    """Run the writers, ``kill -9`` the server while they write, restart it."""
+    """Run the writers, ``kill -9`` the server while they write (SIGTERM if `graceful`: then
+    every append it took on is answered, none with an error), restart it."""
     c = StreamsHttp(server.url)
     content_type = JSON if json_mode else BINARY
     paths = ["shared"] + [f"own/{i}" for i in range(WRITERS)]
@@ -431,7 +433,11 @@ def _crash_during_appends(
         return len(acks) >= 250 and all(per_writer[i] >= 8 for i in range(WRITERS))
 
     reached = log.wait_for(enough, timeout=30)
-    server.kill()
+    if graceful:
+        assert server.terminate() == 0
+        assert "Traceback" not in server.log_since_start(), server.log_tail()
+    else:
+        server.kill()
     for writer in writers:
         writer.join(timeout=30)
         assert not writer.is_alive()
@@ -456,13 +462,16 @@ def _check_writer_order(path: str, found: list[tuple[int, int]]) -> None:
         assert seqs == list(range(len(seqs))), f"{path}: writer {writer} has seqs {seqs}"
 
 
+@pytest.mark.parametrize("graceful", [False, True], ids=["kill-9", "sigterm"])
 def test_kill_during_concurrent_binary_appends_keeps_every_acknowledged_record(
-    server: ServerProcess,
+    server: ServerProcess, graceful: bool,
 ) -> None:
     """After ``kill -9`` under 8 concurrent producers, every acknowledged record is at the
     offset its response named, the streams are whole records only, and a producer's retry of
-    its in-flight append is accepted exactly once (200 if lost, 204 if it was stored)."""
-    writers, acks = _crash_during_appends(server, json_mode=False, use_producer=True)
+    its in-flight append is accepted exactly once (200 if lost, 204 if it was stored).
+    SIGTERM used to close the store under the appends still running: they got a 500."""
+    writers, acks = _crash_during_appends(server, json_mode=False, use_producer=True,
+                                          graceful=graceful)
     c = StreamsHttp(server.url)
     maybe = _maybe_present(writers)
     for path in ["shared"] + [f"own/{i}" for i in range(WRITERS)]:
@@ -531,6 +540,26 @@ def test_kill_during_concurrent_json_appends_keeps_every_acknowledged_batch(
 
 
 # ---------------------------------------------------------------------- 3. producer dedupe
+
+
+def test_a_stop_ends_live_reads_at_once_and_waits_for_no_idle_connection(
+    server: ServerProcess,
+) -> None:
+    """A stop lets requests under way finish (up to `DRAIN_S`); live reads are told to end
+    first, so an SSE reader does not hold it up, nor does an idle keep-alive connection."""
+    c = StreamsHttp(server.url)
+    ok(c.put("followed", JSON), 201)
+    idle = requests.Session()
+    ok(idle.head(c.url("followed")), 200)  # its connection stays open, idle
+    with c.session.get(c.url("followed"), params={"offset": "now", "live": "sse"},
+                       stream=True, timeout=20) as sse:
+        lines = sse.iter_lines()
+        assert next(line for line in lines if line.startswith(b"data:")).startswith(b"data:{")
+        started = time.monotonic()
+        assert server.terminate() == 0
+        stop_s = time.monotonic() - started
+        assert not [line for line in lines if line.startswith(b"data:")]  # it ended
+    assert stop_s < DRAIN_S / 2, f"the stop took {stop_s:.1f} s"
 
 
 def test_producer_dedupe_survives_restart(server: ServerProcess, stop_mode: str) -> None:

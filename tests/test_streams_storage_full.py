@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from streams_server.errors import NotFound, StorageFull
+from streams_server.errors import NotFound, StorageFailure, StorageFull
 from streams_server.storage import groupcommit, room
 from streams_server.storage.engine import StreamStore
 from streams_server.storage.models import Expiry
@@ -395,3 +395,21 @@ def test_a_bug_in_a_retried_operation_fails_only_that_one(tmp_path: Path) -> Non
     assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 1  # good was committed
     assert other.done and other.error is not None  # bad: failed, as it should
     assert outcome["good"] == "stored", outcome
+
+
+def test_a_write_to_a_closed_database_is_a_storage_failure_not_a_bug(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`sqlite3.ProgrammingError` (a write after the store was closed, as a stop under load
+    once did) has no `sqlite_errorcode`: reading it raised AttributeError inside the error
+    handling, logged as a bug with a traceback."""
+    conn, committer, _ = table_committer(tmp_path / "streams.sqlite3",
+                                         room.RoomCheck(str(tmp_path / "streams.sqlite3")).explains)
+    conn.close()
+    with caplog.at_level(logging.ERROR, logger=groupcommit.log.name):
+        with pytest.raises(StorageFailure) as refused:
+            committer.submit(insert_a_row)
+    assert not isinstance(refused.value, StorageFull)
+    assert [r.getMessage() for r in caplog.records] == [
+        "commits are failing (Cannot operate on a closed database.): write requests get an"
+        " error until the storage recovers"]

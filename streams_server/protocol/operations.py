@@ -395,7 +395,7 @@ class StreamOperations:
             if not result.up_to_date:
                 continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.store.draining:
                 return
             woken = self.store.wait_for_data(
                 result.info.stream_id, position, min(settings.sse_keepalive_s, remaining)

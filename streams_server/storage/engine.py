@@ -108,6 +108,7 @@ class StreamStore:
         )
         self._wake_listener: Callable[[], None] | None = None
         self._closed = threading.Event()
+        self._draining = False
         self._sweeper: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -150,6 +151,19 @@ class StreamStore:
                     self._readers.get_nowait().close()
                 except queue.Empty:
                     break
+
+    def drain(self) -> None:
+        """The server is stopping: every live read ends now (long-polls answer at once, SSE
+        responses end, and clients reconnect elsewhere or later); writes go on until closed."""
+        self._draining = True
+        with self._signals_lock:
+            signals = list(self._signals.values())
+        for signal in signals:
+            signal.fire()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -212,7 +226,7 @@ class StreamStore:
             changed = signal.current()  # taken before looking: a change after this sets it
             known = self._streams.get(stream_id)
             if (known is None or known.soft_deleted or known.info.closed
-                    or known.info.tail > position):
+                    or known.info.tail > position or self._draining):
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -190,7 +190,8 @@ class GroupCommitter:
             self._run_batch(batch, effects)
             committed = True
         except sqlite3.Error as exc:
-            full = exc.sqlite_errorcode == sqlite3.SQLITE_FULL or self._lacks_room(exc)
+            code = getattr(exc, "sqlite_errorcode", None)  # not on every sqlite3.Error
+            full = code == sqlite3.SQLITE_FULL or self._lacks_room(exc)
             if full and len(batch) > 1:
                 # One operation needed space that is not there, and SQLite may have rolled the
                 # whole transaction back: each again on its own, so that those that need no
@@ -200,7 +201,7 @@ class GroupCommitter:
                     self._lead([pending])
                 return
             cause = str(exc)
-            if full and exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+            if full and code != sqlite3.SQLITE_FULL:
                 cause += ": no room left (the file-size limit or the disk quota)"
             self._outage.failed(cause, len(batch))
             failure: StorageFailure

@@ -52,7 +52,7 @@ class RoomCheck:
 
     def explains(self, exc: sqlite3.Error) -> bool:
         """True if `exc` is a write error and the storage has no room for more."""
-        if exc.sqlite_errorcode not in WRITE_ERRORS:
+        if getattr(exc, "sqlite_errorcode", None) not in WRITE_ERRORS:
             return False
         now = time.monotonic()
         if now - self._checked_at >= RECHECK_S:
