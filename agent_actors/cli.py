@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"agent supervisor {settings.worker_name}: streams {settings.streams_url}, "
           f"model {model.name}", file=sys.stderr, flush=True)
-    stop.wait()
+    while not stop.wait(60):  # a timed wait: under gevent, an untimed one with nothing else
+        pass  # scheduled would end in LoopExit
     supervisor.stop(timeout=30)
     return 0

@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
 STARTUP_PROBE_S = 2.0
 """How long one startup attempt retries before the supervisor reports the server unreachable."""
+START_OVER_RESET_S = 60.0  # a shared stream lost again within this: wait longer first
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,15 @@ class SupervisorSettings:
 class _Ready:
     wake_offset: str
     conversations_tail: str  # where `conversations` ended at the start
+
+
+@dataclass(frozen=True)
+class _WatchLost:
+    """Following a shared stream failed for good (it is gone: a server that keeps streams
+    in memory restarted, or someone deleted it)."""
+
+    path: str
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,9 @@ class Supervisor(pykka.ThreadingActor):
         self._stopping = threading.Event()
         self._tails: list[Tail] = []
         self._conversations_seen = _Gathered()  # the `conversations` watch thread's own
+        self._watch_generation = 0  # one more at each start over: older watches are moot
+        self._last_start_over = 0.0
+        self._start_over_delay = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -232,11 +245,14 @@ class Supervisor(pykka.ThreadingActor):
         elif isinstance(message, _ConversationsSeen):
             deleted = set(message.deleted)
             for cid in message.ids:
-                if cid not in self._known and cid not in deleted:
+                if cid not in self._known and cid not in deleted and cid not in self._deleted:
                     self._known.add(cid)
                     self._jobs.put(functools.partial(self._recheck, cid))
             for cid in message.deleted:
                 self._on_deleted(cid, live=message.live)
+        elif isinstance(message, _WatchLost):
+            if message.generation == self._watch_generation:
+                self._start_over(message.path)
         elif isinstance(message, _Woken) and message.conversation_id in self._deleted:
             log.info("a wake for deleted conversation %s: removing it again",
                      message.conversation_id)  # a late writer brought its streams back
@@ -570,19 +586,40 @@ class Supervisor(pykka.ThreadingActor):
     def _watch(self, path: str, offset: str, on_batch: Callable[[ReadResult], None]) -> None:
         tail = self.client.tail(path, offset, live=self.settings.agent.live_mode)  # type: ignore[arg-type]
         self._tails.append(tail)
+        generation = self._watch_generation
 
         def follow() -> None:
             try:
                 for batch in tail:
-                    if self._stopping.is_set():
+                    if self._stopping.is_set() or generation != self._watch_generation:
                         return
                     if batch.messages:
                         on_batch(batch)
             except StreamsError as exc:
-                if not self._stopping.is_set():
-                    log.error("following %s failed: %s", path, exc)
+                if not self._stopping.is_set() and generation == self._watch_generation:
+                    log.warning("following %s failed (%s): reading the shared streams again",
+                                path, exc)
+                    self._tell(_WatchLost(path, generation))
 
         threading.Thread(target=follow, name=f"watch-{path}", daemon=True).start()
+
+    def _start_over(self, path: str) -> None:
+        """A shared stream is gone: make the shared streams again, and look at every
+        conversation as at a start (a server that lost its streams lost its subscriptions
+        too, and wakes written while the wake stream was missing are lost). Running agents go
+        on. Backs off if it keeps happening."""
+        self._watch_generation += 1
+        for tail in self._tails:
+            tail.close()
+        self._tails.clear()
+        self._known.clear()
+        self._conversations_seen = _Gathered()
+        now = time.monotonic()
+        recent = now - self._last_start_over < START_OVER_RESET_S
+        self._start_over_delay = min(MAX_BACKOFF_S, 2 * self._start_over_delay) if recent else 0.5
+        self._last_start_over = now
+        log.info("following %s again in %.1f s", path, self._start_over_delay)
+        self._timers.call_later(self._start_over_delay, lambda: self._jobs.put(self._prepare))
 
     def _on_wake_batch(self, batch: ReadResult) -> None:
         for message in batch.messages:

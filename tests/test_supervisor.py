@@ -436,6 +436,52 @@ def test_supervisor_waits_for_an_unreachable_streams_server(
         server.terminate()
 
 
+def test_a_wake_stream_deleted_under_the_supervisor_is_made_again_and_followed(
+    streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """Its watch ended with a 404 and was never started again: a conversation whose agent
+    had gone idle was not woken by its next prompt until the supervisor restarted."""
+    root = streams_root(streams_server)
+    sup = start_supervisor(root, idle_timeout=1.0)
+    client, chat = connect(root)
+    cid = chat.start_conversation("woken after the wake stream came back")
+    first = chat.send_prompt(cid, "first question")
+    wait_for_answers(client, cid, [first])
+    assert sup.wait_for_line(f"agent passivated conversation={cid}", timeout=15), sup.log_tail()
+    client.delete(layout.DEFAULT_WAKE_STREAM)
+    assert sup.wait_for_line("following agents/wake failed", timeout=15), sup.log_tail()
+    assert sup.wait_for_line(f"agent stopped conversation={cid}", timeout=15)
+    second = chat.send_prompt(cid, "second question")
+    rendered = wait_for_answers(client, cid, [first, second], timeout=30)
+    assert_clean_answers(rendered, {first: "first question", second: "second question"})
+    assert client.exists(layout.DEFAULT_WAKE_STREAM) and sup.running
+
+
+def test_a_supervisor_follows_a_memory_server_that_restarted_empty(
+    tmp_path: Path, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """A streams server that keeps its streams in memory comes back without them: the
+    supervisor's watches ended with a 404, and then the process died (gevent's LoopExit)."""
+    server = start_streams_server(tmp_path / "memory", memory=True, long_poll_timeout=2.0)
+    try:
+        root = streams_root(server)
+        sup = start_supervisor(root)
+        client, chat = connect(root)
+        cid = chat.start_conversation("before the restart")
+        first = chat.send_prompt(cid, "first question")
+        wait_for_answers(client, cid, [first])
+        server.restart()
+        assert sup.wait_for_line("reading the shared streams again", timeout=20), sup.log_tail()
+        client, chat = connect(root)
+        cid = chat.start_conversation("after the restart")
+        second = chat.send_prompt(cid, "second question")
+        rendered = wait_for_answers(client, cid, [second], timeout=30)
+        assert_clean_answers(rendered, {second: "second question"})
+        assert sup.running
+    finally:
+        server.terminate()
+
+
 # -- 4. clean shutdown on SIGTERM and SIGINT -----------------------------------------------------------
 
 
