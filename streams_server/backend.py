@@ -8,6 +8,7 @@ import sqlite3
 from .config import StreamsSettings
 from .protocol.control import ControlOperations
 from .protocol.operations import StreamOperations
+from .storage.dirlock import DirectoryInUse, DirectoryLock
 from .storage.engine import StreamStore
 from .subscriptions.keys import DamagedKeyFile, ServerKeys
 from .subscriptions.service import SubscriptionService
@@ -22,8 +23,9 @@ class StreamsBackend:
     """The storage engine, the subscription service and the protocol operations on them."""
 
     def __init__(self, store: StreamStore, keys: ServerKeys, settings: StreamsSettings,
-                 url_prefix: str) -> None:
+                 url_prefix: str, lock: DirectoryLock | None = None) -> None:
         self.store = store
+        self._lock = lock
         self.settings = settings
         self.subscriptions = SubscriptionService(store, keys)
         self.streams = StreamOperations(store, settings, url_prefix)
@@ -35,25 +37,38 @@ class StreamsBackend:
         data_dir: str | None,
         settings: StreamsSettings | None = None,
         url_prefix: str = "/v1/stream",
+        *,
+        lock: bool = True,
     ) -> StreamsBackend:
-        """Durable under `data_dir` (created if missing), or in memory when it is None."""
+        """Durable under `data_dir` (created if missing), or in memory when it is None.
+        `lock`: hold the directory for this process, refusing it if another process does
+        (False only where a process opens it without ever serving it)."""
         settings = settings or StreamsSettings()
         if data_dir is None:
             return cls(StreamStore.open_memory(max_bytes=settings.max_storage_bytes),
                        ServerKeys(None), settings, url_prefix)
         try:
             os.makedirs(data_dir, exist_ok=True)
+            held = DirectoryLock(data_dir) if lock else None
+        except (OSError, DirectoryInUse) as exc:
+            raise DataDirectoryError(
+                f"cannot open the streams data directory {data_dir!r}: {exc}") from exc
+        try:
             store = StreamStore.open_directory(data_dir, max_bytes=settings.max_storage_bytes)
         except (OSError, sqlite3.Error) as exc:
+            if held is not None:
+                held.release()
             raise DataDirectoryError(
                 f"cannot open the streams data directory {data_dir!r}: {exc}") from exc
         try:
             keys = ServerKeys(data_dir)
         except (OSError, DamagedKeyFile) as exc:
             store.close()
+            if held is not None:
+                held.release()
             raise DataDirectoryError(
                 f"cannot open the streams data directory {data_dir!r}: {exc}") from exc
-        return cls(store, keys, settings, url_prefix)
+        return cls(store, keys, settings, url_prefix, held)
 
     def start(self) -> None:
         """Start the background work: expiry sweeps, lease expiry, webhook deliveries."""
@@ -67,3 +82,5 @@ class StreamsBackend:
     def close(self) -> None:
         self.subscriptions.close()
         self.store.close()
+        if self._lock is not None:
+            self._lock.release()

@@ -23,7 +23,7 @@ from flask import Flask
 
 from agent_actors.cli import build_parser, check_args
 from streams_server.subscriptions.keys import SIGNING_KEY_FILE
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, start_streams_server
 from webui import create_app
 from webui.config import load_config
 
@@ -105,6 +105,30 @@ def test_the_supervisor_refuses_a_damaged_offsets_file_clearly(tmp_path: Path) -
                  "--data-dir", str(tmp_path), "--streams-url", "http://127.0.0.1:9/v1/stream"])
     _assert_refused_clearly(done, "cannot open the agents' offsets file",
                             "file is not a database")
+
+
+def test_a_second_server_on_a_data_dir_in_use_is_refused_until_the_first_is_gone(
+        tmp_path: Path) -> None:
+    """Two processes on one database each kept their own view of the streams: a stream
+    created through one was missing in the other, and `flask run` on the directory of a
+    running server released that server's agents' leases as "left by an earlier run"."""
+    data = tmp_path / "data"
+    first = start_streams_server(data / "streams")
+    try:
+        done = _run([sys.executable, "-m", "streams_server", "--port", "0",
+                     "--data-dir", str(data / "streams")])
+        _assert_refused_clearly(done, "cannot open the streams data directory",
+                                f"another server process (pid {first.pid}) is using it")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "FLASK_"))}
+        env["CHAT_DATA_DIR"] = str(data)
+        done = _run([sys.executable, "-m", "flask", "run", "--port", "0"], env=env)
+        _assert_refused_clearly(done, "Error: cannot open the streams data directory",
+                                "is using it")
+        first.kill()  # the kernel drops the lock of a dead process: nothing stale is left
+        second = start_streams_server(data / "streams")
+        second.terminate()
+    finally:
+        first.terminate()
 
 
 @pytest.mark.parametrize("damaged", ["streams/streams.sqlite3", "agents/agents.sqlite3"])
