@@ -6,6 +6,7 @@ import argparse
 import gc
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -15,6 +16,7 @@ from agent_actors.agent import AgentSettings
 from agent_actors.models.settings import model_from_settings
 from agent_actors.offsets_store import OffsetsFileError
 from agent_actors.supervisor import Supervisor, SupervisorSettings
+from agent_actors.validation import is_http_url, is_stream_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         "supervisor", help="answer the prompts of every conversation on a streams server",
         description="Spawn a conversation agent whenever a conversation has pending prompts.",
     )
+    sup.set_defaults(usage=sup)  # its own usage line for its errors
     sup.add_argument("--streams-url", default="http://127.0.0.1:4437/v1/stream",
                      help="the streams root (default http://127.0.0.1:4437/v1/stream)")
     sup.add_argument("--data-dir", default="./data/agents",
@@ -40,10 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "a chunk holds what arrived while the previous append was sent (0)")
     sup.add_argument("--lease-ttl-ms", type=int, default=layout.DEFAULT_LEASE_TTL_MS,
                      help="conversation lease duration (30000)")
-    sup.add_argument("--wake-stream", default=layout.DEFAULT_WAKE_STREAM)
+    sup.add_argument("--wake-stream", default=layout.DEFAULT_WAKE_STREAM,
+                     help="where the server writes wake events, relative to the streams root "
+                          f"(default {layout.DEFAULT_WAKE_STREAM})")
     sup.add_argument("--worker-name", default=None, help="this supervisor's name in leases")
     sup.add_argument("--auth-token", default=None, help="bearer token for the streams server")
-    sup.add_argument("--demo-tokens-per-second", type=float, default=30.0)
+    sup.add_argument("--demo-tokens-per-second", type=float, default=30.0,
+                     help="pace of the offline demo model, 0 for all at once (30)")
     sup.add_argument("--log-level", default="INFO", type=str.upper,
                      choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     return parser
@@ -52,9 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse values the supervisor could only fail on later, one conversation at a time."""
     ttl_low, ttl_high = layout.LEASE_TTL_MS_RANGE
+    model_url = os.environ.get("ANTHROPIC_BASE_URL") or None
     problems = [
-        (not args.streams_url.startswith(("http://", "https://")),
+        (not is_http_url(args.streams_url),
          f"--streams-url must be an http:// or https:// URL, not {args.streams_url!r}"),
+        (not is_stream_path(args.wake_stream),
+         f"--wake-stream must be a stream path such as agents/wake, not {args.wake_stream!r}"),
+        (model_url is not None and not is_http_url(model_url),
+         f"ANTHROPIC_BASE_URL must be an http:// or https:// URL, not {model_url!r}"),
         # Written so that NaN, which fails every comparison, fails each check too.
         (not args.idle_timeout > 0 or math.isinf(args.idle_timeout),
          "--idle-timeout must be a finite number greater than 0"),
@@ -68,7 +79,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     ]
     for failed, message in problems:
         if failed:
-            parser.error(message)
+            getattr(args, "usage", parser).error(message)
 
 
 def settings_from_args(args: argparse.Namespace) -> SupervisorSettings:

@@ -57,10 +57,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sse-max-duration", type=seconds, default=60.0, metavar="SECONDS",
                         help="close SSE connections after this long (default 60)")
     parser.add_argument("--max-body-mib", type=bounded(float, 0, above=True), default=64,
-                        help="largest request body")
+                        help="largest request body (default 64)")
     parser.add_argument("--max-chunk-kib", type=bounded(int, 1), default=1024,
                         help="largest catch-up read response (default 1024)")
-    parser.add_argument("--max-path-length", type=bounded(int, 1), default=1024)
+    parser.add_argument("--max-path-length", type=bounded(int, 1), default=1024,
+                        help="longest stream path, in characters (default 1024)")
     parser.add_argument("--max-storage-mib", type=bounded(float, 0, above=True), default=None,
                         help="refuse writes (507) that would grow the database past this size"
                              " (default: no limit but the disk's)")

@@ -155,6 +155,13 @@ def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: s
     ("AGENT_MAX_AGENTS", "-5", "CHAT_AGENT_MAX_AGENTS must be a whole number at least 1"),
     ("AGENT_LEASE_TTL_MS", "0", "CHAT_AGENT_LEASE_TTL_MS must be a whole number at least 1000"),
     ("EMBEDDED_SUPERVISOR", "yes", "CHAT_EMBEDDED_SUPERVISOR must be true or false"),
+    # These three were taken: the first failed as the supervisor started, on the first
+    # request (a 500, then a chat that never answered), the others at every prompt.
+    ("AGENT_STREAMS_URL", "http://127.0.0.1:notaport/v1/stream",
+     "CHAT_AGENT_STREAMS_URL must be an http:// or https:// URL (or unset)"),
+    ("AGENT_WAKE_STREAM", "/agents/wake", "CHAT_AGENT_WAKE_STREAM must be a stream path"),
+    ("STREAMS_BROWSER_URL", "localhost:4437/v1/stream",
+     "CHAT_STREAMS_BROWSER_URL must be a path starting with / or an http:// or https:// URL"),
 ])
 def test_flask_run_refuses_a_setting_out_of_range_clearly(tmp_path: Path, setting: str,
                                                           value: str, says: str) -> None:
@@ -164,6 +171,23 @@ def test_flask_run_refuses_a_setting_out_of_range_clearly(tmp_path: Path, settin
     env.update({"CHAT_DATA_DIR": str(tmp_path), f"CHAT_{setting}": value})
     done = _run([sys.executable, "-m", "flask", "run", "--port", "0"], env=env)
     _assert_refused_clearly(done, f"Error: {says}")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:notaport", "not a url", "ftp://host"])
+def test_a_model_url_that_is_not_one_is_refused_at_start(tmp_path: Path, url: str) -> None:
+    """`flask run` started with it and its first request failed (a 500, then no supervisor);
+    the supervisor command printed a traceback, or asked it at every prompt and failed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "FLASK_"))}
+    env.update({"CHAT_DATA_DIR": str(tmp_path), "ANTHROPIC_API_KEY": "sk-test",
+                "ANTHROPIC_BASE_URL": url})
+    done = _run([sys.executable, "-m", "flask", "run", "--port", "0"], env=env)
+    _assert_refused_clearly(done, "Error: ANTHROPIC_BASE_URL must be an http:// or https:// URL")
+    done = _run([sys.executable, "-m", "agent_actors", "supervisor", "--data-dir",
+                 str(tmp_path / "agents")], env=env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "ANTHROPIC_BASE_URL must be an http:// or https:// URL" in done.stderr
+    assert "usage: python -m agent_actors supervisor" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(("argv", "says"), [
@@ -182,6 +206,14 @@ def test_flask_run_refuses_a_setting_out_of_range_clearly(tmp_path: Path, settin
      "--lease-ttl-ms must be from 1000 to 600000"),
     (["agent_actors", "supervisor", "--streams-url", "localhost:4437"],
      "--streams-url must be an http:// or https:// URL"),
+    (["agent_actors", "supervisor", "--streams-url", "http://"],  # these two: tracebacks
+     "--streams-url must be an http:// or https:// URL"),
+    (["agent_actors", "supervisor", "--streams-url", "http://127.0.0.1:notaport/v1/stream"],
+     "--streams-url must be an http:// or https:// URL"),
+    (["agent_actors", "supervisor", "--wake-stream", ""],  # a traceback, then LoopExit
+     "--wake-stream must be a stream path such as agents/wake"),
+    (["agent_actors", "supervisor", "--wake-stream", "../x"],  # no answers, ever
+     "--wake-stream must be a stream path such as agents/wake"),
 ])
 def test_a_command_refuses_an_option_out_of_range_as_a_usage_error(argv: list[str],
                                                                    says: str) -> None:

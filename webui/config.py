@@ -16,6 +16,7 @@ from typing import Any
 from flask import Flask
 
 from agent_actors.layout import LEASE_TTL_MS_RANGE
+from agent_actors.validation import is_http_url, is_stream_path
 
 DEFAULTS: dict[str, Any] = {
     # Where the streams database and the agents' offsets live.
@@ -97,9 +98,17 @@ def _text(optional: bool = False, url: bool = False) -> tuple[Callable[[Any], bo
             return True
         if not isinstance(value, str) or not value.strip():
             return False
-        return not url or value.startswith(("http://", "https://"))
+        return not url or is_http_url(value)
     wanted = "an http:// or https:// URL" if url else "text"
     return ok, wanted + (" (or unset)" if optional else "")
+
+
+_STREAM_PATH = (lambda value: isinstance(value, str) and is_stream_path(value),
+                "a stream path such as agents/wake")
+# The page's streams root: a path on this app, or another server's URL.
+_BROWSER_URL = (lambda value: isinstance(value, str) and (
+    (value.startswith("/") and not value.startswith("//")) or is_http_url(value)),
+    "a path starting with / or an http:// or https:// URL")
 
 
 _FLAG = (lambda value: isinstance(value, bool), "true or false")
@@ -107,7 +116,7 @@ _FLAG = (lambda value: isinstance(value, bool), "true or false")
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "DATA_DIR": _text(),
     "STREAMS_MEMORY": _FLAG,
-    "STREAMS_BROWSER_URL": _text(),
+    "STREAMS_BROWSER_URL": _BROWSER_URL,
     "STREAMS_AUTH_TOKEN": _text(optional=True),
     "LONG_POLL_TIMEOUT_S": _number(0, above=True),
     "SSE_KEEPALIVE_S": _number(0, above=True, high=3600),
@@ -122,13 +131,16 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "AGENT_COALESCE_MS": _number(0),
     "AGENT_LEASE_TTL_MS": _number(LEASE_TTL_MS_RANGE[0], high=LEASE_TTL_MS_RANGE[1],
                                   whole=True),
-    "AGENT_WAKE_STREAM": _text(),
+    "AGENT_WAKE_STREAM": _STREAM_PATH,
     "DEMO_TOKENS_PER_SECOND": _number(0),  # 0: instant answers
 }
 
 
-def check_config(config: Mapping[str, Any]) -> None:
+def check_config(config: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> None:
     problems = [f"CHAT_{key} must be {wanted}, not {config[key]!r}"
                 for key, (ok, wanted) in _CHECKS.items() if not ok(config[key])]
+    model_url = env.get("ANTHROPIC_BASE_URL") or None
+    if model_url is not None and not is_http_url(model_url):
+        problems.append(f"ANTHROPIC_BASE_URL must be an http:// or https:// URL, not {model_url!r}")
     if problems:
         raise ConfigError("; ".join(problems))
