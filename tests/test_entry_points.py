@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 
 from agent_actors.cli import build_parser, check_args
-from streams_server.subscriptions.keys import SIGNING_KEY_FILE
+from streams_server.subscriptions.keys import SIGNING_KEY_FILE, TOKEN_KEY_FILE
 from tests.support import REPO_ROOT, start_streams_server
 from webui import create_app
 from webui.config import load_config
@@ -79,6 +79,17 @@ def test_the_streams_server_refuses_a_damaged_key_file_clearly(tmp_path: Path,
     done = _run([sys.executable, "-m", "streams_server", "--port", "0",
                  "--data-dir", str(tmp_path)])
     _assert_refused_clearly(done, "cannot open the streams data directory", SIGNING_KEY_FILE)
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b""], ids=["garbage", "empty"])
+def test_the_streams_server_refuses_a_damaged_token_key_clearly(tmp_path: Path,
+                                                                content: bytes) -> None:
+    """It was taken as it was: an empty file made lease tokens signed with an empty key."""
+    (tmp_path / TOKEN_KEY_FILE).write_bytes(content)
+    done = _run([sys.executable, "-m", "streams_server", "--port", "0",
+                 "--data-dir", str(tmp_path)])
+    _assert_refused_clearly(done, "cannot open the streams data directory", TOKEN_KEY_FILE,
+                            "not a key of 32")
 
 
 def test_the_streams_server_refuses_a_data_dir_that_is_a_file_clearly(tmp_path: Path) -> None:

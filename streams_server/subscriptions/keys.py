@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 SIGNING_KEY_FILE = "webhook_signing_key.pem"
 TOKEN_KEY_FILE = "subscription_token.key"
+TOKEN_KEY_BYTES = 32
 
 
 def b64url(data: bytes) -> str:
@@ -80,12 +81,17 @@ class ServerKeys:
     @staticmethod
     def _load_token_key(key_dir: str | None) -> bytes:
         if key_dir is None:
-            return secrets.token_bytes(32)
+            return secrets.token_bytes(TOKEN_KEY_BYTES)
         path = os.path.join(key_dir, TOKEN_KEY_FILE)
         if os.path.exists(path):
             with open(path, "rb") as f:
-                return f.read()
-        key = secrets.token_bytes(32)
+                key = f.read()
+            if len(key) != TOKEN_KEY_BYTES:  # the server writes 32 random bytes, nothing else
+                raise DamagedKeyFile(f"{path} holds {len(key)} bytes, not a key of "
+                                     f"{TOKEN_KEY_BYTES}: lease tokens signed with it would be"
+                                     " guessable (delete it to have a new one made)")
+            return key
+        key = secrets.token_bytes(TOKEN_KEY_BYTES)
         _write_secret(path, key)
         return key
 
