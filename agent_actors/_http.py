@@ -269,7 +269,12 @@ def _error_code_and_message(body: str) -> tuple[str | None, str]:
             parsed = None
         if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
             message = parsed["error"]
-    text = message if isinstance(message, str) else body.strip()[:500]
+    if isinstance(message, str):
+        text = message
+    elif body.lstrip().startswith("<"):  # a web page: some other server answers at this URL
+        text = "an HTML page, not a Durable Streams error"
+    else:
+        text = " ".join(body.split())[:300]  # one log line
     return (code if isinstance(code, str) else None), text
 
 

@@ -55,6 +55,7 @@ from agent_actors.errors import (
     StreamGone,
     StreamsError,
     StreamsUnavailable,
+    Unauthorized,
 )
 from agent_actors.models.base import Model
 from agent_actors.offsets_store import OffsetsStore
@@ -441,11 +442,19 @@ class Supervisor(pykka.ThreadingActor):
                 conversations_tail = probe.head(layout.CONVERSATIONS_STREAM).next_offset
                 self._tell(_Ready(wake_tail, conversations_tail))
                 return
+            except Unauthorized as exc:
+                log.error("the streams server at %s refuses this supervisor (%s): check its"
+                          " --auth-token; retrying in %.1fs", self.settings.streams_url, exc,
+                          delay)
+            except NotFound as exc:  # a PUT creates: a 404 is not from a streams root
+                log.error("no Durable Streams server answers at %s (%s): check"
+                          " --streams-url; retrying in %.1fs", self.settings.streams_url, exc,
+                          delay)
             except StreamsError as exc:
                 log.warning("streams server unreachable at %s (%s); retrying in %.1fs",
                             self.settings.streams_url, exc, delay)
-                self._stopping.wait(delay)
-                delay = min(10.0, delay * 2)
+            self._stopping.wait(delay)
+            delay = min(10.0, delay * 2)
 
     def _recheck(self, cid: str, attempt: int = 0) -> None:
         """`_check_pending`, tried again later (backing off) while the server cannot answer:

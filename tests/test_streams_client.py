@@ -579,3 +579,33 @@ def test_add_and_remove_subscription_streams(
     client.remove_subscription_stream(sub_id, extra)
     assert {s.path for s in client.get_subscription(sub_id).streams} == {work}
 
+
+
+def test_an_error_page_from_another_server_is_reported_in_one_line() -> None:
+    """A URL that is not a streams root answers with some server's HTML page: its whole text
+    went into the error, and each retry's log entry ran over many lines."""
+    page = b"<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n"
+
+    class NotStreams(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_PUT(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotStreams)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        client = StreamsClient(f"http://127.0.0.1:{httpd.server_address[1]}/v1/stream")
+        with pytest.raises(errors.NotFound) as refused:
+            client.ensure_stream("agents/wake")
+        assert "an HTML page, not a Durable Streams error" in str(refused.value)
+        assert "\n" not in str(refused.value) and "<" not in str(refused.value)
+        client.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

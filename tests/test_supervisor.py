@@ -482,6 +482,27 @@ def test_a_supervisor_follows_a_memory_server_that_restarted_empty(
         server.terminate()
 
 
+def test_a_supervisor_pointed_at_the_wrong_url_or_without_the_token_says_so(
+    tmp_path: Path, start_supervisor: StartSupervisor,
+) -> None:
+    """Both were reported as "unreachable", the wrong URL with the other server's HTML page
+    spread over many lines of the log."""
+    server = start_streams_server(tmp_path / "guarded", extra_args=["--auth-token", "s3cret"])
+    try:
+        wrong_path = start_supervisor(f"{server.url}/not-streams", worker="path")
+        assert wrong_path.wait_for_line(re.escape(
+            f"no Durable Streams server answers at {server.url}/not-streams"),
+            timeout=15), wrong_path.log_tail()
+        no_token = start_supervisor(f"{server.url}/v1/stream", worker="token")
+        assert no_token.wait_for_line(re.escape(
+            f"the streams server at {server.url}/v1/stream refuses this supervisor"),
+            timeout=15), no_token.log_tail()
+        assert "check its --auth-token" in no_token.log_tail()
+        assert wrong_path.running and no_token.running  # they wait to be put right
+    finally:
+        server.terminate()
+
+
 # -- 4. clean shutdown on SIGTERM and SIGINT -----------------------------------------------------------
 
 
