@@ -225,6 +225,18 @@ def test_a_model_url_that_is_not_one_is_refused_at_start(tmp_path: Path, url: st
      "--wake-stream must be a stream path such as agents/wake"),
     (["agent_actors", "supervisor", "--wake-stream", "../x"],  # no answers, ever
      "--wake-stream must be a stream path such as agents/wake"),
+    # The benchmark: tracebacks, a full run for "--only ''", or (--out) a whole run's
+    # figures lost at its very end.
+    (["streams_server.bench", "--only", "a"], "--only: workload numbers, comma-separated"),
+    (["streams_server.bench", "--only", ""], "--only: name at least one workload"),
+    (["streams_server.bench", "--set", "seq_appends=abc"], "--set seq_appends: must be a number"),
+    (["streams_server.bench", "--set", "chat_steps=1,x"],
+     "--set chat_steps: must be whole numbers, comma-separated"),
+    (["streams_server.bench", "--servers", ""], "--servers: none"),
+    (["streams_server.bench", "--out", "/no/such/dir/x.json"],
+     "--out: there is no directory '/no/such/dir'"),
+    (["streams_server.bench", "--long-poll-timeout", "-1"],
+     "--long-poll-timeout: must be a number greater than 0"),
 ])
 def test_a_command_refuses_an_option_out_of_range_as_a_usage_error(argv: list[str],
                                                                    says: str) -> None:

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(ValueError):
+    """An argument that cannot be used: reported with the usage line, exit status 2."""
+
+
 def parse_sizes(args: argparse.Namespace) -> Sizes:
     sizes = QUICK if args.quick else FULL
     types = {f.name: f.type for f in dataclasses.fields(Sizes)}
@@ -70,25 +74,46 @@ def parse_sizes(args: argparse.Namespace) -> Sizes:
     for item in args.set:
         name, _, text = item.partition("=")
         if name not in types:
-            raise SystemExit(f"--set: unknown size {name!r}")
+            raise UsageError(f"--set: unknown size {name!r}")
         current = getattr(sizes, name)
-        if isinstance(current, tuple):
-            changes[name] = tuple(int(x) for x in text.split(","))
-        elif isinstance(current, float) or current is None:
-            changes[name] = float(text)
-        else:
-            changes[name] = int(text)
+        try:
+            if isinstance(current, tuple):
+                changes[name] = tuple(int(x) for x in text.split(","))
+            elif isinstance(current, float) or current is None:
+                changes[name] = float(text)
+            else:
+                changes[name] = int(text)
+        except ValueError:
+            kind = "whole numbers, comma-separated" if isinstance(current, tuple) else "a number"
+            raise UsageError(f"--set {name}: must be {kind}, not {text!r}") from None
     return dataclasses.replace(sizes, **changes)
 
 
 def selected_workloads(only: str | None) -> list[Workload]:
-    if not only:
+    if only is None:
         return list(WORKLOADS)
-    numbers = {int(x) for x in only.split(",") if x.strip()}
+    try:
+        numbers = {int(x) for x in only.split(",") if x.strip()}
+    except ValueError:
+        raise UsageError(f"--only: workload numbers, comma-separated, not {only!r}") from None
+    if not numbers:
+        raise UsageError("--only: name at least one workload")
     unknown = numbers - {w.number for w in WORKLOADS}
     if unknown:
-        raise SystemExit(f"--only: no workload {sorted(unknown)}")
+        raise UsageError(f"--only: no workload {sorted(unknown)}")
     return [w for w in WORKLOADS if w.number in numbers]
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Before hours of work: where the results and the data will go must be usable."""
+    if args.out is not None and not args.out.parent.is_dir():
+        raise UsageError(f"--out: there is no directory {str(args.out.parent)!r}")
+    if args.out is not None and args.out.is_dir():
+        raise UsageError(f"--out: {str(args.out)!r} is a directory")
+    if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
+        raise UsageError(f"--workdir: {str(args.workdir)!r} is not a directory")
+    if not 0 < args.long_poll_timeout < float("inf"):
+        raise UsageError("--long-poll-timeout: must be a number greater than 0")
 
 
 def log(message: str) -> None:
@@ -189,13 +214,19 @@ def _run_workload(run: Run, kind: str, workload: Workload, process: ManagedProce
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    sizes = parse_sizes(args)
-    workloads = selected_workloads(args.only)
-    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    unknown = [s for s in servers if s not in SERVER_KINDS]
-    if unknown:
-        raise SystemExit(f"--servers: unknown {unknown}; expected some of {SERVER_KINDS}")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        sizes = parse_sizes(args)
+        workloads = selected_workloads(args.only)
+        servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+        unknown = [s for s in servers if s not in SERVER_KINDS]
+        if unknown or not servers:
+            raise UsageError(f"--servers: {'unknown ' + str(unknown) if unknown else 'none'};"
+                             f" expected some of {', '.join(SERVER_KINDS)}")
+        check_paths(args)
+    except UsageError as exc:
+        parser.error(str(exc))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="streams-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     options = ServerOptions(workdir=workdir, long_poll_timeout_s=args.long_poll_timeout,
@@ -204,9 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"benchmark: servers {', '.join(servers)}; workloads "
         f"{', '.join(str(w.number) for w in workloads)}; {'quick' if args.quick else 'full'} "
         f"sizes; work directory {workdir}")
+    interrupted = False
     try:
         for kind in servers:
             run_server(run, kind, workloads, options)
+    except KeyboardInterrupt:  # each server was stopped on the way out: report what ran
+        interrupted = True
+        run.errors["interrupted"] = "stopped with Ctrl+C; the figures are those taken before"
+        log("interrupted: the figures taken so far follow")
     finally:
         run.cpu_probe_ms["end"] = cpu_probe_ms()
         result = run.to_json()
@@ -226,4 +262,4 @@ def main(argv: list[str] | None = None) -> int:
     probes = ", ".join(f"{where} {ms:.0f}" for where, ms in run.cpu_probe_ms.items())
     print(f"CPU probe, ms for a fixed Python loop (lower is faster; a server's is taken just "
           f"before it starts): {probes}")
-    return 1 if run.errors else 0
+    return 130 if interrupted else 1 if run.errors else 0
