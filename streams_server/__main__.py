@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     # finished fsync hand its result back in well under a millisecond instead of up to 5.
     sys.setswitchinterval(0.0005)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.auth_token is not None and not args.auth_token.strip():
+        # `--auth-token "$TOKEN"` with TOKEN unset: say so rather than serve everyone.
+        logging.getLogger("streams_server").warning(
+            "--auth-token is empty: no token is required (the server is open to anyone who"
+            " can reach it)")
+        args.auth_token = None
     settings = StreamsSettings(
         long_poll_timeout_s=args.long_poll_timeout,
         sse_max_duration_s=args.sse_max_duration,

@@ -47,6 +47,9 @@ class StreamsBackend:
         if data_dir is None:
             return cls(StreamStore.open_memory(max_bytes=settings.max_storage_bytes),
                        ServerKeys(None), settings, url_prefix)
+        if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+            raise DataDirectoryError(f"cannot open the streams data directory {data_dir!r}:"
+                                     " it is a file, not a directory")
         try:
             os.makedirs(data_dir, exist_ok=True)
             held = DirectoryLock(data_dir) if lock else None

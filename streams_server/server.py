@@ -138,7 +138,9 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
     except OSError as exc:
         raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     bound_host, bound_port = server.address[:2]
-    print(f"durable streams: listening on http://{bound_host}:{bound_port}", file=sys.stderr, flush=True)
+    shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host  # IPv6, as in URLs
+    print(f"durable streams: listening on http://{shown_host}:{bound_port}", file=sys.stderr,
+          flush=True)
 
     stopping = gevent.event.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

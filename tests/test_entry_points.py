@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
@@ -97,7 +98,28 @@ def test_the_streams_server_refuses_a_data_dir_that_is_a_file_clearly(tmp_path: 
     a_file.write_text("x")
     done = _run([sys.executable, "-m", "streams_server", "--port", "0",
                  "--data-dir", str(a_file)])
-    _assert_refused_clearly(done, "cannot open the streams data directory")
+    _assert_refused_clearly(done, "cannot open the streams data directory",
+                            "it is a file, not a directory")  # was "[Errno 17] File exists"
+
+
+def test_the_streams_server_on_ipv6_announces_a_url_that_works(tmp_path: Path) -> None:
+    """It said `http://::1:PORT`, which is not a URL: the brackets were missing."""
+    server = start_streams_server(tmp_path / "data", host="::1", port=0)
+    try:
+        assert server.url.startswith("http://[::1]:"), server.url
+        assert requests.put(f"{server.url}/v1/stream/six", timeout=10).status_code == 201
+    finally:
+        server.terminate()
+
+
+def test_an_empty_auth_token_is_said_to_leave_the_server_open(tmp_path: Path) -> None:
+    """`--auth-token "$TOKEN"` with TOKEN unset turned authentication off without a word."""
+    server = start_streams_server(tmp_path / "data", extra_args=["--auth-token", ""])
+    try:
+        assert requests.put(f"{server.url}/v1/stream/open", timeout=10).status_code == 201
+        assert "--auth-token is empty: no token is required" in server.log_since_start()
+    finally:
+        server.terminate()
 
 
 def test_the_streams_server_refuses_a_busy_port_clearly(tmp_path: Path) -> None:
