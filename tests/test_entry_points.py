@@ -10,6 +10,7 @@ with status 1, where each used to print a traceback.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -303,3 +304,19 @@ def test_an_app_that_never_served_closes_the_agents_offsets_file_when_stopped(
     assert open_offsets_files()  # opened at start, to refuse a damaged one at once
     app.extensions["background_work"].stop()
     assert open_offsets_files() == []
+
+
+def test_a_mistyped_setting_is_named_with_the_one_probably_meant(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path,
+) -> None:
+    """It was ignored without a word, and the default silently applied."""
+    for key in [k for k in os.environ if k.startswith("CHAT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CHAT_AGENT_MAXAGENTS", "5")
+    monkeypatch.setenv("CHAT_DATA_DIR", str(tmp_path))
+    app = Flask(__name__)
+    with caplog.at_level(logging.WARNING, logger="webui.config"):
+        load_config(app, None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "CHAT_AGENT_MAXAGENTS is not a setting of the chat and is ignored"
+        " (did you mean CHAT_AGENT_MAX_AGENTS?)"]

@@ -8,6 +8,8 @@ can be (`CHAT_EMBEDDED_SUPERVISOR=false`). The model is configured the Anthropic
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -17,6 +19,8 @@ from flask import Flask
 
 from agent_actors.layout import LEASE_TTL_MS_RANGE
 from agent_actors.validation import is_http_url, is_stream_path
+
+log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
     # Where the streams database and the agents' offsets live.
@@ -65,6 +69,7 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
     """Fill `app.config`; raises `ConfigError` for a setting out of its range or type."""
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("CHAT")
+    _warn_of_unknown_settings(os.environ)
     for key in TEXT_SETTINGS:  # as written: JSON would make a token of digits a number
         if f"CHAT_{key}" in os.environ:
             app.config[key] = os.environ[f"CHAT_{key}"]
@@ -74,6 +79,15 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
         if isinstance(app.config[key], str) and not app.config[key].strip():
             app.config[key] = None
     check_config(app.config)
+
+
+def _warn_of_unknown_settings(env: Mapping[str, str]) -> None:
+    """A mistyped setting (`CHAT_AGENT_MAXAGENTS`) would be ignored without a word."""
+    for name in sorted(env):
+        if name.startswith("CHAT_") and name[5:] not in DEFAULTS:
+            close = difflib.get_close_matches(name[5:], DEFAULTS, n=1)
+            hint = f" (did you mean CHAT_{close[0]}?)" if close else ""
+            log.warning("%s is not a setting of the chat and is ignored%s", name, hint)
 
 
 def _number(low: float, *, above: bool = False, high: float | None = None,
