@@ -323,6 +323,21 @@ def test_stop_button_cancels_a_streaming_answer(chat_app: ServerProcess, model: 
     assert norm(streamed_answer(chat_app.url, cid, prompt_id)) == text
 
 
+def test_escape_stops_the_answer_wherever_the_focus_is_in_the_conversation(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """It did only from the message box: after a click in the messages, nothing."""
+    model.tokens_per_second = 15
+    page = open_chat(new_context(), chat_app.url)
+    prompt, reply = unique("Go on for a while"), words("item", 200)
+    replies.set(prompt, reply)
+    prompt_id = send_prompt(page, prompt)
+    wait_words(page, prompt_id, 3)
+    page.locator("#main").focus()  # as a click in the messages leaves it
+    page.keyboard.press("Escape")
+    wait_state(page, prompt, "cancelled")
+
+
 def test_stop_cancels_the_answer_in_progress_not_the_prompts_waiting_their_turn(
     chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
     new_context: NewContext,
@@ -937,6 +952,7 @@ def test_an_answer_and_its_code_are_copied_as_written(
     turn = turn_for(page, prompt)
     turn.get_by_test_id("copy-answer").click()
     expect(turn.get_by_test_id("copy-answer")).to_have_text("Copied")
+    expect(turn.get_by_test_id("copy-answer")).to_have_attribute("aria-label", "Copied")
     assert norm(page.evaluate("() => navigator.clipboard.readText()")) == norm(reply)
     turn.locator("[data-copy-code]").click()
     assert page.evaluate("() => navigator.clipboard.readText()").strip() == "print('hi')"

@@ -213,9 +213,11 @@ function copyCode(button) {
 /** Put `text` on the clipboard; where the page may not (no permission, not a secure
  * origin), select `shown` instead so that Ctrl+C copies it. The button says which it did. */
 async function copyToClipboard(button, text, shown) {
+  const label = button.getAttribute("aria-label");
   try {
     await navigator.clipboard.writeText(text);
     button.textContent = "Copied";
+    if (label) button.setAttribute("aria-label", "Copied"); // what a screen reader says too
   } catch {
     const range = document.createRange();
     range.selectNodeContents(shown);
@@ -223,6 +225,10 @@ async function copyToClipboard(button, text, shown) {
     selection.removeAllRanges();
     selection.addRange(range);
     button.textContent = "Selected";
+    if (label) button.setAttribute("aria-label", "Selected: press Ctrl+C to copy");
   }
-  setTimeout(() => (button.textContent = "Copy"), 1500);
+  setTimeout(() => {
+    button.textContent = "Copy";
+    if (label) button.setAttribute("aria-label", label);
+  }, 1500);
 }

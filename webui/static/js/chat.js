@@ -540,7 +540,12 @@ function wire() {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       send();
-    } else if (event.key === "Escape" && !ui.stop.hidden) {
+    }
+  });
+  // Esc stops the answer from anywhere in the conversation, not only from the message box
+  // (the rename box takes its own Esc first).
+  document.getElementById("main").addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !event.defaultPrevented && !ui.stop.hidden) {
       event.preventDefault();
       stop();
     }
