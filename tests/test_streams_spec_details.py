@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from tests.support import ServerProcess, start_streams_server
+from tests.support.agents import wait_until
 from tests.support.streams_http import StreamsHttp
 
 pytestmark = pytest.mark.timeout(60)
@@ -283,3 +284,39 @@ def test_catch_up_reads_are_cached_no_longer_than_the_stream_lives(http: Streams
     max_age, header = _max_age(http.request("GET", until, params={"offset": "-1"}))
     assert max_age is not None and "stale" not in header, header
     assert 30 - (time.time() - started) - 2 <= max_age <= 30, header
+
+
+# -- TTL (section 5.1) ------------------------------------------------------------------------
+
+
+def test_a_stream_with_a_live_reader_does_not_expire_under_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Section 5.1: "a stream with active live readers will not expire". The TTL was reset
+    only when a live read began, so an SSE response (a minute long) lost its stream after a
+    TTL of a few seconds. Its TTL now runs from when the last reader left: here when the
+    server ends the response (the server sees a client leave only when it next writes)."""
+    server = start_streams_server(tmp_path_factory.mktemp("ttl") / "data",
+                                  extra_args=["--sse-max-duration", "5"])
+    try:
+        _ttl_outlives_its_reader(StreamsHttp(server.url))
+    finally:
+        server.terminate()
+
+
+def _ttl_outlives_its_reader(http: StreamsHttp) -> None:
+    text = {"Content-Type": TEXT, "Stream-TTL": "2"}
+    http.request("PUT", "ttl-followed", headers=text, body="x").raise_for_status()
+    http.request("PUT", "ttl-alone", headers=text, body="x").raise_for_status()  # made later
+    with follow(http, "ttl-followed", "now") as response:
+        events = sse_events(response)
+        assert next(events)[0] == "control"  # the reader waits at the tail
+        wait_until(lambda: http.request("HEAD", "ttl-alone").status_code == 404, timeout=15,
+                   what="the stream without a reader to expire")  # HEAD resets no TTL
+        assert http.request("HEAD", "ttl-followed").status_code == 200
+        appended = http.request("POST", "ttl-followed", headers={"Content-Type": TEXT},
+                                body="still here")
+        assert appended.status_code == 204, appended.content
+        assert next(events) == ("data", "still here")
+    wait_until(lambda: http.request("HEAD", "ttl-followed").status_code == 404, timeout=15,
+               what="the stream to expire once its reader left")

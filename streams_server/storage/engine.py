@@ -61,6 +61,9 @@ class _Known:
     info: StreamInfo
     soft_deleted: bool = False
     last_access_ms: int = 0
+    # Live reads waiting on it now: its TTL does not run out under them (section 5.1, "a
+    # stream with active live readers will not expire"); it runs from when the last leaves.
+    readers: int = 0
 
 
 class StreamStore:
@@ -222,16 +225,26 @@ class StreamStore:
         until `timeout` passes (False)."""
         deadline = time.monotonic() + timeout
         signal = self._signal(stream_id)
-        while True:
-            changed = signal.current()  # taken before looking: a change after this sets it
-            known = self._streams.get(stream_id)
-            if (known is None or known.soft_deleted or known.info.closed
-                    or known.info.tail > position or self._draining):
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            changed.wait(remaining)
+        reading = self._streams.get(stream_id)
+        if reading is not None:
+            with self._signals_lock:
+                reading.readers += 1
+        try:
+            while True:
+                changed = signal.current()  # taken before looking: a change after this sets it
+                known = self._streams.get(stream_id)
+                if (known is None or known.soft_deleted or known.info.closed
+                        or known.info.tail > position or self._draining):
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                changed.wait(remaining)
+        finally:
+            if reading is not None:
+                with self._signals_lock:
+                    reading.readers -= 1
+                self.touch(reading.info)
 
     def list_streams(self, prefix: str = "", limit: int = 1000) -> list[StreamInfo]:
         """Live streams whose path starts with `prefix`, in path order."""
@@ -382,7 +395,8 @@ class StreamStore:
 
     @staticmethod
     def _expired(known: _Known, now_ms: int) -> bool:
-        last_access = max(known.info.last_access_ms, known.last_access_ms)
+        last_access = now_ms if known.readers else max(known.info.last_access_ms,
+                                                       known.last_access_ms)
         return expired(known.info.expiry, last_access, now_ms)
 
     def _access_view(self) -> dict[int, _Known]:

@@ -30,6 +30,7 @@ from .rows import STREAM_COLUMNS, expired, info_from_row, stream_chain
 
 class _LiveAccess(Protocol):
     last_access_ms: int
+    readers: int  # live reads waiting on the stream: in use now
 
 
 LiveMap = Mapping[int, _LiveAccess]
@@ -56,6 +57,8 @@ def _is_expired(row: sqlite3.Row, live: LiveMap, now_ms: int) -> bool:
         return False
     state = live.get(row["id"])
     last_access = max(row["last_access_ms"], state.last_access_ms if state else 0)
+    if state is not None and state.readers:
+        last_access = now_ms
     return expired(expiry, last_access, now_ms)
 
 
