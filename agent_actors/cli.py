@@ -109,8 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     # out of the collector, a full collection no longer stops every conversation for 100+ ms.
     gc.freeze()
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        if stop.is_set():  # a second Ctrl+C: the leases expire by themselves (their TTL)
+            print("stopped without waiting for the agents", file=sys.stderr, flush=True)
+            os._exit(130)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
         supervisor = Supervisor.start(settings, model)
     except OffsetsFileError as exc:
@@ -120,5 +127,8 @@ def main(argv: list[str] | None = None) -> int:
           f"model {model.name}", file=sys.stderr, flush=True)
     while not stop.wait(60):  # a timed wait: under gevent, an untimed one with nothing else
         pass  # scheduled would end in LoopExit
+    print(f"stopping: the agents let go of their leases (up to {settings.shutdown_timeout_s:.0f}"
+          " s if the streams server does not answer; Ctrl+C again to stop at once)",
+          file=sys.stderr, flush=True)
     supervisor.stop(timeout=30)
     return 0

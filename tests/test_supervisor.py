@@ -550,6 +550,27 @@ def test_signal_stops_the_supervisor_cleanly_and_frees_its_leases(
           f"after {takeover_s:.1f} s (lease TTL {ttl_ms / 1000:.0f} s)")
 
 
+def test_a_second_ctrl_c_stops_a_supervisor_that_waits_for_a_server_gone_down(
+    streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """With the streams server down, a stop waits up to 15 s for the agents to let go of
+    their leases, said nothing, and a second Ctrl+C did nothing either."""
+    fake.tokens_per_second = 20
+    root = streams_root(streams_server)
+    sup = start_supervisor(root)
+    client, chat = connect(root)
+    cid = chat.start_conversation("interrupted twice")
+    prompt = chat.send_prompt(cid, "long")
+    wait_for_answers(client, cid, [prompt], until=mid_answer(prompt, 0))
+    streams_server.kill()
+    sup.send_signal(signal.SIGINT)
+    assert sup.wait_for_line("Ctrl\\+C again to stop at once", timeout=10), sup.log_tail()
+    again = time.monotonic()
+    assert sup.stop_with(signal.SIGINT, timeout=10) == 130
+    assert time.monotonic() - again < 3
+    assert "stopped without waiting for the agents" in sup.log_tail()
+
+
 # -- 5. a deleted conversation ---------------------------------------------------------------------
 
 

@@ -104,6 +104,11 @@ class SupervisorProcess:
     def kill(self) -> int | None:
         return self._stop(signal.SIGKILL, 5.0)
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Deliver ``sig`` without waiting for anything."""
+        assert self._proc is not None, "not started"
+        self._proc.send_signal(sig)
+
     def stop_with(self, sig: signal.Signals, timeout: float) -> int | None:
         """Send ``sig`` and wait ``timeout`` seconds for the exit (SIGKILL after that)."""
         return self._stop(sig, timeout)
