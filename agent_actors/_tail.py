@@ -87,6 +87,9 @@ class Tail:
             while not self.stop_event.is_set():
                 try:
                     for batch in self._one_request():
+                        if failures:
+                            log.info("tail of %s: following again after %d failed attempt(s)",
+                                     self.path, failures)
                         failures = 0
                         self.offset, self.cursor = batch.next_offset, batch.cursor or self.cursor
                         if batch.messages or batch.closed or self.yield_empty:
@@ -101,8 +104,13 @@ class Tail:
                         continue
                     delay = self.client.transport.retry.delay(failures)
                     failures += 1
-                    log.warning("tail of %s (%s): %s; reconnecting in %.2fs",
-                                self.path, self.live, _describe(exc), delay)
+                    # One warning per outage: every live read of a process retries at once,
+                    # and a line per attempt and per read buried everything else.
+                    log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                            "tail of %s (%s): %s; reconnecting in %.2fs%s", self.path,
+                            self.live, _describe(exc), delay,
+                            " (until it answers; attempts are logged at debug level)"
+                            if failures == 1 else "")
                     if self.stop_event.wait(delay):
                         return
         except Stopped:

@@ -8,6 +8,7 @@ in front of the server where a test needs lost responses, ``5xx`` or ``429``.
 from __future__ import annotations
 
 import http.server
+import logging
 import queue
 import socket
 import threading
@@ -415,17 +416,25 @@ def test_tail_resumes_from_a_saved_offset(client: StreamsClient, path: str, live
 
 def test_tail_reconnects_after_server_errors(
     client: StreamsClient, proxied: StreamsClient, proxy: FaultProxy, path: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """It says so once per outage: a warning for each attempt of each live read of a
+    process (twenty lines in eight seconds of a server restart) buried everything else."""
     client.ensure_stream(path)
     producer = client.producer(path, "writer-1")
     producer.append([{"n": 1}])
     proxy.inject("GET", "503", "drop-before", "503")
-    follower = Follower(proxied.tail(path))
-    assert follower.messages_until(lambda m: len(m) >= 1) == [{"n": 1}]
+    with caplog.at_level(logging.INFO, logger="agent_actors.streams_client"):
+        follower = Follower(proxied.tail(path))
+        assert follower.messages_until(lambda m: len(m) >= 1) == [{"n": 1}]
     producer.append([{"n": 2}], close=True)
     assert follower.messages_until(lambda m: len(m) >= 1) == [{"n": 2}]
     follower.join()
     assert not proxy.faults
+    said = [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "agent_actors.streams_client" and r.getMessage().startswith("tail of")]
+    assert [level for level, _ in said] == ["WARNING", "INFO"], said
+    assert said[1][1] == f"tail of {path}: following again after 3 failed attempt(s)"
 
 
 def test_tail_raises_for_a_missing_stream(client: StreamsClient, path: str) -> None:
