@@ -48,6 +48,7 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
     in_flight = 0
     idle = gevent.event.Event()
     idle.set()
+    draining = False  # set at a stop: requests on open connections are refused from then on
 
     class NoDelayWSGIServer(WSGIServer):  # type: ignore[misc]
         """pywsgi writes a response's headers and body in two sends; with Nagle's algorithm
@@ -93,13 +94,22 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
             return True
 
         def handle_one_response(self) -> Any:
-            """Counted while it runs: a stop waits for these, not for idle connections."""
+            """Counted while it runs: a stop waits for these, not for idle connections. Once
+            the stop has begun, a request that arrives on a connection opened before is
+            answered 503 (and the connection closed) without reaching the app, whose store
+            is about to close; one under way then finishes, and its connection is closed."""
             nonlocal in_flight
-            in_flight += 1
+            in_flight += 1  # counted before looking: a stop that begins now waits for it
             idle.clear()
             try:
+                if draining:
+                    self.close_connection = True
+                    self.socket.sendall(_STOPPING)
+                    return None
                 return super().handle_one_response()
             finally:
+                if draining:
+                    self.close_connection = True
                 in_flight -= 1
                 if in_flight == 0:
                     idle.set()
@@ -148,11 +158,20 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
     stopping.wait()
     log.info("shutting down")
     server.close()
+    draining = True
     on_draining()
     if not idle.wait(DRAIN_S):
         log.warning("%d requests still under way after %.0f s: stopping anyway", in_flight,
                     DRAIN_S)
     on_stop()
+
+
+_STOPPING_BODY = json.dumps({"error": {
+    "code": "SERVER_STOPPING", "message": "the server is stopping: try again in a moment"}})
+_STOPPING = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+             f"Retry-After: 1\r\nContent-Length: {len(_STOPPING_BODY)}\r\n"
+             f"Connection: close\r\n\r\n{_STOPPING_BODY}").encode("latin-1")
+"""The answer to a request that arrives on an open connection while the server stops."""
 
 
 class UnreadableRequest(ValueError):

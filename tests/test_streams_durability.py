@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import socket
 import struct
 import threading
 import time
@@ -27,6 +29,7 @@ import requests
 
 from streams_server.server import DRAIN_S
 from tests.support import ServerProcess, start_streams_server
+from tests.support.agents import wait_until
 from tests.support.streams_http import (
     StreamsHttp,
     error_body,
@@ -394,6 +397,8 @@ class CrashWriter(threading.Thread):
                 response = self.client.post(path, self.body(seq), content_type, self.headers(seq))
             except requests.RequestException:
                 return  # the server died: this append's outcome is unknown
+            if response.status_code == 503 and "SERVER_STOPPING" in response.text:
+                return  # refused, unstored, by a server that stops: as if it had gone
             expected = 200 if self.use_producer else 204
             if response.status_code != expected:
                 self.failures.append(f"{path} seq {seq}: {response.status_code} {response.text}")
@@ -560,6 +565,44 @@ def test_a_stop_ends_live_reads_at_once_and_waits_for_no_idle_connection(
         stop_s = time.monotonic() - started
         assert not [line for line in lines if line.startswith(b"data:")]  # it ended
     assert stop_s < DRAIN_S / 2, f"the stop took {stop_s:.1f} s"
+
+
+def test_a_stop_finishes_the_request_under_way_and_refuses_new_ones_on_open_connections(
+    server: ServerProcess,
+) -> None:
+    """A keep-alive connection outlives the listener: a request sent on it during the stop
+    reached a store being closed (a 503 STORAGE_UNAVAILABLE, or a 500). It is refused
+    before the app now, while the request under way (a slow upload) still completes."""
+    host, port = server.url.split("//", 1)[1].split(":")
+    uploading = socket.create_connection((host, int(port)))
+    uploading.sendall(b"PUT /v1/stream/slow HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain"
+                      b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    idle = socket.create_connection((host, int(port)))
+    idle.sendall(b"HEAD /v1/stream/slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 404 ")  # open, and kept alive
+    server.send_signal(signal.SIGTERM)
+    wait_until(lambda: "shutting down" in server.log_since_start(), timeout=10,
+               what="the stop to begin")
+    idle.sendall(b"GET /v1/stream/slow?offset=-1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    refused = _answer(idle)
+    assert refused.startswith(b"HTTP/1.1 503 ") and b"SERVER_STOPPING" in refused, refused
+    uploading.sendall(b"6\r\n world\r\n0\r\n\r\n")
+    created = _answer(uploading)
+    assert created.startswith(b"HTTP/1.1 201 "), created
+    assert server.wait(timeout=10) == 0
+    assert "Traceback" not in server.log_since_start()
+    server.start()
+    assert StreamsHttp(server.url).catch_up("slow").content == b"hello world"
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(10)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    sock.close()
+    return answer
 
 
 def test_producer_dedupe_survives_restart(server: ServerProcess, stop_mode: str) -> None:
