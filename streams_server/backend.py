@@ -23,9 +23,11 @@ class StreamsBackend:
     """The storage engine, the subscription service and the protocol operations on them."""
 
     def __init__(self, store: StreamStore, keys: ServerKeys, settings: StreamsSettings,
-                 url_prefix: str, lock: DirectoryLock | None = None) -> None:
+                 url_prefix: str, lock: DirectoryLock | None = None,
+                 data_dir: str | None = None) -> None:
         self.store = store
         self._lock = lock
+        self._data_dir = data_dir
         self.settings = settings
         self.subscriptions = SubscriptionService(store, keys)
         self.streams = StreamOperations(store, settings, url_prefix)
@@ -41,8 +43,10 @@ class StreamsBackend:
         lock: bool = True,
     ) -> StreamsBackend:
         """Durable under `data_dir` (created if missing), or in memory when it is None.
-        `lock`: hold the directory for this process, refusing it if another process does
-        (False only where a process opens it without ever serving it)."""
+        `lock`: hold the directory for this process, refusing it if another process does.
+        With False it is only checked (refused if another process holds it now), and
+        `hold_directory` takes it later: for a process that may never serve (the watcher of
+        a reloader builds the app too)."""
         settings = settings or StreamsSettings()
         if data_dir is None:
             return cls(StreamStore.open_memory(max_bytes=settings.max_storage_bytes),
@@ -53,6 +57,8 @@ class StreamsBackend:
         try:
             os.makedirs(data_dir, exist_ok=True)
             held = DirectoryLock(data_dir) if lock else None
+            if held is None:
+                DirectoryLock.probe(data_dir)
         except (OSError, DirectoryInUse) as exc:
             raise DataDirectoryError(
                 f"cannot open the streams data directory {data_dir!r}: {exc}") from exc
@@ -71,12 +77,18 @@ class StreamsBackend:
                 held.release()
             raise DataDirectoryError(
                 f"cannot open the streams data directory {data_dir!r}: {exc}") from exc
-        return cls(store, keys, settings, url_prefix, held)
+        return cls(store, keys, settings, url_prefix, held, data_dir)
 
     def start(self) -> None:
         """Start the background work: expiry sweeps, lease expiry, webhook deliveries."""
         self.store.start_background_work()
         self.subscriptions.start()
+
+    def hold_directory(self) -> None:
+        """Take the data directory's lock now, if it was opened without (`open`'s `lock`);
+        raises `DirectoryInUse` if another process holds it."""
+        if self._lock is None and self._data_dir is not None:
+            self._lock = DirectoryLock(self._data_dir)
 
     def drain(self) -> None:
         """Live reads end (the server is stopping); see `StreamStore.drain`."""

@@ -26,6 +26,7 @@ from flask import Flask
 from agent_actors.cli import build_parser, check_args
 from streams_server.subscriptions.keys import SIGNING_KEY_FILE, TOKEN_KEY_FILE
 from tests.support import REPO_ROOT, start_streams_server
+from tests.support.webapp import start_chat_app
 from webui import create_app
 from webui.config import load_config
 
@@ -163,6 +164,22 @@ def test_a_second_server_on_a_data_dir_in_use_is_refused_until_the_first_is_gone
         second.terminate()
     finally:
         first.terminate()
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["flask-run", "flask-run-debug"])
+def test_flask_run_holds_its_data_dir_once_it_serves(tmp_path: Path, debug: bool) -> None:
+    """The app is built before it knows it will serve (a reloader's watcher builds it too and
+    never serves): it checks the directory then, and holds it from its first request."""
+    app = start_chat_app(tmp_path / "data", model_url="http://127.0.0.1:9", debug=debug)
+    try:
+        assert requests.get(app.url, timeout=10).status_code == 200
+        done = _run([sys.executable, "-m", "streams_server", "--port", "0",
+                     "--data-dir", str(tmp_path / "data" / "streams")])
+        _assert_refused_clearly(done, "another server process (pid", "is using it")
+    finally:
+        app.terminate()
+    second = start_streams_server(tmp_path / "data" / "streams")  # free once it stopped
+    second.terminate()
 
 
 @pytest.mark.parametrize("damaged", ["streams/streams.sqlite3", "agents/agents.sqlite3"])

@@ -15,8 +15,6 @@ from typing import Any
 
 import click
 from flask import Flask
-from flask.helpers import get_debug_flag
-from werkzeug.serving import is_running_from_reloader
 
 from agent_actors.offsets_store import OffsetsFileError
 from streams_server import StreamsBackend, StreamsSettings
@@ -49,8 +47,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     data_dir = None if app.config["STREAMS_MEMORY"] else os.path.join(app.config["DATA_DIR"], "streams")
     try:
-        backend = StreamsBackend.open(data_dir, settings, STREAMS_PREFIX,
-                                      lock=not _in_reloader_watcher())
+        # Checked now, held from the first request: the watcher process of a reloader
+        # (`flask run --debug`) builds the app too, but only its child serves.
+        backend = StreamsBackend.open(data_dir, settings, STREAMS_PREFIX, lock=False)
     except DataDirectoryError as exc:
         raise StartupError(str(exc)) from exc
     init_streams(app, backend, STREAMS_PREFIX)
@@ -62,19 +61,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         raise StartupError(str(exc)) from exc
     _stop_on_sigterm_as_on_ctrl_c()
     return app
-
-
-def _in_reloader_watcher() -> bool:
-    """Whether this process is the watcher of `flask run --debug` (or `--reload`): it builds
-    the app but never serves, while its child does. Only the child may hold the data
-    directory (one server process per directory)."""
-    if is_running_from_reloader():
-        return False
-    context = click.get_current_context(silent=True)
-    if context is None or context.info_name != "run":
-        return False
-    reload = context.params.get("reload")
-    return get_debug_flag() if reload is None else bool(reload)
 
 
 def _stop_on_sigterm_as_on_ctrl_c() -> None:

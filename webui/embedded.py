@@ -22,6 +22,7 @@ from agent_actors.models.settings import model_from_settings
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.supervisor import Supervisor, SupervisorSettings
 from streams_server import StreamsBackend
+from streams_server.storage.dirlock import DirectoryInUse
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class BackgroundWork:
         self._backend = backend
         self._lock = threading.Lock()
         self._started = False
+        self._in_use = ""  # why the data directory cannot be held, while it cannot
         self.supervisor: Any = None
         self._worker_name = ""
         # The supervisor starts with the first request; its offsets file is opened now, as
@@ -50,21 +52,31 @@ class BackgroundWork:
         serve = app.wsgi_app
 
         def start_then_serve(environ: dict[str, Any], start_response: Any) -> Any:
-            if not self._started:
-                self._start_once(own_url(environ))
+            if not self._started and not self._start_once(own_url(environ)):
+                return _directory_in_use(start_response, self._in_use)
             return serve(environ, start_response)
 
         app.wsgi_app = start_then_serve  # type: ignore[method-assign]
         atexit.register(self.stop)
 
-    def _start_once(self, root_url: str) -> None:
+    def _start_once(self, root_url: str) -> bool:
+        """False while another process holds the data directory (it may have started
+        after this one was built; tried again at the next request)."""
         with self._lock:
             if self._started:
-                return
+                return True
+            try:
+                self._backend.hold_directory()
+            except DirectoryInUse as exc:
+                if not self._in_use:
+                    log.error("cannot serve the streams data directory: %s", exc)
+                self._in_use = str(exc)
+                return False
             self._started = True
             self._backend.start()
             if self._app.config["EMBEDDED_SUPERVISOR"]:
                 self.supervisor = self._start_supervisor(root_url)
+            return True
 
     def _start_supervisor(self, root_url: str) -> Any:
         config = self._app.config
@@ -177,3 +189,11 @@ def own_url(environ: dict[str, Any]) -> str:
     if ":" in host:  # an IPv6 address; a zone (fe80::1%eth0) is percent-encoded in a URL
         host = "[" + host.replace("%", "%25") + "]"
     return f"{scheme}://{host}:{port}"
+
+
+def _directory_in_use(start_response: Any, why: str) -> list[bytes]:
+    body = (f"This chat cannot serve its data directory: {why}.\n").encode()
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8"),
+                                               ("Content-Length", str(len(body))),
+                                               ("Retry-After", "5")])
+    return [body]

@@ -20,6 +20,12 @@ class DirectoryInUse(RuntimeError):
 
 
 class DirectoryLock:
+    @classmethod
+    def probe(cls, directory: str) -> None:
+        """Raise `DirectoryInUse` if another process holds the directory now (the lock is not
+        kept: for a process that opens the directory before it knows it will serve it)."""
+        cls(directory).release()
+
     def __init__(self, directory: str) -> None:
         fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
         try:
