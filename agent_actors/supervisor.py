@@ -240,9 +240,13 @@ class Supervisor(pykka.ThreadingActor):
         if self._stopping.is_set():
             return None
         if isinstance(message, _Ready):
-            self._conversations_seen.start_tail = message.conversations_tail
+            seen = self._conversations_seen
+            seen.start_tail = message.conversations_tail
             self._watch(self.settings.wake_stream, message.wake_offset, self._on_wake_batch)
-            self._watch(layout.CONVERSATIONS_STREAM, "-1", self._on_conversations_batch)
+            # The watch gathers into its own `_Gathered`: one of an earlier start that is
+            # still finishing a batch must not write into the new one.
+            self._watch(layout.CONVERSATIONS_STREAM, "-1",
+                        lambda batch: self._on_conversations_batch(batch, seen))
         elif isinstance(message, _ConversationsSeen):
             deleted = set(message.deleted)
             for cid in message.ids:
@@ -637,12 +641,11 @@ class Supervisor(pykka.ThreadingActor):
                 if cid is not None:
                     self._tell(_Woken(cid))
 
-    def _on_conversations_batch(self, batch: ReadResult) -> None:
+    def _on_conversations_batch(self, batch: ReadResult, seen: _Gathered) -> None:
         """Until the read reaches where the stream ended at the start, what it finds is
         gathered and told at once: a conversation deleted further on must not be checked
         (which `PUT`s its subscription) first. A batch with anything appended since the start
         is `live` (offsets of one stream sort as strings)."""
-        seen = self._conversations_seen
         seen.ids.extend(e.id for e in map(parse_conversation_entry, batch.messages)
                         if e is not None)
         seen.deleted.extend(cid for cid in map(parse_deletion, batch.messages) if cid is not None)

@@ -265,6 +265,8 @@ def test_a_model_url_that_is_not_one_is_refused_at_start(tmp_path: Path, url: st
      "--wake-stream must be a stream path such as agents/wake"),
     (["agent_actors", "supervisor", "--wake-stream", "../x"],  # no answers, ever
      "--wake-stream must be a stream path such as agents/wake"),
+    (["agent_actors", "supervisor", "--wake-stream", "__ds/wake"],  # the server's own paths
+     "--wake-stream must be a stream path such as agents/wake"),
     # The benchmark: tracebacks, a full run for "--only ''", or (--out) a whole run's
     # figures lost at its very end.
     (["streams_server.bench", "--only", "a"], "--only: workload numbers, comma-separated"),
@@ -330,6 +332,7 @@ def test_a_mistyped_setting_is_named_with_the_one_probably_meant(
     for key in [k for k in os.environ if k.startswith("CHAT_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("CHAT_AGENT_MAXAGENTS", "5")
+    monkeypatch.setenv("CHAT_SECRET_KEY", "a Flask setting, taken by Flask: not named")
     monkeypatch.setenv("CHAT_DATA_DIR", str(tmp_path))
     app = Flask(__name__)
     with caplog.at_level(logging.WARNING, logger="webui.config"):

@@ -156,6 +156,12 @@ def test_an_event_source_reconnecting_with_its_last_event_id_gets_only_what_foll
         return datas
 
     assert reconnect(last_id) == ["[3]"]
+    # A sentinel is not an event id: from the tail (offset=now) nothing is sent again.
+    with http.session.get(http.url(path), params={"offset": "now", "live": "sse"},
+                          headers={"Last-Event-ID": "-1"}, stream=True, timeout=20) as response:
+        none: list[str] = []
+        _event_ids(response, none)
+        assert none == []
     # Not an offset of this stream: the URL's offset holds.
     for foreign in ("garbage", "9999999999999999_0000000000000001",
                     "0000000000000000_0000000000000099"):

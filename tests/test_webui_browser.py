@@ -953,6 +953,9 @@ def test_an_answer_and_its_code_are_copied_as_written(
     turn.get_by_test_id("copy-answer").click()
     expect(turn.get_by_test_id("copy-answer")).to_have_text("Copied")
     expect(turn.get_by_test_id("copy-answer")).to_have_attribute("aria-label", "Copied")
+    turn.get_by_test_id("copy-answer").click()  # again before it says Copy: its label stays
+    expect(turn.get_by_test_id("copy-answer")).to_have_attribute(
+        "aria-label", "Copy the answer (Markdown)")
     assert norm(page.evaluate("() => navigator.clipboard.readText()")) == norm(reply)
     turn.locator("[data-copy-code]").click()
     assert page.evaluate("() => navigator.clipboard.readText()").strip() == "print('hi')"

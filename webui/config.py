@@ -82,9 +82,11 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
 
 
 def _warn_of_unknown_settings(env: Mapping[str, str]) -> None:
-    """A mistyped setting (`CHAT_AGENT_MAXAGENTS`) would be ignored without a word."""
+    """A mistyped setting (`CHAT_AGENT_MAXAGENTS`) would be ignored without a word. (Flask's
+    own settings, `CHAT_SECRET_KEY` and the like, are taken by Flask.)"""
     for name in sorted(env):
-        if name.startswith("CHAT_") and name[5:] not in DEFAULTS:
+        if (name.startswith("CHAT_") and name[5:] not in DEFAULTS
+                and name[5:] not in Flask.default_config):
             close = difflib.get_close_matches(name[5:], DEFAULTS, n=1)
             hint = f" (did you mean CHAT_{close[0]}?)" if close else ""
             log.warning("%s is not a setting of the chat and is ignored%s", name, hint)

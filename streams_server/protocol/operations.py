@@ -9,7 +9,7 @@ from urllib.parse import unquote
 
 from ..config import StreamsSettings
 from ..errors import BadRequest, Gone, MethodNotAllowed, StreamError
-from ..offsets import TAIL_SENTINEL, format_offset, parse_offset
+from ..offsets import START_SENTINEL, TAIL_SENTINEL, format_offset, parse_offset
 from ..storage.engine import StreamStore
 from ..storage.models import (
     Entries,
@@ -329,11 +329,11 @@ class StreamOperations:
         `id` fields give it. Without that it would ask again from the URL's offset and get
         everything since then twice. Anything else there (not an offset of this stream, or
         before the URL's) is not ours to interpret and is ignored."""
-        last_id = request.headers.get("Last-Event-ID")
-        if not last_id:
+        last_id = (request.headers.get("Last-Event-ID") or "").strip()
+        if not last_id or last_id in (START_SENTINEL, TAIL_SENTINEL):  # ids are offsets only
             return None
         try:
-            resumed = parse_offset(last_id.strip())
+            resumed = parse_offset(last_id)
             if position is not None and resumed < position:
                 return None
             self.store.read(request.path, resumed, 1)  # within the stream, at a boundary

@@ -213,7 +213,9 @@ function copyCode(button) {
 /** Put `text` on the clipboard; where the page may not (no permission, not a secure
  * origin), select `shown` instead so that Ctrl+C copies it. The button says which it did. */
 async function copyToClipboard(button, text, shown) {
-  const label = button.getAttribute("aria-label");
+  // Its own label, kept from before the first click: a second click within the 1.5 s
+  // would otherwise take "Copied" for it, and put that back for good.
+  const label = (button.dataset.label ??= button.getAttribute("aria-label") ?? "");
   try {
     await navigator.clipboard.writeText(text);
     button.textContent = "Copied";
