@@ -4,7 +4,7 @@
 // with its idempotent producer identity until acknowledged, even across a reload.
 
 import { config } from "./config.js";
-import { cleanTitle } from "./conversation-model.js";
+import { cleanTitle, firstCharacters } from "./conversation-model.js";
 import { randomId } from "./util.js";
 
 export const CONVERSATIONS_PATH = "conversations";
@@ -31,9 +31,9 @@ const TITLE_LIMIT = 60;
 /** A conversation title from its first prompt: the first line, shortened. */
 export function titleFrom(text) {
   const line = String(text).trim().split("\n", 1)[0].replace(/\s+/g, " ");
-  const characters = Array.from(line.slice(0, TITLE_LIMIT * 2)); // whole emoji, not halves
-  if (characters.length <= TITLE_LIMIT && line.length <= TITLE_LIMIT * 2) return line || "Untitled";
-  return `${characters.slice(0, TITLE_LIMIT - 1).join("").replace(/\s+\S*$/, "")}…`;
+  const start = firstCharacters(line, TITLE_LIMIT);
+  if (start === line) return line || "Untitled";
+  return `${firstCharacters(start, TITLE_LIMIT - 1).replace(/\s+\S*$/, "")}…`;
 }
 
 /**

@@ -52,16 +52,31 @@ export const MAX_TITLE_CHARS = 200;
 
 // Control characters, and the invisible ones that reorder or hide text: a title like
 // "invoice\u202Egnp.exe" would read "invoiceexe.png".
-const INVISIBLE = /[\u0000-\u0008\u000e-\u001f\u007f-\u009f\u200b\u202a-\u202e\u2066-\u2069\ufeff]/g;
+const INVISIBLE = /[\u0000-\u0008\u000e-\u001f\u007f-\u009f\u200b\u202a-\u202e\u2060-\u2069\ufeff]/g;
 
-/** A title on one line, at most `MAX_TITLE_CHARS` characters (an emoji is one), without
- * invisible characters; null if it is blank or not text. */
+const GRAPHEMES = typeof Intl.Segmenter === "function" ? new Intl.Segmenter(undefined, { granularity: "grapheme" }) : null;
+
+/** The first `count` characters of `text` as a reader counts them: a flag, or an emoji made
+ * of several joined ones, is one and is never cut in half. */
+export function firstCharacters(text, count) {
+  if (!GRAPHEMES) return Array.from(text).slice(0, count).join("");
+  let taken = "";
+  let n = 0;
+  for (const { segment } of GRAPHEMES.segment(text)) {
+    if (n++ === count) break;
+    taken += segment;
+  }
+  return taken;
+}
+
+/** A title on one line, at most `MAX_TITLE_CHARS` characters (see `firstCharacters`),
+ * without invisible characters; null if it is blank or not text. */
 export function cleanTitle(value) {
   if (typeof value !== "string") return null;
   const line = value.slice(0, MAX_TITLE_CHARS * 8).replace(INVISIBLE, "").replace(/\s+/g, " ").trim();
   if (!line) return null;
-  // Cut between characters; a lone half of a pair (from the cut above, or sent so) goes.
-  return Array.from(line).slice(0, MAX_TITLE_CHARS).join("").replace(/[\ud800-\udfff]/gu, "") || null;
+  // A lone half of a surrogate pair (from the cut above, or sent so) goes too.
+  return firstCharacters(line, MAX_TITLE_CHARS).replace(/[\ud800-\udfff]/gu, "") || null;
 }
 
 /**
