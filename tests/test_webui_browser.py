@@ -681,6 +681,32 @@ def test_a_failed_answer_can_be_tried_again_from_the_last_turn(
     expect(turns.first.get_by_test_id("retry")).to_have_count(0)
 
 
+def test_try_again_clicked_in_two_tabs_at_once_asks_once(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Each tab sent a prompt of its own: the question was asked twice."""
+    first = open_chat(new_context(), chat_app.url)
+    model.fail_next("401")
+    prompt = unique("Fail, then ask again from two tabs")
+    send_prompt(first, prompt)
+    wait_state(first, prompt, "error")
+    second = open_chat(new_context(), first.url)
+    wait_state(second, prompt, "error")
+    asked = len(model.requests)
+    for page in (first, second):  # neither has seen the other's retry yet
+        page.route("**/prompts", lambda route: route.abort("connectionrefused"))
+        turn_for(page, prompt).get_by_test_id("retry").click()
+    for page in (first, second):
+        page.unroute("**/prompts")
+    for page in (first, second):
+        turns = page.get_by_test_id("turn")
+        expect(turns).to_have_count(2)
+        expect(turns.nth(1)).to_have_attribute("data-state", "done")
+    ids = [m["id"] for m in prompt_messages(first.url.split("/#")[0], conversation_id(first))
+           if m.get("type") == "prompt"]
+    assert len(set(ids)) == 2, ids  # the prompt, and one retry (stored once or twice)
+    assert len(model.requests) == asked + 1
+
+
 def append_to_conversations(app: ServerProcess, message: dict[str, Any]) -> None:
     """What any writer may append: the page must cope with it."""
     response = requests.post(f"{app.url}/v1/stream/conversations", data=json.dumps(message),

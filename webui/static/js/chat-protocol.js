@@ -26,6 +26,14 @@ export function canAskAgain(content) {
 export const newConversationId = () => randomId();
 export const newPromptId = () => randomId("p-");
 
+/** The id of the prompt that asks `promptId`'s question again: the same in every tab, so
+ * that Try again clicked in two tabs at once asks once (a repeated id is the same prompt,
+ * for the agent as for every page). */
+export function retryPromptId(promptId) {
+  const again = /^(.*)~again(\d+)$/.exec(promptId);
+  return again ? `${again[1]}~again${Number(again[2]) + 1}` : `${promptId}~again1`;
+}
+
 const TITLE_LIMIT = 60;
 
 /** A conversation title from its first prompt: the first line, shortened. */
@@ -71,8 +79,7 @@ export function startConversation(outbox, { id, title }) {
 }
 
 /** Append a prompt; returns {promptId, key, done}. */
-export function sendPrompt(outbox, conversationId, content) {
-  const promptId = newPromptId();
+export function sendPrompt(outbox, conversationId, content, promptId = newPromptId()) {
   const entry = outbox.enqueue(
     promptsPath(conversationId),
     { type: "prompt", id: promptId, content, timestamp: Date.now() },

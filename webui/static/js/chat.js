@@ -413,17 +413,17 @@ function send() {
 /** Send the prompt of a failed or stopped answer again, as a new prompt. */
 function retry(promptId) {
   const content = current?.transcript.turns.get(promptId)?.prompt?.content;
-  if (protocol.canAskAgain(content)) sendPrompt(content);
+  if (protocol.canAskAgain(content)) sendPrompt(content, protocol.retryPromptId(promptId));
   ui.input.focus();
 }
 
-function sendPrompt(text) {
+function sendPrompt(text, promptId = undefined) {
   const id = current.id;
   if (!isKnown(id)) {
     protocol.startConversation(outbox, { id, title: protocol.titleFrom(text) });
     if (idFromHash() !== id) history.replaceState(null, "", `#/c/${id}`);
   }
-  protocol.sendPrompt(outbox, id, text);
+  protocol.sendPrompt(outbox, id, text, promptId);
   // Lists show the most recently active first, with the time of that activity: say so
   // unless the list says it already.
   const first = listedConversations()[0];
