@@ -1549,6 +1549,24 @@ def test_the_inspector_lists_streams_and_subscriptions(chat_app: ServerProcess,
     screenshot(phone, "inspector-lists-phone.png")
 
 
+def test_the_inspector_reads_a_pasted_url_from_its_offset(chat_app: ServerProcess,
+                                                         new_context: NewContext) -> None:
+    """A stream URL pasted with `?offset=...` was opened from -1: its offset was dropped."""
+    path = f"inspect-{uuid.uuid4().hex[:8]}/pasted"
+    root = f"{chat_app.url}/v1/stream"
+    created(requests.put(f"{root}/{path}", headers={"Content-Type": "application/json"},
+                         data=json.dumps([{"n": "before"}]), timeout=10))
+    tail = requests.head(f"{root}/{path}", timeout=10).headers["Stream-Next-Offset"]
+    requests.post(f"{root}/{path}", headers={"Content-Type": "application/json"},
+                  data=json.dumps([{"n": "after"}]), timeout=10).raise_for_status()
+    page = open_chat(new_context(), f"{chat_app.url}/inspector")
+    page.get_by_test_id("inspector-path").fill(f"{root}/{path}?offset={tail}&live=sse")
+    page.get_by_test_id("inspector-path").press("Enter")
+    expect(page.get_by_test_id("content-view")).to_contain_text("after")
+    expect(page.get_by_test_id("content-view")).not_to_contain_text("before")
+    expect(page.get_by_test_id("read-offset")).to_have_value(tail)
+
+
 def test_the_inspector_without_listings_against_the_node_reference_server(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     """A server without the listing extensions (the Node reference server answers 404): the

@@ -48,6 +48,12 @@ function normalizePath(input) {
   return decodeOrRaw(path.split("?")[0]).replace(/^\/+|\/+$/g, "");
 }
 
+/** The `offset` of a typed or pasted stream URL (`...?offset=now&live=sse`), or null. */
+function offsetIn(input) {
+  const query = String(input).split("?")[1];
+  return query ? new URLSearchParams(query.split("#")[0]).get("offset") : null;
+}
+
 /** Percent-decoded text, or the text as typed when it is not valid percent-encoding ("x/%zz"). */
 function decodeOrRaw(text) {
   try {
@@ -339,8 +345,10 @@ function arrowKeys(event) {
 // ------------------------------------------------------------------------------- opening
 
 async function open(path) {
+  const offset = offsetIn(path);
   path = normalizePath(path);
   if (!path) return;
+  if (offset) $("read-offset").value = offset; // a URL's offset is where to read from
   stopFollowing();
   state.path = path;
   state.pages = [];
