@@ -85,10 +85,12 @@ class StreamsBackend:
         self.subscriptions.start()
 
     def hold_directory(self) -> None:
-        """Take the data directory's lock now, if it was opened without (`open`'s `lock`);
-        raises `DirectoryInUse` if another process holds it."""
+        """Take the data directory's lock now, if it was opened without (`open`'s `lock`),
+        and read the streams again: another process may have used the directory since it
+        was opened. Raises `DirectoryInUse` if another process holds it (or `OSError`)."""
         if self._lock is None and self._data_dir is not None:
             self._lock = DirectoryLock(self._data_dir)
+            self.store.reload()
 
     def drain(self) -> None:
         """Live reads end (the server is stopping); see `StreamStore.drain`."""

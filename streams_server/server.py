@@ -104,7 +104,7 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
             try:
                 if draining:
                     self.close_connection = True
-                    self.socket.sendall(_STOPPING)
+                    _refuse_while_stopping(self.socket, head_only=self.command == "HEAD")
                     return None
                 return super().handle_one_response()
             finally:
@@ -168,10 +168,29 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
 
 _STOPPING_BODY = json.dumps({"error": {
     "code": "SERVER_STOPPING", "message": "the server is stopping: try again in a moment"}})
-_STOPPING = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-             f"Retry-After: 1\r\nContent-Length: {len(_STOPPING_BODY)}\r\n"
-             f"Connection: close\r\n\r\n{_STOPPING_BODY}").encode("latin-1")
-"""The answer to a request that arrives on an open connection while the server stops."""
+_STOPPING_HEAD = (
+    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    "Retry-After: 1\r\nAccess-Control-Allow-Origin: *\r\n"
+    "Access-Control-Expose-Headers: Retry-After\r\n"
+    f"Content-Length: {len(_STOPPING_BODY)}\r\nConnection: close\r\n\r\n").encode("latin-1")
+_STOPPING = _STOPPING_HEAD + _STOPPING_BODY.encode("latin-1")
+_UNREAD_AT_STOP_BYTES = 1 << 20
+
+
+def _refuse_while_stopping(sock: Any, *, head_only: bool) -> None:
+    """Answer a request that arrived on an open connection while the server stops: 503, and
+    the connection closed. Closed with the client's body unread, the kernel would reset it,
+    and the client might never see the answer: what it still sends is read first (up to
+    1 MiB, for a second at most)."""
+    try:
+        sock.sendall(_STOPPING_HEAD if head_only else _STOPPING)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(1.0)
+        left = _UNREAD_AT_STOP_BYTES
+        while left > 0 and (chunk := sock.recv(min(65536, left))):
+            left -= len(chunk)
+    except OSError:  # the client reset or went away (or the second passed): nothing to add
+        pass
 
 
 class UnreadableRequest(ValueError):

@@ -182,6 +182,28 @@ def test_flask_run_holds_its_data_dir_once_it_serves(tmp_path: Path, debug: bool
     second.terminate()
 
 
+def test_an_app_that_waited_for_its_data_dir_serves_what_is_there_when_it_gets_it(
+        tmp_path: Path) -> None:
+    """Built while the directory was free, the app read the streams then; another server
+    wrote to the directory before the app's first request, and the app, once it held the
+    directory, served its stale view: a stream written meanwhile was missing."""
+    app = start_chat_app(tmp_path / "data", model_url="http://127.0.0.1:9",
+                         config={"EMBEDDED_SUPERVISOR": "false"})
+    try:
+        other = start_streams_server(tmp_path / "data" / "streams")  # before any request
+        requests.put(f"{other.url}/v1/stream/meanwhile", data="hello", timeout=10,
+                     headers={"Content-Type": "text/plain"}).raise_for_status()
+        refused = requests.get(f"{app.url}/v1/stream/meanwhile", timeout=10)
+        assert refused.status_code == 503 and "is using it" in refused.text
+        assert refused.json()["error"]["code"] == "DATA_DIRECTORY_IN_USE"  # for its clients
+        other.terminate()
+        read = requests.get(f"{app.url}/v1/stream/meanwhile", params={"offset": "-1"},
+                            timeout=10)
+        assert read.status_code == 200 and read.text == "hello", (read.status_code, read.text)
+    finally:
+        app.terminate()
+
+
 @pytest.mark.parametrize("damaged", ["streams/streams.sqlite3", "agents/agents.sqlite3"])
 def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: str) -> None:
     """Before: a traceback from the app factory; or, for the agents' file, a chat that

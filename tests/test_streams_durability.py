@@ -577,12 +577,17 @@ def test_a_stop_finishes_the_request_under_way_and_refuses_new_ones_on_open_conn
     uploading = socket.create_connection((host, int(port)))
     uploading.sendall(b"PUT /v1/stream/slow HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain"
                       b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-    idle = socket.create_connection((host, int(port)))
-    idle.sendall(b"HEAD /v1/stream/slow HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert idle.recv(65536).startswith(b"HTTP/1.1 404 ")  # open, and kept alive
+    idle, rude = (socket.create_connection((host, int(port))) for _ in range(2))
+    for connection in (idle, rude):
+        connection.sendall(b"HEAD /v1/stream/slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert connection.recv(65536).startswith(b"HTTP/1.1 404 ")  # open, and kept alive
     server.send_signal(signal.SIGTERM)
     wait_until(lambda: "shutting down" in server.log_since_start(), timeout=10,
                what="the stop to begin")
+    # One client resets its connection as it asks: the refusal must not log a traceback.
+    rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    rude.sendall(b"GET /v1/stream/slow?offset=-1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    rude.close()
     idle.sendall(b"GET /v1/stream/slow?offset=-1 HTTP/1.1\r\nHost: x\r\n\r\n")
     refused = _answer(idle)
     assert refused.startswith(b"HTTP/1.1 503 ") and b"SERVER_STOPPING" in refused, refused

@@ -9,6 +9,7 @@ streams over HTTP, through this app's own URL, exactly as a separate supervisor 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import socket
@@ -53,7 +54,8 @@ class BackgroundWork:
 
         def start_then_serve(environ: dict[str, Any], start_response: Any) -> Any:
             if not self._started and not self._start_once(own_url(environ)):
-                return _directory_in_use(start_response, self._in_use)
+                return _directory_in_use(environ, start_response, self._in_use,
+                                         streams_root=self._backend.streams.stream_root)
             return serve(environ, start_response)
 
         app.wsgi_app = start_then_serve  # type: ignore[method-assign]
@@ -67,7 +69,7 @@ class BackgroundWork:
                 return True
             try:
                 self._backend.hold_directory()
-            except DirectoryInUse as exc:
+            except (DirectoryInUse, OSError) as exc:
                 if not self._in_use:
                     log.error("cannot serve the streams data directory: %s", exc)
                 self._in_use = str(exc)
@@ -191,9 +193,18 @@ def own_url(environ: dict[str, Any]) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def _directory_in_use(start_response: Any, why: str) -> list[bytes]:
-    body = (f"This chat cannot serve its data directory: {why}.\n").encode()
-    start_response("503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8"),
-                                               ("Content-Length", str(len(body))),
-                                               ("Retry-After", "5")])
-    return [body]
+def _directory_in_use(environ: dict[str, Any], start_response: Any, why: str, *,
+                      streams_root: str) -> list[bytes]:
+    """503 while another process holds the data directory: in the streams protocol's JSON
+    for its clients, in a line of text for a person."""
+    message = f"This chat cannot serve its data directory: {why}."
+    if environ.get("PATH_INFO", "").startswith(streams_root.rstrip("/") + "/"):
+        body = json.dumps({"error": {"code": "DATA_DIRECTORY_IN_USE", "message": message}})
+        content_type = "application/json"
+    else:
+        body, content_type = message + "\n", "text/plain; charset=utf-8"
+    data = body.encode()
+    start_response("503 Service Unavailable", [
+        ("Content-Type", content_type), ("Content-Length", str(len(data))),
+        ("Retry-After", "5"), ("Access-Control-Allow-Origin", "*")])
+    return [data]

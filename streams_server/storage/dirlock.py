@@ -24,9 +24,9 @@ class DirectoryLock:
     def probe(cls, directory: str) -> None:
         """Raise `DirectoryInUse` if another process holds the directory now (the lock is not
         kept: for a process that opens the directory before it knows it will serve it)."""
-        cls(directory).release()
+        cls(directory, record_pid=False).release()
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *, record_pid: bool = True) -> None:
         fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -40,9 +40,13 @@ class DirectoryLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode("ascii"))
         self._fd: int | None = fd
+        if record_pid:
+            try:  # only for the message another process shows: a full disk must not stop us
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode("ascii"))
+            except OSError:
+                pass
 
     def release(self) -> None:
         if self._fd is not None:

@@ -155,6 +155,17 @@ class StreamStore:
                 except queue.Empty:
                     break
 
+    def reload(self) -> None:
+        """Forget what this process knows of the streams and read it from the database again:
+        for a store opened before its process took the data directory (another process may
+        have written to it since). Only before any request was served."""
+        self._streams.clear()
+        self._ids.clear()
+        self._expiring.clear()
+        self._touched.clear()
+        self._tails = TailCache()
+        self._load_streams()
+
     def drain(self) -> None:
         """The server is stopping: every live read ends now (long-polls answer at once, SSE
         responses end, and clients reconnect elsewhere or later); writes go on until closed."""

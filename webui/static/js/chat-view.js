@@ -212,6 +212,8 @@ function copyCode(button) {
 
 /** Put `text` on the clipboard; where the page may not (no permission, not a secure
  * origin), select `shown` instead so that Ctrl+C copies it. The button says which it did. */
+const copyResets = new WeakMap(); // button -> the timer that puts "Copy" back
+
 async function copyToClipboard(button, text, shown) {
   // Its own label, kept from before the first click: a second click within the 1.5 s
   // would otherwise take "Copied" for it, and put that back for good.
@@ -229,8 +231,9 @@ async function copyToClipboard(button, text, shown) {
     button.textContent = "Selected";
     if (label) button.setAttribute("aria-label", "Selected: press Ctrl+C to copy");
   }
-  setTimeout(() => {
+  clearTimeout(copyResets.get(button)); // a second click: its own 1.5 s, not the first's
+  copyResets.set(button, setTimeout(() => {
     button.textContent = "Copy";
     if (label) button.setAttribute("aria-label", label);
-  }, 1500);
+  }, 1500));
 }

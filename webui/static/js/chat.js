@@ -545,7 +545,7 @@ function wire() {
   // Esc stops the answer from anywhere in the conversation, not only from the message box
   // (the rename box takes its own Esc first).
   document.getElementById("main").addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && !event.defaultPrevented && !ui.stop.hidden) {
+    if (event.key === "Escape" && !event.isComposing && !event.defaultPrevented && !ui.stop.hidden) {
       event.preventDefault();
       stop();
     }

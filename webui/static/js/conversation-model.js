@@ -73,10 +73,20 @@ export function firstCharacters(text, count) {
  * without invisible characters; null if it is blank or not text. */
 export function cleanTitle(value) {
   if (typeof value !== "string") return null;
-  const line = value.slice(0, MAX_TITLE_CHARS * 8).replace(INVISIBLE, "").replace(/\s+/g, " ").trim();
+  const cap = MAX_TITLE_CHARS * 8; // what is looked at of a title of any size
+  const line = value.slice(0, cap).replace(INVISIBLE, "").replace(/\s+/g, " ").trim();
   if (!line) return null;
-  // A lone half of a surrogate pair (from the cut above, or sent so) goes too.
-  return firstCharacters(line, MAX_TITLE_CHARS).replace(/[\ud800-\udfff]/gu, "") || null;
+  let title = firstCharacters(line, MAX_TITLE_CHARS);
+  if (value.length > cap && title === line) title = withoutLastCharacter(title); // maybe cut
+  // A lone half of a surrogate pair (sent so) goes too.
+  return title.replace(/[\ud800-\udfff]/gu, "") || null;
+}
+
+function withoutLastCharacter(text) {
+  if (!GRAPHEMES) return Array.from(text).slice(0, -1).join("");
+  let last = "";
+  for (const { segment } of GRAPHEMES.segment(text)) last = segment;
+  return text.slice(0, text.length - last.length);
 }
 
 /**
