@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"agent supervisor {settings.worker_name}: streams {settings.streams_url}, "
           f"model {model.name}", file=sys.stderr, flush=True)
-    while not stop.wait(60):  # a timed wait: under gevent, an untimed one with nothing else
-        pass  # scheduled would end in LoopExit
+    while not stop.is_set():  # timed waits: under gevent, an untimed one with nothing
+        stop.wait(60)  # else to run would end in LoopExit
     print(f"stopping: the agents let go of their leases (up to {settings.shutdown_timeout_s:.0f}"
           " s if the streams server does not answer; Ctrl+C again to stop at once)",
           file=sys.stderr, flush=True)

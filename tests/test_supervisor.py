@@ -410,6 +410,15 @@ def test_an_agent_boots_without_putting_streams_its_client_created(
 # -- 3. the streams server unreachable at start ----------------------------------------------------
 
 
+def answer_one(root: str, title: str, content: str) -> None:
+    """A new conversation's prompt is answered, once and in full."""
+    client, chat = connect(root)
+    cid = chat.start_conversation(title)
+    prompt = chat.send_prompt(cid, content)
+    rendered = wait_for_answers(client, cid, [prompt], timeout=30)
+    assert_clean_answers(rendered, {prompt: content})
+
+
 def test_supervisor_waits_for_an_unreachable_streams_server(
     tmp_path: Path, start_supervisor: StartSupervisor,
 ) -> None:
@@ -426,11 +435,7 @@ def test_supervisor_waits_for_an_unreachable_streams_server(
 
     server = start_streams_server(tmp_path / "streams", port=port, long_poll_timeout=2.0)
     try:
-        client, chat = connect(root)
-        cid = chat.start_conversation("late server")
-        prompt = chat.send_prompt(cid, "are you there?")
-        rendered = wait_for_answers(client, cid, [prompt], timeout=30)
-        assert_clean_answers(rendered, {prompt: "are you there?"})
+        answer_one(root, "late server", "are you there?")
         assert sup.running
     finally:
         server.terminate()
@@ -466,17 +471,10 @@ def test_a_supervisor_follows_a_memory_server_that_restarted_empty(
     try:
         root = streams_root(server)
         sup = start_supervisor(root)
-        client, chat = connect(root)
-        cid = chat.start_conversation("before the restart")
-        first = chat.send_prompt(cid, "first question")
-        wait_for_answers(client, cid, [first])
+        answer_one(root, "before the restart", "first question")
         server.restart()
         assert sup.wait_for_line("reading the shared streams again", timeout=20), sup.log_tail()
-        client, chat = connect(root)
-        cid = chat.start_conversation("after the restart")
-        second = chat.send_prompt(cid, "second question")
-        rendered = wait_for_answers(client, cid, [second], timeout=30)
-        assert_clean_answers(rendered, {second: "second question"})
+        answer_one(root, "after the restart", "second question")
         assert sup.running
     finally:
         server.terminate()

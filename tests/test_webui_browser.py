@@ -158,6 +158,17 @@ def wait_words(page: Page, prompt_id: str, count: int) -> None:
     )
 
 
+def start_long_answer(page: Page, replies: ScriptedReplies, text: str, reply: str,
+                      shown: int) -> tuple[str, str]:
+    """Send a prompt (`text`, made unique) whose scripted `reply` is long, and wait until
+    `shown` words of the answer are on the page; the prompt and its id."""
+    prompt = unique(text)
+    replies.set(prompt, reply)
+    prompt_id = send_prompt(page, prompt)
+    wait_words(page, prompt_id, shown)
+    return prompt, prompt_id
+
+
 def conversation_id(page: Page) -> str:
     match = re.search(r"#/c/([A-Za-z0-9_-]+)$", page.url)
     assert match, f"no conversation in the URL {page.url}"
@@ -248,10 +259,8 @@ def test_reload_mid_answer_continues_one_clean_answer(chat_app: ServerProcess, m
                                                       new_context: NewContext) -> None:
     model.tokens_per_second = 15
     page = open_chat(new_context(), chat_app.url)
-    prompt, reply = unique("Tell me a long story"), words("story", 60)
-    replies.set(prompt, reply)
-    prompt_id = send_prompt(page, prompt)
-    wait_words(page, prompt_id, 4)
+    reply = words("story", 60)
+    prompt, prompt_id = start_long_answer(page, replies, "Tell me a long story", reply, 4)
     before = turn_log(page, prompt_id)
 
     page.reload()
@@ -300,10 +309,8 @@ def test_stop_button_cancels_a_streaming_answer(chat_app: ServerProcess, model: 
                                                 new_context: NewContext) -> None:
     model.tokens_per_second = 15
     page = open_chat(new_context(), chat_app.url)
-    prompt, reply = unique("Recite a very long list"), words("item", 200)
-    replies.set(prompt, reply)
-    prompt_id = send_prompt(page, prompt)
-    wait_words(page, prompt_id, 3)
+    reply = words("item", 200)
+    prompt, prompt_id = start_long_answer(page, replies, "Recite a very long list", reply, 3)
 
     stop = page.get_by_test_id("stop-button")
     expect(stop).to_be_visible()
@@ -329,10 +336,7 @@ def test_escape_stops_the_answer_wherever_the_focus_is_in_the_conversation(
     """It did only from the message box: after a click in the messages, nothing."""
     model.tokens_per_second = 15
     page = open_chat(new_context(), chat_app.url)
-    prompt, reply = unique("Go on for a while"), words("item", 200)
-    replies.set(prompt, reply)
-    prompt_id = send_prompt(page, prompt)
-    wait_words(page, prompt_id, 3)
+    prompt, _ = start_long_answer(page, replies, "Go on for a while", words("item", 200), 3)
     page.locator("#main").focus()  # as a click in the messages leaves it
     page.keyboard.press("Escape")
     wait_state(page, prompt, "cancelled")
