@@ -59,6 +59,7 @@ class _Booted:
     log: ConversationLog
     producer: Producer
     prompts_offset: str
+    clean_stops: dict[str, set[int]]
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class AgentFailure(Exception):
 @dataclass
 class _Current:
     prompt: Prompt
+    attempt: int
     cancel: threading.Event
     abort: threading.Event
 
@@ -154,6 +156,7 @@ class ConversationAgent(pykka.ThreadingActor):
         self._queue: deque[Prompt] = deque()
         self._batches: deque[tuple[str, set[str]]] = deque()
         self._current: _Current | None = None
+        self._clean_stops: dict[str, set[int]] = {}  # attempts cut short by a clean stop
         self._last_active = time.monotonic()
         self._reader: Tail | None = None
         self._stopping = threading.Event()
@@ -188,6 +191,9 @@ class ConversationAgent(pykka.ThreadingActor):
         if self._current is not None:
             self._current.abort.set()
             self._current.cancel.set()
+            if self._stop_reason == "shutdown":  # a stopping supervisor, not a crash
+                self.offsets.record_clean_stop(self.conversation_id, self._current.prompt.id,
+                                               self._current.attempt)
         if self._stop_reason in ("shutdown", "failed", "deleted"):
             self._keeper.release()
         else:
@@ -257,6 +263,7 @@ class ConversationAgent(pykka.ThreadingActor):
     def _on_booted(self, booted: _Booted) -> None:
         self._log = booted.log
         self._producer = booted.producer
+        self._clean_stops = booted.clean_stops
         pending = self._log.unanswered()
         self._queue.extend(pending)
         self._batches.append((booted.prompts_offset, {p.id for p in pending}))
@@ -289,11 +296,12 @@ class ConversationAgent(pykka.ThreadingActor):
             prompt = self._queue.popleft()
             if self._log.is_finished(prompt.id):
                 continue
-            current = _Current(prompt, threading.Event(), threading.Event())
+            attempt, drop_partial = self._log.next_attempt(prompt.id)
+            interrupted = self._interrupted_attempts(prompt.id, attempt)
+            current = _Current(prompt, attempt, threading.Event(), threading.Event())
             if prompt.id in self._log.cancel_requests:
                 current.cancel.set()  # cancelled before its turn came: no model call
             self._current = current
-            attempt, drop_partial = self._log.next_attempt(prompt.id)
             turns = self._log.history_for(prompt, self.settings.context_budget_chars)
             producer = self._producer
 
@@ -302,11 +310,12 @@ class ConversationAgent(pykka.ThreadingActor):
                     outcome = refuse_prompt(producer=producer, prompt_id=prompt.id,
                                             attempt=attempt, reason=prompt.problem,
                                             code=schema.INVALID_PROMPT)
-                elif attempt >= schema.MAX_ANSWER_ATTEMPTS and not current.cancel.is_set():
+                elif interrupted >= schema.MAX_ANSWER_ATTEMPTS and not current.cancel.is_set():
                     log.warning("agent %s: gave up on prompt %s after %d interrupted attempts",
-                                self.conversation_id, prompt.id, attempt)
+                                self.conversation_id, prompt.id, interrupted)
                     outcome = refuse_prompt(producer=producer, prompt_id=prompt.id,
-                                            attempt=attempt, reason=schema.gave_up_message(attempt),
+                                            attempt=attempt,
+                                            reason=schema.gave_up_message(interrupted),
                                             code=schema.INTERRUPTED)
                 else:
                     outcome = answer_prompt(
@@ -319,8 +328,23 @@ class ConversationAgent(pykka.ThreadingActor):
             self._spawn(f"answer-{prompt.id}", run)
             return
 
+    def _interrupted_attempts(self, prompt_id: str, attempt: int) -> int:
+        """How many attempts before `attempt` ended with their agent killed or failing, not
+        stopped cleanly. Clean stops recorded for `attempt` or later are stale (an attempt
+        stopped before it wrote anything is made again under its number) and are dropped."""
+        stops = self._clean_stops.get(prompt_id)
+        if not stops:
+            return attempt
+        if max(stops) >= attempt:
+            self.offsets.forget_clean_stops(self.conversation_id, prompt_id, attempt)
+            stops = {a for a in stops if a < attempt}
+            self._clean_stops[prompt_id] = stops
+        return attempt - len(stops)
+
     def _on_answer_finished(self, outcome: AnswerOutcome) -> None:
         self._current = None
+        if self._clean_stops.pop(outcome.prompt_id, None):
+            self.offsets.forget_clean_stops(self.conversation_id, outcome.prompt_id)
         self._last_active = time.monotonic()
         self._log.record_finished(outcome.prompt_id, outcome.attempt, outcome.text,
                                   outcome.outcome, outcome.stop_reason)
@@ -403,7 +427,8 @@ class ConversationAgent(pykka.ThreadingActor):
             conversation.apply_response(message)
         prompts = self._read_all_creating(self.prompts_path)
         conversation.add_prompt_messages(prompts.messages)
-        self.actor_ref.tell(_Booted(conversation, producer, prompts.next_offset))
+        self.actor_ref.tell(_Booted(conversation, producer, prompts.next_offset,
+                                    self.offsets.clean_stops(self.conversation_id)))
 
     def _read_all_creating(self, path: str) -> ReadResult:
         """The whole stream, created first if it is missing. Clients create a conversation's

@@ -5,6 +5,11 @@ answer. An agent resumes reading prompts from there; the subscription's acked of
 it. The responses stream stays the authority on what was answered: this file only saves the
 agent from re-reading what it knows is done. So a file that fails (locked by someone else's
 transaction, a full disk) costs a warning and some re-reading, never an agent.
+
+The file also remembers which answers were cut short by a clean stop of their supervisor
+(Ctrl+C, SIGTERM), so that those restarts do not count toward the attempts an agent makes
+before it gives up on an answer that keeps killing it. Lost, that costs at most an answer
+given up on early.
 """
 
 from __future__ import annotations
@@ -55,6 +60,11 @@ class OffsetsStore:
                 "CREATE TABLE IF NOT EXISTS removed_conversations"
                 " (conversation_id TEXT PRIMARY KEY, removed_at_ms INTEGER NOT NULL)"
             )
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS clean_stops (conversation_id TEXT NOT NULL,"
+                " prompt_id TEXT NOT NULL, attempt INTEGER NOT NULL,"
+                " stopped_at_ms INTEGER NOT NULL, PRIMARY KEY (conversation_id, prompt_id, attempt))"
+            )
         except (OSError, sqlite3.Error) as exc:
             self._conn.close()
             raise OffsetsFileError(
@@ -88,6 +98,43 @@ class OffsetsStore:
         except sqlite3.Error as exc:
             self._warn("save", conversation_id, exc)
 
+    def record_clean_stop(self, conversation_id: str, prompt_id: str, attempt: int) -> None:
+        """Attempt `attempt` at the answer to `prompt_id` was cut short by a clean stop."""
+        row = (conversation_id, prompt_id, attempt, int(time.time() * 1000))
+        try:
+            with self._lock:
+                off_loop(lambda: self._conn.execute(
+                    "INSERT OR IGNORE INTO clean_stops VALUES (?, ?, ?, ?)", row))
+        except sqlite3.Error as exc:
+            self._warn_clean_stops("record", conversation_id, exc)
+
+    def clean_stops(self, conversation_id: str) -> dict[str, set[int]]:
+        """The attempts cut short by clean stops, per prompt id (none if unreadable)."""
+        try:
+            with self._lock:
+                rows = off_loop(lambda: self._conn.execute(
+                    "SELECT prompt_id, attempt FROM clean_stops WHERE conversation_id = ?",
+                    (conversation_id,),
+                ).fetchall())
+        except sqlite3.Error as exc:
+            self._warn_clean_stops("read", conversation_id, exc)
+            return {}
+        stops: dict[str, set[int]] = {}
+        for prompt_id, attempt in rows:
+            stops.setdefault(str(prompt_id), set()).add(int(attempt))
+        return stops
+
+    def forget_clean_stops(self, conversation_id: str, prompt_id: str,
+                           from_attempt: int = 0) -> None:
+        """Drop the records of attempts `from_attempt` and later at `prompt_id`'s answer."""
+        try:
+            with self._lock:
+                off_loop(lambda: self._conn.execute(
+                    "DELETE FROM clean_stops WHERE conversation_id = ? AND prompt_id = ?"
+                    " AND attempt >= ?", (conversation_id, prompt_id, from_attempt)))
+        except sqlite3.Error as exc:
+            self._warn_clean_stops("drop", conversation_id, exc)
+
     def record_removed(self, conversation_id: str) -> None:
         """A deleted conversation's streams and subscription are gone: drop its offset, and
         remember it, so that a later start only checks that nothing came back."""
@@ -95,6 +142,8 @@ class OffsetsStore:
 
         def run() -> None:
             self._conn.execute("DELETE FROM processed_offsets WHERE conversation_id = ?",
+                               (conversation_id,))
+            self._conn.execute("DELETE FROM clean_stops WHERE conversation_id = ?",
                                (conversation_id,))
             self._conn.execute("INSERT OR IGNORE INTO removed_conversations VALUES (?, ?)",
                                removed)
@@ -122,6 +171,11 @@ class OffsetsStore:
         log.warning("could not %s the processed offset of %s in %s (%s); going on without it:"
                     " the responses stream tells which prompts are answered",
                     action, conversation_id, self._target, exc)
+
+    def _warn_clean_stops(self, action: str, conversation_id: str, exc: sqlite3.Error) -> None:
+        log.warning("could not %s the clean stops of %s in %s (%s): an answer restarted after"
+                    " a clean stop may count it as an interruption", action, conversation_id,
+                    self._target, exc)
 
     def close(self) -> None:
         with self._lock:

@@ -65,8 +65,8 @@ INTERRUPTED = "interrupted"
 
 
 def gave_up_message(attempts: int) -> str:
-    return (f"The agent stopped in the middle of this answer {attempts} times, so it was not"
-            " tried again. Send the prompt again to retry.")
+    return (f"The agent was cut off in the middle of this answer {attempts} times, so it was"
+            " not tried again. Send the prompt again to retry.")
 
 
 def parse_prompt_message(message: Any) -> Prompt | Cancel | None:

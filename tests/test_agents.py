@@ -23,6 +23,7 @@ from tests.support.agents import (
     Renderer,
     SupervisorProcess,
     all_prompts_acked,
+    mid_answer,
     render,
     supervisor_process,
     wait_for_answers,
@@ -407,6 +408,38 @@ def test_an_answer_that_kills_its_agent_every_time_ends_in_an_error_after_bounde
     assert len(fake.requests) == requests_before  # the model was not asked again
     assert sup.running
     assert sup.count_lines("gave up on prompt") == int(not cancelled)
+
+
+def test_restarts_after_a_clean_stop_do_not_count_toward_giving_up_on_an_answer(
+    streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """A user who stopped the supervisor (Ctrl+C, SIGTERM) in the middle of the same answer
+    four times got "The agent stopped in the middle of this answer 4 times" instead of the
+    answer: clean stops counted like crashes. Only kills count; here the answer is given up
+    on after exactly MAX_ANSWER_ATTEMPTS of them, with clean stops in between."""
+    fake.tokens_per_second = 10  # about two seconds an answer: a stop lands in the middle
+    root = streams_root(streams_server)
+    client, chat = connect(streams_server)
+    cid = chat.start_conversation("stopped and killed")
+    first = chat.send_prompt(cid, "first question")
+    steps = ["clean", "kill", "clean", "kill"] + ["kill"] * (schema.MAX_ANSWER_ATTEMPTS - 2)
+    for attempt, step in enumerate(steps):
+        if step == "kill":
+            sup = start_supervisor(root, crash_at="mid-answer")
+            assert sup.wait_exit(timeout=15) == -signal.SIGKILL, f"attempt {attempt} not made"
+        else:
+            sup = start_supervisor(root)
+            wait_for_answers(client, cid, [first], until=mid_answer(first, attempt))
+            assert sup.terminate() == 0, sup.log_tail()
+
+    sup = start_supervisor(root, crash_at="mid-answer")  # would die if it asked the model
+    wait_for_answers(client, cid, [first], timeout=30)
+    answer = render(client.read_all(layout.responses_path(cid)).messages).answers[first]
+    assert answer.attempt == len(steps)  # attempts 0 to 5 were made: this is the seventh
+    assert answer.terminal["type"] == "error", answer
+    assert answer.terminal["code"] == schema.INTERRUPTED
+    assert answer.terminal["message"] == schema.gave_up_message(schema.MAX_ANSWER_ATTEMPTS)
+    assert sup.count_lines(f"after {schema.MAX_ANSWER_ATTEMPTS} interrupted attempts") == 1
 
 
 # -- 5. two supervisors at once -------------------------------------------------------------------

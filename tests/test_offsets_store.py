@@ -49,3 +49,36 @@ def test_an_unreadable_offsets_file_reads_as_no_offset(
         assert store.get("c1") is None
     assert "could not read the processed offset of c1" in caplog.text
     store.close()
+
+
+def test_clean_stops_are_kept_per_prompt_until_forgotten_or_the_conversation_is_removed(
+    tmp_path: Path,
+) -> None:
+    store = OffsetsStore(str(tmp_path))
+    for prompt_id, attempt in (("p1", 0), ("p1", 2), ("p1", 2), ("p2", 1)):
+        store.record_clean_stop("c1", prompt_id, attempt)
+    store.record_clean_stop("c2", "p1", 5)
+    store.close()
+
+    store = OffsetsStore(str(tmp_path))  # on disk: a restarted supervisor reads them back
+    assert store.clean_stops("c1") == {"p1": {0, 2}, "p2": {1}}
+    store.forget_clean_stops("c1", "p1", from_attempt=1)
+    assert store.clean_stops("c1") == {"p1": {0}, "p2": {1}}
+    store.forget_clean_stops("c1", "p2")
+    assert store.clean_stops("c1") == {"p1": {0}}
+    store.record_removed("c1")
+    assert store.clean_stops("c1") == {}
+    assert store.clean_stops("c2") == {"p1": {5}}
+    store.close()
+
+
+def test_a_clean_stop_that_cannot_be_recorded_costs_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stopping supervisor closes the file after waiting for its agents; one too slow to
+    stop must not raise from its own stop."""
+    store = OffsetsStore(str(tmp_path))
+    store.close()
+    with caplog.at_level(logging.WARNING, logger="agent_actors.offsets_store"):
+        store.record_clean_stop("c1", "p1", 0)
+    assert "could not record the clean stops of c1" in caplog.text

@@ -36,6 +36,7 @@ from tests.support import ServerProcess, free_port, start_streams_server
 from tests.support.agents import (
     ChatClient,
     SupervisorProcess,
+    mid_answer,
     supervisor_process,
     wait_for_answers,
     wait_until,
@@ -191,14 +192,6 @@ def status(supervisor: pykka.ActorRef[Any]) -> dict[str, list[str]]:
 def connect(root: str, lease_ttl_ms: int = LEASE_TTL_MS) -> tuple[StreamsClient, ChatClient]:
     client = StreamsClient(root)
     return client, ChatClient(client, lease_ttl_ms=lease_ttl_ms)
-
-
-def mid_answer(prompt_id: str, attempt: int) -> Callable[[Any], bool]:
-    """A `wait_for_answers` condition: the answer's ``attempt`` has shown some text."""
-    def condition(renderer: Any) -> bool:
-        answer = renderer.answers.get(prompt_id)
-        return answer is not None and answer.attempt == attempt and bool(answer.text)
-    return condition
 
 
 _BACKOFF = re.compile(r"failures=(\d+) (?:restart|retry)_in_s=([\d.]+)")

@@ -341,6 +341,14 @@ def wait_for_answers(
                          f"{ {p: renderer.answers.get(p) for p in prompt_ids} }")
 
 
+def mid_answer(prompt_id: str, attempt: int) -> Callable[[Renderer], bool]:
+    """A `wait_for_answers` condition: the answer's ``attempt`` has shown some text."""
+    def condition(renderer: Renderer) -> bool:
+        answer = renderer.answers.get(prompt_id)
+        return answer is not None and answer.attempt == attempt and bool(answer.text)
+    return condition
+
+
 def wait_until(condition: Callable[[], bool], *, timeout: float, what: str,
                interval: float = 0.05) -> None:
     """Poll ``condition`` (for state that has no event to wait on) until true or timeout."""
