@@ -13,11 +13,16 @@ from typing import Any
 import pytest
 import requests
 
-from streams_server.errors import BadRequest
+from streams_server.errors import BadRequest, Conflict
+from streams_server.storage import subscriptions as db
+from streams_server.storage.engine import StreamStore
+from streams_server.storage.models import Expiry
+from streams_server.subscriptions.model import PULL_WAKE, SubscriptionConfig, WakeFence
 from streams_server.subscriptions.globs import (
     MAX_PATTERN_LENGTH, MAX_PATTERN_SEGMENTS, MAX_PATTERN_STARS, matches, validate_pattern,
 )
 from tests.support import ServerProcess
+from tests.support.agents import wait_until
 
 
 def _root(server: ServerProcess) -> str:
@@ -181,6 +186,188 @@ def test_a_restart_mid_lease_keeps_cursors_generation_and_token(
     done = _ack(http, root, "durable", grant, [], done=True)
     assert done.status_code == 200, done.text
     assert done.json() == {"ok": True, "next_wake": True}  # message 2 is still pending
+
+
+def test_a_subscription_whose_wake_stream_was_missing_is_woken_once_it_exists(
+    streams_server: ServerProcess, http: requests.Session
+) -> None:
+    """The wake stream is the application's to create (7.2). A wake issued while it did not
+    exist yet was written nowhere but still counted as issued, and nothing ever woke the
+    subscription again, across restarts: every later append found a wake in progress."""
+    root = _root(streams_server)
+    r = http.put(f"{root}/__ds/subscriptions/early",
+                 json={"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/early",
+                       "lease_ttl_ms": 30_000})
+    assert r.status_code == 201, r.text
+    _put_json_stream(http, root, "jobs/e")
+    tail = _append(http, root, "jobs/e", {"n": 1})  # no wake stream yet: no wake written
+
+    _put_json_stream(http, root, "wake/early")
+    events, offset = _wake_events_after(http, root, "wake/early", "-1")
+    assert [(e["subscription_id"], e["stream"]) for e in events] == [("early", "jobs/e")]
+    grant = _claim(http, root, "early", "worker-1").json()
+    assert grant["generation"] == events[0]["generation"]
+    done = _ack(http, root, "early", grant, [{"stream": "jobs/e", "offset": tail}], done=True)
+    assert done.json() == {"ok": True, "next_wake": False}
+
+    _append(http, root, "jobs/e", {"n": 2})
+    events, _ = _wake_events_after(http, root, "wake/early", offset)
+    assert events[-1]["generation"] > grant["generation"]
+
+
+def test_wake_events_keep_a_wake_stream_with_a_ttl_alive(
+    streams_server: ServerProcess, http: requests.Session
+) -> None:
+    """Section 5.1: a write resets a stream's TTL. The server's own wake events did not, so a
+    wake stream with a TTL expired while wakes were written to it, and the subscription was
+    left with a wake nobody could see."""
+    root = _root(streams_server)
+    r = http.put(f"{root}/wake/ttl",
+                 headers={"Content-Type": "application/json", "Stream-TTL": "2"})
+    assert r.status_code == 201, r.text
+    r = http.put(f"{root}/__ds/subscriptions/ttl",
+                 json={"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/ttl",
+                       "lease_ttl_ms": 30_000})
+    assert r.status_code == 201, r.text
+    _put_json_stream(http, root, "jobs/t")
+    r = http.put(f"{root}/alone", headers={"Content-Type": "application/json", "Stream-TTL": "2"})
+    assert r.status_code == 201, r.text  # created after the wake stream, never written
+
+    stop, cycles, failures = threading.Event(), [0], []
+
+    def wake_cycles() -> None:  # append, claim the wake it wrote, ack it: over and over
+        with requests.Session() as worker:
+            while not stop.is_set():
+                tail = _append(worker, root, "jobs/t", {"n": cycles[0]})
+                grant = _claim(worker, root, "ttl", "worker-1")
+                done = _ack(worker, root, "ttl", grant.json(),
+                            [{"stream": "jobs/t", "offset": tail}], done=True)
+                if grant.status_code != 200 or done.status_code != 200:
+                    failures.append(f"{grant.status_code} {done.status_code} {done.text}")
+                    return
+                cycles[0] += 1
+
+    worker = threading.Thread(target=wake_cycles, daemon=True)
+    worker.start()
+    try:
+        wait_until(lambda: http.head(f"{root}/alone").status_code == 404, timeout=15,
+                   what="the stream nobody wrote to expire")  # HEAD resets no TTL
+        assert http.head(f"{root}/wake/ttl").status_code == 200, f"after {cycles[0]} wakes"
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+    assert not failures, failures
+    events = http.get(f"{root}/wake/ttl", params={"offset": "-1"}).json()
+    assert len(events) >= cycles[0] > 0
+
+
+def test_wake_events_on_a_text_wake_stream_are_one_json_line_each(
+    streams_server: ServerProcess, http: requests.Session
+) -> None:
+    """On a stream that is not JSON the events ran together, with nothing between them."""
+    root = _root(streams_server)
+    r = http.put(f"{root}/wake/text", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 201, r.text
+    r = http.put(f"{root}/__ds/subscriptions/text",
+                 json={"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/text",
+                       "lease_ttl_ms": 30_000})
+    assert r.status_code == 201, r.text
+    _put_json_stream(http, root, "jobs/x")
+    for n in range(2):
+        tail = _append(http, root, "jobs/x", {"n": n})
+        grant = _claim(http, root, "text", "worker-1").json()
+        assert _ack(http, root, "text", grant, [{"stream": "jobs/x", "offset": tail}], True).ok
+    body = http.get(f"{root}/wake/text", params={"offset": "-1"}).text
+    assert body.endswith("\n")
+    events = [json.loads(line) for line in body.splitlines()]
+    assert [e["type"] for e in events] == ["wake", "wake"]
+    assert events[1]["generation"] > events[0]["generation"]
+
+
+def test_a_stream_deleted_and_created_again_counts_its_new_data_as_pending(
+    streams_server: ServerProcess, http: requests.Session
+) -> None:
+    """An explicit link kept the acked offset of the deleted stream: the new stream's data,
+    at offsets below it, never woke anyone, and a claim showed an acked offset beyond the
+    tail."""
+    root = _root(streams_server)
+    _put_json_stream(http, root, "wake/again")
+    _put_json_stream(http, root, "jobs/again")
+    r = http.put(f"{root}/__ds/subscriptions/again",
+                 json={"type": "pull-wake", "streams": ["jobs/again"],
+                       "wake_stream": "wake/again", "lease_ttl_ms": 30_000})
+    assert r.status_code == 201, r.text
+    tail = ""
+    for n in range(5):
+        tail = _append(http, root, "jobs/again", {"n": n, "padding": "x" * 100})
+    events, offset = _wake_events_after(http, root, "wake/again", "-1")
+    grant = _claim(http, root, "again", "worker-1").json()
+    done = _ack(http, root, "again", grant, [{"stream": "jobs/again", "offset": tail}], True)
+    assert done.json() == {"ok": True, "next_wake": False}
+
+    assert http.delete(f"{root}/jobs/again").status_code == 204
+    _put_json_stream(http, root, "jobs/again")
+    new_tail = _append(http, root, "jobs/again", {"n": "new"})
+    assert new_tail < tail
+    events, _ = _wake_events_after(http, root, "wake/again", offset)
+    grant = _claim(http, root, "again", "worker-1").json()
+    link = next(s for s in grant["streams"] if s["path"] == "jobs/again")
+    assert link["tail_offset"] == new_tail and link["has_pending"], link
+    assert link["acked_offset"] < new_tail
+
+
+def test_acks_for_a_linked_stream_deleted_under_a_lease_do_not_refuse_the_others(
+    streams_server: ServerProcess, http: requests.Session
+) -> None:
+    """Acking what the claim said about a stream deleted since got `400 OFFSET_OUT_OF_RANGE`,
+    and with it the acks of the other streams and the `done`: the worker could not finish."""
+    root = _root(streams_server)
+    _pull_subscription(http, root, "gone", "wake/gone", "pair/*", 30_000)
+    _put_json_stream(http, root, "pair/a")
+    _put_json_stream(http, root, "pair/b")
+    tails = {path: _append(http, root, path, {"n": 1}) for path in ("pair/a", "pair/b")}
+    grant = _claim(http, root, "gone", "worker-1").json()
+    assert http.delete(f"{root}/pair/a").status_code == 204
+
+    acks = [{"stream": path, "offset": offset} for path, offset in tails.items()]
+    done = _ack(http, root, "gone", grant, acks, done=True)
+    assert done.status_code == 200, done.text
+    state = http.get(f"{root}/__ds/subscriptions/gone").json()
+    assert state["holder"] is None
+    assert next(s for s in state["streams"] if s["path"] == "pair/b")["acked_offset"] == tails["pair/b"]
+
+
+def test_a_heartbeat_after_its_lease_ran_out_is_fenced_before_the_lease_is_swept(
+    tmp_path: Path,
+) -> None:
+    """7.3: an expired lease MUST lose its holder. Until the server's timer swept it, a late
+    heartbeat extended it again. (In-process, on a clock the test moves: the window between
+    expiry and the sweep is too short to hit over HTTP.)"""
+    clock = [1_800_000_000.0]
+    store = StreamStore.open_directory(str(tmp_path), clock=lambda: clock[0])
+    try:
+        for path in ("wake", "jobs/a"):
+            store.create(path, content_type="application/json", expiry=Expiry())
+        config = SubscriptionConfig(type=PULL_WAKE, pattern="jobs/*", streams=(),
+                                    webhook_url=None, wake_stream="wake", lease_ttl_ms=1000,
+                                    description=None)
+        store.transact(lambda tx: db.put_subscription(tx, "late", config, "http://localhost"))
+        store.append("jobs/a", [b'{"n":1}'], content_type="application/json")
+        grant = store.transact(lambda tx: db.claim(tx, "late", "worker-1"))
+        fence = WakeFence(grant.generation, grant.wake_id, grant.generation, grant.wake_id)
+
+        def heartbeat() -> bool:
+            return store.transact(lambda tx: db.acknowledge(tx, "late", fence, (), done=False,
+                                                            kind=PULL_WAKE))
+
+        clock[0] += 0.9
+        assert heartbeat() is False  # in time: extended to 1.9 s
+        clock[0] += 1.0  # the lease ran out; no sweep has run
+        with pytest.raises(Conflict) as refused:
+            heartbeat()
+        assert refused.value.code == "FENCED"
+    finally:
+        store.close()
 
 
 class _FlakyReceiver:

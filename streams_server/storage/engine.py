@@ -108,6 +108,7 @@ class StreamStore:
             max_batch=max_batch,
             commit_off_loop=not self._memory,
             out_of_room=lambda exc: room is not None and room.explains(exc),
+            live=self._streams,
         )
         self._wake_listener: Callable[[], None] | None = None
         self._closed = threading.Event()

@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -67,11 +67,16 @@ class Effects:
 
 
 class Transaction:
-    """The handle an operation gets: the connection, the clock reading and its effects."""
+    """The handle an operation gets: the connection, the clock reading and its effects.
 
-    def __init__(self, conn: sqlite3.Connection, now_ms: int) -> None:
+    `live`: the engine's in-memory view of each stream by id (access times, live readers),
+    for the operations that check a stream's expiry without a view handed to them."""
+
+    def __init__(self, conn: sqlite3.Connection, now_ms: int,
+                 live: Mapping[int, Any] | None = None) -> None:
         self.conn = conn
         self.now_ms = now_ms
+        self.live: Mapping[int, Any] = {} if live is None else live
         self.effects = Effects()
 
     def stream_written(self, info: StreamInfo, appended: list[tuple[int, bytes]] | None) -> None:
@@ -148,6 +153,7 @@ class GroupCommitter:
         max_batch: int | None = None,
         commit_off_loop: bool = True,
         out_of_room: Callable[[sqlite3.Error], bool] = lambda exc: False,
+        live: Mapping[int, Any] | None = None,
     ) -> None:
         """`max_batch` caps the operations per transaction (1 turns group commit off, which
         only the group-commit benchmark wants). `commit_off_loop` False commits where the
@@ -165,6 +171,7 @@ class GroupCommitter:
         self._leader_lock = leader_lock
         self._outage = _OutageLog()
         self._out_of_room = out_of_room
+        self._live = live
         self.batches = 0
         self.operations = 0
 
@@ -240,7 +247,7 @@ class GroupCommitter:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            tx = Transaction(conn, self._clock_ms())
+            tx = Transaction(conn, self._clock_ms(), self._live)
             self._before_batch(tx)
             effects.merge(tx.effects)
             for pending in batch:
@@ -258,7 +265,7 @@ class GroupCommitter:
             raise
 
     def _run_one(self, conn: sqlite3.Connection, pending: _Pending[Any], effects: Effects) -> None:
-        tx = Transaction(conn, self._clock_ms())
+        tx = Transaction(conn, self._clock_ms(), self._live)
         conn.execute("SAVEPOINT op")
         try:
             pending.result = pending.operation(tx)

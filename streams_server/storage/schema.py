@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -84,6 +84,12 @@ _MIGRATIONS: dict[int, str] = {
     UPDATE subscriptions SET literal_pattern = pattern WHERE instr(pattern, '*') = 0;
     CREATE INDEX subscriptions_literal_pattern ON subscriptions(literal_pattern)
         WHERE literal_pattern IS NOT NULL;
+    """,
+    # A stream created is looked up as a wake stream too (subscriptions left without a
+    # wake because theirs was missing are woken then).
+    4: """
+    CREATE INDEX subscriptions_wake_stream ON subscriptions(wake_stream)
+        WHERE wake_stream IS NOT NULL;
     """,
 }
 

@@ -234,7 +234,11 @@ def delete_subscription(tx: Transaction, sub_id: str) -> None:
 
 def on_stream_created(tx: Transaction, path: str, tail_before: int) -> None:
     """Link a new stream to every subscription whose pattern matches it, at the position
-    before its initial data, so that data already counts as pending (6.2)."""
+    before its initial data, so that data already counts as pending (6.2). A link that was
+    there before (the stream was deleted and created again) starts there too: the new
+    stream's offsets start again, and an acked offset of the old one would hide its data.
+    If the new stream is a pull-wake subscription's wake stream, wake the ones that had
+    pending data and no stream to write their wake to."""
     conn = tx.conn
     candidates = conn.execute(
         "SELECT id FROM subscriptions WHERE deleted = 0 AND literal_pattern = ?", (path,)
@@ -247,6 +251,10 @@ def on_stream_created(tx: Transaction, path: str, tail_before: int) -> None:
         ).fetchall()
         if matches(row["pattern"], path)
     ]
+    conn.execute(
+        "UPDATE subscription_links SET acked_offset = min(acked_offset, ?) WHERE path = ?",
+        (tail_before, path),
+    )
     for row in candidates:
         conn.execute(
             "INSERT INTO subscription_links (subscription_id, path, glob, acked_offset)"
@@ -254,6 +262,12 @@ def on_stream_created(tx: Transaction, path: str, tail_before: int) -> None:
             " acked_offset = min(acked_offset, excluded.acked_offset)",
             (row["id"], path, tail_before),
         )
+    for row in conn.execute(
+        "SELECT id FROM subscriptions WHERE wake_stream = ? AND type = ? AND deleted = 0"
+        " AND wake_id IS NULL",
+        (path, PULL_WAKE),
+    ).fetchall():
+        _wake_again_if_pending(tx, row["id"])
 
 
 def on_stream_written(tx: Transaction, path: str, tail_before: int, tail_after: int) -> None:
@@ -280,17 +294,15 @@ def _has_pending(conn: sqlite3.Connection, sub_id: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _issue_wake(tx: Transaction, row: sqlite3.Row, trigger_path: str | None) -> str:
-    """Start a new wake generation; pull-wake writes its event to the wake stream now."""
+def _issue_wake(tx: Transaction, row: sqlite3.Row, trigger_path: str | None) -> str | None:
+    """Start a new wake generation; pull-wake writes its event to the wake stream now.
+
+    None, and no wake, if the event cannot be written (the wake stream is missing, expired,
+    deleted or closed): a wake nobody can see would stay unclaimed and stop every later one.
+    The next write to a linked stream tries again, and so does the wake stream's creation."""
     generation = row["generation"] + 1
     wake_id = "w_" + secrets.token_hex(8)
     webhook = row["type"] == WEBHOOK
-    tx.conn.execute(
-        "UPDATE subscriptions SET generation = ?, wake_id = ?, holder = NULL,"
-        " lease_expires_at_ms = NULL, delivery_attempt = 0, last_error = NULL,"
-        " next_attempt_at_ms = ? WHERE id = ?",
-        (generation, wake_id, tx.now_ms if webhook else None, row["id"]),
-    )
     if row["type"] == PULL_WAKE:
         event = {
             "type": "wake",
@@ -300,7 +312,14 @@ def _issue_wake(tx: Transaction, row: sqlite3.Row, trigger_path: str | None) -> 
             "wake_id": wake_id,
             "ts": tx.now_ms,
         }
-        writes.append_internal(tx, row["wake_stream"], [json.dumps(event).encode()])
+        if not writes.append_internal(tx, row["wake_stream"], [json.dumps(event).encode()]):
+            return None
+    tx.conn.execute(
+        "UPDATE subscriptions SET generation = ?, wake_id = ?, holder = NULL,"
+        " lease_expires_at_ms = NULL, delivery_attempt = 0, last_error = NULL,"
+        " next_attempt_at_ms = ? WHERE id = ?",
+        (generation, wake_id, tx.now_ms if webhook else None, row["id"]),
+    )
     tx.effects.wakes_issued = True
     return wake_id
 
@@ -311,8 +330,7 @@ def _wake_again_if_pending(tx: Transaction, sub_id: str) -> bool:
         return False
     row = _row(tx.conn, sub_id)
     assert row is not None
-    _issue_wake(tx, row, pending)
-    return True
+    return _issue_wake(tx, row, pending) is not None
 
 
 def _end_wake(tx: Transaction, sub_id: str) -> bool:
@@ -408,8 +426,9 @@ def acknowledge(
     row = _fenced_row(tx, sub_id, fence)
     if row["type"] != kind:
         raise BadRequest(f"this endpoint is not for {row['type']} subscriptions", code="WRONG_TYPE")
-    if kind == PULL_WAKE and row["holder"] is None:
-        raise Fenced("the lease has ended", code="FENCED")
+    if kind == PULL_WAKE and (row["holder"] is None or row["lease_expires_at_ms"] is None
+                              or row["lease_expires_at_ms"] <= tx.now_ms):
+        raise Fenced("the lease has ended", code="FENCED")  # expired: the sweep is due
     _apply_acks(tx, sub_id, acks)
     if done:
         return _end_wake(tx, sub_id)
@@ -422,14 +441,25 @@ def acknowledge(
 
 
 def _apply_acks(tx: Transaction, sub_id: str, acks: tuple[Ack, ...]) -> None:
-    links = {link.path: link for link in _links(tx.conn, sub_id)}
+    """Move acked offsets forward. An ack for a linked stream deleted meanwhile is moot and
+    skipped: refusing it would refuse the acks of the other streams and the `done` with it."""
+    links = {
+        row["path"]: row["tail"]
+        for row in tx.conn.execute(
+            "SELECT l.path, s.tail FROM subscription_links l LEFT JOIN streams s"
+            " ON s.path = l.path AND s.soft_deleted = 0 WHERE l.subscription_id = ?",
+            (sub_id,),
+        )
+    }
     for ack in acks:
-        link = links.get(ack.stream)
-        if link is None:
+        if ack.stream not in links:
             raise BadRequest(
                 f"stream {ack.stream!r} is not linked to this subscription", code="UNKNOWN_STREAM"
             )
-        if ack.offset > link.tail_offset:
+        tail = links[ack.stream]
+        if tail is None:
+            continue
+        if ack.offset > tail:
             raise BadRequest(
                 f"ack offset {format_offset(ack.offset)} is beyond the tail of {ack.stream!r}",
                 code="OFFSET_OUT_OF_RANGE",

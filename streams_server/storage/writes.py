@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Protocol
 
 from ..errors import BadRequest, Conflict, Gone, NotFound, ProducerFenced
@@ -23,6 +22,7 @@ from .models import (
     ForkSpec,
     ProducerRef,
     StreamInfo,
+    is_json_content_type,
     media_type,
 )
 from .rows import STREAM_COLUMNS, expired, info_from_row, stream_chain
@@ -448,17 +448,26 @@ def _write_entries(
     return position, None
 
 
-def append_internal(tx: Transaction, path: str, entries: list[bytes]) -> bool:
-    """An append by the server itself (wake events): no producer, no subscription hooks.
+def append_internal(tx: Transaction, path: str, messages: list[bytes]) -> bool:
+    """An append by the server itself (wake events, JSON): no producer, no subscription hooks
+    (a wake must not wake anyone). Like any write, it keeps a stream with a TTL alive. On a
+    stream that is not JSON each message ends with a newline, so that they can be told apart.
 
-    Returns False when the stream is missing, deleted or closed, and writes nothing then.
+    Returns False when the stream is missing, expired, deleted or closed, and writes nothing.
     """
     row = _row_by_path(tx, path)
     if row is None or row["soft_deleted"] or row["closed"]:
         return False
-    tail, appended = _write_entries(tx, row["id"], row["tail"], entries)
-    tx.conn.execute("UPDATE streams SET tail = ? WHERE id = ?", (tail, row["id"]))
-    tx.stream_written(replace(info_from_row(row), tail=tail), appended)
+    if _is_expired(row, tx.live, tx.now_ms):
+        _retire(tx, row["id"])
+        return False
+    info = info_from_row(row)
+    if not is_json_content_type(info.content_type):
+        messages = [message + b"\n" for message in messages]
+    tail, appended = _write_entries(tx, info.stream_id, info.tail, messages)
+    tx.conn.execute("UPDATE streams SET tail = ?, last_access_ms = ? WHERE id = ?",
+                    (tail, tx.now_ms, info.stream_id))
+    tx.stream_written(info.updated(tail=tail, closed=False, last_access_ms=tx.now_ms), appended)
     return True
 
 
