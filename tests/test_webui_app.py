@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from agent_actors import layout
+from agent_actors import layout, schema
 from agent_actors.streams_client import StreamsClient
 from tests.fake_anthropic import FakeAnthropic
-from tests.support.agents import ChatClient, wait_for_answers
+from tests.support.agents import ChatClient, mid_answer, wait_for_answers
 from tests.support.webapp import start_chat_app
 
 
@@ -78,6 +78,33 @@ def test_after_ctrl_c_the_next_start_resumes_the_answer_without_waiting_for_the_
             assert answer.text == " ".join(f"word{i}" for i in range(60))
         finally:
             app.terminate()
+
+
+def test_an_answer_stopped_by_ctrl_c_again_and_again_is_still_finished(tmp_path: Path) -> None:
+    """Each Ctrl+C in the middle of the same answer counted as an agent dying in it: after
+    the fourth, the next start gave up on the answer ("cut off 4 times") instead of
+    finishing it. A clean stop is recorded in the agents' file and not counted."""
+    reply = " ".join(f"word{i}" for i in range(60))
+    with FakeAnthropic(reply=reply, tokens_per_second=20) as model:
+        app = start_chat_app(tmp_path / "data", model_url=model.url, interruptible=True)
+        try:
+            client = StreamsClient(f"{app.url}/v1/stream")
+            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
+            cid = chat.start_conversation("stopped again and again")
+            prompt = chat.send_prompt(cid, "a long answer, please")
+            for attempt in range(schema.MAX_ANSWER_ATTEMPTS + 1):
+                wait_for_answers(client, cid, [prompt], timeout=30,
+                                 until=mid_answer(prompt, attempt))
+                app.send_signal(signal.SIGINT)
+                assert app.wait(timeout=20) == 0, app.log_tail()
+                app.start()
+                client = StreamsClient(f"{app.url}/v1/stream")
+            answer = wait_for_answers(client, cid, [prompt], timeout=60).answers[prompt]
+        finally:
+            app.terminate()
+    assert answer.terminal["type"] == "done", answer
+    assert answer.text == reply
+    assert answer.attempt == schema.MAX_ANSWER_ATTEMPTS + 1
 
 
 def test_the_first_requests_host_header_does_not_choose_where_the_agents_connect(

@@ -88,7 +88,9 @@ class ServerProcess:
         if self.running:
             raise RuntimeError(f"already running (pid {self.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._ready.clear()
+        # A new event per start: the previous process's drain thread may see its EOF only
+        # now, and must not mark this start ready.
+        self._ready = threading.Event()
         self._url = None
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%H:%M:%S')} start: {self.argv}\n".encode())
@@ -103,7 +105,7 @@ class ServerProcess:
         )
         assert self._proc.stdout is not None
         self._reader = threading.Thread(
-            target=self._drain, args=(self._proc.stdout,), daemon=True,
+            target=self._drain, args=(self._proc.stdout, self._ready), daemon=True,
             name=f"drain-{self._proc.pid}",
         )
         self._reader.start()
@@ -194,17 +196,17 @@ class ServerProcess:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _drain(self, stream: IO[bytes]) -> None:
+    def _drain(self, stream: IO[bytes], ready: threading.Event) -> None:
         with open(self.log_path, "ab", buffering=0) as log:
             for line in iter(stream.readline, b""):
                 log.write(line)
-                if not self._ready.is_set():
+                if not ready.is_set():
                     match = self.ready_pattern.search(line)
                     if match:
                         self._url = match.group(1).decode().rstrip(".,;:)")
-                        self._ready.set()
+                        ready.set()
         stream.close()
-        self._ready.set()  # EOF: the process is gone (or closed its output)
+        ready.set()  # EOF: the process is gone (or closed its output)
 
     def _wait_ready(self) -> None:
         if self._ready.wait(self.ready_timeout) and self._url is not None:
