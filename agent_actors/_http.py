@@ -45,8 +45,8 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
-        if retry_after is not None:
-            return max(0.0, retry_after)
+        if retry_after is not None:  # but "0" or a date gone by must not retry in a tight loop
+            return max(self.initial_delay, retry_after)
         base = min(self.max_delay, self.initial_delay * self.multiplier ** min(attempt, 60))
         return base * (1.0 - self.jitter * random.random())
 

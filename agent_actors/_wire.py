@@ -16,6 +16,7 @@ response bodies, and failures raised as `requests` exceptions so that the retry 
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import ssl
@@ -27,6 +28,8 @@ from typing import IO, Any, cast
 from urllib.parse import urlencode, urlsplit
 
 import requests
+
+from agent_actors.errors import ConfigurationError
 
 _USER_AGENT = "agent-actors"
 _MAX_LINE = 65536
@@ -137,6 +140,21 @@ class _Connection:
             self.sock.close()
 
 
+def _tls_context() -> ssl.SSLContext:
+    """Trust the certificates `requests` trusts (the live reads go through it): the bundle
+    named by ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``, else certifi's. The system's store
+    alone failed every append to a server with a private CA that the tails accepted."""
+    bundle = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+              or requests.utils.DEFAULT_CA_BUNDLE_PATH)
+    try:
+        if os.path.isdir(bundle):
+            return ssl.create_default_context(capath=bundle)
+        return ssl.create_default_context(cafile=bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot read the TLS certificates in {bundle!r}"
+                                 f" (REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE): {exc}") from exc
+
+
 class _Stale(Exception):
     """A reused connection failed before any byte of the response: the server had closed it."""
 
@@ -163,7 +181,7 @@ class WirePool:
         self.size = size
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
-        self._tls = ssl.create_default_context() if self.scheme == "https" else None
+        self._tls = _tls_context() if self.scheme == "https" else None
 
     def serves(self, url: str) -> bool:
         """True if ``url`` is on this pool's origin."""

@@ -13,6 +13,7 @@ import threading
 
 from agent_actors import layout
 from agent_actors.agent import AgentSettings
+from agent_actors.errors import ConfigurationError
 from agent_actors.models.settings import model_from_settings
 from agent_actors.offsets_store import OffsetsFileError
 from agent_actors.supervisor import Supervisor, SupervisorSettings
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, on_signal)
     try:
         supervisor = Supervisor.start(settings, model)
-    except OffsetsFileError as exc:
+    except (OffsetsFileError, ConfigurationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"agent supervisor {settings.worker_name}: streams {settings.streams_url}, "

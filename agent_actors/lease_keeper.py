@@ -13,7 +13,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from agent_actors.errors import LeaseFenced, NotFound, StreamsError
+from agent_actors.errors import (
+    BadRequest,
+    Conflict,
+    LeaseFenced,
+    NotFound,
+    StreamsError,
+    Unauthorized,
+)
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.stream_types import Lease
 from agent_actors.streams_client import StreamsClient
@@ -21,6 +28,11 @@ from agent_actors.streams_client import StreamsClient
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
+
+REFUSED = (Conflict, NotFound, Unauthorized, BadRequest)
+"""How the server answers an ack for a lease that is not ours any more: fenced (409), the
+subscription gone (404), the token refused (401: expired, or the server's key changed) or the
+ack itself (400). None of them passes by retrying, and the lease runs out meanwhile."""
 
 
 class LeaseKeeper:
@@ -86,6 +98,11 @@ class LeaseKeeper:
             return self._client.ack(self._lease, self._acks(offset), done=True)
         except (LeaseFenced, NotFound):
             return False
+        except StreamsError as exc:
+            log.warning("could not hand back the lease of %s (%s): it runs out by itself, and"
+                        " the server wakes an agent again if a prompt is waiting",
+                        self._conversation_id, exc)
+            return False
 
     def release(self) -> None:
         """Give the lease back unfinished (a shutdown): the server wakes someone else."""
@@ -107,8 +124,9 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         last_beat = time.monotonic()
+        tick = min(TICK_S, self._heartbeat_s)  # a short lease needs beats more often than ticks
         while not self._stop.is_set():
-            self._wake.wait(TICK_S)
+            self._wake.wait(tick)
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -122,7 +140,7 @@ class LeaseKeeper:
                     self._client.ack(self._lease, self._acks(offset))
                     self._acked = offset
                     last_beat = time.monotonic()
-                except (LeaseFenced, NotFound) as exc:
+                except REFUSED as exc:
                     self._lost = True
                     self._on_lost(f"lease lost: {exc}")
                     return

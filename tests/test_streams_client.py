@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from agent_actors.streams_client import (
     Tail,
 )
 from tests.support import ServerProcess, start_reference_server, start_streams_server
+from tests.support.tls import TlsFront, self_signed_certificate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -315,6 +317,47 @@ def test_429_is_retried_after_retry_after(
     proxied.producer(path, "writer-1").append([{"x": 1}])
     assert time.monotonic() - started >= 0.2
     assert client.read_all(path).messages == ({"x": 1},)
+
+
+def test_a_retry_after_of_zero_does_not_retry_in_a_tight_loop(
+    client: StreamsClient, proxy: FaultProxy, path: str,
+) -> None:
+    """`Retry-After: 0` (or a date gone by) was honoured as no wait at all: a server that
+    kept answering so was sent a request per round trip until the deadline."""
+    client.ensure_stream(path)
+    policy = RetryPolicy(initial_delay=0.1, max_delay=0.1, jitter=0.0, deadline=0.5)
+    impatient = StreamsClient(f"{proxy.url}/v1/stream", retry=policy)
+    proxy.inject("POST", *["503:0"] * 200)
+    with pytest.raises(errors.StreamsUnavailable):
+        impatient.producer(path, "writer-1").append([{"x": 1}])
+    impatient.close()
+    sent = 200 - len(proxy.faults)
+    assert 3 <= sent <= 8, f"{sent} requests in half a second"
+
+
+def test_over_https_every_request_trusts_the_certificates_requests_trusts(
+    server: ServerProcess, path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A private authority named the usual way (`REQUESTS_CA_BUNDLE`) was trusted by the live
+    reads (through `requests`) but not by the lean pool of every other request: appends,
+    claims and acks failed, retried as if the server were down."""
+    cert, key = self_signed_certificate(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    with TlsFront(server.url, cert, key) as front:
+        secure = StreamsClient(f"{front.url}/v1/stream", retry=FAST_RETRY)
+        try:
+            secure.ensure_stream(path)
+            secure.producer(path, "writer-1").append([{"over": "tls"}])
+            batch = next(iter(secure.tail(path, "-1", live="long-poll")))
+            assert batch.messages == ({"over": "tls"},)
+        finally:
+            secure.close()
+
+
+def test_an_unreadable_ca_bundle_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/ca.pem")
+    with pytest.raises(errors.ConfigurationError, match="cannot read the TLS certificates"):
+        StreamsClient("https://127.0.0.1:9/v1/stream")
 
 
 def test_unknown_outcome_keeps_the_batch_pending_and_resends_it_first(

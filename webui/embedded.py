@@ -19,6 +19,7 @@ from typing import Any
 from flask import Flask
 
 from agent_actors.agent import AgentSettings
+from agent_actors.errors import ConfigurationError
 from agent_actors.models.settings import model_from_settings
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.supervisor import Supervisor, SupervisorSettings
@@ -77,7 +78,11 @@ class BackgroundWork:
             self._started = True
             self._backend.start()
             if self._app.config["EMBEDDED_SUPERVISOR"]:
-                self.supervisor = self._start_supervisor(root_url)
+                try:
+                    self.supervisor = self._start_supervisor(root_url)
+                except ConfigurationError as exc:  # the chat still serves; nothing answers
+                    log.error("the embedded supervisor cannot start, so no prompt will be"
+                              " answered: %s", exc)
             return True
 
     def _start_supervisor(self, root_url: str) -> Any:
