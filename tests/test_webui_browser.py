@@ -1205,6 +1205,34 @@ def test_an_answer_that_stops_growing_says_what_may_be_going_on(
     expect(turn).not_to_contain_text("If the agent stopped")
 
 
+def test_an_answer_cut_off_by_a_lost_connection_blames_the_connection_not_the_agent(
+        tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """With the server down, an answer without new text said that if its agent had stopped,
+    another would resume it within 30 s: a promise nothing could keep before the server was
+    back, beside a banner saying the connection was lost."""
+    model.tokens_per_second = 5
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"AGENT_LEASE_TTL_MS": "3000"})  # a dead agent's lease ends soon
+    try:
+        page = open_chat(new_context(), app.url)
+        reply = words("slow", 40)
+        prompt, _ = start_long_answer(page, replies, "Answer over an outage", reply, shown=2)
+        app.kill()
+        expect(page.get_by_test_id("connection-banner")).to_be_visible()
+        turn = turn_for(page, prompt)
+        expect(turn).to_have_attribute("data-stalled", "true", timeout=18_000)
+        expect(turn).to_contain_text("No new text while the connection is lost")
+        expect(turn).not_to_contain_text("If the agent stopped")
+
+        app.start()
+        wait_state(page, prompt, "done", timeout=40_000)
+        expect(turn).not_to_contain_text("connection is lost")
+        assert answer_text(page, prompt) == norm(reply)
+    finally:
+        app.terminate()
+
+
 def test_on_a_phone_the_message_box_keeps_its_room_while_stop_shows(
         chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
         new_context: NewContext) -> None:
@@ -1267,6 +1295,54 @@ def test_a_prompt_too_long_to_keep_is_refused_in_the_page_and_its_text_kept(
     expect(page.get_by_test_id("turn")).to_have_count(0)
     box.fill("short enough")
     expect(error).to_be_hidden()
+
+
+AT_BOTTOM_JS = """() => {
+  const s = document.querySelector('[data-testid="message-scroll"]');
+  return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
+}"""
+
+
+def test_a_conversation_of_long_turns_opens_and_stays_at_its_newest_text(
+    chat_app: ServerProcess, new_context: NewContext, model: FakeAnthropic,
+    replies: ScriptedReplies,
+) -> None:
+    """Turns off screen are laid out at an estimated height, so a scroll to the bottom landed
+    short once they were laid out for real: such a conversation opened in the middle of a
+    long prompt, and the next answer streamed below, out of sight."""
+    model.tokens_per_second = 100
+    page = open_chat(new_context(), chat_app.url)
+    page.get_by_test_id("new-conversation").click()
+    pasted = unique("\n".join(f"log line {i:04d}: something happened in module alpha beta"
+                              for i in range(170)))
+    replies.set(pasted, words("first", 30))
+    send_prompt(page, pasted)
+    wait_state(page, pasted, "done")
+    question = unique("What went wrong?")
+    replies.set(question, words("second", 300))
+    question_id = send_prompt(page, question)
+    wait_words(page, question_id, 150)
+    assert page.evaluate(AT_BOTTOM_JS)  # following the answer as it streams
+    wait_state(page, question, "done")
+    page.wait_for_function(AT_BOTTOM_JS, timeout=5000)
+
+    page.reload()
+    wait_ready(page)
+    wait_state(page, question, "done")
+    # Each turn near the bottom is laid out for real a frame after it is first shown.
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    page.wait_for_function(AT_BOTTOM_JS, timeout=5000)
+    expect(turn_for(page, question).get_by_test_id("answer-text")).to_be_in_viewport()
+
+    page.get_by_test_id("message-scroll").evaluate("s => s.scrollTo(0, 0)")  # reading back
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=\"message-scroll\"]').scrollTop === 0")
+    later = unique("And then?")
+    replies.set(later, words("third", 40))
+    page.get_by_test_id("composer-input").fill(later)
+    page.get_by_test_id("composer-input").press("Enter")  # sending shows the newest again
+    wait_state(page, later, "done")
+    page.wait_for_function(AT_BOTTOM_JS, timeout=5000)
 
 
 def test_a_deep_link_scrolls_the_conversation_list_to_its_conversation(

@@ -24,6 +24,11 @@ const STATE_LABEL = {
 
 export class ChatView {
   #nodes = new Map(); // promptId -> turn DOM parts
+  // Whether the view follows the newest text. A state, not the scroll position of the
+  // moment: turns off screen are laid out at an estimated height (`content-visibility`), so
+  // a scroll to the bottom lands short once they are laid out for real, and was then taken
+  // for the reader having scrolled up. Only the reader's scrolling changes it.
+  #following = true;
 
   /**
    * @param {HTMLElement} list the <ol> of turns; @param {HTMLElement} scroller its scroll box
@@ -32,6 +37,11 @@ export class ChatView {
   constructor(list, scroller, { onRetry = () => {} } = {}) {
     this.list = list;
     this.scroller = scroller;
+    // Our own scrolls land at the bottom, so this keeps following; the reader's set it.
+    scroller.addEventListener("scroll", () => { this.#following = this.#nearBottom(); },
+      { passive: true });
+    // Turns laid out late, images of a size, a resized window: back to the bottom if following.
+    new ResizeObserver(() => { if (this.#following) this.#toBottom(); }).observe(list);
     list.addEventListener("click", (event) => {
       const button = event.target.closest?.("button");
       const promptId = button?.closest("[data-prompt-id]")?.dataset.promptId;
@@ -50,14 +60,16 @@ export class ChatView {
   clear() {
     this.#nodes.clear();
     this.list.replaceChildren();
+    this.#following = true;
   }
 
   /**
    * Show `turns` (from the transcript) followed by `pending` prompts the outbox has not
-   * delivered yet ({id, content, timestamp, failed?}).
+   * delivered yet ({id, content, timestamp, failed?}). `offline`: the page has lost its
+   * connection, which is then why an answer shows no new text.
    */
-  render(turns, pending) {
-    const stick = this.#nearBottom();
+  render(turns, pending, { offline = false } = {}) {
+    const stick = this.#following;
     const wanted = [];
     for (const turn of turns) wanted.push({ id: turn.promptId, turn });
     const known = new Set(wanted.map((w) => w.id));
@@ -83,7 +95,7 @@ export class ChatView {
       if (expectedPosition !== parts.li) this.list.insertBefore(parts.li, expectedPosition);
       try {
         if (item.turn) {
-          updateTurn(parts, item.turn, earlierUnfinished, item === last);
+          updateTurn(parts, item.turn, earlierUnfinished, item === last, offline);
           earlierUnfinished ||= !item.turn.final;
         } else updatePending(parts, item.pending);
       } catch (err) {
@@ -96,7 +108,13 @@ export class ChatView {
     return wanted.length;
   }
 
+  /** Show the newest text, and keep following it. */
   scrollToBottom() {
+    this.#following = true;
+    this.#toBottom();
+  }
+
+  #toBottom() {
     this.scroller.scrollTop = this.scroller.scrollHeight;
   }
 
@@ -126,18 +144,20 @@ function buildTurn(promptId) {
   return { li, promptText, promptMeta, answer, status, statusText: status.lastChild, body, md: new MarkdownView(body), error, meta };
 }
 
-function stalledLabel(state) {
+function stalledLabel(state, offline) {
+  if (offline) return "No new text while the connection is lost: the answer goes on once it is back.";
   const within = `within ${Math.round(config.agents.leaseTtlMs / 1000)} s`;
   return state === "thinking"
     ? `Still waiting for the first words. If the agent stopped, another one takes over ${within}.`
     : `No new text for a while. If the agent stopped, another one resumes this answer ${within}.`;
 }
 
-function setState(parts, state, stalled = false) {
-  if (parts.li.dataset.state === state && parts.li.dataset.stalled === String(stalled)) return;
+function setState(parts, state, stalled = false, offline = false) {
+  const label = stalled ? stalledLabel(state, offline) : STATE_LABEL[state] ?? "";
+  if (parts.li.dataset.state === state && parts.statusText.textContent === label) return;
   parts.li.dataset.state = state;
   parts.li.dataset.stalled = String(stalled);
-  parts.statusText.textContent = stalled ? stalledLabel(state) : STATE_LABEL[state] ?? "";
+  parts.statusText.textContent = label;
   parts.status.hidden = !["sending", "queued", "thinking", "streaming", "cancelling"].includes(state);
   parts.answer.setAttribute("aria-busy", String(state === "thinking" || state === "streaming"));
 }
@@ -154,7 +174,7 @@ function updatePending(parts, pending) {
 
 /** `latest`: the conversation's last turn, the one a failed or stopped answer can be tried
  * again from (sending its prompt again). */
-function updateTurn(parts, turn, waitingTurn, latest) {
+function updateTurn(parts, turn, waitingTurn, latest, offline) {
   const shown = turnState(turn);
   const state = shown === "thinking" && waitingTurn ? "queued" : shown;
   const progress = [state, turn.text.length, turn.restarts].join("\u0000");
@@ -164,14 +184,14 @@ function updateTurn(parts, turn, waitingTurn, latest) {
   }
   const stalled = (state === "thinking" || state === "streaming") && performance.now() - parts.progressAt > STALL_MS;
   // Streaming touches one turn at a time: leave the others' DOM alone.
-  const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks, stalled, latest].join("\u0000");
+  const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks, stalled, stalled && offline, latest].join("\u0000");
   if (parts.signature === signature) return;
   parts.signature = signature;
   parts.li.classList.remove("is-failed");
   parts.answer.hidden = false;
   parts.promptText.textContent = turn.prompt.content;
   parts.promptMeta.textContent = formatTime(turn.prompt.timestamp);
-  setState(parts, state, stalled);
+  setState(parts, state, stalled, offline);
   parts.md.update(turn.text);
   parts.body.classList.toggle("is-streaming", state === "streaming");
   parts.body.hidden = turn.text === "" && state !== "done";

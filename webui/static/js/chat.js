@@ -347,7 +347,8 @@ function render() {
     if (sent.conversationId === c.id && c.transcript.turns.get(id)?.prompt) sentPrompts.delete(id);
   }
   const pending = pendingPrompts(c.id);
-  const count = view.render(turns, pending);
+  const offline = ["reconnecting", "error"].includes(status.overall());
+  const count = view.render(turns, pending, { offline });
   const known = isKnown(c.id);
   const loaded = known ? c.upToDate.prompts && c.upToDate.responses : conversationsLoaded;
   ui.welcome.hidden = count > 0 || !loaded;
