@@ -193,7 +193,8 @@ def test_a_subscription_whose_wake_stream_was_missing_is_woken_once_it_exists(
 ) -> None:
     """The wake stream is the application's to create (7.2). A wake issued while it did not
     exist yet was written nowhere but still counted as issued, and nothing ever woke the
-    subscription again, across restarts: every later append found a wake in progress."""
+    subscription again, across restarts: every later append found a wake in progress. So
+    did a wake unclaimed when its stream was deleted and made again."""
     root = _root(streams_server)
     r = http.put(f"{root}/__ds/subscriptions/early",
                  json={"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/early",
@@ -213,6 +214,13 @@ def test_a_subscription_whose_wake_stream_was_missing_is_woken_once_it_exists(
     _append(http, root, "jobs/e", {"n": 2})
     events, _ = _wake_events_after(http, root, "wake/early", offset)
     assert events[-1]["generation"] > grant["generation"]
+
+    # A wake nobody claimed goes with its stream: the stream made again gets a new one.
+    assert http.delete(f"{root}/wake/early").status_code == 204
+    _put_json_stream(http, root, "wake/early")
+    again, _ = _wake_events_after(http, root, "wake/early", "-1")
+    assert again[-1]["generation"] > events[-1]["generation"]
+    assert _claim(http, root, "early", "worker-1").json()["generation"] == again[-1]["generation"]
 
 
 def test_wake_events_keep_a_wake_stream_with_a_ttl_alive(

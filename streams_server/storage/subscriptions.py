@@ -237,8 +237,9 @@ def on_stream_created(tx: Transaction, path: str, tail_before: int) -> None:
     before its initial data, so that data already counts as pending (6.2). A link that was
     there before (the stream was deleted and created again) starts there too: the new
     stream's offsets start again, and an acked offset of the old one would hide its data.
-    If the new stream is a pull-wake subscription's wake stream, wake the ones that had
-    pending data and no stream to write their wake to."""
+    If the new stream is a pull-wake subscription's wake stream, wake again the ones nobody
+    holds that have pending data: their wake had no stream to go to, or went with the stream
+    deleted before this one."""
     conn = tx.conn
     candidates = conn.execute(
         "SELECT id FROM subscriptions WHERE deleted = 0 AND literal_pattern = ?", (path,)
@@ -264,7 +265,7 @@ def on_stream_created(tx: Transaction, path: str, tail_before: int) -> None:
         )
     for row in conn.execute(
         "SELECT id FROM subscriptions WHERE wake_stream = ? AND type = ? AND deleted = 0"
-        " AND wake_id IS NULL",
+        " AND holder IS NULL",
         (path, PULL_WAKE),
     ).fetchall():
         _wake_again_if_pending(tx, row["id"])
