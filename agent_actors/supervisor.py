@@ -438,11 +438,15 @@ class Supervisor(pykka.ThreadingActor):
         probe = self.client.with_retry(
             dataclasses.replace(retry, deadline=min(retry.deadline, STARTUP_PROBE_S)))
         delay = 0.5
+        wake_created = False
         while not self._stopping.is_set():
             try:
-                probe.ensure_stream(self.settings.wake_stream)
+                wake_created |= probe.ensure_stream(self.settings.wake_stream).created
                 probe.ensure_stream(layout.CONVERSATIONS_STREAM)
-                wake_tail = probe.head(self.settings.wake_stream).next_offset
+                # A wake stream made now is read from its start: a server writes the wakes
+                # of prompts sent before it existed as it is created.
+                wake_tail = ("-1" if wake_created
+                             else probe.head(self.settings.wake_stream).next_offset)
                 conversations_tail = probe.head(layout.CONVERSATIONS_STREAM).next_offset
                 self._tell(_Ready(wake_tail, conversations_tail))
                 return

@@ -412,6 +412,23 @@ def answer_one(root: str, title: str, content: str) -> None:
     assert_clean_answers(rendered, {prompt: content})
 
 
+def test_a_prompt_sent_before_any_supervisor_ran_is_answered_by_the_first_one(
+    streams_server: ServerProcess, start_supervisor: StartSupervisor,
+) -> None:
+    """On a fresh server nobody had made the wake stream: the first prompt's wake went
+    nowhere, and a supervisor started later never heard of a conversation missing from the
+    list. The server now writes that wake as the supervisor makes the wake stream, and the
+    supervisor reads a wake stream it made from its start."""
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    cid = chat.start_conversation("before any supervisor", listed=False)
+    prompt = chat.send_prompt(cid, "first question")
+    assert not client.exists(layout.DEFAULT_WAKE_STREAM)
+    start_supervisor(root)
+    rendered = wait_for_answers(client, cid, [prompt], timeout=30)
+    assert_clean_answers(rendered, {prompt: "first question"})
+
+
 def test_supervisor_waits_for_an_unreachable_streams_server(
     tmp_path: Path, start_supervisor: StartSupervisor,
 ) -> None:

@@ -213,21 +213,25 @@ class ChatClient:
         self._producers: dict[str, Producer] = {}
         self._conversations: Producer | None = None
 
-    def start_conversation(self, title: str = "test", *, responses_stream: bool = True) -> str:
+    def start_conversation(self, title: str = "test", *, responses_stream: bool = True,
+                           listed: bool = True) -> str:
         """Subscription first, then the two streams (or only the prompts stream, as a client
-        may leave the responses stream to the agent), then the conversation list entry."""
+        may leave the responses stream to the agent), then the conversation list entry
+        (unless not `listed`: a client may leave it out)."""
         cid = f"c{uuid.uuid4().hex[:12]}"
         config = layout.subscription_config(cid, lease_ttl_ms=self.lease_ttl_ms)
         self.client.put_subscription(layout.subscription_id(cid), config)
         self.client.ensure_stream(layout.prompts_path(cid))
         if responses_stream:
             self.client.ensure_stream(layout.responses_path(cid))
-        self.client.ensure_stream(layout.CONVERSATIONS_STREAM)
-        if self._conversations is None:
-            self._conversations = self.client.producer(
-                layout.CONVERSATIONS_STREAM, f"test-{uuid.uuid4().hex[:8]}", auto_claim=True)
-        self._conversations.append([{"type": "conversation", "id": cid, "title": title,
-                                     "timestamp": schema.now_ms()}])
+        if listed:
+            self.client.ensure_stream(layout.CONVERSATIONS_STREAM)
+            if self._conversations is None:
+                self._conversations = self.client.producer(
+                    layout.CONVERSATIONS_STREAM, f"test-{uuid.uuid4().hex[:8]}",
+                    auto_claim=True)
+            self._conversations.append([{"type": "conversation", "id": cid, "title": title,
+                                         "timestamp": schema.now_ms()}])
         self._producers[cid] = self.client.producer(layout.prompts_path(cid),
                                                     f"tab-{uuid.uuid4().hex[:8]}",
                                                     auto_claim=True)
