@@ -49,6 +49,9 @@ class AgentSettings:
     context_budget_chars: int = 400_000  # roughly 100k tokens
     heartbeat_s: float | None = None  # default: a third of the lease
     live_mode: str = "sse"
+    # False where the server is gone by the time the agents stop (flask run's embedded
+    # agents: the app releases their leases in-process), so they do not retry in vain.
+    release_on_shutdown: bool = True
 
 
 # -- messages to the agent (from its own threads) -------------------------------------------
@@ -194,7 +197,9 @@ class ConversationAgent(pykka.ThreadingActor):
             if self._stop_reason == "shutdown":  # a stopping supervisor, not a crash
                 self.offsets.record_clean_stop(self.conversation_id, self._current.prompt.id,
                                                self._current.attempt)
-        if self._stop_reason in ("shutdown", "failed", "deleted"):
+        if self._stop_reason == "shutdown" and not self.settings.release_on_shutdown:
+            self._keeper.stop(keep_offset=True)
+        elif self._stop_reason in ("shutdown", "failed", "deleted"):
             self._keeper.release()
         else:
             self._keeper.stop()

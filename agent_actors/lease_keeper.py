@@ -75,11 +75,18 @@ class LeaseKeeper:
             self._offset = offset
         self._wake.set()
 
-    def stop(self) -> None:
+    def stop(self, *, keep_offset: bool = False) -> None:
+        """Stop heartbeating; with `keep_offset`, save the last processed offset locally
+        (as a release would, without telling the server)."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
+        if keep_offset:
+            with self._lock:
+                offset = self._offset
+            if offset is not None and offset != self._acked:
+                self._offsets.save(self._conversation_id, offset)
 
     def finish(self) -> bool:
         """Stop heartbeating, ack the last offset with `done`; True if the server woke again.

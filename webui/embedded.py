@@ -100,10 +100,12 @@ class BackgroundWork:
             lease_ttl_ms=config["AGENT_LEASE_TTL_MS"],
             wake_stream=config["AGENT_WAKE_STREAM"],
             auth_token=config["STREAMS_AUTH_TOKEN"],
-            agent=AgentSettings(coalesce_window_s=config["AGENT_COALESCE_MS"] / 1000,
-                                idle_timeout_s=config["AGENT_IDLE_TIMEOUT_S"]),
             # At exit the app's own server has usually stopped already, so agents cannot
-            # release their leases over HTTP: do not hold up Ctrl+C waiting for that.
+            # release their leases over HTTP: they leave that to `stop` (in-process), and
+            # Ctrl+C is not held up. Agents of another server (the URL set) release theirs.
+            agent=AgentSettings(coalesce_window_s=config["AGENT_COALESCE_MS"] / 1000,
+                                idle_timeout_s=config["AGENT_IDLE_TIMEOUT_S"],
+                                release_on_shutdown=bool(config["AGENT_STREAMS_URL"])),
             shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
             worker_name=f"embedded-{socket.gethostname()}-{os.getpid()}",
         )
