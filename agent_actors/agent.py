@@ -49,9 +49,9 @@ class AgentSettings:
     context_budget_chars: int = 400_000  # roughly 100k tokens
     heartbeat_s: float | None = None  # default: a third of the lease
     live_mode: str = "sse"
-    # False where the server is gone by the time the agents stop (flask run's embedded
-    # agents: the app releases their leases in-process), so they do not retry in vain.
-    release_on_shutdown: bool = True
+    # True where the server is usually gone by the time the agents stop (flask run's own:
+    # the app then releases their leases in-process): one attempt, no retries in vain.
+    quick_release: bool = False
 
 
 # -- messages to the agent (from its own threads) -------------------------------------------
@@ -197,10 +197,8 @@ class ConversationAgent(pykka.ThreadingActor):
             if self._stop_reason == "shutdown":  # a stopping supervisor, not a crash
                 self.offsets.record_clean_stop(self.conversation_id, self._current.prompt.id,
                                                self._current.attempt)
-        if self._stop_reason == "shutdown" and not self.settings.release_on_shutdown:
-            self._keeper.stop(keep_offset=True)
-        elif self._stop_reason in ("shutdown", "failed", "deleted"):
-            self._keeper.release()
+        if self._stop_reason in ("shutdown", "failed", "deleted"):
+            self._keeper.release(quick=self.settings.quick_release)
         else:
             self._keeper.stop()
         if self._stop_reason == "failed":

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from agent_actors._http import NO_RETRY
 from agent_actors.errors import (
     BadRequest,
     Conflict,
@@ -75,18 +76,11 @@ class LeaseKeeper:
             self._offset = offset
         self._wake.set()
 
-    def stop(self, *, keep_offset: bool = False) -> None:
-        """Stop heartbeating; with `keep_offset`, save the last processed offset locally
-        (as a release would, without telling the server)."""
+    def stop(self) -> None:
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
-        if keep_offset:
-            with self._lock:
-                offset = self._offset
-            if offset is not None and offset != self._acked:
-                self._offsets.save(self._conversation_id, offset)
 
     def finish(self) -> bool:
         """Stop heartbeating, ack the last offset with `done`; True if the server woke again.
@@ -111,18 +105,20 @@ class LeaseKeeper:
                         self._conversation_id, exc)
             return False
 
-    def release(self) -> None:
-        """Give the lease back unfinished (a shutdown): the server wakes someone else."""
+    def release(self, *, quick: bool = False) -> None:
+        """Give the lease back unfinished (a shutdown): the server wakes someone else.
+        `quick`: one attempt, not retried (the server is probably gone)."""
         self.stop()
         if self._lost:
             return
+        client = self._client.with_retry(NO_RETRY) if quick else self._client
         try:
             with self._lock:
                 offset = self._offset
             if offset is not None and offset != self._acked:
                 self._offsets.save(self._conversation_id, offset)
-                self._client.ack(self._lease, self._acks(offset))
-            self._client.release(self._lease)
+                client.ack(self._lease, self._acks(offset))
+            client.release(self._lease)
         except StreamsError as exc:
             log.info("could not release the lease of %s: %s", self._conversation_id, exc)
 

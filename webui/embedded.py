@@ -101,11 +101,11 @@ class BackgroundWork:
             wake_stream=config["AGENT_WAKE_STREAM"],
             auth_token=config["STREAMS_AUTH_TOKEN"],
             # At exit the app's own server has usually stopped already, so agents cannot
-            # release their leases over HTTP: they leave that to `stop` (in-process), and
-            # Ctrl+C is not held up. Agents of another server (the URL set) release theirs.
+            # release their leases over HTTP: one try each (the leases are released
+            # in-process in `stop`), so that Ctrl+C is not held up by retries.
             agent=AgentSettings(coalesce_window_s=config["AGENT_COALESCE_MS"] / 1000,
                                 idle_timeout_s=config["AGENT_IDLE_TIMEOUT_S"],
-                                release_on_shutdown=bool(config["AGENT_STREAMS_URL"])),
+                                quick_release=True),
             shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
             worker_name=f"embedded-{socket.gethostname()}-{os.getpid()}",
         )
