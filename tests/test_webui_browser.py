@@ -1345,6 +1345,49 @@ def test_a_conversation_of_long_turns_opens_and_stays_at_its_newest_text(
     page.wait_for_function(AT_BOTTOM_JS, timeout=5000)
 
 
+def test_scrolling_up_a_little_while_an_answer_streams_stops_following_it(
+    chat_app: ServerProcess, new_context: NewContext, model: FakeAnthropic,
+    replies: ScriptedReplies,
+) -> None:
+    """A reader who scrolled up less than the "near the bottom" margin (an arrow key, a slow
+    drag on a phone) was pulled back down by the next words of the answer. And a taller
+    composer hid the newest text behind it."""
+    model.tokens_per_second = 200
+    page = open_chat(new_context(), chat_app.url)
+    page.get_by_test_id("new-conversation").click()
+    tall = unique("\n".join(f"line {i}" for i in range(120)))  # the view scrolls
+    replies.set(tall, "Noted.")
+    send_prompt(page, tall)
+    wait_state(page, tall, "done")
+    model.tokens_per_second = 10
+    prompt, prompt_id = start_long_answer(page, replies, "Tell me a long story",
+                                          words("story", 200), shown=5)
+    page.wait_for_function(AT_BOTTOM_JS)
+    scroll = page.get_by_test_id("message-scroll")
+    box = scroll.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -40)
+    page.wait_for_function("""() => {
+      const s = document.querySelector('[data-testid="message-scroll"]');
+      return s.scrollHeight - s.scrollTop - s.clientHeight >= 30;
+    }""")
+    where = scroll.evaluate("s => s.scrollTop")
+    shown = len(answer_text(page, prompt).split())
+    wait_words(page, prompt_id, shown + 20)
+    assert scroll.evaluate("s => s.scrollTop") == where  # left where the reader put it
+
+    scroll.evaluate("s => s.scrollTo(0, s.scrollHeight)")  # back at the bottom: following
+    page.wait_for_function(AT_BOTTOM_JS)
+    wait_words(page, prompt_id, shown + 40)
+    page.wait_for_function(AT_BOTTOM_JS)
+    page.get_by_test_id("stop-button").click()
+    wait_state(page, prompt, "cancelled")
+    page.wait_for_function(AT_BOTTOM_JS)
+    page.get_by_test_id("composer-input").fill("\n".join(["a taller draft"] * 8))
+    page.wait_for_function(AT_BOTTOM_JS)  # the list did not change; its box shrank
+
+
 def test_a_deep_link_scrolls_the_conversation_list_to_its_conversation(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     app = start_chat_app(tmp_path / "app", model_url=model.url,

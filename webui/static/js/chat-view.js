@@ -10,6 +10,11 @@ import { el, formatTime } from "./util.js";
 /** An answer with no new text this long says what may be going on (call `render` meanwhile). */
 export const STALL_MS = 10_000;
 
+/** Scrolling this soon after the reader's wheel, touch, pointer or key is theirs (a smooth
+ * or inertial scroll goes on after the input). */
+const READER_SCROLL_MS = 1000;
+const SCROLL_KEYS = new Set(["ArrowUp", "PageUp", "Home", " "]);
+
 const STATE_LABEL = {
   sending: "Sending…",
   failed: "Not sent",
@@ -29,6 +34,8 @@ export class ChatView {
   // a scroll to the bottom lands short once they are laid out for real, and was then taken
   // for the reader having scrolled up. Only the reader's scrolling changes it.
   #following = true;
+  #lastTop = 0;
+  #readerActiveAt = -Infinity; // the reader's last wheel, touch, pointer or key on the view
 
   /**
    * @param {HTMLElement} list the <ol> of turns; @param {HTMLElement} scroller its scroll box
@@ -37,11 +44,18 @@ export class ChatView {
   constructor(list, scroller, { onRetry = () => {} } = {}) {
     this.list = list;
     this.scroller = scroller;
-    // Our own scrolls land at the bottom, so this keeps following; the reader's set it.
-    scroller.addEventListener("scroll", () => { this.#following = this.#nearBottom(); },
-      { passive: true });
-    // Turns laid out late, images of a size, a resized window: back to the bottom if following.
-    new ResizeObserver(() => { if (this.#following) this.#toBottom(); }).observe(list);
+    const readerActive = () => { this.#readerActiveAt = performance.now(); };
+    for (const type of ["wheel", "touchmove", "pointerdown", "keydown"]) {
+      scroller.addEventListener(type, readerActive, { passive: true });
+    }
+    window.addEventListener("keydown", (event) => {
+      if (SCROLL_KEYS.has(event.key) && !event.target.closest?.("input, textarea")) readerActive();
+    });
+    scroller.addEventListener("scroll", () => this.#onScroll(), { passive: true });
+    // Turns laid out late, a taller composer, a resized window: back to the bottom if following.
+    const observer = new ResizeObserver(() => { if (this.#following) this.#toBottom(); });
+    observer.observe(list);
+    observer.observe(scroller);
     list.addEventListener("click", (event) => {
       const button = event.target.closest?.("button");
       const promptId = button?.closest("[data-prompt-id]")?.dataset.promptId;
@@ -65,8 +79,8 @@ export class ChatView {
 
   /**
    * Show `turns` (from the transcript) followed by `pending` prompts the outbox has not
-   * delivered yet ({id, content, timestamp, failed?}). `offline`: the page has lost its
-   * connection, which is then why an answer shows no new text.
+   * delivered yet ({id, content, timestamp, failed?}). `offline`: the page's live reads are
+   * reconnecting, which is then why an answer shows no new text.
    */
   render(turns, pending, { offline = false } = {}) {
     const stick = this.#following;
@@ -116,6 +130,16 @@ export class ChatView {
 
   #toBottom() {
     this.scroller.scrollTop = this.scroller.scrollHeight;
+  }
+
+  /** Our own scrolls land at the bottom and keep following. A reader who scrolls up, by
+   * however little (an arrow key, a slow drag), stops it; back near the bottom, it resumes. */
+  #onScroll() {
+    const top = this.scroller.scrollTop;
+    const up = top < this.#lastTop;
+    this.#lastTop = top;
+    const byReader = performance.now() - this.#readerActiveAt < READER_SCROLL_MS;
+    this.#following = this.#nearBottom() && !(up && byReader);
   }
 
   #nearBottom() {

@@ -347,7 +347,7 @@ function render() {
     if (sent.conversationId === c.id && c.transcript.turns.get(id)?.prompt) sentPrompts.delete(id);
   }
   const pending = pendingPrompts(c.id);
-  const offline = ["reconnecting", "error"].includes(status.overall());
+  const offline = status.readsInterrupted();
   const count = view.render(turns, pending, { offline });
   const known = isKnown(c.id);
   const loaded = known ? c.upToDate.prompts && c.upToDate.responses : conversationsLoaded;

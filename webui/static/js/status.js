@@ -31,6 +31,11 @@ export class ConnectionStatus {
     this.#update();
   }
 
+  /** Whether a live read is reconnecting: nothing new reaches the page meanwhile. */
+  readsInterrupted() {
+    return [...this.#streams.values()].some((s) => s.state === "reconnecting");
+  }
+
   /** "live" | "connecting" | "reconnecting" | "error" */
   overall() {
     const states = [...this.#streams.values()].map((s) => s.state);
