@@ -44,6 +44,14 @@ def _pull_subscription(
     http: requests.Session, root: str, sub_id: str, wake: str, pattern: str, lease_ms: int
 ) -> None:
     _put_json_stream(http, root, wake)
+    _subscribe(http, root, sub_id, wake, pattern, lease_ms)
+
+
+def _subscribe(
+    http: requests.Session, root: str, sub_id: str, wake: str, pattern: str,
+    lease_ms: int = 30_000,
+) -> None:
+    """A pull-wake subscription, whether or not its wake stream exists."""
     r = http.put(
         f"{root}/__ds/subscriptions/{sub_id}",
         json={"type": "pull-wake", "pattern": pattern, "wake_stream": wake, "lease_ttl_ms": lease_ms},
@@ -196,10 +204,7 @@ def test_a_subscription_whose_wake_stream_was_missing_is_woken_once_it_exists(
     subscription again, across restarts: every later append found a wake in progress. So
     did a wake unclaimed when its stream was deleted and made again."""
     root = _root(streams_server)
-    r = http.put(f"{root}/__ds/subscriptions/early",
-                 json={"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/early",
-                       "lease_ttl_ms": 30_000})
-    assert r.status_code == 201, r.text
+    _subscribe(http, root, "early", "wake/early", "jobs/*")
     _put_json_stream(http, root, "jobs/e")
     tail = _append(http, root, "jobs/e", {"n": 1})  # no wake stream yet: no wake written
 
@@ -233,10 +238,7 @@ def test_wake_events_keep_a_wake_stream_with_a_ttl_alive(
     r = http.put(f"{root}/wake/ttl",
                  headers={"Content-Type": "application/json", "Stream-TTL": "2"})
     assert r.status_code == 201, r.text
-    r = http.put(f"{root}/__ds/subscriptions/ttl",
-                 json={"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/ttl",
-                       "lease_ttl_ms": 30_000})
-    assert r.status_code == 201, r.text
+    _subscribe(http, root, "ttl", "wake/ttl", "jobs/*")
     _put_json_stream(http, root, "jobs/t")
     r = http.put(f"{root}/alone", headers={"Content-Type": "application/json", "Stream-TTL": "2"})
     assert r.status_code == 201, r.text  # created after the wake stream, never written
@@ -276,10 +278,7 @@ def test_wake_events_on_a_text_wake_stream_are_one_json_line_each(
     root = _root(streams_server)
     r = http.put(f"{root}/wake/text", headers={"Content-Type": "text/plain"})
     assert r.status_code == 201, r.text
-    r = http.put(f"{root}/__ds/subscriptions/text",
-                 json={"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/text",
-                       "lease_ttl_ms": 30_000})
-    assert r.status_code == 201, r.text
+    _subscribe(http, root, "text", "wake/text", "jobs/*")
     _put_json_stream(http, root, "jobs/x")
     for n in range(2):
         tail = _append(http, root, "jobs/x", {"n": n})
