@@ -231,6 +231,8 @@ def _conflict(
         gap.expected_seq = _int_header(headers, "Producer-Expected-Seq")
         gap.received_seq = _int_header(headers, "Producer-Received-Seq")
         return gap
+    if code == "CONTENT_TYPE_MISMATCH":
+        return errors.ContentTypeMismatch(message, **common)
     if code == "ALREADY_CLAIMED":
         claimed = errors.AlreadyClaimed(message, **common)
         detail = _error_object(common["body"])

@@ -12,6 +12,10 @@ Life of an agent (it holds the conversation's lease from the moment it is spawne
 4. Passivate when idle for `idle_timeout_s`: ack `done`, stop. The server wakes a new agent
    for the next prompt.
 
+A conversation whose streams can never take an answer (its responses stream closed or of
+another type, a stream soft-deleted) ends its agent the same way, after one error in the log:
+its prompts are acked unanswered, so that only a new prompt wakes an agent again.
+
 The actor's inbox only ever carries short messages; all blocking I/O runs on threads the
 actor owns, started in `on_start` and stopped in `on_stop`, reporting back with `tell`.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -30,14 +35,21 @@ import pykka
 from agent_actors import layout, schema
 from agent_actors.answering import AnswerAborted, AnswerOutcome, answer_prompt, refuse_prompt
 from agent_actors.conversation_log import ConversationLog
-from agent_actors.errors import ProducerFenced, StreamNotFound, StreamsError
+from agent_actors.errors import (
+    ContentTypeMismatch,
+    ProducerFenced,
+    StreamClosed,
+    StreamGone,
+    StreamNotFound,
+    StreamsError,
+)
 from agent_actors.lease_keeper import LeaseKeeper
 from agent_actors.models.base import Model
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.producer import Producer
 from agent_actors.schema import Cancel, Prompt
 from agent_actors.stream_types import Lease, ReadResult
-from agent_actors.streams_client import StreamsClient, Tail
+from agent_actors.streams_client import JSON_CONTENT_TYPE, StreamsClient, Tail
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +400,10 @@ class ConversationAgent(pykka.ThreadingActor):
                         failed.error)
             self._stop_with("replaced")
             return
+        why = self._unanswerable_because(failed.error)
+        if why is not None:
+            self._give_up_unanswerable(why, failed.error)
+            return
         if isinstance(failed.error, StreamsError):
             # The server refused, or stayed unreachable past the client's retries: expected
             # while it is down. The supervisor restarts the agent (backing off), and the new
@@ -397,6 +413,38 @@ class ConversationAgent(pykka.ThreadingActor):
             self._stop_with("failed")
             return
         raise AgentFailure(f"{failed.what} failed: {failed.error}") from failed.error
+
+    def _unanswerable_because(self, error: BaseException) -> str | None:
+        """Why no answer can ever be written for this conversation, if `error` says so;
+        None for failures that trying again may cure (a server down, a lost lease)."""
+        if isinstance(error, StreamClosed):  # only appends see it: they go to responses
+            return "its responses stream is closed"
+        if not isinstance(error, (ContentTypeMismatch, StreamGone)):
+            return None
+        failed_path = urllib.parse.urlsplit(error.url).path
+        which = next((name for name, path in (("prompts", self.prompts_path),
+                                             ("responses", self.responses_path))
+                      if failed_path == urllib.parse.urlsplit(self.client.stream_url(path)).path),
+                     None)
+        if which is None:
+            return None
+        if isinstance(error, ContentTypeMismatch):
+            return f"its {which} stream is not {JSON_CONTENT_TYPE}"
+        return f"its {which} stream was deleted while a fork of it remains (410 Gone)"
+
+    def _give_up_unanswerable(self, why: str, error: BaseException) -> None:
+        """Ack every prompt so far and stop: restarting would fail the same way for good. A
+        new prompt still wakes an agent, which finds out again (streams can be repaired by
+        deleting and creating them)."""
+        log.error("conversation %s cannot be answered: %s; its prompts stay unanswered (%s)",
+                  self.conversation_id, why, error)
+        self._passivating = True  # no answer starts meanwhile
+        try:
+            self._keeper.processed(self.client.head(self.prompts_path).next_offset)
+        except StreamsError:
+            pass  # a prompts stream that is gone has nothing left to ack
+        self._keeper.finish()
+        self._stop_with("unanswerable")
 
     # -- threads ---------------------------------------------------------------------------
 

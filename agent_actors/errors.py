@@ -94,6 +94,11 @@ class StreamClosed(Conflict):
     next_offset: str | None = None
 
 
+class ContentTypeMismatch(Conflict):
+    """The stream holds another content type than the request's: an append refused with 409
+    ``CONTENT_TYPE_MISMATCH``, or a read of a JSON stream that answered with another type."""
+
+
 class SequenceGap(Conflict):
     """409 for an idempotent producer: the server expected another ``Producer-Seq``.
 

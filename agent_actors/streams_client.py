@@ -242,11 +242,13 @@ class StreamsClient:
         headers = response.headers
         closed = _flag(headers, "Stream-Closed")
         messages: tuple[Any, ...] = ()
+        content_type = headers.get("Content-Type", "") if response.status_code != 204 else ""
+        if content_type and not content_type.lower().startswith(JSON_CONTENT_TYPE):
+            # Checked on an empty read too: the first read of a new stream is empty.
+            raise errors.ContentTypeMismatch(
+                f"not a JSON stream (Content-Type {content_type!r})",
+                status=response.status_code, method="GET", url=response.url)
         if response.status_code != 204 and response.content.strip():
-            content_type = headers.get("Content-Type", "")
-            if not content_type.lower().startswith(JSON_CONTENT_TYPE):
-                raise errors.StreamsError(f"not a JSON stream (Content-Type {content_type!r})",
-                                          status=response.status_code)
             value = json.loads(response.content)
             if not isinstance(value, list):
                 raise errors.StreamsError("JSON stream read did not return an array",

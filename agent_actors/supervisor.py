@@ -492,6 +492,9 @@ class Supervisor(pykka.ThreadingActor):
             prompts = self.client.head(layout.prompts_path(cid))
         except NotFound:
             return True  # prompts stream not created yet: its creation will wake us
+        except StreamGone:  # soft-deleted, for good: no prompt can come
+            log.info("checked conversation=%s: its prompts stream is gone (410)", cid)
+            return True
         except StreamsError as exc:
             log.warning("could not check conversation %s: %s", cid, exc)
             return False
@@ -518,7 +521,7 @@ class Supervisor(pykka.ThreadingActor):
             if self.client.exists(layout.responses_path(cid)):  # else: nothing answered yet
                 for message in self.client.read_all(layout.responses_path(cid)).messages:
                     conversation.apply_response(message)
-        except NotFound:
+        except (NotFound, StreamGone):
             return False  # no prompts stream: no work
         except StreamsError as exc:
             log.warning("could not read conversation %s: %s", cid, exc)

@@ -8,11 +8,13 @@ from __future__ import annotations
 import re
 import signal
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from agent_actors import layout, schema
 from agent_actors.streams_client import StreamsClient
@@ -568,6 +570,85 @@ def test_an_agent_failed_by_the_server_stops_with_a_warning_not_a_traceback(
     assert sup.wait_for_line(f"agent crashed conversation={cid} failures=1", timeout=5)
     log = "\n".join(sup.lines)  # this process's lines (the file keeps earlier runs')
     assert "Traceback" not in log and "Unhandled exception" not in log, sup.log_tail()
+
+
+def assert_unanswerable_once_per_prompt(sup: SupervisorProcess, client: StreamsClient,
+                                        chat: ChatClient, cid: str, why: str) -> None:
+    """The conversation's last prompt found its streams unable to take an answer: the agent
+    says why once, acks the prompts (so no wake repeats) and is not restarted; the next
+    prompt wakes one new agent, which says so once more."""
+    said = f"conversation {cid} cannot be answered: {why}"
+    assert sup.wait_for_line(said, timeout=15), sup.log_tail()
+    assert sup.wait_for_line(f"agent stopped conversation={cid} reason=unanswerable",
+                             timeout=10), sup.log_tail()
+    wait_until(lambda: all_prompts_acked(client, cid), timeout=10,
+               what="the unanswerable prompts to be acked")
+    chat.send_prompt(cid, "is anyone there?")
+    wait_until(lambda: sup.count_lines(said) == 2, timeout=15,
+               what="the next prompt's agent to say so too")
+    wait_until(lambda: sup.count_lines(f"agent stopped conversation={cid} reason=unanswerable")
+               == 2, timeout=10, what="that agent to stop")
+    wait_until(lambda: all_prompts_acked(client, cid), timeout=10,
+               what="the next prompt to be acked")
+    log = "\n".join(sup.lines)
+    assert "agent crashed" not in log and "Traceback" not in log, sup.log_tail()
+
+
+def test_a_closed_responses_stream_is_reported_once_per_prompt_not_retried_forever(
+    any_server: ServerProcess, start_supervisor: StartSupervisor,
+) -> None:
+    """A client closed the responses stream (section 5.2): no answer can be written to it,
+    ever. The agent used to fail, and its supervisor restarted it every 30 s for good."""
+    sup = start_supervisor(streams_root(any_server))
+    client, chat = connect(any_server)
+    cid = chat.start_conversation("closed under the agent")
+    first = chat.send_prompt(cid, "hello")
+    wait_for_answers(client, cid, [first])
+    client.close_stream(layout.responses_path(cid))
+    chat.send_prompt(cid, "after the close")  # the running agent's answer is refused
+    assert_unanswerable_once_per_prompt(sup, client, chat, cid,
+                                        "its responses stream is closed")
+
+
+def test_a_responses_stream_of_another_type_is_reported_not_retried_forever(
+    any_server: ServerProcess, start_supervisor: StartSupervisor,
+) -> None:
+    """A client made the responses stream `text/plain`: the agent can neither read it as
+    JSON nor append JSON to it."""
+    sup = start_supervisor(streams_root(any_server))
+    client, chat = connect(any_server)
+    cid = chat.start_conversation("wrong type", responses_stream=False)
+    client.ensure_stream(layout.responses_path(cid), "text/plain")
+    chat.send_prompt(cid, "hello")
+    assert_unanswerable_once_per_prompt(sup, client, chat, cid,
+                                        "its responses stream is not application/json")
+
+
+def test_a_soft_deleted_prompts_stream_is_reported_not_retried_forever(
+    streams_server: ServerProcess, start_supervisor: StartSupervisor,
+) -> None:
+    """Deleting a stream that has a fork leaves it soft-deleted: `410 Gone` to every request
+    for good (section 4.2), and a `PUT` cannot make it again. Its agent used to fail and be
+    restarted every 30 s."""
+    sup = start_supervisor(streams_root(streams_server))
+    client, chat = connect(streams_server)
+    cid = chat.start_conversation("forked, then deleted")
+    first = chat.send_prompt(cid, "hello")
+    wait_for_answers(client, cid, [first])
+    fork = requests.put(client.stream_url(f"forks/{cid}"), timeout=10, headers={
+        "Stream-Forked-From": urllib.parse.urlsplit(
+            client.stream_url(layout.prompts_path(cid))).path})
+    assert fork.status_code == 201, fork.text
+    client.delete(layout.prompts_path(cid))
+    said = f"conversation {cid} cannot be answered: its prompts stream was deleted"
+    assert sup.wait_for_line(said, timeout=15), sup.log_tail()
+    assert sup.wait_for_line(f"agent stopped conversation={cid} reason=unanswerable",
+                             timeout=10), sup.log_tail()
+    # The supervisor's check of the conversation, after its agent stopped, finds no work.
+    assert sup.wait_for_line(f"checked conversation={cid}: its prompts stream is gone",
+                             timeout=10), sup.log_tail()
+    log = "\n".join(sup.lines)
+    assert "agent crashed" not in log and "could not check" not in log, sup.log_tail()
 
 
 # -- 6. passivation ---------------------------------------------------------------------------------
