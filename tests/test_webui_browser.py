@@ -1233,6 +1233,49 @@ def test_an_answer_cut_off_by_a_lost_connection_blames_the_connection_not_the_ag
         app.terminate()
 
 
+def test_a_conversation_whose_responses_stream_was_closed_says_so_and_takes_no_more_prompts(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """Any client may close a stream (section 5.2), and no answer can be written to a closed
+    responses stream. The answer waiting for it used to say "Thinking" for good, the box took
+    prompts no agent could answer, and the agent was restarted every 30 s."""
+    page = open_chat(new_context(), chat_app.url)
+    answered = unique("Answered before the close")
+    send_prompt(page, answered)
+    wait_state(page, answered, "done")
+    cid = conversation_id(page)
+    model.first_token_delay = 30.0  # the next answer is thinking when the stream closes
+    waiting = unique("Waiting as it closes")
+    send_prompt(page, waiting)
+    wait_state(page, waiting, "thinking")
+    StreamsClient(f"{chat_app.url}/v1/stream").close_stream(f"conversations/{cid}/responses")
+
+    def says_closed(page: Page) -> None:
+        wait_state(page, answered, "done")
+        wait_state(page, waiting, "error")
+        expect(turn_for(page, waiting).get_by_test_id("answer-error")).to_have_text(
+            "No answer can be written: this conversation's responses stream has been closed.")
+        expect(turn_for(page, waiting).get_by_test_id("retry")).to_have_count(0)
+        expect(page.get_by_test_id("composer-closed")).to_be_visible()
+        expect(page.get_by_test_id("composer-input")).to_be_disabled()
+        expect(page.get_by_test_id("stop-button")).to_be_hidden()
+
+    says_closed(page)
+    page.reload()
+    wait_ready(page)
+    says_closed(page)
+    # Another conversation takes prompts as before.
+    page.get_by_test_id("new-conversation").click()
+    expect(page.get_by_test_id("composer-input")).to_be_enabled()
+    expect(page.get_by_test_id("composer-closed")).to_be_hidden()
+    model.first_token_delay = 0.0
+    after = unique("In a new conversation")
+    send_prompt(page, after)
+    wait_state(page, after, "done")
+    assert not [m for m in prompt_messages(chat_app.url, cid) if m.get("type") == "prompt"
+                and m.get("content") not in (answered, waiting)]
+
+
 def test_on_a_phone_the_message_box_keeps_its_room_while_stop_shows(
         chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
         new_context: NewContext) -> None:

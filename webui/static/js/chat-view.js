@@ -80,9 +80,10 @@ export class ChatView {
   /**
    * Show `turns` (from the transcript) followed by `pending` prompts the outbox has not
    * delivered yet ({id, content, timestamp, failed?}). `offline`: the page's live reads are
-   * reconnecting, which is then why an answer shows no new text.
+   * reconnecting, which is then why an answer shows no new text. `closed`: the conversation
+   * takes no more answers, so none is offered to be tried again.
    */
-  render(turns, pending, { offline = false } = {}) {
+  render(turns, pending, { offline = false, closed = false } = {}) {
     const stick = this.#following;
     const wanted = [];
     for (const turn of turns) wanted.push({ id: turn.promptId, turn });
@@ -109,7 +110,7 @@ export class ChatView {
       if (expectedPosition !== parts.li) this.list.insertBefore(parts.li, expectedPosition);
       try {
         if (item.turn) {
-          updateTurn(parts, item.turn, earlierUnfinished, item === last, offline);
+          updateTurn(parts, item.turn, earlierUnfinished, item === last && !closed, offline);
           earlierUnfinished ||= !item.turn.final;
         } else updatePending(parts, item.pending);
       } catch (err) {

@@ -44,6 +44,7 @@ const ui = {
   stop: $("stop-button"),
   announcer: $("announcer"),
   composerError: $("composer-error"),
+  composerClosed: $("composer-closed"),
 };
 
 const drawers = new Drawers({
@@ -251,6 +252,7 @@ function maybeFollow() {
       if (c !== current) return;
       c.offsets.responses = batch.to;
       c.transcript.applyResponses(batch.messages ?? []);
+      if (batch.closed) c.transcript.closeResponses();
       if (batch.upToDate) c.upToDate.responses = true;
       responsesPanel.add(batch);
       if (batch.count) flow.responsesArrived(c.transcript.responseEntries);
@@ -348,7 +350,11 @@ function render() {
   }
   const pending = pendingPrompts(c.id);
   const offline = status.readsInterrupted();
-  const count = view.render(turns, pending, { offline });
+  const closed = c.transcript.responsesClosed;
+  const count = view.render(turns, pending, { offline, closed });
+  ui.composerClosed.hidden = !closed;
+  ui.input.disabled = closed;
+  ui.send.disabled = closed;
   const known = isKnown(c.id);
   const loaded = known ? c.upToDate.prompts && c.upToDate.responses : conversationsLoaded;
   ui.welcome.hidden = count > 0 || !loaded;
@@ -397,7 +403,7 @@ function announce(text) {
 
 function send() {
   const text = ui.input.value.trim();
-  if (!text || !current) return;
+  if (!text || !current || current.transcript.responsesClosed) return;
   if (text.length > protocol.MAX_PROMPT_CHARS) {
     ui.composerError.textContent = `This message is too long to send: ${text.length.toLocaleString()} characters, the limit is ${protocol.MAX_PROMPT_CHARS.toLocaleString()}.`;
     ui.composerError.hidden = false;

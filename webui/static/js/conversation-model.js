@@ -197,6 +197,14 @@ function restartTurn(turn, attempt) {
   turn.restarts += 1;
 }
 
+export const RESPONSES_CLOSED = "No answer can be written: this conversation's responses stream has been closed.";
+
+function unanswerable(turn) {
+  if (turn.final) return;
+  turn.final = "error";
+  turn.error = RESPONSES_CLOSED;
+}
+
 /** Turn state as shown: thinking, streaming, cancelling, done, cancelled, error. */
 export function turnState(turn) {
   if (turn.final === "error") return "error";
@@ -220,6 +228,14 @@ export class Transcript {
   promptEntries = 0;
   responseEntries = 0;
   ignored = 0;
+  responsesClosed = false; // no answer can be written any more
+
+  /** The responses stream is closed (read to its end): an answer not finished by then never
+   * will be, nor one to a prompt sent later. */
+  closeResponses() {
+    this.responsesClosed = true;
+    for (const turn of this.turns.values()) if (turn.prompt) unanswerable(turn);
+  }
 
   #turn(promptId) {
     let turn = this.turns.get(promptId);
@@ -247,6 +263,7 @@ export class Transcript {
       const turn = this.#turn(m.id);
       if (turn.prompt) return; // a repeated prompt id is the same prompt
       turn.prompt = { content: safeText(m.content) ?? "", timestamp: safeNumber(m.timestamp) };
+      if (this.responsesClosed) unanswerable(turn);
       this.order.push(m.id);
       changed.add(m.id);
     } else if (type === "cancel" && typeof m.promptId === "string") {
