@@ -301,7 +301,8 @@ function parseTable(lines, i) {
 // --------------------------------------------------------------------------- inline parsing
 
 const PUNCT = /[!-/:-@[-`{-~]/;
-const URL_TRAILING = new Set([...".,;:!?)]}*_~"]);
+// Closing quotes too: a URL quoted in prose (the demo model quotes each prompt) ends before them.
+const URL_TRAILING = new Set([...".,;:!?)]}*_~”’»›"]);
 
 // The inline scans (closers, brackets, destinations, code spans, URLs) look ahead, and some
 // source shapes would make them look ahead from every position ("[a](" repeated). They draw
@@ -483,6 +484,8 @@ function trimTrailingSpaces(text) {
 }
 
 /** A bare URL without the punctuation that more likely ends the sentence. */
+const URL_LEADING = /[\s("'“‘«‹]/; // what a bare URL may follow: a space, a bracket, a quote
+
 function trimUrlPunctuation(url) {
   let end = url.length;
   while (end > 0 && URL_TRAILING.has(url[end - 1])) end -= 1;
@@ -604,7 +607,7 @@ function renderInlineText(text, parent) {
         continue;
       }
     }
-    if ((c === "h" || c === "H") && (prev === undefined || /[\s(]/.test(prev)) && hasBudget()) {
+    if ((c === "h" || c === "H") && (prev === undefined || URL_LEADING.test(prev)) && hasBudget()) {
       BARE_URL.lastIndex = i;
       const m = BARE_URL.exec(text);
       if (m && spend(m[0].length)) {
