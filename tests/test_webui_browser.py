@@ -1167,6 +1167,147 @@ def test_an_announcement_made_at_once_after_another_joins_it_instead_of_replacin
         "Answer complete. The agent is thinking.")
 
 
+def test_answers_are_announced_while_the_streams_panel_covers_the_chat(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Under 1180 px the streams panel opens over the chat, which is then inert: the live
+    region inside it was out of the accessibility tree, so "Answer complete." was never
+    said to someone watching the live view."""
+    model.first_token_delay = 1.0
+    page = open_chat(new_context(viewport={"width": 1000, "height": 800}), chat_app.url)
+    prompt = unique("Answer while I watch the streams")
+    send_prompt(page, prompt)
+    page.get_by_test_id("toggle-streams").click()
+    expect(page.get_by_test_id("close-streams")).to_be_focused()
+    wait_state(page, prompt, "done")
+    announcer = page.get_by_test_id("announcer")
+    expect(announcer).to_contain_text("Answer complete.")
+    assert announcer.evaluate("el => el.closest('[inert]') === null"), "announced out of hearing"
+
+
+def test_a_prompt_the_server_refuses_and_a_failed_answer_are_announced_with_their_reason(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """A refused prompt only showed "Not sent" under its bubble, and a failed answer was
+    announced as "The answer failed." without the reason the page shows."""
+    page = open_chat(new_context(), chat_app.url)
+    model.fail_next("401")
+    failing = unique("Fail this answer")
+    send_prompt(page, failing)
+    wait_state(page, failing, "error")
+    reason = turn_for(page, failing).get_by_test_id("answer-error").text_content()
+    assert reason
+    announcer = page.get_by_test_id("announcer")
+    expect(announcer).to_contain_text(f"The answer failed: {reason}")
+
+    def refuse(route: Route, request: Request) -> None:
+        if request.method == "POST":
+            route.fulfill(status=400, content_type="application/json", body=json.dumps(
+                {"error": {"code": "BAD_REQUEST", "message": "this server refuses it"}}))
+        else:
+            route.fallback()
+
+    page.route(re.compile(r".*/v1/stream/conversations/[^/?]+/prompts(\?.*)?$"), refuse)
+    box = page.get_by_test_id("composer-input")
+    box.fill("Refuse this prompt")
+    box.press("Enter")
+    expect(announcer).to_contain_text("Your message was not sent")
+    expect(announcer).to_contain_text("It is back in the message box.")
+    expect(box).to_have_value("Refuse this prompt")
+
+
+def test_focus_stays_in_the_conversation_when_stop_goes_or_a_drawer_opens_one(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """Focus fell to the page's body, where a screen reader says nothing and the next Tab
+    starts over: when the focused Stop button went with the end of its answer, and when a
+    conversation was picked from the list in the drawer of a narrow screen."""
+    page = open_chat(new_context(viewport=PHONE), chat_app.url)
+    model.first_token_delay = 1.5
+    first = unique("Answer while Stop has the focus")
+    send_prompt(page, first)
+    page.get_by_test_id("stop-button").focus()
+    wait_state(page, first, "done")
+    expect(page.get_by_test_id("composer-input")).to_be_focused()
+    model.first_token_delay = 0.0
+
+    page.get_by_test_id("toggle-sidebar").click()
+    page.get_by_test_id("new-conversation").click()
+    second = unique("The second conversation")
+    send_prompt(page, second)
+    wait_state(page, second, "done")
+    page.get_by_test_id("toggle-sidebar").click()
+    item = page.get_by_test_id("conversation-item").filter(has_text=first)
+    item.focus()
+    page.keyboard.press("Enter")
+    expect(turn_for(page, first)).to_have_count(1)
+    # The conversation, not the message box: that would open a phone's keyboard.
+    expect(page.locator("#main")).to_be_focused()
+
+
+def test_escape_stops_the_answer_with_the_focus_in_the_conversation_list(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """Esc stopped an answer only with the focus inside the conversation: after a click on
+    a conversation in the list, where the focus stays, it did nothing."""
+    model.tokens_per_second = 15
+    page = open_chat(new_context(), chat_app.url)
+    prompt, _ = start_long_answer(page, replies, "Go on while I look at the list",
+                                  words("item", 200), 3)
+    page.get_by_test_id("conversation-item").filter(has_text="Go on while I look").focus()
+    page.keyboard.press("Escape")
+    wait_state(page, prompt, "cancelled")
+
+
+def test_a_screen_reader_is_told_who_says_what(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """A turn was a prompt and an answer with nothing between them but a hidden avatar: a
+    screen reader could not tell where the question ended and the answer began."""
+    page = open_chat(new_context(), chat_app.url)
+    prompt = unique("Who is speaking")
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+    tree = turn_for(page, prompt).aria_snapshot()
+    assert re.search(r'article "You said":[\s\S]*Who is speaking', tree), tree
+    assert 'article "The agent answered":' in tree, tree
+
+
+def test_a_long_draft_in_a_short_window_leaves_the_conversation_and_send_in_view(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """A phone held sideways (or a page zoomed to 200 %): the message box grew to 220 px and
+    squeezed the conversation to a few pixels."""
+    page = open_chat(new_context(viewport={"width": 640, "height": 360}), chat_app.url)
+    prompt = unique("Short window")
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+    page.get_by_test_id("composer-input").fill("\n".join(f"line {i}" for i in range(15)))
+    scroller = page.get_by_test_id("message-scroll").bounding_box()
+    send = page.get_by_test_id("send-button").bounding_box()
+    assert scroller and send
+    assert scroller["height"] >= 100, scroller  # it was 12 px
+    assert send["y"] + send["height"] <= 360, send
+
+
+def test_the_message_box_shows_its_focus_and_a_readable_placeholder_in_the_dark(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """Its focus showed only as a 1 px border of another colour, and in the dark scheme its
+    placeholder was the browser's grey, at 3.8:1 against the box."""
+    page = open_chat(new_context(color_scheme="dark"), chat_app.url)
+    box = page.get_by_test_id("composer-input")
+    box.focus()
+    composer = page.get_by_test_id("composer")
+    assert composer.evaluate("el => getComputedStyle(el).outlineStyle") == "solid"
+    assert composer.evaluate("el => getComputedStyle(el).outlineWidth") == "2px"
+    placeholder = box.evaluate("el => getComputedStyle(el, '::placeholder').color")
+    muted = page.evaluate("""() => {
+        const probe = document.createElement("span");
+        probe.style.color = "var(--muted)";
+        document.body.append(probe);
+        const color = getComputedStyle(probe).color;
+        probe.remove();
+        return color;
+    }""")
+    assert placeholder == muted, (placeholder, muted)
+
+
 def test_a_link_to_an_unknown_conversation_says_so_and_a_message_starts_it(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     cid = f"nosuch{uuid.uuid4().hex[:8]}"

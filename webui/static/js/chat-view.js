@@ -152,7 +152,8 @@ export class ChatView {
 function buildTurn(promptId) {
   const promptText = el("div", { class: "bubble-text", dir: "auto" });
   const promptMeta = el("div", { class: "msg-meta", dataset: { testid: "prompt-meta" } });
-  const prompt = el("div", { class: "msg msg-user", dataset: { testid: "prompt" } },
+  // Named for screen readers, which cannot see the bubble or the avatar that tell them apart.
+  const prompt = el("div", { class: "msg msg-user", role: "article", "aria-label": "You said", dataset: { testid: "prompt" } },
     el("div", { class: "bubble" }, promptText), promptMeta);
 
   const status = el("div", { class: "answer-status", dataset: { testid: "answer-status" } },
@@ -161,7 +162,7 @@ function buildTurn(promptId) {
   const body = el("div", { class: "markdown", dir: "auto", dataset: { testid: "answer-text" } });
   const error = el("div", { class: "answer-error", dataset: { testid: "answer-error" }, hidden: true });
   const meta = el("div", { class: "msg-meta answer-meta", dataset: { testid: "answer-meta" } });
-  const answer = el("div", { class: "msg msg-agent", dataset: { testid: "answer" } },
+  const answer = el("div", { class: "msg msg-agent", role: "article", "aria-label": "The agent answered", dataset: { testid: "answer" } },
     el("div", { class: "avatar", "aria-hidden": "true" }, "AI"),
     el("div", { class: "answer-main" }, status, body, error, meta));
 

@@ -5,7 +5,7 @@ import { StreamsClient } from "./streams.js";
 import { StreamHub } from "./hub.js";
 import { Outbox } from "./outbox.js";
 import * as protocol from "./chat-protocol.js";
-import { ConversationList, Transcript, turnState } from "./conversation-model.js";
+import { ConversationList, Transcript, firstCharacters, turnState } from "./conversation-model.js";
 import { ChatView, STALL_MS } from "./chat-view.js";
 import { FlowDiagram } from "./flow.js";
 import { RawStreamPanel } from "./stream-panels.js";
@@ -45,6 +45,7 @@ const ui = {
   announcer: $("announcer"),
   composerError: $("composer-error"),
   composerClosed: $("composer-closed"),
+  main: document.getElementById("main"),
 };
 
 const drawers = new Drawers({
@@ -182,7 +183,17 @@ function navigateTo(id) {
     history.pushState(null, "", window.location.pathname + window.location.search);
     openConversation(null);
   }
+  // A conversation picked in the drawer of a narrow screen: the focused item goes with the
+  // drawer, and the focus would fall to the page's body.
+  const fromDrawer = drawers.isOverlayOpen();
   drawers.close();
+  if (fromDrawer) ui.main.focus();
+}
+
+/** Focus for the message box, or the conversation when the box takes nothing. */
+function focusComposer() {
+  if (ui.input.disabled) ui.main.focus();
+  else ui.input.focus();
 }
 
 function openConversation(id) {
@@ -365,7 +376,9 @@ function render() {
   ui.rename.hidden = !conversations.has(c.id) || !ui.renameForm.hidden;
   ui.delete.hidden = ui.rename.hidden;
   document.title = `${title} · Durable Agent Chat`;
-  ui.stop.hidden = promptToStop() === null;
+  const stopHidden = promptToStop() === null;
+  if (stopHidden && document.activeElement === ui.stop) focusComposer(); // else it falls to the body
+  ui.stop.hidden = stopHidden;
   const active = turns.filter((t) => !t.final).map(turnState);
   flow.setAgentState(active.includes("streaming") ? "streaming" : active.includes("thinking") ? "thinking" : active.length ? active[0] : "idle");
   ui.messages.dataset.ready = String(loaded);
@@ -380,7 +393,9 @@ function announceChanges(c, turns, loaded) {
     const before = c.states.get(turn.promptId);
     c.states.set(turn.promptId, state);
     // Only changes seen live are announced, not the history read at load.
-    if (loaded && c.announceReady && before !== state && words[state]) announce(words[state]);
+    if (!loaded || !c.announceReady || before === state || !words[state]) continue;
+    if (state === "error" && turn.error) announce(`The answer failed: ${firstCharacters(turn.error, 300)}`);
+    else announce(words[state]);
   }
   if (loaded) c.announceReady = true;
 }
@@ -533,7 +548,8 @@ function saveDraft(key, text) {
 
 function autosize() {
   ui.input.style.height = "auto";
-  ui.input.style.height = `${Math.min(ui.input.scrollHeight, 220)}px`;
+  const max = parseFloat(getComputedStyle(ui.input).maxHeight) || 220; // it follows the window's height
+  ui.input.style.height = `${Math.min(ui.input.scrollHeight, max)}px`;
 }
 
 // ---------------------------------------------------------------------------------- wiring
@@ -549,9 +565,9 @@ function wire() {
       send();
     }
   });
-  // Esc stops the answer from anywhere in the conversation, not only from the message box
-  // (the rename box takes its own Esc first).
-  document.getElementById("main").addEventListener("keydown", (event) => {
+  // Esc stops the answer from anywhere on the page, not only from the message box (the
+  // rename box and an open drawer take their own Esc first).
+  document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && !event.isComposing && !event.defaultPrevented && !ui.stop.hidden) {
       event.preventDefault();
       stop();
@@ -618,12 +634,19 @@ function wire() {
     if (body?.type !== "prompt") return;
     const m = /^conversations\/([^/]+)\/prompts$/.exec(path);
     failedPrompts.set(body.id, { conversationId: m?.[1], id: body.id, content: body.content, timestamp: body.timestamp, failed: error.message });
+    if (current?.id !== m?.[1]) {
+      scheduleRender();
+      return;
+    }
     // Give the text back so it can be sent again.
-    if (current?.id === m?.[1] && !ui.input.value.trim()) {
+    const givenBack = !ui.input.value.trim();
+    if (givenBack) {
       ui.input.value = body.content;
       saveDraft(draftKey(), body.content); // kept across a reload, as typed text is
       autosize();
     }
+    const reason = firstCharacters(error.message, 300).replace(/[.\s]+$/, "");
+    announce(`Your message was not sent: ${reason}.${givenBack ? " It is back in the message box." : ""}`);
     scheduleRender();
   });
 }
