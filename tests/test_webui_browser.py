@@ -1308,6 +1308,36 @@ def test_the_message_box_shows_its_focus_and_a_readable_placeholder_in_the_dark(
     assert placeholder == muted, (placeholder, muted)
 
 
+def test_a_conversation_in_the_list_opens_in_a_new_tab_and_shows_its_whole_title(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """The list's items were buttons: no Ctrl+click, middle click or "Open in new tab", in a
+    chat whose point is that every tab shows the same conversation live. A long title was
+    cut short with no way to read it but the rename box."""
+    context = new_context()
+    page = open_chat(context, chat_app.url)
+    long_title = unique("A question whose title goes on " + "and on " * 12)
+    send_prompt(page, long_title)
+    wait_state(page, long_title, "done")
+    cid = conversation_id(page)
+    item = page.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+    expect(item).to_have_attribute("href", f"#/c/{cid}")
+    title = next(m["title"] for m in read_json_stream(chat_app.url, "conversations")
+                 if m.get("id") == cid and m.get("type") == "conversation")
+    assert len(title) > 50, title  # more than the list shows
+    expect(item.locator(".conversation-item-title")).to_have_attribute("title", title)
+    expect(page.get_by_test_id("conversation-title")).to_have_attribute("title", title)
+    page.get_by_test_id("new-conversation").click()
+    with context.expect_page() as opened:
+        item.click(modifiers=["Control"])
+    tab = opened.value
+    wait_ready(tab)
+    assert conversation_id(tab) == cid
+    expect(turn_for(tab, long_title)).to_have_attribute("data-state", "done")
+    expect(page.get_by_test_id("message-list").get_by_test_id("turn")).to_have_count(0)
+    item.click()  # a plain click opens it here
+    expect(turn_for(page, long_title)).to_have_count(1)
+
+
 def test_a_link_to_an_unknown_conversation_says_so_and_a_message_starts_it(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     cid = f"nosuch{uuid.uuid4().hex[:8]}"

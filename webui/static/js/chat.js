@@ -112,14 +112,19 @@ function renderConversationList() {
   const focusedId = document.activeElement?.closest?.("[data-conversation-id]")?.dataset.conversationId;
   ui.conversationList.replaceChildren(...items.map((c) => {
     const active = current?.id === c.id;
-    const button = el("button", {
-      type: "button",
+    // A link, so that it opens in a new tab too (Ctrl+click, middle click, the menu).
+    const link = el("a", {
+      href: `#/c/${c.id}`,
       class: "conversation-item",
       dataset: { testid: "conversation-item", conversationId: c.id },
       "aria-current": active ? "page" : null,
-      onclick: () => navigateTo(c.id),
-    }, el("span", { class: "conversation-item-title", dir: "auto" }, c.title), el("span", { class: "conversation-item-time" }, c.pending ? "sending…" : formatTime(c.activeAt || c.timestamp)));
-    return el("li", {}, button);
+      onclick: (event) => {
+        if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
+        event.preventDefault();
+        navigateTo(c.id);
+      },
+    }, el("span", { class: "conversation-item-title", dir: "auto", title: c.title }, c.title), el("span", { class: "conversation-item-time" }, c.pending ? "sending…" : formatTime(c.activeAt || c.timestamp)));
+    return el("li", {}, link);
   }));
   if (focusedId) ui.conversationList.querySelector(`[data-conversation-id="${CSS.escape(focusedId)}"]`)?.focus();
   ui.conversationEmpty.hidden = items.length > 0 || !conversationsLoaded;
@@ -373,6 +378,7 @@ function render() {
   ui.unknownConversation.hidden = known || !conversationsLoaded || idFromHash() !== c.id;
   const title = conversationTitle(c.id) ?? "New conversation";
   ui.title.textContent = title;
+  ui.title.title = title; // a long one is cut short on screen
   ui.rename.hidden = !conversations.has(c.id) || !ui.renameForm.hidden;
   ui.delete.hidden = ui.rename.hidden;
   document.title = `${title} · Durable Agent Chat`;
