@@ -1297,15 +1297,41 @@ def test_the_message_box_shows_its_focus_and_a_readable_placeholder_in_the_dark(
     assert composer.evaluate("el => getComputedStyle(el).outlineStyle") == "solid"
     assert composer.evaluate("el => getComputedStyle(el).outlineWidth") == "2px"
     placeholder = box.evaluate("el => getComputedStyle(el, '::placeholder').color")
-    muted = page.evaluate("""() => {
+    assert placeholder == css_color(page, "--muted"), placeholder
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_muted_text_is_readable_on_every_background_it_is_on(
+        chat_app: ServerProcess, new_context: NewContext, scheme: str) -> None:
+    """Tags ("Answer restarted") and the raw streams' entry types are muted text on the
+    darkest surface: 4.499:1 in the light scheme, under the 4.5:1 of WCAG AA."""
+    page = open_chat(new_context(color_scheme=scheme), chat_app.url)
+    muted = css_color(page, "--muted")
+    for surface in ("--surface", "--surface-2", "--surface-3"):
+        ratio = contrast(muted, css_color(page, surface))
+        assert ratio >= 4.5, (scheme, surface, round(ratio, 3))
+
+
+def css_color(page: Page, variable: str) -> str:
+    """The page's CSS colour variable as the browser computes it ("rgb(r, g, b)")."""
+    return str(page.evaluate("""(name) => {
         const probe = document.createElement("span");
-        probe.style.color = "var(--muted)";
+        probe.style.color = `var(${name})`;
         document.body.append(probe);
         const color = getComputedStyle(probe).color;
         probe.remove();
         return color;
-    }""")
-    assert placeholder == muted, (placeholder, muted)
+    }""", variable))
+
+
+def contrast(first: str, second: str) -> float:
+    """WCAG contrast ratio of two "rgb(r, g, b)" colours."""
+    def luminance(color: str) -> float:
+        channels = [int(v) / 255 for v in re.findall(r"\d+", color)[:3]]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    lighter, darker = sorted((luminance(first), luminance(second)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
 
 
 def test_a_conversation_in_the_list_opens_in_a_new_tab_and_shows_its_whole_title(
