@@ -287,6 +287,10 @@ def test_ordinary_markdown_still_renders(conversation: Callable[[str], Conversat
     assert answer.locator("ul ul em").text_content() == "item"
     assert answer.locator("blockquote strong").text_content() == "text"
     assert answer.locator("pre code").text_content() == "print('# not a heading')"
+    # Both scroll sideways, so they take the focus; the code block's box clips what is outside.
+    for scroller in (answer.locator("pre"), answer.locator(".md-table")):
+        assert scroller.get_attribute("tabindex") == "0"
+        assert scroller.evaluate("el => getComputedStyle(el).outlineOffset") == "-2px"
     assert console_errors == [], console_errors
 
 
