@@ -1364,6 +1364,26 @@ def test_a_conversation_in_the_list_opens_in_a_new_tab_and_shows_its_whole_title
     expect(turn_for(page, long_title)).to_have_count(1)
 
 
+def test_a_prompt_from_another_tab_leaves_the_focus_on_the_answers_button(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """A new prompt makes the answer before it no longer the last, and its buttons were made
+    anew without the focus: a keyboard user on its Copy or Try again fell to the body."""
+    model.tokens_per_second = 15
+    page = open_chat(new_context(), chat_app.url)
+    stopped, _ = start_long_answer(page, replies, "Stop, then another tab asks",
+                                   words("item", 100), 3)
+    page.get_by_test_id("stop-button").click()
+    wait_state(page, stopped, "cancelled")
+    turn = turn_for(page, stopped)
+    turn.get_by_test_id("retry").focus()
+    other = open_chat(new_context(), page.url)
+    send_prompt(other, unique("From another tab"))
+    expect(page.get_by_test_id("turn")).to_have_count(2)
+    expect(turn.get_by_test_id("retry")).to_have_count(0)  # no longer the last turn
+    expect(turn.get_by_test_id("copy-answer")).to_be_focused()
+
+
 def test_a_link_to_an_unknown_conversation_says_so_and_a_message_starts_it(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     cid = f"nosuch{uuid.uuid4().hex[:8]}"

@@ -226,6 +226,9 @@ function updateTurn(parts, turn, waitingTurn, latest, offline) {
     parts.error.textContent = turn.error;
   } else parts.error.hidden = true;
   parts.text = turn.text;
+  // The buttons are made anew: one that had the focus hands it to its successor (or, if it
+  // went, to the other one), else the focus would fall to the page's body.
+  const focused = parts.meta.contains(document.activeElement) ? document.activeElement.dataset.testid : null;
   parts.meta.replaceChildren(...metaItems(turn, state));
   if (turn.text && (state === "done" || state === "cancelled" || state === "error")) {
     parts.meta.append(el("button", { type: "button", class: "meta-action", dataset: { copyAnswer: "", testid: "copy-answer" }, "aria-label": "Copy the answer (Markdown)" }, "Copy"));
@@ -233,6 +236,7 @@ function updateTurn(parts, turn, waitingTurn, latest, offline) {
   if (latest && canAskAgain(turn.prompt?.content) && (state === "error" || state === "cancelled")) {
     parts.meta.append(el("button", { type: "button", class: "meta-action", dataset: { retry: "", testid: "retry" } }, "Try again"));
   }
+  if (focused) (parts.meta.querySelector(`[data-testid="${focused}"]`) ?? parts.meta.querySelector("button"))?.focus();
 }
 
 function metaItems(turn, state) {
