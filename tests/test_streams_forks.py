@@ -208,6 +208,19 @@ def test_binary_fork_may_diverge_at_any_byte(client: StreamsHttp) -> None:
     assert client.catch_up("bin/src").content == b"helloworld!!"
 
 
+def test_a_binary_fork_past_the_source_tail_is_refused_and_creates_nothing(
+        client: StreamsHttp) -> None:
+    """Section 4.2: 400 when the fork offset exceeds the source's tail. Accepted, the fork
+    would claim a tail its reads can never reach."""
+    assert client.put("binpast/src", BINARY, b"abc").status_code == 201
+    for offset, sub in ((offset_token(4), None), (offset_token(99), None), (offset_token(3), 1)):
+        response = fork(client, "binpast/fork", "binpast/src", offset, sub)
+        assert response.status_code == 400, (offset, sub, response.status_code)
+        assert_absent(client, "binpast/fork")
+    assert fork(client, "binpast/fork", "binpast/src", offset_token(3)).status_code == 201
+    assert client.catch_up("binpast/fork").content == b"abc"
+
+
 def test_binary_sub_offset_needs_an_entry_boundary_anchor(client: StreamsHttp) -> None:
     """A sub-offset counts from an entry boundary and may not run past its append: an anchor
     inside an entry is ``INVALID_OFFSET``, an overshoot ``INVALID_SUB_OFFSET``; neither

@@ -166,6 +166,13 @@ def test_an_event_source_reconnecting_with_its_last_event_id_gets_only_what_foll
     for foreign in ("garbage", "9999999999999999_0000000000000001",
                     "0000000000000000_0000000000000099"):
         assert reconnect(foreign) == ["[1,2,3]"], foreign
+    # Before the URL's offset: the URL holds, nothing from before it is sent.
+    datas: list[str] = []
+    with http.session.get(http.url(path), params={"offset": last_id, "live": "sse"},
+                          headers={"Last-Event-ID": "0000000000000000_0000000000000000"},
+                          stream=True, timeout=20) as response:
+        _event_ids(response, datas)
+    assert datas == ["[3]"]
 
 
 # -- a stream deleted and created again under a live reader (sections 4, 5.4) -------------------

@@ -378,10 +378,12 @@ def test_a_heartbeat_after_its_lease_ran_out_is_fenced_before_the_lease_is_swept
 
 
 class _FlakyReceiver:
-    """A webhook receiver that fails its first `failures` requests with 503, then acks."""
+    """A webhook receiver that fails its first `failures` requests with 503, then acks;
+    each answer takes `delay` seconds."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, delay: float = 0.0) -> None:
         self.failures = failures
+        self.delay = delay
         self.arrivals: list[float] = []
         self.bodies: list[dict[str, Any]] = []
         self.delivered = threading.Event()
@@ -392,6 +394,7 @@ class _FlakyReceiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.arrivals.append(time.monotonic())
                 receiver.bodies.append(json.loads(body))
+                time.sleep(receiver.delay)  # a slow receiver, as real ones are
                 if len(receiver.arrivals) <= receiver.failures:
                     self.send_response(503)
                     self.end_headers()
@@ -463,6 +466,66 @@ def test_a_down_webhook_receiver_is_retried_with_backoff_across_a_restart(
     link = next(s for s in state["streams"] if s["path"] == "jobs/e")
     assert link["acked_offset"] == tail
     assert state["status"] == "active"
+
+
+def test_a_slow_webhook_receiver_gets_one_delivery_per_wake(
+    streams_server: ServerProcess, http: requests.Session
+) -> None:
+    """A delivery under way is not started again: the scheduler looks every few ms, and a
+    receiver that takes half a second got dozens of copies of one wake."""
+    receiver = _FlakyReceiver(failures=0, delay=0.5)
+    try:
+        root = _root(streams_server)
+        r = http.put(f"{root}/__ds/subscriptions/slow-hook",
+                     json={"type": "webhook", "pattern": "slow/*",
+                           "webhook": {"url": receiver.url}})
+        assert r.status_code == 201, r.text
+        _put_json_stream(http, root, "slow/a")
+        _append(http, root, "slow/a", {"n": 1})
+        assert receiver.delivered.wait(10), "never delivered"
+        wait_until(lambda: http.get(f"{root}/__ds/subscriptions/slow-hook").json()["wake_id"]
+                   is None, timeout=5, what="the wake to be done")
+        assert len(receiver.arrivals) == 1, receiver.arrivals
+    finally:
+        receiver.close()
+
+
+def test_an_older_ack_does_not_move_a_cursor_back(
+    streams_server: ServerProcess, http: requests.Session
+) -> None:
+    """Acks may arrive out of order (a retried one overtaken by the next): the cursor only
+    moves forward, else work already done would wake a worker again."""
+    root = _root(streams_server)
+    _pull_subscription(http, root, "order", "wake/order", "order/*", 30_000)
+    _put_json_stream(http, root, "order/a")
+    first = _append(http, root, "order/a", {"n": 1})
+    second = _append(http, root, "order/a", {"n": 2})
+    _wake_events_after(http, root, "wake/order", "-1")
+    grant = _claim(http, root, "order", "w1").json()
+    assert _ack(http, root, "order", grant, [{"stream": "order/a", "offset": second}],
+                done=False).status_code == 200
+    assert _ack(http, root, "order", grant, [{"stream": "order/a", "offset": first}],
+                done=False).status_code == 200
+    state = http.get(f"{root}/__ds/subscriptions/order").json()
+    assert next(s["acked_offset"] for s in state["streams"] if s["path"] == "order/a") == second
+
+
+def test_a_closed_wake_stream_gets_no_wake_events(
+    streams_server: ServerProcess, http: requests.Session
+) -> None:
+    """Closed is final (section 5.2): the server's own wake events may not be appended to a
+    closed wake stream either."""
+    root = _root(streams_server)
+    _pull_subscription(http, root, "shut", "wake/shut", "shut/*", 30_000)
+    _put_json_stream(http, root, "shut/a")
+    closed = http.post(f"{root}/wake/shut", headers={"Stream-Closed": "true"})
+    assert closed.status_code == 204, closed.text
+    tail = closed.headers["Stream-Next-Offset"]
+    _append(http, root, "shut/a", {"n": 1})  # its wake is written in the append's transaction
+    head = http.head(f"{root}/wake/shut")
+    assert head.headers["Stream-Next-Offset"] == tail
+    assert head.headers.get("Stream-Closed") == "true"
+    assert http.get(f"{root}/wake/shut", params={"offset": "-1"}).json() == []
 
 
 def test_a_subscription_id_that_needs_escaping_gets_the_right_jwks_url(
