@@ -1,7 +1,7 @@
-"""`answer_prompt` with a model adapter that breaks its contract by raising something other
-than `ModelError`. No real adapter does (the Anthropic one turns every failure into a
-`ModelError`), which is why this one is a stand-in; the producer records instead of writing,
-as in test_chunk_writer."""
+"""`answer_prompt` with stand-in models: one that breaks its contract by raising something
+other than `ModelError` (no real adapter does: the Anthropic one turns every failure into a
+`ModelError`), and one that streams until told to stop. The producers record (or fail)
+instead of writing, as in test_chunk_writer."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, cast
 import pytest
 
 from agent_actors.answering import MODEL_BUG, answer_prompt
+from agent_actors.errors import ProducerFenced
 from agent_actors.models.base import ModelEvent, TextDelta, Turn
 from agent_actors.producer import Producer
 
@@ -55,3 +56,39 @@ def test_an_adapter_bug_ends_the_answer_in_an_error_and_logs_the_traceback(
     assert "KeyError" not in error["message"]  # the user sees no internals
     [record] = caplog.records
     assert record.exc_info is not None and record.exc_info[0] is KeyError
+
+
+class FencedProducer:
+    def append(self, messages: list[dict[str, Any]]) -> None:
+        raise ProducerFenced("replaced by a newer agent", status=403)
+
+
+class EndlessModel:
+    """Streams a word every 10 ms, up to 500, until its `cancel` is set."""
+
+    name = "endless"
+
+    def __init__(self) -> None:
+        self.streamed = 0
+
+    def stream(self, turns: Sequence[Turn | tuple[str, str]], *,
+               cancel: threading.Event | None = None) -> Iterator[ModelEvent]:
+        assert cancel is not None
+        while self.streamed < 500:
+            self.streamed += 1
+            yield TextDelta("word ")
+            if cancel.wait(0.01):
+                return
+
+
+def test_a_failed_append_stops_the_model_at_once() -> None:
+    """A fenced agent (or a server gone for good) has nowhere to write the answer: the
+    model's stream is stopped, not read to its end (tokens paid for, the stop delayed)."""
+    model = EndlessModel()
+    with pytest.raises(ProducerFenced):
+        answer_prompt(
+            model=model, turns=[Turn("user", "hi")],
+            producer=cast(Producer, FencedProducer()), prompt_id="p1", attempt=0,
+            drop_partial=False, cancel=threading.Event(), abort=threading.Event(), window_s=0.0,
+        )
+    assert model.streamed < 100, model.streamed

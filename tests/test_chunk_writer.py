@@ -74,6 +74,18 @@ def test_with_a_window_the_deltas_within_it_make_one_chunk() -> None:
     assert producer.texts == ["abc", "d"]
 
 
+def test_with_a_window_the_first_delta_waits_for_it() -> None:
+    """The window is what `--coalesce-ms` sets: without the wait, each delta was a chunk."""
+    producer = HeldProducer()
+    chunks = writer(producer, window_s=0.5)
+    started = time.monotonic()
+    chunks.add("a")
+    assert producer.started.wait(5)
+    assert time.monotonic() - started >= 0.45
+    chunks.close()
+    assert producer.texts == ["a"]
+
+
 def test_close_sends_what_waits_in_the_window_at_once() -> None:
     producer = HeldProducer()
     chunks = writer(producer, window_s=30.0)
