@@ -685,6 +685,47 @@ def test_a_failed_answer_can_be_tried_again_from_the_last_turn(
     expect(turns.first.get_by_test_id("retry")).to_have_count(0)
 
 
+def test_an_answer_tried_again_can_be_tried_again(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Each Try again is a new prompt id (`~again1`, `~again2`): reusing one would be the
+    same prompt again, and nothing would happen."""
+    page = open_chat(new_context(), chat_app.url)
+    model.fail_next("401")
+    model.fail_next("401")
+    prompt = unique("Fail twice")
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "error")
+    turns = page.get_by_test_id("turn")
+    turns.first.get_by_test_id("retry").click()
+    expect(turns).to_have_count(2)
+    expect(turns.nth(1)).to_have_attribute("data-state", "error")
+    turns.nth(1).get_by_test_id("retry").click()
+    expect(turns).to_have_count(3)
+    expect(turns.nth(2)).to_have_attribute("data-state", "done")
+    ids = [m["id"] for m in prompt_messages(chat_app.url, conversation_id(page))
+           if m.get("type") == "prompt"]
+    assert len(set(ids)) == 3, ids
+
+
+def test_a_message_about_a_conversation_after_its_deletion_does_not_bring_it_back(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """A tab that missed the deletion may still rename the conversation (or note activity
+    in it) a moment later: the lists used to show it again."""
+    client = StreamsClient(f"{chat_app.url}/v1/stream")
+    chat = ChatClient(client, lease_ttl_ms=30_000)
+    title = unique("Deleted, then renamed late")
+    cid = chat.start_conversation(title)
+    chat.delete_conversation(cid)
+    late = client.producer("conversations", f"late-{uuid.uuid4().hex[:6]}", auto_claim=True)
+    late.append([{"type": "conversation", "id": cid, "title": "Renamed too late",
+                  "timestamp": int(time.time() * 1000)},
+                 {"type": "activity", "id": cid, "timestamp": int(time.time() * 1000)}])
+    page = open_chat(new_context(), chat_app.url)
+    items = page.get_by_test_id("conversation-list")
+    expect(items.locator(f'[data-conversation-id="{cid}"]')).to_have_count(0)
+    expect(items).not_to_contain_text("Renamed too late")
+
+
 def test_try_again_clicked_in_two_tabs_at_once_asks_once(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """Each tab sent a prompt of its own: the question was asked twice."""

@@ -56,6 +56,8 @@ def test_an_absolute_streams_url_and_a_token_reach_the_page_and_the_policy() -> 
     assert settings["streamsUrl"] == "https://streams.example:8443/v1/stream"
     assert settings["authToken"] == "s3cret"
     assert "connect-src 'self' https://streams.example:8443" in response.headers["Content-Security-Policy"]
+    for path in ("/", "/inspector"):  # a page with the token in it is kept by no cache
+        assert client.get(path).headers["Cache-Control"] == "no-store", path
 
 
 def test_settings_cannot_break_out_of_their_json_block() -> None:
