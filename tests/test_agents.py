@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from agent_actors import layout, schema
+from agent_actors.offsets_store import OffsetsStore
 from agent_actors.streams_client import StreamsClient
 from tests.fake_anthropic import FakeAnthropic
 from tests.support import ServerProcess, start_reference_server, start_streams_server
@@ -488,6 +489,7 @@ def test_two_supervisors_never_double_answer(
 
 def test_a_stalled_supervisor_is_fenced_and_stops_when_it_wakes_up(
     streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+    tmp_path: Path,
 ) -> None:
     fake.tokens_per_second = 50
     fake.reply = lambda messages: reply_to("stalled") * 3 \
@@ -518,6 +520,9 @@ def test_a_stalled_supervisor_is_fenced_and_stops_when_it_wakes_up(
     assert rendered.answers[second].terminals_total == 1
     assert stale.count_lines(f"answered conversation={cid} ") == 0
     assert fresh.count_lines(f"answered conversation={cid} prompt={first} ") == 1
+    # Fenced mid-answer is no clean stop: counted as one, an answer that keeps losing its
+    # agents would be tried (and paid for) for ever.
+    assert OffsetsStore(str(tmp_path / "agents-wa")).clean_stops(cid) == {}
 
 
 def test_an_agent_that_lost_its_lease_hands_the_conversation_back_to_its_supervisor(
@@ -570,6 +575,28 @@ def test_an_agent_failed_by_the_server_stops_with_a_warning_not_a_traceback(
     assert sup.wait_for_line(f"agent crashed conversation={cid} failures=1", timeout=5)
     log = "\n".join(sup.lines)  # this process's lines (the file keeps earlier runs')
     assert "Traceback" not in log and "Unhandled exception" not in log, sup.log_tail()
+
+
+def test_a_crash_after_a_normal_stop_is_backed_off_as_a_first_failure(
+    streams_server: ServerProcess, start_supervisor: StartSupervisor,
+) -> None:
+    """A crash long after the last one is a first failure again (1 s before the restart),
+    not the next of a series that would wait up to 30 s."""
+    sup = start_supervisor(streams_root(streams_server), idle_timeout=1.0)
+    client, chat = connect(streams_server)
+    cid = chat.start_conversation("fails now and then")
+    wait_for_answers(client, cid, [chat.send_prompt(cid, "hello")])
+    client.delete(layout.prompts_path(cid))  # fails the agent; its restart makes it again
+    assert sup.wait_for_line(f"agent crashed conversation={cid} failures=1", timeout=15)
+    assert sup.wait_for_line(f"agent stopped conversation={cid} reason=idle", timeout=15)
+    since = len(sup.lines)
+    prompt = client.producer(layout.prompts_path(cid), "after-the-failure")
+    prompt.append([{"type": "prompt", "id": "p-later", "content": "later",
+                    "timestamp": schema.now_ms()}])
+    wait_for_answers(client, cid, ["p-later"])
+    client.delete(layout.prompts_path(cid))
+    crashed = sup.wait_for_line(f"agent crashed conversation={cid}", timeout=15, since=since)
+    assert crashed and "failures=1 restart_in_s=1.0" in crashed, crashed
 
 
 def assert_unanswerable_once_per_prompt(sup: SupervisorProcess, client: StreamsClient,
