@@ -599,6 +599,22 @@ def test_claim_ack_and_done_cycle(
     wakes.join()
 
 
+def test_a_claim_answered_with_a_server_error_is_not_sent_again(
+    client: StreamsClient, proxied: StreamsClient, proxy: FaultProxy,
+    pull_wake: tuple[str, str, str],
+) -> None:
+    """A claim is not idempotent: a 5xx (a proxy's 502) may hide one that succeeded, and a
+    retry would then find the lease taken by this very worker (409) and wait out its TTL.
+    The caller, which knows what the claim is for, decides."""
+    sub_id, work, _ = pull_wake
+    client.producer(work, "browser").append([{"prompt": "hi"}])
+    proxy.inject("POST", "503")
+    with pytest.raises(errors.StreamsUnavailable):
+        proxied.claim(sub_id, "worker-1")
+    assert not [p for m, p in proxy.forwarded if "/claim" in p]
+    client.release(client.claim(sub_id, "worker-1"))  # the subscription is as it was
+
+
 def test_release_with_pending_work_wakes_again(
     client: StreamsClient, pull_wake: tuple[str, str, str],
 ) -> None:
