@@ -1727,6 +1727,27 @@ def test_a_narrow_table_scrolls_instead_of_breaking_its_words(
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
 
 
+def test_a_live_read_answered_with_an_empty_event_stream_backs_off_and_says_so(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """A proxy (or a server going down) may answer an SSE read with 200 and nothing in it:
+    taken for the server's periodic end of a response, it was asked again at once, in a
+    loop, with nothing shown."""
+    context = new_context()
+    hits: list[float] = []
+
+    def empty(route: Route, request: Request) -> None:
+        hits.append(time.monotonic())
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body="")
+
+    context.route(re.compile(r".*/v1/stream/conversations\?.*live=sse.*"), empty)
+    page = context.new_page()
+    page.goto(chat_app.url)  # it does not get ready: the list is read live
+    while len(hits) < 5:  # the route runs while Playwright waits, not while Python sleeps
+        page.wait_for_event("request", lambda r: "live=sse" in r.url)
+    assert hits[4] - hits[0] >= 1.5, [round(t - hits[0], 3) for t in hits[:5]]
+    expect(page.get_by_test_id("connection-banner")).to_contain_text("Reconnecting")
+
+
 def test_a_request_the_server_never_answers_is_given_up_and_retried(
         tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
     """Only appends and live reads were timed: a new conversation whose stream creation
