@@ -197,7 +197,7 @@ function restartTurn(turn, attempt) {
   turn.restarts += 1;
 }
 
-export const RESPONSES_CLOSED = "No answer can be written: this conversation's responses stream has been closed.";
+const RESPONSES_CLOSED = "No answer can be written: this conversation's responses stream has been closed.";
 
 function unanswerable(turn) {
   if (turn.final) return;
