@@ -378,6 +378,24 @@ def test_unknown_outcome_keeps_the_batch_pending_and_resends_it_first(
     assert client.read_all(path).messages == ({"n": 1}, {"n": 2})
 
 
+def test_a_refused_batch_is_dropped_not_sent_again_before_the_next(
+    client: StreamsClient, server: ServerProcess, path: str,
+) -> None:
+    """Only a batch whose outcome is unknown stays pending. One the server refused would
+    otherwise go out again before every later append, and be refused with each."""
+    client.ensure_stream(path)
+    with FaultProxy(server.url) as proxy:
+        proxied = StreamsClient(f"{proxy.url}/v1/stream", retry=FAST_RETRY)
+        producer = proxied.producer(path, "writer-1")
+        proxy.inject("POST", "400")
+        with pytest.raises(errors.BadRequest):
+            producer.append([{"n": 1}])
+        assert not producer.pending
+        producer.append([{"n": 2}])
+        proxied.close()
+    assert client.read_all(path).messages == ({"n": 2},)
+
+
 def test_sequence_gap_raises_with_expected_and_received_seq(
     client: StreamsClient, path: str,
 ) -> None:
