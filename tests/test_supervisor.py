@@ -36,6 +36,7 @@ from tests.support import ServerProcess, free_port, start_streams_server
 from tests.support.agents import (
     ChatClient,
     SupervisorProcess,
+    all_prompts_acked,
     mid_answer,
     supervisor_process,
     wait_for_answers,
@@ -427,6 +428,30 @@ def test_a_prompt_sent_before_any_supervisor_ran_is_answered_by_the_first_one(
     start_supervisor(root)
     rendered = wait_for_answers(client, cid, [prompt], timeout=30)
     assert_clean_answers(rendered, {prompt: "first question"})
+
+
+def test_a_start_answers_prompts_a_subscription_made_again_at_the_tail_no_longer_shows(
+    streams_server: ServerProcess, start_supervisor: StartSupervisor,
+) -> None:
+    """A subscription deleted and made again while no supervisor ran links the prompts
+    stream at its tail (section 6.4): nothing is pending for the server, and no wake comes.
+    The supervisor's own processed offset is behind the tail: that is what a start checks."""
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    sup = start_supervisor(root)
+    cid = chat.start_conversation("subscription made again")
+    first = chat.send_prompt(cid, "first question")
+    wait_for_answers(client, cid, [first])
+    wait_until(lambda: all_prompts_acked(client, cid), timeout=10, what="the first ack")
+    sup.terminate()
+    second = chat.send_prompt(cid, "second question")
+    sub_id = layout.subscription_id(cid)
+    client.delete_subscription(sub_id)
+    client.put_subscription(sub_id, layout.subscription_config(cid, lease_ttl_ms=LEASE_TTL_MS))
+    assert all_prompts_acked(client, cid), "the new link should start at the tail"
+    start_supervisor(root)
+    rendered = wait_for_answers(client, cid, [first, second], timeout=30)
+    assert_clean_answers(rendered, {first: "first question", second: "second question"})
 
 
 def test_supervisor_waits_for_an_unreachable_streams_server(
