@@ -1024,6 +1024,8 @@ def test_an_answer_and_its_code_are_copied_as_written(
     turn.get_by_test_id("copy-answer").click()
     expect(turn.get_by_test_id("copy-answer")).to_have_text("Copied")
     expect(turn.get_by_test_id("copy-answer")).to_have_attribute("aria-label", "Copied")
+    # Said too: a screen reader seldom reads out the new label of the button it is on.
+    expect(page.get_by_test_id("announcer")).to_contain_text("Copied.")
     turn.get_by_test_id("copy-answer").click()  # again before it says Copy: its label stays
     expect(turn.get_by_test_id("copy-answer")).to_have_attribute(
         "aria-label", "Copy the answer (Markdown)")

@@ -39,9 +39,11 @@ export class ChatView {
 
   /**
    * @param {HTMLElement} list the <ol> of turns; @param {HTMLElement} scroller its scroll box
-   * @param {{onRetry?: (promptId: string) => void}} actions what the turns' buttons do
+   * @param {{onRetry?: (promptId: string) => void, announce?: (text: string) => void}} actions
+   *   what the turns' buttons do; `announce` says what a copy did to a screen reader (the
+   *   button's own new label is seldom read out)
    */
-  constructor(list, scroller, { onRetry = () => {} } = {}) {
+  constructor(list, scroller, { onRetry = () => {}, announce = () => {} } = {}) {
     this.list = list;
     this.scroller = scroller;
     const readerActive = () => { this.#readerActiveAt = performance.now(); };
@@ -60,10 +62,10 @@ export class ChatView {
       const button = event.target.closest?.("button");
       const promptId = button?.closest("[data-prompt-id]")?.dataset.promptId;
       if (!button || !promptId) return;
-      if (button.dataset.copyCode !== undefined) copyCode(button);
+      if (button.dataset.copyCode !== undefined) copyCode(button)?.then(announce);
       else if (button.dataset.copyAnswer !== undefined) {
         const parts = this.#nodes.get(promptId);
-        if (parts) copyToClipboard(button, parts.text, parts.body);
+        if (parts) copyToClipboard(button, parts.text, parts.body).then(announce);
       } else if (button.dataset.retry !== undefined) {
         button.disabled = true; // a double click asks once; the next render removes it
         onRetry(promptId);
@@ -257,11 +259,12 @@ function metaItems(turn, state) {
 
 function copyCode(button) {
   const code = button.closest(".md-code")?.querySelector("code");
-  if (code) copyToClipboard(button, code.textContent, code);
+  return code ? copyToClipboard(button, code.textContent, code) : null;
 }
 
 /** Put `text` on the clipboard; where the page may not (no permission, not a secure
- * origin), select `shown` instead so that Ctrl+C copies it. The button says which it did. */
+ * origin), select `shown` instead so that Ctrl+C copies it. The button says which it did,
+ * and so does the sentence returned. */
 const copyResets = new WeakMap(); // button -> the timer that puts "Copy" back
 
 async function copyToClipboard(button, text, shown) {
@@ -286,4 +289,5 @@ async function copyToClipboard(button, text, shown) {
     button.textContent = "Copy";
     if (label) button.setAttribute("aria-label", label);
   }, 1500));
+  return button.textContent === "Copied" ? "Copied." : "Selected: press Ctrl+C to copy.";
 }
