@@ -17,7 +17,14 @@ from agent_actors.errors import ConfigurationError
 from agent_actors.models.settings import model_from_settings
 from agent_actors.offsets_store import OffsetsFileError
 from agent_actors.supervisor import Supervisor, SupervisorSettings
-from agent_actors.validation import is_http_url, is_stream_path
+from agent_actors.validation import (
+    MAX_COALESCE_MS,
+    MAX_IDLE_TIMEOUT_S,
+    MAX_WORKER_NAME_CHARS,
+    is_http_url,
+    is_stream_path,
+    is_token,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +67,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     """Refuse values the supervisor could only fail on later, one conversation at a time."""
     ttl_low, ttl_high = layout.LEASE_TTL_MS_RANGE
     model_url = os.environ.get("ANTHROPIC_BASE_URL") or None
+    api_key = (os.environ.get("ANTHROPIC_API_KEY") or "").strip()  # as the model takes it
     problems = [
         (not is_http_url(args.streams_url),
          f"--streams-url must be an http:// or https:// URL, not {args.streams_url!r}"),
@@ -68,15 +76,23 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         (model_url is not None and not is_http_url(model_url),
          f"ANTHROPIC_BASE_URL must be an http:// or https:// URL, not {model_url!r}"),
         # Written so that NaN, which fails every comparison, fails each check too.
-        (not args.idle_timeout > 0 or math.isinf(args.idle_timeout),
-         "--idle-timeout must be a finite number greater than 0"),
+        (not 0 < args.idle_timeout <= MAX_IDLE_TIMEOUT_S,
+         f"--idle-timeout must be greater than 0 and at most {MAX_IDLE_TIMEOUT_S},"
+         f" not {args.idle_timeout}"),
         (args.max_agents < 1, "--max-agents must be at least 1"),
-        (not 0 <= args.coalesce_ms < math.inf,
-         "--coalesce-ms must be a finite number, 0 or more"),
+        (not 0 <= args.coalesce_ms <= MAX_COALESCE_MS,
+         f"--coalesce-ms must be from 0 to {MAX_COALESCE_MS}, not {args.coalesce_ms}"),
         (not ttl_low <= args.lease_ttl_ms <= ttl_high,
          f"--lease-ttl-ms must be from {ttl_low} to {ttl_high}"),
         (not 0 <= args.demo_tokens_per_second < math.inf,
          "--demo-tokens-per-second must be a finite number, 0 (instant) or more"),
+        (args.auth_token is not None and not is_token(args.auth_token),
+         "--auth-token must be visible ASCII characters without spaces"),
+        (args.worker_name is not None and not (
+            args.worker_name.isprintable() and 0 < len(args.worker_name) <= MAX_WORKER_NAME_CHARS),
+         f"--worker-name must be 1 to {MAX_WORKER_NAME_CHARS} printable characters"),
+        (api_key and not is_token(api_key),
+         "ANTHROPIC_API_KEY must be visible ASCII characters without spaces"),
     ]
     for failed, message in problems:
         if failed:

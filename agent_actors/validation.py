@@ -6,15 +6,31 @@ from urllib.parse import urlsplit
 
 CONTROL_PREFIX = "__ds"  # the server's own paths (subscriptions, keys), not streams
 
+# Upper bounds, far beyond any use: past about 9e9 s a thread's timed wait overflows, and
+# an agent's coalescing window that long lost its answer's text.
+MAX_IDLE_TIMEOUT_S = 7 * 24 * 3600
+MAX_COALESCE_MS = 10_000
+MAX_WORKER_NAME_CHARS = 256  # what the streams server takes in a claim
+
 
 def is_http_url(value: str) -> bool:
-    """An http:// or https:// URL with a host, and a port that is a port if it has one."""
+    """An http:// or https:// URL with a host, and a port that is a port if it has one;
+    without a query or fragment, which paths appended to it would land in, or spaces."""
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port that is not one
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    return (parts.scheme in ("http", "https") and bool(parts.hostname)
+            and not parts.query and not parts.fragment and "?" not in value
+            and "#" not in value and not any(c.isspace() for c in value))
+
+
+def is_token(value: str) -> bool:
+    """A credential that goes into an HTTP header as it is: visible ASCII, no spaces. (A
+    newline read from a file, or a non-Latin-1 character, failed every request later, far
+    from its cause.)"""
+    return bool(value) and all("!" <= c <= "~" for c in value)
 
 
 def is_stream_path(value: str) -> bool:

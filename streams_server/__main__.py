@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
             "--auth-token is empty: no token is required (the server is open to anyone who"
             " can reach it)")
         args.auth_token = None
+    if args.auth_token is not None and not all("!" <= c <= "~" for c in args.auth_token):
+        # A newline from a file, or a non-Latin-1 character: no client could ever send it.
+        print("error: --auth-token must be visible ASCII characters without spaces",
+              file=sys.stderr)
+        return 2
     settings = StreamsSettings(
         long_poll_timeout_s=args.long_poll_timeout,
         sse_max_duration_s=args.sse_max_duration,

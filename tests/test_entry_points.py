@@ -220,9 +220,24 @@ def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: s
      "CHAT_MAX_BODY_MIB must be a finite number greater than 0, not 'abc'"),
     ("MAX_BODY_MIB", "Infinity", "CHAT_MAX_BODY_MIB must be a finite number greater than 0"),
     ("LONG_POLL_TIMEOUT_S", "NaN",
-     "CHAT_LONG_POLL_TIMEOUT_S must be a finite number greater than 0, not nan"),
+     "CHAT_LONG_POLL_TIMEOUT_S must be a finite number greater than 0 and at most 3600, not nan"),
     ("SSE_KEEPALIVE_S", "1000000",  # the page's timers would overflow and fire at once
-     "CHAT_SSE_KEEPALIVE_S must be a finite number greater than 0 and at most 3600"),
+     "CHAT_SSE_KEEPALIVE_S must be a finite number at least 0.1 and at most 3600"),
+    ("SSE_KEEPALIVE_S", "0.000001",  # 726 KB of keep-alives in 2 s to one reader
+     "CHAT_SSE_KEEPALIVE_S must be a finite number at least 0.1 and at most 3600"),
+    # Past about 9e9 s a thread's timed wait overflows: every long-poll failed with a 500,
+    # and a coalescing window lost the answer's text.
+    ("LONG_POLL_TIMEOUT_S", "1e10",
+     "CHAT_LONG_POLL_TIMEOUT_S must be a finite number greater than 0 and at most 3600"),
+    ("AGENT_COALESCE_MS", "1e13",
+     "CHAT_AGENT_COALESCE_MS must be a finite number at least 0 and at most 10000"),
+    # Taken, a token no header can carry locked every client and agent out.
+    ("STREAMS_AUTH_TOKEN", "tok\n",
+     "CHAT_STREAMS_AUTH_TOKEN must be visible ASCII characters without spaces"),
+    ("STREAMS_AUTH_TOKEN", "t\u00f6k\u20acn",
+     "CHAT_STREAMS_AUTH_TOKEN must be visible ASCII characters without spaces"),
+    ("DATA_DIR__X", "1",  # Flask's syntax for a key inside a setting: a traceback
+     "CHAT_DATA_DIR__X is not a setting: CHAT_DATA_DIR has no parts to set"),
     ("AGENT_STREAMS_URL", "localhost:4437/v1/stream",
      "CHAT_AGENT_STREAMS_URL must be an http:// or https:// URL (or unset)"),
     ("AGENT_MAX_AGENTS", "-5", "CHAT_AGENT_MAX_AGENTS must be a whole number at least 1"),
@@ -244,6 +259,18 @@ def test_flask_run_refuses_a_setting_out_of_range_clearly(tmp_path: Path, settin
     env.update({"CHAT_DATA_DIR": str(tmp_path), f"CHAT_{setting}": value})
     done = _run([sys.executable, "-m", "flask", "run", "--port", "0"], env=env)
     _assert_refused_clearly(done, f"Error: {says}")
+
+
+def test_an_api_key_no_header_can_carry_is_refused_at_start(tmp_path: Path) -> None:
+    """It was taken, and every answer then failed as "Could not connect to the AI model"."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "FLASK_"))}
+    env.update({"CHAT_DATA_DIR": str(tmp_path), "ANTHROPIC_API_KEY": "sk-ant k\u20acy"})
+    says = "ANTHROPIC_API_KEY must be visible ASCII characters without spaces"
+    done = _run([sys.executable, "-m", "flask", "run", "--port", "0"], env=env)
+    _assert_refused_clearly(done, f"Error: {says}")
+    done = _run([sys.executable, "-m", "agent_actors", "supervisor", "--data-dir",
+                 str(tmp_path / "agents")], env=env)
+    assert done.returncode == 2 and says in done.stderr, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:notaport", "not a url", "ftp://host"])
@@ -271,9 +298,26 @@ def test_a_model_url_that_is_not_one_is_refused_at_start(tmp_path: Path, url: st
      "--long-poll-timeout: must be a finite number, not nan"),
     (["streams_server", "--max-body-mib", "inf"], "--max-body-mib: must be a finite number"),
     (["agent_actors", "supervisor", "--idle-timeout", "nan"],
-     "--idle-timeout must be a finite number greater than 0"),
+     "--idle-timeout must be greater than 0 and at most 604800, not nan"),
     (["agent_actors", "supervisor", "--coalesce-ms", "inf"],
-     "--coalesce-ms must be a finite number, 0 or more"),
+     "--coalesce-ms must be from 0 to 10000, not inf"),
+    # Taken, these failed later: a window past about 9e9 s lost the answer's text in a
+    # threaded process; a token no header can carry (or a worker name the server refuses
+    # in a claim) left a supervisor running that never answered.
+    (["agent_actors", "supervisor", "--coalesce-ms", "1e13"],
+     "--coalesce-ms must be from 0 to 10000"),
+    (["agent_actors", "supervisor", "--idle-timeout", "1e10"],
+     "--idle-timeout must be greater than 0 and at most 604800"),
+    (["agent_actors", "supervisor", "--auth-token", "s3cr\u20act"],
+     "--auth-token must be visible ASCII characters without spaces"),
+    (["agent_actors", "supervisor", "--auth-token", "s3cret\n"],
+     "--auth-token must be visible ASCII characters without spaces"),
+    (["agent_actors", "supervisor", "--worker-name", "w" * 257],
+     "--worker-name must be 1 to 256 printable characters"),
+    (["agent_actors", "supervisor", "--streams-url", "http://127.0.0.1:4437/v1/stream?x=1"],
+     "--streams-url must be an http:// or https:// URL"),
+    (["streams_server", "--auth-token", "abc "],  # 401 to every client, "abc" included
+     "--auth-token must be visible ASCII characters without spaces"),
     (["agent_actors", "supervisor", "--max-agents", "0"], "--max-agents must be at least 1"),
     (["agent_actors", "supervisor", "--lease-ttl-ms", "10"],
      "--lease-ttl-ms must be from 1000 to 600000"),

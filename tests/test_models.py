@@ -371,7 +371,9 @@ def test_without_a_key_the_demo_is_used_and_logged(caplog: pytest.LogCaptureFixt
 def test_with_a_key_claude_is_used_with_model_and_base_url_from_the_environment(
     fake: FakeAnthropic, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    env = {"ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_MODEL": "claude-from-env",
+    # The key as read from a file, newline included: no header may carry it, and every
+    # answer failed as "Could not connect to the AI model".
+    env = {"ANTHROPIC_API_KEY": f"{API_KEY}\n", "ANTHROPIC_MODEL": "claude-from-env",
            "ANTHROPIC_BASE_URL": fake.url}
     with caplog.at_level(logging.INFO, logger="agent_actors.models"):
         model = model_from_settings(env=env)

@@ -18,7 +18,13 @@ from typing import Any
 from flask import Flask
 
 from agent_actors.layout import LEASE_TTL_MS_RANGE
-from agent_actors.validation import is_http_url, is_stream_path
+from agent_actors.validation import (
+    MAX_COALESCE_MS,
+    MAX_IDLE_TIMEOUT_S,
+    is_http_url,
+    is_stream_path,
+    is_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,12 @@ OPTIONAL_SETTINGS = ("STREAMS_AUTH_TOKEN", "AGENT_STREAMS_URL", "AGENT_MODEL")
 def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
     """Fill `app.config`; raises `ConfigError` for a setting out of its range or type."""
     app.config.from_mapping(DEFAULTS)
+    nested = sorted(name for name in os.environ
+                    if name.startswith("CHAT_") and name[5:].split("__")[0] in DEFAULTS
+                    and "__" in name[5:])
+    if nested:  # Flask's syntax for a key inside a setting: none of the chat's has keys
+        raise ConfigError(f"{nested[0]} is not a setting: {nested[0].split('__')[0]} has no"
+                          " parts to set")
     app.config.from_prefixed_env("CHAT")
     _warn_of_unknown_settings(os.environ)
     for key in TEXT_SETTINGS:  # as written: JSON would make a token of digits a number
@@ -128,23 +140,27 @@ _BROWSER_URL = (lambda value: isinstance(value, str) and (
 
 
 _FLAG = (lambda value: isinstance(value, bool), "true or false")
+_TOKEN = (lambda value: value is None or (isinstance(value, str) and is_token(value)),
+          "visible ASCII characters without spaces (or unset)")
 
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "DATA_DIR": _text(),
     "STREAMS_MEMORY": _FLAG,
     "STREAMS_BROWSER_URL": _BROWSER_URL,
-    "STREAMS_AUTH_TOKEN": _text(optional=True),
-    "LONG_POLL_TIMEOUT_S": _number(0, above=True),
-    "SSE_KEEPALIVE_S": _number(0, above=True, high=3600),
+    "STREAMS_AUTH_TOKEN": _TOKEN,
+    # Upper bounds: past about 9e9 s a thread's timed wait overflows (`flask run` serves on
+    # threads), which failed every long-poll.
+    "LONG_POLL_TIMEOUT_S": _number(0, above=True, high=3600),
+    "SSE_KEEPALIVE_S": _number(0.1, high=3600),  # shorter ones flood the readers
     "SSE_MAX_DURATION_S": _number(0, above=True, high=3600),
     "MAX_BODY_MIB": _number(0, above=True),
     "MAX_STORAGE_MIB": _number(0, above=True, optional=True),
     "EMBEDDED_SUPERVISOR": _FLAG,
     "AGENT_STREAMS_URL": _text(optional=True, url=True),
     "AGENT_MODEL": _text(optional=True),
-    "AGENT_IDLE_TIMEOUT_S": _number(0, above=True),
+    "AGENT_IDLE_TIMEOUT_S": _number(0, above=True, high=MAX_IDLE_TIMEOUT_S),
     "AGENT_MAX_AGENTS": _number(1, whole=True),
-    "AGENT_COALESCE_MS": _number(0),
+    "AGENT_COALESCE_MS": _number(0, high=MAX_COALESCE_MS),
     "AGENT_LEASE_TTL_MS": _number(LEASE_TTL_MS_RANGE[0], high=LEASE_TTL_MS_RANGE[1],
                                   whole=True),
     "AGENT_WAKE_STREAM": _STREAM_PATH,
@@ -158,5 +174,8 @@ def check_config(config: Mapping[str, Any], env: Mapping[str, str] = os.environ)
     model_url = env.get("ANTHROPIC_BASE_URL") or None
     if model_url is not None and not is_http_url(model_url):
         problems.append(f"ANTHROPIC_BASE_URL must be an http:// or https:// URL, not {model_url!r}")
+    api_key = (env.get("ANTHROPIC_API_KEY") or "").strip()  # a newline from a file is taken off
+    if api_key and not is_token(api_key):
+        problems.append("ANTHROPIC_API_KEY must be visible ASCII characters without spaces")
     if problems:
         raise ConfigError("; ".join(problems))

@@ -35,7 +35,8 @@ def model_from_settings(
     """
     env = os.environ if env is None else env
     name = name or env.get("ANTHROPIC_MODEL") or None
-    api_key = api_key or env.get("ANTHROPIC_API_KEY") or None
+    # Stripped: a key read from a file ends in a newline, which no HTTP header may carry.
+    api_key = (api_key or env.get("ANTHROPIC_API_KEY") or "").strip() or None
     base_url = base_url or env.get("ANTHROPIC_BASE_URL") or None
     if name == DEMO or not api_key:
         if name not in (None, DEMO):
