@@ -459,8 +459,14 @@ class Supervisor(pykka.ThreadingActor):
                           " --streams-url; retrying in %.1fs", self.settings.streams_url, exc,
                           delay)
             except StreamsError as exc:
-                log.warning("streams server unreachable at %s (%s); retrying in %.1fs",
-                            self.settings.streams_url, exc, delay)
+                if exc.status is None:
+                    log.warning("streams server unreachable at %s (%s); retrying in %.1fs",
+                                self.settings.streams_url, exc, delay)
+                else:  # it answers, but fails or refuses: perhaps not a streams server
+                    log.warning("the streams server at %s answers HTTP %d (%s): check"
+                                " --streams-url if it is not a Durable Streams server;"
+                                " retrying in %.1fs", self.settings.streams_url, exc.status,
+                                exc, delay)
             self._stopping.wait(delay)
             delay = min(10.0, delay * 2)
 

@@ -10,6 +10,7 @@ its status; the others run `python -m agent_actors supervisor` as a child proces
 
 from __future__ import annotations
 
+import http.server
 import logging
 import re
 import signal
@@ -534,6 +535,21 @@ def test_a_supervisor_pointed_at_the_wrong_url_or_without_the_token_says_so(
         assert wrong_path.running and no_token.running  # they wait to be put right
     finally:
         server.terminate()
+    # Some other web server, which answers 501 to a PUT: it was "unreachable", "giving up"
+    # and "retrying" in one line.
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{other.server_address[1]}/v1/stream"
+        elsewhere = start_supervisor(url, worker="elsewhere")
+        assert elsewhere.wait_for_line(re.escape(
+            f"the streams server at {url} answers HTTP 501"), timeout=15), elsewhere.log_tail()
+        assert "check --streams-url" in elsewhere.log_tail()
+        assert "unreachable" not in elsewhere.log_tail()
+    finally:
+        other.shutdown()
+        other.server_close()
 
 
 # -- 4. clean shutdown on SIGTERM and SIGINT -----------------------------------------------------------
