@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import http.server
 import logging
 import socket
 import threading
@@ -152,6 +153,37 @@ def test_an_unreachable_endpoint_is_a_connection_error() -> None:
         list(model.stream([("user", "Hi")]))
     assert failure.value.code == "connection"
     assert f"127.0.0.1:{port}" in failure.value.message
+
+
+def test_a_base_url_where_no_messages_api_answers_is_blamed_not_the_model() -> None:
+    """Pointed at another server (here one that answers 404 with a page), the chat said
+    the model was not found and to check ANTHROPIC_MODEL."""
+    class NotHere(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            page = b"<html><body>Not here</body></html>"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotHere)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        model = AnthropicModel(api_key=API_KEY, max_retries=0,
+                               base_url=f"http://127.0.0.1:{other.server_address[1]}")
+        with pytest.raises(ModelError) as failure:
+            list(model.stream([("user", "Hi")]))
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert failure.value.code == "not_found"
+    assert "ANTHROPIC_BASE_URL" in failure.value.message
+    assert "ANTHROPIC_MODEL" not in failure.value.message
 
 
 def test_429_and_529_are_retried_then_the_answer_streams(fake: FakeAnthropic) -> None:

@@ -58,9 +58,12 @@ def _classified(status: int | None, kind: str | None, detail: str, model: str) -
     if kind == "permission_error" or status == 403:
         return ModelError(f"This API key may not use the model {model!r}.",
                           code="permission", status=status)
-    if kind == "not_found_error" or status == 404:
+    if kind == "not_found_error":
         return ModelError(f"The model {model!r} was not found. Check ANTHROPIC_MODEL.",
                           code="not_found", status=status)
+    if status == 404:  # without the API's typed error: some other server answers there
+        return ModelError("No Anthropic Messages API answers at this address. Check"
+                          " ANTHROPIC_BASE_URL.", code="not_found", status=status)
     if kind == "request_too_large" or status == 413:
         return ModelError("The conversation is too long for the AI model.",
                           code="too_large", status=status)
