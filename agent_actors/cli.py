@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="wait this long for more model tokens before a chunk append; with 0 "
                           "a chunk holds what arrived while the previous append was sent (0)")
     sup.add_argument("--lease-ttl-ms", type=int, default=layout.DEFAULT_LEASE_TTL_MS,
-                     help="conversation lease duration (30000)")
+                     help="conversation lease duration, 1000 to 600000 (30000)")
     sup.add_argument("--wake-stream", default=layout.DEFAULT_WAKE_STREAM,
                      help="where the server writes wake events, relative to the streams root "
                           f"(default {layout.DEFAULT_WAKE_STREAM})")

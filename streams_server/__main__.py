@@ -48,7 +48,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=bounded(int, 0, 65535), default=4437,
                         help="port (default 4437; 0 picks one)")
-    parser.add_argument("--data-dir", default="./data", help="where the SQLite file lives")
+    parser.add_argument("--data-dir", default="./data",
+                        help="where the SQLite file lives (default ./data)")
     parser.add_argument("--memory", action="store_true", help="keep streams in memory only")
     parser.add_argument(
         "--long-poll-timeout", type=seconds, default=30.0, metavar="SECONDS",
@@ -66,8 +67,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="refuse writes (507) that would grow the database past this size"
                              " (default: no limit but the disk's)")
     parser.add_argument("--auth-token", default=None,
-                        help="require Authorization: Bearer TOKEN on every request")
-    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+                        help="require Authorization: Bearer TOKEN on the streams API (not on"
+                             " CORS preflights, the webhook keys, or the subscription calls"
+                             " that carry their own tokens); visible ASCII, no spaces")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="(default INFO)")
     return parser.parse_args(argv)
 
 
@@ -77,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     # finished fsync hand its result back in well under a millisecond instead of up to 5.
     sys.setswitchinterval(0.0005)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.host:
+        # `--host "$HOST"` with HOST unset: it would listen on every interface unannounced.
+        logging.getLogger("streams_server").warning(
+            "--host is empty: listening on every network interface")
     if args.auth_token is not None and not args.auth_token.strip():
         # `--auth-token "$TOKEN"` with TOKEN unset: say so rather than serve everyone.
         logging.getLogger("streams_server").warning(

@@ -124,6 +124,17 @@ def test_an_empty_auth_token_is_said_to_leave_the_server_open(tmp_path: Path) ->
         server.terminate()
 
 
+def test_an_empty_host_is_said_to_listen_on_every_interface(tmp_path: Path) -> None:
+    """`--host "$HOST"` with HOST unset exposed the server to the network without a word."""
+    server = start_streams_server(tmp_path / "data", extra_args=["--host", ""])
+    try:
+        assert requests.put(f"{server.url}/v1/stream/anywhere", timeout=10).status_code == 201
+        assert "--host is empty: listening on every network interface" in (
+            server.log_since_start())
+    finally:
+        server.terminate()
+
+
 def test_the_streams_server_refuses_a_busy_port_clearly(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
