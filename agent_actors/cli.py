@@ -127,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     stop = threading.Event()
 
-    def on_signal(*_: object) -> None:
-        if stop.is_set():  # a second Ctrl+C: the leases expire by themselves (their TTL)
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            if signum != signal.SIGINT:  # one stop signalled twice (`timeout` signals the
+                return  # process and its group): the clean stop under way goes on
+            # A second Ctrl+C: the leases expire by themselves (their TTL).
             print("stopped without waiting for the agents", file=sys.stderr, flush=True)
             os._exit(130)
         stop.set()

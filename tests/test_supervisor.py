@@ -555,13 +555,17 @@ def test_a_supervisor_pointed_at_the_wrong_url_or_without_the_token_says_so(
 # -- 4. clean shutdown on SIGTERM and SIGINT -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(("sig", "times"), [(signal.SIGTERM, 1), (signal.SIGINT, 1),
+                                           (signal.SIGTERM, 2)],
+                         ids=["SIGTERM", "SIGINT", "SIGTERM-twice"])
 def test_signal_stops_the_supervisor_cleanly_and_frees_its_leases(
-    sig: signal.Signals, streams_server: ServerProcess, fake: FakeAnthropic,
+    sig: signal.Signals, times: int, streams_server: ServerProcess, fake: FakeAnthropic,
     start_supervisor: StartSupervisor,
 ) -> None:
     """Exit 0 promptly, leases given back: a second supervisor takes over at once, not after
-    the (long) lease TTL, and finishes the answer the first one was streaming."""
+    the (long) lease TTL, and finishes the answer the first one was streaming. A SIGTERM
+    sent twice (as `timeout` does, to the process and to its group) used to be taken for a
+    second Ctrl+C: the supervisor left without giving the leases back."""
     ttl_ms = 60_000
     fake.tokens_per_second = 40
     root = streams_root(streams_server)
@@ -575,6 +579,8 @@ def test_signal_stops_the_supervisor_cleanly_and_frees_its_leases(
     assert lease_holder(client, idle) == "first" and lease_holder(client, busy) == "first"
 
     signalled = time.monotonic()
+    for _ in range(times - 1):
+        first.send_signal(sig)
     assert first.stop_with(sig, timeout=15) == 0, first.log_tail()
     exit_s = time.monotonic() - signalled
     assert exit_s < 5, f"exit took {exit_s:.1f}s"
