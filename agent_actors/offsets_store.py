@@ -40,6 +40,9 @@ class OffsetsStore:
         target = ":memory:" if data_dir is None else os.path.join(data_dir, "agents.sqlite3")
         self._target = target
         self._lock = threading.Lock()
+        if data_dir is not None and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+            raise OffsetsFileError(f"cannot keep the agents' offsets in {data_dir!r}: it is a"
+                                   " file, not a directory")  # makedirs says "File exists"
         try:
             if data_dir is not None:
                 os.makedirs(data_dir, exist_ok=True)

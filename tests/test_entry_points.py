@@ -153,6 +153,15 @@ def test_the_supervisor_refuses_a_damaged_offsets_file_clearly(tmp_path: Path) -
                             "file is not a database")
 
 
+def test_the_supervisor_refuses_a_data_dir_that_is_a_file_clearly(tmp_path: Path) -> None:
+    """It said "[Errno 17] File exists", which reads as the opposite of the problem."""
+    (tmp_path / "afile").write_text("not a directory")
+    done = _run([sys.executable, "-m", "agent_actors", "supervisor", "--model", "demo",
+                 "--data-dir", str(tmp_path / "afile"),
+                 "--streams-url", "http://127.0.0.1:9/v1/stream"])
+    _assert_refused_clearly(done, "it is a file, not a directory")
+
+
 def test_a_second_server_on_a_data_dir_in_use_is_refused_until_the_first_is_gone(
         tmp_path: Path) -> None:
     """Two processes on one database each kept their own view of the streams: a stream
