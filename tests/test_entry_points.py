@@ -377,15 +377,20 @@ def test_settings_left_empty_written_as_digits_or_zero_are_taken(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Empty meant "the default" before the settings were checked, a token of digits is
-    still a token (not the number JSON makes of it), and 0 tokens/s is the demo's instant."""
+    still a token (not the number JSON makes of it), 0 tokens/s is the demo's instant, and
+    `~` in the data directory is the home directory."""
     for key in [k for k in os.environ if k.startswith("CHAT_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("CHAT_STREAMS_AUTH_TOKEN", "0123456")
     monkeypatch.setenv("CHAT_AGENT_MODEL", "")
     monkeypatch.setenv("CHAT_AGENT_STREAMS_URL", " ")
     monkeypatch.setenv("CHAT_DEMO_TOKENS_PER_SECOND", "0")
+    # In quotes (or in a file of settings) the shell leaves `~` alone: it made ./~/chat.
+    monkeypatch.setenv("CHAT_DATA_DIR", "~/chat")
+    monkeypatch.setenv("HOME", "/home/someone")
     app = Flask("settings")
     load_config(app, None)
+    assert app.config["DATA_DIR"] == "/home/someone/chat"
     assert app.config["STREAMS_AUTH_TOKEN"] == "0123456"
     assert app.config["AGENT_MODEL"] is None and app.config["AGENT_STREAMS_URL"] is None
     assert app.config["DEMO_TOKENS_PER_SECOND"] == 0

@@ -90,6 +90,8 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
     for key in OPTIONAL_SETTINGS:
         if isinstance(app.config[key], str) and not app.config[key].strip():
             app.config[key] = None
+    if isinstance(app.config["DATA_DIR"], str):  # a shell leaves `~` alone in quotes
+        app.config["DATA_DIR"] = os.path.expanduser(app.config["DATA_DIR"])
     check_config(app.config)
 
 
