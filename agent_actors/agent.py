@@ -22,6 +22,7 @@ actor owns, started in `on_start` and stopped in `on_stop`, reporting back with 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -439,10 +440,8 @@ class ConversationAgent(pykka.ThreadingActor):
         log.error("conversation %s cannot be answered: %s; its prompts stay unanswered (%s)",
                   self.conversation_id, why, error)
         self._passivating = True  # no answer starts meanwhile
-        try:
+        with contextlib.suppress(StreamsError):  # a prompts stream that is gone: no ack
             self._keeper.processed(self.client.head(self.prompts_path).next_offset)
-        except StreamsError:
-            pass  # a prompts stream that is gone has nothing left to ack
         self._keeper.finish()
         self._stop_with("unanswerable")
 

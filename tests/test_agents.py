@@ -119,6 +119,17 @@ def assert_clean_answers(renderer: Renderer, prompts: dict[str, str]) -> None:
         assert answer.chunks_after_terminal == 0, answer
 
 
+def answered_once(server: ServerProcess, start_supervisor: StartSupervisor, title: str,
+                  **options: Any) -> tuple[SupervisorProcess, StreamsClient, ChatClient, str]:
+    """A supervisor started with `options`, and a conversation whose first prompt
+    ("hello") has its answer: (supervisor, client, chat, conversation id)."""
+    sup = start_supervisor(streams_root(server), **options)
+    client, chat = connect(server)
+    cid = chat.start_conversation(title)
+    wait_for_answers(client, cid, [chat.send_prompt(cid, "hello")])
+    return sup, client, chat, cid
+
+
 def lease_holder(client: StreamsClient, cid: str) -> Any:
     """Who holds the conversation's lease (this server's `holder` extension of GET)."""
     return client.get_subscription(layout.subscription_id(cid)).raw.get("holder")
@@ -565,11 +576,8 @@ def test_an_agent_failed_by_the_server_stops_with_a_warning_not_a_traceback(
     under it; likewise a server down past the client's retries) is expected: the agent
     stops, and its supervisor restarts it, backing off. It used to crash through pykka's
     handler, which logged two chained tracebacks as an ERROR per agent."""
-    sup = start_supervisor(streams_root(streams_server))
-    client, chat = connect(streams_server)
-    cid = chat.start_conversation("pulled from under the agent")
-    first = chat.send_prompt(cid, "hello")
-    wait_for_answers(client, cid, [first])
+    sup, client, _, cid = answered_once(streams_server, start_supervisor,
+                                        "pulled from under the agent")
     client.delete(layout.prompts_path(cid))
     assert sup.wait_for_line(f"agent {cid} stops: prompt-reader failed", timeout=15)
     assert sup.wait_for_line(f"agent crashed conversation={cid} failures=1", timeout=5)
@@ -582,10 +590,8 @@ def test_a_crash_after_a_normal_stop_is_backed_off_as_a_first_failure(
 ) -> None:
     """A crash long after the last one is a first failure again (1 s before the restart),
     not the next of a series that would wait up to 30 s."""
-    sup = start_supervisor(streams_root(streams_server), idle_timeout=1.0)
-    client, chat = connect(streams_server)
-    cid = chat.start_conversation("fails now and then")
-    wait_for_answers(client, cid, [chat.send_prompt(cid, "hello")])
+    sup, client, _, cid = answered_once(streams_server, start_supervisor,
+                                        "fails now and then", idle_timeout=1.0)
     client.delete(layout.prompts_path(cid))  # fails the agent; its restart makes it again
     assert sup.wait_for_line(f"agent crashed conversation={cid} failures=1", timeout=15)
     assert sup.wait_for_line(f"agent stopped conversation={cid} reason=idle", timeout=15)
@@ -626,11 +632,8 @@ def test_a_closed_responses_stream_is_reported_once_per_prompt_not_retried_forev
 ) -> None:
     """A client closed the responses stream (section 5.2): no answer can be written to it,
     ever. The agent used to fail, and its supervisor restarted it every 30 s for good."""
-    sup = start_supervisor(streams_root(any_server))
-    client, chat = connect(any_server)
-    cid = chat.start_conversation("closed under the agent")
-    first = chat.send_prompt(cid, "hello")
-    wait_for_answers(client, cid, [first])
+    sup, client, chat, cid = answered_once(any_server, start_supervisor,
+                                           "closed under the agent")
     client.close_stream(layout.responses_path(cid))
     chat.send_prompt(cid, "after the close")  # the running agent's answer is refused
     assert_unanswerable_once_per_prompt(sup, client, chat, cid,
@@ -657,11 +660,8 @@ def test_a_soft_deleted_prompts_stream_is_reported_not_retried_forever(
     """Deleting a stream that has a fork leaves it soft-deleted: `410 Gone` to every request
     for good (section 4.2), and a `PUT` cannot make it again. Its agent used to fail and be
     restarted every 30 s."""
-    sup = start_supervisor(streams_root(streams_server))
-    client, chat = connect(streams_server)
-    cid = chat.start_conversation("forked, then deleted")
-    first = chat.send_prompt(cid, "hello")
-    wait_for_answers(client, cid, [first])
+    sup, client, _, cid = answered_once(streams_server, start_supervisor,
+                                        "forked, then deleted")
     fork = requests.put(client.stream_url(f"forks/{cid}"), timeout=10, headers={
         "Stream-Forked-From": urllib.parse.urlsplit(
             client.stream_url(layout.prompts_path(cid))).path})
