@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "reference server: the same workloads against each, one server at a time, "
                     "then one table with the ratio ours/ref-file.",
         epilog="Workloads: " + "; ".join(f"{w.number} {w.name}" for w in WORKLOADS)
-               + ". Workload 7 (the chat) runs against ours and ref-file only.",
+               + ".",
     )
     parser.add_argument("--quick", action="store_true",
                         help="small sizes: a smoke run of a minute or two")
@@ -86,7 +86,30 @@ def parse_sizes(args: argparse.Namespace) -> Sizes:
         except ValueError:
             kind = "whole numbers, comma-separated" if isinstance(current, tuple) else "a number"
             raise UsageError(f"--set {name}: must be {kind}, not {text!r}") from None
+        problem = _size_problem(name, changes[name])
+        if problem:
+            raise UsageError(f"--set {name}: {problem}, not {text!r}")
     return dataclasses.replace(sizes, **changes)
+
+
+_MAX_COALESCE_MS = 10_000.0
+"""The supervisor's own limit on ``--coalesce-ms``: refused here, before servers start."""
+
+
+def _size_problem(name: str, value: object) -> str:
+    """Why a size cannot be used ("" if it can): a zero or negative count, time or rate makes
+    a workload divide by zero, wait for ever or measure nothing."""
+    if name == "chat_coalesce_ms":
+        assert isinstance(value, float)
+        ok = 0.0 <= value <= _MAX_COALESCE_MS
+        return "" if ok else f"must be from 0 to {_MAX_COALESCE_MS:g} ms"
+    if isinstance(value, tuple):
+        ok = all(n >= 1 for n in value) and all(a < b for a, b in zip(value, value[1:]))
+        return "" if ok else "must be whole numbers of at least 1, in increasing order"
+    if isinstance(value, float):
+        return "" if 0.0 < value < float("inf") else "must be a number greater than 0"
+    assert isinstance(value, int)
+    return "" if value >= 1 else "must be at least 1"
 
 
 def selected_workloads(only: str | None) -> list[Workload]:
@@ -166,9 +189,6 @@ def cpu_probe_ms() -> float:
 
 def run_server(run: Run, kind: str, workloads: list[Workload], options: ServerOptions) -> None:
     """Start server ``kind``, run each workload against it, stop it; errors are recorded."""
-    todo = [w for w in workloads if w.applies_to(kind)]
-    if not todo:
-        return
     run.cpu_probe_ms[kind] = cpu_probe_ms()
     started = time.perf_counter()
     try:
@@ -180,7 +200,7 @@ def run_server(run: Run, kind: str, workloads: list[Workload], options: ServerOp
     assert process.url is not None
     log(f"[{kind}] started at {process.url} (pid {process.pid})")
     try:
-        for workload in todo:
+        for workload in workloads:
             if not process.running:
                 run.errors[f"{kind} #{workload.number}"] = (
                     "server is no longer running; its log ends:\n" + process.log_tail(10))

@@ -16,15 +16,11 @@ from streams_server.bench.workloads.growth import growth
 
 @dataclass(frozen=True)
 class Workload:
-    """One numbered workload; ``servers`` limits it to some server kinds (None: all)."""
+    """One numbered workload, run against every server."""
 
     number: int
     name: str
     run: Callable[[Context], list[Metric]]
-    servers: tuple[str, ...] | None = None
-
-    def applies_to(self, server: str) -> bool:
-        return self.servers is None or server in self.servers
 
 
 WORKLOADS: tuple[Workload, ...] = (
@@ -34,7 +30,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(4, "catch-up reads", catchup),
     Workload(5, "SSE fan-out", fanout),
     Workload(6, "growth", growth),
-    Workload(7, "chat", chat, servers=("ours", "ours-memory", "ref-file")),
+    Workload(7, "chat", chat),
 )
 
 __all__ = ["FULL", "QUICK", "WORKLOADS", "Context", "Metric", "Sizes", "Target", "Workload"]
