@@ -8,11 +8,24 @@ README's performance section). The same code runs on real threads when embedded 
 app. Disk work (the offsets file's fsync) is moved off the event loop (`_blocking`).
 """
 
-from gevent import monkey
+import os
+import signal
+import sys
+
+
+def _interrupted_while_starting(_signum: int, _frame: object) -> None:
+    # Ctrl+C before the supervisor's own stop handler is in place (loading alone takes
+    # seconds on a busy machine): a KeyboardInterrupt would print a traceback, or hang the
+    # exit if it lands inside gevent's monkey-patching. Nothing has started yet.
+    print("interrupted while starting", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+from gevent import monkey  # noqa: E402
 
 monkey.patch_all()
-
-import sys  # noqa: E402
 
 from agent_actors.cli import main  # noqa: E402
 

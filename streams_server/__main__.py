@@ -1,129 +1,27 @@
-"""`python -m streams_server`: the standalone Durable Streams server."""
+"""`python -m streams_server --help`: the standalone Durable Streams server.
 
-from gevent import monkey
+It serves on gevent greenlets, monkey-patched here before anything else is imported.
+"""
+
+import os
+import signal
+import sys
+
+
+def _interrupted_while_starting(_signum: int, _frame: object) -> None:
+    # Ctrl+C before the server's own stop handler is in place (loading alone takes seconds
+    # on a busy machine): a KeyboardInterrupt would print a traceback, or hang the exit if it
+    # lands inside gevent's monkey-patching. A store being opened is as safe as after kill -9.
+    print("interrupted while starting", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+from gevent import monkey  # noqa: E402
 
 monkey.patch_all()
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from streams_server.cli import main  # noqa: E402
 
-from streams_server.app import create_app  # noqa: E402
-from streams_server.config import StreamsSettings, mib_to_bytes  # noqa: E402
-from streams_server.backend import DataDirectoryError, StreamsBackend  # noqa: E402
-from streams_server.server import CannotListen, serve  # noqa: E402
-
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def bounded(convert: Callable[[str], float], low: float, high: float | None = None,
-            *, above: bool = False) -> Callable[[str], float]:
-    """An argparse type: `convert`, then `low` <= value (or < with `above`) <= `high`."""
-    def parse(text: str) -> float:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value):  # NaN passes every comparison below
-            raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
-        too_low = value <= low if above else value < low
-        if too_low or (high is not None and value > high):
-            bound = f"greater than {low:g}" if above else f"at least {low:g}"
-            limit = "" if high is None else f" and at most {high:g}"
-            raise argparse.ArgumentTypeError(f"must be {bound}{limit}, not {text}")
-        return value
-    return parse
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m streams_server",
-        description="A durable Durable Streams protocol server (SQLite storage, gevent).",
-    )
-    seconds = bounded(float, 0, above=True)
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=bounded(int, 0, 65535), default=4437,
-                        help="port (default 4437; 0 picks one)")
-    parser.add_argument("--data-dir", default="./data",
-                        help="where the SQLite file lives (default ./data)")
-    parser.add_argument("--memory", action="store_true", help="keep streams in memory only")
-    parser.add_argument(
-        "--long-poll-timeout", type=seconds, default=30.0, metavar="SECONDS",
-        help="how long a long-poll read waits for data before 204 (default 30)",
-    )
-    parser.add_argument("--sse-max-duration", type=seconds, default=60.0, metavar="SECONDS",
-                        help="close SSE connections after this long (default 60)")
-    parser.add_argument("--max-body-mib", type=bounded(float, 0, above=True), default=64,
-                        help="largest request body (default 64)")
-    parser.add_argument("--max-chunk-kib", type=bounded(int, 1), default=1024,
-                        help="largest catch-up read response (default 1024)")
-    parser.add_argument("--max-path-length", type=bounded(int, 1), default=1024,
-                        help="longest stream path, in characters (default 1024)")
-    parser.add_argument("--max-storage-mib", type=bounded(float, 0, above=True), default=None,
-                        help="refuse writes (507) that would grow the database past this size"
-                             " (default: no limit but the disk's)")
-    parser.add_argument("--auth-token", default=None,
-                        help="require Authorization: Bearer TOKEN on the streams API (not on"
-                             " CORS preflights, the webhook keys, or the subscription calls"
-                             " that carry their own tokens); visible ASCII, no spaces")
-    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
-                        help="(default INFO)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    # The event loop and the commit thread share the GIL; a short switch interval lets a
-    # finished fsync hand its result back in well under a millisecond instead of up to 5.
-    sys.setswitchinterval(0.0005)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.host:
-        # `--host "$HOST"` with HOST unset: it would listen on every interface unannounced.
-        logging.getLogger("streams_server").warning(
-            "--host is empty: listening on every network interface")
-    if args.auth_token is not None and not args.auth_token.strip():
-        # `--auth-token "$TOKEN"` with TOKEN unset: say so rather than serve everyone.
-        logging.getLogger("streams_server").warning(
-            "--auth-token is empty: no token is required (the server is open to anyone who"
-            " can reach it)")
-        args.auth_token = None
-    if args.auth_token is not None and not all("!" <= c <= "~" for c in args.auth_token):
-        # A newline from a file, or a non-Latin-1 character: no client could ever send it.
-        print("error: --auth-token must be visible ASCII characters without spaces",
-              file=sys.stderr)
-        return 2
-    settings = StreamsSettings(
-        long_poll_timeout_s=args.long_poll_timeout,
-        sse_max_duration_s=args.sse_max_duration,
-        max_body_bytes=mib_to_bytes(args.max_body_mib),
-        max_chunk_bytes=args.max_chunk_kib * 1024,
-        max_path_length=args.max_path_length,
-        auth_token=args.auth_token,
-        max_storage_bytes=(None if args.max_storage_mib is None
-                           else mib_to_bytes(args.max_storage_mib)),
-    )
-    try:
-        backend = StreamsBackend.open(None if args.memory else args.data_dir, settings)
-    except DataDirectoryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    backend.start()
-    app = create_app(backend)
-    # Modules, the app and the opened store live as long as the process: kept out of the
-    # collector, a full collection no longer pauses every connection for 40 ms.
-    gc.freeze()
-    try:
-        serve(app, args.host, args.port, on_stop=backend.close, on_draining=backend.drain)
-    except CannotListen as exc:
-        backend.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -441,3 +442,29 @@ def test_a_mistyped_setting_is_named_with_the_one_probably_meant(
     assert [r.getMessage() for r in caplog.records] == [
         "CHAT_AGENT_MAXAGENTS is not a setting of the chat and is ignored"
         " (did you mean CHAT_AGENT_MAX_AGENTS?)"]
+
+
+@pytest.mark.parametrize("command", [
+    ["agent_actors", "supervisor", "--streams-url", "http://127.0.0.1:9/v1/stream"],
+    ["streams_server", "--port", "0"],
+], ids=["supervisor", "streams-server"])
+def test_ctrl_c_while_a_command_loads_stops_it_without_a_traceback(tmp_path: Path,
+                                                                  command: list[str]) -> None:
+    """Loading the modules takes a second or more (seconds on a busy machine) before the
+    command's own stop handler is in place: a Ctrl+C then printed a KeyboardInterrupt
+    traceback. The signal is sent once gevent's C extension is loaded: the ``__main__`` module
+    runs, and the heavy imports are still ahead."""
+    process = subprocess.Popen([sys.executable, "-m", *command, "--data-dir", str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=REPO_ROOT)
+    maps = Path(f"/proc/{process.pid}/maps")
+    try:
+        while process.poll() is None and "gevent" not in maps.read_text():
+            pass  # a busy wait: the window is a fraction of a second on a fast machine
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert process.returncode == 130, (process.returncode, stderr[-2000:])
+    assert "interrupted while starting" in stderr
