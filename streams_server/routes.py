@@ -194,7 +194,9 @@ def _environ_key(name: str) -> str:
 
 class _RequestBody:
     """The request body for the protocol layer: a body that ends before its declared length
-    (or inside a chunk) is the client's error, a 400, not the server's."""
+    (or inside a chunk) is the client's error, a 400, not the server's. The answer closes
+    the connection: where the body ends is unknown, so what follows cannot be read as the
+    next request (a malformed chunk's remaining bytes could hold one)."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
@@ -204,7 +206,7 @@ class _RequestBody:
             return self._stream.read(size)
         except (OSError, ValueError, HTTPException) as exc:
             raise BadRequest(f"the request body ended early or is malformed: {exc}",
-                             code="INCOMPLETE_BODY") from exc
+                             code="INCOMPLETE_BODY", headers={"Connection": "close"}) from exc
 
 
 def _framing_error(environ: dict[str, Any]) -> BadRequest | None:

@@ -331,6 +331,42 @@ def test_a_body_of_uncertain_length_is_refused_and_smuggles_nothing(
     assert after.json() == [] and "Stream-Closed" not in after.headers
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_a_malformed_chunk_closes_the_connection_and_smuggles_nothing(
+    front: StreamsHttp, method: str,
+) -> None:
+    """A chunk whose data runs past its declared size leaves the body's end unknown: the
+    bytes after it were read as the connection's next request, and that request (an append
+    hidden in the body) was carried out after the 400."""
+    path = f"bad-chunk-{method.lower()}"
+    front.put(path, content_type=JSON).raise_for_status()
+    hidden = (b"POST /v1/stream/%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 14\r\n\r\n{\"smuggled\":1}" % path.encode())
+    head = (b"%s /v1/stream/%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" % (method.encode(), path.encode()))
+    status, payload = _raw_exchange(front.base_url, head, b"3\r\n[7]Z" + hidden)
+    assert status == 400, payload
+    assert front.get(path).json() == []
+
+
+def test_a_body_declared_too_large_is_refused_and_the_connection_closed(
+    small: StreamsHttp,
+) -> None:
+    """A 413 answered before the body is read must close the connection: kept open, the
+    server went on reading and discarding a body declared 10^23 bytes long."""
+    small.put("declared-huge", content_type=BINARY).raise_for_status()
+    host, port = small.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/stream/declared-huge HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/octet-stream\r\n"
+                     b"Content-Length: 99999999999999999999999\r\n\r\n" + b"x" * 4096)
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes: no timeout
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"\r\nConnection: close\r\n" in answer, answer[:500]
+
+
 def _assert_refused_as_ambiguous(client: StreamsHttp, path: str, framing: bytes,
                                  body: bytes) -> None:
     """POST `body` to a fresh binary stream with the `framing` headers: a 400 INVALID_FRAMING,

@@ -15,9 +15,11 @@ _READ_CHUNK = 256 * 1024
 
 
 def _too_large(settings: StreamsSettings) -> PayloadTooLarge:
+    """The refusal of a body over the limit, which closes the connection: the rest of the
+    body is not read (it may be endless), so nothing after it could be read as a request."""
     return PayloadTooLarge(
         f"request body exceeds the limit of {settings.max_body_bytes} bytes",
-        code="PAYLOAD_TOO_LARGE",
+        code="PAYLOAD_TOO_LARGE", headers={"Connection": "close"},
     )
 
 
