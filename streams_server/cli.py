@@ -57,6 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="close SSE connections after this long (default 60)")
     parser.add_argument("--max-body-mib", type=bounded(float, 0, above=True), default=64,
                         help="largest request body (default 64)")
+    parser.add_argument("--max-json-messages", type=bounded(int, 1), default=10_000,
+                        help="most messages in one JSON request (default 10000)")
     parser.add_argument("--max-chunk-kib", type=bounded(int, 1), default=1024,
                         help="largest catch-up read response (default 1024)")
     parser.add_argument("--max-path-length", type=bounded(int, 1), default=1024,
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         long_poll_timeout_s=args.long_poll_timeout,
         sse_max_duration_s=args.sse_max_duration,
         max_body_bytes=mib_to_bytes(args.max_body_mib),
+        max_json_messages=int(args.max_json_messages),
         max_chunk_bytes=args.max_chunk_kib * 1024,
         max_path_length=args.max_path_length,
         auth_token=args.auth_token,

@@ -117,6 +117,34 @@ def test_body_over_the_limit_is_413_and_stores_nothing(small: StreamsHttp) -> No
         assert small.head("body/created").status_code == 404
 
 
+def test_a_json_request_of_more_messages_than_the_limit_is_413_and_stores_nothing(
+    front: StreamsHttp,
+) -> None:
+    """Each message of a JSON request is validated and stored on the server's event loop:
+    two million tiny ones (a 4 MB body) held every other client for 15 s. Past 10,000 (the
+    default) a request is refused whole; at the limit it is stored whole."""
+    def array(count: int) -> bytes:
+        return b"[" + b",".join([b"0"] * count) + b"]"
+
+    assert front.put("many/json", JSON).status_code == 201
+    assert_error(front.post("many/json", array(10_001), JSON), 413, "TOO_MANY_MESSAGES")
+    assert front.catch_up("many/json").messages == []
+    assert front.post("many/json", array(10_000), JSON).status_code == 204
+    assert front.catch_up("many/json").messages == [0] * 10_000
+    assert_error(front.put("many/created", JSON, array(10_001)), 413, "TOO_MANY_MESSAGES")
+    assert front.head("many/created").status_code == 404
+
+
+def test_a_json_integer_of_any_length_is_stored_as_sent(front: StreamsHttp) -> None:
+    """Valid JSON: Python refuses to convert an integer past 4,300 digits, and the request
+    was refused with a message about `sys.set_int_max_str_digits`."""
+    number = b"9" * 5000
+    assert front.put("long-int/json", JSON).status_code == 201
+    assert front.post("long-int/json", b"[" + number + b", -" + number + b"]", JSON
+                      ).status_code == 204
+    assert front.catch_up("long-int/json").content == b"[" + number + b",-" + number + b"]"
+
+
 # ---------------------------------------------------------------------- catch-up chunks
 
 

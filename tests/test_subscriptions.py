@@ -510,6 +510,30 @@ def test_an_older_ack_does_not_move_a_cursor_back(
     assert next(s["acked_offset"] for s in state["streams"] if s["path"] == "order/a") == second
 
 
+def test_an_ack_whose_done_is_not_a_boolean_is_refused_not_taken_as_a_heartbeat(
+    streams_server: ServerProcess, http: requests.Session
+) -> None:
+    """`"done": "yes"` was read as "not done": a heartbeat, the lease kept by a worker that
+    believed it had let go. Refused, the lease is still there to be released properly."""
+    root = _root(streams_server)
+    _pull_subscription(http, root, "yes", "wake/yes", "yes/*", 30_000)
+    _put_json_stream(http, root, "yes/a")
+    tail = _append(http, root, "yes/a", {"n": 1})
+    _wake_events_after(http, root, "wake/yes", "-1")
+    grant = _claim(http, root, "yes", "w1").json()
+    refused = http.post(
+        f"{root}/__ds/subscriptions/yes/ack",
+        headers={"Authorization": f"Bearer {grant['token']}"},
+        json={"wake_id": grant["wake_id"], "generation": grant["generation"],
+              "acks": [{"stream": "yes/a", "offset": tail}], "done": "yes"})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "INVALID_ACKS"
+    state = http.get(f"{root}/__ds/subscriptions/yes").json()
+    assert next(s["acked_offset"] for s in state["streams"] if s["path"] == "yes/a") != tail
+    assert _ack(http, root, "yes", grant, [{"stream": "yes/a", "offset": tail}],
+                done=True).status_code == 200
+
+
 def test_a_closed_wake_stream_gets_no_wake_events(
     streams_server: ServerProcess, http: requests.Session
 ) -> None:

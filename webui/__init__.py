@@ -41,6 +41,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         sse_keepalive_s=float(app.config["SSE_KEEPALIVE_S"]),
         sse_max_duration_s=float(app.config["SSE_MAX_DURATION_S"]),
         max_body_bytes=mib_to_bytes(app.config["MAX_BODY_MIB"]),
+        max_json_messages=int(app.config["MAX_JSON_MESSAGES"]),
         auth_token=app.config["STREAMS_AUTH_TOKEN"],
         max_storage_bytes=(None if app.config["MAX_STORAGE_MIB"] is None
                            else mib_to_bytes(app.config["MAX_STORAGE_MIB"])),

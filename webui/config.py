@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     # SSE responses end after this long (section 10.2) and the reader reconnects.
     "SSE_MAX_DURATION_S": 60.0,
     "MAX_BODY_MIB": 64,
+    "MAX_JSON_MESSAGES": 10_000,
     # The streams database's quota: writes past it get 507 (default: no limit but the disk).
     "MAX_STORAGE_MIB": None,
     # Run a supervisor inside the app, so that `flask run` alone answers prompts.
@@ -156,6 +157,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "SSE_KEEPALIVE_S": _number(0.1, high=3600),  # shorter ones flood the readers
     "SSE_MAX_DURATION_S": _number(0, above=True, high=3600),
     "MAX_BODY_MIB": _number(0, above=True),
+    "MAX_JSON_MESSAGES": _number(1, whole=True),
     "MAX_STORAGE_MIB": _number(0, above=True, optional=True),
     "EMBEDDED_SUPERVISOR": _FLAG,
     "AGENT_STREAMS_URL": _text(optional=True, url=True),

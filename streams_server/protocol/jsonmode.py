@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from ..errors import BadRequest
+from ..errors import BadRequest, PayloadTooLarge
 
 _WHITESPACE = " \t\n\r"
 
@@ -18,11 +18,18 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+def _unconverted(text: str) -> str:
+    return text
 
 
-def split_messages(body: bytes, *, allow_empty_array: bool) -> list[bytes]:
-    """The messages of a JSON body: the elements of a top-level array, else the value."""
+# Integers are only validated, not converted: past 4,300 digits Python refuses to convert
+# one, and the JSON is valid.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_unconverted)
+
+
+def split_messages(body: bytes, *, allow_empty_array: bool, max_messages: int) -> list[bytes]:
+    """The messages of a JSON body: the elements of a top-level array, else the value; a
+    `PayloadTooLarge` past `max_messages`."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -35,7 +42,7 @@ def split_messages(body: bytes, *, allow_empty_array: bool) -> list[bytes]:
         if _skip(text, end) != len(text):
             raise _invalid(text, _skip(text, end), "unexpected data after the JSON value")
         return [text[start:end].encode("utf-8")]
-    messages = _array_elements(text, start)
+    messages = _array_elements(text, start, max_messages)
     if not messages and not allow_empty_array:
         raise BadRequest(
             "an empty JSON array appends nothing; send at least one message",
@@ -49,13 +56,17 @@ def encode_array(messages: Iterable[bytes]) -> bytes:
     return b"[" + b",".join(messages) + b"]"
 
 
-def _array_elements(text: str, start: int) -> list[bytes]:
+def _array_elements(text: str, start: int, max_messages: int) -> list[bytes]:
     messages: list[bytes] = []
     i = _skip(text, start + 1)
     if i < len(text) and text[i] == "]":
         i += 1
     else:
         while True:
+            if len(messages) == max_messages:
+                raise PayloadTooLarge(
+                    f"a JSON request holds at most {max_messages} messages: send them in"
+                    " several appends", code="TOO_MANY_MESSAGES")
             end = _value_end(text, i)
             messages.append(text[i:end].encode("utf-8"))
             i = _skip(text, end)

@@ -176,7 +176,8 @@ class StreamOperations:
             body = bodies.read_all(request.body, self.settings)
             if not body:
                 return []
-            return jsonmode.split_messages(body, allow_empty_array=allow_empty_array)
+            return jsonmode.split_messages(body, allow_empty_array=allow_empty_array,
+                                           max_messages=self.settings.max_json_messages)
         return bodies.read_spooled(request.body, self.settings,
                                    text=is_text_content_type(content_type))
 

@@ -115,7 +115,9 @@ class SubscriptionService:
     def ack(self, sub_id: str, authorization: str | None, body: Any, *, kind: str) -> bool:
         fence = self._fence(sub_id, authorization, body)
         acks = _parse_acks(body.get("acks", []))
-        done = body.get("done") is True
+        done = body.get("done", False)
+        if not isinstance(done, bool):  # "yes" was taken as a heartbeat: the lease held on
+            raise BadRequest('"done" must be true or false', code="INVALID_ACKS")
         return self.store.transact(
             lambda tx: db.acknowledge(tx, sub_id, fence, acks, done=done, kind=kind)
         )
