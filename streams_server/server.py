@@ -20,6 +20,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _HTTP_VERSION = re.compile(r"HTTP/(\d+)\.(\d+)")
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a token (RFC 9110, 5.1)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a field value only HTAB may be
 
 FRAMING_PROBLEM_KEY = "durable_streams.framing_problem"
 """Set in the environ when a request's body length is ambiguous in ways the environ itself
@@ -250,16 +252,25 @@ class RequestHeaders:
                 self._first = _first_lines(self._lines)
                 self.framing_problem = self._framing_problem()
                 return
-            line = raw.decode("latin-1").rstrip("\r\n") + "\r\n"
+            text = raw.decode("latin-1").rstrip("\r\n")
+            if _CONTROL.search(text):
+                # A bare CR is a line break to some parsers and not to others (a header
+                # hidden from one of them), and echoed into a response header it was a 500.
+                raise UnreadableRequest(
+                    f"the request header line {text[:80]!r} holds a control character")
+            line = text + "\r\n"
             if line[:1] in " \t":
                 if not self._lines:
                     raise UnreadableRequest("the request headers start with a continuation line")
                 self._lines.append(("", line))
                 continue
             name, colon, _ = line.partition(":")
-            if not colon or not name or name != name.strip():
+            if not colon or not _FIELD_NAME.fullmatch(name):
                 raise UnreadableRequest(f"malformed request header line {line[:80]!r}")
-            self._lines.append((name.lower(), line))
+            key = name.lower()
+            if key == "host" and any(k == "host" for k, _ in self._lines):
+                raise UnreadableRequest("the request has more than one Host header")
+            self._lines.append((key, line))
         raise _too_large(f"the request has more than {self.MAX_HEADERS} headers")
 
     def _framing_problem(self) -> str | None:

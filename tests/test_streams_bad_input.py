@@ -44,9 +44,9 @@ def front(request: pytest.FixtureRequest, server: ServerProcess) -> StreamsHttp:
     return app
 
 
-def assert_error(response: requests.Response, status: int, code: str) -> None:
+def assert_error(response: requests.Response, status: int, code: str | set[str]) -> None:
     assert response.status_code == status, (response.status_code, response.content[:300])
-    assert error_body(response)["error"]["code"] == code
+    assert error_body(response)["error"]["code"] in ({code} if isinstance(code, str) else code)
 
 
 def test_deeply_nested_json_in_a_control_body_is_a_400(http: StreamsHttp) -> None:
@@ -100,17 +100,19 @@ def test_expected_errors_leave_no_traceback_in_the_log(server: ServerProcess,
 @pytest.mark.parametrize("content_type", ["text/\x00plain", "text/plain\x7f", "a/" + "b" * 1100],
                          ids=["nul", "del", "too-long"])
 def test_a_content_type_that_cannot_be_sent_back_is_refused(
-    http: StreamsHttp, content_type: str, request: pytest.FixtureRequest,
+    front: StreamsHttp, content_type: str, request: pytest.FixtureRequest,
 ) -> None:
     """A stream's content type is repeated in every read's headers: control characters would
-    go back to every reader raw."""
+    go back to every reader raw. (The standalone server refuses a control character in any
+    header before the app sees it; Werkzeug's passes it on.)"""
     path = f"ctype-{request.node.callspec.id}"
-    assert_error(http.put(path, content_type=content_type), 400, "INVALID_CONTENT_TYPE")
-    assert http.head(path).status_code == 404
-    assert http.put(path, content_type="text/plain").status_code == 201
-    response = http.post(path, b"x", content_type=content_type)
-    assert_error(response, 400, "INVALID_CONTENT_TYPE")
-    assert http.get(path).content == b""
+    codes = {"INVALID_CONTENT_TYPE", "MALFORMED_REQUEST"}
+    assert_error(front.put(path, content_type=content_type), 400, codes)
+    assert front.head(path).status_code == 404
+    assert front.put(path, content_type="text/plain").status_code == 201
+    response = front.post(path, b"x", content_type=content_type)
+    assert_error(response, 400, codes)
+    assert front.get(path).content == b""
 
 
 @pytest.mark.parametrize("host", ["x\x01y", "a b", "x:99999999", "x:"], ids=[
@@ -120,7 +122,7 @@ def test_a_malformed_host_header_is_a_400(front: StreamsHttp, host: str,
     """The Host names the stream's URL in `Location`: a malformed one gave `http:///v1/...`."""
     path = f"host-{request.node.callspec.id}"
     response = front.request("PUT", path, headers={"Host": host, "Content-Type": JSON})
-    assert_error(response, 400, "INVALID_HOST")
+    assert_error(response, 400, {"INVALID_HOST", "MALFORMED_REQUEST"})  # as above
     assert front.head(path).status_code == 404
 
 
@@ -187,8 +189,17 @@ def _raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
      "MALFORMED_REQUEST"),
     (b"POST /v1/stream/x HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", 400,
      "INVALID_FRAMING"),
+    # A bare CR: a line break to some parsers (a header hidden from the others), and echoed
+    # into Access-Control-Allow-Origin it was a 500 with a traceback.
+    (b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\nOrigin: http://a\rSet-Cookie: x\r\n\r\n", 400,
+     "MALFORMED_REQUEST"),
+    (b"OPTIONS /v1/stream/x HTTP/1.1\r\nHost: a\r\nOrigin: http://a\r\n"
+     b"Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: a\x01b\r\n\r\n",
+     400, "MALFORMED_REQUEST"),
+    (b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\nX\x00Y: 1\r\n\r\n", 400, "MALFORMED_REQUEST"),
+    (b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "MALFORMED_REQUEST"),
 ], ids=["http2", "bad-version", "no-target", "long-line", "long-header", "many-headers",
-        "no-colon", "length-abc"])
+        "no-colon", "length-abc", "bare-cr", "control-character", "nul-in-name", "two-hosts"])
 def test_requests_refused_before_the_app_get_a_json_error(
     server: ServerProcess, request_bytes: bytes, status: int, code: str,
 ) -> None:
