@@ -64,6 +64,30 @@ def follow(http: StreamsHttp, path: str, offset: str) -> requests.Response:
 # -- SSE (section 5.8) ----------------------------------------------------------------------------
 
 
+def test_a_text_stream_takes_only_whole_utf8_characters_so_sse_and_catch_up_agree(
+    http: StreamsHttp,
+) -> None:
+    """SSE readers of a text stream get its data as text: a character split across two
+    appends reached them as two U+FFFD while catch-up reads returned the bytes. Such an
+    append is refused (small or spooled to disk), and what is stored reads the same both
+    ways."""
+    path = "text-whole-characters"
+    assert http.request("PUT", path, headers={"Content-Type": TEXT}).status_code == 201
+    for body in (b"h\xc3", b"\xa9!", b"ok \xff", b"x" * (3 * 1024 * 1024) + b"\xe2\x82"):
+        refused = http.request("POST", path, headers={"Content-Type": TEXT}, body=body)
+        assert refused.status_code == 400, refused.content[:200]
+        assert refused.json()["error"]["code"] == "INVALID_TEXT"
+    created = http.request("PUT", "text-created-split", headers={"Content-Type": TEXT},
+                           body=b"\xc3")
+    assert created.status_code == 400 and http.head("text-created-split").status_code == 404
+    assert http.request("POST", path, headers={"Content-Type": TEXT},
+                        body="hé! €".encode()).status_code == 204
+    assert http.catch_up(path).content == "hé! €".encode()
+    with follow(http, path, "-1") as response:
+        data = next(data for name, data in sse_events(response) if name == "data")
+    assert data == "hé! €"
+
+
 def test_closing_a_stream_with_no_data_ends_its_sse_readers_with_stream_closed(
     http: StreamsHttp,
 ) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 import errno
 import tempfile
 from collections.abc import Callable
 from typing import IO, TypeVar
 
 from ..config import StreamsSettings
-from ..errors import PayloadTooLarge, StorageFailure, StorageFull
+from ..errors import BadRequest, PayloadTooLarge, StorageFailure, StorageFull
 from ..storage.models import Entries, SpooledChunks, split_entries
 
 _READ_CHUNK = 256 * 1024
@@ -52,7 +53,12 @@ def read_spooled(stream: IO[bytes], settings: StreamsSettings, *, text: bool = F
     first = _read_up_to(stream, settings.spool_memory_bytes + 1)
     if len(first) > settings.max_body_bytes:  # a chunked body declares no length up front
         raise _too_large(settings)
+    check_text = _TextCheck() if text else None
+    if check_text:
+        check_text.feed(first)
     if len(first) <= settings.spool_memory_bytes:
+        if check_text:
+            check_text.end()
         return split_entries(first, settings.max_chunk_bytes, text=text)
     spool = _write_or_fail(lambda: tempfile.TemporaryFile())
     try:
@@ -62,7 +68,11 @@ def read_spooled(stream: IO[bytes], settings: StreamsSettings, *, text: bool = F
             size += len(chunk)
             if size > settings.max_body_bytes:
                 raise _too_large(settings)
+            if check_text:
+                check_text.feed(chunk)
             _write_or_fail(lambda: spool.write(chunk))
+        if check_text:
+            check_text.end()
         _write_or_fail(spool.flush)  # the last buffered bytes: the disk may refuse them too
     except BaseException:
         try:
@@ -71,6 +81,36 @@ def read_spooled(stream: IO[bytes], settings: StreamsSettings, *, text: bool = F
             pass
         raise
     return SpooledChunks(spool, size, settings.max_chunk_bytes, text=text)
+
+
+class _TextCheck:
+    """Whether a text stream's body, fed piece by piece, is UTF-8 ending between characters.
+
+    SSE readers of a `text/*` stream get its data as UTF-8 text (section 5.8): a character
+    split across two appends, or bytes that are no UTF-8 at all, reached them as U+FFFD while
+    catch-up reads returned the bytes, so live and catch-up readers saw different data.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._checked = 0
+
+    def feed(self, data: bytes) -> None:
+        self._decode(data, final=False)
+        self._checked += len(data)
+
+    def end(self) -> None:
+        self._decode(b"", final=True)
+
+    def _decode(self, data: bytes, *, final: bool) -> None:
+        try:
+            self._decoder.decode(data, final)
+        except UnicodeDecodeError as exc:
+            where = self._checked + exc.start - len(self._decoder.getstate()[0])
+            raise BadRequest(
+                f"a text stream holds UTF-8 text, whole characters in each append (SSE"
+                f" readers get it as text): the body is not, at byte {max(0, where)}",
+                code="INVALID_TEXT") from None
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
