@@ -208,6 +208,19 @@ def test_binary_fork_may_diverge_at_any_byte(client: StreamsHttp) -> None:
     assert client.catch_up("bin/src").content == b"helloworld!!"
 
 
+def test_a_fork_made_at_the_default_offset_may_be_asked_again_by_that_offset(
+        client: StreamsHttp) -> None:
+    """Section 4.2: a PUT matching an existing fork's configuration is a 200. A fork made
+    without an offset (the source's tail) and asked again with that tail named was a 409."""
+    tail = client.put("again/src", BINARY, b"abc").headers["Stream-Next-Offset"]
+    assert fork(client, "again/fork", "again/src").status_code == 201
+    assert client.post("again/src", b"def", BINARY).status_code == 204
+    assert fork(client, "again/fork", "again/src", tail).status_code == 200
+    assert fork(client, "again/fork", "again/src").status_code == 200
+    assert_error(fork(client, "again/fork", "again/src", offset_token(1)), 409, "STREAM_EXISTS")
+    assert client.catch_up("again/fork").content == b"abc"
+
+
 def test_a_binary_fork_past_the_source_tail_is_refused_and_creates_nothing(
         client: StreamsHttp) -> None:
     """Section 4.2: 400 when the fork offset exceeds the source's tail. Accepted, the fork

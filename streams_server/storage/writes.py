@@ -185,7 +185,7 @@ def _check_same_config(
     else:
         if fork.source_path != info.fork_source_path:
             differences.append("fork source")
-        elif fork.offset is not None and fork.offset != info.fork_request_offset:
+        elif fork.offset is not None and fork.offset != _fork_point_asked(info):
             differences.append("fork offset")
         elif fork.sub_offset != info.fork_sub_offset:
             differences.append("fork sub-offset")
@@ -195,6 +195,13 @@ def _check_same_config(
             + ", ".join(differences),
             code="STREAM_EXISTS",
         )
+
+
+def _fork_point_asked(info: StreamInfo) -> int | None:
+    """The fork offset a fork was made with: where it was asked for, else the source's tail
+    it defaulted to (then with no sub-offset: nothing lies past a tail), which a retry may
+    now name explicitly (section 4.2)."""
+    return info.fork_request_offset if info.fork_request_offset is not None else info.fork_offset
 
 
 def _fork_source(tx: Transaction, live: LiveMap, fork: ForkSpec) -> StreamInfo:
