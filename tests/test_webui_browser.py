@@ -370,6 +370,54 @@ def test_stop_cancels_the_answer_in_progress_not_the_prompts_waiting_their_turn(
     assert cancelled == [first_id]
 
 
+def test_a_prompt_of_characters_the_agents_count_as_blank_is_not_sent(
+    chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext,
+) -> None:
+    """JavaScript's trim keeps U+001C-U+001F and U+0085, Python's strip (the agents') does
+    not: such a prompt was sent, failed as empty, and offered a Try again that could only
+    fail again."""
+    page = open_chat(new_context(), chat_app.url)
+    box = page.get_by_test_id("composer-input")
+    box.fill("\x1f \x85\x1c")
+    box.press("Enter")
+    expect(box).to_have_value("\x1f \x85\x1c")  # kept, as a blank message is
+    prompt = unique("A real question")
+    replies.set(prompt, "An answer.")
+    prompt_id = send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+    sent = [m.get("id") for m in prompt_messages(chat_app.url, conversation_id(page))
+            if m.get("type") == "prompt"]
+    assert sent == [prompt_id]
+
+
+def test_a_second_stop_just_after_the_first_answer_stopped_leaves_the_next_prompt_alone(
+    chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+    new_context: NewContext,
+) -> None:
+    """A double click or Esc pressed twice, 100-300 ms apart: the first answer had stopped in
+    between (a tenth of a second here), the button aimed at the question waiting behind it,
+    and the second press stopped that one too; it was never answered."""
+    model.tokens_per_second = 15
+    page = open_chat(new_context(), chat_app.url)
+    first, queued = unique("Recite a long list"), unique("Then this shorter one")
+    replies.set(first, words("item", 200))
+    replies.set(queued, words("shorter", 40))  # still streaming when Stop is pressed again
+    first_id = send_prompt(page, first)
+    wait_words(page, first_id, 3)
+    send_prompt(page, queued)
+    wait_state(page, queued, "queued")
+    stop = page.get_by_test_id("stop-button")
+    stop.click()
+    wait_state(page, first, "cancelled")
+    expect(stop).to_be_visible()  # now aimed at the queued question
+    stop.click()  # the double click's second half
+    page.keyboard.press("Escape")
+    wait_state(page, queued, "done", timeout=30_000)
+    cancels = [m.get("promptId") for m in prompt_messages(chat_app.url, conversation_id(page))
+               if m.get("type") == "cancel"]
+    assert cancels == [first_id]
+
+
 def test_a_second_stop_while_the_first_is_being_cancelled_leaves_the_next_prompt_alone(
     tmp_path: Path, model: FakeAnthropic, new_context: NewContext,
 ) -> None:

@@ -19,8 +19,14 @@ export const subscriptionId = (conversationId) => `conversation-${conversationId
 export const MAX_PROMPT_CHARS = 1_000_000;
 
 /** Whether a stored prompt's content can be sent again as it is (Try again). */
+/** Whether a prompt has nothing to answer, as the agents judge it (Python's `str.strip`, which
+ * also strips U+001C-U+001F and U+0085: a prompt of those alone was sent, and failed). */
+export function isBlank(text) {
+  return text.replace(/[\x1c-\x1f\x85]/g, "").trim() === "";
+}
+
 export function canAskAgain(content) {
-  return typeof content === "string" && content.trim() !== "" && content.length <= MAX_PROMPT_CHARS;
+  return typeof content === "string" && !isBlank(content) && content.length <= MAX_PROMPT_CHARS;
 }
 
 export const newConversationId = () => randomId();

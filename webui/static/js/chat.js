@@ -355,6 +355,20 @@ function promptToStop() {
   return cancelSent ? null : id;
 }
 
+// A Stop pressed twice (a double click, Esc twice) is meant for one answer. Once that one has
+// stopped, which takes a tenth of a second here, the button aims at the question waiting
+// behind it, and the second press stopped that too: for a moment after the button has come
+// to aim at another answer than the one stopped last, Stop does nothing.
+const REPEATED_STOP_MS = 1000;
+const stopAim = { stoppedId: null, promptId: null, since: 0 };
+
+function aimStop(promptId) {
+  if (promptId && promptId !== stopAim.promptId) {
+    stopAim.promptId = promptId;
+    stopAim.since = performance.now();
+  }
+}
+
 const scheduleRender = frameThrottle(render);
 
 function render() {
@@ -382,7 +396,9 @@ function render() {
   ui.rename.hidden = !conversations.has(c.id) || !ui.renameForm.hidden;
   ui.delete.hidden = ui.rename.hidden;
   document.title = `${title} · Durable Agent Chat`;
-  const stopHidden = promptToStop() === null;
+  const stopTarget = promptToStop();
+  aimStop(stopTarget);
+  const stopHidden = stopTarget === null;
   if (stopHidden && document.activeElement === ui.stop) focusComposer(); // else it falls to the body
   ui.stop.hidden = stopHidden;
   const active = turns.filter((t) => !t.final).map(turnState);
@@ -424,7 +440,7 @@ function announce(text) {
 
 function send() {
   const text = ui.input.value.trim();
-  if (!text || !current || current.transcript.responsesClosed) return;
+  if (protocol.isBlank(text) || !current || current.transcript.responsesClosed) return;
   if (text.length > protocol.MAX_PROMPT_CHARS) {
     ui.composerError.textContent = `This message is too long to send: ${text.length.toLocaleString()} characters, the limit is ${protocol.MAX_PROMPT_CHARS.toLocaleString()}.`;
     ui.composerError.hidden = false;
@@ -466,7 +482,13 @@ function sendPrompt(text, promptId = undefined) {
 /** Stop the answer in progress (see `promptToStop`). */
 function stop() {
   const id = promptToStop();
-  if (id) protocol.cancelPrompt(outbox, current.id, id);
+  aimStop(id); // the button may have changed target since it was last drawn
+  const meantForTheLast = stopAim.stoppedId !== null && id !== stopAim.stoppedId
+    && performance.now() - stopAim.since < REPEATED_STOP_MS;
+  if (id && !meantForTheLast) {
+    protocol.cancelPrompt(outbox, current.id, id);
+    stopAim.stoppedId = id;
+  }
   scheduleRender();
 }
 
