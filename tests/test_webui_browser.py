@@ -1541,6 +1541,25 @@ def test_an_answer_cut_off_by_a_lost_connection_blames_the_connection_not_the_ag
         app.terminate()
 
 
+def test_a_conversation_whose_prompts_stream_was_closed_says_so_and_takes_no_more_prompts(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """The box stayed open, and every prompt failed with "Not sent: stream ... is closed"."""
+    page = open_chat(new_context(), chat_app.url)
+    answered = unique("Answered before the close")
+    send_prompt(page, answered)
+    wait_state(page, answered, "done")
+    cid = conversation_id(page)
+    StreamsClient(f"{chat_app.url}/v1/stream").close_stream(f"conversations/{cid}/prompts")
+    for _ in range(2):  # live, then after a reload
+        expect(page.get_by_test_id("composer-closed")).to_have_text(
+            "This conversation takes no more prompts: its prompts stream has been closed."
+            " Start a new conversation to go on.")
+        expect(page.get_by_test_id("composer-input")).to_be_disabled()
+        expect(turn_for(page, answered).get_by_test_id("answer-meta")).to_be_visible()
+        page.reload()
+        wait_ready(page)
+
+
 def test_a_conversation_whose_responses_stream_was_closed_says_so_and_takes_no_more_prompts(
         chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
         new_context: NewContext) -> None:

@@ -255,6 +255,7 @@ function maybeFollow() {
       if (c !== current) return;
       c.offsets.prompts = batch.to;
       c.transcript.applyPrompts(batch.messages ?? []);
+      if (batch.closed) c.transcript.promptsClosed = true;
       if (batch.upToDate) c.upToDate.prompts = true;
       promptsPanel.add(batch);
       if (batch.count) flow.promptsArrived(c.transcript.promptEntries);
@@ -380,9 +381,12 @@ function render() {
   }
   const pending = pendingPrompts(c.id);
   const offline = status.readsInterrupted();
-  const closed = c.transcript.responsesClosed;
+  const closed = c.transcript.responsesClosed || c.transcript.promptsClosed;
   const count = view.render(turns, pending, { offline, closed });
   ui.composerClosed.hidden = !closed;
+  ui.composerClosed.textContent = c.transcript.responsesClosed
+    ? "This conversation takes no more prompts: its responses stream has been closed, so no answer can be written. Start a new conversation to go on."
+    : "This conversation takes no more prompts: its prompts stream has been closed. Start a new conversation to go on.";
   ui.input.disabled = closed;
   ui.send.disabled = closed;
   const known = isKnown(c.id);
@@ -440,7 +444,8 @@ function announce(text) {
 
 function send() {
   const text = ui.input.value.trim();
-  if (protocol.isBlank(text) || !current || current.transcript.responsesClosed) return;
+  if (protocol.isBlank(text) || !current) return;
+  if (current.transcript.responsesClosed || current.transcript.promptsClosed) return;
   if (text.length > protocol.MAX_PROMPT_CHARS) {
     ui.composerError.textContent = `This message is too long to send: ${text.length.toLocaleString()} characters, the limit is ${protocol.MAX_PROMPT_CHARS.toLocaleString()}.`;
     ui.composerError.hidden = false;

@@ -229,6 +229,7 @@ export class Transcript {
   responseEntries = 0;
   ignored = 0;
   responsesClosed = false; // no answer can be written any more
+  promptsClosed = false; // no prompt can be sent any more (those sent are still answered)
 
   /** The responses stream is closed (read to its end): an answer not finished by then never
    * will be, nor one to a prompt sent later. */
