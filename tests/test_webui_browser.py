@@ -1494,6 +1494,19 @@ def test_a_link_to_an_unknown_conversation_says_so_and_a_message_starts_it(
     expect(notice).to_be_hidden()
 
 
+@pytest.mark.parametrize("link", ["#/c/bad!id", "#/c/" + "x" * 65, "#/c/"])
+def test_a_link_that_names_no_possible_conversation_says_so(
+        chat_app: ServerProcess, new_context: NewContext, link: str) -> None:
+    """A mistyped or cut link opened a new conversation without a word."""
+    page = open_chat(new_context(), f"{chat_app.url}/{link}")
+    notice = page.get_by_test_id("deleted-conversation")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("This link does not name a conversation")
+    assert page.evaluate("window.location.hash") == ""
+    page.evaluate(f"window.location.hash = {link!r}")  # typed into the address bar
+    expect(notice).to_be_visible()
+
+
 def test_an_answer_that_stops_growing_says_what_may_be_going_on(
         chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
         new_context: NewContext) -> None:

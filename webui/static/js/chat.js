@@ -182,6 +182,23 @@ function idFromHash() {
   return m ? m[1] : null;
 }
 
+/** Open the conversation the address names. A link whose id cannot be one (a typo, a link cut
+ * short) says so, where it opened a new conversation without a word. */
+function openFromHash() {
+  // A new hash fires both hashchange and popstate: the second would open a new conversation
+  // again, and hide the notice below.
+  if (window.location.href === openedAddress) return;
+  const id = idFromHash();
+  openConversation(id);
+  if (id === null && window.location.hash.startsWith("#/c/")) {
+    history.replaceState(null, "", window.location.pathname + window.location.search);
+    ui.deletedNotice.textContent = "This link does not name a conversation (an id is 1 to 64 letters, digits, - or _): here is a new one.";
+    ui.deletedNotice.hidden = false;
+    openedAddress = window.location.href;
+  }
+}
+let openedAddress = null; // where the conversation shown was opened from
+
 function navigateTo(id) {
   if (id) window.location.hash = `#/c/${id}`;
   else {
@@ -202,6 +219,7 @@ function focusComposer() {
 }
 
 function openConversation(id) {
+  openedAddress = window.location.href;
   if (current && id && current.id === id) return;
   endRename(false);
   ui.deletedNotice.hidden = true;
@@ -644,8 +662,8 @@ function wire() {
       ui.input.focus();
     });
   }
-  window.addEventListener("hashchange", () => openConversation(idFromHash()));
-  window.addEventListener("popstate", () => openConversation(idFromHash()));
+  window.addEventListener("hashchange", openFromHash);
+  window.addEventListener("popstate", openFromHash);
   window.addEventListener("online", () => outbox.start());
   document.addEventListener("visibilitychange", onVisibility);
   if (document.visibilityState === "visible") tabs?.postMessage({ type: "shown" });
@@ -687,7 +705,7 @@ function wire() {
 function main() {
   wire();
   wireSkipLink();
-  openConversation(idFromHash());
+  openFromHash();
   followConversations();
   outbox.start(); // re-send anything a previous load of this tab left unacknowledged
   updateBrowserNode();
