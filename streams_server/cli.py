@@ -12,7 +12,7 @@ from collections.abc import Callable
 from streams_server.app import create_app
 from streams_server.backend import DataDirectoryError, StreamsBackend
 from streams_server.config import StreamsSettings, mib_to_bytes
-from streams_server.server import CannotListen, serve
+from streams_server.server import SOCKET_TIMEOUT_S, CannotListen, serve
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -53,6 +53,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--long-poll-timeout", type=seconds, default=30.0, metavar="SECONDS",
         help="how long a long-poll read waits for data before 204 (default 30)",
     )
+    parser.add_argument("--socket-timeout", type=seconds, default=SOCKET_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help="close a connection that sends or takes nothing for this long"
+                             " while the server waits on it: idle keep-alive, slow headers"
+                             f" or bodies (default {SOCKET_TIMEOUT_S:g}; live reads waiting for"
+                             " data are not affected)")
     parser.add_argument("--sse-max-duration", type=seconds, default=60.0, metavar="SECONDS",
                         help="close SSE connections after this long (default 60)")
     parser.add_argument("--max-body-mib", type=bounded(float, 0, above=True), default=64,
@@ -118,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     # collector, a full collection no longer pauses every connection for 40 ms.
     gc.freeze()
     try:
-        serve(app, args.host, args.port, on_stop=backend.close, on_draining=backend.drain)
+        serve(app, args.host, args.port, on_stop=backend.close, on_draining=backend.drain,
+              socket_timeout_s=args.socket_timeout)
     except CannotListen as exc:
         backend.close()
         print(f"error: {exc}", file=sys.stderr)

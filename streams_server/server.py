@@ -23,6 +23,9 @@ _HTTP_VERSION = re.compile(r"HTTP/(\d+)\.(\d+)")
 _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a token (RFC 9110, 5.1)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a field value only HTAB may be
 
+SOCKET_TIMEOUT_S = 120.0
+"""How long a connection may send or take nothing while the server waits on it (see `serve`)."""
+
 FRAMING_PROBLEM_KEY = "durable_streams.framing_problem"
 """Set in the environ when a request's body length is ambiguous in ways the environ itself
 no longer shows (see `RequestHeaders.framing_problem`); the streams middleware refuses it."""
@@ -37,10 +40,16 @@ DRAIN_S = 5.0
 
 
 def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
-          on_draining: Callable[[], None] = lambda: None) -> None:
+          on_draining: Callable[[], None] = lambda: None, *,
+          socket_timeout_s: float = SOCKET_TIMEOUT_S) -> None:
     """Serve `app` until SIGINT/SIGTERM, then stop accepting, call `on_draining` (which should
     end live reads), let the requests under way finish (up to `DRAIN_S`), and call `on_stop`.
     Idle keep-alive connections are not waited for.
+
+    A connection whose client sends nothing (a keep-alive connection between requests, a
+    request's headers or body) or takes nothing (a response's bytes) for `socket_timeout_s`
+    is closed: abandoned and deliberately slow connections would otherwise hold a file
+    descriptor each until the server ran out. Waiting for data (live reads) is not affected.
 
     Raises `CannotListen` (without calling `on_stop`) if the address cannot be bound."""
     import gevent
@@ -59,6 +68,7 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
 
         def handle(self, sock: Any, address: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(socket_timeout_s)
             super().handle(sock, address)
 
     class LeanHeadersHandler(WSGIHandler):  # type: ignore[misc]
@@ -142,6 +152,10 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
             ERROR level and answers with an empty body)."""
             if isinstance(ex, UnreadableRequest):
                 refusal = ex
+            elif isinstance(ex, TimeoutError):
+                refusal = UnreadableRequest(
+                    f"the request's headers did not arrive within {socket_timeout_s:g} s",
+                    status="408 Request Timeout", code="REQUEST_TIMEOUT")
             elif isinstance(ex, (ValueError, OSError)):
                 message = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
                 refusal = UnreadableRequest(f"malformed HTTP request: {message[:200]}")

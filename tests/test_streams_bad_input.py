@@ -213,3 +213,38 @@ def test_requests_refused_before_the_app_get_a_json_error(
     assert json.loads(body)["error"]["code"] == code
     log = server.log_path.read_text(errors="replace")
     assert " ERROR " not in log and "Traceback" not in log, server.log_tail()
+
+
+def test_a_connection_that_sends_nothing_is_closed_but_a_live_read_may_wait(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Idle keep-alive connections and requests sent byte by byte were held for good, a file
+    descriptor each: 20,000 of them and the server took no new client. A connection that
+    sends nothing for ``--socket-timeout`` is closed (silently between requests, with a 408
+    inside one); a long-poll waiting longer than that for data is still answered."""
+    server = start_streams_server(tmp_path_factory.mktemp("timeouts") / "data",
+                                  long_poll_timeout=2.5, extra_args=["--socket-timeout", "1"])
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+
+        def answer_to(sent: bytes) -> bytes:
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(sent)
+                answer = b""
+                while chunk := sock.recv(65536):  # the server closes (a 10 s timeout here)
+                    answer += chunk
+            return answer
+
+        assert answer_to(b"") == b""  # an idle connection: closed without a word
+        partial = answer_to(b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\n")
+        assert partial.startswith(b"HTTP/1.1 408 "), partial
+        assert json.loads(partial.partition(b"\r\n\r\n")[2])["error"]["code"] == "REQUEST_TIMEOUT"
+        http = StreamsHttp(server.url)
+        assert http.put("waited", content_type=JSON).status_code == 201
+        tail = http.head("waited").headers["Stream-Next-Offset"]
+        waited = http.get("waited", tail, live="long-poll")
+        assert waited.status_code == 204, waited.content  # after 2.5 s, more than the timeout
+        log = server.log_path.read_text(errors="replace")
+        assert "Traceback" not in log, server.log_tail()
+    finally:
+        server.terminate()
