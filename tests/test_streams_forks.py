@@ -221,6 +221,19 @@ def test_a_fork_made_at_the_default_offset_may_be_asked_again_by_that_offset(
     assert client.catch_up("again/fork").content == b"abc"
 
 
+def test_a_text_fork_diverges_between_characters(client: StreamsHttp) -> None:
+    """SSE readers of a text stream get text, and an append must end between characters:
+    a fork inside one (by offset or sub-offset) handed its readers half a character."""
+    text = "text/plain; charset=utf-8"
+    assert client.put("text/src", text, "héllo".encode()).status_code == 201  # é: bytes 1-2
+    for offset, sub in ((offset_token(2), None), (offset_token(0), 2)):
+        assert_error(fork(client, "text/fork", "text/src", offset, sub), 400, "INVALID_OFFSET")
+        assert_absent(client, "text/fork")
+    assert fork(client, "text/fork", "text/src", offset_token(3)).status_code == 201
+    assert client.catch_up("text/fork").content == "hé".encode()
+    assert fork(client, "text/by-sub", "text/src", offset_token(0), sub=3).status_code == 201
+
+
 def test_a_binary_fork_past_the_source_tail_is_refused_and_creates_nothing(
         client: StreamsHttp) -> None:
     """Section 4.2: 400 when the fork offset exceeds the source's tail. Accepted, the fork

@@ -23,6 +23,7 @@ from .models import (
     ProducerRef,
     StreamInfo,
     is_json_content_type,
+    is_text_content_type,
     media_type,
 )
 from .rows import STREAM_COLUMNS, expired, info_from_row, stream_chain
@@ -124,6 +125,8 @@ def create_stream(
                 code="CONTENT_TYPE_MISMATCH",
             )
         fork_offset = _resolve_fork_point(tx, source, fork, check_position)
+        if is_text_content_type(source.content_type):
+            _check_text_fork_point(tx, source, fork_offset)
         fork_source_id = source.stream_id
         if expiry.ttl_seconds is None and expiry.expires_at_ms is None:
             expiry = source.expiry
@@ -241,6 +244,25 @@ def _resolve_fork_point(
     raise BadRequest(
         "fork sub-offset points past the end of the source stream", code="INVALID_SUB_OFFSET"
     )
+
+
+def _check_text_fork_point(tx: Transaction, source: StreamInfo, point: int) -> None:
+    """A text stream's fork diverges between UTF-8 characters: its SSE readers get text, and
+    a fork inside a character would hand them its first half (appends are refused so too)."""
+    if point >= source.tail:
+        return
+    for segment in stream_chain(tx.conn, source.stream_id, source.tail):
+        if segment.start <= point < segment.end:
+            row = tx.conn.execute(
+                "SELECT substr(data, ? - start + 1, 1) AS byte FROM entries"
+                " WHERE stream_id = ? AND start <= ? ORDER BY start DESC LIMIT 1",
+                (point, segment.stream_id, point),
+            ).fetchone()
+            if row is not None and row["byte"] and 0x80 <= row["byte"][0] <= 0xBF:
+                raise BadRequest(
+                    f"a fork of the text stream {source.path!r} must diverge between UTF-8"
+                    " characters, not inside one", code="INVALID_OFFSET")
+            return
 
 
 def _check_anchor(
