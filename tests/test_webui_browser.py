@@ -1526,6 +1526,32 @@ def test_an_answer_that_stops_growing_says_what_may_be_going_on(
     expect(turn).not_to_contain_text("If the agent stopped")
 
 
+def test_stop_with_the_server_away_says_stopping_at_once_and_stops_when_it_is_back(
+        tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """The Stop button went, but the answer went on saying "Answering…" until the server
+    was back and the cancel had been read back from it."""
+    model.tokens_per_second = 5
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"AGENT_LEASE_TTL_MS": "3000"})
+    try:
+        page = open_chat(new_context(), app.url)
+        prompt, prompt_id = start_long_answer(page, replies, "Answer until stopped",
+                                              words("slow", 200), shown=2)
+        app.kill()
+        expect(page.get_by_test_id("connection-banner")).to_be_visible()
+        page.keyboard.press("Escape")
+        wait_state(page, prompt, "cancelling")
+        expect(turn_for(page, prompt)).to_contain_text("Stopping…")
+        app.start()
+        wait_state(page, prompt, "cancelled", timeout=40_000)
+        assert {"type": "cancel", "promptId": prompt_id} in [
+            {k: m.get(k) for k in ("type", "promptId")}
+            for m in prompt_messages(app.url, conversation_id(page))]
+    finally:
+        app.terminate()
+
+
 def test_an_answer_cut_off_by_a_lost_connection_blames_the_connection_not_the_agent(
         tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies,
         new_context: NewContext) -> None:

@@ -347,9 +347,16 @@ function streamStatus(c, name, s) {
   updateBrowserNode();
 }
 
+let readsWereLive = true;
+
 function updateBrowserNode() {
   const overall = status.overall();
   flow.setBrowserState(overall === "live" ? "this tab · live" : overall);
+  // The server is back: what waits in the outbox (a Stop above all, before the agent has
+  // written much of the answer it starts again) goes now, not at the end of a backoff of up
+  // to 8 s.
+  if (overall === "live" && !readsWereLive) outbox.start();
+  readsWereLive = overall === "live";
 }
 
 // ------------------------------------------------------------------------------- rendering
@@ -511,6 +518,10 @@ function stop() {
   if (id && !meantForTheLast) {
     protocol.cancelPrompt(outbox, current.id, id);
     stopAim.stoppedId = id;
+    // Shown at once, not when the cancel is read back: with the server away that takes
+    // until it is back, and the answer went on saying "Answering…" meanwhile.
+    const turn = current.transcript.turns.get(id);
+    if (turn && !turn.final) turn.cancelRequested = true;
   }
   scheduleRender();
 }
