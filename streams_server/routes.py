@@ -120,7 +120,7 @@ class StreamsMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         raw_path = environ.get("PATH_INFO", "")
-        method = environ.get("REQUEST_METHOD", "GET").upper()
+        method = environ.get("REQUEST_METHOD", "GET")  # case-sensitive (RFC 9110, 9.1)
         framing = _framing_error(environ)
         if framing is not None:  # whatever the path: the connection's next request is at stake
             return _respond(_error_reply(framing, method), method, None, start_response)

@@ -215,6 +215,17 @@ def test_requests_refused_before_the_app_get_a_json_error(
     assert " ERROR " not in log and "Traceback" not in log, server.log_tail()
 
 
+def test_a_method_in_lower_case_is_not_the_method(front: StreamsHttp) -> None:
+    """Methods are case-sensitive (RFC 9110, 9.1): `delete` was served as DELETE."""
+    assert front.put("lower-method", content_type=JSON).status_code == 201
+    for method in (b"delete", b"get", b"Post"):  # `requests` would upper-case them
+        status, _, body = _raw_answer(front.base_url, method + b" /v1/stream/lower-method"
+                                      b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert status == 405, body
+        assert json.loads(body)["error"]["code"] == "METHOD_NOT_ALLOWED"
+    assert front.head("lower-method").status_code == 200
+
+
 def test_a_connection_that_sends_nothing_is_closed_but_a_live_read_may_wait(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
