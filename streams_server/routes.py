@@ -36,6 +36,7 @@ from .errors import (
     NotFound,
     StreamError,
     Unauthorized,
+    UnsupportedMediaType,
     UriTooLong,
 )
 from .protocol.control import is_public, uses_wake_token
@@ -148,6 +149,12 @@ class StreamsMiddleware:
                                    code="METHOD_NOT_ALLOWED", headers={"Allow": ALLOWED_METHODS})
         if method == "OPTIONS":
             return _preflight(headers)
+        coding = (headers.get("Content-Encoding") or "").strip().lower()
+        if coding not in ("", "identity"):
+            # Stored as sent, a gzip body came back compressed and unlabelled (RFC 9110, 8.4).
+            raise UnsupportedMediaType(
+                f"Content-Encoding {coding[:40]!r} is not supported: send the body as is",
+                code="UNSUPPORTED_CONTENT_ENCODING")
         settings = self.backend.settings
         stream_path = _validated_path(stream_path, settings)
         control = stream_path.split("/", 1)[0] == RESERVED_PREFIX

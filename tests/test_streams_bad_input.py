@@ -6,6 +6,7 @@ Each case here was once answered otherwise (found by fuzzing the server).
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 from collections.abc import Iterator
@@ -224,6 +225,21 @@ def test_a_method_in_lower_case_is_not_the_method(front: StreamsHttp) -> None:
         assert status == 405, body
         assert json.loads(body)["error"]["code"] == "METHOD_NOT_ALLOWED"
     assert front.head("lower-method").status_code == 200
+
+
+def test_a_body_in_a_content_coding_is_refused_not_stored_as_sent(front: StreamsHttp) -> None:
+    """A gzip body was stored compressed and read back without its Content-Encoding, and
+    `Content-Encoding: bogus` was taken (RFC 9110, 8.4: a 415)."""
+    assert front.put("coded", content_type="application/octet-stream").status_code == 201
+    for coding in ("gzip", "bogus"):
+        response = front.request("POST", "coded", body=gzip.compress(b"hello"), headers={
+            "Content-Type": "application/octet-stream", "Content-Encoding": coding})
+        assert_error(response, 415, "UNSUPPORTED_CONTENT_ENCODING")
+    assert front.get("coded").content == b""
+    assert front.request("POST", "coded", body=b"hello", headers={
+        "Content-Type": "application/octet-stream",
+        "Content-Encoding": "identity"}).status_code == 204
+    assert front.get("coded").content == b"hello"
 
 
 def test_a_connection_that_sends_nothing_is_closed_but_a_live_read_may_wait(
