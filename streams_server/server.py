@@ -20,6 +20,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _HTTP_VERSION = re.compile(r"HTTP/(\d+)\.(\d+)")
+_ABSOLUTE_FORM = re.compile(r"(?i:https?)://([^/?#]*)([^#]*)")  # RFC 9112, 3.2.2
 _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a token (RFC 9110, 5.1)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a field value only HTAB may be
 
@@ -86,8 +87,17 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
 
         def get_environ(self) -> dict[str, Any]:
             """The environ, telling the app when the body's framing was ambiguous: it then
-            refuses the request (in JSON) and closes the connection."""
+            refuses the request (in JSON) and closes the connection.
+
+            A request target in absolute form (``GET http://host/v1/stream/x``), which a
+            server must accept, is read as its path, and its authority as the Host."""
+            target: str = self.path
+            absolute = _ABSOLUTE_FORM.fullmatch(target)
+            if absolute is not None:
+                self.path = absolute[2] if absolute[2].startswith("/") else "/" + absolute[2]
             environ: dict[str, Any] = super().get_environ()
+            if absolute is not None:
+                environ["HTTP_HOST"] = absolute[1]
             problem = self.headers.framing_problem
             if problem is not None:
                 environ[FRAMING_PROBLEM_KEY] = problem

@@ -242,6 +242,23 @@ def test_a_body_in_a_content_coding_is_refused_not_stored_as_sent(front: Streams
     assert front.get("coded").content == b"hello"
 
 
+def test_a_request_target_in_absolute_form_is_served(server: ServerProcess) -> None:
+    """RFC 9112 (3.2.2): a server must accept `GET http://host/path`, and take the host
+    from it. It got Flask's HTML 404."""
+    http = StreamsHttp(server.url)
+    assert http.put("absolute", content_type=JSON, body=b"[1]").status_code == 201
+    status, headers, body = _raw_answer(server.url, (
+        b"GET HTTP://stream-host:8080/v1/stream/absolute?offset=-1 HTTP/1.1\r\n"
+        b"Host: ignored\r\nConnection: close\r\n\r\n"))
+    assert (status, json.loads(body)) == (200, [1]), body
+    status, headers, _ = _raw_answer(server.url, (
+        b"PUT http://stream-host:8080/v1/stream/absolute-made HTTP/1.1\r\n"
+        b"Host: ignored\r\nContent-Type: application/json\r\nContent-Length: 0\r\n"
+        b"Connection: close\r\n\r\n"))
+    assert status == 201
+    assert headers["location"] == "http://stream-host:8080/v1/stream/absolute-made"
+
+
 def test_a_connection_that_sends_nothing_is_closed_but_a_live_read_may_wait(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
