@@ -78,6 +78,8 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
         directly (malformed headers end in a JSON 400). Formatting the discarded
         access-log line was another 1.4 % (py-spy, chat benchmark)."""
 
+        path: str  # the request target, as pywsgi read it
+
         def MessageClass(self, rfile: Any, *args: Any) -> RequestHeaders:  # noqa: N802
             return RequestHeaders(rfile)
 
@@ -91,8 +93,7 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
 
             A request target in absolute form (``GET http://host/v1/stream/x``), which a
             server must accept, is read as its path, and its authority as the Host."""
-            target: str = self.path
-            absolute = _ABSOLUTE_FORM.fullmatch(target)
+            absolute = _ABSOLUTE_FORM.fullmatch(self.path)
             if absolute is not None:
                 self.path = absolute[2] if absolute[2].startswith("/") else "/" + absolute[2]
             environ: dict[str, Any] = super().get_environ()
