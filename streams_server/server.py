@@ -248,6 +248,10 @@ class UnreadableRequest(ValueError):
         return head.encode("latin-1") + body
 
 
+def _value(header_line: str) -> str:
+    return header_line.partition(":")[2].strip()
+
+
 def _too_large(message: str) -> UnreadableRequest:
     return UnreadableRequest(message, status="431 Request Header Fields Too Large",
                              code="HEADERS_TOO_LARGE")
@@ -295,6 +299,10 @@ class RequestHeaders:
             key = name.lower()
             if key == "host" and any(k == "host" for k, _ in self._lines):
                 raise UnreadableRequest("the request has more than one Host header")
+            if key == "content-type" and any(
+                    k == key and _value(earlier) != _value(line) for k, earlier in self._lines):
+                # This server would take the first, Werkzeug's the last: a proxy may too.
+                raise UnreadableRequest("the request has conflicting Content-Type headers")
             self._lines.append((key, line))
         raise _too_large(f"the request has more than {self.MAX_HEADERS} headers")
 

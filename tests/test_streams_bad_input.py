@@ -199,8 +199,11 @@ def _raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
      400, "MALFORMED_REQUEST"),
     (b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\nX\x00Y: 1\r\n\r\n", 400, "MALFORMED_REQUEST"),
     (b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "MALFORMED_REQUEST"),
+    (b"PUT /v1/stream/x HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\n"
+     b"Content-Type: application/json\r\nContent-Length: 0\r\n\r\n", 400, "MALFORMED_REQUEST"),
 ], ids=["http2", "bad-version", "no-target", "long-line", "long-header", "many-headers",
-        "no-colon", "length-abc", "bare-cr", "control-character", "nul-in-name", "two-hosts"])
+        "no-colon", "length-abc", "bare-cr", "control-character", "nul-in-name", "two-hosts",
+        "two-content-types"])
 def test_requests_refused_before_the_app_get_a_json_error(
     server: ServerProcess, request_bytes: bytes, status: int, code: str,
 ) -> None:
