@@ -2120,6 +2120,18 @@ def test_the_inspector_reads_a_pasted_url_from_its_offset(chat_app: ServerProces
     expect(page.get_by_test_id("read-offset")).to_have_value(tail)
 
 
+def test_the_inspector_refuses_a_path_with_dot_segments(chat_app: ServerProcess,
+                                                       new_context: NewContext) -> None:
+    """The browser resolved `../../etc/passwd` to /etc/passwd, outside the streams API, and
+    the inspector showed the app's 404 page as the stream's."""
+    page = open_chat(new_context(), f"{chat_app.url}/inspector")
+    for typed in ("../../etc/passwd", "a/./b"):
+        page.get_by_test_id("inspector-path").fill(typed)
+        page.get_by_test_id("inspector-path").press("Enter")
+        expect(page.get_by_test_id("meta-status")).to_have_text(
+            "A stream path has no . or .. segments (the server refuses to create one)")
+
+
 def test_the_inspector_without_listings_against_the_node_reference_server(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     """A server without the listing extensions (the Node reference server answers 404): the

@@ -375,6 +375,10 @@ async function refreshMeta() {
   const path = state.path;
   let meta;
   try {
+    if (path.split("/").some((segment) => segment === "." || segment === "..")) {
+      // The browser would resolve them away and ask for another URL, maybe not a stream's.
+      throw new Error("A stream path has no . or .. segments (the server refuses to create one)");
+    }
     meta = await client.head(path);
   } catch (err) {
     meta = { exists: false, status: err instanceof HttpError ? err.status : 0, error: String(err.message || err) };
