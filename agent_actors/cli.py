@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where the server writes wake events, relative to the streams root "
                           f"(default {layout.DEFAULT_WAKE_STREAM})")
     sup.add_argument("--worker-name", default=None, help="this supervisor's name in leases")
-    sup.add_argument("--auth-token", default=None, help="bearer token for the streams server")
+    sup.add_argument("--auth-token", default=os.environ.get("STREAMS_AUTH_TOKEN"),
+                     help="bearer token for the streams server (default: $STREAMS_AUTH_TOKEN,"
+                          " which other users cannot read in ps)")
     sup.add_argument("--demo-tokens-per-second", type=float, default=30.0,
                      help="pace of the offline demo model, 0 for all at once (30)")
     sup.add_argument("--log-level", default="INFO", type=str.upper,
@@ -87,7 +89,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         (not 0 <= args.demo_tokens_per_second < math.inf,
          "--demo-tokens-per-second must be a finite number, 0 (instant) or more"),
         (args.auth_token is not None and not is_token(args.auth_token),
-         "--auth-token must be visible ASCII characters without spaces"),
+         "--auth-token (or STREAMS_AUTH_TOKEN) must be visible ASCII characters without"
+         " spaces"),
         (args.worker_name is not None and not (
             args.worker_name.isprintable() and 0 < len(args.worker_name) <= MAX_WORKER_NAME_CHARS),
          f"--worker-name must be 1 to {MAX_WORKER_NAME_CHARS} printable characters"),

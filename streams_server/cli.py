@@ -6,6 +6,7 @@ import argparse
 import gc
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable
 
@@ -16,6 +17,8 @@ from streams_server.server import SOCKET_TIMEOUT_S, CannotListen, serve
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+TOKEN_VARIABLE = "STREAMS_AUTH_TOKEN"
+"""Where the token may be given instead of ``--auth-token`` (an argument shows in ``ps``)."""
 
 
 def bounded(convert: Callable[[str], float], low: float, high: float | None = None,
@@ -72,10 +75,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-storage-mib", type=bounded(float, 0, above=True), default=None,
                         help="refuse writes (507) that would grow the database past this size"
                              " (default: no limit but the disk's)")
-    parser.add_argument("--auth-token", default=None,
+    parser.add_argument("--auth-token", default=os.environ.get(TOKEN_VARIABLE),
                         help="require Authorization: Bearer TOKEN on the streams API (not on"
                              " CORS preflights, the webhook keys, or the subscription calls"
-                             " that carry their own tokens); visible ASCII, no spaces")
+                             " that carry their own tokens); visible ASCII, no spaces (default:"
+                             f" ${TOKEN_VARIABLE}, which other users cannot read in ps)")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="(default INFO)")
     return parser.parse_args(argv)
@@ -94,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.auth_token is not None and not args.auth_token.strip():
         # `--auth-token "$TOKEN"` with TOKEN unset: say so rather than serve everyone.
         logging.getLogger("streams_server").warning(
-            "--auth-token is empty: no token is required (the server is open to anyone who"
+            f"--auth-token (or {TOKEN_VARIABLE}) is empty: no token is required (the server is open to anyone who"
             " can reach it)")
         args.auth_token = None
     if args.auth_token is not None and not all("!" <= c <= "~" for c in args.auth_token):
         # A newline from a file, or a non-Latin-1 character: no client could ever send it.
-        print("error: --auth-token must be visible ASCII characters without spaces",
+        print(f"error: --auth-token (or {TOKEN_VARIABLE}) must be visible ASCII characters"
+              " without spaces",
               file=sys.stderr)
         return 2
     settings = StreamsSettings(

@@ -120,7 +120,8 @@ def test_an_empty_auth_token_is_said_to_leave_the_server_open(tmp_path: Path) ->
     server = start_streams_server(tmp_path / "data", extra_args=["--auth-token", ""])
     try:
         assert requests.put(f"{server.url}/v1/stream/open", timeout=10).status_code == 201
-        assert "--auth-token is empty: no token is required" in server.log_since_start()
+        assert ("--auth-token (or STREAMS_AUTH_TOKEN) is empty: no token is required"
+                in server.log_since_start())
     finally:
         server.terminate()
 
@@ -330,15 +331,15 @@ def test_a_model_url_that_is_not_one_is_refused_at_start(tmp_path: Path, url: st
     (["agent_actors", "supervisor", "--idle-timeout", "1e10"],
      "--idle-timeout must be greater than 0 and at most 604800"),
     (["agent_actors", "supervisor", "--auth-token", "s3cr\u20act"],
-     "--auth-token must be visible ASCII characters without spaces"),
+     "--auth-token (or STREAMS_AUTH_TOKEN) must be visible ASCII characters without spaces"),
     (["agent_actors", "supervisor", "--auth-token", "s3cret\n"],
-     "--auth-token must be visible ASCII characters without spaces"),
+     "--auth-token (or STREAMS_AUTH_TOKEN) must be visible ASCII characters without spaces"),
     (["agent_actors", "supervisor", "--worker-name", "w" * 257],
      "--worker-name must be 1 to 256 printable characters"),
     (["agent_actors", "supervisor", "--streams-url", "http://127.0.0.1:4437/v1/stream?x=1"],
      "--streams-url must be an http:// or https:// URL"),
     (["streams_server", "--auth-token", "abc "],  # 401 to every client, "abc" included
-     "--auth-token must be visible ASCII characters without spaces"),
+     "--auth-token (or STREAMS_AUTH_TOKEN) must be visible ASCII characters without spaces"),
     (["agent_actors", "supervisor", "--max-agents", "0"], "--max-agents must be at least 1"),
     (["agent_actors", "supervisor", "--lease-ttl-ms", "10"],
      "--lease-ttl-ms must be from 1000 to 600000"),
@@ -468,3 +469,21 @@ def test_ctrl_c_while_a_command_loads_stops_it_without_a_traceback(tmp_path: Pat
     assert "Traceback" not in stderr, stderr[-2000:]
     assert process.returncode == 130, (process.returncode, stderr[-2000:])
     assert "interrupted while starting" in stderr
+
+
+def test_the_token_may_be_given_in_the_environment_out_of_sight_of_ps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A token given as `--auth-token` shows in every user's `ps`: both commands also read
+    `STREAMS_AUTH_TOKEN`."""
+    server = start_streams_server(tmp_path / "data", env={**os.environ,
+                                                          "STREAMS_AUTH_TOKEN": "s3cret"})
+    try:
+        url = f"{server.url}/v1/stream/guarded"
+        assert requests.put(url, timeout=10).status_code == 401
+        assert requests.put(url, headers={"Authorization": "Bearer s3cret"},
+                            timeout=10).status_code == 201
+    finally:
+        server.terminate()
+    monkeypatch.setenv("STREAMS_AUTH_TOKEN", "s3cret")
+    assert build_parser().parse_args(["supervisor"]).auth_token == "s3cret"
