@@ -18,13 +18,13 @@ export const subscriptionId = (conversationId) => `conversation-${conversationId
  * keep (twice over, in UTF-16) in its ~5 MB of sessionStorage until the server has it. */
 export const MAX_PROMPT_CHARS = 1_000_000;
 
-/** Whether a stored prompt's content can be sent again as it is (Try again). */
 /** Whether a prompt has nothing to answer, as the agents judge it (Python's `str.strip`, which
  * also strips U+001C-U+001F and U+0085: a prompt of those alone was sent, and failed). */
 export function isBlank(text) {
   return text.replace(/[\x1c-\x1f\x85]/g, "").trim() === "";
 }
 
+/** Whether a stored prompt's content can be sent again as it is (Try again). */
 export function canAskAgain(content) {
   return typeof content === "string" && !isBlank(content) && content.length <= MAX_PROMPT_CHARS;
 }
