@@ -162,6 +162,7 @@ class ModelStream:
     source: str | None = None
     fork_request: int | None = None
     fork_sub: int = 0
+    fork_at: int = 0  # where the fork diverged: a retry may name it even if the first did not
     producers: dict[str, tuple[int, int]] = field(default_factory=dict)
     closed_by: tuple[str, int, int] | None = None
     stream_seq: str | None = None
@@ -219,7 +220,13 @@ def fork_point(stream: ModelStream, anchor_index: int, sub: int) -> int | None:
         run += 1
     if stream.is_json:
         return starts[anchor_index + sub] if anchor_index + sub <= run else None
-    return anchor + sub if anchor + sub <= starts[run] else None
+    point = anchor + sub
+    if point > starts[run]:
+        return None
+    content = b"".join(stream.entries)
+    if stream.kind == "text" and point < len(content) and 0x80 <= content[point] <= 0xBF:
+        return None  # a text fork diverges between UTF-8 characters
+    return point
 
 
 # ---------------------------------------------------------------------- strategies
@@ -681,7 +688,8 @@ class StreamsMachine(RuleBasedStateMachine):
             request_offset = None if anchor_index is None else src.boundaries()[anchor_index]  # type: ignore[union-attr]
             same = (
                 not existing.soft_deleted and existing.source == source and not existing.closed
-                and (request_offset is None or request_offset == existing.fork_request)
+                and (request_offset is None or request_offset == (
+                    existing.fork_at if existing.fork_request is None else existing.fork_request))
                 and sub == existing.fork_sub
             )
             self.expect(exchange, 200 if same else 409)
@@ -702,7 +710,7 @@ class StreamsMachine(RuleBasedStateMachine):
         self.model[target] = ModelStream(
             src.kind, src.content_type, entries, batches, source=source,
             fork_request=None if anchor_index is None else src.boundaries()[anchor_index],
-            fork_sub=sub,
+            fork_sub=sub, fork_at=point,
         )
         self.expect_tail(exchange, self.model[target])
         assert exchange.header("Content-Type") == src.content_type
