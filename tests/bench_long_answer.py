@@ -1,0 +1,160 @@
+"""How the chat copes with one very long answer, in Debian's Chromium (a benchmark, not a
+test: it prints figures and asserts nothing).
+
+    .venv/bin/python -m tests.bench_long_answer [--stream-chars 60000] [--open-chars 1000000]
+
+Starts `flask run` (no agents) on a fresh data directory, then:
+
+* streaming: opens a conversation, and while the page watches, appends a Markdown answer of
+  `--stream-chars` characters in chunks of `--chunk` characters, `--rate` chunks a second
+  (faster than a model, so that the run is short; the page renders at most once a frame
+  whatever the rate). It prints the page's long tasks (the longest is how long the page
+  could not react to input) and how long after the last chunk the whole answer was shown;
+* opening: writes an answer of `--open-chars` characters in chunks of `--chunk`, then opens
+  it in a new page, printing the time until it is all shown and the longest tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from playwright.sync_api import Page, sync_playwright
+
+from agent_actors.streams_client import StreamsClient
+from tests.fake_anthropic import FakeAnthropic
+from tests.support.agents import ChatClient
+from tests.support.browser import launch_chromium
+from tests.support.webapp import start_chat_app
+
+SECTION = ("## A heading\n\nDurable streams keep every token, and *nothing* is lost. " * 3
+           + "\n\n- a list item with `code`\n- another **bold** item\n  continued\n\n"
+           + "```python\nprint('hello')\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n")
+LONG_TASKS_JS = """window.__longTasks = [];
+new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__longTasks.push(e.duration); })
+  .observe({ type: "longtask", buffered: true });"""
+
+
+def answer_text(chars: int) -> str:
+    return (SECTION * (chars // len(SECTION) + 1))[:chars]
+
+
+def chunk(prompt_id: str, n: int, content: str) -> dict[str, object]:
+    return {"type": "chunk", "id": f"{prompt_id}-{n}", "promptId": prompt_id, "attempt": 0,
+            "content": content, "isComplete": False, "timestamp": 0}
+
+
+def done(prompt_id: str) -> dict[str, object]:
+    return {"type": "done", "promptId": prompt_id, "attempt": 0, "stopReason": "end_turn",
+            "usage": {"inputTokens": 1, "outputTokens": 1}, "model": "bench",
+            "isComplete": True, "timestamp": 0}
+
+
+def rendered_length(page: Page) -> int:
+    """Characters of the answer as the page shows it (Markdown syntax is not shown)."""
+    length: int = page.evaluate(
+        "document.querySelector('[data-testid=answer-text]').textContent.length")
+    return length
+
+
+def long_tasks(page: Page) -> str:
+    tasks = sorted(page.evaluate("window.__longTasks"), reverse=True)
+    if not tasks:
+        return "no long task"
+    return (f"{len(tasks)} long tasks ({sum(tasks) / 1000:.1f} s in all), longest "
+            + ", ".join(f"{ms:.0f}" for ms in tasks[:3]) + " ms")
+
+
+def bench_streaming(app_url: str, client: StreamsClient, chat: ChatClient, page: Page,
+                    chars: int, chunk_chars: int, rate: float) -> None:
+    cid = chat.start_conversation("A long streaming answer")
+    answers = client.producer(f"conversations/{cid}/responses", "bench", auto_claim=True)
+    pid = chat.send_prompt(cid, "Tell me everything")
+    page.add_init_script(LONG_TASKS_JS)
+    page.goto(f"{app_url}/#/c/{cid}")
+    page.wait_for_selector("[data-testid=turn]")
+    page.evaluate("window.__longTasks.length = 0")
+    text = answer_text(chars)
+    pieces = [text[k:k + chunk_chars] for k in range(0, len(text), chunk_chars)]
+    started = time.monotonic()
+    for n, piece in enumerate(pieces):
+        answers.append([chunk(pid, n, piece)])
+        wait = started + (n + 1) / rate - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+    answers.append([done(pid)])
+    written = time.monotonic()
+    # The turn is shown done only once the page has read and rendered every chunk.
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=turn]').dataset.state === 'done'",
+        timeout=300_000)
+    caught_up = time.monotonic()
+    print(f"streaming {chars:,} characters in {len(pieces):,} chunks over"
+          f" {written - started:.1f} s: answer done on the page {caught_up - written:.2f} s"
+          f" after the last chunk; {long_tasks(page)}")
+
+
+def bench_opening(app_url: str, client: StreamsClient, chat: ChatClient,
+                  new_page: Callable[[], Page], chars: int, chunk_chars: int, runs: int) -> None:
+    cid = chat.start_conversation("A very long answer")
+    answers = client.producer(f"conversations/{cid}/responses", "bench", auto_claim=True)
+    pid = chat.send_prompt(cid, "Tell me everything, at length")
+    text = answer_text(chars)
+    pieces = [text[k:k + chunk_chars] for k in range(0, len(text), chunk_chars)]
+    batch = 500
+    for k in range(0, len(pieces), batch):
+        answers.append([chunk(pid, k + n, p) for n, p in enumerate(pieces[k:k + batch])])
+    answers.append([done(pid)])
+    for run in range(1, runs + 1):
+        page = new_page()
+        page.add_init_script(LONG_TASKS_JS)
+        started = time.monotonic()
+        page.goto(f"{app_url}/#/c/{cid}")
+        page.wait_for_function(
+            "() => document.querySelector('[data-testid=turn]')?.dataset.state === 'done'",
+            timeout=300_000)
+        shown = time.monotonic() - started
+        print(f"opening {chars:,} characters in {len(pieces):,} chunks, run {run}: shown in"
+              f" {shown:.2f} s ({rendered_length(page):,} characters on the page);"
+              f" {long_tasks(page)}")
+        page.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench_long_answer",
+        description="How the chat copes with one very long answer, in Chromium.")
+    parser.add_argument("--stream-chars", type=int, default=60_000)
+    parser.add_argument("--open-chars", type=int, default=1_000_000)
+    parser.add_argument("--chunk", type=int, default=40, help="characters per chunk")
+    parser.add_argument("--rate", type=float, default=500.0, help="chunks a second while streaming")
+    parser.add_argument("--runs", type=int, default=2, help="times the long answer is opened")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as data, FakeAnthropic() as fake:
+        app = start_chat_app(Path(data), model_url=fake.url,
+                             config={"EMBEDDED_SUPERVISOR": "false"})
+        try:
+            client = StreamsClient(f"{app.url}/v1/stream")
+            chat = ChatClient(client, lease_ttl_ms=30_000)
+            with sync_playwright() as playwright:
+                browser = launch_chromium(playwright)
+
+                def new_page() -> Page:
+                    return browser.new_page(viewport={"width": 1440, "height": 900})
+
+                if args.stream_chars > 0:
+                    page = new_page()
+                    bench_streaming(app.url, client, chat, page, args.stream_chars, args.chunk, args.rate)
+                    page.close()
+                if args.open_chars > 0:
+                    bench_opening(app.url, client, chat, new_page, args.open_chars, args.chunk, args.runs)
+                browser.close()
+        finally:
+            app.terminate()
+
+
+if __name__ == "__main__":
+    main()
