@@ -3,6 +3,8 @@
 
 import { svg } from "./util.js";
 
+/** How long a node or edge stays lit after a message passed it. */
+const PULSE_MS = 900;
 const NODE_W = 128;
 const NODE_H = 56;
 const NODES = {
@@ -20,7 +22,7 @@ const EDGES = {
 
 export class FlowDiagram {
   #parts = {};
-  #timers = new Map();
+  #litUntil = new Map(); // name -> when a part lit by a pulse goes dark (performance.now())
 
   constructor(container) {
     const root = svg("svg", { viewBox: "0 0 320 220", class: "flow-svg", role: "img", "aria-labelledby": "flow-title flow-desc" });
@@ -59,18 +61,30 @@ export class FlowDiagram {
     if (sub && sub.textContent !== text) sub.textContent = text;
   }
 
-  /** Light a node or an edge briefly. */
+  /** Light a node or an edge for PULSE_MS after its latest pulse. Called for every batch a
+   * live read delivers (hundreds a second while an answer streams), so it only moves a
+   * deadline: no timer per call, and no forced layout (which would lay out the whole page,
+   * the longest answer included, each time). */
   pulse(...names) {
+    const until = performance.now() + PULSE_MS;
     for (const name of names) {
       const part = this.#parts[name];
       if (!part) continue;
-      part.classList.remove("is-active");
-      // Restart the CSS animation: a reflow between remove and add.
-      void part.getBoundingClientRect();
+      const lit = this.#litUntil.has(name);
+      this.#litUntil.set(name, until);
+      if (lit) continue;
       part.classList.add("is-active");
-      clearTimeout(this.#timers.get(name));
-      this.#timers.set(name, setTimeout(() => part.classList.remove("is-active"), 900));
+      this.#unlightLater(name, part, PULSE_MS);
     }
+  }
+
+  #unlightLater(name, part, delay) {
+    setTimeout(() => {
+      const left = this.#litUntil.get(name) - performance.now();
+      if (left > 1) return this.#unlightLater(name, part, left);
+      part.classList.remove("is-active");
+      this.#litUntil.delete(name);
+    }, delay);
   }
 
   /** The agent node stays lit while an answer is being worked on. */

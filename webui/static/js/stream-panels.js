@@ -1,12 +1,15 @@
 // The raw stream panels: every entry of a conversation's prompt or response stream as JSON,
 // with the entry count and the tail offset.
 
-import { el } from "./util.js";
+import { el, frameThrottle } from "./util.js";
 
 const KEEP = 300;
 
 export class RawStreamPanel {
   count = 0;
+  #waiting = []; // [{index, message}] not shown yet
+  #to = "";
+  #showLater = frameThrottle(() => this.#show());
 
   /** @param {string} name "prompts" or "responses": finds elements by data-testid raw-<name>-* */
   constructor(name) {
@@ -19,6 +22,7 @@ export class RawStreamPanel {
 
   reset(path) {
     this.count = 0;
+    this.#waiting = [];
     this.list.replaceChildren();
     this.countEl.textContent = "0 entries";
     this.countEl.dataset.count = "0";
@@ -29,15 +33,27 @@ export class RawStreamPanel {
     else this.pathEl.removeAttribute("href");
   }
 
-  /** Show a batch ({to, messages}) that a live read delivered. */
+  /** Show a batch ({to, messages}) that a live read delivered. Batches come hundreds a
+   * second while an answer streams: they are shown together once a frame, since adding them
+   * and keeping the list scrolled costs a layout of the page (the longest answer included). */
   add(batch) {
-    const stick = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 40;
-    const fragment = document.createDocumentFragment();
     for (const message of batch.messages ?? []) {
       this.count += 1;
+      this.#waiting.push({ index: this.count, message });
+    }
+    // Only the newest KEEP are ever shown: a hidden tab's backlog stays that small.
+    if (this.#waiting.length > KEEP) this.#waiting.splice(0, this.#waiting.length - KEEP);
+    this.#to = batch.to;
+    this.#showLater();
+  }
+
+  #show() {
+    const stick = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 40;
+    const fragment = document.createDocumentFragment();
+    for (const { index, message } of this.#waiting.splice(0)) {
       const type = message && typeof message === "object" && typeof message.type === "string" ? message.type : "";
       fragment.append(el("li", { class: `raw-entry raw-${type || "other"}`, dataset: { testid: "raw-entry" } },
-        el("span", { class: "raw-index" }, `#${this.count}`),
+        el("span", { class: "raw-index" }, `#${index}`),
         type ? el("span", { class: "raw-type" }, type) : null,
         el("code", { title: JSON.stringify(message, null, 2) }, JSON.stringify(summaryOrder(message)))));
     }
@@ -45,8 +61,8 @@ export class RawStreamPanel {
     while (this.list.childElementCount > KEEP) this.list.firstElementChild.remove();
     this.countEl.textContent = `${this.count} ${this.count === 1 ? "entry" : "entries"}`;
     this.countEl.dataset.count = String(this.count);
-    this.offsetEl.textContent = batch.to;
-    this.offsetEl.title = batch.to;
+    this.offsetEl.textContent = this.#to;
+    this.offsetEl.title = this.#to;
     if (stick) this.list.scrollTop = this.list.scrollHeight;
   }
 }
