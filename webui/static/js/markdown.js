@@ -174,6 +174,7 @@ export function parseBlocks(lines, depth = 0) {
       block = { type: "paragraph", text: text.join("\n") };
     }
     block.raw = lines.slice(start, i).join("\n");
+    block.line = start;
     blocks.push(block);
   }
   return blocks;
@@ -724,15 +725,17 @@ function renderBlockNode(block, { tight = false } = {}) {
       return renderTable(block);
     case "plain":
       return plainText(block.text);
-    case "overflow": {
-      const wrap = document.createElement("div");
-      wrap.className = "md-overflow";
+    case "overflow-note": {
       const note = document.createElement("p");
       note.className = "md-note";
       note.dataset.testid = "markdown-overflow";
       note.textContent = `This answer is longer than ${MAX_MARKDOWN.toLocaleString("en")} characters: the rest is shown as plain text.`;
-      wrap.append(note, plainText(block.text));
-      return wrap;
+      return note;
+    }
+    case "overflow": {
+      const p = plainText(block.text);
+      p.classList.add("md-overflow");
+      return p;
     }
     default: {
       if (tight) {
@@ -815,17 +818,108 @@ function toLines(source) {
   return source.replace(/\r\n?/g, "\n").replace(/\t/g, "    ").split("\n");
 }
 
-/** The blocks of a source: its first MAX_MARKDOWN characters as Markdown, then the rest. */
-function parseSource(source) {
-  const text = String(source ?? "");
-  if (text.length <= MAX_MARKDOWN) return parseBlocks(toLines(text));
-  // Cut at a line break, so the last Markdown block is whole (unless the lines are huge).
-  let cut = text.lastIndexOf("\n", MAX_MARKDOWN);
-  if (cut < MAX_MARKDOWN / 2) cut = MAX_MARKDOWN;
-  const rest = text.slice(cut);
-  const blocks = parseBlocks(toLines(text.slice(0, cut)));
-  blocks.push({ type: "overflow", text: rest.replace(/^\n/, ""), raw: rest });
-  return blocks;
+/** Plain text past MAX_MARKDOWN is shown in pieces of about this many characters. */
+const OVERFLOW_PIECE = 8_000;
+
+/** Where the Markdown part of a source longer than MAX_MARKDOWN ends: at a line break, so
+ * that its last block is whole (unless the lines are huge). It depends only on the first
+ * MAX_MARKDOWN characters, so it stays put while the source grows. */
+function markdownEnd(text) {
+  const cut = text.lastIndexOf("\n", MAX_MARKDOWN);
+  return cut < MAX_MARKDOWN / 2 ? MAX_MARKDOWN : cut;
+}
+
+/**
+ * The end of the overflow piece that starts at `from`, or -1 if where it ends may still
+ * change as `rest` grows. A piece ends before a line break that ends a non-empty line (an
+ * empty last line would not show), found in its last half; else after OVERFLOW_PIECE
+ * characters.
+ */
+function pieceEnd(rest, from) {
+  const limit = from + OVERFLOW_PIECE;
+  if (rest.length <= limit) return -1;
+  for (let k = rest.lastIndexOf("\n", limit); k > from + OVERFLOW_PIECE / 2; k = rest.lastIndexOf("\n", k - 1)) {
+    if (rest[k - 1] !== "\n" && rest[k - 1] !== "\r") return k;
+  }
+  return limit;
+}
+
+/** The blocks of a source, parsed whole: its first MAX_MARKDOWN characters as Markdown, then
+ * a note and the rest as plain text in pieces. `MarkdownParse` gives the same blocks. */
+export function parseSource(source) {
+  return new MarkdownParse().blocks(source);
+}
+
+/**
+ * Parses a growing source again and again, each time only from its last block or two.
+ *
+ * Top-level blocks are parsed one after the other with no state carried between them, and
+ * what ends one block depends only on the lines up to the first line of the next. So while the
+ * source only grows, the blocks before the last one whose first line is complete (a line break
+ * follows it) can no longer change: they are kept, and parsing starts again at that line.
+ * Without this an answer of N characters streamed in N/40 chunks costs O(N^2) parsing.
+ */
+export class MarkdownParse {
+  #markdown = "";   // the Markdown part of the source last parsed
+  #kept = [];       // its leading blocks that text appended to it cannot change
+  #keptEnd = 0;     // where in #markdown the text after them starts
+  #rest = null;     // the plain text part of the source last parsed (null: none)
+  #pieces = [];     // whole pieces of it
+  #piecesEnd = 0;   // where in #rest the next piece starts
+
+  /** The blocks of `source`, which may extend the source of the previous call or not. */
+  blocks(source) {
+    const text = String(source ?? "");
+    if (text.length <= MAX_MARKDOWN) {
+      this.#rest = null;
+      return this.#markdownBlocks(text);
+    }
+    const cut = markdownEnd(text);
+    return this.#markdownBlocks(text.slice(0, cut)).concat(
+      { type: "overflow-note", raw: "" }, this.#overflowBlocks(text.slice(cut)));
+  }
+
+  #markdownBlocks(markdown) {
+    if (!markdown.startsWith(this.#markdown)) {
+      this.#kept = [];
+      this.#keptEnd = 0;
+    }
+    this.#markdown = markdown;
+    const tail = markdown.slice(this.#keptEnd);
+    const lines = toLines(tail);
+    const blocks = parseBlocks(lines); // each with its first line, counted in `lines`
+    let restart = blocks.length - 1;
+    while (restart > 0 && blocks[restart].line >= lines.length - 1) restart -= 1;
+    if (restart > 0) {
+      for (const block of blocks.slice(0, restart)) this.#kept.push(block);
+      this.#keptEnd += lineOffset(tail, blocks[restart].line);
+      return this.#kept.concat(blocks.slice(restart));
+    }
+    return this.#kept.concat(blocks);
+  }
+
+  #overflowBlocks(rest) {
+    if (this.#rest === null || !rest.startsWith(this.#rest)) {
+      this.#pieces = [];
+      // It starts with the line break the Markdown part ended at: not shown.
+      this.#piecesEnd = rest.startsWith("\n") ? 1 : 0;
+    }
+    this.#rest = rest;
+    for (let end = pieceEnd(rest, this.#piecesEnd); end >= 0; end = pieceEnd(rest, this.#piecesEnd)) {
+      const raw = rest.slice(this.#piecesEnd, end);
+      this.#pieces.push({ type: "overflow", text: raw, raw });
+      this.#piecesEnd = rest[end] === "\n" ? end + 1 : end;
+    }
+    const raw = rest.slice(this.#piecesEnd);
+    return raw ? this.#pieces.concat({ type: "overflow", text: raw, raw }) : this.#pieces.slice();
+  }
+}
+
+/** Where line `line` of `text` starts (lines as `toLines` splits them). */
+function lineOffset(text, line) {
+  const breaks = /\r\n?|\n/g;
+  for (let n = 0; n < line; n += 1) breaks.exec(text);
+  return breaks.lastIndex;
 }
 
 /** Render Markdown source into a fresh DocumentFragment. */
@@ -835,13 +929,22 @@ export function renderMarkdown(source) {
   return fragment;
 }
 
+/** Blocks are shown in parts of about this many characters of source (see MarkdownView). */
+const PART_CHARS = 8_000;
+
 /**
  * Keeps a container rendering a growing Markdown text. Blocks whose source did not change
  * keep their DOM nodes (and any selection in them); usually only the last block is rebuilt
  * as an answer streams in.
+ *
+ * The blocks are grouped in parts (`.md-part`) that the page neither lays out nor paints
+ * while they are off screen (CSS `content-visibility`): every frame that shows new text of an
+ * answer of hundreds of thousands of characters would otherwise lay out all of it.
  */
 export class MarkdownView {
-  #rendered = []; // [{raw, node}]
+  #parse = new MarkdownParse();
+  #rendered = []; // [{block, node, part}]
+  #parts = [];    // [{node, chars}]
   #source = null;
 
   constructor(container) {
@@ -856,22 +959,45 @@ export class MarkdownView {
     } catch (err) {
       // Never expected; if it happens, the answer is still readable.
       console.warn("could not render an answer as Markdown", err);
-      for (const stale of this.#rendered.splice(0)) stale.node.remove();
-      const node = plainText(String(source ?? ""));
-      this.container.append(node);
-      this.#rendered.push({ raw: null, node });
+      this.#parse = new MarkdownParse();
+      this.#rendered = [];
+      this.#parts = [];
+      this.container.replaceChildren(plainText(String(source ?? "")));
     }
   }
 
   #render(source) {
-    const blocks = parseSource(source);
+    const blocks = this.#parse.blocks(source);
     let k = 0;
-    while (k < blocks.length && k < this.#rendered.length && blocks[k].raw === this.#rendered[k].raw) k += 1;
-    for (const stale of this.#rendered.splice(k)) stale.node.remove();
+    while (k < blocks.length && k < this.#rendered.length && sameBlock(blocks[k], this.#rendered[k].block)) k += 1;
+    for (const stale of this.#rendered.splice(k)) {
+      stale.node.remove();
+      stale.part.chars -= stale.block.raw.length;
+    }
+    while (this.#parts.length && !this.#parts.at(-1).node.hasChildNodes()) this.#parts.pop().node.remove();
+    if (!this.#rendered.length) this.container.replaceChildren(); // what a failed render left
     for (const block of blocks.slice(k)) {
+      const part = this.#partFor(block);
       const node = renderBlock(block);
-      this.container.append(node);
-      this.#rendered.push({ raw: block.raw, node });
+      part.node.append(node);
+      part.chars += block.raw.length;
+      this.#rendered.push({ block, node, part });
     }
   }
+
+  /** The part `block` goes into: the last one, unless it is full and the block may start a
+   * part (one with a top margin may not: margins do not collapse across parts). */
+  #partFor(block) {
+    const last = this.#parts.at(-1);
+    if (last && (last.chars < PART_CHARS || block.type === "heading" || block.type === "rule")) return last;
+    const node = document.createElement("div");
+    node.className = "md-part";
+    this.container.append(node);
+    this.#parts.push({ node, chars: 0 });
+    return this.#parts.at(-1);
+  }
+}
+
+function sameBlock(a, b) {
+  return a === b || (a.type === b.type && a.raw === b.raw);
 }

@@ -23,6 +23,7 @@ export class RawStreamPanel {
   reset(path) {
     this.count = 0;
     this.#waiting = [];
+    this.#to = "—"; // what a frame already asked for shows this conversation's state
     this.list.replaceChildren();
     this.countEl.textContent = "0 entries";
     this.countEl.dataset.count = "0";
