@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -141,21 +142,38 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
             try:
                 super().run_application()
             finally:
-                if self.close_connection and self.wsgi_input is not None:
+                body = self.wsgi_input
+                if self.close_connection and body is not None and _body_unread(body):
                     # pywsgi reads what is left of a body after every answer, to reach the
                     # next request. A closing connection has none: an answer refusing the
-                    # body (a 413 for 10^23 declared bytes) would read it to its end.
-                    self.wsgi_input.chunked_input = False
-                    self.wsgi_input.content_length = self.wsgi_input.position
+                    # body (a 413 for 10^23 declared bytes) would read it to its end, and
+                    # a malformed chunk's bytes would be parsed as a request. They are
+                    # read as bytes and dropped instead, as far as a bounded drain goes.
+                    body.chunked_input = False
+                    body.content_length = body.position
+                    self.drain_before_close = True
 
         def handle_one_request(self) -> Any:
+            self.drain_before_close = False
             outcome = super().handle_one_request()
             if isinstance(outcome, tuple) and outcome[0] == "414":
                 refusal = UnreadableRequest(
                     f"the request line is longer than {MAX_REQUEST_LINE - 1} bytes",
                     status="414 URI Too Long", code="REQUEST_LINE_TOO_LONG")
                 return self._refuse(refusal)
+            if self.drain_before_close:
+                # Closed with the client's body unread, the kernel would reset the
+                # connection, and a client still sending might never read the answer.
+                _drain_and_close(self.socket)
             return outcome
+
+        def _sendall(self, data: Any) -> None:
+            """A response in pieces: the socket timeout bounds each send, so that a client
+            reading steadily, however slowly, gets a large response whole (one `sendall`
+            of 1 MiB must end within the timeout: 8.7 KB/s at 120 s)."""
+            view = memoryview(data)
+            for start in range(0, len(view), _SEND_PIECE_BYTES):
+                super()._sendall(view[start:start + _SEND_PIECE_BYTES])
 
         def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
             """A request pywsgi could not read as far as the app: answered in JSON like any
@@ -212,23 +230,41 @@ _STOPPING_HEAD = (
     "Access-Control-Expose-Headers: Retry-After\r\n"
     f"Content-Length: {len(_STOPPING_BODY)}\r\nConnection: close\r\n\r\n").encode("latin-1")
 _STOPPING = _STOPPING_HEAD + _STOPPING_BODY.encode("latin-1")
-_UNREAD_AT_STOP_BYTES = 1 << 20
+_UNREAD_AT_CLOSE_BYTES = 64 << 20
+_SEND_PIECE_BYTES = 64 * 1024
 
 
 def _refuse_while_stopping(sock: Any, *, head_only: bool) -> None:
     """Answer a request that arrived on an open connection while the server stops: 503, and
-    the connection closed. Closed with the client's body unread, the kernel would reset it,
-    and the client might never see the answer: what it still sends is read first (up to
-    1 MiB, for a second at most)."""
+    the connection closed (after `_drain_and_close`)."""
     try:
         sock.sendall(_STOPPING_HEAD if head_only else _STOPPING)
+    except OSError:  # the client reset or went away: nothing to add
+        return
+    _drain_and_close(sock)
+
+
+def _drain_and_close(sock: Any) -> None:
+    """End a connection whose client may still be sending (a body the answer refused). Closed
+    with data unread, the kernel would reset it, and the client might never read the answer:
+    this side's end is shut first, and what the client still sends is read and dropped (up to
+    64 MiB, for a second at most)."""
+    try:
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(1.0)
-        left = _UNREAD_AT_STOP_BYTES
-        while left > 0 and (chunk := sock.recv(min(65536, left))):
+        deadline = time.monotonic() + 1.0
+        left = _UNREAD_AT_CLOSE_BYTES
+        while left > 0 and time.monotonic() < deadline and (chunk := sock.recv(min(65536, left))):
             left -= len(chunk)
     except OSError:  # the client reset or went away (or the second passed): nothing to add
         pass
+
+
+def _body_unread(body: Any) -> bool:
+    """Whether a request body may have bytes pywsgi has not read (gevent's `Input`)."""
+    if body.chunked_input:
+        return bool(body.chunk_length != 0)  # 0 once the last chunk is read; -1 before the first
+    return bool(body.position < (body.content_length or 0))
 
 
 class UnreadableRequest(ValueError):
@@ -281,7 +317,8 @@ class RequestHeaders:
                 self._first = _first_lines(self._lines)
                 self.framing_problem = self._framing_problem()
                 return
-            text = raw.decode("latin-1").rstrip("\r\n")
+            # Exactly one line end: a bare CR before it is a control character like any other.
+            text = raw.decode("latin-1").removesuffix("\n").removesuffix("\r")
             if _CONTROL.search(text):
                 # A bare CR is a line break to some parsers and not to others (a header
                 # hidden from one of them), and echoed into a response header it was a 500.

@@ -8,12 +8,14 @@ ambiguously are refused both by the standalone server and by the chat app's (`fl
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import socket
 import statistics
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -393,6 +395,57 @@ def test_a_body_declared_too_large_is_refused_and_the_connection_closed(
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"\r\nConnection: close\r\n" in answer, answer[:500]
+
+
+def test_a_client_that_sends_its_whole_body_first_still_reads_the_refusal(
+    small: StreamsHttp, roomy: StreamsHttp,
+) -> None:
+    """Python's `http.client` (and so `requests`) sends the whole body before it reads the
+    answer. A refusal sent before the body was read closed the connection with the body
+    unread, and the kernel reset it: the client got ConnectionResetError, not the 413 (or a
+    404 asked with Connection: close). What the client still sends is read first."""
+    small.put("sent-whole", content_type=BINARY).raise_for_status()
+    for server, path, headers, status in (
+            (small, "sent-whole", {}, 413),
+            (roomy, "no-such-stream", {"Connection": "close"}, 404)):
+        host, port = server.base_url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            connection.request("POST", f"/v1/stream/{path}", body=b"x" * 3_000_000,
+                               headers={"Content-Type": "application/octet-stream", **headers})
+            response = connection.getresponse()
+            assert response.status == status
+            assert json.loads(response.read())["error"]["code"]
+        finally:
+            connection.close()
+
+
+def test_a_large_response_reaches_a_slow_steady_reader(tmp_path: Path) -> None:
+    """The socket timeout bounded a whole response's write: a large catch-up read to a
+    client reading steadily, but for longer than the timeout, was cut on every retry."""
+    server = start_streams_server(tmp_path / "data", extra_args=[
+        "--socket-timeout", "2", "--max-chunk-kib", "16384", "--max-body-mib", "8"])
+    try:
+        client = StreamsHttp(server.url)
+        client.put("slow", content_type=BINARY).raise_for_status()
+        half = bytes(range(256)) * 4096 * 8  # 8 MiB
+        for _ in range(2):
+            client.post("slow", half, content_type=BINARY).raise_for_status()
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET /v1/stream/slow?offset=-1 HTTP/1.1\r\nHost: x\r\n"
+                         b"Connection: close\r\n\r\n")
+            answer = b""
+            started = time.monotonic()
+            while chunk := sock.recv(65536):  # at most 3.3 MB/s: 5 s for the whole
+                answer += chunk
+                time.sleep(0.02)
+            took = time.monotonic() - started
+        body = answer.partition(b"\r\n\r\n")[2]
+        assert took > 3, took  # longer than the timeout, or this shows nothing
+        assert body == half * 2, (len(body), took)
+    finally:
+        server.terminate()
 
 
 def _assert_refused_as_ambiguous(client: StreamsHttp, path: str, framing: bytes,
