@@ -62,6 +62,13 @@ class MethodNotAllowed(StreamError):
     code = "METHOD_NOT_ALLOWED"
 
 
+class RequestTimeout(StreamError):
+    """The rest of a request did not arrive within the server's socket timeout."""
+
+    status = 408
+    code = "REQUEST_TIMEOUT"
+
+
 class Conflict(StreamError):
     status = 409
     code = "CONFLICT"

@@ -34,6 +34,7 @@ from .errors import (
     BadRequest,
     MethodNotAllowed,
     NotFound,
+    RequestTimeout,
     StreamError,
     Unauthorized,
     UnsupportedMediaType,
@@ -150,7 +151,7 @@ class StreamsMiddleware:
         if method == "OPTIONS":
             return _preflight(headers)
         coding = (headers.get("Content-Encoding") or "").strip().lower()
-        if coding not in ("", "identity"):
+        if coding not in ("", "identity") and method in ("PUT", "POST"):  # those with a body
             # Stored as sent, a gzip body came back compressed and unlabelled (RFC 9110, 8.4).
             raise UnsupportedMediaType(
                 f"Content-Encoding {coding[:40]!r} is not supported: send the body as is",
@@ -211,6 +212,9 @@ class _RequestBody:
     def read(self, size: int = -1) -> bytes:
         try:
             return self._stream.read(size)
+        except TimeoutError as exc:  # the standalone server's --socket-timeout
+            raise RequestTimeout("the rest of the request body did not arrive in time",
+                                 headers={"Connection": "close"}) from exc
         except (OSError, ValueError, HTTPException) as exc:
             raise BadRequest(f"the request body ended early or is malformed: {exc}",
                              code="INCOMPLETE_BODY", headers={"Connection": "close"}) from exc

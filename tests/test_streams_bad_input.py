@@ -194,6 +194,8 @@ def _raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     # into Access-Control-Allow-Origin it was a 500 with a traceback.
     (b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\nOrigin: http://a\rSet-Cookie: x\r\n\r\n", 400,
      "MALFORMED_REQUEST"),
+    (b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\nX-A: b\r\r\nX-B: c\r\n\r\n", 400,
+     "MALFORMED_REQUEST"),
     (b"OPTIONS /v1/stream/x HTTP/1.1\r\nHost: a\r\nOrigin: http://a\r\n"
      b"Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: a\x01b\r\n\r\n",
      400, "MALFORMED_REQUEST"),
@@ -202,7 +204,7 @@ def _raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     (b"PUT /v1/stream/x HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\n"
      b"Content-Type: application/json\r\nContent-Length: 0\r\n\r\n", 400, "MALFORMED_REQUEST"),
 ], ids=["http2", "bad-version", "no-target", "long-line", "long-header", "many-headers",
-        "no-colon", "length-abc", "bare-cr", "control-character", "nul-in-name", "two-hosts",
+        "no-colon", "length-abc", "bare-cr", "bare-cr-at-line-end", "control-character", "nul-in-name", "two-hosts",
         "two-content-types"])
 def test_requests_refused_before_the_app_get_a_json_error(
     server: ServerProcess, request_bytes: bytes, status: int, code: str,
@@ -243,6 +245,11 @@ def test_a_body_in_a_content_coding_is_refused_not_stored_as_sent(front: Streams
         "Content-Type": "application/octet-stream",
         "Content-Encoding": "identity"}).status_code == 204
     assert front.get("coded").content == b"hello"
+    # A request without a body has no content coding to refuse: it was a 415 too.
+    gzip_header = {"Content-Encoding": "gzip"}
+    assert front.request("GET", "coded?offset=-1", headers=gzip_header).content == b"hello"
+    assert front.request("HEAD", "coded", headers=gzip_header).status_code == 200
+    assert front.request("DELETE", "coded", headers=gzip_header).status_code == 204
 
 
 def test_a_request_target_in_absolute_form_is_served(server: ServerProcess) -> None:
@@ -287,6 +294,12 @@ def test_a_connection_that_sends_nothing_is_closed_but_a_live_read_may_wait(
         assert partial.startswith(b"HTTP/1.1 408 "), partial
         assert json.loads(partial.partition(b"\r\n\r\n")[2])["error"]["code"] == "REQUEST_TIMEOUT"
         http = StreamsHttp(server.url)
+        assert http.put("stalled", content_type="application/octet-stream").status_code == 201
+        stalled = answer_to(b"POST /v1/stream/stalled HTTP/1.1\r\nHost: a\r\n"
+                            b"Content-Type: application/octet-stream\r\nContent-Length: 10\r\n\r\nabc")
+        assert stalled.startswith(b"HTTP/1.1 408 "), stalled  # it was a 400 INCOMPLETE_BODY
+        assert json.loads(stalled.partition(b"\r\n\r\n")[2])["error"]["code"] == "REQUEST_TIMEOUT"
+        assert http.get("stalled").content == b""
         assert http.put("waited", content_type=JSON).status_code == 201
         tail = http.head("waited").headers["Stream-Next-Offset"]
         waited = http.get("waited", tail, live="long-poll")
