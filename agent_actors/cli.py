@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse values the supervisor could only fail on later, one conversation at a time."""
     ttl_low, ttl_high = layout.LEASE_TTL_MS_RANGE
+    if args.auth_token is not None and not args.auth_token.strip():
+        # `--auth-token "$TOKEN"` (or STREAMS_AUTH_TOKEN) set but empty: no token, as the
+        # streams server takes it; a server that wants one answers 401, which is reported.
+        args.auth_token = None
     model_url = os.environ.get("ANTHROPIC_BASE_URL") or None
     api_key = (os.environ.get("ANTHROPIC_API_KEY") or "").strip()  # as the model takes it
     problems = [

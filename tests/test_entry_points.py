@@ -487,3 +487,9 @@ def test_the_token_may_be_given_in_the_environment_out_of_sight_of_ps(
         server.terminate()
     monkeypatch.setenv("STREAMS_AUTH_TOKEN", "s3cret")
     assert build_parser().parse_args(["supervisor"]).auth_token == "s3cret"
+    # Set but empty, it means no token to both commands: the supervisor refused to start.
+    monkeypatch.setenv("STREAMS_AUTH_TOKEN", "")
+    parser = build_parser()
+    args = parser.parse_args(["supervisor"])
+    check_args(parser, args)
+    assert args.auth_token is None
