@@ -418,6 +418,30 @@ def test_a_second_stop_just_after_the_first_answer_stopped_leaves_the_next_promp
     assert cancels == [first_id]
 
 
+def test_stop_right_after_a_new_question_stops_it_even_after_an_earlier_stop(
+    chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+    new_context: NewContext,
+) -> None:
+    """The guard against a double click took any Stop within a second of the button's
+    change of target for a repeat, however long ago the last Stop was: after one Stop in
+    the tab, a Stop pressed at once on the next question did nothing."""
+    model.tokens_per_second = 15
+    page = open_chat(new_context(), chat_app.url)
+    first, _ = start_long_answer(page, replies, "Recite a long list", words("item", 200), 3)
+    stop = page.get_by_test_id("stop-button")
+    stop.click()
+    wait_state(page, first, "cancelled")
+    page.wait_for_timeout(1500)  # longer than the guard
+    second = unique("And now another long list")
+    replies.set(second, words("entry", 200))
+    second_id = send_prompt(page, second)
+    stop.click()  # at once: the button has just come to aim at the new question
+    wait_state(page, second, "cancelled")
+    cancels = [m.get("promptId") for m in prompt_messages(chat_app.url, conversation_id(page))
+               if m.get("type") == "cancel"]
+    assert cancels[-1] == second_id
+
+
 def test_a_second_stop_while_the_first_is_being_cancelled_leaves_the_next_prompt_alone(
     tmp_path: Path, model: FakeAnthropic, new_context: NewContext,
 ) -> None:

@@ -383,10 +383,10 @@ function promptToStop() {
 
 // A Stop pressed twice (a double click, Esc twice) is meant for one answer. Once that one has
 // stopped, which takes a tenth of a second here, the button aims at the question waiting
-// behind it, and the second press stopped that too: for a moment after the button has come
-// to aim at another answer than the one stopped last, Stop does nothing.
+// behind it, and the second press stopped that too: for a moment after a Stop, if the button
+// has come to aim at another answer meanwhile, Stop does nothing.
 const REPEATED_STOP_MS = 1000;
-const stopAim = { stoppedId: null, promptId: null, since: 0 };
+const stopAim = { stoppedId: null, stoppedAt: -Infinity, promptId: null, since: 0 };
 
 function aimStop(promptId) {
   if (promptId && promptId !== stopAim.promptId) {
@@ -513,11 +513,13 @@ function sendPrompt(text, promptId = undefined) {
 function stop() {
   const id = promptToStop();
   aimStop(id); // the button may have changed target since it was last drawn
-  const meantForTheLast = stopAim.stoppedId !== null && id !== stopAim.stoppedId
-    && performance.now() - stopAim.since < REPEATED_STOP_MS;
+  const now = performance.now();
+  const meantForTheLast = id !== stopAim.stoppedId && now - stopAim.stoppedAt < REPEATED_STOP_MS
+    && now - stopAim.since < REPEATED_STOP_MS;
   if (id && !meantForTheLast) {
     protocol.cancelPrompt(outbox, current.id, id);
     stopAim.stoppedId = id;
+    stopAim.stoppedAt = now;
     // Shown at once, not when the cancel is read back: with the server away that takes
     // until it is back, and the answer went on saying "Answering…" meanwhile.
     const turn = current.transcript.turns.get(id);
