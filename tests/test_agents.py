@@ -491,9 +491,14 @@ def test_two_supervisors_never_double_answer(
         workers |= {m["worker"] for m in rendered.messages
                     if isinstance(m, dict) and m.get("type") == "agent"}
         for prompt_id in prompts[cid]:
-            answered = sum(s.count_lines(f"answered conversation={cid} prompt={prompt_id} ")
-                           for s in sups)
-            assert answered == 1, f"{prompt_id} answered {answered} times"
+            logged = f"answered conversation={cid} prompt={prompt_id} "
+
+            def answered(logged: str = logged) -> int:
+                return sum(s.count_lines(logged) for s in sups)
+
+            # Logged just after the answer's end is stored: maybe after this test saw it.
+            wait_until(lambda: answered() >= 1, timeout=10, what=f"the log of {prompt_id}")
+            assert answered() == 1, f"{prompt_id} answered {answered()} times"
     print(f"workers that answered: {sorted(workers)}")
     assert workers <= {"wa", "wb"}
 
@@ -529,6 +534,7 @@ def test_a_stalled_supervisor_is_fenced_and_stops_when_it_wakes_up(
     assert answer.text == reply_to("stalled") * 3 and answer.restarts == 1
     assert rendered.answers[second].text == reply_to("after the stall")
     assert rendered.answers[second].terminals_total == 1
+    assert fresh.wait_for_line(f"answered conversation={cid} prompt={first} ", timeout=10)
     assert stale.count_lines(f"answered conversation={cid} ") == 0
     assert fresh.count_lines(f"answered conversation={cid} prompt={first} ") == 1
     # Fenced mid-answer is no clean stop: counted as one, an answer that keeps losing its
