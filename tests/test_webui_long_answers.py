@@ -121,8 +121,9 @@ def page(browser: Browser, chat_app: ServerProcess) -> Iterator[Page]:  # noqa: 
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     # An empty page on the app's origin, where the module can be imported.
     blank = f"{chat_app.url}/markdown-test-page"
-    page.route(blank, lambda route: route.fulfill(body="<!doctype html><title>test</title>",
-                                                   content_type="text/html"))
+    page.route(blank, lambda route: route.fulfill(
+        body='<!doctype html><title>test</title><link rel="stylesheet" href="/ui/css/app.css">',
+        content_type="text/html"))
     page.goto(blank)
     page.evaluate(f"async () => {{ {HELPERS_JS} }}")
     yield page
@@ -161,28 +162,42 @@ def test_a_source_that_is_not_a_continuation_is_parsed_afresh(page: Page) -> Non
 
 def test_past_the_markdown_limit_the_plain_text_grows_in_pieces(page: Page) -> None:
     result: dict[str, Any] = page.evaluate("""() => {
+      // Every piece in order, one line break between two (never a cut inside a line): the
+      // text as it is, nothing lost or doubled.
+      const check = (text, blocks) => {
+        const pieces = blocks.slice(blocks.findIndex((b) => b.type === "overflow-note") + 1);
+        // Where the Markdown part ends: its last line break, and the break is not shown.
+        let at = Math.max(text.lastIndexOf("\\n", md.MAX_MARKDOWN), text.lastIndexOf("\\r", md.MAX_MARKDOWN));
+        at += /^(\\r\\n|\\r|\\n)/.exec(text.slice(at, at + 2))[0].length;
+        for (const [n, piece] of pieces.entries()) {
+          if (piece.type !== "overflow" || !text.startsWith(piece.raw, at)) return `piece ${n}`;
+          at += piece.raw.length;
+          if (n === pieces.length - 1) break;
+          const lineBreak = /^(\\r\\n|\\r|\\n)/.exec(text.slice(at, at + 2));
+          if (!lineBreak) return `no line break after piece ${n}`;
+          at += lineBreak[0].length;
+        }
+        if (at !== text.length) return `ends at ${at} of ${text.length}`;
+        return pieces.length > 5 && Math.max(...pieces.map((p) => p.raw.length)) <= 8000 ? "ok"
+          : `${pieces.length} pieces`;
+      };
+      const outcomes = {};
       const random = rng(7);
-      let text = "";
-      while (text.length < md.MAX_MARKDOWN + 60000) text += randomMarkdown(random, 200);
-      const parse = new md.MarkdownParse();
-      let mismatch = null;
-      for (let end = md.MAX_MARKDOWN - 20000; end <= text.length && !mismatch; end += 2003) {
-        const source = text.slice(0, end);
-        if (shape(parse.blocks(source)) !== shape(new md.MarkdownParse().blocks(source))) mismatch = end;
+      let mixed = "";
+      while (mixed.length < md.MAX_MARKDOWN + 60000) mixed += randomMarkdown(random, 200);
+      for (const [name, text] of [["mixed", mixed], ["crlf", ("some words ".repeat(9) + "\\r\\n").repeat(2600)],
+                                  ["cr", ("some words ".repeat(9) + "\\r").repeat(2600)]]) {
+        const parse = new md.MarkdownParse();
+        let outcome = null;
+        for (let end = md.MAX_MARKDOWN - 20000; end <= text.length + 2003 && !outcome; end += 2003) {
+          const source = text.slice(0, end);
+          if (shape(parse.blocks(source)) !== shape(new md.MarkdownParse().blocks(source))) outcome = `differs at ${end}`;
+        }
+        outcomes[name] = outcome ?? check(text, parse.blocks(text));
       }
-      const blocks = parse.blocks(text);
-      const note = blocks.findIndex((b) => b.type === "overflow-note");
-      const pieces = blocks.slice(note + 1);
-      // What the Markdown part left is all in the pieces, cut at line breaks.
-      const cut = text.length - pieces.map((p) => p.raw).join("\\n").length - 1;
-      return { mismatch, pieces: pieces.length, types: [...new Set(pieces.map((p) => p.type))],
-               rest: pieces.map((p) => p.raw).join("\\n") === text.slice(cut + 1), cutAtBreak: text[cut] === "\\n",
-               longest: Math.max(...pieces.map((p) => p.raw.length)) };
+      return outcomes;
     }""")
-    assert result["mismatch"] is None
-    assert result["types"] == ["overflow"]
-    assert result["rest"] and result["cutAtBreak"]
-    assert result["pieces"] > 5 and result["longest"] <= 8000
+    assert result == {"mixed": "ok", "crlf": "ok", "cr": "ok"}
 
 
 def test_settled_blocks_are_not_parsed_again(page: Page) -> None:
@@ -237,3 +252,114 @@ def test_the_view_of_a_growing_answer_matches_a_fresh_rendering(page: Page) -> N
     assert result["mismatches"] == []
     assert result["kept"]
     assert result["parts"] > 1
+
+
+# Parts laid out even off screen, as they are when seen: their margins and their painting
+# are contained all the same.
+LAID_OUT_JS = """
+const style = document.createElement("style");
+style.textContent = ".md-part { content-visibility: visible; contain: layout paint style; }";
+document.head.append(style);
+"""
+
+
+def test_blocks_sit_where_they_would_without_parts(page: Page) -> None:
+    """A part is a formatting context of its own: margins do not collapse across it, so a
+    part may start only at a block with no top margin. A list started one (its first
+    item's margin), 3 px lower than without parts. Grown a few characters at a time, the
+    view must also group its blocks as when rendered in one go."""
+    result: dict[str, Any] = page.evaluate("() => {" + LAID_OUT_JS + """
+      const source = randomMarkdown(rng(9), 2500) + "\\n\\n" + "A paragraph long enough. ".repeat(400)
+        + "\\n\\n- a list after a full part\\n- two\\n";
+      const box = () => {
+        const div = document.createElement("div");
+        div.className = "markdown";
+        div.style.width = "700px";
+        document.body.append(div);
+        return div;
+      };
+      const withParts = box();
+      const view = new md.MarkdownView(withParts);
+      const random = rng(3);
+      for (let end = 0; end < source.length; end += 1 + Math.floor(random() * 400)) view.update(source.slice(0, end));
+      view.update(source);
+      const whole = box();
+      whole.append(md.renderMarkdown(source));
+      const tops = (container, blocks) => blocks.map((b) => b.getBoundingClientRect().top - container.getBoundingClientRect().top);
+      const a = tops(withParts, [...withParts.querySelectorAll(":scope > .md-part > *")]);
+      const b = tops(whole, [...whole.children]);
+      const parts = [...withParts.children].map((part) => ({
+        estimate: parseFloat(part.style.containIntrinsicSize.replace("auto", "")), height: part.offsetHeight }));
+      return { blocks: [a.length, b.length], moved: a.map((y, k) => Math.abs(y - b[k])).filter((d) => d > 0.5).length,
+               parts, firstMoved: a.findIndex((y, k) => Math.abs(y - b[k]) > 0.5) };
+    }""")
+    assert result["blocks"][0] == result["blocks"][1]
+    assert result["moved"] == 0, result
+    assert len(result["parts"]) > 3
+    for part in result["parts"][:-1]:  # the last one is short
+        assert 0.5 < part["estimate"] / part["height"] < 2, result["parts"]
+
+
+def test_the_part_of_a_growing_last_block_is_kept(page: Page) -> None:
+    """When the block being streamed was alone in its part, the part was made anew at every
+    update, and forgot how tall it was: the scroll bar shrank by tens of thousands of pixels
+    while the reader read above."""
+    kept: bool = page.evaluate("""() => {
+      const container = document.createElement("div");
+      document.body.append(container);
+      const view = new md.MarkdownView(container);
+      let source = "Some prose to fill a part. ".repeat(320) + "\\n\\n```\\n";
+      view.update(source);
+      const part = container.lastElementChild;
+      for (let n = 0; n < 20; n += 1) {
+        source += `line ${n}\\n`;
+        view.update(source);
+        if (container.lastElementChild !== part) return false;
+      }
+      return container.querySelectorAll(".md-part").length === 2;
+    }""")
+    assert kept
+
+
+def test_copying_the_plain_text_past_the_limit_gives_its_lines(page: Page) -> None:
+    """Pieces of the text past the Markdown limit were paragraphs: copied, each boundary got
+    a blank line that is not in the answer."""
+    copied: dict[str, Any] = page.evaluate("() => {" + LAID_OUT_JS + """
+      const container = document.createElement("div");
+      container.className = "markdown";
+      document.body.append(container);
+      const rest = Array.from({ length: 4000 }, (_, n) => `rest line ${n}`).join("\\n");
+      new md.MarkdownView(container).update("line\\n".repeat(md.MAX_MARKDOWN / 5) + rest);
+      const pieces = container.querySelectorAll(".md-overflow");
+      const range = document.createRange();
+      range.setStartBefore(pieces[0]);
+      range.setEndAfter(pieces[pieces.length - 1]);
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+      return { pieces: pieces.length, same: getSelection().toString().trim() === rest };
+    }""")
+    assert copied["pieces"] > 2 and copied["same"], copied
+
+
+def test_what_is_drawn_outside_a_part_is_not_cut_off(page: Page) -> None:
+    """A part clips what it paints to its box (`content-visibility` contains painting): the
+    numbers of an ordered list, drawn left of it, lost their first digits ("1198." showed
+    as "98.")."""
+    boxes: list[dict[str, float]] = page.evaluate("""() => {
+      return [true, false].map((parts, n) => {
+        const div = document.createElement("div");
+        div.className = "markdown";
+        div.style.cssText = `position: absolute; left: 80px; top: ${20 + 200 * n}px; width: 400px;
+          font: 15px/24px sans-serif`;
+        document.body.append(div);
+        const source = "1198. an item\\\\n1199. another item\\\\n";
+        if (parts) new md.MarkdownView(div).update(source);
+        else div.append(md.renderMarkdown(source));
+        const box = div.getBoundingClientRect();
+        return { x: 0, y: box.top, width: 500, height: Math.ceil(box.height) };
+      });
+    }""")
+    height = max(box["height"] for box in boxes)  # a bottom margin is inside one of them
+    clips: list[Any] = [{**box, "height": height} for box in boxes]
+    with_parts, without = (page.screenshot(clip=clip) for clip in clips)
+    assert with_parts == without

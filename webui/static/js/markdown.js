@@ -733,9 +733,11 @@ function renderBlockNode(block, { tight = false } = {}) {
       return note;
     }
     case "overflow": {
-      const p = plainText(block.text);
-      p.classList.add("md-overflow");
-      return p;
+      // Blocks without margins, as lines of one text: copied, paragraphs would add a blank
+      // line between pieces.
+      const piece = plainText(block.text, "div");
+      piece.classList.add("md-overflow");
+      return piece;
     }
     default: {
       if (tight) {
@@ -804,8 +806,8 @@ function tableCell(tag, text, align) {
 }
 
 /** Text as it is, lines kept (no Markdown). */
-function plainText(text) {
-  const p = document.createElement("p");
+function plainText(text, tag = "p") {
+  const p = document.createElement(tag);
   p.className = "md-plain";
   text.split(/\r\n?|\n/).forEach((line, k) => {
     if (k > 0) p.append(document.createElement("br"));
@@ -818,30 +820,51 @@ function toLines(source) {
   return source.replace(/\r\n?/g, "\n").replace(/\t/g, "    ").split("\n");
 }
 
-/** Plain text past MAX_MARKDOWN is shown in pieces of about this many characters. */
+/** Plain text past MAX_MARKDOWN is shown in pieces of about this many characters... */
 const OVERFLOW_PIECE = 8_000;
+/** ...cut mid-line only in a line longer than this. */
+const OVERFLOW_LINE = 64_000;
 
 /** Where the Markdown part of a source longer than MAX_MARKDOWN ends: at a line break, so
  * that its last block is whole (unless the lines are huge). It depends only on the first
  * MAX_MARKDOWN characters, so it stays put while the source grows. */
 function markdownEnd(text) {
-  const cut = text.lastIndexOf("\n", MAX_MARKDOWN);
+  const cut = Math.max(text.lastIndexOf("\n", MAX_MARKDOWN), text.lastIndexOf("\r", MAX_MARKDOWN));
   return cut < MAX_MARKDOWN / 2 ? MAX_MARKDOWN : cut;
 }
 
 /**
- * The end of the overflow piece that starts at `from`, or -1 if where it ends may still
- * change as `rest` grows. A piece ends before a line break that ends a non-empty line (an
- * empty last line would not show), found in its last half; else after OVERFLOW_PIECE
- * characters.
+ * Where the overflow piece that starts at `from` ends: {end, next} (the line break between
+ * `end` and `next` is not part of either piece), or null while that may still change as
+ * `rest` grows. A piece ends at the last line break of its second half that ends a
+ * non-empty line (an empty last line would not show); failing that, at the first line
+ * break after it, at most OVERFLOW_LINE characters on (else there, mid-line).
  */
-function pieceEnd(rest, from) {
+function pieceBounds(rest, from) {
   const limit = from + OVERFLOW_PIECE;
-  if (rest.length <= limit) return -1;
-  for (let k = rest.lastIndexOf("\n", limit); k > from + OVERFLOW_PIECE / 2; k = rest.lastIndexOf("\n", k - 1)) {
-    if (rest[k - 1] !== "\n" && rest[k - 1] !== "\r") return k;
+  if (rest.length <= limit + 1) return null; // the second half is not all there yet
+  for (let k = limit; k > from + OVERFLOW_PIECE / 2; k -= 1) {
+    const lineBreak = breakAt(rest, k);
+    if (lineBreak && !isBreakChar(rest[lineBreak.end - 1])) return lineBreak;
   }
-  return limit;
+  const longest = from + OVERFLOW_LINE;
+  for (let k = limit + 1; k < Math.min(longest, rest.length - 1); k += 1) {
+    const lineBreak = breakAt(rest, k);
+    if (lineBreak) return lineBreak;
+  }
+  return rest.length > longest ? { end: longest, next: longest } : null;
+}
+
+function isBreakChar(c) {
+  return c === "\n" || c === "\r";
+}
+
+/** The line break that ends at `k` (an LF, a CR not followed by LF, the LF of a CRLF) as
+ * {end: where it starts, next: after it}, or null. `rest[k + 1]` must be known. */
+function breakAt(rest, k) {
+  if (rest[k] === "\n") return { end: rest[k - 1] === "\r" ? k - 1 : k, next: k + 1 };
+  if (rest[k] === "\r" && rest[k + 1] !== "\n") return { end: k, next: k + 1 };
+  return null;
 }
 
 /** The blocks of a source, parsed whole: its first MAX_MARKDOWN characters as Markdown, then
@@ -899,16 +922,15 @@ export class MarkdownParse {
   }
 
   #overflowBlocks(rest) {
-    if (this.#rest === null || !rest.startsWith(this.#rest)) {
-      this.#pieces = [];
-      // It starts with the line break the Markdown part ended at: not shown.
-      this.#piecesEnd = rest.startsWith("\n") ? 1 : 0;
-    }
+    if (this.#rest === null || !rest.startsWith(this.#rest)) this.#pieces = [];
+    // It starts with the line break the Markdown part ended at, if any: not shown. (Looked
+    // at until the first piece is cut: a CR may turn out to be the start of a CRLF.)
+    if (!this.#pieces.length) this.#piecesEnd = /^(\r\n?|\n)?/.exec(rest)[0].length;
     this.#rest = rest;
-    for (let end = pieceEnd(rest, this.#piecesEnd); end >= 0; end = pieceEnd(rest, this.#piecesEnd)) {
-      const raw = rest.slice(this.#piecesEnd, end);
+    for (let bounds = pieceBounds(rest, this.#piecesEnd); bounds; bounds = pieceBounds(rest, this.#piecesEnd)) {
+      const raw = rest.slice(this.#piecesEnd, bounds.end);
       this.#pieces.push({ type: "overflow", text: raw, raw });
-      this.#piecesEnd = rest[end] === "\n" ? end + 1 : end;
+      this.#piecesEnd = bounds.next;
     }
     const raw = rest.slice(this.#piecesEnd);
     return raw ? this.#pieces.concat({ type: "overflow", text: raw, raw }) : this.#pieces.slice();
@@ -931,6 +953,9 @@ export function renderMarkdown(source) {
 
 /** Blocks are shown in parts of about this many characters of source (see MarkdownView). */
 const PART_CHARS = 8_000;
+/** Blocks that may start a part: those without a top margin (their own, or a first child's
+ * that would collapse through theirs), since margins do not collapse across parts. */
+const PART_STARTS = new Set(["paragraph", "code", "table", "quote", "plain", "overflow", "overflow-note"]);
 
 /**
  * Keeps a container rendering a growing Markdown text. Blocks whose source did not change
@@ -939,13 +964,16 @@ const PART_CHARS = 8_000;
  *
  * The blocks are grouped in parts (`.md-part`) that the page neither lays out nor paints
  * while they are off screen (CSS `content-visibility`): every frame that shows new text of an
- * answer of hundreds of thousands of characters would otherwise lay out all of it.
+ * answer of hundreds of thousands of characters would otherwise lay out all of it. A part
+ * never laid out is taken to be as tall as its source suggests (`containIntrinsicSize`),
+ * so that the scroll bar tells about where the reader is.
  */
 export class MarkdownView {
   #parse = new MarkdownParse();
   #rendered = []; // [{block, node, part}]
-  #parts = [];    // [{node, chars}]
+  #parts = [];    // [{node, chars, lines}]
   #source = null;
+  #plain = false; // the container shows the source as plain text (after a failed render)
 
   constructor(container) {
     this.container = container;
@@ -963,39 +991,72 @@ export class MarkdownView {
       this.#rendered = [];
       this.#parts = [];
       this.container.replaceChildren(plainText(String(source ?? "")));
+      this.#plain = true;
     }
   }
 
   #render(source) {
+    if (this.#plain) { // what a failed render showed instead
+      this.container.replaceChildren();
+      this.#plain = false;
+    }
     const blocks = this.#parse.blocks(source);
     let k = 0;
     while (k < blocks.length && k < this.#rendered.length && sameBlock(blocks[k], this.#rendered[k].block)) k += 1;
+    const changed = new Set();
     for (const stale of this.#rendered.splice(k)) {
       stale.node.remove();
       stale.part.chars -= stale.block.raw.length;
+      stale.part.lines -= lineCount(stale.block);
+      changed.add(stale.part);
     }
-    while (this.#parts.length && !this.#parts.at(-1).node.hasChildNodes()) this.#parts.pop().node.remove();
-    if (!this.#rendered.length) this.container.replaceChildren(); // what a failed render left
+    // Empty parts go, but the last one stays for the next block: made anew at every frame
+    // that rebuilds a part's only block, it would forget how tall it was.
+    while (this.#parts.length > 1 && !this.#parts.at(-2).node.hasChildNodes()) {
+      this.#parts.splice(-2, 1)[0].node.remove();
+    }
     for (const block of blocks.slice(k)) {
       const part = this.#partFor(block);
       const node = renderBlock(block);
       part.node.append(node);
       part.chars += block.raw.length;
+      part.lines += lineCount(block);
+      changed.add(part);
       this.#rendered.push({ block, node, part });
+    }
+    if (this.#parts.length && !this.#parts.at(-1).node.hasChildNodes()) this.#parts.pop().node.remove();
+    for (const part of changed) {
+      // About 90 characters a line, a source line at least one, 24 px each.
+      const estimate = Math.round(24 * Math.max(part.lines, part.chars / 90));
+      part.node.style.containIntrinsicSize = `auto ${Math.max(24, estimate)}px`;
     }
   }
 
   /** The part `block` goes into: the last one, unless it is full and the block may start a
-   * part (one with a top margin may not: margins do not collapse across parts). */
+   * part (so the same parts as when rendered in one go). */
   #partFor(block) {
-    const last = this.#parts.at(-1);
-    if (last && (last.chars < PART_CHARS || block.type === "heading" || block.type === "rule")) return last;
+    const joins = (part) => part.chars < PART_CHARS || !PART_STARTS.has(block.type);
+    let last = this.#parts.at(-1);
+    if (last && !last.node.hasChildNodes()) {
+      const before = this.#parts.at(-2);
+      if (!before || !joins(before)) return last; // the empty part left for it
+      this.#parts.pop().node.remove();
+      last = before;
+    }
+    if (last && joins(last)) return last;
     const node = document.createElement("div");
     node.className = "md-part";
     this.container.append(node);
-    this.#parts.push({ node, chars: 0 });
+    this.#parts.push({ node, chars: 0, lines: 0 });
     return this.#parts.at(-1);
   }
+}
+
+/** Source lines of a block, and one for the space after it. */
+function lineCount(block) {
+  let lines = 2;
+  for (let at = block.raw.indexOf("\n"); at >= 0; at = block.raw.indexOf("\n", at + 1)) lines += 1;
+  return lines;
 }
 
 function sameBlock(a, b) {
