@@ -164,7 +164,7 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
             if self.drain_before_close:
                 # Closed with the client's body unread, the kernel would reset the
                 # connection, and a client still sending might never read the answer.
-                _drain_and_close(self.socket)
+                _shut_and_drain(self.socket)
             return outcome
 
         def _sendall(self, data: Any) -> None:
@@ -236,19 +236,19 @@ _SEND_PIECE_BYTES = 64 * 1024
 
 def _refuse_while_stopping(sock: Any, *, head_only: bool) -> None:
     """Answer a request that arrived on an open connection while the server stops: 503, and
-    the connection closed (after `_drain_and_close`)."""
+    the connection closed (after `_shut_and_drain`)."""
     try:
         sock.sendall(_STOPPING_HEAD if head_only else _STOPPING)
     except OSError:  # the client reset or went away: nothing to add
         return
-    _drain_and_close(sock)
+    _shut_and_drain(sock)
 
 
-def _drain_and_close(sock: Any) -> None:
-    """End a connection whose client may still be sending (a body the answer refused). Closed
-    with data unread, the kernel would reset it, and the client might never read the answer:
-    this side's end is shut first, and what the client still sends is read and dropped (up to
-    64 MiB, for a second at most)."""
+def _shut_and_drain(sock: Any) -> None:
+    """Ready for closing a connection whose client may still be sending (a body the answer
+    refused). Closed with data unread, the kernel would reset it, and the client might never
+    read the answer: this side's end is shut first, and what the client still sends is read
+    and dropped (up to 64 MiB, for a second at most)."""
     try:
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(1.0)
