@@ -2144,6 +2144,49 @@ def test_the_inspector_reads_a_pasted_url_from_its_offset(chat_app: ServerProces
     expect(page.get_by_test_id("read-offset")).to_have_value(tail)
 
 
+def test_the_inspector_shows_the_newest_entries_and_counts_the_older_ones(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """Past its 2,000 entries the view showed the first ones and hid the newest, a live
+    batch included ("N more entries not shown"); and each live batch rebuilt the view, so
+    that following 1,500 appends froze the page for two minutes."""
+    path = f"inspect-{uuid.uuid4().hex[:8]}/many"
+    root = f"{chat_app.url}/v1/stream"
+    created(requests.put(f"{root}/{path}", headers={"Content-Type": "application/json"},
+                         data=json.dumps([{"n": n} for n in range(1, 2051)]), timeout=10))
+    page = open_chat(new_context(), f"{chat_app.url}/inspector#path={quote(path, safe='')}")
+    view = page.get_by_test_id("content-view")
+    expect(view).to_contain_text("50 earlier entries not shown")
+    expect(page.get_by_test_id("content-entry")).to_have_count(2000)
+    expect(page.get_by_test_id("content-entry").last).to_contain_text("#2050")
+
+    page.get_by_test_id("read-offset").fill("now")
+    page.get_by_test_id("follow-toggle").click()
+    expect(page.get_by_test_id("follow-state")).to_contain_text("Following live")
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Performance.enable")
+
+    def layouts() -> int:
+        metrics = cdp.send("Performance.getMetrics")["metrics"]
+        return int(next(m["value"] for m in metrics if m["name"] == "LayoutCount"))
+
+    page.evaluate("""() => {
+      window.__frames = 0;
+      const tick = () => { window.__frames += 1; requestAnimationFrame(tick); };
+      requestAnimationFrame(tick);
+    }""")
+    before = layouts()
+    with requests.Session() as http:
+        for n in range(1, 301):  # each its own append, so that the page reads them one by one
+            http.post(f"{root}/{path}", headers={"Content-Type": "application/json"},
+                      data=json.dumps({"live": n}), timeout=10).raise_for_status()
+    expect(page.get_by_test_id("content-entry").last).to_contain_text('"live": 300')
+    frames: int = page.evaluate("window.__frames")
+    laid_out = layouts() - before
+    assert laid_out <= 8 * frames + 10, (laid_out, frames)
+    expect(page.get_by_test_id("content-entry")).to_have_count(300)  # the live read's own
+    expect(page.get_by_test_id("content-entry").first).to_contain_text('"live": 1')
+
+
 def test_the_inspector_refuses_a_path_with_dot_segments(chat_app: ServerProcess,
                                                        new_context: NewContext) -> None:
     """The browser resolved `../../etc/passwd` to /etc/passwd, outside the streams API, and

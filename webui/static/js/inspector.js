@@ -15,7 +15,7 @@ import { CONVERSATIONS_PATH, promptsPath, responsesPath, subscriptionId } from "
 import { ConnectionStatus } from "./status.js";
 import { asText, hexDump } from "./format.js";
 import { renderSubscription } from "./subscription-view.js";
-import { el, wireSkipLink } from "./util.js";
+import { el, frameThrottle, wireSkipLink } from "./util.js";
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken, silenceMs: config.silenceMs, queuedMs: config.queuedMs });
@@ -23,7 +23,7 @@ const hub = new StreamHub(client);
 const status = new ConnectionStatus({ pill: $("connection-pill"), banner: $("connection-banner") });
 
 const RECENT_KEY = "inspector:recent";
-const RENDER_LIMIT = 2000; // entries shown at most; older ones are summarised
+const RENDER_LIMIT = 2000; // entries shown at most; older ones are counted, not shown
 const LIST_LIMIT = 500; // streams or subscriptions listed at most; the filter narrows them
 
 const state = {
@@ -486,40 +486,96 @@ function viewMode() {
   return sample && asText(sample.subarray(0, 4096)) !== null ? "text" : "hex";
 }
 
+// What the content view shows of `state.pages`, so that a live batch adds only its own nodes:
+// rebuilt whole at every batch, a stream followed while it grew by hundreds of appends a
+// second froze the page for minutes.
+const shown = { mode: null, pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, nodes: [], summary: null };
+
+/** Show `state.pages` afresh (another stream, read or view). */
 function renderContent() {
   const view = $("content-view");
-  const mode = viewMode();
-  const nodes = [];
-  let index = 0;
-  let byteBase = 0;
-  let messages = 0;
-  let bytes = 0;
-  for (const page of state.pages) {
-    nodes.push(el("div", { class: "batch-mark", dataset: { testid: "batch-mark" } }, `${page.live ? "live" : "read"} ${page.from} → ${page.to}`));
+  const stick = view.scrollHeight - view.scrollTop - view.clientHeight < 40;
+  Object.assign(shown, { mode: viewMode(), pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, nodes: [] });
+  shown.summary = el("div", { class: "batch-mark", hidden: true });
+  view.replaceChildren(shown.summary);
+  // Only the newest RENDER_LIMIT entries are built.
+  let entries = 0;
+  for (const page of state.pages) entries += page.messages ? page.messages.length : page.bytes?.length ? 1 : 0;
+  showNewPages(view, entries - RENDER_LIMIT);
+  if (stick || state.follow) view.scrollTop = view.scrollHeight;
+}
+
+/** Add the pages a live read delivered since the view was last drawn: once a frame. */
+const renderNewPages = frameThrottle(() => {
+  if (shown.mode !== viewMode() || shown.pages > state.pages.length) return renderContent();
+  const view = $("content-view");
+  const stick = view.scrollHeight - view.scrollTop - view.clientHeight < 40;
+  showNewPages(view, 0);
+  if (stick || state.follow) view.scrollTop = view.scrollHeight;
+});
+
+/** Append the pages not shown yet, their first `skip` entries counted but not built; then
+ * drop the oldest entries beyond RENDER_LIMIT. */
+function showNewPages(view, skip) {
+  const mode = shown.mode;
+  const fragment = document.createDocumentFragment();
+  const add = (node, entry) => {
+    fragment.append(node);
+    shown.nodes.push({ node, entry });
+  };
+  const skipped = () => {
+    if (skip <= 0) return false;
+    skip -= 1;
+    shown.hidden += 1;
+    return true;
+  };
+  for (const page of state.pages.slice(shown.pages)) {
+    // A page's mark goes before its first entry shown (a page of none is marked too).
+    let mark = el("div", { class: "batch-mark", dataset: { testid: "batch-mark" } }, `${page.live ? "live" : "read"} ${page.from} → ${page.to}`);
+    const addEntry = (node) => {
+      if (mark) add(mark, false);
+      mark = null;
+      add(node, true);
+    };
     if (page.messages) {
       for (const m of page.messages) {
-        index += 1;
-        messages += 1;
-        if (index > RENDER_LIMIT) continue;
+        shown.entries += 1;
+        shown.messages += 1;
+        if (skipped()) continue;
         const text = mode === "json" ? JSON.stringify(m, null, 2) : mode === "hex" ? hexDump(new TextEncoder().encode(JSON.stringify(m))) : JSON.stringify(m);
-        nodes.push(el("div", { class: "entry", dataset: { testid: "content-entry" } },
-          el("div", { class: "entry-head" }, el("span", {}, `#${index}`), m && typeof m === "object" && typeof m.type === "string" ? el("span", {}, m.type) : null),
+        addEntry(el("div", { class: "entry", dataset: { testid: "content-entry" } },
+          el("div", { class: "entry-head" }, el("span", {}, `#${shown.entries}`), m && typeof m === "object" && typeof m.type === "string" ? el("span", {}, m.type) : null),
           el("pre", {}, text)));
       }
     } else if (page.bytes?.length) {
-      bytes += page.bytes.length;
-      const text = mode === "hex" ? hexDump(page.bytes, byteBase) : mode === "json" ? prettyJsonText(page.bytes) : new TextDecoder().decode(page.bytes);
-      nodes.push(el("div", { class: "entry", dataset: { testid: "content-entry" } },
+      shown.entries += 1;
+      shown.bytes += page.bytes.length;
+      const base = shown.byteBase;
+      shown.byteBase += page.bytes.length;
+      if (skipped()) continue;
+      const text = mode === "hex" ? hexDump(page.bytes, base) : mode === "json" ? prettyJsonText(page.bytes) : new TextDecoder().decode(page.bytes);
+      addEntry(el("div", { class: "entry", dataset: { testid: "content-entry" } },
         el("div", { class: "entry-head" }, el("span", {}, `${page.bytes.length} bytes`)),
         el("pre", {}, text)));
-      byteBase += page.bytes.length;
     }
+    if (mark && !page.messages?.length && !page.bytes?.length && skip <= 0) add(mark, false);
   }
-  if (index > RENDER_LIMIT) nodes.push(el("div", { class: "batch-mark" }, `${index - RENDER_LIMIT} more entries not shown`));
-  const stick = view.scrollHeight - view.scrollTop - view.clientHeight < 40;
-  view.replaceChildren(...nodes);
-  if (stick || state.follow) view.scrollTop = view.scrollHeight;
-  $("content-summary").textContent = messages ? `${messages} message${messages === 1 ? "" : "s"}` : bytes ? `${bytes} bytes` : "";
+  shown.pages = state.pages.length;
+  view.append(fragment);
+  let built = 0;
+  for (const n of shown.nodes) if (n.entry) built += 1;
+  let drop = 0;
+  for (; built > RENDER_LIMIT; drop += 1) {
+    if (shown.nodes[drop].entry) {
+      built -= 1;
+      shown.hidden += 1;
+    }
+    shown.nodes[drop].node.remove();
+  }
+  if (drop) shown.nodes.splice(0, drop);
+  shown.summary.hidden = shown.hidden === 0;
+  shown.summary.textContent = `${shown.hidden} earlier ${shown.hidden === 1 ? "entry" : "entries"} not shown`;
+  $("content-summary").textContent = shown.messages ? `${shown.messages} message${shown.messages === 1 ? "" : "s"}` : shown.bytes ? `${shown.bytes} bytes` : "";
 }
 
 function prettyJsonText(bytes) {
@@ -553,7 +609,7 @@ function startFollowing() {
       if ((page.messages?.length ?? page.bytes.length) > 0 || batch.closed) state.pages.push(page);
       $("follow-state").textContent = `Following live · offset ${batch.to}${batch.upToDate ? " · up to date" : ""}${batch.closed ? " · stream closed (EOF)" : ""}`;
       $("meta-tail-offset").textContent = batch.to;
-      renderContent();
+      renderNewPages();
     },
     onStatus(s) {
       if (state.follow !== abort) return;
