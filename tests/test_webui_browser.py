@@ -32,7 +32,14 @@ from agent_actors.streams_client import StreamsClient
 from tests.fake_anthropic import FakeAnthropic
 from tests.support import ARTIFACTS_DIR, REPO_ROOT, ServerProcess, start_reference_server
 from tests.support.agents import ChatClient, wait_until
-from tests.support.browser import RECORDER_JS, launch_chromium, turn_for, turn_log, unsafe_nodes
+from tests.support.browser import (
+    RECORDER_JS,
+    LayoutCounter,
+    launch_chromium,
+    turn_for,
+    turn_log,
+    unsafe_nodes,
+)
 from tests.support.webapp import ScriptedReplies, read_json_stream, start_chat_app
 
 pytestmark = pytest.mark.timeout(120)
@@ -2162,26 +2169,13 @@ def test_the_inspector_shows_the_newest_entries_and_counts_the_older_ones(
     page.get_by_test_id("read-offset").fill("now")
     page.get_by_test_id("follow-toggle").click()
     expect(page.get_by_test_id("follow-state")).to_contain_text("Following live")
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("Performance.enable")
-
-    def layouts() -> int:
-        metrics = cdp.send("Performance.getMetrics")["metrics"]
-        return int(next(m["value"] for m in metrics if m["name"] == "LayoutCount"))
-
-    page.evaluate("""() => {
-      window.__frames = 0;
-      const tick = () => { window.__frames += 1; requestAnimationFrame(tick); };
-      requestAnimationFrame(tick);
-    }""")
-    before = layouts()
+    counter = LayoutCounter(page)
     with requests.Session() as http:
         for n in range(1, 301):  # each its own append, so that the page reads them one by one
             http.post(f"{root}/{path}", headers={"Content-Type": "application/json"},
                       data=json.dumps({"live": n}), timeout=10).raise_for_status()
     expect(page.get_by_test_id("content-entry").last).to_contain_text('"live": 300')
-    frames: int = page.evaluate("window.__frames")
-    laid_out = layouts() - before
+    laid_out, frames = counter.counts()
     assert laid_out <= 8 * frames + 10, (laid_out, frames)
     expect(page.get_by_test_id("content-entry")).to_have_count(300)  # the live read's own
     expect(page.get_by_test_id("content-entry").first).to_contain_text('"live": 1')

@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.support import ServerProcess
-from tests.support.browser import turn_for
+from tests.support.browser import LayoutCounter, turn_for
 from tests.support.webapp import start_chat_app
 from tests.test_webui_browser import NewContext, browser, new_context  # noqa: F401 (fixtures)
 from tests.test_webui_hostile_messages import ATTEMPT, Conversation, now, open_conversation
@@ -81,19 +81,7 @@ def test_a_fast_answer_lays_the_page_out_once_a_frame_not_once_a_chunk(
         conversation: Conversation, new_context: NewContext) -> None:
     conversation.prompt("p1", "question")
     page, console_errors = open_conversation(new_context, conversation)
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("Performance.enable")
-
-    def layouts() -> int:
-        metrics = cdp.send("Performance.getMetrics")["metrics"]
-        return int(next(m["value"] for m in metrics if m["name"] == "LayoutCount"))
-
-    page.evaluate("""() => {
-      window.__frames = 0;
-      const tick = () => { window.__frames += 1; requestAnimationFrame(tick); };
-      requestAnimationFrame(tick);
-    }""")
-    before = layouts()
+    counter = LayoutCounter(page)
     chunks = 300
     for n in range(chunks):  # each its own append, so that the page reads them one by one
         conversation.respond({"type": "chunk", "id": f"p1-{n}", "promptId": "p1", "attempt": ATTEMPT,
@@ -104,8 +92,7 @@ def test_a_fast_answer_lays_the_page_out_once_a_frame_not_once_a_chunk(
     expect(turn).to_have_attribute("data-state", "done")
     expect(turn.get_by_test_id("answer-text")).to_contain_text(f"word{chunks - 1}")
     expect(page.get_by_test_id("raw-responses-count")).to_have_attribute("data-count", str(chunks + 1))
-    frames: int = page.evaluate("window.__frames")
-    laid_out = layouts() - before
+    laid_out, frames = counter.counts()
     # A few layouts a frame (the frame's own, and reads of the scroll positions after the
     # chat and the raw panel changed): 4-5 here. Before, every batch forced several, and the
     # page, busy with them, drew few frames: 1,858 layouts in 22 frames.

@@ -97,3 +97,28 @@ def turn_for(page: Page, prompt: str) -> Locator:
     """The turn whose prompt is exactly ``prompt``."""
     return page.get_by_test_id("turn").filter(
         has=page.get_by_test_id("prompt").get_by_text(prompt, exact=True))
+
+
+class LayoutCounter:
+    """Layouts the page did (Chromium's `LayoutCount`) and frames it drew, from when this is
+    made: work done once per batch shows as many more layouts than frames."""
+
+    def __init__(self, page: Page) -> None:
+        self._page = page
+        self._cdp = page.context.new_cdp_session(page)
+        self._cdp.send("Performance.enable")
+        page.evaluate("""() => {
+          window.__frames = 0;
+          const tick = () => { window.__frames += 1; requestAnimationFrame(tick); };
+          requestAnimationFrame(tick);
+        }""")
+        self._before = self._layouts()
+
+    def _layouts(self) -> int:
+        metrics = self._cdp.send("Performance.getMetrics")["metrics"]
+        return int(next(m["value"] for m in metrics if m["name"] == "LayoutCount"))
+
+    def counts(self) -> tuple[int, int]:
+        """(layouts, frames) since this was made."""
+        frames: int = self._page.evaluate("window.__frames")
+        return self._layouts() - self._before, frames
