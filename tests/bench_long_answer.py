@@ -38,8 +38,27 @@ new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__
   .observe({ type: "longtask", buffered: true });"""
 
 
-def answer_text(chars: int) -> str:
-    return (SECTION * (chars // len(SECTION) + 1))[:chars]
+# One block from start to end: the page can keep nothing of it as settled while it grows.
+SINGLE_BLOCKS = {
+    "code": ("```python\n", "values_{n} = compute({n}, scale=2.5)  # line {n} of the listing\n"),
+    "list": ("", "- item {n}: a point with **bold** words and `code`\n"),
+    "table": ("| row | value | note |\n|---|---:|---|\n", "| row {n} | {n}.5 | *a* note |\n"),
+}
+SHAPES = ("mixed", *SINGLE_BLOCKS)
+
+
+def answer_text(chars: int, shape: str = "mixed") -> str:
+    if shape == "mixed":
+        return (SECTION * (chars // len(SECTION) + 1))[:chars]
+    head, line = SINGLE_BLOCKS[shape]
+    lines = [head]
+    total = len(head)
+    n = 0
+    while total < chars:
+        n += 1
+        lines.append(line.format(n=n))
+        total += len(lines[-1])
+    return "".join(lines)[:chars]
 
 
 def chunk(prompt_id: str, n: int, content: str) -> dict[str, object]:
@@ -69,7 +88,7 @@ def long_tasks(page: Page) -> str:
 
 
 def bench_streaming(app_url: str, client: StreamsClient, chat: ChatClient, page: Page,
-                    chars: int, chunk_chars: int, rate: float) -> None:
+                    chars: int, chunk_chars: int, rate: float, shape: str) -> None:
     cid = chat.start_conversation("A long streaming answer")
     answers = client.producer(f"conversations/{cid}/responses", "bench", auto_claim=True)
     pid = chat.send_prompt(cid, "Tell me everything")
@@ -77,7 +96,7 @@ def bench_streaming(app_url: str, client: StreamsClient, chat: ChatClient, page:
     page.goto(f"{app_url}/#/c/{cid}")
     page.wait_for_selector("[data-testid=turn]")
     page.evaluate("window.__longTasks.length = 0")
-    text = answer_text(chars)
+    text = answer_text(chars, shape)
     pieces = [text[k:k + chunk_chars] for k in range(0, len(text), chunk_chars)]
     started = time.monotonic()
     for n, piece in enumerate(pieces):
@@ -92,17 +111,18 @@ def bench_streaming(app_url: str, client: StreamsClient, chat: ChatClient, page:
         "() => document.querySelector('[data-testid=turn]').dataset.state === 'done'",
         timeout=300_000)
     caught_up = time.monotonic()
-    print(f"streaming {chars:,} characters in {len(pieces):,} chunks over"
+    print(f"streaming {chars:,} characters ({shape}) in {len(pieces):,} chunks over"
           f" {written - started:.1f} s: answer done on the page {caught_up - written:.2f} s"
           f" after the last chunk; {long_tasks(page)}")
 
 
 def bench_opening(app_url: str, client: StreamsClient, chat: ChatClient,
-                  new_page: Callable[[], Page], chars: int, chunk_chars: int, runs: int) -> None:
+                  new_page: Callable[[], Page], chars: int, chunk_chars: int, runs: int,
+                  shape: str) -> None:
     cid = chat.start_conversation("A very long answer")
     answers = client.producer(f"conversations/{cid}/responses", "bench", auto_claim=True)
     pid = chat.send_prompt(cid, "Tell me everything, at length")
-    text = answer_text(chars)
+    text = answer_text(chars, shape)
     pieces = [text[k:k + chunk_chars] for k in range(0, len(text), chunk_chars)]
     batch = 500
     for k in range(0, len(pieces), batch):
@@ -117,7 +137,7 @@ def bench_opening(app_url: str, client: StreamsClient, chat: ChatClient,
             "() => document.querySelector('[data-testid=turn]')?.dataset.state === 'done'",
             timeout=300_000)
         shown = time.monotonic() - started
-        print(f"opening {chars:,} characters in {len(pieces):,} chunks, run {run}: shown in"
+        print(f"opening {chars:,} characters ({shape}) in {len(pieces):,} chunks, run {run}: shown in"
               f" {shown:.2f} s ({rendered_length(page):,} characters on the page);"
               f" {long_tasks(page)}")
         page.close()
@@ -132,6 +152,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=40, help="characters per chunk")
     parser.add_argument("--rate", type=float, default=500.0, help="chunks a second while streaming")
     parser.add_argument("--runs", type=int, default=2, help="times the long answer is opened")
+    parser.add_argument("--shape", choices=SHAPES, default="mixed",
+                        help="the answer: mixed Markdown, or one code block, list or table")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as data, FakeAnthropic() as fake:
         app = start_chat_app(Path(data), model_url=fake.url,
@@ -147,10 +169,12 @@ def main() -> None:
 
                 if args.stream_chars > 0:
                     page = new_page()
-                    bench_streaming(app.url, client, chat, page, args.stream_chars, args.chunk, args.rate)
+                    bench_streaming(app.url, client, chat, page, args.stream_chars, args.chunk, args.rate,
+                                    args.shape)
                     page.close()
                 if args.open_chars > 0:
-                    bench_opening(app.url, client, chat, new_page, args.open_chars, args.chunk, args.runs)
+                    bench_opening(app.url, client, chat, new_page, args.open_chars, args.chunk, args.runs,
+                                  args.shape)
                 browser.close()
         finally:
             app.terminate()

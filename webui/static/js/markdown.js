@@ -714,11 +714,7 @@ function renderBlockNode(block, { tight = false } = {}) {
     case "list": {
       const list = document.createElement(block.ordered ? "ol" : "ul");
       if (block.ordered && block.start !== 1) list.start = block.start;
-      for (const item of block.items) {
-        const li = document.createElement("li");
-        for (const child of item.children) li.append(renderBlock(child, { tight: !block.loose }));
-        list.append(li);
-      }
+      for (const item of block.items) list.append(listItem(item, block));
       return list;
     }
     case "table":
@@ -751,6 +747,12 @@ function renderBlockNode(block, { tight = false } = {}) {
       return p;
     }
   }
+}
+
+function listItem(item, list) {
+  const li = document.createElement("li");
+  for (const child of item.children) li.append(renderBlock(child, { tight: !list.loose }));
+  return li;
 }
 
 function renderCode(block) {
@@ -788,14 +790,16 @@ function renderTable(block) {
   block.header.forEach((cell, k) => headRow.append(tableCell("th", cell, block.align[k])));
   thead.append(headRow);
   const tbody = document.createElement("tbody");
-  for (const row of block.rows) {
-    const tr = document.createElement("tr");
-    for (let k = 0; k < block.header.length; k++) tr.append(tableCell("td", row[k] ?? "", block.align[k]));
-    tbody.append(tr);
-  }
+  for (const row of block.rows) tbody.append(tableRow(row, block));
   table.append(thead, tbody);
   wrap.append(table);
   return wrap;
+}
+
+function tableRow(row, table) {
+  const tr = document.createElement("tr");
+  for (let k = 0; k < table.header.length; k++) tr.append(tableCell("td", row[k] ?? "", table.align[k]));
+  return tr;
 }
 
 function tableCell(tag, text, align) {
@@ -944,6 +948,48 @@ function lineOffset(text, line) {
   return breaks.lastIndex;
 }
 
+/**
+ * Brings `node`, rendered from block `old`, to show `block` instead, keeping the nodes of
+ * what did not change: a list's items, a table's rows. False when it cannot (the block is
+ * then rendered anew). A list or table streamed as one block of thousands of items or rows
+ * was rebuilt whole at every frame: a 60,000-character one froze the page for 150-280 ms
+ * at a time. (New items and rows draw on an inline work budget of their own, not on what is
+ * left of the block's: only a block built to exhaust it renders differently.)
+ */
+function patchBlock(node, old, block) {
+  if (old.type !== block.type) return false;
+  if (block.type === "list") {
+    if (block.ordered !== old.ordered || block.start !== old.start || block.loose !== old.loose) return false;
+    replaceTail(node, old.items, block.items, sameItem, (item) => listItem(item, block));
+    return true;
+  }
+  if (block.type === "table") {
+    if (!sameCells(block.header, old.header) || !sameCells(block.align, old.align)) return false;
+    const tbody = node.querySelector("tbody");
+    replaceTail(tbody, old.rows, block.rows, sameCells, (row) => tableRow(row, block));
+    return true;
+  }
+  return false;
+}
+
+/** Makes `parent`'s children, rendered from `before`, show `after`: those from the first
+ * that differs on are rendered anew. */
+function replaceTail(parent, before, after, same, render) {
+  let k = 0;
+  while (k < before.length && k < after.length && same(before[k], after[k])) k += 1;
+  const children = parent.children;
+  while (children.length > k) children[children.length - 1].remove();
+  for (const entry of after.slice(k)) parent.append(render(entry));
+}
+
+function sameItem(a, b) {
+  return sameCells(a.lines, b.lines);
+}
+
+function sameCells(a, b) {
+  return a.length === b.length && a.every((cell, k) => cell === b[k]);
+}
+
 /** Render Markdown source into a fresh DocumentFragment. */
 export function renderMarkdown(source) {
   const fragment = document.createDocumentFragment();
@@ -1004,6 +1050,16 @@ export class MarkdownView {
     let k = 0;
     while (k < blocks.length && k < this.#rendered.length && sameBlock(blocks[k], this.#rendered[k].block)) k += 1;
     const changed = new Set();
+    const last = this.#rendered[k];
+    if (k === this.#rendered.length - 1 && k < blocks.length && patchBlock(last.node, last.block, blocks[k])) {
+      // The block being streamed, grown in place: it stays in its part, as it would if
+      // rendered anew (a block's part depends only on the blocks before it).
+      last.part.chars += blocks[k].raw.length - last.block.raw.length;
+      last.part.lines += lineCount(blocks[k]) - lineCount(last.block);
+      changed.add(last.part);
+      last.block = blocks[k];
+      k += 1;
+    }
     for (const stale of this.#rendered.splice(k)) {
       stale.node.remove();
       stale.part.chars -= stale.block.raw.length;
