@@ -2181,6 +2181,55 @@ def test_the_inspector_shows_the_newest_entries_and_counts_the_older_ones(
     expect(page.get_by_test_id("content-entry").first).to_contain_text('"live": 1')
 
 
+def test_a_followed_stream_lays_out_only_the_entries_on_screen(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """Following a stream of thousands of entries, each frame that added a few laid out and
+    painted all of them (and their batches' marks): appending 4,000 messages one by one
+    while the page followed gave 94 tasks over 50 ms, 7.3 s in all. Entries off screen are
+    now skipped by the renderer, the newest stay in view, and the view's height still
+    follows what it holds."""
+    path = f"inspect-{uuid.uuid4().hex[:8]}/followed"
+    root = f"{chat_app.url}/v1/stream"
+    created(requests.put(f"{root}/{path}", headers={"Content-Type": "application/json"},
+                         data=json.dumps([{"n": n, "text": "line\n" * (n % 7)} for n in range(1, 2051)]),
+                         timeout=10))
+    page = open_chat(new_context(), f"{chat_app.url}/inspector#path={quote(path, safe='')}")
+    view = page.get_by_test_id("content-view")
+    expect(view).to_contain_text("50 earlier entries not shown")
+    page.get_by_test_id("follow-toggle").click()  # from offset -1: the 2,050, then live
+    expect(page.get_by_test_id("follow-state")).to_contain_text("Following live")
+    with requests.Session() as http:
+        for n in range(1, 151):
+            http.post(f"{root}/{path}", headers={"Content-Type": "application/json"},
+                      data=json.dumps({"live": n}), timeout=10).raise_for_status()
+    entries = page.get_by_test_id("content-entry")
+    expect(entries.last).to_contain_text('"live": 150')
+    state: dict[str, Any] = page.evaluate("""() => {
+      const view = document.querySelector('[data-testid=content-view]');
+      const entries = [...view.querySelectorAll('[data-testid=content-entry]')];
+      const hidden = Number(/^(\\d+) earlier/.exec(view.textContent)[1]);
+      const last = entries.at(-1).getBoundingClientRect();
+      const box = view.getBoundingClientRect();
+      const rendered = (entry) => entry.checkVisibility({ contentVisibilityAuto: true });
+      // Laid out whole, each group of entries is about as tall as the page took it to be.
+      const style = document.createElement('style');
+      style.textContent = '.content-view * { content-visibility: visible !important; }';
+      document.head.append(style);
+      const groups = [...view.children].filter((c) => c.style.containIntrinsicSize).map((g) => ({
+        estimate: parseFloat(g.style.containIntrinsicSize.replace('auto', '')), height: g.offsetHeight }));
+      style.remove();
+      return { shown: entries.length, hidden, first: entries[0].textContent.slice(0, 40),
+               lastInView: last.bottom <= box.bottom + 1 && last.top >= box.top,
+               firstRendered: rendered(entries[0]), lastRendered: rendered(entries.at(-1)), groups };
+    }""")
+    assert state["shown"] + state["hidden"] == 2200, state
+    assert 2000 <= state["shown"] <= 2100, state  # the newest, older ones dropped a group at a time
+    assert state["lastInView"] and state["lastRendered"], state
+    assert not state["firstRendered"], state  # thousands of pixels above the view
+    for group in state["groups"][:-1]:  # the last one is short
+        assert 0.5 < group["estimate"] / group["height"] < 2, state["groups"]
+
+
 def test_the_inspector_refuses_a_path_with_dot_segments(chat_app: ServerProcess,
                                                        new_context: NewContext) -> None:
     """The browser resolved `../../etc/passwd` to /etc/passwd, outside the streams API, and

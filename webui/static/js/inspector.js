@@ -23,7 +23,11 @@ const hub = new StreamHub(client);
 const status = new ConnectionStatus({ pill: $("connection-pill"), banner: $("connection-banner") });
 
 const RECENT_KEY = "inspector:recent";
-const RENDER_LIMIT = 2000; // entries shown at most; older ones are counted, not shown
+const RENDER_LIMIT = 2000; // entries built for a view; older ones are counted, not shown
+// Entries (and their batches' marks) go into groups of this many nodes, which the page
+// neither lays out nor paints while off screen (CSS `content-visibility`). In one flat list,
+// each frame of a followed stream laid out all of its thousands of nodes to add a few.
+const GROUP_SIZE = 100;
 const LIST_LIMIT = 500; // streams or subscriptions listed at most; the filter narrows them
 
 const state = {
@@ -489,13 +493,13 @@ function viewMode() {
 // What the content view shows of `state.pages`, so that a live batch adds only its own nodes:
 // rebuilt whole at every batch, a stream followed while it grew by hundreds of appends a
 // second froze the page for minutes.
-const shown = { mode: null, pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, nodes: [], summary: null };
+const shown = { mode: null, pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, groups: [], summary: null };
 
 /** Show `state.pages` afresh (another stream, read or view). */
 function renderContent() {
   const view = $("content-view");
   const stick = view.scrollHeight - view.scrollTop - view.clientHeight < 40;
-  Object.assign(shown, { mode: viewMode(), pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, nodes: [] });
+  Object.assign(shown, { mode: viewMode(), pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, groups: [] });
   shown.summary = el("div", { class: "batch-mark", hidden: true });
   view.replaceChildren(shown.summary);
   // Only the newest RENDER_LIMIT entries are built.
@@ -515,13 +519,22 @@ const renderNewPages = frameThrottle(() => {
 });
 
 /** Append the pages not shown yet, their first `skip` entries counted but not built; then
- * drop the oldest entries beyond RENDER_LIMIT. */
+ * drop the oldest groups that RENDER_LIMIT entries are shown without. */
 function showNewPages(view, skip) {
   const mode = shown.mode;
-  const fragment = document.createDocumentFragment();
-  const add = (node, entry) => {
-    fragment.append(node);
-    shown.nodes.push({ node, entry });
+  const grown = new Set();
+  const add = (node, entry, lines = 1) => {
+    let group = shown.groups.at(-1);
+    if (!group || group.nodes >= GROUP_SIZE) {
+      group = { node: el("div", { class: "entry-group" }), nodes: 0, entries: 0, lines: 0 };
+      shown.groups.push(group);
+      view.append(group.node);
+    }
+    group.node.append(node);
+    group.nodes += 1;
+    group.lines += lines;
+    if (entry) group.entries += 1;
+    grown.add(group);
   };
   const skipped = () => {
     if (skip <= 0) return false;
@@ -532,10 +545,10 @@ function showNewPages(view, skip) {
   for (const page of state.pages.slice(shown.pages)) {
     // A page's mark goes before its first entry shown (a page of none is marked too).
     let mark = el("div", { class: "batch-mark", dataset: { testid: "batch-mark" } }, `${page.live ? "live" : "read"} ${page.from} → ${page.to}`);
-    const addEntry = (node) => {
+    const addEntry = (node, text) => {
       if (mark) add(mark, false);
       mark = null;
-      add(node, true);
+      add(node, true, 2 + lineCount(text));
     };
     if (page.messages) {
       for (const m of page.messages) {
@@ -545,7 +558,7 @@ function showNewPages(view, skip) {
         const text = mode === "json" ? JSON.stringify(m, null, 2) : mode === "hex" ? hexDump(new TextEncoder().encode(JSON.stringify(m))) : JSON.stringify(m);
         addEntry(el("div", { class: "entry", dataset: { testid: "content-entry" } },
           el("div", { class: "entry-head" }, el("span", {}, `#${shown.entries}`), m && typeof m === "object" && typeof m.type === "string" ? el("span", {}, m.type) : null),
-          el("pre", {}, text)));
+          el("pre", {}, text)), text);
       }
     } else if (page.bytes?.length) {
       shown.entries += 1;
@@ -556,26 +569,33 @@ function showNewPages(view, skip) {
       const text = mode === "hex" ? hexDump(page.bytes, base) : mode === "json" ? prettyJsonText(page.bytes) : new TextDecoder().decode(page.bytes);
       addEntry(el("div", { class: "entry", dataset: { testid: "content-entry" } },
         el("div", { class: "entry-head" }, el("span", {}, `${page.bytes.length} bytes`)),
-        el("pre", {}, text)));
+        el("pre", {}, text)), text);
     }
     if (mark && !page.messages?.length && !page.bytes?.length && skip <= 0) add(mark, false);
   }
   shown.pages = state.pages.length;
-  view.append(fragment);
   let built = 0;
-  for (const n of shown.nodes) if (n.entry) built += 1;
-  let drop = 0;
-  for (; built > RENDER_LIMIT; drop += 1) {
-    if (shown.nodes[drop].entry) {
-      built -= 1;
-      shown.hidden += 1;
-    }
-    shown.nodes[drop].node.remove();
+  for (const group of shown.groups) built += group.entries;
+  while (shown.groups.length > 1 && built - shown.groups[0].entries >= RENDER_LIMIT) {
+    const oldest = shown.groups.shift();
+    oldest.node.remove();
+    built -= oldest.entries;
+    shown.hidden += oldest.entries;
   }
-  if (drop) shown.nodes.splice(0, drop);
+  for (const group of grown) {
+    // A group never laid out is taken to be about as tall as its lines (hundreds of
+    // entries read at once are mostly off screen), so that the scroll bar is about right.
+    group.node.style.containIntrinsicSize = `auto ${Math.round(19 * group.lines + 10 * group.nodes)}px`;
+  }
   shown.summary.hidden = shown.hidden === 0;
   shown.summary.textContent = `${shown.hidden} earlier ${shown.hidden === 1 ? "entry" : "entries"} not shown`;
   $("content-summary").textContent = shown.messages ? `${shown.messages} message${shown.messages === 1 ? "" : "s"}` : shown.bytes ? `${shown.bytes} bytes` : "";
+}
+
+function lineCount(text) {
+  let lines = 1;
+  for (let at = text.indexOf("\n"); at >= 0 && lines < 10_000; at = text.indexOf("\n", at + 1)) lines += 1;
+  return lines;
 }
 
 function prettyJsonText(bytes) {
