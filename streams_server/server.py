@@ -155,7 +155,20 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
 
         def handle_one_request(self) -> Any:
             self.drain_before_close = False
+            self.request_line_timed_out = False
+            if not self.rfile.closed:
+                try:
+                    if not self.rfile.peek(1):
+                        return None  # the client closed the connection
+                except OSError:  # an idle keep-alive connection timed out, or a reset
+                    return None
             outcome = super().handle_one_request()
+            if self.request_line_timed_out:
+                # pywsgi closes without a word on any socket error in the request line;
+                # past its first byte (the peek above), a request that stalls gets its 408.
+                return self._refuse(UnreadableRequest(
+                    f"the request line did not arrive within {socket_timeout_s:g} s",
+                    status="408 Request Timeout", code="REQUEST_TIMEOUT"))
             if isinstance(outcome, tuple) and outcome[0] == "414":
                 refusal = UnreadableRequest(
                     f"the request line is longer than {MAX_REQUEST_LINE - 1} bytes",
@@ -166,6 +179,14 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
                 # connection, and a client still sending might never read the answer.
                 _shut_and_drain(self.socket)
             return outcome
+
+        def read_requestline(self) -> str:
+            try:
+                line: str = super().read_requestline()
+            except TimeoutError:
+                self.request_line_timed_out = True
+                raise
+            return line
 
         def _sendall(self, data: Any) -> None:
             """A response in pieces: the socket timeout bounds each send, so that a client
