@@ -493,7 +493,7 @@ function viewMode() {
 // What the content view shows of `state.pages`, so that a live batch adds only its own nodes:
 // rebuilt whole at every batch, a stream followed while it grew by hundreds of appends a
 // second froze the page for minutes.
-const shown = { mode: null, pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, groups: [], summary: null };
+const shown = { mode: null, pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, groups: [], summary: null, lineChars: 80 };
 
 /** Show `state.pages` afresh (another stream, read or view). */
 function renderContent() {
@@ -502,6 +502,7 @@ function renderContent() {
   Object.assign(shown, { mode: viewMode(), pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, groups: [] });
   shown.summary = el("div", { class: "batch-mark", hidden: true });
   view.replaceChildren(shown.summary);
+  shown.lineChars = charsPerLine(view);
   // Only the newest RENDER_LIMIT entries are built.
   let entries = 0;
   for (const page of state.pages) entries += page.messages ? page.messages.length : page.bytes?.length ? 1 : 0;
@@ -523,16 +524,16 @@ const renderNewPages = frameThrottle(() => {
 function showNewPages(view, skip) {
   const mode = shown.mode;
   const grown = new Set();
-  const add = (node, entry, lines = 1) => {
+  const add = (node, entry, height) => {
     let group = shown.groups.at(-1);
     if (!group || group.nodes >= GROUP_SIZE) {
-      group = { node: el("div", { class: "entry-group" }), nodes: 0, entries: 0, lines: 0 };
+      group = { node: el("div", { class: "entry-group" }), nodes: 0, entries: 0, height: 0 };
       shown.groups.push(group);
       view.append(group.node);
     }
     group.node.append(node);
     group.nodes += 1;
-    group.lines += lines;
+    group.height += height;
     if (entry) group.entries += 1;
     grown.add(group);
   };
@@ -546,9 +547,9 @@ function showNewPages(view, skip) {
     // A page's mark goes before its first entry shown (a page of none is marked too).
     let mark = el("div", { class: "batch-mark", dataset: { testid: "batch-mark" } }, `${page.live ? "live" : "read"} ${page.from} → ${page.to}`);
     const addEntry = (node, text) => {
-      if (mark) add(mark, false);
+      if (mark) add(mark, false, MARK_PX);
       mark = null;
-      add(node, true, 2 + lineCount(text));
+      add(node, true, ENTRY_PX + LINE_PX * rowCount(text, shown.lineChars));
     };
     if (page.messages) {
       for (const m of page.messages) {
@@ -571,7 +572,7 @@ function showNewPages(view, skip) {
         el("div", { class: "entry-head" }, el("span", {}, `${page.bytes.length} bytes`)),
         el("pre", {}, text)), text);
     }
-    if (mark && !page.messages?.length && !page.bytes?.length && skip <= 0) add(mark, false);
+    if (mark && !page.messages?.length && !page.bytes?.length && skip <= 0) add(mark, false, MARK_PX);
   }
   shown.pages = state.pages.length;
   let built = 0;
@@ -583,19 +584,44 @@ function showNewPages(view, skip) {
     shown.hidden += oldest.entries;
   }
   for (const group of grown) {
-    // A group never laid out is taken to be about as tall as its lines (hundreds of
-    // entries read at once are mostly off screen), so that the scroll bar is about right.
-    group.node.style.containIntrinsicSize = `auto ${Math.round(19 * group.lines + 10 * group.nodes)}px`;
+    // A group never laid out is taken to be as tall as its rows of text make it (hundreds
+    // of entries read at once are mostly off screen), so that the scroll bar is about right.
+    group.node.style.containIntrinsicSize = `auto ${Math.round(group.height)}px`;
   }
   shown.summary.hidden = shown.hidden === 0;
   shown.summary.textContent = `${shown.hidden} earlier ${shown.hidden === 1 ? "entry" : "entries"} not shown`;
   $("content-summary").textContent = shown.messages ? `${shown.messages} message${shown.messages === 1 ? "" : "s"}` : shown.bytes ? `${shown.bytes} bytes` : "";
 }
 
-function lineCount(text) {
-  let lines = 1;
-  for (let at = text.indexOf("\n"); at >= 0 && lines < 10_000; at = text.indexOf("\n", at + 1)) lines += 1;
-  return lines;
+// An entry's height as the stylesheet makes it: its head, padding and border, and each row
+// of its text; a batch's mark.
+const ENTRY_PX = 34;
+const LINE_PX = 19.4;
+const MARK_PX = 20;
+
+/** How many characters of an entry's text fit on a row of `view` (measured). */
+function charsPerLine(view) {
+  const sample = el("span", {}, "0".repeat(10));
+  const probe = el("pre", {}, sample);
+  const entry = el("div", { class: "entry" }, probe);
+  view.append(entry);
+  const charWidth = sample.getBoundingClientRect().width / 10;
+  const style = getComputedStyle(probe);
+  const width = probe.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  entry.remove();
+  return Math.max(10, Math.floor(width / charWidth) || 80);
+}
+
+/** Rows `text` takes in a pre-wrap block `lineChars` characters wide. */
+function rowCount(text, lineChars) {
+  let rows = 0;
+  for (let start = 0; start <= text.length;) {
+    let end = text.indexOf("\n", start);
+    if (end < 0) end = text.length;
+    rows += Math.max(1, Math.ceil((end - start) / lineChars));
+    start = end + 1;
+  }
+  return rows;
 }
 
 function prettyJsonText(bytes) {

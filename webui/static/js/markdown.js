@@ -314,10 +314,16 @@ let budget = 0;
 let budgetActive = false;
 let inlineDepth = 0;
 
-function withBudget(size, fn) {
+function budgetFor(size) {
+  return 100_000 + 20 * size;
+}
+
+/** Run `fn` on the budget of a block of `size` characters, of which `spent` is used up
+ * already (its settled part, when the block is patched), unless a budget is running. */
+function withBudget(size, fn, spent = 0) {
   if (budgetActive) return fn();
   budgetActive = true;
-  budget = 100_000 + 20 * size;
+  budget = budgetFor(size) - spent;
   try {
     return fn();
   } finally {
@@ -714,7 +720,12 @@ function renderBlockNode(block, { tight = false } = {}) {
     case "list": {
       const list = document.createElement(block.ordered ? "ol" : "ul");
       if (block.ordered && block.start !== 1) list.start = block.start;
-      for (const item of block.items) list.append(listItem(item, block));
+      const spent = workSpent(list, block);
+      for (const item of block.items) {
+        spent.mark();
+        list.append(listItem(item, block));
+      }
+      spent.mark();
       return list;
     }
     case "table":
@@ -790,7 +801,12 @@ function renderTable(block) {
   block.header.forEach((cell, k) => headRow.append(tableCell("th", cell, block.align[k])));
   thead.append(headRow);
   const tbody = document.createElement("tbody");
-  for (const row of block.rows) tbody.append(tableRow(row, block));
+  const spent = workSpent(tbody, block);
+  for (const row of block.rows) {
+    spent.mark();
+    tbody.append(tableRow(row, block));
+  }
+  spent.mark();
   table.append(thead, tbody);
   wrap.append(table);
   return wrap;
@@ -948,38 +964,63 @@ function lineOffset(text, line) {
   return breaks.lastIndex;
 }
 
+// The inline work budget a list's items or a table's rows had used up before each of them,
+// and after the last, when rendered: so that a patch renders new ones on what a fresh
+// rendering would have left them.
+const spentBefore = new WeakMap(); // the <ol>/<ul> or <tbody> -> [units]
+
+function workSpent(node, block) {
+  const marks = [];
+  spentBefore.set(node, marks);
+  const start = budgetFor(block.raw.length); // as a top-level block (the only ones patched)
+  return { mark: () => marks.push(start - budget) };
+}
+
 /**
  * Brings `node`, rendered from block `old`, to show `block` instead, keeping the nodes of
  * what did not change: a list's items, a table's rows. False when it cannot (the block is
  * then rendered anew). A list or table streamed as one block of thousands of items or rows
- * was rebuilt whole at every frame: a 60,000-character one froze the page for 150-280 ms
- * at a time. (New items and rows draw on an inline work budget of their own, not on what is
- * left of the block's: only a block built to exhaust it renders differently.)
+ * was rebuilt whole at every frame: a 150,000-character one froze the page for 380-540 ms
+ * at a time.
  */
 function patchBlock(node, old, block) {
   if (old.type !== block.type) return false;
   if (block.type === "list") {
     if (block.ordered !== old.ordered || block.start !== old.start || block.loose !== old.loose) return false;
-    replaceTail(node, old.items, block.items, sameItem, (item) => listItem(item, block));
-    return true;
+    return replaceTail(node, old, block, old.items, block.items, sameItem, (item) => listItem(item, block));
   }
   if (block.type === "table") {
     if (!sameCells(block.header, old.header) || !sameCells(block.align, old.align)) return false;
     const tbody = node.querySelector("tbody");
-    replaceTail(tbody, old.rows, block.rows, sameCells, (row) => tableRow(row, block));
-    return true;
+    return replaceTail(tbody, old, block, old.rows, block.rows, sameCells, (row) => tableRow(row, block));
   }
   return false;
 }
 
-/** Makes `parent`'s children, rendered from `before`, show `after`: those from the first
- * that differs on are rendered anew. */
-function replaceTail(parent, before, after, same, render) {
+/**
+ * Makes `parent`'s children, rendered from `before` (the entries of block `old`), show
+ * `after` (those of `block`): from the first that differs on, they are rendered anew, on
+ * the budget a fresh rendering would have left. False if the ones kept ran out of budget,
+ * in the rendering before or in a fresh one: they would not render the same.
+ */
+function replaceTail(parent, old, block, before, after, same, render) {
+  const spent = spentBefore.get(parent);
   let k = 0;
   while (k < before.length && k < after.length && same(before[k], after[k])) k += 1;
+  if (!spent || spent.length !== before.length + 1) return false;
+  const kept = spent[k];
+  if (kept >= Math.min(budgetFor(old.raw.length), budgetFor(block.raw.length))) return false;
+  spent.length = k + 1;
   const children = parent.children;
   while (children.length > k) children[children.length - 1].remove();
-  for (const entry of after.slice(k)) parent.append(render(entry));
+  const total = budgetFor(block.raw.length);
+  withBudget(block.raw.length, () => {
+    for (const entry of after.slice(k)) {
+      parent.append(render(entry));
+      spent.push(total - budget);
+    }
+  }, kept);
+  return true;
 }
 
 function sameItem(a, b) {
