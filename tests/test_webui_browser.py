@@ -1552,9 +1552,41 @@ def test_an_answer_that_stops_growing_says_what_may_be_going_on(
     expect(turn).to_have_attribute("data-state", "streaming")
     expect(turn).to_have_attribute("data-stalled", "false")
     expect(turn).to_have_attribute("data-stalled", "true", timeout=18_000)
-    expect(turn).to_contain_text("If the agent stopped, another one resumes this answer within 30 s")
+    # Shown, not only written: the status of a streaming answer was hidden by the stylesheet.
+    expect(turn.get_by_test_id("answer-status")).to_be_visible()
+    expect(turn.get_by_test_id("answer-status")).to_have_text(
+        "No new text for a while. If the agent stopped, another one resumes this answer within 30 s.")
     wait_state(page, prompt, "done", timeout=30_000)
     expect(turn).not_to_contain_text("If the agent stopped")
+
+
+def test_an_answer_no_agent_takes_over_says_none_may_be_running(
+        tmp_path: Path, new_context: NewContext) -> None:
+    """An answer whose agent was gone, with no other to take over (no supervisor running),
+    promised a takeover "within 30 s" for ever. Past the stall and an agent's lease, it
+    says that the model may be slow or no agent running."""
+    app = start_chat_app(tmp_path / "app", model_url="http://127.0.0.1:9",
+                         config={"EMBEDDED_SUPERVISOR": "false", "AGENT_LEASE_TTL_MS": "2000"})
+    try:
+        chat = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=2000)
+        cid = chat.start_conversation("an agent gone")
+        prompt_id = chat.send_prompt(cid, "question")
+        answers = chat.client.producer(f"conversations/{cid}/responses", "gone-agent", auto_claim=True)
+        answers.append([{"type": "chunk", "id": f"{prompt_id}-0", "promptId": prompt_id, "attempt": 0,
+                         "content": "The first words, and then", "isComplete": False,
+                         "timestamp": int(time.time() * 1000)}])
+        page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
+        turn = turn_for(page, "question")
+        status = turn.get_by_test_id("answer-status")
+        expect(turn).to_have_attribute("data-state", "streaming")
+        expect(status).to_have_text(re.compile("If the agent stopped, another one resumes this"
+                                               " answer within 2 s"), timeout=15_000)
+        expect(status).to_be_visible()
+        expect(status).to_have_text("No new text for 12 s. The model may be slow, or no agent is"
+                                    " running: the answer goes on once one is.", timeout=10_000)
+        expect(status).to_be_visible()
+    finally:
+        app.terminate()
 
 
 def test_stop_with_the_server_away_says_stopping_at_once_and_stops_when_it_is_back(

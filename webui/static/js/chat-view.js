@@ -172,19 +172,33 @@ function buildTurn(promptId) {
   return { li, promptText, promptMeta, answer, status, statusText: status.lastChild, body, md: new MarkdownView(body), error, meta };
 }
 
-function stalledLabel(state, offline) {
+/** How long without new text an answer has been (0 if it is not waiting for any): past
+ * STALL_MS it says what may be going on; past an agent's lease as well, a stopped agent
+ * would have been replaced by then, so it says that none may be running. */
+function stallLevel(state, idleMs) {
+  if ((state !== "thinking" && state !== "streaming") || idleMs <= STALL_MS) return 0;
+  return idleMs > STALL_MS + config.agents.leaseTtlMs ? 2 : 1;
+}
+
+function stalledLabel(state, level, offline) {
   if (offline) return "No new text while the connection is lost: the answer goes on once it is back.";
+  const seconds = Math.round((STALL_MS + config.agents.leaseTtlMs) / 1000);
+  if (level === 2) {
+    return state === "thinking"
+      ? `No answer has begun in ${seconds} s. The model may be slow, or no agent is running: the prompt is answered once one is.`
+      : `No new text for ${seconds} s. The model may be slow, or no agent is running: the answer goes on once one is.`;
+  }
   const within = `within ${Math.round(config.agents.leaseTtlMs / 1000)} s`;
   return state === "thinking"
     ? `Still waiting for the first words. If the agent stopped, another one takes over ${within}.`
     : `No new text for a while. If the agent stopped, another one resumes this answer ${within}.`;
 }
 
-function setState(parts, state, stalled = false, offline = false) {
-  const label = stalled ? stalledLabel(state, offline) : STATE_LABEL[state] ?? "";
+function setState(parts, state, stalled = 0, offline = false) {
+  const label = stalled ? stalledLabel(state, stalled, offline) : STATE_LABEL[state] ?? "";
   if (parts.li.dataset.state === state && parts.statusText.textContent === label) return;
   parts.li.dataset.state = state;
-  parts.li.dataset.stalled = String(stalled);
+  parts.li.dataset.stalled = String(stalled > 0);
   parts.statusText.textContent = label;
   parts.status.hidden = !["sending", "queued", "thinking", "streaming", "cancelling"].includes(state);
   parts.answer.setAttribute("aria-busy", String(state === "thinking" || state === "streaming"));
@@ -210,7 +224,7 @@ function updateTurn(parts, turn, waitingTurn, latest, offline) {
     parts.progress = progress;
     parts.progressAt = performance.now();
   }
-  const stalled = (state === "thinking" || state === "streaming") && performance.now() - parts.progressAt > STALL_MS;
+  const stalled = stallLevel(state, performance.now() - parts.progressAt);
   // Streaming touches one turn at a time: leave the others' DOM alone.
   const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks, stalled, stalled && offline, latest].join("\u0000");
   if (parts.signature === signature) return;
