@@ -69,6 +69,18 @@ def gave_up_message(attempts: int) -> str:
             " not tried again. Send the prompt again to retry.")
 
 
+# Characters that show nothing and are not whitespace to Python's `str.strip` (U+FEFF is
+# to JavaScript's `trim`): a prompt of them and whitespace is an invisible, empty bubble.
+_INVISIBLE = dict.fromkeys(map(ord, "\u180e\u200b\u200c\u200d\u2060\ufeff"))
+
+
+def is_blank(text: str) -> bool:
+    """Whether a prompt has nothing in it to answer: only whitespace (Python's measure,
+    which the model adapters use: U+0085 and U+001C-U+001F included) and invisible
+    characters. The chat page (`isBlank` in chat-protocol.js) counts the same ones."""
+    return not text.translate(_INVISIBLE).strip()
+
+
 def parse_prompt_message(message: Any) -> Prompt | Cancel | None:
     """A message of a prompts stream, or None for anything this agent does not understand."""
     if not isinstance(message, dict):
@@ -80,8 +92,7 @@ def parse_prompt_message(message: Any) -> Prompt | Cancel | None:
             stamp = message.get("timestamp")
             stamp = stamp if isinstance(stamp, int) else 0
             if isinstance(content, str):
-                # Blank by Python's measure, which the model adapters use (U+0085 included).
-                blank = not content.strip()
+                blank = is_blank(content)
                 return Prompt(pid, content, stamp, problem=BLANK_PROMPT if blank else None)
             if "type" in message or "content" in message:  # meant as a prompt: say why not
                 return Prompt(pid, "", stamp, problem=UNREADABLE_PROMPT)

@@ -24,6 +24,10 @@ from agent_actors.schema import (BLANK_PROMPT, UNREADABLE_PROMPT, Cancel, Prompt
     ({"id": "p1", "content": ""}, Prompt("p1", "", 0, problem=BLANK_PROMPT)),
     ({"id": "p1", "content": " \n\t"}, Prompt("p1", " \n\t", 0, problem=BLANK_PROMPT)),
     ({"id": "p1", "content": "\x85\x1c"}, Prompt("p1", "\x85\x1c", 0, problem=BLANK_PROMPT)),
+    # Nothing visible: zero-width spaces and joiners, a byte-order mark.
+    ({"id": "p1", "content": "\u200b \u200d\ufeff\u2060"},
+     Prompt("p1", "\u200b \u200d\ufeff\u2060", 0, problem=BLANK_PROMPT)),
+    ({"id": "p1", "content": "\u200ba"}, Prompt("p1", "\u200ba", 0)),
     # Not prompts at all, or with no id to answer under: ignored.
     ({"id": "p1"}, None),
     ({"type": "prompt", "id": "", "content": "hi"}, None),

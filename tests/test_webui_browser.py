@@ -382,19 +382,23 @@ def test_a_prompt_of_characters_the_agents_count_as_blank_is_not_sent(
 ) -> None:
     """JavaScript's trim keeps U+001C-U+001F and U+0085, Python's strip (the agents') does
     not: such a prompt was sent, failed as empty, and offered a Try again that could only
-    fail again."""
+    fail again. Zero-width spaces and joiners, which neither trims, sent an empty bubble
+    that the model was asked about. A prompt is otherwise sent as typed: the first line's
+    indentation (pasted code) was trimmed away."""
     page = open_chat(new_context(), chat_app.url)
     box = page.get_by_test_id("composer-input")
-    box.fill("\x1f \x85\x1c")
+    for blank in ("\x1f \x85\x1c", "\u200b\u200b", "\u200d \ufeff\u2060"):
+        box.fill(blank)
+        box.press("Enter")
+        expect(box).to_have_value(blank)  # kept, as a blank message is
+    code = unique("    if asked:") + "\n        return 1\n    return 2"
+    replies.set(code, "An answer.")
+    box.fill(f"\n \n{code}\n\n")
     box.press("Enter")
-    expect(box).to_have_value("\x1f \x85\x1c")  # kept, as a blank message is
-    prompt = unique("A real question")
-    replies.set(prompt, "An answer.")
-    prompt_id = send_prompt(page, prompt)
-    wait_state(page, prompt, "done")
-    sent = [m.get("id") for m in prompt_messages(chat_app.url, conversation_id(page))
+    wait_state(page, code.strip(), "done")
+    sent = [m.get("content") for m in prompt_messages(chat_app.url, conversation_id(page))
             if m.get("type") == "prompt"]
-    assert sent == [prompt_id]
+    assert sent == [code]
 
 
 def test_a_second_stop_just_after_the_first_answer_stopped_leaves_the_next_prompt_alone(

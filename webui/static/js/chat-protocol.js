@@ -21,7 +21,7 @@ export const MAX_PROMPT_CHARS = 1_000_000;
 /** Whether a prompt has nothing to answer, as the agents judge it (Python's `str.strip`, which
  * also strips U+001C-U+001F and U+0085: a prompt of those alone was sent, and failed). */
 export function isBlank(text) {
-  return text.replace(/[\x1c-\x1f\x85]/g, "").trim() === "";
+  return text.replace(/[\x1c-\x1f\x85\u180e\u200b-\u200d\u2060\ufeff]/g, "").trim() === "";
 }
 
 /** Whether a stored prompt's content can be sent again as it is (Try again). */

@@ -468,7 +468,8 @@ function announce(text) {
 // -------------------------------------------------------------------------------- actions
 
 function send() {
-  const text = ui.input.value.trim();
+  // As typed, but for blank lines around it: the first line's indentation may be code's.
+  const text = ui.input.value.replace(/^(?:[ \t]*(?:\r\n?|\n))+/, "").trimEnd();
   if (protocol.isBlank(text) || !current) return;
   if (current.transcript.responsesClosed || current.transcript.promptsClosed) return;
   if (text.length > protocol.MAX_PROMPT_CHARS) {
