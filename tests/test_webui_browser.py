@@ -2287,6 +2287,65 @@ def test_a_followed_stream_lays_out_only_the_entries_on_screen(
         assert 0.8 < group["estimate"] / group["height"] < 1.25, state["groups"]
 
 
+def test_the_inspector_says_when_and_why_following_stopped(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """Stopped by the reader, the status line still said "Following live"; and following a
+    stream that was then deleted said "Following live · up to date" while the page asked for
+    it again and again, answered 404 each time. An old "created" result also showed beside
+    the next stream opened."""
+    root = f"{chat_app.url}/v1/stream"
+    tag = uuid.uuid4().hex[:8]
+    path = f"inspect-{tag}/followed"
+    json_type = {"Content-Type": "application/json"}
+    created(requests.put(f"{root}/{path}", headers=json_type, data=json.dumps([{"n": 1}]), timeout=10))
+    page = open_chat(new_context(), f"{chat_app.url}/inspector#path={quote(path, safe='')}")
+    follow_state = page.get_by_test_id("follow-state")
+    toggle = page.get_by_test_id("follow-toggle")
+    expect(page.get_by_test_id("content-view")).to_contain_text('"n": 1')
+    tail = requests.head(f"{root}/{path}", timeout=10).headers["Stream-Next-Offset"]
+    toggle.click()
+    expect(follow_state).to_contain_text("Following live")
+    toggle.click()
+    expect(toggle).to_have_text("Follow live")
+    expect(follow_state).to_have_text(f"Stopped following at offset {tail}.")
+
+    toggle.click()
+    expect(follow_state).to_contain_text("up to date")
+    requests.delete(f"{root}/{path}", timeout=10).raise_for_status()
+    expect(follow_state).to_have_text(
+        "Stopped following: the stream no longer exists (404), it was deleted or expired.")
+    expect(toggle).to_have_text("Follow live")
+    expect(page.get_by_test_id("meta-status")).to_contain_text("404")
+
+    for n in (1, 2):  # a missing path, created here; then another
+        page.get_by_test_id("inspector-path").fill(f"inspect-{tag}/new-{n}")
+        page.get_by_test_id("inspector-path").press("Enter")
+        expect(page.get_by_test_id("create-card")).to_be_visible()
+        expect(page.get_by_test_id("create-result")).to_have_text("")
+        expect(follow_state).to_have_text("")
+        if n == 1:
+            page.get_by_test_id("create-button").click()
+            expect(page.get_by_test_id("meta-status")).to_contain_text("200")
+
+
+def test_a_stream_picked_from_the_list_on_a_phone_comes_into_view(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """On a phone the list sits above the stream: picking one only marked it, and what it
+    opened was a screen or more further down, out of sight."""
+    path = f"inspect-{uuid.uuid4().hex[:8]}/picked"
+    created(requests.put(f"{chat_app.url}/v1/stream/{path}", timeout=10,
+                         headers={"Content-Type": "application/json"}, data=json.dumps([{"n": 1}])))
+    page = open_chat(new_context(viewport=PHONE), f"{chat_app.url}/inspector")
+    page.get_by_test_id("stream-filter").fill(path)
+    item = page.locator(f'[data-testid="stream-list-item"][data-path="{path}"]')
+    item.click()
+    title = page.get_by_test_id("inspector-title")
+    expect(title).to_have_text(path)
+    expect(page.get_by_test_id("meta-status")).to_contain_text("200")
+    top = title.evaluate("(node) => node.getBoundingClientRect().top")
+    assert -1 <= top < PHONE["height"] / 3, top  # with what it opened below it, on screen
+
+
 def test_the_inspector_refuses_a_path_with_dot_segments(chat_app: ServerProcess,
                                                        new_context: NewContext) -> None:
     """The browser resolved `../../etc/passwd` to /etc/passwd, outside the streams API, and

@@ -35,6 +35,7 @@ const state = {
   meta: null,
   pages: [], // [{from, to, messages?, bytes?, live?}]
   follow: null, // AbortController of the live read
+  followedTo: null, // the offset the live read had reached (null: none delivered yet)
 };
 
 // --------------------------------------------------------------------------------- paths
@@ -89,7 +90,7 @@ function pathButton(path, label) {
     title: path,
     dataset: { path, testid: "path-shortcut" },
     "aria-current": state.path === path ? "true" : null,
-    onclick: () => open(path),
+    onclick: () => open(path, { reveal: true }),
   }, label ?? path));
 }
 
@@ -117,7 +118,7 @@ function renderShortcuts() {
       dataset: { path, testid: "path-shortcut" },
       "aria-current": state.path === path ? "true" : null,
       "aria-label": `${c.title}: ${label}`,
-      onclick: () => open(path),
+      onclick: () => open(path, { reveal: true }),
     }, label);
     const sub = subscriptionId(c.id);
     items.push(el("li", { class: "path-group" },
@@ -254,7 +255,7 @@ function streamItem(s) {
     title: s.path,
     dataset: { testid: "stream-list-item", path: s.path },
     "aria-current": state.path === s.path ? "true" : null,
-    onclick: () => open(s.path),
+    onclick: () => open(s.path, { reveal: true }),
   },
   el("span", { class: "list-item-title" }, s.path),
   el("span", { class: "list-item-facts" },
@@ -348,12 +349,21 @@ function arrowKeys(event) {
 
 // ------------------------------------------------------------------------------- opening
 
-async function open(path) {
+/** Show the stream at `path`. `reveal`: bring its title to the top of the screen (picked
+ * from a list above it, on a phone, the stream showed a screen or more further down). */
+async function open(path, { reveal = false } = {}) {
   const offset = offsetIn(path);
   path = normalizePath(path);
   if (!path) return;
   if (offset) $("read-offset").value = offset; // a URL's offset is where to read from
   stopFollowing();
+  if (path !== state.path) {
+    // What was said about another stream's reads and writes is not about this one.
+    for (const id of ["follow-state", "append-result", "create-result"]) {
+      $(id).textContent = "";
+      $(id).className = $(id).className.replace(/\s*\b(ok|error)\b/g, "");
+    }
+  }
   state.path = path;
   state.pages = [];
   $("inspector-path").value = path;
@@ -367,12 +377,20 @@ async function open(path) {
   markCurrent();
   renderContent();
   await refreshMeta();
+  if (reveal && state.path === path) revealTitle(); // now that its cards make the page long enough
   if (state.meta?.exists) {
     remember(path);
     if (listing.streams && !listing.streams.some((s) => s.path === path)) loadStreams(); // newer than the list
     await readFrom($("read-offset").value.trim() || "-1");
   }
   markCurrent();
+}
+
+function revealTitle() {
+  const title = $("inspector-title");
+  const top = title.getBoundingClientRect().top;
+  // Low on the screen, the title shows while what it opened does not.
+  if (top < 0 || top > window.innerHeight / 3) title.scrollIntoView({ block: "start" });
 }
 
 async function refreshMeta() {
@@ -436,7 +454,7 @@ function renderListedMeta() {
     class: "path-button",
     title: `Open ${listed.forked_from}`,
     dataset: { path: listed.forked_from },
-    onclick: () => open(listed.forked_from),
+    onclick: () => open(listed.forked_from, { reveal: true }),
   }, listed.forked_from) : "");
 }
 
@@ -640,6 +658,7 @@ function startFollowing() {
   const offset = $("read-offset").value.trim() || "-1";
   const abort = new AbortController();
   state.follow = abort;
+  state.followedTo = null;
   state.pages = [];
   renderContent();
   setFollowButton(true);
@@ -653,6 +672,7 @@ function startFollowing() {
       if (batch.messages) page.messages = batch.messages;
       else page.bytes = batch.bytes ?? new TextEncoder().encode(batch.text ?? "");
       if ((page.messages?.length ?? page.bytes.length) > 0 || batch.closed) state.pages.push(page);
+      state.followedTo = batch.to;
       $("follow-state").textContent = `Following live · offset ${batch.to}${batch.upToDate ? " · up to date" : ""}${batch.closed ? " · stream closed (EOF)" : ""}`;
       $("meta-tail-offset").textContent = batch.to;
       renderNewPages();
@@ -661,20 +681,32 @@ function startFollowing() {
       if (state.follow !== abort) return;
       status.setStream("inspected", s);
       if (s.state === "reconnecting") $("follow-state").textContent = `Connection lost, reconnecting (attempt ${s.attempt})…`;
-      if (s.state === "error") $("follow-state").textContent = `Live read refused: ${s.error?.message ?? s.error}`;
-      if (s.state === "closed") stopFollowing(false);
+      if (s.state === "error") stopFollowing(true, `Live read refused: ${s.error?.message ?? s.error}`);
+      // The stream was there when following began: gone now, it was deleted (or expired).
+      if (s.state === "missing") {
+        stopFollowing(true, "Stopped following: the stream no longer exists (404), it was deleted or expired.");
+        refreshMeta();
+      }
+      if (s.state === "closed") stopFollowing(false, `Stream closed (EOF)${atOffset()}: nothing more will be appended.`);
     },
   }).finally(() => {
     if (state.follow === abort) stopFollowing(false);
   });
 }
 
-function stopFollowing(abort = true) {
+/** End the live read (`abort` it, unless it ended by itself), saying why in the status line
+ * (by default: the reader stopped it). */
+function stopFollowing(abort = true, why = null) {
   if (!state.follow) return;
   if (abort) state.follow.abort();
   state.follow = null;
   status.removeStream("inspected");
   setFollowButton(false);
+  $("follow-state").textContent = why ?? `Stopped following${atOffset()}.`;
+}
+
+function atOffset() {
+  return state.followedTo === null ? "" : ` at offset ${state.followedTo}`;
 }
 
 function setFollowButton(on) {
@@ -749,7 +781,7 @@ async function showSubscriptionById(id, { reveal = false } = {}) {
   let nodes;
   try {
     const sub = await client.subscription(id);
-    nodes = renderSubscription(sub, { onOpenPath: open });
+    nodes = renderSubscription(sub, { onOpenPath: (path) => open(path, { reveal: true }) });
   } catch (err) {
     const text = err instanceof HttpError && err.status === 404 ? `No subscription "${id}" on this server.` : `Could not load it: ${err.message || err}`;
     nodes = [el("p", { class: "form-result error" }, text)];
