@@ -370,6 +370,12 @@ def test_demo_streams_a_labelled_reply_about_the_prompt_at_the_set_rate() -> Non
     assert elapsed >= (len(deltas) - 1) / 200 * 0.9  # paced, not all at once
 
 
+def test_demo_counts_the_prompts_words_with_digit_grouping() -> None:
+    demo = DemoModel(tokens_per_second=0, first_token_latency=0)
+    text, _, _ = split(list(demo.stream([("user", "word " * 128_000)])))
+    assert "That is 128,000 words" in text  # "128000 words" read poorly
+
+
 def test_demo_knows_the_history() -> None:
     demo = DemoModel(tokens_per_second=0, first_token_latency=0)
     turns = [("user", "Remember the word teapot."), ("assistant", "OK."), ("user", "Which word?")]

@@ -927,7 +927,28 @@ def test_a_restarted_answer_shows_nothing_of_the_earlier_attempts_end(
     turn = turn_for(page, prompt)
     expect(turn.get_by_test_id("answer-text")).to_have_text("second")
     meta = turn.get_by_test_id("answer-meta").text_content() or ""
-    assert "4242" not in meta and "earlier-model" not in meta and "max_tokens" not in meta, meta
+    assert "4,242" not in meta and "earlier-model" not in meta and "token limit" not in meta, meta
+
+
+def test_an_answers_figures_and_stop_reason_read_as_words(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Token counts had no digit grouping ("228200 in") and a stop reason showed as the API
+    names it ("Stop reason: max_tokens")."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Figures"))
+    page = open_chat(new_context(), f"{chat_app.url}/#/c/{cid}")
+    prompt = unique("A long one")
+    append_json(f"{chat_app.url}/v1/stream/conversations/{cid}/responses", [
+        {"type": "chunk", "id": "p-f/0/0", "promptId": "p-f", "attempt": 0, "content": "cut",
+         "isComplete": False, "timestamp": 1},
+        {"type": "done", "promptId": "p-f", "attempt": 0, "stopReason": "max_tokens",
+         "usage": {"inputTokens": 228200, "outputTokens": 128000}, "model": "m",
+         "isComplete": True, "timestamp": 2}])
+    append_json(f"{chat_app.url}/v1/stream/conversations/{cid}/prompts",
+                [{"type": "prompt", "id": "p-f", "content": prompt, "timestamp": 1}])
+    meta = turn_for(page, prompt).get_by_test_id("answer-meta")
+    expect(meta).to_contain_text("Cut off at the answer's token limit")
+    expect(meta).to_contain_text("228,200 in · 128,000 out tokens")
 
 
 def append_json(url: str, messages: list[dict[str, Any]]) -> None:

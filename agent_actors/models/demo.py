@@ -75,7 +75,7 @@ def reply_text(conversation: Sequence[Turn]) -> str:
     echo = " ".join(words[:_ECHO_WORDS]) + (" …" if len(words) > _ECHO_WORDS else "")
     parts = [
         f"{DEMO_LABEL} You said: “{echo}”.",
-        f"That is {len(words)} word{'s' if len(words) != 1 else ''}"
+        f"That is {len(words):,} word{'s' if len(words) != 1 else ''}"
         f" and message {len(prompts)} of this conversation.",
     ]
     if len(prompts) > 1:

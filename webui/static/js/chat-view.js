@@ -255,17 +255,30 @@ function updateTurn(parts, turn, waitingTurn, latest, offline) {
   if (focused) (parts.meta.querySelector(`[data-testid="${focused}"]`) ?? parts.meta.querySelector("button"))?.focus();
 }
 
+/** Why the model ended an answer that it did not simply finish (the Messages API's names). */
+const STOP_REASONS = {
+  max_tokens: "Cut off at the answer's token limit",
+  model_context_window_exceeded: "Cut off: the conversation fills the model's context window",
+  stop_sequence: "Ended at a stop sequence",
+  refusal: "The model declined to go on",
+  pause_turn: "Paused by the model",
+  tool_use: "Stopped to use a tool",
+};
+
 function metaItems(turn, state) {
   const items = [];
   const add = (text, cls) => items.push(el("span", { class: cls ?? "" }, text));
   if (state === "cancelled") add("Stopped by request", "tag tag-warn");
   if (state === "error") add("Failed", "tag tag-error");
   if (turn.restarts > 0) add(turn.restarts === 1 ? "↻ Answer restarted" : `↻ Answer restarted ${turn.restarts}×`, "tag");
-  if (state === "done" && turn.stopReason && turn.stopReason !== "end_turn") add(`Stop reason: ${turn.stopReason}`);
+  if (state === "done" && turn.stopReason && turn.stopReason !== "end_turn") {
+    add(STOP_REASONS[turn.stopReason] ?? `Stop reason: ${turn.stopReason}`);
+  }
   const usage = turn.usage ?? {};
   const input = usage.input_tokens ?? usage.inputTokens;
   const output = usage.output_tokens ?? usage.outputTokens;
-  if (Number.isFinite(output)) add(Number.isFinite(input) ? `${input} in · ${output} out tokens` : `${output} tokens`);
+  const count = (n) => n.toLocaleString("en");
+  if (Number.isFinite(output)) add(Number.isFinite(input) ? `${count(input)} in · ${count(output)} out tokens` : `${count(output)} tokens`);
   if (turn.model) add(String(turn.model));
   if (turn.finishedAt) add(formatTime(turn.finishedAt));
   return items;
