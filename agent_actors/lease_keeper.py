@@ -120,7 +120,10 @@ class LeaseKeeper:
                 client.ack(self._lease, self._acks(offset))
             client.release(self._lease)
         except StreamsError as exc:
-            log.info("could not release the lease of %s: %s", self._conversation_id, exc)
+            # Quick: at an exit, where the server has usually stopped first; whoever stops it
+            # releases the lease (the app does, in-process), else it runs out.
+            log.log(logging.DEBUG if quick else logging.INFO, "could not release the lease of %s: %s",
+                    self._conversation_id, exc)
 
     def _acks(self, offset: str | None) -> dict[str, str]:
         return {} if offset is None else {self._prompts_path: offset}
