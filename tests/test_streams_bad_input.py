@@ -116,6 +116,24 @@ def test_a_content_type_that_cannot_be_sent_back_is_refused(
     assert front.get(path).content == b""
 
 
+def test_a_stream_is_created_only_with_a_media_type(front: StreamsHttp) -> None:
+    """`Content-Type: not a mime` made a stream that told every reader so (and the inspector
+    offered to make one). A stream's type must be `type/subtype`, with parameters; an empty
+    close-only append is still not refused for its Content-Type (section 5.2)."""
+    for n, bad in enumerate(["not a mime", "application/", "/json", "text/plain; charset",
+                             "text/plain, text/html", "a/b" + " ;" * 500 + " x"]):
+        assert_error(front.put(f"media-bad-{n}", content_type=bad), 400, {"INVALID_CONTENT_TYPE"})
+        assert front.head(f"media-bad-{n}").status_code == 404
+    for n, good in enumerate(["text/plain ;charset=utf-8", 'application/json;charset="utf-8"',
+                              "application/vnd.example+json; v=2; q=\"a;b\""]):
+        made = front.put(f"media-good-{n}", content_type=good)
+        assert made.status_code == 201, made.text
+        assert front.head(f"media-good-{n}").headers["Content-Type"] == good
+    closed = front.post("media-good-0", b"", content_type="not a mime",
+                        headers={"Stream-Closed": "true"})
+    assert closed.status_code in (200, 204), closed.text
+
+
 @pytest.mark.parametrize("host", ["x\x01y", "a b", "x:99999999", "x:"], ids=[
     "control-character", "space", "port-too-big", "empty-port"])
 def test_a_malformed_host_header_is_a_400(front: StreamsHttp, host: str,

@@ -50,6 +50,26 @@ def content_type(headers: HeaderLookup) -> str | None:
     return value
 
 
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# RFC 9110, 8.3.1: type "/" subtype *( OWS ";" OWS [ parameter ] ). The OWS after a ";"
+# belongs to the parameter here: with it in both places, spaces between ";"s could be matched
+# two ways, and " ;" repeated made the match exponential.
+_MEDIA_TYPE = re.compile(
+    rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;(?:[ \t]*{_TOKEN}=(?:{_TOKEN}|\"(?:[^\"\\]|\\.)*\"))?)*"
+)
+
+
+def stream_content_type(headers: HeaderLookup) -> str | None:
+    """The Content-Type a stream is created with, or None: a media type (`type/subtype`,
+    with parameters), as every reader of the stream is told it is."""
+    value = content_type(headers)
+    if value is not None and not _MEDIA_TYPE.fullmatch(value):
+        raise BadRequest(f"Content-Type {value[:80]!r} is not a media type (such as"
+                         " application/json or text/plain; charset=utf-8)",
+                         code="INVALID_CONTENT_TYPE")
+    return value
+
+
 def non_negative_integer(value: str, name: str, maximum: int = MAX_SAFE_INTEGER) -> int:
     text = value.strip()
     if not _DECIMAL.fullmatch(text):

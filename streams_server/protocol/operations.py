@@ -63,7 +63,7 @@ class StreamOperations:
             raise BadRequest("a stream path must not have '.' or '..' segments",
                              code="INVALID_PATH")
         h = request.headers
-        given_type = headers.content_type(h)
+        given_type = headers.stream_content_type(h)
         content_type_given = given_type is not None
         content_type = given_type or DEFAULT_CONTENT_TYPE
         expiry = headers.expiry(h)
