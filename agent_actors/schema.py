@@ -19,6 +19,7 @@ A `restart` tells readers to drop the text of earlier attempts of that prompt's 
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -70,15 +71,20 @@ def gave_up_message(attempts: int) -> str:
 
 
 # Characters that show nothing and are not whitespace to Python's `str.strip` (U+FEFF is
-# to JavaScript's `trim`): a prompt of them and whitespace is an invisible, empty bubble.
-_INVISIBLE = dict.fromkeys(map(ord, "\u180e\u200b\u200c\u200d\u2060\ufeff"))
+# to JavaScript's `trim`): Unicode's Default_Ignorable_Code_Point set (zero-width spaces and
+# joiners, direction marks, soft hyphens, fillers, variation selectors, tags) and U+180E. A
+# prompt of them and whitespace is an invisible, empty bubble.
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
 
 
 def is_blank(text: str) -> bool:
     """Whether a prompt has nothing in it to answer: only whitespace (Python's measure,
     which the model adapters use: U+0085 and U+001C-U+001F included) and invisible
     characters. The chat page (`isBlank` in chat-protocol.js) counts the same ones."""
-    return not text.translate(_INVISIBLE).strip()
+    return not _INVISIBLE.sub("", text).strip()
 
 
 def parse_prompt_message(message: Any) -> Prompt | Cancel | None:

@@ -27,7 +27,12 @@ from agent_actors.schema import (BLANK_PROMPT, UNREADABLE_PROMPT, Cancel, Prompt
     # Nothing visible: zero-width spaces and joiners, a byte-order mark.
     ({"id": "p1", "content": "\u200b \u200d\ufeff\u2060"},
      Prompt("p1", "\u200b \u200d\ufeff\u2060", 0, problem=BLANK_PROMPT)),
+    # Direction marks, a soft hyphen, Hangul fillers, a variation selector, a tag character.
+    ({"id": "p1", "content": "\u200e\u202a\u00ad\u3164\ufe0f\U000e0041 \u034f"},
+     Prompt("p1", "\u200e\u202a\u00ad\u3164\ufe0f\U000e0041 \u034f", 0,
+            problem=BLANK_PROMPT)),
     ({"id": "p1", "content": "\u200ba"}, Prompt("p1", "\u200ba", 0)),
+    ({"id": "p1", "content": "\u3164\u1100"}, Prompt("p1", "\u3164\u1100", 0)),
     # Not prompts at all, or with no id to answer under: ignored.
     ({"id": "p1"}, None),
     ({"type": "prompt", "id": "", "content": "hi"}, None),

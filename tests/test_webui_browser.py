@@ -387,18 +387,23 @@ def test_a_prompt_of_characters_the_agents_count_as_blank_is_not_sent(
     indentation (pasted code) was trimmed away."""
     page = open_chat(new_context(), chat_app.url)
     box = page.get_by_test_id("composer-input")
-    for blank in ("\x1f \x85\x1c", "\u200b\u200b", "\u200d \ufeff\u2060"):
+    for blank in ("\x1f \x85\x1c", "\u200b\u200b", "\u200d \ufeff\u2060",
+                  "\u200e\u00ad \u3164\ufe0f\U000e0041"):
         box.fill(blank)
         box.press("Enter")
         expect(box).to_have_value(blank)  # kept, as a blank message is
     code = unique("    if asked:") + "\n        return 1\n    return 2"
     replies.set(code, "An answer.")
-    box.fill(f"\n \n{code}\n\n")
+    box.fill(f"\n \n\u200b\n{code}\n\u200d\n\n")
     box.press("Enter")
     wait_state(page, code.strip(), "done")
-    sent = [m.get("content") for m in prompt_messages(chat_app.url, conversation_id(page))
+    cid = conversation_id(page)
+    sent = [m.get("content") for m in prompt_messages(chat_app.url, cid)
             if m.get("type") == "prompt"]
     assert sent == [code]
+    titles = [m.get("title") for m in read_json_stream(chat_app.url, "conversations")
+              if m.get("id") == cid and m.get("type") == "conversation"]
+    assert titles == [code.split("\n")[0].strip()]
 
 
 def test_a_second_stop_just_after_the_first_answer_stopped_leaves_the_next_prompt_alone(
@@ -864,7 +869,8 @@ def test_the_list_copes_with_an_impossible_time_and_a_title_of_many_lines(
 def test_titles_are_shown_whole_and_plain_and_ids_no_client_makes_are_not_listed(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """A title cut in the middle of an emoji showed a replacement character on every device;
-    characters that reverse text made "gnp.exe" read "exe.png"; an id the README does not
+    characters that reverse text made "gnp.exe" read "exe.png"; a rename to invisible
+    characters left an empty title; an id the README does not
     allow was listed and opened a blank page; a date of another year showed no year."""
     chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
     renamed = chat.start_conversation(unique("To be renamed"))
@@ -874,6 +880,8 @@ def test_titles_are_shown_whole_and_plain_and_ids_no_client_makes_are_not_listed
                                        "title": "Report \u202egnp.exe\u0000 " + "😀" * 300})
     append_to_conversations(chat_app, {"type": "activity", "id": renamed,
                                        "timestamp": 1_577_934_000_000})  # 2020-01-02
+    append_to_conversations(chat_app, {"type": "conversation", "id": renamed,  # ignored
+                                       "title": "\u200d\u3164 \u200c\U000e0020"})
     append_to_conversations(chat_app, {"type": "conversation", "id": "../../agents/wake",
                                        "title": "Not a conversation"})
     later = chat.start_conversation(unique("Listed after all three"))

@@ -4,8 +4,10 @@
 // with its idempotent producer identity until acknowledged, even across a reload.
 
 import { config } from "./config.js";
-import { cleanTitle, firstCharacters } from "./conversation-model.js";
+import { cleanTitle, firstCharacters, isBlank } from "./conversation-model.js";
 import { randomId } from "./util.js";
+
+export { isBlank };
 
 export const CONVERSATIONS_PATH = "conversations";
 export const promptsPath = (conversationId) => `conversations/${conversationId}/prompts`;
@@ -17,12 +19,6 @@ export const subscriptionId = (conversationId) => `conversation-${conversationId
 /** The longest prompt sent: far beyond any model's context already, and what the tab can
  * keep (twice over, in UTF-16) in its ~5 MB of sessionStorage until the server has it. */
 export const MAX_PROMPT_CHARS = 1_000_000;
-
-/** Whether a prompt has nothing to answer, as the agents judge it (Python's `str.strip`, which
- * also strips U+001C-U+001F and U+0085: a prompt of those alone was sent, and failed). */
-export function isBlank(text) {
-  return text.replace(/[\x1c-\x1f\x85\u180e\u200b-\u200d\u2060\ufeff]/g, "").trim() === "";
-}
 
 /** Whether a stored prompt's content can be sent again as it is (Try again). */
 export function canAskAgain(content) {
@@ -44,7 +40,8 @@ const TITLE_LIMIT = 60;
 
 /** A conversation title from its first prompt: the first line, shortened. */
 export function titleFrom(text) {
-  const line = String(text).trim().split("\n", 1)[0].replace(/\s+/g, " ");
+  const firstLine = String(text).split("\n").find((l) => !isBlank(l)) ?? "";
+  const line = firstLine.trim().replace(/\s+/g, " ");
   const start = firstCharacters(line, TITLE_LIMIT);
   if (start === line) return line || "Untitled";
   return `${firstCharacters(start, TITLE_LIMIT - 1).replace(/\s+\S*$/, "")}…`;

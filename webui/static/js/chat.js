@@ -467,9 +467,19 @@ function announce(text) {
 
 // -------------------------------------------------------------------------------- actions
 
+/** The prompt in the composer as it is sent: as typed, but for blank lines around it and
+ * trailing whitespace (the first line's indentation may be code's). */
+function typedPrompt() {
+  const lines = ui.input.value.split("\n");
+  let first = 0;
+  let end = lines.length;
+  while (first < end && protocol.isBlank(lines[first])) first += 1;
+  while (end > first && protocol.isBlank(lines[end - 1])) end -= 1;
+  return lines.slice(first, end).join("\n").trimEnd();
+}
+
 function send() {
-  // As typed, but for blank lines around it: the first line's indentation may be code's.
-  const text = ui.input.value.replace(/^(?:[ \t]*(?:\r\n?|\n))+/, "").trimEnd();
+  const text = typedPrompt();
   if (protocol.isBlank(text) || !current) return;
   if (current.transcript.responsesClosed || current.transcript.promptsClosed) return;
   if (text.length > protocol.MAX_PROMPT_CHARS) {
@@ -641,7 +651,7 @@ function wire() {
   ui.input.addEventListener("input", () => {
     autosize();
     saveDraft(draftKey(), ui.input.value);
-    if (ui.input.value.trim().length <= protocol.MAX_PROMPT_CHARS) ui.composerError.hidden = true;
+    if (!ui.composerError.hidden && typedPrompt().length <= protocol.MAX_PROMPT_CHARS) ui.composerError.hidden = true;
   });
   ui.stop.addEventListener("click", () => {
     stop();

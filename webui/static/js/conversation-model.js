@@ -54,6 +54,22 @@ export const MAX_TITLE_CHARS = 200;
 // "invoice\u202Egnp.exe" would read "invoiceexe.png".
 const INVISIBLE = /[\u0000-\u0008\u000e-\u001f\u007f-\u009f\u200b\u202a-\u202e\u2060-\u2069\ufeff]/g;
 
+// What Python's `str.strip` strips and `trim` keeps (U+001C-U+001F, U+0085), and the
+// characters that show nothing (Unicode's Default_Ignorable_Code_Point set): the same as
+// `_INVISIBLE` in agent_actors/schema.py.
+const BLANK_CHARACTERS = new RegExp(
+  "[\\x1c-\\x1f\\x85\\u00ad\\u034f\\u061c\\u115f\\u1160\\u17b4\\u17b5\\u180b-\\u180f\\u200b-\\u200f" +
+    "\\u202a-\\u202e\\u2060-\\u206f\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufff8" +
+    "\\u{1bca0}-\\u{1bca3}\\u{1d173}-\\u{1d17a}\\u{e0000}-\\u{e0fff}]",
+  "gu",
+);
+
+/** Whether a prompt (or title) has nothing in it, as the agents judge a prompt: a prompt of
+ * characters `trim` keeps was sent, and failed. */
+export function isBlank(text) {
+  return text.replace(BLANK_CHARACTERS, "").trim() === "";
+}
+
 const GRAPHEMES = typeof Intl.Segmenter === "function" ? new Intl.Segmenter(undefined, { granularity: "grapheme" }) : null;
 
 /** The first `count` characters of `text` as a reader counts them: a flag, or an emoji made
@@ -75,7 +91,7 @@ export function cleanTitle(value) {
   if (typeof value !== "string") return null;
   const cap = MAX_TITLE_CHARS * 8; // what is looked at of a title of any size
   const line = value.slice(0, cap).replace(INVISIBLE, "").replace(/\s+/g, " ").trim();
-  if (!line) return null;
+  if (isBlank(line)) return null;
   let title = firstCharacters(line, MAX_TITLE_CHARS);
   if (value.length > cap && title === line) title = withoutLastCharacter(title); // maybe cut
   // A lone half of a surrogate pair (sent so) goes too.
