@@ -211,7 +211,8 @@ class ConversationAgent(pykka.ThreadingActor):
                 self.offsets.record_clean_stop(self.conversation_id, self._current.prompt.id,
                                                self._current.attempt)
         if self._stop_reason in ("shutdown", "failed", "deleted"):
-            self._keeper.release(quick=self.settings.quick_release)
+            self._keeper.release(quick=self.settings.quick_release,
+                                 at_exit=self._stop_reason == "shutdown")
         else:
             self._keeper.stop()
         if self._stop_reason == "failed":

@@ -105,9 +105,10 @@ class LeaseKeeper:
                         self._conversation_id, exc)
             return False
 
-    def release(self, *, quick: bool = False) -> None:
+    def release(self, *, quick: bool = False, at_exit: bool = False) -> None:
         """Give the lease back unfinished (a shutdown): the server wakes someone else.
-        `quick`: one attempt, not retried (the server is probably gone)."""
+        `quick`: one attempt, not retried (the server may be gone). `at_exit`: the process
+        is exiting, where the server has usually stopped first, so a failure is no news."""
         self.stop()
         if self._lost:
             return
@@ -120,9 +121,9 @@ class LeaseKeeper:
                 client.ack(self._lease, self._acks(offset))
             client.release(self._lease)
         except StreamsError as exc:
-            # Quick: at an exit, where the server has usually stopped first; whoever stops it
-            # releases the lease (the app does, in-process), else it runs out.
-            log.log(logging.DEBUG if quick else logging.INFO, "could not release the lease of %s: %s",
+            # At an exit, whoever stopped the server releases the lease (the app does,
+            # in-process), else it runs out.
+            log.log(logging.DEBUG if at_exit else logging.INFO, "could not release the lease of %s: %s",
                     self._conversation_id, exc)
 
     def _acks(self, offset: str | None) -> dict[str, str]:

@@ -98,3 +98,21 @@ def test_going_idle_while_the_server_is_down_is_a_warning_not_a_crash(
     with caplog.at_level(logging.WARNING, logger="agent_actors.lease_keeper"):
         assert kept.keeper.finish() is False
     assert f"could not hand back the lease of {cid}" in caplog.text
+
+
+@pytest.mark.parametrize("at_exit", [False, True])
+def test_a_release_that_fails_is_news_unless_the_process_is_exiting(
+    client: StreamsClient, streams_server: ServerProcess, caplog: pytest.LogCaptureFixture,
+    at_exit: bool,
+) -> None:
+    """At an exit the server has usually stopped first, and every open conversation logged
+    a failed release; an agent that failed or whose conversation was deleted must still say
+    that its release failed, as the lease then runs out by itself."""
+    lease, cid = claimed(client, lease_ttl_ms=30_000)
+    kept = Keeping(client, lease, cid)
+    kept.keeper.start()
+    streams_server.terminate()
+    with caplog.at_level(logging.DEBUG, logger="agent_actors.lease_keeper"):
+        kept.keeper.release(quick=True, at_exit=at_exit)
+    failures = [r for r in caplog.records if r.getMessage().startswith("could not release the lease")]
+    assert [r.levelno for r in failures] == [logging.DEBUG if at_exit else logging.INFO]
