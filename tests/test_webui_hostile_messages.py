@@ -174,6 +174,23 @@ def test_an_unprintable_field_costs_at_most_its_own_turn(
     assert unsafe_nodes(page) == []
 
 
+def test_a_stop_reason_named_like_an_object_property_is_shown_as_its_name(
+        conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    """The reasons shown in words were looked up in a plain object: a stop reason called
+    "toString" showed the text of a JavaScript function."""
+    c = conversation("stop reasons")
+    for n, reason in enumerate(("toString", "constructor", "__proto__")):
+        c.prompt(f"p{n}", f"question {n}")
+        c.answer(f"p{n}", f"answer {n}", stopReason=reason)
+    page, console_errors = open_conversation(new_context, c)
+    for n, reason in enumerate(("toString", "constructor", "__proto__")):
+        expect_answer(page, f"question {n}", f"answer {n}")
+        meta = turn_for(page, f"question {n}").get_by_test_id("answer-meta")
+        expect(meta).to_contain_text(f"Stop reason: {reason}")
+        expect(meta).not_to_contain_text("function")
+    assert console_errors == [], console_errors
+
+
 # -- B/C: Markdown built to be slow, or deeper than the stack ------------------------------------
 
 # Sized so that the renderer before the fix would take many minutes (the heading: 6,000

@@ -272,7 +272,7 @@ function metaItems(turn, state) {
   if (state === "error") add("Failed", "tag tag-error");
   if (turn.restarts > 0) add(turn.restarts === 1 ? "↻ Answer restarted" : `↻ Answer restarted ${turn.restarts}×`, "tag");
   if (state === "done" && turn.stopReason && turn.stopReason !== "end_turn") {
-    add(STOP_REASONS[turn.stopReason] ?? `Stop reason: ${turn.stopReason}`);
+    add(Object.hasOwn(STOP_REASONS, turn.stopReason) ? STOP_REASONS[turn.stopReason] : `Stop reason: ${turn.stopReason}`);
   }
   const usage = turn.usage ?? {};
   const input = usage.input_tokens ?? usage.inputTokens;
