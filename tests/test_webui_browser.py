@@ -1589,6 +1589,9 @@ def test_an_answer_that_stops_growing_says_what_may_be_going_on(
     expect(turn.get_by_test_id("answer-status")).to_be_visible()
     expect(turn.get_by_test_id("answer-status")).to_have_text(
         "No new text for a while. If the agent stopped, another one resumes this answer within 30 s.")
+    # Below the text, where a reader of a long answer is (above it, it was off screen).
+    status_box, text_box = (turn.get_by_test_id(t).bounding_box() for t in ("answer-status", "answer-text"))
+    assert status_box and text_box and status_box["y"] >= text_box["y"] + text_box["height"]
     wait_state(page, prompt, "done", timeout=30_000)
     expect(turn).not_to_contain_text("If the agent stopped")
 
@@ -1597,11 +1600,12 @@ def test_an_answer_no_agent_takes_over_says_none_may_be_running(
         tmp_path: Path, new_context: NewContext) -> None:
     """An answer whose agent was gone, with no other to take over (no supervisor running),
     promised a takeover "within 30 s" for ever. Past the stall and an agent's lease, it
-    says that the model may be slow or no agent running."""
+    says that the model may be slow or no agent running, and for how long it has waited (it
+    said the same "for 12 s" for ever)."""
     app = start_chat_app(tmp_path / "app", model_url="http://127.0.0.1:9",
-                         config={"EMBEDDED_SUPERVISOR": "false", "AGENT_LEASE_TTL_MS": "2000"})
+                         config={"EMBEDDED_SUPERVISOR": "false", "AGENT_LEASE_TTL_MS": "6000"})
     try:
-        chat = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=2000)
+        chat = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=6000)
         cid = chat.start_conversation("an agent gone")
         prompt_id = chat.send_prompt(cid, "question")
         answers = chat.client.producer(f"conversations/{cid}/responses", "gone-agent", auto_claim=True)
@@ -1613,11 +1617,15 @@ def test_an_answer_no_agent_takes_over_says_none_may_be_running(
         status = turn.get_by_test_id("answer-status")
         expect(turn).to_have_attribute("data-state", "streaming")
         expect(status).to_have_text(re.compile("If the agent stopped, another one resumes this"
-                                               " answer within 2 s"), timeout=15_000)
+                                               " answer within 6 s"), timeout=15_000)
         expect(status).to_be_visible()
-        expect(status).to_have_text("No new text for 12 s. The model may be slow, or no agent is"
-                                    " running: the answer goes on once one is.", timeout=10_000)
+        overdue = re.compile(r"No new text for (\d+) s\. The model may be slow, or no agent is"
+                             r" running: the answer goes on once one is\.")
+        expect(status).to_have_text(overdue, timeout=12_000)
         expect(status).to_be_visible()
+        waited = int(overdue.fullmatch(status.text_content() or "").group(1))  # type: ignore[union-attr]
+        assert 15 <= waited <= 20, waited
+        expect(status).to_contain_text(f"No new text for {waited + 5} s.", timeout=10_000)
     finally:
         app.terminate()
 

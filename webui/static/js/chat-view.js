@@ -166,7 +166,8 @@ function buildTurn(promptId) {
   const meta = el("div", { class: "msg-meta answer-meta", dataset: { testid: "answer-meta" } });
   const answer = el("div", { class: "msg msg-agent", role: "article", "aria-label": "The agent answered", dataset: { testid: "answer" } },
     el("div", { class: "avatar", "aria-hidden": "true" }, "AI"),
-    el("div", { class: "answer-main" }, status, body, error, meta));
+    // The status after the text: where a reader of a long answer is when it stops growing.
+    el("div", { class: "answer-main" }, body, status, error, meta));
 
   const li = el("li", { class: "turn", dataset: { testid: "turn", promptId } }, prompt, answer);
   return { li, promptText, promptMeta, answer, status, statusText: status.lastChild, body, md: new MarkdownView(body), error, meta };
@@ -180,13 +181,14 @@ function stallLevel(state, idleMs) {
   return idleMs > STALL_MS + config.agents.leaseTtlMs ? 2 : 1;
 }
 
-function stalledLabel(state, level, offline) {
+/** What a stalled answer says (see `stallLevel`); `idleMs`: how long it has had no new text. */
+function stalledLabel(state, level, offline, idleMs) {
   if (offline) return "No new text while the connection is lost: the answer goes on once it is back.";
-  const seconds = Math.round((STALL_MS + config.agents.leaseTtlMs) / 1000);
   if (level === 2) {
+    const idle = formatIdle(idleMs);
     return state === "thinking"
-      ? `No answer has begun in ${seconds} s. The model may be slow, or no agent is running: the prompt is answered once one is.`
-      : `No new text for ${seconds} s. The model may be slow, or no agent is running: the answer goes on once one is.`;
+      ? `No answer has begun in ${idle}. The model may be slow, or no agent is running: the prompt is answered once one is.`
+      : `No new text for ${idle}. The model may be slow, or no agent is running: the answer goes on once one is.`;
   }
   const within = `within ${Math.round(config.agents.leaseTtlMs / 1000)} s`;
   return state === "thinking"
@@ -194,11 +196,20 @@ function stalledLabel(state, level, offline) {
     : `No new text for a while. If the agent stopped, another one resumes this answer ${within}.`;
 }
 
-function setState(parts, state, stalled = 0, offline = false) {
-  const label = stalled ? stalledLabel(state, stalled, offline) : STATE_LABEL[state] ?? "";
+/** A wait in steps that do not change the text at every tick: 15 s, 3 min, 2 h. */
+function formatIdle(ms) {
+  const seconds = ms / 1000;
+  if (seconds < 60) return `${Math.floor(seconds / 5) * 5} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min`;
+  return `${Math.floor(seconds / 3600)} h`;
+}
+
+/** `stallNote`: what a stalled answer says instead of its state's label (see `stalledLabel`). */
+function setState(parts, state, stallNote = "") {
+  const label = stallNote || (STATE_LABEL[state] ?? "");
   if (parts.li.dataset.state === state && parts.statusText.textContent === label) return;
   parts.li.dataset.state = state;
-  parts.li.dataset.stalled = String(stalled > 0);
+  parts.li.dataset.stalled = String(stallNote !== "");
   parts.statusText.textContent = label;
   parts.status.hidden = !["sending", "queued", "thinking", "streaming", "cancelling"].includes(state);
   parts.answer.setAttribute("aria-busy", String(state === "thinking" || state === "streaming"));
@@ -224,16 +235,18 @@ function updateTurn(parts, turn, waitingTurn, latest, offline) {
     parts.progress = progress;
     parts.progressAt = performance.now();
   }
-  const stalled = stallLevel(state, performance.now() - parts.progressAt);
+  const idleMs = performance.now() - parts.progressAt;
+  const stalled = stallLevel(state, idleMs);
+  const stallNote = stalled ? stalledLabel(state, stalled, offline, idleMs) : "";
   // Streaming touches one turn at a time: leave the others' DOM alone.
-  const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks, stalled, stalled && offline, latest].join("\u0000");
+  const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks, stallNote, latest].join("\u0000");
   if (parts.signature === signature) return;
   parts.signature = signature;
   parts.li.classList.remove("is-failed");
   parts.answer.hidden = false;
   parts.promptText.textContent = turn.prompt.content;
   parts.promptMeta.textContent = formatTime(turn.prompt.timestamp);
-  setState(parts, state, stalled, offline);
+  setState(parts, state, stallNote);
   parts.md.update(turn.text);
   parts.body.classList.toggle("is-streaming", state === "streaming");
   parts.body.hidden = turn.text === "" && state !== "done";
