@@ -2363,6 +2363,7 @@ def test_the_inspector_says_when_and_why_following_stopped(
         if n == 1:
             page.get_by_test_id("create-button").click()
             expect(page.get_by_test_id("meta-status")).to_contain_text("200")
+            expect(page.get_by_test_id("create-result")).to_contain_text("created")
 
 
 def test_a_stream_picked_from_the_list_on_a_phone_comes_into_view(
@@ -2375,8 +2376,11 @@ def test_a_stream_picked_from_the_list_on_a_phone_comes_into_view(
     page = open_chat(new_context(viewport=PHONE), f"{chat_app.url}/inspector")
     page.get_by_test_id("stream-filter").fill(path)
     item = page.locator(f'[data-testid="stream-list-item"][data-path="{path}"]')
-    item.click()
     title = page.get_by_test_id("inspector-title")
+    expect(item).to_be_visible()
+    before = title.evaluate("(node) => node.getBoundingClientRect().top")
+    assert before > PHONE["height"] / 3, before  # low on the screen, or below it, until picked
+    item.click()
     expect(title).to_have_text(path)
     expect(page.get_by_test_id("meta-status")).to_contain_text("200")
     top = title.evaluate("(node) => node.getBoundingClientRect().top")
