@@ -3,6 +3,7 @@ its embedded supervisor connects."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import time
@@ -45,8 +46,11 @@ def test_ctrl_c_stops_flask_run_promptly_in_the_middle_of_an_answer(
     assert elapsed < 8, f"Ctrl+C took {elapsed:.1f} s"
     log = app.log_path.read_text(errors="replace")
     assert "Traceback" not in log, app.log_tail()
-    # Its agents try the server that has stopped once, without retries to wait for.
-    assert "retrying POST" not in log and "did not stop in time" not in log, app.log_tail()
+    # Its agents hand their leases back to the server that has stopped with one try, without
+    # retries to wait for. (An append under way as the server stopped may be retried once
+    # before the agents hear of the stop: that is not waited for.)
+    assert not re.search(r"retrying POST \S+/__ds/subscriptions/\S+/(ack|release)", log), app.log_tail()
+    assert "did not stop in time" not in log, app.log_tail()
     assert "released 1 lease(s) of the stopped embedded agents" in log
     assert "could not release the lease" not in log, app.log_tail()  # expected: not news
 
