@@ -737,8 +737,8 @@ def test_a_prompt_waiting_to_be_sent_is_dropped_with_its_deleted_conversation(
     wait_state(page, after, "done")
     assert len(tried) == attempts, "the dropped prompt was tried again"
     assert not client.exists(f"conversations/{cid}/prompts")
-    assert page.evaluate("() => Object.keys(sessionStorage).filter(k => k.startsWith('ds-outbox:'))"
-                         ".map(k => sessionStorage.getItem(k)).join('')").find(stuck) == -1
+    assert page.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith('ds-outbox:'))"
+                         ".map(k => localStorage.getItem(k)).join('')").find(stuck) == -1
 
 
 def test_a_failed_answer_can_be_tried_again_from_the_last_turn(
@@ -1096,12 +1096,183 @@ def test_a_tab_that_sees_a_deletion_drops_what_it_had_not_sent_for_it(
     connected = True
     offline.evaluate("() => window.dispatchEvent(new Event('online'))")
     wait_until(lambda: offline.evaluate(
-        "() => !Object.keys(sessionStorage).some(k => k.startsWith('ds-outbox:'))"),
+        "() => !Object.keys(localStorage).some(k => k.startsWith('ds-outbox:'))"),
         timeout=20, what="the outbox to be empty")
     assert not [s for s in sent if cid in s], sent
     expect(offline.locator(f'[data-conversation-id="{cid}"]')).to_have_count(0)
     listings = [m for m in read_json_stream(chat_app.url, "conversations") if m.get("id") == cid]
     assert [m["type"] for m in listings] == ["conversation", "delete"]
+
+
+def outbox_keys(page: Page) -> list[str]:
+    """The page's outbox in storage (see outbox-storage.js): one key per open page."""
+    keys: list[str] = page.evaluate(
+        "() => Object.keys(localStorage).filter(k => k.startsWith('ds-outbox:'))")
+    return keys
+
+
+def test_a_prompt_unsent_when_its_tab_closed_is_sent_by_another_tab_once(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """Unsent prompts were kept in the tab's sessionStorage: closing the tab, or the browser,
+    while the server was out of reach lost them. A tab of the same browser sends them once
+    the tab that wrote them has gone, and not before (they would go twice)."""
+    context = new_context()
+    writer = open_chat(context, chat_app.url)
+    writer.route(lambda url: "/v1/stream/" in url and "live=" not in url,
+                 lambda route: route.abort("connectionrefused"))
+    prompt = unique("Typed just before the tab was closed")
+    replies.set(prompt, "Answered by way of another tab.")
+    writer.get_by_test_id("composer-input").fill(prompt)
+    writer.get_by_test_id("composer-input").press("Enter")
+    wait_state(writer, prompt, "sending")
+    cid = conversation_id(writer)
+
+    other = open_chat(context, chat_app.url)
+    wait_until(lambda: len(outbox_keys(other)) == 1, timeout=10, what="the writer's outbox in storage")
+    time.sleep(1.5)  # the other tab does not send what an open tab still owns
+    assert not requests.head(f"{chat_app.url}/v1/stream/conversations/{cid}/prompts", timeout=10).ok
+
+    writer.close()
+    listed = other.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+    expect(listed).to_have_count(1, timeout=15_000)
+    listed.click()
+    wait_state(other, prompt, "done")
+    assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompt]
+    wait_until(lambda: outbox_keys(other) == [], timeout=10, what="the adopted outbox to empty")
+
+
+NO_WEB_LOCKS_JS = "Object.defineProperty(Navigator.prototype, 'locks', { get: () => undefined })"
+
+
+def test_without_web_locks_a_reload_still_sends_a_prompt_left_unsent(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """A page served over plain http from another host has no Web Locks: its unsent
+    prompts stay in the tab's sessionStorage, where its next load finds them."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Without Web Locks"))
+    context = new_context()
+    context.add_init_script(NO_WEB_LOCKS_JS)
+
+    def refuse_prompts(route: Route, request: Request) -> None:
+        if request.method == "POST":
+            route.abort("connectionrefused")
+        else:
+            route.continue_()
+
+    page = open_chat(context, f"{chat_app.url}/#/c/{cid}")
+    page.route("**/prompts", refuse_prompts)
+    prompt = unique("Sent over a reload, in a tab of its own")
+    replies.set(prompt, "Answered after the reload.")
+    page.get_by_test_id("composer-input").fill(prompt)
+    page.get_by_test_id("composer-input").press("Enter")
+    wait_state(page, prompt, "sending")
+    assert outbox_keys(page) == []  # not in localStorage: no other tab could take it on
+    page.reload()
+    wait_ready(page)
+    wait_state(page, prompt, "sending")
+    page.unroute("**/prompts")
+    page.evaluate("() => window.dispatchEvent(new Event('online'))")
+    wait_state(page, prompt, "done")
+    assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompt]
+
+
+def test_a_prompt_an_earlier_version_of_the_page_left_in_the_tab_is_sent(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """Before, the page kept unsent prompts in the tab's sessionStorage: a tab open across
+    an upgrade of the app sends what it held there once, from its new outbox."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Open across an upgrade"))
+    prompt = unique("Left in the tab by the old page")
+    replies.set(prompt, "Answered by the new page.")
+    entry = {"key": "ob-old", "path": f"conversations/{cid}/prompts", "ensured": True,
+             "ensure": [f"conversations/{cid}/prompts", f"conversations/{cid}/responses"],
+             "subscription": None, "tuple": None,
+             "body": {"type": "prompt", "id": "p-left-by-the-old-page", "content": prompt,
+                      "timestamp": int(time.time() * 1000)}}
+    key = f"ds-outbox:{chat_app.url}/v1/stream"
+    context = new_context()
+    context.add_init_script(
+        f"if (location.protocol === 'http:' && !sessionStorage.getItem('seeded')) {{"
+        f" sessionStorage.setItem('seeded', '1');"
+        f" sessionStorage.setItem({json.dumps(key)}, {json.dumps(json.dumps([entry]))}); }}")
+    page = open_chat(context, f"{chat_app.url}/#/c/{cid}")
+    wait_state(page, prompt, "done")
+    page.reload()
+    wait_ready(page)
+    wait_state(page, prompt, "done")
+    assert page.evaluate(f"() => sessionStorage.getItem({json.dumps(key)})") is None
+    assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompt]
+
+
+def test_a_prompt_left_unsent_for_a_conversation_deleted_since_is_dropped(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """The browser was closed with a prompt unsent, and the conversation deleted from another
+    device: the next start sent the prompt before it had read the list that says so, and the
+    prompt's retry (a 404 makes the outbox create the streams) brought the deleted
+    conversation back."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Deleted while the browser was closed"))
+    before = new_context()
+    writer = open_chat(before, f"{chat_app.url}/#/c/{cid}")
+    writer.route(lambda url: f"/conversations/{cid}/" in url and "live=" not in url,
+                 lambda route: route.abort("connectionrefused"))
+    stuck = unique("Never to be sent")
+    writer.get_by_test_id("composer-input").fill(stuck)
+    writer.get_by_test_id("composer-input").press("Enter")
+    wait_state(writer, stuck, "sending")
+    storage = before.storage_state()  # the browser's profile as it is closed
+    before.close()
+
+    chat.delete_conversation(cid)
+    client = StreamsClient(f"{chat_app.url}/v1/stream")
+    wait_until(lambda: not client.exists(f"conversations/{cid}/prompts"), timeout=20,
+               what="the deleted conversation's removal")
+    after = new_context(storage_state=storage)
+    sent: list[str] = []
+    after.on("request", lambda r: sent.append(f"{r.method} {r.url}") if r.method != "GET" else None)
+    page = open_chat(after, chat_app.url)
+    wait_until(lambda: outbox_keys(page) == [], timeout=10, what="the closed tab's outbox taken on")
+    later = unique("The next conversation still works")
+    send_prompt(page, later)
+    wait_state(page, later, "done")
+    assert not [s for s in sent if cid in s], sent
+    assert not client.exists(f"conversations/{cid}/prompts")
+
+
+def test_a_frozen_tab_s_unsent_prompt_for_a_conversation_deleted_since_is_dropped(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """A background tab the browser froze saw no deletion; once it is closed, the tab that
+    takes on its prompt has read the list already, and must not send it (see above)."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Deleted while a tab was frozen"))
+    context = new_context()
+    other = open_chat(context, chat_app.url)  # first: it holds the list's live connection
+    writer = open_chat(context, f"{chat_app.url}/#/c/{cid}")
+    writer.route(lambda url: f"/conversations/{cid}/" in url and "live=" not in url,
+                 lambda route: route.abort("connectionrefused"))
+    stuck = unique("Never to be sent")
+    writer.get_by_test_id("composer-input").fill(stuck)
+    writer.get_by_test_id("composer-input").press("Enter")
+    wait_state(writer, stuck, "sending")
+    frozen = context.new_cdp_session(writer)  # its script stopped, as a frozen tab's is
+    frozen.send("Debugger.enable")
+    frozen.send("Debugger.pause")
+
+    chat.delete_conversation(cid)
+    client = StreamsClient(f"{chat_app.url}/v1/stream")
+    wait_until(lambda: not client.exists(f"conversations/{cid}/prompts"), timeout=20,
+               what="the deleted conversation's removal")
+    expect(other.locator(f'[data-conversation-id="{cid}"]')).to_have_count(0)
+    assert stuck in "".join(other.evaluate("() => Object.values(localStorage)"))  # still unsent
+    sent: list[str] = []
+    other.on("request", lambda r: sent.append(f"{r.method} {r.url}") if r.method != "GET" else None)
+    writer.close()
+    wait_until(lambda: outbox_keys(other) == [], timeout=10, what="the closed tab's outbox taken on")
+    later = unique("The next conversation still works")
+    send_prompt(other, later)
+    wait_state(other, later, "done")
+    assert not [s for s in sent if cid in s], sent
+    assert not client.exists(f"conversations/{cid}/prompts")
 
 
 def test_deleted_elsewhere_while_renaming_focus_goes_to_the_message_box_with_the_text_kept(

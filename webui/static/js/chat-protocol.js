@@ -17,7 +17,7 @@ export const responsesPath = (conversationId) => `conversations/${conversationId
 export const subscriptionId = (conversationId) => `conversation-${conversationId}`;
 
 /** The longest prompt sent: far beyond any model's context already, and what the tab can
- * keep (twice over, in UTF-16) in its ~5 MB of sessionStorage until the server has it. */
+ * keep (twice over, in UTF-16) in its ~5 MB of storage until the server has it. */
 export const MAX_PROMPT_CHARS = 1_000_000;
 
 /** Whether a stored prompt's content can be sent again as it is (Try again). */
@@ -125,6 +125,17 @@ export function deleteConversation(outbox, conversationId) {
 export function dropUnsent(outbox, conversationId) {
   return outbox.discard(({ path, body }) => path === promptsPath(conversationId)
     || (path === CONVERSATIONS_PATH && body?.id === conversationId && body?.type !== "delete"));
+}
+
+/** Drop what the outbox holds for conversations that `isDeleted`, such as the messages a
+ * closed tab left unsent (see `dropUnsent`). */
+export function dropUnsentOfDeleted(outbox, isDeleted) {
+  return outbox.discard(({ path, body }) => {
+    const id = path === CONVERSATIONS_PATH
+      ? body?.type !== "delete" && body?.id
+      : /^conversations\/([^/]+)\/prompts$/.exec(path)?.[1];
+    return typeof id === "string" && isDeleted(id);
+  });
 }
 
 /** Say in `conversations` that a conversation has a new prompt, so that every tab lists it

@@ -17,7 +17,11 @@ const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 
 const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken, silenceMs: config.silenceMs, queuedMs: config.queuedMs });
 const hub = new StreamHub(client);
-const outbox = new Outbox(client);
+// What an earlier load or a closed tab left unsent waits for the list of conversations: a
+// message for one deleted since is dropped (see forgetDeleted), as its retries would make
+// the deleted streams again.
+let listingRead;
+const outbox = new Outbox(client, { sendAfter: new Promise((resolve) => (listingRead = resolve)) });
 
 const ui = {
   sidebar: document.getElementById("sidebar"),
@@ -152,10 +156,10 @@ function followConversations() {
   hub.follow(protocol.CONVERSATIONS_PATH, {
     onBatch(batch) {
       const changed = conversations.apply(batch.messages ?? []);
-      if (batch.upToDate) conversationsLoaded = true;
       for (const m of batch.messages ?? []) {
         if (m?.type === "delete" && typeof m.id === "string" && m.id !== current?.id) forgetDeleted(m.id);
       }
+      if (batch.upToDate) listingLoaded();
       if (current && conversations.isDeleted(current.id)) leaveDeleted(current.id);
       if (changed || batch.upToDate) {
         renderConversationList();
@@ -165,7 +169,7 @@ function followConversations() {
     },
     onStatus(s) {
       if (s.state === "missing" || (s.state === "live" && s.upToDate)) {
-        conversationsLoaded = true;
+        listingLoaded();
         renderConversationList();
         scheduleRender();
       }
@@ -173,6 +177,11 @@ function followConversations() {
       updateBrowserNode();
     },
   });
+}
+
+function listingLoaded() {
+  conversationsLoaded = true;
+  listingRead();
 }
 
 // ----------------------------------------------------------------------------- navigation
@@ -697,6 +706,9 @@ function wire() {
     maybeFollow();
     scheduleRender();
   });
+  // A closed tab's messages taken on after the list was read (before, forgetDeleted drops
+  // those of a deleted conversation as the list shows it).
+  outbox.on("adopted", () => protocol.dropUnsentOfDeleted(outbox, (id) => conversations.isDeleted(id)));
   outbox.on("state", (state, error) => status.setOutbox(state, error));
   outbox.on("sent", ({ path, body }) => {
     if (current && path === protocol.promptsPath(current.id)) flow.promptSent();

@@ -1,20 +1,19 @@
 // Exactly-once appends from the browser: an idempotent producer (section 5.2.1) with a
 // persistent outbox.
 //
-// Every append is written to sessionStorage before it is sent, together with the
+// Every append is stored (see outbox-storage.js) before it is sent, together with the
 // (Producer-Id, Producer-Epoch, Producer-Seq) it was first sent with. Until the server answers
-// 200/204 it is retried - after a network failure, a 5xx, or a reload of the page - with that
-// same tuple, so the server deduplicates any copy that did land: the message appears once.
+// 200/204 it is retried - after a network failure, a 5xx, a reload of the page, or by another
+// tab once this one is closed - with that same tuple, so the server deduplicates any copy that
+// did land: the message appears once.
 //
-// The producer id is fresh for every page load rather than kept per tab: browsers copy
-// sessionStorage into a duplicated tab, and two writers sharing one (id, epoch) would see each
-// other's different messages answered "204 duplicate" and silently dropped. Entries left over
-// from an earlier load keep their own tuples, so a reload re-sends them exactly as before.
+// The producer id is fresh for every page load: two writers sharing one (id, epoch) would
+// see each other's different messages answered "204 duplicate" and silently dropped.
+// Entries left over from an earlier load keep their own tuples, and are re-sent with them.
 
 import { backoff, Emitter, randomId, sleep } from "./util.js";
+import { OutboxStorage } from "./outbox-storage.js";
 import { HttpError } from "./streams.js";
-
-const STORAGE_PREFIX = "ds-outbox:";
 
 export class Outbox extends Emitter {
   #entries;
@@ -23,14 +22,19 @@ export class Outbox extends Emitter {
   #running = false;
   #wake = null;
   #waiters = new Map(); // entry key -> {resolve, reject}, for entries queued by this page load
+  #sendAfter;
+  #storage;
 
-  /** @param {import("./streams.js").StreamsClient} client */
-  constructor(client, storage = window.sessionStorage) {
+  /**
+   * @param {import("./streams.js").StreamsClient} client
+   * @param {{sendAfter?: Promise<unknown>}} options nothing is sent before `sendAfter` resolves
+   */
+  constructor(client, { sendAfter = Promise.resolve() } = {}) {
     super();
     this.client = client;
-    this.storage = storage;
-    this.key = STORAGE_PREFIX + client.baseUrl;
-    this.#entries = this.#load();
+    this.#sendAfter = sendAfter;
+    this.#storage = new OutboxStorage(client.baseUrl, (entries) => this.#adopt(entries));
+    this.#entries = this.#storage.load();
     /** "idle" | "sending" | "retrying" */
     this.state = "idle";
     this.lastError = null;
@@ -94,6 +98,7 @@ export class Outbox extends Emitter {
   }
 
   async #run() {
+    await this.#sendAfter;
     let attempt = 0;
     let previous = null;
     while (this.#entries.length) {
@@ -198,21 +203,18 @@ export class Outbox extends Emitter {
     this.emit("state", state, this.lastError);
   }
 
-  #load() {
-    try {
-      const entries = JSON.parse(this.storage.getItem(this.key) || "[]");
-      return Array.isArray(entries) ? entries.filter((e) => e && e.key && e.path) : [];
-    } catch {
-      return [];
-    }
+  /** Take on what a closed page left unsent. After this page's own: one of those may have
+   * been sent under the Producer-Seq an adopted entry would otherwise take now. */
+  #adopt(entries) {
+    const known = new Set(this.#entries.map((e) => e.key));
+    this.#entries = [...this.#entries, ...entries.filter((e) => !known.has(e.key))];
+    this.#save();
+    this.emit("adopted"); // before they are sent: the page may drop some (a deleted conversation's)
+    this.emit("change");
+    this.start();
   }
 
   #save() {
-    try {
-      if (this.#entries.length) this.storage.setItem(this.key, JSON.stringify(this.#entries));
-      else this.storage.removeItem(this.key);
-    } catch (err) {
-      console.warn("outbox not persisted", err);
-    }
+    this.#storage.save(this.#entries);
   }
 }
