@@ -72,8 +72,8 @@ def gave_up_message(attempts: int) -> str:
 
 # Characters that show nothing and are not whitespace to Python's `str.strip` (U+FEFF is
 # to JavaScript's `trim`): Unicode's Default_Ignorable_Code_Point set (zero-width spaces and
-# joiners, direction marks, soft hyphens, fillers, variation selectors, tags) and U+180E. A
-# prompt of them and whitespace is an invisible, empty bubble.
+# joiners, direction marks, soft hyphens, fillers, variation selectors, tags). A prompt of
+# them and whitespace is an invisible, empty bubble.
 _INVISIBLE = re.compile(
     "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
     "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
