@@ -48,7 +48,7 @@ from agent_actors.lease_keeper import LeaseKeeper
 from agent_actors.models.base import Model
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.producer import Producer
-from agent_actors.schema import Cancel, Prompt
+from agent_actors.schema import Cancel, Prompt, Unanswerable
 from agent_actors.stream_types import Lease, ReadResult
 from agent_actors.streams_client import JSON_CONTENT_TYPE, StreamsClient, Tail
 
@@ -301,6 +301,8 @@ class ConversationAgent(pykka.ThreadingActor):
             elif isinstance(item, Cancel) and self._current is not None:
                 if self._current.prompt.id == item.prompt_id:
                     self._current.cancel.set()
+            elif isinstance(item, Unanswerable):
+                self._report_unanswerable([item])
         self._batches.append((batch.next_offset, waiting))
         self._advance_offset()
         self._start_next()
@@ -477,9 +479,19 @@ class ConversationAgent(pykka.ThreadingActor):
         for message in after.messages:
             conversation.apply_response(message)
         prompts = self._read_all_creating(self.prompts_path)
-        conversation.add_prompt_messages(prompts.messages)
+        added = conversation.add_prompt_messages(prompts.messages)
+        self._report_unanswerable([item for item in added if isinstance(item, Unanswerable)])
         self.actor_ref.tell(_Booted(conversation, producer, prompts.next_offset,
                                     self.offsets.clean_stops(self.conversation_id)))
+
+    def _report_unanswerable(self, items: list[Unanswerable]) -> None:
+        """Say that prompts were skipped: their writer waits for an answer that cannot come,
+        not even an error (there is no id to write it under)."""
+        if items:
+            more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+            log.warning("conversation %s: skipped %s%s in its prompts stream: an answer is"
+                        " written under the prompt's id, a string of 1 to %d characters",
+                        self.conversation_id, items[0].reason, more, schema.MAX_PROMPT_ID_CHARS)
 
     def _read_all_creating(self, path: str) -> ReadResult:
         """The whole stream, created first if it is missing. Clients create a conversation's

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent_actors.models.base import ASSISTANT, USER, Turn
-from agent_actors.schema import Cancel, Prompt, parse_prompt_message
+from agent_actors.schema import Cancel, Prompt, Unanswerable, parse_prompt_message
 
 
 @dataclass
@@ -48,9 +48,12 @@ class ConversationLog:
 
     # -- feeding -------------------------------------------------------------------------
 
-    def add_prompt_messages(self, messages: tuple[Any, ...] | list[Any]) -> list[Prompt | Cancel]:
-        """Record prompts-stream messages; returns the new, understood ones in order."""
-        new: list[Prompt | Cancel] = []
+    def add_prompt_messages(
+        self, messages: tuple[Any, ...] | list[Any],
+    ) -> list[Prompt | Cancel | Unanswerable]:
+        """Record prompts-stream messages; returns the new, understood ones in order (and
+        those meant as prompts that cannot be answered, to be reported)."""
+        new: list[Prompt | Cancel | Unanswerable] = []
         for message in messages:
             parsed = parse_prompt_message(message)
             if isinstance(parsed, Prompt):
@@ -61,6 +64,8 @@ class ConversationLog:
                 new.append(parsed)
             elif isinstance(parsed, Cancel):
                 self.cancel_requests.add(parsed.prompt_id)
+                new.append(parsed)
+            elif isinstance(parsed, Unanswerable):
                 new.append(parsed)
         return new
 

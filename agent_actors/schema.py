@@ -47,6 +47,14 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class Unanswerable:
+    """A message meant as a prompt with no id an answer could be written under: it is
+    skipped (the agent's log says why), as it cannot be answered even with an error."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class ConversationEntry:
     id: str
     title: str
@@ -87,26 +95,43 @@ def is_blank(text: str) -> bool:
     return not _INVISIBLE.sub("", text).strip()
 
 
-def parse_prompt_message(message: Any) -> Prompt | Cancel | None:
+MAX_PROMPT_ID_CHARS = 256
+"""The longest prompt id answered: every piece of the answer carries it, twice."""
+
+
+def parse_prompt_message(message: Any) -> Prompt | Cancel | Unanswerable | None:
     """A message of a prompts stream, or None for anything this agent does not understand."""
     if not isinstance(message, dict):
         return None
     kind = message.get("type", "prompt")  # the original example had no type field
     if kind == "prompt":
         pid, content = message.get("id"), message.get("content")
-        if isinstance(pid, str) and pid:
-            stamp = message.get("timestamp")
-            stamp = stamp if isinstance(stamp, int) else 0
-            if isinstance(content, str):
-                blank = is_blank(content)
-                return Prompt(pid, content, stamp, problem=BLANK_PROMPT if blank else None)
-            if "type" in message or "content" in message:  # meant as a prompt: say why not
-                return Prompt(pid, "", stamp, problem=UNREADABLE_PROMPT)
+        meant_as_prompt = "type" in message or "content" in message
+        if not isinstance(pid, str) or not pid or len(pid) > MAX_PROMPT_ID_CHARS:
+            return Unanswerable(_id_problem(pid)) if meant_as_prompt else None
+        stamp = message.get("timestamp")
+        stamp = stamp if isinstance(stamp, int) else 0
+        if isinstance(content, str):
+            blank = is_blank(content)
+            return Prompt(pid, content, stamp, problem=BLANK_PROMPT if blank else None)
+        if meant_as_prompt:  # say why it is not answered
+            return Prompt(pid, "", stamp, problem=UNREADABLE_PROMPT)
     elif kind == "cancel":
         pid = message.get("promptId")
         if isinstance(pid, str) and pid:
             return Cancel(pid)
     return None
+
+
+def _id_problem(pid: Any) -> str:
+    if pid is None:
+        return "a prompt without an id"
+    if not isinstance(pid, str):
+        kind = {bool: "boolean", int: "number", float: "number", list: "array"}.get(type(pid), "object")
+        return f"a prompt whose id is not a string but a JSON {kind}"
+    if not pid:
+        return "a prompt whose id is empty"
+    return f"a prompt whose id is {len(pid):,} characters long (at most {MAX_PROMPT_ID_CHARS})"
 
 
 def parse_deletion(message: Any) -> str | None:

@@ -252,6 +252,35 @@ def test_a_blank_prompt_gets_an_error_and_the_next_one_is_answered(
         server.terminate()
 
 
+def test_a_prompt_without_a_usable_id_is_skipped_and_logged(
+    tmp_path: Path, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """A prompt with no id, a number for one, or one of 600,000 characters was skipped
+    without a word, or answered with every piece carrying the id twice, until an append was
+    over the server's size limit: the agent crashed and restarted every 30 s, and the prompts
+    after it were never answered. Such a prompt cannot be answered even with an error (there
+    is no id to write it under): it is skipped, the supervisor's log says so, and the next
+    one is answered."""
+    server = start_streams_server(tmp_path / "streams", long_poll_timeout=2.0)
+    try:
+        sup = start_supervisor(streams_root(server))
+        client, chat = connect(server)
+        cid = chat.start_conversation("prompts without ids")
+        prompts = client.producer(layout.prompts_path(cid), "a-careless-client")
+        for bad_id in ({"id": 7}, {"id": ""}, {}, {"id": "i" * (schema.MAX_PROMPT_ID_CHARS + 1)}):
+            prompts.append([{"type": "prompt", "content": "an id no answer can carry", **bad_id}])
+        readable = chat.send_prompt(cid, "And this one?")
+
+        rendered = final_render(client, cid)
+        assert_clean_answers(rendered, {readable: "And this one?"})
+        assert list(rendered.answers) == [readable]
+        # One line for what one read found (the reasons: see test_schema).
+        assert sup.wait_for_line(f"conversation {cid}: skipped a prompt whose id is not a"
+                                 " string but a JSON number", timeout=10)
+    finally:
+        server.terminate()
+
+
 # -- 2. cancel ----------------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent_actors.schema import (BLANK_PROMPT, UNREADABLE_PROMPT, Cancel, Prompt,
+from agent_actors.schema import (BLANK_PROMPT, UNREADABLE_PROMPT, Cancel, Prompt, Unanswerable,
                                   parse_prompt_message)
 
 
@@ -33,14 +33,20 @@ from agent_actors.schema import (BLANK_PROMPT, UNREADABLE_PROMPT, Cancel, Prompt
             problem=BLANK_PROMPT)),
     ({"id": "p1", "content": "\u200ba"}, Prompt("p1", "\u200ba", 0)),
     ({"id": "p1", "content": "\u3164\u1100"}, Prompt("p1", "\u3164\u1100", 0)),
-    # Not prompts at all, or with no id to answer under: ignored.
+    # Meant as prompts, with no id an answer could be written under: skipped, and said so.
+    ({"type": "prompt", "id": "", "content": "hi"}, Unanswerable("a prompt whose id is empty")),
+    ({"type": "prompt", "id": 7, "content": "hi"},
+     Unanswerable("a prompt whose id is not a string but a JSON number")),
+    ({"content": "hi"}, Unanswerable("a prompt without an id")),
+    ({"type": "prompt", "id": "i" * 257, "content": "hi"},
+     Unanswerable("a prompt whose id is 257 characters long (at most 256)")),
+    ({"type": "prompt", "id": "i" * 256, "content": "hi"}, Prompt("i" * 256, "hi", 0)),
+    # Not prompts at all: ignored.
     ({"id": "p1"}, None),
-    ({"type": "prompt", "id": "", "content": "hi"}, None),
-    ({"type": "prompt", "id": 7, "content": "hi"}, None),
     ({"type": "note", "id": "p1", "content": "hi"}, None),
     ({"type": "cancel"}, None),
     (["not", "an", "object"], None),
     ("text", None),
 ])
-def test_prompts_stream_messages(message: Any, parsed: Prompt | Cancel | None) -> None:
+def test_prompts_stream_messages(message: Any, parsed: Prompt | Cancel | Unanswerable | None) -> None:
     assert parse_prompt_message(message) == parsed
