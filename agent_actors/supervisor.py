@@ -60,7 +60,7 @@ from agent_actors.errors import (
 from agent_actors.models.base import Model
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.schema import parse_conversation_entry, parse_deletion
-from agent_actors.stream_types import Lease, ReadResult
+from agent_actors.stream_types import Lease, ReadResult, Subscription
 from agent_actors.streams_client import StreamsClient, Tail
 from agent_actors.timers import Timers
 
@@ -178,6 +178,7 @@ class Supervisor(pykka.ThreadingActor):
         self._known: set[str] = set()
         # Read by the job threads too (a set's `in` is atomic): nothing of these is claimed.
         self._deleted: set[str] = set()
+        self._lease_note_given = False  # see _note_other_settings
         self._removing: set[str] = set()
         self._remove_again: set[str] = set()  # asked while a removal was under way
         self._claiming: set[str] = set()
@@ -495,6 +496,7 @@ class Supervisor(pykka.ThreadingActor):
                 subscription = self.client.put_subscription(sub_id, config)
             except Conflict:  # created by a client with other settings (e.g. lease TTL)
                 subscription = self.client.get_subscription(sub_id)
+                self._note_other_settings(cid, subscription)
             prompts = self.client.head(layout.prompts_path(cid))
         except NotFound:
             return True  # prompts stream not created yet: its creation will wake us
@@ -513,6 +515,19 @@ class Supervisor(pykka.ThreadingActor):
         if behind_subscription or behind_agent or (processed is None and self._unanswered(cid)):
             self._tell(_Pending(cid))
         return True
+
+    def _note_other_settings(self, cid: str, subscription: Subscription) -> None:
+        """Say once that a conversation's subscription has another lease than the one this
+        supervisor was told to use: whoever creates it first (a client, before its first
+        prompt) sets it, so `--lease-ttl-ms` was not what a takeover waits for there."""
+        ttl = subscription.lease_ttl_ms
+        if ttl is None or ttl == self.settings.lease_ttl_ms or self._lease_note_given:
+            return
+        self._lease_note_given = True
+        log.warning("conversation %s: its subscription was made with a lease of %d ms, not this"
+                    " supervisor's %d (--lease-ttl-ms): the client that creates a conversation"
+                    " sets it, and an agent that dies there is replaced after %d ms"
+                    " (said once)", cid, ttl, self.settings.lease_ttl_ms, ttl)
 
     def _unanswered(self, cid: str) -> bool:
         """Whether the streams show a prompt with no finished answer.

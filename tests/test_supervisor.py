@@ -1106,3 +1106,21 @@ def test_a_deletion_first_seen_on_a_fresh_stream_still_outlives_a_stopped_agents
             sup.stop(timeout=30)
         except pykka.ActorDeadError:
             pass
+
+
+def test_a_lease_set_by_the_client_is_answered_and_said_once(
+    streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """The client creates a conversation's subscription before its first prompt, with its
+    lease: the supervisor's --lease-ttl-ms was silently not the time a takeover waited for
+    there (30 s where 3 s was asked for). It still answers, and says so once."""
+    root = streams_root(streams_server)
+    client, chat = connect(root, lease_ttl_ms=LEASE_TTL_MS + 3000)
+    conversations = [chat.start_conversation(f"client's lease {n}") for n in range(2)]
+    prompts = {cid: chat.send_prompt(cid, f"question {cid}") for cid in conversations}
+    sup = start_supervisor(root)
+    for cid, prompt in prompts.items():
+        wait_for_answers(client, cid, [prompt])
+    assert sup.count_lines(
+        f"its subscription was made with a lease of {LEASE_TTL_MS + 3000} ms, not this"
+        f" supervisor's {LEASE_TTL_MS} \\(--lease-ttl-ms\\)") == 1, sup.log_tail()
