@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--demo-tokens-per-second", type=float, default=30.0,
                      help="pace of the offline demo model, 0 for all at once (30)")
     sup.add_argument("--log-level", default="INFO", type=str.upper,
-                     choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+                     choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), help="(default INFO)")
     return parser
 
 
@@ -84,10 +84,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         # Written so that NaN, which fails every comparison, fails each check too.
         (not 0 < args.idle_timeout <= MAX_IDLE_TIMEOUT_S,
          f"--idle-timeout must be greater than 0 and at most {MAX_IDLE_TIMEOUT_S},"
-         f" not {args.idle_timeout}"),
+         f" not {args.idle_timeout:g}"),
         (args.max_agents < 1, "--max-agents must be at least 1"),
         (not 0 <= args.coalesce_ms <= MAX_COALESCE_MS,
-         f"--coalesce-ms must be from 0 to {MAX_COALESCE_MS}, not {args.coalesce_ms}"),
+         f"--coalesce-ms must be from 0 to {MAX_COALESCE_MS}, not {args.coalesce_ms:g}"),
+        (not args.data_dir.strip(), "--data-dir must name a directory"),
         (not ttl_low <= args.lease_ttl_ms <= ttl_high,
          f"--lease-ttl-ms must be from {ttl_low} to {ttl_high}"),
         (not 0 <= args.demo_tokens_per_second < math.inf,

@@ -46,15 +46,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="A durable Durable Streams protocol server (SQLite storage, gevent).",
     )
     seconds = bounded(float, 0, above=True)
+    # As `flask run` bounds them (webui/config.py): an hour is past any proxy's patience.
+    up_to_an_hour = bounded(float, 0, 3600, above=True)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=bounded(int, 0, 65535), default=4437,
                         help="port (default 4437; 0 picks one)")
     parser.add_argument("--data-dir", default="./data",
-                        help="where the SQLite file lives (default ./data)")
+                        help="where the SQLite file lives (default ./data; flask run keeps its"
+                             " streams in ./data/streams)")
     parser.add_argument("--memory", action="store_true", help="keep streams in memory only")
     parser.add_argument(
-        "--long-poll-timeout", type=seconds, default=30.0, metavar="SECONDS",
-        help="how long a long-poll read waits for data before 204 (default 30)",
+        "--long-poll-timeout", type=up_to_an_hour, default=30.0, metavar="SECONDS",
+        help="how long a long-poll read waits for data before 204 (default 30, at most 3600)",
     )
     parser.add_argument("--socket-timeout", type=seconds, default=SOCKET_TIMEOUT_S,
                         metavar="SECONDS",
@@ -62,8 +65,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              " while the server waits on it: idle keep-alive, slow headers"
                              f" or bodies (default {SOCKET_TIMEOUT_S:g}; live reads waiting for"
                              " data are not affected)")
-    parser.add_argument("--sse-max-duration", type=seconds, default=60.0, metavar="SECONDS",
-                        help="close SSE connections after this long (default 60)")
+    parser.add_argument("--sse-max-duration", type=up_to_an_hour, default=60.0, metavar="SECONDS",
+                        help="close SSE connections after this long (default 60, at most 3600)")
+    parser.add_argument("--sse-keepalive", type=bounded(float, 0.1, 3600), default=15.0,
+                        metavar="SECONDS",
+                        help="send an SSE comment after this long without an event, so that"
+                             " proxies keep the connection (default 15)")
     parser.add_argument("--max-body-mib", type=bounded(float, 0, above=True), default=64,
                         help="largest request body (default 64)")
     parser.add_argument("--max-json-messages", type=bounded(int, 1), default=10_000,
@@ -82,7 +89,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              f" ${TOKEN_VARIABLE}, which other users cannot read in ps)")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="(default INFO)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.memory and not args.data_dir.strip():  # `--data-dir "$DIR"` with DIR unset
+        parser.error("--data-dir must name a directory")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = StreamsSettings(
         long_poll_timeout_s=args.long_poll_timeout,
         sse_max_duration_s=args.sse_max_duration,
+        sse_keepalive_s=args.sse_keepalive,
         max_body_bytes=mib_to_bytes(args.max_body_mib),
         max_json_messages=int(args.max_json_messages),
         max_chunk_bytes=args.max_chunk_kib * 1024,

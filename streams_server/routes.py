@@ -315,10 +315,12 @@ def _check_authorization(headers: _EnvironHeaders, settings: StreamsSettings) ->
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         token.strip().encode(), settings.auth_token.encode()
     ):
-        raise Unauthorized(
-            "this server requires Authorization: Bearer <token>",
-            headers={"WWW-Authenticate": 'Bearer realm="durable-streams"'},
-        )
+        # Told apart, so that a client with a stale token knows its token is the problem.
+        if scheme.lower() == "bearer":
+            problem = "the bearer token given is not this server's"
+        else:
+            problem = "this server requires Authorization: Bearer <token>"
+        raise Unauthorized(problem, headers={"WWW-Authenticate": 'Bearer realm="durable-streams"'})
 
 
 def _preflight(headers: _EnvironHeaders) -> Reply:

@@ -246,6 +246,8 @@ def test_bearer_token_is_required_when_configured(guarded: ServerProcess) -> Non
                                       body=b"x" if method == "POST" else None)
             assert_error(response, 401, "UNAUTHORIZED")
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            # A wrong token is told apart from none.
+            assert ("is not this server's" in response.text) == (client is wrong), response.text
         assert client.head("auth/s").status_code == 401
     assert allowed.head("auth/s").status_code == 404  # the refused PUTs created nothing
 

@@ -357,3 +357,24 @@ def _ttl_outlives_its_reader(http: StreamsHttp) -> None:
         assert next(events) == ("data", "still here")
     wait_until(lambda: http.request("HEAD", "ttl-followed").status_code == 404, timeout=15,
                what="the stream to expire once its reader left")
+
+
+def test_the_sse_keepalive_is_a_server_option(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`flask run` took CHAT_SSE_KEEPALIVE_S; the standalone server had no such option, so a
+    proxy that drops connections silent for under 15 s dropped its idle SSE readers."""
+    server = start_streams_server(tmp_path_factory.mktemp("keepalive") / "data",
+                                  extra_args=["--sse-keepalive", "0.3"])
+    try:
+        url = f"{server.url}/v1/stream/quiet"
+        requests.put(url, headers={"Content-Type": "application/json"}, timeout=10).raise_for_status()
+        started = time.monotonic()
+        comments = 0
+        with requests.get(url, params={"offset": "-1", "live": "sse"}, stream=True,
+                          timeout=10) as response:
+            for line in response.iter_lines():
+                comments += line.startswith(b":")
+                if comments == 3:
+                    break
+        assert time.monotonic() - started < 5  # three within about a second, not 45 s
+    finally:
+        server.terminate()
