@@ -179,6 +179,7 @@ class Supervisor(pykka.ThreadingActor):
         # Read by the job threads too (a set's `in` is atomic): nothing of these is claimed.
         self._deleted: set[str] = set()
         self._lease_note_given = False  # see _note_other_settings
+        self._unusable_ids: set[str] = set()  # said once each (see _unusable_id)
         self._removing: set[str] = set()
         self._remove_again: set[str] = set()  # asked while a removal was under way
         self._claiming: set[str] = set()
@@ -665,17 +666,34 @@ class Supervisor(pykka.ThreadingActor):
     def _on_wake_batch(self, batch: ReadResult) -> None:
         for message in batch.messages:
             if isinstance(message, dict) and isinstance(message.get("subscription_id"), str):
-                cid = layout.conversation_of_subscription(message["subscription_id"])
+                sub_id = message["subscription_id"]
+                cid = layout.conversation_of_subscription(sub_id)
                 if cid is not None:
                     self._tell(_Woken(cid))
+                elif sub_id.startswith(layout.SUBSCRIPTION_PREFIX):
+                    self._unusable_id(sub_id[len(layout.SUBSCRIPTION_PREFIX):])
+
+    def _unusable_id(self, cid: str) -> None:
+        """Say once per id that a conversation's id is not one the agents answer under: its
+        client waits for answers that cannot come."""
+        if cid in self._unusable_ids or len(self._unusable_ids) >= 1000:
+            return
+        self._unusable_ids.add(cid)
+        log.warning("a conversation with the id %r is not answered: an id is 1 to 64 letters,"
+                    " digits, '_' or '-'", cid[:80])
 
     def _on_conversations_batch(self, batch: ReadResult, seen: _Gathered) -> None:
         """Until the read reaches where the stream ended at the start, what it finds is
         gathered and told at once: a conversation deleted further on must not be checked
         (which `PUT`s its subscription) first. A batch with anything appended since the start
         is `live` (offsets of one stream sort as strings)."""
-        seen.ids.extend(e.id for e in map(parse_conversation_entry, batch.messages)
-                        if e is not None)
+        for message in batch.messages:
+            entry = parse_conversation_entry(message)
+            if entry is not None:
+                seen.ids.append(entry.id)
+            elif (isinstance(message, dict) and message.get("type", "conversation") == "conversation"
+                  and isinstance(message.get("id"), str)):
+                self._unusable_id(message["id"])
         seen.deleted.extend(cid for cid in map(parse_deletion, batch.messages) if cid is not None)
         start_tail = seen.start_tail or ""
         if not seen.caught_up and not batch.up_to_date and batch.next_offset < start_tail:

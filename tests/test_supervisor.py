@@ -29,7 +29,7 @@ from agent_actors import layout
 from agent_actors.agent import AgentSettings
 from agent_actors.errors import LeaseFenced, NotFound, StreamsUnavailable
 from agent_actors.models.anthropic_model import AnthropicModel
-from agent_actors.stream_types import Lease
+from agent_actors.stream_types import Lease, SubscriptionConfig
 from agent_actors.streams_client import RetryPolicy, StreamsClient
 from agent_actors.supervisor import Supervisor, SupervisorSettings
 from tests.fake_anthropic import FakeAnthropic
@@ -1121,6 +1121,35 @@ def test_a_lease_set_by_the_client_is_answered_and_said_once(
     sup = start_supervisor(root)
     for cid, prompt in prompts.items():
         wait_for_answers(client, cid, [prompt])
-    assert sup.count_lines(
-        f"its subscription was made with a lease of {LEASE_TTL_MS + 3000} ms, not this"
-        f" supervisor's {LEASE_TTL_MS} \\(--lease-ttl-ms\\)") == 1, sup.log_tail()
+    said = (f"its subscription was made with a lease of {LEASE_TTL_MS + 3000} ms, not this"
+            f" supervisor's {LEASE_TTL_MS} \\(--lease-ttl-ms\\)")
+    assert sup.wait_for_line(said, timeout=10), sup.log_tail()  # by its start-up check
+    time.sleep(0.5)
+    assert sup.count_lines(said) == 1, sup.log_tail()
+
+
+def test_a_conversation_whose_id_no_agent_answers_under_is_logged_once(
+    streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """A client that made a conversation "bad.id" (the README's rule: 1 to 64 letters,
+    digits, _ or -) got 2xx for every step and then no answer, and no supervisor said a
+    word."""
+    root = streams_root(streams_server)
+    sup = start_supervisor(root)
+    client, chat = connect(root)
+    bad = "bad.id"
+    client.put_subscription(f"conversation-{bad}", SubscriptionConfig(
+        pattern=f"conversations/{bad}/prompts", wake_stream=layout.DEFAULT_WAKE_STREAM,
+        lease_ttl_ms=LEASE_TTL_MS))
+    for path in (f"conversations/{bad}/prompts", f"conversations/{bad}/responses", "conversations"):
+        client.ensure_stream(path)
+    listing = client.producer("conversations", "a-careless-client")
+    listing.append([{"type": "conversation", "id": bad, "title": "t", "timestamp": 1}])
+    prompts = client.producer(f"conversations/{bad}/prompts", "a-careless-client")
+    prompts.append([{"type": "prompt", "id": "p1", "content": "hello", "timestamp": 1}])
+    good = chat.start_conversation("a good one")
+    answered = chat.send_prompt(good, "question")
+    wait_for_answers(client, good, [answered])
+    assert sup.wait_for_line("a conversation with the id 'bad.id' is not answered", timeout=10)
+    time.sleep(0.5)
+    assert sup.count_lines("a conversation with the id 'bad.id' is not answered") == 1
