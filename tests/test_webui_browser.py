@@ -1114,31 +1114,118 @@ def outbox_keys(page: Page) -> list[str]:
 def test_a_prompt_unsent_when_its_tab_closed_is_sent_by_another_tab_once(
         chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
     """Unsent prompts were kept in the tab's sessionStorage: closing the tab, or the browser,
-    while the server was out of reach lost them. A tab of the same browser sends them once
-    the tab that wrote them has gone, and not before (they would go twice)."""
+    while the server was out of reach lost them. One of the other tabs of the browser sends
+    them once the tab that wrote them has gone, and not before; with the producer tuple it
+    was first sent with, so a copy that had landed (its answer lost) is stored once."""
     context = new_context()
     writer = open_chat(context, chat_app.url)
-    writer.route(lambda url: "/v1/stream/" in url and "live=" not in url,
-                 lambda route: route.abort("connectionrefused"))
+
+    def stored_but_unanswered(route: Route, request: Request) -> None:
+        if request.method == "POST":
+            route.fetch()  # the server stores it; the tab never hears so
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    writer.route("**/prompts", stored_but_unanswered)
     prompt = unique("Typed just before the tab was closed")
     replies.set(prompt, "Answered by way of another tab.")
     writer.get_by_test_id("composer-input").fill(prompt)
     writer.get_by_test_id("composer-input").press("Enter")
-    wait_state(writer, prompt, "sending")
     cid = conversation_id(writer)
+    stream = f"{chat_app.url}/v1/stream/conversations/{cid}/prompts"
+    # Polled through the page: its route handler runs only while Playwright is called.
+    for _ in range(50):
+        if requests.head(stream, timeout=10).ok and prompt_messages(chat_app.url, cid):
+            break
+        writer.wait_for_timeout(200)
+    assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompt]
+    assert prompt in "".join(writer.evaluate("() => Object.values(localStorage)"))  # unsent for all it knows
 
-    other = open_chat(context, chat_app.url)
-    wait_until(lambda: len(outbox_keys(other)) == 1, timeout=10, what="the writer's outbox in storage")
-    time.sleep(1.5)  # the other tab does not send what an open tab still owns
-    assert not requests.head(f"{chat_app.url}/v1/stream/conversations/{cid}/prompts", timeout=10).ok
+    others = [open_chat(context, chat_app.url) for _ in range(2)]
+    posted: list[str] = []
+    for other in others:
+        other.on("request", lambda r: posted.append(r.url)
+                 if r.method == "POST" and r.url.endswith("/prompts") else None)
+    others[0].wait_for_timeout(1500)  # (not time.sleep: the pages' events are dispatched)
+    assert posted == []  # an open tab's messages are its own
 
     writer.close()
-    listed = other.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+    wait_until(lambda: all(outbox_keys(o) == [] for o in others) and bool(posted), timeout=20,
+               what="the closed tab's prompt sent by another")  # (evaluate: events dispatched)
+    assert len(posted) == 1, posted  # by one tab
+    listed = others[0].locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+    listed.click()
+    wait_state(others[0], prompt, "done")
+    assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompt]
+
+
+def test_a_reloaded_tab_keeps_its_unsent_prompt_with_another_tab_open(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """The other tab, waiting for this one's outbox, took it on at the reload: the prompt
+    left the reloaded tab, which no longer showed it as being sent."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Reloaded beside another tab"))
+    context = new_context()
+    other = open_chat(context, chat_app.url)
+    writer = open_chat(context, f"{chat_app.url}/#/c/{cid}")
+    writer.route("**/prompts", lambda route, request: route.abort("connectionrefused")
+                 if request.method == "POST" else route.continue_())
+    prompt = unique("Still being sent after a reload")
+    replies.set(prompt, "Answered in the tab that sent it.")
+    writer.get_by_test_id("composer-input").fill(prompt)
+    writer.get_by_test_id("composer-input").press("Enter")
+    wait_state(writer, prompt, "sending")
+    writer.reload()
+    wait_ready(writer)
+    wait_state(writer, prompt, "sending")
+    writer.wait_for_timeout(6000)  # past the time another tab gives a page that has gone
+    wait_state(writer, prompt, "sending")
+    assert len(outbox_keys(other)) == 1  # the writer's own
+    writer.unroute("**/prompts")
+    writer.evaluate("() => window.dispatchEvent(new Event('online'))")
+    wait_state(writer, prompt, "done")
+    assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompt]
+
+
+FILL_LOCAL_STORAGE_JS = """() => {
+  for (const size of [1e6, 1e5, 1e4, 1e3, 100, 10]) {
+    try { for (let i = 0; ; i += 1) localStorage.setItem(`filler-${size}-${i}`, "x".repeat(size)); } catch {}
+  }
+}"""
+
+
+def test_a_closed_tab_s_prompt_is_left_where_it_is_when_storage_is_full(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """Taken on in memory only (the copy could not be stored), the closed tab's outbox was
+    removed from storage all the same: closing the tab that took it on lost it. It now stays
+    where it is until a page can keep it."""
+    context = new_context()
+    writer = open_chat(context, chat_app.url)
+    writer.route("**/v1/stream/**", lambda route, request: route.abort("connectionrefused")
+                 if request.method != "GET" else route.continue_())
+    prompt = unique("Kept through a full storage")
+    replies.set(prompt, "Answered once there was room.")
+    writer.get_by_test_id("composer-input").fill(prompt)
+    writer.get_by_test_id("composer-input").press("Enter")
+    wait_state(writer, prompt, "sending")
+    cid = conversation_id(writer)
+    full = open_chat(context, chat_app.url)
+    full.evaluate(FILL_LOCAL_STORAGE_JS)
+    writer.close()
+    full.wait_for_timeout(7000)  # past the grace a page that has gone is given
+    kept = full.evaluate(f"() => Object.values(localStorage).some(v => v.includes({json.dumps(prompt)}))")
+    assert kept, "the closed tab's outbox was removed, its prompt kept nowhere"
+    assert not requests.head(f"{chat_app.url}/v1/stream/conversations/{cid}/prompts", timeout=10).ok
+    full.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith('filler-'))"
+                  ".forEach(k => localStorage.removeItem(k))")
+    full.close()
+    later = open_chat(context, chat_app.url)
+    listed = later.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
     expect(listed).to_have_count(1, timeout=15_000)
     listed.click()
-    wait_state(other, prompt, "done")
+    wait_state(later, prompt, "done")
     assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompt]
-    wait_until(lambda: outbox_keys(other) == [], timeout=10, what="the adopted outbox to empty")
 
 
 NO_WEB_LOCKS_JS = "Object.defineProperty(Navigator.prototype, 'locks', { get: () => undefined })"
@@ -1176,32 +1263,73 @@ def test_without_web_locks_a_reload_still_sends_a_prompt_left_unsent(
     assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompt]
 
 
-def test_a_prompt_an_earlier_version_of_the_page_left_in_the_tab_is_sent(
-        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
-    """Before, the page kept unsent prompts in the tab's sessionStorage: a tab open across
-    an upgrade of the app sends what it held there once, from its new outbox."""
-    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
-    cid = chat.start_conversation(unique("Open across an upgrade"))
-    prompt = unique("Left in the tab by the old page")
-    replies.set(prompt, "Answered by the new page.")
-    entry = {"key": "ob-old", "path": f"conversations/{cid}/prompts", "ensured": True,
-             "ensure": [f"conversations/{cid}/prompts", f"conversations/{cid}/responses"],
-             "subscription": None, "tuple": None,
-             "body": {"type": "prompt", "id": "p-left-by-the-old-page", "content": prompt,
-                      "timestamp": int(time.time() * 1000)}}
-    key = f"ds-outbox:{chat_app.url}/v1/stream"
-    context = new_context()
+def old_outbox_entry(cid: str, prompt: str) -> dict[str, Any]:
+    """An unsent prompt as earlier versions of the page kept it."""
+    return {"key": f"ob-{uuid.uuid4().hex[:8]}", "path": f"conversations/{cid}/prompts",
+            "ensured": True, "subscription": None, "tuple": None,
+            "ensure": [f"conversations/{cid}/prompts", f"conversations/{cid}/responses"],
+            "body": {"type": "prompt", "id": f"p-{uuid.uuid4().hex[:12]}", "content": prompt,
+                     "timestamp": int(time.time() * 1000)}}
+
+
+def seed_old_outbox(context: BrowserContext, app: ServerProcess, entry: dict[str, Any]) -> str:
+    """Each new tab of `context` starts with `entry` in its sessionStorage, where earlier
+    versions of the page kept their outbox; its key there."""
+    key = f"ds-outbox:{app.url}/v1/stream"
     context.add_init_script(
         f"if (location.protocol === 'http:' && !sessionStorage.getItem('seeded')) {{"
         f" sessionStorage.setItem('seeded', '1');"
         f" sessionStorage.setItem({json.dumps(key)}, {json.dumps(json.dumps([entry]))}); }}")
-    page = open_chat(context, f"{chat_app.url}/#/c/{cid}")
-    wait_state(page, prompt, "done")
+    return key
+
+
+def test_a_prompt_an_earlier_version_of_the_page_left_in_the_tab_is_sent(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """Before, the page kept unsent prompts in the tab's sessionStorage: a tab open across
+    an upgrade of the app sends what it held there once, from its new outbox, where it is
+    kept at once (it was only in memory until sent: a reload before that lost it)."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Open across an upgrade"))
+    prompt = unique("Left in the tab by the old page")
+    replies.set(prompt, "Answered by the new page.")
+    context = new_context()
+    key = seed_old_outbox(context, chat_app, old_outbox_entry(cid, prompt))
+    page = context.new_page()
+    # The list unread, nothing left over is sent (see the next tests) for a while.
+    page.route("**/v1/stream/conversations?*", lambda route: route.abort("connectionrefused"))
+    page.goto(f"{chat_app.url}/#/c/{cid}")
+    wait_state(page, prompt, "sending")
+    wait_until(lambda: prompt in "".join(page.evaluate("() => Object.values(localStorage)")),
+               timeout=5, what="the old outbox kept in the new one")
     page.reload()
-    wait_ready(page)
-    wait_state(page, prompt, "done")
+    wait_state(page, prompt, "sending")
+    page.unroute("**/v1/stream/conversations?*")
+    wait_state(page, prompt, "done", timeout=30_000)
     assert page.evaluate(f"() => sessionStorage.getItem({json.dumps(key)})") is None
     assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompt]
+
+
+def test_a_tab_that_does_not_hold_the_list_s_live_read_reads_it_before_sending_leftovers(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Another tab holds the list's live read and tells the others it is up to date: a new
+    tab took that for its own read and sent what it had left over before it knew that its
+    conversation had been deleted, bringing the deleted streams back."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Deleted before a new tab opened"))
+    context = new_context()
+    leader = open_chat(context, chat_app.url)
+    chat.delete_conversation(cid)
+    client = StreamsClient(f"{chat_app.url}/v1/stream")
+    wait_until(lambda: not client.exists(f"conversations/{cid}/prompts"), timeout=20,
+               what="the deleted conversation's removal")
+    expect(leader.get_by_text("Deleted before a new tab opened")).to_have_count(0)
+    seed_old_outbox(context, chat_app, old_outbox_entry(cid, unique("Never to be sent")))
+    sent: list[str] = []
+    context.on("request", lambda r: sent.append(f"{r.method} {r.url}") if r.method != "GET" else None)
+    follower = open_chat(context, chat_app.url)
+    wait_until(lambda: outbox_keys(follower) == [], timeout=15, what="the leftover dropped")
+    assert not [s for s in sent if cid in s], sent
+    assert not client.exists(f"conversations/{cid}/prompts")
 
 
 def test_a_prompt_left_unsent_for_a_conversation_deleted_since_is_dropped(

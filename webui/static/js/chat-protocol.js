@@ -16,8 +16,9 @@ export const responsesPath = (conversationId) => `conversations/${conversationId
 /** The pull-wake subscription the agents' supervisor keeps for a conversation (agent_actors). */
 export const subscriptionId = (conversationId) => `conversation-${conversationId}`;
 
-/** The longest prompt sent: far beyond any model's context already, and what the tab can
- * keep (twice over, in UTF-16) in its ~5 MB of storage until the server has it. */
+/** The longest prompt sent: far beyond any model's context already, and what the browser
+ * can keep (twice over, in UTF-16) in the ~5 MB of storage its tabs share until the server
+ * has it (a prompt that cannot be stored is still sent, from memory). */
 export const MAX_PROMPT_CHARS = 1_000_000;
 
 /** Whether a stored prompt's content can be sent again as it is (Try again). */

@@ -11,17 +11,20 @@ import { FlowDiagram } from "./flow.js";
 import { RawStreamPanel } from "./stream-panels.js";
 import { ConnectionStatus } from "./status.js";
 import { Drawers } from "./drawers.js";
-import { el, formatTime, frameThrottle, wireSkipLink } from "./util.js";
+import { el, formatTime, frameThrottle, sleep, wireSkipLink } from "./util.js";
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 
 const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken, silenceMs: config.silenceMs, queuedMs: config.queuedMs });
 const hub = new StreamHub(client);
-// What an earlier load or a closed tab left unsent waits for the list of conversations: a
+// What an earlier load or a closed tab left unsent waits for this tab to have read the list
+// of conversations (or for LISTING_WAIT_MS, or for the list to be refused for good): a
 // message for one deleted since is dropped (see forgetDeleted), as its retries would make
 // the deleted streams again.
+const LISTING_WAIT_MS = 10_000;
 let listingRead;
-const outbox = new Outbox(client, { sendAfter: new Promise((resolve) => (listingRead = resolve)) });
+const listing = new Promise((resolve) => (listingRead = resolve));
+const outbox = new Outbox(client, { sendAfter: Promise.race([listing, sleep(LISTING_WAIT_MS)]) });
 
 const ui = {
   sidebar: document.getElementById("sidebar"),
@@ -159,7 +162,10 @@ function followConversations() {
       for (const m of batch.messages ?? []) {
         if (m?.type === "delete" && typeof m.id === "string" && m.id !== current?.id) forgetDeleted(m.id);
       }
-      if (batch.upToDate) listingLoaded();
+      if (batch.upToDate) {
+        conversationsLoaded = true;
+        listingRead(); // what it held is applied: its deletions are known
+      }
       if (current && conversations.isDeleted(current.id)) leaveDeleted(current.id);
       if (changed || batch.upToDate) {
         renderConversationList();
@@ -168,8 +174,11 @@ function followConversations() {
       }
     },
     onStatus(s) {
+      // A status may be the tab that holds the live read's (see hub.js): "live" says nothing
+      // of what this tab has applied, "missing" or a refusal that nothing is to be read.
+      if (s.state === "missing" || s.state === "error") listingRead();
       if (s.state === "missing" || (s.state === "live" && s.upToDate)) {
-        listingLoaded();
+        conversationsLoaded = true;
         renderConversationList();
         scheduleRender();
       }
@@ -177,11 +186,6 @@ function followConversations() {
       updateBrowserNode();
     },
   });
-}
-
-function listingLoaded() {
-  conversationsLoaded = true;
-  listingRead();
 }
 
 // ----------------------------------------------------------------------------- navigation
@@ -708,7 +712,10 @@ function wire() {
   });
   // A closed tab's messages taken on after the list was read (before, forgetDeleted drops
   // those of a deleted conversation as the list shows it).
-  outbox.on("adopted", () => protocol.dropUnsentOfDeleted(outbox, (id) => conversations.isDeleted(id)));
+  outbox.on("adopted", () => {
+    const deleting = pendingState().deleted;
+    protocol.dropUnsentOfDeleted(outbox, (id) => conversations.isDeleted(id) || deletedHere.has(id) || deleting.includes(id));
+  });
   outbox.on("state", (state, error) => status.setOutbox(state, error));
   outbox.on("sent", ({ path, body }) => {
     if (current && path === protocol.promptsPath(current.id)) flow.promptSent();

@@ -4,17 +4,21 @@
 // With Web Locks (https and localhost origins) each page load keeps its entries in
 // localStorage under a key of its own, and holds a lock of that name for as long as it is
 // open. A key whose lock is free is an orphan: its page was closed, or crashed, before the
-// server had everything. Every page adopts the orphans it finds when it starts, and waits on
-// the lock of every other page that keeps entries, to adopt them the moment that page goes.
-// The lock is held while adopting, so each orphan is adopted once; its entries keep the
+// server had everything. A page takes on the orphans it finds when it starts, and waits on
+// the lock of every other page that keeps entries, to take on theirs once that page has gone
+// for a few seconds (a page that was only reloaded takes its own back first, as it starts).
+// The lock is held while taking on, so each orphan goes to one page; its entries keep the
 // producer tuples they were sent with, so the server drops a copy that had already landed.
 //
 // Without Web Locks (plain-http LAN origins) the entries stay in this tab's sessionStorage:
 // a reload finds them again, closing the tab loses them.
 
-import { randomId } from "./util.js";
+import { randomId, sleep } from "./util.js";
 
 const PREFIX = "ds-outbox:";
+/** How long a page that has gone is given to come back (a reload) before another takes on
+ * its entries. */
+const RELOAD_GRACE_MS = 5000;
 
 export class OutboxStorage {
   #key;
@@ -28,7 +32,8 @@ export class OutboxStorage {
 
   /**
    * @param {string} baseUrl the streams API the entries are for (each has its own outbox)
-   * @param {(entries: object[]) => void} onAdopt given the entries of a closed page
+   * @param {(entries: object[]) => boolean} onAdopt given the entries of a closed page;
+   *   whether it could keep them (else they stay where they are, for another page)
    */
   constructor(baseUrl, onAdopt) {
     this.#onAdopt = onAdopt;
@@ -67,42 +72,58 @@ export class OutboxStorage {
     return entries;
   }
 
+  /** Whether `entries` are stored (not when storage is full). */
   save(entries) {
     if (this.#shared && !this.#locked) {
       this.#unsaved = entries; // written once the lock is ours, or another page could adopt it
-      return;
+      return true;
     }
-    write(this.#storage, this.#key, entries);
+    return write(this.#storage, this.#key, entries);
   }
 
   #held(prefix) {
     this.#locked = true;
     if (this.#unsaved) write(this.#storage, this.#key, this.#unsaved);
     this.#unsaved = null;
-    const watch = (key) => {
-      if (key?.startsWith(prefix) && key !== this.#key) this.#watch(key);
-    };
-    for (let i = 0; i < this.#storage.length; i += 1) watch(this.#storage.key(i));
+    const ours = (key) => key?.startsWith(prefix) && key !== this.#key;
+    const keys = [];
+    for (let i = 0; i < this.#storage.length; i += 1) if (ours(this.#storage.key(i))) keys.push(this.#storage.key(i));
+    for (const key of keys) this.#adoptNow(key);
     // A page that starts keeping entries after this one started.
     window.addEventListener("storage", (event) => {
-      if (event.storageArea === this.#storage && event.newValue !== null) watch(event.key);
+      if (event.storageArea === this.#storage && event.newValue !== null && ours(event.key)) this.#watch(event.key);
     });
+  }
+
+  /** Take on `key` if its page has gone; else wait for it to go. */
+  #adoptNow(key) {
+    navigator.locks
+      .request(key, { ifAvailable: true }, (lock) => {
+        if (lock) this.#adopt(key);
+        else this.#watch(key);
+      })
+      .catch((err) => console.warn("outbox adoption failed", err));
   }
 
   #watch(key) {
     if (this.#watched.has(key)) return;
     this.#watched.add(key);
     navigator.locks
-      .request(key, () => this.#adopt(key))
+      .request(key, () => {}) // granted once its page has gone
+      .then(() => sleep(RELOAD_GRACE_MS))
+      .then(() => {
+        this.#watched.delete(key);
+        if (this.#storage.getItem(key) !== null) this.#adoptNow(key);
+      })
       .catch((err) => console.warn("outbox adoption failed", err));
   }
 
   /** Called holding the lock of `key`: its page has gone. */
   #adopt(key) {
     const entries = read(this.#storage, key);
-    // Saved under this page's key, then removed from the closed one's, in one task: closing
-    // this page cannot come in between.
-    if (entries.length) this.#onAdopt(entries);
+    // Kept under this page's key, then removed from the closed one's, in one task: closing
+    // this page cannot come in between. Not kept (storage full): left for another page.
+    if (entries.length && !this.#onAdopt(entries)) return;
     this.#storage.removeItem(key);
   }
 }
@@ -120,7 +141,9 @@ function write(storage, key, entries) {
   try {
     if (entries.length) storage.setItem(key, JSON.stringify(entries));
     else storage.removeItem(key);
+    return true;
   } catch (err) {
     console.warn("outbox not persisted", err);
+    return false;
   }
 }

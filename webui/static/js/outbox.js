@@ -35,6 +35,7 @@ export class Outbox extends Emitter {
     this.#sendAfter = sendAfter;
     this.#storage = new OutboxStorage(client.baseUrl, (entries) => this.#adopt(entries));
     this.#entries = this.#storage.load();
+    if (this.#entries.length) this.#save(); // kept where this page keeps its own
     /** "idle" | "sending" | "retrying" */
     this.state = "idle";
     this.lastError = null;
@@ -203,15 +204,17 @@ export class Outbox extends Emitter {
     this.emit("state", state, this.lastError);
   }
 
-  /** Take on what a closed page left unsent. After this page's own: one of those may have
-   * been sent under the Producer-Seq an adopted entry would otherwise take now. */
+  /** Take on what a closed page left unsent, if it can be stored. After this page's own:
+   * one of those may have been sent under the Producer-Seq an adopted entry would take. */
   #adopt(entries) {
     const known = new Set(this.#entries.map((e) => e.key));
-    this.#entries = [...this.#entries, ...entries.filter((e) => !known.has(e.key))];
-    this.#save();
+    const merged = [...this.#entries, ...entries.filter((e) => !known.has(e.key))];
+    if (!this.#storage.save(merged)) return false;
+    this.#entries = merged;
     this.emit("adopted"); // before they are sent: the page may drop some (a deleted conversation's)
     this.emit("change");
     this.start();
+    return true;
   }
 
   #save() {
