@@ -1200,21 +1200,29 @@ def test_a_closed_tab_s_prompt_is_left_where_it_is_when_storage_is_full(
     """Taken on in memory only (the copy could not be stored), the closed tab's outbox was
     removed from storage all the same: closing the tab that took it on lost it. It now stays
     where it is until a page can keep it."""
+    def refuse_writes(route: Route, request: Request) -> None:
+        if request.method == "GET":
+            route.continue_()
+        else:
+            route.abort("connectionrefused")
+
     context = new_context()
-    writer = open_chat(context, chat_app.url)
-    writer.route("**/v1/stream/**", lambda route, request: route.abort("connectionrefused")
-                 if request.method != "GET" else route.continue_())
-    prompt = unique("Kept through a full storage")
-    replies.set(prompt, "Answered once there was room.")
-    writer.get_by_test_id("composer-input").fill(prompt)
-    writer.get_by_test_id("composer-input").press("Enter")
-    wait_state(writer, prompt, "sending")
+    writer, full = open_chat(context, chat_app.url), open_chat(context, chat_app.url)
+    prompts = {page: unique(f"Kept through a full storage, from {name}")
+               for page, name in ((writer, "the tab closed"), (full, "the full tab"))}
+    for page, prompt in prompts.items():
+        replies.set(prompt, "Answered once there was room.")
+        page.route("**/v1/stream/**", refuse_writes)
+        if page is full:  # its own prompt is only in memory: both do not fit where one was
+            full.evaluate(FILL_LOCAL_STORAGE_JS)
+        page.get_by_test_id("composer-input").fill(prompt)
+        page.get_by_test_id("composer-input").press("Enter")
+        wait_state(page, prompt, "sending")
     cid = conversation_id(writer)
-    full = open_chat(context, chat_app.url)
-    full.evaluate(FILL_LOCAL_STORAGE_JS)
     writer.close()
     full.wait_for_timeout(7000)  # past the grace a page that has gone is given
-    kept = full.evaluate(f"() => Object.values(localStorage).some(v => v.includes({json.dumps(prompt)}))")
+    kept = full.evaluate(
+        f"() => Object.values(localStorage).some(v => v.includes({json.dumps(prompts[writer])}))")
     assert kept, "the closed tab's outbox was removed, its prompt kept nowhere"
     assert not requests.head(f"{chat_app.url}/v1/stream/conversations/{cid}/prompts", timeout=10).ok
     full.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith('filler-'))"
@@ -1222,10 +1230,10 @@ def test_a_closed_tab_s_prompt_is_left_where_it_is_when_storage_is_full(
     full.close()
     later = open_chat(context, chat_app.url)
     listed = later.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
-    expect(listed).to_have_count(1, timeout=15_000)
+    expect(listed).to_have_count(1, timeout=20_000)
     listed.click()
-    wait_state(later, prompt, "done")
-    assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompt]
+    wait_state(later, prompts[writer], "done")
+    assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompts[writer]]
 
 
 NO_WEB_LOCKS_JS = "Object.defineProperty(Navigator.prototype, 'locks', { get: () => undefined })"
@@ -1358,13 +1366,40 @@ def test_a_prompt_left_unsent_for_a_conversation_deleted_since_is_dropped(
     after = new_context(storage_state=storage)
     sent: list[str] = []
     after.on("request", lambda r: sent.append(f"{r.method} {r.url}") if r.method != "GET" else None)
-    page = open_chat(after, chat_app.url)
+    # The list unread for long (the server was away): nothing left over is sent meanwhile,
+    # however long it takes (a 10 s cap on that wait let it go).
+    page = after.new_page()
+    page.route("**/v1/stream/conversations?*", lambda route: route.abort("connectionrefused"))
+    page.goto(chat_app.url)
+    page.wait_for_timeout(13_000)
+    assert not [s for s in sent if cid in s], sent
+    page.unroute("**/v1/stream/conversations?*")
+    wait_ready(page)
     wait_until(lambda: outbox_keys(page) == [], timeout=10, what="the closed tab's outbox taken on")
     later = unique("The next conversation still works")
     send_prompt(page, later)
     wait_state(page, later, "done")
     assert not [s for s in sent if cid in s], sent
     assert not client.exists(f"conversations/{cid}/prompts")
+
+
+def test_a_tab_refused_the_list_still_sends_its_prompts(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """Prompts wait for the tab's own read of the list of conversations; a tab that does not
+    hold its live read retried a refused read (401) for ever, so they waited for ever."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Listed, but not to this tab"))
+    context = new_context()
+    open_chat(context, chat_app.url)  # holds the list's live read
+    follower = context.new_page()
+    follower.route("**/v1/stream/conversations?*", lambda route: route.fulfill(
+        status=401, content_type="application/json",
+        body=json.dumps({"error": {"code": "UNAUTHORIZED", "message": "not for this tab"}})))
+    follower.goto(f"{chat_app.url}/#/c/{cid}")
+    prompt = unique("Sent all the same")
+    replies.set(prompt, "Answered.")
+    send_prompt(follower, prompt)
+    wait_state(follower, prompt, "done")
 
 
 def test_a_frozen_tab_s_unsent_prompt_for_a_conversation_deleted_since_is_dropped(

@@ -11,20 +11,18 @@ import { FlowDiagram } from "./flow.js";
 import { RawStreamPanel } from "./stream-panels.js";
 import { ConnectionStatus } from "./status.js";
 import { Drawers } from "./drawers.js";
-import { el, formatTime, frameThrottle, sleep, wireSkipLink } from "./util.js";
+import { el, formatTime, frameThrottle, wireSkipLink } from "./util.js";
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 
 const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken, silenceMs: config.silenceMs, queuedMs: config.queuedMs });
 const hub = new StreamHub(client);
 // What an earlier load or a closed tab left unsent waits for this tab to have read the list
-// of conversations (or for LISTING_WAIT_MS, or for the list to be refused for good): a
-// message for one deleted since is dropped (see forgetDeleted), as its retries would make
-// the deleted streams again.
-const LISTING_WAIT_MS = 10_000;
+// of conversations (or for the list to be missing or refused for good): a message for one
+// deleted since is dropped (see forgetDeleted), as its retries would make the deleted
+// streams again. With the server out of reach nothing could be sent anyway.
 let listingRead;
-const listing = new Promise((resolve) => (listingRead = resolve));
-const outbox = new Outbox(client, { sendAfter: Promise.race([listing, sleep(LISTING_WAIT_MS)]) });
+const outbox = new Outbox(client, { sendAfter: new Promise((resolve) => (listingRead = resolve)) });
 
 const ui = {
   sidebar: document.getElementById("sidebar"),

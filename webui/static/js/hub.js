@@ -182,6 +182,11 @@ class Follow {
         return;
       } catch (err) {
         if (this.stopped) return;
+        if ([400, 401, 403, 410].includes(err?.status)) {
+          // Refused for good, as a live read is (streams.js): retrying cannot help.
+          this.#setStatus({ state: "error", error: String(err?.message || err), errorCode: err?.code });
+          return;
+        }
         attempt += 1;
         this.#setStatus({ state: err?.status === 404 ? "missing" : "reconnecting", attempt, error: String(err?.message || err) });
         await sleep(backoff(attempt), this.#abort.signal).catch(() => {});

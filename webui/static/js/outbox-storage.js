@@ -4,11 +4,12 @@
 // With Web Locks (https and localhost origins) each page load keeps its entries in
 // localStorage under a key of its own, and holds a lock of that name for as long as it is
 // open. A key whose lock is free is an orphan: its page was closed, or crashed, before the
-// server had everything. A page takes on the orphans it finds when it starts, and waits on
-// the lock of every other page that keeps entries, to take on theirs once that page has gone
-// for a few seconds (a page that was only reloaded takes its own back first, as it starts).
-// The lock is held while taking on, so each orphan goes to one page; its entries keep the
-// producer tuples they were sent with, so the server drops a copy that had already landed.
+// server had everything. A page takes its predecessor's back as it starts (a reload: the
+// tab's sessionStorage names it), and waits on the lock of every other page that keeps
+// entries, to take on theirs once that page has been gone for a few seconds (time for its
+// own reload to come back). The lock is held while taking on, so each orphan goes to one
+// page; its entries keep the producer tuples they were sent with, so the server drops a copy
+// that had already landed.
 //
 // Without Web Locks (plain-http LAN origins) the entries stay in this tab's sessionStorage:
 // a reload finds them again, closing the tab loses them.
@@ -16,6 +17,7 @@
 import { randomId, sleep } from "./util.js";
 
 const PREFIX = "ds-outbox:";
+const PREDECESSOR = "ds-outbox-of-this-tab:";
 /** How long a page that has gone is given to come back (a reload) before another takes on
  * its entries. */
 const RELOAD_GRACE_MS = 5000;
@@ -48,10 +50,12 @@ export class OutboxStorage {
     this.#storage = window.localStorage;
     this.#key = `${tabKey}#${randomId()}`; // "#": no part of a URL the page is given
     this.#leftInTab = read(window.sessionStorage, tabKey);
+    const predecessor = window.sessionStorage.getItem(PREDECESSOR + baseUrl);
+    window.sessionStorage.setItem(PREDECESSOR + baseUrl, this.#key);
     navigator.locks
       .request(this.#key, () => {
         window.sessionStorage.removeItem(tabKey); // kept under this page's key from now on
-        this.#held(`${tabKey}#`);
+        this.#held(`${tabKey}#`, predecessor);
         return new Promise(() => {}); // held until the page goes
       })
       .catch((err) => {
@@ -81,14 +85,21 @@ export class OutboxStorage {
     return write(this.#storage, this.#key, entries);
   }
 
-  #held(prefix) {
+  #held(prefix, predecessor) {
     this.#locked = true;
     if (this.#unsaved) write(this.#storage, this.#key, this.#unsaved);
     this.#unsaved = null;
-    const ours = (key) => key?.startsWith(prefix) && key !== this.#key;
+    const ours = (key) => key?.startsWith(prefix) && key !== this.#key && key !== predecessor;
+    if (predecessor?.startsWith(prefix)) {
+      // Granted once the page this one replaces has gone (at once, or as its unload ends);
+      // a duplicated tab names the page it was copied from, and waits for it to close.
+      navigator.locks
+        .request(predecessor, () => this.#adopt(predecessor))
+        .catch((err) => console.warn("outbox adoption failed", err));
+    }
     const keys = [];
     for (let i = 0; i < this.#storage.length; i += 1) if (ours(this.#storage.key(i))) keys.push(this.#storage.key(i));
-    for (const key of keys) this.#adoptNow(key);
+    for (const key of keys) this.#watch(key);
     // A page that starts keeping entries after this one started.
     window.addEventListener("storage", (event) => {
       if (event.storageArea === this.#storage && event.newValue !== null && ours(event.key)) this.#watch(event.key);
@@ -120,11 +131,14 @@ export class OutboxStorage {
 
   /** Called holding the lock of `key`: its page has gone. */
   #adopt(key) {
+    const stored = this.#storage.getItem(key);
+    if (stored === null) return;
     const entries = read(this.#storage, key);
-    // Kept under this page's key, then removed from the closed one's, in one task: closing
-    // this page cannot come in between. Not kept (storage full): left for another page.
-    if (entries.length && !this.#onAdopt(entries)) return;
+    // Removed from the closed page's key (which frees its room) and kept under this page's,
+    // in one task: closing this page cannot come in between. Not kept (storage full): put
+    // back, for another page.
     this.#storage.removeItem(key);
+    if (entries.length && !this.#onAdopt(entries)) write(this.#storage, key, entries, stored);
   }
 }
 
@@ -137,9 +151,9 @@ function read(storage, key) {
   }
 }
 
-function write(storage, key, entries) {
+function write(storage, key, entries, json = JSON.stringify(entries)) {
   try {
-    if (entries.length) storage.setItem(key, JSON.stringify(entries));
+    if (entries.length) storage.setItem(key, json);
     else storage.removeItem(key);
     return true;
   } catch (err) {
