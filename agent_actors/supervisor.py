@@ -60,7 +60,7 @@ from agent_actors.errors import (
 from agent_actors.models.base import Model
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.schema import parse_conversation_entry, parse_deletion
-from agent_actors.stream_types import Lease, ReadResult, Subscription
+from agent_actors.stream_types import Lease, ReadResult
 from agent_actors.streams_client import StreamsClient, Tail
 from agent_actors.timers import Timers
 
@@ -178,7 +178,7 @@ class Supervisor(pykka.ThreadingActor):
         self._known: set[str] = set()
         # Read by the job threads too (a set's `in` is atomic): nothing of these is claimed.
         self._deleted: set[str] = set()
-        self._lease_note_given = False  # see _note_other_settings
+        self._lease_note_given = False  # see _note_lease
         self._unusable_ids: set[str] = set()  # said once each (see _unusable_id)
         self._removing: set[str] = set()
         self._remove_again: set[str] = set()  # asked while a removal was under way
@@ -497,7 +497,7 @@ class Supervisor(pykka.ThreadingActor):
                 subscription = self.client.put_subscription(sub_id, config)
             except Conflict:  # created by a client with other settings (e.g. lease TTL)
                 subscription = self.client.get_subscription(sub_id)
-                self._note_other_settings(cid, subscription)
+                self._note_lease(cid, subscription.lease_ttl_ms)
             prompts = self.client.head(layout.prompts_path(cid))
         except NotFound:
             return True  # prompts stream not created yet: its creation will wake us
@@ -517,11 +517,10 @@ class Supervisor(pykka.ThreadingActor):
             self._tell(_Pending(cid))
         return True
 
-    def _note_other_settings(self, cid: str, subscription: Subscription) -> None:
+    def _note_lease(self, cid: str, ttl: int | None) -> None:
         """Say once that a conversation's subscription has another lease than the one this
         supervisor was told to use: whoever creates it first (a client, before its first
         prompt) sets it, so `--lease-ttl-ms` was not what a takeover waits for there."""
-        ttl = subscription.lease_ttl_ms
         if ttl is None or ttl == self.settings.lease_ttl_ms or self._lease_note_given:
             return
         self._lease_note_given = True
@@ -617,6 +616,7 @@ class Supervisor(pykka.ThreadingActor):
         error: str | None = None
         try:
             lease = self.client.claim(layout.subscription_id(cid), self.settings.worker_name)
+            self._note_lease(cid, lease.lease_ttl_ms)
         except (AlreadyClaimed, NoPendingWork) as exc:
             log.debug("not claiming %s: %s", cid, exc)
         except NotFound as exc:

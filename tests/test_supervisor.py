@@ -1123,7 +1123,7 @@ def test_a_lease_set_by_the_client_is_answered_and_said_once(
         wait_for_answers(client, cid, [prompt])
     said = (f"its subscription was made with a lease of {LEASE_TTL_MS + 3000} ms, not this"
             f" supervisor's {LEASE_TTL_MS} \\(--lease-ttl-ms\\)")
-    assert sup.wait_for_line(said, timeout=10), sup.log_tail()  # by its start-up check
+    assert sup.wait_for_line(said, timeout=10), sup.log_tail()  # at its claim, or its check
     time.sleep(0.5)
     assert sup.count_lines(said) == 1, sup.log_tail()
 
