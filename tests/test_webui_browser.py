@@ -728,8 +728,7 @@ def test_a_prompt_waiting_to_be_sent_is_dropped_with_its_deleted_conversation(
     page.get_by_test_id("delete-conversation").click()
     expect(turn_for(page, stuck)).to_have_count(0)
     client = StreamsClient(f"{chat_app.url}/v1/stream")
-    wait_until(lambda: not client.exists(f"conversations/{cid}/prompts"), timeout=20,
-               what="the deleted conversation's removal")
+    wait_removed(client, cid)
     attempts = len(tried)
 
     after = unique("The next conversation still works")
@@ -1104,6 +1103,28 @@ def test_a_tab_that_sees_a_deletion_drops_what_it_had_not_sent_for_it(
     assert [m["type"] for m in listings] == ["conversation", "delete"]
 
 
+def send_unsent(page: Page, text: str) -> None:
+    """Send `text` from the composer to a server the page cannot reach (a route refuses
+    its requests): it waits in the outbox, shown as being sent."""
+    page.get_by_test_id("composer-input").fill(text)
+    page.get_by_test_id("composer-input").press("Enter")
+    wait_state(page, text, "sending")
+
+
+def wait_removed(client: StreamsClient, cid: str) -> None:
+    wait_until(lambda: not client.exists(f"conversations/{cid}/prompts"), timeout=20,
+               what="the deleted conversation's removal")
+
+
+def assert_it_stays_deleted(page: Page, sent: list[str], client: StreamsClient, cid: str) -> None:
+    """The page works on, and has written nothing (`sent`) to the deleted conversation."""
+    later = unique("The next conversation still works")
+    send_prompt(page, later)
+    wait_state(page, later, "done")
+    assert not [s for s in sent if cid in s], sent
+    assert not client.exists(f"conversations/{cid}/prompts")
+
+
 def outbox_keys(page: Page) -> list[str]:
     """The page's outbox in storage (see outbox-storage.js): one key per open page."""
     keys: list[str] = page.evaluate(
@@ -1173,9 +1194,7 @@ def test_a_reloaded_tab_keeps_its_unsent_prompt_with_another_tab_open(
                  if request.method == "POST" else route.continue_())
     prompt = unique("Still being sent after a reload")
     replies.set(prompt, "Answered in the tab that sent it.")
-    writer.get_by_test_id("composer-input").fill(prompt)
-    writer.get_by_test_id("composer-input").press("Enter")
-    wait_state(writer, prompt, "sending")
+    send_unsent(writer, prompt)
     writer.reload()
     wait_ready(writer)
     wait_state(writer, prompt, "sending")
@@ -1215,9 +1234,7 @@ def test_a_closed_tab_s_prompt_is_left_where_it_is_when_storage_is_full(
         page.route("**/v1/stream/**", refuse_writes)
         if page is full:  # its own prompt is only in memory: both do not fit where one was
             full.evaluate(FILL_LOCAL_STORAGE_JS)
-        page.get_by_test_id("composer-input").fill(prompt)
-        page.get_by_test_id("composer-input").press("Enter")
-        wait_state(page, prompt, "sending")
+        send_unsent(page, prompt)
     cid = conversation_id(writer)
     writer.close()
     full.wait_for_timeout(7000)  # past the grace a page that has gone is given
@@ -1258,9 +1275,7 @@ def test_without_web_locks_a_reload_still_sends_a_prompt_left_unsent(
     page.route("**/prompts", refuse_prompts)
     prompt = unique("Sent over a reload, in a tab of its own")
     replies.set(prompt, "Answered after the reload.")
-    page.get_by_test_id("composer-input").fill(prompt)
-    page.get_by_test_id("composer-input").press("Enter")
-    wait_state(page, prompt, "sending")
+    send_unsent(page, prompt)
     assert outbox_keys(page) == []  # not in localStorage: no other tab could take it on
     page.reload()
     wait_ready(page)
@@ -1328,8 +1343,7 @@ def test_a_tab_that_does_not_hold_the_list_s_live_read_reads_it_before_sending_l
     leader = open_chat(context, chat_app.url)
     chat.delete_conversation(cid)
     client = StreamsClient(f"{chat_app.url}/v1/stream")
-    wait_until(lambda: not client.exists(f"conversations/{cid}/prompts"), timeout=20,
-               what="the deleted conversation's removal")
+    wait_removed(client, cid)
     expect(leader.get_by_text("Deleted before a new tab opened")).to_have_count(0)
     seed_old_outbox(context, chat_app, old_outbox_entry(cid, unique("Never to be sent")))
     sent: list[str] = []
@@ -1353,16 +1367,13 @@ def test_a_prompt_left_unsent_for_a_conversation_deleted_since_is_dropped(
     writer.route(lambda url: f"/conversations/{cid}/" in url and "live=" not in url,
                  lambda route: route.abort("connectionrefused"))
     stuck = unique("Never to be sent")
-    writer.get_by_test_id("composer-input").fill(stuck)
-    writer.get_by_test_id("composer-input").press("Enter")
-    wait_state(writer, stuck, "sending")
+    send_unsent(writer, stuck)
     storage = before.storage_state()  # the browser's profile as it is closed
     before.close()
 
     chat.delete_conversation(cid)
     client = StreamsClient(f"{chat_app.url}/v1/stream")
-    wait_until(lambda: not client.exists(f"conversations/{cid}/prompts"), timeout=20,
-               what="the deleted conversation's removal")
+    wait_removed(client, cid)
     after = new_context(storage_state=storage)
     sent: list[str] = []
     after.on("request", lambda r: sent.append(f"{r.method} {r.url}") if r.method != "GET" else None)
@@ -1376,11 +1387,7 @@ def test_a_prompt_left_unsent_for_a_conversation_deleted_since_is_dropped(
     page.unroute("**/v1/stream/conversations?*")
     wait_ready(page)
     wait_until(lambda: outbox_keys(page) == [], timeout=10, what="the closed tab's outbox taken on")
-    later = unique("The next conversation still works")
-    send_prompt(page, later)
-    wait_state(page, later, "done")
-    assert not [s for s in sent if cid in s], sent
-    assert not client.exists(f"conversations/{cid}/prompts")
+    assert_it_stays_deleted(page, sent, client, cid)
 
 
 def test_a_tab_refused_the_list_still_sends_its_prompts(
@@ -1414,28 +1421,21 @@ def test_a_frozen_tab_s_unsent_prompt_for_a_conversation_deleted_since_is_droppe
     writer.route(lambda url: f"/conversations/{cid}/" in url and "live=" not in url,
                  lambda route: route.abort("connectionrefused"))
     stuck = unique("Never to be sent")
-    writer.get_by_test_id("composer-input").fill(stuck)
-    writer.get_by_test_id("composer-input").press("Enter")
-    wait_state(writer, stuck, "sending")
+    send_unsent(writer, stuck)
     frozen = context.new_cdp_session(writer)  # its script stopped, as a frozen tab's is
     frozen.send("Debugger.enable")
     frozen.send("Debugger.pause")
 
     chat.delete_conversation(cid)
     client = StreamsClient(f"{chat_app.url}/v1/stream")
-    wait_until(lambda: not client.exists(f"conversations/{cid}/prompts"), timeout=20,
-               what="the deleted conversation's removal")
+    wait_removed(client, cid)
     expect(other.locator(f'[data-conversation-id="{cid}"]')).to_have_count(0)
     assert stuck in "".join(other.evaluate("() => Object.values(localStorage)"))  # still unsent
     sent: list[str] = []
     other.on("request", lambda r: sent.append(f"{r.method} {r.url}") if r.method != "GET" else None)
     writer.close()
     wait_until(lambda: outbox_keys(other) == [], timeout=10, what="the closed tab's outbox taken on")
-    later = unique("The next conversation still works")
-    send_prompt(other, later)
-    wait_state(other, later, "done")
-    assert not [s for s in sent if cid in s], sent
-    assert not client.exists(f"conversations/{cid}/prompts")
+    assert_it_stays_deleted(other, sent, client, cid)
 
 
 def test_deleted_elsewhere_while_renaming_focus_goes_to_the_message_box_with_the_text_kept(

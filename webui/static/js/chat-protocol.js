@@ -124,12 +124,11 @@ export function deleteConversation(outbox, conversationId) {
  * renames and activity (sent, they would list it again; a prompt's retries would create its
  * streams again). */
 export function dropUnsent(outbox, conversationId) {
-  return outbox.discard(({ path, body }) => path === promptsPath(conversationId)
-    || (path === CONVERSATIONS_PATH && body?.id === conversationId && body?.type !== "delete"));
+  return dropUnsentOfDeleted(outbox, (id) => id === conversationId);
 }
 
-/** Drop what the outbox holds for conversations that `isDeleted`, such as the messages a
- * closed tab left unsent (see `dropUnsent`). */
+/** `dropUnsent` for every conversation that `isDeleted`, such as those of the messages a
+ * closed tab left unsent. */
 export function dropUnsentOfDeleted(outbox, isDeleted) {
   return outbox.discard(({ path, body }) => {
     const id = path === CONVERSATIONS_PATH
