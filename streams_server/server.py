@@ -105,6 +105,21 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
                 environ[FRAMING_PROBLEM_KEY] = problem
             return environ
 
+        def read_request(self, raw_requestline: str) -> bool:
+            """pywsgi's reading, held to RFC 9112: no HTTP/0.9 request (``GET /path``, which
+            it answered), a Host header in every HTTP/1.1 request (3.2), and a
+            Transfer-Encoding in an HTTP/1.0 request taken as faulty framing (6.1)."""
+            if len(raw_requestline.split()) != 3:
+                raise UnreadableRequest(
+                    f"malformed request line {raw_requestline.rstrip()[:80]!r}: it must be a "
+                    "method, a target and an HTTP version")
+            read: bool = super().read_request(raw_requestline)
+            if self.request_version == "HTTP/1.1" and self.headers.get("host") is None:
+                raise UnreadableRequest("an HTTP/1.1 request must have a Host header")
+            if self.request_version == "HTTP/1.0" and self.headers.get("transfer-encoding"):
+                self.headers.framing_problem = "an HTTP/1.0 request cannot use Transfer-Encoding"
+            return read
+
         def _check_http_version(self) -> bool:
             """HTTP/1.0 and 1.1 only; another well-formed version is a 505, not a 400."""
             match = _HTTP_VERSION.fullmatch(self.request_version)
@@ -334,7 +349,11 @@ class RequestHeaders:
             raw = rfile.readline(self.MAX_LINE + 1)
             if len(raw) > self.MAX_LINE:
                 raise _too_large(f"a request header line is longer than {self.MAX_LINE} bytes")
-            if raw in (b"\r\n", b"\n", b""):
+            if not raw.endswith(b"\n"):
+                # The connection closed inside the header block: what arrived is not the
+                # request the client meant (a cut-off header would be carried out without it).
+                raise UnreadableRequest("the connection closed before the request's headers ended")
+            if raw in (b"\r\n", b"\n"):
                 self._first = _first_lines(self._lines)
                 self.framing_problem = self._framing_problem()
                 return

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from streams_server.server import RequestHeaders
+from streams_server.server import RequestHeaders, UnreadableRequest
 
 
 def parse(block: bytes) -> RequestHeaders:
@@ -23,11 +23,16 @@ def test_values_by_name_case_insensitively_first_one_wins() -> None:
     assert headers.status == ""
 
 
-def test_the_block_ends_at_the_blank_line_or_at_eof_and_bare_newlines_count() -> None:
+def test_the_block_ends_at_the_blank_line_and_bare_newlines_count() -> None:
     reader = io.BytesIO(b"A: 1\nB: 2\n\nbody")
     headers = RequestHeaders(reader)
     assert (headers.get("a"), headers.get("b")) == ("1", "2") and reader.read() == b"body"
-    assert RequestHeaders(io.BytesIO(b"A: 1\r\n")).get("a") == "1"
+
+
+@pytest.mark.parametrize("cut_off", [b"", b"A: 1\r\n", b"A: 1\r\nB: tw"])
+def test_a_block_the_connection_ends_inside_is_refused(cut_off: bytes) -> None:
+    with pytest.raises(UnreadableRequest, match="closed before the request's headers ended"):
+        RequestHeaders(io.BytesIO(cut_off))
 
 
 def test_folded_lines_continue_the_previous_value() -> None:

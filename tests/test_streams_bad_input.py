@@ -221,9 +221,13 @@ def _raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     (b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "MALFORMED_REQUEST"),
     (b"PUT /v1/stream/x HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\n"
      b"Content-Type: application/json\r\nContent-Length: 0\r\n\r\n", 400, "MALFORMED_REQUEST"),
+    (b"GET /v1/stream/x\r\n\r\n", 400, "MALFORMED_REQUEST"),  # HTTP/0.9: it was answered
+    (b"GET /v1/stream/x HTTP/1.1\r\nAccept: */*\r\n\r\n", 400, "MALFORMED_REQUEST"),
+    (b"POST /v1/stream/x HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+     b"Connection: keep-alive\r\n\r\n0\r\n\r\n", 400, "INVALID_FRAMING"),
 ], ids=["http2", "bad-version", "no-target", "long-line", "long-header", "many-headers",
         "no-colon", "length-abc", "bare-cr", "bare-cr-at-line-end", "control-character", "nul-in-name", "two-hosts",
-        "two-content-types"])
+        "two-content-types", "http-0.9", "no-host", "chunked-in-http-1.0"])
 def test_requests_refused_before_the_app_get_a_json_error(
     server: ServerProcess, request_bytes: bytes, status: int, code: str,
 ) -> None:
@@ -237,6 +241,49 @@ def test_requests_refused_before_the_app_get_a_json_error(
     assert json.loads(body)["error"]["code"] == code
     log = server.log_path.read_text(errors="replace")
     assert " ERROR " not in log and "Traceback" not in log, server.log_tail()
+
+
+def _answer_to_half_closed(url: str, request: bytes) -> bytes:
+    """Send `request`, close this side for sending (as a client that died would), and read
+    what the server answers."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_request_cut_off_inside_its_headers_is_not_carried_out(server: ServerProcess) -> None:
+    """The end of the connection was taken for the blank line that ends the headers: a PUT
+    cut off before its Content-Type made a stream of the wrong type, one cut inside a value
+    a stream of type ``application/js``, and an append-and-close cut off before its length
+    closed the stream without its last message, which the client's retry could then never
+    append."""
+    http = StreamsHttp(server.url)
+    cut_off = {
+        "cut-put": b"PUT /v1/stream/cut-put HTTP/1.1\r\nHost: x\r\nStream-Closed: true\r\n",
+        "cut-value": b"PUT /v1/stream/cut-value HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                     b"Content-Type: application/js",
+        "cut-request-line": b"PUT /v1/stream/cut-request-line HTTP/1.1",
+    }
+    for path, request in cut_off.items():
+        answer = _answer_to_half_closed(server.url, request)
+        assert answer.startswith(b"HTTP/1.1 400 "), (path, answer)
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "MALFORMED_REQUEST"
+        assert http.head(path).status_code == 404, path
+    assert http.put("cut-close", content_type="text/plain").status_code == 201
+    answer = _answer_to_half_closed(server.url, b"POST /v1/stream/cut-close HTTP/1.1\r\nHost: x\r\n"
+                                    b"Stream-Closed: true\r\nContent-Type: text/plain\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    retried = http.request("POST", "cut-close", body=b"FINAL", headers={
+        "Content-Type": "text/plain", "Stream-Closed": "true"})
+    assert retried.status_code == 204, retried.content
+    assert http.get("cut-close").content == b"FINAL"
+    log = server.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, server.log_tail()
 
 
 def test_a_method_in_lower_case_is_not_the_method(front: StreamsHttp) -> None:
