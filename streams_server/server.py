@@ -267,6 +267,7 @@ _STOPPING_HEAD = (
     f"Content-Length: {len(_STOPPING_BODY)}\r\nConnection: close\r\n\r\n").encode("latin-1")
 _STOPPING = _STOPPING_HEAD + _STOPPING_BODY.encode("latin-1")
 _UNREAD_AT_CLOSE_BYTES = 64 << 20
+_MAX_LENGTH_DIGITS = 30  # 10^30 bytes: larger than any body, still a length the app can refuse
 _SEND_PIECE_BYTES = 64 * 1024
 
 
@@ -396,6 +397,10 @@ class RequestHeaders:
                 raise UnreadableRequest(
                     f"Content-Length must be a non-negative integer, not {length[:40]!r}",
                     code="INVALID_FRAMING")
+            if len(length.lstrip("0")) > _MAX_LENGTH_DIGITS:  # pywsgi's int() fails past 4,300
+                raise UnreadableRequest(
+                    f"a Content-Length of {len(length)} digits is more than any request body",
+                    status="413 Content Too Large", code="PAYLOAD_TOO_LARGE")
         if len(lengths) > 1:
             return "the request has conflicting Content-Length headers"
         if lengths and "transfer-encoding" in self._first:

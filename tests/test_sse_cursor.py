@@ -83,3 +83,31 @@ def test_a_cursor_echoed_back_is_always_exceeded_however_long(digits: int) -> No
     """Only its first 30 digits were read, so a longer cursor got a smaller one back."""
     echoed = "9" * digits
     assert int(next_cursor(echoed)) > int(echoed)
+
+
+def test_a_cursor_too_long_for_int_still_gets_its_live_events(
+    streams_server: ServerProcess,
+) -> None:
+    """Past Python's 4,300 digits, the next control event's cursor was `int()` of the one
+    sent: a ValueError that cut the SSE connection before its first data event."""
+    url = f"{streams_server.url}/v1/stream/long-cursor"
+    requests.put(url, headers={"Content-Type": "application/json"}).raise_for_status()
+    echoed = "9" * 4400
+    with requests.get(url, params={"offset": "now", "live": "sse", "cursor": echoed},
+                      stream=True, timeout=20) as response:
+        assert response.status_code == 200
+        writer = threading.Thread(target=_append_slowly, args=(url, 2))
+        writer.start()
+        data: list[bytes] = []
+        cursors: set[str] = set()
+        lines = response.iter_lines()
+        while len(data) < 2:
+            line = next(lines)
+            if line.startswith(b"data:{\"streamNextOffset\""):
+                cursors.add(json.loads(line[5:])["streamCursor"])
+            elif line.startswith(b"data:"):
+                data.append(line[5:])
+        writer.join()
+    assert [json.loads(d) for d in data] == [[0], [1]]
+    assert cursors == {"1" + echoed}
+    assert "Traceback" not in streams_server.log_path.read_text(errors="replace")

@@ -221,13 +221,15 @@ def _raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     (b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "MALFORMED_REQUEST"),
     (b"PUT /v1/stream/x HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\n"
      b"Content-Type: application/json\r\nContent-Length: 0\r\n\r\n", 400, "MALFORMED_REQUEST"),
+    (b"POST /v1/stream/x HTTP/1.1\r\nHost: a\r\nContent-Length: " + b"1" * 5000 + b"\r\n\r\n",
+     413, "PAYLOAD_TOO_LARGE"),  # past int()'s 4,300 digits: a 400 naming Python's limit
     (b"GET /v1/stream/x\r\n\r\n", 400, "MALFORMED_REQUEST"),  # HTTP/0.9: it was answered
     (b"GET /v1/stream/x HTTP/1.1\r\nAccept: */*\r\n\r\n", 400, "MALFORMED_REQUEST"),
     (b"POST /v1/stream/x HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
      b"Connection: keep-alive\r\n\r\n0\r\n\r\n", 400, "INVALID_FRAMING"),
 ], ids=["http2", "bad-version", "no-target", "long-line", "long-header", "many-headers",
         "no-colon", "length-abc", "bare-cr", "bare-cr-at-line-end", "control-character", "nul-in-name", "two-hosts",
-        "two-content-types", "http-0.9", "no-host", "chunked-in-http-1.0"])
+        "two-content-types", "huge-length", "http-0.9", "no-host", "chunked-in-http-1.0"])
 def test_requests_refused_before_the_app_get_a_json_error(
     server: ServerProcess, request_bytes: bytes, status: int, code: str,
 ) -> None:
@@ -241,6 +243,26 @@ def test_requests_refused_before_the_app_get_a_json_error(
     assert json.loads(body)["error"]["code"] == code
     log = server.log_path.read_text(errors="replace")
     assert " ERROR " not in log and "Traceback" not in log, server.log_tail()
+
+
+@pytest.mark.parametrize("header", ["Stream-TTL", "Stream-Fork-Sub-Offset", "Producer-Seq"])
+def test_a_number_too_long_for_int_is_a_400(front: StreamsHttp, header: str) -> None:
+    """Past Python's 4,300 digits `int()` raises: a Stream-TTL that long was a 500 with a
+    traceback in the log."""
+    path = f"long-number-{header.lower()}"
+    headers = {header: "1" * 5000, "Content-Type": JSON}
+    if header == "Stream-Fork-Sub-Offset":
+        assert front.put(f"{path}-source", content_type=JSON).status_code in (200, 201)
+        headers["Stream-Forked-From"] = f"/v1/stream/{path}-source"
+    if header != "Producer-Seq":
+        assert_error(front.request("PUT", path, headers=headers), 400, "VALUE_TOO_LARGE")
+        assert front.head(path).status_code == 404
+        return
+    assert front.put(path, content_type=JSON).status_code in (200, 201)
+    headers.update({"Producer-Id": "p", "Producer-Epoch": "0"})
+    assert_error(front.request("POST", path, body=b"[1]", headers=headers), 400,
+                 "VALUE_TOO_LARGE")
+    assert front.get(path).json() == []
 
 
 def _answer_to_half_closed(url: str, request: bytes) -> bytes:

@@ -35,5 +35,7 @@ def later_cursor(sent: str) -> str:
     Only a cursor the client echoed calls for jitter (`next_cursor`); re-jittering every
     event would push the cursor ever further ahead and give each reader its own value.
     """
+    if len(sent) > MAX_CURSOR_DIGITS:  # ahead of any interval (and maybe past int()'s limit)
+        return sent
     interval = current_interval()
     return str(interval) if interval > int(sent) else sent

@@ -78,10 +78,9 @@ def non_negative_integer(value: str, name: str, maximum: int = MAX_SAFE_INTEGER)
             f"decimal point, got {value[:40]!r}",
             code=f"INVALID_{name.upper().replace('-', '_')}",
         )
-    number = int(text)
-    if number > maximum:
+    if len(text) > len(str(maximum)) or int(text) > maximum:  # int() fails past 4,300 digits
         raise BadRequest(f"{name} must be at most {maximum}", code="VALUE_TOO_LARGE")
-    return number
+    return int(text)
 
 
 def expiry(headers: HeaderLookup) -> Expiry:
