@@ -730,3 +730,34 @@ def test_an_oversized_pattern_is_refused_over_http(streams_server: ServerProcess
     response = requests.put(f"{base}/__ds/subscriptions/big", json=config, timeout=10)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "INVALID_PATTERN"
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    (r'{"type":"pull-wake","streams":["a"],"wake_stream":"w","description":"\ud800"}',
+     "INVALID_JSON"),
+    (r'{"type":"pull-wake","pattern":"x/\udfff","wake_stream":"w"}', "INVALID_JSON"),
+    (r'{"type":"webhook","streams":["a"],"webhook":{"url":"https://\ud800.example.com/"}}',
+     "INVALID_JSON"),
+    (r'{"type":"pull-wake","streams":["a\u0000b"],"wake_stream":"w"}', "INVALID_STREAM"),
+    (r'{"type":"pull-wake","streams":["a"],"wake_stream":"w\n"}', "INVALID_STREAM"),
+    (r'{"type":"pull-wake","pattern":"x/\u0007*","wake_stream":"w"}', "INVALID_PATTERN"),
+], ids=["surrogate-description", "surrogate-pattern", "surrogate-url", "nul-in-stream",
+        "newline-in-wake-stream", "bell-in-pattern"])
+def test_what_no_stream_or_text_can_hold_is_refused_in_a_subscription(
+    streams_server: ServerProcess, body: str, code: str,
+) -> None:
+    """A lone surrogate escape was a 503 STORAGE_UNAVAILABLE (a retry forever) with a
+    traceback, failing only as SQLite stored it; control characters were taken in names
+    no stream can have."""
+    base = f"{streams_server.url}/v1/stream/__ds/subscriptions"
+    response = requests.put(f"{base}/odd", data=body.encode(), timeout=10,
+                            headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == code
+    assert requests.get(f"{base}/odd", timeout=10).status_code == 404
+    requests.put(f"{base}/odd-parts", timeout=10, json={
+        "type": "pull-wake", "streams": ["a"], "wake_stream": "w"}).raise_for_status()
+    for part, sent in (("streams", r'{"streams":["\ud800"]}'), ("claim", r'{"worker":"\ud800"}')):
+        response = requests.post(f"{base}/odd-parts/{part}", data=sent.encode(), timeout=10,
+                                 headers={"Content-Type": "application/json"})
+        assert response.status_code == 400, (part, response.text)

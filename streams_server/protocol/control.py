@@ -200,8 +200,15 @@ def _body(request: StreamRequest) -> Any:
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
+        # An escaped lone surrogate ("\ud800") decodes to a str that cannot be stored as
+        # UTF-8: found here, it is the client's mistake, not a failed write (503) later.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("the body's JSON holds a lone surrogate escape (such as \\ud800), "
+                         "which is not a character", code="INVALID_JSON") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", code="INVALID_JSON") from None
     except RecursionError:
         raise BadRequest("the body's JSON is nested too deeply", code="INVALID_JSON") from None
+    return body

@@ -17,6 +17,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ..errors import BadRequest
+from ..protocol.headers import has_control_characters
 
 DOUBLE_STAR = "**"
 
@@ -44,6 +45,8 @@ def validate_pattern(pattern: str) -> str:
         raise _invalid(
             "pattern must be a non-empty stream path glob without leading or trailing '/'"
         )
+    if has_control_characters(pattern):
+        raise _invalid("pattern contains control characters, which no stream path has")
     segments = pattern.split("/")
     if len(segments) > MAX_PATTERN_SEGMENTS:
         raise _invalid(f"pattern must have at most {MAX_PATTERN_SEGMENTS} path segments")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadRequest
+from ..protocol.headers import has_control_characters
 from .globs import validate_pattern
 from .urlcheck import validate_webhook_url
 
@@ -115,6 +116,8 @@ class Ack:
 def stream_path(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value or value.startswith("/") or len(value) > 1024:
         raise BadRequest(f"{field} must be a stream-root-relative path", code="INVALID_STREAM")
+    if has_control_characters(value):  # no stream can be named so (see routes)
+        raise BadRequest(f"{field} contains control characters", code="INVALID_STREAM")
     if value.split("/", 1)[0] == "__ds":
         raise BadRequest(f"{field} must not be under the reserved __ds prefix", code="INVALID_STREAM")
     return value
