@@ -378,3 +378,31 @@ def test_the_sse_keepalive_is_a_server_option(tmp_path_factory: pytest.TempPathF
         assert time.monotonic() - started < 5  # three within about a second, not 45 s
     finally:
         server.terminate()
+
+
+@pytest.mark.parametrize(("stream_type", "sent_type", "body"), [
+    ("application/octet-stream", "application/json", b"\x00\x01"),
+    ("application/octet-stream", "text/plain", b"\xff"),
+    ("text/plain", "application/json", b"[]"),
+])
+def test_a_body_sent_as_another_type_is_a_conflict_even_when_it_is_not_that_type(
+    http: StreamsHttp, stream_type: str, sent_type: str, body: bytes,
+) -> None:
+    """Section 5.2: another content type than the stream's is a 409, and a closed stream
+    a 409 with Stream-Closed before that. The body was parsed by the request's type first,
+    and its being invalid answered 400."""
+    path = f"precedence-{stream_type}-{sent_type}".replace("/", "-")
+    assert http.put(path, content_type=stream_type).status_code == 201
+    response = http.request("POST", path, body=body, headers={"Content-Type": sent_type})
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "CONTENT_TYPE_MISMATCH"
+    assert http.request("POST", path, headers={"Content-Type": stream_type,
+                                               "Stream-Closed": "true"}).status_code == 204
+    response = http.request("POST", path, body=body, headers={"Content-Type": sent_type})
+    assert response.status_code == 409, response.content
+    assert response.headers["Stream-Closed"] == "true"
+    assert response.json()["error"]["code"] == "STREAM_CLOSED"
+    # Of the stream's own type and invalid, a closed stream's answer is the same.
+    response = http.request("POST", path, body=b"\xff[", headers={"Content-Type": stream_type})
+    assert (response.status_code, response.headers.get("Stream-Closed")) == (409, "true")
+    assert http.get(path).content == b""

@@ -10,6 +10,7 @@ from urllib.parse import unquote
 from ..config import StreamsSettings
 from ..errors import BadRequest, Gone, MethodNotAllowed, StreamError
 from ..offsets import START_SENTINEL, TAIL_SENTINEL, format_offset, parse_offset
+from ..storage import writes
 from ..storage.engine import StreamStore
 from ..storage.models import (
     Entries,
@@ -135,7 +136,7 @@ class StreamOperations:
         close = headers.flag(h, "Stream-Closed")
         producer = headers.producer(h)
         stream_seq = headers.stream_seq(h)
-        self.store.info(request.path)  # 404/410 before reading a body for nothing
+        info = self.store.info(request.path)  # 404/410 before reading a body for nothing
         bodies.check_declared_length(request.content_length, self.settings)
         content_type = headers.content_type(h)
         if content_type is None:
@@ -145,7 +146,17 @@ class StreamOperations:
                     "an append with a body needs a Content-Type", code="MISSING_CONTENT_TYPE"
                 )
         else:
-            entries = self._body_entries(request, content_type, allow_empty_array=False)
+            try:
+                entries = self._body_entries(request, content_type, allow_empty_array=False)
+            except BadRequest:
+                # A body that is not what its Content-Type says is refused after what the
+                # stream refuses any data for (5.2): closed first, then another type.
+                if info.closed:
+                    raise writes.closed_conflict(info) from None
+                mismatch = writes.type_conflict(info, content_type)
+                if mismatch is not None:
+                    raise mismatch from None
+                raise
         if not entries and not close:
             raise BadRequest(
                 "an append needs a body (only a close with Stream-Closed: true may be empty)",

@@ -334,13 +334,8 @@ def append_entries(
 
     if info.closed:
         return _append_to_closed(info, row, entries, producer, close)
-    if entries and content_type is not None:
-        if media_type(content_type) != media_type(info.content_type):
-            raise Conflict(
-                f"content type {content_type!r} does not match the stream's "
-                f"{info.content_type!r}",
-                code="CONTENT_TYPE_MISMATCH",
-            )
+    if entries and (mismatch := type_conflict(info, content_type)) is not None:
+        raise mismatch
     producer_epoch = producer_seq = None
     if producer is not None:
         duplicate_of = _check_producer(tx, stream_id, producer)
@@ -397,10 +392,26 @@ def _append_to_closed(
             )
     if close and not entries:  # a close-only request is idempotent, with producer headers
         return AppendResult(info=info, duplicate=True)  # or without (sections 5.2, 5.2.1)
-    raise Conflict(
+    raise closed_conflict(info)
+
+
+def closed_conflict(info: StreamInfo) -> Conflict:
+    """The refusal of data for a closed stream (section 5.2: its final offset, and
+    ``Stream-Closed`` for clients that do not read bodies)."""
+    return Conflict(
         f"stream {info.path!r} is closed",
         code="STREAM_CLOSED",
         headers={"Stream-Closed": "true", "Stream-Next-Offset": format_offset(info.tail)},
+    )
+
+
+def type_conflict(info: StreamInfo, content_type: str | None) -> Conflict | None:
+    """The refusal of data sent as another media type than the stream's, if it is."""
+    if content_type is None or media_type(content_type) == media_type(info.content_type):
+        return None
+    return Conflict(
+        f"content type {content_type!r} does not match the stream's {info.content_type!r}",
+        code="CONTENT_TYPE_MISMATCH",
     )
 
 
