@@ -8,9 +8,12 @@ and wake together from one notification. Blocking SQLite commits are moved to re
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import math
 import re
+import resource
 import signal
 import socket
 import sys
@@ -58,6 +61,8 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
     import gevent.event
     from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
 
+    _raise_descriptor_limit()
+    descriptors_warned_at = -math.inf
     in_flight = 0
     idle = gevent.event.Event()
     idle.set()
@@ -72,6 +77,24 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(socket_timeout_s)
             super().handle(sock, address)
+
+        def do_read(self) -> Any:
+            """A connection accepted, or, when the process has no file descriptor left for
+            it, a pause: gevent logged a traceback a second until connections closed."""
+            try:
+                return super().do_read()
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                    raise
+            nonlocal descriptors_warned_at
+            if time.monotonic() - descriptors_warned_at > 60:
+                descriptors_warned_at = time.monotonic()
+                log.warning("out of file descriptors (limit %d): new connections wait until "
+                            "some close; raise the limit (ulimit -n) for more clients",
+                            resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            self.stop_accepting()
+            gevent.spawn_later(_FULL_PAUSE_S, lambda: self.closed or self.start_accepting())
+            return None
 
     class LeanHeadersHandler(WSGIHandler):  # type: ignore[misc]
         """pywsgi parses request headers with the standard library's email package, about a
@@ -113,7 +136,10 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
                 raise UnreadableRequest(
                     f"malformed request line {raw_requestline.rstrip()[:80]!r}: it must be a "
                     "method, a target and an HTTP version")
-            read: bool = super().read_request(raw_requestline)
+            try:
+                read: bool = super().read_request(raw_requestline)
+            finally:
+                self.head_deadline.cancel()  # the head is in: the app's time is its own
             if self.request_version == "HTTP/1.1" and self.headers.get("host") is None:
                 raise UnreadableRequest("an HTTP/1.1 request must have a Host header")
             if self.request_version == "HTTP/1.0" and self.headers.get("transfer-encoding"):
@@ -168,6 +194,8 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
                     body.content_length = body.position
                     self.drain_before_close = True
 
+        head_deadline: Any = None
+
         def handle_one_request(self) -> Any:
             self.drain_before_close = False
             self.request_line_timed_out = False
@@ -177,7 +205,15 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
                         return None  # the client closed the connection
                 except OSError:  # an idle keep-alive connection timed out, or a reset
                     return None
-            outcome = super().handle_one_request()
+            # The socket timeout bounds each wait for bytes; this bounds the whole head, which
+            # a client dripping a byte at a time would otherwise never finish (or time out).
+            if self.head_deadline is None:  # one per connection, started for each request
+                self.head_deadline = gevent.Timeout(socket_timeout_s, TimeoutError())
+            self.head_deadline.start()
+            try:
+                outcome = super().handle_one_request()
+            finally:
+                self.head_deadline.cancel()
             if self.request_line_timed_out:
                 # pywsgi closes without a word on any socket error in the request line;
                 # past its first byte (the peek above), a request that stalls gets its 408.
@@ -266,9 +302,23 @@ _STOPPING_HEAD = (
     "Access-Control-Expose-Headers: Retry-After\r\n"
     f"Content-Length: {len(_STOPPING_BODY)}\r\nConnection: close\r\n\r\n").encode("latin-1")
 _STOPPING = _STOPPING_HEAD + _STOPPING_BODY.encode("latin-1")
+_FULL_PAUSE_S = 0.5  # out of file descriptors: how long until accepting is tried again
+_MAX_DESCRIPTORS = 1 << 20
 _UNREAD_AT_CLOSE_BYTES = 64 << 20
 _MAX_LENGTH_DIGITS = 30  # 10^30 bytes: larger than any body, still a length the app can refuse
 _SEND_PIECE_BYTES = 64 * 1024
+
+
+def _raise_descriptor_limit() -> None:
+    """Every connection holds a file descriptor, and live readers hold theirs for long: the
+    soft limit (often 1,024) is raised as far as the hard one allows (up to 2^20)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _MAX_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, _MAX_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError) as exc:
+            log.info("could not raise the file descriptor limit from %d: %s", soft, exc)
 
 
 def _refuse_while_stopping(sock: Any, *, head_only: bool) -> None:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import gzip
 import json
+import resource
+import select
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 
 from tests.support import ServerProcess, start_streams_server
+from tests.support.agents import wait_until
 from tests.support.streams_http import StreamsHttp, error_body
 
 pytestmark = pytest.mark.timeout(60)
@@ -398,5 +402,69 @@ def test_a_connection_that_sends_nothing_is_closed_but_a_live_read_may_wait(
         assert waited.status_code == 204, waited.content  # after 2.5 s, more than the timeout
         log = server.log_path.read_text(errors="replace")
         assert "Traceback" not in log, server.log_tail()
+    finally:
+        server.terminate()
+
+
+def test_a_request_head_dripped_a_byte_at_a_time_is_cut_off(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The socket timeout bounds each wait for a byte, so a client sending one byte a second
+    under it held its connection (and descriptor) for as long as it liked: the request line
+    and headers must now all arrive within the timeout."""
+    server = start_streams_server(tmp_path_factory.mktemp("drip") / "data",
+                                  extra_args=["--socket-timeout", "1.5"])
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        head = b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\n" + b"X-Slow: " + b"a" * 40 + b"\r\n\r\n"
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            started = time.monotonic()
+            answer = b""
+            for byte in head:  # 0.3 s apart, well inside the 1.5 s timeout
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:  # closed by the server after its answer
+                    break
+                if select.select([sock], [], [], 0.3)[0]:
+                    break
+            while chunk := sock.recv(65536):
+                answer += chunk
+            took = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "REQUEST_TIMEOUT"
+        assert took < 5, took  # the whole head would have taken 21 s
+        assert StreamsHttp(server.url).head("x").status_code == 404  # still serving
+    finally:
+        server.terminate()
+
+
+def test_out_of_file_descriptors_new_clients_wait_and_are_served_once_some_close(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """gevent logged a traceback every second while `accept` failed with EMFILE: the server
+    now says once what is wrong, waits, and serves again when descriptors are free."""
+    server = start_streams_server(tmp_path_factory.mktemp("descriptors") / "data")
+    try:
+        http = StreamsHttp(server.url)
+        assert http.put("after", content_type=JSON).status_code == 201
+        assert server.pid is not None
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (128, 128))
+        host, port = server.url.removeprefix("http://").split(":")
+        held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(160)]
+        try:
+            # Each sends half a request, so the server holds its connection open.
+            for sock in held:
+                sock.sendall(b"GET /v1/stream/after HTTP/1.1\r\n")
+            wait_until(lambda: "out of file descriptors" in server.log_path.read_text(),
+                       timeout=10, what="the server to run out of descriptors")
+            time.sleep(2)  # long enough for gevent's per-second tracebacks
+        finally:
+            for sock in held:
+                sock.close()
+        response = requests.get(f"{server.url}/v1/stream/after", params={"offset": "-1"},
+                                timeout=10)
+        assert response.status_code == 200 and response.json() == []
+        log = server.log_path.read_text(errors="replace")
+        assert "Traceback" not in log and log.count("out of file descriptors") == 1, log[-3000:]
     finally:
         server.terminate()
