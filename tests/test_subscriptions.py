@@ -761,3 +761,24 @@ def test_what_no_stream_or_text_can_hold_is_refused_in_a_subscription(
         response = requests.post(f"{base}/odd-parts/{part}", data=sent.encode(), timeout=10,
                                  headers={"Content-Type": "application/json"})
         assert response.status_code == 400, (part, response.text)
+
+
+def test_a_subscription_cannot_watch_its_own_wake_stream(streams_server: ServerProcess) -> None:
+    """With ``loop/*`` and the wake stream ``loop/wake``, each wake event was new data on a
+    watched stream: every ack that said done woke the subscription again, for good."""
+    base = f"{streams_server.url}/v1/stream/__ds/subscriptions"
+    for name, config in (("own-pattern", {"pattern": "own-loop/*"}),
+                         ("own-stream", {"streams": ["a", "own-loop/wake"]})):
+        response = requests.put(f"{base}/{name}", timeout=10, json={
+            "type": "pull-wake", "wake_stream": "own-loop/wake", **config})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "INVALID_SUBSCRIPTION"
+        assert "wake stream" in response.json()["error"]["message"]
+    requests.put(f"{base}/own-later", timeout=10, json={
+        "type": "pull-wake", "pattern": "own-loop/*/in", "wake_stream": "own-loop/wake",
+    }).raise_for_status()
+    response = requests.post(f"{base}/own-later/streams", timeout=10,
+                             json={"streams": ["own-loop/wake"]})
+    assert response.status_code == 400, response.text
+    linked = requests.get(f"{base}/own-later", timeout=10).json()["streams"]
+    assert all(link["path"] != "own-loop/wake" for link in linked)

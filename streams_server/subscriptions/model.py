@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import BadRequest
 from ..protocol.headers import has_control_characters
-from .globs import validate_pattern
+from .globs import matches, validate_pattern
 from .urlcheck import validate_webhook_url
 
 WEBHOOK = "webhook"
@@ -146,6 +146,7 @@ def parse_config(body: Any) -> SubscriptionConfig:
         webhook_url = validate_webhook_url(webhook["url"])
     else:
         wake_stream = stream_path(body.get("wake_stream"), "wake_stream")
+        refuse_own_wake_stream(wake_stream, pattern, streams)
     lease_ttl_ms = body.get("lease_ttl_ms", DEFAULT_LEASE_TTL_MS)
     if (
         not isinstance(lease_ttl_ms, int)
@@ -167,6 +168,15 @@ def parse_config(body: Any) -> SubscriptionConfig:
     return SubscriptionConfig(
         kind, pattern, streams, webhook_url, wake_stream, lease_ttl_ms, description
     )
+
+
+def refuse_own_wake_stream(wake_stream: str, pattern: str | None, streams: tuple[str, ...]) -> None:
+    """A subscription watching its own wake stream would wake itself with every wake event,
+    for good."""
+    if wake_stream in streams or (pattern is not None and matches(pattern, wake_stream)):
+        raise BadRequest(
+            f"the wake stream {wake_stream!r} is one of the streams this subscription watches:"
+            " each wake event would wake it again", code="INVALID_SUBSCRIPTION")
 
 
 def parse_stream_list(value: Any, field: str) -> tuple[str, ...]:

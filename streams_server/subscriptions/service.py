@@ -26,6 +26,7 @@ from .model import (
     WakeGrant,
     parse_config,
     parse_stream_list,
+    refuse_own_wake_stream,
     stream_path,
     validate_subscription_id,
 )
@@ -85,7 +86,9 @@ class SubscriptionService:
         paths = parse_stream_list(body.get("streams"), "streams")
 
         def op(tx: Any) -> None:
-            db.require_subscription(tx, sub_id)
+            row = db.require_subscription(tx, sub_id)
+            if row["wake_stream"] is not None:
+                refuse_own_wake_stream(row["wake_stream"], None, paths)
             db.add_explicit_links(tx, sub_id, paths)
 
         self.store.transact(op)
