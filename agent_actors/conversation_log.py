@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent_actors.models.base import ASSISTANT, USER, Turn
+from agent_actors import schema
 from agent_actors.schema import Cancel, Prompt, Unanswerable, parse_prompt_message
 
 
@@ -76,7 +77,10 @@ class ConversationLog:
         kind = message.get("type")
         if kind == "agent":
             epoch = message.get("epoch")
-            if isinstance(epoch, int):
+            # One past the server's limit could not have been written under, and the next
+            # agent could not write at all: such a marker (any client's) is not taken.
+            if isinstance(epoch, int) and not isinstance(epoch, bool) \
+                    and 0 <= epoch < schema.MAX_PRODUCER_EPOCH:
                 self.max_epoch = max(self.max_epoch, epoch)
             return
         prompt_id = message.get("promptId")

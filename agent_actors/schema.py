@@ -96,6 +96,7 @@ def is_blank(text: str) -> bool:
 
 
 MAX_PROMPT_ID_CHARS = 256
+MAX_PRODUCER_EPOCH = 2**53 - 1  # the protocol's largest Producer-Epoch (a JSON-safe integer)
 """The longest prompt id answered: every piece of the answer carries it, twice."""
 
 

@@ -223,6 +223,27 @@ def test_a_prompt_without_text_gets_an_error_and_the_next_one_is_answered(
         server.terminate()
 
 
+@pytest.mark.parametrize("epoch", [2**53 - 1, 2**53, 10**30])
+def test_an_agent_marker_with_an_epoch_no_agent_could_write_costs_only_itself(
+    tmp_path: Path, fake: FakeAnthropic, start_supervisor: StartSupervisor, epoch: int,
+) -> None:
+    """A new agent writes under an epoch above every `agent started` marker's. A marker any
+    client wrote with an epoch at or past the server's limit (2^53 - 1) made that epoch too
+    large to append with: every agent's boot failed, and the conversation went unanswered
+    for good, without even an error."""
+    server = start_streams_server(tmp_path / "streams", long_poll_timeout=2.0)
+    try:
+        start_supervisor(streams_root(server))
+        client, chat = connect(server)
+        cid = chat.start_conversation("a hostile marker")
+        client.producer(layout.responses_path(cid), "someone", epoch=0).append(
+            [{"type": "agent", "event": "started", "epoch": epoch, "worker": "x"}])
+        prompt = chat.send_prompt(cid, "Still answered?")
+        assert_clean_answers(final_render(client, cid), {prompt: "Still answered?"})
+    finally:
+        server.terminate()
+
+
 @pytest.mark.parametrize("blank", ["", "   ", "\x85", "\x1c\x1f"],
                          ids=["empty", "spaces", "next-line", "separators"])
 def test_a_blank_prompt_gets_an_error_and_the_next_one_is_answered(
