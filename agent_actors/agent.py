@@ -331,7 +331,7 @@ class ConversationAgent(pykka.ThreadingActor):
                                             code=schema.INVALID_PROMPT)
                 elif interrupted >= schema.MAX_ANSWER_ATTEMPTS and not current.cancel.is_set():
                     log.warning("agent %s: gave up on prompt %s after %d interrupted attempts",
-                                self.conversation_id, prompt.id, interrupted)
+                                self.conversation_id, schema.shown_id(prompt.id), interrupted)
                     outcome = refuse_prompt(producer=producer, prompt_id=prompt.id,
                                             attempt=attempt,
                                             reason=schema.gave_up_message(interrupted),
@@ -370,8 +370,8 @@ class ConversationAgent(pykka.ThreadingActor):
         log.info(
             "answered conversation=%s prompt=%s outcome=%s stop_reason=%s model=%s"
             " first_token_ms=%s input_tokens=%d output_tokens=%d duration_ms=%.0f chunks=%d",
-            self.conversation_id, outcome.prompt_id, outcome.outcome, outcome.stop_reason,
-            outcome.model,
+            self.conversation_id, schema.shown_id(outcome.prompt_id), outcome.outcome,
+            outcome.stop_reason, outcome.model,
             "-" if outcome.first_token_ms is None else f"{outcome.first_token_ms:.0f}",
             outcome.input_tokens, outcome.output_tokens, outcome.duration_ms, outcome.chunks,
         )

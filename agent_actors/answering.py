@@ -189,7 +189,8 @@ def answer_prompt(
     except ModelError as exc:
         failure = exc
     except Exception:  # noqa: BLE001 - a model adapter's bug: retrying the answer repeats it
-        log.exception("model %s failed unexpectedly answering prompt %s", model.name, prompt_id)
+        log.exception("model %s failed unexpectedly answering prompt %s", model.name,
+                      schema.shown_id(prompt_id))
         failure = ModelError(MODEL_BUG, code="internal")
     finally:
         writer.close()

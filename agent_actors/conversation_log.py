@@ -64,6 +64,8 @@ class ConversationLog:
                 self.prompts.append(parsed)
                 new.append(parsed)
             elif isinstance(parsed, Cancel):
+                if parsed.prompt_id not in self._prompt_ids:
+                    continue  # before its prompt: it cannot be about one sent later
                 self.cancel_requests.add(parsed.prompt_id)
                 new.append(parsed)
             elif isinstance(parsed, Unanswerable):

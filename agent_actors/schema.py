@@ -96,6 +96,7 @@ def is_blank(text: str) -> bool:
 
 
 MAX_PROMPT_ID_CHARS = 256
+_PLAIN_ID = re.compile(r"[!-~]+")  # visible ASCII, no spaces
 MAX_PRODUCER_EPOCH = 2**53 - 1  # the protocol's largest Producer-Epoch (a JSON-safe integer)
 """The longest prompt id answered: every piece of the answer carries it, twice."""
 
@@ -178,3 +179,9 @@ def done(prompt_id: str, attempt: int, stop_reason: str, input_tokens: int, outp
 def error(prompt_id: str, attempt: int, message: str, code: str) -> dict[str, Any]:
     return {"type": "error", "promptId": prompt_id, "attempt": attempt, "message": message,
             "code": code, "isComplete": True, "timestamp": now_ms()}
+
+
+def shown_id(prompt_id: str) -> str:
+    """A prompt id (any client's string) as a log line shows it: quoted and escaped unless
+    it is plain, so that a newline in one cannot forge a line of its own."""
+    return prompt_id if _PLAIN_ID.fullmatch(prompt_id) else repr(prompt_id)

@@ -21,8 +21,9 @@ Failure modes: ``"429"`` (``rate_limit_error`` with ``retry-after``), ``"529"``
 (``overloaded_error``), ``"401"`` (``authentication_error``), ``"stream_error"`` (an
 ``event: error`` with ``overloaded_error`` after some tokens), ``"garbled"`` (an event whose
 data is not JSON, after some tokens), ``"drop"`` (the connection is
-closed mid-stream, without the final chunk), ``"stall"`` (the stream stops sending after some
-tokens until the client goes away or the fake stops).
+closed mid-stream, without the final chunk), ``"drop_after_stop"`` (the whole answer and its
+``message_stop``, then the connection closed without the final chunk), ``"stall"`` (the stream
+stops sending after some tokens until the client goes away or the fake stops).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from typing import Any
 
 Reply = str | Callable[[list[dict[str, Any]]], str]
 
-FAILURE_MODES = ("429", "529", "401", "stream_error", "garbled", "drop", "stall")
+FAILURE_MODES = ("429", "529", "401", "stream_error", "garbled", "drop", "drop_after_stop",
+                 "stall")
 _TOKEN_RE = re.compile(r"\s*\S+")
 _HTTP_ERRORS = {
     "429": (429, "rate_limit_error", "Number of request tokens has exceeded your rate limit."),
@@ -211,9 +213,10 @@ class _MessagesHandler(http.server.BaseHTTPRequestHandler):
                                             "content_block": {"type": "text", "text": ""}})
         self._event("ping", {"type": "ping"})
         interval = 1.0 / self.owner.tokens_per_second if self.owner.tokens_per_second else 0.0
+        mid_stream = failure if failure is not None and failure.mode != "drop_after_stop" else None
         for index, token in enumerate(tokens):
-            if failure is not None and index == failure.after_tokens:
-                self._fail_mid_stream(failure.mode)
+            if mid_stream is not None and index == mid_stream.after_tokens:
+                self._fail_mid_stream(mid_stream.mode)
                 return
             wait = interval if index else self.owner.first_token_delay
             if wait and self.owner._stopping.wait(wait):
@@ -230,6 +233,9 @@ class _MessagesHandler(http.server.BaseHTTPRequestHandler):
                                       "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                                       "usage": {"output_tokens": len(tokens)}})
         self._event("message_stop", {"type": "message_stop"})
+        if failure is not None and failure.mode == "drop_after_stop":
+            self.close_connection = True
+            return
         self._chunk(b"")  # the terminating zero-length chunk
 
     def _fail_mid_stream(self, mode: str) -> None:

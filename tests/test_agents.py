@@ -290,19 +290,43 @@ def test_a_prompt_without_a_usable_id_is_skipped_and_logged(
         prompts = client.producer(layout.prompts_path(cid), "a-careless-client")
         for bad_id in ({"id": 7}, {"id": ""}, {}, {"id": "i" * (schema.MAX_PROMPT_ID_CHARS + 1)}):
             prompts.append([{"type": "prompt", "content": "an id no answer can carry", **bad_id}])
+        # An id may hold anything: logged as it was, this one forged a line of the log.
+        forging = "x\n2026-12-03 09:00:00,000 ERROR agent_actors.supervisor: FORGED\x00"
+        prompts.append([{"type": "prompt", "id": forging, "content": "an odd id"}])
         readable = chat.send_prompt(cid, "And this one?")
 
         rendered = final_render(client, cid)
-        assert_clean_answers(rendered, {readable: "And this one?"})
-        assert list(rendered.answers) == [readable]
+        assert_clean_answers(rendered, {forging: "an odd id", readable: "And this one?"})
+        assert list(rendered.answers) == [forging, readable]
         # One line for what one read found (the reasons: see test_schema).
         assert sup.wait_for_line(f"conversation {cid}: skipped a prompt whose id is not a"
                                  " string but a JSON number", timeout=10)
+        assert sup.wait_for_line(re.escape(f"prompt={forging!r} outcome=done"), timeout=10)
+        assert sup.count_lines("FORGED") == 1 and sup.count_lines("\x00") == 0
     finally:
         server.terminate()
 
 
 # -- 2. cancel ----------------------------------------------------------------------------------
+
+
+def test_a_cancel_before_its_prompt_does_not_cancel_a_later_prompt_with_that_id(
+    tmp_path: Path, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """A cancel can only be about a prompt before it in the stream: a prompt sent after a
+    cancel naming its id was ended as cancelled, without a word from the model."""
+    server = start_streams_server(tmp_path / "streams", long_poll_timeout=2.0)
+    try:
+        start_supervisor(streams_root(server))
+        client, chat = connect(server)
+        cid = chat.start_conversation("an early cancel")
+        chat.cancel(cid, "later")
+        client.producer(layout.prompts_path(cid), "another-client").append(
+            [{"type": "prompt", "id": "later", "content": "Cancelled before it was sent?"}])
+        assert_clean_answers(final_render(client, cid), {"later": "Cancelled before it was sent?"})
+        assert len(fake.requests) == 1
+    finally:
+        server.terminate()
 
 
 def test_cancel_stops_the_model_within_a_second(

@@ -128,6 +128,28 @@ def test_each_failure_becomes_a_readable_model_error(
         assert error.retryable
 
 
+def test_a_connection_lost_after_message_stop_does_not_fail_the_finished_answer(
+    fake: FakeAnthropic,
+) -> None:
+    """Reading on after ``message_stop`` (to hand the connection back to the pool) failed
+    the whole answer as "connection lost in the middle of the answer"."""
+    fake.fail_next("drop_after_stop")
+    text, _, result = split(list(claude(fake).stream([("user", "Hi")])))
+    assert text == REPLY
+    assert result.stop_reason == "end_turn"
+
+
+@pytest.mark.parametrize("text", [None, 7, ["a"]], ids=["null", "number", "list"])
+def test_a_text_delta_without_text_is_an_unreadable_answer(fake: FakeAnthropic,
+                                                           text: object) -> None:
+    """A null text was streamed as the word "None"."""
+    fake.extra_events = [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                  "delta": {"type": "text_delta", "text": text}})]
+    with pytest.raises(ModelError) as failure:
+        list(claude(fake).stream([("user", "Hi")]))
+    assert failure.value.code == "bad_response"
+
+
 def test_events_an_answer_does_not_need_are_skipped(fake: FakeAnthropic) -> None:
     fake.extra_events = [
         ("ping", {"type": "ping"}),

@@ -191,6 +191,20 @@ def test_a_stop_reason_named_like_an_object_property_is_shown_as_its_name(
     assert console_errors == [], console_errors
 
 
+def test_a_cancel_before_its_prompt_does_not_stop_a_later_prompt_with_that_id(
+        conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    """A cancel can only be about a prompt before it in the stream: one naming a prompt sent
+    later showed that prompt as being stopped (and the agents skipped it)."""
+    c = conversation("early cancel")
+    c.append(f"conversations/{c.id}/prompts", {"type": "cancel", "promptId": "p1", "timestamp": now()})
+    c.prompt("p1", "question after the cancel")
+    page, console_errors = open_conversation(new_context, c)
+    expect(turn_for(page, "question after the cancel")).to_have_attribute("data-state", "thinking")
+    c.answer("p1", "answered all the same")
+    expect_answer(page, "question after the cancel", "answered all the same")
+    assert console_errors == [], console_errors
+
+
 # -- B/C: Markdown built to be slow, or deeper than the stack ------------------------------------
 
 # Sized so that the renderer before the fix would take many minutes (the heading: 6,000

@@ -121,7 +121,10 @@ class AnthropicModel:
                 if name == "content_block_delta":
                     delta = _object(_data(event).get("delta"))
                     if delta.get("type") == "text_delta":
-                        yield TextDelta(str(delta.get("text", "")))
+                        text = delta.get("text")
+                        if not isinstance(text, str):
+                            raise ModelError(_UNREADABLE, code="bad_response", retryable=True)
+                        yield TextDelta(text)
                 elif name == "message_stop":
                     # Reading on hands the connection back to the SDK's pool: unwatch it first.
                     self._watch.remove(watched)
@@ -131,7 +134,9 @@ class AnthropicModel:
                 elif name in ("message_start", "message_delta"):
                     usage.update(name, _data(event))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
-            if not cancel.is_set():
+            if finished:  # reading on after the answer, for the pool: the answer is whole
+                log.debug("model %s: the stream failed after message_stop: %r", self.model, exc)
+            elif not cancel.is_set():
                 self._fail(exc)
         finally:
             self._watch.remove(watched)

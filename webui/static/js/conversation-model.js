@@ -284,7 +284,8 @@ export class Transcript {
       this.order.push(m.id);
       changed.add(m.id);
     } else if (type === "cancel" && typeof m.promptId === "string") {
-      const turn = this.#turn(m.promptId);
+      const turn = this.turns.get(m.promptId);
+      if (!turn?.prompt) return; // before its prompt: it cannot be about one sent later
       if (!turn.final) {
         turn.cancelRequested = true;
         changed.add(m.promptId);
