@@ -180,6 +180,7 @@ class Supervisor(pykka.ThreadingActor):
         self._deleted: set[str] = set()
         self._lease_note_given = False  # see _note_lease
         self._unusable_ids: set[str] = set()  # said once each (see _unusable_id)
+        self._other_wake_noted: set[str] = set()  # see _note_wake_stream
         self._removing: set[str] = set()
         self._remove_again: set[str] = set()  # asked while a removal was under way
         self._claiming: set[str] = set()
@@ -498,6 +499,7 @@ class Supervisor(pykka.ThreadingActor):
             except Conflict:  # created by a client with other settings (e.g. lease TTL)
                 subscription = self.client.get_subscription(sub_id)
                 self._note_lease(cid, subscription.lease_ttl_ms)
+                self._note_wake_stream(cid, subscription.wake_stream)
             prompts = self.client.head(layout.prompts_path(cid))
         except NotFound:
             return True  # prompts stream not created yet: its creation will wake us
@@ -528,6 +530,19 @@ class Supervisor(pykka.ThreadingActor):
                     " supervisor's %d (--lease-ttl-ms): the client that creates a conversation"
                     " sets it, and an agent that dies there is replaced after %d ms"
                     " (said once)", cid, ttl, self.settings.lease_ttl_ms, ttl)
+
+    def _note_wake_stream(self, cid: str, wake_stream: str | None) -> None:
+        """Say once per conversation that its subscription wakes another stream than the
+        one this supervisor watches: its prompts are then seen only at a start (or a
+        re-read of the list), not as they come."""
+        if wake_stream == self.settings.wake_stream or cid in self._other_wake_noted:
+            return
+        self._other_wake_noted.add(cid)
+        log.warning("conversation %s: its subscription wakes %s, not this supervisor's %r"
+                    " (--wake-stream): its prompts are answered only when the supervisor"
+                    " starts; a client must create it as every supervisor does", cid,
+                    "nothing" if wake_stream is None else repr(wake_stream),
+                    self.settings.wake_stream)
 
     def _unanswered(self, cid: str) -> bool:
         """Whether the streams show a prompt with no finished answer.

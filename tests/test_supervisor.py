@@ -1128,6 +1128,27 @@ def test_a_lease_set_by_the_client_is_answered_and_said_once(
     assert sup.count_lines(said) == 1, sup.log_tail()
 
 
+def test_a_subscription_waking_another_stream_is_said_once(
+    streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """A client that made a conversation's subscription with another wake stream got no
+    answer while the supervisor ran (no wake reaches it), and no supervisor said why."""
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    cid = chat.start_conversation("another wake stream")
+    client.delete_subscription(layout.subscription_id(cid))
+    client.put_subscription(layout.subscription_id(cid), SubscriptionConfig(
+        pattern=layout.prompts_path(cid), wake_stream="elsewhere/wake", lease_ttl_ms=LEASE_TTL_MS))
+    prompt = chat.send_prompt(cid, "Heard at the start?")
+    sup = start_supervisor(root)
+    wait_for_answers(client, cid, [prompt])  # read at its start
+    said = (f"conversation {cid}: its subscription wakes 'elsewhere/wake', not this"
+            f" supervisor's '{layout.DEFAULT_WAKE_STREAM}' \\(--wake-stream\\)")
+    assert sup.wait_for_line(said, timeout=10), sup.log_tail()
+    time.sleep(0.5)
+    assert sup.count_lines(said) == 1, sup.log_tail()
+
+
 def test_a_conversation_whose_id_no_agent_answers_under_is_logged_once(
     streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
 ) -> None:
