@@ -458,6 +458,31 @@ def test_stop_right_after_a_new_question_stops_it_even_after_an_earlier_stop(
     assert cancels[-1] == second_id
 
 
+def test_stop_on_a_prompt_not_sent_yet_shows_it_stopping_then_stopped(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """The Stop button went, and the prompt went on saying it was being sent: nothing showed
+    that the Stop was taken until the server was reachable again."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Stopped offline"))
+    page = open_chat(new_context(), f"{chat_app.url}/#/c/{cid}")
+    reachable = False
+
+    def network(route: Route) -> None:
+        if reachable:
+            route.continue_()
+        else:
+            route.abort("connectionrefused")
+
+    page.route(lambda url: f"/conversations/{cid}/prompts" in url and "live=" not in url, network)
+    stuck = unique("Stopped before it was sent")
+    send_unsent(page, stuck)
+    page.get_by_test_id("stop-button").click()
+    wait_state(page, stuck, "cancelling")
+    reachable = True
+    page.evaluate("() => window.dispatchEvent(new Event('online'))")
+    wait_state(page, stuck, "cancelled")
+
+
 def test_a_second_stop_while_the_first_is_being_cancelled_leaves_the_next_prompt_alone(
     tmp_path: Path, model: FakeAnthropic, new_context: NewContext,
 ) -> None:
@@ -1092,6 +1117,10 @@ def test_a_tab_that_sees_a_deletion_drops_what_it_had_not_sent_for_it(
     deleter.get_by_test_id("delete-conversation").click()
     expect(offline.get_by_test_id("deleted-conversation")).to_be_visible()
     expect(offline.locator(f'[data-conversation-id="{cid}"]')).to_have_count(0)
+    # The prompt it will never send was dropped without a word: it is given back.
+    expect(offline.get_by_test_id("composer-input")).to_have_value(stuck)
+    expect(offline.get_by_test_id("deleted-conversation")).to_contain_text(
+        "was deleted before a message sent to it reached the server: it is back in the message box")
     connected = True
     offline.evaluate("() => window.dispatchEvent(new Event('online'))")
     wait_until(lambda: offline.evaluate(
@@ -1101,6 +1130,26 @@ def test_a_tab_that_sees_a_deletion_drops_what_it_had_not_sent_for_it(
     expect(offline.locator(f'[data-conversation-id="{cid}"]')).to_have_count(0)
     listings = [m for m in read_json_stream(chat_app.url, "conversations") if m.get("id") == cid]
     assert [m["type"] for m in listings] == ["conversation", "delete"]
+
+
+def test_a_prompt_unsent_for_a_conversation_deleted_while_another_is_open_is_given_back(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    title = unique("Left for another")
+    cid = chat.start_conversation(title)
+    page = open_chat(new_context(), f"{chat_app.url}/#/c/{cid}")
+    page.route(lambda url: f"/conversations/{cid}/" in url and "live=" not in url,
+               lambda route: route.abort("connectionrefused"))
+    stuck = unique("Sent, then the tab moved on")
+    send_unsent(page, stuck)
+    page.get_by_test_id("new-conversation").click()
+    typed = "Being written here"
+    page.get_by_test_id("composer-input").fill(typed)
+    chat.delete_conversation(cid)
+    expect(page.get_by_test_id("composer-input")).to_have_value(f"{typed}\n\n{stuck}")
+    expect(page.get_by_test_id("deleted-conversation")).to_have_text(
+        f"“{title}” was deleted before a message sent to it reached the server: it is back in"
+        " the message box.")
 
 
 def send_unsent(page: Page, text: str) -> None:
@@ -1387,6 +1436,10 @@ def test_a_prompt_left_unsent_for_a_conversation_deleted_since_is_dropped(
     page.unroute("**/v1/stream/conversations?*")
     wait_ready(page)
     wait_until(lambda: outbox_keys(page) == [], timeout=10, what="the closed tab's outbox taken on")
+    expect(page.get_by_test_id("composer-input")).to_have_value(stuck)  # given back
+    expect(page.get_by_test_id("deleted-conversation")).to_have_text(re.compile(
+        "^“Deleted while the browser was closed .*” was deleted before a message sent to it"
+        " reached the server: it is back in the message box.$"))
     assert_it_stays_deleted(page, sent, client, cid)
 
 
@@ -1434,6 +1487,8 @@ def test_a_frozen_tab_s_unsent_prompt_for_a_conversation_deleted_since_is_droppe
     sent: list[str] = []
     other.on("request", lambda r: sent.append(f"{r.method} {r.url}") if r.method != "GET" else None)
     writer.close()
+    # (Taken on by `other`, or dropped by the closing tab itself, whose script runs again as
+    # the debugger lets go of it: either way it is not sent.)
     wait_until(lambda: outbox_keys(other) == [], timeout=10, what="the closed tab's outbox taken on")
     assert_it_stays_deleted(other, sent, client, cid)
 
@@ -2121,6 +2176,17 @@ def test_a_page_ahead_of_a_wiped_server_says_so(
         expect(page.get_by_test_id("connection-banner")).to_contain_text(
             "streams were reset or replaced since this page read them. Reload the page",
             timeout=20_000)
+        # Sent now, a prompt went to a conversation the server no longer lists, out of sight.
+        after = unique("After the wipe")
+        page.get_by_test_id("composer-input").fill(after)
+        page.get_by_test_id("composer-input").press("Enter")
+        expect(page.get_by_test_id("composer-error")).to_contain_text(
+            "Reload the page before sending: your message stays here")
+        expect(page.get_by_test_id("composer-input")).to_have_value(after)
+        page.reload()
+        wait_ready(page)
+        send_prompt(page, after)
+        wait_state(page, after, "done")
     finally:
         app.terminate()
 
@@ -2731,6 +2797,16 @@ def test_the_inspector_refuses_a_path_with_dot_segments(chat_app: ServerProcess,
         page.get_by_test_id("inspector-path").press("Enter")
         expect(page.get_by_test_id("meta-status")).to_have_text(
             "A stream path has no . or .. segments (the server refuses to create one)")
+
+
+def test_the_inspector_says_why_a_path_too_long_is_refused(chat_app: ServerProcess,
+                                                          new_context: NewContext) -> None:
+    """A HEAD answer has no body: a 3,000-character path showed only "HTTP 414"."""
+    page = open_chat(new_context(), f"{chat_app.url}/inspector")
+    page.get_by_test_id("inspector-path").fill("y" * 3000)
+    page.get_by_test_id("inspector-path").press("Enter")
+    expect(page.get_by_test_id("meta-status")).to_have_text(
+        "HTTP 414: the path is longer than this server allows")
 
 
 def test_the_inspector_without_listings_against_the_node_reference_server(

@@ -122,7 +122,7 @@ export function deleteConversation(outbox, conversationId) {
 
 /** Drop what the outbox still holds for a deleted conversation: its prompts, and its
  * renames and activity (sent, they would list it again; a prompt's retries would create its
- * streams again). */
+ * streams again). Returns the dropped messages ({path, body}). */
 export function dropUnsent(outbox, conversationId) {
   return dropUnsentOfDeleted(outbox, (id) => id === conversationId);
 }

@@ -221,7 +221,7 @@ function updatePending(parts, pending) {
   parts.promptMeta.textContent = pending.failed ? `Not sent: ${pending.failed}`
     : pending.sent ? formatTime(pending.timestamp) : `${formatTime(pending.timestamp)} · sending…`;
   parts.li.classList.toggle("is-failed", !!pending.failed);
-  setState(parts, pending.failed ? "failed" : pending.sent ? "thinking" : "sending");
+  setState(parts, pending.failed ? "failed" : pending.stopping ? "cancelling" : pending.sent ? "thinking" : "sending");
   parts.answer.hidden = !!pending.failed;
 }
 

@@ -9,7 +9,7 @@ import { ConversationList, Transcript, firstCharacters, turnState } from "./conv
 import { ChatView, STALL_MS } from "./chat-view.js";
 import { FlowDiagram } from "./flow.js";
 import { RawStreamPanel } from "./stream-panels.js";
-import { ConnectionStatus } from "./status.js";
+import { ConnectionStatus, SERVER_RESET } from "./status.js";
 import { Drawers } from "./drawers.js";
 import { el, formatTime, frameThrottle, wireSkipLink } from "./util.js";
 
@@ -158,7 +158,9 @@ function followConversations() {
     onBatch(batch) {
       const changed = conversations.apply(batch.messages ?? []);
       for (const m of batch.messages ?? []) {
-        if (m?.type === "delete" && typeof m.id === "string" && m.id !== current?.id) forgetDeleted(m.id);
+        if (m?.type === "delete" && typeof m.id === "string" && m.id !== current?.id) {
+          giveBack(forgetDeleted(m.id), named(conversations.deletedTitle(m.id)));
+        }
       }
       if (batch.upToDate) {
         conversationsLoaded = true;
@@ -373,7 +375,10 @@ function updateBrowserNode() {
 // ------------------------------------------------------------------------------- rendering
 
 function pendingPrompts(conversationId) {
-  const items = pendingState().prompts.filter((p) => p.conversationId === conversationId && p.type === "prompt");
+  const queued = pendingState().prompts.filter((p) => p.conversationId === conversationId);
+  const stopping = new Set(queued.filter((p) => p.type === "cancel").map((p) => p.promptId));
+  // A prompt stopped before it was sent shows that it is being stopped (the cancel goes after it).
+  const items = queued.filter((p) => p.type === "prompt").map((p) => (stopping.has(p.id) ? { ...p, stopping: true } : p));
   for (const sent of sentPrompts.values()) if (sent.conversationId === conversationId) items.push(sent);
   for (const failed of failedPrompts.values()) if (failed.conversationId === conversationId) items.push(failed);
   return items;
@@ -494,8 +499,12 @@ function send() {
   if (protocol.isBlank(text) || !current) return;
   if (current.transcript.responsesClosed || current.transcript.promptsClosed) return;
   if (text.length > protocol.MAX_PROMPT_CHARS) {
-    ui.composerError.textContent = `This message is too long to send: ${text.length.toLocaleString()} characters, the limit is ${protocol.MAX_PROMPT_CHARS.toLocaleString()}.`;
-    ui.composerError.hidden = false;
+    refuseToSend(`This message is too long to send: ${text.length.toLocaleString()} characters, the limit is ${protocol.MAX_PROMPT_CHARS.toLocaleString()}.`);
+    return;
+  }
+  if (status.serverReset()) {
+    // Sent now, it would go to a conversation the server no longer lists, out of sight.
+    refuseToSend(`${SERVER_RESET} Reload the page before sending: your message stays here.`);
     return;
   }
   ui.composerError.hidden = true;
@@ -506,10 +515,16 @@ function send() {
   sendPrompt(text);
 }
 
+function refuseToSend(reason) {
+  ui.composerError.textContent = reason;
+  ui.composerError.hidden = false;
+}
+
 /** Send the prompt of a failed or stopped answer again, as a new prompt. */
 function retry(promptId) {
   const content = current?.transcript.turns.get(promptId)?.prompt?.content;
-  if (protocol.canAskAgain(content)) sendPrompt(content, protocol.retryPromptId(promptId));
+  if (status.serverReset()) refuseToSend(`${SERVER_RESET} Reload the page to ask again.`);
+  else if (protocol.canAskAgain(content)) sendPrompt(content, protocol.retryPromptId(promptId));
   ui.input.focus();
 }
 
@@ -588,32 +603,66 @@ function deleteCurrent() {
 /** Show a new conversation in place of `id`, which was deleted (here, elsewhere, or before
  * its link was opened), and say so. */
 function leaveDeleted(id, title = conversations.deletedTitle(id)) {
-  forgetDeleted(id);
+  const unsent = forgetDeleted(id);
   if (idFromHash() === id) history.replaceState(null, "", window.location.pathname + window.location.search);
   const typed = current?.id === id ? ui.input.value.trim() : "";
   const focusWasHere = ui.main.contains(document.activeElement) || document.activeElement === document.body;
   openConversation(null);
-  if (typed) {
-    // What was being written is kept for the new conversation, after any draft it had.
-    const draft = ui.input.value.trim();
-    ui.input.value = draft && draft !== typed ? `${draft}\n\n${typed}` : typed;
-    saveDraft(draftKey(), ui.input.value);
-    autosize();
-  }
+  // What was being written, or sent but never delivered, is kept for the new conversation.
+  keepInMessageBox([...unsent, typed]);
   if (focusWasHere) ui.input.focus(); // its header buttons or title field are gone
-  const said = `${title ? `“${title}”` : "The conversation at this link"} was deleted.`;
-  ui.deletedNotice.textContent = said;
-  ui.deletedNotice.hidden = false;
-  announce(said);
+  const what = title ? named(title) : "The conversation at this link";
+  tell(unsent.length ? givenBack(what, unsent.length) : `${what} was deleted.`);
+}
+
+function named(title) {
+  return title ? `“${title}”` : "A conversation";
 }
 
 /** What this tab keeps for a conversation that was deleted: its draft, its refused prompts,
- * and its messages still in the outbox (whose retries would create its streams again). */
+ * and its messages still in the outbox (whose retries would create its streams again).
+ * Returns the text of the prompts it had not delivered. */
 function forgetDeleted(id) {
   saveDraft(`draft:${id}`, "");
   for (const [promptId, failed] of failedPrompts) if (failed.conversationId === id) failedPrompts.delete(promptId);
   for (const [promptId, sent] of sentPrompts) if (sent.conversationId === id) sentPrompts.delete(promptId);
-  protocol.dropUnsent(outbox, id);
+  return promptTexts(protocol.dropUnsent(outbox, id));
+}
+
+function promptTexts(messages) {
+  return messages.filter(({ body }) => body?.type === "prompt" && typeof body.content === "string")
+    .map(({ body }) => body.content);
+}
+
+/** Prompts that can no longer be delivered (their conversation, `what`, was deleted) are
+ * not lost without a word: they go back in the message box, and the page says so. */
+function giveBack(texts, what) {
+  if (!texts.length) return;
+  keepInMessageBox(texts);
+  tell(givenBack(what, texts.length));
+}
+
+function givenBack(what, count) {
+  return count === 1
+    ? `${what} was deleted before a message sent to it reached the server: it is back in the message box.`
+    : `${what} was deleted before ${count} messages sent to it reached the server: they are back in the message box.`;
+}
+
+/** Add `texts` to the message box, after what it holds (each once), as its draft. */
+function keepInMessageBox(texts) {
+  const parts = [ui.input.value.trim()];
+  for (const text of texts.map((t) => t.trim())) if (text && !parts.includes(text)) parts.push(text);
+  const value = parts.filter(Boolean).join("\n\n");
+  if (value === ui.input.value) return;
+  ui.input.value = value;
+  saveDraft(draftKey(), value);
+  autosize();
+}
+
+function tell(text) {
+  ui.deletedNotice.textContent = text;
+  ui.deletedNotice.hidden = false;
+  announce(text);
 }
 
 /** Drafts are kept per conversation. A new one (no link to it yet) has a new id on every
@@ -712,7 +761,11 @@ function wire() {
   // those of a deleted conversation as the list shows it).
   outbox.on("adopted", () => {
     const deleting = pendingState().deleted;
-    protocol.dropUnsentOfDeleted(outbox, (id) => conversations.isDeleted(id) || deletedHere.has(id) || deleting.includes(id));
+    const dropped = protocol.dropUnsentOfDeleted(outbox, (id) => conversations.isDeleted(id) || deletedHere.has(id) || deleting.includes(id));
+    const ids = new Set(dropped.map(({ path }) => /^conversations\/([^/]+)\/prompts$/.exec(path)?.[1]));
+    for (const id of ids) {
+      if (id) giveBack(promptTexts(dropped.filter(({ path }) => path === protocol.promptsPath(id))), named(conversations.deletedTitle(id)));
+    }
   });
   outbox.on("state", (state, error) => status.setOutbox(state, error));
   outbox.on("sent", ({ path, body }) => {

@@ -410,6 +410,18 @@ async function refreshMeta() {
   renderMeta();
 }
 
+/** A HEAD answer has no body to give the server's reason: the usual ones, by status. */
+const HEAD_REASONS = {
+  400: "the server refused this path",
+  401: "the server wants a token this page does not have",
+  403: "the server refused access to this stream",
+  414: "the path is longer than this server allows",
+};
+
+function withReason(error, status) {
+  return error === `HTTP ${status}` && HEAD_REASONS[status] ? `${error}: ${HEAD_REASONS[status]}` : error;
+}
+
 function badge(text, kind) {
   return el("span", { class: `badge ${kind ? `badge-${kind}` : ""}` }, text);
 }
@@ -422,7 +434,7 @@ function renderMeta() {
   if (m.exists) statusCell.replaceChildren(badge(`${m.status} OK`, "ok"));
   else if (m.status === 404) statusCell.replaceChildren(badge("404 Not found", "warn"));
   else if (m.status === 410) statusCell.replaceChildren(badge("410 Gone", "error"));
-  else statusCell.replaceChildren(badge(m.error ?? `HTTP ${m.status}`, "error"));
+  else statusCell.replaceChildren(badge(withReason(m.error ?? `HTTP ${m.status}`, m.status), "error"));
   $("meta-content-type").textContent = m.contentType ?? "—";
   $("meta-tail-offset").textContent = m.nextOffset ?? "—";
   $("meta-closed").replaceChildren(m.exists ? (m.closed ? badge("closed", "warn") : badge("open", "ok")) : "—");

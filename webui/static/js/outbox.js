@@ -69,11 +69,12 @@ export class Outbox extends Emitter {
 
   /**
    * Drop the entries `matches({path, body})` picks, e.g. the unsent prompts of a conversation
-   * being deleted. One being sent at this moment may still land. Returns how many were dropped.
+   * being deleted. One being sent at this moment may still land. Returns the dropped ones
+   * ({path, body}).
    */
   discard(matches) {
     const dropped = this.#entries.filter((e) => matches({ path: e.path, body: e.body }));
-    if (!dropped.length) return 0;
+    if (!dropped.length) return [];
     this.#entries = this.#entries.filter((e) => !dropped.includes(e));
     // A dropped message may have reached the server under its Producer-Seq: the next one on
     // its stream must not reuse that number (it would be answered "duplicate" and lost).
@@ -84,7 +85,7 @@ export class Outbox extends Emitter {
       this.#waiters.delete(e.key);
     }
     this.emit("change");
-    return dropped.length;
+    return dropped.map((e) => ({ path: e.path, body: e.body }));
   }
 
   /** Start (or nudge) the flush loop; call once at page start to re-send leftovers. */

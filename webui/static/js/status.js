@@ -36,6 +36,12 @@ export class ConnectionStatus {
     return [...this.#streams.values()].some((s) => s.state === "reconnecting");
   }
 
+  /** Whether a read found the server's streams shorter than this page had read them: its
+   * data was reset or replaced, and what the page knows is not what the server has. */
+  serverReset() {
+    return [...this.#streams.values()].some((s) => s.state === "error" && s.errorCode === "OFFSET_OUT_OF_RANGE");
+  }
+
   /** "live" | "connecting" | "reconnecting" | "error" */
   overall() {
     const states = [...this.#streams.values()].map((s) => s.state);
@@ -71,7 +77,7 @@ export class ConnectionStatus {
     let text;
     if (errored?.errorCode === "OFFSET_OUT_OF_RANGE") {
       // The page has read further than the stream now goes: the server's data was reset.
-      text = "The server's streams were reset or replaced since this page read them. Reload the page to see what it has now.";
+      text = `${SERVER_RESET} Reload the page to see what it has now.`;
     } else if (errored) text = `The streams server refused a read: ${errored.error ?? "error"}.`;
     else if (this.#outbox.state === "retrying" && ![...this.#streams.values()].some((s) => s.state === "reconnecting")) {
       text = notStoredYet(this.#outbox.error);
@@ -91,6 +97,8 @@ export class ConnectionStatus {
     }, 1500);
   }
 }
+
+export const SERVER_RESET = "The server's streams were reset or replaced since this page read them.";
 
 /** What the banner says while the outbox retries a message the server did not store. */
 function notStoredYet(error) {
