@@ -18,6 +18,7 @@ from streams_server.storage import subscriptions as db
 from streams_server.storage.engine import StreamStore
 from streams_server.storage.models import Expiry
 from streams_server.subscriptions.model import PULL_WAKE, SubscriptionConfig, WakeFence
+from streams_server.subscriptions.urlcheck import validate_webhook_url
 from streams_server.subscriptions.globs import (
     MAX_PATTERN_LENGTH, MAX_PATTERN_SEGMENTS, MAX_PATTERN_STARS, matches, validate_pattern,
 )
@@ -782,3 +783,28 @@ def test_a_subscription_cannot_watch_its_own_wake_stream(streams_server: ServerP
     assert response.status_code == 400, response.text
     linked = requests.get(f"{base}/own-later", timeout=10).json()["streams"]
     assert all(link["path"] != "own-loop/wake" for link in linked)
+
+
+@pytest.mark.parametrize(("url", "refused_because"), [
+    ("https://exa mple.com/hook", "is not a host name"),
+    ("https://exa\u2028mple.com/hook", "is not a host name"),
+    ("https://10.1/hook", "private"),
+    ("https://0x7f000001/hook", "loopback"),
+    ("https://2130706433/hook", "loopback"),
+    ("https://192.168.1/hook", "private"),
+    ("https://example.com/hook", None),
+    ("https://bücher.example.com/hook", None),
+    ("https://my_service.example.com/hook", None),
+    ("https://8.8.8.8/hook", None),
+    ("http://localhost:8080/hook", None),
+])
+def test_a_webhook_url_is_checked_when_given(url: str, refused_because: str | None) -> None:
+    """A host with a space in it was taken, and ``https://10.1/`` (10.0.0.1 to a resolver)
+    was refused only when a delivery resolved it."""
+    if refused_because is None:
+        assert validate_webhook_url(url) == url
+        return
+    with pytest.raises(BadRequest) as caught:
+        validate_webhook_url(url)
+    assert caught.value.code == "WEBHOOK_URL_REJECTED"
+    assert refused_because in caught.value.message

@@ -9,6 +9,7 @@ names) and again when a delivery resolves the host name (so DNS cannot smuggle t
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from urllib.parse import urlsplit
 
@@ -16,6 +17,9 @@ from ..errors import BadRequest
 
 _LOCAL_NAMES = {"localhost", "localhost.localdomain"}
 _BLOCKED_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa", ".lan")
+_NUMERIC_LABELS = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 
 
 def _rejected(reason: str) -> BadRequest:
@@ -63,15 +67,40 @@ def validate_webhook_url(url: str) -> str:
         return url
     if parts.scheme != "https":
         raise _rejected("webhooks must use https (http only to localhost or 127.0.0.x)")
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
+        address = _shorthand_ipv4(host)
+    if address is None:
+        if not _is_host_name(host):
+            raise _rejected(f"{host!r} is not a host name")
         if host.endswith(_BLOCKED_SUFFIXES) or "." not in host:
-            raise _rejected(f"{host!r} names a local network host") from None
+            raise _rejected(f"{host!r} names a local network host")
         return url
     if not _public_address(address):
         raise _rejected(f"{host} is a private, loopback, link-local or reserved address")
     return url
+
+
+def _shorthand_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """An IPv4 address in a form `ip_address` does not read but resolvers do (``10.1``,
+    ``0x7f.1``, ``2130706433``), so that it is checked now rather than at delivery."""
+    if not _NUMERIC_LABELS.fullmatch(host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def _is_host_name(host: str) -> bool:
+    """Letters, digits and hyphens in dot-separated labels (international names as IDNA)."""
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    return _HOST_NAME.fullmatch(ascii_host) is not None
 
 
 def check_resolved_host(url: str) -> None:
