@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_actors.models.base import ASSISTANT, USER, Turn
 from agent_actors import schema
+from agent_actors.models.base import ASSISTANT, USER, Turn
 from agent_actors.schema import Cancel, Prompt, Unanswerable, parse_prompt_message
 
 

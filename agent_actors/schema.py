@@ -96,9 +96,9 @@ def is_blank(text: str) -> bool:
 
 
 MAX_PROMPT_ID_CHARS = 256
+"""The longest prompt id answered: every piece of the answer carries it, twice."""
 _PLAIN_ID = re.compile(r"[!-~]+")  # visible ASCII, no spaces
 MAX_PRODUCER_EPOCH = 2**53 - 1  # the protocol's largest Producer-Epoch (a JSON-safe integer)
-"""The longest prompt id answered: every piece of the answer carries it, twice."""
 
 
 def parse_prompt_message(message: Any) -> Prompt | Cancel | Unanswerable | None:

@@ -103,6 +103,7 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
         access-log line was another 1.4 % (py-spy, chat benchmark)."""
 
         path: str  # the request target, as pywsgi read it
+        head_deadline: Any = None  # a gevent.Timeout for the request line and headers
 
         def MessageClass(self, rfile: Any, *args: Any) -> RequestHeaders:  # noqa: N802
             return RequestHeaders(rfile)
@@ -193,8 +194,6 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
                     body.chunked_input = False
                     body.content_length = body.position
                     self.drain_before_close = True
-
-        head_deadline: Any = None
 
         def handle_one_request(self) -> Any:
             self.drain_before_close = False
