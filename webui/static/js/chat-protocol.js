@@ -11,6 +11,8 @@ export { isBlank };
 
 export const CONVERSATIONS_PATH = "conversations";
 export const promptsPath = (conversationId) => `conversations/${conversationId}/prompts`;
+/** The conversation whose prompts stream `path` is, or undefined. */
+export const conversationOfPrompts = (path) => /^conversations\/([^/]+)\/prompts$/.exec(path)?.[1];
 export const responsesPath = (conversationId) => `conversations/${conversationId}/responses`;
 
 /** The pull-wake subscription the agents' supervisor keeps for a conversation (agent_actors). */
@@ -133,7 +135,7 @@ export function dropUnsentOfDeleted(outbox, isDeleted) {
   return outbox.discard(({ path, body }) => {
     const id = path === CONVERSATIONS_PATH
       ? body?.type !== "delete" && body?.id
-      : /^conversations\/([^/]+)\/prompts$/.exec(path)?.[1];
+      : conversationOfPrompts(path);
     return typeof id === "string" && isDeleted(id);
   });
 }
@@ -171,9 +173,10 @@ export function pendingItems(entries) {
     }
     if (entry.path === CONVERSATIONS_PATH && body.type === "activity") activity.push(body.id);
     if (entry.path === CONVERSATIONS_PATH && body.type === "delete") deleted.push(body.id);
-    const m = /^conversations\/([^/]+)\/prompts$/.exec(entry.path);
-    if (m && body.type === "prompt") prompts.push({ conversationId: m[1], ...body, key: entry.key });
-    if (m && body.type === "cancel") prompts.push({ conversationId: m[1], ...body, key: entry.key });
+    const conversationId = conversationOfPrompts(entry.path);
+    if (conversationId && (body.type === "prompt" || body.type === "cancel")) {
+      prompts.push({ conversationId, ...body, key: entry.key });
+    }
   }
   return { conversations, activity, deleted, prompts };
 }

@@ -762,24 +762,25 @@ function wire() {
   outbox.on("adopted", () => {
     const deleting = pendingState().deleted;
     const dropped = protocol.dropUnsentOfDeleted(outbox, (id) => conversations.isDeleted(id) || deletedHere.has(id) || deleting.includes(id));
-    const ids = new Set(dropped.map(({ path }) => /^conversations\/([^/]+)\/prompts$/.exec(path)?.[1]));
+    const ids = new Set(dropped.map(({ path }) => protocol.conversationOfPrompts(path)).filter(Boolean));
     for (const id of ids) {
-      if (id) giveBack(promptTexts(dropped.filter(({ path }) => path === protocol.promptsPath(id))), named(conversations.deletedTitle(id)));
+      const ofIt = dropped.filter(({ path }) => protocol.conversationOfPrompts(path) === id);
+      giveBack(promptTexts(ofIt), named(conversations.deletedTitle(id)));
     }
   });
   outbox.on("state", (state, error) => status.setOutbox(state, error));
   outbox.on("sent", ({ path, body }) => {
     if (current && path === protocol.promptsPath(current.id)) flow.promptSent();
-    const m = /^conversations\/([^/]+)\/prompts$/.exec(path);
-    if (body?.type === "prompt" && m) {
-      sentPrompts.set(body.id, { conversationId: m[1], id: body.id, content: body.content, timestamp: body.timestamp, sent: true });
+    const conversationId = protocol.conversationOfPrompts(path);
+    if (body?.type === "prompt" && conversationId) {
+      sentPrompts.set(body.id, { conversationId, id: body.id, content: body.content, timestamp: body.timestamp, sent: true });
     }
   });
   outbox.on("failed", ({ path, body, error }) => {
     if (body?.type !== "prompt") return;
-    const m = /^conversations\/([^/]+)\/prompts$/.exec(path);
-    failedPrompts.set(body.id, { conversationId: m?.[1], id: body.id, content: body.content, timestamp: body.timestamp, failed: error.message });
-    if (current?.id !== m?.[1]) {
+    const conversationId = protocol.conversationOfPrompts(path);
+    failedPrompts.set(body.id, { conversationId, id: body.id, content: body.content, timestamp: body.timestamp, failed: error.message });
+    if (current?.id !== conversationId) {
       scheduleRender();
       return;
     }

@@ -75,10 +75,9 @@ export class ConnectionStatus {
     clearTimeout(this.#clearTimer);
     const errored = [...this.#streams.values()].find((s) => s.state === "error");
     let text;
-    if (errored?.errorCode === "OFFSET_OUT_OF_RANGE") {
-      // The page has read further than the stream now goes: the server's data was reset.
-      text = `${SERVER_RESET} Reload the page to see what it has now.`;
-    } else if (errored) text = `The streams server refused a read: ${errored.error ?? "error"}.`;
+    // A read past the stream's end: the server's data was reset since the page read it.
+    if (this.serverReset()) text = `${SERVER_RESET} Reload the page to see what it has now.`;
+    else if (errored) text = `The streams server refused a read: ${errored.error ?? "error"}.`;
     else if (this.#outbox.state === "retrying" && ![...this.#streams.values()].some((s) => s.state === "reconnecting")) {
       text = notStoredYet(this.#outbox.error);
     } else text = "Connection lost. Reconnecting…";
