@@ -384,18 +384,30 @@ def test_a_prompt_of_characters_the_agents_count_as_blank_is_not_sent(
     not: such a prompt was sent, failed as empty, and offered a Try again that could only
     fail again. Zero-width spaces and joiners, which neither trims, sent an empty bubble
     that the model was asked about. A prompt is otherwise sent as typed: the first line's
-    indentation (pasted code) was trimmed away."""
+    indentation (pasted code) was trimmed away. Send is offered only when there is
+    something to send: it stayed enabled on a blank message and did nothing."""
     page = open_chat(new_context(), chat_app.url)
     box = page.get_by_test_id("composer-input")
+    send_button = page.get_by_test_id("send-button")
+    expect(send_button).to_be_disabled()
     for blank in ("\x1f \x85\x1c", "\u200b\u200b", "\u200d \ufeff\u2060",
                   "\u200e\u00ad \u3164\ufe0f\U000e0041"):
         box.fill(blank)
+        expect(send_button).to_be_disabled()
         box.press("Enter")
         expect(box).to_have_value(blank)  # kept, as a blank message is
+    box.fill("a draft")
+    expect(send_button).to_be_enabled()
+    page.reload()
+    wait_ready(page)
+    expect(send_button).to_be_enabled()  # the draft was put back
+    box.fill("")
+    expect(send_button).to_be_disabled()
     code = unique("    if asked:") + "\n        return 1\n    return 2"
     replies.set(code, "An answer.")
     box.fill(f"\n \n\u200b\n{code}\n\u200d\n\n")
     box.press("Enter")
+    expect(send_button).to_be_disabled()  # the message box was emptied by sending
     wait_state(page, code.strip(), "done")
     cid = conversation_id(page)
     sent = [m.get("content") for m in prompt_messages(chat_app.url, cid)

@@ -263,7 +263,7 @@ function openConversation(id) {
   flow.setSub("responses", "");
   flow.setAgentState("idle");
   ui.input.value = sessionStorage.getItem(draftKey()) ?? "";
-  autosize();
+  refreshComposer();
   maybeFollow();
   renderConversationList();
   scheduleRender();
@@ -429,7 +429,7 @@ function render() {
     ? "This conversation takes no more prompts: its responses stream has been closed, so no answer can be written. Start a new conversation to go on."
     : "This conversation takes no more prompts: its prompts stream has been closed. Start a new conversation to go on.";
   ui.input.disabled = closed;
-  ui.send.disabled = closed;
+  offerSend();
   const known = isKnown(c.id);
   const loaded = known ? c.upToDate.prompts && c.upToDate.responses : conversationsLoaded;
   ui.welcome.hidden = count > 0 || !loaded;
@@ -511,7 +511,7 @@ function send() {
   const draft = draftKey();
   ui.input.value = "";
   saveDraft(draft, "");
-  autosize();
+  refreshComposer();
   sendPrompt(text);
 }
 
@@ -656,7 +656,7 @@ function keepInMessageBox(texts) {
   if (value === ui.input.value) return;
   ui.input.value = value;
   saveDraft(draftKey(), value);
-  autosize();
+  refreshComposer();
 }
 
 function tell(text) {
@@ -681,10 +681,16 @@ function saveDraft(key, text) {
   }
 }
 
-function autosize() {
+/** Fit the message box to its text, and offer Send only when there is something to send. */
+function refreshComposer() {
   ui.input.style.height = "auto";
   const max = parseFloat(getComputedStyle(ui.input).maxHeight) || 220; // it follows the window's height
   ui.input.style.height = `${Math.min(ui.input.scrollHeight, max)}px`;
+  offerSend();
+}
+
+function offerSend() {
+  ui.send.disabled = ui.input.disabled || protocol.isBlank(ui.input.value);
 }
 
 // ---------------------------------------------------------------------------------- wiring
@@ -709,7 +715,7 @@ function wire() {
     }
   });
   ui.input.addEventListener("input", () => {
-    autosize();
+    refreshComposer();
     saveDraft(draftKey(), ui.input.value);
     if (!ui.composerError.hidden && typedPrompt().length <= protocol.MAX_PROMPT_CHARS) ui.composerError.hidden = true;
   });
@@ -789,7 +795,7 @@ function wire() {
     if (givenBack) {
       ui.input.value = body.content;
       saveDraft(draftKey(), body.content); // kept across a reload, as typed text is
-      autosize();
+      refreshComposer();
     }
     const reason = firstCharacters(error.message, 300).replace(/[.\s]+$/, "");
     announce(`Your message was not sent: ${reason}.${givenBack ? " It is back in the message box." : ""}`);
