@@ -133,8 +133,22 @@ def check_paths(args: argparse.Namespace) -> None:
         raise UsageError(f"--out: there is no directory {str(args.out.parent)!r}")
     if args.out is not None and args.out.is_dir():
         raise UsageError(f"--out: {str(args.out)!r} is a directory")
+    if args.out is not None:
+        existed = args.out.exists()
+        try:
+            with open(args.out, "a"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"--out: cannot write {str(args.out)!r}: {exc.strerror}") from None
+        if not existed:
+            args.out.unlink()
     if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
         raise UsageError(f"--workdir: {str(args.workdir)!r} is not a directory")
+    if args.workdir is not None:
+        try:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--workdir: cannot make {str(args.workdir)!r}: {exc.strerror}") from None
     if not 0 < args.long_poll_timeout < float("inf"):
         raise UsageError("--long-poll-timeout: must be a number greater than 0")
 
@@ -248,7 +262,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         parser.error(str(exc))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="streams-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     options = ServerOptions(workdir=workdir, long_poll_timeout_s=args.long_poll_timeout,
                             reference_dir=args.reference_dir, node=args.node)
     run = Run(sizes, servers)
@@ -267,8 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         run.cpu_probe_ms["end"] = cpu_probe_ms()
         result = run.to_json()
         if args.out:
-            args.out.write_text(json.dumps(result, indent=2) + "\n")
-            log(f"results written to {args.out}")
+            try:
+                args.out.write_text(json.dumps(result, indent=2) + "\n")
+                log(f"results written to {args.out}")
+            except OSError as exc:  # writable at the start: the table below still shows
+                run.errors["results file"] = f"could not write {args.out}: {exc.strerror}"
+                log(f"could not write the results to {args.out}: {exc.strerror}")
         if args.keep or run.errors:
             log(f"work directory kept (logs under {workdir / 'logs'})")
         else:
