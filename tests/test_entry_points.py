@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,12 +190,17 @@ def test_a_second_server_on_a_data_dir_in_use_is_refused_until_the_first_is_gone
 
 
 @pytest.mark.parametrize("debug", [False, True], ids=["flask-run", "flask-run-debug"])
-def test_flask_run_holds_its_data_dir_once_it_serves(tmp_path: Path, debug: bool) -> None:
-    """The app is built before it knows it will serve (a reloader's watcher builds it too and
-    never serves): it checks the directory then, and holds it from its first request."""
+def test_flask_run_holds_its_data_dir_as_soon_as_it_serves(tmp_path: Path, debug: bool) -> None:
+    """A reloader's watcher builds the app too and never serves, so the app held its
+    directory from its first request; until then another server could start on it. The
+    process `flask run` serves from holds it from the start, before any request."""
     app = start_chat_app(tmp_path / "data", model_url="http://127.0.0.1:9", debug=debug)
     try:
-        assert requests.get(app.url, timeout=10).status_code == 200
+        # With the reloader, "Running on" is printed before the serving process starts.
+        deadline = time.monotonic() + 30
+        while "starting the embedded supervisor" not in app.log_since_start():
+            assert time.monotonic() < deadline, app.log_tail()
+            time.sleep(0.05)
         done = _run([sys.executable, "-m", "streams_server", "--port", "0",
                      "--data-dir", str(tmp_path / "data" / "streams")])
         _assert_refused_clearly(done, "another server process (pid", "is using it")
@@ -206,24 +212,31 @@ def test_flask_run_holds_its_data_dir_once_it_serves(tmp_path: Path, debug: bool
 
 def test_an_app_that_waited_for_its_data_dir_serves_what_is_there_when_it_gets_it(
         tmp_path: Path) -> None:
-    """Built while the directory was free, the app read the streams then; another server
-    wrote to the directory before the app's first request, and the app, once it held the
-    directory, served its stale view: a stream written meanwhile was missing."""
-    app = start_chat_app(tmp_path / "data", model_url="http://127.0.0.1:9",
-                         config={"EMBEDDED_SUPERVISOR": "false"})
+    """Built while the directory was free (by a server other than `flask run`, which holds
+    it from the start), the app read the streams then; another server wrote to the
+    directory before the app's first request, and the app, once it held the directory,
+    served its stale view: a stream written meanwhile was missing."""
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "EMBEDDED_SUPERVISOR": False})
     try:
         other = start_streams_server(tmp_path / "data" / "streams")  # before any request
         requests.put(f"{other.url}/v1/stream/meanwhile", data="hello", timeout=10,
                      headers={"Content-Type": "text/plain"}).raise_for_status()
-        refused = requests.get(f"{app.url}/v1/stream/meanwhile", timeout=10)
+        refused = app.test_client().get("/v1/stream/meanwhile")
         assert refused.status_code == 503 and "is using it" in refused.text
-        assert refused.json()["error"]["code"] == "DATA_DIRECTORY_IN_USE"  # for its clients
+        assert refused.json["error"]["code"] == "DATA_DIRECTORY_IN_USE"  # for its clients
         other.terminate()
-        read = requests.get(f"{app.url}/v1/stream/meanwhile", params={"offset": "-1"},
-                            timeout=10)
+        read = app.test_client().get("/v1/stream/meanwhile?offset=-1")
         assert read.status_code == 200 and read.text == "hello", (read.status_code, read.text)
     finally:
-        app.terminate()
+        app.extensions["background_work"].stop()
+
+
+def test_flask_run_refuses_a_port_no_server_can_listen_on(tmp_path: Path) -> None:
+    """Werkzeug took 99999 as port 34463, and served there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "FLASK_"))}
+    env["CHAT_DATA_DIR"] = str(tmp_path)
+    done = _run([sys.executable, "-m", "flask", "run", "--port", "99999"], env=env)
+    _assert_refused_clearly(done, "Error: --port must be at least 0 and at most 65535, not 99999")
 
 
 @pytest.mark.parametrize("damaged", ["streams/streams.sqlite3", "agents/agents.sqlite3"])
@@ -386,6 +399,10 @@ def test_a_model_url_that_is_not_one_is_refused_at_start(tmp_path: Path, url: st
     (["streams_server.bench", "--servers", ""], "--servers: none"),
     (["streams_server.bench", "--out", "/no/such/dir/x.json"],
      "--out: there is no directory '/no/such/dir'"),
+    (["streams_server.bench", "--out", "/proc/results.json"],  # a directory no file goes in
+     "--out: cannot write '/proc/results.json'"),
+    (["streams_server.bench", "--workdir", "/proc/bench-work"],
+     "--workdir: cannot make '/proc/bench-work'"),
     (["streams_server.bench", "--long-poll-timeout", "-1"],
      "--long-poll-timeout: must be a number greater than 0"),
 ])

@@ -89,6 +89,35 @@ def test_after_ctrl_c_the_next_start_resumes_the_answer_without_waiting_for_the_
             app.terminate()
 
 
+def test_after_a_crash_the_next_start_finishes_the_answer_before_anyone_asks(
+    tmp_path: Path,
+) -> None:
+    """The embedded agents started with the app's first request: after a crash, an answer
+    cut short stayed unfinished until a page (or any client) came back. `flask run` starts
+    them as soon as it listens."""
+    reply = " ".join(f"word{i}" for i in range(60))
+    with FakeAnthropic(reply=reply, tokens_per_second=20) as model:
+        app = start_chat_app(tmp_path / "data", model_url=model.url)
+        try:
+            client = StreamsClient(f"{app.url}/v1/stream")
+            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
+            cid = chat.start_conversation("cut short by a crash")
+            prompt = chat.send_prompt(cid, "a long answer, please")
+            for batch in client.tail(layout.responses_path(cid), "-1"):
+                if any(m.get("type") == "chunk" for m in batch.messages):
+                    break  # the agent is streaming its answer
+            client.close()
+            app.kill()
+
+            app.start()  # and no request to it until the model has been asked again
+            assert model.wait_for_requests(2, timeout=30), app.log_tail()
+            client = StreamsClient(f"{app.url}/v1/stream")
+            answer = wait_for_answers(client, cid, [prompt], timeout=60).answers[prompt]
+            assert answer.text == reply
+        finally:
+            app.terminate()
+
+
 def test_an_answer_stopped_by_ctrl_c_again_and_again_is_still_finished(tmp_path: Path) -> None:
     """Each Ctrl+C in the middle of the same answer counted as an agent dying in it: after
     the fourth, the next start gave up on the answer ("cut off 4 times") instead of
@@ -172,6 +201,29 @@ def test_a_restart_releases_only_its_own_earlier_runs_leases(tmp_path: Path) -> 
             assert "starting the embedded supervisor" in app.log_since_start()
             state = http.get(f"{root}/__ds/subscriptions/other", timeout=10).json()
             assert state["holder"] == other
+        finally:
+            app.terminate()
+
+
+def test_a_record_of_this_run_that_cannot_be_written_only_costs_a_warning(
+    tmp_path: Path,
+) -> None:
+    """On a full disk writing it logged a traceback and left an empty temporary file."""
+    record = tmp_path / "data" / "agents" / "embedded-worker"
+    (record / "in the way").mkdir(parents=True)  # no file can replace it
+    with FakeAnthropic(reply="Answered all the same.") as model:
+        app = start_chat_app(tmp_path / "data", model_url=model.url)
+        try:
+            client = StreamsClient(f"{app.url}/v1/stream")
+            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
+            cid = chat.start_conversation("with no record of this run")
+            prompt = chat.send_prompt(cid, "answered?")
+            answer = wait_for_answers(client, cid, [prompt], timeout=30).answers[prompt]
+            assert answer.text == "Answered all the same."
+            log = app.log_since_start()
+            assert "could not record this run's worker name" in log, app.log_tail()
+            assert "Traceback" not in log, app.log_tail()
+            assert not record.with_name("embedded-worker.tmp").exists()
         finally:
             app.terminate()
 

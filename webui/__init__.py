@@ -24,12 +24,13 @@ from streams_server.config import mib_to_bytes
 from webui import chat
 from webui.config import ConfigError, load_config
 from webui.embedded import BackgroundWork
+from webui.flask_run import flask_run_address
 
 STREAMS_PREFIX = "/v1/stream"
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Build the app; background work starts with its first request."""
+    """Build the app; background work starts once it serves (see `webui.embedded`)."""
     app = Flask(__name__)
     try:
         load_config(app, test_config)
@@ -46,20 +47,28 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         max_storage_bytes=(None if app.config["MAX_STORAGE_MIB"] is None
                            else mib_to_bytes(app.config["MAX_STORAGE_MIB"])),
     )
+    try:
+        serving = flask_run_address()
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
     data_dir = None if app.config["STREAMS_MEMORY"] else os.path.join(app.config["DATA_DIR"], "streams")
     try:
-        # Checked now, held from the first request: the watcher process of a reloader
-        # (`flask run --debug`) builds the app too, but only its child serves.
-        backend = StreamsBackend.open(data_dir, settings, STREAMS_PREFIX, lock=False)
+        # Held now by `flask run`'s serving process; elsewhere checked now and held from the
+        # first request: the watcher process of a reloader builds the app too, never serving.
+        backend = StreamsBackend.open(data_dir, settings, STREAMS_PREFIX,
+                                      lock=serving is not None)
     except DataDirectoryError as exc:
         raise StartupError(str(exc)) from exc
     init_streams(app, backend, STREAMS_PREFIX)
     chat.init_app(app)
     try:
-        app.extensions["background_work"] = BackgroundWork(app, backend)
+        work = BackgroundWork(app, backend)
     except OffsetsFileError as exc:
         backend.close()
         raise StartupError(str(exc)) from exc
+    app.extensions["background_work"] = work
+    if serving is not None:
+        work.start_when_listening(serving)
     _stop_on_sigterm_as_on_ctrl_c()
     return app
 

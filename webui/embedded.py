@@ -1,19 +1,22 @@
-"""The background parts of the app, started on its first request and stopped at exit.
+"""The background parts of the app, started once it serves and stopped at exit.
 
-They start with the first request rather than in `create_app` because Flask's reloader
-(`flask run --debug`) builds the app in a watcher process that never serves: starting there
-would run a second supervisor beside the real one. The embedded supervisor reaches the
-streams over HTTP, through this app's own URL, exactly as a separate supervisor process would.
+Under `flask run` they start as soon as its server listens; under any other server, with
+the first request. Not in `create_app`, because Flask's reloader (`flask run --debug`)
+builds the app in a watcher process that never serves: starting there would run a second
+supervisor beside the real one. The embedded supervisor reaches the streams over HTTP,
+through this app's own URL, exactly as a separate supervisor process would.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 from flask import Flask
@@ -25,10 +28,13 @@ from agent_actors.offsets_store import OffsetsStore
 from agent_actors.supervisor import Supervisor, SupervisorSettings
 from streams_server import StreamsBackend
 from streams_server.storage.dirlock import DirectoryInUse
+from webui.flask_run import ServingAddress, local_root_url
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 2.0
+LISTEN_WAIT_S = 60.0
+"""How long `start_when_listening` waits for the server (the first request starts it too)."""
 EMBEDDED_WORKER_FILE = "embedded-worker"
 """In the agents' data directory: the worker name of the last run's embedded supervisor."""
 
@@ -61,6 +67,24 @@ class BackgroundWork:
 
         app.wsgi_app = start_then_serve  # type: ignore[method-assign]
         atexit.register(self.stop)
+
+    def start_when_listening(self, address: ServingAddress) -> None:
+        """Start once a server accepts connections at `address`, without waiting for a
+        first request: after a crash, the answers it cut short resume at once, whether or
+        not a page is open."""
+        def start_when_listening() -> None:
+            deadline = time.monotonic() + LISTEN_WAIT_S
+            while not self._started and time.monotonic() < deadline:
+                try:
+                    socket.create_connection((address.host, address.port), timeout=1).close()
+                except OSError:
+                    time.sleep(0.05)
+                    continue
+                self._start_once(address.root_url)
+                return
+
+        threading.Thread(target=start_when_listening, name="start-when-listening",
+                         daemon=True).start()
 
     def _start_once(self, root_url: str) -> bool:
         """False while another process holds the data directory (it may have started
@@ -154,15 +178,22 @@ class BackgroundWork:
         try:
             released = (self._backend.subscriptions.release_leases_of(earlier)
                         if earlier else 0)
+        except Exception as exc:  # noqa: BLE001 - the leases then expire as after any crash
+            log.warning("could not release the leases of an earlier run (%s): they expire "
+                        "instead", exc)
+        else:
+            if released:
+                log.info("released %d lease(s) the earlier run's embedded agents (%s) held",
+                         released, earlier)
+        try:
             with open(f"{record}.tmp", "w", encoding="utf-8") as file:
                 file.write(worker_name)
             os.replace(f"{record}.tmp", record)
-        except Exception:  # noqa: BLE001 - the leases then expire as after any crash
-            log.warning("could not release the leases of an earlier run", exc_info=True)
-            return
-        if released:
-            log.info("released %d lease(s) the earlier run's embedded agents (%s) held",
-                     released, earlier)
+        except OSError as exc:  # a full disk: the next start after a crash waits out leases
+            log.warning("could not record this run's worker name in %s (%s): after a crash, "
+                        "its agents' leases expire instead of being released", record, exc)
+            with contextlib.suppress(OSError):
+                os.remove(f"{record}.tmp")
 
     def _release_leases(self) -> None:
         """Its agents have stopped, but by now the app's server usually has too, so they
@@ -194,10 +225,7 @@ def own_url(environ: dict[str, Any]) -> str:
         host = port = None
     if host is None:
         host, port = environ.get("SERVER_NAME") or "127.0.0.1", environ["SERVER_PORT"]
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(str(host), str(host))  # bound to all
-    if ":" in host:  # an IPv6 address; a zone (fe80::1%eth0) is percent-encoded in a URL
-        host = "[" + host.replace("%", "%25") + "]"
-    return f"{scheme}://{host}:{port}"
+    return local_root_url(scheme, str(host), str(port))
 
 
 def _directory_in_use(environ: dict[str, Any], start_response: Any, why: str, *,
