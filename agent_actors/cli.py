@@ -74,6 +74,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         args.auth_token = None
     model_url = os.environ.get("ANTHROPIC_BASE_URL") or None
     api_key = (os.environ.get("ANTHROPIC_API_KEY") or "").strip()  # as the model takes it
+    model = args.model or os.environ.get("ANTHROPIC_MODEL") or None
     problems = [
         (not is_http_url(args.streams_url),
          f"--streams-url must be an http:// or https:// URL, not {args.streams_url!r}"),
@@ -101,6 +102,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
          f"--worker-name must be 1 to {MAX_WORKER_NAME_CHARS} printable characters"),
         (api_key and not is_token(api_key),
          "ANTHROPIC_API_KEY must be visible ASCII characters without spaces"),
+        (model is not None and not is_token(model),
+         f"{'--model' if args.model else 'ANTHROPIC_MODEL'} must be a model id: visible ASCII"
+         f" characters without spaces, not {model!r}"),
     ]
     for failed, message in problems:
         if failed:

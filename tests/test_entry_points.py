@@ -278,6 +278,8 @@ def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: s
     ("AGENT_MAX_AGENTS", "-5", "CHAT_AGENT_MAX_AGENTS must be a whole number at least 1"),
     ("AGENT_LEASE_TTL_MS", "0", "CHAT_AGENT_LEASE_TTL_MS must be a whole number at least 1000"),
     ("EMBEDDED_SUPERVISOR", "yes", "CHAT_EMBEDDED_SUPERVISOR must be true or false"),
+    # Taken, and every answer failed: the id goes into each request to the model.
+    ("AGENT_MODEL", "claude bad model", "CHAT_AGENT_MODEL must be a model id"),
     # These three were taken: the first failed as the supervisor started, on the first
     # request (a 500, then a chat that never answered), the others at every prompt.
     ("AGENT_STREAMS_URL", "http://127.0.0.1:notaport/v1/stream",
@@ -306,6 +308,23 @@ def test_an_api_key_no_header_can_carry_is_refused_at_start(tmp_path: Path) -> N
     done = _run([sys.executable, "-m", "agent_actors", "supervisor", "--data-dir",
                  str(tmp_path / "agents")], env=env)
     assert done.returncode == 2 and says in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("model", [" ", "claude bad model", "claude-\u00e9"])
+def test_a_model_id_no_request_can_carry_is_refused_at_start(tmp_path: Path, model: str) -> None:
+    """It was taken, and every answer then failed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "FLASK_"))}
+    env.update({"CHAT_DATA_DIR": str(tmp_path), "ANTHROPIC_API_KEY": "sk-test",
+                "ANTHROPIC_MODEL": model})
+    says = "ANTHROPIC_MODEL must be a model id: visible ASCII characters without spaces"
+    done = _run([sys.executable, "-m", "flask", "run", "--port", "0"], env=env)
+    _assert_refused_clearly(done, f"Error: {says}")
+    done = _run([sys.executable, "-m", "agent_actors", "supervisor", "--data-dir",
+                 str(tmp_path / "agents")], env=env)
+    assert done.returncode == 2 and says in done.stderr, done.stderr[-2000:]
+    done = _run([sys.executable, "-m", "agent_actors", "supervisor", "--data-dir",
+                 str(tmp_path / "agents"), "--model", model], env=env)
+    assert done.returncode == 2 and "--model must be a model id" in done.stderr, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:notaport", "not a url", "ftp://host"])

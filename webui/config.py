@@ -146,6 +146,10 @@ _FLAG = (lambda value: isinstance(value, bool), "true or false")
 _TOKEN = (lambda value: value is None or (isinstance(value, str) and is_token(value)),
           "visible ASCII characters without spaces (or unset)")
 
+# The model id goes into every request to the API: "claude bad model" failed each answer.
+_MODEL = (lambda value: value is None or (isinstance(value, str) and is_token(value)),
+          "a model id: visible ASCII characters without spaces (or unset)")
+
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "DATA_DIR": _text(),
     "STREAMS_MEMORY": _FLAG,
@@ -161,7 +165,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "MAX_STORAGE_MIB": _number(0, above=True, optional=True),
     "EMBEDDED_SUPERVISOR": _FLAG,
     "AGENT_STREAMS_URL": _text(optional=True, url=True),
-    "AGENT_MODEL": _text(optional=True),
+    "AGENT_MODEL": _MODEL,
     "AGENT_IDLE_TIMEOUT_S": _number(0, above=True, high=MAX_IDLE_TIMEOUT_S),
     "AGENT_MAX_AGENTS": _number(1, whole=True),
     "AGENT_COALESCE_MS": _number(0, high=MAX_COALESCE_MS),
@@ -181,5 +185,9 @@ def check_config(config: Mapping[str, Any], env: Mapping[str, str] = os.environ)
     api_key = (env.get("ANTHROPIC_API_KEY") or "").strip()  # a newline from a file is taken off
     if api_key and not is_token(api_key):
         problems.append("ANTHROPIC_API_KEY must be visible ASCII characters without spaces")
+    model = env.get("ANTHROPIC_MODEL") or None
+    if model is not None and not is_token(model):
+        problems.append("ANTHROPIC_MODEL must be a model id: visible ASCII characters without"
+                        f" spaces, not {model!r}")
     if problems:
         raise ConfigError("; ".join(problems))
