@@ -454,6 +454,14 @@ def test_settings_left_empty_written_as_digits_or_zero_are_taken(
     assert app.config["AGENT_MODEL"] is None and app.config["AGENT_STREAMS_URL"] is None
     assert app.config["DEMO_TOKENS_PER_SECOND"] == 0
 
+    # JSON's true and false, and Python's spelling: False was refused as not "true or false".
+    for written, meant in [("False", False), ("TRUE", True), (" true ", True), ("false", False)]:
+        monkeypatch.setenv("CHAT_EMBEDDED_SUPERVISOR", written)
+        monkeypatch.setenv("CHAT_STREAMS_MEMORY", written)
+        load_config(app, None)
+        assert app.config["EMBEDDED_SUPERVISOR"] is meant, written
+        assert app.config["STREAMS_MEMORY"] is meant, written
+
     parser = build_parser()
     args = parser.parse_args(["supervisor", "--demo-tokens-per-second", "0",
                               "--log-level", "critical"])

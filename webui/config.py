@@ -68,6 +68,7 @@ class ConfigError(ValueError):
 
 TEXT_SETTINGS = ("DATA_DIR", "STREAMS_BROWSER_URL", "STREAMS_AUTH_TOKEN", "AGENT_STREAMS_URL",
                  "AGENT_MODEL", "AGENT_WAKE_STREAM")
+FLAG_SETTINGS = ("STREAMS_MEMORY", "EMBEDDED_SUPERVISOR")
 OPTIONAL_SETTINGS = ("STREAMS_AUTH_TOKEN", "AGENT_STREAMS_URL", "AGENT_MODEL")
 """Settings an empty value leaves unset (their defaults apply)."""
 
@@ -86,6 +87,10 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
     for key in TEXT_SETTINGS:  # as written: JSON would make a token of digits a number
         if f"CHAT_{key}" in os.environ:
             app.config[key] = os.environ[f"CHAT_{key}"]
+    for key in FLAG_SETTINGS:  # JSON takes only true and false; Python's spelling is as clear
+        written = os.environ.get(f"CHAT_{key}", "").strip().lower()
+        if written in ("true", "false"):
+            app.config[key] = written == "true"
     if test_config:
         app.config.from_mapping(test_config)
     for key in OPTIONAL_SETTINGS:
