@@ -177,14 +177,16 @@ def test_an_unreachable_endpoint_is_a_connection_error() -> None:
     assert f"127.0.0.1:{port}" in failure.value.message
 
 
-def test_a_base_url_where_no_messages_api_answers_is_blamed_not_the_model() -> None:
-    """Pointed at another server (here one that answers 404 with a page), the chat said
-    the model was not found and to check ANTHROPIC_MODEL."""
+@pytest.mark.parametrize("status", [404, 200])
+def test_a_base_url_where_no_messages_api_answers_is_blamed_not_the_model(status: int) -> None:
+    """Pointed at another server (here one that answers with a page), the chat said the
+    model was not found and to check ANTHROPIC_MODEL; or, for a page that came with a 200,
+    that the answer was cut off, and its log gave no reason."""
     class NotHere(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             page = b"<html><body>Not here</body></html>"
-            self.send_response(404)
+            self.send_response(status)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(page)))
             self.end_headers()

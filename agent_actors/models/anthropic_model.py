@@ -51,6 +51,8 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 _CANCEL_CHECK_S = 0.1
 _INCOMPLETE = "The AI model's answer was cut off before it finished."
 _UNREADABLE = "The AI model sent an answer this app could not read."
+_NOT_THE_API = ("No Anthropic Messages API answers at this address (it did not answer with a"
+                " stream of events). Check ANTHROPIC_BASE_URL.")
 
 
 class AnthropicModel:
@@ -111,6 +113,12 @@ class AnthropicModel:
             return
         if isinstance(response, BaseException):
             self._fail(response)
+        content_type = response.headers.get("content-type", "")
+        if not content_type.lower().startswith("text/event-stream"):
+            response.close()
+            log.warning("model %s: %s answered %s, not an event stream", self.model,
+                        self.base_url, content_type or "with no content type")
+            raise ModelError(_NOT_THE_API, code="not_found")
         watched = self._watch.add(cancel, response.http_response)
         finished = False
         try:
