@@ -718,8 +718,11 @@ def test_a_deleted_conversation_leaves_every_tab_and_the_server(
 
     watcher.get_by_test_id("composer-input").fill("a half-written thought")
     deleter.once("dialog", accept)
-    deleter.get_by_test_id("delete-conversation").click()
+    deleter.get_by_test_id("delete-conversation").focus()  # from the keyboard
+    deleter.keyboard.press("Enter")
     assert questions and title in questions[0]
+    # Where the next message is written: it was left on the page's body.
+    expect(deleter.get_by_test_id("composer-input")).to_be_focused()
     for page in (deleter, watcher):
         expect(page.locator(item)).to_have_count(0)
         expect(page.get_by_test_id("deleted-conversation")).to_have_text(f"“{title}” was deleted.")
