@@ -514,8 +514,11 @@ class Supervisor(pykka.ThreadingActor):
         processed = self.offsets.get(cid)
         # Offsets of one stream sort lexicographically (section 8).
         behind_subscription = acked is None or prompts.next_offset > acked
-        behind_agent = processed is not None and prompts.next_offset > processed
-        if behind_subscription or behind_agent or (processed is None and self._unanswered(cid)):
+        behind_agent = processed is None or prompts.next_offset > processed
+        # This supervisor's offset alone behind: a subscription made again links the stream
+        # at its tail, hiding unanswered prompts; or another supervisor (with its own data
+        # directory) answered them since. Only the streams tell the two apart.
+        if behind_subscription or (behind_agent and self._unanswered(cid)):
             self._tell(_Pending(cid))
         return True
 
@@ -547,9 +550,10 @@ class Supervisor(pykka.ThreadingActor):
     def _unanswered(self, cid: str) -> bool:
         """Whether the streams show a prompt with no finished answer.
 
-        Needed once per conversation this supervisor has no offset for: a subscription
-        created after its first prompt (by a client that did not create it first) starts at
-        the stream's tail, and no wake would ever come for that prompt.
+        Needed where this supervisor's processed offset is behind (or it has none) and the
+        subscription's is not: a subscription created after a prompt (by a client that did
+        not create it first, or made again) starts at the stream's tail, and no wake would
+        ever come for that prompt.
         """
         conversation = ConversationLog()
         try:

@@ -455,6 +455,32 @@ def test_a_start_answers_prompts_a_subscription_made_again_at_the_tail_no_longer
     assert_clean_answers(rendered, {first: "first question", second: "second question"})
 
 
+def test_a_start_leaves_alone_what_another_supervisor_answered_since(
+    streams_server: ServerProcess, in_process: StartInProcess,
+) -> None:
+    """Each supervisor keeps its own processed offsets (its own data directory). One that
+    started again after another had answered more of a conversation found its offset
+    behind the tail and started an agent there, with nothing to answer: it claimed the
+    lease, wrote a start marker, and held an agent slot until its idle timeout."""
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    cid = chat.start_conversation("answered by two supervisors")
+    for worker, content in [("wA", "first question"), ("wB", "second question")]:
+        supervisor = in_process(root, worker=worker)
+        prompt = chat.send_prompt(cid, content)
+        wait_for_answers(client, cid, [prompt], timeout=30)
+        wait_until(lambda: all_prompts_acked(client, cid), timeout=10, what="the ack")
+        supervisor.stop(timeout=30)
+    markers = len(client.read_all(layout.responses_path(cid)).messages)
+
+    again = in_process(root, worker="wA")  # its offsets end at the first question
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        assert status(again)["agents"] == [], status(again)
+        time.sleep(0.1)
+    assert len(client.read_all(layout.responses_path(cid)).messages) == markers
+
+
 def test_supervisor_waits_for_an_unreachable_streams_server(
     tmp_path: Path, start_supervisor: StartSupervisor,
 ) -> None:
