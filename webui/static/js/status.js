@@ -102,8 +102,8 @@ export const SERVER_RESET = "The server's streams were reset or replaced since t
 /** What the banner says while the outbox retries a message the server did not store. */
 function notStoredYet(error) {
   if (error?.status === 507) {
-    return "Your message has not been stored yet: the server's storage is full. It is sent as soon as there is room.";
+    return "What you sent has not been stored yet: the server's storage is full. It is kept here and sent as soon as there is room.";
   }
-  if (error?.detail) return `Your message has not been stored yet (the server said: ${error.detail}). Retrying…`;
-  return "Your message has not been stored yet. Retrying…";
+  if (error?.detail) return `What you sent has not been stored yet (the server said: ${error.detail}). Retrying…`;
+  return "What you sent has not been stored yet. Retrying…";
 }
