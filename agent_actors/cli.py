@@ -14,7 +14,7 @@ import threading
 from agent_actors import layout
 from agent_actors.agent import AgentSettings
 from agent_actors.errors import ConfigurationError
-from agent_actors.models.settings import model_from_settings
+from agent_actors.models.settings import model_from_settings, warn_if_unusable
 from agent_actors.offsets_store import OffsetsFileError
 from agent_actors.supervisor import Supervisor, SupervisorSettings
 from agent_actors.validation import (
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"agent supervisor {settings.worker_name}: streams {settings.streams_url}, "
           f"model {model.name}", file=sys.stderr, flush=True)
+    warn_if_unusable(model)
     while not stop.is_set():  # timed waits: under gevent, an untimed one with nothing
         stop.wait(60)  # else to run would end in LoopExit
     print(f"stopping: the agents let go of their leases (up to {settings.shutdown_timeout_s:.0f}"

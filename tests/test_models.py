@@ -210,6 +210,54 @@ def test_a_base_url_where_no_messages_api_answers_is_blamed_not_the_model(status
     assert "ANTHROPIC_MODEL" not in failure.value.message
 
 
+@pytest.mark.parametrize(("status", "body", "says"), [
+    (401, b'{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}',
+     "The Anthropic API key was rejected. Check ANTHROPIC_API_KEY."),
+    (404, b'{"type":"error","error":{"type":"not_found_error","message":"model: claude-nope"}}',
+     "The model 'claude-nope' was not found. Check ANTHROPIC_MODEL."),
+    # An Anthropic-compatible endpoint without the models API: nothing can be told.
+    (404, b"<html><body>Not here</body></html>", None),
+    (200, b'{"type":"model","id":"claude-nope","display_name":"Nope"}', None),
+])
+def test_a_look_at_the_model_tells_what_would_fail_every_answer(
+        status: int, body: bytes, says: str | None) -> None:
+    """A rejected key or a mistyped model id showed only at the first prompt's answer."""
+    asked: list[str] = []
+
+    class ModelsApi(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            asked.append(self.path)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if body.startswith(b"{")
+                             else "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    api = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ModelsApi)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    try:
+        model = AnthropicModel(api_key=API_KEY, model="claude-nope", max_retries=0,
+                               base_url=f"http://127.0.0.1:{api.server_address[1]}")
+        assert model.problem() == says
+    finally:
+        api.shutdown()
+        api.server_close()
+    assert asked == ["/v1/models/claude-nope"]
+
+
+def test_a_look_at_a_model_nothing_answers_for_says_so(fake: FakeAnthropic) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    model = AnthropicModel(api_key=API_KEY, base_url=f"http://127.0.0.1:{port}", max_retries=0)
+    assert model.problem() == f"Could not connect to the AI model at http://127.0.0.1:{port}."
+    assert claude(fake).problem() is None  # the fake serves no models API: inconclusive
+
+
 def test_429_and_529_are_retried_then_the_answer_streams(fake: FakeAnthropic) -> None:
     fake.fail_next("429", retry_after=0.05)
     fake.fail_next("529")  # no retry-after: exponential backoff

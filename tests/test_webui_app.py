@@ -118,6 +118,22 @@ def test_after_a_crash_the_next_start_finishes_the_answer_before_anyone_asks(
             app.terminate()
 
 
+def test_a_model_nothing_answers_for_is_reported_at_start(tmp_path: Path) -> None:
+    """It was said only in the first answer, as an error, after the first prompt."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        model_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    app = start_chat_app(tmp_path / "data", model_url=model_url)
+    try:
+        says = f"Could not connect to the AI model at {model_url}. Answers will fail"
+        deadline = time.monotonic() + 30
+        while says not in app.log_since_start():
+            assert time.monotonic() < deadline, app.log_tail()
+            time.sleep(0.1)
+    finally:
+        app.terminate()
+
+
 def test_an_answer_stopped_by_ctrl_c_again_and_again_is_still_finished(tmp_path: Path) -> None:
     """Each Ctrl+C in the middle of the same answer counted as an agent dying in it: after
     the fourth, the next start gave up on the answer ("cut off 4 times") instead of

@@ -23,7 +23,7 @@ from flask import Flask
 
 from agent_actors.agent import AgentSettings
 from agent_actors.errors import ConfigurationError
-from agent_actors.models.settings import model_from_settings
+from agent_actors.models.settings import model_from_settings, warn_if_unusable
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.supervisor import Supervisor, SupervisorSettings
 from streams_server import StreamsBackend
@@ -136,7 +136,9 @@ class BackgroundWork:
         self._release_leases_of_earlier_runs(settings.worker_name)
         log.info("starting the embedded supervisor against %s", streams_url)
         self._worker_name = settings.worker_name
-        return Supervisor.start(settings, model, offsets=self._offsets)
+        supervisor = Supervisor.start(settings, model, offsets=self._offsets)
+        warn_if_unusable(model)
+        return supervisor
 
     def _agents_data_dir(self) -> str | None:
         config = self._app.config

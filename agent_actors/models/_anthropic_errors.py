@@ -44,7 +44,7 @@ def stream_error(body: dict[str, object], *, model: str) -> ModelError:
 
 
 def _status_error(exc: anthropic.APIStatusError, model: str) -> ModelError:
-    return _classified(exc.status_code, _error_type(exc), _api_message(exc), model)
+    return _classified(exc.status_code, error_type(exc), _api_message(exc), model)
 
 
 def _classified(status: int | None, kind: str | None, detail: str, model: str) -> ModelError:
@@ -74,7 +74,7 @@ def _classified(status: int | None, kind: str | None, detail: str, model: str) -
                       code="api_error", retryable=True, status=status)
 
 
-def _error_type(exc: anthropic.APIStatusError) -> str | None:
+def error_type(exc: anthropic.APIStatusError) -> str | None:
     """``error.type`` from the body (also for mid-stream ``error`` events, whose status is 200)."""
     kind = getattr(exc, "type", None)
     if isinstance(kind, str):

@@ -32,7 +32,7 @@ import anthropic
 
 from agent_actors._sse import SseEvent, parse_events
 from agent_actors.errors import ModelError
-from agent_actors.models._anthropic_errors import model_error, stream_error
+from agent_actors.models._anthropic_errors import error_type, model_error, stream_error
 from agent_actors.models._retry_policy import retry_delay
 from agent_actors.models.base import (
     CANCELLED,
@@ -49,6 +49,7 @@ DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
 """Claude Sonnet 5: the current model with the best balance of speed and intelligence."""
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 _CANCEL_CHECK_S = 0.1
+_PROBLEM_CHECK_TIMEOUT_S = 10.0
 _INCOMPLETE = "The AI model's answer was cut off before it finished."
 _UNREADABLE = "The AI model sent an answer this app could not read."
 _NOT_THE_API = ("No Anthropic Messages API answers at this address (it did not answer with a"
@@ -89,6 +90,22 @@ class AnthropicModel:
     def name(self) -> str:
         """``"anthropic:<model id>"``."""
         return f"anthropic:{self.model}"
+
+    def problem(self) -> str | None:
+        """What would fail every answer, if a look at the model's own entry in the API shows
+        it: no connection, the key rejected or not allowed, or no such model. None when it
+        looks fine or cannot tell (an Anthropic-compatible endpoint need not serve the
+        models API)."""
+        try:
+            self.client.models.retrieve(self.model, timeout=_PROBLEM_CHECK_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - classified below, else inconclusive
+            error = model_error(exc, model=self.model, base_url=self.base_url)
+            unknown_model = (isinstance(exc, anthropic.APIStatusError)
+                             and error_type(exc) == "not_found_error")
+            if error.code in ("connection", "authentication", "permission") or unknown_model:
+                return error.message
+            log.debug("model %s: looking it up was inconclusive: %r", self.model, exc)
+        return None
 
     def stream(
         self, turns: Sequence[Turn | tuple[str, str]], *, cancel: threading.Event | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 
 from agent_actors.models.anthropic_model import DEFAULT_ANTHROPIC_MODEL, AnthropicModel
@@ -50,3 +51,18 @@ def model_from_settings(
                            base_url=base_url, max_tokens=max_tokens, system=system)
     log.info("model: %s via %s", model.name, model.base_url)
     return model
+
+
+def warn_if_unusable(model: Model) -> None:
+    """Look the model up in the background, and log a warning if every answer would fail
+    (a rejected key, an address where nothing answers): said at start, not at the first
+    prompt. The demo model has nothing to look up."""
+    if not isinstance(model, AnthropicModel):
+        return
+
+    def look_up() -> None:
+        problem = model.problem()
+        if problem is not None:
+            log.warning("%s Answers will fail until this is fixed.", problem)
+
+    threading.Thread(target=look_up, name="model-check", daemon=True).start()
