@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from flask import Flask
 from agent_actors.cli import build_parser, check_args
 from streams_server.subscriptions.keys import SIGNING_KEY_FILE, TOKEN_KEY_FILE
 from tests.support import REPO_ROOT, start_streams_server
+from tests.support.agents import wait_until
 from tests.support.webapp import start_chat_app
 from webui import create_app
 from webui.config import load_config
@@ -198,10 +198,8 @@ def test_flask_run_holds_its_data_dir_as_soon_as_it_serves(tmp_path: Path, debug
     app = start_chat_app(tmp_path / "data", model_url="http://127.0.0.1:9", debug=debug)
     try:
         # With the reloader, "Running on" is printed before the serving process starts.
-        deadline = time.monotonic() + 30
-        while "starting the embedded supervisor" not in app.log_since_start():
-            assert time.monotonic() < deadline, app.log_tail()
-            time.sleep(0.05)
+        wait_until(lambda: "starting the embedded supervisor" in app.log_since_start(),
+                   timeout=30, what="the serving process to start its agents")
         done = _run([sys.executable, "-m", "streams_server", "--port", "0",
                      "--data-dir", str(tmp_path / "data" / "streams")])
         _assert_refused_clearly(done, "another server process (pid", "is using it")
@@ -300,16 +298,21 @@ def test_flask_run_refuses_a_setting_out_of_range_clearly(tmp_path: Path, settin
     _assert_refused_clearly(done, f"Error: {says}")
 
 
-def test_an_api_key_no_header_can_carry_is_refused_at_start(tmp_path: Path) -> None:
-    """It was taken, and every answer then failed as "Could not connect to the AI model"."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "FLASK_"))}
-    env.update({"CHAT_DATA_DIR": str(tmp_path), "ANTHROPIC_API_KEY": "sk-ant k\u20acy"})
-    says = "ANTHROPIC_API_KEY must be visible ASCII characters without spaces"
+def _assert_both_commands_refuse(env: dict[str, str], tmp_path: Path, says: str) -> None:
+    """`flask run` and the supervisor, started with `env`, each refuse it saying `says`."""
     done = _run([sys.executable, "-m", "flask", "run", "--port", "0"], env=env)
     _assert_refused_clearly(done, f"Error: {says}")
     done = _run([sys.executable, "-m", "agent_actors", "supervisor", "--data-dir",
                  str(tmp_path / "agents")], env=env)
     assert done.returncode == 2 and says in done.stderr, done.stderr[-2000:]
+
+
+def test_an_api_key_no_header_can_carry_is_refused_at_start(tmp_path: Path) -> None:
+    """It was taken, and every answer then failed as "Could not connect to the AI model"."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "FLASK_"))}
+    env.update({"CHAT_DATA_DIR": str(tmp_path), "ANTHROPIC_API_KEY": "sk-ant k\u20acy"})
+    _assert_both_commands_refuse(
+        env, tmp_path, "ANTHROPIC_API_KEY must be visible ASCII characters without spaces")
 
 
 @pytest.mark.parametrize("model", [" ", "claude bad model", "claude-\u00e9"])
@@ -318,12 +321,8 @@ def test_a_model_id_no_request_can_carry_is_refused_at_start(tmp_path: Path, mod
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "FLASK_"))}
     env.update({"CHAT_DATA_DIR": str(tmp_path), "ANTHROPIC_API_KEY": "sk-test",
                 "ANTHROPIC_MODEL": model})
-    says = "ANTHROPIC_MODEL must be a model id: visible ASCII characters without spaces"
-    done = _run([sys.executable, "-m", "flask", "run", "--port", "0"], env=env)
-    _assert_refused_clearly(done, f"Error: {says}")
-    done = _run([sys.executable, "-m", "agent_actors", "supervisor", "--data-dir",
-                 str(tmp_path / "agents")], env=env)
-    assert done.returncode == 2 and says in done.stderr, done.stderr[-2000:]
+    _assert_both_commands_refuse(env, tmp_path, "ANTHROPIC_MODEL must be a model id: visible"
+                                 " ASCII characters without spaces")
     done = _run([sys.executable, "-m", "agent_actors", "supervisor", "--data-dir",
                  str(tmp_path / "agents"), "--model", model], env=env)
     assert done.returncode == 2 and "--model must be a model id" in done.stderr, done.stderr[-2000:]

@@ -177,34 +177,46 @@ def test_an_unreachable_endpoint_is_a_connection_error() -> None:
     assert f"127.0.0.1:{port}" in failure.value.message
 
 
+@contextlib.contextmanager
+def canned_answers(status: int, body: bytes, content_type: str) -> Iterator[tuple[str, list[str]]]:
+    """A server that answers every GET and POST with `status` and `body`: its URL, and the
+    paths it was asked for."""
+    asked: list[str] = []
+
+    class Canned(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            asked.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Canned)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize("status", [404, 200])
 def test_a_base_url_where_no_messages_api_answers_is_blamed_not_the_model(status: int) -> None:
     """Pointed at another server (here one that answers with a page), the chat said the
     model was not found and to check ANTHROPIC_MODEL; or, for a page that came with a 200,
     that the answer was cut off, and its log gave no reason."""
-    class NotHere(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            page = b"<html><body>Not here</body></html>"
-            self.send_response(status)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotHere)
-    threading.Thread(target=other.serve_forever, daemon=True).start()
-    try:
-        model = AnthropicModel(api_key=API_KEY, max_retries=0,
-                               base_url=f"http://127.0.0.1:{other.server_address[1]}")
+    page = b"<html><body>Not here</body></html>"
+    with canned_answers(status, page, "text/html") as (url, _):
+        model = AnthropicModel(api_key=API_KEY, max_retries=0, base_url=url)
         with pytest.raises(ModelError) as failure:
             list(model.stream([("user", "Hi")]))
-    finally:
-        other.shutdown()
-        other.server_close()
     assert failure.value.code == "not_found"
     assert "ANTHROPIC_BASE_URL" in failure.value.message
     assert "ANTHROPIC_MODEL" not in failure.value.message
@@ -222,30 +234,10 @@ def test_a_base_url_where_no_messages_api_answers_is_blamed_not_the_model(status
 def test_a_look_at_the_model_tells_what_would_fail_every_answer(
         status: int, body: bytes, says: str | None) -> None:
     """A rejected key or a mistyped model id showed only at the first prompt's answer."""
-    asked: list[str] = []
-
-    class ModelsApi(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            asked.append(self.path)
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json" if body.startswith(b"{")
-                             else "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    api = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ModelsApi)
-    threading.Thread(target=api.serve_forever, daemon=True).start()
-    try:
-        model = AnthropicModel(api_key=API_KEY, model="claude-nope", max_retries=0,
-                               base_url=f"http://127.0.0.1:{api.server_address[1]}")
+    content_type = "application/json" if body.startswith(b"{") else "text/html"
+    with canned_answers(status, body, content_type) as (url, asked):
+        model = AnthropicModel(api_key=API_KEY, model="claude-nope", max_retries=0, base_url=url)
         assert model.problem() == says
-    finally:
-        api.shutdown()
-        api.server_close()
     assert asked == ["/v1/models/claude-nope"]
 
 

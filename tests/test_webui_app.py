@@ -15,8 +15,15 @@ import requests
 from agent_actors import layout, schema
 from agent_actors.streams_client import StreamsClient
 from tests.fake_anthropic import FakeAnthropic
-from tests.support.agents import ChatClient, mid_answer, wait_for_answers
+from tests.support.agents import ChatClient, mid_answer, wait_for_answers, wait_until
 from tests.support.webapp import start_chat_app
+
+
+def wait_until_streaming(client: StreamsClient, cid: str) -> None:
+    """Until the conversation's agent has written a chunk of its answer."""
+    for batch in client.tail(layout.responses_path(cid), "-1"):
+        if any(m.get("type") == "chunk" for m in batch.messages):
+            return
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
@@ -33,9 +40,7 @@ def test_ctrl_c_stops_flask_run_promptly_in_the_middle_of_an_answer(
             chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
             cid = chat.start_conversation("interrupted")
             chat.send_prompt(cid, "a long answer, please")
-            for batch in client.tail(layout.responses_path(cid), "-1"):
-                if any(m.get("type") == "chunk" for m in batch.messages):
-                    break  # the agent is streaming its answer
+            wait_until_streaming(client, cid)
             started = time.monotonic()
             app.send_signal(sig)
             code = app.wait(timeout=20)
@@ -75,9 +80,7 @@ def test_after_ctrl_c_the_next_start_resumes_the_answer_without_waiting_for_the_
             chat = ChatClient(client, lease_ttl_ms=ten_minutes)
             cid = chat.start_conversation("interrupted, then resumed")
             prompt = chat.send_prompt(cid, "a long answer, please")
-            for batch in client.tail(layout.responses_path(cid), "-1"):
-                if any(m.get("type") == "chunk" for m in batch.messages):
-                    break  # the agent is streaming its answer
+            wait_until_streaming(client, cid)
             app.send_signal(sig)
             assert app.wait(timeout=20) == (-sig if sig == signal.SIGKILL else 0), app.log_tail()
 
@@ -103,9 +106,7 @@ def test_after_a_crash_the_next_start_finishes_the_answer_before_anyone_asks(
             chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
             cid = chat.start_conversation("cut short by a crash")
             prompt = chat.send_prompt(cid, "a long answer, please")
-            for batch in client.tail(layout.responses_path(cid), "-1"):
-                if any(m.get("type") == "chunk" for m in batch.messages):
-                    break  # the agent is streaming its answer
+            wait_until_streaming(client, cid)
             client.close()
             app.kill()
 
@@ -126,10 +127,8 @@ def test_a_model_nothing_answers_for_is_reported_at_start(tmp_path: Path) -> Non
     app = start_chat_app(tmp_path / "data", model_url=model_url)
     try:
         says = f"Could not connect to the AI model at {model_url}. Answers will fail"
-        deadline = time.monotonic() + 30
-        while says not in app.log_since_start():
-            assert time.monotonic() < deadline, app.log_tail()
-            time.sleep(0.1)
+        wait_until(lambda: says in app.log_since_start(), timeout=30,
+                   what=f"{says!r} in the log")
     finally:
         app.terminate()
 
