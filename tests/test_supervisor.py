@@ -763,9 +763,15 @@ def bring_back(client: StreamsClient, cid: str) -> None:
     prompt, as the page's outbox sends them after a 404."""
     client.put_subscription(layout.subscription_id(cid),
                             layout.subscription_config(cid, lease_ttl_ms=LEASE_TTL_MS))
-    client.ensure_stream(layout.prompts_path(cid))
-    client.producer(layout.prompts_path(cid), "late-tab", auto_claim=True).append(
-        [{"type": "prompt", "id": "p-late", "content": "anyone?", "timestamp": 1}])
+    for attempt in range(3):
+        client.ensure_stream(layout.prompts_path(cid))
+        try:
+            client.producer(layout.prompts_path(cid), "late-tab", auto_claim=True).append(
+                [{"type": "prompt", "id": "p-late", "content": "anyone?", "timestamp": 1}])
+            return
+        except NotFound:  # a removal still under way took the stream in between: again
+            if attempt == 2:
+                raise
 
 
 class HeldCall(StreamsClient):
