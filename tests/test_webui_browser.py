@@ -1962,7 +1962,7 @@ def test_a_link_to_an_unknown_conversation_says_so_and_a_message_starts_it(
     expect(notice).to_be_hidden()
 
 
-@pytest.mark.parametrize("link", ["#/c/bad!id", "#/c/" + "x" * 65, "#/c/"])
+@pytest.mark.parametrize("link", ["#/c/bad!id", "#/c/bad id with spaces", "#/c/" + "x" * 65, "#/c/"])
 def test_a_link_that_names_no_possible_conversation_says_so(
         chat_app: ServerProcess, new_context: NewContext, link: str) -> None:
     """A mistyped or cut link opened a new conversation without a word."""
@@ -2493,6 +2493,9 @@ def test_a_prompt_sent_while_storage_is_full_waits_and_is_sent_when_there_is_roo
         # Not "your message": what waits may as well be a Stop, a new title or a deletion.
         expect(banner).to_have_text(re.compile(
             "^What you sent has not been stored yet: the server's storage is full"))
+        pill = page.get_by_test_id("connection-pill")  # the server answers: no reconnecting
+        expect(pill).to_have_attribute("data-state", "retrying")
+        expect(pill).to_have_text("Not stored yet")
 
         assert requests.delete(f"{root}/filler", timeout=10).status_code == 204
         wait_state(page, prompt, "done", timeout=40_000)
@@ -2922,3 +2925,110 @@ def test_screenshots_of_the_chat_and_the_inspector(tmp_path: Path, model: FakeAn
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":
         DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(desktop, DOCS_SCREENSHOT)
+
+
+def delete_stream(app: ServerProcess, path: str) -> None:
+    """What any client of the streams API may do to a conversation under the page."""
+    response = requests.delete(f"{app.url}/v1/stream/{path}", timeout=10)
+    assert response.status_code in (200, 204), response.text
+
+
+def test_a_listed_conversation_without_streams_says_so_and_a_message_starts_it(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """A conversation listed by another writer, its streams never made (or deleted since),
+    stayed blank under "Connecting" for good, the page never ready."""
+    cid = f"nostreams{uuid.uuid4().hex[:8]}"
+    append_to_conversations(chat_app, {"type": "conversation", "id": cid, "title": "Listed only",
+                                       "timestamp": int(time.time() * 1000)})
+    page = open_chat(new_context(), f"{chat_app.url}/#/c/{cid}")
+    notice = page.get_by_test_id("streams-missing")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("Nothing of this conversation is on the server")
+    expect(page.get_by_test_id("connection-pill")).to_have_attribute("data-state", "live")
+    prompt = unique("Starting it again")
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+    expect(notice).to_be_hidden()
+
+
+def test_answers_whose_prompts_stream_was_deleted_are_still_shown(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    page = open_chat(new_context(), chat_app.url)
+    first = unique("Asked before the deletion")
+    send_prompt(page, first)
+    wait_state(page, first, "done")
+    answer = answer_text(page, first)
+    cid = conversation_id(page)
+    delete_stream(chat_app, f"conversations/{cid}/prompts")
+    page.reload()
+    wait_ready(page)
+    notice = page.get_by_test_id("streams-missing")
+    expect(notice).to_contain_text("prompts stream is missing")
+    turns = page.get_by_test_id("turn")
+    expect(turns).to_have_count(1)
+    expect(turns.first.get_by_test_id("prompt")).to_contain_text("no longer stored")
+    assert norm(turns.first.get_by_test_id("answer-text").text_content() or "") == answer
+    expect(page.get_by_test_id("connection-pill")).to_have_attribute("data-state", "live")
+    second = unique("Asked after the deletion")
+    send_prompt(page, second)
+    wait_state(page, second, "done")
+    expect(notice).to_be_hidden()
+    expect(turns).to_have_count(2)  # the answer without its prompt is still there
+
+
+def test_prompts_whose_responses_stream_was_deleted_say_why_no_answer_shows(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """They said an agent would answer once one ran: none would, nor could it write one."""
+    page = open_chat(new_context(), chat_app.url)
+    first = unique("Answered, then its answer deleted")
+    send_prompt(page, first)
+    wait_state(page, first, "done")
+    cid = conversation_id(page)
+    delete_stream(chat_app, f"conversations/{cid}/responses")
+    page.reload()
+    wait_ready(page)
+    notice = page.get_by_test_id("streams-missing")
+    expect(notice).to_contain_text("responses stream is missing")
+    turn = turn_for(page, first)
+    expect(turn).to_have_attribute("data-stalled", "true")
+    expect(turn.get_by_test_id("answer-status")).to_contain_text("responses stream is missing")
+    second = unique("Asked after the deletion")
+    send_prompt(page, second)
+    wait_state(page, second, "done")  # the message made the responses stream again
+    expect(notice).to_be_hidden()
+
+
+def test_a_message_makes_a_missing_responses_stream_again_without_waiting_for_an_agent(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """No agent runs here: the page itself makes the stream, so the notice does not stay up
+    until one does."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"EMBEDDED_SUPERVISOR": "false"})
+    try:
+        page = open_chat(new_context(), app.url)
+        send_prompt(page, unique("Never answered"))
+        cid = conversation_id(page)
+        delete_stream(app, f"conversations/{cid}/responses")
+        page.reload()
+        wait_ready(page)
+        notice = page.get_by_test_id("streams-missing")
+        expect(notice).to_contain_text("responses stream is missing")
+        later = unique("Sent to make it again")
+        send_prompt(page, later)
+        expect(notice).to_be_hidden()
+        expect(turn_for(page, later)).to_have_attribute("data-state", "queued")
+        head = requests.head(f"{app.url}/v1/stream/conversations/{cid}/responses", timeout=10)
+        assert head.status_code == 200
+    finally:
+        app.terminate()
+
+
+def test_the_notice_of_a_deleted_conversation_keeps_a_long_unbroken_title_inside_it(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation("L" * 200)
+    page = open_chat(new_context(viewport=DESKTOP), f"{chat_app.url}/#/c/{cid}")
+    append_to_conversations(chat_app, {"type": "delete", "id": cid})
+    notice = page.get_by_test_id("deleted-conversation")
+    expect(notice).to_contain_text("L" * 200)
+    assert notice.evaluate("n => n.scrollWidth <= n.clientWidth"), "the title runs out of its box"

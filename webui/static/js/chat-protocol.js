@@ -84,15 +84,16 @@ export function startConversation(outbox, { id, title }) {
   );
 }
 
-/** Append a prompt; returns {promptId, key, done}. */
-export function sendPrompt(outbox, conversationId, content, promptId = newPromptId()) {
+/** Append a prompt; returns {promptId, key, done}. `ensured: false` makes the conversation's
+ * streams first (they are there, else made again once the append finds one missing). */
+export function sendPrompt(outbox, conversationId, content, promptId = newPromptId(), { ensured = true } = {}) {
   const entry = outbox.enqueue(
     promptsPath(conversationId),
     { type: "prompt", id: promptId, content, timestamp: Date.now() },
     {
       subscription: agentSubscription(conversationId),
       ensure: [promptsPath(conversationId), responsesPath(conversationId)],
-      ensured: true,
+      ensured,
     },
   );
   return { promptId, ...entry };

@@ -83,9 +83,10 @@ export class ChatView {
    * Show `turns` (from the transcript) followed by `pending` prompts the outbox has not
    * delivered yet ({id, content, timestamp, failed?}). `offline`: the page's live reads are
    * reconnecting, which is then why an answer shows no new text. `closed`: the conversation
-   * takes no more answers, so none is offered to be tried again.
+   * takes no more answers, so none is offered to be tried again. `answersMissing`: the
+   * server has no responses stream for it, which is then why no answer comes.
    */
-  render(turns, pending, { offline = false, closed = false } = {}) {
+  render(turns, pending, { offline = false, closed = false, answersMissing = false } = {}) {
     const stick = this.#following;
     const wanted = [];
     for (const turn of turns) wanted.push({ id: turn.promptId, turn });
@@ -112,8 +113,10 @@ export class ChatView {
       if (expectedPosition !== parts.li) this.list.insertBefore(parts.li, expectedPosition);
       try {
         if (item.turn) {
-          updateTurn(parts, item.turn, earlierUnfinished, item === last && !closed, offline);
-          earlierUnfinished ||= !item.turn.final;
+          updateTurn(parts, item.turn, earlierUnfinished, item === last && !closed, offline, answersMissing);
+          // The agent answers the prompts stream in order: an answer without its prompt there
+          // holds up none of them.
+          earlierUnfinished ||= !item.turn.final && !!item.turn.prompt;
         } else updatePending(parts, item.pending);
       } catch (err) {
         // One turn that cannot be shown (hostile stream content) costs only itself.
@@ -170,7 +173,7 @@ function buildTurn(promptId) {
     el("div", { class: "answer-main" }, body, status, error, meta));
 
   const li = el("li", { class: "turn", dataset: { testid: "turn", promptId } }, prompt, answer);
-  return { li, promptText, promptMeta, answer, status, statusText: status.lastChild, body, md: new MarkdownView(body), error, meta };
+  return { li, prompt, promptText, promptMeta, answer, status, statusText: status.lastChild, body, md: new MarkdownView(body), error, meta };
 }
 
 /** How long without new text an answer has been (0 if it is not waiting for any): past
@@ -227,7 +230,7 @@ function updatePending(parts, pending) {
 
 /** `latest`: the conversation's last turn, the one a failed or stopped answer can be tried
  * again from (sending its prompt again). */
-function updateTurn(parts, turn, waitingTurn, latest, offline) {
+function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
   const shown = turnState(turn);
   const state = shown === "thinking" && waitingTurn ? "queued" : shown;
   const progress = [state, turn.text.length, turn.restarts].join("\u0000");
@@ -237,15 +240,18 @@ function updateTurn(parts, turn, waitingTurn, latest, offline) {
   }
   const idleMs = performance.now() - parts.progressAt;
   const stalled = stallLevel(state, idleMs);
-  const stallNote = stalled ? stalledLabel(state, stalled, offline, idleMs) : "";
+  const stallNote = answersMissing && !turn.final
+    ? "No answer can be written: this conversation's responses stream is missing on the server."
+    : stalled ? stalledLabel(state, stalled, offline, idleMs) : "";
   // Streaming touches one turn at a time: leave the others' DOM alone.
-  const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks, stallNote, latest].join("\u0000");
+  const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks, stallNote, latest, !turn.prompt].join("\u0000");
   if (parts.signature === signature) return;
   parts.signature = signature;
   parts.li.classList.remove("is-failed");
   parts.answer.hidden = false;
-  parts.promptText.textContent = turn.prompt.content;
-  parts.promptMeta.textContent = formatTime(turn.prompt.timestamp);
+  parts.prompt.classList.toggle("is-unstored", !turn.prompt);
+  parts.promptText.textContent = turn.prompt?.content ?? "The question of this answer is no longer stored.";
+  parts.promptMeta.textContent = turn.prompt ? formatTime(turn.prompt.timestamp) : "";
   setState(parts, state, stallNote);
   parts.md.update(turn.text);
   parts.body.classList.toggle("is-streaming", state === "streaming");

@@ -50,6 +50,7 @@ const ui = {
   announcer: $("announcer"),
   composerError: $("composer-error"),
   composerClosed: $("composer-closed"),
+  streamsMissing: $("streams-missing"),
   main: document.getElementById("main"),
 };
 
@@ -251,6 +252,8 @@ function openConversation(id) {
     follows: [],
     following: false,
     upToDate: { prompts: false, responses: false },
+    missing: { prompts: false, responses: false }, // the server has no such stream (yet)
+    settled: false, // both streams read once: see `Transcript.settleAnswersWithoutPrompt`
     offsets: { prompts: "-1", responses: "-1" }, // where reading resumes after a pause
     panelsReady: false,
     paused: false,
@@ -351,8 +354,15 @@ function pauseConversation() {
 
 function streamStatus(c, name, s) {
   if (c !== current) return;
-  // A stream not created yet (a conversation being started) is not a lost connection.
-  status.setStream(name, s.state === "missing" ? { state: "connecting" } : s);
+  // A stream the server does not have (deleted through the API, or never made by whoever
+  // listed the conversation) reads as empty, and is not a lost connection: the page says so
+  // (see `render`), and goes on asking in case it is made.
+  const missing = s.state === "missing";
+  if (c.missing[name] !== missing) {
+    c.missing[name] = missing;
+    scheduleRender();
+  }
+  status.setStream(name, missing ? { state: "live" } : s);
   if (s.state === "live" && s.upToDate) {
     c.upToDate[name] = true;
     scheduleRender();
@@ -368,8 +378,10 @@ function updateBrowserNode() {
   // The server is back: what waits in the outbox (a Stop above all, before the agent has
   // written much of the answer it starts again) goes now, not at the end of a backoff of up
   // to 8 s.
-  if (overall === "live" && !readsWereLive) outbox.start();
-  readsWereLive = overall === "live";
+  // (The reads, not `overall`: that says "reconnecting" for as long as the outbox retries.)
+  const readsLive = !status.readsInterrupted();
+  if (readsLive && !readsWereLive) outbox.start();
+  readsWereLive = readsLive;
 }
 
 // ------------------------------------------------------------------------------- rendering
@@ -389,7 +401,7 @@ function pendingPrompts(conversationId) {
  * prompts waiting behind it: they are questions of their own). */
 function promptToStop() {
   if (!current) return null;
-  const first = current.transcript.visibleTurns().find((t) => !t.final);
+  const first = current.transcript.visibleTurns().find((t) => t.prompt && !t.final);
   const unsent = pendingPrompts(current.id).find((p) => !p.failed && !current.transcript.turns.get(p.id)?.prompt);
   const id = first?.promptId ?? unsent?.id;
   if (!id || first?.cancelRequested) return null;
@@ -423,7 +435,8 @@ function render() {
   const pending = pendingPrompts(c.id);
   const offline = status.readsInterrupted();
   const closed = c.transcript.responsesClosed || c.transcript.promptsClosed;
-  const count = view.render(turns, pending, { offline, closed });
+  const answersMissing = c.missing.responses && isKnown(c.id);
+  const count = view.render(turns, pending, { offline, closed, answersMissing });
   ui.composerClosed.hidden = !closed;
   ui.composerClosed.textContent = c.transcript.responsesClosed
     ? "This conversation takes no more prompts: its responses stream has been closed, so no answer can be written. Start a new conversation to go on."
@@ -431,7 +444,15 @@ function render() {
   ui.input.disabled = closed;
   offerSend();
   const known = isKnown(c.id);
-  const loaded = known ? c.upToDate.prompts && c.upToDate.responses : conversationsLoaded;
+  const read = (name) => c.upToDate[name] || c.missing[name];
+  const loaded = known ? read("prompts") && read("responses") : conversationsLoaded;
+  if (loaded && known && !c.settled) {
+    c.settled = true;
+    c.transcript.settleAnswersWithoutPrompt();
+    scheduleRender(); // with the answers it has just found to have no prompt
+  }
+  ui.streamsMissing.hidden = !known || closed || !(c.missing.prompts || c.missing.responses);
+  ui.streamsMissing.textContent = missingStreamsNotice(c.missing);
   ui.welcome.hidden = count > 0 || !loaded;
   // A link to a conversation this server does not have (a typo, or a wiped server).
   ui.unknownConversation.hidden = known || !conversationsLoaded || idFromHash() !== c.id;
@@ -451,6 +472,13 @@ function render() {
   ui.messages.dataset.ready = String(loaded);
   document.body.dataset.ready = String(conversationsLoaded && loaded);
   announceChanges(c, turns, loaded);
+}
+
+function missingStreamsNotice({ prompts, responses }) {
+  const again = "A message sent here makes it again.";
+  if (prompts && responses) return "Nothing of this conversation is on the server: its streams have been deleted, or were never made. A message sent here starts it again.";
+  if (prompts) return `This conversation's prompts stream is missing on the server (deleted, or never made): its questions cannot be shown. ${again}`;
+  return `This conversation's responses stream is missing on the server (deleted, or never made): its answers cannot be shown, and no new one can be written. ${again}`;
 }
 
 function announceChanges(c, turns, loaded) {
@@ -534,7 +562,9 @@ function sendPrompt(text, promptId = undefined) {
     protocol.startConversation(outbox, { id, title: protocol.titleFrom(text) });
     if (idFromHash() !== id) history.replaceState(null, "", `#/c/${id}`);
   }
-  protocol.sendPrompt(outbox, id, text, promptId);
+  // A stream found missing is made again first (else only a missing prompts stream is).
+  const remake = current.missing.prompts || current.missing.responses;
+  protocol.sendPrompt(outbox, id, text, promptId, { ensured: !remake });
   // Lists show the most recently active first, with the time of that activity: say so
   // unless the list says it already.
   const first = listedConversations()[0];

@@ -241,6 +241,10 @@ export function turnState(turn) {
 export class Transcript {
   turns = new Map();
   order = []; // prompt ids in prompt-stream order
+  // Answers whose prompt the prompts stream does not hold (deleted, or never there): known
+  // once both streams have been read (`settleAnswersWithoutPrompt`), shown before the others.
+  withoutPrompt = [];
+  #answeredFirst = []; // prompt ids whose answer was read before their prompt, in that order
   promptEntries = 0;
   responseEntries = 0;
   ignored = 0;
@@ -281,6 +285,7 @@ export class Transcript {
       if (turn.prompt) return; // a repeated prompt id is the same prompt
       turn.prompt = { content: safeText(m.content) ?? "", timestamp: safeNumber(m.timestamp) };
       if (this.responsesClosed) unanswerable(turn);
+      if (this.withoutPrompt.includes(m.id)) this.withoutPrompt = this.withoutPrompt.filter((id) => id !== m.id);
       this.order.push(m.id);
       changed.add(m.id);
     } else if (type === "cancel" && typeof m.promptId === "string") {
@@ -310,6 +315,7 @@ export class Transcript {
       this.ignored += 1;
       return;
     }
+    if (!this.turns.has(m.promptId)) this.#answeredFirst.push(m.promptId);
     const turn = this.#turn(m.promptId);
     // Messages without `type` follow the original example: chunks, the last one complete.
     const type = m.type ?? (m.isComplete ? "done" : "chunk");
@@ -356,9 +362,16 @@ export class Transcript {
     changed.add(m.promptId);
   }
 
-  /** Turns with a prompt, in prompt order. */
+  /** Call once both streams have been read to their end (or found missing): the answers
+   * read so far without their prompt will not get one. */
+  settleAnswersWithoutPrompt() {
+    this.withoutPrompt = this.#answeredFirst.filter((id) => !this.turns.get(id).prompt);
+  }
+
+  /** The answers without a prompt (see `withoutPrompt`), then the turns with one, in prompt
+   * order. */
   visibleTurns() {
-    return this.order.map((id) => this.turns.get(id));
+    return [...this.withoutPrompt, ...this.order].map((id) => this.turns.get(id));
   }
 
   /** The prompt ids still being answered (not final). */

@@ -42,23 +42,25 @@ export class ConnectionStatus {
     return [...this.#streams.values()].some((s) => s.state === "error" && s.errorCode === "OFFSET_OUT_OF_RANGE");
   }
 
-  /** "live" | "connecting" | "reconnecting" | "error" */
+  /** "live" | "connecting" | "reconnecting" | "retrying" (the server answers, but has not
+   * stored what was sent: storage full, overloaded) | "error" */
   overall() {
     const states = [...this.#streams.values()].map((s) => s.state);
     if (states.includes("error")) return "error";
-    if (states.includes("reconnecting") || this.#outbox.state === "retrying") return "reconnecting";
+    if (states.includes("reconnecting")) return "reconnecting";
+    if (this.#outbox.state === "retrying") return this.#outbox.error?.status ? "retrying" : "reconnecting";
     if (states.includes("connecting")) return "connecting";
     return "live";
   }
 
   #update() {
     const state = this.overall();
-    const label = { live: "Live", connecting: "Connecting", reconnecting: "Reconnecting", error: "Error" }[state];
+    const label = { live: "Live", connecting: "Connecting", reconnecting: "Reconnecting", retrying: "Not stored yet", error: "Error" }[state];
     if (this.pill.dataset.state !== state) {
       this.pill.dataset.state = state;
       this.pill.querySelector(".conn-text").textContent = label;
     }
-    if (state === "reconnecting" || state === "error") {
+    if (state !== "live" && state !== "connecting") {
       if (!this.#shown && !this.#timer) this.#timer = setTimeout(() => this.#show(), state === "error" ? 0 : GRACE_MS);
       else if (this.#shown) this.#show();
     } else {
@@ -71,16 +73,15 @@ export class ConnectionStatus {
   #show() {
     this.#timer = null;
     const state = this.overall();
-    if (state !== "reconnecting" && state !== "error") return;
+    if (state === "live" || state === "connecting") return;
     clearTimeout(this.#clearTimer);
     const errored = [...this.#streams.values()].find((s) => s.state === "error");
     let text;
     // A read past the stream's end: the server's data was reset since the page read it.
     if (this.serverReset()) text = `${SERVER_RESET} Reload the page to see what it has now.`;
     else if (errored) text = `The streams server refused a read: ${errored.error ?? "error"}.`;
-    else if (this.#outbox.state === "retrying" && ![...this.#streams.values()].some((s) => s.state === "reconnecting")) {
-      text = notStoredYet(this.#outbox.error);
-    } else text = "Connection lost. Reconnecting…";
+    else if (this.#outbox.state === "retrying" && !this.readsInterrupted()) text = notStoredYet(this.#outbox.error);
+    else text = "Connection lost. Reconnecting…";
     this.banner.dataset.state = state;
     if (this.banner.textContent !== text) this.banner.textContent = text;
     this.banner.hidden = false;
