@@ -3006,7 +3006,9 @@ def test_a_message_makes_a_missing_responses_stream_again_without_waiting_for_an
                          config={"EMBEDDED_SUPERVISOR": "false"})
     try:
         page = open_chat(new_context(), app.url)
-        send_prompt(page, unique("Never answered"))
+        never = unique("Never answered")
+        send_prompt(page, never)
+        wait_state(page, never, "thinking")  # stored: its streams are made
         cid = conversation_id(page)
         delete_stream(app, f"conversations/{cid}/responses")
         page.reload()
