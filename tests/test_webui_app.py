@@ -15,6 +15,7 @@ import requests
 from agent_actors import layout, schema
 from agent_actors.streams_client import StreamsClient
 from tests.fake_anthropic import FakeAnthropic
+from tests.support import ServerProcess
 from tests.support.agents import ChatClient, mid_answer, wait_for_answers, wait_until
 from tests.support.webapp import start_chat_app
 
@@ -259,5 +260,38 @@ def test_an_unreadable_record_of_the_earlier_run_only_costs_a_warning(tmp_path: 
             log = app.log_since_start()
             assert "could not read" in log and "Traceback" not in log, app.log_tail()
             assert record.read_text().startswith("embedded-")  # this run's name, for the next
+        finally:
+            app.terminate()
+
+
+def plain_log(app: ServerProcess) -> str:
+    """The log since the last start, without Werkzeug's colours."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", app.log_since_start())
+
+
+@pytest.mark.parametrize("every_request", [False, True], ids=["default", "all-logged"])
+def test_the_access_log_leaves_out_the_streams_requests_that_succeed(
+        tmp_path: Path, every_request: bool) -> None:
+    """An answer wrote a line per token to `flask run`'s terminal (6,503 of 6,764 lines in a
+    reviewer's session), and the warnings that matter scrolled away."""
+    with FakeAnthropic(reply="one two three four five", tokens_per_second=50) as model:
+        app = start_chat_app(tmp_path / "data", model_url=model.url,
+                             config={"LOG_STREAM_REQUESTS": str(every_request).lower()})
+        try:
+            client = StreamsClient(f"{app.url}/v1/stream")
+            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
+            cid = chat.start_conversation("logged")
+            prompt = chat.send_prompt(cid, "five words, please")
+            wait_for_answers(client, cid, [prompt], timeout=30)
+            assert requests.get(f"{app.url}/", timeout=10).status_code == 200
+            missing = f"{app.url}/v1/stream/no/such/stream"
+            assert requests.get(missing, timeout=10).status_code == 404
+            wait_until(lambda: '"GET /v1/stream/no/such/stream HTTP/1.1" 404' in plain_log(app),
+                       timeout=10, what="the 404 in the access log")
+            log = plain_log(app)
+            assert '"GET / HTTP/1.1" 200' in log  # the pages' requests are still there
+            appends = re.findall(rf'"POST /v1/stream/conversations/{cid}/responses HTTP/1.1" 20',
+                                 log)
+            assert bool(appends) == every_request, log[-2000:]
         finally:
             app.terminate()

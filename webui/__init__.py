@@ -22,6 +22,7 @@ from streams_server.backend import DataDirectoryError
 from streams_server import init_app as init_streams
 from streams_server.config import mib_to_bytes
 from webui import chat
+from webui.access_log import configure_access_log
 from webui.config import ConfigError, load_config
 from webui.embedded import BackgroundWork
 from webui.flask_run import flask_run_address
@@ -37,6 +38,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     except ConfigError as exc:
         raise StartupError(str(exc)) from exc
     _configure_logging()
+    configure_access_log(STREAMS_PREFIX, every_stream_request=app.config["LOG_STREAM_REQUESTS"])
     settings = StreamsSettings(
         long_poll_timeout_s=float(app.config["LONG_POLL_TIMEOUT_S"]),
         sse_keepalive_s=float(app.config["SSE_KEEPALIVE_S"]),

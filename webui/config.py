@@ -59,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     # The stream where the server writes wake events for the agents.
     "AGENT_WAKE_STREAM": "agents/wake",
     "DEMO_TOKENS_PER_SECOND": 30.0,
+    # `flask run`'s access log shows the streams API's requests that succeed too (a line per
+    # few tokens of every answer); by default only those that fail.
+    "LOG_STREAM_REQUESTS": False,
 }
 
 
@@ -68,7 +71,7 @@ class ConfigError(ValueError):
 
 TEXT_SETTINGS = ("DATA_DIR", "STREAMS_BROWSER_URL", "STREAMS_AUTH_TOKEN", "AGENT_STREAMS_URL",
                  "AGENT_MODEL", "AGENT_WAKE_STREAM")
-FLAG_SETTINGS = ("STREAMS_MEMORY", "EMBEDDED_SUPERVISOR")
+FLAG_SETTINGS = ("STREAMS_MEMORY", "EMBEDDED_SUPERVISOR", "LOG_STREAM_REQUESTS")
 OPTIONAL_SETTINGS = ("STREAMS_AUTH_TOKEN", "AGENT_STREAMS_URL", "AGENT_MODEL")
 """Settings an empty value leaves unset (their defaults apply)."""
 
@@ -178,6 +181,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
                                   whole=True),
     "AGENT_WAKE_STREAM": _STREAM_PATH,
     "DEMO_TOKENS_PER_SECOND": _number(0),  # 0: instant answers
+    "LOG_STREAM_REQUESTS": _FLAG,
 }
 
 
