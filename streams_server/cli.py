@@ -51,9 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=bounded(int, 0, 65535), default=4437,
                         help="port (default 4437; 0 picks one)")
-    parser.add_argument("--data-dir", default="./data",
-                        help="where the SQLite file lives (default ./data; flask run keeps its"
-                             " streams in ./data/streams)")
+    parser.add_argument("--data-dir", default="./data/streams",
+                        help="where the SQLite file lives (default ./data/streams, where flask"
+                             " run keeps its streams)")
     parser.add_argument("--memory", action="store_true", help="keep streams in memory only")
     parser.add_argument(
         "--long-poll-timeout", type=up_to_an_hour, default=30.0, metavar="SECONDS",

@@ -149,6 +149,23 @@ def test_the_streams_server_refuses_a_busy_port_clearly(tmp_path: Path) -> None:
     _assert_refused_clearly(done, f"cannot listen on 127.0.0.1:{port}")
 
 
+def test_flask_run_on_a_port_in_use_starts_nothing_against_the_server_there(
+        tmp_path: Path) -> None:
+    """It took the other server's listening for its own: its agents started against that
+    server, and wrote their worker record into this data directory, as the bind failed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "FLASK_"))}
+    env["CHAT_DATA_DIR"] = str(tmp_path / "data")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run([sys.executable, "-m", "flask", "run", "--port", str(port)], env=env)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Address already in use" in done.stderr, done.stderr[-2000:]
+    assert "embedded supervisor" not in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "data" / "agents" / "embedded-worker").exists()
+
+
 def test_the_supervisor_refuses_a_damaged_offsets_file_clearly(tmp_path: Path) -> None:
     _not_a_database(tmp_path / "agents.sqlite3")
     done = _run([sys.executable, "-m", "agent_actors", "supervisor", "--model", "demo",
@@ -164,6 +181,21 @@ def test_the_supervisor_refuses_a_data_dir_that_is_a_file_clearly(tmp_path: Path
                  "--data-dir", str(tmp_path / "afile"),
                  "--streams-url", "http://127.0.0.1:9/v1/stream"])
     _assert_refused_clearly(done, "it is a file, not a directory")
+
+
+def test_the_streams_server_keeps_its_streams_where_flask_run_does_by_default(
+        tmp_path: Path) -> None:
+    """Its default was ./data, beside the chat's ./data/streams: run from the same folder
+    without --data-dir, it made a second, empty database and showed none of the chat's."""
+    server = subprocess.Popen([sys.executable, "-m", "streams_server", "--port", "0"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        database = tmp_path / "data" / "streams" / "streams.sqlite3"
+        wait_until(database.exists, timeout=30, what=f"{database}")
+        assert not (tmp_path / "data" / "streams.sqlite3").exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_a_second_server_on_a_data_dir_in_use_is_refused_until_the_first_is_gone(

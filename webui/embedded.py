@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import http.client
 import json
 import logging
 import os
@@ -69,19 +70,26 @@ class BackgroundWork:
         atexit.register(self.stop)
 
     def start_when_listening(self, address: ServingAddress) -> None:
-        """Start once a server accepts connections at `address`, without waiting for a
-        first request: after a crash, the answers it cut short resume at once, whether or
-        not a page is open."""
+        """Start once this app serves at `address`, without waiting for a first request:
+        after a crash, the answers it cut short resume at once, whether or not a page is open.
+
+        A request of its own starts it, as any first request does (`start_then_serve`): a
+        connection alone could be another server's, on a port this one then fails to bind.
+        The request is a CORS preflight of the streams API, which the access log leaves out."""
         def start_when_listening() -> None:
             deadline = time.monotonic() + LISTEN_WAIT_S
-            while not self._started and time.monotonic() < deadline:
+            # (Refused the data directory, it waits for a first request from outside.)
+            while not (self._started or self._in_use) and time.monotonic() < deadline:
+                connection = http.client.HTTPConnection(address.host, address.port, timeout=2)
                 try:
-                    socket.create_connection((address.host, address.port), timeout=1).close()
+                    connection.request("OPTIONS", self._backend.streams.stream_root)
+                    connection.getresponse().read()
                 except OSError:
+                    pass
+                finally:
+                    connection.close()
+                if not (self._started or self._in_use):
                     time.sleep(0.05)
-                    continue
-                self._start_once(address.root_url)
-                return
 
         threading.Thread(target=start_when_listening, name="start-when-listening",
                          daemon=True).start()

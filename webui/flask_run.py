@@ -25,10 +25,6 @@ class ServingAddress:
     host: str  # an address to reach this server at (127.0.0.1 where it listens on all)
     port: int
 
-    @property
-    def root_url(self) -> str:
-        return local_root_url("http", self.host, self.port)
-
 
 def flask_run_address() -> ServingAddress | None:
     """The address this process's `flask run` will serve on; None where that is not known
