@@ -3034,3 +3034,27 @@ def test_the_notice_of_a_deleted_conversation_keeps_a_long_unbroken_title_inside
     notice = page.get_by_test_id("deleted-conversation")
     expect(notice).to_contain_text("L" * 200)
     assert notice.evaluate("n => n.scrollWidth <= n.clientWidth"), "the title runs out of its box"
+
+
+def test_the_message_box_takes_the_direction_of_what_is_written_in_it(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """As `dir="auto"` would, without it: Chromium worked that out over the whole text as it
+    changed, and 3 MB pasted as one paragraph froze the tab for 40 s (see the README)."""
+    page = open_chat(new_context(), chat_app.url)
+    box = page.get_by_test_id("composer-input")
+
+    def direction() -> str:
+        return str(box.evaluate("node => getComputedStyle(node).direction"))
+
+    assert direction() == "ltr"
+    box.focus()
+    page.keyboard.insert_text("  123 שלום, מה שלומך?")  # the first strong character decides
+    assert direction() == "rtl"
+    box.fill("")
+    page.keyboard.insert_text("Hello שלום")
+    assert direction() == "ltr"
+    box.fill("")
+    page.keyboard.insert_text("مرحبا " * 5_000)  # a long paste: the beginning decides
+    assert direction() == "rtl"
+    box.fill("")
+    assert direction() == "ltr"
