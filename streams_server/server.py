@@ -422,7 +422,7 @@ class RequestHeaders:
                 continue
             name, colon, _ = line.partition(":")
             if not colon or not _FIELD_NAME.fullmatch(name):
-                raise UnreadableRequest(f"malformed request header line {line[:80]!r}")
+                raise UnreadableRequest(f"malformed request header line {text[:80]!r}")
             key = name.lower()
             if key == "host" and any(k == "host" for k, _ in self._lines):
                 raise UnreadableRequest("the request has more than one Host header")

@@ -468,3 +468,26 @@ def test_out_of_file_descriptors_new_clients_wait_and_are_served_once_some_close
         assert "Traceback" not in log and log.count("out of file descriptors") == 1, log[-3000:]
     finally:
         server.terminate()
+
+
+def test_a_malformed_header_line_is_quoted_as_sent_without_its_line_end(
+        server: ServerProcess) -> None:
+    """The message quoted it with its CR LF, escaped twice once in JSON:
+    `malformed request header line 'Bad Header\\\\r\\\\n'`."""
+    _, _, body = _raw_answer(server.url, b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\n"
+                                         b"Bad Header\r\n\r\n")
+    assert json.loads(body)["error"]["message"] == "malformed request header line 'Bad Header'"
+
+
+@pytest.mark.parametrize("query", ["offset=-1&offset=now", "live=sse&offset=-1&live=long-poll",
+                                   "offset=-1&live=long-poll&cursor=1&cursor=2"])
+def test_a_read_parameter_given_twice_is_refused_not_half_ignored(
+        front: StreamsHttp, query: str) -> None:
+    """The first was taken and the second ignored without a word: which one a client meant
+    is not the server's to guess."""
+    assert front.put("twice", content_type=JSON).status_code in (200, 201)
+    name = next(part.split("=")[0] for part in query.split("&")
+                if query.count(part.split("=")[0] + "=") > 1)
+    response = front.get(f"twice?{query}")
+    assert_error(response, 400, "DUPLICATE_PARAMETER")
+    assert f"{name} is given more than once" in error_body(response)["error"]["message"]

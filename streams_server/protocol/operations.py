@@ -220,6 +220,9 @@ class StreamOperations:
     # ------------------------------------------------------------------ reads (5.6, 5.7, 5.8)
 
     def read(self, request: StreamRequest) -> Reply:
+        for name in ("offset", "live", "cursor"):
+            if len(request.args.getlist(name)) > 1:  # which one was meant is not ours to guess
+                raise BadRequest(f"{name} is given more than once", code="DUPLICATE_PARAMETER")
         live = request.args.get("live")
         if live is not None and live not in LIVE_MODES:
             raise BadRequest(
