@@ -78,7 +78,7 @@ class BackgroundWork:
         The request is a CORS preflight of the streams API, which the access log leaves out."""
         def start_when_listening() -> None:
             deadline = time.monotonic() + LISTEN_WAIT_S
-            # (Refused the data directory, it waits for a first request from outside.)
+            # (With the data directory refused, it waits for a first request from outside.)
             while not (self._started or self._in_use) and time.monotonic() < deadline:
                 connection = http.client.HTTPConnection(address.host, address.port, timeout=2)
                 try:
