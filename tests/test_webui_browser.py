@@ -186,6 +186,14 @@ def norm(text: str) -> str:
     return " ".join(text.split())
 
 
+def answered_conversation(page: Page, text: str) -> tuple[str, str]:
+    """Send `text` (made unique) and wait for its answer; the prompt and the conversation."""
+    prompt = unique(text)
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+    return prompt, conversation_id(page)
+
+
 def words(label: str, count: int) -> str:
     """A reply of `count` distinct words, so any duplicated or lost word changes the text."""
     return " ".join(f"{label}{i}" for i in range(1, count + 1)) + "."
@@ -2092,10 +2100,7 @@ def test_a_conversation_whose_prompts_stream_was_closed_says_so_and_takes_no_mor
         chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
     """The box stayed open, and every prompt failed with "Not sent: stream ... is closed"."""
     page = open_chat(new_context(), chat_app.url)
-    answered = unique("Answered before the close")
-    send_prompt(page, answered)
-    wait_state(page, answered, "done")
-    cid = conversation_id(page)
+    answered, cid = answered_conversation(page, "Answered before the close")
     StreamsClient(f"{chat_app.url}/v1/stream").close_stream(f"conversations/{cid}/prompts")
     for _ in range(2):  # live, then after a reload
         expect(page.get_by_test_id("composer-closed")).to_have_text(
@@ -2114,10 +2119,7 @@ def test_a_conversation_whose_responses_stream_was_closed_says_so_and_takes_no_m
     responses stream. The answer waiting for it used to say "Thinking" for good, the box took
     prompts no agent could answer, and the agent was restarted every 30 s."""
     page = open_chat(new_context(), chat_app.url)
-    answered = unique("Answered before the close")
-    send_prompt(page, answered)
-    wait_state(page, answered, "done")
-    cid = conversation_id(page)
+    answered, cid = answered_conversation(page, "Answered before the close")
     model.first_token_delay = 30.0  # the next answer is thinking when the stream closes
     waiting = unique("Waiting as it closes")
     send_prompt(page, waiting)
@@ -2954,11 +2956,8 @@ def test_a_listed_conversation_without_streams_says_so_and_a_message_starts_it(
 def test_answers_whose_prompts_stream_was_deleted_are_still_shown(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     page = open_chat(new_context(), chat_app.url)
-    first = unique("Asked before the deletion")
-    send_prompt(page, first)
-    wait_state(page, first, "done")
+    first, cid = answered_conversation(page, "Asked before the deletion")
     answer = answer_text(page, first)
-    cid = conversation_id(page)
     delete_stream(chat_app, f"conversations/{cid}/prompts")
     page.reload()
     wait_ready(page)
@@ -2980,10 +2979,7 @@ def test_prompts_whose_responses_stream_was_deleted_say_why_no_answer_shows(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """They said an agent would answer once one ran: none would, nor could it write one."""
     page = open_chat(new_context(), chat_app.url)
-    first = unique("Answered, then its answer deleted")
-    send_prompt(page, first)
-    wait_state(page, first, "done")
-    cid = conversation_id(page)
+    first, cid = answered_conversation(page, "Answered, then its answer deleted")
     delete_stream(chat_app, f"conversations/{cid}/responses")
     page.reload()
     wait_ready(page)
