@@ -163,14 +163,16 @@ class StreamsMiddleware:
             _check_authorization(headers, settings)
         url = _stream_url(environ, path)
         query = environ.get("QUERY_STRING", "").encode("latin-1").decode(errors="replace")
+        args = MultiDict(parse_qsl(query, keep_blank_values=True, errors="werkzeug.url_quote"))
         request = StreamRequest(
             method=method,
             path=stream_path,
             url=url,
             headers=headers,
-            args=MultiDict(parse_qsl(query, keep_blank_values=True, errors="werkzeug.url_quote")),
+            args=args,
             body=cast(IO[bytes], _RequestBody(get_input_stream(environ))),
             content_length=get_content_length(environ),
+            repeated_args=frozenset(name for name, values in args.lists() if len(values) > 1),
         )
         if control:
             return self.backend.control.handle(request, _stream_url(environ, self.root))

@@ -22,9 +22,10 @@ class StreamRequest:
     path: str
     url: str  # the absolute URL of the stream, without query
     headers: HeaderLookup
-    args: Mapping[str, str]
+    args: Mapping[str, str]  # a query parameter given more than once: its first value
     body: IO[bytes]
     content_length: int | None
+    repeated_args: frozenset[str] = frozenset()  # the query parameters given more than once
 
 
 @dataclass

@@ -221,7 +221,7 @@ class StreamOperations:
 
     def read(self, request: StreamRequest) -> Reply:
         for name in ("offset", "live", "cursor"):
-            if len(request.args.getlist(name)) > 1:  # which one was meant is not ours to guess
+            if name in request.repeated_args:  # which one was meant is not ours to guess
                 raise BadRequest(f"{name} is given more than once", code="DUPLICATE_PARAMETER")
         live = request.args.get("live")
         if live is not None and live not in LIVE_MODES:
