@@ -12,15 +12,12 @@ prints the time until the page has sent it or refused it as too long.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from tests.fake_anthropic import FakeAnthropic
 from tests.support.browser import launch_chromium
-from tests.support.webapp import start_chat_app
+from tests.support.webapp import chat_app_without_agents
 
 NEXT_FRAME_JS = "() => new Promise((done) => requestAnimationFrame(() => setTimeout(done)))"
 SENT_OR_REFUSED_JS = """() => document.querySelector('[data-testid=composer-input]').value === ''
@@ -35,32 +32,27 @@ def main() -> None:
                         help="paste sizes in characters, comma-separated")
     args = parser.parse_args()
     sizes = [int(size) for size in args.chars.split(",")]
-    with tempfile.TemporaryDirectory() as data, FakeAnthropic() as fake:
-        app = start_chat_app(Path(data), model_url=fake.url,
-                             config={"EMBEDDED_SUPERVISOR": "false"})
-        try:
-            with sync_playwright() as playwright:
-                browser = launch_chromium(playwright)
-                for size in sizes:
-                    page = browser.new_page(viewport={"width": 1440, "height": 900})
-                    page.goto(app.url)
-                    page.wait_for_selector("[data-testid=app][data-ready=true]")
-                    box = page.get_by_test_id("composer-input")
-                    box.focus()
-                    started = time.monotonic()
-                    page.keyboard.insert_text("word " * (size // 5))
-                    page.evaluate(NEXT_FRAME_JS)
-                    pasted = time.monotonic()
-                    box.press("Enter")
-                    page.wait_for_function(SENT_OR_REFUSED_JS, timeout=300_000)
-                    answered = time.monotonic()
-                    print(f"{size:>9,} characters: pasted and drawn in"
-                          f" {(pasted - started) * 1000:,.0f} ms; Enter to sent or refused in"
-                          f" {(answered - pasted) * 1000:,.0f} ms")
-                    page.close()
-                browser.close()
-        finally:
-            app.terminate()
+    with chat_app_without_agents() as app:
+        with sync_playwright() as playwright:
+            browser = launch_chromium(playwright)
+            for size in sizes:
+                page = browser.new_page(viewport={"width": 1440, "height": 900})
+                page.goto(app.url)
+                page.wait_for_selector("[data-testid=app][data-ready=true]")
+                box = page.get_by_test_id("composer-input")
+                box.focus()
+                started = time.monotonic()
+                page.keyboard.insert_text("word " * (size // 5))
+                page.evaluate(NEXT_FRAME_JS)
+                pasted = time.monotonic()
+                box.press("Enter")
+                page.wait_for_function(SENT_OR_REFUSED_JS, timeout=300_000)
+                answered = time.monotonic()
+                print(f"{size:>9,} characters: pasted and drawn in"
+                      f" {(pasted - started) * 1000:,.0f} ms; Enter to sent or refused in"
+                      f" {(answered - pasted) * 1000:,.0f} ms")
+                page.close()
+            browser.close()
 
 
 if __name__ == "__main__":

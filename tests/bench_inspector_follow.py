@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
-from pathlib import Path
 
 import requests
 from playwright.sync_api import sync_playwright
 
 from tests.bench_long_answer import LONG_TASKS_JS, long_tasks
 from tests.support.browser import launch_chromium
-from tests.support.webapp import start_chat_app
+from tests.support.webapp import chat_app_without_agents
 
 
 def main() -> None:
@@ -32,36 +30,31 @@ def main() -> None:
         description="How the stream inspector copes with following a fast stream, in Chromium.")
     parser.add_argument("--messages", type=int, default=4000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as data:
-        app = start_chat_app(Path(data), model_url="http://127.0.0.1:9",
-                             config={"EMBEDDED_SUPERVISOR": "false"})
-        try:
-            stream = f"{app.url}/v1/stream/bench/followed"
-            json_type = {"Content-Type": "application/json"}
-            requests.put(stream, headers=json_type, timeout=10).raise_for_status()
-            with sync_playwright() as playwright:
-                browser = launch_chromium(playwright)
-                page = browser.new_page(viewport={"width": 1440, "height": 900})
-                page.add_init_script(LONG_TASKS_JS)
-                page.goto(f"{app.url}/inspector#path=bench/followed")
-                page.get_by_test_id("follow-toggle").click()
-                page.get_by_test_id("follow-state").get_by_text("Following live").wait_for()
-                page.evaluate("window.__longTasks.length = 0")
-                started = time.monotonic()
-                with requests.Session() as http:
-                    for n in range(args.messages):
-                        body = {"type": "chunk", "n": n, "content": "some words " * 4}
-                        http.post(stream, headers=json_type, data=json.dumps(body),
-                                  timeout=10).raise_for_status()
-                sent = time.monotonic()
-                page.get_by_test_id("content-entry").last.get_by_text(
-                    f'"n": {args.messages - 1}').wait_for(timeout=600_000)
-                shown = time.monotonic()
-                print(f"{args.messages:,} messages appended in {sent - started:.1f} s; the last"
-                      f" shown {shown - sent:.2f} s after it was sent; {long_tasks(page)}")
-                browser.close()
-        finally:
-            app.terminate()
+    with chat_app_without_agents() as app:
+        stream = f"{app.url}/v1/stream/bench/followed"
+        json_type = {"Content-Type": "application/json"}
+        requests.put(stream, headers=json_type, timeout=10).raise_for_status()
+        with sync_playwright() as playwright:
+            browser = launch_chromium(playwright)
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.add_init_script(LONG_TASKS_JS)
+            page.goto(f"{app.url}/inspector#path=bench/followed")
+            page.get_by_test_id("follow-toggle").click()
+            page.get_by_test_id("follow-state").get_by_text("Following live").wait_for()
+            page.evaluate("window.__longTasks.length = 0")
+            started = time.monotonic()
+            with requests.Session() as http:
+                for n in range(args.messages):
+                    body = {"type": "chunk", "n": n, "content": "some words " * 4}
+                    http.post(stream, headers=json_type, data=json.dumps(body),
+                              timeout=10).raise_for_status()
+            sent = time.monotonic()
+            page.get_by_test_id("content-entry").last.get_by_text(
+                f'"n": {args.messages - 1}').wait_for(timeout=600_000)
+            shown = time.monotonic()
+            print(f"{args.messages:,} messages appended in {sent - started:.1f} s; the last"
+                  f" shown {shown - sent:.2f} s after it was sent; {long_tasks(page)}")
+            browser.close()
 
 
 if __name__ == "__main__":

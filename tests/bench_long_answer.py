@@ -17,18 +17,15 @@ Starts `flask run` (no agents) on a fresh data directory, then:
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 
 from agent_actors.streams_client import StreamsClient
-from tests.fake_anthropic import FakeAnthropic
 from tests.support.agents import ChatClient
 from tests.support.browser import launch_chromium
-from tests.support.webapp import start_chat_app
+from tests.support.webapp import chat_app_without_agents
 
 SECTION = ("## A heading\n\nDurable streams keep every token, and *nothing* is lost. " * 3
            + "\n\n- a list item with `code`\n- another **bold** item\n  continued\n\n"
@@ -155,29 +152,24 @@ def main() -> None:
     parser.add_argument("--shape", choices=SHAPES, default="mixed",
                         help="the answer: mixed Markdown, or one code block, list or table")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as data, FakeAnthropic() as fake:
-        app = start_chat_app(Path(data), model_url=fake.url,
-                             config={"EMBEDDED_SUPERVISOR": "false"})
-        try:
-            client = StreamsClient(f"{app.url}/v1/stream")
-            chat = ChatClient(client, lease_ttl_ms=30_000)
-            with sync_playwright() as playwright:
-                browser = launch_chromium(playwright)
+    with chat_app_without_agents() as app:
+        client = StreamsClient(f"{app.url}/v1/stream")
+        chat = ChatClient(client, lease_ttl_ms=30_000)
+        with sync_playwright() as playwright:
+            browser = launch_chromium(playwright)
 
-                def new_page() -> Page:
-                    return browser.new_page(viewport={"width": 1440, "height": 900})
+            def new_page() -> Page:
+                return browser.new_page(viewport={"width": 1440, "height": 900})
 
-                if args.stream_chars > 0:
-                    page = new_page()
-                    bench_streaming(app.url, client, chat, page, args.stream_chars, args.chunk, args.rate,
-                                    args.shape)
-                    page.close()
-                if args.open_chars > 0:
-                    bench_opening(app.url, client, chat, new_page, args.open_chars, args.chunk, args.runs,
-                                  args.shape)
-                browser.close()
-        finally:
-            app.terminate()
+            if args.stream_chars > 0:
+                page = new_page()
+                bench_streaming(app.url, client, chat, page, args.stream_chars, args.chunk, args.rate,
+                                args.shape)
+                page.close()
+            if args.open_chars > 0:
+                bench_opening(app.url, client, chat, new_page, args.open_chars, args.chunk, args.runs,
+                              args.shape)
+            browser.close()
 
 
 if __name__ == "__main__":

@@ -12,17 +12,14 @@ longest tasks (the longest is how long the page could not react to input).
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 from agent_actors.streams_client import StreamsClient
-from tests.fake_anthropic import FakeAnthropic
 from tests.support.agents import ChatClient
 from tests.support.browser import launch_chromium
-from tests.support.webapp import start_chat_app
+from tests.support.webapp import chat_app_without_agents
 
 PARAGRAPH = ("Durable streams keep every token. " * 8
              + "\n\n- a list item with `code`\n- another **bold** item\n\n")
@@ -56,29 +53,24 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as data, FakeAnthropic() as fake:
-        app = start_chat_app(Path(data), model_url=fake.url,
-                             config={"EMBEDDED_SUPERVISOR": "false"})
-        try:
-            cid = write_conversation(app.url, args.turns)
-            with sync_playwright() as playwright:
-                browser = launch_chromium(playwright)
-                for run in range(1, args.runs + 1):
-                    page = browser.new_page(viewport={"width": 1440, "height": 900})
-                    page.add_init_script(LONG_TASKS_JS)
-                    started = time.monotonic()
-                    page.goto(f"{app.url}/#/c/{cid}")
-                    page.wait_for_function(
-                        "(n) => document.querySelectorAll('[data-testid=turn]').length >= n",
-                        arg=args.turns, timeout=120_000)
-                    shown = time.monotonic() - started
-                    longest = sorted(page.evaluate("window.__longTasks"), reverse=True)[:3]
-                    print(f"run {run}: {args.turns} turns shown in {shown:.2f} s;"
-                          f" longest tasks {', '.join(f'{ms:.0f}' for ms in longest)} ms")
-                    page.close()
-                browser.close()
-        finally:
-            app.terminate()
+    with chat_app_without_agents() as app:
+        cid = write_conversation(app.url, args.turns)
+        with sync_playwright() as playwright:
+            browser = launch_chromium(playwright)
+            for run in range(1, args.runs + 1):
+                page = browser.new_page(viewport={"width": 1440, "height": 900})
+                page.add_init_script(LONG_TASKS_JS)
+                started = time.monotonic()
+                page.goto(f"{app.url}/#/c/{cid}")
+                page.wait_for_function(
+                    "(n) => document.querySelectorAll('[data-testid=turn]').length >= n",
+                    arg=args.turns, timeout=120_000)
+                shown = time.monotonic() - started
+                longest = sorted(page.evaluate("window.__longTasks"), reverse=True)[:3]
+                print(f"run {run}: {args.turns} turns shown in {shown:.2f} s;"
+                      f" longest tasks {', '.join(f'{ms:.0f}' for ms in longest)} ms")
+                page.close()
+            browser.close()
 
 
 if __name__ == "__main__":

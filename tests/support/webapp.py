@@ -12,8 +12,10 @@ import json
 import os
 import re
 import sys
+import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,20 @@ def start_chat_app(
         process_group=True,
     )
     return server.start()
+
+
+
+@contextmanager
+def chat_app_without_agents() -> Iterator[ServerProcess]:
+    """`flask run` on a fresh data directory with no agents, so nothing answers and no
+    model is asked: the page benchmarks measure the page alone."""
+    with tempfile.TemporaryDirectory() as data:
+        app = start_chat_app(Path(data), model_url="http://127.0.0.1:9",
+                             config={"EMBEDDED_SUPERVISOR": "false"})
+        try:
+            yield app
+        finally:
+            app.terminate()
 
 
 def read_json_stream(base_url: str, path: str, timeout: float = 10.0) -> list[Any]:
