@@ -2460,6 +2460,16 @@ def test_a_large_prompt_on_a_slow_upload_is_stored_once_not_restarted(
         app.terminate()
 
 
+def fill_storage(app: ServerProcess, cid: str) -> None:
+    """Fill an app's storage quota: a `filler` stream (deleted to make room), then the last
+    page of the conversation's prompts stream, with messages the chat and the agents ignore."""
+    assert requests.put(f"{app.url}/v1/stream/filler", timeout=10,
+                        headers={"Content-Type": "application/octet-stream"}).status_code == 201
+    fill_stream(app.url, "filler", "application/octet-stream", [b"x" * 16384])
+    fill_stream(app.url, f"conversations/{cid}/prompts", "application/json",
+                [json.dumps({"type": "padding", "pad": "p" * n}).encode() for n in (200, 40, 0)])
+
+
 def fill_stream(app_url: str, path: str, content_type: str, pieces: list[bytes]) -> None:
     """Append each piece in turn until the server refuses it with 507 (storage full)."""
     url = f"{app_url}/v1/stream/{path}"
@@ -2479,13 +2489,8 @@ def test_a_prompt_sent_while_storage_is_full_waits_and_is_sent_when_there_is_roo
         send_prompt(page, opening)
         wait_state(page, opening, "done")
         cid = conversation_id(page)
+        fill_storage(app, cid)
         root = f"{app.url}/v1/stream"
-        assert requests.put(f"{root}/filler", headers={"Content-Type": "application/octet-stream"},
-                            timeout=10).status_code == 201
-        fill_stream(app.url, "filler", "application/octet-stream", [b"x" * 16384])
-        # The prompts stream's last page too, with messages the chat and the agents ignore.
-        fill_stream(app.url, f"conversations/{cid}/prompts", "application/json",
-                    [json.dumps({"type": "padding", "pad": "p" * n}).encode() for n in (200, 40, 0)])
 
         prompt, reply = unique("Sent to a full disk"), words("room", 8)
         replies.set(prompt, reply)
@@ -2965,7 +2970,7 @@ def test_answers_whose_prompts_stream_was_deleted_are_still_shown(
     expect(notice).to_contain_text("prompts stream is missing")
     turns = page.get_by_test_id("turn")
     expect(turns).to_have_count(1)
-    expect(turns.first.get_by_test_id("prompt")).to_contain_text("no longer stored")
+    expect(turns.first.get_by_test_id("prompt")).to_contain_text("question is not on the server")
     assert norm(turns.first.get_by_test_id("answer-text").text_content() or "") == answer
     expect(page.get_by_test_id("connection-pill")).to_have_attribute("data-state", "live")
     second = unique("Asked after the deletion")
@@ -3054,3 +3059,45 @@ def test_the_message_box_takes_the_direction_of_what_is_written_in_it(
     assert direction() == "rtl"
     box.fill("")
     assert direction() == "ltr"
+
+
+@pytest.mark.parametrize("stream", ["prompts", "responses"])
+def test_a_stream_deleted_while_the_page_reads_it_is_read_again_from_its_start_once_remade(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext,
+        stream: str) -> None:
+    """The page asked the stream made again by its message for the offset it had reached in
+    the deleted one: refused, the page said the server had been reset and took no more."""
+    page = open_chat(new_context(), chat_app.url)
+    first, cid = answered_conversation(page, "Asked before the deletion")
+    delete_stream(chat_app, f"conversations/{cid}/{stream}")
+    notice = page.get_by_test_id("streams-missing")
+    expect(notice).to_contain_text(f"{stream} stream is missing")
+    second = unique("Asked after the deletion, without a reload")
+    send_prompt(page, second)
+    wait_state(page, second, "done")
+    expect(notice).to_be_hidden()
+    expect(page.get_by_test_id("connection-pill")).to_have_attribute("data-state", "live")
+    expect(turn_for(page, first)).to_have_count(1)  # what the page had read stays shown
+
+
+def test_a_message_unsent_while_the_server_was_away_says_when_its_storage_is_full(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """The outbox told the page only of the error that began its retries: back, but full,
+    the server was still "Reconnecting", the message "not stored yet" for no reason given."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"MAX_STORAGE_MIB": "1"})
+    try:
+        page = open_chat(new_context(), app.url)
+        _, cid = answered_conversation(page, "Before the disk filled")
+        fill_storage(app, cid)
+        app.kill()
+        banner = page.get_by_test_id("connection-banner")
+        expect(banner).to_have_text("Connection lost. Reconnecting…")
+        prompt = unique("Sent while the server was away")
+        send_prompt(page, prompt)
+        app.start()
+        expect(banner).to_have_text(re.compile(
+            "^What you sent has not been stored yet: the server's storage is full"),
+            timeout=40_000)
+        expect(page.get_by_test_id("connection-pill")).to_have_attribute("data-state", "retrying")
+    finally:
+        app.terminate()

@@ -250,7 +250,7 @@ function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
   parts.li.classList.remove("is-failed");
   parts.answer.hidden = false;
   parts.prompt.classList.toggle("is-unstored", !turn.prompt);
-  parts.promptText.textContent = turn.prompt?.content ?? "The question of this answer is no longer stored.";
+  parts.promptText.textContent = turn.prompt?.content ?? "This answer's question is not on the server.";
   parts.promptMeta.textContent = turn.prompt ? formatTime(turn.prompt.timestamp) : "";
   setState(parts, state, stallNote);
   parts.md.update(turn.text);

@@ -358,9 +358,17 @@ function streamStatus(c, name, s) {
   // listed the conversation) reads as empty, and is not a lost connection: the page says so
   // (see `render`), and goes on asking in case it is made.
   const missing = s.state === "missing";
-  if (c.missing[name] !== missing) {
+  // ("connecting", or a moment's "reconnecting", says nothing either way.)
+  if (c.missing[name] !== missing && (missing || s.state === "live")) {
     c.missing[name] = missing;
     scheduleRender();
+  }
+  if (missing && c.offsets[name] !== "-1") {
+    // Deleted while followed: a stream made again at its path has offsets of its own, and
+    // reading on from this one's would be refused (or skip its beginning).
+    c.offsets[name] = "-1";
+    (name === "prompts" ? promptsPanel : responsesPanel).reset(pathOf(c, name));
+    setTimeout(() => refollow(c));
   }
   status.setStream(name, missing ? { state: "live" } : s);
   if (s.state === "live" && s.upToDate) {
@@ -368,6 +376,20 @@ function streamStatus(c, name, s) {
     scheduleRender();
   }
   updateBrowserNode();
+}
+
+function pathOf(c, name) {
+  return name === "prompts" ? protocol.promptsPath(c.id) : protocol.responsesPath(c.id);
+}
+
+/** Follow the conversation's streams again from `c.offsets`: a read waiting out its backoff
+ * on a missing stream asks at once. */
+function refollow(c) {
+  if (c !== current || c.paused) return;
+  for (const f of c.follows) f.stop();
+  c.follows = [];
+  c.following = false;
+  maybeFollow();
 }
 
 let readsWereLive = true;
@@ -452,7 +474,8 @@ function render() {
     scheduleRender(); // with the answers it has just found to have no prompt
   }
   ui.streamsMissing.hidden = !known || closed || !(c.missing.prompts || c.missing.responses);
-  ui.streamsMissing.textContent = missingStreamsNotice(c.missing);
+  const notice = missingStreamsNotice(c.missing);
+  if (ui.streamsMissing.textContent !== notice) ui.streamsMissing.textContent = notice; // a live region
   ui.welcome.hidden = count > 0 || !loaded;
   // A link to a conversation this server does not have (a typo, or a wiped server).
   ui.unknownConversation.hidden = known || !conversationsLoaded || idFromHash() !== c.id;
@@ -467,7 +490,7 @@ function render() {
   const stopHidden = stopTarget === null;
   if (stopHidden && document.activeElement === ui.stop) focusComposer(); // else it falls to the body
   ui.stop.hidden = stopHidden;
-  const active = turns.filter((t) => !t.final).map(turnState);
+  const active = turns.filter((t) => t.prompt && !t.final).map(turnState); // see ChatView.render
   flow.setAgentState(active.includes("streaming") ? "streaming" : active.includes("thinking") ? "thinking" : active.length ? active[0] : "idle");
   ui.messages.dataset.ready = String(loaded);
   document.body.dataset.ready = String(conversationsLoaded && loaded);
@@ -731,7 +754,12 @@ directionProbe.dir = "auto";
 
 function followTextDirection() {
   directionProbe.textContent = ui.input.value.slice(0, DIRECTION_FROM_CHARS);
-  const dir = directionProbe.matches(":dir(rtl)") ? "rtl" : "ltr";
+  let dir = "auto"; // where `:dir()` is not known (Chromium before 120, Safari before 16.4)
+  try {
+    dir = directionProbe.matches(":dir(rtl)") ? "rtl" : "ltr";
+  } catch {
+    /* left to the browser */
+  }
   if (ui.input.dir !== dir) ui.input.dir = dir;
 }
 
@@ -822,7 +850,11 @@ function wire() {
   });
   outbox.on("state", (state, error) => status.setOutbox(state, error));
   outbox.on("sent", ({ path, body }) => {
-    if (current && path === protocol.promptsPath(current.id)) flow.promptSent();
+    if (current && path === protocol.promptsPath(current.id)) {
+      flow.promptSent();
+      // Made again for this message: read them now, not at the end of a retry's backoff.
+      if (current.missing.prompts || current.missing.responses) refollow(current);
+    }
     const conversationId = protocol.conversationOfPrompts(path);
     if (body?.type === "prompt" && conversationId) {
       sentPrompts.set(body.id, { conversationId, id: body.id, content: body.content, timestamp: body.timestamp, sent: true });

@@ -21,6 +21,7 @@ export class Outbox extends Emitter {
   #nextSeq = new Map(); // stream path -> next Producer-Seq for #producerId
   #running = false;
   #wake = null;
+  #toldError = null; // the lastError the last "state" event carried
   #waiters = new Map(); // entry key -> {resolve, reject}, for entries queued by this page load
   #sendAfter;
   #storage;
@@ -200,8 +201,10 @@ export class Outbox extends Emitter {
   }
 
   #setState(state) {
-    if (state === this.state) return;
+    // A new error while retrying is news too: the server may be back, but full.
+    if (state === this.state && this.#toldError === this.lastError) return;
     this.state = state;
+    this.#toldError = this.lastError;
     this.emit("state", state, this.lastError);
   }
 
