@@ -51,7 +51,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=bounded(int, 0, 65535), default=4437,
                         help="port (default 4437; 0 picks one)")
-    parser.add_argument("--data-dir", default="./data/streams",
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help="where the SQLite file lives (default ./data/streams, where flask"
                              " run keeps its streams)")
     parser.add_argument("--memory", action="store_true", help="keep streams in memory only")
@@ -95,6 +95,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+DEFAULT_DATA_DIR = "./data/streams"
+EARLIER_DEFAULT_DATABASE = "./data/streams.sqlite3"
+"""Where the server kept its database by default before it took the chat's directory."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # The event loop and the commit thread share the GIL; a short switch interval lets a
@@ -117,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
               " without spaces",
               file=sys.stderr)
         return 2
+    if (not args.memory and args.data_dir == DEFAULT_DATA_DIR
+            and os.path.exists(EARLIER_DEFAULT_DATABASE)):
+        logging.getLogger("streams_server").warning(
+            "%s is the database of an earlier default data directory and is not used: the"
+            " default is now %s, the chat's; pass --data-dir ./data to serve the earlier one",
+            EARLIER_DEFAULT_DATABASE, DEFAULT_DATA_DIR)
     settings = StreamsSettings(
         long_poll_timeout_s=args.long_poll_timeout,
         sse_max_duration_s=args.sse_max_duration,

@@ -198,6 +198,30 @@ def test_the_streams_server_keeps_its_streams_where_flask_run_does_by_default(
         server.wait(timeout=30)
 
 
+def test_the_streams_server_says_where_the_database_of_its_earlier_default_went_unused(
+        tmp_path: Path) -> None:
+    """Started without --data-dir after the default moved, it showed an empty database
+    without a word about the earlier one."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "streams.sqlite3").write_bytes(b"")
+    server = subprocess.Popen([sys.executable, "-m", "streams_server", "--port", "0"],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        assert server.stdout is not None
+        said = ""
+        while "listening on" not in said:
+            line = server.stdout.readline()
+            assert line, said
+            said += line
+        assert ("./data/streams.sqlite3 is the database of an earlier default data directory"
+                " and is not used") in said, said
+        assert "--data-dir ./data" in said, said
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_a_second_server_on_a_data_dir_in_use_is_refused_until_the_first_is_gone(
         tmp_path: Path) -> None:
     """Two processes on one database each kept their own view of the streams: a stream

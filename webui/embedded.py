@@ -84,7 +84,7 @@ class BackgroundWork:
                 try:
                     connection.request("OPTIONS", self._backend.streams.stream_root)
                     connection.getresponse().read()
-                except OSError:
+                except (OSError, http.client.HTTPException):  # not (yet) this app's server
                     pass
                 finally:
                     connection.close()
