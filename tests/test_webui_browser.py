@@ -1625,6 +1625,7 @@ def test_a_prompt_sent_while_the_server_is_down_is_delivered_once(
         expect(banner).to_be_visible()
         expect(banner).to_contain_text(re.compile("Reconnecting|Retrying"))
         expect(page.get_by_test_id("connection-pill")).to_have_attribute("data-state", "reconnecting")
+        expect(page.get_by_test_id("flow-node-browser")).to_contain_text("reconnecting")
         while len(failures) < 2:  # events are delivered only inside Playwright calls: no race
             page.wait_for_event("requestfailed", predicate=is_this_prompt)
 
@@ -2503,10 +2504,15 @@ def test_a_prompt_sent_while_storage_is_full_waits_and_is_sent_when_there_is_roo
         pill = page.get_by_test_id("connection-pill")  # the server answers: no reconnecting
         expect(pill).to_have_attribute("data-state", "retrying")
         expect(pill).to_have_text("Not stored yet")
+        # The flow diagram's browser node says it in the same words, not the state's key.
+        flow_browser = page.get_by_test_id("flow-node-browser")
+        expect(flow_browser).to_have_attribute("data-state", "retrying")
+        expect(flow_browser).to_contain_text("not stored yet")
 
         assert requests.delete(f"{root}/filler", timeout=10).status_code == 204
         wait_state(page, prompt, "done", timeout=40_000)
         expect(banner).to_be_hidden()
+        expect(flow_browser).to_have_attribute("data-state", "live")
         assert answer_text(page, prompt) == norm(reply)
         prompts = [m for m in prompt_messages(app.url, cid) if m.get("type") == "prompt"]
         assert [m["content"] for m in prompts] == [opening, prompt]

@@ -9,7 +9,7 @@ import { ConversationList, Transcript, firstCharacters, turnState } from "./conv
 import { ChatView, STALL_MS } from "./chat-view.js";
 import { FlowDiagram } from "./flow.js";
 import { RawStreamPanel } from "./stream-panels.js";
-import { ConnectionStatus, SERVER_RESET } from "./status.js";
+import { ConnectionStatus, SERVER_RESET, STATE_LABELS } from "./status.js";
 import { Drawers } from "./drawers.js";
 import { el, formatTime, frameThrottle, wireSkipLink } from "./util.js";
 
@@ -396,7 +396,7 @@ let readsWereLive = true;
 
 function updateBrowserNode() {
   const overall = status.overall();
-  flow.setBrowserState(overall === "live" ? "this tab · live" : overall);
+  flow.setBrowserState(overall, overall === "live" ? "this tab · live" : STATE_LABELS[overall].toLowerCase());
   // The server is back: what waits in the outbox (a Stop above all, before the agent has
   // written much of the answer it starts again) goes now, not at the end of a backoff of up
   // to 8 s.
@@ -848,7 +848,10 @@ function wire() {
       giveBack(promptTexts(ofIt), named(conversations.deletedTitle(id)));
     }
   });
-  outbox.on("state", (state, error) => status.setOutbox(state, error));
+  outbox.on("state", (state, error) => {
+    status.setOutbox(state, error);
+    updateBrowserNode(); // the diagram says what the pill says
+  });
   outbox.on("sent", ({ path, body }) => {
     if (current && path === protocol.promptsPath(current.id)) {
       flow.promptSent();

@@ -95,9 +95,10 @@ export class FlowDiagram {
     this.setSub("agent", state);
   }
 
-  setBrowserState(state) {
+  /** `state`: one of `ConnectionStatus.overall()`'s; `text`: what the node says of it. */
+  setBrowserState(state, text) {
     this.#parts.browser.dataset.state = state;
-    this.setSub("browser", state);
+    this.setSub("browser", text);
   }
 
   /** A prompt (or cancel) left this browser and was stored. */

@@ -3,6 +3,9 @@
 
 const GRACE_MS = 700; // a routine reconnect must not flash the banner
 
+/** What the pill says for each of `ConnectionStatus.overall()`'s states. */
+export const STATE_LABELS = { live: "Live", connecting: "Connecting", reconnecting: "Reconnecting", retrying: "Not stored yet", error: "Error" };
+
 export class ConnectionStatus {
   #streams = new Map(); // name -> status object
   #outbox = { state: "idle" };
@@ -55,7 +58,7 @@ export class ConnectionStatus {
 
   #update() {
     const state = this.overall();
-    const label = { live: "Live", connecting: "Connecting", reconnecting: "Reconnecting", retrying: "Not stored yet", error: "Error" }[state];
+    const label = STATE_LABELS[state];
     if (this.pill.dataset.state !== state) {
       this.pill.dataset.state = state;
       this.pill.querySelector(".conn-text").textContent = label;
