@@ -404,13 +404,19 @@ def test_a_prompt_of_characters_the_agents_count_as_blank_is_not_sent(
         expect(send_button).to_be_disabled()
         box.press("Enter")
         expect(box).to_have_value(blank)  # kept, as a blank message is
+        # Enter on a box that looks empty says why nothing was sent.
+        expect(page.get_by_test_id("composer-error")).to_have_text(
+            "Nothing to send: the message holds only spaces, line breaks or invisible characters.")
     box.fill("a draft")
+    expect(page.get_by_test_id("composer-error")).to_be_hidden()
     expect(send_button).to_be_enabled()
     page.reload()
     wait_ready(page)
     expect(send_button).to_be_enabled()  # the draft was put back
     box.fill("")
     expect(send_button).to_be_disabled()
+    box.press("Enter")  # an empty box: nothing to say
+    expect(page.get_by_test_id("composer-error")).to_be_hidden()
     code = unique("    if asked:") + "\n        return 1\n    return 2"
     replies.set(code, "An answer.")
     box.fill(f"\n \n\u200b\n{code}\n\u200d\n\n")

@@ -16,6 +16,7 @@ raised no uncaught error (the `new_context` fixture fails a test on any page err
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -202,6 +203,37 @@ def test_a_cancel_before_its_prompt_does_not_stop_a_later_prompt_with_that_id(
     expect(turn_for(page, "question after the cancel")).to_have_attribute("data-state", "thinking")
     c.answer("p1", "answered all the same")
     expect_answer(page, "question after the cancel", "answered all the same")
+    assert console_errors == [], console_errors
+
+
+def test_prompts_the_agent_cannot_answer_are_shown_for_what_they_are(
+        conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    """Another client may write a blank prompt, or one whose content is not text: the agent
+    answers each with an error. The blank one was an empty bubble, and the other offered Try
+    again, which sent its JSON as a new question."""
+    c = conversation("unanswerable prompts")
+    c.prompt("p-blank", " \n\t ")
+    c.respond({"type": "error", "promptId": "p-blank", "attempt": ATTEMPT, "isComplete": True,
+               "message": "This prompt is empty: there is nothing to answer.", "timestamp": now()})
+    c.prompt("p-json", {"x": 1})
+    c.respond({"type": "error", "promptId": "p-json", "attempt": ATTEMPT, "isComplete": True,
+               "message": "This prompt could not be read: its content is not text.",
+               "timestamp": now()})
+    page, console_errors = open_conversation(new_context, c)
+    turns = page.get_by_test_id("turn")
+    expect(turns).to_have_count(2)
+    blank, json_prompt = turns.nth(0), turns.nth(1)
+    expect(blank).to_have_attribute("data-state", "error")
+    expect(blank.get_by_test_id("prompt")).to_have_text(re.compile(r"^\(an empty message\)"))
+    expect(json_prompt).to_have_attribute("data-state", "error")
+    expect(json_prompt.get_by_test_id("prompt")).to_contain_text('{"x":1}')
+    # The last turn, failed: Try again is offered only for a question that can be asked again.
+    expect(json_prompt.get_by_test_id("answer-meta")).to_be_visible()
+    expect(json_prompt.get_by_test_id("retry")).to_have_count(0)
+    c.prompt("p-text", "a question in words")
+    c.respond({"type": "error", "promptId": "p-text", "attempt": ATTEMPT, "isComplete": True,
+               "message": "The model failed.", "timestamp": now()})
+    expect(turn_for(page, "a question in words").get_by_test_id("retry")).to_have_count(1)
     assert console_errors == [], console_errors
 
 

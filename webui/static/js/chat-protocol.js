@@ -23,8 +23,10 @@ export const subscriptionId = (conversationId) => `conversation-${conversationId
  * has it (a prompt that cannot be stored is still sent, from memory). */
 export const MAX_PROMPT_CHARS = 1_000_000;
 
-/** Whether a stored prompt's content can be sent again as it is (Try again). */
-export function canAskAgain(content) {
+/** Whether a stored prompt (a transcript's `{content, isText}`) can be sent again as it is
+ * (Try again): not one whose content was not text, shown as JSON. */
+export function canAskAgain(prompt) {
+  const content = prompt?.isText ? prompt.content : null;
   return typeof content === "string" && !isBlank(content) && content.length <= MAX_PROMPT_CHARS;
 }
 

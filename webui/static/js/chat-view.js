@@ -3,7 +3,7 @@
 
 import { config } from "./config.js";
 import { MarkdownView } from "./markdown.js";
-import { canAskAgain } from "./chat-protocol.js";
+import { canAskAgain, isBlank } from "./chat-protocol.js";
 import { turnState } from "./conversation-model.js";
 import { el, formatTime } from "./util.js";
 
@@ -249,8 +249,11 @@ function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
   parts.signature = signature;
   parts.li.classList.remove("is-failed");
   parts.answer.hidden = false;
+  // Written by another client, a prompt may be blank (its answer says it is): not an empty bubble.
+  const blank = !!turn.prompt && isBlank(turn.prompt.content);
   parts.prompt.classList.toggle("is-unstored", !turn.prompt);
-  parts.promptText.textContent = turn.prompt?.content ?? "This answer's question is not on the server.";
+  parts.prompt.classList.toggle("is-blank", blank);
+  parts.promptText.textContent = !turn.prompt ? "This answer's question is not on the server." : blank ? "(an empty message)" : turn.prompt.content;
   parts.promptMeta.textContent = turn.prompt ? formatTime(turn.prompt.timestamp) : "";
   setState(parts, state, stallNote);
   parts.md.update(turn.text);
@@ -268,7 +271,7 @@ function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
   if (turn.text && (state === "done" || state === "cancelled" || state === "error")) {
     parts.meta.append(el("button", { type: "button", class: "meta-action", dataset: { copyAnswer: "", testid: "copy-answer" }, "aria-label": "Copy the answer (Markdown)" }, "Copy"));
   }
-  if (latest && canAskAgain(turn.prompt?.content) && (state === "error" || state === "cancelled")) {
+  if (latest && canAskAgain(turn.prompt) && (state === "error" || state === "cancelled")) {
     parts.meta.append(el("button", { type: "button", class: "meta-action", dataset: { retry: "", testid: "retry" } }, "Try again"));
   }
   if (focused) (parts.meta.querySelector(`[data-testid="${focused}"]`) ?? parts.meta.querySelector("button"))?.focus();

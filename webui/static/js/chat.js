@@ -547,7 +547,12 @@ function typedPrompt() {
 
 function send() {
   const text = typedPrompt();
-  if (protocol.isBlank(text) || !current) return;
+  if (protocol.isBlank(text)) {
+    // An empty box says nothing; one that only looks empty says why nothing happened.
+    if (ui.input.value !== "") refuseToSend("Nothing to send: the message holds only spaces, line breaks or invisible characters.");
+    return;
+  }
+  if (!current) return;
   if (current.transcript.responsesClosed || current.transcript.promptsClosed) return;
   if (text.length > protocol.MAX_PROMPT_CHARS) {
     refuseToSend(`This message is too long to send: ${text.length.toLocaleString()} characters, the limit is ${protocol.MAX_PROMPT_CHARS.toLocaleString()}.`);
@@ -573,9 +578,9 @@ function refuseToSend(reason) {
 
 /** Send the prompt of a failed or stopped answer again, as a new prompt. */
 function retry(promptId) {
-  const content = current?.transcript.turns.get(promptId)?.prompt?.content;
+  const prompt = current?.transcript.turns.get(promptId)?.prompt;
   if (status.serverReset()) refuseToSend(`${SERVER_RESET} Reload the page to ask again.`);
-  else if (protocol.canAskAgain(content)) sendPrompt(content, protocol.retryPromptId(promptId));
+  else if (protocol.canAskAgain(prompt)) sendPrompt(prompt.content, protocol.retryPromptId(promptId));
   ui.input.focus();
 }
 

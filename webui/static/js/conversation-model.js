@@ -181,7 +181,7 @@ const CANCEL_REASONS = /cancel|abort|stop_requested|user_stop/i;
 function newTurn(promptId) {
   return {
     promptId,
-    prompt: null, // {content, timestamp}
+    prompt: null, // {content, isText, timestamp}
     text: "",
     chunks: 0,
     final: null, // "done" | "error" | "cancelled"
@@ -283,7 +283,8 @@ export class Transcript {
     if (type === "prompt" && typeof m.id === "string") {
       const turn = this.#turn(m.id);
       if (turn.prompt) return; // a repeated prompt id is the same prompt
-      turn.prompt = { content: safeText(m.content) ?? "", timestamp: safeNumber(m.timestamp) };
+      // `isText`: content that is not a string is shown (as JSON), never asked again.
+      turn.prompt = { content: safeText(m.content) ?? "", isText: typeof m.content === "string", timestamp: safeNumber(m.timestamp) };
       if (this.responsesClosed) unanswerable(turn);
       if (this.withoutPrompt.includes(m.id)) this.withoutPrompt = this.withoutPrompt.filter((id) => id !== m.id);
       this.order.push(m.id);
