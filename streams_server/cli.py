@@ -51,7 +51,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=bounded(int, 0, 65535), default=4437,
                         help="port (default 4437; 0 picks one)")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+    parser.add_argument("--data-dir", default=None,
                         help="where the SQLite file lives (default ./data/streams, where flask"
                              " run keeps its streams)")
     parser.add_argument("--memory", action="store_true", help="keep streams in memory only")
@@ -90,7 +90,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="(default INFO)")
     args = parser.parse_args(argv)
-    if not args.memory and not args.data_dir.strip():  # `--data-dir "$DIR"` with DIR unset
+    if args.memory and args.data_dir is not None:
+        parser.error("--memory keeps nothing on disk: leave out --data-dir, or --memory")
+    if args.data_dir is None:
+        args.data_dir = DEFAULT_DATA_DIR
+    elif not args.data_dir.strip():  # `--data-dir "$DIR"` with DIR unset
         parser.error("--data-dir must name a directory")
     return args
 

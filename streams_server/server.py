@@ -273,7 +273,7 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
     try:
         server.start()
     except OSError as exc:
-        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        raise CannotListen(f"cannot listen on {host}:{port}: {_why_not(exc)}") from exc
     bound_host, bound_port = server.address[:2]
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host  # IPv6, as in URLs
     print(f"durable streams: listening on http://{shown_host}:{bound_port}", file=sys.stderr,
@@ -306,6 +306,15 @@ _MAX_DESCRIPTORS = 1 << 20
 _UNREAD_AT_CLOSE_BYTES = 64 << 20
 _MAX_LENGTH_DIGITS = 30  # 10^30 bytes: larger than any body, still a length the app can refuse
 _SEND_PIECE_BYTES = 64 * 1024
+
+
+def _why_not(exc: OSError) -> str:
+    """Why an address cannot be bound, in words (gevent adds the address tuple to a failed
+    name lookup's message)."""
+    if isinstance(exc, socket.gaierror):
+        cause = exc.args[1] if len(exc.args) > 1 else str(exc)
+        return f"not an address of this machine, nor a name it can look up ({cause})"
+    return exc.strerror or str(exc)
 
 
 def _raise_descriptor_limit() -> None:

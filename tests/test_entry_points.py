@@ -149,6 +149,16 @@ def test_the_streams_server_refuses_a_busy_port_clearly(tmp_path: Path) -> None:
     _assert_refused_clearly(done, f"cannot listen on 127.0.0.1:{port}")
 
 
+def test_the_streams_server_says_an_address_it_cannot_look_up_in_words(tmp_path: Path) -> None:
+    """gevent adds the address to a failed name lookup's message, which read like a leaked
+    Python value: `... Name or service not known: ('999.1.1.1', 4555)`."""
+    done = _run([sys.executable, "-m", "streams_server", "--host", "999.1.1.1", "--port", "4555",
+                 "--data-dir", str(tmp_path)])
+    _assert_refused_clearly(done, "cannot listen on 999.1.1.1:4555: not an address of this"
+                                  " machine, nor a name it can look up")
+    assert "('999.1.1.1'" not in done.stderr
+
+
 def test_flask_run_on_a_port_in_use_starts_nothing_against_the_server_there(
         tmp_path: Path) -> None:
     """It took the other server's listening for its own: its agents started against that
@@ -416,6 +426,9 @@ def test_a_model_url_that_is_not_one_is_refused_at_start(tmp_path: Path, url: st
     (["streams_server", "--sse-keepalive", "0"],
      "--sse-keepalive: must be at least 0.1 and at most 3600, not 0"),
     (["streams_server", "--data-dir", ""], "--data-dir must name a directory"),
+    # Taken, the directory was ignored without a word, even one that cannot be.
+    (["streams_server", "--memory", "--data-dir", "/etc/passwd"],
+     "--memory keeps nothing on disk: leave out --data-dir, or --memory"),
     (["agent_actors", "supervisor", "--data-dir", " "], "--data-dir must name a directory"),
     (["agent_actors", "supervisor", "--idle-timeout", "-1"],
      "--idle-timeout must be greater than 0 and at most 604800, not -1\n"),

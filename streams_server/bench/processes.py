@@ -166,12 +166,12 @@ def server_process(kind: str, options: ServerOptions) -> ManagedProcess:
     if kind in ("ours", "ours-memory"):
         argv = [options.python, "-m", "streams_server", "--host", "127.0.0.1",
                 "--port", str(port), "--long-poll-timeout", str(options.long_poll_timeout_s),
-                "--sse-max-duration", "300", "--log-level", "WARNING",
-                "--data-dir", str(data_dir)]
+                "--sse-max-duration", "300", "--log-level", "WARNING"]
         if kind == "ours-memory":
             argv.append("--memory")
         else:
             data_dir.mkdir(parents=True, exist_ok=True)
+            argv.extend(["--data-dir", str(data_dir)])
         return ManagedProcess(kind, argv, log_path=log_path, ready=URL_PATTERN)
     if kind in ("ref-file", "ref-memory"):
         script = options.reference_dir / "reference_server.mjs"

@@ -277,11 +277,9 @@ def start_streams_server(
         sys.executable, "-m", "streams_server",
         "--host", host,
         "--port", str(port),
-        "--data-dir", str(Path(data_dir).resolve()),
         "--long-poll-timeout", str(long_poll_timeout),
     ]
-    if memory:
-        argv.append("--memory")
+    argv.extend(["--memory"] if memory else ["--data-dir", str(Path(data_dir).resolve())])
     argv.extend(extra_args)
     server = ServerProcess(
         argv,
