@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, cast
 from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 
-from flask import Flask
+from flask import Flask, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_content_length, get_input_stream
@@ -110,6 +110,25 @@ def init_app(app: Flask, backend: StreamsBackend, url_prefix: str = "/v1/stream"
     """Serve the streams protocol (and its `__ds` control APIs) on `app` at `url_prefix`."""
     app.extensions[EXTENSION_KEY] = backend
     app.wsgi_app = StreamsMiddleware(app.wsgi_app, backend, url_prefix)  # type: ignore[method-assign]
+
+
+def answer_flask_errors_in_json(app: Flask, under: str) -> None:
+    """Flask's own errors (an unknown path, a method a route does not take) in the streams
+    API's JSON for requests at `under` or below it ("" for all): a client that mistypes an
+    API URL gets an error it can parse, not an HTML page meant for a browser."""
+    root = under.rstrip("/")
+
+    def in_json(error: HTTPException) -> Any:
+        path = request.path
+        if root and path != root and not path.startswith(root + "/"):
+            return error  # a page's URL: Flask's page
+        response = error.get_response()
+        code = re.sub(r"[^A-Z]+", "_", (error.name or "error").upper()).strip("_")
+        response.set_data(_error_body(code, error.description or error.name))
+        response.content_type = "application/json"
+        return response
+
+    app.register_error_handler(HTTPException, in_json)
 
 
 class StreamsMiddleware:

@@ -491,3 +491,32 @@ def test_a_read_parameter_given_twice_is_refused_not_half_ignored(
     response = front.get(f"twice?{query}")
     assert_error(response, 400, "DUPLICATE_PARAMETER")
     assert f"{name} is given more than once" in error_body(response)["error"]["message"]
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), [
+    ("GET", "/v1/streamx", 404, "NOT_FOUND"),
+    ("GET", "/v1", 404, "NOT_FOUND"),
+    ("POST", "/v1/other/thing", 404, "NOT_FOUND"),
+])
+def test_an_api_url_outside_the_streams_is_refused_in_json(
+        front: StreamsHttp, method: str, path: str, status: int, code: str) -> None:
+    """Flask answered these with its HTML pages, which an API client cannot parse."""
+    response = front.session.request(method, front.base_url + path, timeout=10)
+    assert response.headers["Content-Type"] == "application/json", response.text[:200]
+    assert_error(response, status, code)
+    assert "<" not in response.text
+
+
+def test_the_standalone_server_answers_every_url_in_json(http: StreamsHttp) -> None:
+    """It serves only the API: its own 404s and 405s are JSON too (the 405 keeps its Allow)."""
+    response = http.session.get(http.base_url + "/", timeout=10)
+    assert_error(response, 404, "NOT_FOUND")
+    response = http.session.delete(http.base_url + "/healthz", timeout=10)
+    assert_error(response, 405, "METHOD_NOT_ALLOWED")
+    assert "GET" in response.headers["Allow"]
+
+
+def test_the_chat_app_keeps_html_pages_for_its_page_urls(flask_run: StreamsHttp) -> None:
+    response = flask_run.session.get(flask_run.base_url + "/no-such-page", timeout=10)
+    assert response.status_code == 404
+    assert response.headers["Content-Type"].startswith("text/html")

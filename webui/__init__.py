@@ -21,6 +21,7 @@ from streams_server import StreamsBackend, StreamsSettings
 from streams_server.backend import DataDirectoryError
 from streams_server import init_app as init_streams
 from streams_server.config import mib_to_bytes
+from streams_server.routes import answer_flask_errors_in_json
 from webui import chat
 from webui.access_log import configure_access_log
 from webui.config import ConfigError, load_config
@@ -62,6 +63,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     except DataDirectoryError as exc:
         raise StartupError(str(exc)) from exc
     init_streams(app, backend, STREAMS_PREFIX)
+    answer_flask_errors_in_json(app, under="/v1")  # the API's URLs; pages keep Flask's pages
     chat.init_app(app)
     try:
         work = BackgroundWork(app, backend)
