@@ -2836,6 +2836,21 @@ def test_the_inspector_refuses_a_path_with_dot_segments(chat_app: ServerProcess,
         page.get_by_test_id("inspector-path").press("Enter")
         expect(page.get_by_test_id("meta-status")).to_have_text(
             "A stream path has no . or .. segments (the server refuses to create one)")
+        # The URL as typed, not where the browser would have resolved it (outside the API).
+        expect(page.get_by_test_id("meta-url")).to_have_text(f"{chat_app.url}/v1/stream/{typed}")
+
+
+def test_the_inspector_says_so_when_there_is_no_path_to_open(chat_app: ServerProcess,
+                                                            new_context: NewContext) -> None:
+    """A blank path did nothing at all: the stream opened before stayed, without a word."""
+    page = open_chat(new_context(), f"{chat_app.url}/inspector")
+    path = page.get_by_test_id("inspector-path")
+    for typed in ("  ", "///"):
+        path.fill(typed)
+        path.press("Enter")
+        assert "Type a stream's path" in path.evaluate("(el) => el.validationMessage")
+    path.fill("conversations")  # typing clears it
+    assert path.evaluate("(el) => el.validationMessage") == ""
 
 
 def test_the_inspector_says_why_a_path_too_long_is_refused(chat_app: ServerProcess,

@@ -393,11 +393,15 @@ function revealTitle() {
   if (top < 0 || top > window.innerHeight / 3) title.scrollIntoView({ block: "start" });
 }
 
+function hasDotSegments(path) {
+  return path.split("/").some((segment) => segment === "." || segment === "..");
+}
+
 async function refreshMeta() {
   const path = state.path;
   let meta;
   try {
-    if (path.split("/").some((segment) => segment === "." || segment === "..")) {
+    if (hasDotSegments(path)) {
       // The browser would resolve them away and ask for another URL, maybe not a stream's.
       throw new Error("A stream path has no . or .. segments (the server refuses to create one)");
     }
@@ -429,7 +433,8 @@ function badge(text, kind) {
 function renderMeta() {
   const m = state.meta;
   $("meta-card").hidden = false;
-  $("meta-url").textContent = client.url(state.path);
+  // As typed: resolved, a path with dot segments would name a URL outside the streams.
+  $("meta-url").textContent = hasDotSegments(state.path) ? `${client.baseUrl}/${state.path}` : client.url(state.path);
   const statusCell = $("meta-status");
   if (m.exists) statusCell.replaceChildren(badge(`${m.status} OK`, "ok"));
   else if (m.status === 404) statusCell.replaceChildren(badge("404 Not found", "warn"));
@@ -808,10 +813,18 @@ async function showSubscriptionById(id, { reveal = false } = {}) {
 function main() {
   wireSkipLink();
   $("inspector-root").textContent = `${config.streamsUrl}/`;
+  const pathInput = $("inspector-path");
   $("inspector-open-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    open($("inspector-path").value);
+    if (!normalizePath(pathInput.value)) {
+      // Nothing to open (blank, or only slashes): said where the path is typed.
+      pathInput.setCustomValidity("Type a stream's path, such as conversations, or pick one from the lists.");
+      pathInput.reportValidity();
+      return;
+    }
+    open(pathInput.value);
   });
+  pathInput.addEventListener("input", () => pathInput.setCustomValidity(""));
   $("meta-refresh").addEventListener("click", () => refreshMeta());
   $("read-form").addEventListener("submit", (event) => {
     event.preventDefault();
