@@ -685,9 +685,17 @@ def test_a_rename_reaches_every_tab_and_escape_or_a_blank_title_keeps_the_old_on
     expect(title).to_have_text(before)
     renamer.get_by_test_id("rename-conversation").click()
     field.fill("   ")
-    field.press("Enter")
+    field.press("Enter")  # said where it is typed, and the field stays
+    expect(field).to_be_focused()
+    assert field.evaluate("(el) => el.validationMessage") == (
+        "A title cannot be blank: type one, or press Esc to keep the current title.")
+    field.press("Escape")
     expect(title).to_have_text(before)
     expect(renamer.get_by_test_id("rename-conversation")).to_be_focused()
+    renamer.get_by_test_id("rename-conversation").click()
+    field.fill("   ")
+    field.blur()  # leaving the field keeps the old title
+    expect(title).to_have_text(before)
 
     renamer.get_by_test_id("rename-conversation").click()
     field.fill(f"  {after}  ")
@@ -701,6 +709,14 @@ def test_a_rename_reaches_every_tab_and_escape_or_a_blank_title_keeps_the_old_on
     listings = [m for m in read_json_stream(chat_app.url, "conversations")
                 if m.get("type") == "conversation" and m.get("id") == cid]
     assert [m["title"] for m in listings] == [before, after]
+
+    # A title past 200 characters is cut, saying so (the field cut it at 200 without a word).
+    long_title = "word " * 60
+    renamer.get_by_test_id("rename-conversation").click()
+    field.fill(long_title)
+    field.press("Enter")
+    expect(title).to_have_text(long_title.strip()[:200].strip())
+    expect(renamer.get_by_test_id("title-note")).to_have_text("Title cut to 200 characters")
 
     prompt = unique("Still answered after the rename?")
     send_prompt(renamer, prompt)

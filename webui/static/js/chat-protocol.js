@@ -4,10 +4,10 @@
 // with its idempotent producer identity until acknowledged, even across a reload.
 
 import { config } from "./config.js";
-import { cleanTitle, firstCharacters, isBlank } from "./conversation-model.js";
+import { MAX_TITLE_CHARS, cleanTitle, firstCharacters, isBlank, titleIsCut } from "./conversation-model.js";
 import { randomId } from "./util.js";
 
-export { isBlank };
+export { MAX_TITLE_CHARS, isBlank, titleIsCut };
 
 export const CONVERSATIONS_PATH = "conversations";
 export const promptsPath = (conversationId) => `conversations/${conversationId}/prompts`;

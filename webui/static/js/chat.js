@@ -38,6 +38,7 @@ const ui = {
   rename: $("rename-conversation"),
   renameForm: $("rename-form"),
   renameInput: $("rename-input"),
+  titleNote: $("title-note"),
   delete: $("delete-conversation"),
   deletedNotice: $("deleted-conversation"),
   welcome: $("welcome"),
@@ -237,6 +238,7 @@ function openConversation(id) {
   if (current && id && current.id === id) return;
   endRename(false);
   ui.deletedNotice.hidden = true;
+  ui.titleNote.hidden = true;
   if (id && conversations.isDeleted(id)) {
     leaveDeleted(id); // opens a new conversation instead
     return;
@@ -629,6 +631,8 @@ function startRename() {
   ui.title.classList.add("visually-hidden"); // still the page's heading
   ui.rename.hidden = true;
   ui.renameForm.hidden = false;
+  ui.renameInput.setCustomValidity("");
+  ui.titleNote.hidden = true;
   ui.renameInput.focus();
   ui.renameInput.select();
 }
@@ -640,10 +644,24 @@ function endRename(save) {
   ui.renameForm.hidden = true;
   ui.title.classList.remove("visually-hidden");
   ui.rename.hidden = false;
-  if (save && current && title.trim() && title.trim() !== conversationTitle(current.id)) {
+  if (save && current && !protocol.isBlank(title) && title.trim() !== conversationTitle(current.id)) {
     protocol.renameConversation(outbox, { id: current.id, title });
+    if (protocol.titleIsCut(title)) showTitleNote(`Title cut to ${protocol.MAX_TITLE_CHARS} characters`);
   }
   scheduleRender();
+}
+
+const TITLE_NOTE_MS = 8000;
+let titleNoteTimer = null;
+
+/** A word next to the title about the rename just made; it goes by itself. */
+function showTitleNote(text) {
+  clearTimeout(titleNoteTimer);
+  ui.titleNote.textContent = text;
+  ui.titleNote.hidden = false;
+  titleNoteTimer = setTimeout(() => {
+    ui.titleNote.hidden = true;
+  }, TITLE_NOTE_MS);
 }
 
 function deleteCurrent() {
@@ -806,9 +824,16 @@ function wire() {
   ui.delete.addEventListener("click", deleteCurrent);
   ui.renameForm.addEventListener("submit", (event) => {
     event.preventDefault();
+    if (protocol.isBlank(ui.renameInput.value)) {
+      // Enter on a blank title: said where it is typed (leaving the field keeps the old one).
+      ui.renameInput.setCustomValidity("A title cannot be blank: type one, or press Esc to keep the current title.");
+      ui.renameInput.reportValidity();
+      return;
+    }
     endRename(true);
     ui.rename.focus();
   });
+  ui.renameInput.addEventListener("input", () => ui.renameInput.setCustomValidity(""));
   ui.renameInput.addEventListener("keydown", (event) => {
     if (event.key !== "Escape") return;
     event.preventDefault();

@@ -85,15 +85,28 @@ export function firstCharacters(text, count) {
   return taken;
 }
 
+const TITLE_LOOKED_AT = MAX_TITLE_CHARS * 8; // what is looked at of a title of any size
+
+/** A title's text on one line, without invisible characters, before it is shortened. */
+function titleLine(value) {
+  return value.slice(0, TITLE_LOOKED_AT).replace(INVISIBLE, "").replace(/\s+/g, " ").trim();
+}
+
+/** Whether `cleanTitle` leaves some of `value`'s characters out (past `MAX_TITLE_CHARS`). */
+export function titleIsCut(value) {
+  if (typeof value !== "string") return false;
+  const line = titleLine(value);
+  return value.length > TITLE_LOOKED_AT || firstCharacters(line, MAX_TITLE_CHARS) !== line;
+}
+
 /** A title on one line, at most `MAX_TITLE_CHARS` characters (see `firstCharacters`),
  * without invisible characters; null if it is blank or not text. */
 export function cleanTitle(value) {
   if (typeof value !== "string") return null;
-  const cap = MAX_TITLE_CHARS * 8; // what is looked at of a title of any size
-  const line = value.slice(0, cap).replace(INVISIBLE, "").replace(/\s+/g, " ").trim();
+  const line = titleLine(value);
   if (isBlank(line)) return null;
   let title = firstCharacters(line, MAX_TITLE_CHARS);
-  if (value.length > cap && title === line) title = withoutLastCharacter(title); // maybe cut
+  if (value.length > TITLE_LOOKED_AT && title === line) title = withoutLastCharacter(title); // maybe cut
   // A lone half of a surrogate pair (sent so) goes too.
   return title.replace(/[\ud800-\udfff]/gu, "") || null;
 }
