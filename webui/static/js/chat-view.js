@@ -268,12 +268,15 @@ function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
   // went, to the other one), else the focus would fall to the page's body.
   const focused = parts.meta.contains(document.activeElement) ? document.activeElement.dataset.testid : null;
   parts.meta.replaceChildren(...metaItems(turn, state));
+  // The buttons wrap onto a line of their own together, not one at a time.
+  const actions = el("span", { class: "meta-actions" });
   if (turn.text && (state === "done" || state === "cancelled" || state === "error")) {
-    parts.meta.append(el("button", { type: "button", class: "meta-action", dataset: { copyAnswer: "", testid: "copy-answer" }, "aria-label": "Copy the answer (Markdown)" }, "Copy"));
+    actions.append(el("button", { type: "button", class: "meta-action", dataset: { copyAnswer: "", testid: "copy-answer" }, "aria-label": "Copy the answer (Markdown)" }, "Copy"));
   }
   if (latest && canAskAgain(turn.prompt) && (state === "error" || state === "cancelled")) {
-    parts.meta.append(el("button", { type: "button", class: "meta-action", dataset: { retry: "", testid: "retry" } }, "Try again"));
+    actions.append(el("button", { type: "button", class: "meta-action", dataset: { retry: "", testid: "retry" } }, "Try again"));
   }
+  if (actions.childElementCount) parts.meta.append(actions);
   if (focused) (parts.meta.querySelector(`[data-testid="${focused}"]`) ?? parts.meta.querySelector("button"))?.focus();
 }
 
