@@ -428,6 +428,8 @@ def test_demo_streams_a_labelled_reply_about_the_prompt_at_the_set_rate() -> Non
     elapsed = time.monotonic() - started
     assert text.startswith(DEMO_LABEL)
     assert "How do durable streams work?" in text
+    assert "\n- **Message:** 1 of this conversation\n" in text  # Markdown, line breaks kept
+    assert text.endswith("```")
     assert len(deltas) == len(text.split()) and result.output_tokens == len(deltas)
     assert result.input_tokens > 0 and result.stop_reason == "end_turn"
     assert result.model == "demo"
@@ -437,7 +439,7 @@ def test_demo_streams_a_labelled_reply_about_the_prompt_at_the_set_rate() -> Non
 def test_demo_counts_the_prompts_words_with_digit_grouping() -> None:
     demo = DemoModel(tokens_per_second=0, first_token_latency=0)
     text, _, _ = split(list(demo.stream([("user", "word " * 128_000)])))
-    assert "That is 128,000 words" in text  # "128000 words" read poorly
+    assert "**Words:** 128,000" in text  # "128000 words" read poorly
 
 
 def test_demo_knows_the_history() -> None:

@@ -68,21 +68,23 @@ class DemoModel:
 
 
 def reply_text(conversation: Sequence[Turn]) -> str:
-    """The demo's whole answer: a label, then an echo of the prompt and some context."""
+    """The demo's whole answer, in Markdown (so the page's rendering shows too): a label, an
+    echo of the prompt with some context, and what a piece of the answer looks like stored."""
     prompts = [turn.text for turn in conversation if turn.role == USER]
     prompt = prompts[-1]
     words = prompt.split()
     echo = " ".join(words[:_ECHO_WORDS]) + (" …" if len(words) > _ECHO_WORDS else "")
-    parts = [
-        f"{DEMO_LABEL} You said: “{echo}”.",
-        f"That is {len(words):,} word{'s' if len(words) != 1 else ''}"
-        f" and message {len(prompts)} of this conversation.",
-    ]
+    facts = [f"- **Words:** {len(words):,}",
+             f"- **Message:** {len(prompts)} of this conversation"]
     if len(prompts) > 1:
-        earlier = " ".join(prompts[-2].split()[:12])
-        parts.append(f"Before that you asked: “{earlier}”, so I have the whole history.")
+        facts.append(f"- **Before that you asked:** “{' '.join(prompts[-2].split()[:12])}”,"
+                     " so I have the whole history")
+    parts = [DEMO_LABEL, f"You said: “{echo}”", "\n".join(facts)]
     if prompt.rstrip().endswith("?"):
         parts.append("It is a good question; a real model would answer it here.")
-    parts.append("Every word of this reply travelled through a durable stream,"
-                 " so reloading the page will not lose or repeat any of it.")
-    return " ".join(parts)
+    parts.append("Every word of this reply travelled through a durable stream, so reloading"
+                 " the page will not lose or repeat any of it. Each piece is one message in the"
+                 " conversation's response stream:")
+    parts.append('```json\n{"type": "chunk", "promptId": "…", "content": " word",'
+                 ' "isComplete": false}\n```')
+    return "\n\n".join(parts)
