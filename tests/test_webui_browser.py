@@ -1993,7 +1993,8 @@ def test_a_link_to_an_unknown_conversation_says_so_and_a_message_starts_it(
     expect(notice).to_be_hidden()
 
 
-@pytest.mark.parametrize("link", ["#/c/bad!id", "#/c/bad id with spaces", "#/c/" + "x" * 65, "#/c/"])
+@pytest.mark.parametrize("link", ["#/c/bad!id", "#/c/bad id with spaces", "#/c/" + "x" * 65, "#/c/",
+                                  "#/garbage", "#c/abc"])
 def test_a_link_that_names_no_possible_conversation_says_so(
         chat_app: ServerProcess, new_context: NewContext, link: str) -> None:
     """A mistyped or cut link opened a new conversation without a word."""

@@ -205,9 +205,9 @@ function openFromHash() {
   if (window.location.href === openedAddress) return;
   const id = idFromHash();
   openConversation(id);
-  if (id === null && window.location.hash.startsWith("#/c/")) {
+  if (id === null && window.location.hash !== "" && window.location.hash !== "#") {
     history.replaceState(null, "", window.location.pathname + window.location.search);
-    ui.deletedNotice.textContent = "This link does not name a conversation (an id is 1 to 64 letters, digits, - or _): here is a new one.";
+    ui.deletedNotice.textContent = "This link does not name a conversation (a conversation's link ends in #/c/ and its id, 1 to 64 letters, digits, - or _): here is a new one.";
     ui.deletedNotice.hidden = false;
     openedAddress = window.location.href;
   }
