@@ -1691,6 +1691,9 @@ def test_a_frozen_server_is_noticed_and_the_answer_resumes_when_it_thaws(
         try:
             expect(pill).to_have_attribute("data-state", "reconnecting", timeout=10_000)
             expect(page.get_by_test_id("connection-banner")).to_be_visible()
+            # Whatever the agent does now, the page cannot see it: not "streaming".
+            expect(page.get_by_test_id("flow-node-agent")).to_have_attribute("data-state", "unseen")
+            expect(page.get_by_test_id("flow-node-agent")).to_contain_text("out of sight")
             # Said once, by the banner (an alert): not also by the pill and the announcer.
             live_regions = page.locator("[role=alert], [role=status], [aria-live]:not([aria-live=off])")
             expect(live_regions.filter(has_text=re.compile("Reconnect|Connection lost"))).to_have_count(1)
@@ -2020,7 +2023,12 @@ def test_an_answer_that_stops_growing_says_what_may_be_going_on(
     turn = turn_for(page, prompt)
     expect(turn).to_have_attribute("data-state", "streaming")
     expect(turn).to_have_attribute("data-stalled", "false")
+    agent_node = page.get_by_test_id("flow-node-agent")
+    expect(agent_node).to_have_attribute("data-state", "streaming")
     expect(turn).to_have_attribute("data-stalled", "true", timeout=18_000)
+    # The flow diagram no longer says the agent is streaming either.
+    expect(agent_node).to_have_attribute("data-state", "stalled")
+    expect(agent_node).to_contain_text("no new text")
     # Shown, not only written: the status of a streaming answer was hidden by the stylesheet.
     expect(turn.get_by_test_id("answer-status")).to_be_visible()
     expect(turn.get_by_test_id("answer-status")).to_have_text(
@@ -2030,6 +2038,7 @@ def test_an_answer_that_stops_growing_says_what_may_be_going_on(
     assert status_box and text_box and status_box["y"] >= text_box["y"] + text_box["height"]
     wait_state(page, prompt, "done", timeout=30_000)
     expect(turn).not_to_contain_text("If the agent stopped")
+    expect(agent_node).to_have_attribute("data-state", "idle")
 
 
 def test_an_answer_no_agent_takes_over_says_none_may_be_running(

@@ -493,7 +493,11 @@ function render() {
   if (stopHidden && document.activeElement === ui.stop) focusComposer(); // else it falls to the body
   ui.stop.hidden = stopHidden;
   const active = turns.filter((t) => t.prompt && !t.final).map(turnState); // see ChatView.render
-  flow.setAgentState(active.includes("streaming") ? "streaming" : active.includes("thinking") ? "thinking" : active.length ? active[0] : "idle");
+  const working = active.includes("streaming") ? "streaming" : active.includes("thinking") ? "thinking" : active.length ? active[0] : "idle";
+  // What the page sees of the agent: not "streaming" while no text can reach it, or none comes.
+  if ((working === "streaming" || working === "thinking") && offline) flow.setAgentState("unseen", "out of sight");
+  else if ((working === "streaming" || working === "thinking") && ui.messages.querySelector('[data-stalled="true"]')) flow.setAgentState("stalled", "no new text");
+  else flow.setAgentState(working);
   ui.messages.dataset.ready = String(loaded);
   document.body.dataset.ready = String(conversationsLoaded && loaded);
   announceChanges(c, turns, loaded);

@@ -88,11 +88,11 @@ export class FlowDiagram {
   }
 
   /** The agent node stays lit while an answer is being worked on. */
-  setAgentState(state) {
+  setAgentState(state, text = state) {
     const node = this.#parts.agent;
     node.dataset.state = state;
     node.classList.toggle("is-busy", state === "thinking" || state === "streaming");
-    this.setSub("agent", state);
+    this.setSub("agent", text);
   }
 
   /** `state`: one of `ConnectionStatus.overall()`'s; `text`: what the node says of it. */
