@@ -124,18 +124,22 @@ class ConversationLog:
         return [p for p in self.prompts if not self.is_finished(p.id)]
 
     def history_for(self, prompt: Prompt, budget_chars: int) -> list[Turn]:
-        """Earlier prompts and finished answers, then `prompt`, trimmed from the oldest
-        turns to fit `budget_chars` (the newest prompt is always kept)."""
+        """Earlier prompts with their answers, then `prompt`, trimmed from the oldest turns
+        to fit `budget_chars` (the newest prompt is always kept).
+
+        An earlier prompt without an answer (it failed, or the model wrote nothing) is left
+        out: kept, it was sent again inside every later request, so a prompt the API refuses
+        (too long) failed every one after it, and Try again asked its question twice."""
         turns: list[Turn] = []
         for earlier in self.prompts:
             if earlier.id == prompt.id:
                 break
-            if earlier.problem is not None:
-                continue  # never sent to the model
-            turns.append(Turn(USER, earlier.content))
             answer = self.answers.get(earlier.id)
-            if answer is not None and answer.outcome == "done" and answer.text:
-                turns.append(Turn(ASSISTANT, answer.text))
+            if earlier.problem is not None or answer is None or answer.outcome != "done" \
+                    or not answer.text:
+                continue
+            turns.append(Turn(USER, earlier.content))
+            turns.append(Turn(ASSISTANT, answer.text))
         kept: list[Turn] = [Turn(USER, prompt.content)]
         used = len(prompt.content)
         for turn in reversed(turns):

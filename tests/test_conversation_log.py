@@ -1,0 +1,58 @@
+"""What an agent sends the model as a conversation's history (`ConversationLog.history_for`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent_actors.conversation_log import ConversationLog
+from agent_actors.models.base import ASSISTANT, USER, Turn
+from agent_actors.schema import Prompt
+
+
+def prompt(pid: str, content: str) -> dict[str, Any]:
+    return {"type": "prompt", "id": pid, "content": content, "timestamp": 1}
+
+
+def chunk(pid: str, text: str) -> dict[str, Any]:
+    return {"type": "chunk", "promptId": pid, "attempt": 0, "content": text, "isComplete": False}
+
+
+def end(pid: str, kind: str = "done", stop_reason: str = "end_turn") -> dict[str, Any]:
+    return {"type": kind, "promptId": pid, "attempt": 0, "stopReason": stop_reason,
+            "isComplete": True}
+
+
+def history(responses: list[dict[str, Any]], prompts: list[tuple[str, str]],
+            budget_chars: int = 100_000) -> list[Turn]:
+    log = ConversationLog()
+    log.add_prompt_messages([prompt(pid, text) for pid, text in prompts])
+    for message in responses:
+        log.apply_response(message)
+    last = log.prompts[-1]
+    return log.history_for(Prompt(last.id, last.content, 1), budget_chars)
+
+
+def test_a_prompt_whose_answer_failed_is_not_sent_again_with_later_ones() -> None:
+    """Kept, it went out inside every later request (merged with the next question): a
+    prompt the API refused as too long failed all the prompts after it."""
+    turns = history(
+        [chunk("a", "Answer A."), end("a"), chunk("b", "half"), end("b", "error")],
+        [("a", "Question A"), ("b", "x" * 50_000), ("c", "Question C")])
+    assert turns == [Turn(USER, "Question A"), Turn(ASSISTANT, "Answer A."),
+                     Turn(USER, "Question C")]
+
+
+def test_a_stopped_answer_is_kept_with_what_it_said_and_an_empty_one_is_not() -> None:
+    turns = history(
+        [chunk("a", "Partly"), end("a", stop_reason="cancelled"),
+         end("b", stop_reason="cancelled")],
+        [("a", "Question A"), ("b", "Question B"), ("c", "Question C")])
+    assert turns == [Turn(USER, "Question A"), Turn(ASSISTANT, "Partly"),
+                     Turn(USER, "Question C")]
+
+
+def test_the_oldest_exchanges_go_first_to_fit_the_budget() -> None:
+    turns = history(
+        [chunk("a", "A" * 40), end("a"), chunk("b", "B" * 40), end("b")],
+        [("a", "q" * 40), ("b", "r" * 40), ("c", "s" * 10)], budget_chars=100)
+    assert turns == [Turn(USER, "r" * 40), Turn(ASSISTANT, "B" * 40), Turn(USER, "s" * 10)]
