@@ -3154,3 +3154,36 @@ def test_a_message_unsent_while_the_server_was_away_says_when_its_storage_is_ful
         expect(page.get_by_test_id("connection-pill")).to_have_attribute("data-state", "retrying")
     finally:
         app.terminate()
+
+
+def test_the_inspector_asks_before_closing_a_stream_for_good(chat_app: ServerProcess,
+                                                             new_context: NewContext) -> None:
+    """One click on Append with "Close the stream" ticked closed a conversation's stream for
+    good (no stream reopens), with no question asked."""
+    path = f"inspected/{uuid.uuid4().hex[:10]}"
+    url = f"{chat_app.url}/v1/stream/{path}"
+    assert requests.put(url, headers={"Content-Type": "application/json"}, timeout=10).status_code == 201
+    page = open_chat(new_context(), f"{chat_app.url}/inspector#path={path}")
+    expect(page.get_by_test_id("append-card")).to_be_visible()
+    questions: list[str] = []
+
+    def answer(accept: bool) -> Callable[[Any], None]:
+        def on_dialog(dialog: Any) -> None:
+            questions.append(dialog.message)
+            if accept:
+                dialog.accept()
+            else:
+                dialog.dismiss()
+        return on_dialog
+
+    page.get_by_test_id("append-close").check()
+    page.once("dialog", answer(False))
+    page.get_by_test_id("append-button").click()
+    expect(page.get_by_test_id("append-result")).to_have_text("Not closed: nothing was appended.")
+    assert questions and questions[0].startswith(f"Close {path}?")
+    assert "Stream-Closed" not in requests.head(url, timeout=10).headers
+
+    page.once("dialog", answer(True))
+    page.get_by_test_id("append-button").click()
+    expect(page.get_by_test_id("append-result")).to_contain_text("stream closed")
+    assert requests.head(url, timeout=10).headers.get("Stream-Closed") == "true"

@@ -749,6 +749,8 @@ async function appendData(event) {
     }
   }
   if (!raw && !close) return showResult(result, "Nothing to append.", false);
+  const closing = `Close ${state.path}?\n\nNothing can be appended to a closed stream again (it cannot be reopened); a conversation whose stream is closed takes no more prompts.`;
+  if (close && !window.confirm(closing)) return showResult(result, "Not closed: nothing was appended.", false);
   try {
     const res = await client.append(state.path, raw || undefined, { contentType, close });
     if (!res.ok) return showResult(result, `HTTP ${res.status}${res.detail ? `: ${res.detail}` : ""}`, false);
