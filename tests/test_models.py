@@ -227,6 +227,10 @@ def test_a_base_url_where_no_messages_api_answers_is_blamed_not_the_model(status
      "The Anthropic API key was rejected. Check ANTHROPIC_API_KEY."),
     (404, b'{"type":"error","error":{"type":"not_found_error","message":"model: claude-nope"}}',
      "The model 'claude-nope' was not found. Check ANTHROPIC_MODEL."),
+    # A base URL ending in /v1 asks for /v1/v1/models/...: the API's 404 is not about the model.
+    (404, b'{"type":"error","error":{"type":"not_found_error","message":"Not Found"}}',
+     "The AI model's API found nothing at this address (Not Found). Check ANTHROPIC_BASE_URL"
+     " (without /v1: the SDK adds it) and ANTHROPIC_MODEL ('claude-nope')."),
     # An Anthropic-compatible endpoint without the models API: nothing can be told.
     (404, b"<html><body>Not here</body></html>", None),
     (200, b'{"type":"model","id":"claude-nope","display_name":"Nope"}', None),

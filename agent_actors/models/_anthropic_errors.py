@@ -58,9 +58,13 @@ def _classified(status: int | None, kind: str | None, detail: str, model: str) -
     if kind == "permission_error" or status == 403:
         return ModelError(f"This API key may not use the model {model!r}.",
                           code="permission", status=status)
-    if kind == "not_found_error":
+    if kind == "not_found_error" and model in detail:
         return ModelError(f"The model {model!r} was not found. Check ANTHROPIC_MODEL.",
                           code="not_found", status=status)
+    if kind == "not_found_error":  # not about the model: most often the address's path
+        return ModelError(f"The AI model's API found nothing at this address ({detail}). Check"
+                          " ANTHROPIC_BASE_URL (without /v1: the SDK adds it) and"
+                          f" ANTHROPIC_MODEL ({model!r}).", code="not_found", status=status)
     if status == 404:  # without the API's typed error: some other server answers there
         return ModelError("No Anthropic Messages API answers at this address. Check"
                           " ANTHROPIC_BASE_URL.", code="not_found", status=status)
