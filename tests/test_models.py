@@ -128,6 +128,40 @@ def test_each_failure_becomes_a_readable_model_error(
         assert error.retryable
 
 
+@pytest.mark.parametrize("mode", ["stream_error", "drop", "garbled"])
+def test_an_answer_that_fails_before_its_first_words_is_asked_again(
+        fake: FakeAnthropic, mode: str) -> None:
+    """The API may accept a request (200) and then send an ``overloaded`` error event before
+    any text: nothing of the answer was given out, so it was safe to ask again, but the
+    answer failed at once (an overload answered with a 529 status was retried)."""
+    fake.fail_next(mode, after_tokens=0)
+    text, _, result = split(list(claude(fake, max_retries=2).stream([("user", "Hi")])))
+    assert text == REPLY and result.stop_reason == "end_turn"
+    assert len(fake.requests) == 2
+
+
+def test_an_answer_failing_before_its_first_words_is_asked_again_within_the_budget(
+        fake: FakeAnthropic) -> None:
+    fake.fail_next("stream_error", after_tokens=0, times=3)
+    with pytest.raises(ModelError) as failure:
+        list(claude(fake, max_retries=2).stream([("user", "Hi")]))
+    assert failure.value.code == "overloaded" and len(fake.requests) == 3
+    fake.fail_next("stream_error", after_tokens=0)
+    with pytest.raises(ModelError):  # no retries allowed: none made
+        list(claude(fake, max_retries=0).stream([("user", "Hi")]))
+    assert len(fake.requests) == 4
+
+
+def test_a_cancel_ends_the_wait_before_an_answer_is_asked_again(fake: FakeAnthropic) -> None:
+    fake.fail_next("stream_error", after_tokens=0)
+    cancel = threading.Event()
+    events = claude(fake, max_retries=3).stream([("user", "Hi")], cancel=cancel)
+    threading.Timer(0.1, cancel.set).start()  # during the wait of at least 0.375 s
+    result = list(events)[-1]
+    assert isinstance(result, ModelResult) and result.stop_reason == "cancelled"
+    assert len(fake.requests) == 1
+
+
 def test_a_connection_lost_after_message_stop_does_not_fail_the_finished_answer(
     fake: FakeAnthropic,
 ) -> None:

@@ -41,6 +41,11 @@ def retry_delay(exc: BaseException, retries_so_far: int) -> float | None:
             return asked
     elif not isinstance(exc, anthropic.APIConnectionError):  # APITimeoutError is one too
         return None
+    return backoff_delay(retries_so_far)
+
+
+def backoff_delay(retries_so_far: int) -> float:
+    """0.5 s doubling with each retry up to 8 s, shortened by up to a quarter at random."""
     backoff = min(INITIAL_DELAY_S * 2.0 ** min(retries_so_far, 32), MAX_DELAY_S)
     return backoff * (1 - 0.25 * _jitter.random())
 

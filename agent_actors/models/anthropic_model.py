@@ -33,7 +33,7 @@ import anthropic
 from agent_actors._sse import SseEvent, parse_events
 from agent_actors.errors import ModelError
 from agent_actors.models._anthropic_errors import error_type, model_error, stream_error
-from agent_actors.models._retry_policy import retry_delay
+from agent_actors.models._retry_policy import backoff_delay, retry_delay
 from agent_actors.models.base import (
     CANCELLED,
     ModelEvent,
@@ -122,6 +122,29 @@ class AnthropicModel:
         return self._answer(request, cancel or threading.Event())
 
     def _answer(self, request: dict[str, Any], cancel: threading.Event) -> Iterator[ModelEvent]:
+        """The answer; asked again (as `_retry_policy` backs off, within ``max_retries``) when
+        its stream fails before the first words in a way that may pass: an ``overloaded``
+        error event, the stream cut off. The API sends such an error with status 200, after
+        the request was accepted, where the SDK's retries no longer apply."""
+        restarts = 0
+        while True:
+            try:
+                yield from self._attempt(request, cancel)
+                return
+            except _FailedBeforeFirstWords as failed:
+                error = failed.error
+                if not error.retryable or restarts >= self.max_retries:
+                    raise error from failed.__cause__
+                delay = backoff_delay(restarts)
+                log.info("model %s: the answer failed before its first words (%s); asking again"
+                         " in %.1f s (%d of %d)", self.model, error.code, delay, restarts + 1,
+                         self.max_retries)
+                if cancel.wait(delay):
+                    yield ModelResult(CANCELLED, 0, 0, self.model)
+                    return
+                restarts += 1
+
+    def _attempt(self, request: dict[str, Any], cancel: threading.Event) -> Iterator[ModelEvent]:
         usage = _Usage()
         opening = _Opening(self.client, request, self.model, self.max_retries, cancel)
         response = opening.wait()
@@ -138,6 +161,7 @@ class AnthropicModel:
             raise ModelError(_NOT_THE_API, code="not_found")
         watched = self._watch.add(cancel, response.http_response)
         finished = False
+        spoke = False  # a word of the answer was given out: it cannot be asked again
         try:
             for event in parse_events(response.iter_bytes()):
                 if cancel.is_set():
@@ -149,6 +173,7 @@ class AnthropicModel:
                         text = delta.get("text")
                         if not isinstance(text, str):
                             raise ModelError(_UNREADABLE, code="bad_response", retryable=True)
+                        spoke = True
                         yield TextDelta(text)
                 elif name == "message_stop":
                     # Reading on hands the connection back to the SDK's pool: unwatch it first.
@@ -162,14 +187,22 @@ class AnthropicModel:
             if finished:  # reading on after the answer, for the pool: the answer is whole
                 log.debug("model %s: the stream failed after message_stop: %r", self.model, exc)
             elif not cancel.is_set():
-                self._fail(exc)
+                try:
+                    self._fail(exc)
+                except ModelError as error:
+                    if spoke:
+                        raise
+                    raise _FailedBeforeFirstWords(error) from exc
         finally:
             self._watch.remove(watched)
             response.close()
         if cancel.is_set() and not finished:
             yield ModelResult(CANCELLED, usage.input_tokens, usage.output_tokens, self.model)
         elif not finished:
-            raise ModelError(_INCOMPLETE, code="incomplete", retryable=True)
+            cut_off = ModelError(_INCOMPLETE, code="incomplete", retryable=True)
+            if spoke:
+                raise cut_off
+            raise _FailedBeforeFirstWords(cut_off)
         else:
             yield ModelResult(usage.stop_reason or "end_turn", usage.input_tokens,
                               usage.output_tokens, self.model)
@@ -177,6 +210,14 @@ class AnthropicModel:
     def _fail(self, exc: BaseException) -> None:
         log.warning("model %s failed: %r", self.model, exc)
         raise model_error(exc, model=self.model, base_url=self.base_url) from exc
+
+
+class _FailedBeforeFirstWords(Exception):
+    """An answer's stream failed before any of its text was given out (see `_answer`)."""
+
+    def __init__(self, error: ModelError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def _data(event: SseEvent) -> dict[str, Any]:
