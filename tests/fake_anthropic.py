@@ -22,7 +22,9 @@ Failure modes: ``"429"`` (``rate_limit_error`` with ``retry-after``), ``"529"``
 ``event: error`` with ``overloaded_error`` after some tokens), ``"garbled"`` (an event whose
 data is not JSON, after some tokens), ``"drop"`` (the connection is
 closed mid-stream, without the final chunk), ``"drop_after_stop"`` (the whole answer and its
-``message_stop``, then the connection closed without the final chunk), ``"stall"`` (the stream
+``message_stop``, then the connection closed without the final chunk),
+``"drop_before_stop"`` (the whole answer and its ``message_delta`` with the stop reason, then
+the connection closed before ``message_stop``), ``"stall"`` (the stream
 stops sending after some tokens until the client goes away or the fake stops).
 """
 
@@ -41,7 +43,8 @@ from typing import Any
 Reply = str | Callable[[list[dict[str, Any]]], str]
 
 FAILURE_MODES = ("429", "529", "401", "stream_error", "garbled", "drop", "drop_after_stop",
-                 "stall")
+                 "drop_before_stop", "stall")
+_AFTER_THE_TEXT = ("drop_after_stop", "drop_before_stop")
 _TOKEN_RE = re.compile(r"\s*\S+")
 _HTTP_ERRORS = {
     "429": (429, "rate_limit_error", "Number of request tokens has exceeded your rate limit."),
@@ -213,7 +216,7 @@ class _MessagesHandler(http.server.BaseHTTPRequestHandler):
                                             "content_block": {"type": "text", "text": ""}})
         self._event("ping", {"type": "ping"})
         interval = 1.0 / self.owner.tokens_per_second if self.owner.tokens_per_second else 0.0
-        mid_stream = failure if failure is not None and failure.mode != "drop_after_stop" else None
+        mid_stream = failure if failure is not None and failure.mode not in _AFTER_THE_TEXT else None
         for index, token in enumerate(tokens):
             if mid_stream is not None and index == mid_stream.after_tokens:
                 self._fail_mid_stream(mid_stream.mode)
@@ -232,6 +235,9 @@ class _MessagesHandler(http.server.BaseHTTPRequestHandler):
         self._event("message_delta", {"type": "message_delta",
                                       "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                                       "usage": {"output_tokens": len(tokens)}})
+        if failure is not None and failure.mode == "drop_before_stop":
+            self.close_connection = True
+            return
         self._event("message_stop", {"type": "message_stop"})
         if failure is not None and failure.mode == "drop_after_stop":
             self.close_connection = True

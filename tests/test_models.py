@@ -162,6 +162,14 @@ def test_a_cancel_ends_the_wait_before_an_answer_is_asked_again(fake: FakeAnthro
     assert len(fake.requests) == 1
 
 
+def test_an_answer_cut_off_after_its_stop_reason_is_whole(fake: FakeAnthropic) -> None:
+    """`message_delta` carries the stop reason after the last text; an answer whose stream
+    ended before `message_stop` was marked failed ("cut off") with all of its text."""
+    fake.fail_next("drop_before_stop")
+    text, _, result = split(list(claude(fake).stream([("user", "Hi")])))
+    assert text == REPLY and result.stop_reason == "end_turn"
+
+
 def test_a_connection_lost_after_message_stop_does_not_fail_the_finished_answer(
     fake: FakeAnthropic,
 ) -> None:

@@ -184,8 +184,9 @@ class AnthropicModel:
                 elif name in ("message_start", "message_delta"):
                     usage.update(name, _data(event))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
-            if finished:  # reading on after the answer, for the pool: the answer is whole
-                log.debug("model %s: the stream failed after message_stop: %r", self.model, exc)
+            if finished or usage.stop_reason is not None:  # the answer is whole
+                log.debug("model %s: the stream failed after its end (%s): %r", self.model,
+                          "message_stop" if finished else "message_delta", exc)
             elif not cancel.is_set():
                 try:
                     self._fail(exc)
@@ -196,9 +197,11 @@ class AnthropicModel:
         finally:
             self._watch.remove(watched)
             response.close()
-        if cancel.is_set() and not finished:
+        # The stop reason (`message_delta`) ends the answer's text; `message_stop` only follows.
+        ended = finished or usage.stop_reason is not None
+        if cancel.is_set() and not ended:
             yield ModelResult(CANCELLED, usage.input_tokens, usage.output_tokens, self.model)
-        elif not finished:
+        elif not ended:
             cut_off = ModelError(_INCOMPLETE, code="incomplete", retryable=True)
             if spoke:
                 raise cut_off
