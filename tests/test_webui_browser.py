@@ -3187,3 +3187,20 @@ def test_the_inspector_asks_before_closing_a_stream_for_good(chat_app: ServerPro
     page.get_by_test_id("append-button").click()
     expect(page.get_by_test_id("append-result")).to_contain_text("stream closed")
     assert requests.head(url, timeout=10).headers.get("Stream-Closed") == "true"
+
+
+def test_a_stream_closed_while_the_inspector_follows_it_shows_closed_in_its_metadata(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """The content said "Stream closed (EOF)" while the metadata beside it still said open."""
+    path = f"inspect-{uuid.uuid4().hex[:8]}/closed-elsewhere"
+    url = f"{chat_app.url}/v1/stream/{path}"
+    created(requests.put(url, headers={"Content-Type": "application/json"},
+                         data=json.dumps([{"n": 1}]), timeout=10))
+    page = open_chat(new_context(), f"{chat_app.url}/inspector#path={quote(path, safe='')}")
+    expect(page.get_by_test_id("meta-closed")).to_have_text("open")
+    page.get_by_test_id("follow-toggle").click()
+    expect(page.get_by_test_id("follow-state")).to_contain_text("up to date")
+    closing = requests.post(url, headers={"Stream-Closed": "true"}, timeout=10)
+    assert closing.status_code in (200, 204), closing.text
+    expect(page.get_by_test_id("follow-state")).to_contain_text("Stream closed (EOF)")
+    expect(page.get_by_test_id("meta-closed")).to_have_text("closed")

@@ -698,13 +698,19 @@ function startFollowing() {
       if (state.follow !== abort) return;
       status.setStream("inspected", s);
       if (s.state === "reconnecting") $("follow-state").textContent = `Connection lost, reconnecting (attempt ${s.attempt})…`;
-      if (s.state === "error") stopFollowing(true, `Live read refused: ${s.error?.message ?? s.error}`);
+      if (s.state === "error") {
+        stopFollowing(true, `Live read refused: ${s.error?.message ?? s.error}`);
+        refreshMeta(); // e.g. 410: deleted, kept for its forks
+      }
       // The stream was there when following began: gone now, it was deleted (or expired).
       if (s.state === "missing") {
         stopFollowing(true, "Stopped following: the stream no longer exists (404), it was deleted or expired.");
         refreshMeta();
       }
-      if (s.state === "closed") stopFollowing(false, `Stream closed (EOF)${atOffset()}: nothing more will be appended.`);
+      if (s.state === "closed") {
+        stopFollowing(false, `Stream closed (EOF)${atOffset()}: nothing more will be appended.`);
+        refreshMeta(); // closed by another client: the metadata says so too
+      }
     },
   }).finally(() => {
     if (state.follow === abort) stopFollowing(false);
