@@ -3204,3 +3204,8 @@ def test_a_stream_closed_while_the_inspector_follows_it_shows_closed_in_its_meta
     assert closing.status_code in (200, 204), closing.text
     expect(page.get_by_test_id("follow-state")).to_contain_text("Stream closed (EOF)")
     expect(page.get_by_test_id("meta-closed")).to_have_text("closed")
+    # Append says why it is off: the box too, with a reason where text would go.
+    expect(page.get_by_test_id("append-button")).to_be_disabled()
+    expect(page.get_by_test_id("append-input")).to_be_disabled()
+    expect(page.get_by_test_id("append-input")).to_have_attribute(
+        "placeholder", "This stream is closed: nothing more can be appended to it.")

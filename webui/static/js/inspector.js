@@ -450,7 +450,10 @@ function renderMeta() {
   $("create-card").hidden = m.exists || m.status !== 404;
   $("append-close").disabled = !!m.closed;
   $("append-button").disabled = !!m.closed;
-  $("append-input").placeholder = bodyKind(m.contentType) === "json" ? '{"type":"note","text":"hello"}  (a JSON array appends several messages)' : "text to append";
+  $("append-input").disabled = !!m.closed;
+  $("append-input").placeholder = m.closed
+    ? "This stream is closed: nothing more can be appended to it."
+    : bodyKind(m.contentType) === "json" ? '{"type":"note","text":"hello"}  (a JSON array appends several messages)' : "text to append";
   renderListedMeta();
 }
 
