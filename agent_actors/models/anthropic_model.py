@@ -152,7 +152,7 @@ class AnthropicModel:
             yield ModelResult(CANCELLED, 0, 0, self.model)
             return
         if isinstance(response, BaseException):
-            self._fail(response)
+            raise self._error(response) from response
         content_type = response.headers.get("content-type", "")
         if not content_type.lower().startswith("text/event-stream"):
             response.close()
@@ -188,12 +188,8 @@ class AnthropicModel:
                 log.debug("model %s: the stream failed after its end (%s): %r", self.model,
                           "message_stop" if finished else "message_delta", exc)
             elif not cancel.is_set():
-                try:
-                    self._fail(exc)
-                except ModelError as error:
-                    if spoke:
-                        raise
-                    raise _FailedBeforeFirstWords(error) from exc
+                error = self._error(exc)
+                raise (error if spoke else _FailedBeforeFirstWords(error)) from exc
         finally:
             self._watch.remove(watched)
             response.close()
@@ -210,9 +206,10 @@ class AnthropicModel:
             yield ModelResult(usage.stop_reason or "end_turn", usage.input_tokens,
                               usage.output_tokens, self.model)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _error(self, exc: BaseException) -> ModelError:
+        """The `ModelError` to raise for `exc` (logged)."""
         log.warning("model %s failed: %r", self.model, exc)
-        raise model_error(exc, model=self.model, base_url=self.base_url) from exc
+        return model_error(exc, model=self.model, base_url=self.base_url)
 
 
 class _FailedBeforeFirstWords(Exception):

@@ -34,6 +34,8 @@ export class ChatView {
   // a scroll to the bottom lands short once they are laid out for real, and was then taken
   // for the reader having scrolled up. Only the reader's scrolling changes it.
   #following = true;
+  /** Whether an answer shown by the last `render` has stalled (see `stallLevel`). */
+  anyStalled = false;
   #lastTop = 0;
   #readerActiveAt = -Infinity; // the reader's last wheel, touch, pointer or key on the view
 
@@ -101,6 +103,7 @@ export class ChatView {
       }
     }
     let previous = null;
+    let stalled = false;
     let earlierUnfinished = false; // the agent answers in order: later prompts wait their turn
     const last = wanted.at(-1);
     for (const item of wanted) {
@@ -117,6 +120,7 @@ export class ChatView {
           // The agent answers the prompts stream in order: an answer without its prompt there
           // holds up none of them.
           earlierUnfinished ||= !item.turn.final && !!item.turn.prompt;
+          stalled ||= parts.li.dataset.stalled === "true";
         } else updatePending(parts, item.pending);
       } catch (err) {
         // One turn that cannot be shown (hostile stream content) costs only itself.
@@ -125,6 +129,7 @@ export class ChatView {
       previous = parts.li;
     }
     if (stick) this.scrollToBottom();
+    this.anyStalled = stalled;
     return wanted.length;
   }
 

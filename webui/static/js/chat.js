@@ -496,7 +496,7 @@ function render() {
   const working = active.includes("streaming") ? "streaming" : active.includes("thinking") ? "thinking" : active.length ? active[0] : "idle";
   // What the page sees of the agent: not "streaming" while no text can reach it, or none comes.
   if ((working === "streaming" || working === "thinking") && offline) flow.setAgentState("unseen", "out of sight");
-  else if ((working === "streaming" || working === "thinking") && ui.messages.querySelector('[data-stalled="true"]')) flow.setAgentState("stalled", "no new text");
+  else if ((working === "streaming" || working === "thinking") && view.anyStalled) flow.setAgentState("stalled", "no new text");
   else flow.setAgentState(working);
   ui.messages.dataset.ready = String(loaded);
   document.body.dataset.ready = String(conversationsLoaded && loaded);
