@@ -1,4 +1,5 @@
-"""Streaming one answer: model deltas in, coalesced `chunk` messages out, then `done`/`error`.
+"""Streaming one answer: model deltas in, coalesced `chunk` messages out, then `done`/`error`
+(and, while the model is asked again after failing before its first words, `wait`).
 
 Appending one message per token would cost one HTTP request (and one fsync) per token. The
 `ChunkWriter` batches instead: text that arrives while the previous append is in flight, or
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from agent_actors import schema
 from agent_actors.errors import ModelError
 from agent_actors.faults import crash_point
-from agent_actors.models.base import Model, ModelResult, TextDelta, Turn
+from agent_actors.models.base import Model, ModelResult, ModelWait, TextDelta, Turn
 from agent_actors.producer import Producer
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ def answer_prompt(
     first_token_ms: float | None = None
     result: ModelResult | None = None
     failure: ModelError | None = None
+    wait_not_written: BaseException | None = None
     try:
         if not cancel.is_set():
             for event in model.stream(turns, cancel=cancel):
@@ -184,6 +186,17 @@ def answer_prompt(
                         first_token_ms = (time.monotonic() - started) * 1000
                     parts.append(event.text)
                     writer.add(event.text)
+                elif isinstance(event, ModelWait):
+                    if parts:
+                        continue  # only before the text, where the writer has sent nothing
+                    try:
+                        producer.append([schema.wait(prompt_id, attempt, event.reason, event.code,
+                                                     round(event.delay_s * 1000), event.retry,
+                                                     event.retries)])
+                    except BaseException as exc:  # as a chunk's failure: the answer stops
+                        wait_not_written = exc
+                        cancel.set()
+                        break
                 else:
                     result = event
     except ModelError as exc:
@@ -196,6 +209,8 @@ def answer_prompt(
         writer.close()
     if abort.is_set():
         raise AnswerAborted(prompt_id)
+    if wait_not_written is not None:
+        raise wait_not_written
     text = "".join(parts)
     if failure is not None:
         producer.append([schema.error(prompt_id, attempt, failure.message, failure.code)])

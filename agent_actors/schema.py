@@ -11,6 +11,8 @@ responses stream (written by the agent):
     {"type": "agent", "event": "started", "epoch", "worker", "timestamp"}   fences older agents
     {"type": "chunk", "id", "promptId", "attempt", "content", "isComplete": false, "timestamp"}
     {"type": "restart", "promptId", "attempt", "reason", "isComplete": false, "timestamp"}
+    {"type": "wait", "promptId", "attempt", "message", "code", "retryInMs", "retry", "retries",
+     "isComplete": false, "timestamp"}                  the model is asked again after a wait
     {"type": "done", "promptId", "attempt", "stopReason", "usage", "model", "isComplete": true,
      "timestamp"}
     {"type": "error", "promptId", "attempt", "message", "code", "isComplete": true, "timestamp"}
@@ -166,6 +168,13 @@ def chunk(prompt_id: str, attempt: int, index: int, content: str) -> dict[str, A
 
 def restart(prompt_id: str, attempt: int, reason: str) -> dict[str, Any]:
     return {"type": "restart", "promptId": prompt_id, "attempt": attempt, "reason": reason,
+            "isComplete": False, "timestamp": now_ms()}
+
+
+def wait(prompt_id: str, attempt: int, reason: str, code: str, retry_in_ms: int, retry: int,
+         retries: int) -> dict[str, Any]:
+    return {"type": "wait", "promptId": prompt_id, "attempt": attempt, "message": reason,
+            "code": code, "retryInMs": retry_in_ms, "retry": retry, "retries": retries,
             "isComplete": False, "timestamp": now_ms()}
 
 

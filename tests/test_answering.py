@@ -14,7 +14,7 @@ import pytest
 
 from agent_actors.answering import MODEL_BUG, answer_prompt
 from agent_actors.errors import ProducerFenced
-from agent_actors.models.base import ModelEvent, TextDelta, Turn
+from agent_actors.models.base import ModelEvent, ModelResult, ModelWait, TextDelta, Turn
 from agent_actors.producer import Producer
 
 pytestmark = pytest.mark.timeout(30)
@@ -92,3 +92,55 @@ def test_a_failed_append_stops_the_model_at_once() -> None:
             drop_partial=False, cancel=threading.Event(), abort=threading.Event(), window_s=0.0,
         )
     assert model.streamed < 100, model.streamed
+
+
+class WaitingModel:
+    """Waits once to be asked again, then answers (and breaks the contract with a second
+    wait after its text, which must not reach the stream)."""
+
+    name = "waiting"
+
+    def stream(self, turns: Sequence[Turn | tuple[str, str]], *,
+               cancel: threading.Event | None = None) -> Iterator[ModelEvent]:
+        yield ModelWait("The AI model is overloaded right now.", "overloaded", 1.5, 1, 3)
+        yield TextDelta("Here ")
+        yield ModelWait("late", "overloaded", 1.0, 2, 3)
+        yield TextDelta("it is.")
+        yield ModelResult("end_turn", 3, 3, "waiting")
+
+
+def answer_with(model: Any, producer: Any) -> Any:
+    return answer_prompt(
+        model=model, turns=[Turn("user", "hi")], producer=cast(Producer, producer),
+        prompt_id="p1", attempt=2, drop_partial=False, cancel=threading.Event(),
+        abort=threading.Event(), window_s=0.0)
+
+
+def test_a_wait_to_ask_the_model_again_is_written_before_the_answer() -> None:
+    """Clients saw no sign of a rate limit's wait: only the silence before the first words."""
+    producer = RecordingProducer()
+    outcome = answer_with(WaitingModel(), producer)
+    assert outcome.outcome == "done" and outcome.text == "Here it is."
+    wait, *rest = producer.messages
+    assert {k: v for k, v in wait.items() if k != "timestamp"} == {
+        "type": "wait", "promptId": "p1", "attempt": 2,
+        "message": "The AI model is overloaded right now.", "code": "overloaded",
+        "retryInMs": 1500, "retry": 1, "retries": 3, "isComplete": False}
+    assert [m["type"] for m in rest] == ["chunk"] * (len(rest) - 1) + ["done"]
+
+
+class FirstAppendFails(RecordingProducer):
+    def append(self, messages: list[dict[str, Any]]) -> None:
+        if not hasattr(self, "failed"):
+            self.failed = True
+            raise ProducerFenced("replaced by a newer agent", status=403)
+        super().append(messages)
+
+
+def test_a_wait_that_cannot_be_written_stops_the_answer_with_the_append_error() -> None:
+    """Fenced while the model was refused, the agent must stop: the answer is the newer
+    agent's now. Taken for the model's failure, it would go on to write an `error`."""
+    producer = FirstAppendFails()
+    with pytest.raises(ProducerFenced):
+        answer_with(WaitingModel(), producer)
+    assert producer.messages == []

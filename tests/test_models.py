@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import http.server
+import itertools
 import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -22,6 +23,7 @@ from agent_actors.models import (
     DemoModel,
     ModelEvent,
     ModelResult,
+    ModelWait,
     TextDelta,
     Turn,
     model_from_settings,
@@ -51,11 +53,19 @@ def claude(fake: FakeAnthropic, *, max_retries: int = 0, **kwargs: Any) -> Anthr
 
 
 def split(events: list[ModelEvent]) -> tuple[str, list[TextDelta], ModelResult]:
-    """The text, the deltas and the final result of a finished stream."""
+    """The text, the deltas and the final result of a finished stream (after any waits)."""
+    waits = waits_in(events)
     deltas = [e for e in events if isinstance(e, TextDelta)]
     assert isinstance(events[-1], ModelResult), f"last event is not a result: {events[-1]!r}"
-    assert all(isinstance(e, TextDelta) for e in events[:-1])
+    assert all(isinstance(e, TextDelta) for e in events[len(waits):-1])
     return "".join(d.text for d in deltas), deltas, events[-1]
+
+
+def waits_in(events: list[ModelEvent]) -> list[ModelWait]:
+    """The `ModelWait`s a stream began with (there are none after its first other event)."""
+    leading = list(itertools.takewhile(lambda e: isinstance(e, ModelWait), events))
+    assert not any(isinstance(e, ModelWait) for e in events[len(leading):]), events
+    return cast(list[ModelWait], leading)
 
 
 # -- Anthropic: normal streaming ---------------------------------------------------------------
@@ -304,6 +314,31 @@ def test_429_and_529_are_retried_then_the_answer_streams(fake: FakeAnthropic) ->
     assert len(fake.requests) == 3
 
 
+def test_each_wait_to_ask_again_is_told_before_the_answer(fake: FakeAnthropic) -> None:
+    """While a refused request waited to be sent again, the chat could only say that no
+    words had come: a rate limit's minute looked like a dead agent."""
+    fake.fail_next("429", retry_after=0.4)
+    fake.fail_next("529")  # no retry-after: the second retry's backoff, 1 s less up to a quarter
+    events = list(claude(fake, max_retries=3).stream([("user", "Hi")]))
+    text, _, _ = split(events)
+    assert text == REPLY
+    rate_limited, overloaded = waits_in(events)
+    assert rate_limited == ModelWait(
+        "The AI model is receiving too many requests (rate limited).", "rate_limited", 0.4, 1, 3)
+    assert (overloaded.reason, overloaded.code, overloaded.retry, overloaded.retries) == (
+        "The AI model is overloaded right now.", "overloaded", 2, 3)
+    assert 0.75 <= overloaded.delay_s <= 1.0
+
+
+def test_a_wait_to_ask_again_after_a_failed_start_is_told_too(fake: FakeAnthropic) -> None:
+    fake.fail_next("drop", after_tokens=0)  # accepted (200), then cut before any text
+    events = list(claude(fake, max_retries=2).stream([("user", "Hi")]))
+    assert split(events)[0] == REPLY
+    [wait] = waits_in(events)
+    assert (wait.reason, wait.code, wait.retry, wait.retries) == (
+        "The connection to the AI model failed.", "connection", 1, 2)
+
+
 def test_retries_stop_when_the_budget_is_spent(fake: FakeAnthropic) -> None:
     fake.fail_next("529", retry_after=0.01, times=3)
     with pytest.raises(ModelError) as failure:
@@ -384,7 +419,7 @@ def test_cancel_mid_stream_stops_within_a_second_and_closes_the_stream() -> None
                 if deltas == 3:
                     cancelled_at = time.monotonic()
                     set_from_another_thread(cancel)
-            else:
+            elif isinstance(event, ModelResult):
                 result = event
         assert result is not None and result.cancelled and result.stop_reason == "cancelled"
         assert time.monotonic() - cancelled_at < 1.0
@@ -410,15 +445,12 @@ def test_cancel_while_waiting_to_retry() -> None:
     with FakeAnthropic(REPLY) as fake:
         fake.fail_next("429", retry_after=30)
         cancel = threading.Event()
-
-        def cancel_once_asked() -> None:
-            fake.wait_for_requests(1)
-            cancel.set()
-
-        threading.Thread(target=cancel_once_asked).start()
+        events = claude(fake, max_retries=2).stream([("user", "Hi")], cancel=cancel)
+        wait = next(events)
+        assert isinstance(wait, ModelWait) and wait.delay_s == 30
         started = time.monotonic()
-        events = list(claude(fake, max_retries=2).stream([("user", "Hi")], cancel=cancel))
-        assert events == [ModelResult("cancelled", 0, 0, DEFAULT_ANTHROPIC_MODEL)]
+        set_from_another_thread(cancel)
+        assert list(events) == [ModelResult("cancelled", 0, 0, DEFAULT_ANTHROPIC_MODEL)]
         assert time.monotonic() - started < 1.0
         # The wait for the retry ends with the cancel: no retried request, no thread left.
         assert not opening_threads_after(1.0)

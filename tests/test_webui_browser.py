@@ -2041,6 +2041,34 @@ def test_an_answer_that_stops_growing_says_what_may_be_going_on(
     expect(agent_node).to_have_attribute("data-state", "idle")
 
 
+def test_an_answer_whose_model_is_rate_limited_counts_down_to_the_next_try(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """While the agent waited out a 429's retry-after, the page said nothing of it, then
+    that the agent might have stopped."""
+    page = open_chat(new_context(), chat_app.url)
+    prompt = unique("Rate limited")
+    replies.set(prompt, "Worth the wait.")
+    model.fail_next("429", retry_after=12)
+    send_prompt(page, prompt)
+    turn = turn_for(page, prompt)
+    status = turn.get_by_test_id("answer-status")
+    expect(status).to_contain_text(
+        "The AI model is receiving too many requests (rate limited). Trying again in 1")
+    expect(status).to_contain_text("s (retry 1 of 3).")
+    expect(turn).to_have_attribute("data-waiting", "true")
+    expect(page.get_by_test_id("flow-node-agent")).to_contain_text("model busy: retrying")
+    first = status.text_content()
+    expect(status).not_to_have_text(first or "")  # it counts down
+    # Past the 10 s after which a silent answer is called stalled, the wait is not.
+    expect(status).to_contain_text("Trying again in 1 s", timeout=12_000)
+    expect(turn).to_have_attribute("data-stalled", "false")
+    wait_state(page, prompt, "done", timeout=30_000)
+    expect(turn.get_by_test_id("answer-text")).to_have_text("Worth the wait.")
+    expect(turn).to_have_attribute("data-waiting", "false")
+    expect(turn).not_to_contain_text("Trying again")
+
+
 def test_an_answer_no_agent_takes_over_says_none_may_be_running(
         tmp_path: Path, new_context: NewContext) -> None:
     """An answer whose agent was gone, with no other to take over (no supervisor running),

@@ -175,6 +175,48 @@ def test_an_unprintable_field_costs_at_most_its_own_turn(
     assert unsafe_nodes(page) == []
 
 
+HOSTILE_WAITS: dict[str, tuple[list[dict[str, Any]], str]] = {
+    # what the responses stream holds for the conversation's one prompt -> its answer's status
+    "unprintable": ([{"type": "wait", "promptId": "p1", "attempt": ATTEMPT, "message": UNPRINTABLE,
+                      "retryInMs": "soon", "retry": UNPRINTABLE, "retries": 3}],
+                    '{"toString":null,"valueOf":null} Trying again…'),
+    "endless": ([{"type": "wait", "promptId": "p1", "attempt": ATTEMPT, "message": "x" * 5000,
+                  "retryInMs": 1e300, "retry": 1, "retries": 3}],
+                "x" * 500 + " Trying again in 3600 s (retry 1 of 3)."),
+    # The model is asked again only before the text: a later wait is not the answer's news.
+    "after words": ([{"type": "chunk", "id": "p1-c0", "promptId": "p1", "attempt": ATTEMPT,
+                      "content": "words first", "isComplete": False},
+                     {"type": "wait", "promptId": "p1", "attempt": ATTEMPT, "message": "too late",
+                      "retryInMs": 5000, "retry": 1, "retries": 3}],
+                    ""),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_WAITS))
+def test_a_hostile_wait_message_shows_as_a_wait_and_costs_nothing_else(
+        case: str, conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    """The page counts down to the agent's next try from a `wait` message's fields, which
+    anyone may fill with anything."""
+    messages, status = HOSTILE_WAITS[case]
+    c = conversation(f"hostile wait: {case}")
+    c.prompt("p1", "question")
+    for message in messages:
+        c.respond(message)
+    page, console_errors = open_conversation(new_context, c)
+    turn = turn_for(page, "question")
+    expect(turn).to_have_attribute("data-state", "streaming" if case == "after words" else "thinking")
+    if status:
+        expect(turn.get_by_test_id("answer-status")).to_have_text(status)
+    else:
+        expect(turn).to_have_attribute("data-waiting", "false")
+        expect(turn).not_to_contain_text("too late")
+    # And the answer goes on: text appended now shows, and the wait is over.
+    c.answer("p1", "the answer")
+    expect_answer(page, "question", "the answer")
+    expect(turn).not_to_contain_text("Trying again")
+    assert console_errors == [], console_errors
+
+
 def test_a_stop_reason_named_like_an_object_property_is_shown_as_its_name(
         conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
     """The reasons shown in words were looked up in a plain object: a stop reason called

@@ -1,6 +1,7 @@
 """Language models for the agents: Claude through the Anthropic SDK, or an offline demo.
 
-Every model streams `TextDelta`s and ends with one `ModelResult` (see `base`); failures raise
+Every model streams `TextDelta`s and ends with one `ModelResult`, telling of any wait to ask again
+before its answer began with a `ModelWait` (see `base`); failures raise
 `agent_actors.errors.ModelError` with a message fit for the chat.
 """
 
@@ -11,6 +12,7 @@ from agent_actors.models.base import (
     Model,
     ModelEvent,
     ModelResult,
+    ModelWait,
     TextDelta,
     Turn,
     normalize_turns,
@@ -28,6 +30,7 @@ __all__ = [
     "ModelError",
     "ModelEvent",
     "ModelResult",
+    "ModelWait",
     "TextDelta",
     "Turn",
     "model_from_settings",

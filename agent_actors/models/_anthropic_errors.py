@@ -31,6 +31,22 @@ def model_error(exc: BaseException, *, model: str, base_url: str) -> ModelError:
     return ModelError(_DROPPED, code="connection", retryable=True)
 
 
+_WAIT_REASONS = {
+    "overloaded": "The AI model is overloaded right now.",
+    "rate_limited": "The AI model is receiving too many requests (rate limited).",
+    "timeout": "The AI model took too long to respond.",
+    "connection": "The connection to the AI model failed.",
+    "incomplete": "The AI model's answer broke off before it began.",
+    "bad_response": "The AI model sent an answer this app could not read.",
+}
+
+
+def wait_reason(error: ModelError) -> str:
+    """Why a request that failed in a way that may pass is about to be sent again: one
+    sentence saying what happened, without the final error's advice to try again later."""
+    return _WAIT_REASONS.get(error.code, "The AI service reported an error.")
+
+
 def stream_error(body: dict[str, object], *, model: str) -> ModelError:
     """The `ModelError` for an ``error`` event in the middle of a streamed answer.
 

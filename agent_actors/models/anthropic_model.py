@@ -20,24 +20,31 @@ A failure after the stream started becomes a `ModelError`.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import anthropic
 
 from agent_actors._sse import SseEvent, parse_events
 from agent_actors.errors import ModelError
-from agent_actors.models._anthropic_errors import error_type, model_error, stream_error
+from agent_actors.models._anthropic_errors import (
+    error_type,
+    model_error,
+    stream_error,
+    wait_reason,
+)
 from agent_actors.models._retry_policy import backoff_delay, retry_delay
 from agent_actors.models.base import (
     CANCELLED,
     ModelEvent,
     ModelResult,
+    ModelWait,
     TextDelta,
     Turn,
     normalize_turns,
@@ -139,6 +146,8 @@ class AnthropicModel:
                 log.info("model %s: the answer failed before its first words (%s); asking again"
                          " in %.1f s (%d of %d)", self.model, error.code, delay, restarts + 1,
                          self.max_retries)
+                yield ModelWait(wait_reason(error), error.code, delay, restarts + 1,
+                                self.max_retries)
                 if cancel.wait(delay):
                     yield ModelResult(CANCELLED, 0, 0, self.model)
                     return
@@ -146,8 +155,13 @@ class AnthropicModel:
 
     def _attempt(self, request: dict[str, Any], cancel: threading.Event) -> Iterator[ModelEvent]:
         usage = _Usage()
-        opening = _Opening(self.client, request, self.model, self.max_retries, cancel)
+        opening = _Opening(self.client, request, self.model, self.max_retries, cancel,
+                           describe=lambda exc: model_error(exc, model=self.model,
+                                                            base_url=self.base_url))
         response = opening.wait()
+        while isinstance(response, ModelWait):
+            yield response
+            response = opening.wait()
         if response is None:
             yield ModelResult(CANCELLED, 0, 0, self.model)
             return
@@ -263,17 +277,21 @@ def _count(value: object, default: int) -> int:
 class _Opening(threading.Thread):
     """Opens one streaming request on its own thread, so the caller can give up waiting.
 
-    Retries as `_retry_policy` says, up to ``max_retries`` times; a cancel ends the wait
-    between attempts, and no further attempt is made.
+    Retries as `_retry_policy` says, up to ``max_retries`` times, telling the caller of each
+    wait (`describe` turns the failure into the `ModelError` it says why with); a cancel ends
+    the wait between attempts, and no further attempt is made.
     """
 
     def __init__(self, client: anthropic.Anthropic, request: dict[str, Any], model: str,
-                 max_retries: int, cancel: threading.Event) -> None:
+                 max_retries: int, cancel: threading.Event, *,
+                 describe: Callable[[BaseException], ModelError]) -> None:
         super().__init__(name=f"anthropic-open-{model}", daemon=True)
         self.client = client
         self.request = request
         self.max_retries = max_retries
         self.cancel = cancel
+        self._describe = describe
+        self._waits: collections.deque[ModelWait] = collections.deque()
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._abandoned = False
@@ -281,7 +299,9 @@ class _Opening(threading.Thread):
         self.start()
 
     def wait(self) -> Any:
-        """The SDK's streaming response or the exception that prevented it; None if cancelled."""
+        """The next `ModelWait` while a failed request waits to be sent again; else the SDK's
+        streaming response or the exception that prevented it; None if cancelled. (A wait
+        already over when the request is done is not told.)"""
         while not self._done.wait(_CANCEL_CHECK_S):
             if self.cancel.is_set():
                 with self._lock:
@@ -290,6 +310,8 @@ class _Opening(threading.Thread):
                         return None
                 self._close_result()
                 return None
+            if self._waits:
+                return self._waits.popleft()
         if self.cancel.is_set():
             self._close_result()
             return None
@@ -304,6 +326,9 @@ class _Opening(threading.Thread):
                 break
             log.info("model request failed (%r); retry %d of %d in %.1f s", result,
                      retries + 1, self.max_retries, delay)
+            error = self._describe(result)
+            self._waits.append(ModelWait(wait_reason(error), error.code, delay, retries + 1,
+                                         self.max_retries))
             if self.cancel.wait(delay):
                 break
             retries += 1

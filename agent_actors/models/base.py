@@ -1,7 +1,8 @@
 """The model interface: a conversation in, a stream of text deltas out, then one result.
 
 ``Model.stream(turns, cancel=...)`` returns an iterator of `ModelEvent`: zero or more
-`TextDelta`s followed by exactly one `ModelResult`. Failures raise `ModelError` (with a message
+`ModelWait`s (the model refused or failed before its answer began, and is asked again after a
+wait), then zero or more `TextDelta`s, then exactly one `ModelResult`. Failures raise `ModelError` (with a message
 fit for the chat) instead. Setting ``cancel`` (a `threading.Event`, from any thread) ends the
 iteration promptly with a result whose ``stop_reason`` is ``"cancelled"``.
 """
@@ -37,6 +38,19 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ModelWait:
+    """The model could not begin its answer and is asked again after ``delay_s``: retry
+    ``retry`` of at most ``retries``. ``reason`` says why in a sentence fit to show (the
+    error's ``code`` beside it); it comes only before the answer's first `TextDelta`."""
+
+    reason: str
+    code: str
+    delay_s: float
+    retry: int
+    retries: int
+
+
+@dataclass(frozen=True)
 class ModelResult:
     """How the answer ended: the model's stop reason (or ``"cancelled"``) and token usage."""
 
@@ -51,7 +65,7 @@ class ModelResult:
         return self.stop_reason == CANCELLED
 
 
-ModelEvent = TextDelta | ModelResult
+ModelEvent = ModelWait | TextDelta | ModelResult
 
 
 @runtime_checkable

@@ -36,6 +36,8 @@ export class ChatView {
   #following = true;
   /** Whether an answer shown by the last `render` has stalled (see `stallLevel`). */
   anyStalled = false;
+  /** Whether the agent of an answer shown by the last `render` waits to ask the model again. */
+  anyWaiting = false;
   #lastTop = 0;
   #readerActiveAt = -Infinity; // the reader's last wheel, touch, pointer or key on the view
 
@@ -104,6 +106,7 @@ export class ChatView {
     }
     let previous = null;
     let stalled = false;
+    let waiting = false;
     let earlierUnfinished = false; // the agent answers in order: later prompts wait their turn
     const last = wanted.at(-1);
     for (const item of wanted) {
@@ -121,6 +124,7 @@ export class ChatView {
           // holds up none of them.
           earlierUnfinished ||= !item.turn.final && !!item.turn.prompt;
           stalled ||= parts.li.dataset.stalled === "true";
+          waiting ||= parts.li.dataset.waiting === "true";
         } else updatePending(parts, item.pending);
       } catch (err) {
         // One turn that cannot be shown (hostile stream content) costs only itself.
@@ -130,6 +134,7 @@ export class ChatView {
     }
     if (stick) this.scrollToBottom();
     this.anyStalled = stalled;
+    this.anyWaiting = waiting;
     return wanted.length;
   }
 
@@ -212,12 +217,25 @@ function formatIdle(ms) {
   return `${Math.floor(seconds / 3600)} h`;
 }
 
-/** `stallNote`: what a stalled answer says instead of its state's label (see `stalledLabel`). */
-function setState(parts, state, stallNote = "") {
-  const label = stallNote || (STATE_LABEL[state] ?? "");
-  if (parts.li.dataset.state === state && parts.statusText.textContent === label) return;
+/** What an answer says while its agent waits to ask the model again (a `wait` message seen
+ * `idleMs` ago): why, and when the next try is. */
+function waitLabel(wait, idleMs) {
+  const left = wait.retryInMs === null ? 0 : Math.ceil((wait.retryInMs - idleMs) / 1000);
+  const which = wait.retry !== null && wait.retries !== null ? ` (retry ${wait.retry} of ${wait.retries})` : "";
+  const when = left > 0 ? `Trying again in ${left} s${which}.` : `Trying again${which}…`;
+  return `${wait.message} ${when}`;
+}
+
+/** `note`: what the answer says instead of its state's label (see `stalledLabel` and
+ * `waitLabel`); `stalled`: no news came for too long; `waiting`: its agent waits to ask the
+ * model again. */
+function setState(parts, state, note = "", { stalled = false, waiting = false } = {}) {
+  const label = note || (STATE_LABEL[state] ?? "");
+  if (parts.li.dataset.state === state && parts.statusText.textContent === label
+      && parts.li.dataset.waiting === String(waiting)) return;
   parts.li.dataset.state = state;
-  parts.li.dataset.stalled = String(stallNote !== "");
+  parts.li.dataset.stalled = String(stalled);
+  parts.li.dataset.waiting = String(waiting);
   parts.statusText.textContent = label;
   parts.status.hidden = !["sending", "queued", "thinking", "streaming", "cancelling"].includes(state);
   parts.answer.setAttribute("aria-busy", String(state === "thinking" || state === "streaming"));
@@ -238,18 +256,21 @@ function updatePending(parts, pending) {
 function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
   const shown = turnState(turn);
   const state = shown === "thinking" && waitingTurn ? "queued" : shown;
-  const progress = [state, turn.text.length, turn.restarts].join("\u0000");
+  const progress = [state, turn.text.length, turn.restarts, turn.waits].join("\u0000");
   if (parts.progress !== progress) {
     parts.progress = progress;
     parts.progressAt = performance.now();
   }
   const idleMs = performance.now() - parts.progressAt;
-  const stalled = stallLevel(state, idleMs);
+  // While the agent waits to ask the model again, the silence is expected until the wait ends.
+  const wait = state === "thinking" ? turn.wait : null;
+  const stalled = stallLevel(state, wait ? idleMs - (wait.retryInMs ?? 0) : idleMs);
   const stallNote = answersMissing && !turn.final
     ? "No answer can be written: this conversation's responses stream is missing on the server."
     : stalled ? stalledLabel(state, stalled, offline, idleMs) : "";
+  const note = stallNote || (wait ? waitLabel(wait, idleMs) : "");
   // Streaming touches one turn at a time: leave the others' DOM alone.
-  const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks, stallNote, latest, !turn.prompt].join("\u0000");
+  const signature = [state, turn.text.length, turn.restarts, turn.error, turn.stopReason, turn.finishedAt, turn.chunks, note, stallNote, latest, !turn.prompt].join("\u0000");
   if (parts.signature === signature) return;
   parts.signature = signature;
   parts.li.classList.remove("is-failed");
@@ -260,7 +281,7 @@ function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
   parts.prompt.classList.toggle("is-blank", blank);
   parts.promptText.textContent = !turn.prompt ? "This answer's question is not on the server." : blank ? "(an empty message)" : turn.prompt.content;
   parts.promptMeta.textContent = turn.prompt ? formatTime(turn.prompt.timestamp) : "";
-  setState(parts, state, stallNote);
+  setState(parts, state, note, { stalled: stallNote !== "", waiting: !!wait && !stallNote });
   parts.md.update(turn.text);
   parts.body.classList.toggle("is-streaming", state === "streaming");
   parts.body.hidden = turn.text === "" && state !== "done";

@@ -6,7 +6,7 @@ import { StreamHub } from "./hub.js";
 import { Outbox } from "./outbox.js";
 import * as protocol from "./chat-protocol.js";
 import { ConversationList, Transcript, firstCharacters, turnState } from "./conversation-model.js";
-import { ChatView, STALL_MS } from "./chat-view.js";
+import { ChatView } from "./chat-view.js";
 import { FlowDiagram } from "./flow.js";
 import { RawStreamPanel } from "./stream-panels.js";
 import { ConnectionStatus, SERVER_RESET, STATE_LABELS } from "./status.js";
@@ -497,6 +497,7 @@ function render() {
   // What the page sees of the agent: not "streaming" while no text can reach it, or none comes.
   if ((working === "streaming" || working === "thinking") && offline) flow.setAgentState("unseen", "out of sight");
   else if ((working === "streaming" || working === "thinking") && view.anyStalled) flow.setAgentState("stalled", "no new text");
+  else if (working === "thinking" && view.anyWaiting) flow.setAgentState("waiting", "model busy: retrying");
   else flow.setAgentState(working);
   ui.messages.dataset.ready = String(loaded);
   document.body.dataset.ready = String(conversationsLoaded && loaded);
@@ -925,10 +926,11 @@ function main() {
   followConversations();
   outbox.start(); // re-send anything a previous load of this tab left unacknowledged
   updateBrowserNode();
-  // Nothing arriving is news too: an unfinished answer that stops growing says so.
+  // Nothing arriving is news too: an unfinished answer that stops growing says so, and one
+  // whose agent waits to ask the model again counts the seconds down.
   setInterval(() => {
     if (current?.transcript.visibleTurns().some((t) => !t.final)) scheduleRender();
-  }, STALL_MS / 5);
+  }, 1000);
 }
 
 main();

@@ -208,6 +208,10 @@ function newTurn(promptId) {
     chunkIds: new Set(),
     firstChunkAt: null,
     finishedAt: null,
+    // The model refused or failed before the answer began and is asked again (the agent's
+    // latest `wait`, until text or the end comes): {message, retryInMs, retry, retries}.
+    wait: null,
+    waits: 0, // how many `wait`s this attempt has had: each is news, though no text came
   };
 }
 
@@ -222,6 +226,8 @@ function restartTurn(turn, attempt) {
   turn.model = null;
   turn.firstChunkAt = null;
   turn.finishedAt = null;
+  turn.wait = null;
+  turn.waits = 0;
   turn.attempt = attempt;
   turn.restarts += 1;
 }
@@ -345,7 +351,17 @@ export class Transcript {
       if (type === "restart") return;
     }
     if (turn.final) return; // nothing follows a final message, except a restart
-    if (type === "chunk") {
+    if (type === "wait") {
+      if (turn.chunks > 0) return; // the model is asked again only before the text begins
+      const retryInMs = safeNumber(m.retryInMs);
+      turn.wait = {
+        message: (safeText(m.message) ?? "The AI model could not answer yet.").slice(0, 500),
+        retryInMs: retryInMs !== null && retryInMs >= 0 ? Math.min(retryInMs, 3_600_000) : null,
+        retry: Number.isInteger(m.retry) ? m.retry : null,
+        retries: Number.isInteger(m.retries) ? m.retries : null,
+      };
+      turn.waits += 1;
+    } else if (type === "chunk") {
       if (typeof m.id === "string") {
         if (turn.chunkIds.has(m.id)) return; // the same chunk twice is shown once
         turn.chunkIds.add(m.id);
@@ -354,6 +370,7 @@ export class Transcript {
         turn.text += m.content;
         turn.chunks += 1;
         turn.firstChunkAt ??= safeNumber(m.timestamp);
+        turn.wait = null;
       }
     } else if (type === "done" || type === "cancelled") {
       if (typeof m.content === "string" && m.content) {
@@ -361,12 +378,14 @@ export class Transcript {
         turn.chunks += 1;
       }
       turn.final = type;
+      turn.wait = null;
       turn.stopReason = safeText(m.stopReason ?? m.stop_reason) ?? (type === "cancelled" ? "cancelled" : null);
       turn.usage = safeUsage(m.usage);
       turn.model = safeText(m.model);
       turn.finishedAt = safeNumber(m.timestamp);
     } else if (type === "error") {
       turn.final = "error";
+      turn.wait = null;
       turn.error = safeText(m.message ?? m.error ?? m.content) ?? "The agent reported an error.";
       turn.finishedAt = safeNumber(m.timestamp);
     } else {
