@@ -30,6 +30,7 @@ from agent_actors.models import (
     normalize_turns,
 )
 from agent_actors.models._retry_policy import retry_after
+from agent_actors.models.base import estimate_tokens
 from tests.fake_anthropic import FakeAnthropic
 
 pytestmark = pytest.mark.timeout(120)
@@ -412,10 +413,11 @@ def set_from_another_thread(event: threading.Event) -> None:
 def test_cancel_mid_stream_stops_within_a_second_and_closes_the_stream() -> None:
     with FakeAnthropic(LONG_REPLY, tokens_per_second=20) as fake:
         cancel = threading.Event()
-        deltas, result, cancelled_at = 0, None, 0.0
+        deltas, result, cancelled_at, text = 0, None, 0.0, ""
         for event in claude(fake).stream([("user", "Talk for a while")], cancel=cancel):
             if isinstance(event, TextDelta):
                 deltas += 1
+                text += event.text
                 if deltas == 3:
                     cancelled_at = time.monotonic()
                     set_from_another_thread(cancel)
@@ -424,6 +426,9 @@ def test_cancel_mid_stream_stops_within_a_second_and_closes_the_stream() -> None
         assert result is not None and result.cancelled and result.stop_reason == "cancelled"
         assert time.monotonic() - cancelled_at < 1.0
         assert deltas < 10
+        # What was streamed, estimated: the count so far comes only with the stop reason, and
+        # `message_start`'s placeholder (1) was reported.
+        assert result.output_tokens == estimate_tokens(text) > 1
         assert fake.client_disconnected.wait(5.0), "the HTTP stream was not closed"
 
 

@@ -47,6 +47,7 @@ from agent_actors.models.base import (
     ModelWait,
     TextDelta,
     Turn,
+    estimate_tokens_of,
     normalize_turns,
 )
 
@@ -176,6 +177,7 @@ class AnthropicModel:
         watched = self._watch.add(cancel, response.http_response)
         finished = False
         spoke = False  # a word of the answer was given out: it cannot be asked again
+        streamed_chars = 0
         try:
             for event in parse_events(response.iter_bytes()):
                 if cancel.is_set():
@@ -188,6 +190,7 @@ class AnthropicModel:
                         if not isinstance(text, str):
                             raise ModelError(_UNREADABLE, code="bad_response", retryable=True)
                         spoke = True
+                        streamed_chars += len(text)
                         yield TextDelta(text)
                 elif name == "message_stop":
                     # Reading on hands the connection back to the SDK's pool: unwatch it first.
@@ -210,7 +213,10 @@ class AnthropicModel:
         # The stop reason (`message_delta`) ends the answer's text; `message_stop` only follows.
         ended = finished or usage.stop_reason is not None
         if cancel.is_set() and not ended:
-            yield ModelResult(CANCELLED, usage.input_tokens, usage.output_tokens, self.model)
+            # The count so far comes only with the stop reason: `message_start`'s is a
+            # placeholder (1). The text received is estimated instead.
+            output_tokens = max(usage.output_tokens, estimate_tokens_of(streamed_chars))
+            yield ModelResult(CANCELLED, usage.input_tokens, output_tokens, self.model)
         elif not ended:
             cut_off = ModelError(_INCOMPLETE, code="incomplete", retryable=True)
             if spoke:

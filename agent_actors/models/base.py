@@ -111,4 +111,9 @@ def normalize_turns(turns: Iterable[Turn | tuple[str, str]]) -> list[Turn]:
 
 def estimate_tokens(text: str) -> int:
     """A rough token count (about four characters per token) for offline models and logs."""
-    return max(1, round(len(text) / 4)) if text else 0
+    return estimate_tokens_of(len(text))
+
+
+def estimate_tokens_of(chars: int) -> int:
+    """`estimate_tokens` for a text of `chars` characters."""
+    return max(1, round(chars / 4)) if chars else 0
