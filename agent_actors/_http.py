@@ -11,6 +11,7 @@ import email.utils
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -34,7 +35,8 @@ class RetryPolicy:
     The n-th retry waits ``min(max_delay, initial_delay * multiplier**n)``, reduced by up to
     ``jitter`` (a fraction) at random so that many clients do not retry in lockstep; a
     ``Retry-After`` header replaces the computed delay. No retry starts after ``deadline``
-    seconds from the first attempt.
+    seconds from the first attempt. ``log_retries`` False leaves each retry out of the log,
+    for a caller that says itself what failed.
     """
 
     initial_delay: float = 0.1
@@ -42,6 +44,7 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.5
     deadline: float = 30.0
+    log_retries: bool = True
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
@@ -135,7 +138,7 @@ class Transport:
                         f"connection failed, request outcome unknown: {exc}",
                         method=method, url=url,
                     ) from exc
-                failure = f"{type(exc).__name__}: {exc}"
+                failure = _connection_failure(exc)
             else:
                 if not _retryable(response.status_code, idempotent):
                     return response
@@ -146,10 +149,11 @@ class Transport:
             wait = policy.delay(attempt, retry_after)
             if time.monotonic() - started + wait > policy.deadline:
                 raise errors.StreamsUnavailable(
-                    f"giving up after {attempt + 1} attempt(s): {failure}",
+                    f"giving up after {attempt + 1} attempt(s): {failure}", reason=failure,
                     status=status, method=method, url=url,
                 )
-            log.info("retrying %s %s in %.2fs after %s", method, url, wait, failure)
+            if policy.log_retries:
+                log.info("retrying %s %s in %.2fs after %s", method, url, wait, failure)
             if _wait(stop_event, wait):
                 raise Stopped()
             attempt += 1
@@ -282,6 +286,25 @@ def _error_code_and_message(body: str) -> tuple[str | None, str]:
 
 def _retryable(status: int, idempotent: bool) -> bool:
     return status == 429 or (idempotent and status >= 500)
+
+
+_OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+
+
+def _connection_failure(exc: BaseException) -> str:
+    """What a failed connection met, in a few words ("Connection refused", "timed out"):
+    the operating system's reason, found through the layers of `requests` and urllib3."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return "timed out connecting"
+    if isinstance(exc, requests.Timeout):
+        return "timed out waiting for the answer"
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__
+    reason = _OS_ERROR.search(str(exc))
+    return reason[1].strip() if reason else f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _surely_unsent(exc: BaseException) -> bool:

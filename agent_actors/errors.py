@@ -11,6 +11,8 @@ Two families:
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AgentActorsError(Exception):
     """Base class of every error raised by this package."""
@@ -54,7 +56,14 @@ class StreamsError(AgentActorsError):
 
 
 class StreamsUnavailable(StreamsError):
-    """The server could not be reached, or kept failing (5xx, 429) until the retry deadline."""
+    """The server could not be reached, or kept failing (5xx, 429) until the retry deadline.
+
+    ``reason`` is the last failure alone ("Connection refused", "HTTP 503 ..."), for a caller
+    that says in its own words that it gave up."""
+
+    def __init__(self, message: str, *, reason: str = "", **details: Any) -> None:
+        super().__init__(message, **details)
+        self.reason = reason or message
 
 
 class BadRequest(StreamsError):

@@ -438,8 +438,8 @@ class Supervisor(pykka.ThreadingActor):
         so that an unreachable server is reported at once.
         """
         retry = self.client.transport.retry
-        probe = self.client.with_retry(
-            dataclasses.replace(retry, deadline=min(retry.deadline, STARTUP_PROBE_S)))
+        probe = self.client.with_retry(dataclasses.replace(
+            retry, deadline=min(retry.deadline, STARTUP_PROBE_S), log_retries=False))
         delay = 0.5
         wake_created = False
         while not self._stopping.is_set():
@@ -463,8 +463,9 @@ class Supervisor(pykka.ThreadingActor):
                           delay)
             except StreamsError as exc:
                 if exc.status is None:
+                    reason = exc.reason if isinstance(exc, StreamsUnavailable) else exc
                     log.warning("streams server unreachable at %s (%s); retrying in %.1fs",
-                                self.settings.streams_url, exc, delay)
+                                self.settings.streams_url, reason, delay)
                 else:  # it answers, but fails or refuses: perhaps not a streams server
                     log.warning("the streams server at %s answers HTTP %d (%s): check"
                                 " --streams-url if it is not a Durable Streams server;"

@@ -695,3 +695,22 @@ def test_an_error_page_from_another_server_is_reported_in_one_line() -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.mark.parametrize("through", ["lean pool", "requests"])
+def test_an_unreachable_server_is_reported_with_the_systems_reason_alone(through: str) -> None:
+    """The reason read "ConnectionError: NewConnectionError: connecting to http://...: [Errno
+    111] Connection refused", or urllib3's longer chain through `requests`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = StreamsClient(f"http://127.0.0.1:{port}/v1/stream",
+                           retry=RetryPolicy(initial_delay=0.01, deadline=0.05))
+    with pytest.raises(errors.StreamsUnavailable) as unavailable:
+        if through == "requests":  # a live tail's session goes through `requests`
+            client.transport.request("GET", f"http://127.0.0.1:{port}/v1/stream/x",
+                                     session=requests.Session())
+        else:
+            client.head("x")
+    assert unavailable.value.reason == "Connection refused"
+    assert str(unavailable.value).startswith("giving up after ")

@@ -494,6 +494,11 @@ def test_supervisor_waits_for_an_unreachable_streams_server(
     first = sup.count_lines(unreachable)
     assert sup.wait_for_line(unreachable, timeout=10, since=len(sup.lines)), "no retry"
     assert sup.count_lines(unreachable) > first and sup.running
+    # One short line per round: the reason alone, not the client's own lines for each of its
+    # retries with the layers of exceptions around it (five lines of ~250 characters).
+    assert sup.count_lines(re.escape(f"streams server unreachable at {root} (Connection refused);"
+                                     " retrying in")) == sup.count_lines(unreachable)
+    assert sup.count_lines("retrying PUT") == 0, sup.log_tail()
 
     server = start_streams_server(tmp_path / "streams", port=port, long_poll_timeout=2.0)
     try:
