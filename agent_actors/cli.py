@@ -108,7 +108,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     ]
     for failed, message in problems:
         if failed:
-            getattr(args, "usage", parser).error(message)
+            usage = getattr(args, "usage", parser)
+            if message.startswith("--"):
+                usage.error(message)  # the usage lines show the flags
+            # A variable of the environment: the flags' usage would only hide the line.
+            print(f"{usage.prog}: error: {message}", file=sys.stderr)
+            sys.exit(2)
 
 
 def settings_from_args(args: argparse.Namespace) -> SupervisorSettings:

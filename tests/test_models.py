@@ -570,12 +570,15 @@ def test_with_a_key_claude_is_used_with_model_and_base_url_from_the_environment(
     assert fake.requests[0]["model"] == "claude-from-env"
 
 
-def test_explicit_settings_win_and_demo_can_be_forced() -> None:
+def test_explicit_settings_win_and_demo_can_be_forced(caplog: pytest.LogCaptureFixture) -> None:
     env = {"ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_MODEL": "claude-from-env"}
     chosen = model_from_settings("claude-from-flag", env=env)
     assert isinstance(chosen, AnthropicModel) and chosen.model == "claude-from-flag"
     assert chosen.base_url == "https://api.anthropic.com"
-    assert isinstance(model_from_settings("demo", env=env), DemoModel)
+    with caplog.at_level(logging.INFO, logger="agent_actors.models"):
+        assert isinstance(model_from_settings("demo", env=env), DemoModel)
+    # Not "set ANTHROPIC_API_KEY to use Claude": it is set.
+    assert "model: demo (offline, 30 tokens/s); as asked (the API key is not used)" in caplog.text
 
 
 def test_normalize_turns() -> None:

@@ -43,8 +43,9 @@ def model_from_settings(
         if name not in (None, DEMO):
             log.warning("model %r requested but ANTHROPIC_API_KEY is not set; using the demo",
                         name)
-        log.info("model: demo (offline, %.0f tokens/s); set ANTHROPIC_API_KEY to use Claude",
-                 demo_tokens_per_second)
+        why = ("as asked (the API key is not used)" if api_key
+               else "set ANTHROPIC_API_KEY to use Claude")
+        log.info("model: demo (offline, %.0f tokens/s); %s", demo_tokens_per_second, why)
         return DemoModel(tokens_per_second=demo_tokens_per_second,
                          first_token_latency=demo_first_token_latency)
     model = AnthropicModel(api_key=api_key, model=name or DEFAULT_ANTHROPIC_MODEL,
