@@ -531,9 +531,10 @@ class Supervisor(pykka.ThreadingActor):
             return
         self._lease_note_given = True
         log.warning("conversation %s: its subscription was made with a lease of %d ms, not this"
-                    " supervisor's %d (--lease-ttl-ms): the client that creates a conversation"
-                    " sets it, and an agent that dies there is replaced after %d ms"
-                    " (said once)", cid, ttl, self.settings.lease_ttl_ms, ttl)
+                    " supervisor's %d (--lease-ttl-ms, CHAT_AGENT_LEASE_TTL_MS in the web app):"
+                    " the client that creates a conversation sets it, and an agent that dies"
+                    " there is replaced after %d ms (said once)", cid, ttl,
+                    self.settings.lease_ttl_ms, ttl)
 
     def _note_wake_stream(self, cid: str, wake_stream: str | None) -> None:
         """Say once per conversation that its subscription wakes another stream than the
@@ -543,8 +544,9 @@ class Supervisor(pykka.ThreadingActor):
             return
         self._other_wake_noted.add(cid)
         log.warning("conversation %s: its subscription wakes %s, not this supervisor's %r"
-                    " (--wake-stream): its prompts are answered only when the supervisor"
-                    " starts; a client must create it as every supervisor does", cid,
+                    " (--wake-stream, CHAT_AGENT_WAKE_STREAM in the web app): its prompts are"
+                    " answered only when the supervisor starts; a client must create it as"
+                    " every supervisor does", cid,
                     "nothing" if wake_stream is None else repr(wake_stream),
                     self.settings.wake_stream)
 

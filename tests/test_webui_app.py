@@ -52,6 +52,8 @@ def test_ctrl_c_stops_flask_run_promptly_in_the_middle_of_an_answer(
     assert elapsed < 8, f"Ctrl+C took {elapsed:.1f} s"
     log = app.log_path.read_text(errors="replace")
     assert "Traceback" not in log, app.log_tail()
+    assert "WARNING: This is a development server" in log
+    assert "\x1b[" not in log, "Werkzeug's colours, written to a file"
     # Its agents hand their leases back to the server that has stopped with one try, without
     # retries to wait for. (An append under way as the server stopped may be retried once
     # before the agents hear of the stop: that is not waited for.)

@@ -4,13 +4,14 @@ Werkzeug's development server logs every request. An answer is a request per few
 from the agents and a live read or two from each page, so the lines that matter (the pages'
 own requests, failures, the agents' warnings) scrolled out of sight within seconds. By default
 the streams API's requests are logged only when they fail; `CHAT_LOG_STREAM_REQUESTS=true`
-logs them all.
+logs them all. Written to a file or a pipe, the lines lose Werkzeug's colours.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 
 _ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")  # Werkzeug colours a line by its status
 _REQUEST = re.compile(r'"[A-Z]+ (\S+) HTTP/[^"]*" (\d{3}) ')
@@ -32,11 +33,24 @@ class SucceededStreamRequests(logging.Filter):
         return not (in_streams and int(status) < 400)
 
 
+class PlainText(logging.Filter):
+    """Takes Werkzeug's colours out of its lines: it adds them whatever the output is, and
+    in a file or a pipe they are escape codes around every line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\x1b[" in message:
+            record.msg, record.args = _ANSI_STYLE.sub("", message), ()
+        return True
+
+
 def configure_access_log(streams_prefix: str, *, every_stream_request: bool) -> None:
     """Set up Werkzeug's logger for the app being built (the last one built wins)."""
     logger = logging.getLogger("werkzeug")
     for existing in list(logger.filters):
-        if isinstance(existing, SucceededStreamRequests):
+        if isinstance(existing, (SucceededStreamRequests, PlainText)):
             logger.removeFilter(existing)
     if not every_stream_request:
         logger.addFilter(SucceededStreamRequests(streams_prefix))
+    if not sys.stderr.isatty():
+        logger.addFilter(PlainText())
