@@ -926,9 +926,12 @@ function main() {
   followConversations();
   outbox.start(); // re-send anything a previous load of this tab left unacknowledged
   updateBrowserNode();
-  // Nothing arriving is news too: an unfinished answer that stops growing says so, and one
-  // whose agent waits to ask the model again counts the seconds down.
+  // Nothing arriving is news too: an unfinished answer that stops growing says so (looked
+  // at every 2 s), and one whose agent waits to ask the model again counts the seconds down.
+  let tick = 0;
   setInterval(() => {
+    tick += 1;
+    if (tick % 2 && !view.anyWaiting) return;
     if (current?.transcript.visibleTurns().some((t) => !t.final)) scheduleRender();
   }, 1000);
 }
