@@ -1,7 +1,7 @@
 """Language models for the agents: Claude through the Anthropic SDK, or an offline demo.
 
-Every model streams `TextDelta`s and ends with one `ModelResult`, telling of any wait to ask again
-before its answer began with a `ModelWait` (see `base`); failures raise
+Every model streams `TextDelta`s and ends with one `ModelResult`, telling of each wait to ask
+again before its answer began with a `ModelWait` (see `base`); failures raise
 `agent_actors.errors.ModelError` with a message fit for the chat.
 """
 

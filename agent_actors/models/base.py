@@ -2,9 +2,10 @@
 
 ``Model.stream(turns, cancel=...)`` returns an iterator of `ModelEvent`: zero or more
 `ModelWait`s (the model refused or failed before its answer began, and is asked again after a
-wait), then zero or more `TextDelta`s, then exactly one `ModelResult`. Failures raise `ModelError` (with a message
-fit for the chat) instead. Setting ``cancel`` (a `threading.Event`, from any thread) ends the
-iteration promptly with a result whose ``stop_reason`` is ``"cancelled"``.
+wait), then zero or more `TextDelta`s, then exactly one `ModelResult`. Failures raise
+`ModelError` (with a message fit for the chat) instead. Setting ``cancel`` (a
+`threading.Event`, from any thread) ends the iteration promptly with a result whose
+``stop_reason`` is ``"cancelled"``.
 """
 
 from __future__ import annotations
