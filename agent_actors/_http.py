@@ -138,13 +138,14 @@ class Transport:
                         f"connection failed, request outcome unknown: {exc}",
                         method=method, url=url,
                     ) from exc
-                failure = _connection_failure(exc)
+                failure = connection_failure(exc)
             else:
                 if not _retryable(response.status_code, idempotent):
                     return response
                 status = response.status_code
                 retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-                failure = f"HTTP {status} {response.text[:200]!r}"
+                body = response.text[:200]
+                failure = f"HTTP {status} {body!r}" if body else f"HTTP {status}"
                 response.close()
             wait = policy.delay(attempt, retry_after)
             if time.monotonic() - started + wait > policy.deadline:
@@ -291,9 +292,11 @@ def _retryable(status: int, idempotent: bool) -> bool:
 _OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 
 
-def _connection_failure(exc: BaseException) -> str:
+def connection_failure(exc: BaseException) -> str:
     """What a failed connection met, in a few words ("Connection refused", "timed out"):
     the operating system's reason, found through the layers of `requests` and urllib3."""
+    if "Connection broken" in str(exc):  # urllib3: the server went in the middle of a body
+        return "the connection broke off in the middle of the response"
     if isinstance(exc, requests.ConnectTimeout):
         return "timed out connecting"
     if isinstance(exc, requests.Timeout):

@@ -20,7 +20,7 @@ import requests
 import urllib3
 
 from agent_actors import errors
-from agent_actors._http import NO_RETRY, Stopped, raise_for_status
+from agent_actors._http import NO_RETRY, Stopped, connection_failure, raise_for_status
 from agent_actors._interruptible import InterruptibleSession
 from agent_actors._sse import SseParser
 from agent_actors.stream_types import ReadResult
@@ -224,6 +224,11 @@ def _is_read_timeout(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, errors.StreamsUnavailable):
+        return exc.reason
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout,
+                        requests.exceptions.ChunkedEncodingError)):
+        return connection_failure(exc)
     text = str(exc)
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 

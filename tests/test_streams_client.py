@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import logging
 import queue
+import re
 import socket
 import threading
 import time
@@ -79,7 +80,7 @@ class FaultProxy:
     A fault is ``(method, action)``; the first queued fault whose method matches a request is
     used once. Actions: ``"drop-before"`` (close the connection without forwarding),
     ``"drop-after"`` (forward, then close without answering: a lost response),
-    ``"503"``, ``"429:<retry-after>"``.
+    ``"503"``, ``"429:<retry-after>"``, ``"cut-body"`` (a 200 whose body stops short).
     """
 
     def __init__(self, upstream: str) -> None:
@@ -133,6 +134,14 @@ class FaultProxy:
         body = handler.rfile.read(length) if length else None
         action = self._take_fault(method)
         if action == "drop-before":
+            handler.close_connection = True
+            return
+        if action == "cut-body":
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", "100")
+            handler.end_headers()
+            handler.wfile.write(b"[{")
             handler.close_connection = True
             return
         if action is not None and action != "drop-after":
@@ -495,7 +504,28 @@ def test_tail_reconnects_after_server_errors(
     said = [(r.levelname, r.getMessage()) for r in caplog.records
             if r.name == "agent_actors.streams_client" and r.getMessage().startswith("tail of")]
     assert [level for level, _ in said] == ["WARNING", "INFO"], said
+    assert re.match(rf"tail of {path} \(\S+\): HTTP 503; reconnecting in ", said[0][1]), said
     assert said[1][1] == f"tail of {path}: following again after 3 failed attempt(s)"
+
+
+def test_a_tail_cut_off_in_a_response_says_so_in_words(
+    client: StreamsClient, proxied: StreamsClient, proxy: FaultProxy, path: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each server restart logged urllib3's "ConnectionError: ('Connection broken:
+    IncompleteRead(0 bytes read)', IncompleteRead(...))" for every live read."""
+    client.ensure_stream(path)
+    client.producer(path, "writer-1").append([{"n": 1}])
+    proxy.inject("GET", "cut-body")
+    with caplog.at_level(logging.INFO, logger="agent_actors.streams_client"):
+        follower = Follower(proxied.tail(path))
+        assert follower.messages_until(lambda m: len(m) >= 1) == [{"n": 1}]
+    follower.tail.close()
+    follower.join()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and re.match(
+        rf"tail of {path} \(\S+\): the connection broke off in the middle of the response;"
+        " reconnecting in ", warned[0]), warned
 
 
 def test_tail_raises_for_a_missing_stream(client: StreamsClient, path: str) -> None:
