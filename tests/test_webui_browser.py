@@ -2058,6 +2058,8 @@ def test_an_answer_whose_model_is_rate_limited_counts_down_to_the_next_try(
     expect(status).to_contain_text("s (retry 1 of 3).")
     expect(turn).to_have_attribute("data-waiting", "true")
     expect(page.get_by_test_id("flow-node-agent")).to_contain_text("model busy: retrying")
+    expect(page.get_by_test_id("announcer")).to_contain_text(  # said to a screen reader too
+        "The AI model is receiving too many requests (rate limited). Trying again in 12 s.")
     first = status.text_content()
     expect(status).not_to_have_text(first or "")  # it counts down
     # Past the 10 s after which a silent answer is called stalled, the wait is not.

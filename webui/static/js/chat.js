@@ -260,6 +260,7 @@ function openConversation(id) {
     panelsReady: false,
     paused: false,
     states: new Map(),
+    waits: new Map(), // promptId -> how many `wait`s its answer had at the last announcement
   };
   view.clear();
   promptsPanel.reset(null);
@@ -517,8 +518,15 @@ function announceChanges(c, turns, loaded) {
     const state = turnState(turn);
     const before = c.states.get(turn.promptId);
     c.states.set(turn.promptId, state);
+    const waitsBefore = c.waits.get(turn.promptId) ?? 0;
+    c.waits.set(turn.promptId, turn.waits);
     // Only changes seen live are announced, not the history read at load.
-    if (!loaded || !c.announceReady || before === state || !words[state]) continue;
+    if (!loaded || !c.announceReady) continue;
+    if (state === "thinking" && turn.wait && turn.waits > waitsBefore) {
+      const seconds = turn.wait.retryInMs === null ? "" : ` in ${Math.ceil(turn.wait.retryInMs / 1000)} s`;
+      announce(`${firstCharacters(turn.wait.message, 300)} Trying again${seconds}.`);
+    }
+    if (before === state || !words[state]) continue;
     if (state === "error" && turn.error) announce(`The answer failed: ${firstCharacters(turn.error, 300)}`);
     else announce(words[state]);
   }
