@@ -480,9 +480,21 @@ class ConversationAgent(pykka.ThreadingActor):
             conversation.apply_response(message)
         prompts = self._read_all_creating(self.prompts_path)
         added = conversation.add_prompt_messages(prompts.messages)
-        self._report_unanswerable([item for item in added if isinstance(item, Unanswerable)])
+        self._report_unanswerable(self._not_yet_reported(
+            [item for item in added if isinstance(item, Unanswerable)]))
         self.actor_ref.tell(_Booted(conversation, producer, prompts.next_offset,
                                     self.offsets.clean_stops(self.conversation_id)))
+
+    def _not_yet_reported(self, skipped: list[Unanswerable]) -> list[Unanswerable]:
+        """Of the prompts a boot skipped, those past this supervisor's processed offset: the
+        ones before it were reported by the agent that read them first (an agent boots
+        again for each prompt after a rest or a restart). Read only when there are some."""
+        processed = self.offsets.get(self.conversation_id) if skipped else None
+        if processed is None:
+            return skipped
+        later = self.client.read_all(self.prompts_path, processed).messages
+        return [item for item in map(schema.parse_prompt_message, later)
+                if isinstance(item, Unanswerable)]
 
     def _report_unanswerable(self, items: list[Unanswerable]) -> None:
         """Say that prompts were skipped: their writer waits for an answer that cannot come,

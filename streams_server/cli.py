@@ -12,7 +12,12 @@ from collections.abc import Callable
 
 from streams_server.app import create_app
 from streams_server.backend import DataDirectoryError, StreamsBackend
-from streams_server.config import StreamsSettings, mib_to_bytes
+from streams_server.config import (
+    LARGEST_BODY_MIB,
+    LARGEST_CHUNK_KIB,
+    StreamsSettings,
+    mib_to_bytes,
+)
 from streams_server.server import SOCKET_TIMEOUT_S, CannotListen, serve
 
 
@@ -71,12 +76,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         metavar="SECONDS",
                         help="send an SSE comment after this long without an event, so that"
                              " proxies keep the connection (default 15)")
-    parser.add_argument("--max-body-mib", type=bounded(float, 0, above=True), default=64,
-                        help="largest request body (default 64)")
+    parser.add_argument("--max-body-mib", type=bounded(float, 0, LARGEST_BODY_MIB, above=True),
+                        default=64,
+                        help=f"largest request body (default 64, at most {LARGEST_BODY_MIB})")
     parser.add_argument("--max-json-messages", type=bounded(int, 1), default=10_000,
                         help="most messages in one JSON request (default 10000)")
-    parser.add_argument("--max-chunk-kib", type=bounded(int, 1), default=1024,
-                        help="largest catch-up read response (default 1024)")
+    parser.add_argument("--max-chunk-kib", type=bounded(int, 1, LARGEST_CHUNK_KIB), default=1024,
+                        help="largest catch-up read response (default 1024, at most"
+                             f" {LARGEST_CHUNK_KIB})")
     parser.add_argument("--max-path-length", type=bounded(int, 1), default=1024,
                         help="longest stream path, in characters (default 1024)")
     parser.add_argument("--max-storage-mib", type=bounded(float, 0, above=True), default=None,

@@ -7,6 +7,14 @@ from dataclasses import dataclass
 MIB = 1024 * 1024
 
 
+LARGEST_BODY_MIB = 900
+"""The highest body limit that may be set: SQLite keeps a value or row of at most 10^9 bytes
+(SQLITE_MAX_LENGTH as Python's sqlite3 is built), and a JSON message is stored whole in one
+row. Past it, an append that large failed as "commits are failing" (503), not as too large."""
+LARGEST_CHUNK_KIB = LARGEST_BODY_MIB * 1024
+"""The same for a stored piece of a binary or text body (the `max_chunk_bytes` setting)."""
+
+
 def mib_to_bytes(mib: float) -> int:
     """A size given in MiB (a positive number), in whole bytes: at least one."""
     return max(1, int(mib * MIB))

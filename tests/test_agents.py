@@ -303,6 +303,19 @@ def test_a_prompt_without_a_usable_id_is_skipped_and_logged(
                                  " string but a JSON number", timeout=10)
         assert sup.wait_for_line(re.escape(f"prompt={forging!r} outcome=done"), timeout=10)
         assert sup.count_lines("FORGED") == 1 and sup.count_lines("\x00") == 0
+
+        # Said once: an agent boots again for every prompt after a restart (or a rest), and
+        # each boot read the old skipped prompts and said so again. A new one is still said.
+        said = sup.count_lines("skipped a prompt")
+        sup.terminate()
+        prompts.append([{"type": "prompt", "content": "a new prompt without an id"}])
+        later = chat.send_prompt(cid, "Anything new?")
+        since = len(sup.lines)
+        sup.start()
+        assert sup.wait_for_line(re.escape(f"prompt={later} outcome=done"), timeout=20)
+        assert sup.count_lines("skipped a prompt") == said + 1
+        assert sup.wait_for_line(f"conversation {cid}: skipped a prompt without an id in its",
+                                 timeout=1, since=since)
     finally:
         server.terminate()
 

@@ -318,8 +318,10 @@ def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: s
 
 @pytest.mark.parametrize(("setting", "value", "says"), [
     ("MAX_BODY_MIB", "abc",
-     "CHAT_MAX_BODY_MIB must be a finite number greater than 0, not 'abc'"),
+     "CHAT_MAX_BODY_MIB must be a finite number greater than 0 and at most 900, not 'abc'"),
     ("MAX_BODY_MIB", "Infinity", "CHAT_MAX_BODY_MIB must be a finite number greater than 0"),
+    ("MAX_BODY_MIB", "1000",  # past SQLite's largest row: a 503 for such an append
+     "CHAT_MAX_BODY_MIB must be a finite number greater than 0 and at most 900, not 1000"),
     ("LONG_POLL_TIMEOUT_S", "NaN",
      "CHAT_LONG_POLL_TIMEOUT_S must be a finite number greater than 0 and at most 3600, not nan"),
     ("SSE_KEEPALIVE_S", "1000000",  # the page's timers would overflow and fire at once
@@ -419,6 +421,11 @@ def test_a_model_url_that_is_not_one_is_refused_at_start(tmp_path: Path, url: st
     (["streams_server", "--long-poll-timeout", "nan"],
      "--long-poll-timeout: must be a finite number, not nan"),
     (["streams_server", "--max-body-mib", "inf"], "--max-body-mib: must be a finite number"),
+    # Past SQLite's largest row, such an append failed as "commits are failing" (503).
+    (["streams_server", "--max-body-mib", "1000"],
+     "--max-body-mib: must be greater than 0 and at most 900, not 1000"),
+    (["streams_server", "--max-chunk-kib", "2000000"],
+     "--max-chunk-kib: must be at least 1 and at most 921600, not 2000000"),
     # As flask run's: past an hour no proxy waits, and the timers of live reads overflow.
     (["streams_server", "--long-poll-timeout", "99999"],
      "--long-poll-timeout: must be greater than 0 and at most 3600, not 99999"),

@@ -555,6 +555,21 @@ def test_without_a_key_the_demo_is_used_and_logged(caplog: pytest.LogCaptureFixt
     assert "demo" in caplog.text and "ANTHROPIC_API_KEY" in caplog.text
 
 
+@pytest.mark.parametrize("blank", ["", "  ", "\n"])
+def test_a_blank_key_is_said_to_be_blank_not_unset(
+    blank: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`ANTHROPIC_API_KEY="$(cat key-file)"` with an empty or missing file: the log said to
+    set a variable the user had set, and nothing about why Claude was not used."""
+    with caplog.at_level(logging.INFO, logger="agent_actors.models"):
+        assert isinstance(model_from_settings(env={"ANTHROPIC_API_KEY": blank}), DemoModel)
+        assert isinstance(model_from_settings("claude-x", env={"ANTHROPIC_API_KEY": blank}),
+                          DemoModel)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["ANTHROPIC_API_KEY is set but blank; using the demo model"] * 2
+    assert "set ANTHROPIC_API_KEY to use Claude" not in caplog.text
+
+
 def test_with_a_key_claude_is_used_with_model_and_base_url_from_the_environment(
     fake: FakeAnthropic, caplog: pytest.LogCaptureFixture,
 ) -> None:

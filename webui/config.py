@@ -25,6 +25,7 @@ from agent_actors.validation import (
     is_stream_path,
     is_token,
 )
+from streams_server.config import LARGEST_BODY_MIB
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "LONG_POLL_TIMEOUT_S": _number(0, above=True, high=3600),
     "SSE_KEEPALIVE_S": _number(0.1, high=3600),  # shorter ones flood the readers
     "SSE_MAX_DURATION_S": _number(0, above=True, high=3600),
-    "MAX_BODY_MIB": _number(0, above=True),
+    "MAX_BODY_MIB": _number(0, above=True, high=LARGEST_BODY_MIB),
     "MAX_JSON_MESSAGES": _number(1, whole=True),
     "MAX_STORAGE_MIB": _number(0, above=True, optional=True),
     "EMBEDDED_SUPERVISOR": _FLAG,

@@ -37,13 +37,17 @@ def model_from_settings(
     env = os.environ if env is None else env
     name = name or env.get("ANTHROPIC_MODEL") or None
     # Stripped: a key read from a file ends in a newline, which no HTTP header may carry.
-    api_key = (api_key or env.get("ANTHROPIC_API_KEY") or "").strip() or None
+    given_key = api_key if api_key is not None else env.get("ANTHROPIC_API_KEY")
+    api_key = (given_key or "").strip() or None
     base_url = base_url or env.get("ANTHROPIC_BASE_URL") or None
     if name == DEMO or not api_key:
-        if name not in (None, DEMO):
+        if given_key is not None and not api_key:  # `KEY="$(cat file)"` with an empty file
+            log.warning("ANTHROPIC_API_KEY is set but blank; using the demo model")
+        elif name not in (None, DEMO):
             log.warning("model %r requested but ANTHROPIC_API_KEY is not set; using the demo",
                         name)
         why = ("as asked (the API key is not used)" if api_key
+               else "ANTHROPIC_API_KEY is blank" if given_key is not None
                else "set ANTHROPIC_API_KEY to use Claude")
         log.info("model: demo (offline, %.0f tokens/s); %s", demo_tokens_per_second, why)
         return DemoModel(tokens_per_second=demo_tokens_per_second,
