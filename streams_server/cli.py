@@ -103,6 +103,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.data_dir = DEFAULT_DATA_DIR
     elif not args.data_dir.strip():  # `--data-dir "$DIR"` with DIR unset
         parser.error("--data-dir must name a directory")
+    if not args.host.strip():  # `--host "$HOST"` with HOST unset: it listened everywhere
+        parser.error("--host must name an address (0.0.0.0 or :: for every network interface)")
     return args
 
 
@@ -117,10 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     # finished fsync hand its result back in well under a millisecond instead of up to 5.
     sys.setswitchinterval(0.0005)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.host:
-        # `--host "$HOST"` with HOST unset: it would listen on every interface unannounced.
-        logging.getLogger("streams_server").warning(
-            "--host is empty: listening on every network interface")
     if args.auth_token is not None and not args.auth_token.strip():
         # `--auth-token "$TOKEN"` with TOKEN unset: say so rather than serve everyone.
         logging.getLogger("streams_server").warning(
