@@ -30,7 +30,13 @@ from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request,
 
 from agent_actors.streams_client import StreamsClient
 from tests.fake_anthropic import FakeAnthropic
-from tests.support import ARTIFACTS_DIR, REPO_ROOT, ServerProcess, start_reference_server
+from tests.support import (
+    ARTIFACTS_DIR,
+    REPO_ROOT,
+    ServerProcess,
+    start_reference_server,
+    start_streams_server,
+)
 from tests.support.agents import ChatClient, wait_until
 from tests.support.browser import (
     RECORDER_JS,
@@ -267,6 +273,47 @@ def test_tokens_stream_into_the_answer(chat_app: ServerProcess, model: FakeAnthr
     cid = conversation_id(page)
     assert streamed_answer(chat_app.url, cid, prompt_id) == reply
     expect(page.get_by_test_id("conversation-title")).to_have_text(prompt)
+
+
+@pytest.mark.parametrize("streams", ["the-app's-own", "another-server"])
+def test_the_chat_works_behind_a_streams_token(streams: str, tmp_path: Path, model: FakeAnthropic,
+                                              replies: ScriptedReplies,
+                                              new_context: NewContext) -> None:
+    """A token on the streams API (`CHAT_STREAMS_AUTH_TOKEN`; `--auth-token` on a standalone
+    server the page reaches on another origin): the page sends it on every request, live
+    reads included, and a second tab follows the answer live. Without it a request gets 401."""
+    token = f"tok-{uuid.uuid4().hex}"
+    config = {"STREAMS_AUTH_TOKEN": token}
+    server = app = None
+    try:
+        if streams == "another-server":
+            server = start_streams_server(tmp_path / "streams", extra_args=["--auth-token", token])
+            root = f"{server.url}/v1/stream"
+            config.update(STREAMS_BROWSER_URL=root, AGENT_STREAMS_URL=root, STREAMS_MEMORY="true")
+        app = start_chat_app(tmp_path / "app", model_url=model.url, config=config)
+        root = config.get("STREAMS_BROWSER_URL", f"{app.url}/v1/stream")
+        context = new_context()
+        first = open_chat(context, app.url)
+        prompt, reply = unique("Behind a token"), words("guarded", 40)
+        replies.set(prompt, reply)
+        model.tokens_per_second = 10
+        send_prompt(first, prompt)
+        second = context.new_page()
+        second.goto(first.url)
+        wait_ready(second)
+        wait_state(second, prompt, "streaming")
+        wait_state(second, prompt, "done", timeout=30_000)
+        wait_state(first, prompt, "done")
+        assert answer_text(first, prompt) == answer_text(second, prompt) == norm(reply)
+        refused = requests.get(f"{root}/conversations", params={"offset": "-1"}, timeout=10)
+        assert refused.status_code == 401, refused.text
+        kept = requests.get(f"{root}/conversations", params={"offset": "-1"}, timeout=10,
+                            headers={"Authorization": f"Bearer {token}"})
+        assert prompt in kept.text
+    finally:
+        for process in (app, server):
+            if process is not None:
+                process.terminate()
 
 
 def test_reload_mid_answer_continues_one_clean_answer(chat_app: ServerProcess, model: FakeAnthropic,
