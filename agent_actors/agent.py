@@ -481,18 +481,23 @@ class ConversationAgent(pykka.ThreadingActor):
         prompts = self._read_all_creating(self.prompts_path)
         added = conversation.add_prompt_messages(prompts.messages)
         self._report_unanswerable(self._not_yet_reported(
-            [item for item in added if isinstance(item, Unanswerable)]))
+            [item for item in added if isinstance(item, Unanswerable)], prompts.next_offset))
         self.actor_ref.tell(_Booted(conversation, producer, prompts.next_offset,
                                     self.offsets.clean_stops(self.conversation_id)))
 
-    def _not_yet_reported(self, skipped: list[Unanswerable]) -> list[Unanswerable]:
+    def _not_yet_reported(self, skipped: list[Unanswerable], tail: str) -> list[Unanswerable]:
         """Of the prompts a boot skipped, those past this supervisor's processed offset: the
         ones before it were reported by the agent that read them first (an agent boots
-        again for each prompt after a rest or a restart). Read only when there are some."""
+        again for each prompt after a rest or a restart). Read only when there are some; an
+        offset past the tail (a stream made again since) tells nothing, and a read that
+        fails costs only a repeated warning, never the boot."""
         processed = self.offsets.get(self.conversation_id) if skipped else None
-        if processed is None:
+        if processed is None or processed > tail:  # offsets of one stream sort as strings
             return skipped
-        later = self.client.read_all(self.prompts_path, processed).messages
+        try:
+            later = self.client.read_all(self.prompts_path, processed).messages
+        except StreamsError:
+            return skipped
         return [item for item in map(schema.parse_prompt_message, later)
                 if isinstance(item, Unanswerable)]
 

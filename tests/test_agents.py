@@ -320,6 +320,29 @@ def test_a_prompt_without_a_usable_id_is_skipped_and_logged(
         server.terminate()
 
 
+def test_a_processed_offset_past_the_streams_tail_does_not_stop_an_agent(
+    tmp_path: Path, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """The offsets file may hold an offset past the tail of a prompts stream made again since
+    (or of another server). The agent reads from it only to tell new skipped prompts from
+    old ones; a 400 for that read failed its boot, again and again."""
+    server = start_streams_server(tmp_path / "streams", long_poll_timeout=2.0)
+    try:
+        client, chat = connect(server)
+        cid = chat.start_conversation("a stale offset")
+        client.producer(layout.prompts_path(cid), "a-careless-client").append(
+            [{"type": "prompt", "content": "no id"}])
+        readable = chat.send_prompt(cid, "Still answered?")
+        stale = OffsetsStore(str(tmp_path / "agents-w1"))
+        stale.save(cid, "9999999999999999_9999999999999999")
+        stale.close()
+        sup = start_supervisor(streams_root(server))
+        assert_clean_answers(final_render(client, cid), {readable: "Still answered?"})
+        assert sup.count_lines(f"conversation {cid}: skipped a prompt without an id") == 1
+    finally:
+        server.terminate()
+
+
 # -- 2. cancel ----------------------------------------------------------------------------------
 
 
