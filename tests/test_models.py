@@ -10,9 +10,11 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Generator, Iterator
 from typing import Any, cast
 
+import anthropic
 import pytest
 
 from agent_actors.errors import ModelError
@@ -32,6 +34,7 @@ from agent_actors.models import (
 from agent_actors.models._retry_policy import retry_after
 from agent_actors.models.base import estimate_tokens
 from tests.fake_anthropic import FakeAnthropic
+from tests.support.agents import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -345,6 +348,67 @@ def test_retries_stop_when_the_budget_is_spent(fake: FakeAnthropic) -> None:
     with pytest.raises(ModelError) as failure:
         list(claude(fake, max_retries=2).stream([("user", "Hi")]))
     assert failure.value.code == "overloaded" and len(fake.requests) == 3
+
+
+def test_one_budget_covers_both_kinds_of_retry(fake: FakeAnthropic) -> None:
+    """A refused request (529) is sent again, and so is an answer that failed before its first
+    words (200, then an `overloaded` event); each kind had a budget of its own, renewed for
+    every new ask: with three retries, 16 requests were made and the page read "retry 1 of
+    3" four times."""
+    for _ in range(3):
+        fake.fail_next("529", retry_after=0.01)
+        fake.fail_next("stream_error", after_tokens=0)
+    events: list[ModelEvent] = []
+    with pytest.raises(ModelError) as failure:
+        for event in claude(fake, max_retries=3).stream([("user", "Hi")]):
+            events.append(event)
+    assert failure.value.code == "overloaded" and len(fake.requests) == 4
+    assert [(w.code, w.retry, w.retries) for w in waits_in(events)] == [
+        ("overloaded", 1, 3), ("overloaded", 2, 3), ("overloaded", 3, 3)]
+
+
+class _SlowSecondOpening:
+    """Stands in for the SDK's `messages.with_streaming_response.create`: the first request
+    fails to connect, the second answers after a while (the agent has stopped waiting)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.opened: list[Any] = []
+
+    def create(self, **_request: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise anthropic.APIConnectionError(request=cast(Any, None))  # no request to show
+        time.sleep(0.6)
+        response = _Closable()
+        self.opened.append(response)
+        return contextlib.nullcontext(response)
+
+
+class _Closable:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_response_that_comes_after_the_caller_stopped_waiting_is_closed() -> None:
+    """An agent that cannot write a wait to its stream stops reading the answer there. The
+    request sent again meanwhile answered later, and its connection was never closed: one
+    leaked from the SDK's pool per such answer."""
+    model = AnthropicModel(api_key=API_KEY, base_url="http://127.0.0.1:9", max_retries=2)
+    opening = _SlowSecondOpening()
+    model.client = cast(Any, types.SimpleNamespace(
+        messages=types.SimpleNamespace(with_streaming_response=opening)))
+    cancel = threading.Event()
+    events = cast(Generator[ModelEvent, None, None], model.stream([("user", "Hi")], cancel=cancel))
+    assert isinstance(next(events), ModelWait)
+    time.sleep(0.7)  # the wait (at most 0.5 s) is over: the second request is under way
+    cancel.set()
+    events.close()
+    wait_until(lambda: bool(opening.opened) and opening.opened[0].closed, timeout=5,
+               what="the late response to be closed")
+    assert opening.calls == 2
 
 
 @pytest.mark.parametrize(("mode", "headers", "requests"), [

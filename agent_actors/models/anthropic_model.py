@@ -134,35 +134,42 @@ class AnthropicModel:
         its stream fails before the first words in a way that may pass: an ``overloaded``
         error event, the stream cut off. The API sends such an error with status 200, after
         the request was accepted, where the SDK's retries no longer apply."""
-        restarts = 0
+        retries = _Retries(self.max_retries)  # one budget for these and `_Opening`'s
         while True:
             try:
-                yield from self._attempt(request, cancel)
+                yield from self._attempt(request, cancel, retries)
                 return
             except _FailedBeforeFirstWords as failed:
                 error = failed.error
-                if not error.retryable or restarts >= self.max_retries:
+                if not error.retryable or retries.spent:
                     raise error from failed.__cause__
-                delay = backoff_delay(restarts)
+                delay = backoff_delay(retries.made)
+                retries.made += 1
                 log.info("model %s: the answer failed before its first words (%s); asking again"
-                         " in %.1f s (%d of %d)", self.model, error.code, delay, restarts + 1,
-                         self.max_retries)
-                yield ModelWait(wait_reason(error), error.code, delay, restarts + 1,
-                                self.max_retries)
+                         " in %.1f s (%d of %d)", self.model, error.code, delay, retries.made,
+                         retries.allowed)
+                yield ModelWait(wait_reason(error), error.code, delay, retries.made,
+                                retries.allowed)
                 if cancel.wait(delay):
                     yield ModelResult(CANCELLED, 0, 0, self.model)
                     return
-                restarts += 1
 
-    def _attempt(self, request: dict[str, Any], cancel: threading.Event) -> Iterator[ModelEvent]:
+    def _attempt(self, request: dict[str, Any], cancel: threading.Event,
+                 retries: _Retries) -> Iterator[ModelEvent]:
         usage = _Usage()
-        opening = _Opening(self.client, request, self.model, self.max_retries, cancel,
+        opening = _Opening(self.client, request, self.model, retries, cancel,
                            describe=lambda exc: model_error(exc, model=self.model,
                                                             base_url=self.base_url))
-        response = opening.wait()
-        while isinstance(response, ModelWait):
-            yield response
+        handed_over = False
+        try:
             response = opening.wait()
+            while isinstance(response, ModelWait):
+                yield response  # the caller may stop here (closing this generator)
+                response = opening.wait()
+            handed_over = True
+        finally:
+            if not handed_over:
+                opening.abandon()  # a response that comes after all is closed
         if response is None:
             yield ModelResult(CANCELLED, 0, 0, self.model)
             return
@@ -280,21 +287,34 @@ def _count(value: object, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
+class _Retries:
+    """An answer's retry budget, shared by the requests sent again (`_Opening`) and the
+    answers asked again (`AnthropicModel._answer`): each retry is numbered once."""
+
+    def __init__(self, allowed: int) -> None:
+        self.allowed = allowed
+        self.made = 0
+
+    @property
+    def spent(self) -> bool:
+        return self.made >= self.allowed
+
+
 class _Opening(threading.Thread):
     """Opens one streaming request on its own thread, so the caller can give up waiting.
 
-    Retries as `_retry_policy` says, up to ``max_retries`` times, telling the caller of each
+    Retries as `_retry_policy` says, within the answer's budget, telling the caller of each
     wait (`describe` turns the failure into the `ModelError` it says why with); a cancel ends
     the wait between attempts, and no further attempt is made.
     """
 
     def __init__(self, client: anthropic.Anthropic, request: dict[str, Any], model: str,
-                 max_retries: int, cancel: threading.Event, *,
+                 retries: _Retries, cancel: threading.Event, *,
                  describe: Callable[[BaseException], ModelError]) -> None:
         super().__init__(name=f"anthropic-open-{model}", daemon=True)
         self.client = client
         self.request = request
-        self.max_retries = max_retries
+        self.retries = retries
         self.cancel = cancel
         self._describe = describe
         self._waits: collections.deque[ModelWait] = collections.deque()
@@ -305,39 +325,45 @@ class _Opening(threading.Thread):
         self.start()
 
     def wait(self) -> Any:
-        """The next `ModelWait` while a failed request waits to be sent again; else the SDK's
-        streaming response or the exception that prevented it; None if cancelled. (A wait
-        already over when the request is done is not told.)"""
+        """The next `ModelWait` while a failed request waits to be sent again (each one is
+        told, even one over by the time it is asked for); else the SDK's streaming response
+        or the exception that prevented it; None if cancelled."""
         while not self._done.wait(_CANCEL_CHECK_S):
             if self.cancel.is_set():
-                with self._lock:
-                    self._abandoned = True
-                    if not self._done.is_set():
-                        return None
-                self._close_result()
+                self.abandon()
                 return None
             if self._waits:
                 return self._waits.popleft()
         if self.cancel.is_set():
             self._close_result()
             return None
+        if self._waits:
+            return self._waits.popleft()
         return self._result
+
+    def abandon(self) -> None:
+        """The caller stops waiting: the response, now or when it comes, is closed."""
+        with self._lock:
+            self._abandoned = True
+            if not self._done.is_set():
+                return  # `run` closes it
+        self._close_result()
 
     def run(self) -> None:
         result = self._attempt()
-        retries = 0
-        while isinstance(result, Exception) and retries < self.max_retries:
-            delay = retry_delay(result, retries)
+        retries = self.retries
+        while isinstance(result, Exception) and not retries.spent:
+            delay = retry_delay(result, retries.made)
             if delay is None:
                 break
+            retries.made += 1
             log.info("model request failed (%r); retry %d of %d in %.1f s", result,
-                     retries + 1, self.max_retries, delay)
+                     retries.made, retries.allowed, delay)
             error = self._describe(result)
-            self._waits.append(ModelWait(wait_reason(error), error.code, delay, retries + 1,
-                                         self.max_retries))
+            self._waits.append(ModelWait(wait_reason(error), error.code, delay, retries.made,
+                                         retries.allowed))
             if self.cancel.wait(delay):
                 break
-            retries += 1
             result = self._attempt()
         with self._lock:
             self._result = result
