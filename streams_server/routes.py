@@ -126,6 +126,8 @@ def answer_flask_errors_in_json(app: Flask, under: str) -> None:
         code = re.sub(r"[^A-Z]+", "_", (error.name or "error").upper()).strip("_")
         response.set_data(_error_body(code, error.description or error.name))
         response.content_type = "application/json"
+        for name, value in _api_headers(request.headers.get("Origin")):
+            response.headers.add(name, value)
         return response
 
     app.register_error_handler(HTTPException, in_json)
@@ -371,10 +373,7 @@ def _respond(reply: Reply, method: str, origin: str | None,
     """Start the WSGI response for ``reply``, with the CORS and safety headers of every
     response under the prefix; a HEAD response keeps its headers but sends no body."""
     headers = list(reply.headers.items())
-    headers.append(("Access-Control-Allow-Origin", origin or "*"))
-    if origin:
-        headers.append(("Vary", "Origin"))
-    headers.extend(_COMMON_HEADERS)
+    headers.extend(_api_headers(origin))
     body = reply.body
     if isinstance(body, bytes) and reply.status not in _NO_BODY_STATUSES:
         if not any(name.lower() == "content-length" for name, _ in headers):
@@ -384,6 +383,14 @@ def _respond(reply: Reply, method: str, origin: str | None,
         _close(body)
         return []
     return [body] if isinstance(body, bytes) else body
+
+
+def _api_headers(origin: str | None) -> list[tuple[str, str]]:
+    """The CORS and safety headers of every response of the API, errors included."""
+    headers = [("Access-Control-Allow-Origin", origin or "*")]
+    if origin:
+        headers.append(("Vary", "Origin"))
+    return headers + _COMMON_HEADERS
 
 
 def _status_line(status: int) -> str:

@@ -500,11 +500,17 @@ def test_a_read_parameter_given_twice_is_refused_not_half_ignored(
 ])
 def test_an_api_url_outside_the_streams_is_refused_in_json(
         front: StreamsHttp, method: str, path: str, status: int, code: str) -> None:
-    """Flask answered these with its HTML pages, which an API client cannot parse."""
-    response = front.session.request(method, front.base_url + path, timeout=10)
+    """Flask answered these with its HTML pages, which an API client cannot parse. A page on
+    another origin can read the error too: it came without the API's CORS headers, so the
+    browser showed a CORS failure instead."""
+    response = front.session.request(method, front.base_url + path, timeout=10,
+                                     headers={"Origin": "http://elsewhere.example"})
     assert response.headers["Content-Type"] == "application/json", response.text[:200]
     assert_error(response, status, code)
     assert "<" not in response.text
+    assert response.headers["Access-Control-Allow-Origin"] == "http://elsewhere.example"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Content-Security-Policy"] == "sandbox; default-src 'none'"
 
 
 def test_the_standalone_server_answers_every_url_in_json(http: StreamsHttp) -> None:

@@ -8,7 +8,7 @@ import { turnState } from "./conversation-model.js";
 import { el, formatTime } from "./util.js";
 
 /** An answer with no new text this long says what may be going on (call `render` meanwhile). */
-export const STALL_MS = 10_000;
+const STALL_MS = 10_000;
 
 /** Scrolling this soon after the reader's wheel, touch, pointer or key is theirs (a smooth
  * or inertial scroll goes on after the input). */
