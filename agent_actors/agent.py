@@ -490,7 +490,9 @@ class ConversationAgent(pykka.ThreadingActor):
         ones before it were reported by the agent that read them first (an agent boots
         again for each prompt after a rest or a restart). Read only when there are some; an
         offset past the tail (a stream made again since) tells nothing, and a read that
-        fails costs only a repeated warning, never the boot."""
+        fails costs only a repeated warning, never the boot. (This read goes on past the
+        boot's tail, so a skipped prompt appended in the moment between the two reads is
+        reported by the live reader as well.)"""
         processed = self.offsets.get(self.conversation_id) if skipped else None
         if processed is None or processed > tail:  # offsets of one stream sort as strings
             return skipped
