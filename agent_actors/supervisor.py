@@ -86,6 +86,10 @@ class SupervisorSettings:
     # How long stopping waits for agents to release their leases; after that the leases
     # simply expire (e.g. when the streams server is already gone).
     shutdown_timeout_s: float = 15.0
+    # What the person running it calls these two settings, for the log's advice (the web
+    # app's embedded supervisor has environment variables instead of flags).
+    lease_ttl_setting: str = "--lease-ttl-ms"
+    wake_stream_setting: str = "--wake-stream"
     # Threads for claims and start-up checks, a few requests each: conversations woken
     # together (a burst of prompts, a restart's scan) do not queue behind one another's.
     job_threads: int = 8
@@ -531,10 +535,9 @@ class Supervisor(pykka.ThreadingActor):
             return
         self._lease_note_given = True
         log.warning("conversation %s: its subscription was made with a lease of %d ms, not this"
-                    " supervisor's %d (--lease-ttl-ms, CHAT_AGENT_LEASE_TTL_MS in the web app):"
-                    " the client that creates a conversation sets it, and an agent that dies"
-                    " there is replaced after %d ms (said once)", cid, ttl,
-                    self.settings.lease_ttl_ms, ttl)
+                    " supervisor's %d (%s): the client that creates a conversation sets it,"
+                    " and an agent that dies there is replaced after %d ms (said once)", cid,
+                    ttl, self.settings.lease_ttl_ms, self.settings.lease_ttl_setting, ttl)
 
     def _note_wake_stream(self, cid: str, wake_stream: str | None) -> None:
         """Say once per conversation that its subscription wakes another stream than the
@@ -544,11 +547,10 @@ class Supervisor(pykka.ThreadingActor):
             return
         self._other_wake_noted.add(cid)
         log.warning("conversation %s: its subscription wakes %s, not this supervisor's %r"
-                    " (--wake-stream, CHAT_AGENT_WAKE_STREAM in the web app): its prompts are"
-                    " answered only when the supervisor starts; a client must create it as"
-                    " every supervisor does", cid,
+                    " (%s): its prompts are answered only when the supervisor starts; a client"
+                    " must create it as every supervisor does", cid,
                     "nothing" if wake_stream is None else repr(wake_stream),
-                    self.settings.wake_stream)
+                    self.settings.wake_stream, self.settings.wake_stream_setting)
 
     def _unanswered(self, cid: str) -> bool:
         """Whether the streams show a prompt with no finished answer.

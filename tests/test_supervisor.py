@@ -1167,8 +1167,7 @@ def test_a_lease_set_by_the_client_is_answered_and_said_once(
     for cid, prompt in prompts.items():
         wait_for_answers(client, cid, [prompt])
     said = (f"its subscription was made with a lease of {LEASE_TTL_MS + 3000} ms, not this"
-            f" supervisor's {LEASE_TTL_MS} \\(--lease-ttl-ms, CHAT_AGENT_LEASE_TTL_MS in the web"
-            " app\\)")
+            f" supervisor's {LEASE_TTL_MS} \\(--lease-ttl-ms\\)")
     assert sup.wait_for_line(said, timeout=10), sup.log_tail()  # at its claim, or its check
     time.sleep(0.5)
     assert sup.count_lines(said) == 1, sup.log_tail()
@@ -1189,8 +1188,7 @@ def test_a_subscription_waking_another_stream_is_said_once(
     sup = start_supervisor(root)
     wait_for_answers(client, cid, [prompt])  # read at its start
     said = (f"conversation {cid}: its subscription wakes 'elsewhere/wake', not this"
-            f" supervisor's '{layout.DEFAULT_WAKE_STREAM}' \\(--wake-stream,"
-            " CHAT_AGENT_WAKE_STREAM in the web app\\)")
+            f" supervisor's '{layout.DEFAULT_WAKE_STREAM}' \\(--wake-stream\\)")
     assert sup.wait_for_line(said, timeout=10), sup.log_tail()
     time.sleep(0.5)
     assert sup.count_lines(said) == 1, sup.log_tail()

@@ -136,6 +136,26 @@ def test_a_model_nothing_answers_for_is_reported_at_start(tmp_path: Path) -> Non
         app.terminate()
 
 
+def test_the_embedded_supervisor_names_its_settings_as_the_app_has_them(
+    tmp_path: Path,
+) -> None:
+    """A subscription with another lease than the agents': the advice named a flag `flask
+    run` does not have. It names the app's environment variable."""
+    with FakeAnthropic() as model:
+        app = start_chat_app(tmp_path / "data", model_url=model.url)
+        try:
+            client = StreamsClient(f"{app.url}/v1/stream")
+            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS + 1000)
+            cid = chat.start_conversation("another lease")
+            wait_for_answers(client, cid, [chat.send_prompt(cid, "Answered anyway?")])
+            says = ("not this supervisor's 30000 (CHAT_AGENT_LEASE_TTL_MS): the client that"
+                    " creates a conversation sets it")
+            wait_until(lambda: says in app.log_since_start(), timeout=10,
+                       what=f"{says!r} in the log")
+        finally:
+            app.terminate()
+
+
 def test_an_answer_stopped_by_ctrl_c_again_and_again_is_still_finished(tmp_path: Path) -> None:
     """Each Ctrl+C in the middle of the same answer counted as an agent dying in it: after
     the fourth, the next start gave up on the answer ("cut off 4 times") instead of

@@ -131,6 +131,8 @@ class BackgroundWork:
             max_agents=config["AGENT_MAX_AGENTS"],
             lease_ttl_ms=config["AGENT_LEASE_TTL_MS"],
             wake_stream=config["AGENT_WAKE_STREAM"],
+            lease_ttl_setting="CHAT_AGENT_LEASE_TTL_MS",
+            wake_stream_setting="CHAT_AGENT_WAKE_STREAM",
             auth_token=config["STREAMS_AUTH_TOKEN"],
             # At exit the app's own server has usually stopped already, so agents cannot
             # release their leases over HTTP: one try each (the leases are released
