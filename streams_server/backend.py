@@ -29,7 +29,8 @@ class StreamsBackend:
         self._lock = lock
         self._data_dir = data_dir
         self.settings = settings
-        self.subscriptions = SubscriptionService(store, keys)
+        self.subscriptions = SubscriptionService(store, keys,
+                                                 local_webhooks=settings.local_webhooks)
         self.streams = StreamOperations(store, settings, url_prefix)
         self.control = ControlOperations(store, self.subscriptions)
 

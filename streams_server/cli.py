@@ -86,6 +86,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              f" {LARGEST_CHUNK_KIB})")
     parser.add_argument("--max-path-length", type=bounded(int, 1), default=1024,
                         help="longest stream path, in characters (default 1024)")
+    parser.add_argument("--allow-local-webhooks", action="store_true",
+                        help="let webhook subscriptions call localhost and 127.0.0.x, over http"
+                             " too: for development (section 12.8); off, only https to public"
+                             " hosts")
     parser.add_argument("--max-storage-mib", type=bounded(float, 0, above=True), default=None,
                         help="refuse writes (507) that would grow the database past this size"
                              " (default: no limit but the disk's)")
@@ -148,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         auth_token=args.auth_token,
         max_storage_bytes=(None if args.max_storage_mib is None
                            else mib_to_bytes(args.max_storage_mib)),
+        local_webhooks=args.allow_local_webhooks,
     )
     try:
         backend = StreamsBackend.open(None if args.memory else args.data_dir, settings)

@@ -38,6 +38,10 @@ class StreamsSettings:
     spool_memory_bytes: int = 1 * MIB
     auth_token: str | None = None
     max_storage_bytes: int | None = None  # the database's quota; None: as large as the disk
+    local_webhooks: bool = False
+    """Whether webhooks may call localhost or 127.0.0.x (over http too): the development
+    exception of sections 6.2 and 12.8. Off, anyone who may create a subscription could
+    make the server send requests to the services of its own machine."""
 
     @property
     def cache_visibility(self) -> str:

@@ -13,8 +13,9 @@ LONG_POLL_TIMEOUT_S = 0.5
 def test_streams_server_passes_the_whole_conformance_suite(tmp_path: Path) -> None:
     """Every test of @durable-streams/server-conformance-tests passes, subscriptions
     included, on the durable SQLite engine."""
-    with start_streams_server(
-        tmp_path / "data", long_poll_timeout=LONG_POLL_TIMEOUT_S
+    with start_streams_server(  # the suite's webhook receivers listen on this machine
+        tmp_path / "data", long_poll_timeout=LONG_POLL_TIMEOUT_S,
+        extra_args=["--allow-local-webhooks"],
     ) as server:
         report = run_conformance(
             server.url,

@@ -13,16 +13,24 @@ from typing import Any
 import pytest
 import requests
 
+from streams_server.app import create_app
+from streams_server.backend import StreamsBackend
+from streams_server.config import StreamsSettings
 from streams_server.errors import BadRequest, Conflict
 from streams_server.storage import subscriptions as db
 from streams_server.storage.engine import StreamStore
 from streams_server.storage.models import Expiry
-from streams_server.subscriptions.model import PULL_WAKE, SubscriptionConfig, WakeFence
+from streams_server.subscriptions.model import (
+    PULL_WAKE,
+    WEBHOOK,
+    SubscriptionConfig,
+    WakeFence,
+)
 from streams_server.subscriptions.urlcheck import validate_webhook_url
 from streams_server.subscriptions.globs import (
     MAX_PATTERN_LENGTH, MAX_PATTERN_SEGMENTS, MAX_PATTERN_STARS, matches, validate_pattern,
 )
-from tests.support import ServerProcess
+from tests.support import ServerProcess, start_streams_server
 from tests.support.agents import wait_until
 
 
@@ -374,6 +382,37 @@ def test_a_heartbeat_after_its_lease_ran_out_is_fenced_before_the_lease_is_swept
         with pytest.raises(Conflict) as refused:
             heartbeat()
         assert refused.value.code == "FENCED"
+        # Nor is a late release taken (it answered 204, as if the holder still held it).
+        with pytest.raises(Conflict) as refused:
+            store.transact(lambda tx: db.release(tx, "late", fence))
+        assert refused.value.code == "FENCED"
+    finally:
+        store.close()
+
+
+def test_a_receiver_that_called_back_is_not_sent_the_wake_again(tmp_path: Path) -> None:
+    """7.3: a webhook's lease is extended by its callbacks. A receiver that called back
+    while its answer to the POST failed (a 500, a timeout) was sent the same wake again,
+    with a new token, while it was still working on it."""
+    store = StreamStore.open_directory(str(tmp_path))
+    try:
+        store.create("jobs/a", content_type="application/json", expiry=Expiry())
+        config = SubscriptionConfig(type=WEBHOOK, pattern="jobs/*", streams=(),
+                                    webhook_url="https://example.com/hook", wake_stream=None,
+                                    lease_ttl_ms=30_000, description=None)
+        store.transact(lambda tx: db.put_subscription(tx, "hook", config, "http://localhost"))
+        store.append("jobs/a", [b'{"n":1}'], content_type="application/json")
+        wake = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert wake.wake_id is not None and wake.next_attempt_at_ms is not None
+        fence = WakeFence(wake.generation, wake.wake_id, wake.generation, wake.wake_id)
+        store.transact(lambda tx: db.acknowledge(tx, "hook", fence, (), done=False,
+                                                 kind=WEBHOOK))  # the callback
+        store.transact(lambda tx: db.record_delivery(  # then its POST fails
+            tx, wake, delivered=False, done=False, snapshot=wake.links,
+            error="receiver answered 500", retry_at_ms=store.now_ms() + 1000))
+        after = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert after.wake_id == wake.wake_id and after.next_attempt_at_ms is None
+        assert after.lease_expires_at_ms is not None
     finally:
         store.close()
 
@@ -421,6 +460,14 @@ class _FlakyReceiver:
 
 
 @pytest.fixture
+def local_hooks_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """This project's server, allowing webhooks to this machine (where the receivers are)."""
+    with start_streams_server(tmp_path / "hooks-data", long_poll_timeout=2.0,
+                              extra_args=["--allow-local-webhooks"]) as server:
+        yield server
+
+
+@pytest.fixture
 def flaky_receiver() -> Iterator[_FlakyReceiver]:
     receiver = _FlakyReceiver(failures=3)
     yield receiver
@@ -428,9 +475,9 @@ def flaky_receiver() -> Iterator[_FlakyReceiver]:
 
 
 def test_a_down_webhook_receiver_is_retried_with_backoff_across_a_restart(
-    streams_server: ServerProcess, http: requests.Session, flaky_receiver: _FlakyReceiver
+    local_hooks_server: ServerProcess, http: requests.Session, flaky_receiver: _FlakyReceiver
 ) -> None:
-    root = _root(streams_server)
+    root = _root(local_hooks_server)
     r = http.put(
         f"{root}/__ds/subscriptions/hook",
         json={"type": "webhook", "pattern": "jobs/*", "webhook": {"url": flaky_receiver.url}},
@@ -445,8 +492,8 @@ def test_a_down_webhook_receiver_is_retried_with_backoff_across_a_restart(
         flaky_receiver.delivered.wait(0.05)
     state = http.get(f"{root}/__ds/subscriptions/hook").json()
     assert state["status"] == "failed" and state["next_attempt_at"] is not None
-    streams_server.kill()
-    streams_server.start()
+    local_hooks_server.kill()
+    local_hooks_server.start()
 
     assert flaky_receiver.delivered.wait(30), f"never delivered: {flaky_receiver.arrivals}"
     gaps = [b - a for a, b in zip(flaky_receiver.arrivals, flaky_receiver.arrivals[1:])]
@@ -470,13 +517,13 @@ def test_a_down_webhook_receiver_is_retried_with_backoff_across_a_restart(
 
 
 def test_a_slow_webhook_receiver_gets_one_delivery_per_wake(
-    streams_server: ServerProcess, http: requests.Session
+    local_hooks_server: ServerProcess, http: requests.Session
 ) -> None:
     """A delivery under way is not started again: the scheduler looks every few ms, and a
     receiver that takes half a second got dozens of copies of one wake."""
     receiver = _FlakyReceiver(failures=0, delay=0.5)
     try:
-        root = _root(streams_server)
+        root = _root(local_hooks_server)
         r = http.put(f"{root}/__ds/subscriptions/slow-hook",
                      json={"type": "webhook", "pattern": "slow/*",
                            "webhook": {"url": receiver.url}})
@@ -489,6 +536,40 @@ def test_a_slow_webhook_receiver_gets_one_delivery_per_wake(
         assert len(receiver.arrivals) == 1, receiver.arrivals
     finally:
         receiver.close()
+
+
+def test_the_scheduler_rests_while_a_delivery_is_under_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delivery's attempt stays due until the delivery is recorded, and the scheduler woke
+    for it every 5 ms meanwhile, each time a write transaction (expiring leases) competing
+    with the appends: about 200 a second for every slow receiver."""
+    sweeps: list[float] = []
+    expire_leases = db.expire_leases
+
+    def counted(tx: Any) -> Any:
+        sweeps.append(time.monotonic())
+        return expire_leases(tx)
+
+    monkeypatch.setattr(db, "expire_leases", counted)
+    backend = StreamsBackend.open(None, StreamsSettings(local_webhooks=True))
+    receiver = _FlakyReceiver(failures=0, delay=1.0)
+    try:
+        backend.start()
+        api = create_app(backend).test_client()
+        assert api.put("/v1/stream/__ds/subscriptions/slow", json={
+            "type": "webhook", "pattern": "slow/*", "webhook": {"url": receiver.url}},
+        ).status_code == 201
+        assert api.put("/v1/stream/slow/a", headers={"Content-Type": "application/json"},
+                       ).status_code == 201
+        assert api.post("/v1/stream/slow/a", json=[{"n": 1}]).status_code == 204
+        assert receiver.delivered.wait(10), "never delivered"
+        started = receiver.arrivals[0]
+        during = [t for t in sweeps if started < t < started + receiver.delay]
+        assert len(during) <= 3, f"{len(during)} lease sweeps during one delivery of 1 s"
+    finally:
+        receiver.close()
+        backend.close()
 
 
 def test_an_older_ack_does_not_move_a_cursor_back(
@@ -536,11 +617,11 @@ def test_an_ack_whose_done_is_not_a_boolean_is_refused_not_taken_as_a_heartbeat(
 
 
 def test_a_closed_wake_stream_gets_no_wake_events(
-    streams_server: ServerProcess, http: requests.Session
+    local_hooks_server: ServerProcess, http: requests.Session
 ) -> None:
     """Closed is final (section 5.2): the server's own wake events may not be appended to a
     closed wake stream either."""
-    root = _root(streams_server)
+    root = _root(local_hooks_server)
     _pull_subscription(http, root, "shut", "wake/shut", "shut/*", 30_000)
     _put_json_stream(http, root, "shut/a")
     closed = http.post(f"{root}/wake/shut", headers={"Stream-Closed": "true"})
@@ -554,9 +635,9 @@ def test_a_closed_wake_stream_gets_no_wake_events(
 
 
 def test_a_subscription_id_that_needs_escaping_gets_the_right_jwks_url(
-    streams_server: ServerProcess,
+    local_hooks_server: ServerProcess,
 ) -> None:
-    base = f"{streams_server.url}/v1/stream"
+    base = f"{local_hooks_server.url}/v1/stream"
     config: dict[str, Any] = {"type": "webhook", "pattern": "x/*",
                               "webhook": {"url": "https://example.com/h"}}
     response = requests.put(f"{base}/__ds/subscriptions/a%20b%C3%A9", json=config, timeout=10)
@@ -676,11 +757,11 @@ def test_many_stars_in_one_segment_match_in_polynomial_time() -> None:
 
 @pytest.mark.timeout(60)
 def test_a_hostile_pattern_does_not_stall_the_server(
-    streams_server: ServerProcess, http: requests.Session
+    local_hooks_server: ServerProcess, http: requests.Session
 ) -> None:
     """The subscription PUT (backfill) and a later stream create (matching every pattern) both
     answer; before the fix each would hold the write transaction for hours."""
-    root = _root(streams_server)
+    root = _root(local_hooks_server)
     deep = "/".join(["d"] * 30)
     _put_json_stream(http, root, deep)
     r = http.put(
@@ -724,8 +805,8 @@ def test_validate_pattern_rejects_oversized_patterns(pattern: str, limit: str) -
     assert limit in caught.value.message
 
 
-def test_an_oversized_pattern_is_refused_over_http(streams_server: ServerProcess) -> None:
-    base = f"{streams_server.url}/v1/stream"
+def test_an_oversized_pattern_is_refused_over_http(local_hooks_server: ServerProcess) -> None:
+    base = f"{local_hooks_server.url}/v1/stream"
     config: dict[str, Any] = {"type": "webhook", "pattern": "*a" * MAX_PATTERN_STARS + "*",
                               "webhook": {"url": "https://example.com/h"}}
     response = requests.put(f"{base}/__ds/subscriptions/big", json=config, timeout=10)
@@ -745,12 +826,12 @@ def test_an_oversized_pattern_is_refused_over_http(streams_server: ServerProcess
 ], ids=["surrogate-description", "surrogate-pattern", "surrogate-url", "nul-in-stream",
         "newline-in-wake-stream", "bell-in-pattern"])
 def test_what_no_stream_or_text_can_hold_is_refused_in_a_subscription(
-    streams_server: ServerProcess, body: str, code: str,
+    local_hooks_server: ServerProcess, body: str, code: str,
 ) -> None:
     """A lone surrogate escape was a 503 STORAGE_UNAVAILABLE (a retry forever) with a
     traceback, failing only as SQLite stored it; control characters were taken in names
     no stream can have."""
-    base = f"{streams_server.url}/v1/stream/__ds/subscriptions"
+    base = f"{local_hooks_server.url}/v1/stream/__ds/subscriptions"
     response = requests.put(f"{base}/odd", data=body.encode(), timeout=10,
                             headers={"Content-Type": "application/json"})
     assert response.status_code == 400, response.text
@@ -764,10 +845,10 @@ def test_what_no_stream_or_text_can_hold_is_refused_in_a_subscription(
         assert response.status_code == 400, (part, response.text)
 
 
-def test_a_subscription_cannot_watch_its_own_wake_stream(streams_server: ServerProcess) -> None:
+def test_a_subscription_cannot_watch_its_own_wake_stream(local_hooks_server: ServerProcess) -> None:
     """With ``loop/*`` and the wake stream ``loop/wake``, each wake event was new data on a
     watched stream: every ack that said done woke the subscription again, for good."""
-    base = f"{streams_server.url}/v1/stream/__ds/subscriptions"
+    base = f"{local_hooks_server.url}/v1/stream/__ds/subscriptions"
     for name, config in (("own-pattern", {"pattern": "own-loop/*"}),
                          ("own-stream", {"streams": ["a", "own-loop/wake"]})):
         response = requests.put(f"{base}/{name}", timeout=10, json={
@@ -796,7 +877,6 @@ def test_a_subscription_cannot_watch_its_own_wake_stream(streams_server: ServerP
     ("https://bücher.example.com/hook", None),
     ("https://my_service.example.com/hook", None),
     ("https://8.8.8.8/hook", None),
-    ("http://localhost:8080/hook", None),
 ])
 def test_a_webhook_url_is_checked_when_given(url: str, refused_because: str | None) -> None:
     """A host with a space in it was taken, and ``https://10.1/`` (10.0.0.1 to a resolver)
@@ -808,3 +888,26 @@ def test_a_webhook_url_is_checked_when_given(url: str, refused_because: str | No
         validate_webhook_url(url)
     assert caught.value.code == "WEBHOOK_URL_REJECTED"
     assert refused_because in caught.value.message
+
+
+@pytest.mark.parametrize("url", ["http://localhost:6379/", "https://127.0.0.1/hook",
+                                 "http://127.0.0.9:8080/hook", "https://LOCALHOST/hook"])
+def test_a_webhook_to_this_machine_needs_the_development_setting(url: str) -> None:
+    """Any client that could create a subscription could make the server send requests to
+    the services on its own machine (sections 6.2 and 12.8 allow that only as an explicit
+    development exception)."""
+    with pytest.raises(BadRequest) as caught:
+        validate_webhook_url(url)
+    assert "webhooks to localhost and 127.0.0.x are for development" in caught.value.message
+    assert validate_webhook_url(url, local_ok=True) == url
+
+
+def test_a_local_webhook_is_refused_over_http_unless_allowed(tmp_path: Path) -> None:
+    with start_streams_server(tmp_path / "data") as server:
+        r = requests.put(f"{_root(server)}/__ds/subscriptions/local", timeout=10, json={
+            "type": "webhook", "pattern": "x/*", "webhook": {"url": "http://127.0.0.1:6379/"}})
+        assert r.status_code == 400 and "WEBHOOK_URL_REJECTED" in r.text, r.text
+    with start_streams_server(tmp_path / "data", extra_args=["--allow-local-webhooks"]) as server:
+        r = requests.put(f"{_root(server)}/__ds/subscriptions/local", timeout=10, json={
+            "type": "webhook", "pattern": "x/*", "webhook": {"url": "http://127.0.0.1:6379/"}})
+        assert r.status_code == 201, r.text

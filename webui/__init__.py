@@ -49,6 +49,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         auth_token=app.config["STREAMS_AUTH_TOKEN"],
         max_storage_bytes=(None if app.config["MAX_STORAGE_MIB"] is None
                            else mib_to_bytes(app.config["MAX_STORAGE_MIB"])),
+        local_webhooks=app.config["ALLOW_LOCAL_WEBHOOKS"],
     )
     try:
         serving = flask_run_address()

@@ -63,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
     # `flask run`'s access log shows the streams API's requests that succeed too (a line per
     # few tokens of every answer); by default only those that fail.
     "LOG_STREAM_REQUESTS": False,
+    # Let webhook subscriptions call localhost and 127.0.0.x (development only).
+    "ALLOW_LOCAL_WEBHOOKS": False,
 }
 
 
@@ -72,7 +74,8 @@ class ConfigError(ValueError):
 
 TEXT_SETTINGS = ("DATA_DIR", "STREAMS_BROWSER_URL", "STREAMS_AUTH_TOKEN", "AGENT_STREAMS_URL",
                  "AGENT_MODEL", "AGENT_WAKE_STREAM")
-FLAG_SETTINGS = ("STREAMS_MEMORY", "EMBEDDED_SUPERVISOR", "LOG_STREAM_REQUESTS")
+FLAG_SETTINGS = ("STREAMS_MEMORY", "EMBEDDED_SUPERVISOR", "LOG_STREAM_REQUESTS",
+                 "ALLOW_LOCAL_WEBHOOKS")
 OPTIONAL_SETTINGS = ("STREAMS_AUTH_TOKEN", "AGENT_STREAMS_URL", "AGENT_MODEL")
 """Settings an empty value leaves unset (their defaults apply)."""
 
@@ -183,6 +186,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "AGENT_WAKE_STREAM": _STREAM_PATH,
     "DEMO_TOKENS_PER_SECOND": _number(0),  # 0: instant answers
     "LOG_STREAM_REQUESTS": _FLAG,
+    "ALLOW_LOCAL_WEBHOOKS": _FLAG,
 }
 
 

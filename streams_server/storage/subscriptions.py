@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+from collections.abc import Collection
 from dataclasses import replace
 
 from ..errors import BadRequest, Conflict, NotFound
@@ -108,11 +109,15 @@ def list_subscriptions(conn: sqlite3.Connection) -> list[SubscriptionState]:
     return [_state(conn, r) for r in rows]
 
 
-def next_deadline_ms(conn: sqlite3.Connection) -> int | None:
-    """The earliest lease expiry or webhook attempt due, if any."""
+def next_deadline_ms(conn: sqlite3.Connection, delivering: Collection[str] = ()) -> int | None:
+    """The earliest lease expiry or webhook attempt due, if any; the attempts of the
+    subscriptions `delivering` now are not (theirs stay due until the delivery is recorded)."""
+    busy = ",".join("?" * len(delivering))
+    attempt = (f"CASE WHEN id IN ({busy}) THEN NULL ELSE next_attempt_at_ms END" if busy
+               else "next_attempt_at_ms")
     row = conn.execute(
-        "SELECT min(coalesce(min(lease_expires_at_ms), 9e18), coalesce(min(next_attempt_at_ms),"
-        " 9e18)) FROM subscriptions WHERE deleted = 0"
+        f"SELECT min(coalesce(min(lease_expires_at_ms), 9e18), coalesce(min({attempt}),"
+        " 9e18)) FROM subscriptions WHERE deleted = 0", tuple(delivering)
     ).fetchone()
     value = row[0] if row else None
     return None if value is None or value >= 9e18 else int(value)
@@ -427,9 +432,8 @@ def acknowledge(
     row = _fenced_row(tx, sub_id, fence)
     if row["type"] != kind:
         raise BadRequest(f"this endpoint is not for {row['type']} subscriptions", code="WRONG_TYPE")
-    if kind == PULL_WAKE and (row["holder"] is None or row["lease_expires_at_ms"] is None
-                              or row["lease_expires_at_ms"] <= tx.now_ms):
-        raise Fenced("the lease has ended", code="FENCED")  # expired: the sweep is due
+    if _lease_over(row, tx.now_ms) or (kind == PULL_WAKE and row["holder"] is None):
+        raise Fenced("the lease has ended", code="FENCED")
     _apply_acks(tx, sub_id, acks)
     if done:
         return _end_wake(tx, sub_id)
@@ -473,8 +477,19 @@ def _apply_acks(tx: Transaction, sub_id: str, acks: tuple[Ack, ...]) -> None:
 
 
 def release(tx: Transaction, sub_id: str, fence: WakeFence) -> bool:
-    _fenced_row(tx, sub_id, fence)
+    if _lease_over(_fenced_row(tx, sub_id, fence), tx.now_ms):
+        raise Fenced("the lease has ended", code="FENCED")
     return _end_wake(tx, sub_id)
+
+
+def _lease_over(row: sqlite3.Row, now_ms: int) -> bool:
+    """Whether the wake's lease has run out (section 7.3): the sweep that clears it may not
+    have run yet, and the holder's acks, callbacks and release must not outlive it. A
+    pull-wake lease starts at the claim; a webhook's once the receiver has answered."""
+    expires = row["lease_expires_at_ms"]
+    if row["type"] == PULL_WAKE:
+        return expires is None or expires <= now_ms
+    return expires is not None and expires <= now_ms
 
 
 # ---------------------------------------------------------------------- webhook delivery
@@ -505,6 +520,14 @@ def record_delivery(
             "UPDATE subscriptions SET next_attempt_at_ms = NULL, delivery_attempt = 0,"
             " last_error = NULL, lease_expires_at_ms = ? WHERE id = ?",
             (tx.now_ms + row["lease_ttl_ms"], state.id),
+        )
+    elif row["lease_expires_at_ms"] is not None:
+        # The receiver called back during this delivery (that started the lease): it has
+        # the wake, whatever became of its answer to the POST. Sent again, it would be
+        # worked on twice.
+        tx.conn.execute(
+            "UPDATE subscriptions SET next_attempt_at_ms = NULL, delivery_attempt = 0,"
+            " last_error = NULL WHERE id = ?", (state.id,),
         )
     else:
         tx.conn.execute(

@@ -123,8 +123,9 @@ def stream_path(value: Any, field: str) -> str:
     return value
 
 
-def parse_config(body: Any) -> SubscriptionConfig:
-    """Validate and normalise the JSON body of a subscription PUT."""
+def parse_config(body: Any, *, local_webhooks: bool = False) -> SubscriptionConfig:
+    """Validate and normalise the JSON body of a subscription PUT (`local_webhooks`: see
+    `StreamsSettings`)."""
     if not isinstance(body, dict):
         raise BadRequest("the subscription must be a JSON object", code="INVALID_SUBSCRIPTION")
     kind = body.get("type")
@@ -143,7 +144,7 @@ def parse_config(body: Any) -> SubscriptionConfig:
         webhook = body.get("webhook")
         if not isinstance(webhook, dict) or not isinstance(webhook.get("url"), str):
             raise BadRequest("webhook subscriptions need webhook.url", code="INVALID_SUBSCRIPTION")
-        webhook_url = validate_webhook_url(webhook["url"])
+        webhook_url = validate_webhook_url(webhook["url"], local_ok=local_webhooks)
     else:
         wake_stream = stream_path(body.get("wake_stream"), "wake_stream")
         refuse_own_wake_stream(wake_stream, pattern, streams)

@@ -39,9 +39,11 @@ IDLE_CHECK_S = 30.0
 class SubscriptionService:
     """Sections 6 and 7 over one `StreamStore`."""
 
-    def __init__(self, store: StreamStore, keys: ServerKeys) -> None:
+    def __init__(self, store: StreamStore, keys: ServerKeys, *,
+                 local_webhooks: bool = False) -> None:
         self.store = store
         self.keys = keys
+        self.local_webhooks = local_webhooks
         self._session = requests.Session()
         self._poke = threading.Event()
         self._stopping = threading.Event()
@@ -67,7 +69,7 @@ class SubscriptionService:
     # ------------------------------------------------------------------ management (6.2-6.4)
 
     def put(self, sub_id: str, body: Any, base_url: str) -> tuple[SubscriptionState, bool]:
-        config = parse_config(body)
+        config = parse_config(body, local_webhooks=self.local_webhooks)
         validate_subscription_id(sub_id)
         return self.store.transact(lambda tx: db.put_subscription(tx, sub_id, config, base_url))
 
@@ -173,7 +175,7 @@ class SubscriptionService:
     def _tick(self) -> float:
         """Expire leases, start due deliveries; returns seconds until the next deadline."""
         now = self.store.now_ms()
-        deadline = self.store.read_with(db.next_deadline_ms)
+        deadline = self._next_deadline_ms()
         if deadline is not None and deadline <= now:
             self.store.transact(db.expire_leases)
             due = self.store.read_with(
@@ -181,10 +183,16 @@ class SubscriptionService:
             )
             for state in due:
                 self._start_delivery(state)
-            deadline = self.store.read_with(db.next_deadline_ms)
+            deadline = self._next_deadline_ms()
         if deadline is None:
             return IDLE_CHECK_S
         return max(0.005, min(IDLE_CHECK_S, (deadline - self.store.now_ms()) / 1000))
+
+    def _next_deadline_ms(self) -> int | None:
+        """A delivery under way pokes the scheduler once it is recorded; until then its
+        attempt, still due, would bring the scheduler back every few milliseconds."""
+        delivering = {sub_id for sub_id, _ in self._in_flight.copy()}  # delivery threads change it
+        return self.store.read_with(lambda conn: db.next_deadline_ms(conn, delivering))
 
     def _start_delivery(self, state: SubscriptionState) -> None:
         key = (state.id, state.wake_id or "")
@@ -202,7 +210,8 @@ class SubscriptionService:
                 self.keys.token_key,
                 tokens.TokenClaims(state.id, state.generation, state.wake_id),
             )
-            outcome = webhooks.deliver(self._session, state, self.keys, token)
+            outcome = webhooks.deliver(self._session, state, self.keys, token,
+                                       local_ok=self.local_webhooks)
             retry_at = None
             if not outcome.delivered:
                 delay = webhooks.retry_delay_s(state.delivery_attempt)

@@ -1,7 +1,8 @@
 """Webhook URL validation against server-side request forgery (sections 6.2 and 12.8).
 
-Production URLs must be `https` to a public host. The one exception is local development:
-`http` or `https` to `localhost` or `127.0.0.x`. Private, loopback, link-local, metadata and
+Production URLs must be `https` to a public host. The one exception is local development,
+where the server allows it (`local_ok`): `http` or `https` to `localhost` or `127.0.0.x`.
+Private, loopback, link-local, metadata and
 other non-public targets are refused, both when the URL is given (IP literals and reserved
 names) and again when a delivery resolves the host name (so DNS cannot smuggle them in).
 """
@@ -49,8 +50,9 @@ def _public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> b
     )
 
 
-def validate_webhook_url(url: str) -> str:
-    """The URL if it is an acceptable webhook target, else `400 WEBHOOK_URL_REJECTED`."""
+def validate_webhook_url(url: str, *, local_ok: bool = False) -> str:
+    """The URL if it is an acceptable webhook target, else `400 WEBHOOK_URL_REJECTED`;
+    `local_ok` takes localhost and 127.0.0.x too (development)."""
     if not isinstance(url, str) or len(url) > 2048:
         raise _rejected("the URL must be a string of at most 2048 characters")
     try:
@@ -64,9 +66,13 @@ def validate_webhook_url(url: str) -> str:
     if parts.username or parts.password:
         raise _rejected("credentials in the URL are not allowed")
     if is_development_host(host):
-        return url
+        if local_ok:
+            return url
+        raise _rejected(f"{host} is this machine: webhooks to localhost and 127.0.0.x are for"
+                        " development, and this server is not set to allow them")
     if parts.scheme != "https":
-        raise _rejected("webhooks must use https (http only to localhost or 127.0.0.x)")
+        raise _rejected("webhooks must use https (http only to localhost or 127.0.0.x, where"
+                        " the server allows them)")
     address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     try:
         address = ipaddress.ip_address(host)
@@ -103,11 +109,12 @@ def _is_host_name(host: str) -> bool:
     return _HOST_NAME.fullmatch(ascii_host) is not None
 
 
-def check_resolved_host(url: str) -> None:
-    """At delivery time: refuse a public-looking name that resolves to a local address."""
+def check_resolved_host(url: str, *, local_ok: bool = False) -> None:
+    """At delivery time: refuse a public-looking name that resolves to a local address (and
+    a local one, made while the server allowed them, unless it still does)."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
-    if is_development_host(host):
+    if is_development_host(host) and local_ok:
         return
     port = parts.port or (443 if parts.scheme == "https" else 80)
     for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP):

@@ -63,7 +63,8 @@ def notification_body(state: SubscriptionState, callback_token: str) -> bytes:
 
 
 def deliver(
-    session: requests.Session, state: SubscriptionState, keys: ServerKeys, token: str
+    session: requests.Session, state: SubscriptionState, keys: ServerKeys, token: str, *,
+    local_ok: bool = False,
 ) -> DeliveryOutcome:
     """POST one signed notification; a 2xx is delivered, `{"done": true}` also acks."""
     url = state.config.webhook_url
@@ -74,7 +75,7 @@ def deliver(
         "Webhook-Signature": keys.sign_webhook(int(time.time()), body),
     }
     try:
-        check_resolved_host(url)
+        check_resolved_host(url, local_ok=local_ok)
         response = session.post(
             url, data=body, headers=headers, timeout=DELIVERY_TIMEOUT_S, allow_redirects=False
         )
