@@ -417,6 +417,35 @@ def test_a_receiver_that_called_back_is_not_sent_the_wake_again(tmp_path: Path) 
         store.close()
 
 
+def test_a_receivers_done_is_taken_when_a_stream_was_unlinked_during_the_delivery(
+    tmp_path: Path,
+) -> None:
+    """The acks a `{"done": true}` answer stands for are the delivery's snapshot of links.
+    One unlinked meanwhile made the whole record fail (400 UNKNOWN_STREAM, logged with a
+    traceback), and the wake, still due, was delivered again at once, and again."""
+    store = StreamStore.open_directory(str(tmp_path))
+    try:
+        for path in ("jobs/a", "jobs/b"):
+            store.create(path, content_type="application/json", expiry=Expiry())
+        config = SubscriptionConfig(type=WEBHOOK, pattern=None, streams=("jobs/a", "jobs/b"),
+                                    webhook_url="https://example.com/hook", wake_stream=None,
+                                    lease_ttl_ms=30_000, description=None)
+        store.transact(lambda tx: db.put_subscription(tx, "hook", config, "http://localhost"))
+        for path in ("jobs/a", "jobs/b"):
+            store.append(path, [b'{"n":1}'], content_type="application/json")
+        wake = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        store.transact(lambda tx: db.remove_explicit_link(tx, "hook", "jobs/a"))
+        store.transact(lambda tx: db.record_delivery(
+            tx, wake, delivered=True, done=True, snapshot=wake.links, error=None,
+            retry_at_ms=None))
+        after = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert after.wake_id is None and after.next_attempt_at_ms is None  # the wake is done
+        [b] = after.links
+        assert b.path == "jobs/b" and b.acked_offset == b.tail_offset
+    finally:
+        store.close()
+
+
 class _FlakyReceiver:
     """A webhook receiver that fails its first `failures` requests with 503, then acks;
     each answer takes `delay` seconds."""

@@ -445,9 +445,12 @@ def acknowledge(
     return False
 
 
-def _apply_acks(tx: Transaction, sub_id: str, acks: tuple[Ack, ...]) -> None:
+def _apply_acks(tx: Transaction, sub_id: str, acks: tuple[Ack, ...], *,
+                snapshot: bool = False) -> None:
     """Move acked offsets forward. An ack for a linked stream deleted meanwhile is moot and
-    skipped: refusing it would refuse the acks of the other streams and the `done` with it."""
+    skipped: refusing it would refuse the acks of the other streams and the `done` with it.
+    The acks of a `snapshot` (the links as a webhook delivery saw them, which a receiver's
+    `done` stands for) also skip a stream unlinked since, or made again shorter."""
     links = {
         row["path"]: row["tail"]
         for row in tx.conn.execute(
@@ -457,6 +460,8 @@ def _apply_acks(tx: Transaction, sub_id: str, acks: tuple[Ack, ...]) -> None:
         )
     }
     for ack in acks:
+        if snapshot and (ack.stream not in links or (links[ack.stream] or 0) < ack.offset):
+            continue
         if ack.stream not in links:
             raise BadRequest(
                 f"stream {ack.stream!r} is not linked to this subscription", code="UNKNOWN_STREAM"
@@ -511,7 +516,8 @@ def record_delivery(
         return
     if delivered and done:
         _apply_acks(
-            tx, state.id, tuple(Ack(link.path, link.tail_offset) for link in snapshot)
+            tx, state.id, tuple(Ack(link.path, link.tail_offset) for link in snapshot),
+            snapshot=True,
         )
         _end_wake(tx, state.id)
         return
