@@ -26,15 +26,16 @@ def format_offset(position: int) -> str:
     return f"{STORAGE_EPOCH:0{FIELD_WIDTH}d}_{position:0{FIELD_WIDTH}d}"
 
 
-def parse_offset(token: str, *, field: str = "offset") -> int:
-    """The byte position a token names; `-1` means 0. `now` is resolved by the caller."""
+def parse_offset(token: str, *, field: str = "offset", now_too: bool = False) -> int:
+    """The byte position a token names; `-1` means 0. `now` is resolved by the caller, where
+    it is one (`now_too`, for the error's words)."""
     if token == START_SENTINEL:
         return 0
     match = _TOKEN.fullmatch(token)
     if match is None:
         raise BadRequest(
-            f"malformed {field} {token[:64]!r}: expected -1, now or an offset returned by "
-            "this server",
+            f"malformed {field} {token[:64]!r}: expected -1{', now' if now_too else ''} or an"
+            " offset returned by this server",
             code="INVALID_OFFSET",
         )
     if int(match.group(1)) != STORAGE_EPOCH:

@@ -601,6 +601,33 @@ def test_the_scheduler_rests_while_a_delivery_is_under_way(
         backend.close()
 
 
+def test_a_malformed_ack_offset_is_named_as_such(
+    streams_server: ServerProcess, http: requests.Session
+) -> None:
+    """An ack's offset of "now" was refused as a "malformed offset: expected -1, now or an
+    offset": the error named as valid the very value it refused."""
+    root = _root(streams_server)
+    _pull_subscription(http, root, "named", "wake/named", "named/*", 30_000)
+    _put_json_stream(http, root, "named/a")
+    _append(http, root, "named/a", {"n": 1})
+    _wake_events_after(http, root, "wake/named", "-1")
+    grant = _claim(http, root, "named", "w1").json()
+    refused = _ack(http, root, "named", grant, [{"stream": "named/a", "offset": "now"}],
+                   done=False)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == (
+        "malformed ack offset 'now': expected -1 or an offset returned by this server")
+    read = http.get(f"{root}/named/a", params={"offset": "soon"})
+    assert read.json()["error"]["message"] == (
+        "malformed offset 'soon': expected -1, now or an offset returned by this server")
+    # An id with a '/' in it: refused as a method (405, POST only), not as an id.
+    made = http.put(f"{root}/__ds/subscriptions/conv/1", json={
+        "type": "pull-wake", "pattern": "named/*", "wake_stream": "wake/named"})
+    assert made.status_code == 404, made.text
+    assert made.json()["error"]["message"] == (
+        "no subscription API '1' (a subscription id has no '/')")
+
+
 def test_an_older_ack_does_not_move_a_cursor_back(
     streams_server: ServerProcess, http: requests.Session
 ) -> None:

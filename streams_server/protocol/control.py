@@ -127,6 +127,10 @@ class ControlOperations:
             _only(request, "DELETE")
             self.service.remove_stream(sub_id, rest[len("streams/") :])
             return Reply(204)
+        if rest not in ("claim", "ack", "callback", "release"):
+            # `PUT __ds/subscriptions/conv/1` was refused as a method (405, POST only)
+            raise NotFound(f"no subscription API {rest!r} (a subscription id has no '/')",
+                           code="NOT_FOUND")
         _only(request, "POST")
         auth = request.headers.get("Authorization")
         if rest == "claim":
@@ -145,10 +149,8 @@ class ControlOperations:
             kind = PULL_WAKE if rest == "ack" else WEBHOOK
             next_wake = self.service.ack(sub_id, auth, _body(request), kind=kind)
             return _json_reply(200, {"ok": True, "next_wake": next_wake})
-        if rest == "release":
-            self.service.release(sub_id, auth, _body(request))
-            return Reply(204)
-        raise NotFound(f"no subscription API {rest!r}", code="NOT_FOUND")
+        self.service.release(sub_id, auth, _body(request))
+        return Reply(204)
 
     def _describe(self, state: SubscriptionState, root: str) -> dict[str, Any]:
         config = state.config

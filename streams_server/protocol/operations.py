@@ -234,7 +234,7 @@ class StreamOperations:
         if offset == "":
             raise BadRequest("offset must not be empty", code="INVALID_OFFSET")
         at_tail = offset == TAIL_SENTINEL
-        position = None if at_tail or offset is None else parse_offset(offset)
+        position = None if at_tail or offset is None else parse_offset(offset, now_too=True)
         if offset is None:
             position = 0
         cursor = request.args.get("cursor")
