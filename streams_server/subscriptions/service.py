@@ -260,6 +260,7 @@ def _parse_acks(value: Any) -> tuple[Ack, ...]:
     for item in value:
         if not isinstance(item, dict) or not isinstance(item.get("offset"), str):
             raise BadRequest("each ack is {\"stream\": path, \"offset\": offset}", code="INVALID_ACKS")
-        acks.append(Ack(stream_path(item.get("stream"), "ack stream"), parse_offset(item["offset"], field="ack offset")))
+        acks.append(Ack(stream_path(item.get("stream"), "ack stream"),
+                        parse_offset(item["offset"], field="ack offset")))
     return tuple(acks)
 

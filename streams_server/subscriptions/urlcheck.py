@@ -2,9 +2,10 @@
 
 Production URLs must be `https` to a public host. The one exception is local development,
 where the server allows it (`local_ok`): `http` or `https` to `localhost` or `127.0.0.x`.
-Private, loopback, link-local, metadata and
-other non-public targets are refused, both when the URL is given (IP literals and reserved
-names) and again when a delivery resolves the host name (so DNS cannot smuggle them in).
+Private, loopback, link-local, metadata and other non-public targets are refused, both when
+the URL is given (IP literals and reserved names) and again when a delivery resolves the
+host name (so DNS cannot smuggle them in, short of an answer that changes between that
+look-up and the connection's own).
 """
 
 from __future__ import annotations
