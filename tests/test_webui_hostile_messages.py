@@ -28,6 +28,7 @@ import requests
 from playwright.sync_api import Page, expect
 
 from tests.support import ServerProcess
+from tests.support.agents import wait_until
 from tests.support.browser import turn_for, unsafe_nodes
 from tests.support.webapp import start_chat_app
 from tests.test_webui_browser import NewContext, browser, new_context, norm, open_chat  # noqa: F401 (fixtures)
@@ -75,6 +76,11 @@ class Conversation:
         response = self.http.post(f"{self.root}/{path}", headers={"Content-Type": "application/json"},
                                   data=json.dumps(message))
         assert response.status_code in (200, 204), (path, response.status_code, response.text[:200])
+
+    def messages(self, path: str) -> list[Any]:
+        response = self.http.get(f"{self.root}/{path}", params={"offset": "-1"})
+        assert response.status_code == 200, (path, response.status_code, response.text[:200])
+        return list(response.json())
 
     def prompt(self, prompt_id: str, content: Any, **fields: Any) -> None:
         self.append(f"conversations/{self.id}/prompts",
@@ -276,6 +282,49 @@ def test_prompts_the_agent_cannot_answer_are_shown_for_what_they_are(
     c.respond({"type": "error", "promptId": "p-text", "attempt": ATTEMPT, "isComplete": True,
                "message": "The model failed.", "timestamp": now()})
     expect(turn_for(page, "a question in words").get_by_test_id("retry")).to_have_count(1)
+    assert console_errors == [], console_errors
+
+
+def test_prompts_without_an_answerable_id_are_shown_failed_and_stop_still_works(
+        conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    """The agent skips a prompt whose id is not a string of 1 to 256 characters (nothing can
+    be written under it). The page showed one with an empty or overlong id as Thinking forever,
+    and Stop aimed at it (the first unfinished prompt) rather than at the answer under way."""
+    c = conversation("unanswerable ids")
+    c.prompt("", "empty id")
+    c.prompt("x" * 257, "overlong id")
+    c.prompt("\U0001F600" * 256, "emoji id")  # 256 characters (512 UTF-16 units): answerable
+    c.append(f"conversations/{c.id}/prompts", {"type": "prompt", "id": 7, "content": "number id"})
+    c.append(f"conversations/{c.id}/prompts", {"content": "no id"})
+    c.prompt("p-live", "the question being answered")
+    # Answers under ids the page made up for the skipped prompts are not theirs.
+    c.answer("", "an answer no agent writes")
+    page, console_errors = open_conversation(new_context, c)
+    expect(page.get_by_test_id("turn")).to_have_count(6)
+    for content, problem in [("empty id", "id is empty"),
+                             ("overlong id", "id is 257 characters long (at most 256)"),
+                             ("number id", "id is not a string but a JSON number"),
+                             ("no id", "without an id")]:
+        turn = turn_for(page, content)
+        expect(turn).to_have_attribute("data-state", "error")
+        expect(turn.get_by_test_id("answer-error")).to_contain_text(problem)
+        expect(turn.get_by_test_id("answer-text")).to_have_text("")
+    expect(turn_for(page, "emoji id")).to_have_attribute("data-state", "thinking")
+    c.answer("\U0001F600" * 256, "answered")
+    expect_answer(page, "emoji id", "answered")
+    expect(turn_for(page, "the question being answered")).to_have_attribute("data-state", "thinking")
+    page.get_by_test_id("stop-button").click()
+    expect(turn_for(page, "the question being answered")).to_have_attribute("data-state", "cancelling")
+    c.answer("p-live", "stopped", stopReason="cancelled")
+    # Try again on a skipped prompt (the last turn) asks its question under an id that is answered.
+    c.prompt("y" * 256 + "z", "asked again")
+    page.get_by_test_id("turn").last.get_by_test_id("retry").click()
+    expect(page.get_by_test_id("turn")).to_have_count(8)
+    expect(page.get_by_test_id("turn").last).to_have_attribute("data-state", re.compile("^(sending|thinking)$"))
+    wait_until(lambda: c.messages(f"conversations/{c.id}/prompts")[-1].get("content") == "asked again"
+               and c.messages(f"conversations/{c.id}/prompts")[-1]["id"] != "y" * 256 + "z",
+               timeout=10, what="the question to be asked again")
+    assert 0 < len(c.messages(f"conversations/{c.id}/prompts")[-1]["id"]) <= 256
     assert console_errors == [], console_errors
 
 

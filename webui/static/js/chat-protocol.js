@@ -4,7 +4,7 @@
 // with its idempotent producer identity until acknowledged, even across a reload.
 
 import { config } from "./config.js";
-import { MAX_TITLE_CHARS, cleanTitle, firstCharacters, isBlank, titleIsCut } from "./conversation-model.js";
+import { MAX_PROMPT_ID_CHARS, MAX_TITLE_CHARS, cleanTitle, firstCharacters, isBlank, titleIsCut } from "./conversation-model.js";
 import { randomId } from "./util.js";
 
 export { MAX_TITLE_CHARS, isBlank, titleIsCut };
@@ -35,10 +35,13 @@ export const newPromptId = () => randomId("p-");
 
 /** The id of the prompt that asks `promptId`'s question again: the same in every tab, so
  * that Try again clicked in two tabs at once asks once (a repeated id is the same prompt,
- * for the agent as for every page). */
+ * for the agent as for every page). Cut to an id the agent answers: another client's ids
+ * may be long, and a skipped prompt's turn has none. */
 export function retryPromptId(promptId) {
-  const again = /^(.*)~again(\d+)$/.exec(promptId);
-  return again ? `${again[1]}~again${Number(again[2]) + 1}` : `${promptId}~again1`;
+  const again = /^(.*)~again(\d+)$/s.exec(promptId);
+  const [base, count] = again ? [again[1], Number(again[2]) + 1] : [promptId, 1];
+  const suffix = `~again${count}`;
+  return `${Array.from(base).slice(0, MAX_PROMPT_ID_CHARS - suffix.length).join("")}${suffix}`;
 }
 
 const TITLE_LIMIT = 60;

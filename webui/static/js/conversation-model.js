@@ -47,6 +47,33 @@ function isolated(what, message, fn) {
  * a client would create, and could not be opened. */
 export const CONVERSATION_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
+/** The longest prompt id answered, in Unicode code points (`MAX_PROMPT_ID_CHARS` in
+ * agent_actors/schema.py): the agent skips a prompt with any other id, as nothing could be
+ * written under it. */
+export const MAX_PROMPT_ID_CHARS = 256;
+
+/** Whether `id` is a prompt id an answer can be written under: a string of 1 to
+ * `MAX_PROMPT_ID_CHARS` code points (Python counts those, not UTF-16 units). */
+export function isAnswerableId(id) {
+  if (typeof id !== "string" || id === "") return false;
+  if (id.length <= MAX_PROMPT_ID_CHARS) return true;
+  if (id.length > 2 * MAX_PROMPT_ID_CHARS) return false;
+  let count = 0;
+  for (const _ of id) count += 1; // eslint-disable-line no-unused-vars
+  return count <= MAX_PROMPT_ID_CHARS;
+}
+
+/** Why a prompt with this id is skipped, in the words of `_id_problem` in agent_actors/schema.py. */
+function idProblem(id) {
+  if (id === null || id === undefined) return "a prompt without an id";
+  if (typeof id !== "string") {
+    const kind = typeof id === "boolean" ? "boolean" : typeof id === "number" ? "number" : Array.isArray(id) ? "array" : "object";
+    return `a prompt whose id is not a string but a JSON ${kind}`;
+  }
+  if (id === "") return "a prompt whose id is empty";
+  return `a prompt whose id is ${Array.from(id).length.toLocaleString("en-US")} characters long (at most ${MAX_PROMPT_ID_CHARS})`;
+}
+
 /** The longest title kept: anyone can append a title of any size, with line breaks too. */
 export const MAX_TITLE_CHARS = 200;
 
@@ -234,6 +261,10 @@ function restartTurn(turn, attempt) {
 
 const RESPONSES_CLOSED = "No answer can be written: this conversation's responses stream has been closed.";
 
+/** A prompt's turn key when its id cannot be answered: longer than any answerable id, so no
+ * answer or cancel written under an id can reach it, and the same in every tab. */
+const skippedPromptKey = (entry) => `(skipped prompt ${entry})`.padEnd(MAX_PROMPT_ID_CHARS + 1, ".");
+
 function unanswerable(turn) {
   if (turn.final) return;
   turn.final = "error";
@@ -298,16 +329,26 @@ export class Transcript {
 
   #applyPrompt(m, changed) {
     if (!m || typeof m !== "object") return;
-    const type = m.type ?? (typeof m.content === "string" && typeof m.id === "string" ? "prompt" : undefined);
-    if (type === "prompt" && typeof m.id === "string") {
-      const turn = this.#turn(m.id);
+    // As the agent reads them (`parse_prompt_message`): a message without a type is a prompt,
+    // as in the original example, if it has content.
+    const typed = Object.hasOwn(m, "type");
+    const type = typed ? m.type : "prompt";
+    if (type === "prompt" && (typed || Object.hasOwn(m, "content"))) {
+      const answerable = isAnswerableId(m.id);
+      const key = answerable ? m.id : skippedPromptKey(this.promptEntries);
+      const turn = this.#turn(key);
       if (turn.prompt) return; // a repeated prompt id is the same prompt
       // `isText`: content that is not a string is shown (as JSON), never asked again.
       turn.prompt = { content: safeText(m.content) ?? "", isText: typeof m.content === "string", timestamp: safeNumber(m.timestamp) };
+      if (!answerable) {
+        // The agent skips it: its writer would otherwise wait for an answer forever.
+        turn.final = "error";
+        turn.error = `No answer can come to ${idProblem(m.id)}: an answer is written under its prompt's id, which must be a string of 1 to ${MAX_PROMPT_ID_CHARS} characters.`;
+      }
       if (this.responsesClosed) unanswerable(turn);
-      if (this.withoutPrompt.includes(m.id)) this.withoutPrompt = this.withoutPrompt.filter((id) => id !== m.id);
-      this.order.push(m.id);
-      changed.add(m.id);
+      if (this.withoutPrompt.includes(key)) this.withoutPrompt = this.withoutPrompt.filter((id) => id !== key);
+      this.order.push(key);
+      changed.add(key);
     } else if (type === "cancel" && typeof m.promptId === "string") {
       const turn = this.turns.get(m.promptId);
       if (!turn?.prompt) return; // before its prompt: it cannot be about one sent later
@@ -331,7 +372,7 @@ export class Transcript {
   }
 
   #applyResponse(m, changed) {
-    if (!m || typeof m !== "object" || typeof m.promptId !== "string") {
+    if (!m || typeof m !== "object" || !isAnswerableId(m.promptId)) { // no agent writes under another
       this.ignored += 1;
       return;
     }
