@@ -1554,6 +1554,29 @@ def test_a_tab_refused_the_list_still_sends_its_prompts(
     wait_state(follower, prompt, "done")
 
 
+def test_a_prompt_sent_before_the_list_is_read_does_not_rename_its_conversation(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """A link to a listed conversation, and a prompt sent before the page had read the list:
+    not knowing the conversation, the page started it anew, and its `conversation` message
+    renamed it after the prompt for everyone."""
+    title = unique("Named before the prompt")
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(title)
+    page = new_context().new_page()
+    page.route("**/v1/stream/conversations?*", lambda route: route.abort("connectionrefused"))
+    page.goto(f"{chat_app.url}/#/c/{cid}")
+    prompt = unique("Sent before the list came")
+    replies.set(prompt, "Answered under the old title.")
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "sending")
+    page.unroute("**/v1/stream/conversations?*")
+    wait_state(page, prompt, "done")
+    expect(page.get_by_test_id("conversation-title")).to_have_text(title)
+    listed = [m for m in read_json_stream(chat_app.url, "conversations")
+              if m.get("id") == cid and m.get("type") == "conversation"]
+    assert [m["title"] for m in listed] == [title], listed
+
+
 def test_a_frozen_tab_s_unsent_prompt_for_a_conversation_deleted_since_is_dropped(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """A background tab the browser froze saw no deletion; once it is closed, the tab that

@@ -146,6 +146,16 @@ export function dropUnsentOfDeleted(outbox, isDeleted) {
   });
 }
 
+/** Drop the unsent starts (see `startConversation`) of conversations `isListed`: a page that
+ * has not read the list yet starts the conversation a link names, and that `conversation`
+ * message, sent, would rename it. Returns the dropped messages ({path, body}). */
+export function dropStartsOfListed(outbox, isListed) {
+  const starts = new Set(outbox.pending()
+    .filter(({ path, body, subscribes }) => path === CONVERSATIONS_PATH && body?.type === "conversation" && subscribes && isListed(body.id))
+    .map(({ key }) => key));
+  return starts.size ? outbox.discard(({ key }) => starts.has(key)) : [];
+}
+
 /** Say in `conversations` that a conversation has a new prompt, so that every tab lists it
  * first. Only worth sending when it is not first already. */
 export function markActive(outbox, conversationId) {

@@ -159,6 +159,8 @@ function followConversations() {
   hub.follow(protocol.CONVERSATIONS_PATH, {
     onBatch(batch) {
       const changed = conversations.apply(batch.messages ?? []);
+      // Started here before the list was read, but listed: sent, the start would rename it.
+      if (changed) protocol.dropStartsOfListed(outbox, (id) => conversations.has(id));
       for (const m of batch.messages ?? []) {
         if (m?.type === "delete" && typeof m.id === "string" && m.id !== current?.id) {
           giveBack(forgetDeleted(m.id), named(conversations.deletedTitle(m.id)));

@@ -42,9 +42,10 @@ export class Outbox extends Emitter {
     this.lastError = null;
   }
 
-  /** Entries not yet acknowledged, oldest first (copies; for rendering pending items). */
+  /** Entries not yet acknowledged, oldest first (copies; for rendering pending items).
+   * `subscribes`: it was queued with a subscription to make first. */
   pending() {
-    return this.#entries.map((e) => ({ key: e.key, path: e.path, body: e.body, ensured: e.ensured }));
+    return this.#entries.map((e) => ({ key: e.key, path: e.path, body: e.body, ensured: e.ensured, subscribes: !!e.subscription }));
   }
 
   /**
@@ -69,12 +70,12 @@ export class Outbox extends Emitter {
   }
 
   /**
-   * Drop the entries `matches({path, body})` picks, e.g. the unsent prompts of a conversation
-   * being deleted. One being sent at this moment may still land. Returns the dropped ones
-   * ({path, body}).
+   * Drop the entries `matches({key, path, body})` picks, e.g. the unsent prompts of a
+   * conversation being deleted. One being sent at this moment may still land. Returns the
+   * dropped ones ({path, body}).
    */
   discard(matches) {
-    const dropped = this.#entries.filter((e) => matches({ path: e.path, body: e.body }));
+    const dropped = this.#entries.filter((e) => matches({ key: e.key, path: e.path, body: e.body }));
     if (!dropped.length) return [];
     this.#entries = this.#entries.filter((e) => !dropped.includes(e));
     // A dropped message may have reached the server under its Producer-Seq: the next one on
