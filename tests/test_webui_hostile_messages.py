@@ -46,9 +46,10 @@ ATTEMPT = 1
 @pytest.fixture(scope="module")
 def chat_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The app (`flask run`) without its embedded agents: the streams hold only what a test
-    appends, so no agent's answer races the hostile one."""
+    appends, so no agent's answer races the hostile one. One append may hold more messages
+    than by default, to make a huge live batch at once."""
     server = start_chat_app(tmp_path_factory.mktemp("hostile-app"), model_url="http://127.0.0.1:9",
-                            config={"EMBEDDED_SUPERVISOR": "false"})
+                            config={"EMBEDDED_SUPERVISOR": "false", "MAX_JSON_MESSAGES": "1000000"})
     try:
         yield server
     finally:
@@ -325,6 +326,21 @@ def test_prompts_without_an_answerable_id_are_shown_failed_and_stop_still_works(
                and c.messages(f"conversations/{c.id}/prompts")[-1]["id"] != "y" * 256 + "z",
                timeout=10, what="the question to be asked again")
     assert 0 < len(c.messages(f"conversations/{c.id}/prompts")[-1]["id"]) <= 256
+    assert console_errors == [], console_errors
+
+
+def test_a_batch_of_more_messages_than_a_call_takes_arguments_is_read_live(
+        conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    """One append of half a million messages reaches the live reader as one batch: the reader
+    spread them into a single call's arguments, which throws past V8's limit, so it retried
+    that batch for ever and the answer after it never came."""
+    c = conversation("a huge batch")
+    c.prompt("p1", "question before the flood")
+    page, console_errors = open_conversation(new_context, c)
+    expect(turn_for(page, "question before the flood")).to_have_attribute("data-state", "thinking")
+    c.append(f"conversations/{c.id}/responses", [0] * 500_000)
+    c.answer("p1", "answered after the flood")
+    expect_answer(page, "question before the flood", "answered after the flood")
     assert console_errors == [], console_errors
 
 

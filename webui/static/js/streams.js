@@ -403,8 +403,8 @@ async function consumeSse(res, kind, startOffset, deliver, heard) {
 
 function decodeBatch(kind, payloads) {
   if (kind === "json") {
-    const messages = [];
-    for (const payload of payloads) messages.push(...parseJsonBody(payload));
+    // Not push(...): one batch may hold more messages than a call takes arguments.
+    const messages = payloads.length === 1 ? parseJsonBody(payloads[0]) : payloads.flatMap(parseJsonBody);
     return { messages, count: messages.length };
   }
   if (kind === "text") {
