@@ -681,6 +681,36 @@ def test_new_conversation_appears_in_another_tab(chat_app: ServerProcess, model:
     expect(watcher.get_by_test_id("conversation-title")).to_have_text(prompt)
 
 
+def test_a_second_tab_is_loaded_only_once_it_has_read_the_conversation_itself(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """The tab that holds a stream's live read answers a new tab's hello with its status, up
+    to date: the new tab took that for its own, and showed the conversation as loaded (the
+    welcome, no turns) while its own read of the history was still on its way."""
+    context = new_context()
+    first = open_chat(context, chat_app.url)
+    prompt = unique("Read by the first tab")
+    replies.set(prompt, "Shown by both.")
+    send_prompt(first, prompt)
+    wait_state(first, prompt, "done")
+    cid = conversation_id(first)
+    second = context.new_page()
+    held: list[Route] = []
+    second.route(lambda url: f"/conversations/{cid}/" in url and "live=" not in url,
+                 lambda route: held.append(route))
+    second.goto(f"{chat_app.url}/#/c/{cid}")
+    wait_until(lambda: second.wait_for_timeout(100) or len(held) >= 2, timeout=10,
+               what="the second tab's reads of the conversation")
+    second.wait_for_timeout(1_000)  # the first tab's status has long come
+    expect(second.get_by_test_id("app")).not_to_have_attribute("data-ready", "true")
+    expect(second.get_by_test_id("welcome")).to_be_hidden()
+    for route in held:
+        route.continue_()
+    second.unroute_all()
+    wait_ready(second)
+    wait_state(second, prompt, "done")
+    expect(second.get_by_test_id("welcome")).to_be_hidden()
+
+
 def test_a_conversation_with_a_new_prompt_moves_to_the_top_of_every_tab(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)

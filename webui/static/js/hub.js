@@ -78,6 +78,7 @@ class Follow {
   #chain = Promise.resolve();
   #abort = new AbortController();
   #status = { state: "connecting" };
+  #refused = false; // this tab's own last read was refused for good
 
   constructor(hub, path, contentType, listener) {
     this.hub = hub;
@@ -127,8 +128,14 @@ class Follow {
       if (message.kind === "hello") this.hub.broadcast({ kind: "status", path: this.path, status: this.#status }, this);
       return;
     }
-    if (message.kind === "status") this.#setStatus(message.status);
+    // In turn with the batches and this tab's own reads: the leader's "up to date" is about
+    // its offset, not ours, until our catch-up has applied the history it holds.
+    if (message.kind === "status") this.#enqueue(() => this.#takeLeaderStatus(message.status));
     else if (message.kind === "batch") this.#enqueue(() => this.#offer(message.batch));
+  }
+
+  #takeLeaderStatus(status) {
+    if (!this.#refused) this.#setStatus(status); // it may read what this tab may not
   }
 
   async #lead() {
@@ -178,12 +185,14 @@ class Follow {
           if (batch.count > 0 || batch.to !== batch.from || batch.closed) this.#apply(batch);
           if (page.upToDate || page.closed || page.nextOffset === batch.from) break;
         }
+        this.#refused = false;
         if (this.#status.state !== "live" && this.#status.state !== "reconnecting") this.#setStatus({ state: "live", upToDate: true });
         return;
       } catch (err) {
         if (this.stopped) return;
         if ([400, 401, 403, 410].includes(err?.status)) {
           // Refused for good, as a live read is (streams.js): retrying cannot help.
+          this.#refused = true;
           this.#setStatus({ state: "error", error: String(err?.message || err), errorCode: err?.code });
           return;
         }
