@@ -1607,6 +1607,30 @@ def test_a_prompt_sent_before_the_list_is_read_does_not_rename_its_conversation(
     assert [m["title"] for m in listed] == [title], listed
 
 
+def test_a_refused_subscription_fails_its_prompt_and_holds_up_nothing_else(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """The page makes a conversation's subscription and streams before its first message; a
+    refusal of those (a 400 cannot change by asking again) was retried for ever, and every
+    message queued after it waited behind it, those to other conversations too."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    other = chat.start_conversation(unique("Reached all the same"))
+    page = open_chat(new_context(), chat_app.url)
+    page.route("**/v1/stream/__ds/subscriptions/*", lambda route: route.fulfill(
+        status=400, content_type="application/json",
+        body=json.dumps({"error": {"code": "BAD_REQUEST", "message": "no subscriptions here"}}))
+        if route.request.method == "PUT" else route.continue_())
+    refused = unique("Starts a conversation")
+    send_prompt(page, refused)
+    wait_state(page, refused, "failed")
+    expect(turn_for(page, refused).get_by_test_id("prompt")).to_contain_text("no subscriptions here")
+    page.goto(f"{chat_app.url}/#/c/{other}")
+    prompt = unique("Sent after the refusal")
+    replies.set(prompt, "Answered.")
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+    assert outbox_keys(page) == []
+
+
 def test_a_frozen_tab_s_unsent_prompt_for_a_conversation_deleted_since_is_dropped(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """A background tab the browser froze saw no deletion; once it is closed, the tab that

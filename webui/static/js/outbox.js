@@ -13,7 +13,20 @@
 
 import { backoff, Emitter, randomId, sleep } from "./util.js";
 import { OutboxStorage } from "./outbox-storage.js";
-import { HttpError } from "./streams.js";
+import { HttpError, isRetryable } from "./streams.js";
+
+/** Run a PUT that makes something; what the server said if it refused for good, else null
+ * (done, or there with other settings: 409). Throws what is worth another try. */
+async function refusal(put) {
+  try {
+    await put();
+    return null;
+  } catch (err) {
+    if (err?.status === 409) return null;
+    if (isRetryable(err)) throw err;
+    return err?.detail || err?.message || String(err);
+  }
+}
 
 export class Outbox extends Emitter {
   #entries;
@@ -135,21 +148,16 @@ export class Outbox extends Emitter {
 
   async #attempt(entry) {
     if (!entry.ensured) {
+      // 409: the subscription or stream exists with other settings; the agents still watch
+      // it, and the append below reports what matters. Another refusal fails the message
+      // (asking again cannot change it) rather than hold up every message behind it.
       if (entry.subscription) {
-        try {
-          await this.client.putSubscription(entry.subscription.id, entry.subscription.config);
-        } catch (err) {
-          // 409: it exists with other settings; the agents still watch it.
-          if (err?.status !== 409) throw err;
-        }
+        const refused = await refusal(() => this.client.putSubscription(entry.subscription.id, entry.subscription.config));
+        if (refused) return { ok: false, error: new Error(`the agents' subscription was refused: ${refused}`) };
       }
       for (const path of entry.ensure) {
-        try {
-          await this.client.ensure(path, "application/json");
-        } catch (err) {
-          // 409: exists with another configuration; the append below reports what matters.
-          if (err?.status !== 409) throw err;
-        }
+        const refused = await refusal(() => this.client.ensure(path, "application/json"));
+        if (refused) return { ok: false, error: new Error(`the stream ${path} could not be made: ${refused}`) };
       }
       entry.ensured = true;
       this.#save();
