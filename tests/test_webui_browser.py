@@ -1254,6 +1254,38 @@ def test_a_tab_that_sees_a_deletion_drops_what_it_had_not_sent_for_it(
     assert [m["type"] for m in listings] == ["conversation", "delete"]
 
 
+def test_a_prompt_dropped_while_its_streams_are_being_made_is_not_sent(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """A prompt to a conversation whose streams are missing makes them first. Deleted while
+    those requests ran, the prompt was dropped and given back, and then sent all the same:
+    the deleted conversation's streams came back with it."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Deleted while its streams were made"))
+    client = StreamsClient(f"{chat_app.url}/v1/stream")
+    client.delete(f"conversations/{cid}/prompts")
+    page = open_chat(new_context(), f"{chat_app.url}/#/c/{cid}")
+    expect(page.get_by_test_id("streams-missing")).to_be_visible()
+    held: list[Route] = []
+    page.route(f"**/v1/stream/__ds/subscriptions/conversation-{cid}",
+               lambda route: held.append(route) if route.request.method == "PUT" else route.continue_())
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(f"{r.method} {r.url}") if r.method != "GET" else None)
+    stuck = unique("Sent as it was deleted")
+    send_prompt(page, stuck)
+    wait_until(lambda: page.wait_for_timeout(50) or bool(held), timeout=10, what="the held PUT")
+    chat.delete_conversation(cid)
+    expect(page.get_by_test_id("composer-input")).to_have_value(stuck)  # given back
+    wait_until(lambda: not client.exists(f"conversations/{cid}/responses"), timeout=20,
+               what="the deleted conversation's removal")
+    sent.clear()
+    held[0].continue_()
+    wait_until(lambda: page.wait_for_timeout(50) or outbox_keys(page) == [], timeout=10,
+               what="the outbox to be empty")
+    page.wait_for_timeout(1_000)
+    assert not [s for s in sent if f"/conversations/{cid}/" in s], sent
+    assert not client.exists(f"conversations/{cid}/prompts")
+
+
 def test_a_prompt_unsent_for_a_conversation_deleted_while_another_is_open_is_given_back(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)

@@ -151,14 +151,18 @@ export class Outbox extends Emitter {
       // 409: the subscription or stream exists with other settings; the agents still watch
       // it, and the append below reports what matters. Another refusal fails the message
       // (asking again cannot change it) rather than hold up every message behind it.
+      // Each PUT awaited, the entry may have been discarded meanwhile (its conversation
+      // deleted): then nothing more of it is sent.
       if (entry.subscription) {
         const refused = await refusal(() => this.client.putSubscription(entry.subscription.id, entry.subscription.config));
         if (refused) return { ok: false, error: new Error(`the agents' subscription was refused: ${refused}`) };
       }
       for (const path of entry.ensure) {
+        if (!this.#entries.includes(entry)) return { discarded: true };
         const refused = await refusal(() => this.client.ensure(path, "application/json"));
         if (refused) return { ok: false, error: new Error(`the stream ${path} could not be made: ${refused}`) };
       }
+      if (!this.#entries.includes(entry)) return { discarded: true };
       entry.ensured = true;
       this.#save();
       this.emit("change"); // the streams exist now: readers may start
