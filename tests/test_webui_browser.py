@@ -1963,6 +1963,40 @@ def test_a_prompt_the_server_refuses_and_a_failed_answer_are_announced_with_thei
     expect(box).to_have_value("Refuse this prompt")
 
 
+def test_a_refused_prompt_is_kept_in_its_conversation_s_draft_whatever_the_box_holds(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """A refused prompt went back to the message box only when the box was empty and its
+    conversation open; else it was kept in memory only, under its failed bubble, and a
+    reload lost it."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    link = f"{chat_app.url}/#/c/{chat.start_conversation(unique('Refusals'))}"
+    page = open_chat(new_context(), link)
+    held: list[Route] = []
+    page.route(re.compile(r".*/v1/stream/conversations/[^/?]+/prompts(\?.*)?$"),
+               lambda route, request: held.append(route) if request.method == "POST" else route.fallback())
+
+    def refuse_held() -> None:
+        wait_until(lambda: page.wait_for_timeout(50) or bool(held), timeout=10, what="the prompt's POST")
+        held.pop().fulfill(status=400, content_type="application/json", body=json.dumps(
+            {"error": {"code": "BAD_REQUEST", "message": "this server refuses it"}}))
+
+    box = page.get_by_test_id("composer-input")
+    send_unsent(page, "Refused while I type")
+    box.fill("typed meanwhile")
+    refuse_held()
+    wait_state(page, "Refused while I type", "failed")
+    expect(box).to_have_value("typed meanwhile\n\nRefused while I type")
+    box.fill("")
+    send_unsent(page, "Refused while I am elsewhere")
+    page.get_by_test_id("new-conversation").click()
+    refuse_held()
+    page.wait_for_timeout(500)
+    page.goto(link)
+    expect(box).to_have_value("Refused while I am elsewhere")
+    page.reload()
+    expect(box).to_have_value("Refused while I am elsewhere")
+
+
 def test_focus_stays_in_the_conversation_when_stop_goes_or_a_drawer_opens_one(
         chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
         new_context: NewContext) -> None:

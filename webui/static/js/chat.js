@@ -750,6 +750,13 @@ function keepInMessageBox(texts) {
   refreshComposer();
 }
 
+/** `keepInMessageBox` for a conversation not shown: its stored draft. */
+function keepInDraft(key, text) {
+  const kept = (sessionStorage.getItem(key) ?? "").trim();
+  const added = text.trim();
+  if (added && added !== kept) saveDraft(key, kept ? `${kept}\n\n${added}` : text);
+}
+
 function tell(text) {
   ui.deletedNotice.textContent = text;
   ui.deletedNotice.hidden = false;
@@ -912,19 +919,21 @@ function wire() {
     if (body?.type !== "prompt") return;
     const conversationId = protocol.conversationOfPrompts(path);
     failedPrompts.set(body.id, { conversationId, id: body.id, content: body.content, timestamp: body.timestamp, failed: error.message });
+    // The text goes back to its conversation's message box, after what that holds: kept
+    // across a reload, as typed text is (the failed bubble is not).
     if (current?.id !== conversationId) {
+      keepInDraft(`draft:${conversationId}`, body.content);
       scheduleRender();
       return;
     }
-    // Give the text back so it can be sent again.
-    const givenBack = !ui.input.value.trim();
-    if (givenBack) {
+    if (ui.input.value.trim()) keepInMessageBox([body.content]);
+    else {
       ui.input.value = body.content;
-      saveDraft(draftKey(), body.content); // kept across a reload, as typed text is
+      saveDraft(draftKey(), body.content);
       refreshComposer();
     }
     const reason = firstCharacters(error.message, 300).replace(/[.\s]+$/, "");
-    announce(`Your message was not sent: ${reason}.${givenBack ? " It is back in the message box." : ""}`);
+    announce(`Your message was not sent: ${reason}. It is back in the message box.`);
     scheduleRender();
   });
 }
