@@ -698,8 +698,7 @@ def test_a_second_tab_is_loaded_only_once_it_has_read_the_conversation_itself(
     second.route(lambda url: f"/conversations/{cid}/" in url and "live=" not in url,
                  lambda route: held.append(route))
     second.goto(f"{chat_app.url}/#/c/{cid}")
-    wait_until(lambda: second.wait_for_timeout(100) or len(held) >= 2, timeout=10,
-               what="the second tab's reads of the conversation")
+    wait_held(second, held, 2)  # its reads of the prompts and the responses
     second.wait_for_timeout(1_000)  # the first tab's status has long come
     expect(second.get_by_test_id("app")).not_to_have_attribute("data-ready", "true")
     expect(second.get_by_test_id("welcome")).to_be_hidden()
@@ -1272,15 +1271,14 @@ def test_a_prompt_dropped_while_its_streams_are_being_made_is_not_sent(
     page.on("request", lambda r: sent.append(f"{r.method} {r.url}") if r.method != "GET" else None)
     stuck = unique("Sent as it was deleted")
     send_prompt(page, stuck)
-    wait_until(lambda: page.wait_for_timeout(50) or bool(held), timeout=10, what="the held PUT")
+    wait_held(page, held)
     chat.delete_conversation(cid)
     expect(page.get_by_test_id("composer-input")).to_have_value(stuck)  # given back
     wait_until(lambda: not client.exists(f"conversations/{cid}/responses"), timeout=20,
                what="the deleted conversation's removal")
     sent.clear()
     held[0].continue_()
-    wait_until(lambda: page.wait_for_timeout(50) or outbox_keys(page) == [], timeout=10,
-               what="the outbox to be empty")
+    wait_until(lambda: outbox_keys(page) == [], timeout=10, what="the outbox to be empty")
     page.wait_for_timeout(1_000)
     assert not [s for s in sent if f"/conversations/{cid}/" in s], sent
     assert not client.exists(f"conversations/{cid}/prompts")
@@ -1326,6 +1324,15 @@ def assert_it_stays_deleted(page: Page, sent: list[str], client: StreamsClient, 
     wait_state(page, later, "done")
     assert not [s for s in sent if cid in s], sent
     assert not client.exists(f"conversations/{cid}/prompts")
+
+
+def wait_held(page: Page, held: list[Route], count: int = 1) -> None:
+    """Wait until a route that holds requests back has `count` of them in `held` (the
+    page's routes are called only while the test waits on the page)."""
+    deadline = time.monotonic() + 10
+    while len(held) < count:
+        assert time.monotonic() < deadline, f"{len(held)} of {count} requests held"
+        page.wait_for_timeout(50)
 
 
 def outbox_keys(page: Page) -> list[str]:
@@ -1976,7 +1983,7 @@ def test_a_refused_prompt_is_kept_in_its_conversation_s_draft_whatever_the_box_h
                lambda route, request: held.append(route) if request.method == "POST" else route.fallback())
 
     def refuse_held() -> None:
-        wait_until(lambda: page.wait_for_timeout(50) or bool(held), timeout=10, what="the prompt's POST")
+        wait_held(page, held)
         held.pop().fulfill(status=400, content_type="application/json", body=json.dumps(
             {"error": {"code": "BAD_REQUEST", "message": "this server refuses it"}}))
 
