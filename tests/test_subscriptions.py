@@ -16,7 +16,7 @@ import requests
 from streams_server.app import create_app
 from streams_server.backend import StreamsBackend
 from streams_server.config import StreamsSettings
-from streams_server.errors import BadRequest, Conflict
+from streams_server.errors import BadRequest, Conflict, StorageFailure
 from streams_server.storage import subscriptions as db
 from streams_server.storage.engine import StreamStore
 from streams_server.storage.models import Expiry
@@ -596,6 +596,38 @@ def test_the_scheduler_rests_while_a_delivery_is_under_way(
         started = receiver.arrivals[0]
         during = [t for t in sweeps if started < t < started + receiver.delay]
         assert len(during) <= 3, f"{len(during)} lease sweeps during one delivery of 1 s"
+    finally:
+        receiver.close()
+        backend.close()
+
+
+@pytest.mark.parametrize("failure", [StorageFailure("disk I/O error"), RuntimeError("a bug")],
+                         ids=["not-recorded", "crashed"])
+def test_a_delivery_that_cannot_be_recorded_is_tried_again_after_a_rest(
+    monkeypatch: pytest.MonkeyPatch, failure: Exception,
+) -> None:
+    """A delivery whose outcome could not be recorded (the database failing, or a bug) left
+    its attempt due, so the scheduler sent the wake again at once, and again: a receiver
+    got hundreds of POSTs a second for as long as that lasted."""
+    def record_delivery(*args: Any, **kwargs: Any) -> None:
+        raise failure
+
+    monkeypatch.setattr(db, "record_delivery", record_delivery)
+    backend = StreamsBackend.open(None, StreamsSettings(local_webhooks=True))
+    receiver = _FlakyReceiver(failures=0)
+    try:
+        backend.start()
+        api = create_app(backend).test_client()
+        assert api.put("/v1/stream/__ds/subscriptions/unrecorded", json={
+            "type": "webhook", "pattern": "unrecorded/*", "webhook": {"url": receiver.url}},
+        ).status_code == 201
+        assert api.put("/v1/stream/unrecorded/a", headers={"Content-Type": "application/json"},
+                       ).status_code == 201
+        assert api.post("/v1/stream/unrecorded/a", json=[{"n": 1}]).status_code == 204
+        assert receiver.delivered.wait(10), "never delivered"
+        time.sleep(2.0)
+        # The first try, then one after about a second (the first retry's delay).
+        assert 2 <= len(receiver.arrivals) <= 3, len(receiver.arrivals)
     finally:
         receiver.close()
         backend.close()

@@ -48,6 +48,11 @@ class SubscriptionService:
         self._poke = threading.Event()
         self._stopping = threading.Event()
         self._in_flight: set[tuple[str, str]] = set()
+        # Subscriptions whose last delivery could not be recorded: its attempt is still due
+        # in the database, so it rests here (sub id -> until when, in ms), longer for each
+        # such delivery in a row (sub id -> how many).
+        self._resting: dict[str, int] = {}
+        self._unrecorded: dict[str, int] = {}
         store.set_wake_listener(self._poke.set)
         self._thread: threading.Thread | None = None
 
@@ -181,8 +186,10 @@ class SubscriptionService:
             due = self.store.read_with(
                 lambda conn: db.due_webhook_wakes(conn, self.store.now_ms())
             )
+            resting = self._resting.copy()  # delivery threads change it
             for state in due:
-                self._start_delivery(state)
+                if state.id not in resting:
+                    self._start_delivery(state)
             deadline = self._next_deadline_ms()
         if deadline is None:
             return IDLE_CHECK_S
@@ -190,9 +197,16 @@ class SubscriptionService:
 
     def _next_deadline_ms(self) -> int | None:
         """A delivery under way pokes the scheduler once it is recorded; until then its
-        attempt, still due, would bring the scheduler back every few milliseconds."""
-        delivering = {sub_id for sub_id, _ in self._in_flight.copy()}  # delivery threads change it
-        return self.store.read_with(lambda conn: db.next_deadline_ms(conn, delivering))
+        attempt, still due, would bring the scheduler back every few milliseconds. One that
+        could not be recorded is due again when its rest is over."""
+        now = self.store.now_ms()
+        for sub_id, until in list(self._resting.items()):
+            if until <= now:
+                self._resting.pop(sub_id, None)
+        resting = self._resting.copy()
+        waiting = {sub_id for sub_id, _ in self._in_flight.copy()} | resting.keys()
+        stored = self.store.read_with(lambda conn: db.next_deadline_ms(conn, waiting))
+        return min([t for t in [stored, *resting.values()] if t is not None], default=None)
 
     def _start_delivery(self, state: SubscriptionState) -> None:
         key = (state.id, state.wake_id or "")
@@ -233,14 +247,25 @@ class SubscriptionService:
                     retry_at_ms=retry_at,
                 )
             )
+            self._unrecorded.pop(state.id, None)
         except StorageFailure as exc:
-            log.warning("webhook delivery for %s not recorded (%s); it is retried", state.id,
-                        exc)
+            log.warning("webhook delivery for %s not recorded (%s); it is tried again in"
+                        " %.1fs", state.id, exc, self._rest(state))
         except Exception:
-            log.exception("webhook delivery for %s crashed", state.id)
+            log.exception("webhook delivery for %s crashed; it is tried again in %.1fs",
+                          state.id, self._rest(state))
         finally:
             self._in_flight.discard(key)
             self._poke.set()
+
+    def _rest(self, state: SubscriptionState) -> float:
+        """Hold back a delivery that could not be recorded, longer each time in a row (its
+        stored attempt count did not grow); returns the rest in seconds."""
+        in_a_row = self._unrecorded.get(state.id, 0)
+        delay = webhooks.retry_delay_s(state.delivery_attempt + in_a_row)
+        self._unrecorded[state.id] = in_a_row + 1
+        self._resting[state.id] = self.store.now_ms() + int(delay * 1000)
+        return delay
 
 
 def _wake_fields(body: Any) -> tuple[int, str]:
