@@ -60,7 +60,7 @@ from agent_actors.errors import (
 from agent_actors.models.base import Model
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.schema import parse_conversation_entry, parse_deletion
-from agent_actors.stream_types import Lease, ReadResult
+from agent_actors.stream_types import EnsureResult, Lease, ReadResult
 from agent_actors.streams_client import StreamsClient, Tail
 from agent_actors.timers import Timers
 
@@ -102,6 +102,10 @@ class SupervisorSettings:
 class _Ready:
     wake_offset: str
     conversations_tail: str  # where `conversations` ended at the start
+
+
+class _UnusableSharedStream(Exception):
+    """A shared stream exists but cannot be used: the message says how to mend it."""
 
 
 @dataclass(frozen=True)
@@ -448,8 +452,8 @@ class Supervisor(pykka.ThreadingActor):
         wake_created = False
         while not self._stopping.is_set():
             try:
-                wake_created |= probe.ensure_stream(self.settings.wake_stream).created
-                probe.ensure_stream(layout.CONVERSATIONS_STREAM)
+                wake_created |= self._ensure_shared(probe, self.settings.wake_stream).created
+                self._ensure_shared(probe, layout.CONVERSATIONS_STREAM)
                 # A wake stream made now is read from its start: a server writes the wakes
                 # of prompts sent before it existed as it is created.
                 wake_tail = ("-1" if wake_created
@@ -457,6 +461,8 @@ class Supervisor(pykka.ThreadingActor):
                 conversations_tail = probe.head(layout.CONVERSATIONS_STREAM).next_offset
                 self._tell(_Ready(wake_tail, conversations_tail))
                 return
+            except _UnusableSharedStream as exc:
+                log.error("%s; retrying in %.1fs", exc, delay)
             except Unauthorized as exc:
                 log.error("the streams server at %s refuses this supervisor (%s): check its"
                           " --auth-token; retrying in %.1fs", self.settings.streams_url, exc,
@@ -477,6 +483,23 @@ class Supervisor(pykka.ThreadingActor):
                                 exc, delay)
             self._stopping.wait(delay)
             delay = min(10.0, delay * 2)
+
+    def _ensure_shared(self, probe: StreamsClient, path: str) -> EnsureResult:
+        """`ensure_stream` of a shared stream; `_UnusableSharedStream` if one is there that
+        cannot be used (closed, or not JSON), which only deleting it mends."""
+        try:
+            return probe.ensure_stream(path)
+        except Conflict as exc:
+            closed = probe.head(path).closed
+            raise _UnusableSharedStream(self._unusable_stream_advice(path, closed, exc)) from exc
+
+    def _unusable_stream_advice(self, path: str, closed: bool, problem: object = None) -> str:
+        wake = path == self.settings.wake_stream
+        name = f"the {'wake' if wake else 'conversations'} stream {path}"
+        lost = "no agent can be woken" if wake else "no conversation can be started or deleted"
+        what = "has been closed" if closed else f"is not the JSON stream it must be ({problem})"
+        return (f"{name} {what}, so {lost}: delete it (DELETE {self.client.stream_url(path)})"
+                " and this supervisor makes it again")
 
     def _recheck(self, cid: str, attempt: int = 0) -> None:
         """`_check_pending`, tried again later (backing off) while the server cannot answer:
@@ -666,6 +689,11 @@ class Supervisor(pykka.ThreadingActor):
                     log.warning("following %s failed (%s): reading the shared streams again",
                                 path, exc)
                     self._tell(_WatchLost(path, generation))
+                return
+            # A tail ends by itself only at the end of a closed stream.
+            if not self._stopping.is_set() and generation == self._watch_generation:
+                log.error("%s", self._unusable_stream_advice(path, closed=True))
+                self._tell(_WatchLost(path, generation))
 
         threading.Thread(target=follow, name=f"watch-{path}", daemon=True).start()
 

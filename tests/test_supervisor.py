@@ -529,6 +529,32 @@ def test_a_wake_stream_deleted_under_the_supervisor_is_made_again_and_followed(
     assert client.exists(layout.DEFAULT_WAKE_STREAM) and sup.running
 
 
+def test_a_wake_stream_closed_under_the_supervisor_is_reported_until_it_is_made_again(
+    streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """A closed wake stream takes no wake, and the supervisor's watch of it simply ended:
+    prompts went unanswered without a word in any log. It says what is wrong and how to
+    mend it, and once the stream is deleted it makes it again and answers what waited."""
+    root = streams_root(streams_server)
+    sup = start_supervisor(root, idle_timeout=1.0)
+    client, chat = connect(root)
+    cid = chat.start_conversation("woken after the wake stream was mended")
+    first = chat.send_prompt(cid, "first question")
+    wait_for_answers(client, cid, [first])
+    assert sup.wait_for_line(f"agent passivated conversation={cid}", timeout=15), sup.log_tail()
+    client.close_stream(layout.DEFAULT_WAKE_STREAM)
+    closed = re.escape(f"the wake stream {layout.DEFAULT_WAKE_STREAM} has been closed, so no"
+                       " agent can be woken: delete it")
+    assert sup.wait_for_line(closed, timeout=15), sup.log_tail()
+    second = chat.send_prompt(cid, "second question")
+    subscription = client.get_subscription(layout.subscription_id(cid))
+    assert "closed" in (subscription.raw.get("last_error") or ""), subscription.raw
+    client.delete(layout.DEFAULT_WAKE_STREAM)
+    rendered = wait_for_answers(client, cid, [first, second], timeout=30)
+    assert_clean_answers(rendered, {first: "first question", second: "second question"})
+    assert client.exists(layout.DEFAULT_WAKE_STREAM) and sup.running
+
+
 def test_a_supervisor_follows_a_memory_server_that_restarted_empty(
     tmp_path: Path, fake: FakeAnthropic, start_supervisor: StartSupervisor,
 ) -> None:

@@ -319,6 +319,7 @@ def _issue_wake(tx: Transaction, row: sqlite3.Row, trigger_path: str | None) -> 
             "ts": tx.now_ms,
         }
         if not writes.append_internal(tx, row["wake_stream"], [json.dumps(event).encode()]):
+            _note_unwritable_wake(tx, row)
             return None
     tx.conn.execute(
         "UPDATE subscriptions SET generation = ?, wake_id = ?, holder = NULL,"
@@ -328,6 +329,18 @@ def _issue_wake(tx: Transaction, row: sqlite3.Row, trigger_path: str | None) -> 
     )
     tx.effects.wakes_issued = True
     return wake_id
+
+
+def _note_unwritable_wake(tx: Transaction, row: sqlite3.Row) -> None:
+    """Say why no wake comes (a GET shows `last_error`), until a wake is written again: a
+    worker reading a closed wake stream would otherwise wait without a word."""
+    stream = tx.conn.execute("SELECT closed FROM streams WHERE path = ? AND soft_deleted = 0",
+                             (row["wake_stream"],)).fetchone()
+    why = "is closed" if stream is not None and stream["closed"] else "does not exist"
+    error = f"no wake can be written: the wake stream {row['wake_stream']!r} {why}"
+    if row["last_error"] != error:
+        tx.conn.execute("UPDATE subscriptions SET last_error = ? WHERE id = ?",
+                        (error, row["id"]))
 
 
 def _wake_again_if_pending(tx: Transaction, sub_id: str) -> bool:
