@@ -25,6 +25,7 @@ from streams_server.subscriptions.model import (
     WEBHOOK,
     SubscriptionConfig,
     WakeFence,
+    parse_config,
 )
 from streams_server.subscriptions.urlcheck import validate_webhook_url
 from streams_server.subscriptions.globs import (
@@ -952,6 +953,23 @@ def test_a_subscription_cannot_watch_its_own_wake_stream(local_hooks_server: Ser
     assert response.status_code == 400, response.text
     linked = requests.get(f"{base}/own-later", timeout=10).json()["streams"]
     assert all(link["path"] != "own-loop/wake" for link in linked)
+
+
+@pytest.mark.parametrize(("config", "named"), [
+    ({"type": "pull-wake", "wake_stream": "w", "webhook": {"url": "https://example.com/h"}},
+     "webhook"),
+    ({"type": "webhook", "webhook": {"url": "https://example.com/h"}, "wake_stream": "w"},
+     "wake_stream"),
+], ids=["webhook-on-pull-wake", "wake-stream-on-webhook"])
+def test_a_setting_of_the_other_kind_of_subscription_is_refused(
+    config: dict[str, Any], named: str,
+) -> None:
+    """A pull-wake subscription given a webhook (or a webhook one a wake stream) was made
+    without it, and its client waited for wakes that went elsewhere."""
+    with pytest.raises(BadRequest) as refused:
+        parse_config({"pattern": "jobs/*", **config})
+    assert refused.value.code == "INVALID_SUBSCRIPTION"
+    assert f"{named} belongs to a" in refused.value.message, refused.value.message
 
 
 @pytest.mark.parametrize(("url", "refused_because"), [

@@ -139,6 +139,11 @@ def parse_config(body: Any, *, local_webhooks: bool = False) -> SubscriptionConf
     streams = parse_stream_list(body.get("streams", []), "streams")
     if pattern is None and not streams:
         raise BadRequest("give a pattern, streams, or both", code="INVALID_SUBSCRIPTION")
+    other = "wake_stream" if kind == WEBHOOK else "webhook"
+    if body.get(other) is not None:  # its client would wait for wakes that go elsewhere
+        owner = PULL_WAKE if kind == WEBHOOK else WEBHOOK
+        raise BadRequest(f"{other} belongs to a {owner} subscription, not to a {kind} one",
+                         code="INVALID_SUBSCRIPTION")
     webhook_url = wake_stream = None
     if kind == WEBHOOK:
         webhook = body.get("webhook")
