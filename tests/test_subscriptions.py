@@ -27,6 +27,7 @@ from streams_server.subscriptions.model import (
     WakeFence,
     parse_config,
 )
+from streams_server.subscriptions import tokens
 from streams_server.subscriptions.urlcheck import validate_webhook_url
 from streams_server.subscriptions.globs import (
     MAX_PATTERN_LENGTH, MAX_PATTERN_SEGMENTS, MAX_PATTERN_STARS, matches, validate_pattern,
@@ -631,6 +632,42 @@ def test_a_delivery_that_cannot_be_recorded_is_tried_again_after_a_rest(
         assert 2 <= len(receiver.arrivals) <= 3, len(receiver.arrivals)
     finally:
         receiver.close()
+        backend.close()
+
+
+def test_a_refused_wake_token_says_why() -> None:
+    """Every refused token got "a valid wake token is required": a worker whose lease had
+    lasted beyond its token's 24 hours could not tell that it only had to claim again."""
+    backend = StreamsBackend.open(None, StreamsSettings())
+    try:
+        api = create_app(backend).test_client()
+        assert api.put("/v1/stream/wake/tok", headers={"Content-Type": "application/json"},
+                       ).status_code == 201
+        assert api.put("/v1/stream/__ds/subscriptions/tok", json={
+            "type": "pull-wake", "pattern": "tok/*", "wake_stream": "wake/tok"}).status_code == 201
+        assert api.put("/v1/stream/tok/a", headers={"Content-Type": "application/json"},
+                       ).status_code == 201
+        assert api.post("/v1/stream/tok/a", json=[{"n": 1}]).status_code == 204
+        grant = api.post("/v1/stream/__ds/subscriptions/tok/claim", json={"worker": "w"}).get_json()
+        claims = tokens.TokenClaims("tok", grant["generation"], grant["wake_id"])
+        key = backend.subscriptions.keys.token_key
+        day_ago = time.time() - tokens.TOKEN_LIFETIME_S - 60
+        for token, why in [
+            (None, "a wake token is required in Authorization: Bearer <token>"),
+            ("not.a.token", "the wake token is not one this server signed"),
+            (tokens.mint(b"another key" * 3, claims), "the wake token is not one this server signed"),
+            (tokens.mint(key, claims, now=day_ago),
+             "the wake token has expired (a token lasts 24 hours): claim again for a new one"),
+        ]:
+            refused = api.post("/v1/stream/__ds/subscriptions/tok/ack", json={
+                "wake_id": grant["wake_id"], "generation": grant["generation"], "acks": []},
+                headers={"Authorization": f"Bearer {token}"} if token else {})
+            assert refused.status_code == 401, refused.get_data(as_text=True)
+            assert refused.get_json()["error"]["message"] == why
+        assert api.post("/v1/stream/__ds/subscriptions/tok/ack", json={
+            "wake_id": grant["wake_id"], "generation": grant["generation"], "acks": []},
+            headers={"Authorization": f"Bearer {tokens.mint(key, claims)}"}).status_code == 200
+    finally:
         backend.close()
 
 

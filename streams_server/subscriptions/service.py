@@ -149,16 +149,13 @@ class SubscriptionService:
 
     def _claims(self, sub_id: str, authorization: str | None) -> tokens.TokenClaims:
         scheme, _, token = (authorization or "").partition(" ")
-        claims = (
-            tokens.verify(self.keys.token_key, token.strip())
-            if scheme.lower() == "bearer"
-            else None
-        )
-        if claims is None:
-            raise Unauthorized(
-                "a valid wake token is required in Authorization: Bearer <token>",
-                code="INVALID_TOKEN",
-            )
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("a wake token is required in Authorization: Bearer <token>",
+                               code="INVALID_TOKEN")
+        try:
+            claims = tokens.verify(self.keys.token_key, token.strip())
+        except tokens.InvalidToken as exc:
+            raise Unauthorized(str(exc), code="INVALID_TOKEN") from None
         if claims.subscription_id != sub_id:
             raise db.Fenced("the token belongs to another subscription", code="FENCED")
         return claims

@@ -37,16 +37,23 @@ def mint(key: bytes, claims: TokenClaims, now: float | None = None) -> str:
     return f"{_HEADER}.{body}.{signature}"
 
 
-def verify(key: bytes, token: str, now: float | None = None) -> TokenClaims | None:
-    """The claims of a valid, unexpired token signed with `key`, else None."""
+class InvalidToken(Exception):
+    """A token refused; the message says why, in words for the worker that sent it."""
+
+
+def verify(key: bytes, token: str, now: float | None = None) -> TokenClaims:
+    """The claims of a valid, unexpired token signed with `key`; `InvalidToken` otherwise."""
     try:
         header, body, signature = token.split(".")
         expected = hmac.new(key, f"{header}.{body}".encode("ascii"), hashlib.sha256).digest()
         if not hmac.compare_digest(b64url(expected), signature):
-            return None
+            raise InvalidToken("the wake token is not one this server signed")
         payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        if int(payload["exp"]) < (time.time() if now is None else now):
-            return None
-        return TokenClaims(str(payload["sub"]), int(payload["gen"]), str(payload["wake"]))
-    except (ValueError, KeyError, TypeError, UnicodeError):
-        return None
+        claims = TokenClaims(str(payload["sub"]), int(payload["gen"]), str(payload["wake"]))
+        expires = int(payload["exp"])
+    except (ValueError, KeyError, TypeError, UnicodeError) as exc:
+        raise InvalidToken("the wake token is not one this server signed") from exc
+    if expires < (time.time() if now is None else now):
+        raise InvalidToken(f"the wake token has expired (a token lasts"
+                           f" {TOKEN_LIFETIME_S // 3600} hours): claim again for a new one")
+    return claims
