@@ -63,6 +63,7 @@ class Tail:
         self.yield_empty = yield_empty
         self.request_timeout = request_timeout
         self._session = _session_like(client.transport.session)
+        self._answered = False  # no read has been answered yet
         self._iterator = self._run()
 
     def __iter__(self) -> Iterator[ReadResult]:
@@ -131,14 +132,21 @@ class Tail:
         return dict(sorted(params.items()))  # lexicographic order helps CDN caching (10.1)
 
     def _long_poll_request(self) -> ReadResult:
+        params = self._params()
+        if self.yield_empty and not self._answered:
+            # A first read without `live`: at the end of the stream it says "up to date" at
+            # once, where a long-poll would wait out the server's timeout first.
+            del params["live"]
         response = self.client.transport.request(
-            "GET", self.url, params=self._params(),
+            "GET", self.url, params=params,
             retry=NO_RETRY, timeout=self.request_timeout, stop_event=self.stop_event,
             session=self._session,
         )
         with response:
             raise_for_status(response)
-            return self.client.parse_read(response, self.offset)
+            result = self.client.parse_read(response, self.offset)
+            self._answered = True
+            return result
 
     def _sse_request(self) -> Iterator[ReadResult]:
         response = self._session.get(

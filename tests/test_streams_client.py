@@ -542,6 +542,23 @@ def test_yield_empty_reports_being_caught_up(client: StreamsClient, path: str) -
 
 
 @pytest.mark.parametrize("live", ["long-poll", "sse"])
+def test_yield_empty_reports_an_empty_stream_caught_up_at_once(tmp_path: Path, live: str) -> None:
+    """The first long-poll of an empty stream was held for the server's whole timeout (30 s
+    by default): a supervisor waiting to know the list of conversations read waited that long."""
+    with start_streams_server(tmp_path / "streams", long_poll_timeout=30.0) as server:
+        client = StreamsClient(f"{server.url}/v1/stream")
+        client.ensure_stream("empty")
+        tail = client.tail("empty", live=live, yield_empty=True)  # type: ignore[arg-type]
+        first: list[Any] = []
+        reader = threading.Thread(target=lambda: first.append(next(tail)), daemon=True)
+        reader.start()
+        reader.join(timeout=10)
+        tail.close()
+        assert first, "no batch within 10 s"
+        assert first[0].messages == () and first[0].up_to_date
+
+
+@pytest.mark.parametrize("live", ["long-poll", "sse"])
 def test_stop_event_ends_a_tail_between_requests(
     client: StreamsClient, path: str, live: str,
 ) -> None:
