@@ -204,6 +204,8 @@ class Supervisor(pykka.ThreadingActor):
         self._stopping = threading.Event()
         self._tails: list[Tail] = []
         self._conversations_seen = _Gathered()  # the `conversations` watch thread's own
+        self._listing_read = False  # since the last (re)start: see on_receive's _Woken
+        self._held_wakes: list[str] = []
         self._watch_generation = 0  # one more at each start over: older watches are moot
         self._last_start_over = 0.0
         self._start_over_delay = 0.0
@@ -257,7 +259,7 @@ class Supervisor(pykka.ThreadingActor):
             # The watch gathers into its own `_Gathered`: one of an earlier start that is
             # still finishing a batch must not write into the new one.
             self._watch(layout.CONVERSATIONS_STREAM, "-1",
-                        lambda batch: self._on_conversations_batch(batch, seen))
+                        lambda batch: self._on_conversations_batch(batch, seen), empty_too=True)
         elif isinstance(message, _ConversationsSeen):
             deleted = set(message.deleted)
             for cid in message.ids:
@@ -266,9 +268,18 @@ class Supervisor(pykka.ThreadingActor):
                     self._jobs.put(functools.partial(self._recheck, cid))
             for cid in message.deleted:
                 self._on_deleted(cid, live=message.live)
+            if not self._listing_read:
+                self._listing_read = True
+                for cid in dict.fromkeys(self._held_wakes):
+                    self._known.add(cid)
+                    self._try_claim(cid)  # unless deleted
+                self._held_wakes.clear()
         elif isinstance(message, _WatchLost):
             if message.generation == self._watch_generation:
                 self._start_over(message.path)
+        elif isinstance(message, _Woken) and not self._listing_read:
+            # Until the list of conversations is read, a wake may be for one deleted since.
+            self._held_wakes.append(message.conversation_id)
         elif isinstance(message, _Woken) and message.conversation_id in self._deleted:
             log.info("a wake for deleted conversation %s: removing it again",
                      message.conversation_id)  # a late writer brought its streams back
@@ -672,8 +683,12 @@ class Supervisor(pykka.ThreadingActor):
             error = str(exc)
         self._tell(_Claimed(cid, lease, error))
 
-    def _watch(self, path: str, offset: str, on_batch: Callable[[ReadResult], None]) -> None:
-        tail = self.client.tail(path, offset, live=self.settings.agent.live_mode)  # type: ignore[arg-type]
+    def _watch(self, path: str, offset: str, on_batch: Callable[[ReadResult], None], *,
+               empty_too: bool = False) -> None:
+        """Follow `path` on a thread of its own; `empty_too`: `on_batch` also gets batches
+        without messages (being caught up with an empty stream is news too)."""
+        tail = self.client.tail(path, offset, live=self.settings.agent.live_mode,  # type: ignore[arg-type]
+                                yield_empty=empty_too)
         self._tails.append(tail)
         generation = self._watch_generation
 
@@ -682,7 +697,7 @@ class Supervisor(pykka.ThreadingActor):
                 for batch in tail:
                     if self._stopping.is_set() or generation != self._watch_generation:
                         return
-                    if batch.messages:
+                    if batch.messages or empty_too:
                         on_batch(batch)
             except StreamsError as exc:
                 if not self._stopping.is_set() and generation == self._watch_generation:
@@ -707,6 +722,7 @@ class Supervisor(pykka.ThreadingActor):
             tail.close()
         self._tails.clear()
         self._known.clear()
+        self._listing_read = False
         self._conversations_seen = _Gathered()
         now = time.monotonic()
         recent = now - self._last_start_over < START_OVER_RESET_S
@@ -750,9 +766,10 @@ class Supervisor(pykka.ThreadingActor):
         start_tail = seen.start_tail or ""
         if not seen.caught_up and not batch.up_to_date and batch.next_offset < start_tail:
             return
+        first = not seen.caught_up  # told even if empty: the wakes wait for it
         seen.caught_up = True
         live = batch.next_offset > start_tail
-        if seen.ids or seen.deleted:
+        if seen.ids or seen.deleted or first:
             self._tell(_ConversationsSeen(tuple(seen.ids), tuple(seen.deleted), live=live))
         seen.ids.clear()
         seen.deleted.clear()

@@ -29,8 +29,8 @@ from agent_actors import layout
 from agent_actors.agent import AgentSettings
 from agent_actors.errors import LeaseFenced, NotFound, StreamsUnavailable
 from agent_actors.models.anthropic_model import AnthropicModel
-from agent_actors.stream_types import Lease, SubscriptionConfig
-from agent_actors.streams_client import RetryPolicy, StreamsClient
+from agent_actors.stream_types import Lease, ReadResult, SubscriptionConfig
+from agent_actors.streams_client import RetryPolicy, StreamsClient, Tail
 from agent_actors.supervisor import Supervisor, SupervisorSettings
 from tests.fake_anthropic import FakeAnthropic
 from tests.support import ServerProcess, free_port, start_streams_server
@@ -757,6 +757,50 @@ def test_a_conversation_deleted_while_no_supervisor_runs_is_removed_at_start_una
     assert_clean_answers(wait_for_answers(client, kept, [prompt]), {prompt: "answer this one"})
     logs.wait_for(f"removed deleted conversation={doomed}")
     assert conversation_gone(client, doomed)
+    assert not logs.matching(f"agent started conversation={doomed} ")
+    assert [r["messages"][-1]["content"] for r in fake.requests] == ["answer this one"]
+
+
+class LateTail(Tail):
+    """A tail whose first batch comes a while late, as a loaded server's can."""
+
+    def __next__(self) -> ReadResult:
+        if self.offset == "-1":
+            time.sleep(3.0)  # time enough to claim a woken conversation and start its agent
+        return super().__next__()
+
+
+class LateListing(StreamsClient):
+    """A streams client that reads the list of conversations late (see `LateTail`)."""
+
+    def tail(self, path: str, offset: str = "-1", **kwargs: Any) -> Tail:
+        if path != layout.CONVERSATIONS_STREAM:
+            return super().tail(path, offset, **kwargs)
+        return LateTail(self, path, offset, live=kwargs.get("live", "long-poll"),
+                        stop_event=kwargs.get("stop_event"),
+                        yield_empty=kwargs.get("yield_empty", False),
+                        request_timeout=self.live_timeout)
+
+
+def test_a_wake_read_before_the_list_of_conversations_does_not_start_a_deleted_one(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """A supervisor that makes the wake stream reads it from its start, where the server
+    wrote the wakes of prompts sent before: one read before the list of conversations
+    started an agent for a conversation the list says is deleted."""
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    doomed = chat.start_conversation("deleted, its wake still there")
+    chat.send_prompt(doomed, "never answer this")
+    chat.delete_conversation(doomed)
+    kept = chat.start_conversation("kept")
+    prompt = chat.send_prompt(kept, "answer this one")
+    assert not client.exists(layout.DEFAULT_WAKE_STREAM)  # made by the supervisor, read from -1
+
+    in_process(root, client=LateListing(root))
+    assert_clean_answers(wait_for_answers(client, kept, [prompt]), {prompt: "answer this one"})
+    logs.wait_for(f"removed deleted conversation={doomed}")
     assert not logs.matching(f"agent started conversation={doomed} ")
     assert [r["messages"][-1]["content"] for r in fake.requests] == ["answer this one"]
 
