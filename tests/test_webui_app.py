@@ -236,7 +236,9 @@ def test_a_restart_releases_only_its_own_earlier_runs_leases(tmp_path: Path) -> 
             app.start()
             http = requests.Session()
             assert http.get(f"{app.url}/", timeout=10).status_code == 200  # starts its agents
-            assert "starting the embedded supervisor" in app.log_since_start()
+            # (Logged after the release; the log reaches its file a moment later.)
+            wait_until(lambda: "starting the embedded supervisor" in app.log_since_start(),
+                       timeout=10, what="the embedded supervisor's start")
             state = http.get(f"{root}/__ds/subscriptions/other", timeout=10).json()
             assert state["holder"] == other
         finally:
