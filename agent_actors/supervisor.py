@@ -557,7 +557,10 @@ class Supervisor(pykka.ThreadingActor):
         # This supervisor's offset alone behind: a subscription made again links the stream
         # at its tail, hiding unanswered prompts; or another supervisor (with its own data
         # directory) answered them since. Only the streams tell the two apart.
-        if behind_subscription or (behind_agent and self._unanswered(cid)):
+        unanswered = behind_agent and not behind_subscription and self._unanswered(cid)
+        if unanswered is None:
+            return False  # the streams could not be read: looked at again, later
+        if behind_subscription or unanswered:
             self._tell(_Pending(cid))
         return True
 
@@ -586,8 +589,9 @@ class Supervisor(pykka.ThreadingActor):
                     "nothing" if wake_stream is None else repr(wake_stream),
                     self.settings.wake_stream, self.settings.wake_stream_setting)
 
-    def _unanswered(self, cid: str) -> bool:
-        """Whether the streams show a prompt with no finished answer.
+    def _unanswered(self, cid: str) -> bool | None:
+        """Whether the streams show a prompt with no finished answer; None if they could
+        not be read.
 
         Needed where this supervisor's processed offset is behind (or it has none) and the
         subscription's is not: a subscription created after a prompt (by a client that did
@@ -603,8 +607,8 @@ class Supervisor(pykka.ThreadingActor):
         except (NotFound, StreamGone):
             return False  # no prompts stream: no work
         except StreamsError as exc:
-            log.warning("could not read conversation %s: %s", cid, exc)
-            return False
+            log.warning("could not read conversation %s: %s; trying again", cid, exc)
+            return None
         conversation.add_prompt_messages(prompts)
         return bool(conversation.unanswered())
 

@@ -455,6 +455,48 @@ def test_a_start_answers_prompts_a_subscription_made_again_at_the_tail_no_longer
     assert_clean_answers(rendered, {first: "first question", second: "second question"})
 
 
+class FirstCheckFails(StreamsClient):
+    """A streams client whose first read of a prompts stream by the supervisor's own jobs
+    (not its agents) finds the server down."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root, retry=RetryPolicy(deadline=1.0))
+        self.failed = False
+
+    def read_all(self, path: str, offset: str = "-1") -> ReadResult:
+        if (path.endswith("/prompts") and not self.failed
+                and threading.current_thread().name.startswith("supervisor-jobs")):
+            self.failed = True
+            raise StreamsUnavailable("connection refused (injected)")
+        return super().read_all(path, offset)
+
+
+def test_a_start_whose_look_at_a_conversation_fails_looks_again(
+    streams_server: ServerProcess, in_process: StartInProcess, logs: LogWatch,
+) -> None:
+    """Where only the streams can tell whether a prompt is unanswered (the subscription made
+    again at the tail), a failed read of them was taken for "nothing to answer": the prompt
+    waited for the next one, or the next start, with no word of it being given up."""
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    cid = chat.start_conversation("looked at again")
+    first_sup = in_process(root)
+    first = chat.send_prompt(cid, "first question")
+    wait_for_answers(client, cid, [first])
+    wait_until(lambda: all_prompts_acked(client, cid), timeout=10, what="the first ack")
+    first_sup.stop(timeout=30)
+    second = chat.send_prompt(cid, "second question")
+    sub_id = layout.subscription_id(cid)
+    client.delete_subscription(sub_id)
+    client.put_subscription(sub_id, layout.subscription_config(cid, lease_ttl_ms=LEASE_TTL_MS))
+    failing = FirstCheckFails(root)
+    in_process(root, client=failing, restart_backoff_s=0.2)  # the same data directory
+    rendered = wait_for_answers(client, cid, [first, second], timeout=30)
+    assert_clean_answers(rendered, {first: "first question", second: "second question"})
+    assert failing.failed
+    logs.wait_for(f"could not read conversation {cid}")
+
+
 def test_a_start_leaves_alone_what_another_supervisor_answered_since(
     streams_server: ServerProcess, in_process: StartInProcess,
 ) -> None:
