@@ -685,6 +685,10 @@ class Supervisor(pykka.ThreadingActor):
             log.warning("not claiming %s: %s", cid, exc)
         except StreamsError as exc:
             error = str(exc)
+        except Exception as exc:  # (a reply no streams server gives): the claim is retried all
+            # the same, or the conversation would stay "being claimed" for good
+            log.exception("claiming %s failed unexpectedly", cid)
+            error = f"{type(exc).__name__}: {exc}"
         self._tell(_Claimed(cid, lease, error))
 
     def _watch(self, path: str, offset: str, on_batch: Callable[[ReadResult], None], *,

@@ -497,6 +497,38 @@ def test_a_start_whose_look_at_a_conversation_fails_looks_again(
     logs.wait_for(f"could not read conversation {cid}")
 
 
+class OddFirstClaim(StreamsClient):
+    """A streams client whose first claim fails with what no streams error is: a 2xx reply
+    that is not JSON (a proxy's page) makes `response.json()` raise."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.failed = False
+
+    def claim(self, subscription_id: str, worker: str) -> Lease:
+        if not self.failed:
+            self.failed = True
+            raise ValueError("Expecting value: line 1 column 1 (char 0) (injected)")
+        return super().claim(subscription_id, worker)
+
+
+def test_a_claim_that_fails_unexpectedly_is_tried_again(
+    streams_server: ServerProcess, in_process: StartInProcess, logs: LogWatch,
+) -> None:
+    """Only streams errors were caught: any other left the conversation marked as being
+    claimed, so that it was never claimed again by this supervisor and held an agent slot."""
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    odd = OddFirstClaim(root)
+    in_process(root, client=odd, restart_backoff_s=0.2)
+    cid = chat.start_conversation("claimed at the second try")
+    prompt = chat.send_prompt(cid, "answer after all")
+    rendered = wait_for_answers(client, cid, [prompt], timeout=30)
+    assert_clean_answers(rendered, {prompt: "answer after all"})
+    assert odd.failed
+    logs.wait_for(f"claim failed conversation={cid} failures=1 .*injected")
+
+
 def test_a_start_leaves_alone_what_another_supervisor_answered_since(
     streams_server: ServerProcess, in_process: StartInProcess,
 ) -> None:
