@@ -20,6 +20,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from streams_server.app import create_app
+from streams_server.backend import StreamsBackend
+from streams_server.config import StreamsSettings
+from streams_server.protocol.operations import SSE_CACHE_BYTES
 from tests.support import ServerProcess, start_streams_server
 from tests.support.streams_http import StreamsHttp, error_body, offset_position
 
@@ -479,3 +483,28 @@ def test_conflicting_content_lengths_are_refused_by_the_standalone_server(
     server keeps only the last, so `flask run`, a laptop's server, cannot tell.)"""
     _assert_refused_as_ambiguous(roomy, "two-lengths",
                                  b"Content-Length: 10\r\nContent-Length: 3\r\n", b"abcGET /v1")
+
+
+def test_the_shared_encodings_of_sse_batches_are_bounded_in_bytes() -> None:
+    """Every SSE batch's encoding was kept for its other readers, up to 512 of them whatever
+    their size: one reader catching up with a large stream left hundreds of MB behind."""
+    backend = StreamsBackend.open(None, StreamsSettings(sse_max_duration_s=5.0))
+    try:
+        api = create_app(backend).test_client()
+        assert api.put("/v1/stream/big", headers={"Content-Type": BINARY}).status_code == 201
+        chunk = bytes(range(256)) * 4096  # 1 MiB: one SSE batch each (the chunk limit)
+        for _ in range(40):
+            assert api.post("/v1/stream/big", data=chunk,
+                            headers={"Content-Type": BINARY}).status_code == 204
+        response = api.get("/v1/stream/big?offset=-1&live=sse", buffered=False)
+        events = 0
+        for piece in response.response:
+            events += piece.count(b"event: data")
+            if events >= 40:
+                break
+        response.close()
+        assert events == 40
+        cached = sum(len(data) for data, _ in backend.streams._sse_cache.values())
+        assert cached <= SSE_CACHE_BYTES, f"{cached / 2**20:.1f} MiB kept"
+    finally:
+        backend.close()

@@ -27,6 +27,9 @@ from .messages import Reply, StreamRequest
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 LIVE_MODES = ("long-poll", "sse")
 SSE_CACHE_ENTRIES = 512
+SSE_CACHE_BYTES = 16 * 1024 * 1024
+"""What the shared encodings of SSE batches may hold: the fan-out of one append to many
+readers needs only the latest few, while catch-up batches are up to a chunk (1 MiB) each."""
 
 
 class StreamOperations:
@@ -39,6 +42,7 @@ class StreamOperations:
         # Encoded SSE batches by (stream, range, encoding, cursor, flags): stream data at a
         # range never changes, so every reader of the same range shares one encoding.
         self._sse_cache: dict[tuple[object, ...], tuple[bytes, str]] = {}
+        self._sse_cache_bytes = 0  # about (threads add to it unlocked); reset with the cache
 
     def handle(self, request: StreamRequest) -> Reply:
         handler = {
@@ -373,9 +377,12 @@ class StreamOperations:
                 data = sse.event("data", sse.data_event_text(payload, base64_encoded=encoded),
                                  event_id=next_offset)
             cached = (data, next_offset)
-            if len(self._sse_cache) >= SSE_CACHE_ENTRIES:
+            if (len(self._sse_cache) >= SSE_CACHE_ENTRIES
+                    or self._sse_cache_bytes + len(data) > SSE_CACHE_BYTES):
                 self._sse_cache.clear()
+                self._sse_cache_bytes = 0
             self._sse_cache[key] = cached
+            self._sse_cache_bytes += len(data)
         data, next_offset = cached
         return data + sse.control_event(next_offset, cursor=cursor, up_to_date=result.up_to_date,
                                         closed=result.closed_at_end)
