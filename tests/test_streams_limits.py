@@ -499,7 +499,7 @@ def test_the_shared_encodings_of_sse_batches_are_bounded_in_bytes() -> None:
         response = api.get("/v1/stream/big?offset=-1&live=sse", buffered=False)
         events = 0
         for piece in response.response:
-            events += piece.count(b"event: data")
+            events += (piece if isinstance(piece, bytes) else piece.encode()).count(b"event: data")
             if events >= 40:
                 break
         response.close()
