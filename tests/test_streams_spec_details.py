@@ -12,6 +12,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
+from streams_server.app import create_app
+from streams_server.backend import StreamsBackend
+from streams_server.config import StreamsSettings
 from tests.support import ServerProcess, start_streams_server
 from tests.support.agents import wait_until
 from tests.support.streams_http import StreamsHttp
@@ -339,6 +342,32 @@ def test_a_stream_with_a_live_reader_does_not_expire_under_it(
         _ttl_outlives_its_reader(StreamsHttp(server.url))
     finally:
         server.terminate()
+
+
+def test_a_stream_does_not_expire_under_an_sse_reader_catching_up() -> None:
+    """Section 5.1 again: the reader was counted only while it waited at the tail, so a
+    stream whose TTL ran out while an SSE response was still sending what it held was
+    deleted under it, and the response ended without a word, its reader halfway."""
+    backend = StreamsBackend.open(None, StreamsSettings(max_chunk_bytes=1024))
+    try:
+        api = create_app(backend).test_client()
+        assert api.put("/v1/stream/short-lived", headers={
+            "Content-Type": TEXT, "Stream-TTL": "1"}).status_code == 201
+        for index in range(8):
+            assert api.post("/v1/stream/short-lived", data=str(index) * 1024,
+                            headers={"Content-Type": TEXT}).status_code == 204
+        response = api.get("/v1/stream/short-lived?offset=-1&live=sse", buffered=False)
+        events = 0
+        for piece in response.response:
+            events += (piece if isinstance(piece, bytes) else piece.encode()).count(b"event: data")
+            if events == 8:
+                break
+            time.sleep(0.3)  # a slow reader: the whole backlog takes longer than the TTL
+        response.close()
+        assert events == 8
+        assert api.head("/v1/stream/short-lived").status_code == 200
+    finally:
+        backend.close()
 
 
 def _ttl_outlives_its_reader(http: StreamsHttp) -> None:

@@ -390,6 +390,14 @@ class StreamOperations:
     def _sse_events(
         self, path: str, stream_id: int, position: int, cursor: str | None, encoded: bool
     ) -> Iterator[bytes]:
+        # A live reader from the first event to the last, catching up too: its stream must
+        # not expire under it (section 5.1).
+        with self.store.live_reader(stream_id):
+            yield from self._sse_loop(path, stream_id, position, cursor, encoded)
+
+    def _sse_loop(
+        self, path: str, stream_id: int, position: int, cursor: str | None, encoded: bool
+    ) -> Iterator[bytes]:
         settings = self.settings
         deadline = time.monotonic() + settings.sse_max_duration_s
         preamble = sse.retry_field(settings.sse_retry_ms)

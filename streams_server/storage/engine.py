@@ -232,16 +232,28 @@ class StreamStore:
             known.last_access_ms = self.now_ms()
             self._touched.add(info.stream_id)
 
-    def wait_for_data(self, stream_id: int, position: int, timeout: float) -> bool:
-        """Block until the stream has data past `position`, is closed or gone (True), or
-        until `timeout` passes (False)."""
-        deadline = time.monotonic() + timeout
-        signal = self._signal(stream_id)
+    @contextmanager
+    def live_reader(self, stream_id: int) -> Iterator[None]:
+        """Count a live reader of the stream while in this block: a stream with one does not
+        expire (section 5.1), and its TTL runs again from when the last one leaves."""
         reading = self._streams.get(stream_id)
         if reading is not None:
             with self._signals_lock:
                 reading.readers += 1
         try:
+            yield
+        finally:
+            if reading is not None:
+                with self._signals_lock:
+                    reading.readers -= 1
+                self.touch(reading.info)
+
+    def wait_for_data(self, stream_id: int, position: int, timeout: float) -> bool:
+        """Block until the stream has data past `position`, is closed or gone (True), or
+        until `timeout` passes (False). A live reader meanwhile (see `live_reader`)."""
+        deadline = time.monotonic() + timeout
+        signal = self._signal(stream_id)
+        with self.live_reader(stream_id):
             while True:
                 changed = signal.current()  # taken before looking: a change after this sets it
                 known = self._streams.get(stream_id)
@@ -252,11 +264,6 @@ class StreamStore:
                 if remaining <= 0:
                     return False
                 changed.wait(remaining)
-        finally:
-            if reading is not None:
-                with self._signals_lock:
-                    reading.readers -= 1
-                self.touch(reading.info)
 
     def list_streams(self, prefix: str = "", limit: int = 1000) -> list[StreamInfo]:
         """Live streams whose path starts with `prefix`, in path order."""
