@@ -471,6 +471,10 @@ class ConversationAgent(pykka.ThreadingActor):
         before = self._read_all_creating(self.responses_path)
         for message in before.messages:
             conversation.apply_response(message)
+        if self._stopping.is_set():
+            # Stopped while reading (a slow server): its marker would now fence the agent
+            # that took over meanwhile, in the middle of its answer.
+            return
         epoch = max(self.lease.generation, conversation.max_epoch + 1)
         producer = client.producer(self.responses_path, f"agent-{self.conversation_id}",
                                    epoch=epoch)

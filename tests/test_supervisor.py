@@ -1212,6 +1212,40 @@ class StragglingBoot(HeldCall):
         return super().ack(lease, acks, done=done)
 
 
+class HeldBootRead(StragglingBoot):
+    """Holds an agent's boot in its first read of the responses stream (`StragglingBoot`'s
+    fencing of the next heartbeat included)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.held = lambda name, args: (name == "read_all" and args[0].endswith("/responses")
+                                        and threading.current_thread().name.startswith("boot-"))
+
+
+def test_an_agent_stopped_during_its_boot_does_not_fence_its_successor(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """A stopped agent's boot went on: when its slow first read came back it wrote its start
+    marker above the next agent's, which was answering by then and stopped as "replaced",
+    its answer held up for a lease and started again."""
+    root = streams_root(streams_server)
+    held = HeldBootRead(root)
+    in_process(root, client=held)
+    client, chat = connect(root)
+    cid = chat.start_conversation("a boot that outlives its agent")
+    prompt = chat.send_prompt(cid, "long")
+    assert held.reached.wait(20), "the boot never read the responses stream"
+    held.fenced.set()  # the lease is lost while the boot's read is under way
+    logs.wait_for(f"agent stopped conversation={cid} reason=lease-lost")
+    wait_for_answers(client, cid, [prompt], timeout=30, until=mid_answer(prompt, 0))
+    held.go.set()  # the first agent's read comes back now, its agent long gone
+    answer = wait_for_answers(client, cid, [prompt], timeout=30).answers[prompt]
+    assert answer is not None and answer.text == LONG_REPLY, answer
+    assert answer.restarts == 0 and answer.terminals_total == 1, answer
+    assert not logs.matching("replaced"), logs.matching("replaced")
+
+
 def test_a_boot_request_under_way_when_its_agent_stopped_is_outlived_by_a_later_removal(
     streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
     logs: LogWatch,
