@@ -326,6 +326,28 @@ def test_catch_up_reads_are_cached_no_longer_than_the_stream_lives(http: Streams
     assert 30 - (time.time() - started) - 2 <= max_age <= 30, header
 
 
+def test_an_etag_never_matches_other_bytes_of_a_stream_made_again(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Section 10.1: a matching If-None-Match is answered 304, so an ETag must name exactly
+    the bytes. It named the stream by its database id, which a server that keeps its streams
+    in memory hands out again from 1 after a restart: a stream made again there with other
+    bytes was answered 304, and its reader kept the old ones."""
+    server = start_streams_server(tmp_path_factory.mktemp("etag") / "data", memory=True)
+    try:
+        http = StreamsHttp(server.url)
+        http.request("PUT", "again", headers={"Content-Type": TEXT}, body="first").raise_for_status()
+        etag = http.request("GET", "again", params={"offset": "-1"}).headers["ETag"]
+        server.restart()
+        http = StreamsHttp(server.url)
+        http.request("PUT", "again", headers={"Content-Type": TEXT}, body="other").raise_for_status()
+        read = http.request("GET", "again", params={"offset": "-1"},
+                            headers={"If-None-Match": etag})
+        assert read.status_code == 200 and read.text == "other", (read.status_code, etag)
+    finally:
+        server.terminate()
+
+
 # -- TTL (section 5.1) ------------------------------------------------------------------------
 
 

@@ -290,7 +290,10 @@ class StreamOperations:
 
     def _data_reply(self, request: StreamRequest, result: ReadResult, cursor: str | None) -> Reply:
         info = result.info
-        etag = f'"{info.stream_id}:{format_offset(result.start)}:{format_offset(result.next_position)}'
+        # The stream by its id and its creation time: ids start again from 1 in a database
+        # made anew (a server that keeps its streams in memory, restarted).
+        etag = (f'"{info.stream_id}.{info.created_at_ms}:{format_offset(result.start)}'
+                f':{format_offset(result.next_position)}')
         etag += ':c"' if result.closed_at_end else '"'
         reply = Reply(200, {"Content-Type": info.content_type, "ETag": etag})
         reply.headers["Stream-Next-Offset"] = format_offset(result.next_position)
