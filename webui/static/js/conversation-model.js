@@ -59,7 +59,7 @@ export function isAnswerableId(id) {
   if (id.length <= MAX_PROMPT_ID_CHARS) return true;
   if (id.length > 2 * MAX_PROMPT_ID_CHARS) return false;
   let count = 0;
-  for (const _ of id) count += 1; // eslint-disable-line no-unused-vars
+  for (const _ of id) count += 1; // code points, not UTF-16 units
   return count <= MAX_PROMPT_ID_CHARS;
 }
 
