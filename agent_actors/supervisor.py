@@ -202,6 +202,10 @@ class Supervisor(pykka.ThreadingActor):
         self._stragglers_s = self.client.transport.retry.deadline + self.client.transport.timeout
         self._timers = Timers("supervisor-timers")
         self._stopping = threading.Event()
+        # Leases claimed by a job thread whose `_Claimed` the actor has not taken yet: one
+        # that arrives as the supervisor stops is released by on_stop or by its job thread.
+        self._unseen_leases: dict[str, Lease] = {}
+        self._unseen_lock = threading.Lock()
         self._tails: list[Tail] = []
         self._conversations_seen = _Gathered()  # the `conversations` watch thread's own
         self._listing_read = False  # since the last (re)start: see on_receive's _Woken
@@ -224,7 +228,12 @@ class Supervisor(pykka.ThreadingActor):
         self._jobs.put(self._prepare)
 
     def on_stop(self) -> None:
-        self._stopping.set()
+        with self._unseen_lock:
+            self._stopping.set()
+            unseen = list(self._unseen_leases.values())
+            self._unseen_leases.clear()
+        for lease in unseen:  # claimed, but the news came too late to start an agent
+            self._release_quietly(lease)
         for tail in self._tails:
             tail.close()
         stopping = []
@@ -323,6 +332,8 @@ class Supervisor(pykka.ThreadingActor):
 
     def _on_claimed(self, claimed: _Claimed) -> None:
         cid = claimed.conversation_id
+        with self._unseen_lock:
+            self._unseen_leases.pop(cid, None)
         self._claiming.discard(cid)
         if cid in self._deleted:  # deleted while being claimed
             if claimed.lease is not None:
@@ -689,7 +700,21 @@ class Supervisor(pykka.ThreadingActor):
             # the same, or the conversation would stay "being claimed" for good
             log.exception("claiming %s failed unexpectedly", cid)
             error = f"{type(exc).__name__}: {exc}"
+        if lease is not None:
+            with self._unseen_lock:
+                stopped = self._stopping.is_set()
+                if not stopped:
+                    self._unseen_leases[cid] = lease
+            if stopped:
+                self._release_quietly(lease)
+                return
         self._tell(_Claimed(cid, lease, error))
+
+    def _release_quietly(self, lease: Lease) -> None:
+        try:
+            self.client.release(lease)
+        except StreamsError as exc:
+            log.info("could not release the lease of %s: %s", lease.subscription_id, exc)
 
     def _watch(self, path: str, offset: str, on_batch: Callable[[ReadResult], None], *,
                empty_too: bool = False) -> None:

@@ -1193,6 +1193,46 @@ def test_a_start_claims_pending_work_before_it_has_removed_many_deleted_conversa
     assert before < len(deletions) // 2, f"{before} of {len(deletions)} DELETEs came first"
 
 
+class SlowClaim(StreamsClient):
+    """A streams client whose first claim waits for `go`, then is made."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.reached = threading.Event()
+        self.go = threading.Event()
+        self.claimed = threading.Event()
+
+    def claim(self, subscription_id: str, worker: str) -> Lease:
+        if self.reached.is_set():
+            return super().claim(subscription_id, worker)
+        self.reached.set()
+        assert self.go.wait(30)
+        try:
+            return super().claim(subscription_id, worker)
+        finally:
+            self.claimed.set()
+
+
+def test_a_claim_that_succeeds_after_its_supervisor_stopped_is_released(
+    streams_server: ServerProcess, in_process: StartInProcess,
+) -> None:
+    """The lease came back to a stopped supervisor, which dropped the news: nobody released
+    it, and the next supervisor waited out its whole TTL to answer."""
+    root = streams_root(streams_server)
+    slow = SlowClaim(root)
+    sup = in_process(root, client=slow)
+    client, chat = connect(root, lease_ttl_ms=30_000)  # well past the wait below
+    cid = chat.start_conversation("claimed as its supervisor stopped")
+    chat.send_prompt(cid, "hello")
+    assert slow.reached.wait(20), "never claimed"
+    sup.stop(timeout=30)
+    slow.go.set()
+    assert slow.claimed.wait(10), "the claim never came back"
+    wait_until(lambda: lease_holder(client, cid) is None and client.get_subscription(
+        layout.subscription_id(cid)).raw.get("wake_id") is not None, timeout=10,
+        what="the lease to be released, its wake to stand")
+
+
 class StragglingBoot(HeldCall):
     """Holds an agent's boot as it creates a missing stream; once `fenced` is set, the next
     heartbeat finds the lease lost. Its requests give up within 3 s (deadline and timeout),
