@@ -624,10 +624,7 @@ class Supervisor(pykka.ThreadingActor):
         return bool(conversation.unanswered())
 
     def _release_and_remove(self, lease: Lease) -> None:
-        try:
-            self.client.release(lease)
-        except StreamsError as exc:
-            log.info("could not release the lease of deleted %s: %s", lease.subscription_id, exc)
+        self._release_quietly(lease)
         cid = layout.conversation_of_subscription(lease.subscription_id)
         if cid is not None:
             self._tell(_Remove(cid))

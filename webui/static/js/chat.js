@@ -739,11 +739,16 @@ function givenBack(what, count) {
     : `${what} was deleted before ${count} messages sent to it reached the server: they are back in the message box.`;
 }
 
+/** `kept` with `texts` after it (each once, none already there), parted by blank lines. */
+function withTexts(kept, texts) {
+  const parts = [kept.trim()];
+  for (const text of texts.map((t) => t.trim())) if (text && !parts.includes(text)) parts.push(text);
+  return parts.filter(Boolean).join("\n\n");
+}
+
 /** Add `texts` to the message box, after what it holds (each once), as its draft. */
 function keepInMessageBox(texts) {
-  const parts = [ui.input.value.trim()];
-  for (const text of texts.map((t) => t.trim())) if (text && !parts.includes(text)) parts.push(text);
-  const value = parts.filter(Boolean).join("\n\n");
+  const value = withTexts(ui.input.value, texts);
   if (value === ui.input.value) return;
   ui.input.value = value;
   saveDraft(draftKey(), value);
@@ -752,9 +757,9 @@ function keepInMessageBox(texts) {
 
 /** `keepInMessageBox` for a conversation not shown: its stored draft. */
 function keepInDraft(key, text) {
-  const kept = (sessionStorage.getItem(key) ?? "").trim();
-  const added = text.trim();
-  if (added && added !== kept) saveDraft(key, kept ? `${kept}\n\n${added}` : text);
+  const kept = sessionStorage.getItem(key) ?? "";
+  const value = withTexts(kept, [text]);
+  if (value !== kept) saveDraft(key, value);
 }
 
 function tell(text) {
