@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -355,6 +356,34 @@ def test_acks_for_a_linked_stream_deleted_under_a_lease_do_not_refuse_the_others
     assert next(s for s in state["streams"] if s["path"] == "pair/b")["acked_offset"] == tails["pair/b"]
 
 
+def test_an_ack_for_a_stream_deleted_and_created_again_under_the_lease_is_moot(
+    streams_server: ServerProcess, http: requests.Session
+) -> None:
+    """The worker read the old stream and acked its tail after the stream was made again: the
+    ack moved the new stream's cursor over data nobody had read, which was then never
+    delivered. Such an ack is skipped, and the new data wakes the subscription again."""
+    root = _root(streams_server)
+    _pull_subscription(http, root, "reborn", "wake/reborn", "twice/*", 30_000)
+    _put_json_stream(http, root, "twice/a")
+    old_tail = _append(http, root, "twice/a", {"n": "old"})
+    grant = _claim(http, root, "reborn", "worker-1").json()
+
+    assert http.delete(f"{root}/twice/a").status_code == 204
+    _put_json_stream(http, root, "twice/a")
+    new_tail = _append(http, root, "twice/a", {"n": "new", "padding": "x" * 100})
+    assert new_tail > old_tail  # the stale offset lies inside the new stream
+
+    done = _ack(http, root, "reborn", grant, [{"stream": "twice/a", "offset": old_tail}], True)
+    assert done.status_code == 200, done.text
+    assert done.json()["next_wake"] is True
+    grant = _claim(http, root, "reborn", "worker-1").json()
+    link = next(s for s in grant["streams"] if s["path"] == "twice/a")
+    assert link["has_pending"] and link["acked_offset"] < old_tail, link
+    # In the next wake the same stream's acks count again.
+    done = _ack(http, root, "reborn", grant, [{"stream": "twice/a", "offset": new_tail}], True)
+    assert done.json() == {"ok": True, "next_wake": False}
+
+
 def test_a_heartbeat_after_its_lease_ran_out_is_fenced_before_the_lease_is_swept(
     tmp_path: Path,
 ) -> None:
@@ -444,6 +473,65 @@ def test_a_receivers_done_is_taken_when_a_stream_was_unlinked_during_the_deliver
         assert after.wake_id is None and after.next_attempt_at_ms is None  # the wake is done
         [b] = after.links
         assert b.path == "jobs/b" and b.acked_offset == b.tail_offset
+    finally:
+        store.close()
+
+
+def test_a_receivers_done_skips_a_stream_made_again_during_the_delivery(
+    tmp_path: Path,
+) -> None:
+    """The delivery's snapshot held the old stream's tail; the stream made again since holds
+    more: taking the `done` moved the new stream's cursor over data nobody was sent."""
+    store = StreamStore.open_directory(str(tmp_path))
+    try:
+        store.create("jobs/a", content_type="application/json", expiry=Expiry())
+        config = SubscriptionConfig(type=WEBHOOK, pattern=None, streams=("jobs/a",),
+                                    webhook_url="https://example.com/hook", wake_stream=None,
+                                    lease_ttl_ms=30_000, description=None)
+        store.transact(lambda tx: db.put_subscription(tx, "hook", config, "http://localhost"))
+        store.append("jobs/a", [b'{"n":1}'], content_type="application/json")
+        wake = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        store.delete("jobs/a")
+        store.create("jobs/a", content_type="application/json", expiry=Expiry())
+        store.append("jobs/a", [b'{"n":"new","padding":"' + b"x" * 100 + b'"}'],
+                     content_type="application/json")
+        store.transact(lambda tx: db.record_delivery(
+            tx, wake, delivered=True, done=True, snapshot=wake.links, error=None,
+            retry_at_ms=None))
+        after = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        [a] = after.links
+        assert a.acked_offset == 0 and a.tail_offset > wake.links[0].tail_offset
+        assert after.wake_id is not None and after.wake_id != wake.wake_id  # woken again
+    finally:
+        store.close()
+
+
+def test_a_database_of_the_previous_schema_is_brought_up_to_date(tmp_path: Path) -> None:
+    """A store written before the links remembered the wake in which their stream was made
+    again (schema 4) opens, gains the column and takes acks as before."""
+    store = StreamStore.open_directory(str(tmp_path))
+    try:
+        store.create("jobs/a", content_type="application/json", expiry=Expiry())
+        config = SubscriptionConfig(type=WEBHOOK, pattern=None, streams=("jobs/a",),
+                                    webhook_url="https://example.com/hook", wake_stream=None,
+                                    lease_ttl_ms=30_000, description=None)
+        store.transact(lambda tx: db.put_subscription(tx, "hook", config, "http://localhost"))
+    finally:
+        store.close()
+    with sqlite3.connect(tmp_path / "streams.sqlite3") as conn:
+        conn.execute("ALTER TABLE subscription_links DROP COLUMN made_again_in_wake")
+        conn.execute("PRAGMA user_version = 4")
+    conn.close()
+
+    store = StreamStore.open_directory(str(tmp_path))
+    try:
+        store.append("jobs/a", [b'{"n":1}'], content_type="application/json")
+        wake = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        store.transact(lambda tx: db.record_delivery(
+            tx, wake, delivered=True, done=True, snapshot=wake.links, error=None,
+            retry_at_ms=None))
+        [a] = store.read_with(lambda conn: db.get_subscription(conn, "hook")).links
+        assert a.acked_offset == a.tail_offset > 0
     finally:
         store.close()
 

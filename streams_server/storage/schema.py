@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -90,6 +90,11 @@ _MIGRATIONS: dict[int, str] = {
     4: """
     CREATE INDEX subscriptions_wake_stream ON subscriptions(wake_stream)
         WHERE wake_stream IS NOT NULL;
+    """,
+    # The wake under way when a linked stream was deleted and made again: that wake's acks
+    # for it name offsets of the old stream (see `on_stream_created`).
+    5: """
+    ALTER TABLE subscription_links ADD COLUMN made_again_in_wake TEXT;
     """,
 }
 

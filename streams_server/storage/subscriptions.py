@@ -244,7 +244,11 @@ def on_stream_created(tx: Transaction, path: str, tail_before: int) -> None:
     stream's offsets start again, and an acked offset of the old one would hide its data.
     If the new stream is a pull-wake subscription's wake stream, wake again the ones nobody
     holds that have pending data: their wake had no stream to go to, or went with the stream
-    deleted before this one."""
+    deleted before this one.
+
+    A wake under way (claimed, or a webhook's) has the worker reading the old stream: its
+    acks for this path would move the new stream's cursor over data nobody read. They are
+    skipped (`_apply_acks`), and the new data wakes the subscription once more."""
     conn = tx.conn
     candidates = conn.execute(
         "SELECT id FROM subscriptions WHERE deleted = 0 AND literal_pattern = ?", (path,)
@@ -258,8 +262,11 @@ def on_stream_created(tx: Transaction, path: str, tail_before: int) -> None:
         if matches(row["pattern"], path)
     ]
     conn.execute(
-        "UPDATE subscription_links SET acked_offset = min(acked_offset, ?) WHERE path = ?",
-        (tail_before, path),
+        "UPDATE subscription_links SET acked_offset = min(acked_offset, ?),"
+        " made_again_in_wake = (SELECT s.wake_id FROM subscriptions s"
+        "  WHERE s.id = subscription_id AND (s.holder IS NOT NULL OR s.type = ?))"
+        " WHERE path = ?",
+        (tail_before, WEBHOOK, path),
     )
     for row in candidates:
         conn.execute(
@@ -447,7 +454,7 @@ def acknowledge(
         raise BadRequest(f"this endpoint is not for {row['type']} subscriptions", code="WRONG_TYPE")
     if _lease_over(row, tx.now_ms) or (kind == PULL_WAKE and row["holder"] is None):
         raise Fenced("the lease has ended", code="FENCED")
-    _apply_acks(tx, sub_id, acks)
+    _apply_acks(tx, sub_id, row["wake_id"], acks)
     if done:
         return _end_wake(tx, sub_id)
     tx.conn.execute(
@@ -458,20 +465,22 @@ def acknowledge(
     return False
 
 
-def _apply_acks(tx: Transaction, sub_id: str, acks: tuple[Ack, ...], *,
+def _apply_acks(tx: Transaction, sub_id: str, wake_id: str | None, acks: tuple[Ack, ...], *,
                 snapshot: bool = False) -> None:
-    """Move acked offsets forward. An ack for a linked stream deleted meanwhile is moot and
-    skipped: refusing it would refuse the acks of the other streams and the `done` with it.
-    The acks of a `snapshot` (the links as a webhook delivery saw them, which a receiver's
-    `done` stands for) also skip a stream unlinked since, or made again shorter."""
-    links = {
-        row["path"]: row["tail"]
-        for row in tx.conn.execute(
-            "SELECT l.path, s.tail FROM subscription_links l LEFT JOIN streams s"
-            " ON s.path = l.path AND s.soft_deleted = 0 WHERE l.subscription_id = ?",
-            (sub_id,),
-        )
-    }
+    """Move acked offsets forward. An ack for a linked stream deleted meanwhile, or deleted
+    and made again during wake `wake_id`, is moot and skipped: refusing it would refuse the
+    acks of the other streams and the `done` with it. The acks of a `snapshot` (the links as
+    a webhook delivery saw them, which a receiver's `done` stands for) also skip a stream
+    unlinked since, or made again shorter."""
+    links: dict[str, int | None] = {}
+    for row in tx.conn.execute(
+        "SELECT l.path, s.tail, l.made_again_in_wake FROM subscription_links l"
+        " LEFT JOIN streams s ON s.path = l.path AND s.soft_deleted = 0"
+        " WHERE l.subscription_id = ?",
+        (sub_id,),
+    ):
+        made_again_now = wake_id is not None and row["made_again_in_wake"] == wake_id
+        links[row["path"]] = None if made_again_now else row["tail"]
     for ack in acks:
         if snapshot and (ack.stream not in links or (links[ack.stream] or 0) < ack.offset):
             continue
@@ -529,8 +538,8 @@ def record_delivery(
         return
     if delivered and done:
         _apply_acks(
-            tx, state.id, tuple(Ack(link.path, link.tail_offset) for link in snapshot),
-            snapshot=True,
+            tx, state.id, state.wake_id,
+            tuple(Ack(link.path, link.tail_offset) for link in snapshot), snapshot=True,
         )
         _end_wake(tx, state.id)
         return
