@@ -2595,6 +2595,53 @@ def test_a_deep_link_scrolls_the_conversation_list_to_its_conversation(
         app.terminate()
 
 
+def test_a_list_of_200_000_conversations_shows_a_page_of_them_and_more_on_demand(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """The list was built with one argument per conversation (`replaceChildren(...items)`),
+    more than a call can take past about 120,000: the list stayed empty (the inspector's
+    shortcuts too). It now shows the most recent ones and more at a click, and a deep link
+    to the oldest still lists it."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"EMBEDDED_SUPERVISOR": "false"})
+    try:
+        count, per_post = 200_000, 10_000
+        requests.put(f"{app.url}/v1/stream/conversations", timeout=10,
+                     headers={"Content-Type": "application/json"}).raise_for_status()
+        for first in range(0, count, per_post):
+            batch = [{"type": "conversation", "id": f"c{n:06d}", "title": f"Conversation {n}",
+                      "timestamp": 1_700_000_000_000 + n} for n in range(first, first + per_post)]
+            response = requests.post(f"{app.url}/v1/stream/conversations", data=json.dumps(batch),
+                                     headers={"Content-Type": "application/json"}, timeout=30)
+            assert response.status_code in (200, 204), response.text
+        page = new_context().new_page()
+        page.goto(app.url)
+        # Reading 15 MB of list took this machine 2-5 s.
+        expect(page.get_by_test_id("app")).to_have_attribute("data-ready", "true", timeout=60_000)
+        items = page.get_by_test_id("conversation-item")
+        expect(items.first).to_have_attribute("data-conversation-id", f"c{count - 1:06d}")
+        shown = items.count()
+        assert 0 < shown < 1_000, shown
+        more = page.get_by_test_id("conversation-list-more")
+        expect(more).to_contain_text(f"{count - shown:,}")
+        more.click()
+        expect(items).to_have_count(2 * shown)
+        expect(items.nth(shown)).to_be_focused()  # the keyboard goes on where the list does
+        append_to_conversations(app, {"type": "activity", "id": "c000500", "timestamp": 1})
+        expect(items.first).to_have_attribute("data-conversation-id", "c000500")
+
+        page.goto(f"{app.url}/#/c/c000000")
+        oldest = page.locator('[data-conversation-id="c000000"]')
+        expect(oldest).to_have_attribute("aria-current", "page", timeout=60_000)
+        expect(oldest).to_be_in_viewport()
+
+        page.goto(f"{app.url}/inspector")  # its shortcuts were built the same way
+        expect(page.get_by_test_id("conversation-shortcuts-more")).to_contain_text(
+            f"{count:,} conversations", timeout=60_000)
+        expect(page.get_by_test_id("conversation-shortcuts").locator(".path-group")).to_have_count(500)
+    finally:
+        app.terminate()
+
+
 def test_a_narrow_table_scrolls_instead_of_breaking_its_words(
         chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
         new_context: NewContext) -> None:

@@ -11,7 +11,7 @@ import { FlowDiagram } from "./flow.js";
 import { RawStreamPanel } from "./stream-panels.js";
 import { ConnectionStatus, SERVER_RESET, STATE_LABELS } from "./status.js";
 import { Drawers } from "./drawers.js";
-import { el, formatTime, frameThrottle, wireSkipLink } from "./util.js";
+import { el, formatTime, frameThrottle, setChildren, wireSkipLink } from "./util.js";
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 
@@ -100,24 +100,59 @@ function conversationTitle(id) {
   return pendingState().conversations.findLast((c) => c.id === id)?.title ?? conversations.get(id)?.title ?? null;
 }
 
-/** The list as shown: what our own pending messages will make it, most recently active first. */
-function listedConversations() {
-  const pending = pendingState();
-  const items = conversations.sorted().filter((c) => !pending.deleted.includes(c.id) && !deletedHere.has(c.id));
-  for (const id of pending.activity) {
-    const at = items.findIndex((c) => c.id === id);
-    if (at > 0) items.unshift(...items.splice(at, 1));
+/** The list in the order shown, most recently active first, with what our own pending
+ * messages will make of it: unlisted starts, then conversations with pending activity, then
+ * the rest. Lazily: a list may hold hundreds of thousands. */
+function* listOrder(pending, hidden) {
+  const seen = new Set();
+  for (let i = pending.conversations.length - 1; i >= 0; i--) {
+    const start = pending.conversations[i];
+    if (conversations.has(start.id) || seen.has(start.id)) continue;
+    seen.add(start.id);
+    yield { id: start.id, title: start.title, timestamp: start.timestamp, pending: true };
   }
-  for (const start of pending.conversations) {
-    if (!conversations.has(start.id)) items.unshift({ id: start.id, title: start.title, timestamp: start.timestamp, pending: true });
+  for (let i = pending.activity.length - 1; i >= 0; i--) {
+    const id = pending.activity[i];
+    if (seen.has(id) || hidden.has(id) || !conversations.has(id)) continue;
+    seen.add(id);
+    yield conversations.entry(id);
   }
-  return items.map((c) => ({ ...c, title: conversationTitle(c.id) ?? c.title }));
+  for (const c of conversations.recent()) {
+    if (!seen.has(c.id) && !hidden.has(c.id)) yield c;
+  }
 }
 
+/** The first `limit` conversations of the list as shown, the one `openId` names if it is
+ * listed further down, and how many the list holds. */
+function listedConversations(limit, openId = null) {
+  const pending = pendingState();
+  const titles = new Map(pending.conversations.map((c) => [c.id, c.title])); // the latest wins
+  const titled = (c) => ({ ...c, title: titles.get(c.id) ?? c.title });
+  const hidden = new Set([...pending.deleted, ...deletedHere].filter((id) => conversations.has(id)));
+  const shown = [];
+  if (limit > 0) {
+    for (const c of listOrder(pending, hidden)) {
+      shown.push(titled(c));
+      if (shown.length >= limit) break;
+    }
+  }
+  const listed = (id) => conversations.has(id) && !hidden.has(id);
+  const open = openId !== null && listed(openId) && !shown.some((c) => c.id === openId)
+    ? titled(conversations.entry(openId)) : null;
+  const starts = new Set(pending.conversations.map((c) => c.id).filter((id) => !conversations.has(id)));
+  return { shown, open, total: starts.size + conversations.size - hidden.size };
+}
+
+const LIST_PAGE = 200; // conversations shown at first, and added by each "Show more"
+let listShown = LIST_PAGE;
+
 function renderConversationList() {
-  const items = listedConversations();
   const focusedId = document.activeElement?.closest?.("[data-conversation-id]")?.dataset.conversationId;
-  ui.conversationList.replaceChildren(...items.map((c) => {
+  // The open conversation is listed however far down it is (a deep link to an old one): after
+  // the page of recent ones, until "Show more" reaches it.
+  const { shown: listed, open, total } = listedConversations(listShown, current?.id ?? null);
+  if (open) listed.push(open);
+  const shown = listed.map((c) => {
     const active = current?.id === c.id;
     // A link, so that it opens in a new tab too (Ctrl+click, middle click, the menu).
     const link = el("a", {
@@ -132,9 +167,23 @@ function renderConversationList() {
       },
     }, el("span", { class: "conversation-item-title", dir: "auto", title: c.title }, c.title), el("span", { class: "conversation-item-time" }, c.pending ? "sending…" : formatTime(c.activeAt || c.timestamp)));
     return el("li", {}, link);
-  }));
+  });
+  const hidden = total - listed.length;
+  if (hidden > 0) {
+    shown.push(el("li", {}, el("button", {
+      type: "button",
+      class: "conversation-list-more",
+      dataset: { testid: "conversation-list-more" },
+      onclick: () => {
+        listShown += LIST_PAGE;
+        renderConversationList();
+        ui.conversationList.querySelectorAll("[data-conversation-id]")[listShown - LIST_PAGE]?.focus();
+      },
+    }, `Show ${Math.min(hidden, LIST_PAGE).toLocaleString("en-US")} more (${hidden.toLocaleString("en-US")} not shown)`)));
+  }
+  setChildren(ui.conversationList, shown);
   if (focusedId) ui.conversationList.querySelector(`[data-conversation-id="${CSS.escape(focusedId)}"]`)?.focus();
-  ui.conversationEmpty.hidden = items.length > 0 || !conversationsLoaded;
+  ui.conversationEmpty.hidden = total > 0 || !conversationsLoaded;
   revealActiveConversation();
 }
 
@@ -612,7 +661,7 @@ function sendPrompt(text, promptId = undefined) {
   protocol.sendPrompt(outbox, id, text, promptId, { ensured: !remake });
   // Lists show the most recently active first, with the time of that activity: say so
   // unless the list says it already.
-  const first = listedConversations()[0];
+  const first = listedConversations(1).shown[0];
   const listedAt = first?.activeAt || first?.timestamp || 0;
   if (first?.id !== id || Date.now() - listedAt > ACTIVITY_SHOWN_FOR_MS) protocol.markActive(outbox, id);
   maybeFollow();

@@ -15,7 +15,7 @@ import { CONVERSATIONS_PATH, promptsPath, responsesPath, subscriptionId } from "
 import { ConnectionStatus } from "./status.js";
 import { asText, hexDump } from "./format.js";
 import { renderSubscription } from "./subscription-view.js";
-import { el, frameThrottle, wireSkipLink } from "./util.js";
+import { el, frameThrottle, setChildren, wireSkipLink } from "./util.js";
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken, silenceMs: config.silenceMs, queuedMs: config.queuedMs });
@@ -110,7 +110,9 @@ const conversations = new ConversationList();
 
 function renderShortcuts() {
   const items = [pathButton(CONVERSATIONS_PATH)];
-  for (const c of conversations.sorted()) {
+  let shown = 0;
+  for (const c of conversations.recent()) {
+    if (shown++ === LIST_LIMIT) break;
     const chip = (label, path) => el("button", {
       type: "button",
       class: "path-chip",
@@ -139,7 +141,11 @@ function renderShortcuts() {
           },
         }, "subscription"))));
   }
-  $("conversation-shortcuts").replaceChildren(...items);
+  if (conversations.size > LIST_LIMIT) {
+    items.push(el("li", { class: "hint", dataset: { testid: "conversation-shortcuts-more" } },
+      `The ${LIST_LIMIT} most recent of ${conversations.size.toLocaleString("en-US")} conversations; open another by its path above.`));
+  }
+  setChildren($("conversation-shortcuts"), items);
 }
 
 function followConversations() {
@@ -173,7 +179,7 @@ async function loadRegistry() {
         else paths.set(path, event?.value?.contentType ?? "");
       }
     }
-    $("registry-list").replaceChildren(...[...paths.keys()].sort().map((p) => pathButton(p)));
+    setChildren($("registry-list"), [...paths.keys()].sort().map((p) => pathButton(p)));
     $("registry-list").hidden = false;
     result.textContent = `${paths.size} stream${paths.size === 1 ? "" : "s"} in __registry__.`;
   } catch (err) {

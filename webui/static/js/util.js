@@ -50,6 +50,14 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** `parent.replaceChildren(...nodes)` for any number of nodes: a call takes only so many
+ * arguments (about 120,000 in Chromium), and a list may hold more. */
+export function setChildren(parent, nodes) {
+  const fragment = document.createDocumentFragment();
+  for (const node of nodes) fragment.append(node);
+  parent.replaceChildren(fragment);
+}
+
 function append(node, children) {
   for (const child of children) {
     if (child === undefined || child === null || child === false) continue;
