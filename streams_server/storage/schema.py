@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -95,6 +95,14 @@ _MIGRATIONS: dict[int, str] = {
     # for it name offsets of the old stream (see `on_stream_created`).
     5: """
     ALTER TABLE subscription_links ADD COLUMN made_again_in_wake TEXT;
+    """,
+    # The scheduler looks for the next lease to expire and webhook attempt to make after every
+    # claim, ack and wake: without these, each look read every subscription (24 ms at 100,000).
+    6: """
+    CREATE INDEX subscriptions_lease_expiry ON subscriptions(lease_expires_at_ms)
+        WHERE lease_expires_at_ms IS NOT NULL;
+    CREATE INDEX subscriptions_next_attempt ON subscriptions(next_attempt_at_ms)
+        WHERE next_attempt_at_ms IS NOT NULL;
     """,
 }
 

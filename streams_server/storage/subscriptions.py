@@ -112,15 +112,17 @@ def list_subscriptions(conn: sqlite3.Connection) -> list[SubscriptionState]:
 def next_deadline_ms(conn: sqlite3.Connection, delivering: Collection[str] = ()) -> int | None:
     """The earliest lease expiry or webhook attempt due, if any; the attempts of the
     subscriptions `delivering` now are not (theirs stay due until the delivery is recorded)."""
-    busy = ",".join("?" * len(delivering))
-    attempt = (f"CASE WHEN id IN ({busy}) THEN NULL ELSE next_attempt_at_ms END" if busy
-               else "next_attempt_at_ms")
-    row = conn.execute(
-        f"SELECT min(coalesce(min(lease_expires_at_ms), 9e18), coalesce(min({attempt}),"
-        " 9e18)) FROM subscriptions WHERE deleted = 0", tuple(delivering)
+    lease = conn.execute(
+        "SELECT lease_expires_at_ms FROM subscriptions WHERE lease_expires_at_ms IS NOT NULL"
+        " AND deleted = 0 ORDER BY lease_expires_at_ms LIMIT 1"
     ).fetchone()
-    value = row[0] if row else None
-    return None if value is None or value >= 9e18 else int(value)
+    busy = ",".join("?" * len(delivering))
+    attempt = conn.execute(
+        "SELECT next_attempt_at_ms FROM subscriptions WHERE next_attempt_at_ms IS NOT NULL"
+        f" AND deleted = 0{f' AND id NOT IN ({busy})' if busy else ''}"
+        " ORDER BY next_attempt_at_ms LIMIT 1", tuple(delivering)
+    ).fetchone()
+    return min((int(row[0]) for row in (lease, attempt) if row is not None), default=None)
 
 
 def due_webhook_wakes(conn: sqlite3.Connection, now_ms: int) -> list[SubscriptionState]:
