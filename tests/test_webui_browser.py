@@ -3163,6 +3163,33 @@ def test_the_inspector_says_why_a_path_too_long_is_refused(chat_app: ServerProce
         "HTTP 414: the path is longer than this server allows")
 
 
+def test_the_inspector_says_how_many_streams_and_subscriptions_it_did_not_list(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """The server lists a page at a time (1,000 streams, 1,000 subscriptions): the counts
+    shown were those of the page, as if the server held no more."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"EMBEDDED_SUPERVISOR": "false"})
+    try:
+        root = f"{app.url}/v1/stream"
+        with requests.Session() as http:
+            for n in range(1_010):
+                assert http.put(f"{root}/many/s{n:04d}").status_code == 201
+            for n in range(1_003):
+                assert http.put(f"{root}/__ds/subscriptions/sub-{n:04d}", json={
+                    "type": "pull-wake", "streams": ["many/s0000"], "wake_stream": "many/wake",
+                }).status_code == 201
+        page = open_chat(new_context(), f"{app.url}/inspector")
+        expect(page.get_by_test_id("stream-list-result")).to_contain_text(
+            "1010 streams, the first 1000 by path listed")
+        expect(page.get_by_test_id("subscription-list-result")).to_contain_text(
+            "1003 subscriptions · the first 500 by id are shown")
+        page.get_by_test_id("stream-filter").fill("s00")
+        expect(page.get_by_test_id("stream-list-result")).to_contain_text(
+            "100 of the 1000 listed match · 1010 streams")
+    finally:
+        app.terminate()
+
+
 def test_the_inspector_without_listings_against_the_node_reference_server(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     """A server without the listing extensions (the Node reference server answers 404): the

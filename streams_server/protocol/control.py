@@ -2,7 +2,8 @@
 
 Besides the protocol's subscription endpoints and the JWK Set, two read-only listings are
 offered as extensions (section 11.1) for tooling such as the stream inspector:
-`GET __ds/streams?prefix=` and `GET __ds/subscriptions`.
+`GET __ds/streams?prefix=` and `GET __ds/subscriptions`, a page at a time (`limit`, at most
+`LISTING_LIMIT`; `after`, the `next_after` of the page before), each with the `total`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from ..subscriptions.model import PULL_WAKE, WEBHOOK, SubscriptionState
 from ..subscriptions.service import SubscriptionService
 from ..subscriptions.webhooks import link_json
 from .messages import Reply, StreamRequest
+
+LISTING_LIMIT = 1000
+"""The most entries a listing answers with at once (and how many when not asked)."""
 
 # Endpoints whose Authorization header carries a wake token rather than the server's token.
 TOKEN_AUTHENTICATED_ACTIONS = ("ack", "release", "callback")
@@ -81,11 +85,14 @@ class ControlOperations:
 
     def _list_streams(self, request: StreamRequest) -> Reply:
         _only(request, "GET")
-        prefix = request.args.get("prefix", "")
-        infos = self.store.list_streams(prefix)
+        listing = self.store.list_streams(request.args.get("prefix", ""),
+                                          after=request.args.get("after", ""),
+                                          limit=_listing_limit(request))
         return _json_reply(
             200,
             {
+                "total": listing.total,
+                "next_after": listing.next_after,
                 "streams": [
                     {
                         "path": i.path,
@@ -97,15 +104,17 @@ class ControlOperations:
                         "created_at": _iso(i.created_at_ms),
                         "forked_from": i.fork_source_path,
                     }
-                    for i in infos
+                    for i in listing.streams
                 ]
             },
         )
 
     def _list_subscriptions(self, request: StreamRequest, root: str) -> Reply:
         _only(request, "GET")
-        states = self.service.list()
-        return _json_reply(200, {"subscriptions": [self._describe(s, root) for s in states]})
+        states, total, next_after = self.service.list(after=request.args.get("after", ""),
+                                                      limit=_listing_limit(request))
+        return _json_reply(200, {"total": total, "next_after": next_after,
+                                 "subscriptions": [self._describe(s, root) for s in states]})
 
     def _subscription(self, request: StreamRequest, sub_id: str, rest: str, root: str) -> Reply:
         method = request.method
@@ -184,6 +193,17 @@ class ControlOperations:
             "next_attempt_at": _iso(state.next_attempt_at_ms),
             "last_error": state.last_error,
         }
+
+
+def _listing_limit(request: StreamRequest) -> int:
+    value = request.args.get("limit")
+    if value is None:
+        return LISTING_LIMIT
+    if not (value.isascii() and value.isdigit() and value[0] != "0"
+            and int(value) <= LISTING_LIMIT):
+        raise BadRequest(f"limit must be a whole number from 1 to {LISTING_LIMIT}, not {value!r}",
+                         code="INVALID_LIMIT")
+    return int(value)
 
 
 def _only(request: StreamRequest, *methods: str) -> None:

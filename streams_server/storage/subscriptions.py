@@ -104,9 +104,18 @@ def get_subscription(conn: sqlite3.Connection, sub_id: str) -> SubscriptionState
     return _state(conn, row)
 
 
-def list_subscriptions(conn: sqlite3.Connection) -> list[SubscriptionState]:
-    rows = conn.execute("SELECT * FROM subscriptions WHERE deleted = 0 ORDER BY id").fetchall()
-    return [_state(conn, r) for r in rows]
+def list_subscriptions(
+    conn: sqlite3.Connection, *, after: str = "", limit: int
+) -> tuple[list[SubscriptionState], int, str | None]:
+    """Up to `limit` subscriptions whose id comes after `after`, in id order; how many there
+    are; and the id to list after for the next page (None on the last)."""
+    rows = conn.execute(
+        "SELECT * FROM subscriptions WHERE deleted = 0 AND id > ? ORDER BY id LIMIT ?",
+        (after, limit + 1),
+    ).fetchall()
+    total = conn.execute("SELECT count(*) FROM subscriptions WHERE deleted = 0").fetchone()[0]
+    next_after = rows[limit - 1]["id"] if len(rows) > limit else None
+    return [_state(conn, r) for r in rows[:limit]], int(total), next_after
 
 
 def next_deadline_ms(conn: sqlite3.Connection, delivering: Collection[str] = ()) -> int | None:

@@ -81,8 +81,9 @@ class SubscriptionService:
     def get(self, sub_id: str) -> SubscriptionState:
         return self.store.read_with(lambda conn: db.get_subscription(conn, sub_id))
 
-    def list(self) -> list[SubscriptionState]:
-        return self.store.read_with(db.list_subscriptions)
+    def list(self, *, after: str, limit: int) -> tuple[list[SubscriptionState], int, str | None]:
+        return self.store.read_with(
+            lambda conn: db.list_subscriptions(conn, after=after, limit=limit))
 
     def delete(self, sub_id: str) -> None:
         self.store.transact(lambda tx: db.delete_subscription(tx, sub_id))

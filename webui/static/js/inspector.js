@@ -191,6 +191,7 @@ async function loadRegistry() {
 
 const listing = {
   streams: null, // the last stream listing; null while the server has not offered one
+  streamsTotal: 0, // how many streams the server holds (it may list only the first ones)
   subscriptions: null, // likewise for subscriptions
   selected: null, // id of the subscription shown below the list
   streamsListedAt: "",
@@ -211,15 +212,16 @@ async function loadStreams({ probe = false } = {}) {
   const seq = ++listing.streamsSeq;
   const result = $("stream-list-result");
   if (!probe) result.textContent = "Refreshing…";
-  let streams;
+  let streams, total;
   try {
-    streams = await client.listStreams();
+    ({ streams, total } = await client.listStreams());
   } catch (err) {
     if (!probe && seq === listing.streamsSeq) result.textContent = `Could not refresh the list: ${err.message || err}`;
     return;
   }
   if (seq !== listing.streamsSeq) return;
   listing.streams = streams;
+  listing.streamsTotal = total;
   listing.streamsListedAt = clock();
   $("stream-listing").hidden = false;
   $("streams-refresh").hidden = false;
@@ -240,9 +242,12 @@ function matchingStreams() {
 function renderStreamList() {
   if (!listing.streams) return;
   const shown = matchingStreams();
-  $("stream-list").replaceChildren(...shown.slice(0, LIST_LIMIT).map(streamItem));
-  const total = plural(listing.streams.length, "stream");
-  let text = shown === listing.streams ? total : `${shown.length} of ${total} match`;
+  setChildren($("stream-list"), shown.slice(0, LIST_LIMIT).map(streamItem));
+  const fetched = listing.streams.length;
+  let text = plural(listing.streamsTotal, "stream");
+  // The server lists a page at a time: the filter looks at the page, and the path box opens any.
+  if (fetched < listing.streamsTotal) text += `, the first ${fetched} by path listed (open others by their path)`;
+  if (shown !== listing.streams) text = `${shown.length} of the ${fetched} listed match · ${text}`;
   if (shown.length > LIST_LIMIT) text += ` · the first ${LIST_LIMIT} are shown, filter to narrow`;
   $("stream-list-result").textContent = `${text} · listed at ${listing.streamsListedAt}`;
 }
@@ -279,9 +284,9 @@ async function loadSubscriptions({ probe = false } = {}) {
   const seq = ++listing.subscriptionsSeq;
   const result = $("subscription-list-result");
   if (!probe) result.textContent = "Refreshing…";
-  let subscriptions;
+  let subscriptions, total;
   try {
-    subscriptions = await client.listSubscriptions();
+    ({ subscriptions, total } = await client.listSubscriptions());
   } catch (err) {
     if (!probe && seq === listing.subscriptionsSeq) result.textContent = `Could not refresh the list: ${err.message || err}`;
     return;
@@ -291,9 +296,9 @@ async function loadSubscriptions({ probe = false } = {}) {
   $("subscription-listing").hidden = false;
   $("subscriptions-refresh").hidden = false;
   const list = listing.subscriptions;
-  $("subscription-list").replaceChildren(...list.slice(0, LIST_LIMIT).map(subscriptionItem));
-  let text = list.length ? plural(list.length, "subscription") : "No subscriptions on this server";
-  if (list.length > LIST_LIMIT) text += ` · the first ${LIST_LIMIT} are shown`;
+  setChildren($("subscription-list"), list.slice(0, LIST_LIMIT).map(subscriptionItem));
+  let text = total ? plural(total, "subscription") : "No subscriptions on this server";
+  if (Math.min(list.length, LIST_LIMIT) < total) text += ` · the first ${Math.min(list.length, LIST_LIMIT)} by id are shown; open others by their id`;
   result.textContent = `${text} · listed at ${clock()}`;
 }
 

@@ -267,14 +267,17 @@ export class StreamsClient {
   async listStreams({ prefix = "", signal } = {}) {
     const body = await this.getJson("__ds/streams", prefix ? { prefix } : {}, signal);
     if (!Array.isArray(body?.streams)) throw new Error("the answer is not a stream listing");
-    return body.streams.filter((s) => s && typeof s === "object" && typeof s.path === "string");
+    const streams = body.streams.filter((s) => s && typeof s === "object" && typeof s.path === "string");
+    return { streams, total: listingTotal(body, streams) };
   }
 
-  /** GET `__ds/subscriptions`: every subscription, where the server offers this listing. */
+  /** GET `__ds/subscriptions`: the first page of subscriptions, where the server offers this
+   * listing, and how many there are. */
   async listSubscriptions({ signal } = {}) {
     const body = await this.getJson("__ds/subscriptions", {}, signal);
     if (!Array.isArray(body?.subscriptions)) throw new Error("the answer is not a subscription listing");
-    return body.subscriptions.filter((s) => s && typeof s === "object" && typeof (s.id ?? s.subscription_id) === "string");
+    const subscriptions = body.subscriptions.filter((s) => s && typeof s === "object" && typeof (s.id ?? s.subscription_id) === "string");
+    return { subscriptions, total: listingTotal(body, subscriptions) };
   }
 
   /** GET a control path under the stream root and parse its JSON answer. */
@@ -456,4 +459,10 @@ async function errorOf(res) {
     /* not JSON */
   }
   return { message: text.slice(0, 300), code: null };
+}
+
+/** How many entries a listing says the server holds (this project's server answers a page at
+ * a time, with the total); a server that does not say listed them all. */
+function listingTotal(body, entries) {
+  return Number.isSafeInteger(body?.total) && body.total >= entries.length ? body.total : entries.length;
 }
