@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -103,6 +103,12 @@ _MIGRATIONS: dict[int, str] = {
         WHERE lease_expires_at_ms IS NOT NULL;
     CREATE INDEX subscriptions_next_attempt ON subscriptions(next_attempt_at_ms)
         WHERE next_attempt_at_ms IS NOT NULL;
+    """,
+    # A stream created is matched against the patterns with wildcards; the literal ones are
+    # looked up by index (3). Without this, each creation read every subscription.
+    7: """
+    CREATE INDEX subscriptions_glob ON subscriptions(deleted)
+        WHERE pattern IS NOT NULL AND literal_pattern IS NULL;
     """,
 }
 
