@@ -620,6 +620,50 @@ def test_creating_a_stream_looks_up_only_the_subscriptions_that_could_link_it(
         conn.close()
 
 
+@pytest.mark.parametrize(("pattern", "linked"), [
+    ("jobs/a", ["jobs/a"]),
+    ("jobs/*", ["jobs/a", "jobs/b"]),
+    ("jobs/**", ["jobs", "jobs/a", "jobs/a/deep", "jobs/b"]),  # `**` may match no segment
+    ("jobs/**/deep", ["jobs/a/deep"]),
+    ("jo*/a", ["jobs/a", "jobsx/a"]),
+    ("**/deep", ["jobs/a/deep"]),
+])
+def test_a_new_subscription_reads_only_the_streams_its_pattern_can_match(
+    tmp_path: Path, pattern: str, linked: list[str]
+) -> None:
+    """A subscription with a pattern links the streams that match it when it is made. Every
+    stream was read and matched for it, in the commit every writer waits for: each new
+    conversation's subscription (a literal pattern) went through all the streams there are.
+    Now a literal pattern reads its one path, and a glob the paths that start with its text
+    before the first `*`."""
+    store = StreamStore.open_directory(str(tmp_path))
+    try:
+        for path in ("jobs", "jobs/a", "jobs/a/deep", "jobs/b", "jobsx/a", "other/a"):
+            store.create(path, content_type="application/json", expiry=Expiry())
+    finally:
+        store.close()
+    conn = sqlite3.connect(tmp_path / "streams.sqlite3", isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        conn.execute("BEGIN")
+        config = SubscriptionConfig(type=PULL_WAKE, pattern=pattern, streams=(), webhook_url=None,
+                                    wake_stream="wake/a", lease_ttl_ms=30_000, description=None)
+        state, _ = db.put_subscription(Transaction(conn, 0), "sub", config, "http://localhost")
+        conn.execute("ROLLBACK")
+        conn.set_trace_callback(None)
+        assert sorted(link.path for link in state.links) == linked
+        reads = [sql for sql in statements if "FROM streams" in sql]
+        assert reads, statements
+        if not pattern.startswith("**"):
+            for sql in reads:
+                plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+                assert not [step for step in plan if step == "SCAN streams"], (sql, plan)
+    finally:
+        conn.close()
+
+
 class _FlakyReceiver:
     """A webhook receiver that fails its first `failures` requests with 503, then acks;
     each answer takes `delay` seconds."""

@@ -42,7 +42,7 @@ from .models import (
     StreamInfo,
 )
 from .room import RoomCheck
-from .rows import STREAM_COLUMNS, expired, info_from_row, stream_chain
+from .rows import STREAM_COLUMNS, expired, info_from_row, path_prefix_range, stream_chain
 from .schema import migrate
 from .tailcache import TailCache
 
@@ -62,21 +62,6 @@ class StreamListing:
     streams: list[StreamInfo]
     total: int
     next_after: str | None
-
-
-def _prefix_range(prefix: str) -> tuple[str, list[str]]:
-    """SQL (and its arguments) for paths starting with `prefix`, as a range of the path
-    index. SQLite compares text as UTF-8 bytes, in code point order: the paths starting with
-    `prefix` are those from it up to, not including, its last character's successor."""
-    if not prefix:
-        return "1", []
-    stem = prefix.rstrip("\U0010ffff")
-    if not stem:  # nothing sorts after U+10FFFF: every path from the prefix on starts with it
-        return "path >= ?", [prefix]
-    successor = ord(stem[-1]) + 1
-    if 0xD800 <= successor <= 0xDFFF:  # surrogates are no characters: the next one is past them
-        successor = 0xE000
-    return "path >= ? AND path < ?", [prefix, stem[:-1] + chr(successor)]
 
 
 @dataclass
@@ -295,7 +280,7 @@ class StreamStore:
         """Up to `limit` live streams whose path starts with `prefix` and comes after `after`,
         in path order, and how many start with `prefix`. Read off the path index, off the
         event loop: sorting every stream in memory held the loop 180-260 ms at 200,000."""
-        where, args = _prefix_range(prefix)
+        where, args = path_prefix_range(prefix)
         if after:
             where += " AND path > ?"
             args.append(after)
@@ -303,7 +288,7 @@ class StreamStore:
         def page(conn: sqlite3.Connection) -> tuple[list[tuple[int, str]], int]:
             rows = conn.execute(f"SELECT id, path FROM streams WHERE soft_deleted = 0 AND {where}"
                                 " ORDER BY path LIMIT ?", (*args, limit + 1)).fetchall()
-            total_where, total_args = _prefix_range(prefix)
+            total_where, total_args = path_prefix_range(prefix)
             total = conn.execute(f"SELECT count(*) FROM streams WHERE soft_deleted = 0"
                                  f" AND {total_where}", total_args).fetchone()[0]
             return [(row[0], row[1]) for row in rows], int(total)

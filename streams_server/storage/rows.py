@@ -80,3 +80,18 @@ def stream_chain(conn: sqlite3.Connection, stream_id: int, tail: int) -> list[Se
         current = row["fork_source_id"]
     segments.reverse()
     return segments
+
+
+def path_prefix_range(prefix: str) -> tuple[str, list[str]]:
+    """SQL (and its arguments) for paths starting with `prefix`, as a range of the path
+    index. SQLite compares text as UTF-8 bytes, in code point order: the paths starting with
+    `prefix` are those from it up to, not including, its last character's successor."""
+    if not prefix:
+        return "1", []
+    stem = prefix.rstrip("\U0010ffff")
+    if not stem:  # nothing sorts after U+10FFFF: every path from the prefix on starts with it
+        return "path >= ?", [prefix]
+    successor = ord(stem[-1]) + 1
+    if 0xD800 <= successor <= 0xDFFF:  # surrogates are no characters: the next one is past them
+        successor = 0xE000
+    return "path >= ? AND path < ?", [prefix, stem[:-1] + chr(successor)]

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from ..errors import BadRequest, Conflict, NotFound
 from ..offsets import format_offset
-from ..subscriptions.globs import matches
+from ..subscriptions.globs import DOUBLE_STAR, matches
 from ..subscriptions.model import (
     PULL_WAKE,
     WEBHOOK,
@@ -28,6 +28,7 @@ from ..subscriptions.model import (
 )
 from . import writes
 from .groupcommit import Transaction
+from .rows import path_prefix_range
 
 
 class Fenced(Conflict):
@@ -188,10 +189,22 @@ def put_subscription(
 
 
 def _backfill_glob_links(tx: Transaction, sub_id: str, pattern: str) -> None:
-    """Link every existing matching stream at its current tail: no history is replayed."""
+    """Link every existing matching stream at its current tail: no history is replayed.
+
+    Only the paths the pattern can match are read (this runs in the commit every writer
+    waits for): a literal pattern's own, or those starting with its text before the first
+    `*`, less a `/` before a `**`, which may match no segment (`a/**` matches `a`)."""
+    star = pattern.find("*")
+    if star < 0:
+        where, args = "path = ?", [pattern]
+    else:
+        prefix = pattern[:star]
+        if pattern.startswith(DOUBLE_STAR, star) and prefix.endswith("/"):
+            prefix = prefix[:-1]
+        where, args = path_prefix_range(prefix)
     rows = tx.conn.execute(
-        "SELECT path, tail FROM streams WHERE soft_deleted = 0 AND path NOT LIKE '\\_\\_ds/%'"
-        " ESCAPE '\\'"
+        f"SELECT path, tail FROM streams WHERE soft_deleted = 0 AND {where}"
+        " AND path NOT LIKE '\\_\\_ds/%' ESCAPE '\\'", args
     )
     links = [(sub_id, r["path"], r["tail"]) for r in rows if matches(pattern, r["path"])]
     tx.conn.executemany(
