@@ -6,10 +6,10 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import requests
@@ -582,6 +582,31 @@ def test_the_schedulers_lookups_use_indexes_not_a_read_of_every_subscription(
         store.close()
 
 
+T = TypeVar("T")
+
+
+def _run_traced(db_file: Path,
+                operation: Callable[[Transaction], T]) -> tuple[T, list[tuple[str, list[str]]]]:
+    """Run `operation` in a transaction on `db_file`, rolled back after; with the statements
+    it ran, each with the steps of its query plan."""
+    conn = sqlite3.connect(db_file, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        conn.execute("BEGIN")
+        result = operation(Transaction(conn, 0))
+        conn.execute("ROLLBACK")
+        conn.set_trace_callback(None)
+        return result, [
+            (sql, [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")])
+            for sql in (statement.strip() for statement in statements)
+            if sql.startswith(("SELECT", "UPDATE", "INSERT", "DELETE"))
+        ]
+    finally:
+        conn.close()
+
+
 def test_creating_a_stream_looks_up_only_the_subscriptions_that_could_link_it(
     tmp_path: Path,
 ) -> None:
@@ -598,26 +623,16 @@ def test_creating_a_stream_looks_up_only_the_subscriptions_that_could_link_it(
             store.transact(lambda tx: db.put_subscription(tx, sub_id, config, "http://localhost"))
     finally:
         store.close()
-    conn = sqlite3.connect(tmp_path / "streams.sqlite3", isolation_level=None)
-    try:
-        conn.row_factory = sqlite3.Row
-        statements: list[str] = []
-        conn.set_trace_callback(statements.append)
-        conn.execute("BEGIN")
-        db.on_stream_created(Transaction(conn, 0), "jobs/a", 0)
-        conn.execute("ROLLBACK")
-        conn.set_trace_callback(None)
-        linked = [sql for sql in statements if "INSERT INTO subscription_links" in sql]
-        assert len(linked) == 2, statements  # both subscriptions match the new stream
-        lookups = [sql for sql in statements if sql.lstrip().upper().startswith(("SELECT", "UPDATE"))
-                   and "subscription" in sql]
-        assert len(lookups) >= 3, statements
-        for sql in lookups:
-            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
-            assert not [step for step in plan if step.startswith("SCAN") and "INDEX" not in step], (
-                sql, plan)
-    finally:
-        conn.close()
+    _, planned = _run_traced(tmp_path / "streams.sqlite3",
+                             lambda tx: db.on_stream_created(tx, "jobs/a", 0))
+    linked = [sql for sql, _ in planned if "INSERT INTO subscription_links" in sql]
+    assert len(linked) == 2, planned  # both subscriptions match the new stream
+    lookups = [(sql, plan) for sql, plan in planned
+               if sql.startswith(("SELECT", "UPDATE")) and "subscription" in sql]
+    assert len(lookups) >= 3, planned
+    for sql, plan in lookups:
+        assert not [step for step in plan if step.startswith("SCAN") and "INDEX" not in step], (
+            sql, plan)
 
 
 @pytest.mark.parametrize(("pattern", "linked"), [
@@ -642,26 +657,17 @@ def test_a_new_subscription_reads_only_the_streams_its_pattern_can_match(
             store.create(path, content_type="application/json", expiry=Expiry())
     finally:
         store.close()
-    conn = sqlite3.connect(tmp_path / "streams.sqlite3", isolation_level=None)
-    try:
-        conn.row_factory = sqlite3.Row
-        statements: list[str] = []
-        conn.set_trace_callback(statements.append)
-        conn.execute("BEGIN")
-        config = SubscriptionConfig(type=PULL_WAKE, pattern=pattern, streams=(), webhook_url=None,
-                                    wake_stream="wake/a", lease_ttl_ms=30_000, description=None)
-        state, _ = db.put_subscription(Transaction(conn, 0), "sub", config, "http://localhost")
-        conn.execute("ROLLBACK")
-        conn.set_trace_callback(None)
-        assert sorted(link.path for link in state.links) == linked
-        reads = [sql for sql in statements if "FROM streams" in sql]
-        assert reads, statements
-        if not pattern.startswith("**"):
-            for sql in reads:
-                plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
-                assert not [step for step in plan if step == "SCAN streams"], (sql, plan)
-    finally:
-        conn.close()
+    config = SubscriptionConfig(type=PULL_WAKE, pattern=pattern, streams=(), webhook_url=None,
+                                wake_stream="wake/a", lease_ttl_ms=30_000, description=None)
+    (state, _), planned = _run_traced(
+        tmp_path / "streams.sqlite3",
+        lambda tx: db.put_subscription(tx, "sub", config, "http://localhost"))
+    assert sorted(link.path for link in state.links) == linked
+    reads = [(sql, plan) for sql, plan in planned if "FROM streams" in sql]
+    assert reads, planned
+    if not pattern.startswith("**"):
+        for sql, plan in reads:
+            assert "SCAN streams" not in plan, (sql, plan)
 
 
 class _FlakyReceiver:

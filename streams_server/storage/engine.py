@@ -280,17 +280,15 @@ class StreamStore:
         """Up to `limit` live streams whose path starts with `prefix` and comes after `after`,
         in path order, and how many start with `prefix`. Read off the path index, off the
         event loop: sorting every stream in memory held the loop 180-260 ms at 200,000."""
-        where, args = path_prefix_range(prefix)
-        if after:
-            where += " AND path > ?"
-            args.append(after)
+        in_prefix, prefix_args = path_prefix_range(prefix)
+        past, past_args = (" AND path > ?", [after]) if after else ("", [])
 
         def page(conn: sqlite3.Connection) -> tuple[list[tuple[int, str]], int]:
-            rows = conn.execute(f"SELECT id, path FROM streams WHERE soft_deleted = 0 AND {where}"
-                                " ORDER BY path LIMIT ?", (*args, limit + 1)).fetchall()
-            total_where, total_args = path_prefix_range(prefix)
+            rows = conn.execute(
+                f"SELECT id, path FROM streams WHERE soft_deleted = 0 AND {in_prefix}{past}"
+                " ORDER BY path LIMIT ?", (*prefix_args, *past_args, limit + 1)).fetchall()
             total = conn.execute(f"SELECT count(*) FROM streams WHERE soft_deleted = 0"
-                                 f" AND {total_where}", total_args).fetchone()[0]
+                                 f" AND {in_prefix}", prefix_args).fetchone()[0]
             return [(row[0], row[1]) for row in rows], int(total)
 
         rows, total = self.read_with(page)
