@@ -23,11 +23,11 @@ exponential backoff; the number of live agents is capped.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
 import logging
-import queue
 import os
 import socket
 import threading
@@ -167,6 +167,32 @@ class _Retry:
     conversation_id: str
 
 
+Job = Callable[[], None]
+
+
+class _JobQueue:
+    """Work for the supervisor's job threads. A start's look at every listed conversation
+    (`background`: a few requests each, tens of thousands of them on a big server) is taken
+    only when nothing else waits, so that a claim for a new prompt does not queue behind it.
+    `None` tells a thread to stop."""
+
+    def __init__(self) -> None:
+        self._urgent: collections.deque[Job | None] = collections.deque()
+        self._background: collections.deque[Job | None] = collections.deque()
+        self._ready = threading.Condition()
+
+    def put(self, job: Job | None, *, background: bool = False) -> None:
+        with self._ready:
+            (self._background if background else self._urgent).append(job)
+            self._ready.notify()
+
+    def get(self) -> Job | None:
+        with self._ready:
+            while not self._urgent and not self._background:
+                self._ready.wait()
+            return (self._urgent or self._background).popleft()
+
+
 class Supervisor(pykka.ThreadingActor):
     use_daemon_thread = True
 
@@ -195,8 +221,8 @@ class Supervisor(pykka.ThreadingActor):
         self._deferred: list[str] = []
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
-        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self._removals: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._jobs = _JobQueue()
+        self._removals = _JobQueue()
         # Past this, no request of a stopped agent is still under way: its retries have
         # stopped (the deadline) and the last attempt has had its full timeout.
         self._stragglers_s = self.client.transport.retry.deadline + self.client.transport.timeout
@@ -274,7 +300,8 @@ class Supervisor(pykka.ThreadingActor):
             for cid in message.ids:
                 if cid not in self._known and cid not in deleted and cid not in self._deleted:
                     self._known.add(cid)
-                    self._jobs.put(functools.partial(self._recheck, cid))
+                    self._jobs.put(functools.partial(self._recheck, cid, background=True),
+                                   background=True)
             for cid in message.deleted:
                 self._on_deleted(cid, live=message.live)
             if not self._listing_read:
@@ -451,7 +478,7 @@ class Supervisor(pykka.ThreadingActor):
         except pykka.ActorDeadError:
             pass
 
-    def _run_jobs(self, jobs: queue.Queue[Callable[[], None] | None]) -> None:
+    def _run_jobs(self, jobs: _JobQueue) -> None:
         while True:
             job = jobs.get()
             if job is None or self._stopping.is_set():
@@ -523,9 +550,10 @@ class Supervisor(pykka.ThreadingActor):
         return (f"{name} {what}, so {lost}: delete it (DELETE {self.client.stream_url(path)})"
                 " and this supervisor makes it again")
 
-    def _recheck(self, cid: str, attempt: int = 0) -> None:
+    def _recheck(self, cid: str, attempt: int = 0, *, background: bool = False) -> None:
         """`_check_pending`, tried again later (backing off) while the server cannot answer:
-        a conversation left unchecked would wait for a wake that may never come."""
+        a conversation left unchecked would wait for a wake that may never come. A start's
+        look at the whole list runs in the `background` (see `_JobQueue`)."""
         if self._stopping.is_set() or cid in self._deleted:
             return
         checked = self._check_pending(cid)
@@ -535,7 +563,9 @@ class Supervisor(pykka.ThreadingActor):
             return
         delay = min(MAX_BACKOFF_S, self.settings.restart_backoff_s * 2 ** attempt)
         self._timers.call_later(
-            delay, lambda: self._jobs.put(functools.partial(self._recheck, cid, attempt + 1)))
+            delay, lambda: self._jobs.put(
+                functools.partial(self._recheck, cid, attempt + 1, background=background),
+                background=background))
 
     def _check_pending(self, cid: str) -> bool:
         """Ensure the conversation's subscription; report it if prompts await an answer.

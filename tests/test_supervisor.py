@@ -24,6 +24,7 @@ from typing import Any
 
 import pykka
 import pytest
+import requests
 
 from agent_actors import layout
 from agent_actors.agent import AgentSettings
@@ -429,6 +430,30 @@ def test_a_prompt_sent_before_any_supervisor_ran_is_answered_by_the_first_one(
     start_supervisor(root)
     rendered = wait_for_answers(client, cid, [prompt], timeout=30)
     assert_clean_answers(rendered, {prompt: "first question"})
+
+
+def test_a_prompt_is_claimed_before_a_starts_look_at_every_listed_conversation(
+    streams_server: ServerProcess, start_supervisor: StartSupervisor,
+) -> None:
+    """At a start the supervisor looks at every listed conversation (a few requests each),
+    on the threads that also claim woken ones, first come first served: with 20,000
+    conversations listed a new prompt waited a minute for its claim. Claims go first now."""
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    client.ensure_stream(layout.CONVERSATIONS_STREAM)
+    listed = 2_000
+    with requests.Session() as http:
+        for first in range(0, listed, 1_000):
+            http.post(f"{root}/{layout.CONVERSATIONS_STREAM}", json=[
+                {"type": "conversation", "id": f"old{n:05d}", "title": "old", "timestamp": 0}
+                for n in range(first, first + 1_000)]).raise_for_status()
+        start_supervisor(root)
+        cid = chat.start_conversation("new", listed=False)
+        prompt = chat.send_prompt(cid, "first question")
+        wait_for_answers(client, cid, [prompt], timeout=60)
+        # The start makes each listed conversation's subscription as it looks at it.
+        looked_at = http.get(f"{root}/__ds/subscriptions", params={"limit": 1}).json()["total"]
+    assert looked_at < listed / 2, looked_at
 
 
 def test_a_start_answers_prompts_a_subscription_made_again_at_the_tail_no_longer_shows(
