@@ -449,6 +449,14 @@ def test_a_receiver_that_called_back_is_not_sent_the_wake_again(tmp_path: Path) 
         store.close()
 
 
+def _hook_on(store: StreamStore, *streams: str) -> None:
+    """A webhook subscription "hook" on `streams` (its deliveries are recorded by hand)."""
+    config = SubscriptionConfig(type=WEBHOOK, pattern=None, streams=streams,
+                                webhook_url="https://example.com/hook", wake_stream=None,
+                                lease_ttl_ms=30_000, description=None)
+    store.transact(lambda tx: db.put_subscription(tx, "hook", config, "http://localhost"))
+
+
 def test_a_receivers_done_is_taken_when_a_stream_was_unlinked_during_the_delivery(
     tmp_path: Path,
 ) -> None:
@@ -459,10 +467,7 @@ def test_a_receivers_done_is_taken_when_a_stream_was_unlinked_during_the_deliver
     try:
         for path in ("jobs/a", "jobs/b"):
             store.create(path, content_type="application/json", expiry=Expiry())
-        config = SubscriptionConfig(type=WEBHOOK, pattern=None, streams=("jobs/a", "jobs/b"),
-                                    webhook_url="https://example.com/hook", wake_stream=None,
-                                    lease_ttl_ms=30_000, description=None)
-        store.transact(lambda tx: db.put_subscription(tx, "hook", config, "http://localhost"))
+        _hook_on(store, "jobs/a", "jobs/b")
         for path in ("jobs/a", "jobs/b"):
             store.append(path, [b'{"n":1}'], content_type="application/json")
         wake = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
@@ -486,10 +491,7 @@ def test_a_receivers_done_skips_a_stream_made_again_during_the_delivery(
     store = StreamStore.open_directory(str(tmp_path))
     try:
         store.create("jobs/a", content_type="application/json", expiry=Expiry())
-        config = SubscriptionConfig(type=WEBHOOK, pattern=None, streams=("jobs/a",),
-                                    webhook_url="https://example.com/hook", wake_stream=None,
-                                    lease_ttl_ms=30_000, description=None)
-        store.transact(lambda tx: db.put_subscription(tx, "hook", config, "http://localhost"))
+        _hook_on(store, "jobs/a")
         store.append("jobs/a", [b'{"n":1}'], content_type="application/json")
         wake = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
         store.delete("jobs/a")
@@ -514,10 +516,7 @@ def test_a_database_of_the_previous_schema_is_brought_up_to_date(tmp_path: Path)
     store = StreamStore.open_directory(str(tmp_path))
     try:
         store.create("jobs/a", content_type="application/json", expiry=Expiry())
-        config = SubscriptionConfig(type=WEBHOOK, pattern=None, streams=("jobs/a",),
-                                    webhook_url="https://example.com/hook", wake_stream=None,
-                                    lease_ttl_ms=30_000, description=None)
-        store.transact(lambda tx: db.put_subscription(tx, "hook", config, "http://localhost"))
+        _hook_on(store, "jobs/a")
     finally:
         store.close()
     with sqlite3.connect(tmp_path / "streams.sqlite3") as conn:
