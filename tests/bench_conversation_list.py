@@ -19,14 +19,11 @@ import time
 import requests
 from playwright.sync_api import sync_playwright
 
-from tests.support.browser import launch_chromium
+from tests.support.browser import LONG_TASKS_JS, launch_chromium
 from tests.support.webapp import chat_app_without_agents
 
 PER_APPEND = 10_000  # the server's default limit of messages in one JSON append
 FIRST_TIMESTAMP = 1_700_000_000_000
-LONG_TASKS_JS = """window.__longTasks = [];
-new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__longTasks.push(e.duration); })
-  .observe({ type: "longtask", buffered: true });"""
 TOP_IS_JS = """(id) => document.querySelector('[data-testid="conversation-item"]')
   ?.dataset.conversationId === id"""
 

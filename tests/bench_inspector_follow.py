@@ -19,8 +19,8 @@ import time
 import requests
 from playwright.sync_api import sync_playwright
 
-from tests.bench_long_answer import LONG_TASKS_JS, long_tasks
-from tests.support.browser import launch_chromium
+from tests.bench_long_answer import long_tasks
+from tests.support.browser import LONG_TASKS_JS, launch_chromium
 from tests.support.webapp import chat_app_without_agents
 
 

@@ -24,15 +24,12 @@ from playwright.sync_api import Page, sync_playwright
 
 from agent_actors.streams_client import StreamsClient
 from tests.support.agents import ChatClient
-from tests.support.browser import launch_chromium
+from tests.support.browser import LONG_TASKS_JS, launch_chromium
 from tests.support.webapp import chat_app_without_agents
 
 SECTION = ("## A heading\n\nDurable streams keep every token, and *nothing* is lost. " * 3
            + "\n\n- a list item with `code`\n- another **bold** item\n  continued\n\n"
            + "```python\nprint('hello')\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n")
-LONG_TASKS_JS = """window.__longTasks = [];
-new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__longTasks.push(e.duration); })
-  .observe({ type: "longtask", buffered: true });"""
 
 
 # One block from start to end: the page can keep nothing of it as settled while it grows.

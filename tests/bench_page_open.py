@@ -18,15 +18,12 @@ from playwright.sync_api import sync_playwright
 
 from agent_actors.streams_client import StreamsClient
 from tests.support.agents import ChatClient
-from tests.support.browser import launch_chromium
+from tests.support.browser import LONG_TASKS_JS, launch_chromium
 from tests.support.webapp import chat_app_without_agents
 
 PARAGRAPH = ("Durable streams keep every token. " * 8
              + "\n\n- a list item with `code`\n- another **bold** item\n\n")
 ANSWER = (PARAGRAPH * 5)[:1200]
-LONG_TASKS_JS = """window.__longTasks = [];
-new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__longTasks.push(e.duration); })
-  .observe({ type: "longtask", buffered: true });"""
 
 
 def write_conversation(app_url: str, turns: int) -> str:

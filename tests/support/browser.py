@@ -75,6 +75,12 @@ RECORDER_JS = r"""
 """
 
 
+LONG_TASKS_JS = """window.__longTasks = [];
+new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__longTasks.push(e.duration); })
+  .observe({ type: "longtask", buffered: true });"""
+"""An init script gathering the page's long tasks (ms) in `window.__longTasks`, for benchmarks."""
+
+
 def launch_chromium(playwright: Playwright) -> Browser:
     """Debian's Chromium, headless; no browser is ever downloaded."""
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
