@@ -14,6 +14,9 @@ import re
 from agent_actors.stream_types import SubscriptionConfig
 
 CONVERSATIONS_STREAM = "conversations"
+CONVERSATIONS_PREFIX = "conversations/"
+"""Every conversation's streams are under it."""
+PROMPTS_SUFFIX = "/prompts"
 DEFAULT_WAKE_STREAM = "agents/wake"
 DEFAULT_LEASE_TTL_MS = 30_000
 LEASE_TTL_MS_RANGE = (1_000, 600_000)
@@ -29,7 +32,7 @@ def is_conversation_id(value: object) -> bool:
 
 
 def prompts_path(conversation_id: str) -> str:
-    return f"conversations/{conversation_id}/prompts"
+    return f"{CONVERSATIONS_PREFIX}{conversation_id}{PROMPTS_SUFFIX}"
 
 
 def responses_path(conversation_id: str) -> str:

@@ -86,6 +86,18 @@ class OffsetsStore:
             return None
         return None if row is None else str(row[0])
 
+    def get_all(self) -> dict[str, str]:
+        """Every stored offset, by conversation (a start's look at thousands of them reads
+        the file once); empty if the file cannot be read."""
+        try:
+            with self._lock:
+                rows = off_loop(lambda: self._conn.execute(
+                    "SELECT conversation_id, prompts_offset FROM processed_offsets").fetchall())
+        except sqlite3.Error as exc:
+            self._warn("read", "(all)", exc)
+            return {}
+        return {str(cid): str(offset) for cid, offset in rows}
+
     def save(self, conversation_id: str, offset: str) -> None:
         """Store `offset` unless an equal or later one is already stored (offsets sort)."""
         row = (conversation_id, offset, int(time.time() * 1000))

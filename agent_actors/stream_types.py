@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,23 @@ class Subscription:
     description: str | None = None
     status: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ListedStream:
+    """A stream as a listing names it: its path and tail."""
+
+    path: str
+    next_offset: str
+
+
+@dataclass(frozen=True)
+class ListingPage(Generic[T]):
+    """One page of a listing (this project's server's `__ds` extension); ``next_after`` is
+    what to list after for the next page, None on the last."""
+
+    items: tuple[T, ...]
+    next_after: str | None
 
 
 @dataclass(frozen=True)

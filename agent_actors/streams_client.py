@@ -35,6 +35,8 @@ from agent_actors.stream_types import (
     EnsureResult,
     Lease,
     LeaseStream,
+    ListedStream,
+    ListingPage,
     ReadResult,
     StreamInfo,
     Subscription,
@@ -47,6 +49,8 @@ __all__ = [
     "EnsureResult",
     "Lease",
     "LeaseStream",
+    "ListedStream",
+    "ListingPage",
     "Producer",
     "ReadResult",
     "RetryPolicy",
@@ -330,6 +334,49 @@ class StreamsClient:
         self._subscription_call("POST", lease.subscription_id, "release", body,
                                 token=lease.token)
 
+    # -- listings (an extension of this project's server; others answer 404) ----------------
+
+    def list_subscriptions(self, *, after: str = "", limit: int | None = None,
+                           ) -> ListingPage[Subscription]:
+        """A page of subscriptions in id order, those after ``after``.
+
+        `NotFound` where the server has no listings; `StreamsError` if the page is malformed.
+        """
+        data = self._listing("subscriptions", after=after, limit=limit)
+        items = data.get("subscriptions")
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise errors.StreamsError("malformed subscription listing")
+        return ListingPage(tuple(_subscription(i) for i in items), _next_after(data))
+
+    def list_streams(self, prefix: str = "", *, after: str = "", limit: int | None = None,
+                     ) -> ListingPage[ListedStream]:
+        """A page of the streams whose path starts with ``prefix``, in path order, those
+        after ``after``. `NotFound` where the server has no listings."""
+        data = self._listing("streams", prefix=prefix, after=after, limit=limit)
+        items = data.get("streams")
+        if not isinstance(items, list):
+            raise errors.StreamsError("malformed stream listing")
+        try:
+            listed = tuple(ListedStream(str(i["path"]), str(i["next_offset"])) for i in items)
+        except (KeyError, TypeError) as exc:
+            raise errors.StreamsError(f"malformed stream listing: {exc!r}") from exc
+        return ListingPage(listed, _next_after(data))
+
+    def _listing(self, kind: str, *, limit: int | None, **params: str) -> dict[str, Any]:
+        query = {name: value for name, value in params.items() if value}
+        if limit is not None:
+            query["limit"] = str(limit)
+        url = f"{self.base_url}/__ds/{kind}"
+        with self.transport.request("GET", url, params=query) as response:
+            raise_for_status(response, resource="subscription")
+            try:
+                value = json.loads(response.content) if response.content else None
+            except ValueError:
+                value = None
+        if not isinstance(value, dict):
+            raise errors.StreamsError(f"malformed {kind} listing: not a JSON object")
+        return value
+
     def _subscription_call(
         self, method: str, subscription_id: str, action: str, body: Mapping[str, Any] | None,
         *, token: str | None = None, idempotent: bool = True,
@@ -387,6 +434,11 @@ def _subscription(data: Mapping[str, Any]) -> Subscription:
         status=data.get("status"),
         raw=dict(data),
     )
+
+
+def _next_after(data: Mapping[str, Any]) -> str | None:
+    value = data.get("next_after")
+    return value if isinstance(value, str) and value else None
 
 
 def _lease(subscription_id: str, worker: str, data: Mapping[str, Any]) -> Lease:

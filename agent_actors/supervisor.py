@@ -6,7 +6,9 @@ It learns about work two ways, both without polling idle conversations:
   pull-wake subscription has unacknowledged prompts and nobody holds its lease;
 - the `conversations` stream, read from the start when the supervisor starts: for each
   conversation it makes sure the subscription exists (idempotent) and checks once whether
-  prompts are pending, which covers wakes written while no supervisor was running.
+  prompts are pending, which covers wakes written while no supervisor was running. Where
+  the server lists its subscriptions and streams, that look reads the listings a page at a
+  time, and asks about a conversation alone only where they leave it open.
 
 A `delete` message in the `conversations` stream ends a conversation for good: its agent
 stops, and the supervisor deletes its subscription and both its streams. It does so again
@@ -60,7 +62,7 @@ from agent_actors.errors import (
 from agent_actors.models.base import Model
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.schema import parse_conversation_entry, parse_deletion
-from agent_actors.stream_types import EnsureResult, Lease, ReadResult
+from agent_actors.stream_types import EnsureResult, Lease, ReadResult, Subscription
 from agent_actors.streams_client import StreamsClient, Tail
 from agent_actors.timers import Timers
 
@@ -70,6 +72,8 @@ MAX_BACKOFF_S = 30.0
 STARTUP_PROBE_S = 2.0
 """How long one startup attempt retries before the supervisor reports the server unreachable."""
 START_OVER_RESET_S = 60.0  # a shared stream lost again within this: wait longer first
+LISTING_PAGE = 1000
+"""How many subscriptions or streams a start asks the server's listings for at once."""
 
 
 @dataclass(frozen=True)
@@ -297,11 +301,18 @@ class Supervisor(pykka.ThreadingActor):
                         lambda batch: self._on_conversations_batch(batch, seen), empty_too=True)
         elif isinstance(message, _ConversationsSeen):
             deleted = set(message.deleted)
+            fresh = []
             for cid in message.ids:
                 if cid not in self._known and cid not in deleted and cid not in self._deleted:
                     self._known.add(cid)
+                    fresh.append(cid)
+            if message.live:
+                for cid in fresh:
                     self._jobs.put(functools.partial(self._recheck, cid, background=True),
                                    background=True)
+            else:
+                self._jobs.put(functools.partial(self._look_at_listed, tuple(fresh)),
+                               background=True)
             for cid in message.deleted:
                 self._on_deleted(cid, live=message.live)
             if not self._listing_read:
@@ -589,21 +600,114 @@ class Supervisor(pykka.ThreadingActor):
         except StreamsError as exc:
             log.warning("could not check conversation %s: %s", cid, exc)
             return False
-        acked = next((s.acked_offset for s in subscription.streams
-                      if s.path == layout.prompts_path(cid)), None)
-        processed = self.offsets.get(cid)
-        # Offsets of one stream sort lexicographically (section 8).
-        behind_subscription = acked is None or prompts.next_offset > acked
-        behind_agent = processed is None or prompts.next_offset > processed
-        # This supervisor's offset alone behind: a subscription made again links the stream
-        # at its tail, hiding unanswered prompts; or another supervisor (with its own data
-        # directory) answered them since. Only the streams tell the two apart.
-        unanswered = behind_agent and not behind_subscription and self._unanswered(cid)
-        if unanswered is None:
-            return False  # the streams could not be read: looked at again, later
-        if behind_subscription or unanswered:
+        pending = _pending_by_offsets(_prompts_acked(cid, subscription), prompts.next_offset,
+                                      self.offsets.get(cid))
+        if pending is None:
+            pending = self._unanswered(cid)
+            if pending is None:
+                return False  # the streams could not be read: looked at again, later
+        if pending:
             self._tell(_Pending(cid))
         return True
+
+    def _look_at_listed(self, cids: tuple[str, ...]) -> None:
+        """A start's look at the conversations listed at its start (`_check_pending` for
+        each), from the server's listings of subscriptions and streams, a page at a time
+        (`LISTING_PAGE`), where it has them: a `PUT` and a `HEAD` for each conversation took
+        minutes of the server's time at every start with a hundred thousand. Those the
+        listings do not settle (no subscription yet, one made with other settings, or a
+        server without listings) are looked at one by one."""
+        if not cids or self._stopping.is_set():
+            return
+        started = time.monotonic()
+        try:
+            acked = self._listed_subscriptions()
+            tails = self._listed_prompt_tails()
+        except StreamsError as exc:
+            if isinstance(exc, NotFound):
+                log.info("the streams server has no listings (%s): looking at %d listed"
+                         " conversations one by one", exc, len(cids))
+            else:
+                log.warning("could not list the subscriptions and streams (%s): looking at %d"
+                            " listed conversations one by one", exc, len(cids))
+            for cid in cids:
+                self._jobs.put(functools.partial(self._recheck, cid, background=True),
+                               background=True)
+            return
+        processed = self.offsets.get_all()
+        waiting = to_read = one_by_one = 0
+        for cid in cids:
+            if self._stopping.is_set():
+                return
+            if cid in self._deleted:
+                continue
+            if cid not in acked:
+                one_by_one += 1
+                self._jobs.put(functools.partial(self._recheck, cid, background=True),
+                               background=True)
+                continue
+            tail = tails.get(layout.prompts_path(cid))
+            if tail is None:
+                continue  # no prompts stream (or a deleted one): its creation wakes an agent
+            pending = _pending_by_offsets(acked[cid], tail, processed.get(cid))
+            if pending:
+                waiting += 1
+                self._tell(_Pending(cid))
+            elif pending is None:
+                to_read += 1
+                self._jobs.put(functools.partial(self._read_whether_unanswered, cid),
+                               background=True)
+        log.info("looked at %d listed conversations in %.1f s from the server's listings:"
+                 " %d with prompts waiting, %d to read, %d one by one", len(cids),
+                 time.monotonic() - started, waiting, to_read, one_by_one)
+
+    def _read_whether_unanswered(self, cid: str) -> None:
+        """The rest of a start's look at a conversation whose streams alone can tell."""
+        if self._stopping.is_set() or cid in self._deleted:
+            return
+        unanswered = self._unanswered(cid)
+        if unanswered:
+            self._tell(_Pending(cid))
+        elif unanswered is None:  # unreadable for now: the whole look, again, later
+            self._timers.call_later(self.settings.restart_backoff_s, lambda: self._jobs.put(
+                functools.partial(self._recheck, cid, 1, background=True), background=True))
+
+    def _listed_subscriptions(self) -> dict[str, str | None]:
+        """The conversations whose subscription is as this supervisor makes it (what a `PUT`
+        of it would confirm), each with its prompts stream's acked offset (None: not linked)."""
+        prefix = layout.SUBSCRIPTION_PREFIX
+        found: dict[str, str | None] = {}
+        after = prefix  # ids sort: every conversation's comes after the bare prefix
+        while True:
+            page = self.client.list_subscriptions(after=after, limit=LISTING_PAGE)
+            for subscription in page.items:
+                cid = layout.conversation_of_subscription(subscription.id)
+                if cid is not None and self._made_here(cid, subscription):
+                    found[cid] = _prompts_acked(cid, subscription)
+            if page.next_after is None or not page.next_after.startswith(prefix):
+                return found
+            after = page.next_after
+
+    def _made_here(self, cid: str, subscription: Subscription) -> bool:
+        made = layout.subscription_config(cid, self.settings.wake_stream,
+                                          self.settings.lease_ttl_ms)
+        return (subscription.type == made.type and subscription.pattern == made.pattern
+                and subscription.wake_stream == made.wake_stream
+                and subscription.lease_ttl_ms == made.lease_ttl_ms
+                and subscription.description is None)
+
+    def _listed_prompt_tails(self) -> dict[str, str]:
+        """Every conversation's prompts stream, by path, with its tail."""
+        tails: dict[str, str] = {}
+        after = ""
+        while True:
+            page = self.client.list_streams(layout.CONVERSATIONS_PREFIX, after=after,
+                                            limit=LISTING_PAGE)
+            tails.update((s.path, s.next_offset) for s in page.items
+                         if s.path.endswith(layout.PROMPTS_SUFFIX))
+            if page.next_after is None:
+                return tails
+            after = page.next_after
 
     def _note_lease(self, cid: str, ttl: int | None) -> None:
         """Say once that a conversation's subscription has another lease than the one this
@@ -833,3 +937,23 @@ class Supervisor(pykka.ThreadingActor):
             self._tell(_ConversationsSeen(tuple(seen.ids), tuple(seen.deleted), live=live))
         seen.ids.clear()
         seen.deleted.clear()
+
+
+def _prompts_acked(cid: str, subscription: Subscription) -> str | None:
+    """Where the subscription acked the conversation's prompts stream; None if not linked."""
+    path = layout.prompts_path(cid)
+    return next((s.acked_offset for s in subscription.streams if s.path == path), None)
+
+
+def _pending_by_offsets(acked: str | None, prompts_tail: str, processed: str | None,
+                        ) -> bool | None:
+    """Whether prompts wait for an answer: True where the prompts stream's tail is past what
+    its subscription acked (None: not linked); False where neither the subscription nor this
+    supervisor's processed offset is behind it; None where only the streams can tell."""
+    # Offsets of one stream sort lexicographically (section 8).
+    if acked is None or prompts_tail > acked:
+        return True
+    # This supervisor's offset alone behind: a subscription made again links the stream at
+    # its tail, hiding unanswered prompts; or another supervisor (with its own data
+    # directory) answered them since. Only the streams tell the two apart.
+    return None if processed is None or prompts_tail > processed else False

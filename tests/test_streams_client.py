@@ -24,6 +24,7 @@ import requests
 
 from agent_actors import errors
 from agent_actors.streams_client import (
+    ListedStream,
     ReadResult,
     RetryPolicy,
     StreamsClient,
@@ -712,6 +713,65 @@ def test_add_and_remove_subscription_streams(
     client.remove_subscription_stream(sub_id, extra)
     assert {s.path for s in client.get_subscription(sub_id).streams} == {work}
 
+
+
+def test_listings_page_through_this_projects_server_and_are_not_found_on_others(
+    client: StreamsClient, server: ServerProcess, path: str,
+) -> None:
+    """The `__ds` listings are this project's extension: pages on it, `NotFound` elsewhere
+    (the supervisor then looks at each conversation on its own)."""
+    paths = [f"{path}/{n}" for n in range(5)]
+    for each in paths:
+        client.ensure_stream(each)
+    if any("reference_server" in arg for arg in server.argv):
+        with pytest.raises(errors.NotFound):
+            client.list_streams(path)
+        with pytest.raises(errors.NotFound):
+            client.list_subscriptions()
+        return
+    seen: list[ListedStream] = []
+    after = ""
+    while True:
+        page = client.list_streams(f"{path}/", after=after, limit=2)
+        seen.extend(page.items)
+        if page.next_after is None:
+            break
+        after = page.next_after
+    assert [s.path for s in seen] == paths
+    assert all(s.next_offset == client.head(s.path).next_offset for s in seen)
+    sub_id = f"listed-{uuid.uuid4().hex}"
+    client.put_subscription(sub_id, SubscriptionConfig(pattern=f"{path}/*",
+                                                       wake_stream=f"{path}-wake"))
+    listed = client.list_subscriptions(after=sub_id[:-1], limit=1000).items
+    assert sub_id in {s.id for s in listed}
+
+
+@pytest.mark.parametrize("body", [b"[]", b"{\"streams\": 3}", b"{\"streams\": [{\"path\": 1}]}",
+                                  b"not json"])
+def test_a_malformed_listing_is_a_streams_error(body: bytes) -> None:
+    class Garbled(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbled)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        client = StreamsClient(f"http://127.0.0.1:{httpd.server_address[1]}/v1/stream")
+        with pytest.raises(errors.StreamsError, match="malformed"):
+            client.list_streams("conversations/")
+        with pytest.raises(errors.StreamsError, match="malformed"):
+            client.list_subscriptions()
+        client.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_an_error_page_from_another_server_is_reported_in_one_line() -> None:

@@ -10,6 +10,7 @@ its status; the others run `python -m agent_actors supervisor` as a child proces
 
 from __future__ import annotations
 
+import collections
 import http.server
 import logging
 import re
@@ -32,9 +33,10 @@ from agent_actors.errors import LeaseFenced, NotFound, StreamsUnavailable
 from agent_actors.models.anthropic_model import AnthropicModel
 from agent_actors.stream_types import Lease, ReadResult, SubscriptionConfig
 from agent_actors.streams_client import RetryPolicy, StreamsClient, Tail
+from agent_actors import supervisor as supervisor_module
 from agent_actors.supervisor import Supervisor, SupervisorSettings
 from tests.fake_anthropic import FakeAnthropic
-from tests.support import ServerProcess, free_port, start_streams_server
+from tests.support import ServerProcess, free_port, start_reference_server, start_streams_server
 from tests.support.agents import (
     ChatClient,
     SupervisorProcess,
@@ -454,6 +456,114 @@ def test_a_prompt_is_claimed_before_a_starts_look_at_every_listed_conversation(
         # The start makes each listed conversation's subscription as it looks at it.
         looked_at = http.get(f"{root}/__ds/subscriptions", params={"limit": 1}).json()["total"]
     assert looked_at < listed / 2, looked_at
+
+
+class LookCounting(StreamsClient):
+    """A streams client that counts the supervisor's per-conversation looks (the `PUT` of a
+    subscription, the `HEAD` of a prompts stream) and its listing pages."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root, retry=RetryPolicy(deadline=5.0))
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def put_subscription(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["put_subscription"] += 1
+        return super().put_subscription(*args, **kwargs)
+
+    def head(self, path: str) -> Any:
+        self.calls["head_prompts" if path.endswith("/prompts") else "head"] += 1
+        return super().head(path)
+
+    def list_subscriptions(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["list_subscriptions"] += 1
+        return super().list_subscriptions(*args, **kwargs)
+
+    def list_streams(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["list_streams"] += 1
+        return super().list_streams(*args, **kwargs)
+
+
+def quiet_conversations(root: str, count: int) -> list[str]:
+    """`count` listed conversations made as a client makes them (subscription, then both
+    streams), with no prompt yet."""
+    cids = [f"quiet{n:04d}" for n in range(count)]
+    config = layout.subscription_config("x", lease_ttl_ms=LEASE_TTL_MS).to_json()
+    with requests.Session() as http:
+        json_type = {"Content-Type": "application/json"}
+        http.put(f"{root}/{layout.CONVERSATIONS_STREAM}", headers=json_type).raise_for_status()
+        for cid in cids:
+            http.put(f"{root}/__ds/subscriptions/{layout.subscription_id(cid)}",
+                     json={**config, "pattern": layout.prompts_path(cid)}).raise_for_status()
+            for path in (layout.prompts_path(cid), layout.responses_path(cid)):
+                http.put(f"{root}/{path}", headers=json_type).raise_for_status()
+        http.post(f"{root}/{layout.CONVERSATIONS_STREAM}", json=[
+            {"type": "conversation", "id": cid, "title": "quiet", "timestamp": 0}
+            for cid in cids]).raise_for_status()
+    return cids
+
+
+def test_a_start_looks_at_the_listed_conversations_a_page_of_listings_at_a_time(
+    streams_server: ServerProcess, in_process: StartInProcess, logs: LogWatch,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A start looked at each listed conversation with a `PUT` of its subscription and a
+    `HEAD` of its prompts stream: minutes of a busy server's time at every start with a
+    hundred thousand. It reads the server's listings, a page at a time, and looks one by one
+    only where they do not settle it: here a subscription made with another lease, and a
+    prompts stream with no subscription at all. The prompts waiting in those and in a quiet
+    one are answered."""
+    monkeypatch.setattr(supervisor_module, "LISTING_PAGE", 100)
+    root = streams_root(streams_server)
+    quiet = quiet_conversations(root, 250)
+    client, chat = connect(root)
+    waiting = chat.start_conversation("sent while no supervisor ran")
+    other_lease = ChatClient(client, lease_ttl_ms=LEASE_TTL_MS + 1000)
+    made_otherwise = other_lease.start_conversation("another lease")
+    unsubscribed = chat.start_conversation("no subscription")
+    client.delete_subscription(layout.subscription_id(unsubscribed))
+    prompts = {cid: chat.send_prompt(cid, f"question for {cid}") for cid in (waiting, unsubscribed)}
+    prompts[made_otherwise] = other_lease.send_prompt(made_otherwise, "question")
+    prompts[quiet[123]] = "p-quiet"
+    requests.post(f"{root}/{layout.prompts_path(quiet[123])}", json=[
+        {"type": "prompt", "id": "p-quiet", "content": "now a question", "timestamp": 0},
+    ]).raise_for_status()
+    counting = LookCounting(root)
+    in_process(root, client=counting)
+    # This supervisor answered none of the quiet ones: it reads whether another did.
+    logs.wait_for(r"looked at 253 listed conversations in [\d.]+ s from the server's"
+                  r" listings: 2 with prompts waiting, 249 to read, 2 one by one", timeout=30)
+    for cid, prompt in prompts.items():
+        wait_for_answers(client, cid, [prompt], timeout=30)
+    assert counting.calls["put_subscription"] == 2, counting.calls
+    assert counting.calls["head_prompts"] == 2, counting.calls
+    # 254 subscriptions and 507 streams (each conversation's two, and the list's own).
+    assert counting.calls["list_subscriptions"] == 3, counting.calls
+    assert counting.calls["list_streams"] == 6, counting.calls
+
+
+def test_a_start_on_a_server_without_listings_looks_at_each_conversation(
+    in_process: StartInProcess, logs: LogWatch,
+) -> None:
+    """The listings are this project's server's: on another (here the reference server,
+    which answers 404) a start looks at each listed conversation, and finds the prompt sent
+    while no supervisor ran."""
+    server = start_reference_server(long_poll_timeout_ms=2000)
+    try:
+        root = streams_root(server)
+        quiet = quiet_conversations(root, 3)
+        client, chat = connect(root)
+        cid = chat.start_conversation("sent while no supervisor ran")
+        prompt = chat.send_prompt(cid, "first question")
+        counting = LookCounting(root)
+        in_process(root, client=counting)
+        logs.wait_for(r"the streams server has no listings .*: looking at 4 listed"
+                      r" conversations one by one", timeout=30)
+        rendered = wait_for_answers(client, cid, [prompt], timeout=30)
+        assert_clean_answers(rendered, {prompt: "first question"})
+        wait_until(lambda: counting.calls["head_prompts"] >= len(quiet) + 1, timeout=10,
+                   what="a look at each conversation")
+    finally:
+        server.terminate()
 
 
 def test_a_start_answers_prompts_a_subscription_made_again_at_the_tail_no_longer_shows(
