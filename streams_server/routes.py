@@ -375,7 +375,9 @@ def _respond(reply: Reply, method: str, origin: str | None,
     headers = list(reply.headers.items())
     headers.extend(_api_headers(origin))
     body = reply.body
-    if isinstance(body, bytes) and reply.status not in _NO_BODY_STATUSES:
+    # A HEAD response's Content-Length must be what the GET would send (RFC 9110 8.6),
+    # which the metadata HEAD answers with does not know: none is sent.
+    if isinstance(body, bytes) and reply.status not in _NO_BODY_STATUSES and method != "HEAD":
         if not any(name.lower() == "content-length" for name, _ in headers):
             headers.append(("Content-Length", str(len(body))))
     start_response(_status_line(reply.status), headers)

@@ -103,6 +103,7 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
         access-log line was another 1.4 % (py-spy, chat benchmark)."""
 
         path: str  # the request target, as pywsgi read it
+        provided_content_length: str | None  # the app's own, if it gave one
         head_deadline: Any = None  # a gevent.Timeout for the request line and headers
 
         def MessageClass(self, rfile: Any, *args: Any) -> RequestHeaders:  # noqa: N802
@@ -111,6 +112,17 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
         def log_request(self) -> None:
             """No access log (the server is made with ``log=None``), so none is formatted:
             pywsgi would build each request's line, clock reading included, and drop it."""
+
+        def finalize_headers(self) -> None:
+            """pywsgi gives a response without a Content-Length the length of its body: 0
+            for every HEAD, where RFC 9110 (8.6) allows only what the GET would send. A HEAD
+            without one gets none (nor the chunked framing pywsgi would choose instead)."""
+            if self.command == "HEAD" and self.provided_content_length is None:
+                self.provided_content_length = ""  # known to pywsgi: it adds none
+                super().finalize_headers()
+                self.provided_content_length = None
+            else:
+                super().finalize_headers()
 
         def get_environ(self) -> dict[str, Any]:
             """The environ, telling the app when the body's framing was ambiguous: it then

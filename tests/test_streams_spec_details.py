@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from http.client import HTTPConnection
 
 import pytest
 import requests
@@ -457,3 +458,29 @@ def test_a_body_sent_as_another_type_is_a_conflict_even_when_it_is_not_that_type
     response = http.request("POST", path, body=b"\xff[", headers={"Content-Type": stream_type})
     assert (response.status_code, response.headers.get("Stream-Closed")) == (409, "true")
     assert http.get(path).content == b""
+
+
+# -- HEAD (section 5.5) ---------------------------------------------------------------------------
+
+
+def test_a_head_sends_no_content_length_but_the_one_a_get_would_send(server: ServerProcess) -> None:
+    """Every HEAD said `Content-Length: 0`, where RFC 9110 (8.6) allows only the length the
+    GET would send: a client that took it for the size of the stream read 0 bytes. The
+    connection stays usable after it (no body, nor a chunked one, follows)."""
+    path = "/v1/stream/head-length"
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as sock:
+        conn = HTTPConnection("127.0.0.1")
+        conn.sock = sock
+        conn.request("PUT", path, headers={"Content-Type": "application/json"})
+        conn.getresponse().read()
+        conn.request("POST", path, body=b'[{"a":1}]', headers={"Content-Type": "application/json"})
+        conn.getresponse().read()
+        for target in (path, path + "?offset=-1", "/v1/stream/head-missing"):
+            conn.request("HEAD", target)
+            head = conn.getresponse()
+            head.read()
+            assert head.getheader("Content-Length") is None, (target, head.getheaders())
+            assert head.getheader("Transfer-Encoding") is None, (target, head.getheaders())
+        conn.request("GET", path + "?offset=-1")
+        read = conn.getresponse()
+        assert read.read() == b'[{"a":1}]' and read.getheader("Content-Length") == "9"
