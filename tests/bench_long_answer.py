@@ -9,7 +9,9 @@ Starts `flask run` (no agents) on a fresh data directory, then:
   `--stream-chars` characters in chunks of `--chunk` characters, `--rate` chunks a second
   (faster than a model, so that the run is short; the page renders at most once a frame
   whatever the rate). It prints the page's long tasks (the longest is how long the page
-  could not react to input) and how long after the last chunk the whole answer was shown;
+  could not react to input), how busy its main thread was and how often it laid the page
+  out (Chromium's own counters), and how long after the last chunk the whole answer was
+  shown. `--earlier-turns N` puts N finished turns before it, as in a long conversation;
 * opening: writes an answer of `--open-chars` characters in chunks of `--chunk`, then opens
   it in a new page, printing the time until it is all shown and the longest tasks.
 """
@@ -22,7 +24,7 @@ from collections.abc import Callable
 
 from playwright.sync_api import Page, sync_playwright
 
-from agent_actors.streams_client import StreamsClient
+from agent_actors.streams_client import Producer, StreamsClient
 from tests.support.agents import ChatClient
 from tests.support.browser import LONG_TASKS_JS, launch_chromium
 from tests.support.webapp import chat_app_without_agents
@@ -81,15 +83,55 @@ def long_tasks(page: Page) -> str:
             + ", ".join(f"{ms:.0f}" for ms in tasks[:3]) + " ms")
 
 
+def earlier_turns(client: StreamsClient, cid: str, answers: Producer, count: int) -> None:
+    """`count` finished turns, written a few hundred at a time: a question, a short answer."""
+    prompts = client.producer(f"conversations/{cid}/prompts", "bench-earlier", auto_claim=True)
+    for first in range(0, count, 500):
+        ids = [f"earlier-{n}" for n in range(first, min(count, first + 500))]
+        prompts.append([{"type": "prompt", "id": pid, "content": f"Question {pid}?",
+                         "timestamp": 0} for pid in ids])
+        answers.append([message for pid in ids
+                        for message in (chunk(pid, 0, SECTION[:300]), done(pid))])
+
+
+class MainThreadMeter:
+    """Chromium's counters of the page's main thread (DevTools' Performance domain)."""
+
+    def __init__(self, page: Page) -> None:
+        self.cdp = page.context.new_cdp_session(page)
+        self.cdp.send("Performance.enable")
+        self.start = self.read()
+
+    def read(self) -> dict[str, float]:
+        metrics = self.cdp.send("Performance.getMetrics")["metrics"]
+        return {m["name"]: float(m["value"]) for m in metrics}
+
+    def since_start(self) -> str:
+        end = self.read()
+        wall = end["Timestamp"] - self.start["Timestamp"]
+
+        def per_second(name: str) -> float:
+            return (end[name] - self.start[name]) / wall
+
+        return (f"main thread busy {per_second('TaskDuration'):.0%} of the time (script"
+                f" {per_second('ScriptDuration'):.0%}, layout {per_second('LayoutDuration'):.0%},"
+                f" style {per_second('RecalcStyleDuration'):.0%}), {per_second('LayoutCount'):.0f}"
+                f" layouts a second")
+
+
 def bench_streaming(app_url: str, client: StreamsClient, chat: ChatClient, page: Page,
-                    chars: int, chunk_chars: int, rate: float, shape: str) -> None:
+                    chars: int, chunk_chars: int, rate: float, shape: str,
+                    earlier: int) -> None:
     cid = chat.start_conversation("A long streaming answer")
     answers = client.producer(f"conversations/{cid}/responses", "bench", auto_claim=True)
+    earlier_turns(client, cid, answers, earlier)
     pid = chat.send_prompt(cid, "Tell me everything")
     page.add_init_script(LONG_TASKS_JS)
     page.goto(f"{app_url}/#/c/{cid}")
-    page.wait_for_selector("[data-testid=turn]")
+    page.wait_for_selector(f"[data-prompt-id='{pid}']")
+    time.sleep(1)  # the opening's own work done
     page.evaluate("window.__longTasks.length = 0")
+    meter = MainThreadMeter(page)
     text = answer_text(chars, shape)
     pieces = [text[k:k + chunk_chars] for k in range(0, len(text), chunk_chars)]
     started = time.monotonic()
@@ -102,12 +144,14 @@ def bench_streaming(app_url: str, client: StreamsClient, chat: ChatClient, page:
     written = time.monotonic()
     # The turn is shown done only once the page has read and rendered every chunk.
     page.wait_for_function(
-        "() => document.querySelector('[data-testid=turn]').dataset.state === 'done'",
+        f"() => document.querySelector(`[data-prompt-id='{pid}']`).dataset.state === 'done'",
         timeout=300_000)
     caught_up = time.monotonic()
+    after = f" after {earlier:,} finished turns" if earlier else ""
     print(f"streaming {chars:,} characters ({shape}) in {len(pieces):,} chunks over"
-          f" {written - started:.1f} s: answer done on the page {caught_up - written:.2f} s"
-          f" after the last chunk; {long_tasks(page)}")
+          f" {written - started:.1f} s{after}: answer done on the page"
+          f" {caught_up - written:.2f} s after the last chunk; {meter.since_start()};"
+          f" {long_tasks(page)}")
 
 
 def bench_opening(app_url: str, client: StreamsClient, chat: ChatClient,
@@ -148,6 +192,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="times the long answer is opened")
     parser.add_argument("--shape", choices=SHAPES, default="mixed",
                         help="the answer: mixed Markdown, or one code block, list or table")
+    parser.add_argument("--earlier-turns", type=int, default=0,
+                        help="finished turns before the streaming answer")
     args = parser.parse_args()
     with chat_app_without_agents() as app:
         client = StreamsClient(f"{app.url}/v1/stream")
@@ -161,7 +207,7 @@ def main() -> None:
             if args.stream_chars > 0:
                 page = new_page()
                 bench_streaming(app.url, client, chat, page, args.stream_chars, args.chunk, args.rate,
-                                args.shape)
+                                args.shape, args.earlier_turns)
                 page.close()
             if args.open_chars > 0:
                 bench_opening(app.url, client, chat, new_page, args.open_chars, args.chunk, args.runs,

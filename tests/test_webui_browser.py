@@ -2642,6 +2642,54 @@ def test_a_list_of_200_000_conversations_shows_a_page_of_them_and_more_on_demand
         app.terminate()
 
 
+def test_a_conversation_of_many_turns_shows_the_newest_and_older_ones_on_demand(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Every turn on the page cost each frame of a streaming answer: with 3,000 the page was
+    busy the whole time, with tasks of 60 ms. The newest 100 are shown, older ones 100 at a
+    click, and the reader stays at the turn they were reading."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"EMBEDDED_SUPERVISOR": "false"})
+    try:
+        client = StreamsClient(f"{app.url}/v1/stream")
+        cid = ChatClient(client, lease_ttl_ms=30_000).start_conversation("Many turns")
+        ids = [f"turn-{n:03d}" for n in range(250)]
+        client.producer(f"conversations/{cid}/prompts", "test", auto_claim=True).append(
+            [{"type": "prompt", "id": pid, "content": f"Question {pid}", "timestamp": 0}
+             for pid in ids])
+        client.producer(f"conversations/{cid}/responses", "test", auto_claim=True).append(
+            [message for pid in ids for message in (
+                {"type": "chunk", "promptId": pid, "content": f"Answer {pid}", "isComplete": False},
+                {"type": "done", "promptId": pid, "stopReason": "end_turn", "isComplete": True})])
+        page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
+        turns = page.get_by_test_id("turn")
+        expect(turns).to_have_count(100)
+        expect(turns.last).to_have_attribute("data-prompt-id", "turn-249")
+        page.wait_for_function(AT_BOTTOM_JS)
+        earlier = page.get_by_test_id("earlier-turns")
+        expect(earlier).to_have_text("Show 100 earlier turns (150 not shown)")
+
+        page.get_by_test_id("message-scroll").evaluate("s => s.scrollTo(0, 0)")
+        earlier.click()
+        expect(turns).to_have_count(200)
+        expect(turns.first).to_have_attribute("data-prompt-id", "turn-050")
+        expect(page.locator('[data-prompt-id="turn-150"]')).to_be_in_viewport()
+        expect(page.locator('[data-prompt-id="turn-050"]')).not_to_be_in_viewport()
+        expect(earlier).to_have_text("Show 50 earlier turns (50 not shown)")
+        page.get_by_test_id("message-scroll").evaluate("s => s.scrollTo(0, 0)")
+        earlier.click()
+        expect(turns).to_have_count(250)
+        expect(earlier).to_have_count(0)
+        expect(page.locator('[data-prompt-id="turn-050"]')).to_be_focused()
+        expect(page.locator('[data-prompt-id="turn-050"]')).to_be_in_viewport()
+
+        page.goto(f"{app.url}/#/c/{ChatClient(client, lease_ttl_ms=30_000).start_conversation('Few')}")
+        expect(earlier).to_have_count(0)
+        page.goto(f"{app.url}/#/c/{cid}")  # back: the newest 100 again
+        expect(turns).to_have_count(100)
+    finally:
+        app.terminate()
+
+
 def test_a_narrow_table_scrolls_instead_of_breaking_its_words(
         chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
         new_context: NewContext) -> None:

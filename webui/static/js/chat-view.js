@@ -10,6 +10,11 @@ import { el, formatTime } from "./util.js";
 /** An answer with no new text this long says what may be going on (call `render` meanwhile). */
 const STALL_MS = 10_000;
 
+/** The newest turns shown at first; older ones come this many at a time, on demand. Every
+ * turn on the page costs each frame of a streaming answer (Chromium checks each one's place
+ * on screen): with 3,000 of them the page was busy the whole time an answer streamed. */
+export const SHOWN_TURNS = 100;
+
 /** Scrolling this soon after the reader's wheel, touch, pointer or key is theirs (a smooth
  * or inertial scroll goes on after the input). */
 const READER_SCROLL_MS = 1000;
@@ -40,6 +45,10 @@ export class ChatView {
   anyWaiting = false;
   #lastTop = 0;
   #readerActiveAt = -Infinity; // the reader's last wheel, touch, pointer or key on the view
+  #shownTurns = SHOWN_TURNS; // how many of the newest turns are on the page
+  #lastRender = null; // the arguments of the last `render`, to render again with more turns
+  #earlier = el("li", { class: "earlier-turns" },
+    el("button", { type: "button", class: "earlier-turns-button", dataset: { testid: "earlier-turns" } }));
 
   /**
    * @param {HTMLElement} list the <ol> of turns; @param {HTMLElement} scroller its scroll box
@@ -62,6 +71,7 @@ export class ChatView {
     const observer = new ResizeObserver(() => { if (this.#following) this.#toBottom(); });
     observer.observe(list);
     observer.observe(scroller);
+    this.#earlier.firstChild.addEventListener("click", () => this.#showEarlier());
     list.addEventListener("click", (event) => {
       const button = event.target.closest?.("button");
       const promptId = button?.closest("[data-prompt-id]")?.dataset.promptId;
@@ -81,6 +91,8 @@ export class ChatView {
     this.#nodes.clear();
     this.list.replaceChildren();
     this.#following = true;
+    this.#shownTurns = SHOWN_TURNS;
+    this.#lastRender = null;
   }
 
   /**
@@ -91,23 +103,29 @@ export class ChatView {
    * server has no responses stream for it, which is then why no answer comes.
    */
   render(turns, pending, { offline = false, closed = false, answersMissing = false } = {}) {
-    const stick = this.#following;
+    // Called once a frame while an answer streams, in conversations of thousands of turns:
+    // nothing here reads the layout (the ResizeObserver keeps a following view at the
+    // bottom once the page is laid out), and finished turns cost a few comparisons.
+    this.#lastRender = [turns, pending, { offline, closed, answersMissing }];
+    let earlierUnfinished = false; // the agent answers in order: later prompts wait their turn
+    const from = Math.max(0, turns.length - this.#shownTurns);
+    for (let i = 0; i < from && !earlierUnfinished; i++) earlierUnfinished = !turns[i].final && !!turns[i].prompt;
     const wanted = [];
-    for (const turn of turns) wanted.push({ id: turn.promptId, turn });
-    const known = new Set(wanted.map((w) => w.id));
-    for (const p of pending) if (!known.has(p.id)) wanted.push({ id: p.id, pending: p });
-
-    const keep = new Set(wanted.map((w) => w.id));
-    for (const [id, parts] of this.#nodes) {
-      if (!keep.has(id)) {
-        parts.li.remove();
-        this.#nodes.delete(id);
-      }
+    for (let i = from; i < turns.length; i++) wanted.push({ id: turns[i].promptId, turn: turns[i] });
+    if (pending.length) {
+      const known = new Set(turns.map((t) => t.promptId));
+      for (const p of pending) if (!known.has(p.id)) wanted.push({ id: p.id, pending: p });
     }
     let previous = null;
+    if (from > 0) {
+      const more = Math.min(from, SHOWN_TURNS);
+      const label = `Show ${more === 1 ? "the earlier turn" : `${more.toLocaleString("en-US")} earlier turns`} (${from.toLocaleString("en-US")} not shown)`;
+      if (this.#earlier.firstChild.textContent !== label) this.#earlier.firstChild.textContent = label;
+      if (this.list.firstChild !== this.#earlier) this.list.prepend(this.#earlier);
+      previous = this.#earlier;
+    } else this.#earlier.remove();
     let stalled = false;
     let waiting = false;
-    let earlierUnfinished = false; // the agent answers in order: later prompts wait their turn
     const last = wanted.at(-1);
     for (const item of wanted) {
       let parts = this.#nodes.get(item.id);
@@ -132,10 +150,34 @@ export class ChatView {
       }
       previous = parts.li;
     }
-    if (stick) this.scrollToBottom();
+    if (this.#nodes.size > wanted.length) { // turns no longer there, left after the others
+      const keep = new Set(wanted.map((w) => w.id));
+      for (const [id, parts] of this.#nodes) {
+        if (!keep.has(id)) {
+          parts.li.remove();
+          this.#nodes.delete(id);
+        }
+      }
+    }
     this.anyStalled = stalled;
     this.anyWaiting = waiting;
-    return wanted.length;
+    return from + wanted.length;
+  }
+
+  /** The next older turns, with the reader left where they were: at the turn that was the
+   * oldest shown (the button's focus goes to the turns if no older ones are left). */
+  #showEarlier() {
+    if (!this.#lastRender) return;
+    const oldest = this.#earlier.nextSibling;
+    const before = oldest?.getBoundingClientRect().top;
+    this.#shownTurns += SHOWN_TURNS;
+    this.#following = false;
+    this.render(...this.#lastRender);
+    if (oldest && before !== undefined) this.scroller.scrollTop += oldest.getBoundingClientRect().top - before;
+    if (!this.#earlier.isConnected && oldest) { // the button is gone: focus goes where reading goes on
+      oldest.tabIndex = -1;
+      oldest.focus({ preventScroll: true });
+    }
   }
 
   /** Show the newest text, and keep following it. */
@@ -243,6 +285,7 @@ function setState(parts, state, note = "", { stalled = false, waiting = false } 
 
 function updatePending(parts, pending) {
   parts.signature = null;
+  parts.settled = null;
   parts.promptText.textContent = pending.content;
   parts.promptMeta.textContent = pending.failed ? `Not sent: ${pending.failed}`
     : pending.sent ? formatTime(pending.timestamp) : `${formatTime(pending.timestamp)} · sending…`;
@@ -254,6 +297,15 @@ function updatePending(parts, pending) {
 /** `latest`: the conversation's last turn, the one a failed or stopped answer can be tried
  * again from (sending its prompt again). */
 function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
+  // A finished turn changes only with a message (a prompt read after its answer, a restart)
+  // or as it stops being the latest: the rest of this is for the turn still being answered.
+  const settled = parts.settled;
+  if (turn.final && settled && settled.final === turn.final && settled.length === turn.text.length
+      && settled.prompt === turn.prompt && settled.restarts === turn.restarts
+      && settled.error === turn.error && settled.latest === latest) return;
+  parts.settled = turn.final
+    ? { final: turn.final, length: turn.text.length, prompt: turn.prompt, restarts: turn.restarts, error: turn.error, latest }
+    : null;
   const shown = turnState(turn);
   const state = shown === "thinking" && waitingTurn ? "queued" : shown;
   const progress = [state, turn.text.length, turn.restarts, turn.waits].join("\u0000");

@@ -10,6 +10,12 @@ export class RawStreamPanel {
   #waiting = []; // [{index, message}] not shown yet
   #to = "";
   #showLater = frameThrottle(() => this.#show());
+  // Whether the list follows its newest entry: what the reader's last scroll left, kept from
+  // scroll events so that showing entries reads no layout (a second one each frame).
+  #stick = true;
+  // Scrolls a following list to its end once its newest entry is laid out.
+  #follow = new ResizeObserver(() => { if (this.#stick) this.list.scrollTop = this.list.scrollHeight; });
+  #followed = null;
 
   /** @param {string} name "prompts" or "responses": finds elements by data-testid raw-<name>-* */
   constructor(name) {
@@ -18,12 +24,16 @@ export class RawStreamPanel {
     this.countEl = find("count");
     this.offsetEl = find("offset");
     this.pathEl = find("path");
+    this.list.addEventListener("scroll", () => {
+      this.#stick = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 40;
+    }, { passive: true });
   }
 
   reset(path) {
     this.count = 0;
     this.#waiting = [];
     this.#to = "—"; // what a frame already asked for shows this conversation's state
+    this.#stick = true;
     this.list.replaceChildren();
     this.countEl.textContent = "0 entries";
     this.countEl.dataset.count = "0";
@@ -49,7 +59,6 @@ export class RawStreamPanel {
   }
 
   #show() {
-    const stick = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 40;
     const fragment = document.createDocumentFragment();
     for (const { index, message } of this.#waiting.splice(0)) {
       const type = message && typeof message === "object" && typeof message.type === "string" ? message.type : "";
@@ -64,7 +73,12 @@ export class RawStreamPanel {
     this.countEl.dataset.count = String(this.count);
     this.offsetEl.textContent = this.#to;
     this.offsetEl.title = this.#to;
-    if (stick) this.list.scrollTop = this.list.scrollHeight;
+    const newest = this.list.lastElementChild;
+    if (this.#stick && newest && newest !== this.#followed) {
+      if (this.#followed) this.#follow.unobserve(this.#followed);
+      this.#followed = newest;
+      this.#follow.observe(newest); // reported (and scrolled to) once it is laid out
+    }
   }
 }
 
