@@ -253,10 +253,21 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
         def _sendall(self, data: Any) -> None:
             """A response in pieces: the socket timeout bounds each send, so that a client
             reading steadily, however slowly, gets a large response whole (one `sendall`
-            of 1 MiB must end within the timeout: 8.7 KB/s at 120 s)."""
+            of 1 MiB must end within the timeout: 8.7 KB/s at 120 s).
+
+            Each piece is first sent as it is, once: nearly all go out whole. gevent's
+            `sendall` asks the kernel for the socket's buffer size first (a system call per
+            response and per SSE event, 3 % of the server's time in the chat)."""
             view = memoryview(data)
             for start in range(0, len(view), _SEND_PIECE_BYTES):
-                super()._sendall(view[start:start + _SEND_PIECE_BYTES])
+                piece = view[start:start + _SEND_PIECE_BYTES]
+                try:
+                    sent = self.socket.send(piece)
+                except OSError:
+                    sent = 0  # pywsgi's own sendall meets the error again, and reports it
+                self.response_length += sent
+                if sent < len(piece):
+                    super()._sendall(piece[sent:])
 
         def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
             """A request pywsgi could not read as far as the app: answered in JSON like any
