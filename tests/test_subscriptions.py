@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 import requests
+import urllib3
 
 from streams_server.app import create_app
 from streams_server.backend import StreamsBackend
@@ -26,16 +28,19 @@ from streams_server.subscriptions.model import (
     PULL_WAKE,
     WEBHOOK,
     SubscriptionConfig,
+    SubscriptionState,
     WakeFence,
     parse_config,
 )
-from streams_server.subscriptions import tokens
+from streams_server.subscriptions import tokens, webhooks
+from streams_server.subscriptions.keys import ServerKeys
 from streams_server.subscriptions.urlcheck import validate_webhook_url
 from streams_server.subscriptions.globs import (
     MAX_PATTERN_LENGTH, MAX_PATTERN_SEGMENTS, MAX_PATTERN_STARS, matches, validate_pattern,
 )
 from tests.support import ServerProcess, start_streams_server
 from tests.support.agents import wait_until
+from tests.support.tls import TlsFront, self_signed_certificate
 
 
 def _root(server: ServerProcess) -> str:
@@ -1264,6 +1269,91 @@ def test_a_webhook_to_this_machine_needs_the_development_setting(url: str) -> No
         validate_webhook_url(url)
     assert "webhooks to localhost and 127.0.0.x are for development" in caught.value.message
     assert validate_webhook_url(url, local_ok=True) == url
+
+
+def test_a_delivery_connects_to_the_address_it_checked_not_to_a_second_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: a name that resolves to a public address when the delivery checks it,
+    and to this machine a moment later, when the HTTP client looked it up again to connect,
+    sent the notification to a service on this machine. The delivery connects to the
+    address it checked (here an unreachable public one: nothing is delivered)."""
+    internal = socket.create_server(("127.0.0.1", 0))
+    internal.settimeout(0.5)
+    port = internal.getsockname()[1]
+    real_getaddrinfo = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def rebinding(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "hooks.rebinding.example":
+            return real_getaddrinfo(host, *args, **kwargs)
+        lookups.append(host)
+        address = "93.184.216.34" if len(lookups) == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(webhooks, "DELIVERY_TIMEOUT_S", 0.5)
+    url = f"https://hooks.rebinding.example:{port}/hook"
+    config = SubscriptionConfig(type="webhook", pattern="x/*", streams=(), webhook_url=url,
+                                wake_stream=None, lease_ttl_ms=30_000, description=None)
+    state = SubscriptionState(
+        id="hook", config=config, base_url="http://127.0.0.1:1/v1/stream", created_at_ms=0,
+        generation=1, wake_id="w1", holder=None, lease_expires_at_ms=None, delivery_attempt=0,
+        next_attempt_at_ms=None, last_error=None, links=())
+    with requests.Session() as session, internal:
+        outcome = webhooks.deliver(session, state, ServerKeys(str(tmp_path)), "token")
+        try:
+            internal.accept()[0].close()
+            reached = True
+        except TimeoutError:
+            reached = False
+    assert not outcome.delivered, outcome
+    assert not reached, "the notification went to the address of the second look-up"
+    assert lookups == ["hooks.rebinding.example"]
+
+
+def test_a_delivery_to_a_checked_address_still_verifies_the_certificate_for_the_url_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Connected to an address rather than by name, the TLS handshake must still name the
+    URL's host (SNI) and the certificate be checked against it, with the CA bundle
+    `requests` would use; the request carries the URL's host too."""
+    received: list[tuple[str | None, bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            received.append((self.headers["Host"],
+                             self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    (tmp_path / "named").mkdir()
+    (tmp_path / "other").mkdir()
+    named = self_signed_certificate(tmp_path / "named", ("hooks.example.test",))
+    other = self_signed_certificate(tmp_path / "other", ("elsewhere.example.test",))
+    try:
+        for cert, key in (named, other):
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+            with TlsFront(f"http://127.0.0.1:{receiver.server_address[1]}", cert, key) as front:
+                port = front.url.rsplit(":", 1)[1]
+                url = f"https://hooks.example.test:{port}/hook?x=1"
+                if cert == named[0]:
+                    status, _ = webhooks._post_to_address(url, "127.0.0.1", b"{}", {})
+                    assert status == 200
+                    assert received == [(f"hooks.example.test:{port}", b"{}")]
+                else:
+                    with pytest.raises(urllib3.exceptions.SSLError):
+                        webhooks._post_to_address(url, "127.0.0.1", b"{}", {})
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
 
 
 def test_a_local_webhook_is_refused_over_http_unless_allowed(tmp_path: Path) -> None:

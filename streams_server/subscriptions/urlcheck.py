@@ -4,8 +4,8 @@ Production URLs must be `https` to a public host. The one exception is local dev
 where the server allows it (`local_ok`): `http` or `https` to `localhost` or `127.0.0.x`.
 Private, loopback, link-local, metadata and other non-public targets are refused, both when
 the URL is given (IP literals and reserved names) and again when a delivery resolves the
-host name (so DNS cannot smuggle them in, short of an answer that changes between that
-look-up and the connection's own).
+host name, which then connects to the address it checked (so DNS cannot smuggle them in,
+not even with an answer that changes between that look-up and the connection).
 """
 
 from __future__ import annotations
@@ -110,15 +110,21 @@ def _is_host_name(host: str) -> bool:
     return _HOST_NAME.fullmatch(ascii_host) is not None
 
 
-def check_resolved_host(url: str, *, local_ok: bool = False) -> None:
-    """At delivery time: refuse a public-looking name that resolves to a local address (and
-    a local one, made while the server allowed them, unless it still does)."""
+def resolve_public_address(url: str, *, local_ok: bool = False) -> str | None:
+    """At delivery time: the address to connect to, once every address the host resolves to
+    is found public; a public-looking name that resolves to a local address is refused (and
+    a local one, made while the server allowed them, unless it still does). None for a
+    development host the server allows: it is connected to by its name."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     if is_development_host(host) and local_ok:
-        return
+        return None
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP):
+    infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if not _public_address(address):
             raise _rejected(f"{host} resolves to the non-public address {address}")
+    if not infos:
+        raise _rejected(f"{host} resolves to no address")
+    return str(infos[0][4][0])

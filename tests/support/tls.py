@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 that is its own authority, and its key (PEM files)."""
+def self_signed_certificate(directory: Path, dns_names: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (and `dns_names`) that is its own authority, and its key
+    (PEM files)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test authority")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -27,8 +28,9 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(
-            "127.0.0.1"))]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            *(x509.DNSName(name) for name in dns_names)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
