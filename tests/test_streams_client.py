@@ -7,6 +7,7 @@ in front of the server where a test needs lost responses, ``5xx`` or ``429``.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import logging
 import queue
@@ -746,62 +747,54 @@ def test_listings_page_through_this_projects_server_and_are_not_found_on_others(
     assert sub_id in {s.id for s in listed}
 
 
-@pytest.mark.parametrize("body", [b"[]", b"{\"streams\": 3}", b"{\"streams\": [{\"path\": 1}]}",
-                                  b"not json"])
-def test_a_malformed_listing_is_a_streams_error(body: bytes) -> None:
-    class Garbled(http.server.BaseHTTPRequestHandler):
+@contextlib.contextmanager
+def answering_every_request(status: int, content_type: str, body: bytes,
+                            ) -> Iterator[StreamsClient]:
+    """A client of a server that is not a streams server: it answers every request alike."""
+
+    class Canned(http.server.BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
+        def answer(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbled)
+        do_GET = do_PUT = answer  # noqa: N815
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Canned)
     threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    client = StreamsClient(f"http://127.0.0.1:{httpd.server_address[1]}/v1/stream")
     try:
-        client = StreamsClient(f"http://127.0.0.1:{httpd.server_address[1]}/v1/stream")
+        yield client
+    finally:
+        client.close()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("body", [b"[]", b"{\"streams\": 3}", b"{\"streams\": [{\"path\": 1}]}",
+                                  b"not json"])
+def test_a_malformed_listing_is_a_streams_error(body: bytes) -> None:
+    with answering_every_request(200, "application/json", body) as client:
         with pytest.raises(errors.StreamsError, match="malformed"):
             client.list_streams("conversations/")
         with pytest.raises(errors.StreamsError, match="malformed"):
             client.list_subscriptions()
-        client.close()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_an_error_page_from_another_server_is_reported_in_one_line() -> None:
     """A URL that is not a streams root answers with some server's HTML page: its whole text
     went into the error, and each retry's log entry ran over many lines."""
     page = b"<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n"
-
-    class NotStreams(http.server.BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_PUT(self) -> None:
-            self.send_response(404)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotStreams)
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        client = StreamsClient(f"http://127.0.0.1:{httpd.server_address[1]}/v1/stream")
+    with answering_every_request(404, "text/html", page) as client:
         with pytest.raises(errors.NotFound) as refused:
             client.ensure_stream("agents/wake")
         assert "an HTML page, not a Durable Streams error" in str(refused.value)
         assert "\n" not in str(refused.value) and "<" not in str(refused.value)
-        client.close()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.mark.parametrize("through", ["lean pool", "requests"])
