@@ -686,7 +686,7 @@ class Supervisor(pykka.ThreadingActor):
                     found[cid] = _prompts_acked(cid, subscription)
             if page.next_after is None or not page.next_after.startswith(prefix):
                 return found
-            after = page.next_after
+            after = _moved_on(after, page.next_after)
 
     def _made_here(self, cid: str, subscription: Subscription) -> bool:
         made = layout.subscription_config(cid, self.settings.wake_stream,
@@ -707,7 +707,7 @@ class Supervisor(pykka.ThreadingActor):
                          if s.path.endswith(layout.PROMPTS_SUFFIX))
             if page.next_after is None:
                 return tails
-            after = page.next_after
+            after = _moved_on(after, page.next_after)
 
     def _note_lease(self, cid: str, ttl: int | None) -> None:
         """Say once that a conversation's subscription has another lease than the one this
@@ -937,6 +937,14 @@ class Supervisor(pykka.ThreadingActor):
             self._tell(_ConversationsSeen(tuple(seen.ids), tuple(seen.deleted), live=live))
         seen.ids.clear()
         seen.deleted.clear()
+
+
+def _moved_on(after: str, next_after: str) -> str:
+    """The next page's `after`: a server whose listing does not move on would be read
+    forever."""
+    if next_after <= after:
+        raise StreamsError(f"the listing does not move on past {after!r}")
+    return next_after
 
 
 def _prompts_acked(cid: str, subscription: Subscription) -> str | None:

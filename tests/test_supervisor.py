@@ -31,7 +31,7 @@ from agent_actors import layout
 from agent_actors.agent import AgentSettings
 from agent_actors.errors import LeaseFenced, NotFound, StreamsUnavailable
 from agent_actors.models.anthropic_model import AnthropicModel
-from agent_actors.stream_types import Lease, ReadResult, SubscriptionConfig
+from agent_actors.stream_types import Lease, ListingPage, ReadResult, SubscriptionConfig
 from agent_actors.streams_client import RetryPolicy, StreamsClient, Tail
 from agent_actors import supervisor as supervisor_module
 from agent_actors.supervisor import Supervisor, SupervisorSettings
@@ -539,6 +539,28 @@ def test_a_start_looks_at_the_listed_conversations_a_page_of_listings_at_a_time(
     # 254 subscriptions and 507 streams (each conversation's two, and the list's own).
     assert counting.calls["list_subscriptions"] == 3, counting.calls
     assert counting.calls["list_streams"] == 6, counting.calls
+
+
+class StuckListing(LookCounting):
+    """A client whose server's subscription listing answers the same page again and again."""
+
+    def list_subscriptions(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["list_subscriptions"] += 1
+        return ListingPage((), f"{layout.SUBSCRIPTION_PREFIX}stuck")
+
+
+def test_a_listing_that_does_not_move_on_is_given_up_for_the_look_one_by_one(
+    streams_server: ServerProcess, in_process: StartInProcess, logs: LogWatch,
+) -> None:
+    """A server answering the same page forever would have held a start's look for good."""
+    root = streams_root(streams_server)
+    quiet_conversations(root, 2)
+    stuck = StuckListing(root)
+    in_process(root, client=stuck)
+    logs.wait_for(r"could not list the subscriptions and streams \(the listing does not move"
+                  r" on .*\): looking at 2 listed conversations one by one", timeout=30)
+    assert stuck.calls["list_subscriptions"] == 2
+    wait_until(lambda: stuck.calls["head_prompts"] == 2, timeout=10, what="both looked at")
 
 
 def test_a_start_on_a_server_without_listings_looks_at_each_conversation(
