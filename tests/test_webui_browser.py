@@ -3234,6 +3234,14 @@ def test_the_inspector_says_how_many_streams_and_subscriptions_it_did_not_list(
         page.get_by_test_id("stream-filter").fill("s00")
         expect(page.get_by_test_id("stream-list-result")).to_contain_text(
             "100 of the 1000 listed match · 1010 streams")
+        # The filter also asks the server for the paths that start with it, past the page.
+        page.get_by_test_id("stream-filter").fill("many/s100")
+        expect(page.get_by_test_id("stream-list-result")).to_contain_text(
+            '0 of the 1000 listed match · 1010 streams, the first 1000 by path listed (open'
+            ' others by their path) · 10 more on the server start with "many/s100"')
+        expect(page.get_by_test_id("stream-list-item")).to_have_count(10)
+        page.get_by_test_id("stream-filter").press("Enter")  # opens the first
+        expect(page.get_by_test_id("meta-url")).to_have_text(f"{root}/many/s1000")
     finally:
         app.terminate()
 

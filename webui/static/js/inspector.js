@@ -199,6 +199,10 @@ const listing = {
   subscriptionsSeq: 0,
 };
 
+// The server lists a page at a time: a filter that may be the start of a path is also asked
+// of the server (its listing takes a path prefix), for the streams past the page.
+const serverSearch = { term: "", streams: [], seq: 0, timer: 0 };
+
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const clock = () => new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 
@@ -226,28 +230,66 @@ async function loadStreams({ probe = false } = {}) {
   $("stream-listing").hidden = false;
   $("streams-refresh").hidden = false;
   $("registry-section").hidden = true;
+  serverSearch.term = ""; // asked again of the refreshed server
   renderStreamList();
+  searchServer();
   renderListedMeta();
 }
 
+/** The filter as one path prefix to ask the server, where the listing is only its first
+ * page; "" otherwise. */
+function serverSearchTerm() {
+  const term = $("stream-filter").value.trim();
+  const partial = listing.streams && listing.streams.length < listing.streamsTotal;
+  return partial && term && !/\s/.test(term) ? term : "";
+}
+
+/** Ask the server for the streams whose path starts with the filter (debounced). */
+function searchServer() {
+  clearTimeout(serverSearch.timer);
+  const term = serverSearchTerm();
+  if (!term || term === serverSearch.term) return;
+  serverSearch.timer = setTimeout(async () => {
+    const seq = ++serverSearch.seq;
+    let streams;
+    try {
+      ({ streams } = await client.listStreams({ prefix: term }));
+    } catch {
+      return; // the listed page is still filtered
+    }
+    if (seq !== serverSearch.seq) return;
+    serverSearch.term = term;
+    serverSearch.streams = streams;
+    renderStreamList();
+  }, 250);
+}
+
+/** The listed streams the filter matches, and those the server found past the listed page
+ * for it (`extra`, in path order after them). */
 function matchingStreams() {
   const terms = $("stream-filter").value.toLowerCase().split(/\s+/).filter(Boolean);
-  if (!terms.length) return listing.streams;
-  return listing.streams.filter((s) => {
+  if (!terms.length) return { listed: listing.streams, extra: [] };
+  const listed = listing.streams.filter((s) => {
     const haystack = [s.path, s.content_type, s.forked_from].filter((v) => typeof v === "string").join("\n").toLowerCase();
     return terms.every((t) => haystack.includes(t));
   });
+  const term = serverSearchTerm();
+  if (!term || term !== serverSearch.term) return { listed, extra: [] };
+  const have = new Set(listed.map((s) => s.path));
+  return { listed, extra: serverSearch.streams.filter((s) => !have.has(s.path)) };
 }
 
 function renderStreamList() {
   if (!listing.streams) return;
-  const shown = matchingStreams();
+  const { listed, extra } = matchingStreams();
+  const shown = extra.length ? [...listed, ...extra] : listed;
   setChildren($("stream-list"), shown.slice(0, LIST_LIMIT).map(streamItem));
   const fetched = listing.streams.length;
   let text = plural(listing.streamsTotal, "stream");
   // The server lists a page at a time: the filter looks at the page, and the path box opens any.
   if (fetched < listing.streamsTotal) text += `, the first ${fetched} by path listed (open others by their path)`;
-  if (shown !== listing.streams) text = `${shown.length} of the ${fetched} listed match · ${text}`;
+  if (listed !== listing.streams) text = `${listed.length} of the ${fetched} listed match · ${text}`;
+  if (extra.length) text += ` · ${extra.length} more on the server ${extra.length === 1 ? "starts" : "start"} with "${serverSearch.term}"`;
   if (shown.length > LIST_LIMIT) text += ` · the first ${LIST_LIMIT} are shown, filter to narrow`;
   $("stream-list-result").textContent = `${text} · listed at ${listing.streamsListedAt}`;
 }
@@ -867,7 +909,10 @@ function main() {
   $("registry-load").addEventListener("click", loadRegistry);
   $("streams-refresh").addEventListener("click", () => loadStreams());
   $("subscriptions-refresh").addEventListener("click", () => loadSubscriptions());
-  $("stream-filter").addEventListener("input", renderStreamList);
+  $("stream-filter").addEventListener("input", () => {
+    renderStreamList();
+    searchServer();
+  });
   $("stream-filter").addEventListener("keydown", (event) => {
     const items = [...$("stream-list").querySelectorAll("button.list-item")];
     if (event.key === "Enter" && items.length) {
