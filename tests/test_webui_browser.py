@@ -2653,9 +2653,9 @@ def test_a_conversation_of_many_turns_shows_the_newest_and_older_ones_on_demand(
         client = StreamsClient(f"{app.url}/v1/stream")
         cid = ChatClient(client, lease_ttl_ms=30_000).start_conversation("Many turns")
         ids = [f"turn-{n:03d}" for n in range(250)]
-        client.producer(f"conversations/{cid}/prompts", "test", auto_claim=True).append(
-            [{"type": "prompt", "id": pid, "content": f"Question {pid}", "timestamp": 0}
-             for pid in ids])
+        prompts = client.producer(f"conversations/{cid}/prompts", "test", auto_claim=True)
+        prompts.append([{"type": "prompt", "id": pid, "content": f"Question {pid}",
+                         "timestamp": 0} for pid in ids])
         client.producer(f"conversations/{cid}/responses", "test", auto_claim=True).append(
             [message for pid in ids for message in (
                 {"type": "chunk", "promptId": pid, "content": f"Answer {pid}", "isComplete": False},
@@ -2675,9 +2675,13 @@ def test_a_conversation_of_many_turns_shows_the_newest_and_older_ones_on_demand(
         expect(page.locator('[data-prompt-id="turn-150"]')).to_be_in_viewport()
         expect(page.locator('[data-prompt-id="turn-050"]')).not_to_be_in_viewport()
         expect(earlier).to_have_text("Show 50 earlier turns (50 not shown)")
+        # Scrolled up, the reader keeps the turns they may be reading as new ones come in.
+        prompts.append([{"type": "prompt", "id": "turn-250", "content": "One more", "timestamp": 0}])
+        expect(turns).to_have_count(201)
+        expect(turns.first).to_have_attribute("data-prompt-id", "turn-050")
         page.get_by_test_id("message-scroll").evaluate("s => s.scrollTo(0, 0)")
         earlier.click()
-        expect(turns).to_have_count(250)
+        expect(turns).to_have_count(251)
         expect(earlier).to_have_count(0)
         expect(page.locator('[data-prompt-id="turn-050"]')).to_be_focused()
         expect(page.locator('[data-prompt-id="turn-050"]')).to_be_in_viewport()

@@ -46,6 +46,7 @@ export class ChatView {
   #lastTop = 0;
   #readerActiveAt = -Infinity; // the reader's last wheel, touch, pointer or key on the view
   #shownTurns = SHOWN_TURNS; // how many of the newest turns are on the page
+  #turnCount = 0; // of the last `render`
   #lastRender = null; // the arguments of the last `render`, to render again with more turns
   #earlier = el("li", { class: "earlier-turns" },
     el("button", { type: "button", class: "earlier-turns-button", dataset: { testid: "earlier-turns" } }));
@@ -92,6 +93,7 @@ export class ChatView {
     this.list.replaceChildren();
     this.#following = true;
     this.#shownTurns = SHOWN_TURNS;
+    this.#turnCount = 0;
     this.#lastRender = null;
   }
 
@@ -107,6 +109,9 @@ export class ChatView {
     // nothing here reads the layout (the ResizeObserver keeps a following view at the
     // bottom once the page is laid out), and finished turns cost a few comparisons.
     this.#lastRender = [turns, pending, { offline, closed, answersMissing }];
+    // A reader scrolled up keeps the turns they may be reading as new ones come in.
+    if (!this.#following && this.#turnCount && turns.length > this.#turnCount) this.#shownTurns += turns.length - this.#turnCount;
+    this.#turnCount = turns.length;
     let earlierUnfinished = false; // the agent answers in order: later prompts wait their turn
     const from = Math.max(0, turns.length - this.#shownTurns);
     for (let i = 0; i < from && !earlierUnfinished; i++) earlierUnfinished = !turns[i].final && !!turns[i].prompt;
