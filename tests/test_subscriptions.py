@@ -1271,13 +1271,20 @@ def test_a_webhook_to_this_machine_needs_the_development_setting(url: str) -> No
     assert validate_webhook_url(url, local_ok=True) == url
 
 
+@pytest.mark.parametrize("http_proxy", [None, "http://127.0.0.1:9"])
 def test_a_delivery_connects_to_the_address_it_checked_not_to_a_second_answer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http_proxy: str | None,
 ) -> None:
     """DNS rebinding: a name that resolves to a public address when the delivery checks it,
     and to this machine a moment later, when the HTTP client looked it up again to connect,
     sent the notification to a service on this machine. The delivery connects to the
-    address it checked (here an unreachable public one: nothing is delivered)."""
+    address it checked (here an unreachable public one: nothing is delivered), also where
+    a proxy is set for other schemes than the webhook's."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                 "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    if http_proxy:
+        monkeypatch.setenv("HTTP_PROXY", http_proxy)
     internal = socket.create_server(("127.0.0.1", 0))
     internal.settimeout(0.5)
     port = internal.getsockname()[1]

@@ -81,8 +81,8 @@ def deliver(
     }
     try:
         address = resolve_public_address(url, local_ok=local_ok)
-        if address is None or requests.utils.get_environ_proxies(url):
-            # A development host, or a proxy that resolves the name itself.
+        proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
+        if address is None or proxy:  # a development host, or a proxy that resolves the name
             response = session.post(url, data=body, headers=headers,
                                     timeout=DELIVERY_TIMEOUT_S, allow_redirects=False)
             status, content = response.status_code, response.content
