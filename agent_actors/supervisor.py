@@ -34,9 +34,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pykka
 
@@ -62,7 +62,13 @@ from agent_actors.errors import (
 from agent_actors.models.base import Model
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.schema import parse_conversation_entry, parse_deletion
-from agent_actors.stream_types import EnsureResult, Lease, ReadResult, Subscription
+from agent_actors.stream_types import (
+    EnsureResult,
+    Lease,
+    ListingPage,
+    ReadResult,
+    Subscription,
+)
 from agent_actors.streams_client import StreamsClient, Tail
 from agent_actors.timers import Timers
 
@@ -72,6 +78,8 @@ MAX_BACKOFF_S = 30.0
 STARTUP_PROBE_S = 2.0
 """How long one startup attempt retries before the supervisor reports the server unreachable."""
 START_OVER_RESET_S = 60.0  # a shared stream lost again within this: wait longer first
+T = TypeVar("T")
+
 LISTING_PAGE = 1000
 """How many subscriptions or streams a start asks the server's listings for at once."""
 
@@ -308,8 +316,7 @@ class Supervisor(pykka.ThreadingActor):
                     fresh.append(cid)
             if message.live:
                 for cid in fresh:
-                    self._jobs.put(functools.partial(self._recheck, cid, background=True),
-                                   background=True)
+                    self._look_alone(cid)
             else:
                 self._jobs.put(functools.partial(self._look_at_listed, tuple(fresh)),
                                background=True)
@@ -631,8 +638,7 @@ class Supervisor(pykka.ThreadingActor):
                 log.warning("could not list the subscriptions and streams (%s): looking at %d"
                             " listed conversations one by one", exc, len(cids))
             for cid in cids:
-                self._jobs.put(functools.partial(self._recheck, cid, background=True),
-                               background=True)
+                self._look_alone(cid)
             return
         processed = self.offsets.get_all()
         waiting = to_read = one_by_one = 0
@@ -643,8 +649,7 @@ class Supervisor(pykka.ThreadingActor):
                 continue
             if cid not in acked:
                 one_by_one += 1
-                self._jobs.put(functools.partial(self._recheck, cid, background=True),
-                               background=True)
+                self._look_alone(cid)
                 continue
             tail = tails.get(layout.prompts_path(cid))
             if tail is None:
@@ -660,6 +665,10 @@ class Supervisor(pykka.ThreadingActor):
         log.info("looked at %d listed conversations in %.1f s from the server's listings:"
                  " %d with prompts waiting, %d to read, %d one by one", len(cids),
                  time.monotonic() - started, waiting, to_read, one_by_one)
+
+    def _look_alone(self, cid: str) -> None:
+        """`_check_pending` for one conversation, in the background (see `_JobQueue`)."""
+        self._jobs.put(functools.partial(self._recheck, cid, background=True), background=True)
 
     def _read_whether_unanswered(self, cid: str) -> None:
         """The rest of a start's look at a conversation whose streams alone can tell."""
@@ -677,16 +686,17 @@ class Supervisor(pykka.ThreadingActor):
         of it would confirm), each with its prompts stream's acked offset (None: not linked)."""
         prefix = layout.SUBSCRIPTION_PREFIX
         found: dict[str, str | None] = {}
-        after = prefix  # ids sort: every conversation's comes after the bare prefix
-        while True:
-            page = self.client.list_subscriptions(after=after, limit=LISTING_PAGE)
+        # Ids sort: every conversation's comes after the bare prefix, and those after its
+        # last are not conversations'.
+        for page in _pages(lambda after: self.client.list_subscriptions(
+                after=after, limit=LISTING_PAGE), after=prefix):
             for subscription in page.items:
                 cid = layout.conversation_of_subscription(subscription.id)
                 if cid is not None and self._made_here(cid, subscription):
                     found[cid] = _prompts_acked(cid, subscription)
-            if page.next_after is None or not page.next_after.startswith(prefix):
-                return found
-            after = _moved_on(after, page.next_after)
+            if page.next_after is not None and not page.next_after.startswith(prefix):
+                break
+        return found
 
     def _made_here(self, cid: str, subscription: Subscription) -> bool:
         made = layout.subscription_config(cid, self.settings.wake_stream,
@@ -698,16 +708,10 @@ class Supervisor(pykka.ThreadingActor):
 
     def _listed_prompt_tails(self) -> dict[str, str]:
         """Every conversation's prompts stream, by path, with its tail."""
-        tails: dict[str, str] = {}
-        after = ""
-        while True:
-            page = self.client.list_streams(layout.CONVERSATIONS_PREFIX, after=after,
-                                            limit=LISTING_PAGE)
-            tails.update((s.path, s.next_offset) for s in page.items
-                         if s.path.endswith(layout.PROMPTS_SUFFIX))
-            if page.next_after is None:
-                return tails
-            after = _moved_on(after, page.next_after)
+        return {s.path: s.next_offset
+                for page in _pages(lambda after: self.client.list_streams(
+                    layout.CONVERSATIONS_PREFIX, after=after, limit=LISTING_PAGE))
+                for s in page.items if s.path.endswith(layout.PROMPTS_SUFFIX)}
 
     def _note_lease(self, cid: str, ttl: int | None) -> None:
         """Say once that a conversation's subscription has another lease than the one this
@@ -939,12 +943,18 @@ class Supervisor(pykka.ThreadingActor):
         seen.deleted.clear()
 
 
-def _moved_on(after: str, next_after: str) -> str:
-    """The next page's `after`: a server whose listing does not move on would be read
-    forever."""
-    if next_after <= after:
-        raise StreamsError(f"the listing does not move on past {after!r}")
-    return next_after
+def _pages(list_page: Callable[[str], ListingPage[T]], after: str = "",
+           ) -> Iterator[ListingPage[T]]:
+    """Every page of a listing, from the one after `after`. `StreamsError` if a page does not
+    move on past the one before (a server answering the same page would be read forever)."""
+    while True:
+        page = list_page(after)
+        yield page
+        if page.next_after is None:
+            return
+        if page.next_after <= after:
+            raise StreamsError(f"the listing does not move on past {after!r}")
+        after = page.next_after
 
 
 def _prompts_acked(cid: str, subscription: Subscription) -> str | None:
