@@ -1066,10 +1066,11 @@ def test_a_deletion_the_server_cannot_carry_out_yet_is_retried(
 
 def bring_back(client: StreamsClient, cid: str) -> None:
     """What a tab that missed the deletion does: its subscription, its prompts stream and a
-    prompt, as the page's outbox sends them after a 404."""
-    client.put_subscription(layout.subscription_id(cid),
-                            layout.subscription_config(cid, lease_ttl_ms=LEASE_TTL_MS))
+    prompt, as the page's outbox sends them, all three again after a 404 (a removal still
+    under way may take the subscription too, and without it no wake would tell of the prompt)."""
     for attempt in range(3):
+        client.put_subscription(layout.subscription_id(cid),
+                                layout.subscription_config(cid, lease_ttl_ms=LEASE_TTL_MS))
         client.ensure_stream(layout.prompts_path(cid))
         try:
             client.producer(layout.prompts_path(cid), "late-tab", auto_claim=True).append(
