@@ -61,6 +61,10 @@ class AgentSettings:
     idle_timeout_s: float = 60.0
     context_budget_chars: int = 400_000  # roughly 100k tokens
     heartbeat_s: float | None = None  # default: a third of the lease
+    # A wake token cannot be renewed (an hour on the reference server, a day on ours): an
+    # agent that has held its lease this long hands it back at its next pause, and the
+    # supervisor claims the conversation again (a new token) if prompts are waiting.
+    renew_lease_s: float = 30 * 60.0
     live_mode: str = "sse"
     # True where the server is usually gone by the time the agents stop (flask run's own:
     # the app then releases their leases in-process): one attempt, no retries in vain.
@@ -110,8 +114,8 @@ class _LeaseLost:
 
 @dataclass(frozen=True)
 class AgentStopped:
-    """The agent ended normally: `idle` (passivated), `replaced`, `lease-lost`, `shutdown`,
-    `deleted`."""
+    """The agent ended normally: `idle` (passivated), `renew` (its lease handed back to be
+    claimed again), `replaced`, `lease-lost`, `shutdown`, `deleted`."""
 
     conversation_id: str
     reason: str
@@ -173,7 +177,7 @@ class ConversationAgent(pykka.ThreadingActor):
         self._batches: deque[tuple[str, set[str]]] = deque()
         self._current: _Current | None = None
         self._clean_stops: dict[str, set[int]] = {}  # attempts cut short by a clean stop
-        self._last_active = time.monotonic()
+        self._last_active = self._claimed_at = time.monotonic()
         self._reader: Tail | None = None
         self._stopping = threading.Event()
         self._stop_reason = "shutdown"
@@ -311,6 +315,9 @@ class ConversationAgent(pykka.ThreadingActor):
         if (self._current is not None or self._passivating or self._stop_requested
                 or self._producer is None):
             return
+        if self._queue and self._lease_due_for_renewal():
+            self._hand_back("renew")  # the next agent answers what is queued
+            return
         while self._queue:
             prompt = self._queue.popleft()
             if self._log.is_finished(prompt.id):
@@ -390,11 +397,26 @@ class ConversationAgent(pykka.ThreadingActor):
     def _on_tick(self) -> None:
         idle = self._current is None and not self._queue and self._producer is not None
         if idle and time.monotonic() - self._last_active >= self.settings.idle_timeout_s:
-            self._passivating = True
-            next_wake = self._keeper.finish()
+            self._hand_back("idle")
+        elif idle and self._lease_due_for_renewal():
+            self._hand_back("renew")
+
+    def _lease_due_for_renewal(self) -> bool:
+        return time.monotonic() - self._claimed_at >= self.settings.renew_lease_s
+
+    def _hand_back(self, reason: str) -> None:
+        """Between answers: ack what was processed with `done` and stop. The server wakes
+        again at once if a prompt is waiting, and the supervisor claims it afresh."""
+        self._passivating = True
+        next_wake = self._keeper.finish()
+        if reason == "idle":
             log.info("agent passivated conversation=%s next_wake=%s", self.conversation_id,
                      next_wake)
-            self._stop_with("idle")
+        else:
+            log.info("agent handed back its lease to renew it conversation=%s held_s=%.0f"
+                     " queued=%d next_wake=%s", self.conversation_id,
+                     time.monotonic() - self._claimed_at, len(self._queue), next_wake)
+        self._stop_with(reason)
 
     def _on_thread_failed(self, failed: _ThreadFailed) -> None:
         if isinstance(failed.error, AnswerAborted):

@@ -139,13 +139,14 @@ def in_process(tmp_path: Path, fake: FakeAnthropic) -> Iterator[StartInProcess]:
 
     def start(root: str, *, retry_deadline: float = 30.0, worker: str = "w1",
               idle_timeout: float = 30.0, client: StreamsClient | None = None,
-              **settings: Any) -> pykka.ActorRef[Any]:
+              agent: Mapping[str, Any] | None = None, **settings: Any) -> pykka.ActorRef[Any]:
         client = client or StreamsClient(root, retry=RetryPolicy(deadline=retry_deadline))
         model = AnthropicModel(api_key="test-key", model="claude-fake-1", base_url=fake.url)
+        agent_settings = AgentSettings(idle_timeout_s=idle_timeout, **(agent or {}))
         ref = Supervisor.start(
             SupervisorSettings(streams_url=root, data_dir=str(tmp_path / f"agents-{worker}"),
                                worker_name=worker, lease_ttl_ms=LEASE_TTL_MS,
-                               agent=AgentSettings(idle_timeout_s=idle_timeout), **settings),
+                               agent=agent_settings, **settings),
             model, client=client)
         refs.append(ref)
         return ref
@@ -261,6 +262,46 @@ def test_a_crashed_agent_is_restarted_with_backoff_and_answers_once(
     for (crash, _, delay), restarted in zip(crashes, starts[1:]):
         assert restarted.at - crash.at >= delay - 0.05, (crash, restarted)
     print("backoff:\n" + "\n".join(line.text[:100] for line, _, _ in everything))
+
+
+def test_an_agent_hands_its_lease_back_between_answers_before_its_token_runs_out(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """A wake token lasts an hour on the reference server (a day on ours) and cannot be
+    renewed: an agent kept busy past it lost its lease at its next heartbeat, and its
+    conversation waited for the lease to run out. An agent that has held its lease for
+    `renew_lease_s` hands it back between two answers (or idle) and stops; the supervisor
+    claims the conversation again for what is waiting, and nothing is answered twice."""
+    fake.tokens_per_second = 25  # each answer takes about half a second
+    root = streams_root(streams_server)
+    in_process(root, agent={"renew_lease_s": 0.8})
+    client, chat = connect(root)
+    cid = chat.start_conversation("renewed")
+    contents = ["one", "two", "three", "four"]
+    prompts = {chat.send_prompt(cid, content): content for content in contents[:3]}
+
+    wait_for_answers(client, cid, list(prompts), timeout=30)
+    # Back to back, the three answers outlast a lease's renewal: the first agent handed it
+    # back between two of them, and another took over the rest.
+    handed_back = logs.matching(rf"agent handed back its lease to renew it conversation={cid} ")
+    assert handed_back, "no lease was handed back"
+    assert re.search(r" queued=[1-9]", handed_back[0].text), handed_back[0].text
+    # Idle past the renewal too: the lease goes back, and no agent holds the conversation.
+    logs.wait_for(f"agent stopped conversation={cid} reason=renew", count=2, timeout=10)
+    wait_until(lambda: lease_holder(client, cid) is None, timeout=5,
+               what="the lease to be handed back")
+    prompts[chat.send_prompt(cid, contents[3])] = contents[3]
+
+    wait_for_answers(client, cid, list(prompts), timeout=30)
+    final = final_render(client, cid)
+    for prompt_id, content in prompts.items():
+        answer = final.answers[prompt_id]
+        assert answer.text == reply_to(content) and answer.terminals_total == 1, answer
+        assert answer.chunks_after_terminal == 0 and answer.restarts == 0, answer
+        assert len(logs.matching(f"answered conversation={cid} prompt={prompt_id} ")) == 1
+    assert len(logs.matching(f"agent started conversation={cid} ")) >= 3
+    assert not logs.matching(rf"lease lost|agent crashed conversation={cid} ")
 
 
 def test_a_claim_that_fails_while_the_server_is_down_is_retried(
