@@ -184,6 +184,7 @@ class ConversationAgent(pykka.ThreadingActor):
         self._stop_requested = False
         self._failure = ""  # why the server failed it, when it stops for that ("failed")
         self._passivating = False
+        self._answered_any = False
         heartbeat = settings.heartbeat_s or max(0.5, lease.lease_ttl_ms / 3000)
         self._keeper = LeaseKeeper(
             client,
@@ -315,7 +316,9 @@ class ConversationAgent(pykka.ThreadingActor):
         if (self._current is not None or self._passivating or self._stop_requested
                 or self._producer is None):
             return
-        if self._queue and self._lease_due_for_renewal():
+        # At least one answer per lease: were the boot as slow as the renewal is due, every
+        # agent would hand back before answering anything.
+        if self._queue and self._answered_any and self._lease_due_for_renewal():
             self._hand_back("renew")  # the next agent answers what is queued
             return
         while self._queue:
@@ -369,6 +372,7 @@ class ConversationAgent(pykka.ThreadingActor):
 
     def _on_answer_finished(self, outcome: AnswerOutcome) -> None:
         self._current = None
+        self._answered_any = True
         if self._clean_stops.pop(outcome.prompt_id, None):
             self.offsets.forget_clean_stops(self.conversation_id, outcome.prompt_id)
         self._last_active = time.monotonic()
@@ -395,6 +399,8 @@ class ConversationAgent(pykka.ThreadingActor):
             self._keeper.processed(latest)
 
     def _on_tick(self) -> None:
+        if self._stop_requested or self._passivating:  # a tick queued before that decision
+            return
         idle = self._current is None and not self._queue and self._producer is not None
         if idle and time.monotonic() - self._last_active >= self.settings.idle_timeout_s:
             self._hand_back("idle")
