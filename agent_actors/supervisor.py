@@ -230,6 +230,9 @@ class Supervisor(pykka.ThreadingActor):
         self._removing: set[str] = set()
         self._remove_again: set[str] = set()  # asked while a removal was under way
         self._claiming: set[str] = set()
+        # Woken (or found pending) while a claim was under way: claimed again if that claim
+        # comes back empty, since the lease may have been let go after the server refused it.
+        self._woken_while_claiming: set[str] = set()
         self._deferred: list[str] = []
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
@@ -362,7 +365,12 @@ class Supervisor(pykka.ThreadingActor):
         return None
 
     def _try_claim(self, cid: str) -> None:
-        if cid in self.agents or cid in self._claiming or cid in self._deleted:
+        if cid in self._claiming:
+            log.debug("conversation %s woken while being claimed: claimed again if this claim"
+                      " comes back empty", cid)
+            self._woken_while_claiming.add(cid)
+            return
+        if cid in self.agents or cid in self._deleted:
             return
         wait = self._not_before.get(cid, 0) - time.monotonic()
         if wait > 0:
@@ -380,6 +388,8 @@ class Supervisor(pykka.ThreadingActor):
         with self._unseen_lock:
             self._unseen_leases.pop(cid, None)
         self._claiming.discard(cid)
+        woken_meanwhile = cid in self._woken_while_claiming
+        self._woken_while_claiming.discard(cid)
         if cid in self._deleted:  # deleted while being claimed
             if claimed.lease is not None:
                 self._jobs.put(functools.partial(self._release_and_remove, claimed.lease))
@@ -393,6 +403,8 @@ class Supervisor(pykka.ThreadingActor):
                 failures, delay = self._back_off(cid)
                 log.warning("claim failed conversation=%s failures=%d retry_in_s=%.1f error=%s",
                             cid, failures, delay, claimed.error)
+                self._try_claim(cid)
+            elif woken_meanwhile:  # e.g. refused as held, then let go with a new wake
                 self._try_claim(cid)
             self._admit_deferred()
             return
@@ -632,11 +644,11 @@ class Supervisor(pykka.ThreadingActor):
             tails = self._listed_prompt_tails()
         except StreamsError as exc:
             if isinstance(exc, NotFound):
-                log.info("the streams server has no listings (%s): looking at %d listed"
-                         " conversations one by one", exc, len(cids))
+                log.info("the streams server has no listings (%s): looking at %s one by one",
+                         exc, _listed(len(cids)))
             else:
-                log.warning("could not list the subscriptions and streams (%s): looking at %d"
-                            " listed conversations one by one", exc, len(cids))
+                log.warning("could not list the subscriptions and streams (%s): looking at %s"
+                            " one by one", exc, _listed(len(cids)))
             for cid in cids:
                 self._look_alone(cid)
             return
@@ -662,8 +674,8 @@ class Supervisor(pykka.ThreadingActor):
                 to_read += 1
                 self._jobs.put(functools.partial(self._read_whether_unanswered, cid),
                                background=True)
-        log.info("looked at %d listed conversations in %.1f s from the server's listings:"
-                 " %d with prompts waiting, %d to read, %d one by one", len(cids),
+        log.info("looked at %s in %.1f s from the server's listings:"
+                 " %d with prompts waiting, %d to read, %d one by one", _listed(len(cids)),
                  time.monotonic() - started, waiting, to_read, one_by_one)
 
     def _look_alone(self, cid: str) -> None:
@@ -955,6 +967,10 @@ def _pages(list_page: Callable[[str], ListingPage[T]], after: str = "",
         if page.next_after <= after:
             raise StreamsError(f"the listing does not move on past {after!r}")
         after = page.next_after
+
+
+def _listed(count: int) -> str:
+    return f"{count} listed conversation{'' if count == 1 else 's'}"
 
 
 def _prompts_acked(cid: str, subscription: Subscription) -> str | None:

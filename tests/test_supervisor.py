@@ -271,24 +271,24 @@ def test_an_agent_hands_its_lease_back_between_answers_before_its_token_runs_out
     """A wake token lasts an hour on the reference server (a day on ours) and cannot be
     renewed: an agent kept busy past it lost its lease at its next heartbeat, and its
     conversation waited for the lease to run out. An agent that has held its lease for
-    `renew_lease_s` hands it back between two answers (or idle) and stops; the supervisor
-    claims the conversation again for what is waiting, and nothing is answered twice."""
+    `renew_lease_s` (here: at once) hands it back between two answers, or idle, and stops;
+    the supervisor claims the conversation again for what is waiting. Each agent answers
+    one prompt first: else one whose boot outlasted the renewal would hand back before
+    answering anything, and the next the same, for ever."""
     fake.tokens_per_second = 25  # each answer takes about half a second
     root = streams_root(streams_server)
-    in_process(root, agent={"renew_lease_s": 0.8})
+    in_process(root, agent={"renew_lease_s": 0.0})
     client, chat = connect(root)
     cid = chat.start_conversation("renewed")
     contents = ["one", "two", "three", "four"]
     prompts = {chat.send_prompt(cid, content): content for content in contents[:3]}
 
     wait_for_answers(client, cid, list(prompts), timeout=30)
-    # Back to back, the three answers outlast a lease's renewal: the first agent handed it
-    # back between two of them, and another took over the rest.
-    handed_back = logs.matching(rf"agent handed back its lease to renew it conversation={cid} ")
-    assert handed_back, "no lease was handed back"
-    assert re.search(r" queued=[1-9]", handed_back[0].text), handed_back[0].text
-    # Idle past the renewal too: the lease goes back, and no agent holds the conversation.
-    logs.wait_for(f"agent stopped conversation={cid} reason=renew", count=2, timeout=10)
+    # Two agents answered one prompt each and handed back with the rest queued; the third,
+    # idle after its answer, hands back too, and then no agent holds the conversation.
+    handed_back = f"agent handed back its lease to renew it conversation={cid} "
+    logs.wait_for(f"agent stopped conversation={cid} reason=renew", count=3, timeout=10)
+    assert len(logs.matching(handed_back + r"held_s=\d+ queued=[1-9]")) == 2
     wait_until(lambda: lease_holder(client, cid) is None, timeout=5,
                what="the lease to be handed back")
     prompts[chat.send_prompt(cid, contents[3])] = contents[3]
@@ -300,8 +300,32 @@ def test_an_agent_hands_its_lease_back_between_answers_before_its_token_runs_out
         assert answer.text == reply_to(content) and answer.terminals_total == 1, answer
         assert answer.chunks_after_terminal == 0 and answer.restarts == 0, answer
         assert len(logs.matching(f"answered conversation={cid} prompt={prompt_id} ")) == 1
-    assert len(logs.matching(f"agent started conversation={cid} ")) >= 3
+    assert len(logs.matching(f"agent started conversation={cid} ")) >= 4
     assert not logs.matching(rf"lease lost|agent crashed conversation={cid} ")
+
+
+def test_a_wake_that_comes_while_a_claim_is_refused_is_claimed_again(
+    streams_server: ServerProcess, in_process: StartInProcess, logs: LogWatch,
+) -> None:
+    """Another worker holds the lease when the claim reaches the server (409) and lets it go
+    before the answer is back: the wake the server writes for that comes while the claim is
+    under way. It was dropped then, and the prompt waited for some later wake."""
+    root = streams_root(streams_server)
+    held = HeldClaimAnswer(root)
+    in_process(root, client=held)
+    client, chat = connect(root)
+    cid = chat.start_conversation("contended")
+    prompt = chat.send_prompt(cid, "anyone?")
+    assert held.reached.wait(30)
+    other = client.claim(layout.subscription_id(cid), "another-worker")
+    held.send.set()
+    assert held.answered.wait(30)  # refused: the other worker holds the lease
+    client.release(other)  # the server wakes again: the supervisor's claim is still out
+    logs.wait_for(f"conversation {cid} woken while being claimed", timeout=10)
+    held.deliver.set()
+
+    rendered = wait_for_answers(client, cid, [prompt], timeout=20)
+    assert rendered.answers[prompt].text == reply_to("anyone?")
 
 
 def test_a_claim_that_fails_while_the_server_is_down_is_retried(
@@ -1120,6 +1144,27 @@ def bring_back(client: StreamsClient, cid: str) -> None:
         except NotFound:  # a removal still under way took the stream in between: again
             if attempt == 2:
                 raise
+
+
+class HeldClaimAnswer(StreamsClient):
+    """A streams client whose first claim waits for `send` before it goes to the server, and
+    whose answer, once in, waits for `deliver` before the supervisor gets it."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.reached, self.send = threading.Event(), threading.Event()
+        self.answered, self.deliver = threading.Event(), threading.Event()
+
+    def claim(self, subscription_id: str, worker: str) -> Lease:
+        if self.reached.is_set():
+            return super().claim(subscription_id, worker)
+        self.reached.set()
+        assert self.send.wait(30)
+        try:
+            return super().claim(subscription_id, worker)
+        finally:
+            self.answered.set()
+            assert self.deliver.wait(30)
 
 
 class HeldCall(StreamsClient):
