@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 import urllib.parse
@@ -202,8 +203,14 @@ class ConversationAgent(pykka.ThreadingActor):
     def on_start(self) -> None:
         log.info("agent started conversation=%s generation=%d worker=%s",
                  self.conversation_id, self.lease.generation, self.worker)
-        self._keeper.start()
-        self._spawn("boot", self._boot)
+        try:
+            self._keeper.start()
+            self._spawn("boot", self._boot)
+        except Exception:
+            # Pykka stops an actor whose start fails without calling `on_failure`: the lease
+            # would be heartbeaten for good, and the supervisor never told.
+            self.on_failure(*sys.exc_info())
+            raise
 
     def on_stop(self) -> None:
         self._stopping.set()

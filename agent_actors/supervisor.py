@@ -408,16 +408,20 @@ class Supervisor(pykka.ThreadingActor):
                 self._try_claim(cid)
             self._admit_deferred()
             return
-        self.agents[cid] = ConversationAgent.start(
-            conversation_id=cid,
-            lease=claimed.lease,
-            client=self.client,
-            model=self.model,
-            offsets=self.offsets,
-            worker=self.settings.worker_name,
-            settings=self.settings.agent,
-            supervisor=self.actor_ref,
-        )
+        try:
+            self.agents[cid] = ConversationAgent.start(
+                conversation_id=cid,
+                lease=claimed.lease,
+                client=self.client,
+                model=self.model,
+                offsets=self.offsets,
+                worker=self.settings.worker_name,
+                settings=self.settings.agent,
+                supervisor=self.actor_ref,
+            )
+        except Exception as exc:  # e.g. out of threads: this conversation waits, not all
+            self._jobs.put(functools.partial(self._release_quietly, claimed.lease))
+            self._on_agent_crashed(AgentCrashed(cid, f"its agent could not start: {exc}"))
 
     def _on_agent_gone(self, cid: str) -> None:
         self.agents.pop(cid, None)

@@ -28,7 +28,7 @@ import pytest
 import requests
 
 from agent_actors import layout
-from agent_actors.agent import AgentSettings
+from agent_actors.agent import AgentSettings, ConversationAgent
 from agent_actors.errors import LeaseFenced, NotFound, StreamsUnavailable
 from agent_actors.models.anthropic_model import AnthropicModel
 from agent_actors.stream_types import Lease, ListingPage, ReadResult, SubscriptionConfig
@@ -326,6 +326,51 @@ def test_a_wake_that_comes_while_a_claim_is_refused_is_claimed_again(
 
     rendered = wait_for_answers(client, cid, [prompt], timeout=20)
     assert rendered.answers[prompt].text == reply_to("anyone?")
+
+
+@pytest.mark.parametrize("failing", ["the agent's boot thread", "the agent's actor"])
+def test_an_agent_that_cannot_start_is_restarted(
+    streams_server: ServerProcess, in_process: StartInProcess, logs: LogWatch,
+    monkeypatch: pytest.MonkeyPatch, failing: str,
+) -> None:
+    """The process out of threads as an agent starts. In the agent's `on_start`, Pykka
+    stopped the actor without calling `on_failure`: its lease was heartbeaten for good and
+    the supervisor, never told, kept the conversation as answered. Starting the actor
+    itself raised in the supervisor's inbox, and Pykka stopped the supervisor."""
+    refused = threading.Event()
+
+    def out_of_threads_once() -> None:
+        if not refused.is_set():
+            refused.set()
+            raise RuntimeError("can't start new thread")
+
+    if failing == "the agent's boot thread":
+        spawn = ConversationAgent._spawn
+
+        def spawn_once(agent: ConversationAgent, what: str, target: Any) -> None:
+            if what == "boot":
+                out_of_threads_once()
+            spawn(agent, what, target)
+
+        monkeypatch.setattr(ConversationAgent, "_spawn", spawn_once)
+    else:
+        start = ConversationAgent.start
+
+        def start_once(*args: Any, **kwargs: Any) -> Any:
+            out_of_threads_once()
+            return start(*args, **kwargs)
+
+        monkeypatch.setattr(ConversationAgent, "start", start_once)
+    root = streams_root(streams_server)
+    sup = in_process(root, restart_backoff_s=0.2)
+    client, chat = connect(root)
+    cid = chat.start_conversation("no threads left")
+    prompt = chat.send_prompt(cid, "anyone?")
+
+    logs.wait_for(rf"agent crashed conversation={cid} .*can't start new thread", timeout=10)
+    rendered = wait_for_answers(client, cid, [prompt], timeout=20)
+    assert rendered.answers[prompt].text == reply_to("anyone?")
+    assert sup.is_alive()
 
 
 def test_a_claim_that_fails_while_the_server_is_down_is_retried(
