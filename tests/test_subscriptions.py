@@ -1372,3 +1372,76 @@ def test_a_local_webhook_is_refused_over_http_unless_allowed(tmp_path: Path) -> 
         r = requests.put(f"{_root(server)}/__ds/subscriptions/local", timeout=10, json={
             "type": "webhook", "pattern": "x/*", "webhook": {"url": "http://127.0.0.1:6379/"}})
         assert r.status_code == 201, r.text
+
+
+def _memory_api() -> tuple[StreamsBackend, Any]:
+    backend = StreamsBackend.open(None, StreamsSettings())
+    return backend, create_app(backend).test_client()
+
+
+def _wakes_in(api: Any, path: str) -> list[dict[str, Any]]:
+    return [event for event in api.get(f"/v1/stream/{path}?offset=-1").get_json()
+            if event["type"] == "wake"]
+
+
+def test_a_stream_created_as_a_fork_with_pending_data_wakes_its_subscription() -> None:
+    """A subscription linked to a path before its stream exists, which is then created as a
+    fork: the data it starts with is pending (its link stays at the start), and no wake came
+    for it, since the creation wrote nothing of its own (7: pending work creates a wake)."""
+    backend, api = _memory_api()
+    json_type = {"Content-Type": "application/json"}
+    try:
+        assert api.put("/v1/stream/wake/f", headers=json_type).status_code == 201
+        assert api.put("/v1/stream/src", headers=json_type).status_code == 201
+        assert api.post("/v1/stream/src", json=[{"n": 1}, {"n": 2}]).status_code == 204
+        assert api.put("/v1/stream/__ds/subscriptions/f", json={
+            "type": "pull-wake", "streams": ["conv/p"], "wake_stream": "wake/f"}).status_code == 201
+        assert api.put("/v1/stream/conv/p", headers={"Stream-Forked-From": "src"}).status_code == 201
+
+        assert [wake["stream"] for wake in _wakes_in(api, "wake/f")] == ["conv/p"]
+        state = api.get("/v1/stream/__ds/subscriptions/f").get_json()
+        assert state["wake_id"] == _wakes_in(api, "wake/f")[0]["wake_id"], state
+    finally:
+        backend.close()
+
+
+def test_a_wake_stream_made_again_drops_the_wake_that_went_with_it() -> None:
+    """An unclaimed wake whose event went with its deleted wake stream, nothing pending when
+    the wake stream was made again: the wake stayed 'in flight' for good, and every later
+    append skipped the subscription, so no worker ever heard of its data again."""
+    backend, api = _memory_api()
+    json_type = {"Content-Type": "application/json"}
+    try:
+        for path in ("wake/g", "x"):
+            assert api.put(f"/v1/stream/{path}", headers=json_type).status_code == 201
+        assert api.put("/v1/stream/__ds/subscriptions/g", json={
+            "type": "pull-wake", "streams": ["x"], "wake_stream": "wake/g"}).status_code == 201
+        assert api.post("/v1/stream/x", json=[{"n": 1}]).status_code == 204
+        assert len(_wakes_in(api, "wake/g")) == 1  # nobody claims it
+        for method, path in [("delete", "x"), ("delete", "wake/g"), ("put", "wake/g"),
+                             ("put", "x")]:
+            response = getattr(api, method)(f"/v1/stream/{path}", headers=json_type)
+            assert response.status_code in (201, 204), (method, path, response.status_code)
+        assert api.post("/v1/stream/x", json=[{"n": 2}]).status_code == 204
+
+        assert [wake["stream"] for wake in _wakes_in(api, "wake/g")] == ["x"]
+        state = api.get("/v1/stream/__ds/subscriptions/g").get_json()
+        assert state["wake_id"] == _wakes_in(api, "wake/g")[0]["wake_id"], state
+    finally:
+        backend.close()
+
+
+def test_a_webhook_callback_url_escapes_the_subscription_id() -> None:
+    """An id with `?` (or `#`, `%`) went into the callback URL as is: the receiver's callback
+    reached another path, and no wake of that subscription could ever be acked."""
+    state = SubscriptionState(
+        id="x?y#z%", config=SubscriptionConfig(type="webhook", pattern="a/*", streams=(),
+                                                webhook_url="https://hooks.example/w",
+                                                wake_stream=None, lease_ttl_ms=30000,
+                                                description=None),
+        base_url="http://127.0.0.1:4437/v1/stream", created_at_ms=0, generation=1,
+        wake_id="w_1", holder=None, lease_expires_at_ms=None, delivery_attempt=0,
+        next_attempt_at_ms=None, last_error=None, links=())
+    body = json.loads(webhooks.notification_body(state, "token"))
+    assert body["callback_url"] == (
+        "http://127.0.0.1:4437/v1/stream/__ds/subscriptions/x%3Fy%23z%25/callback")

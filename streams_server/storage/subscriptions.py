@@ -300,11 +300,14 @@ def on_stream_created(tx: Transaction, path: str, tail_before: int) -> None:
             (row["id"], path, tail_before),
         )
     for row in conn.execute(
-        "SELECT id FROM subscriptions WHERE wake_stream = ? AND type = ? AND deleted = 0"
-        " AND holder IS NULL",
+        "SELECT id, wake_id FROM subscriptions WHERE wake_stream = ? AND type = ?"
+        " AND deleted = 0 AND holder IS NULL",
         (path, PULL_WAKE),
     ).fetchall():
-        _wake_again_if_pending(tx, row["id"])
+        if not _wake_again_if_pending(tx, row["id"]) and row["wake_id"] is not None:
+            # Its event went with the old wake stream: no wake is in flight any more, and
+            # one left set would keep every later write from waking the subscription.
+            conn.execute("UPDATE subscriptions SET wake_id = NULL WHERE id = ?", (row["id"],))
 
 
 def on_stream_written(tx: Transaction, path: str, tail_before: int, tail_after: int) -> None:

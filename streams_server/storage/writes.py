@@ -161,7 +161,9 @@ def create_stream(
     tx.stream_written(created, appended)
     if not path.startswith("__ds/"):
         subscriptions.on_stream_created(tx, path, initial_tail)
-        subscriptions.on_stream_written(tx, path, initial_tail, tail)
+        # From before its first offset: a fork starts with data a link made before the
+        # stream existed has not acked, though this creation wrote none of its own.
+        subscriptions.on_stream_written(tx, path, -1, tail)
     return CreateResult(info=created, created=True)
 
 

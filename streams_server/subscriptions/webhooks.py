@@ -9,7 +9,7 @@ import random
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import certifi
 import requests
@@ -61,7 +61,8 @@ def notification_body(state: SubscriptionState, callback_token: str) -> bytes:
         "wake_id": state.wake_id,
         "generation": state.generation,
         "streams": [link_json(link, with_tail=True) for link in state.links],
-        "callback_url": f"{state.base_url}/__ds/subscriptions/{state.id}/callback",
+        "callback_url": (f"{state.base_url}/__ds/subscriptions/"
+                         f"{quote(state.id, safe='')}/callback"),
         "callback_token": callback_token,
     }
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
