@@ -1304,6 +1304,58 @@ def test_a_prompt_unsent_for_a_conversation_deleted_while_another_is_open_is_giv
         " the message box.")
 
 
+def test_a_tab_back_online_before_it_saw_a_deletion_does_not_bring_the_conversation_back(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Offline, with a prompt queued, while the conversation was deleted elsewhere; online
+    again before its live read of the list had caught up (it waits out its backoff). The
+    prompt's 404 made the outbox create the subscription and streams again and send it: the
+    deleted conversation came back, and the prompt vanished when the deletion arrived."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Deleted while a tab was offline"))
+    link = f"{chat_app.url}/#/c/{cid}"
+    browser = new_context()
+    leader = open_chat(browser, link)  # holds the live read of the list for both tabs
+    page = open_chat(browser, link)
+    connected, list_blocked = False, True
+    sent: list[str] = []
+
+    def network(route: Route, request: Request) -> None:
+        url = request.url
+        if (list_blocked and "/v1/stream/conversations?" in url and "live=" in url) or (
+                not connected and "live=" not in url):
+            route.abort("connectionrefused")
+            return
+        if request.method != "GET":
+            sent.append(f"{request.method} {url}")
+        route.continue_()
+
+    page.route(lambda url: "/v1/stream/" in url, network)
+    stuck = unique("Queued while offline")
+    send_unsent(page, stuck)
+    leader.close()  # this tab now leads the list's live read, which cannot get through
+
+    chat.delete_conversation(cid)
+    client = StreamsClient(f"{chat_app.url}/v1/stream")
+    wait_removed(client, cid)
+    connected = True
+    page.evaluate("() => window.dispatchEvent(new Event('online'))")
+    deadline = time.monotonic() + 10
+    while not any(f"/conversations/{cid}/prompts" in s for s in sent):
+        assert time.monotonic() < deadline, "the queued prompt was not sent again"
+        page.wait_for_timeout(50)  # (the page's routes run only while the test waits on it)
+    page.wait_for_timeout(3_000)  # the outbox retries a 404 after 300 ms
+    assert client.exists(f"conversations/{cid}/prompts") is False
+    assert [s for s in sent if cid in s] == [f"POST {chat_app.url}/v1/stream/conversations/{cid}/prompts"]
+    sent.clear()
+
+    list_blocked = False  # the list's live read gets through: the deletion gives it back
+    expect(page.get_by_test_id("composer-input")).to_have_value(stuck, timeout=15_000)
+    expect(page.get_by_test_id("deleted-conversation")).to_contain_text(
+        "was deleted before a message sent to it reached the server: it is back in the message box")
+    wait_until(lambda: outbox_keys(page) == [], timeout=10, what="the outbox to be empty")
+    assert_it_stays_deleted(page, sent, client, cid)
+
+
 def send_unsent(page: Page, text: str) -> None:
     """Send `text` from the composer to a server the page cannot reach (a route refuses
     its requests): it waits in the outbox, shown as being sent."""

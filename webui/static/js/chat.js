@@ -1,7 +1,7 @@
 // The chat page: wires the streams client, the cross-tab hub and the outbox to the views.
 
 import { config } from "./config.js";
-import { StreamsClient } from "./streams.js";
+import { StreamsClient, parseJsonBody } from "./streams.js";
 import { StreamHub } from "./hub.js";
 import { Outbox } from "./outbox.js";
 import * as protocol from "./chat-protocol.js";
@@ -17,12 +17,16 @@ const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 
 const client = new StreamsClient({ baseUrl: config.streamsUrl, token: config.authToken, silenceMs: config.silenceMs, queuedMs: config.queuedMs });
 const hub = new StreamHub(client);
+let conversationsFollow = null; // the live read of the list (see followConversations)
 // What an earlier load or a closed tab left unsent waits for this tab to have read the list
 // of conversations (or for the list to be missing or refused for good): a message for one
 // deleted since is dropped (see forgetDeleted), as its retries would make the deleted
 // streams again. With the server out of reach nothing could be sent anyway.
 let listingRead;
-const outbox = new Outbox(client, { sendAfter: new Promise((resolve) => (listingRead = resolve)) });
+const outbox = new Outbox(client, {
+  sendAfter: new Promise((resolve) => (listingRead = resolve)),
+  mayRemake: (entry) => stillListed(protocol.conversationOfPrompts(entry.path)),
+});
 
 const ui = {
   sidebar: document.getElementById("sidebar"),
@@ -203,9 +207,29 @@ function revealActiveConversation() {
   }
 }
 
+/** Whether conversation `id` (undefined: none) is not deleted, as the list says up to its
+ * tail now. A prompt's stream gone (404) is made again before the prompt is sent again: that
+ * brought back a conversation deleted in another tab while this one was offline, if its live
+ * read of the list had not caught up yet (it waits out its own backoff). The deletion, when
+ * that read brings it, drops the prompt and gives it back (`forgetDeleted`). */
+async function stillListed(id) {
+  if (id === undefined) return true;
+  if (conversations.isDeleted(id)) return false;
+  let unread;
+  try {
+    unread = await client.readAll(protocol.CONVERSATIONS_PATH, conversationsFollow?.offset ?? "-1");
+  } catch (err) {
+    if (err?.status === 404) return true; // no list at all (a server that restarted empty)
+    throw err;
+  }
+  const decoder = new TextDecoder();
+  return !unread.pages.some(({ bytes }) => parseJsonBody(decoder.decode(bytes))
+    .some((m) => m?.type === "delete" && m.id === id));
+}
+
 function followConversations() {
   client.ensure(protocol.CONVERSATIONS_PATH).catch(() => {}); // so a fresh server has the list
-  hub.follow(protocol.CONVERSATIONS_PATH, {
+  conversationsFollow = hub.follow(protocol.CONVERSATIONS_PATH, {
     onBatch(batch) {
       const changed = conversations.apply(batch.messages ?? []);
       // Started here before the list was read, but listed: sent, the start would rename it.

@@ -37,16 +37,20 @@ export class Outbox extends Emitter {
   #toldError = null; // the lastError the last "state" event carried
   #waiters = new Map(); // entry key -> {resolve, reject}, for entries queued by this page load
   #sendAfter;
+  #mayRemake;
   #storage;
 
   /**
    * @param {import("./streams.js").StreamsClient} client
-   * @param {{sendAfter?: Promise<unknown>}} options nothing is sent before `sendAfter` resolves
+   * @param {{sendAfter?: Promise<unknown>, mayRemake?: (entry: object) => Promise<boolean>}} options
+   *   nothing is sent before `sendAfter` resolves; after a 404, an entry's streams are made
+   *   again only if `mayRemake(entry)` says so (false: it is retried later, unmade)
    */
-  constructor(client, { sendAfter = Promise.resolve() } = {}) {
+  constructor(client, { sendAfter = Promise.resolve(), mayRemake = async () => true } = {}) {
     super();
     this.client = client;
     this.#sendAfter = sendAfter;
+    this.#mayRemake = mayRemake;
     this.#storage = new OutboxStorage(client.baseUrl, (entries) => this.#adopt(entries));
     this.#entries = this.#storage.load();
     if (this.#entries.length) this.#save(); // kept where this page keeps its own
@@ -147,6 +151,9 @@ export class Outbox extends Emitter {
   }
 
   async #attempt(entry) {
+    if (!entry.ensured && entry.retriedEnsure && !(await this.#mayRemake(entry))) {
+      return { retry: true, error: new Error("its conversation was deleted") };
+    }
     if (!entry.ensured) {
       // 409: the subscription or stream exists with other settings; the agents still watch
       // it, and the append below reports what matters. Another refusal fails the message
