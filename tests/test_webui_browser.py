@@ -2788,6 +2788,36 @@ def test_a_live_read_answered_with_an_empty_event_stream_backs_off_and_says_so(
     expect(page.get_by_test_id("connection-banner")).to_contain_text("Reconnecting")
 
 
+def test_a_tab_whose_own_catch_up_failed_says_live_again_when_it_succeeds(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """A tab that does not hold the list's live read catches up by itself (here as it is
+    shown again). Its reads refused (503) said "Reconnecting"; the retry that got through
+    left it so, and only a change of the live read's status in the other tab could clear
+    it, which a healthy one never sends."""
+    browser = new_context()
+    open_chat(browser, chat_app.url)  # holds the list's live read
+    page = open_chat(browser, chat_app.url)
+    refused: list[str] = []
+
+    def refuse_thrice(route: Route, request: Request) -> None:
+        if len(refused) == 3:  # retried after 0.1-0.25, 0.25-0.5 and 0.5-1 s
+            route.continue_()
+            return
+        refused.append(request.url)
+        route.fulfill(status=503, headers={"Content-Type": "application/json"},
+                      body='{"error":{"code":"UNAVAILABLE","message":"busy"}}')
+
+    page.route(lambda url: "/v1/stream/conversations?" in url and "live=" not in url, refuse_thrice)
+    page.evaluate("() => document.dispatchEvent(new Event('visibilitychange'))")
+    deadline = time.monotonic() + 10
+    while not refused:  # the page's routes run only while the test waits on it
+        assert time.monotonic() < deadline, "the tab did not catch up"
+        page.wait_for_timeout(50)
+    banner = page.get_by_test_id("connection-banner")
+    expect(banner).to_contain_text("Reconnecting")
+    expect(banner).to_be_hidden(timeout=10_000)
+
+
 def test_a_request_the_server_never_answers_is_given_up_and_retried(
         tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
     """Only appends and live reads were timed: a new conversation whose stream creation

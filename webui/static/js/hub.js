@@ -79,6 +79,8 @@ class Follow {
   #abort = new AbortController();
   #status = { state: "connecting" };
   #refused = false; // this tab's own last read was refused for good
+  #failedHere = false; // the status shown is this tab's own failed read's, not the leader's
+  #leaderStatus = null; // the last status the tab holding the live read told
 
   constructor(hub, path, contentType, listener) {
     this.hub = hub;
@@ -135,6 +137,7 @@ class Follow {
   }
 
   #takeLeaderStatus(status) {
+    this.#leaderStatus = status;
     if (!this.#refused) this.#setStatus(status); // it may read what this tab may not
   }
 
@@ -186,7 +189,14 @@ class Follow {
           if (page.upToDate || page.closed || page.nextOffset === batch.from) break;
         }
         this.#refused = false;
-        if (this.#status.state !== "live" && this.#status.state !== "reconnecting") this.#setStatus({ state: "live", upToDate: true });
+        if (this.#failedHere) {
+          // Ours was the failure shown: now the live read's state again (the leader tells
+          // only of changes, and a healthy one has none to tell).
+          this.#failedHere = false;
+          this.#setStatus(this.#leaderStatus ?? { state: "live", upToDate: true });
+        } else if (this.#status.state !== "live" && this.#status.state !== "reconnecting") {
+          this.#setStatus({ state: "live", upToDate: true });
+        }
         return;
       } catch (err) {
         if (this.stopped) return;
@@ -197,6 +207,7 @@ class Follow {
           return;
         }
         attempt += 1;
+        this.#failedHere = true;
         this.#setStatus({ state: err?.status === 404 ? "missing" : "reconnecting", attempt, error: String(err?.message || err) });
         await sleep(backoff(attempt), this.#abort.signal).catch(() => {});
       }
