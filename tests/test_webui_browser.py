@@ -612,6 +612,54 @@ def test_a_tab_being_shown_makes_hidden_tabs_let_go_of_their_live_reads(
         pages.append(page)
 
 
+def test_a_tab_hidden_before_its_new_conversation_could_be_followed_leaves_it_paused(
+    chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+    new_context: NewContext,
+) -> None:
+    """A conversation started while its streams could not be made, the tab hidden at once:
+    its pause timer found nothing followed yet and did nothing, and when the streams were
+    made the hidden tab opened their two live reads for good (of the six a browser shares
+    among its tabs)."""
+    page = open_chat(new_context(), chat_app.url)
+    connected = False
+    live_reads: list[str] = []
+
+    def network(route: Route, request: Request) -> None:
+        if "live=" in request.url:
+            live_reads.append(request.url)
+        elif not connected:
+            route.abort("connectionrefused")
+            return
+        route.continue_()
+
+    page.route(lambda url: "/v1/stream/conversations/" in url, network)
+    prompt, reply = unique("Started, then hidden"), words("hidden-", 4)
+    replies.set(prompt, reply)
+    send_unsent(page, prompt)
+    cid = page.url.rsplit("/", 1)[-1]
+    page.evaluate(HIDE_TAB_JS)
+    page.wait_for_timeout(10_500)  # the pause timer of a hidden tab (PAUSE_AFTER_MS)
+
+    connected = True
+    page.evaluate("() => window.dispatchEvent(new Event('online'))")
+    client = StreamsClient(f"{chat_app.url}/v1/stream")
+    deadline = time.monotonic() + 30
+    while not any(m.get("type") == "done" for m in (
+            client.read_all(f"conversations/{cid}/responses").messages
+            if client.exists(f"conversations/{cid}/responses") else [])):
+        assert time.monotonic() < deadline, "no answer"
+        page.wait_for_timeout(200)  # (the page's routes run only while the test waits on it)
+    expect(page.get_by_test_id("app")).to_have_attribute("data-paused", "true")
+    assert not [url for url in live_reads if cid in url], live_reads
+
+    page.evaluate("""() => {
+        Object.defineProperty(document, "visibilityState", {configurable: true, get: () => "visible"});
+        document.dispatchEvent(new Event("visibilitychange"));
+    }""")
+    wait_state(page, prompt, "done")
+    assert answer_text(page, prompt) == norm(reply)
+
+
 XSS_REPLY = (
     'Markup test: <img src=x onerror="window.__xss=1"> then <script>window.__xss=2</script>'
     " and a [link](javascript:window.__xss=3) and <a href=\"javascript:window.__xss=4\">raw</a>"

@@ -419,7 +419,9 @@ function onVisibility() {
 
 function pauseConversation() {
   const c = current;
-  if (!c || !c.following || document.visibilityState !== "hidden") return;
+  // One not followed yet (its streams still being made) is paused too: else it would start
+  // its live reads hidden once they exist, with no timer left to let go of them.
+  if (!c || c.paused || document.visibilityState !== "hidden") return;
   clearTimeout(pauseTimer);
   for (const f of c.follows) f.stop();
   c.follows = [];
