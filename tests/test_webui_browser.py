@@ -2894,6 +2894,34 @@ def test_a_request_the_server_never_answers_is_given_up_and_retried(
         app.terminate()
 
 
+def test_a_long_prompt_the_server_never_answers_is_given_up_and_retried(
+        tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """A body over 64 KiB was never timed (a slow upload is not a stalled server): a long
+    prompt whose POST was never answered (a connection half open) held the outbox, and
+    every later message of every conversation, for good. It gets time for a slow upload."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"SSE_KEEPALIVE_S": "0.4", "SSE_MAX_DURATION_S": "1"})
+    try:
+        page = open_chat(new_context(), app.url)
+        held: list[Route] = []
+
+        def hold_first_post(route: Route) -> None:
+            if route.request.method == "POST" and not held:
+                held.append(route)  # never answered
+            else:
+                route.continue_()
+
+        page.route(re.compile(r".*/v1/stream/conversations/[^/]+/prompts$"), hold_first_post)
+        prompt = unique("A long paste") + " " + words("pasted", 4_000)  # ~40,000 characters
+        replies.set(prompt, "Read it all.")
+        send_prompt(page, prompt)
+        wait_state(page, prompt, "done", timeout=40_000)
+        assert len(held) == 1
+        page.unroute("**/*")
+    finally:
+        app.terminate()
+
+
 def test_a_browser_event_source_gets_every_message_once_across_the_servers_reconnects(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     """Any page may read a stream with the browser's own `EventSource`. The server ends each

@@ -85,16 +85,20 @@ class RequestGuard {
   }
 }
 
-/** Larger request bodies are not timed: a slow upload is not a stalled server. */
+/** A request body larger than this gets more time to answer, at this slowest upload rate:
+ * a slow upload is not a stalled server, but a request never answered (a connection half
+ * open) must be given up in the end, as the outbox sends nothing else meanwhile. */
 const TIMED_BODY_BYTES = 64 * 1024;
+const SLOWEST_UPLOAD_BYTES_PER_S = 16 * 1024;
+const LONGEST_TIMER_MS = 2 ** 31 - 1;
 
 export class StreamsClient {
   /**
    * @param {{baseUrl: string, token?: string|null, silenceMs?: number}} options
    * `silenceMs`: a live read that receives nothing (not even the server's keep-alive
    * comments) for this long is dropped and resumed; any request whose response has not
-   * started after this long plus `queuedMs` is given up (a StalledError), except those with
-   * a large body. 0 waits forever. `queuedMs`: how long a request may wait for a connection:
+   * started after this long plus `queuedMs` is given up (a StalledError); one with a large
+   * body gets the time to upload it slowly too. 0 waits forever. `queuedMs`: how long a request may wait for a connection:
    * over HTTP/1.1 a browser opens six per host, and live reads hold theirs until the server
    * ends them (about once a minute).
    */
@@ -110,7 +114,9 @@ export class StreamsClient {
   async #fetch(url, init = {}) {
     const body = init.body;
     const size = body == null ? 0 : typeof body === "string" ? body.length * 3 : body.byteLength ?? body.size ?? Infinity;
-    const limit = this.silenceMs > 0 && size <= TIMED_BODY_BYTES ? this.silenceMs + this.queuedMs : 0;
+    const upload = size <= TIMED_BODY_BYTES ? 0 : (size / SLOWEST_UPLOAD_BYTES_PER_S) * 1000;
+    const limit = this.silenceMs > 0 && Number.isFinite(size)
+      ? Math.min(LONGEST_TIMER_MS, this.silenceMs + this.queuedMs + upload) : 0;
     const guard = new RequestGuard(init.signal, 0, limit);
     try {
       return await fetch(url, { ...init, signal: guard.signal });
