@@ -2070,6 +2070,30 @@ def test_a_prompt_the_server_refuses_and_a_failed_answer_are_announced_with_thei
     expect(box).to_have_value("Refuse this prompt")
 
 
+def test_a_rename_the_server_refuses_is_announced_with_its_reason(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Only a refused prompt was reported: a rename, a deletion or a Stop that the server
+    refused for good was dropped without a word, the title shown changed or not."""
+    page = open_chat(new_context(), chat_app.url)
+    prompt = unique("Name me")
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+
+    def refuse(route: Route, request: Request) -> None:
+        if request.method == "POST":
+            route.fulfill(status=400, content_type="application/json", body=json.dumps(
+                {"error": {"code": "BAD_REQUEST", "message": "this server refuses it"}}))
+        else:
+            route.fallback()
+
+    page.route(re.compile(r".*/v1/stream/conversations(\?.*)?$"), refuse)
+    page.get_by_test_id("rename-conversation").click()
+    page.get_by_test_id("rename-input").fill("A title refused")
+    page.get_by_test_id("rename-input").press("Enter")
+    expect(page.get_by_test_id("announcer")).to_contain_text(
+        "The conversation's title was not saved: this server refuses it.")
+
+
 def test_a_refused_prompt_is_kept_in_its_conversation_s_draft_whatever_the_box_holds(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """A refused prompt went back to the message box only when the box was empty and its

@@ -996,7 +996,12 @@ function wire() {
     }
   });
   outbox.on("failed", ({ path, body, error }) => {
-    if (body?.type !== "prompt") return;
+    if (body?.type !== "prompt") {
+      // Refused for good (asking again cannot change it): said, not dropped without a word.
+      const what = REFUSED_ACTIONS[body?.type];
+      if (what) announce(`${what}: ${firstCharacters(error.message, 300).replace(/[.\s]+$/, "")}.`);
+      return;
+    }
     const conversationId = protocol.conversationOfPrompts(path);
     failedPrompts.set(body.id, { conversationId, id: body.id, content: body.content, timestamp: body.timestamp, failed: error.message });
     // The text goes back to its conversation's message box, after what that holds: kept
@@ -1017,6 +1022,14 @@ function wire() {
     scheduleRender();
   });
 }
+
+/** What a message the server refused for good leaves undone, by type (a prompt is given
+ * back; an `activity` only orders the list). */
+const REFUSED_ACTIONS = {
+  conversation: "The conversation's title was not saved",
+  delete: "The conversation was not deleted",
+  cancel: "The answer could not be stopped",
+};
 
 function main() {
   wire();
