@@ -2568,6 +2568,10 @@ def test_a_page_ahead_of_a_wiped_server_says_so(
         prompt = unique("Before the wipe")
         send_prompt(page, prompt)
         wait_state(page, prompt, "done")
+        model.fail_next("401")
+        failed = unique("Failed before the wipe")
+        send_prompt(page, failed)
+        wait_state(page, failed, "error")
         app.terminate()
         shutil.rmtree(data)
         app.start()
@@ -2584,6 +2588,12 @@ def test_a_page_ahead_of_a_wiped_server_says_so(
         expect(page.get_by_test_id("composer-error")).to_contain_text(
             "Reload the page before sending: your message stays here")
         expect(page.get_by_test_id("composer-input")).to_have_value(after)
+        # Nor is a failed prompt asked again; its button, refused, still works (it stayed
+        # disabled until the turn changed, which it does not).
+        try_again = turn_for(page, failed).get_by_test_id("retry")
+        try_again.click()
+        expect(page.get_by_test_id("composer-error")).to_contain_text("Reload the page to ask again")
+        expect(try_again).to_be_enabled()
         page.reload()
         wait_ready(page)
         send_prompt(page, after)

@@ -83,7 +83,7 @@ export class ChatView {
         if (parts) copyToClipboard(button, parts.text, parts.body).then(announce);
       } else if (button.dataset.retry !== undefined) {
         button.disabled = true; // a double click asks once; the next render removes it
-        onRetry(promptId);
+        if (!onRetry(promptId)) button.disabled = false; // not asked: the turn stays as it is
       }
     });
   }

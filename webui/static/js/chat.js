@@ -668,12 +668,17 @@ function refuseToSend(reason) {
   ui.composerError.hidden = false;
 }
 
-/** Send the prompt of a failed or stopped answer again, as a new prompt. */
+/** Send the prompt of a failed or stopped answer again, as a new prompt; whether it was. */
 function retry(promptId) {
   const prompt = current?.transcript.turns.get(promptId)?.prompt;
+  let asked = false;
   if (status.serverReset()) refuseToSend(`${SERVER_RESET} Reload the page to ask again.`);
-  else if (protocol.canAskAgain(prompt)) sendPrompt(prompt.content, protocol.retryPromptId(promptId));
+  else if (protocol.canAskAgain(prompt)) {
+    sendPrompt(prompt.content, protocol.retryPromptId(promptId));
+    asked = true;
+  }
   ui.input.focus();
+  return asked;
 }
 
 function sendPrompt(text, promptId = undefined) {
