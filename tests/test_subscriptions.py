@@ -1384,6 +1384,14 @@ def _wakes_in(api: Any, path: str) -> list[dict[str, Any]]:
             if event["type"] == "wake"]
 
 
+def _assert_woken_once_for(api: Any, sub_id: str, wake_stream: str, path: str) -> None:
+    """One wake event, for `path`, and the subscription's wake is that one."""
+    wakes = _wakes_in(api, wake_stream)
+    assert [wake["stream"] for wake in wakes] == [path]
+    state = api.get(f"/v1/stream/__ds/subscriptions/{sub_id}").get_json()
+    assert state["wake_id"] == wakes[0]["wake_id"], state
+
+
 def test_a_stream_created_as_a_fork_with_pending_data_wakes_its_subscription() -> None:
     """A subscription linked to a path before its stream exists, which is then created as a
     fork: the data it starts with is pending (its link stays at the start), and no wake came
@@ -1398,9 +1406,7 @@ def test_a_stream_created_as_a_fork_with_pending_data_wakes_its_subscription() -
             "type": "pull-wake", "streams": ["conv/p"], "wake_stream": "wake/f"}).status_code == 201
         assert api.put("/v1/stream/conv/p", headers={"Stream-Forked-From": "src"}).status_code == 201
 
-        assert [wake["stream"] for wake in _wakes_in(api, "wake/f")] == ["conv/p"]
-        state = api.get("/v1/stream/__ds/subscriptions/f").get_json()
-        assert state["wake_id"] == _wakes_in(api, "wake/f")[0]["wake_id"], state
+        _assert_woken_once_for(api, "f", "wake/f", "conv/p")
     finally:
         backend.close()
 
@@ -1424,9 +1430,7 @@ def test_a_wake_stream_made_again_drops_the_wake_that_went_with_it() -> None:
             assert response.status_code in (201, 204), (method, path, response.status_code)
         assert api.post("/v1/stream/x", json=[{"n": 2}]).status_code == 204
 
-        assert [wake["stream"] for wake in _wakes_in(api, "wake/g")] == ["x"]
-        state = api.get("/v1/stream/__ds/subscriptions/g").get_json()
-        assert state["wake_id"] == _wakes_in(api, "wake/g")[0]["wake_id"], state
+        _assert_woken_once_for(api, "g", "wake/g", "x")
     finally:
         backend.close()
 

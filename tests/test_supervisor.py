@@ -311,15 +311,15 @@ def test_a_wake_that_comes_while_a_claim_is_refused_is_claimed_again(
     before the answer is back: the wake the server writes for that comes while the claim is
     under way. It was dropped then, and the prompt waited for some later wake."""
     root = streams_root(streams_server)
-    held = HeldClaimAnswer(root)
+    held = SlowClaim(root, hold_answer=True)
     in_process(root, client=held)
     client, chat = connect(root)
     cid = chat.start_conversation("contended")
     prompt = chat.send_prompt(cid, "anyone?")
     assert held.reached.wait(30)
     other = client.claim(layout.subscription_id(cid), "another-worker")
-    held.send.set()
-    assert held.answered.wait(30)  # refused: the other worker holds the lease
+    held.go.set()
+    assert held.claimed.wait(30)  # refused: the other worker holds the lease
     client.release(other)  # the server wakes again: the supervisor's claim is still out
     logs.wait_for(f"conversation {cid} woken while being claimed", timeout=10)
     held.deliver.set()
@@ -1191,27 +1191,6 @@ def bring_back(client: StreamsClient, cid: str) -> None:
                 raise
 
 
-class HeldClaimAnswer(StreamsClient):
-    """A streams client whose first claim waits for `send` before it goes to the server, and
-    whose answer, once in, waits for `deliver` before the supervisor gets it."""
-
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
-        self.reached, self.send = threading.Event(), threading.Event()
-        self.answered, self.deliver = threading.Event(), threading.Event()
-
-    def claim(self, subscription_id: str, worker: str) -> Lease:
-        if self.reached.is_set():
-            return super().claim(subscription_id, worker)
-        self.reached.set()
-        assert self.send.wait(30)
-        try:
-            return super().claim(subscription_id, worker)
-        finally:
-            self.answered.set()
-            assert self.deliver.wait(30)
-
-
 class HeldCall(StreamsClient):
     """A streams client whose first call of one kind (`held` says which) waits for `go`."""
 
@@ -1483,13 +1462,17 @@ def test_a_start_claims_pending_work_before_it_has_removed_many_deleted_conversa
 
 
 class SlowClaim(StreamsClient):
-    """A streams client whose first claim waits for `go`, then is made."""
+    """A streams client whose first claim waits for `go`, then is made; with `hold_answer`,
+    the server's answer, once in (`claimed`), waits for `deliver` before its caller has it."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, hold_answer: bool = False) -> None:
         super().__init__(root)
         self.reached = threading.Event()
         self.go = threading.Event()
         self.claimed = threading.Event()
+        self.deliver = threading.Event()
+        if not hold_answer:
+            self.deliver.set()
 
     def claim(self, subscription_id: str, worker: str) -> Lease:
         if self.reached.is_set():
@@ -1500,6 +1483,7 @@ class SlowClaim(StreamsClient):
             return super().claim(subscription_id, worker)
         finally:
             self.claimed.set()
+            assert self.deliver.wait(30)
 
 
 def test_a_claim_that_succeeds_after_its_supervisor_stopped_is_released(

@@ -2040,6 +2040,15 @@ def test_answers_are_announced_while_the_streams_panel_covers_the_chat(
     assert announcer.evaluate("el => el.closest('[inert]') === null"), "announced out of hearing"
 
 
+def refuse_posts(route: Route, request: Request) -> None:
+    """A route that refuses appends for good (400), and lets the rest through."""
+    if request.method == "POST":
+        route.fulfill(status=400, content_type="application/json", body=json.dumps(
+            {"error": {"code": "BAD_REQUEST", "message": "this server refuses it"}}))
+    else:
+        route.fallback()
+
+
 def test_a_prompt_the_server_refuses_and_a_failed_answer_are_announced_with_their_reason(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """A refused prompt only showed "Not sent" under its bubble, and a failed answer was
@@ -2054,14 +2063,7 @@ def test_a_prompt_the_server_refuses_and_a_failed_answer_are_announced_with_thei
     announcer = page.get_by_test_id("announcer")
     expect(announcer).to_contain_text(f"The answer failed: {reason}")
 
-    def refuse(route: Route, request: Request) -> None:
-        if request.method == "POST":
-            route.fulfill(status=400, content_type="application/json", body=json.dumps(
-                {"error": {"code": "BAD_REQUEST", "message": "this server refuses it"}}))
-        else:
-            route.fallback()
-
-    page.route(re.compile(r".*/v1/stream/conversations/[^/?]+/prompts(\?.*)?$"), refuse)
+    page.route(re.compile(r".*/v1/stream/conversations/[^/?]+/prompts(\?.*)?$"), refuse_posts)
     box = page.get_by_test_id("composer-input")
     box.fill("Refuse this prompt")
     box.press("Enter")
@@ -2079,14 +2081,7 @@ def test_a_rename_the_server_refuses_is_announced_with_its_reason(
     send_prompt(page, prompt)
     wait_state(page, prompt, "done")
 
-    def refuse(route: Route, request: Request) -> None:
-        if request.method == "POST":
-            route.fulfill(status=400, content_type="application/json", body=json.dumps(
-                {"error": {"code": "BAD_REQUEST", "message": "this server refuses it"}}))
-        else:
-            route.fallback()
-
-    page.route(re.compile(r".*/v1/stream/conversations(\?.*)?$"), refuse)
+    page.route(re.compile(r".*/v1/stream/conversations(\?.*)?$"), refuse_posts)
     page.get_by_test_id("rename-conversation").click()
     page.get_by_test_id("rename-input").fill("A title refused")
     page.get_by_test_id("rename-input").press("Enter")
@@ -2900,10 +2895,16 @@ def test_a_tab_whose_own_catch_up_failed_says_live_again_when_it_succeeds(
     expect(banner).to_be_hidden(timeout=10_000)
 
 
+@pytest.mark.parametrize("held_method, long_prompt", [("PUT", False), ("POST", True)],
+                         ids=["stream creation", "long prompt"])
 def test_a_request_the_server_never_answers_is_given_up_and_retried(
-        tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
+        tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext,
+        held_method: str, long_prompt: bool) -> None:
     """Only appends and live reads were timed: a new conversation whose stream creation
-    (a PUT) got no answer stayed "Sending…" for good, with no retry and no banner."""
+    (a PUT) got no answer stayed "Sending…" for good, with no retry and no banner. Then a
+    body over 64 KiB was not timed (a slow upload is not a stalled server): a long prompt
+    whose POST was never answered (a connection half open) held the outbox, and every later
+    message of every conversation, for good. It gets time for a slow upload."""
     app = start_chat_app(tmp_path / "app", model_url=model.url,
                          config={"SSE_KEEPALIVE_S": "0.4", "SSE_MAX_DURATION_S": "1"})
     try:
@@ -2911,46 +2912,20 @@ def test_a_request_the_server_never_answers_is_given_up_and_retried(
         held: list[Route] = []
 
         def hold_first(route: Route) -> None:
-            if route.request.method == "PUT" and not held:
+            if route.request.method == held_method and not held:
                 held.append(route)  # never answered
             else:
                 route.continue_()
 
         page.route(re.compile(r".*/v1/stream/conversations/[^/]+/prompts$"), hold_first)
         prompt, reply = unique("Through a lost request"), words("kept", 5)
+        if long_prompt:
+            prompt += " " + words("pasted", 4_000)  # ~40,000 characters
         replies.set(prompt, reply)
-        send_prompt(page, prompt)
-        wait_state(page, prompt, "done", timeout=30_000)
-        assert len(held) == 1
-        assert answer_text(page, prompt) == norm(reply)
-        page.unroute("**/*")
-    finally:
-        app.terminate()
-
-
-def test_a_long_prompt_the_server_never_answers_is_given_up_and_retried(
-        tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
-    """A body over 64 KiB was never timed (a slow upload is not a stalled server): a long
-    prompt whose POST was never answered (a connection half open) held the outbox, and
-    every later message of every conversation, for good. It gets time for a slow upload."""
-    app = start_chat_app(tmp_path / "app", model_url=model.url,
-                         config={"SSE_KEEPALIVE_S": "0.4", "SSE_MAX_DURATION_S": "1"})
-    try:
-        page = open_chat(new_context(), app.url)
-        held: list[Route] = []
-
-        def hold_first_post(route: Route) -> None:
-            if route.request.method == "POST" and not held:
-                held.append(route)  # never answered
-            else:
-                route.continue_()
-
-        page.route(re.compile(r".*/v1/stream/conversations/[^/]+/prompts$"), hold_first_post)
-        prompt = unique("A long paste") + " " + words("pasted", 4_000)  # ~40,000 characters
-        replies.set(prompt, "Read it all.")
         send_prompt(page, prompt)
         wait_state(page, prompt, "done", timeout=40_000)
         assert len(held) == 1
+        assert answer_text(page, prompt) == norm(reply)
         page.unroute("**/*")
     finally:
         app.terminate()
