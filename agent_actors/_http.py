@@ -178,13 +178,22 @@ class Transport:
 def raise_for_status(
     response: requests.Response | WireResponse, *, resource: str = "stream",
 ) -> None:
-    """Raise the `StreamsError` matching an error response; do nothing for ``2xx``/``3xx``.
+    """Raise the `StreamsError` matching an error response; do nothing for ``2xx``.
 
+    A ``3xx`` is an error too: redirects are not followed (a request's method and body
+    would not survive every one), and taken for success an append would count as stored.
     ``resource`` (``"stream"`` or ``"subscription"``) picks the 404 subclass.
     """
     status = response.status_code
-    if status < 400:
+    if status < 300:
         return
+    if status < 400:
+        where = response.headers.get("Location") or "elsewhere"
+        request = response.request
+        raise errors.StreamsError(
+            f"HTTP {status}: redirected to {where}; give the URL it leads to (redirects are"
+            f" not followed)", status=status, method=request.method or "",
+            url=request.url or "")
     body = response.text
     code, detail = _error_code_and_message(body)
     request = response.request

@@ -179,7 +179,9 @@ class Tail:
                     messages = []
 
 
-def _control_batch(control: dict[str, Any], messages: list[Any], offset: str) -> ReadResult:
+def _control_batch(control: Any, messages: list[Any], offset: str) -> ReadResult:
+    if not isinstance(control, dict):  # (a ValueError is a malformed event, retried)
+        raise ValueError(f"SSE control event is not a JSON object: {control!r:.100}")
     closed = control.get("streamClosed") is True
     return ReadResult(
         messages=tuple(messages),

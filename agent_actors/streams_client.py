@@ -253,7 +253,10 @@ class StreamsClient:
                 f"not a JSON stream (Content-Type {content_type!r})",
                 status=response.status_code, method="GET", url=response.url)
         if response.status_code != 204 and response.content.strip():
-            value = json.loads(response.content)
+            try:
+                value = json.loads(response.content)
+            except ValueError:
+                value = None
             if not isinstance(value, list):
                 raise errors.StreamsError("JSON stream read did not return an array",
                                           status=response.status_code)
@@ -393,7 +396,12 @@ class StreamsClient:
             raise_for_status(response, resource="subscription")
             if response.status_code == 204 or not response.content:
                 return {}
-            value = response.json()
+            try:
+                value = json.loads(response.content)
+            except ValueError:
+                raise errors.StreamsError(
+                    "malformed answer: not JSON",
+                    status=response.status_code, method=method, url=response.url) from None
             return value if isinstance(value, dict) else {}
 
 

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from agent_actors import errors
+from agent_actors._tail import _control_batch
 from agent_actors.streams_client import (
     ListedStream,
     ReadResult,
@@ -749,21 +750,28 @@ def test_listings_page_through_this_projects_server_and_are_not_found_on_others(
 
 @contextlib.contextmanager
 def answering_every_request(status: int, content_type: str, body: bytes,
+                            headers: Mapping[str, str] | None = None,
                             ) -> Iterator[StreamsClient]:
     """A client of a server that is not a streams server: it answers every request alike."""
 
     class Canned(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # kept alive, as a streams server's are
+
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_PUT = answer  # noqa: N815
+        do_GET = do_PUT = do_POST = do_DELETE = answer  # noqa: N815
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Canned)
     threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
@@ -784,6 +792,45 @@ def test_a_malformed_listing_is_a_streams_error(body: bytes) -> None:
             client.list_streams("conversations/")
         with pytest.raises(errors.StreamsError, match="malformed"):
             client.list_subscriptions()
+
+
+def test_a_redirect_is_an_error_not_a_success() -> None:
+    """Redirects are not followed, and a 3xx passed for success: an append behind a proxy
+    redirecting http to https counted as stored (its producer moved on), and a read of the
+    responses stream said it was not JSON, so the agent gave the conversation up."""
+    page = b"<html><body>Moved</body></html>"
+    with answering_every_request(302, "text/html", page,
+                                 {"Location": "https://streams.example/v1/stream"}) as client:
+        producer = client.producer("conversations/c1/responses", "agent-c1", epoch=1)
+        for call in (lambda: producer.append([{"type": "chunk"}]),
+                     lambda: client.ensure_stream("agents/wake"),
+                     lambda: client.read("conversations/c1/responses"),
+                     lambda: client.put_subscription(
+                         "conversation-c1", SubscriptionConfig(type="pull-wake", pattern="c1/*",
+                                                               wake_stream="agents/wake"))):
+            with pytest.raises(errors.StreamsError,
+                               match="HTTP 302: redirected to https://streams.example/v1/stream"):
+                call()
+        assert producer.next_seq == 0
+
+
+def test_a_subscription_answer_that_is_not_json_is_a_streams_error() -> None:
+    """A 200 with a web page (a maintenance page) raised a bare JSONDecodeError: it killed
+    the lease keeper's heartbeat thread, and the supervisor's look at a conversation for good."""
+    with answering_every_request(200, "text/html", b"<html>Down for maintenance</html>") as client:
+        with pytest.raises(errors.StreamsError, match="malformed answer: not JSON"):
+            client.put_subscription("conversation-c1", SubscriptionConfig(
+                type="pull-wake", pattern="c1/*", wake_stream="agents/wake"))
+        with pytest.raises(errors.StreamsError, match="malformed answer: not JSON"):
+            client.claim("conversation-c1", "w1")
+
+
+@pytest.mark.parametrize("control", [[1], "up to date", None])
+def test_an_sse_control_event_that_is_not_an_object_is_a_malformed_event(control: Any) -> None:
+    """It raised AttributeError, which a tail does not retry: the supervisor's watch of the
+    wake stream died on it. A ValueError is a malformed event, read again after a pause."""
+    with pytest.raises(ValueError, match="SSE control event is not a JSON object"):
+        _control_batch(control, [], "-1")
 
 
 def test_an_error_page_from_another_server_is_reported_in_one_line() -> None:
