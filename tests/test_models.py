@@ -609,6 +609,18 @@ def test_demo_cancel_from_another_thread() -> None:
     assert time.monotonic() - started < 0.5
 
 
+def test_a_demo_pace_of_almost_nothing_streams_and_can_be_cancelled() -> None:
+    """A tiny positive pace passed the settings' checks and made a wait too long for a
+    timer: the answer failed with OverflowError. It is at most a word a minute."""
+    demo = DemoModel(tokens_per_second=1e-12, first_token_latency=0)
+    cancel = threading.Event()
+    stream = demo.stream([("user", "Hi")], cancel=cancel)
+    assert isinstance(next(stream), TextDelta)
+    threading.Timer(0.2, cancel.set).start()  # once the stream waits for its next word
+    rest = list(stream)
+    assert len(rest) == 1 and isinstance(rest[0], ModelResult) and rest[0].cancelled
+
+
 # -- choosing a model, and turns ------------------------------------------------------------------
 
 

@@ -53,7 +53,8 @@ class DemoModel:
         conversation = normalize_turns(turns)
         cancel = cancel or threading.Event()
         input_tokens = sum(estimate_tokens(turn.text) for turn in conversation)
-        interval = 1.0 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
+        # At most a word a minute: a pace of 1e-12 was a wait too long for a timer.
+        interval = min(1.0 / self.tokens_per_second, 60.0) if self.tokens_per_second > 0 else 0.0
         sent = 0
         if cancel.wait(self.first_token_latency):
             yield ModelResult(CANCELLED, input_tokens, sent, self.name)
