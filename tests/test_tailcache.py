@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+import threading
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams_server.storage.engine import StreamStore
 from streams_server.storage.models import Expiry, StreamInfo
 from streams_server.storage.tailcache import TailCache
 
@@ -68,3 +72,48 @@ def _kept_start(entries: list[tuple[int, bytes]], per_stream: int) -> int:
         size -= len(chunk)
         start = entry_start + len(chunk)
     return start
+
+
+def test_reads_on_threads_while_appends_commit_never_fail(tmp_path: Path) -> None:
+    """Under a threaded server (`flask run`'s) a read walked the tail cache's entries while
+    the committing thread changed them: "deque mutated during iteration", a 500 for a few
+    reads in a hundred thousand; and a read of a stream with a TTL adds to the set of
+    streams whose use a commit writes down, which could change under that commit too."""
+    store = StreamStore.open_directory(str(tmp_path))
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns as often as they can
+    try:
+        store.create("busy", content_type="application/octet-stream",
+                     expiry=Expiry(ttl_seconds=3600))
+        appends = 1_000
+        done = threading.Event()
+        failures: list[BaseException] = []
+
+        def append() -> None:
+            try:
+                for _ in range(appends):
+                    store.append("busy", [b"x" * 100], content_type="application/octet-stream")
+            except BaseException as exc:
+                failures.append(exc)
+            finally:
+                done.set()
+
+        def read_near_the_tail() -> None:
+            try:
+                while not done.is_set():
+                    tail = store.read("busy", None, 1).next_position
+                    store.read("busy", max(0, tail - 500), 64 * 1024)
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=read_near_the_tail) for _ in range(3)]
+        threads.append(threading.Thread(target=append))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not failures, failures[:3]
+        assert store.read("busy", 0, 1 << 30).next_position == appends * 100
+    finally:
+        sys.setswitchinterval(switch)
+        store.close()

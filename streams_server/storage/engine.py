@@ -102,6 +102,7 @@ class StreamStore:
         self._reader_lock = threading.Lock()
         self._streams: dict[int, _Known] = {}
         self._touched: set[int] = set()  # sliding TTLs reset by reads, not yet persisted
+        self._touched_lock = threading.Lock()
         self._expiring: set[int] = set()  # streams with a TTL or deadline: the sweeper's work
         self._ids: dict[str, int] = {}
         self._tails = TailCache()
@@ -240,7 +241,8 @@ class StreamStore:
         known = self._streams.get(info.stream_id)
         if known is not None:
             known.last_access_ms = self.now_ms()
-            self._touched.add(info.stream_id)
+            with self._touched_lock:  # reads run on many threads under a threaded server
+                self._touched.add(info.stream_id)
 
     @contextmanager
     def live_reader(self, stream_id: int) -> Iterator[None]:
@@ -477,7 +479,8 @@ class StreamStore:
             self._track_expiry(info)
 
     def _flush_access_times(self, tx: Transaction) -> None:
-        touched, self._touched = self._touched, set()
+        with self._touched_lock:
+            touched, self._touched = self._touched, set()
         dirty = [
             (self._streams[sid].last_access_ms, sid) for sid in touched if sid in self._streams
         ]

@@ -75,14 +75,17 @@ class TailCache:
             return [], tail
         # Live readers are a few entries behind the tail: walk back from the newest entry.
         newer: list[tuple[int, bytes]] = []
-        for start, data in reversed(buffer.entries):
-            if start < position:
-                return None  # not an entry boundary: the disk path reports it
-            if start < tail:  # entries past `tail` were appended after the caller looked
-                newer.append((start, data))
-            if start == position:
-                break
-        else:
+        try:
+            for start, data in reversed(buffer.entries):
+                if start < position:
+                    return None  # not an entry boundary: the disk path reports it
+                if start < tail:  # entries past `tail` were appended after the caller looked
+                    newer.append((start, data))
+                if start == position:
+                    break
+            else:
+                return None
+        except RuntimeError:  # a commit on another thread changed them (a threaded server)
             return None
         out: list[bytes] = []
         size = 0
