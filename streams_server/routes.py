@@ -97,6 +97,7 @@ _COMMON_HEADERS = [
     ("Content-Security-Policy", "sandbox; default-src 'none'"),
 ]
 _NO_BODY_STATUSES = frozenset({204, 304})
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 _PATH_SAFE = "!$&'()*+,/:;=@"  # a URL path segment's characters ('%' is quoted: a path
 # arrives decoded, so a stream named `%42` is `%2542` in its URL)
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::(?P<port>[0-9]{1,5}))?")
@@ -347,7 +348,7 @@ def _check_authorization(headers: _EnvironHeaders, settings: StreamsSettings) ->
 
 
 def _preflight(headers: _EnvironHeaders) -> Reply:
-    requested = headers.get("Access-Control-Request-Headers")
+    requested = _echoable(headers.get("Access-Control-Request-Headers"))
     return Reply(204, {
         "Access-Control-Allow-Methods": ALLOWED_METHODS,
         "Access-Control-Allow-Headers": requested or ALLOWED_HEADERS,
@@ -389,10 +390,20 @@ def _respond(reply: Reply, method: str, origin: str | None,
 
 def _api_headers(origin: str | None) -> list[tuple[str, str]]:
     """The CORS and safety headers of every response of the API, errors included."""
+    origin = _echoable(origin)
     headers = [("Access-Control-Allow-Origin", origin or "*")]
     if origin:
         headers.append(("Vary", "Origin"))
     return headers + _COMMON_HEADERS
+
+
+def _echoable(value: str | None) -> str | None:
+    """A request header's value if it can go back in a response header as it is: one with
+    a line break or another control character (folded, under a server that joins folded
+    lines) made the WSGI server refuse the whole response, after the request was carried out."""
+    if value is None or _CONTROL_CHARACTER.search(value):
+        return None
+    return value
 
 
 def _status_line(status: int) -> str:

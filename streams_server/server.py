@@ -414,9 +414,11 @@ def _too_large(message: str) -> UnreadableRequest:
 class RequestHeaders:
     """A request's header block, with what gevent's pywsgi handler asks of one.
 
-    ``headers`` yields the lines as ``Name: value\\r\\n`` (a folded continuation line kept as
-    sent, for pywsgi to join); `get` answers the first value of a name, case-insensitively.
-    At most `MAX_HEADERS` lines of at most `MAX_LINE` bytes, as `http.client` allows.
+    ``headers`` yields the lines as ``Name: value\\r\\n``; `get` answers the first value of a
+    name, case-insensitively. At most `MAX_HEADERS` lines of at most `MAX_LINE` bytes, as
+    `http.client` allows. A folded line (obsolete line folding, RFC 9112 5.2) is refused:
+    pywsgi joined it to the value with its CR LF, which echoed into a response header (an
+    ``Origin``) failed the response with a 500 after an append was stored.
     """
 
     MAX_HEADERS = 100
@@ -426,7 +428,7 @@ class RequestHeaders:
     """Why the body's length is ambiguous, if it is (see `_framing_problem`)."""
 
     def __init__(self, rfile: Any) -> None:
-        self._lines: list[tuple[str, str]] = []  # (lower-case name or "" for a continuation, line)
+        self._lines: list[tuple[str, str]] = []  # (lower-case name, line)
         for _ in range(self.MAX_HEADERS + 1):
             raw = rfile.readline(self.MAX_LINE + 1)
             if len(raw) > self.MAX_LINE:
@@ -448,10 +450,9 @@ class RequestHeaders:
                     f"the request header line {text[:80]!r} holds a control character")
             line = text + "\r\n"
             if line[:1] in " \t":
-                if not self._lines:
-                    raise UnreadableRequest("the request headers start with a continuation line")
-                self._lines.append(("", line))
-                continue
+                raise UnreadableRequest(
+                    f"the request header line {text[:80]!r} starts with a space or tab: folded"
+                    f" header values (obsolete line folding) are not accepted")
             name, colon, _ = line.partition(":")
             if not colon or not _FIELD_NAME.fullmatch(name):
                 raise UnreadableRequest(f"malformed request header line {text[:80]!r}")
@@ -496,12 +497,7 @@ class RequestHeaders:
         index = self._first.get(name.lower())
         if index is None:
             return default
-        value = self._lines[index][1].partition(":")[2]
-        for more_key, more in self._lines[index + 1:]:
-            if more_key:
-                break
-            value += more
-        return value.strip()
+        return self._lines[index][1].partition(":")[2].strip()
 
     getheader = get
 
@@ -511,13 +507,7 @@ class RequestHeaders:
 
     def __delitem__(self, name: str) -> None:
         wanted = name.lower()
-        kept: list[tuple[str, str]] = []
-        dropping = False
-        for key, line in self._lines:
-            if key:
-                dropping = key == wanted
-            if not dropping:
-                kept.append((key, line))
+        kept = [(key, line) for key, line in self._lines if key != wanted]
         if len(kept) == len(self._lines):
             raise KeyError(name)
         self._lines = kept
@@ -528,6 +518,5 @@ def _first_lines(lines: list[tuple[str, str]]) -> dict[str, int]:
     """Each name's first line, by index: pywsgi looks up about eight names per request."""
     first: dict[str, int] = {}
     for index, (key, _) in enumerate(lines):
-        if key:
-            first.setdefault(key, index)
+        first.setdefault(key, index)
     return first

@@ -17,6 +17,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from streams_server.app import create_app
+from streams_server.backend import StreamsBackend
+from streams_server.config import StreamsSettings
 from tests.support import ServerProcess, start_streams_server
 from tests.support.agents import wait_until
 from tests.support.streams_http import StreamsHttp, error_body
@@ -477,6 +480,43 @@ def test_a_malformed_header_line_is_quoted_as_sent_without_its_line_end(
     _, _, body = _raw_answer(server.url, b"GET /v1/stream/x HTTP/1.1\r\nHost: a\r\n"
                                          b"Bad Header\r\n\r\n")
     assert json.loads(body)["error"]["message"] == "malformed request header line 'Bad Header'"
+
+
+def test_a_folded_header_is_refused_before_anything_is_stored(server: ServerProcess) -> None:
+    """A folded Origin was echoed, CR LF and all, into the response's
+    Access-Control-Allow-Origin: gevent refused that header, and the client got a plain 500
+    for an append that had been stored (a retry stored it twice)."""
+    assert requests.put(f"{server.url}/v1/stream/folded", headers={"Content-Type": "text/plain"},
+                        timeout=10).status_code == 201
+    status, _, body = _raw_answer(server.url, (
+        b"POST /v1/stream/folded HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\n"
+        b"Origin: http://a\r\n x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nXYZ"))
+    assert status == 400, body
+    assert "folded header values" in json.loads(body)["error"]["message"]
+    read = requests.get(f"{server.url}/v1/stream/folded?offset=-1", timeout=10)
+    assert read.status_code == 200 and read.content == b""
+    assert "Traceback" not in server.log_path.read_text(errors="replace")
+
+
+@pytest.mark.parametrize("method", ["POST", "OPTIONS"])
+def test_a_header_value_with_a_line_break_is_not_echoed_into_the_response(method: str) -> None:
+    """Under a server that joins folded lines with their CR LF (Werkzeug's, flask run's), the
+    Origin or Access-Control-Request-Headers went back as is, and the response was refused
+    whole: a 500 after the append was stored."""
+    backend = StreamsBackend.open(None, StreamsSettings())
+    try:
+        api = create_app(backend).test_client()
+        assert api.put("/v1/stream/echo", headers={"Content-Type": "text/plain"}).status_code == 201
+        folded = {"HTTP_ORIGIN": "http://a\r\n x",
+                  "HTTP_ACCESS_CONTROL_REQUEST_HEADERS": "content-type,\r\n producer-id"}
+        response = api.open("/v1/stream/echo", method=method, data=b"XYZ",
+                            headers={"Content-Type": "text/plain"}, environ_overrides=folded)
+        assert response.status_code == 204, response.get_data(as_text=True)
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        if method == "OPTIONS":
+            assert "\n" not in response.headers["Access-Control-Allow-Headers"]
+    finally:
+        backend.close()
 
 
 @pytest.mark.parametrize("query", ["offset=-1&offset=now", "live=sse&offset=-1&live=long-poll",
