@@ -454,9 +454,15 @@ def test_a_body_sent_as_another_type_is_a_conflict_even_when_it_is_not_that_type
     assert response.status_code == 409, response.content
     assert response.headers["Stream-Closed"] == "true"
     assert response.json()["error"]["code"] == "STREAM_CLOSED"
-    # Of the stream's own type and invalid, a closed stream's answer is the same.
-    response = http.request("POST", path, body=b"\xff[", headers={"Content-Type": stream_type})
-    assert (response.status_code, response.headers.get("Stream-Closed")) == (409, "true")
+    # Of the stream's own type and invalid, a closed stream's answer is the same; and so
+    # for an empty append or one without a Content-Type, which were a 400 (EMPTY_BODY,
+    # MISSING_CONTENT_TYPE) that did not say the stream was closed.
+    for refused_body, refused_headers in [(b"\xff[", {"Content-Type": stream_type}),
+                                          (b"", {"Content-Type": stream_type}),
+                                          (b"y", {})]:
+        response = http.request("POST", path, body=refused_body, headers=refused_headers)
+        assert (response.status_code, response.headers.get("Stream-Closed")) == (409, "true"), (
+            refused_body, refused_headers, response.content)
     assert http.get(path).content == b""
 
 

@@ -145,6 +145,8 @@ class StreamOperations:
         content_type = headers.content_type(h)
         if content_type is None:
             entries = bodies.read_spooled(request.body, self.settings)
+            if entries and info.closed:  # closed first (5.2), so the client learns so
+                raise writes.closed_conflict(info)
             if entries:
                 raise BadRequest(
                     "an append with a body needs a Content-Type", code="MISSING_CONTENT_TYPE"
@@ -162,6 +164,8 @@ class StreamOperations:
                     raise mismatch from None
                 raise
         if not entries and not close:
+            if info.closed:
+                raise writes.closed_conflict(info)
             raise BadRequest(
                 "an append needs a body (only a close with Stream-Closed: true may be empty)",
                 code="EMPTY_BODY",
