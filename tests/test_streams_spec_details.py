@@ -279,11 +279,14 @@ def test_a_close_only_request_is_idempotent_with_any_producer_headers(http: Stre
                            headers={**producer, "Producer-Seq": "0", "Content-Type": TEXT,
                                     "Stream-Closed": "true"})
     assert closing.status_code == 200, closing.content
-    for seq in ("0", "1"):
-        again = http.request("POST", path, headers={**producer, "Producer-Seq": seq,
-                                                     "Stream-Closed": "true"})
+    for other, seq in (("w", "0"), ("w", "1"), ("v", "3")):
+        again = http.request("POST", path, headers={**producer, "Producer-Id": other,
+                                                     "Producer-Seq": seq, "Stream-Closed": "true"})
         assert again.status_code == 204, (seq, again.content)
         assert again.headers["Stream-Closed"] == "true"
+        # Echoed on success (5.2.1), as they were only for the tuple that closed it.
+        assert (again.headers.get("Producer-Epoch"), again.headers.get("Producer-Seq")) == (
+            "0", seq)
     refused = http.request("POST", path, body="more", headers={
         **producer, "Producer-Seq": "1", "Content-Type": TEXT, "Stream-Closed": "true"})
     assert refused.status_code == 409  # a body still cannot be appended to a closed stream

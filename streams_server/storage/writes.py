@@ -393,7 +393,11 @@ def _append_to_closed(
                 producer_seq=producer.seq,
             )
     if close and not entries:  # a close-only request is idempotent, with producer headers
-        return AppendResult(info=info, duplicate=True)  # or without (sections 5.2, 5.2.1)
+        # or without (sections 5.2, 5.2.1); those given are echoed, as on any success
+        if producer is not None:
+            return AppendResult(info=info, duplicate=True, producer_epoch=producer.epoch,
+                                producer_seq=producer.seq)
+        return AppendResult(info=info, duplicate=True)
     raise closed_conflict(info)
 
 
