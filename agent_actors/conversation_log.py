@@ -89,8 +89,9 @@ class ConversationLog:
         if not isinstance(prompt_id, str):
             return
         answer = self.answers.setdefault(prompt_id, AnswerState())
-        attempt = message.get("attempt", 0)
-        attempt = attempt if isinstance(attempt, int) else 0
+        if answer.finished:
+            return  # nothing counts after a final message, not even a restart (as for the page)
+        attempt = _attempt(message.get("attempt"))
         if attempt > answer.attempt or kind == "restart":
             answer.attempt, answer.parts = max(attempt, answer.attempt), []
         if attempt < answer.attempt:
@@ -151,3 +152,13 @@ class ConversationLog:
         while kept and kept[0].role == ASSISTANT:
             kept.pop(0)
         return kept
+
+
+def _attempt(value: Any) -> int:
+    """An attempt number as the page reads it (JSON has one kind of number: 1 and 1.0 are
+    the same to a browser), 0 when it is not a whole number."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) else 0

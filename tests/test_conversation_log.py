@@ -56,3 +56,16 @@ def test_the_oldest_exchanges_go_first_to_fit_the_budget() -> None:
         [chunk("a", "A" * 40), end("a"), chunk("b", "B" * 40), end("b")],
         [("a", "q" * 40), ("b", "r" * 40), ("c", "s" * 10)], budget_chars=100)
     assert turns == [Turn(USER, "r" * 40), Turn(ASSISTANT, "B" * 40), Turn(USER, "s" * 10)]
+
+
+def test_an_attempt_is_read_as_the_page_reads_it() -> None:
+    """JSON has one kind of number: 1.0 is the browser's 1, so the page took a restart
+    marked `"attempt": 1.0` and the agent did not (a float was attempt 0); `true` was the
+    agent's 1 and the page's 0. The two showed and sent the model different answers."""
+    log = ConversationLog()
+    for message in [chunk("a", "void"), {"type": "restart", "promptId": "a", "attempt": 1.0},
+                    {**chunk("a", "kept"), "attempt": 1},
+                    {**chunk("a", " (true is no attempt)"), "attempt": True},
+                    {**end("a"), "attempt": 1.0}]:
+        log.apply_response(message)
+    assert log.is_finished("a") and log.answers["a"].parts == ["kept"]

@@ -27,6 +27,7 @@ import pytest
 import requests
 from playwright.sync_api import Page, expect
 
+from agent_actors.conversation_log import ConversationLog
 from tests.support import ServerProcess
 from tests.support.agents import wait_until
 from tests.support.browser import turn_for, unsafe_nodes
@@ -221,6 +222,47 @@ def test_a_hostile_wait_message_shows_as_a_wait_and_costs_nothing_else(
     c.answer("p1", "the answer")
     expect_answer(page, "question", "the answer")
     expect(turn).not_to_contain_text("Trying again")
+    assert console_errors == [], console_errors
+
+
+AFTER_THE_ANSWER: dict[str, list[dict[str, Any]]] = {
+    # One message after a finished answer reopened the turn for good ("thinking", no text)
+    # where the agent took it as finished, its text cleared.
+    "a restart after the done": [{"type": "restart", "promptId": "p1", "attempt": ATTEMPT + 1}],
+    "a later attempt's chunk after the done": [
+        {"type": "chunk", "promptId": "p1", "attempt": ATTEMPT + 1, "content": " X"}],
+    # Without an attempt the page took it as the current one, the agent as attempt 0.
+    "a chunk without an attempt": [{"type": "chunk", "promptId": "p1", "content": " Y"}],
+}
+
+
+@pytest.mark.parametrize("case", list(AFTER_THE_ANSWER))
+def test_the_page_shows_the_answer_the_agents_read_whatever_follows_it(
+        case: str, conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    """The page and the agents fold the same responses stream: the answer one shows is the
+    one the other sends the model back as history, and takes as finished."""
+    c = conversation(f"after the answer: {case}")
+    c.prompt("p1", "question")
+    if case == "a chunk without an attempt":  # slipped in before the answer ends
+        c.respond({"type": "chunk", "id": "p1-c1", "promptId": "p1", "attempt": ATTEMPT,
+                   "content": "the answer", "isComplete": False, "timestamp": now()})
+        for message in AFTER_THE_ANSWER[case]:
+            c.respond(message)
+        c.respond({"type": "done", "promptId": "p1", "attempt": ATTEMPT,
+                   "stopReason": "end_turn", "isComplete": True, "timestamp": now()})
+    else:
+        c.answer("p1", "the answer")
+        for message in AFTER_THE_ANSWER[case]:
+            c.respond(message)
+    agents_view = ConversationLog()
+    for message in c.messages(f"conversations/{c.id}/responses"):
+        agents_view.apply_response(message)
+    assert agents_view.is_finished("p1")
+    assert "".join(agents_view.answers["p1"].parts) == "the answer"
+
+    page, console_errors = open_conversation(new_context, c)
+    expect_answer(page, "question", "the answer")
+    expect(turn_for(page, "question").get_by_test_id("answer-text")).to_have_text("the answer")
     assert console_errors == [], console_errors
 
 

@@ -400,9 +400,11 @@ export class Transcript {
     const turn = this.#turn(m.promptId);
     // Messages without `type` follow the original example: chunks, the last one complete.
     const type = m.type ?? (m.isComplete ? "done" : "chunk");
-    const attempt = Number.isInteger(m.attempt) ? m.attempt : turn.attempt;
-    if (attempt < turn.attempt) {
-      this.ignored += 1; // a message of an attempt that was already restarted
+    // As the agents read it (agent_actors/conversation_log.py): an attempt is a whole
+    // number, 0 when missing; nothing counts after a final message, not even a restart.
+    const attempt = Number.isInteger(m.attempt) ? m.attempt : 0;
+    if (attempt < turn.attempt || turn.final) {
+      this.ignored += 1; // a message of an attempt already restarted, or of a finished answer
       return;
     }
     if (type === "restart" || attempt > turn.attempt) {
@@ -411,7 +413,6 @@ export class Transcript {
       changed.add(m.promptId);
       if (type === "restart") return;
     }
-    if (turn.final) return; // nothing follows a final message, except a restart
     if (type === "wait") {
       if (turn.chunks > 0) return; // the model is asked again only before the text begins
       const retryInMs = safeNumber(m.retryInMs);
