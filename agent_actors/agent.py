@@ -333,6 +333,10 @@ class ConversationAgent(pykka.ThreadingActor):
             if self._log.is_finished(prompt.id):
                 continue
             attempt, drop_partial = self._log.next_attempt(prompt.id)
+            if drop_partial and prompt.id in self._log.cancel_requests:
+                # Stopped by its user before the interruption: what that attempt had shown
+                # stays, ended as stopped (a restart would have erased it).
+                attempt, drop_partial = attempt - 1, False
             interrupted = self._interrupted_attempts(prompt.id, attempt)
             current = _Current(prompt, attempt, threading.Event(), threading.Event())
             if prompt.id in self._log.cancel_requests:

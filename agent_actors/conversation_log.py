@@ -105,8 +105,11 @@ class ConversationLog:
 
     def record_finished(self, prompt_id: str, attempt: int, text: str, outcome: str,
                         stop_reason: str | None) -> None:
-        """What this agent itself just wrote as a complete answer."""
-        self.answers[prompt_id] = AnswerState(attempt, [text], outcome, stop_reason)
+        """What this agent itself just wrote as a complete answer (after what the same
+        attempt had said before, where it ended an interrupted one)."""
+        before = self.answers.get(prompt_id)
+        kept = before.parts if before is not None and before.attempt == attempt else []
+        self.answers[prompt_id] = AnswerState(attempt, [*kept, text], outcome, stop_reason)
 
     # -- questions -----------------------------------------------------------------------
 

@@ -503,7 +503,8 @@ def test_an_answer_that_kills_its_agent_every_time_ends_in_an_error_after_bounde
     streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
     cancelled: bool,
 ) -> None:
-    """A user who stopped the answer meanwhile sees it stopped, not given up on."""
+    """A user who stopped the answer meanwhile sees it stopped, not given up on, with what
+    its last attempt had shown (a restart marker before the stop erased that text)."""
     fake.tokens_per_second = 50
     root = streams_root(streams_server)
     client, chat = connect(streams_server)
@@ -523,15 +524,18 @@ def test_an_answer_that_kills_its_agent_every_time_ends_in_an_error_after_bounde
     sup.start(crash_at="mid-answer")  # would die again if it asked the model
     wait_for_answers(client, cid, [first], timeout=30)
     answer = render(client.read_all(layout.responses_path(cid)).messages).answers[first]
-    assert answer.restarts == schema.MAX_ANSWER_ATTEMPTS - 1 + int(cancelled)
+    assert answer.restarts == schema.MAX_ANSWER_ATTEMPTS - 1
     if cancelled:
         assert answer.terminal["type"] == "done"
         assert answer.terminal["stopReason"] == "cancelled"
+        assert answer.attempt == schema.MAX_ANSWER_ATTEMPTS - 1
+        # What the last attempt had shown before its agent died, as a Stop keeps it.
+        assert answer.text and reply_to("first question").startswith(answer.text)
     else:
         assert answer.terminal["type"] == "error"
         assert answer.terminal["code"] == schema.INTERRUPTED
         assert answer.terminal["message"] == schema.gave_up_message(schema.MAX_ANSWER_ATTEMPTS)
-    assert answer.text == ""  # the last attempt's text: none, so no half answer is shown
+        assert answer.text == ""  # the last attempt's text: none, so no half answer is shown
     assert len(fake.requests) == requests_before  # the model was not asked again
     assert sup.running
     assert sup.count_lines("gave up on prompt") == int(not cancelled)

@@ -69,3 +69,15 @@ def test_an_attempt_is_read_as_the_page_reads_it() -> None:
                     {**end("a"), "attempt": 1.0}]:
         log.apply_response(message)
     assert log.is_finished("a") and log.answers["a"].parts == ["kept"]
+
+
+def test_an_interrupted_answer_its_user_stopped_keeps_its_text_in_the_history() -> None:
+    """Ended as stopped under the interrupted attempt (no restart), the answer is what that
+    attempt had said: recording it as only what the ending agent wrote (nothing) left it
+    out of the next prompt's history."""
+    log = ConversationLog()
+    log.add_prompt_messages([prompt("a", "Question A"), prompt("b", "Question B")])
+    log.apply_response(chunk("a", "Half an answer"))
+    log.record_finished("a", 0, "", "done", "cancelled")
+    assert log.history_for(Prompt("b", "Question B", 1), 100_000) == [
+        Turn(USER, "Question A"), Turn(ASSISTANT, "Half an answer"), Turn(USER, "Question B")]
