@@ -3180,6 +3180,27 @@ def test_the_inspector_reads_a_pasted_url_from_its_offset(chat_app: ServerProces
     expect(page.get_by_test_id("content-view")).to_contain_text("after")
     expect(page.get_by_test_id("content-view")).not_to_contain_text("before")
     expect(page.get_by_test_id("read-offset")).to_have_value(tail)
+    # Another stream opened next is read from its beginning: the pasted offset was kept,
+    # and skipped that stream's first entries (or showed it empty).
+    other = f"inspect-{uuid.uuid4().hex[:8]}/next"
+    created(requests.put(f"{root}/{other}", headers={"Content-Type": "application/json"},
+                         data=json.dumps([{"n": "first of the next"}]), timeout=10))
+    page.get_by_test_id("inspector-path").fill(other)
+    page.get_by_test_id("inspector-path").press("Enter")
+    expect(page.get_by_test_id("content-view")).to_contain_text("first of the next")
+    expect(page.get_by_test_id("read-offset")).to_have_value("")
+
+
+def test_the_inspector_shows_utf8_text_of_an_octet_stream_as_text_past_its_first_4_kib(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """Its sample of 4 KiB cut a three-byte character in two: judged not UTF-8, the text
+    showed as a hex dump."""
+    path = f"inspect-{uuid.uuid4().hex[:8]}/cjk"
+    root = f"{chat_app.url}/v1/stream"
+    created(requests.put(f"{root}/{path}", headers={"Content-Type": "application/octet-stream"},
+                         data=("中" * 2000).encode(), timeout=10))
+    page = open_chat(new_context(), f"{chat_app.url}/inspector#path={path}")
+    expect(page.get_by_test_id("content-view")).to_contain_text("中中中中")
 
 
 def test_the_inspector_shows_the_newest_entries_and_counts_the_older_ones(

@@ -266,6 +266,21 @@ def test_the_page_shows_the_answer_the_agents_read_whatever_follows_it(
     assert console_errors == [], console_errors
 
 
+def test_the_raw_stream_panel_shows_fields_named_like_object_properties(
+        conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    """Its one-line summary skipped fields called "constructor" or "hasOwnProperty" (taken
+    as there already), and one called "__proto__" set the summary's prototype."""
+    c = conversation("raw fields")
+    c.prompt("p1", "question")
+    c.respond({"type": "chunk", "promptId": "p1", "attempt": ATTEMPT, "content": "text",
+               "constructor": "c", "hasOwnProperty": "h", "__proto__": {"a": 1}})
+    page, console_errors = open_conversation(new_context, c)
+    page.get_by_test_id("toggle-streams").click()
+    entry = page.get_by_test_id("raw-entry").filter(has_text='"content":"text"')
+    expect(entry).to_contain_text('"constructor":"c","hasOwnProperty":"h","__proto__":{"a":1}')
+    assert console_errors == [], console_errors
+
+
 def test_a_stop_reason_named_like_an_object_property_is_shown_as_its_name(
         conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
     """The reasons shown in words were looked up in a plain object: a stop reason called

@@ -3,9 +3,10 @@
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
 /** The bytes as text when they are valid UTF-8 without control characters, else null. */
-export function asText(bytes) {
+export function asText(bytes, { cut = false } = {}) {
   try {
-    const text = UTF8.decode(bytes);
+    // `cut`: the bytes are the start of more, which may end inside a character.
+    const text = cut ? new TextDecoder("utf-8", { fatal: true }).decode(bytes, { stream: true }) : UTF8.decode(bytes);
     return /[\u0000-\u0008\u000e-\u001f\u007f]/.test(text) ? null : text;
   } catch {
     return null;

@@ -408,7 +408,10 @@ async function open(path, { reveal = false } = {}) {
   const offset = offsetIn(path);
   path = normalizePath(path);
   if (!path) return;
-  if (offset) $("read-offset").value = offset; // a URL's offset is where to read from
+  // A URL's offset is where to read from; another stream is read from its beginning (an
+  // offset of one stream, carried over, skipped entries of the next or showed it empty).
+  if (offset) $("read-offset").value = offset;
+  else if (path !== normalizePath(state.path ?? "")) $("read-offset").value = "";
   stopFollowing();
   if (path !== state.path) {
     // What was said about another stream's reads and writes is not about this one.
@@ -578,7 +581,7 @@ function viewMode() {
   if (kind === "json") return "json";
   if (kind === "text") return "text";
   const sample = state.pages.find((p) => p.bytes?.length)?.bytes;
-  return sample && asText(sample.subarray(0, 4096)) !== null ? "text" : "hex";
+  return sample && asText(sample.subarray(0, 4096), { cut: sample.length > 4096 }) !== null ? "text" : "hex";
 }
 
 // What the content view shows of `state.pages`, so that a live batch adds only its own nodes:

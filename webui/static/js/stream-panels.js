@@ -87,8 +87,10 @@ const FIRST = ["content", "title", "message", "stopReason", "usage", "reason"];
 /** The same message with its telling fields first and `type` left to the badge. */
 function summaryOrder(message) {
   if (!message || typeof message !== "object" || Array.isArray(message)) return message;
-  const ordered = {};
-  for (const key of FIRST) if (key in message) ordered[key] = message[key];
-  for (const [key, value] of Object.entries(message)) if (key !== "type" && !(key in ordered)) ordered[key] = value;
+  // No prototype: a field named "constructor" or "toString" was taken as there already,
+  // and one named "__proto__" would have set the prototype.
+  const ordered = Object.create(null);
+  for (const key of FIRST) if (Object.hasOwn(message, key)) ordered[key] = message[key];
+  for (const [key, value] of Object.entries(message)) if (key !== "type" && !Object.hasOwn(ordered, key)) ordered[key] = value;
   return ordered;
 }
