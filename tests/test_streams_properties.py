@@ -528,7 +528,8 @@ class StreamsMachine(RuleBasedStateMachine):
             return
         assert stream is not None
         if not entries and not close:
-            self.expect(exchange, 400)
+            # Closure first (5.2): an empty append to a closed stream says it is closed.
+            self.expect(exchange, 409 if stream.closed else 400)
             return
         if stream.closed:
             self.expect(exchange, 409 if entries else 204)
@@ -577,7 +578,8 @@ class StreamsMachine(RuleBasedStateMachine):
             return
         assert stream is not None
         if not entries and not close:
-            self.expect(exchange, 400)
+            # Closure first (5.2): an empty append to a closed stream says it is closed.
+            self.expect(exchange, 409 if stream.closed else 400)
             return
         if stream.closed:
             # The closing request again, or any close-only one: idempotent (5.2, 5.2.1).
