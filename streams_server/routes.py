@@ -97,7 +97,6 @@ _COMMON_HEADERS = [
     ("Content-Security-Policy", "sandbox; default-src 'none'"),
 ]
 _NO_BODY_STATUSES = frozenset({204, 304})
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 _PATH_SAFE = "!$&'()*+,/:;=@"  # a URL path segment's characters ('%' is quoted: a path
 # arrives decoded, so a stream named `%42` is `%2542` in its URL)
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::(?P<port>[0-9]{1,5}))?")
@@ -401,7 +400,7 @@ def _echoable(value: str | None) -> str | None:
     """A request header's value if it can go back in a response header as it is: one with
     a line break or another control character (folded, under a server that joins folded
     lines) made the WSGI server refuse the whole response, after the request was carried out."""
-    if value is None or _CONTROL_CHARACTER.search(value):
+    if value is None or has_control_characters(value):
         return None
     return value
 

@@ -145,31 +145,20 @@ class StreamOperations:
         content_type = headers.content_type(h)
         if content_type is None:
             entries = bodies.read_spooled(request.body, self.settings)
-            if entries and info.closed:  # closed first (5.2), so the client learns so
-                raise writes.closed_conflict(info)
             if entries:
-                raise BadRequest(
-                    "an append with a body needs a Content-Type", code="MISSING_CONTENT_TYPE"
-                )
+                raise _refusal(info, BadRequest(
+                    "an append with a body needs a Content-Type", code="MISSING_CONTENT_TYPE"))
         else:
             try:
                 entries = self._body_entries(request, content_type, allow_empty_array=False)
-            except BadRequest:
+            except BadRequest as bad:
                 # A body that is not what its Content-Type says is refused after what the
-                # stream refuses any data for (5.2): closed first, then another type.
-                if info.closed:
-                    raise writes.closed_conflict(info) from None
-                mismatch = writes.type_conflict(info, content_type)
-                if mismatch is not None:
-                    raise mismatch from None
-                raise
+                # stream refuses any data for.
+                raise _refusal(info, bad, content_type) from None
         if not entries and not close:
-            if info.closed:
-                raise writes.closed_conflict(info)
-            raise BadRequest(
+            raise _refusal(info, BadRequest(
                 "an append needs a body (only a close with Stream-Closed: true may be empty)",
-                code="EMPTY_BODY",
-            )
+                code="EMPTY_BODY"))
         result = self.store.append(
             request.path,
             entries,
@@ -439,6 +428,14 @@ class StreamOperations:
             )
             if not woken:
                 yield sse.comment("keep-alive")
+
+
+def _refusal(info: StreamInfo, bad: BadRequest, content_type: str | None = None) -> StreamError:
+    """What a bad append to the stream is refused with: its closure first (5.2, so the client
+    learns of it), then another content type than the stream's, then `bad`."""
+    if info.closed:
+        return writes.closed_conflict(info)
+    return writes.type_conflict(info, content_type) or bad
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
