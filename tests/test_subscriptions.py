@@ -454,6 +454,92 @@ def test_a_receiver_that_called_back_is_not_sent_the_wake_again(tmp_path: Path) 
         store.close()
 
 
+def _webhook_store(tmp_path: Path, clock: list[float]) -> StreamStore:
+    """A store on a clock the test moves, with a webhook subscription "hook" on jobs/a
+    (lease 1 s) whose deliveries the test records by hand, and a wake issued for jobs/a."""
+    store = StreamStore.open_directory(str(tmp_path), clock=lambda: clock[0])
+    store.create("jobs/a", content_type="application/json", expiry=Expiry())
+    config = SubscriptionConfig(type=WEBHOOK, pattern=None, streams=("jobs/a",),
+                                webhook_url="https://example.com/hook", wake_stream=None,
+                                lease_ttl_ms=1000, description=None)
+    store.transact(lambda tx: db.put_subscription(tx, "hook", config, "http://localhost"))
+    store.append("jobs/a", [b'{"n":1}'], content_type="application/json")
+    return store
+
+
+def test_a_webhooks_lease_starts_when_its_wake_is_issued(tmp_path: Path) -> None:
+    """7.3: "for webhook delivery, the lease starts when a wake is issued". It started when
+    the receiver answered, so a receiver that took the POST and never answered held the
+    wake for good: it was sent the same wake, with a token still valid, again and again."""
+    clock = [1_800_000_000.0]
+    store = _webhook_store(tmp_path, clock)
+    try:
+        wake = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert wake.wake_id is not None
+        assert wake.lease_expires_at_ms == store.now_ms() + 1000
+        clock[0] += 1.1  # the delivery is still under way: the receiver has not answered
+        assert store.transact(db.expire_leases) == 1
+        after = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert after.generation == wake.generation + 1 and after.wake_id != wake.wake_id
+        assert [s.id for s in store.read_with(
+            lambda conn: db.due_webhook_wakes(conn, store.now_ms()))] == ["hook"]
+        fence = WakeFence(wake.generation, wake.wake_id, wake.generation, wake.wake_id)
+        with pytest.raises(Conflict) as refused:  # the first wake's callback comes too late
+            store.transact(lambda tx: db.acknowledge(tx, "hook", fence, (), done=False,
+                                                     kind=WEBHOOK))
+        assert refused.value.code == "FENCED"
+    finally:
+        store.close()
+
+
+def test_a_delivery_answered_late_does_not_lengthen_the_lease(tmp_path: Path) -> None:
+    """The receiver's answer to the POST is not a callback: only callbacks extend a webhook's
+    lease (7.3), so a wake delivered 0.9 s into a 1 s lease has 0.1 s left."""
+    clock = [1_800_000_000.0]
+    store = _webhook_store(tmp_path, clock)
+    try:
+        wake = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert wake.wake_id is not None
+        clock[0] += 0.9
+        store.transact(lambda tx: db.record_delivery(
+            tx, wake, delivered=True, done=False, snapshot=wake.links, error=None,
+            retry_at_ms=None))
+        delivered = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert delivered.lease_expires_at_ms == wake.lease_expires_at_ms
+        assert delivered.next_attempt_at_ms is None  # not sent again
+        fence = WakeFence(wake.generation, wake.wake_id, wake.generation, wake.wake_id)
+        store.transact(lambda tx: db.acknowledge(tx, "hook", fence, (), done=False,
+                                                 kind=WEBHOOK))  # a callback extends it
+        extended = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert extended.lease_expires_at_ms == store.now_ms() + 1000
+    finally:
+        store.close()
+
+
+def test_a_webhooks_retry_schedule_outlives_the_lease_of_its_wake(tmp_path: Path) -> None:
+    """A lease that runs out while deliveries fail ends the wake, and pending work gets a
+    new one (7.3); its delivery keeps the backoff the failures reached (7.1), rather than
+    going out at once and starting the schedule over every lease."""
+    clock = [1_800_000_000.0]
+    store = _webhook_store(tmp_path, clock)
+    try:
+        wake = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        retry_at = store.now_ms() + 4000
+        store.transact(lambda tx: db.record_delivery(
+            tx, wake, delivered=False, done=False, snapshot=wake.links,
+            error="receiver answered 503", retry_at_ms=retry_at))
+        clock[0] += 1.1
+        assert store.transact(db.expire_leases) == 1
+        after = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert after.generation == wake.generation + 1
+        assert after.next_attempt_at_ms == retry_at and after.delivery_attempt == 1
+        assert after.status == "failed" and after.last_error == "receiver answered 503"
+        assert after.lease_expires_at_ms == retry_at + 1000  # from the wake's delivery
+        assert store.read_with(lambda conn: db.due_webhook_wakes(conn, store.now_ms())) == []
+    finally:
+        store.close()
+
+
 def _hook_on(store: StreamStore, *streams: str) -> None:
     """A webhook subscription "hook" on `streams` (its deliveries are recorded by hand)."""
     config = SubscriptionConfig(type=WEBHOOK, pattern=None, streams=streams,
@@ -676,11 +762,13 @@ def test_a_new_subscription_reads_only_the_streams_its_pattern_can_match(
 
 class _FlakyReceiver:
     """A webhook receiver that fails its first `failures` requests with 503, then acks;
-    each answer takes `delay` seconds."""
+    each answer takes `delay` seconds (the first `first_delay`, if given)."""
 
-    def __init__(self, failures: int, delay: float = 0.0) -> None:
+    def __init__(self, failures: int, delay: float = 0.0,
+                 first_delay: float | None = None) -> None:
         self.failures = failures
         self.delay = delay
+        self.first_delay = delay if first_delay is None else first_delay
         self.arrivals: list[float] = []
         self.bodies: list[dict[str, Any]] = []
         self.delivered = threading.Event()
@@ -691,7 +779,8 @@ class _FlakyReceiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.arrivals.append(time.monotonic())
                 receiver.bodies.append(json.loads(body))
-                time.sleep(receiver.delay)  # a slow receiver, as real ones are
+                first = len(receiver.arrivals) == 1
+                time.sleep(receiver.first_delay if first else receiver.delay)  # as real ones are
                 if len(receiver.arrivals) <= receiver.failures:
                     self.send_response(503)
                     self.end_headers()
@@ -791,6 +880,34 @@ def test_a_slow_webhook_receiver_gets_one_delivery_per_wake(
         wait_until(lambda: http.get(f"{root}/__ds/subscriptions/slow-hook").json()["wake_id"]
                    is None, timeout=5, what="the wake to be done")
         assert len(receiver.arrivals) == 1, receiver.arrivals
+    finally:
+        receiver.close()
+
+
+def test_a_receiver_that_never_answers_is_sent_a_new_wake_when_the_lease_ends(
+    local_hooks_server: ServerProcess, http: requests.Session
+) -> None:
+    """The first delivery hangs (its receiver never answers in time); when the wake's lease
+    is over (1 s from its issue) the pending work gets a new wake, which is delivered while
+    the first delivery still waits, and the first wake's callback is fenced."""
+    receiver = _FlakyReceiver(failures=0, first_delay=8.0)
+    try:
+        root = _root(local_hooks_server)
+        r = http.put(f"{root}/__ds/subscriptions/mute-hook",
+                     json={"type": "webhook", "pattern": "mute/*", "lease_ttl_ms": 1000,
+                           "webhook": {"url": receiver.url}})
+        assert r.status_code == 201, r.text
+        _put_json_stream(http, root, "mute/a")
+        _append(http, root, "mute/a", {"n": 1})
+        assert receiver.delivered.wait(6), f"no second delivery: {receiver.arrivals}"
+        first, second = receiver.bodies[:2]
+        assert second["generation"] == first["generation"] + 1
+        assert 0.8 <= receiver.arrivals[1] - receiver.arrivals[0] <= 3.0, receiver.arrivals
+        late = http.post(first["callback_url"],
+                         headers={"Authorization": f"Bearer {first['callback_token']}"},
+                         json={"wake_id": first["wake_id"], "generation": first["generation"],
+                               "acks": [], "done": True})
+        assert late.status_code == 409 and late.json()["error"]["code"] == "FENCED", late.text
     finally:
         receiver.close()
 

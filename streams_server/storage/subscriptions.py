@@ -11,7 +11,7 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Collection
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ..errors import BadRequest, Conflict, NotFound
 from ..offsets import format_offset
@@ -334,8 +334,21 @@ def _has_pending(conn: sqlite3.Connection, sub_id: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _issue_wake(tx: Transaction, row: sqlite3.Row, trigger_path: str | None) -> str | None:
-    """Start a new wake generation; pull-wake writes its event to the wake stream now.
+@dataclass(frozen=True)
+class _RetrySchedule:
+    """Where a webhook's failing deliveries had got to: the failures in a row, when the next
+    attempt is due and why the last one failed."""
+
+    attempt: int
+    next_attempt_at_ms: int
+    error: str | None
+
+
+def _issue_wake(tx: Transaction, row: sqlite3.Row, trigger_path: str | None,
+                retry: _RetrySchedule | None = None) -> str | None:
+    """Start a new wake generation; pull-wake writes its event to the wake stream now, and a
+    webhook's lease starts as its delivery goes out (7.3): now, or when the `retry` schedule
+    of an earlier wake whose deliveries failed says.
 
     None, and no wake, if the event cannot be written (the wake stream is missing, expired,
     deleted or closed): a wake nobody can see would stay unclaimed and stop every later one.
@@ -355,11 +368,16 @@ def _issue_wake(tx: Transaction, row: sqlite3.Row, trigger_path: str | None) -> 
         if not writes.append_internal(tx, row["wake_stream"], [json.dumps(event).encode()]):
             _note_unwritable_wake(tx, row)
             return None
+    attempt_at = lease_expires = None
+    if webhook:
+        attempt_at = tx.now_ms if retry is None else max(tx.now_ms, retry.next_attempt_at_ms)
+        lease_expires = attempt_at + row["lease_ttl_ms"]
     tx.conn.execute(
         "UPDATE subscriptions SET generation = ?, wake_id = ?, holder = NULL,"
-        " lease_expires_at_ms = NULL, delivery_attempt = 0, last_error = NULL,"
+        " lease_expires_at_ms = ?, delivery_attempt = ?, last_error = ?,"
         " next_attempt_at_ms = ? WHERE id = ?",
-        (generation, wake_id, tx.now_ms if webhook else None, row["id"]),
+        (generation, wake_id, lease_expires, 0 if retry is None else retry.attempt,
+         None if retry is None else retry.error, attempt_at, row["id"]),
     )
     tx.effects.wakes_issued = True
     return wake_id
@@ -377,35 +395,44 @@ def _note_unwritable_wake(tx: Transaction, row: sqlite3.Row) -> None:
                         (error, row["id"]))
 
 
-def _wake_again_if_pending(tx: Transaction, sub_id: str) -> bool:
+def _wake_again_if_pending(tx: Transaction, sub_id: str,
+                           retry: _RetrySchedule | None = None) -> bool:
     pending = _has_pending(tx.conn, sub_id)
     if pending is None:
         return False
     row = _row(tx.conn, sub_id)
     assert row is not None
-    return _issue_wake(tx, row, pending) is not None
+    return _issue_wake(tx, row, pending, retry) is not None
 
 
-def _end_wake(tx: Transaction, sub_id: str) -> bool:
-    """Clear the wake and lease; returns whether a new wake was issued for pending work."""
+def _end_wake(tx: Transaction, sub_id: str, retry: _RetrySchedule | None = None) -> bool:
+    """Clear the wake and lease; returns whether a new wake was issued for pending work (a
+    webhook's first delivered on the `retry` schedule, if given)."""
     tx.conn.execute(
         "UPDATE subscriptions SET wake_id = NULL, holder = NULL, lease_expires_at_ms = NULL,"
         " next_attempt_at_ms = NULL, delivery_attempt = 0, last_error = NULL WHERE id = ?",
         (sub_id,),
     )
     tx.effects.wakes_issued = True
-    return _wake_again_if_pending(tx, sub_id)
+    return _wake_again_if_pending(tx, sub_id, retry)
 
 
 def expire_leases(tx: Transaction) -> int:
-    """End every lease whose time is up (7.3) and wake again where work is pending."""
+    """End every lease whose time is up (7.3) and wake again where work is pending. A
+    webhook whose deliveries were failing keeps its backoff for the new wake (7.1): with
+    the wake sent at once, a receiver that is down would be tried every lease."""
     rows = tx.conn.execute(
-        "SELECT id FROM subscriptions WHERE deleted = 0 AND lease_expires_at_ms IS NOT NULL"
-        " AND lease_expires_at_ms <= ?",
+        "SELECT id, type, delivery_attempt, next_attempt_at_ms, last_error FROM subscriptions"
+        " WHERE deleted = 0 AND lease_expires_at_ms IS NOT NULL AND lease_expires_at_ms <= ?",
         (tx.now_ms,),
     ).fetchall()
     for row in rows:
-        _end_wake(tx, row["id"])
+        retry = None
+        if (row["type"] == WEBHOOK and row["delivery_attempt"] > 0
+                and row["next_attempt_at_ms"] is not None):
+            retry = _RetrySchedule(row["delivery_attempt"], row["next_attempt_at_ms"],
+                                   row["last_error"])
+        _end_wake(tx, row["id"], retry)
     return len(rows)
 
 
@@ -539,7 +566,8 @@ def release(tx: Transaction, sub_id: str, fence: WakeFence) -> bool:
 def _lease_over(row: sqlite3.Row, now_ms: int) -> bool:
     """Whether the wake's lease has run out (section 7.3): the sweep that clears it may not
     have run yet, and the holder's acks, callbacks and release must not outlive it. A
-    pull-wake lease starts at the claim; a webhook's once the receiver has answered."""
+    pull-wake lease starts at the claim; a webhook's as its wake's delivery goes out (a
+    webhook wake stored before leases started so has none, and is not over)."""
     expires = row["lease_expires_at_ms"]
     if row["type"] == PULL_WAKE:
         return expires is None or expires <= now_ms
@@ -570,15 +598,16 @@ def record_delivery(
         )
         _end_wake(tx, state.id)
         return
-    if delivered:
+    if delivered:  # the lease runs on from the wake's issue: only callbacks extend it
         tx.conn.execute(
             "UPDATE subscriptions SET next_attempt_at_ms = NULL, delivery_attempt = 0,"
-            " last_error = NULL, lease_expires_at_ms = ? WHERE id = ?",
+            " last_error = NULL, lease_expires_at_ms = coalesce(lease_expires_at_ms, ?)"
+            " WHERE id = ?",
             (tx.now_ms + row["lease_ttl_ms"], state.id),
         )
-    elif row["lease_expires_at_ms"] is not None:
-        # The receiver called back during this delivery (that started the lease): it has
-        # the wake, whatever became of its answer to the POST. Sent again, it would be
+    elif row["next_attempt_at_ms"] is None:
+        # The receiver called back during this delivery (a callback ends the attempts): it
+        # has the wake, whatever became of its answer to the POST. Sent again, it would be
         # worked on twice.
         tx.conn.execute(
             "UPDATE subscriptions SET next_attempt_at_ms = NULL, delivery_attempt = 0,"
