@@ -5,7 +5,9 @@ test: it prints figures and asserts nothing).
 
 Starts `flask run` (no agents) on a fresh data directory, then:
 
-* streaming: opens a conversation, and while the page watches, appends a Markdown answer of
+* waiting: opens a conversation whose prompt has no answer yet and prints how busy the
+  page's main thread is for 3 s, as it would be while the model thinks (or no agent runs);
+* streaming: then, while the page watches, appends a Markdown answer of
   `--stream-chars` characters in chunks of `--chunk` characters, `--rate` chunks a second
   (faster than a model, so that the run is short; the page renders at most once a frame
   whatever the rate). It prints the page's long tasks (the longest is how long the page
@@ -130,6 +132,9 @@ def bench_streaming(app_url: str, client: StreamsClient, chat: ChatClient, page:
     page.goto(f"{app_url}/#/c/{cid}")
     page.wait_for_selector(f"[data-prompt-id='{pid}']")
     time.sleep(1)  # the opening's own work done
+    waiting = MainThreadMeter(page)
+    time.sleep(3)
+    print(f"waiting 3 s for the answer to start: {waiting.since_start()}")
     page.evaluate("window.__longTasks.length = 0")
     meter = MainThreadMeter(page)
     text = answer_text(chars, shape)

@@ -1,15 +1,18 @@
 // The raw stream panels: every entry of a conversation's prompt or response stream as JSON,
 // with the entry count and the tail offset.
 
-import { el, frameThrottle } from "./util.js";
+import { el, intervalThrottle } from "./util.js";
 
 const KEEP = 300;
+/** How often the lists show what arrived: once a frame, a streaming answer's list (a new
+ * entry and a scroll each time) took a fifth of the page's main thread. */
+const SHOW_EVERY_MS = 100;
 
 export class RawStreamPanel {
   count = 0;
   #waiting = []; // [{index, message}] not shown yet
   #to = "";
-  #showLater = frameThrottle(() => this.#show());
+  #showLater = intervalThrottle(() => this.#show(), SHOW_EVERY_MS);
   // Whether the list follows its newest entry: what the reader's last scroll left, kept from
   // scroll events so that showing entries reads no layout (a second one each frame).
   #stick = true;
@@ -45,8 +48,8 @@ export class RawStreamPanel {
   }
 
   /** Show a batch ({to, messages}) that a live read delivered. Batches come hundreds a
-   * second while an answer streams: they are shown together once a frame, since adding them
-   * and keeping the list scrolled costs a layout of the page (the longest answer included). */
+   * second while an answer streams: they are shown together at most every SHOW_EVERY_MS,
+   * since adding them and keeping the list scrolled costs a layout and a paint. */
   add(batch) {
     for (const message of batch.messages ?? []) {
       this.count += 1;

@@ -122,6 +122,23 @@ export function frameThrottle(fn) {
   };
 }
 
+/** Run `fn` in an animation frame at most once every `ms` milliseconds, however often it
+ * is requested: for views that may lag a little behind (a tenth of a second) to cost a
+ * tenth of being drawn at every frame. */
+export function intervalThrottle(fn, ms) {
+  let scheduled = false;
+  let last = -Infinity;
+  return () => {
+    if (scheduled) return;
+    scheduled = true;
+    setTimeout(() => requestAnimationFrame(() => {
+      scheduled = false;
+      last = performance.now();
+      fn();
+    }), Math.max(0, last + ms - performance.now()));
+  };
+}
+
 /** A tiny event emitter: on(name, fn) returns an unsubscribe function. */
 export class Emitter {
   #handlers = new Map();
