@@ -27,6 +27,7 @@ from streams_server.storage.models import Expiry
 from streams_server.subscriptions.model import (
     PULL_WAKE,
     WEBHOOK,
+    Ack,
     SubscriptionConfig,
     SubscriptionState,
     WakeFence,
@@ -470,7 +471,9 @@ def _webhook_store(tmp_path: Path, clock: list[float]) -> StreamStore:
 def test_a_webhooks_lease_starts_when_its_wake_is_issued(tmp_path: Path) -> None:
     """7.3: "for webhook delivery, the lease starts when a wake is issued". It started when
     the receiver answered, so a receiver that took the POST and never answered held the
-    wake for good: it was sent the same wake, with a token still valid, again and again."""
+    wake for good: it was sent the same wake, with a token still valid, again and again.
+    A delivery unanswered for a whole lease counts as failed: the next wake waits for the
+    backoff (sent at once, every lease would add a POST to those still open)."""
     clock = [1_800_000_000.0]
     store = _webhook_store(tmp_path, clock)
     try:
@@ -481,13 +484,118 @@ def test_a_webhooks_lease_starts_when_its_wake_is_issued(tmp_path: Path) -> None
         assert store.transact(db.expire_leases) == 1
         after = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
         assert after.generation == wake.generation + 1 and after.wake_id != wake.wake_id
-        assert [s.id for s in store.read_with(
-            lambda conn: db.due_webhook_wakes(conn, store.now_ms()))] == ["hook"]
+        assert after.delivery_attempt == 1 and after.status == "failed"
+        assert after.last_error == db.NOT_ANSWERED_IN_LEASE
+        assert after.next_attempt_at_ms is not None
+        assert 800 <= after.next_attempt_at_ms - store.now_ms() <= 1200  # 1 s, 20 % jitter
+        assert store.read_with(lambda conn: db.due_webhook_wakes(conn, store.now_ms())) == []
         fence = WakeFence(wake.generation, wake.wake_id, wake.generation, wake.wake_id)
         with pytest.raises(Conflict) as refused:  # the first wake's callback comes too late
             store.transact(lambda tx: db.acknowledge(tx, "hook", fence, (), done=False,
                                                      kind=WEBHOOK))
         assert refused.value.code == "FENCED"
+        store.transact(lambda tx: db.record_delivery(  # nor is its POST's late failure taken
+            tx, wake, delivered=False, done=False, snapshot=wake.links, error="timed out",
+            retry_at_ms=store.now_ms() + 1000))
+        assert store.read_with(lambda conn: db.get_subscription(conn, "hook")) == after
+        clock[0] += 2.5  # the second wake's delivery is unanswered for its lease too
+        assert store.transact(db.expire_leases) == 1
+        third = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert third.delivery_attempt == 2 and third.next_attempt_at_ms is not None
+        assert 1600 <= third.next_attempt_at_ms - store.now_ms() <= 2400  # 2 s now
+    finally:
+        store.close()
+
+
+def test_a_receivers_answer_after_the_lease_ran_out_is_not_taken(tmp_path: Path) -> None:
+    """A `{"done": true}` answering the POST after the lease ended was taken (the acks
+    applied, the wake ended) where a callback saying the same was fenced: which one won
+    depended on whether the sweep had run yet."""
+    clock = [1_800_000_000.0]
+    store = _webhook_store(tmp_path, clock)
+    try:
+        wake = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        clock[0] += 1.5  # no sweep yet
+        store.transact(lambda tx: db.record_delivery(
+            tx, wake, delivered=True, done=True, snapshot=wake.links, error=None,
+            retry_at_ms=None))
+        after = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert after.wake_id == wake.wake_id  # not ended
+        [link] = after.links
+        assert link.acked_offset == 0 < link.tail_offset  # not acked
+    finally:
+        store.close()
+
+
+def test_a_callback_after_a_failed_delivery_shows_the_subscription_active(
+    tmp_path: Path,
+) -> None:
+    """A receiver whose POST failed but that called back has the wake: the subscription
+    showed `failed`, with the old error, while the receiver worked under a valid lease."""
+    clock = [1_800_000_000.0]
+    store = _webhook_store(tmp_path, clock)
+    try:
+        wake = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert wake.wake_id is not None
+        store.transact(lambda tx: db.record_delivery(
+            tx, wake, delivered=False, done=False, snapshot=wake.links,
+            error="receiver answered 503", retry_at_ms=store.now_ms() + 500))
+        assert store.read_with(lambda conn: db.get_subscription(conn, "hook")).status == "failed"
+        fence = WakeFence(wake.generation, wake.wake_id, wake.generation, wake.wake_id)
+        store.transact(lambda tx: db.acknowledge(tx, "hook", fence, (), done=False,
+                                                 kind=WEBHOOK))
+        after = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert after.status == "active" and after.last_error is None
+        assert after.next_attempt_at_ms is None  # and it is not sent again
+    finally:
+        store.close()
+
+
+def test_a_webhook_wake_stored_without_a_lease_gets_one_when_its_delivery_fails(
+    tmp_path: Path,
+) -> None:
+    """A wake stored before webhook leases started at the issue has none: failing, it was
+    sent again and again, its token valid, however long its receiver stayed down."""
+    clock = [1_800_000_000.0]
+    store = _webhook_store(tmp_path, clock)
+    try:
+        store.transact(lambda tx: tx.conn.execute(
+            "UPDATE subscriptions SET lease_expires_at_ms = NULL WHERE id = 'hook'"))
+        wake = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        store.transact(lambda tx: db.record_delivery(
+            tx, wake, delivered=False, done=False, snapshot=wake.links,
+            error="receiver answered 503", retry_at_ms=store.now_ms() + 500))
+        after = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert after.lease_expires_at_ms == store.now_ms() + 1000
+    finally:
+        store.close()
+
+
+def test_a_delivery_under_way_holds_back_only_its_own_wake(tmp_path: Path) -> None:
+    """The scheduler left out the attempts of every subscription with a POST still open:
+    a new wake, issued when the receiver called back `done` with more work pending, went
+    out only when the first POST returned, after its own lease had run out."""
+    clock = [1_800_000_000.0]
+    store = _webhook_store(tmp_path, clock)
+    try:
+        first = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        assert first.wake_id is not None
+        store.append("jobs/a", [b'{"n":2}'], content_type="application/json")
+        fence = WakeFence(first.generation, first.wake_id, first.generation, first.wake_id)
+        [link] = first.links
+        assert store.transact(lambda tx: db.acknowledge(
+            tx, "hook", fence, (Ack("jobs/a", link.tail_offset),), done=True,
+            kind=WEBHOOK)) is True  # woken again: the second message is pending
+        second = store.read_with(lambda conn: db.get_subscription(conn, "hook"))
+        second_wake = second.wake_id
+        assert second_wake is not None and second_wake != first.wake_id
+        first_wake = first.wake_id
+        due = store.read_with(lambda conn: db.next_deadline_ms(conn, delivering=(first_wake,)))
+        assert due == second.next_attempt_at_ms == store.now_ms()
+        assert store.read_with(lambda conn: db.next_deadline_ms(
+            conn, delivering=(second_wake,))) == second.lease_expires_at_ms
+        assert store.read_with(lambda conn: db.next_deadline_ms(
+            conn, resting=("hook",))) == second.lease_expires_at_ms
     finally:
         store.close()
 
@@ -663,7 +771,7 @@ def test_the_schedulers_lookups_use_indexes_not_a_read_of_every_subscription(
         def expire(conn: sqlite3.Connection) -> None:
             db.expire_leases(Transaction(conn, store.now_ms()))
 
-        plans = (plans_of(lambda conn: db.next_deadline_ms(conn, ("busy",)))
+        plans = (plans_of(lambda conn: db.next_deadline_ms(conn, ("busy",), ("w_1",)))
                  + plans_of(expire) + plans_of(lambda conn: db.due_webhook_wakes(conn, 10**15)))
         assert len(plans) >= 3, plans  # one look or more for each
         for plan in plans:
@@ -910,6 +1018,42 @@ def test_a_receiver_that_never_answers_is_sent_a_new_wake_when_the_lease_ends(
         assert late.status_code == 409 and late.json()["error"]["code"] == "FENCED", late.text
     finally:
         receiver.close()
+
+
+def test_a_delivery_recorded_since_the_scheduler_saw_it_due_is_not_sent_again(
+    tmp_path: Path,
+) -> None:
+    """The scheduler reads the due wakes, then starts their deliveries: one that finished
+    in between (failed, its retry set for later) was sent again at once, off its backoff."""
+    from streams_server.subscriptions.service import SubscriptionService
+
+    receiver = _FlakyReceiver(failures=0)
+    store = StreamStore.open_directory(str(tmp_path / "data"))
+    service = SubscriptionService(store, ServerKeys(str(tmp_path)),
+                                  local_webhooks=True)  # its scheduler is not started
+    try:
+        store.create("jobs/a", content_type="application/json", expiry=Expiry())
+        config = SubscriptionConfig(type=WEBHOOK, pattern=None, streams=("jobs/a",),
+                                    webhook_url=receiver.url, wake_stream=None,
+                                    lease_ttl_ms=30_000, description=None)
+        store.transact(lambda tx: db.put_subscription(tx, "hook", config, "http://localhost"))
+        store.append("jobs/a", [b'{"n":1}'], content_type="application/json")
+        seen_due = store.read_with(lambda conn: db.due_webhook_wakes(conn, store.now_ms()))
+        [wake] = seen_due
+        assert wake.wake_id is not None
+        store.transact(lambda tx: db.record_delivery(  # its delivery failed meanwhile
+            tx, wake, delivered=False, done=False, snapshot=wake.links,
+            error="receiver answered 503", retry_at_ms=store.now_ms() + 5_000))
+        service._deliver(wake, (wake.id, wake.wake_id))
+        assert receiver.arrivals == []
+        store.transact(lambda tx: tx.conn.execute(  # once its retry is due, it goes out
+            "UPDATE subscriptions SET next_attempt_at_ms = ? WHERE id = 'hook'",
+            (store.now_ms(),)))
+        service._deliver(wake, (wake.id, wake.wake_id))
+        assert len(receiver.arrivals) == 1
+    finally:
+        receiver.close()
+        store.close()
 
 
 def test_the_scheduler_rests_while_a_delivery_is_under_way(

@@ -25,6 +25,7 @@ from ..subscriptions.model import (
     SubscriptionState,
     WakeFence,
     WakeGrant,
+    retry_delay_s,
 )
 from . import writes
 from .groupcommit import Transaction
@@ -119,18 +120,24 @@ def list_subscriptions(
     return [_state(conn, r) for r in rows[:limit]], int(total), next_after
 
 
-def next_deadline_ms(conn: sqlite3.Connection, delivering: Collection[str] = ()) -> int | None:
-    """The earliest lease expiry or webhook attempt due, if any; the attempts of the
-    subscriptions `delivering` now are not (theirs stay due until the delivery is recorded)."""
+def next_deadline_ms(conn: sqlite3.Connection, resting: Collection[str] = (),
+                     delivering: Collection[str] = ()) -> int | None:
+    """The earliest lease expiry or webhook attempt due, if any; but not the attempts of
+    the subscriptions `resting`, nor those of the wakes (ids) `delivering` now, which stay
+    due until their delivery is recorded (another wake of the same subscription counts)."""
     lease = conn.execute(
         "SELECT lease_expires_at_ms FROM subscriptions WHERE lease_expires_at_ms IS NOT NULL"
         " AND deleted = 0 ORDER BY lease_expires_at_ms LIMIT 1"
     ).fetchone()
-    busy = ",".join("?" * len(delivering))
+    skip = ""
+    if resting:
+        skip += f" AND id NOT IN ({','.join('?' * len(resting))})"
+    if delivering:
+        skip += f" AND wake_id NOT IN ({','.join('?' * len(delivering))})"
     attempt = conn.execute(
         "SELECT next_attempt_at_ms FROM subscriptions WHERE next_attempt_at_ms IS NOT NULL"
-        f" AND deleted = 0{f' AND id NOT IN ({busy})' if busy else ''}"
-        " ORDER BY next_attempt_at_ms LIMIT 1", tuple(delivering)
+        f" AND deleted = 0{skip} ORDER BY next_attempt_at_ms LIMIT 1",
+        (*resting, *delivering),
     ).fetchone()
     return min((int(row[0]) for row in (lease, attempt) if row is not None), default=None)
 
@@ -417,23 +424,35 @@ def _end_wake(tx: Transaction, sub_id: str, retry: _RetrySchedule | None = None)
     return _wake_again_if_pending(tx, sub_id, retry)
 
 
+NOT_ANSWERED_IN_LEASE = "the receiver did not answer the delivery within the wake's lease"
+
+
 def expire_leases(tx: Transaction) -> int:
-    """End every lease whose time is up (7.3) and wake again where work is pending. A
-    webhook whose deliveries were failing keeps its backoff for the new wake (7.1): with
-    the wake sent at once, a receiver that is down would be tried every lease."""
+    """End every lease whose time is up (7.3) and wake again where work is pending."""
     rows = tx.conn.execute(
         "SELECT id, type, delivery_attempt, next_attempt_at_ms, last_error FROM subscriptions"
         " WHERE deleted = 0 AND lease_expires_at_ms IS NOT NULL AND lease_expires_at_ms <= ?",
         (tx.now_ms,),
     ).fetchall()
     for row in rows:
-        retry = None
-        if (row["type"] == WEBHOOK and row["delivery_attempt"] > 0
-                and row["next_attempt_at_ms"] is not None):
-            retry = _RetrySchedule(row["delivery_attempt"], row["next_attempt_at_ms"],
-                                   row["last_error"])
-        _end_wake(tx, row["id"], retry)
+        _end_wake(tx, row["id"], _retry_after_expiry(row, tx.now_ms))
     return len(rows)
+
+
+def _retry_after_expiry(row: sqlite3.Row, now_ms: int) -> _RetrySchedule | None:
+    """When the wake that follows an expired webhook wake goes out. At once if the receiver
+    had it (a delivery answered, or a callback); if not, on the backoff its failures reached
+    (7.1): a receiver that is down, or takes a POST and never answers, would otherwise be
+    sent a new wake every lease, however many were still open."""
+    if row["type"] != WEBHOOK or row["next_attempt_at_ms"] is None:
+        return None
+    if row["next_attempt_at_ms"] > now_ms:  # resting after a failure: the rest carries over
+        return _RetrySchedule(row["delivery_attempt"], row["next_attempt_at_ms"],
+                              row["last_error"])
+    # Its delivery was under way (or due) for the whole lease: that counts as a failure.
+    return _RetrySchedule(row["delivery_attempt"] + 1,
+                          now_ms + int(retry_delay_s(row["delivery_attempt"]) * 1000),
+                          NOT_ANSWERED_IN_LEASE)
 
 
 def release_holder(tx: Transaction, worker: str) -> int:
@@ -511,10 +530,15 @@ def acknowledge(
     _apply_acks(tx, sub_id, row["wake_id"], acks)
     if done:
         return _end_wake(tx, sub_id)
-    tx.conn.execute(
-        "UPDATE subscriptions SET lease_expires_at_ms = ?, next_attempt_at_ms = NULL WHERE id = ?",
-        (tx.now_ms + row["lease_ttl_ms"], sub_id),
-    )
+    if kind == WEBHOOK:  # the receiver has the wake: no delivery is due, none has failed
+        tx.conn.execute(
+            "UPDATE subscriptions SET lease_expires_at_ms = ?, next_attempt_at_ms = NULL,"
+            " delivery_attempt = 0, last_error = NULL WHERE id = ?",
+            (tx.now_ms + row["lease_ttl_ms"], sub_id),
+        )
+    else:
+        tx.conn.execute("UPDATE subscriptions SET lease_expires_at_ms = ? WHERE id = ?",
+                        (tx.now_ms + row["lease_ttl_ms"], sub_id))
     tx.effects.wakes_issued = True
     return False
 
@@ -587,9 +611,13 @@ def record_delivery(
     error: str | None,
     retry_at_ms: int | None,
 ) -> None:
-    """Store a delivery attempt's outcome, if its wake is still the current one."""
+    """Store a delivery attempt's outcome, if its wake is still the current one and its
+    lease has not run out: then its answer, `{"done": true}` included, comes too late, as a
+    callback would (the sweep counts the delivery as failed and wakes again)."""
     row = _row(tx.conn, state.id)
     if row is None or row["wake_id"] != state.wake_id or row["generation"] != state.generation:
+        return
+    if _lease_over(row, tx.now_ms):
         return
     if delivered and done:
         _apply_acks(
@@ -613,11 +641,12 @@ def record_delivery(
             "UPDATE subscriptions SET next_attempt_at_ms = NULL, delivery_attempt = 0,"
             " last_error = NULL WHERE id = ?", (state.id,),
         )
-    else:
+    else:  # (a wake stored before webhook leases started at the issue gets one now)
         tx.conn.execute(
             "UPDATE subscriptions SET next_attempt_at_ms = ?, delivery_attempt ="
-            " delivery_attempt + 1, last_error = ? WHERE id = ?",
-            (retry_at_ms, error, state.id),
+            " delivery_attempt + 1, last_error = ?,"
+            " lease_expires_at_ms = coalesce(lease_expires_at_ms, ?) WHERE id = ?",
+            (retry_at_ms, error, tx.now_ms + row["lease_ttl_ms"], state.id),
         )
     tx.effects.wakes_issued = True
 

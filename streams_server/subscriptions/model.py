@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,16 @@ MAX_LEASE_TTL_MS = 600_000
 MAX_ID_LENGTH = 256
 MAX_DESCRIPTION = 1_000
 MAX_EXPLICIT_STREAMS = 1_000
+FIRST_RETRY_S = 1.0
+MAX_RETRY_S = 60.0
+JITTER = 0.2
+
+
+def retry_delay_s(attempt: int) -> float:
+    """A webhook's wait before its next delivery after `attempt` + 1 failures in a row
+    (7.1): exponential backoff from 1 s up to 60 s, with 20 % jitter either way."""
+    base: float = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** max(0, attempt))
+    return base * (1 + random.uniform(-JITTER, JITTER))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from ..errors import BadRequest, StorageFailure, Unauthorized
+from ..errors import BadRequest, NotFound, StorageFailure, Unauthorized
 from ..offsets import parse_offset
 from ..storage import subscriptions as db
 from ..storage.engine import StreamStore
@@ -27,6 +27,7 @@ from .model import (
     parse_config,
     parse_stream_list,
     refuse_own_wake_stream,
+    retry_delay_s,
     stream_path,
     validate_subscription_id,
 )
@@ -202,8 +203,9 @@ class SubscriptionService:
             if until <= now:
                 self._resting.pop(sub_id, None)
         resting = self._resting.copy()
-        waiting = {sub_id for sub_id, _ in self._in_flight.copy()} | resting.keys()
-        stored = self.store.read_with(lambda conn: db.next_deadline_ms(conn, waiting))
+        delivering = {wake_id for _, wake_id in self._in_flight.copy()}
+        stored = self.store.read_with(
+            lambda conn: db.next_deadline_ms(conn, resting.keys(), delivering))
         return min([t for t in [stored, *resting.values()] if t is not None], default=None)
 
     def _start_delivery(self, state: SubscriptionState) -> None:
@@ -217,6 +219,13 @@ class SubscriptionService:
 
     def _deliver(self, state: SubscriptionState, key: tuple[str, str]) -> None:
         try:
+            try:
+                state = self.store.read_with(lambda conn: db.get_subscription(conn, state.id))
+            except NotFound:
+                return  # deleted meanwhile
+            if (state.wake_id != key[1] or state.next_attempt_at_ms is None
+                    or state.next_attempt_at_ms > self.store.now_ms()):
+                return  # recorded since the scheduler read it as due: delivered, or resting
             assert state.wake_id is not None
             token = tokens.mint(
                 self.keys.token_key,
@@ -226,7 +235,7 @@ class SubscriptionService:
                                        local_ok=self.local_webhooks)
             retry_at = None
             if not outcome.delivered:
-                delay = webhooks.retry_delay_s(state.delivery_attempt)
+                delay = retry_delay_s(state.delivery_attempt)
                 retry_at = self.store.now_ms() + int(delay * 1000)
                 log.warning(
                     "webhook delivery for %s failed (%s); retry in %.1fs",
@@ -260,7 +269,7 @@ class SubscriptionService:
         """Hold back a delivery that could not be recorded, longer each time in a row (its
         stored attempt count did not grow); returns the rest in seconds."""
         in_a_row = self._unrecorded.get(state.id, 0)
-        delay = webhooks.retry_delay_s(state.delivery_attempt + in_a_row)
+        delay = retry_delay_s(state.delivery_attempt + in_a_row)
         self._unrecorded[state.id] = in_a_row + 1
         self._resting[state.id] = self.store.now_ms() + int(delay * 1000)
         return delay

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +23,6 @@ from .urlcheck import resolve_public_address
 log = logging.getLogger(__name__)
 
 DELIVERY_TIMEOUT_S = 10.0
-FIRST_RETRY_S = 1.0
-MAX_RETRY_S = 60.0
-JITTER = 0.2
 
 
 @dataclass(frozen=True)
@@ -34,12 +30,6 @@ class DeliveryOutcome:
     delivered: bool
     done: bool
     error: str | None
-
-
-def retry_delay_s(attempt: int) -> float:
-    """Exponential backoff from 1 s up to 60 s, with 20 % jitter either way."""
-    base: float = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** max(0, attempt))
-    return base * (1 + random.uniform(-JITTER, JITTER))
 
 
 def link_json(link: LinkState, *, with_tail: bool) -> dict[str, object]:
