@@ -293,6 +293,30 @@ def test_a_close_only_request_is_idempotent_with_any_producer_headers(http: Stre
     assert http.request("GET", path, params={"offset": "-1"}).text == "last"
 
 
+def test_a_close_only_request_is_not_refused_for_its_content_type(http: StreamsHttp) -> None:
+    """5.2: "When the request body is empty, servers MUST NOT reject based on Content-Type."
+    One too long to store (over 1,024 characters) was refused, and the stream stayed open."""
+    path = "closed-whatever-its-type"
+    assert http.request("PUT", path, headers={"Content-Type": TEXT}).status_code == 201
+    closing = http.request("POST", path, headers={
+        "Stream-Closed": "true", "Content-Type": "text/" + "x" * 1100})
+    assert closing.status_code == 204, closing.content
+    assert closing.headers["Stream-Closed"] == "true"
+    refused = http.request("POST", "closed-whatever-its-type-2", body="data", headers={
+        "Content-Type": "text/" + "x" * 1100})  # with a body, the type still counts
+    assert refused.status_code in (400, 404), refused.content
+
+
+def test_a_leap_second_is_a_valid_expiry_time(http: StreamsHttp) -> None:
+    """RFC 3339 (5.7) allows a seconds value of 60, a leap second: it was a 400. It is
+    taken as the second that follows it."""
+    path = "expires-on-a-leap-second"
+    made = http.request("PUT", path, headers={
+        "Content-Type": TEXT, "Stream-Expires-At": "2030-12-31T23:59:60Z"})
+    assert made.status_code == 201, made.content
+    assert http.head(path).headers["Stream-Expires-At"].startswith("2031-01-01T00:00:00")
+
+
 # -- caching (section 5.6) ------------------------------------------------------------------------
 
 
@@ -328,6 +352,25 @@ def test_catch_up_reads_are_cached_no_longer_than_the_stream_lives(http: Streams
     max_age, header = _max_age(http.request("GET", until, params={"offset": "-1"}))
     assert max_age is not None and "stale" not in header, header
     assert 30 - (time.time() - started) - 2 <= max_age <= 30, header
+
+
+def test_an_empty_read_at_the_tail_of_an_open_stream_is_not_cached(http: StreamsHttp) -> None:
+    """Data at an offset never changes, but an empty answer at the tail of an open stream
+    does, with the next append: cached like a chunk (a minute, five more stale), it hid
+    new data from readers behind a cache. The closure signal there is final, and cached."""
+    path = "tail-not-cached"
+    http.request("PUT", path, headers={"Content-Type": TEXT}, body="x").raise_for_status()
+    first = http.request("GET", path, params={"offset": "-1"})
+    assert first.headers["Cache-Control"].startswith("public, max-age=60")
+    tail = first.headers["Stream-Next-Offset"]
+    empty = http.request("GET", path, params={"offset": tail})
+    assert empty.status_code == 200 and empty.content == b""
+    assert empty.headers["Stream-Up-To-Date"] == "true"
+    assert empty.headers["Cache-Control"] == "no-store"
+    http.request("POST", path, headers={"Stream-Closed": "true"}).raise_for_status()
+    closed = http.request("GET", path, params={"offset": tail})
+    assert closed.headers["Stream-Closed"] == "true"
+    assert closed.headers["Cache-Control"].startswith("public, max-age=60")
 
 
 def test_an_etag_never_matches_other_bytes_of_a_stream_made_again(

@@ -106,9 +106,13 @@ def rfc3339_ms(value: str) -> int:
             code="INVALID_EXPIRES_AT",
         )
     normalized = text.replace("z", "Z").replace("t", "T").replace(" ", "T")
+    leap_second = normalized[17:19] == "60"  # RFC 3339 (5.7): taken as the second after it
+    if leap_second:
+        normalized = normalized[:17] + "59" + normalized[19:]
     try:
         moment = datetime.fromisoformat(normalized.replace("Z", "+00:00"))
         utc = moment.astimezone(timezone.utc)  # OverflowError outside years 1-9999 in UTC
+        utc += timedelta(seconds=1 if leap_second else 0)
     except (ValueError, OverflowError) as exc:
         raise BadRequest(
             f"Stream-Expires-At is not a valid date: {exc}", code="INVALID_EXPIRES_AT"

@@ -142,11 +142,14 @@ class StreamOperations:
         stream_seq = headers.stream_seq(h)
         info = self.store.info(request.path)  # 404/410 before reading a body for nothing
         bodies.check_declared_length(request.content_length, self.settings)
-        content_type = headers.content_type(h)
+        try:
+            content_type, unusable_type = headers.content_type(h), None
+        except BadRequest as unusable:  # refused only with a body: an empty one has no type
+            content_type, unusable_type = None, unusable  # (5.2)
         if content_type is None:
             entries = bodies.read_spooled(request.body, self.settings)
             if entries:
-                raise _refusal(info, BadRequest(
+                raise _refusal(info, unusable_type or BadRequest(
                     "an append with a body needs a Content-Type", code="MISSING_CONTENT_TYPE"))
         else:
             try:
@@ -296,7 +299,10 @@ class StreamOperations:
             reply.headers["Stream-Closed"] = "true"
         if cursor is not None and not result.closed_at_end:
             reply.headers["Stream-Cursor"] = cursor
-        reply.headers["Cache-Control"] = self._catch_up_cache_control(info)
+        if result.entries or result.closed_at_end:
+            reply.headers["Cache-Control"] = self._catch_up_cache_control(info)
+        else:  # the tail of an open stream: the next append changes this answer
+            reply.headers["Cache-Control"] = "no-store"
         if _etag_matches(request.headers.get("If-None-Match"), etag):
             reply.status = 304
             return reply
