@@ -129,6 +129,7 @@ class Transport:
             failure: str
             retry_after: float | None = None
             status: int | None = None
+            cause: BaseException | None = None  # kept, so a caller can tell a read timeout
             try:
                 response = self._send(method, url, headers, params, data, idempotent,
                                       timeout if timeout is not None else self.timeout, session)
@@ -138,7 +139,7 @@ class Transport:
                         f"connection failed, request outcome unknown: {exc}",
                         method=method, url=url,
                     ) from exc
-                failure = connection_failure(exc)
+                failure, cause = connection_failure(exc), exc
             else:
                 if not _retryable(response.status_code, idempotent):
                     return response
@@ -152,7 +153,7 @@ class Transport:
                 raise errors.StreamsUnavailable(
                     f"giving up after {attempt + 1} attempt(s): {failure}", reason=failure,
                     status=status, method=method, url=url,
-                )
+                ) from cause
             if policy.log_retries:
                 log.info("retrying %s %s in %.2fs after %s", method, url, wait, failure)
             if _wait(stop_event, wait):

@@ -160,6 +160,8 @@ class Tail:
                 raise errors.StreamsUnavailable(f"HTTP {response.status_code}",
                                                 status=response.status_code)
             raise_for_status(response)
+            if response.headers.get("Stream-SSE-Data-Encoding"):  # base64: a binary stream
+                raise _not_json(response.headers["Stream-SSE-Data-Encoding"] + "-encoded data")
             received = False
             for batch in self._sse_batches(response):
                 received = True
@@ -193,10 +195,20 @@ def _control_batch(control: Any, messages: list[Any], offset: str) -> ReadResult
 
 
 def _json_array(text: str) -> list[Any]:
-    value = json.loads(text) if text.strip() else []
+    """A data event's messages. The server sends a JSON stream's as an array, so anything
+    else is a stream of another type (retried, it would fail for good)."""
+    try:
+        value = json.loads(text) if text.strip() else []
+    except ValueError:
+        value = None
     if not isinstance(value, list):
-        raise ValueError(f"SSE data event is not a JSON array: {text[:100]!r}")
+        raise _not_json(f"data {text[:100]!r}")
     return value
+
+
+def _not_json(what: str) -> errors.ContentTypeMismatch:
+    return errors.ContentTypeMismatch(f"not a JSON stream: its SSE events carry {what}",
+                                      method="GET")
 
 
 def _raw_chunks(response: requests.Response) -> Iterator[bytes]:

@@ -41,7 +41,9 @@ class Producer:
     If an append fails with an unknown outcome (the server unreachable until the retry
     deadline), that batch stays pending and is sent again, with the same seq, before the next
     batch; `pending` tells whether there is one. This keeps a later batch from being taken for
-    a duplicate of a batch that did land.
+    a duplicate of a batch that did land. A batch appended while one is pending is queued
+    behind it, and stays queued if the pending one fails again: every batch `append` was
+    given is either appended, refused with an error that says so, or still queued.
     """
 
     def __init__(
@@ -66,7 +68,7 @@ class Producer:
         self.content_type = content_type
         self._epoch = epoch
         self._next_seq = next_seq
-        self._pending: tuple[bytes, bool] | None = None
+        self._queued: list[tuple[bytes, bool]] = []  # (body, close), the first being sent
         self._lock = threading.Lock()
 
     @property
@@ -82,53 +84,60 @@ class Producer:
     @property
     def pending(self) -> bool:
         """True if a batch with an unknown outcome will be re-sent before the next one."""
-        return self._pending is not None
+        return bool(self._queued)
 
     def append(self, messages: Sequence[Any], *, close: bool = False) -> AppendResult:
         """Append ``messages`` (one or more JSON values) as one batch; return the outcome.
 
         With ``close=True`` the stream is closed atomically with this batch. Raises
         `ProducerFenced` (unless auto-claiming), `SequenceGap`, `StreamClosed`,
-        `StreamNotFound`, or `StreamsUnavailable` (then the batch stays pending).
+        `StreamNotFound` (then neither this batch nor any queued before it is appended), or
+        `StreamsUnavailable` (then the batch stays pending, behind any pending before it).
         """
         if isinstance(messages, (str, bytes)) or not messages:
             raise ValueError("messages must be a non-empty sequence of JSON values")
         body = json.dumps(list(messages), separators=(",", ":")).encode()
         with self._lock:
-            if self._pending is not None:
-                self._send(*self._pending)
-            return self._send(body, close)
+            self._queued.append((body, close))
+            return self._send_queued()
 
     def append_one(self, message: Any, *, close: bool = False) -> AppendResult:
         """Append a single JSON value (which may itself be a list) as its own batch."""
         return self.append([message], close=close)
 
     def flush_pending(self) -> AppendResult | None:
-        """Re-send a pending batch now, if there is one."""
+        """Re-send the pending batches now, if there are any; the last one's outcome."""
         with self._lock:
-            if self._pending is None:
+            if not self._queued:
                 return None
-            return self._send(*self._pending)
+            return self._send_queued()
+
+    def _send_queued(self) -> AppendResult:
+        """Send the queued batches in order; the last one's outcome."""
+        while True:
+            result = self._send(*self._queued[0])
+            self._queued.pop(0)
+            if not self._queued:
+                return result
 
     def _send(self, body: bytes, close: bool) -> AppendResult:
-        self._pending = (body, close)
         for _ in range(_MAX_CLAIMS):
             try:
                 result = self._post(body, close)
             except errors.ProducerFenced as fenced:
                 if not self.auto_claim or fenced.server_epoch is None:
-                    self._pending = None
+                    self._queued.clear()
                     raise
                 self._epoch, self._next_seq = fenced.server_epoch + 1, 0
                 continue
             except errors.StreamsUnavailable:
-                raise  # outcome unknown: keep the batch pending
+                raise  # outcome unknown: the batch stays queued, and those behind it
             except errors.StreamsError:
-                self._pending = None
+                self._queued.clear()
                 raise
-            self._pending = None
             self._next_seq = result.seq + 1
             return result
+        self._queued.clear()
         raise errors.ProducerFenced(
             f"gave up claiming producer {self.producer_id!r}: other writers keep claiming it",
             status=403,

@@ -244,6 +244,11 @@ class StreamsClient:
     def parse_read(self, response: requests.Response | WireResponse, offset: str) -> ReadResult:
         """Decode a successful read response (catch-up or long-poll) into a `ReadResult`."""
         headers = response.headers
+        if (response.status_code == 200 and headers.get("Content-Length") is None
+                and "chunked" not in headers.get("Transfer-Encoding", "").lower()):
+            # What a connection closed in the middle of the headers looks like to `requests`:
+            # taken as an empty body, its `Stream-Next-Offset` would skip data never read.
+            raise errors.StreamsUnavailable("the answer broke off before its headers ended")
         closed = _flag(headers, "Stream-Closed")
         messages: tuple[Any, ...] = ()
         content_type = headers.get("Content-Type", "") if response.status_code != 204 else ""

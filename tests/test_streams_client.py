@@ -83,7 +83,8 @@ class FaultProxy:
     A fault is ``(method, action)``; the first queued fault whose method matches a request is
     used once. Actions: ``"drop-before"`` (close the connection without forwarding),
     ``"drop-after"`` (forward, then close without answering: a lost response),
-    ``"503"``, ``"429:<retry-after>"``, ``"cut-body"`` (a 200 whose body stops short).
+    ``"503"``, ``"429:<retry-after>"``, ``"cut-body"`` (a 200 whose body stops short),
+    ``"cut-headers"`` (the upstream answer's status and next offset, then a close).
     """
 
     def __init__(self, upstream: str) -> None:
@@ -145,6 +146,13 @@ class FaultProxy:
             handler.send_header("Content-Length", "100")
             handler.end_headers()
             handler.wfile.write(b"[{")
+            handler.close_connection = True
+            return
+        if action == "cut-headers":  # the answer's status and offset, then the connection
+            upstream = requests.request(method, self.upstream + handler.path, timeout=30)
+            handler.send_response(upstream.status_code)
+            handler.send_header("Stream-Next-Offset", upstream.headers["Stream-Next-Offset"])
+            handler.flush_headers()  # no blank line: the headers never end
             handler.close_connection = True
             return
         if action is not None and action != "drop-after":
@@ -390,6 +398,30 @@ def test_unknown_outcome_keeps_the_batch_pending_and_resends_it_first(
     assert client.read_all(path).messages == ({"n": 1}, {"n": 2})
 
 
+def test_a_batch_held_back_by_a_pending_one_that_fails_again_stays_queued(
+    client: StreamsClient, server: ServerProcess, path: str,
+) -> None:
+    """`append` re-sends the pending batch first; when that failed again the new batch was
+    neither sent nor kept, though the caller was told what a pending batch is told (its
+    outcome unknown, to be sent before the next): it was lost."""
+    client.ensure_stream(path)
+    with FaultProxy(server.url) as proxy:
+        impatient = StreamsClient(f"{proxy.url}/v1/stream",
+                                  retry=RetryPolicy(initial_delay=0.01, deadline=0.05))
+        producer = impatient.producer(path, "writer-1")
+        proxy.inject("POST", *["503"] * 20)
+        with pytest.raises(errors.StreamsUnavailable):
+            producer.append([{"n": 1}])
+        with pytest.raises(errors.StreamsUnavailable):
+            producer.append([{"n": 2}])  # {"n": 1} fails again: {"n": 2} is not sent
+        assert producer.pending and producer.next_seq == 0
+        proxy.faults.clear()
+        producer.append([{"n": 3}])
+        impatient.close()
+    assert not producer.pending and producer.next_seq == 3
+    assert client.read_all(path).messages == ({"n": 1}, {"n": 2}, {"n": 3})
+
+
 def test_a_refused_batch_is_dropped_not_sent_again_before_the_next(
     client: StreamsClient, server: ServerProcess, path: str,
 ) -> None:
@@ -529,6 +561,70 @@ def test_a_tail_cut_off_in_a_response_says_so_in_words(
     assert len(warned) == 1 and re.match(
         rf"tail of {path} \(\S+\): the connection broke off in the middle of the response;"
         " reconnecting in ", warned[0]), warned
+
+
+def test_a_long_poll_tail_cut_off_in_the_headers_reads_the_data_again(
+    client: StreamsClient, proxied: StreamsClient, proxy: FaultProxy, path: str,
+) -> None:
+    """A connection closed after the `Stream-Next-Offset` line but before the headers ended
+    was read (by `requests`) as a whole answer with an empty body: the tail moved past data
+    it never had. (An SSE tail so cut gets no control event, and reads again.)"""
+    client.ensure_stream(path)
+    client.producer(path, "writer-1").append([{"n": 1}, {"n": 2}])
+    proxy.inject("GET", "cut-headers")
+    follower = Follower(proxied.tail(path))
+    assert follower.messages_until(lambda m: len(m) >= 2) == [{"n": 1}, {"n": 2}]
+    follower.tail.close()
+    follower.join()
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream"])
+def test_an_sse_tail_of_a_stream_that_is_not_json_says_so(
+    client: StreamsClient, path: str, content_type: str,
+) -> None:
+    """A long-poll tail raises `ContentTypeMismatch` for a stream that is not JSON; over SSE
+    its data events failed to parse as JSON and were retried forever, in silence after the
+    first warning."""
+    client.transport.request("PUT", client.stream_url(path), data=b"plain words",
+                             headers={"Content-Type": content_type}).close()
+    for live in ("long-poll", "sse"):
+        with pytest.raises(errors.ContentTypeMismatch):
+            next(iter(client.tail(path, live=live)))
+
+
+def test_a_live_read_that_times_out_reconnects_at_once_without_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A long-poll the server holds past the client's timeout is no outage: the tail asks
+    again at once. The timeout came back without its cause, so it was taken for one (a
+    warning, then a growing backoff)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def never_answer() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=never_answer, daemon=True).start()
+    silent = StreamsClient(f"http://127.0.0.1:{listener.getsockname()[1]}/v1/stream",
+                           retry=FAST_RETRY, live_timeout=0.3)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="agent_actors.streams_client"):
+            tail = silent.tail("any/stream", "0000000000000000_0000000000000000")
+            follower = Follower(tail)
+            time.sleep(2.0)
+            tail.close()
+            follower.join()
+        assert follower.error is None
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert warned == []
+        assert any("read timeout, reconnecting" in r.getMessage() for r in caplog.records)
+    finally:
+        listener.close()
+        for connection in accepted:
+            connection.close()
+        silent.close()
 
 
 def test_tail_raises_for_a_missing_stream(client: StreamsClient, path: str) -> None:
