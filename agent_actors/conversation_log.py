@@ -133,14 +133,18 @@ class ConversationLog:
 
         An earlier prompt without an answer (it failed, or the model wrote nothing) is left
         out: kept, it was sent again inside every later request, so a prompt the API refuses
-        (too long) failed every one after it, and Try again asked its question twice."""
+        (too long) failed every one after it, and Try again asked its question twice. So is
+        a stopped answer whose question was asked again next (the page's Try again)."""
         turns: list[Turn] = []
-        for earlier in self.prompts:
+        for earlier, following in zip(self.prompts, [*self.prompts[1:], None]):
             if earlier.id == prompt.id:
                 break
             answer = self.answers.get(earlier.id)
             if earlier.problem is not None or answer is None or answer.outcome != "done" \
                     or not answer.text:
+                continue
+            if (answer.stop_reason == "cancelled" and following is not None
+                    and following.content == earlier.content):
                 continue
             turns.append(Turn(USER, earlier.content))
             turns.append(Turn(ASSISTANT, answer.text))

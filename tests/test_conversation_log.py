@@ -51,6 +51,22 @@ def test_a_stopped_answer_is_kept_with_what_it_said_and_an_empty_one_is_not() ->
                      Turn(USER, "Question C")]
 
 
+def test_a_stopped_answer_asked_again_is_not_sent_with_its_retry() -> None:
+    """The page offers Try again on a stopped answer, which sends the same question again:
+    the model was sent the question, the cut-off answer, and the question a second time.
+    The retry stands for the stopped turn; a stopped turn followed by another question
+    stays (the question may build on what the answer had said)."""
+    turns = history(
+        [chunk("a", "Answer A."), end("a"), chunk("b", "Cut o"), end("b", stop_reason="cancelled")],
+        [("a", "Question A"), ("b", "Question B"), ("b2", "Question B")])
+    assert turns == [Turn(USER, "Question A"), Turn(ASSISTANT, "Answer A."),
+                     Turn(USER, "Question B")]
+    turns = history(
+        [chunk("b", "Cut o"), end("b", stop_reason="cancelled")],
+        [("b", "Question B"), ("c", "Go on")])
+    assert turns == [Turn(USER, "Question B"), Turn(ASSISTANT, "Cut o"), Turn(USER, "Go on")]
+
+
 def test_the_oldest_exchanges_go_first_to_fit_the_budget() -> None:
     turns = history(
         [chunk("a", "A" * 40), end("a"), chunk("b", "B" * 40), end("b")],
