@@ -10,7 +10,8 @@ raised no uncaught error (the `new_context` fixture fails a test on any page err
 * answers built to make the Markdown renderer backtrack for minutes, or to exhaust its stack,
   render (there are no timed assertions: the inputs are sized so that the renderer before the
   fix took far longer than the test's timeout);
-* a stream name that is not valid percent-encoding opens in the inspector.
+* a stream name that is not valid percent-encoding opens in the inspector;
+* text in two directions (a Hebrew line above English ones) lays out each line in its own.
 """
 
 from __future__ import annotations
@@ -538,3 +539,43 @@ def test_the_inspector_opens_a_stream_whose_name_has_a_stray_percent(
     page = open_chat(new_context(), f"{chat_app.url}/inspector#path={path}")  # a malformed hash
     expect(page.get_by_test_id("inspector-title")).to_have_text(path)
     expect(page.get_by_test_id("content-view")).to_contain_text("stray percent content")
+
+
+# -- text in two directions ---------------------------------------------------------------------
+
+LINE_SIDES_JS = """([selector, needles]) => {
+  const box = document.querySelector(selector);
+  const where = (needle) => {
+    const walker = document.createTreeWalker(box, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const at = node.data.indexOf(needle);
+      if (at < 0) continue;
+      const range = document.createRange();
+      range.setStart(node, at);
+      range.setEnd(node, at + needle.length);
+      const line = range.getBoundingClientRect();
+      const block = (node.parentElement.closest("p") ?? box).getBoundingClientRect();
+      return line.left - block.left < 4 ? "left" : block.right - line.right < 4 ? "right" : "middle";
+    }
+    return "missing";
+  };
+  return needles.map(where);
+}"""
+
+
+def test_each_line_of_text_in_two_directions_takes_its_own(
+        conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    """A Hebrew first line made the whole message right-to-left: the English lines under it
+    were set against the right edge, their full stops moved to their start."""
+    c = conversation("two directions")
+    c.prompt("p1", "שלום עולם\nPlease translate this line.")
+    c.answer("p1", "שלום עולם פירושו\n\nIt means hello world.")
+    page, console_errors = open_conversation(new_context, c)
+    expect_answer(page, "שלום עולם\nPlease translate this line.", "It means hello world.")
+    prompt_sides = page.evaluate(LINE_SIDES_JS, [
+        '[data-testid="turn"] .bubble-text', ["שלום עולם", "Please translate this line."]])
+    answer_sides = page.evaluate(LINE_SIDES_JS, [
+        '[data-testid="answer-text"]', ["שלום עולם פירושו", "It means hello world."]])
+    assert prompt_sides == ["right", "left"], prompt_sides
+    assert answer_sides == ["right", "left"], answer_sides
+    assert console_errors == [], console_errors
