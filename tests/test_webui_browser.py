@@ -854,9 +854,11 @@ def test_a_deleted_conversation_leaves_every_tab_and_the_server(
     cid = chat.start_conversation(title)
     link = f"{chat_app.url}/#/c/{cid}"
     deleter, watcher = open_chat(new_context(), link), open_chat(new_context(), link)
+    beside = open_chat(deleter.context, link)  # another tab of the deleter's browser
     prompt = unique("Say something first")
     send_prompt(deleter, prompt)
     wait_state(watcher, prompt, "done")
+    wait_state(beside, prompt, "done")
     item = f'[data-testid="conversation-item"][data-conversation-id="{cid}"]'
 
     deleter.once("dialog", lambda dialog: dialog.dismiss())
@@ -877,11 +879,17 @@ def test_a_deleted_conversation_leaves_every_tab_and_the_server(
     assert questions and title in questions[0]
     # Where the next message is written: it was left on the page's body.
     expect(deleter.get_by_test_id("composer-input")).to_be_focused()
-    for page in (deleter, watcher):
+    for page in (deleter, watcher, beside):
         expect(page.locator(item)).to_have_count(0)
         expect(page.get_by_test_id("deleted-conversation")).to_have_text(f"“{title}” was deleted.")
         expect(page.get_by_test_id("conversation-title")).to_have_text("New conversation")
         assert not page.url.endswith(cid)
+    # The live view says what the pill says; a tab beside the deleter's said "connecting"
+    # from a moment after, for good.
+    beside.wait_for_timeout(3000)
+    for page in (deleter, watcher, beside):
+        expect(page.get_by_test_id("connection-pill")).to_have_attribute("data-state", "live")
+        expect(page.get_by_test_id("flow-node-browser")).to_contain_text("this tab · live")
     expect(watcher.get_by_test_id("composer-input")).to_have_value("a half-written thought")
 
     client = StreamsClient(f"{chat_app.url}/v1/stream")

@@ -322,6 +322,7 @@ function openConversation(id) {
     for (const f of current.follows) f.stop();
     status.removeStream("prompts");
     status.removeStream("responses");
+    updateBrowserNode(); // else the diagram kept what the last read said ("connecting")
   }
   current = {
     id: id ?? protocol.newConversationId(),
@@ -430,6 +431,7 @@ function pauseConversation() {
   document.body.dataset.paused = "true";
   status.removeStream("prompts");
   status.removeStream("responses");
+  updateBrowserNode();
 }
 
 function streamStatus(c, name, s) {
