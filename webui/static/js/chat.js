@@ -320,9 +320,7 @@ function openConversation(id) {
   }
   if (current) {
     for (const f of current.follows) f.stop();
-    status.removeStream("prompts");
-    status.removeStream("responses");
-    updateBrowserNode(); // else the diagram kept what the last read said ("connecting")
+    forgetStreamStatuses();
   }
   current = {
     id: id ?? protocol.newConversationId(),
@@ -429,6 +427,12 @@ function pauseConversation() {
   c.following = false;
   c.paused = true;
   document.body.dataset.paused = "true";
+  forgetStreamStatuses();
+}
+
+/** The conversation's reads have stopped: their statuses go, from the pill and from the
+ * diagram (which otherwise kept what the last read said, "connecting"). */
+function forgetStreamStatuses() {
   status.removeStream("prompts");
   status.removeStream("responses");
   updateBrowserNode();

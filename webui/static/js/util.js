@@ -111,15 +111,7 @@ export function wireSkipLink() {
 
 /** Run `fn` at most once per animation frame, however often it is requested. */
 export function frameThrottle(fn) {
-  let scheduled = false;
-  return () => {
-    if (scheduled) return;
-    scheduled = true;
-    requestAnimationFrame(() => {
-      scheduled = false;
-      fn();
-    });
-  };
+  return intervalThrottle(fn, 0);
 }
 
 /** Run `fn` in an animation frame at most once every `ms` milliseconds, however often it
@@ -131,11 +123,14 @@ export function intervalThrottle(fn, ms) {
   return () => {
     if (scheduled) return;
     scheduled = true;
-    setTimeout(() => requestAnimationFrame(() => {
+    const run = () => requestAnimationFrame(() => {
       scheduled = false;
       last = performance.now();
       fn();
-    }), Math.max(0, last + ms - performance.now()));
+    });
+    const wait = last + ms - performance.now();
+    if (wait > 0) setTimeout(run, wait);
+    else run();
   };
 }
 
