@@ -2674,6 +2674,47 @@ def test_a_conversation_of_long_turns_opens_and_stays_at_its_newest_text(
     page.wait_for_function(AT_BOTTOM_JS, timeout=5000)
 
 
+def test_a_long_prompt_shows_its_first_lines_until_the_reader_asks_for_all_of_it(
+    chat_app: ServerProcess, new_context: NewContext, replies: ScriptedReplies,
+) -> None:
+    """A pasted log of 200,000 characters made a bubble 78,000 px tall, scrolled past on
+    every visit. Its start shows now, with a button for the rest; the text stays whole in
+    the page, and a prompt that fits has no button."""
+    page = open_chat(new_context(), chat_app.url)
+    page.get_by_test_id("new-conversation").click()
+    fits = unique("\n".join(f"step {i}" for i in range(25)))
+    replies.set(fits, "Fine.")
+    send_prompt(page, fits)
+    wait_state(page, fits, "done")
+    expect(turn_for(page, fits).get_by_test_id("prompt-toggle")).to_be_hidden()
+
+    pasted = unique("\n".join(f"log line {i:05d}: something happened in module alpha beta"
+                              for i in range(3600)))
+    assert len(pasted) > 200_000
+    replies.set(pasted, "Noted.")
+    box = page.get_by_test_id("composer-input")
+    box.evaluate("(el, text) => { el.value = text; el.dispatchEvent(new Event('input')); }", pasted)
+    box.press("Enter")
+    turn = page.get_by_test_id("turn").last
+    expect(turn).to_have_attribute("data-state", "done", timeout=TIMEOUT_MS)
+    bubble = turn.locator(".bubble")
+    toggle = turn.get_by_test_id("prompt-toggle")
+    expect(toggle).to_have_text(f"Show all ({len(pasted):,} characters)")
+    expect(toggle).to_have_attribute("aria-expanded", "false")
+    box_height = bubble.evaluate("node => node.getBoundingClientRect().height")
+    assert 200 < box_height < 700, box_height
+    assert turn.locator(".bubble-text").text_content() == pasted
+
+    toggle.click()
+    expect(toggle).to_have_text("Show less")
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    assert bubble.evaluate("node => node.getBoundingClientRect().height") > 50_000
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-expanded", "false")
+    assert bubble.evaluate("node => node.getBoundingClientRect().height") == box_height
+    expect(toggle).to_be_in_viewport()
+
+
 def test_scrolling_up_a_little_while_an_answer_streams_stops_following_it(
     chat_app: ServerProcess, new_context: NewContext, model: FakeAnthropic,
     replies: ScriptedReplies,

@@ -81,6 +81,14 @@ export class ChatView {
       else if (button.dataset.copyAnswer !== undefined) {
         const parts = this.#nodes.get(promptId);
         if (parts) copyToClipboard(button, parts.text, parts.body).then(announce);
+      } else if (button.dataset.togglePrompt !== undefined) {
+        const parts = this.#nodes.get(promptId);
+        if (parts) {
+          parts.promptExpanded = !parts.promptExpanded;
+          showPromptClamp(parts);
+          // Shown less, the prompt's start may be far above: bring its bubble back in view.
+          if (!parts.promptExpanded) parts.prompt.scrollIntoView({ block: "nearest" });
+        }
       } else if (button.dataset.retry !== undefined) {
         button.disabled = true; // a double click asks once; the next render removes it
         if (!onRetry(promptId)) button.disabled = false; // not asked: the turn stays as it is
@@ -215,8 +223,10 @@ function buildTurn(promptId) {
   const promptText = el("div", { class: "bubble-text", dir: "auto" });
   const promptMeta = el("div", { class: "msg-meta", dataset: { testid: "prompt-meta" } });
   // Named for screen readers, which cannot see the bubble or the avatar that tell them apart.
+  const promptToggle = el("button", { type: "button", class: "meta-action prompt-toggle", hidden: true,
+    "aria-expanded": "false", dataset: { togglePrompt: "", testid: "prompt-toggle" } });
   const prompt = el("div", { class: "msg msg-user", role: "article", "aria-label": "You said", dataset: { testid: "prompt" } },
-    el("div", { class: "bubble" }, promptText), promptMeta);
+    el("div", { class: "bubble" }, promptText), promptToggle, promptMeta);
 
   const status = el("div", { class: "answer-status", dataset: { testid: "answer-status" } },
     el("span", { class: "dots", "aria-hidden": "true" }, el("i"), el("i"), el("i")),
@@ -230,7 +240,7 @@ function buildTurn(promptId) {
     el("div", { class: "answer-main" }, body, status, error, meta));
 
   const li = el("li", { class: "turn", dataset: { testid: "turn", promptId } }, prompt, answer);
-  return { li, prompt, promptText, promptMeta, answer, status, statusText: status.lastChild, body, md: new MarkdownView(body), error, meta };
+  return { li, prompt, promptText, promptToggle, promptExpanded: false, promptMeta, answer, status, statusText: status.lastChild, body, md: new MarkdownView(body), error, meta };
 }
 
 /** How long without new text an answer has been (0 if it is not waiting for any): past
@@ -293,10 +303,38 @@ function setState(parts, state, note = "", { stalled = false, waiting = false } 
  * instead of 0.9), and the whole prompt takes the direction of its start. */
 const OWN_DIRECTION_LINES_MAX = 20_000;
 
+/** A prompt with more lines than this, or more characters, shows only its first lines
+ * (`.is-clamped`) until the reader asks for all of it: pasted logs or documents made bubbles
+ * thousands of pixels tall (78,000 for 200,000 characters) to scroll past on every visit. The
+ * text stays whole in the page (for find-in-page, selection and copy); clamped at 20 lines,
+ * these always overflow the bubble, so the button never shows on a prompt that fits. */
+const CLAMP_PAST_LINES = 30;
+const CLAMP_PAST_CHARS = 3_000;
+
+function lineCountAbove(text, limit) {
+  let at = -1;
+  for (let lines = 1; lines <= limit; lines++) {
+    at = text.indexOf("\n", at + 1);
+    if (at === -1) return false;
+  }
+  return true;
+}
+
 function showPromptText(parts, text) {
   if (parts.promptText.textContent === text) return;
   parts.promptText.textContent = text;
   parts.promptText.classList.toggle("lines-own-direction", text.length <= OWN_DIRECTION_LINES_MAX);
+  parts.promptClampable = text.length > CLAMP_PAST_CHARS || lineCountAbove(text, CLAMP_PAST_LINES);
+  showPromptClamp(parts);
+}
+
+function showPromptClamp(parts) {
+  const clamped = parts.promptClampable && !parts.promptExpanded;
+  parts.promptText.classList.toggle("is-clamped", clamped);
+  parts.promptToggle.hidden = !parts.promptClampable;
+  parts.promptToggle.setAttribute("aria-expanded", String(!clamped));
+  const size = parts.promptText.textContent.length.toLocaleString("en");
+  parts.promptToggle.textContent = clamped ? `Show all (${size} characters)` : "Show less";
 }
 
 function updatePending(parts, pending) {
