@@ -1943,6 +1943,61 @@ def test_a_prompt_sent_while_the_server_is_down_is_delivered_once(
         app.terminate()
 
 
+FETCH_TIMES_JS = r"""
+(() => {
+  const opened = (window.__fetchesAnswered = []);
+  const fetch = window.fetch;
+  window.fetch = async (...args) => {
+    const res = await fetch(...args);
+    const url = new URL(args[0] instanceof Request ? args[0].url : String(args[0]));
+    opened.push({ path: url.pathname, live: url.searchParams.get("live"), method: args[1]?.method ?? "GET",
+                  status: res.status, at: performance.now() });
+    return res;
+  };
+})();
+"""
+
+
+def test_after_an_outage_the_first_answer_heard_brings_every_live_read_back(
+        tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """Live reads that lost the server each waited out their own backoff, up to 5 s: once
+    it was back, a page could stream new text while it still said "Reconnecting", and the
+    reads of a conversation came back one by one over seconds. Now the first request that
+    hears from the server wakes the others."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url)
+    try:
+        context = new_context()
+        context.add_init_script(FETCH_TIMES_JS)
+        page = open_chat(context, app.url)
+        opening = unique("Before the outage")
+        send_prompt(page, opening)
+        wait_state(page, opening, "done")
+        live_paths = set(page.evaluate(
+            "() => window.__fetchesAnswered.filter(f => f.live === 'sse').map(f => f.path)"))
+        assert len(live_paths) >= 3, live_paths
+
+        app.kill()
+        pill = page.get_by_test_id("connection-pill")
+        expect(pill).to_have_attribute("data-state", "reconnecting")
+        page.wait_for_timeout(9000)  # the reads' backoff reaches its longest: naps of 2.5-5 s
+        app.start()
+        back_at = page.evaluate("() => performance.now()")
+        prompt = unique("After the outage")
+        replies.set(prompt, "Back.")
+        send_prompt(page, prompt)
+        wait_state(page, prompt, "done")
+        expect(pill).to_have_attribute("data-state", "live")
+        answered = [f for f in page.evaluate("() => window.__fetchesAnswered") if f["at"] > back_at]
+        heard_at = min(f["at"] for f in answered if f["status"] < 500)
+        reopened = {f["path"]: f["at"] for f in reversed(answered) if f["live"] == "sse" and f["status"] == 200}
+        assert set(reopened) >= live_paths, live_paths - set(reopened)
+        late = {path: round(reopened[path] - heard_at) for path in live_paths
+                if reopened[path] - heard_at > 1000}
+        assert not late, f"live reads back this many ms after the server was first heard: {late}"
+    finally:
+        app.terminate()
+
+
 def test_a_frozen_server_is_noticed_and_the_answer_resumes_when_it_thaws(
         tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
     """A server that stops answering without closing its connections (frozen, or a network

@@ -92,7 +92,43 @@ const TIMED_BODY_BYTES = 64 * 1024;
 const SLOWEST_UPLOAD_BYTES_PER_S = 16 * 1024;
 const LONGEST_TIMER_MS = 2 ** 31 - 1;
 
+/** Live reads that lost the server nap through their backoff (up to 5 s), or until any
+ * request of their client hears from it again: after an outage each read otherwise came
+ * back on its own schedule, text streaming in while the page still said "Reconnecting".
+ * One wake a second at most, so that a read failing for a reason of its own (a 500 on one
+ * stream) does not retry at the pace of the others' successes. */
+const WAKE_INTERVAL_MS = 1000;
+
+class ServerReach {
+  #lost = false;
+  #wokenAt = -Infinity;
+  #back = null; // what the naps of reads that lost the server wait for
+  #wake = null; // resolves it
+
+  lost() {
+    this.#lost = true;
+  }
+
+  /** A response came from the server (not a gateway's 5xx standing in for it). */
+  heard() {
+    if (!this.#lost || performance.now() - this.#wokenAt < WAKE_INTERVAL_MS) return;
+    this.#lost = false;
+    this.#wokenAt = performance.now();
+    this.#wake?.();
+    this.#wake = null;
+    this.#back = null;
+  }
+
+  /** Resolves at the next `heard` after a `lost`. */
+  back() {
+    this.#back ??= new Promise((resolve) => { this.#wake = resolve; });
+    return this.#back;
+  }
+}
+
 export class StreamsClient {
+  #reach = new ServerReach();
+
   /**
    * @param {{baseUrl: string, token?: string|null, silenceMs?: number}} options
    * `silenceMs`: a live read that receives nothing (not even the server's keep-alive
@@ -119,7 +155,9 @@ export class StreamsClient {
       ? Math.min(LONGEST_TIMER_MS, this.silenceMs + this.queuedMs + upload) : 0;
     const guard = new RequestGuard(init.signal, 0, limit);
     try {
-      return await fetch(url, { ...init, signal: guard.signal });
+      const res = await fetch(url, { ...init, signal: guard.signal });
+      if (res.status < 500) this.#reach.heard();
+      return res;
     } catch (err) {
       throw guard.reason(err);
     } finally {
@@ -329,6 +367,7 @@ export class StreamsClient {
           throw guard.reason(err);
         });
         guard.feed();
+        if (res.status < 500) this.#reach.heard();
         if (!res.ok) throw await httpError(res);
         const base64 = (res.headers.get("Stream-SSE-Data-Encoding") || "").toLowerCase() === "base64";
         const kind = base64 ? "bytes" : bodyKind(contentType);
@@ -355,9 +394,12 @@ export class StreamsClient {
           return { offset: current, error: err };
         }
         attempt += 1;
-        status(http === 404 ? "missing" : "reconnecting", { error: err, attempt });
+        const missing = http === 404;
+        status(missing ? "missing" : "reconnecting", { error: err, attempt });
+        if (!missing) this.#reach.lost();
         try {
-          await sleep(backoff(attempt, http === 404 ? 300 : 250, http === 404 ? 2000 : 5000), signal);
+          const nap = sleep(backoff(attempt, missing ? 300 : 250, missing ? 2000 : 5000), signal);
+          await (missing ? nap : Promise.race([nap, this.#reach.back()]));
         } catch {
           break;
         }
