@@ -1,14 +1,20 @@
-"""The storage engine's reads from disk, in-process on a SQLite file."""
+"""The storage engine's reads from disk: in-process on a SQLite file, and under the
+standalone server, whose reads run on the threads of gevent's pool."""
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import requests
 
 from streams_server.errors import BadRequest
-from streams_server.storage.engine import StreamStore
+from streams_server.storage.engine import DEFAULT_READ_POOL, StreamStore
 from streams_server.storage.models import Expiry
+from tests.support import ServerProcess
 
 JSON = "application/json"
 
@@ -35,3 +41,40 @@ def test_a_refused_read_whose_error_is_kept_leaves_later_reads_current(tmp_path:
         assert result.up_to_date
     finally:
         store.close()
+
+
+def test_more_reads_at_once_than_pooled_connections_all_succeed(streams_server: ServerProcess) -> None:
+    """Reads past the pool's eight connections waited for one on a queue that gevent had
+    made its own, in a thread of its pool: "this operation would block forever", and a 500.
+    It happened after a restart, when every client and agent read its streams again."""
+    base = f"{streams_server.url}/v1/stream"
+    body = json.dumps([{"x": "y" * 2000} for _ in range(400)])  # 800 KB: a read takes a while
+    with requests.Session() as http:
+        for i in range(12):
+            http.put(f"{base}/r/{i}", headers={"Content-Type": "application/json"}).raise_for_status()
+            http.post(f"{base}/r/{i}", data=body,
+                      headers={"Content-Type": "application/json"}).raise_for_status()
+    streams_server.restart()  # nothing in memory: every read goes to the database
+    statuses: Counter[int | str] = Counter()
+    start = threading.Barrier(4 * DEFAULT_READ_POOL)
+
+    def read_again_and_again(i: int) -> None:
+        with requests.Session() as http:
+            start.wait()
+            for _ in range(4):
+                try:
+                    response = http.get(f"{base}/r/{i % 12}", params={"offset": "-1"}, timeout=20)
+                except requests.RequestException as exc:
+                    statuses[type(exc).__name__] += 1
+                    continue
+                whole = response.status_code != 200 or len(response.content) > 800_000
+                statuses[response.status_code if whole else "cut short"] += 1
+
+    readers = [threading.Thread(target=read_again_and_again, args=(i,))
+               for i in range(4 * DEFAULT_READ_POOL)]
+    for thread in readers:
+        thread.start()
+    for thread in readers:
+        thread.join()
+    assert statuses == {200: 4 * 4 * DEFAULT_READ_POOL}
+    assert "LoopExit" not in streams_server.log_since_start()

@@ -49,7 +49,7 @@ from .tailcache import TailCache
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_READ_POOL = 8
+DEFAULT_READ_POOL = 8  # read connections kept open between reads
 MMAP_BYTES = 1024 * 1024 * 1024
 SWEEP_INTERVAL_S = 1.0
 
@@ -415,18 +415,35 @@ class StreamStore:
             finally:
                 conn.execute("COMMIT")
         finally:
-            self._readers.put(conn)
+            self._give_back_reader(conn)
 
     def _take_reader(self) -> sqlite3.Connection:
+        """A pooled connection, or a new one when all are in use: a read never waits for
+        another to end. (Under gevent, reads run on the threads of its pool, where a wait for
+        a connection given back by another thread could not be woken: it hung or failed.)"""
         try:
             return self._readers.get_nowait()
         except queue.Empty:
             pass
         with self._reader_lock:
-            if self._reader_count < DEFAULT_READ_POOL:
-                self._reader_count += 1
-                return self._connect()
-        return self._readers.get()
+            self._reader_count += 1
+        try:
+            return self._connect()
+        except BaseException:
+            with self._reader_lock:
+                self._reader_count -= 1
+            raise
+
+    def _give_back_reader(self, conn: sqlite3.Connection) -> None:
+        """Pooled again, unless more than `DEFAULT_READ_POOL` are open: then closed."""
+        with self._reader_lock:
+            keep = self._reader_count <= DEFAULT_READ_POOL
+            if not keep:
+                self._reader_count -= 1
+        if keep:
+            self._readers.put(conn)
+        else:
+            conn.close()
 
     def _visible(self, path: str) -> _Known:
         stream_id = self._ids.get(path)
