@@ -35,7 +35,13 @@ from typing import Any
 import pykka
 
 from agent_actors import layout, schema
-from agent_actors.answering import AnswerAborted, AnswerOutcome, answer_prompt, refuse_prompt
+from agent_actors.answering import (
+    AnswerAborted,
+    AnswerOutcome,
+    answer_prompt,
+    end_with_stopped_text,
+    refuse_prompt,
+)
 from agent_actors.conversation_log import ConversationLog
 from agent_actors.errors import (
     ContentTypeMismatch,
@@ -144,6 +150,7 @@ class _Current:
     attempt: int
     cancel: threading.Event
     abort: threading.Event
+    stopped_text: str | None = None  # set before `cancel`: see ConversationLog.stopped_text
 
 
 class ConversationAgent(pykka.ThreadingActor):
@@ -311,8 +318,10 @@ class ConversationAgent(pykka.ThreadingActor):
                     self._queue.append(item)
                     waiting.add(item.id)
             elif isinstance(item, Cancel) and self._current is not None:
-                if self._current.prompt.id == item.prompt_id:
-                    self._current.cancel.set()
+                current = self._current
+                if current.prompt.id == item.prompt_id:
+                    current.stopped_text = self._log.stopped_text(item.prompt_id, current.attempt)
+                    current.cancel.set()
             elif isinstance(item, Unanswerable):
                 self._report_unanswerable([item])
         self._batches.append((batch.next_offset, waiting))
@@ -333,14 +342,16 @@ class ConversationAgent(pykka.ThreadingActor):
             if self._log.is_finished(prompt.id):
                 continue
             attempt, drop_partial = self._log.next_attempt(prompt.id)
-            if drop_partial and prompt.id in self._log.cancel_requests:
-                # Stopped by its user before the interruption: what that attempt had shown
-                # stays, ended as stopped (a restart would have erased it).
-                attempt, drop_partial = attempt - 1, False
-            interrupted = self._interrupted_attempts(prompt.id, attempt)
             current = _Current(prompt, attempt, threading.Event(), threading.Event())
             if prompt.id in self._log.cancel_requests:
+                current.stopped_text = self._log.stopped_text(prompt.id, attempt - 1)
+                if drop_partial and current.stopped_text is None:
+                    # Stopped by its user before the interruption: what that attempt had
+                    # shown stays, ended as stopped (a restart would have erased it).
+                    attempt, drop_partial = attempt - 1, False
+                    current.attempt = attempt
                 current.cancel.set()  # cancelled before its turn came: no model call
+            interrupted = self._interrupted_attempts(prompt.id, attempt)
             self._current = current
             turns = self._log.history_for(prompt, self.settings.context_budget_chars)
             producer = self._producer
@@ -357,11 +368,16 @@ class ConversationAgent(pykka.ThreadingActor):
                                             attempt=attempt,
                                             reason=schema.gave_up_message(interrupted),
                                             code=schema.INTERRUPTED)
+                elif current.cancel.is_set() and current.stopped_text is not None:
+                    outcome = end_with_stopped_text(producer=producer, prompt_id=prompt.id,
+                                                    attempt=attempt, text=current.stopped_text,
+                                                    model=self.model.name)
                 else:
                     outcome = answer_prompt(
                         model=self.model, turns=turns, producer=producer, prompt_id=prompt.id,
                         attempt=attempt, drop_partial=drop_partial, cancel=current.cancel,
                         abort=current.abort, window_s=self.settings.coalesce_window_s,
+                        stopped_text=lambda: current.stopped_text,
                     )
                 self.actor_ref.tell(_AnswerFinished(outcome))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent_actors import schema
@@ -145,6 +146,24 @@ def refuse_prompt(*, producer: Producer, prompt_id: str, attempt: int,
                          duration_ms=(time.monotonic() - started) * 1000, chunks=0)
 
 
+STOPPED_EARLIER = "its user had stopped the answer before it was restarted"
+
+
+def end_with_stopped_text(*, producer: Producer, prompt_id: str, attempt: int, text: str,
+                          model: str) -> AnswerOutcome:
+    """End the answer as stopped with `text`, what an attempt before a restart had said when
+    its user stopped it: under a new attempt (`attempt`), so that every reader drops the
+    restarted text. One append: no reader sees the restart without the text."""
+    started = time.monotonic()
+    producer.append([schema.restart(prompt_id, attempt, STOPPED_EARLIER),
+                     schema.chunk(prompt_id, attempt, 0, text),
+                     schema.done(prompt_id, attempt, "cancelled", 0, 0, model)])
+    return AnswerOutcome(prompt_id=prompt_id, attempt=attempt, text=text, outcome="done",
+                         stop_reason="cancelled", input_tokens=0, output_tokens=0, model=model,
+                         first_token_ms=None,
+                         duration_ms=(time.monotonic() - started) * 1000, chunks=1)
+
+
 def answer_prompt(
     *,
     model: Model,
@@ -156,10 +175,12 @@ def answer_prompt(
     cancel: threading.Event,
     abort: threading.Event,
     window_s: float,
+    stopped_text: Callable[[], str | None] = lambda: None,
 ) -> AnswerOutcome:
     """Stream the model's answer to the end into the responses stream.
 
-    `cancel` (a user's cancel) ends the answer as `done` with stop reason "cancelled".
+    `cancel` (a user's cancel) ends the answer as `done` with stop reason "cancelled"; with
+    the text of an earlier attempt if `stopped_text` then gives one (`end_with_stopped_text`).
     `abort` (the agent is stopping; `cancel` must be set with it to stop the model) leaves it
     unfinished, raising `AnswerAborted`. Model failures end in an `error` message the user
     can read. Append failures (a newer agent fenced this one, the server stayed unreachable)
@@ -212,6 +233,10 @@ def answer_prompt(
     if wait_not_written is not None:
         raise wait_not_written
     text = "".join(parts)
+    kept = stopped_text() if cancel.is_set() and failure is None else None
+    if kept is not None:
+        return end_with_stopped_text(producer=producer, prompt_id=prompt_id,
+                                     attempt=attempt + 1, text=kept, model=model.name)
     if failure is not None:
         producer.append([schema.error(prompt_id, attempt, failure.message, failure.code)])
         outcome, stop_reason, tokens_in, tokens_out, model_name = "error", None, 0, 0, model.name

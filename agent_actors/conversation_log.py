@@ -23,6 +23,11 @@ class AnswerState:
     parts: list[str] = field(default_factory=list)
     outcome: str | None = None  # "done" or "error" once finished
     stop_reason: str | None = None
+    replaced: dict[int, str] = field(default_factory=dict)
+    """The text of each earlier attempt a restart replaced (those that had any)."""
+
+    def text_of(self, attempt: int) -> str:
+        return self.text if attempt == self.attempt else self.replaced.get(attempt, "")
 
     @property
     def text(self) -> str:
@@ -44,7 +49,8 @@ class ConversationLog:
         self.prompts: list[Prompt] = []
         self._prompt_ids: set[str] = set()
         self.answers: dict[str, AnswerState] = {}
-        self.cancel_requests: set[str] = set()
+        self.cancel_requests: dict[str, int | None] = {}
+        """Prompts whose answer a cancel stopped, with the attempt its first cancel named."""
         self.max_epoch = -1
 
     # -- feeding -------------------------------------------------------------------------
@@ -66,7 +72,7 @@ class ConversationLog:
             elif isinstance(parsed, Cancel):
                 if parsed.prompt_id not in self._prompt_ids:
                     continue  # before its prompt: it cannot be about one sent later
-                self.cancel_requests.add(parsed.prompt_id)
+                self.cancel_requests.setdefault(parsed.prompt_id, parsed.attempt)
                 new.append(parsed)
             elif isinstance(parsed, Unanswerable):
                 new.append(parsed)
@@ -93,6 +99,8 @@ class ConversationLog:
             return  # nothing counts after a final message, not even a restart (as for the page)
         attempt = _attempt(message.get("attempt"))
         if attempt > answer.attempt or kind == "restart":
+            if answer.parts:
+                answer.replaced[answer.attempt] = answer.text
             answer.attempt, answer.parts = max(attempt, answer.attempt), []
         if attempt < answer.attempt:
             return  # a late message of an abandoned attempt
@@ -123,6 +131,16 @@ class ConversationLog:
         if answer is None or not answer.started:
             return (answer.attempt if answer else 0), False
         return answer.attempt + 1, True
+
+    def stopped_text(self, prompt_id: str, writing: int) -> str | None:
+        """The text its user stopped the answer at, when a cancel named an attempt before
+        `writing` (the attempt being written, or about to be) that had text: that attempt
+        was restarted before the cancel arrived, and its text is what the user saw."""
+        named = self.cancel_requests.get(prompt_id)
+        answer = self.answers.get(prompt_id)
+        if named is None or answer is None or named >= writing:
+            return None
+        return answer.text_of(named) or None
 
     def unanswered(self) -> list[Prompt]:
         return [p for p in self.prompts if not self.is_finished(p.id)]

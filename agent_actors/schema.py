@@ -6,7 +6,7 @@ schema for other clients.
 
 prompts stream (written by clients):
     {"type": "prompt", "id", "content", "timestamp"}
-    {"type": "cancel", "promptId", "timestamp"}
+    {"type": "cancel", "promptId", "attempt"?, "timestamp"}   `attempt`: the one its user saw
 responses stream (written by the agent):
     {"type": "agent", "event": "started", "epoch", "worker", "timestamp"}   fences older agents
     {"type": "chunk", "id", "promptId", "attempt", "content", "isComplete": false, "timestamp"}
@@ -46,6 +46,10 @@ class Prompt:
 @dataclass(frozen=True)
 class Cancel:
     prompt_id: str
+    attempt: int | None = None
+    """The answer's attempt its user stopped, where the client says: a Stop sent while the
+    server was away can arrive after a new agent restarted the answer, and what its user
+    stopped at is then the text of the attempt before."""
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,18 @@ def parse_prompt_message(message: Any) -> Prompt | Cancel | Unanswerable | None:
     elif kind == "cancel":
         pid = message.get("promptId")
         if isinstance(pid, str) and pid:
-            return Cancel(pid)
+            return Cancel(pid, whole_number(message.get("attempt")))
     return None
+
+
+def whole_number(value: Any) -> int | None:
+    """A JSON whole number of zero or more, as a browser reads it (1 and 1.0 are the same
+    number to it), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _id_problem(pid: Any) -> str:

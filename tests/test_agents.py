@@ -5,6 +5,7 @@ UI does. Nothing is mocked but the model's HTTP endpoint.
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 import time
@@ -539,6 +540,55 @@ def test_an_answer_that_kills_its_agent_every_time_ends_in_an_error_after_bounde
     assert len(fake.requests) == requests_before  # the model was not asked again
     assert sup.running
     assert sup.count_lines("gave up on prompt") == int(not cancelled)
+
+
+@pytest.mark.parametrize("cancel_at", ["while-restarted", "before-the-next-restart"])
+def test_a_stop_of_an_attempt_since_restarted_ends_the_answer_with_that_attempts_text(
+    streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+    cancel_at: str,
+) -> None:
+    """A Stop pressed while the server was away reached the agent only after a new agent had
+    restarted the answer: it stopped the new attempt, and the text the user had stopped at
+    gave way to the new attempt's first words. The page's cancel names the attempt on its
+    screen; such a cancel now ends the answer with that attempt's text, under a new attempt
+    that every reader shows. Also when it arrives while no agent runs, after a second kill."""
+    fake.tokens_per_second = 10  # a few seconds an answer: the kill and the cancel land inside
+    takes = itertools.count()
+
+    def each_attempt_its_own_words(messages: list[dict[str, Any]]) -> str:
+        reply = fake_reply(messages)
+        return f"Take{next(takes)} {reply}" if messages[-1]["content"] == "first question" else reply
+
+    fake.reply = each_attempt_its_own_words
+    root = streams_root(streams_server)
+    client, chat = connect(streams_server)
+    cid = chat.start_conversation("stopped while away")
+    first = chat.send_prompt(cid, "first question")
+    second = chat.send_prompt(cid, "second question")
+    sup = start_supervisor(root, crash_at="mid-answer")
+    assert sup.wait_exit(timeout=15) == -signal.SIGKILL
+    seen = render(client.read_all(layout.responses_path(cid)).messages).answers[first].text
+    assert seen.startswith("Take0")
+
+    if cancel_at == "while-restarted":
+        sup = start_supervisor(root)
+        wait_for_answers(client, cid, [first], until=mid_answer(first, 1))
+        chat.cancel(cid, first, attempt=0)
+    else:
+        sup = start_supervisor(root, crash_at="mid-answer")
+        assert sup.wait_exit(timeout=15) == -signal.SIGKILL
+        chat.cancel(cid, first, attempt=0)
+        sup = start_supervisor(root)
+    wait_for_answers(client, cid, [first, second], timeout=30)
+    rendered = final_render(client, cid)
+    answer = rendered.answers[first]
+    assert answer.text == seen
+    assert answer.terminal["stopReason"] == "cancelled"
+    assert answer.attempt == 2
+    assert rendered.answers[second].text == reply_to("second question")
+    # The next question's history holds the answer as its user saw it.
+    assert fake.requests[-1]["messages"][:2] == [
+        {"role": "user", "content": "first question"}, {"role": "assistant", "content": seen}]
 
 
 def test_restarts_after_a_clean_stop_do_not_count_toward_giving_up_on_an_answer(

@@ -97,3 +97,31 @@ def test_an_interrupted_answer_its_user_stopped_keeps_its_text_in_the_history() 
     log.record_finished("a", 0, "", "done", "cancelled")
     assert log.history_for(Prompt("b", "Question B", 1), 100_000) == [
         Turn(USER, "Question A"), Turn(ASSISTANT, "Half an answer"), Turn(USER, "Question B")]
+
+
+def test_a_cancel_naming_an_attempt_since_restarted_gives_the_text_its_user_stopped_at() -> None:
+    """A Stop sent while the server was away could reach the agent after a new agent had
+    restarted the answer: it stopped the new attempt, and the text the user had stopped at
+    gave way to the new attempt's first words."""
+    log = ConversationLog()
+    log.add_prompt_messages([prompt("a", "Question A")])
+    for message in [chunk("a", "What the user "), chunk("a", "saw"),
+                    {"type": "restart", "promptId": "a", "attempt": 1},
+                    {**chunk("a", "Some"), "attempt": 1}]:
+        log.apply_response(message)
+    assert log.stopped_text("a", writing=1) is None  # no cancel yet
+    log.add_prompt_messages([{"type": "cancel", "promptId": "a", "attempt": 0}])
+    log.add_prompt_messages([{"type": "cancel", "promptId": "a", "attempt": 1}])  # the first counts
+    assert log.stopped_text("a", writing=2) == "What the user saw"
+    assert log.stopped_text("a", writing=0) is None  # the attempt being written: a plain stop
+
+    unnamed = ConversationLog()
+    unnamed.add_prompt_messages([prompt("a", "Question A"), {"type": "cancel", "promptId": "a"}])
+    unnamed.apply_response(chunk("a", "Text"))
+    assert unnamed.stopped_text("a", writing=1) is None
+
+    empty = ConversationLog()  # the named attempt had no text: nothing to keep
+    empty.add_prompt_messages([prompt("a", "Question A"),
+                               {"type": "cancel", "promptId": "a", "attempt": 0}])
+    empty.apply_response({"type": "restart", "promptId": "a", "attempt": 1})
+    assert empty.stopped_text("a", writing=1) is None

@@ -14,6 +14,13 @@ from agent_actors.schema import (BLANK_PROMPT, UNREADABLE_PROMPT, Cancel, Prompt
     ({"type": "prompt", "id": "p1", "content": "hi", "timestamp": 5}, Prompt("p1", "hi", 5)),
     ({"id": "p1", "content": "hi"}, Prompt("p1", "hi", 0)),  # the original example's shape
     ({"type": "cancel", "promptId": "p1"}, Cancel("p1")),
+    # The attempt its user saw: a whole number as a browser reads one, else not named.
+    ({"type": "cancel", "promptId": "p1", "attempt": 2}, Cancel("p1", 2)),
+    ({"type": "cancel", "promptId": "p1", "attempt": 0.0}, Cancel("p1", 0)),
+    ({"type": "cancel", "promptId": "p1", "attempt": -1}, Cancel("p1")),
+    ({"type": "cancel", "promptId": "p1", "attempt": 1.5}, Cancel("p1")),
+    ({"type": "cancel", "promptId": "p1", "attempt": True}, Cancel("p1")),
+    ({"type": "cancel", "promptId": "p1", "attempt": "1"}, Cancel("p1")),
     # Meant as a prompt, but its content is not text: answered with an error, not ignored.
     ({"type": "prompt", "id": "p1", "content": ["hi"]},
      Prompt("p1", "", 0, problem=UNREADABLE_PROMPT)),

@@ -387,8 +387,10 @@ def test_stop_button_cancels_a_streaming_answer(chat_app: ServerProcess, model: 
     expect(turn_for(page, prompt).get_by_test_id("retry")).to_be_visible()  # the answer, afresh
     assert model.client_disconnected.wait(10), "the model's stream was not closed after stop"
     cid = conversation_id(page)
-    assert {"type": "cancel", "promptId": prompt_id} in [
-        {k: m.get(k) for k in ("type", "promptId")} for m in prompt_messages(chat_app.url, cid)]
+    # It names the attempt on the screen (see the test of a Stop pressed while the server is away).
+    assert {"type": "cancel", "promptId": prompt_id, "attempt": 0} in [
+        {k: m.get(k) for k in ("type", "promptId", "attempt")}
+        for m in prompt_messages(chat_app.url, cid)]
     assert norm(streamed_answer(chat_app.url, cid, prompt_id)) == text
 
 
@@ -1994,6 +1996,35 @@ def test_after_an_outage_the_first_answer_heard_brings_every_live_read_back(
         late = {path: round(reopened[path] - heard_at) for path in live_paths
                 if reopened[path] - heard_at > 1000}
         assert not late, f"live reads back this many ms after the server was first heard: {late}"
+    finally:
+        app.terminate()
+
+
+def test_a_stop_pressed_while_the_server_is_down_keeps_the_text_it_stopped_at(
+        tmp_path: Path, model: FakeAnthropic, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """With the server killed mid-answer, a Stop waits in the page until the server is back,
+    and by then the server's agent may have restarted the answer: the Stop ended the new
+    attempt, and the answer went back to its first words. It keeps what the user saw."""
+    model.tokens_per_second = 15
+    app = start_chat_app(tmp_path / "app", model_url=model.url)
+    try:
+        page = open_chat(new_context(), app.url)
+        prompt, prompt_id = start_long_answer(page, replies, "Count slowly", words("n", 300), 8)
+        cid = conversation_id(page)
+        app.kill()
+        page.keyboard.press("Escape")
+        expect(turn_for(page, prompt)).to_have_attribute("data-state", "cancelling")
+        app.start()
+        wait_state(page, prompt, "cancelled", timeout=40_000)
+        stored_first = "".join(m["content"] for m in response_messages(app.url, cid)
+                               if m.get("type") == "chunk" and m.get("promptId") == prompt_id
+                               and m.get("attempt") == 0)
+        assert len(norm(stored_first).split()) >= 8
+        assert answer_text(page, prompt) == norm(stored_first)
+        page.reload()
+        wait_ready(page)
+        wait_state(page, prompt, "cancelled")
+        assert answer_text(page, prompt) == norm(stored_first)
     finally:
         app.terminate()
 

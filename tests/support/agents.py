@@ -248,8 +248,10 @@ class ChatClient:
                                       "timestamp": schema.now_ms()}])
         return prompt_id
 
-    def cancel(self, cid: str, prompt_id: str) -> None:
-        self._producers[cid].append([{"type": "cancel", "promptId": prompt_id,
+    def cancel(self, cid: str, prompt_id: str, attempt: int | None = None) -> None:
+        """`attempt`: the answer's attempt its user saw, as the page names it."""
+        named = {} if attempt is None else {"attempt": attempt}
+        self._producers[cid].append([{"type": "cancel", "promptId": prompt_id, **named,
                                       "timestamp": schema.now_ms()}])
 
 

@@ -166,11 +166,14 @@ export function markActive(outbox, conversationId) {
   );
 }
 
-/** Ask the agent to stop answering `promptId`. */
-export function cancelPrompt(outbox, conversationId, promptId) {
+/** Ask the agent to stop answering `promptId`; `attempt`: the answer's attempt on the
+ * screen (a Stop that reaches the agent after it restarted the answer, with the server
+ * away meanwhile, ends the answer with that attempt's text rather than the new one's). */
+export function cancelPrompt(outbox, conversationId, promptId, attempt) {
+  const named = Number.isInteger(attempt) && attempt >= 0 ? { attempt } : {};
   return outbox.enqueue(
     promptsPath(conversationId),
-    { type: "cancel", promptId, timestamp: Date.now() },
+    { type: "cancel", promptId, ...named, timestamp: Date.now() },
     { ensure: [promptsPath(conversationId)], ensured: true },
   );
 }

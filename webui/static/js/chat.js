@@ -715,12 +715,12 @@ function stop() {
   const meantForTheLast = id !== stopAim.stoppedId && now - stopAim.stoppedAt < REPEATED_STOP_MS
     && now - stopAim.since < REPEATED_STOP_MS;
   if (id && !meantForTheLast) {
-    protocol.cancelPrompt(outbox, current.id, id);
+    const turn = current.transcript.turns.get(id);
+    protocol.cancelPrompt(outbox, current.id, id, turn?.attempt);
     stopAim.stoppedId = id;
     stopAim.stoppedAt = now;
     // Shown at once, not when the cancel is read back: with the server away that takes
     // until it is back, and the answer went on saying "Answering…" meanwhile.
-    const turn = current.transcript.turns.get(id);
     if (turn && !turn.final) turn.cancelRequested = true;
   }
   scheduleRender();
