@@ -222,9 +222,9 @@ export class ChatView {
 function buildTurn(promptId) {
   const promptText = el("div", { class: "bubble-text", dir: "auto" });
   const promptMeta = el("div", { class: "msg-meta", dataset: { testid: "prompt-meta" } });
-  // Named for screen readers, which cannot see the bubble or the avatar that tell them apart.
   const promptToggle = el("button", { type: "button", class: "meta-action prompt-toggle", hidden: true,
     "aria-expanded": "false", dataset: { togglePrompt: "", testid: "prompt-toggle" } });
+  // Named for screen readers, which cannot see the bubble or the avatar that tell them apart.
   const prompt = el("div", { class: "msg msg-user", role: "article", "aria-label": "You said", dataset: { testid: "prompt" } },
     el("div", { class: "bubble" }, promptText), promptToggle, promptMeta);
 
