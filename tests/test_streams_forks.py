@@ -221,6 +221,20 @@ def test_a_fork_made_at_the_default_offset_may_be_asked_again_by_that_offset(
     assert client.catch_up("again/fork").content == b"abc"
 
 
+def test_a_fork_made_at_a_named_offset_asked_again_for_the_tail_conflicts_once_they_differ(
+        client: StreamsHttp) -> None:
+    """Section 4.2: a PUT whose fork offset differs from the existing fork's is a 409, and
+    an omitted offset means the source's tail (5.1). Made at offset 3 of a source at 6, the
+    fork asked again without an offset was a 200, as if it were at the tail."""
+    middle = client.put("named/src", BINARY, b"abc").headers["Stream-Next-Offset"]
+    assert fork(client, "named/fork", "named/src", middle).status_code == 201
+    assert fork(client, "named/fork", "named/src").status_code == 200  # the tail is still there
+    assert client.post("named/src", b"def", BINARY).status_code == 204
+    assert_error(fork(client, "named/fork", "named/src"), 409, "STREAM_EXISTS")
+    assert fork(client, "named/fork", "named/src", middle).status_code == 200
+    assert client.catch_up("named/fork").content == b"abc"
+
+
 def test_a_text_fork_diverges_between_characters(client: StreamsHttp) -> None:
     """SSE readers of a text stream get text, and an append must end between characters:
     a fork inside one (by offset or sub-offset) handed its readers half a character."""

@@ -109,7 +109,8 @@ def create_stream(
                 code="STREAM_DELETED",
             )
         info = info_from_row(existing)
-        _check_same_config(info, content_type, content_type_given, expiry, closed, fork)
+        _check_same_config(info, content_type, content_type_given, expiry, closed, fork,
+                           lambda: _tail_of(tx, fork.source_path if fork else ""))
         return CreateResult(info=info, created=False)
 
     fork_source_id: int | None = None
@@ -174,7 +175,9 @@ def _check_same_config(
     expiry: Expiry,
     closed: bool,
     fork: ForkSpec | None,
+    source_tail: Callable[[], int | None],
 ) -> None:
+    """`source_tail`: the fork source's tail now, where an omitted fork offset points."""
     differences = []
     if content_type_given or fork is None:
         if media_type(content_type) != media_type(info.content_type):
@@ -192,6 +195,12 @@ def _check_same_config(
             differences.append("fork source")
         elif fork.offset is not None and fork.offset != _fork_point_asked(info):
             differences.append("fork offset")
+        elif (fork.offset is None and info.fork_request_offset is not None
+              and source_tail() not in (None, info.fork_request_offset)):
+            # Made at a named offset, asked again for the source's tail, which is elsewhere
+            # now. (Made at the tail and asked again the same way is the same request, a
+            # retry, even after the source grew: not a conflict.)
+            differences.append("fork offset")
         elif fork.sub_offset != info.fork_sub_offset:
             differences.append("fork sub-offset")
     if differences:
@@ -200,6 +209,11 @@ def _check_same_config(
             + ", ".join(differences),
             code="STREAM_EXISTS",
         )
+
+
+def _tail_of(tx: Transaction, path: str) -> int | None:
+    row = _row_by_path(tx, path)
+    return None if row is None else int(row["tail"])
 
 
 def _fork_point_asked(info: StreamInfo) -> int | None:
