@@ -65,6 +65,18 @@ def test_deeply_nested_json_in_a_control_body_is_a_400(http: StreamsHttp) -> Non
     assert http.get("__ds/subscriptions/deep").status_code == 404
 
 
+def test_json_nested_past_the_parsers_depth_is_refused_for_its_depth(http: StreamsHttp) -> None:
+    """Valid JSON a thousand levels deep was refused as "invalid JSON: maximum recursion
+    depth exceeded while decoding a JSON array from a unicode string": it is not invalid."""
+    assert http.put("deep-appends", content_type=JSON).status_code == 201
+    deep = b"[" * 1000 + b"]" * 1000
+    response = http.post("deep-appends", deep, content_type=JSON)
+    assert_error(response, 400, "INVALID_JSON")
+    message = error_body(response)["error"]["message"]
+    assert "nested too deeply" in message and "recursion" not in message, message
+    assert http.get("deep-appends").json() == []
+
+
 def test_a_path_that_is_not_utf8_once_decoded_is_refused_not_aliased(front: StreamsHttp) -> None:
     """With undecodable bytes replaced by U+FFFD, `%FF`, `%FE` and `%C0` all named one stream
     (Werkzeug's server replaces them before the app sees the path)."""

@@ -85,7 +85,10 @@ def _array_elements(text: str, start: int, max_messages: int) -> list[bytes]:
 def _value_end(text: str, start: int) -> int:
     try:
         _, end = _DECODER.raw_decode(text, start)
-    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise BadRequest("JSON nested too deeply for this server (several hundred levels)",
+                         code="INVALID_JSON") from None
+    except (json.JSONDecodeError, ValueError) as exc:
         raise BadRequest(f"invalid JSON: {exc}", code="INVALID_JSON") from None
     return end
 
