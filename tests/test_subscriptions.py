@@ -1503,6 +1503,12 @@ def test_a_setting_of_the_other_kind_of_subscription_is_refused(
     ("https://0x7f000001/hook", "loopback"),
     ("https://2130706433/hook", "loopback"),
     ("https://192.168.1/hook", "private"),
+    # A fully qualified name's trailing dot is the same host: it hid these from the checks.
+    ("https://localhost./hook", "is this machine"),
+    ("https://printer.local./hook", "local network"),
+    ("https://127.0.0.1./hook", "is this machine"),
+    ("https://10.1./hook", "private"),
+    ("https://example.com./hook", None),
     ("https://example.com/hook", None),
     ("https://bücher.example.com/hook", None),
     ("https://my_service.example.com/hook", None),

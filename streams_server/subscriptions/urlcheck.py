@@ -58,7 +58,8 @@ def validate_webhook_url(url: str, *, local_ok: bool = False) -> str:
         raise _rejected("the URL must be a string of at most 2048 characters")
     try:
         parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
+        # A fully qualified name's trailing dot names the same host ("localhost.").
+        host = (parts.hostname or "").lower().removesuffix(".")
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as exc:
         raise _rejected(f"malformed URL ({exc})") from None
