@@ -1952,8 +1952,8 @@ FETCH_TIMES_JS = r"""
   window.fetch = async (...args) => {
     const res = await fetch(...args);
     const url = new URL(args[0] instanceof Request ? args[0].url : String(args[0]));
-    opened.push({ path: url.pathname, live: url.searchParams.get("live"), method: args[1]?.method ?? "GET",
-                  status: res.status, at: performance.now() });
+    opened.push({ path: url.pathname, live: url.searchParams.get("live"), status: res.status,
+                  at: performance.now() });
     return res;
   };
 })();
