@@ -342,14 +342,14 @@ class ConversationAgent(pykka.ThreadingActor):
             if self._log.is_finished(prompt.id):
                 continue
             attempt, drop_partial = self._log.next_attempt(prompt.id)
-            current = _Current(prompt, attempt, threading.Event(), threading.Event())
-            if prompt.id in self._log.cancel_requests:
-                current.stopped_text = self._log.stopped_text(prompt.id, attempt - 1)
-                if drop_partial and current.stopped_text is None:
-                    # Stopped by its user before the interruption: what that attempt had
-                    # shown stays, ended as stopped (a restart would have erased it).
-                    attempt, drop_partial = attempt - 1, False
-                    current.attempt = attempt
+            cancelled = prompt.id in self._log.cancel_requests
+            stopped_text = self._log.stopped_text(prompt.id, attempt - 1) if cancelled else None
+            if cancelled and drop_partial and stopped_text is None:
+                # Stopped by its user before the interruption: what that attempt had shown
+                # stays, ended as stopped (a restart would have erased it).
+                attempt, drop_partial = attempt - 1, False
+            current = _Current(prompt, attempt, threading.Event(), threading.Event(), stopped_text)
+            if cancelled:
                 current.cancel.set()  # cancelled before its turn came: no model call
             interrupted = self._interrupted_attempts(prompt.id, attempt)
             self._current = current

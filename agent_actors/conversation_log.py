@@ -180,10 +180,6 @@ class ConversationLog:
 
 
 def _attempt(value: Any) -> int:
-    """An attempt number as the page reads it (JSON has one kind of number: 1 and 1.0 are
-    the same to a browser), 0 when it is not a whole number."""
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value if isinstance(value, int) else 0
+    """An attempt number as the page reads it, 0 when it is not a whole number."""
+    number = schema.json_integer(value)
+    return 0 if number is None else number

@@ -131,14 +131,20 @@ def parse_prompt_message(message: Any) -> Prompt | Cancel | Unanswerable | None:
     return None
 
 
-def whole_number(value: Any) -> int | None:
-    """A JSON whole number of zero or more, as a browser reads it (1 and 1.0 are the same
-    number to it), else None."""
+def json_integer(value: Any) -> int | None:
+    """A JSON whole number as a browser reads it (JSON has one kind of number: 1 and 1.0 are
+    the same to a browser), else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return value if isinstance(value, int) and value >= 0 else None
+        return int(value)
+    return value if isinstance(value, int) else None
+
+
+def whole_number(value: Any) -> int | None:
+    """A JSON whole number of zero or more (see `json_integer`), else None."""
+    number = json_integer(value)
+    return number if number is not None and number >= 0 else None
 
 
 def _id_problem(pid: Any) -> str:

@@ -110,7 +110,7 @@ def create_stream(
             )
         info = info_from_row(existing)
         _check_same_config(info, content_type, content_type_given, expiry, closed, fork,
-                           lambda: _tail_of(tx, fork.source_path if fork else ""))
+                           lambda: None if fork is None else _tail_of(tx, fork.source_path))
         return CreateResult(info=info, created=False)
 
     fork_source_id: int | None = None

@@ -102,8 +102,7 @@ const WAKE_INTERVAL_MS = 1000;
 class ServerReach {
   #lost = false;
   #wokenAt = -Infinity;
-  #back = null; // what the naps of reads that lost the server wait for
-  #wake = null; // resolves it
+  #wake = null; // {promise, resolve}: what the naps of reads that lost the server wait for
 
   lost() {
     this.#lost = true;
@@ -114,15 +113,18 @@ class ServerReach {
     if (!this.#lost || performance.now() - this.#wokenAt < WAKE_INTERVAL_MS) return;
     this.#lost = false;
     this.#wokenAt = performance.now();
-    this.#wake?.();
+    this.#wake?.resolve();
     this.#wake = null;
-    this.#back = null;
   }
 
   /** Resolves at the next `heard` after a `lost`. */
   back() {
-    this.#back ??= new Promise((resolve) => { this.#wake = resolve; });
-    return this.#back;
+    if (!this.#wake) {
+      let resolve;
+      const promise = new Promise((r) => { resolve = r; });
+      this.#wake = { promise, resolve };
+    }
+    return this.#wake.promise;
   }
 }
 
