@@ -437,6 +437,32 @@ def test_hostile_markdown_renders(name: str, conversation: Callable[[str], Conve
     assert console_errors == [], console_errors
 
 
+def test_made_up_entity_names_cost_a_bounded_number_of_lookups(
+        conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    """A name like "&q17;" is looked up by having the browser parse it; 25,000 distinct ones in
+    an answer are looked up only as far as the block's work budget goes."""
+    c = conversation("made-up entities")
+    c.prompt("p1", "entity question")
+    c.answer("p1", "".join(f"&q{n}; " for n in range(30_000)))
+    c.prompt("pB", "later question")
+    c.answer("pB", "later &amp; **answer**")
+
+    page = new_context().new_page()
+    errors = watch_console(page)
+    page.add_init_script("""
+        window.parsesOfHtml = 0;
+        const parse = DOMParser.prototype.parseFromString;
+        DOMParser.prototype.parseFromString = function (...args) {
+          window.parsesOfHtml += 1;
+          return parse.apply(this, args);
+        };""")
+    page.goto(c.url)
+    expect_answer(page, "entity question", "&q0; &q1;")
+    expect_answer(page, "later question", "later & answer")
+    assert 100 < page.evaluate("window.parsesOfHtml") < 10_000
+    assert errors == [], errors
+
+
 def test_an_answer_beyond_the_markdown_limit_ends_as_plain_text(
         conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
     head = "# Heading\n\nSome **bold** text.\n\n"
@@ -484,6 +510,9 @@ ORDINARY_MARKDOWN = "\n".join([
     "```py",
     "print('# not a heading')",
     "```",
+    "",
+    "AT&amp;T &lt;b&gt; &copy;&#169;&#x1F600; &#0; &bogus; &ampx; \\&amp; `&amp;` "
+    "[ref](https://example.com/?a=1&amp;b=2)",
 ])
 
 
@@ -515,6 +544,10 @@ def test_ordinary_markdown_still_renders(conversation: Callable[[str], Conversat
     assert answer.locator("ul ul em").text_content() == "item"
     assert answer.locator("blockquote strong").text_content() == "text"
     assert answer.locator("pre code").text_content() == "print('# not a heading')"
+    references = answer.locator("p").last
+    assert references.text_content() == "AT&T <b> ©©😀 \ufffd &bogus; &ampx; &amp; &amp; ref"
+    assert references.locator("code").text_content() == "&amp;"
+    assert references.locator("a").get_attribute("href") == "https://example.com/?a=1&b=2"
     # Both scroll sideways, so they take the focus; the code block's box clips what is outside.
     for scroller in (answer.locator("pre"), answer.locator(".md-table")):
         assert scroller.get_attribute("tabindex") == "0"

@@ -5,7 +5,8 @@
 // href only when it parses as an absolute http(s) URL. Supported: paragraphs, ATX headings,
 // emphasis (* _ ** __ *** ~~), inline code, fenced code blocks (also unterminated, while an
 // answer streams), bullet and ordered lists (nested, tight or loose), block quotes, GFM pipe
-// tables, thematic breaks, links, autolinks and bare URLs, hard line breaks.
+// tables, thematic breaks, links, autolinks and bare URLs, hard line breaks, entity and numeric
+// character references (`&amp;`, `&#169;`, `&#x1F600;`).
 //
 // The source is untrusted in size and shape too: anyone who may append to a stream can send
 // an answer built to make a parser slow or to exhaust the stack. So no regular expression here
@@ -477,7 +478,62 @@ function parseDestination(text, at) {
     while (text[k] === " ") k += 1;
   }
   if (text[k] !== ")") return null;
-  return { url, end: k + 1 };
+  return { url: decodeCharRefs(url), end: k + 1 };
+}
+
+const CHAR_REF = /&(?:#([0-9]{1,7})|#[xX]([0-9a-fA-F]{1,6})|([A-Za-z][A-Za-z0-9]{1,31}));/y;
+// Names HTML knows are looked up by letting the browser parse the reference alone (a table of
+// its 2,231 names would be most of this file). Each distinct name is parsed once; a lookup
+// costs enough of the block's budget that a flood of made-up names ends as literal text.
+const NAMED_REF_COST = 1_000;
+const MAX_KNOWN_REFS = 4_096;
+const namedRefs = new Map(); // "&name;" -> the text it stands for, or null for no such name
+
+/** The character reference at `at` ("&amp;", "&#35;", "&#x22;"): {text, end} or null. */
+function charRefAt(text, at) {
+  CHAR_REF.lastIndex = at;
+  const m = CHAR_REF.exec(text);
+  if (!m) return null;
+  const end = at + m[0].length;
+  if (m[3] === undefined) {
+    const code = m[1] !== undefined ? Number(m[1]) : parseInt(m[2], 16);
+    const valid = code !== 0 && code <= 0x10ffff && !(code >= 0xd800 && code <= 0xdfff);
+    return { text: valid ? String.fromCodePoint(code) : "\uFFFD", end };
+  }
+  let decoded = namedRefs.get(m[0]);
+  if (decoded === undefined) {
+    if (!spend(NAMED_REF_COST)) return null;
+    decoded = decodeNamedRef(m[0]);
+    if (namedRefs.size < MAX_KNOWN_REFS) namedRefs.set(m[0], decoded);
+  }
+  return decoded === null ? null : { text: decoded, end };
+}
+
+/** What "&name;" stands for in HTML, or null. The parser also reads a few names without their
+ * ";" ("&ampx;" is "&" then "x;"), which Markdown does not: those keep a ";" after decoding. */
+function decodeNamedRef(ref) {
+  const decoded = new DOMParser().parseFromString(ref, "text/html").body.textContent ?? ref;
+  if (decoded === ref) return null;
+  if (decoded.endsWith(";") && ref !== "&semi;") return null;
+  return decoded;
+}
+
+/** `text` with its character references decoded (a link's destination). */
+function decodeCharRefs(text) {
+  if (!text.includes("&")) return text;
+  let out = "";
+  let k = 0;
+  while (k < text.length) {
+    const ref = text[k] === "&" ? charRefAt(text, k) : null;
+    if (ref) {
+      out += ref.text;
+      k = ref.end;
+    } else {
+      out += text[k];
+      k += 1;
+    }
+  }
+  return out;
 }
 
 const BARE_URL = /https?:\/\/[^\s<>"'`]+/iy;
@@ -565,6 +621,14 @@ function renderInlineText(text, parent) {
       parent.append(document.createElement("br"));
       i += 1;
       continue;
+    }
+    if (c === "&") {
+      const ref = charRefAt(text, i);
+      if (ref) {
+        buffer += ref.text;
+        i = ref.end;
+        continue;
+      }
     }
     if (c === "`") {
       const n = runLength(text, i);
