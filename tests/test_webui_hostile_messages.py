@@ -511,6 +511,10 @@ ORDINARY_MARKDOWN = "\n".join([
     "print('# not a heading')",
     "```",
     "",
+    "    indented = 1",
+    "      ",
+    "\tstill *code*",
+    "",
     "AT&amp;T &lt;b&gt; &copy;&#169;&#x1F600; &#0; &bogus; &ampx; \\&amp; `&amp;` "
     "[ref](https://example.com/?a=1&amp;b=2)",
 ])
@@ -543,13 +547,14 @@ def test_ordinary_markdown_still_renders(conversation: Callable[[str], Conversat
     assert answer.locator("td code").text_content() == "a|b"
     assert answer.locator("ul ul em").text_content() == "item"
     assert answer.locator("blockquote strong").text_content() == "text"
-    assert answer.locator("pre code").text_content() == "print('# not a heading')"
+    assert answer.locator("pre code").all_text_contents() == [
+        "print('# not a heading')", "indented = 1\n\nstill *code*"]
     references = answer.locator("p").last
     assert references.text_content() == "AT&T <b> ©©😀 \ufffd &bogus; &ampx; &amp; &amp; ref"
     assert references.locator("code").text_content() == "&amp;"
     assert references.locator("a").get_attribute("href") == "https://example.com/?a=1&b=2"
     # Both scroll sideways, so they take the focus; the code block's box clips what is outside.
-    for scroller in (answer.locator("pre"), answer.locator(".md-table")):
+    for scroller in (answer.locator("pre").first, answer.locator(".md-table")):
         assert scroller.get_attribute("tabindex") == "0"
         assert scroller.evaluate("el => getComputedStyle(el).outlineOffset") == "-2px"
     assert console_errors == [], console_errors

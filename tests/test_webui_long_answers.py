@@ -45,7 +45,8 @@ const LINES = ["", "", "   ", "# Heading", "## Two ##", "#", "- item", "* star i
   "~~~", "````", "    indented code", "| a | b |", "|---|:-:|", "| 1 | 2 |", "---", "***", "___",
   "Plain *emphasis* and **strong** text", "a lazy continuation line", "\\t- a tab item",
   "text with `code` and [a link](https://example.com)", "  two spaces in", "-", "+ plus",
-  "***bold em***", "~~struck~~", "https://example.org/bare"];
+  "***bold em***", "~~struck~~", "https://example.org/bare", "\\tcode after a tab", "      six in",
+  "AT&amp;T &#169;"];
 const BREAKS = ["\\n", "\\n", "\\n", "\\r\\n", "\\r"];
 window.randomMarkdown = (random, lines) => {
   let text = "";

@@ -4,9 +4,10 @@
 // the source (`<img src=x onerror=...>`, `<script>`) is shown as the text it is. Links get an
 // href only when it parses as an absolute http(s) URL. Supported: paragraphs, ATX headings,
 // emphasis (* _ ** __ *** ~~), inline code, fenced code blocks (also unterminated, while an
-// answer streams), bullet and ordered lists (nested, tight or loose), block quotes, GFM pipe
-// tables, thematic breaks, links, autolinks and bare URLs, hard line breaks, entity and numeric
-// character references (`&amp;`, `&#169;`, `&#x1F600;`).
+// answer streams), indented code blocks, bullet and ordered lists (nested, tight or loose),
+// block quotes, GFM pipe tables, thematic breaks, links, autolinks and bare URLs, hard line
+// breaks, entity and numeric character references (`&amp;`, `&#169;`, `&#x1F600;`). Lists
+// are more lenient than CommonMark: an item indented by four spaces is still an item.
 //
 // The source is untrusted in size and shape too: anyone who may append to a stream can send
 // an answer built to make a parser slow or to exhaust the stack. So no regular expression here
@@ -163,6 +164,8 @@ export function parseBlocks(lines, depth = 0) {
       block = { type: "quote", children: parseBlocks(inner, depth + 1) };
     } else if (ITEM.test(line)) {
       [block, i] = parseList(lines, i, depth);
+    } else if (codeIndent(line) !== null) {
+      [block, i] = parseIndentedCode(lines, i);
     } else if (line.includes("|") && i + 1 < lines.length && isTableDelimiter(lines[i + 1]) && lines[i + 1].includes("-")) {
       [block, i] = parseTable(lines, i);
     } else {
@@ -199,6 +202,34 @@ function parseFence(lines, i, m) {
     j += 1;
   }
   return [{ type: "code", lang: m[3] || "", text: body.join("\n"), closed }, j];
+}
+
+/** A line indented by four columns or more (a tab reaches the next multiple of four): the
+ * line without those four columns, or null. */
+function codeIndent(line) {
+  let column = 0;
+  for (let k = 0; k < line.length; k++) {
+    if (line[k] === " ") column += 1;
+    else if (line[k] === "\t") column += 4 - (column % 4);
+    else return null; // a blank line is not code
+    if (column >= 4) return " ".repeat(column - 4) + line.slice(k + 1);
+  }
+  return null;
+}
+
+/** An indented code block: its lines and the blank lines between them, not those after. */
+function parseIndentedCode(lines, i) {
+  const body = [];
+  let j = i;
+  let end = i;
+  while (j < lines.length) {
+    const code = isBlank(lines[j]) ? "" : codeIndent(lines[j]);
+    if (code === null) break;
+    body.push(code);
+    if (code) end = j + 1;
+    j += 1;
+  }
+  return [{ type: "code", lang: "", text: body.slice(0, end - i).join("\n"), closed: true }, end];
 }
 
 function parseList(lines, i, depth) {
