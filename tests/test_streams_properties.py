@@ -386,7 +386,7 @@ MALFORMED_INTEGERS = (st.sampled_from(INTEGERS_IN_TEXT) | HEADER_TEXT).map(
     lambda s: s.strip(" \t")).filter(lambda s: not _valid_integer(s))
 INVALID_DATES = ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59",
                  "2024-13-01T00:00:00Z", "2024-02-30T00:00:00Z", "2024-01-01T24:00:00Z",
-                 "2024-01-01T00:00:60Z", "2024-01-01", "2024-01-01T00:00:00", "1700000000",
+                 "2024-01-01T00:00:61Z", "2024-01-01", "2024-01-01T00:00:00", "1700000000",
                  "tomorrow", ""]
 MALFORMED_DATES = st.sampled_from(INVALID_DATES) | HEADER_TEXT.map(
     lambda s: s.strip(" \t")).filter(lambda s: not re.fullmatch(
@@ -687,11 +687,16 @@ class StreamsMachine(RuleBasedStateMachine):
             self.expect(exchange, 404, 409)  # the spec orders neither error first
             return
         if existing is not None:
-            request_offset = None if anchor_index is None else src.boundaries()[anchor_index]  # type: ignore[union-attr]
+            assert src is not None
+            request_offset = None if anchor_index is None else src.boundaries()[anchor_index]
+            # Without an offset the request names the source's tail: for a fork made at a named
+            # offset, the same request only while the tail is still there (made at the tail,
+            # it is the same request whatever the source has gained since: a retry).
+            asked = existing.fork_at if existing.fork_request is None else existing.fork_request
             same = (
                 not existing.soft_deleted and existing.source == source and not existing.closed
-                and (request_offset is None or request_offset == (
-                    existing.fork_at if existing.fork_request is None else existing.fork_request))
+                and (request_offset == asked if request_offset is not None else
+                     existing.fork_request is None or existing.fork_request == src.boundaries()[-1])
                 and sub == existing.fork_sub
             )
             self.expect(exchange, 200 if same else 409)
