@@ -743,14 +743,15 @@ class Supervisor(pykka.ThreadingActor):
 
     def _note_wake_stream(self, cid: str, wake_stream: str | None) -> None:
         """Say once per conversation that its subscription wakes another stream than the
-        one this supervisor watches: its prompts are then seen only at a start (or a
-        re-read of the list), not as they come."""
+        one this supervisor watches: its prompts are then seen only at a start, or when the
+        conversation is announced again, not as they come."""
         if wake_stream == self.settings.wake_stream or cid in self._other_wake_noted:
             return
         self._other_wake_noted.add(cid)
         log.warning("conversation %s: its subscription wakes %s, not this supervisor's %r"
-                    " (%s): its prompts are answered only when the supervisor starts; a client"
-                    " must create it as every supervisor does", cid,
+                    " (%s): its prompts are seen only when a supervisor looks at the whole"
+                    " conversation (at its start, or when the conversation is announced), not"
+                    " as they come; a client must create it as every supervisor does", cid,
                     "nothing" if wake_stream is None else repr(wake_stream),
                     self.settings.wake_stream, self.settings.wake_stream_setting)
 

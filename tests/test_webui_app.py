@@ -13,9 +13,10 @@ import pytest
 import requests
 
 from agent_actors import layout, schema
+from agent_actors.offsets_store import OffsetsStore
 from agent_actors.streams_client import StreamsClient
 from tests.fake_anthropic import FakeAnthropic
-from tests.support import ServerProcess
+from tests.support import ServerProcess, start_streams_server
 from tests.support.agents import ChatClient, mid_answer, wait_for_answers, wait_until
 from tests.support.webapp import start_chat_app
 
@@ -181,6 +182,34 @@ def test_an_answer_stopped_by_ctrl_c_again_and_again_is_still_finished(tmp_path:
     assert answer.terminal["type"] == "done", answer
     assert answer.text == reply
     assert answer.attempt == schema.MAX_ANSWER_ATTEMPTS + 1
+
+
+def test_with_its_own_streams_in_memory_the_agents_of_another_server_still_keep_their_offsets(
+        tmp_path: Path) -> None:
+    """`CHAT_STREAMS_MEMORY` is about the app's own streams: it also kept the agents'
+    offsets in memory when they used another, durable server (so each Ctrl+C counted
+    among an answer's interruptions, and each start re-read every conversation)."""
+    with FakeAnthropic(reply="kept", tokens_per_second=0) as model:
+        server = start_streams_server(tmp_path / "streams")
+        app = start_chat_app(tmp_path / "app", model_url=model.url, config={
+            "STREAMS_MEMORY": "true", "AGENT_STREAMS_URL": f"{server.url}/v1/stream"})
+        try:
+            client = StreamsClient(f"{server.url}/v1/stream")
+            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
+            cid = chat.start_conversation("offsets kept")
+            prompt = chat.send_prompt(cid, "hello")
+            assert wait_for_answers(client, cid, [prompt], timeout=30).answers[prompt].text == "kept"
+            prompts_tail = client.head(layout.prompts_path(cid)).next_offset
+            app.send_signal(signal.SIGTERM)
+            assert app.wait(timeout=20) == 0, app.log_tail()
+        finally:
+            app.terminate()
+            server.terminate()
+    offsets = OffsetsStore(str(tmp_path / "app" / "agents"))
+    try:
+        assert offsets.get(cid) == prompts_tail
+    finally:
+        offsets.close()
 
 
 def test_the_first_requests_host_header_does_not_choose_where_the_agents_connect(

@@ -151,8 +151,12 @@ class BackgroundWork:
         return supervisor
 
     def _agents_data_dir(self) -> str | None:
+        """Where the agents keep their offsets: in memory only beside streams that are (this
+        app's own, in memory), else under the data directory."""
         config = self._app.config
-        return None if config["STREAMS_MEMORY"] else os.path.join(config["DATA_DIR"], "agents")
+        if config["STREAMS_MEMORY"] and not config["AGENT_STREAMS_URL"]:
+            return None
+        return os.path.join(config["DATA_DIR"], "agents")
 
     def stop(self) -> None:
         with self._lock:
