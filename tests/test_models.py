@@ -301,6 +301,22 @@ def test_a_look_at_the_model_tells_what_would_fail_every_answer(
     assert asked == ["/v1/models/claude-nope"]
 
 
+@pytest.mark.parametrize(("given", "env", "check"), [
+    ("claude-nope", {}, "CHAT_AGENT_MODEL"),
+    (None, {"ANTHROPIC_MODEL": "claude-nope"}, "ANTHROPIC_MODEL"),
+])
+def test_an_unknown_model_is_blamed_on_the_setting_that_named_it(
+        given: str | None, env: dict[str, str], check: str) -> None:
+    """The advice named ANTHROPIC_MODEL also for a model the app's CHAT_AGENT_MODEL (or the
+    supervisor's --model) had named."""
+    body = b'{"type":"error","error":{"type":"not_found_error","message":"model: claude-nope"}}'
+    with canned_answers(404, body, "application/json") as (url, _):
+        model = model_from_settings(given, api_key=API_KEY, base_url=url, env=env,
+                                    name_setting="CHAT_AGENT_MODEL")
+        assert isinstance(model, AnthropicModel)
+        assert model.problem() == f"The model 'claude-nope' was not found. Check {check}."
+
+
 def test_a_look_at_a_model_nothing_answers_for_says_so(fake: FakeAnthropic) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -123,7 +123,7 @@ class BackgroundWork:
         if not config["AGENT_STREAMS_URL"] and root_url.startswith("https:"):
             log.warning("the embedded supervisor connects to %s; if the TLS certificate does "
                         "not name that address, set CHAT_AGENT_STREAMS_URL", streams_url)
-        model = model_from_settings(config["AGENT_MODEL"],
+        model = model_from_settings(config["AGENT_MODEL"], name_setting="CHAT_AGENT_MODEL",
                                     demo_tokens_per_second=config["DEMO_TOKENS_PER_SECOND"])
         settings = SupervisorSettings(
             streams_url=streams_url,

@@ -16,12 +16,14 @@ _RATE_LIMITED = ("The AI model is receiving too many requests (rate limited). "
 _DROPPED = "The connection to the AI model was lost in the middle of the answer."
 
 
-def model_error(exc: BaseException, *, model: str, base_url: str) -> ModelError:
-    """The `ModelError` for an exception raised while asking ``model`` at ``base_url``."""
+def model_error(exc: BaseException, *, model: str, base_url: str,
+                model_setting: str = "ANTHROPIC_MODEL") -> ModelError:
+    """The `ModelError` for an exception raised while asking ``model`` at ``base_url``;
+    ``model_setting`` is where the model's name was given (named in advice to check it)."""
     if isinstance(exc, ModelError):
         return exc
     if isinstance(exc, anthropic.APIStatusError):
-        return _status_error(exc, model)
+        return _status_error(exc, model, model_setting)
     if isinstance(exc, anthropic.APITimeoutError):
         return ModelError("The AI model took too long to respond. Please try again.",
                           code="timeout", retryable=True)
@@ -47,7 +49,8 @@ def wait_reason(error: ModelError) -> str:
     return _WAIT_REASONS.get(error.code, "The AI service reported an error.")
 
 
-def stream_error(body: dict[str, object], *, model: str) -> ModelError:
+def stream_error(body: dict[str, object], *, model: str,
+                 model_setting: str = "ANTHROPIC_MODEL") -> ModelError:
     """The `ModelError` for an ``error`` event in the middle of a streamed answer.
 
     The response's status was 200 by then, so the error's ``type`` alone says what happened.
@@ -56,14 +59,16 @@ def stream_error(body: dict[str, object], *, model: str) -> ModelError:
     kind = error.get("type") if isinstance(error, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     return _classified(None, kind if isinstance(kind, str) else None,
-                       message[:300] if isinstance(message, str) else "no details", model)
+                       message[:300] if isinstance(message, str) else "no details", model,
+                       model_setting)
 
 
-def _status_error(exc: anthropic.APIStatusError, model: str) -> ModelError:
-    return _classified(exc.status_code, error_type(exc), _api_message(exc), model)
+def _status_error(exc: anthropic.APIStatusError, model: str, model_setting: str) -> ModelError:
+    return _classified(exc.status_code, error_type(exc), _api_message(exc), model, model_setting)
 
 
-def _classified(status: int | None, kind: str | None, detail: str, model: str) -> ModelError:
+def _classified(status: int | None, kind: str | None, detail: str, model: str,
+                model_setting: str) -> ModelError:
     if kind == "overloaded_error" or status == 529:
         return ModelError(_OVERLOADED, code="overloaded", retryable=True, status=status)
     if kind == "rate_limit_error" or status == 429:
@@ -75,12 +80,12 @@ def _classified(status: int | None, kind: str | None, detail: str, model: str) -
         return ModelError(f"This API key may not use the model {model!r}.",
                           code="permission", status=status)
     if kind == "not_found_error" and model in detail:
-        return ModelError(f"The model {model!r} was not found. Check ANTHROPIC_MODEL.",
+        return ModelError(f"The model {model!r} was not found. Check {model_setting}.",
                           code="not_found", status=status)
     if kind == "not_found_error":  # not about the model: most often the address's path
         return ModelError(f"The AI model's API found nothing at this address ({detail}). Check"
                           " ANTHROPIC_BASE_URL (without /v1: the SDK adds it) and"
-                          f" ANTHROPIC_MODEL ({model!r}).", code="not_found", status=status)
+                          f" {model_setting} ({model!r}).", code="not_found", status=status)
     if status == 404:  # without the API's typed error: some other server answers there
         return ModelError("No Anthropic Messages API answers at this address. Check"
                           " ANTHROPIC_BASE_URL.", code="not_found", status=status)

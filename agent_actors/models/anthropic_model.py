@@ -83,8 +83,10 @@ class AnthropicModel:
         system: str | None = None,
         max_retries: int = 3,
         timeout: float = 60.0,
+        model_setting: str = "ANTHROPIC_MODEL",
     ) -> None:
         self.model = model
+        self.model_setting = model_setting  # where `model` was given, for error advice
         self.base_url = base_url or DEFAULT_BASE_URL
         self.max_tokens = max_tokens
         self.system = system
@@ -107,7 +109,7 @@ class AnthropicModel:
         try:
             self.client.models.retrieve(self.model, timeout=_PROBLEM_CHECK_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - classified below, else inconclusive
-            error = model_error(exc, model=self.model, base_url=self.base_url)
+            error = self._model_error(exc)
             unknown_model = (isinstance(exc, anthropic.APIStatusError)
                              and error_type(exc) == "not_found_error")
             if error.code in ("connection", "authentication", "permission") or unknown_model:
@@ -158,8 +160,7 @@ class AnthropicModel:
                  retries: _Retries) -> Iterator[ModelEvent]:
         usage = _Usage()
         opening = _Opening(self.client, request, self.model, retries, cancel,
-                           describe=lambda exc: model_error(exc, model=self.model,
-                                                            base_url=self.base_url))
+                           describe=self._model_error)
         handed_over = False
         try:
             response = opening.wait()
@@ -204,7 +205,8 @@ class AnthropicModel:
                     self._watch.remove(watched)
                     finished = True
                 elif name == "error":
-                    raise stream_error(_data(event), model=self.model)
+                    raise stream_error(_data(event), model=self.model,
+                                       model_setting=self.model_setting)
                 elif name in ("message_start", "message_delta"):
                     usage.update(name, _data(event))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
@@ -233,10 +235,14 @@ class AnthropicModel:
             yield ModelResult(usage.stop_reason or "end_turn", usage.input_tokens,
                               usage.output_tokens, self.model)
 
+    def _model_error(self, exc: BaseException) -> ModelError:
+        return model_error(exc, model=self.model, base_url=self.base_url,
+                           model_setting=self.model_setting)
+
     def _error(self, exc: BaseException) -> ModelError:
         """The `ModelError` to raise for `exc` (logged)."""
         log.warning("model %s failed: %r", self.model, exc)
-        return model_error(exc, model=self.model, base_url=self.base_url)
+        return self._model_error(exc)
 
 
 class _FailedBeforeFirstWords(Exception):

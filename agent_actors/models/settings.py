@@ -27,14 +27,17 @@ def model_from_settings(
     demo_first_token_latency: float = 0.3,
     max_tokens: int = 1024,
     system: str | None = None,
+    name_setting: str = "--model",
 ) -> Model:
     """The model to use, and one log line saying which.
 
     Explicit arguments win over the environment (``ANTHROPIC_API_KEY``, ``ANTHROPIC_MODEL``,
     ``ANTHROPIC_BASE_URL``; ``env`` defaults to ``os.environ``). ``name`` is a Claude model id,
     or ``"demo"`` to force the offline demo. Without an API key the demo model is used.
+    ``name_setting`` is where ``name`` was given: errors about the model say to check it.
     """
     env = os.environ if env is None else env
+    model_setting = name_setting if name else "ANTHROPIC_MODEL"
     name = name or env.get("ANTHROPIC_MODEL") or None
     # Stripped: a key read from a file ends in a newline, which no HTTP header may carry.
     given_key = api_key if api_key is not None else env.get("ANTHROPIC_API_KEY")
@@ -53,7 +56,8 @@ def model_from_settings(
         return DemoModel(tokens_per_second=demo_tokens_per_second,
                          first_token_latency=demo_first_token_latency)
     model = AnthropicModel(api_key=api_key, model=name or DEFAULT_ANTHROPIC_MODEL,
-                           base_url=base_url, max_tokens=max_tokens, system=system)
+                           base_url=base_url, max_tokens=max_tokens, system=system,
+                           model_setting=model_setting)
     log.info("model: %s via %s", model.name, model.base_url)
     return model
 
