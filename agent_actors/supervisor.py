@@ -824,8 +824,14 @@ class Supervisor(pykka.ThreadingActor):
 
     def _left_behind(self, cid: str) -> bool:
         """Whether anything of a removed conversation is on the server again (or the server
-        cannot say: then its removal is tried again)."""
+        cannot say: then its removal is tried again). Asked of the listings, where the server
+        has them: a look at each stream and at the subscription is a 404 in the server's
+        access log for each, at every start, for every conversation ever deleted."""
         try:
+            try:
+                return self._listed_left_behind(cid)
+            except NotFound:  # no listings on this server
+                pass
             try:
                 self.client.get_subscription(layout.subscription_id(cid))
                 return True
@@ -835,6 +841,21 @@ class Supervisor(pykka.ThreadingActor):
                        for path in (layout.prompts_path(cid), layout.responses_path(cid)))
         except StreamsError:
             return True
+
+    def _listed_left_behind(self, cid: str) -> bool:
+        """`_left_behind` from the listings; `NotFound` where the server has none."""
+        streams = self.client.list_streams(layout.conversation_prefix(cid), limit=1)
+        if streams.items:
+            return True
+        sub_id = layout.subscription_id(cid)
+        # The page from just before the id on (ids sort, and the listing starts after
+        # `after`): the subscription is its first id not below the conversation's, if any.
+        for page in _pages(lambda after: self.client.list_subscriptions(
+                after=after, limit=LISTING_PAGE), after=sub_id[:-1]):
+            for subscription in page.items:
+                if subscription.id >= sub_id:
+                    return subscription.id == sub_id
+        return False
 
     def _claim(self, cid: str) -> None:
         lease: Lease | None = None
