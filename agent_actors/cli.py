@@ -18,6 +18,7 @@ from agent_actors.models.settings import model_from_settings, warn_if_unusable
 from agent_actors.offsets_store import OffsetsFileError
 from agent_actors.supervisor import Supervisor, SupervisorSettings
 from agent_actors.validation import (
+    HTTP_URL,
     MAX_COALESCE_MS,
     MAX_IDLE_TIMEOUT_S,
     MAX_WORKER_NAME_CHARS,
@@ -77,11 +78,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     model = args.model or os.environ.get("ANTHROPIC_MODEL") or None
     problems = [
         (not is_http_url(args.streams_url),
-         f"--streams-url must be an http:// or https:// URL, not {args.streams_url!r}"),
+         f"--streams-url must be {HTTP_URL}, not {args.streams_url!r}"),
         (not is_stream_path(args.wake_stream),
          f"--wake-stream must be a stream path such as agents/wake, not {args.wake_stream!r}"),
         (model_url is not None and not is_http_url(model_url),
-         f"ANTHROPIC_BASE_URL must be an http:// or https:// URL, not {model_url!r}"),
+         f"ANTHROPIC_BASE_URL must be {HTTP_URL}, not {model_url!r}"),
         # Written so that NaN, which fails every comparison, fails each check too.
         (not 0 < args.idle_timeout <= MAX_IDLE_TIMEOUT_S,
          f"--idle-timeout must be greater than 0 and at most {MAX_IDLE_TIMEOUT_S},"

@@ -88,9 +88,10 @@ class StreamsClient:
         retry: RetryPolicy | None = None,
         pool_size: int = 10,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
+        scheme, separator, rest = base_url.partition("://")
+        if not separator or scheme.lower() not in ("http", "https"):
             raise errors.ConfigurationError(f"streams URL must be http(s)://..., not {base_url!r}")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = f"{scheme.lower()}://{rest}".rstrip("/")  # HTTP:// is http:// too
         self.live_timeout = live_timeout
         self.transport = Transport(
             session or _pooled_session(pool_size), auth_token=auth_token, timeout=timeout,

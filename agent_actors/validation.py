@@ -13,17 +13,34 @@ MAX_COALESCE_MS = 10_000
 MAX_WORKER_NAME_CHARS = 256  # what the streams server takes in a claim
 
 
+HTTP_URL = "an http:// or https:// URL with a valid host, in ASCII"  # what is_http_url takes
+
+
 def is_http_url(value: str) -> bool:
-    """An http:// or https:// URL with a host, and a port that is a port if it has one;
-    without a query or fragment, which paths appended to it would land in, or spaces."""
+    """An http:// or https:// URL (the scheme in any case) with a valid host, and a port
+    that is a port if it has one; without a query or fragment, which paths appended to it
+    would land in, or spaces. ASCII only: a request line carries nothing else, so a path
+    must be percent-encoded and a host name written in its xn-- form."""
+    if not value.isascii() or not value.isprintable():
+        return False
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port that is not one
     except ValueError:
         return False
-    return (parts.scheme in ("http", "https") and bool(parts.hostname)
+    return (parts.scheme in ("http", "https") and _is_host(parts.hostname or "")
             and not parts.query and not parts.fragment and "?" not in value
-            and "#" not in value and not any(c.isspace() for c in value))
+            and "#" not in value and " " not in value)
+
+
+def _is_host(host: str) -> bool:
+    """A host name of dot-separated labels (a final dot allowed), or an IP address."""
+    if ":" in host:  # an IPv6 literal, which urlsplit found between brackets
+        return True
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    return bool(host) and all(
+        0 < len(label) <= 63 and all(c.isalnum() or c in "-_" for c in label)
+        for label in labels)
 
 
 def is_token(value: str) -> bool:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 
 from agent_actors.cli import build_parser, check_args
+from agent_actors.validation import HTTP_URL
 from streams_server.subscriptions.keys import SIGNING_KEY_FILE, TOKEN_KEY_FILE
 from tests.support import REPO_ROOT, start_streams_server
 from tests.support.agents import wait_until
@@ -331,7 +332,10 @@ def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: s
     ("DATA_DIR__X", "1",  # Flask's syntax for a key inside a setting: a traceback
      "CHAT_DATA_DIR__X is not a setting: CHAT_DATA_DIR has no parts to set"),
     ("AGENT_STREAMS_URL", "localhost:4437/v1/stream",
-     "CHAT_AGENT_STREAMS_URL must be an http:// or https:// URL (or unset)"),
+     f"CHAT_AGENT_STREAMS_URL must be {HTTP_URL} (or unset)"),
+    ("AGENT_STREAMS_URL", "http://a..b:4437/v1/stream",  # a traceback, and no answers
+     f"CHAT_AGENT_STREAMS_URL must be {HTTP_URL} (or unset)"),
+    ("STREAMS_BROWSER_URL", "/ x", "CHAT_STREAMS_BROWSER_URL must be a path starting with /"),
     ("AGENT_MAX_AGENTS", "-5", "CHAT_AGENT_MAX_AGENTS must be a whole number at least 1"),
     ("AGENT_LEASE_TTL_MS", "0", "CHAT_AGENT_LEASE_TTL_MS must be a whole number at least 1000"),
     ("EMBEDDED_SUPERVISOR", "yes", "CHAT_EMBEDDED_SUPERVISOR must be true or false"),
@@ -340,10 +344,11 @@ def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: s
     # These three were taken: the first failed as the supervisor started, on the first
     # request (a 500, then a chat that never answered), the others at every prompt.
     ("AGENT_STREAMS_URL", "http://127.0.0.1:notaport/v1/stream",
-     "CHAT_AGENT_STREAMS_URL must be an http:// or https:// URL (or unset)"),
+     f"CHAT_AGENT_STREAMS_URL must be {HTTP_URL} (or unset)"),
     ("AGENT_WAKE_STREAM", "/agents/wake", "CHAT_AGENT_WAKE_STREAM must be a stream path"),
     ("STREAMS_BROWSER_URL", "localhost:4437/v1/stream",
-     "CHAT_STREAMS_BROWSER_URL must be a path starting with / or an http:// or https:// URL"),
+     "CHAT_STREAMS_BROWSER_URL must be a path starting with / (ASCII, without spaces) or an"
+     " http:// or https:// URL"),
 ])
 def test_flask_run_refuses_a_setting_out_of_range_clearly(tmp_path: Path, setting: str,
                                                           value: str, says: str) -> None:
@@ -385,7 +390,10 @@ def test_a_model_id_no_request_can_carry_is_refused_at_start(tmp_path: Path, mod
     assert done.returncode == 2 and "--model must be a model id" in done.stderr, done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:notaport", "not a url", "ftp://host"])
+# The last three were taken; the supervisor then died with a traceback (a path byte that is
+# not UTF-8), and `flask run` answered its own first request with a 500 and started no agents.
+@pytest.mark.parametrize("url", ["http://127.0.0.1:notaport", "not a url", "ftp://host",
+                                 "http://127.0.0.1:9/\udcff", "http://h\udcff:9", "http://a..b:9"])
 def test_a_model_url_that_is_not_one_is_refused_at_start(tmp_path: Path, url: str) -> None:
     """`flask run` started with it and its first request failed (a 500, then no supervisor);
     the supervisor command printed a traceback, or asked it at every prompt and failed."""
@@ -393,14 +401,14 @@ def test_a_model_url_that_is_not_one_is_refused_at_start(tmp_path: Path, url: st
     env.update({"CHAT_DATA_DIR": str(tmp_path), "ANTHROPIC_API_KEY": "sk-test",
                 "ANTHROPIC_BASE_URL": url})
     done = _run([sys.executable, "-m", "flask", "run", "--port", "0"], env=env)
-    _assert_refused_clearly(done, "Error: ANTHROPIC_BASE_URL must be an http:// or https:// URL")
+    _assert_refused_clearly(done, f"Error: ANTHROPIC_BASE_URL must be {HTTP_URL}")
     done = _run([sys.executable, "-m", "agent_actors", "supervisor", "--data-dir",
                  str(tmp_path / "agents")], env=env)
     assert done.returncode == 2, done.stderr[-2000:]
     # One line: the usage of the flags (15 lines) said nothing of an environment variable.
     assert done.stderr.strip().splitlines() == [
-        "python -m agent_actors supervisor: error: ANTHROPIC_BASE_URL must be an http:// or"
-        f" https:// URL, not {url!r}"]
+        f"python -m agent_actors supervisor: error: ANTHROPIC_BASE_URL must be {HTTP_URL},"
+        f" not {url!r}"]
 
 
 @pytest.mark.parametrize(("argv", "says"), [
@@ -464,6 +472,13 @@ def test_a_model_url_that_is_not_one_is_refused_at_start(tmp_path: Path, url: st
      "--streams-url must be an http:// or https:// URL"),
     (["agent_actors", "supervisor", "--streams-url", "http://127.0.0.1:notaport/v1/stream"],
      "--streams-url must be an http:// or https:// URL"),
+    # Taken, these three left a supervisor that logged a traceback and never answered.
+    (["agent_actors", "supervisor", "--streams-url", "http://a..b:4437/v1/stream"],
+     f"--streams-url must be {HTTP_URL}"),
+    (["agent_actors", "supervisor", "--streams-url", "http://127.0.0.1:4437/v1/\u017estream"],
+     f"--streams-url must be {HTTP_URL}"),
+    (["agent_actors", "supervisor", "--streams-url", "http://127.0.0.1:4437/v1/\udcff"],
+     f"--streams-url must be {HTTP_URL}"),
     (["agent_actors", "supervisor", "--wake-stream", ""],  # a traceback, then LoopExit
      "--wake-stream must be a stream path such as agents/wake"),
     (["agent_actors", "supervisor", "--wake-stream", "../x"],  # no answers, ever

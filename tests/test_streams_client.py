@@ -251,6 +251,17 @@ def test_ensure_stream_is_idempotent_and_conflicts_on_other_config(
     assert conflict.value.status == 409
 
 
+def test_a_root_url_with_its_scheme_in_capitals_works(server: ServerProcess, path: str) -> None:
+    """The settings took `HTTP://host/...` (a URL's scheme is case-insensitive), and the
+    client then refused it: the chat served its page and answered nothing."""
+    upper = StreamsClient(f"HTTP://{server.url.removeprefix('http://')}/v1/stream",
+                          retry=FAST_RETRY)
+    try:
+        assert upper.ensure_stream(path).created is True
+    finally:
+        upper.close()
+
+
 def test_head_describes_the_stream_and_delete_removes_it(client: StreamsClient, path: str) -> None:
     created = client.ensure_stream(path)
     info = client.head(path)

@@ -19,6 +19,7 @@ from flask import Flask
 
 from agent_actors.layout import LEASE_TTL_MS_RANGE
 from agent_actors.validation import (
+    HTTP_URL,
     MAX_COALESCE_MS,
     MAX_IDLE_TIMEOUT_S,
     is_http_url,
@@ -142,7 +143,7 @@ def _text(optional: bool = False, url: bool = False) -> tuple[Callable[[Any], bo
         if not isinstance(value, str) or not value.strip():
             return False
         return not url or is_http_url(value)
-    wanted = "an http:// or https:// URL" if url else "text"
+    wanted = HTTP_URL if url else "text"
     return ok, wanted + (" (or unset)" if optional else "")
 
 
@@ -150,8 +151,9 @@ _STREAM_PATH = (lambda value: isinstance(value, str) and is_stream_path(value),
                 "a stream path such as agents/wake")
 # The page's streams root: a path on this app, or another server's URL.
 _BROWSER_URL = (lambda value: isinstance(value, str) and (
-    (value.startswith("/") and not value.startswith("//")) or is_http_url(value)),
-    "a path starting with / or an http:// or https:// URL")
+    (value.startswith("/") and not value.startswith("//") and value.isascii()
+     and value.isprintable() and " " not in value) or is_http_url(value)),
+    "a path starting with / (ASCII, without spaces) or " + HTTP_URL)
 
 
 _FLAG = (lambda value: isinstance(value, bool), "true or false")
@@ -195,7 +197,7 @@ def check_config(config: Mapping[str, Any], env: Mapping[str, str] = os.environ)
                 for key, (ok, wanted) in _CHECKS.items() if not ok(config[key])]
     model_url = env.get("ANTHROPIC_BASE_URL") or None
     if model_url is not None and not is_http_url(model_url):
-        problems.append(f"ANTHROPIC_BASE_URL must be an http:// or https:// URL, not {model_url!r}")
+        problems.append(f"ANTHROPIC_BASE_URL must be {HTTP_URL}, not {model_url!r}")
     api_key = (env.get("ANTHROPIC_API_KEY") or "").strip()  # a newline from a file is taken off
     if api_key and not is_token(api_key):
         problems.append("ANTHROPIC_API_KEY must be visible ASCII characters without spaces")
