@@ -326,6 +326,15 @@ def test_a_look_at_a_model_nothing_answers_for_says_so(fake: FakeAnthropic) -> N
     assert claude(fake).problem() is None  # the fake serves no models API: inconclusive
 
 
+def test_a_prompt_with_a_lone_surrogate_is_asked_with_a_replacement_character(
+        fake: FakeAnthropic) -> None:
+    """JSON's "\\ud800" escape is valid in a prompts stream, but no UTF-8 request can carry
+    it: the request was never sent, and the chat said the connection had been lost."""
+    text, _, result = split(list(claude(fake).stream([("user", "hi \ud800 there")])))
+    assert text == REPLY and result.stop_reason == "end_turn"
+    assert fake.requests[-1]["messages"] == [{"role": "user", "content": "hi \ufffd there"}]
+
+
 def test_429_and_529_are_retried_then_the_answer_streams(fake: FakeAnthropic) -> None:
     fake.fail_next("429", retry_after=0.05)
     fake.fail_next("529")  # no retry-after: exponential backoff

@@ -10,6 +10,7 @@ wait), then zero or more `TextDelta`s, then exactly one `ModelResult`. Failures 
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -85,18 +86,24 @@ class Model(Protocol):
         ...
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def normalize_turns(turns: Iterable[Turn | tuple[str, str]]) -> list[Turn]:
     """The conversation as the Messages API accepts it: alternating roles, starting and ending
     with the user.
 
     Empty turns are dropped, consecutive turns of one role are joined (for example a prompt
     whose answer failed, followed by the next prompt), and leading assistant turns are dropped.
+    A lone surrogate (JSON's "\\ud800" escape, valid in a stream, is one) becomes U+FFFD:
+    the request is UTF-8, which has no such character, and could not be sent at all.
     Raises ValueError for an unknown role or a conversation that does not end with the user.
     """
     merged: list[Turn] = []
     for role, text in turns:
         if role not in (USER, ASSISTANT):
             raise ValueError(f"unknown role {role!r} (expected 'user' or 'assistant')")
+        text = _LONE_SURROGATE.sub("\ufffd", text)
         if not text.strip():
             continue
         if not merged and role == ASSISTANT:
