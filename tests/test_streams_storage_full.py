@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from streams_server.errors import NotFound, StorageFailure, StorageFull
-from streams_server.storage import groupcommit, room
+from streams_server.storage import groupcommit, room, schema
 from streams_server.storage.engine import StreamStore
 from streams_server.storage.models import Expiry
 from tests.support import ServerProcess, start_streams_server
@@ -183,6 +183,27 @@ error = sqlite3.OperationalError("disk I/O error")
 error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE
 print(RoomCheck(sys.argv[1]).explains(error))
 """
+
+
+def test_the_start_check_refuses_a_database_sqlite_may_only_read(tmp_path: Path) -> None:
+    """SQLite opens a file it may not write (its permissions; a read-only mount) read-only,
+    silently: the server started and answered every append with a 503 for as long as it ran.
+    (Root may write any file, so the read-only opening is SQLite's `mode=ro` here.)"""
+    StreamStore.open_directory(str(tmp_path)).close()
+    database = tmp_path / "streams.sqlite3"
+    read_only = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="readonly database"):
+            schema.check_writable(read_only)
+        assert not read_only.in_transaction
+    finally:
+        read_only.close()
+    writable = sqlite3.connect(database, isolation_level=None)
+    try:
+        schema.check_writable(writable)
+        assert writable.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    finally:
+        writable.close()
 
 
 @pytest.mark.parametrize(("limit", "full"), [(None, "False"), (32 * 1024, "True")])

@@ -43,7 +43,7 @@ from .models import (
 )
 from .room import RoomCheck
 from .rows import STREAM_COLUMNS, expired, info_from_row, path_prefix_range, stream_chain
-from .schema import migrate
+from .schema import check_writable, migrate
 from .tailcache import TailCache
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,8 @@ class StreamStore:
         self._leader_lock = threading.Lock()
         self._writer = self._connect()
         migrate(self._writer)
+        if not self._memory:
+            check_writable(self._writer)
         if max_bytes is not None:
             _set_quota(self._writer, max_bytes)
         self._readers: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()

@@ -124,5 +124,20 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
 
 
+def check_writable(conn: sqlite3.Connection) -> None:
+    """A write transaction that changes nothing. SQLite opens a database file it may not
+    write (its permissions, a read-only mount) read-only, without a word: it fails here, as
+    the server starts, not at every append after it (a 503 each, for as long as it runs)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _split(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
