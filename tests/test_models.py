@@ -290,6 +290,8 @@ def test_a_base_url_where_no_messages_api_answers_is_blamed_not_the_model(status
     # An Anthropic-compatible endpoint without the models API: nothing can be told.
     (404, b"<html><body>Not here</body></html>", None),
     (200, b'{"type":"model","id":"claude-nope","display_name":"Nope"}', None),
+    # Not JSON: it warned that "the connection was lost in the middle of the answer".
+    (200, b'{"type":"model", cut off', None),
 ])
 def test_a_look_at_the_model_tells_what_would_fail_every_answer(
         status: int, body: bytes, says: str | None) -> None:

@@ -112,7 +112,10 @@ class AnthropicModel:
             error = self._model_error(exc)
             unknown_model = (isinstance(exc, anthropic.APIStatusError)
                              and error_type(exc) == "not_found_error")
-            if error.code in ("connection", "authentication", "permission") or unknown_model:
+            # A connection that failed, not any other surprise (an answer it could not read
+            # is classified like a stream that broke off, which says nothing about answers).
+            refused = error.code in ("authentication", "permission") or unknown_model
+            if refused or isinstance(exc, anthropic.APIConnectionError):
                 return error.message
             log.debug("model %s: looking it up was inconclusive: %r", self.model, exc)
         return None
