@@ -16,6 +16,7 @@ from streams_server.config import (
     LARGEST_BODY_MIB,
     LARGEST_CHUNK_KIB,
     StreamsSettings,
+    is_host_text,
     mib_to_bytes,
 )
 from streams_server.server import SOCKET_TIMEOUT_S, CannotListen, serve
@@ -107,8 +108,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.data_dir = DEFAULT_DATA_DIR
     elif not args.data_dir.strip():  # `--data-dir "$DIR"` with DIR unset
         parser.error("--data-dir must name a directory")
-    if not args.host.strip():  # `--host "$HOST"` with HOST unset: it listened everywhere
-        parser.error("--host must name an address (0.0.0.0 or :: for every network interface)")
+    # `--host "$HOST"` with HOST unset listened everywhere; a host no lookup can take, a
+    # traceback.
+    if not is_host_text(args.host):
+        parser.error("--host must name an address (0.0.0.0 or :: for every network interface)"
+                     " or a host name")
     return args
 
 

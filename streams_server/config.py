@@ -20,6 +20,16 @@ def mib_to_bytes(mib: float) -> int:
     return max(1, int(mib * MIB))
 
 
+def is_host_text(host: str) -> bool:
+    """Whether `host` can be looked up or bound at all: an address or a name, which a
+    name lookup takes in its IDNA form (a byte that is not UTF-8, or a label over 63
+    characters, failed inside the server's start with a traceback)."""
+    try:
+        return bool(host.strip()) and bool(host.encode("idna"))
+    except UnicodeError:
+        return False
+
+
 @dataclass(frozen=True)
 class StreamsSettings:
     """Limits and timings of the protocol layer; every field has a laptop-friendly default."""

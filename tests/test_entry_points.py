@@ -295,6 +295,14 @@ def test_flask_run_refuses_a_port_no_server_can_listen_on(tmp_path: Path) -> Non
     _assert_refused_clearly(done, "Error: --port must be at least 0 and at most 65535, not 99999")
 
 
+def test_flask_run_refuses_a_host_no_lookup_can_take(tmp_path: Path) -> None:
+    """Werkzeug's start failed with a traceback (UnicodeError from the idna codec)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "FLASK_"))}
+    env["CHAT_DATA_DIR"] = str(tmp_path)
+    done = _run([sys.executable, "-m", "flask", "run", "--host", "h\udcff"], env=env)
+    _assert_refused_clearly(done, "Error: --host must name an address or a host name")
+
+
 @pytest.mark.parametrize("damaged", ["streams/streams.sqlite3", "agents/agents.sqlite3"])
 def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: str) -> None:
     """Before: a traceback from the app factory; or, for the agents' file, a chat that
@@ -435,6 +443,11 @@ def test_a_model_url_that_is_not_one_is_refused_at_start(tmp_path: Path, url: st
     (["streams_server", "--host", ""],
      "--host must name an address (0.0.0.0 or :: for every network interface)"),
     (["streams_server", "--host", " "],
+     "--host must name an address (0.0.0.0 or :: for every network interface)"),
+    # A traceback each ("encoding of hostname failed"): not UTF-8, and a label too long.
+    (["streams_server", "--host", "h\udcff"],
+     "--host must name an address (0.0.0.0 or :: for every network interface)"),
+    (["streams_server", "--host", "\u00e9" * 70],
      "--host must name an address (0.0.0.0 or :: for every network interface)"),
     # Taken, the directory was ignored without a word, even one that cannot be.
     (["streams_server", "--memory", "--data-dir", "/etc/passwd"],

@@ -17,6 +17,8 @@ from flask import cli as flask_cli
 from flask.helpers import get_debug_flag
 from werkzeug.serving import is_running_from_reloader
 
+from streams_server.config import is_host_text
+
 MAX_PORT = 65535
 
 
@@ -40,6 +42,8 @@ def flask_run_address() -> ServingAddress | None:
         return None
     if not 0 <= port <= MAX_PORT:
         raise ValueError(f"--port must be at least 0 and at most {MAX_PORT}, not {port}")
+    if not is_host_text(host):  # Werkzeug's start failed with a traceback
+        raise ValueError(f"--host must name an address or a host name, not {host!r}")
     reloading = params.get("reload")
     if reloading is None:  # as `flask run` decides it: with --debug
         reloading = get_debug_flag()
