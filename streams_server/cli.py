@@ -76,7 +76,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sse-keepalive", type=bounded(float, 0.1, 3600), default=15.0,
                         metavar="SECONDS",
                         help="send an SSE comment after this long without an event, so that"
-                             " proxies keep the connection (default 15)")
+                             " proxies keep the connection (0.1 to 3600, default 15)")
     parser.add_argument("--max-body-mib", type=bounded(float, 0, LARGEST_BODY_MIB, above=True),
                         default=64,
                         help=f"largest request body (default 64, at most {LARGEST_BODY_MIB})")
@@ -86,7 +86,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="largest catch-up read response (default 1024, at most"
                              f" {LARGEST_CHUNK_KIB})")
     parser.add_argument("--max-path-length", type=bounded(int, 1), default=1024,
-                        help="longest stream path, in characters (default 1024)")
+                        help="longest stream path (and subscription id), in characters"
+                             " (default 1024)")
     parser.add_argument("--allow-local-webhooks", action="store_true",
                         help="let webhook subscriptions call localhost and 127.0.0.x, over http"
                              " too: for development (section 12.8); off, only https to public"

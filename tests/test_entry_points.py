@@ -337,6 +337,7 @@ def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: s
      "CHAT_STREAMS_AUTH_TOKEN must be visible ASCII characters without spaces"),
     ("STREAMS_AUTH_TOKEN", "t\u00f6k\u20acn",
      "CHAT_STREAMS_AUTH_TOKEN must be visible ASCII characters without spaces"),
+    ("DATA_DIR", "", "CHAT_DATA_DIR must be a directory, not ''"),  # it said "text"
     ("DATA_DIR__X", "1",  # Flask's syntax for a key inside a setting: a traceback
      "CHAT_DATA_DIR__X is not a setting: CHAT_DATA_DIR has no parts to set"),
     ("AGENT_STREAMS_URL", "localhost:4437/v1/stream",

@@ -245,7 +245,7 @@ def test_an_outage_is_logged_once_and_its_end_after_a_quiet_spell(
         " the storage recovers",
         "commits still failing (database or disk is full) after 61 s; 5 write operations"
         " refused",
-        "commits succeed again; 5 write operations were refused in 61 s",
+        "commits succeed again, 71 s after they began to fail; 5 write operations were refused",
     ]
 
 

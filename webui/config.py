@@ -165,7 +165,7 @@ _MODEL = (lambda value: value is None or (isinstance(value, str) and is_token(va
           "a model id: visible ASCII characters without spaces (or unset)")
 
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "DATA_DIR": _text(),
+    "DATA_DIR": (_text()[0], "a directory"),
     "STREAMS_MEMORY": _FLAG,
     "STREAMS_BROWSER_URL": _BROWSER_URL,
     "STREAMS_AUTH_TOKEN": _TOKEN,

@@ -134,8 +134,9 @@ class _OutageLog:
 
     def succeeded(self) -> None:
         if self._since is not None and time.monotonic() - self._last_failure >= self.QUIET_S:
-            log.warning("commits succeed again; %d write operations were refused in %.0f s",
-                        self._refused, self._last_failure - self._since)
+            log.warning("commits succeed again, %.0f s after they began to fail; %d write"
+                        " operations were refused", time.monotonic() - self._since,
+                        self._refused)
             self._since, self._refused = None, 0
 
 

@@ -71,7 +71,8 @@ def validate_webhook_url(url: str, *, local_ok: bool = False) -> str:
         if local_ok:
             return url
         raise _rejected(f"{host} is this machine: webhooks to localhost and 127.0.0.x are for"
-                        " development, and this server is not set to allow them")
+                        " development, and this server is not set to allow them"
+                        " (--allow-local-webhooks; CHAT_ALLOW_LOCAL_WEBHOOKS in the web app)")
     if parts.scheme != "https":
         raise _rejected("webhooks must use https (http only to localhost or 127.0.0.x, where"
                         " the server allows them)")
