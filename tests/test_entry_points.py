@@ -296,11 +296,15 @@ def test_flask_run_refuses_a_port_no_server_can_listen_on(tmp_path: Path) -> Non
 
 
 def test_flask_run_refuses_a_host_no_lookup_can_take(tmp_path: Path) -> None:
-    """Werkzeug's start failed with a traceback (UnicodeError from the idna codec)."""
+    """Werkzeug's start failed with a traceback (UnicodeError from the idna codec), or said
+    "Name or service not known" without naming what it had looked up."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "FLASK_"))}
     env["CHAT_DATA_DIR"] = str(tmp_path)
     done = _run([sys.executable, "-m", "flask", "run", "--host", "h\udcff"], env=env)
     _assert_refused_clearly(done, "Error: --host must name an address or a host name")
+    done = _run([sys.executable, "-m", "flask", "run", "--host", "no-such-host.invalid"], env=env)
+    _assert_refused_clearly(done, "Error: --host 'no-such-host.invalid' is neither an address"
+                                  " nor a name this machine can look up")
 
 
 @pytest.mark.parametrize("damaged", ["streams/streams.sqlite3", "agents/agents.sqlite3"])

@@ -10,6 +10,7 @@ first request.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 import click
@@ -44,6 +45,12 @@ def flask_run_address() -> ServingAddress | None:
         raise ValueError(f"--port must be at least 0 and at most {MAX_PORT}, not {port}")
     if not is_host_text(host):  # Werkzeug's start failed with a traceback
         raise ValueError(f"--host must name an address or a host name, not {host!r}")
+    try:  # Werkzeug's own failure said "Name or service not known", and not of what
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        cause = exc.args[1] if len(exc.args) > 1 else str(exc)
+        raise ValueError(f"--host {host!r} is neither an address nor a name this machine can"
+                         f" look up ({cause})") from exc
     reloading = params.get("reload")
     if reloading is None:  # as `flask run` decides it: with --debug
         reloading = get_debug_flag()
