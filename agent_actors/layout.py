@@ -31,11 +31,6 @@ def is_conversation_id(value: object) -> bool:
     return isinstance(value, str) and _CONVERSATION_ID.fullmatch(value) is not None
 
 
-def conversation_prefix(conversation_id: str) -> str:
-    """What the paths of the conversation's streams (and of no other's) start with."""
-    return f"{CONVERSATIONS_PREFIX}{conversation_id}/"
-
-
 def prompts_path(conversation_id: str) -> str:
     return f"{CONVERSATIONS_PREFIX}{conversation_id}{PROMPTS_SUFFIX}"
 

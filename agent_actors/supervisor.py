@@ -153,6 +153,16 @@ class _Remove:
 
 
 @dataclass(frozen=True)
+class _ServerListing:
+    """Ids of the conversations' subscriptions, paths of their streams."""
+    subscriptions: frozenset[str]
+    streams: frozenset[str]
+
+
+_UNLISTED = _ServerListing(frozenset(), frozenset())  # a server without listings
+
+
+@dataclass(frozen=True)
 class _Removed:
     conversation_id: str
 
@@ -238,6 +248,7 @@ class Supervisor(pykka.ThreadingActor):
         self._not_before: dict[str, float] = {}
         self._jobs = _JobQueue()
         self._removals = _JobQueue()
+        self._start_listing: _ServerListing | None = None  # see _listed_at_start
         # Past this, no request of a stopped agent is still under way: its retries have
         # stopped (the deadline) and the last attempt has had its full timeout.
         self._stragglers_s = self.client.transport.retry.deadline + self.client.transport.timeout
@@ -303,6 +314,7 @@ class Supervisor(pykka.ThreadingActor):
         if self._stopping.is_set():
             return None
         if isinstance(message, _Ready):
+            self._start_listing = None  # listed again for this start's look, if needed
             seen = self._conversations_seen
             seen.start_tail = message.conversations_tail
             self._watch(self.settings.wake_stream, message.wake_offset, self._on_wake_batch)
@@ -469,20 +481,23 @@ class Supervisor(pykka.ThreadingActor):
                 agent.tell(ConversationDeleted())
             return  # its removal, and the one after its stragglers, follow when it has stopped
         if cid not in self._claiming:  # else: when the claim is answered
-            self._remove(cid, unless_removed_before=True)
+            self._remove(cid, unless_removed_before=True, at_start=not live)
         if live:  # an agent of it that stopped a moment ago may still have a request out
             self._timers.call_later(self._stragglers_s,
                                     lambda: self._tell(_Remove(cid, check_first=True)))
 
-    def _remove(self, cid: str, *, unless_removed_before: bool = False) -> None:
+    def _remove(self, cid: str, *, unless_removed_before: bool = False,
+                at_start: bool = False) -> None:
         """Remove a deleted conversation's streams; once more after a removal under way,
-        which may have missed what a late writer created meanwhile."""
+        which may have missed what a late writer created meanwhile. `at_start`: found
+        deleted as a start reads the list (see `_left_behind`)."""
         if cid in self._removing:
             self._remove_again.add(cid)
         else:
             self._removing.add(cid)
             self._removals.put(functools.partial(self._remove_conversation, cid,
-                                                 check_first=unless_removed_before))
+                                                 check_first=unless_removed_before,
+                                                 at_start=at_start))
 
     def _remove_after_agent(self, cid: str) -> None:
         """Remove a deleted conversation whose agent has just ended, and again once any
@@ -785,12 +800,12 @@ class Supervisor(pykka.ThreadingActor):
             self._tell(_Remove(cid))
 
     def _remove_conversation(self, cid: str, attempt: int = 0, *,
-                             check_first: bool = False) -> None:
+                             check_first: bool = False, at_start: bool = False) -> None:
         """Delete a deleted conversation's subscription and streams; retried (backing off)
         while the server cannot answer. Gone already (404, or 410 for a stream that forks
         still read) is done. `check_first`: if the offsets file says they were removed
         before, only look (reads, not a write transaction each) whether any came back."""
-        if check_first and self.offsets.is_removed(cid) and not self._left_behind(cid):
+        if check_first and self.offsets.is_removed(cid) and not self._left_behind(cid, at_start):
             log.debug("deleted conversation %s: nothing left", cid)
             self._tell(_Removed(cid))
             return
@@ -822,16 +837,18 @@ class Supervisor(pykka.ThreadingActor):
         log.info("removed deleted conversation=%s", cid)
         self._tell(_Removed(cid))
 
-    def _left_behind(self, cid: str) -> bool:
+    def _left_behind(self, cid: str, at_start: bool) -> bool:
         """Whether anything of a removed conversation is on the server again (or the server
-        cannot say: then its removal is tried again). Asked of the listings, where the server
-        has them: a look at each stream and at the subscription is a 404 in the server's
-        access log for each, at every start, for every conversation ever deleted."""
+        cannot say: then its removal is tried again). `at_start`: asked of the listings read
+        once for the start, where the server has them (a look at each stream and at the
+        subscription was three requests and three 404s in the server's access log, at every
+        start, for every conversation ever deleted)."""
+        listed = self._listed_at_start() if at_start else None
+        if listed is not None:
+            return (layout.subscription_id(cid) in listed.subscriptions
+                    or layout.prompts_path(cid) in listed.streams
+                    or layout.responses_path(cid) in listed.streams)
         try:
-            try:
-                return self._listed_left_behind(cid)
-            except NotFound:  # no listings on this server
-                pass
             try:
                 self.client.get_subscription(layout.subscription_id(cid))
                 return True
@@ -842,20 +859,30 @@ class Supervisor(pykka.ThreadingActor):
         except StreamsError:
             return True
 
-    def _listed_left_behind(self, cid: str) -> bool:
-        """`_left_behind` from the listings; `NotFound` where the server has none."""
-        streams = self.client.list_streams(layout.conversation_prefix(cid), limit=1)
-        if streams.items:
-            return True
-        sub_id = layout.subscription_id(cid)
-        # The page from just before the id on (ids sort, and the listing starts after
-        # `after`): the subscription is its first id not below the conversation's, if any.
-        for page in _pages(lambda after: self.client.list_subscriptions(
-                after=after, limit=LISTING_PAGE), after=sub_id[:-1]):
-            for subscription in page.items:
-                if subscription.id >= sub_id:
-                    return subscription.id == sub_id
-        return False
+    def _listed_at_start(self) -> _ServerListing | None:
+        """The conversations' subscriptions and streams, listed once for a start's look at
+        the deleted ones (on the removals thread); None where the server has no listings or
+        could not list them."""
+        if self._start_listing is None:
+            try:
+                prefix = layout.SUBSCRIPTION_PREFIX
+                subscriptions: set[str] = set()
+                for page in _pages(lambda after: self.client.list_subscriptions(
+                        after=after, limit=LISTING_PAGE), after=prefix):
+                    subscriptions.update(s.id for s in page.items if s.id.startswith(prefix))
+                    if page.next_after is not None and not page.next_after.startswith(prefix):
+                        break
+                streams = {s.path for page in _pages(lambda after: self.client.list_streams(
+                    layout.CONVERSATIONS_PREFIX, after=after, limit=LISTING_PAGE))
+                    for s in page.items}
+                self._start_listing = _ServerListing(frozenset(subscriptions), frozenset(streams))
+            except NotFound:
+                self._start_listing = _UNLISTED
+            except StreamsError as exc:
+                log.info("could not list the subscriptions and streams (%s): looking at each"
+                         " deleted conversation alone", exc)
+                return None
+        return None if self._start_listing is _UNLISTED else self._start_listing
 
     def _claim(self, cid: str) -> None:
         lease: Lease | None = None

@@ -1348,6 +1348,32 @@ def test_streams_brought_back_while_no_supervisor_runs_are_removed_at_the_next_s
     assert not logs.matching(f"agent started conversation={doomed} ")
 
 
+def test_a_subscription_brought_back_while_no_supervisor_runs_is_removed_at_the_next_start(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """Alone (no stream, so no wake tells of it), beside one whose id sorts just before it:
+    the start finds it in the listing of subscriptions."""
+    root = streams_root(streams_server)
+    sup = in_process(root)
+    client, chat = connect(root)
+    doomed = chat.start_conversation("doomed")
+    chat.delete_conversation(doomed)
+    logs.wait_for(f"removed deleted conversation={doomed}")
+    sup.stop(timeout=30)
+    neighbour = doomed[:-1] + chr(ord(doomed[-1]) - 1)
+    for cid in (neighbour, doomed):
+        client.put_subscription(layout.subscription_id(cid),
+                                layout.subscription_config(cid, lease_ttl_ms=LEASE_TTL_MS))
+
+    removals = len(logs.matching(f"removed deleted conversation={doomed}"))
+    in_process(root)
+    logs.wait_for(f"removed deleted conversation={doomed}", count=removals + 1)
+    with pytest.raises(NotFound):
+        client.get_subscription(layout.subscription_id(doomed))
+    client.get_subscription(layout.subscription_id(neighbour))  # not deleted: kept
+
+
 def test_a_restart_does_not_bring_back_the_subscription_of_a_conversation_deleted_long_ago(
     streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
     logs: LogWatch, monkeypatch: pytest.MonkeyPatch,
