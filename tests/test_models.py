@@ -31,6 +31,7 @@ from agent_actors.models import (
     model_from_settings,
     normalize_turns,
 )
+from agent_actors.models import anthropic_model
 from agent_actors.models._retry_policy import retry_after
 from agent_actors.models.base import estimate_tokens
 from tests.fake_anthropic import FakeAnthropic
@@ -317,6 +318,17 @@ def test_an_unknown_model_is_blamed_on_the_setting_that_named_it(
                                     name_setting="CHAT_AGENT_MODEL")
         assert isinstance(model, AnthropicModel)
         assert model.problem() == f"The model 'claude-nope' was not found. Check {check}."
+
+
+def test_a_look_at_a_model_that_answers_slowly_is_inconclusive(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timeout says nothing of the answers to come: it was warned of as if they would fail."""
+    monkeypatch.setattr(anthropic_model, "_PROBLEM_CHECK_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:  # takes connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        assert AnthropicModel(api_key=API_KEY, base_url=url, max_retries=0).problem() is None
 
 
 def test_a_look_at_a_model_nothing_answers_for_says_so(fake: FakeAnthropic) -> None:

@@ -113,9 +113,11 @@ class AnthropicModel:
             unknown_model = (isinstance(exc, anthropic.APIStatusError)
                              and error_type(exc) == "not_found_error")
             # A connection that failed, not any other surprise (an answer it could not read
-            # is classified like a stream that broke off, which says nothing about answers).
+            # is classified like a stream that broke off, and a slow look tells nothing).
             refused = error.code in ("authentication", "permission") or unknown_model
-            if refused or isinstance(exc, anthropic.APIConnectionError):
+            unreachable = (isinstance(exc, anthropic.APIConnectionError)
+                           and not isinstance(exc, anthropic.APITimeoutError))
+            if refused or unreachable:
                 return error.message
             log.debug("model %s: looking it up was inconclusive: %r", self.model, exc)
         return None
