@@ -46,7 +46,7 @@ const LINES = ["", "", "   ", "# Heading", "## Two ##", "#", "- item", "* star i
   "Plain *emphasis* and **strong** text", "a lazy continuation line", "\\t- a tab item",
   "text with `code` and [a link](https://example.com)", "  two spaces in", "-", "+ plus",
   "***bold em***", "~~struck~~", "https://example.org/bare", "\\tcode after a tab", "      six in",
-  "AT&amp;T &#169;"];
+  "AT&amp;T &#169; &bogus; *em*"];
 const BREAKS = ["\\n", "\\n", "\\n", "\\r\\n", "\\r"];
 window.randomMarkdown = (random, lines) => {
   let text = "";

@@ -204,17 +204,10 @@ function parseFence(lines, i, m) {
   return [{ type: "code", lang: m[3] || "", text: body.join("\n"), closed }, j];
 }
 
-/** A line indented by four columns or more (a tab reaches the next multiple of four): the
- * line without those four columns, or null. */
+/** A line indented by four spaces or more (`toLines` made each tab four): the line without
+ * those four, or null. */
 function codeIndent(line) {
-  let column = 0;
-  for (let k = 0; k < line.length; k++) {
-    if (line[k] === " ") column += 1;
-    else if (line[k] === "\t") column += 4 - (column % 4);
-    else return null; // a blank line is not code
-    if (column >= 4) return " ".repeat(column - 4) + line.slice(k + 1);
-  }
-  return null;
+  return line.startsWith("    ") && !isBlank(line) ? line.slice(4) : null;
 }
 
 /** An indented code block: its lines and the blank lines between them, not those after. */
@@ -223,11 +216,12 @@ function parseIndentedCode(lines, i) {
   let j = i;
   let end = i;
   while (j < lines.length) {
-    const code = isBlank(lines[j]) ? "" : codeIndent(lines[j]);
+    const blank = isBlank(lines[j]);
+    const code = blank ? "" : codeIndent(lines[j]);
     if (code === null) break;
     body.push(code);
-    if (code) end = j + 1;
     j += 1;
+    if (!blank) end = j;
   }
   return [{ type: "code", lang: "", text: body.slice(0, end - i).join("\n"), closed: true }, end];
 }
@@ -514,11 +508,14 @@ function parseDestination(text, at) {
 
 const CHAR_REF = /&(?:#([0-9]{1,7})|#[xX]([0-9a-fA-F]{1,6})|([A-Za-z][A-Za-z0-9]{1,31}));/y;
 // Names HTML knows are looked up by letting the browser parse the reference alone (a table of
-// its 2,231 names would be most of this file). Each distinct name is parsed once; a lookup
-// costs enough of the block's budget that a flood of made-up names ends as literal text.
-const NAMED_REF_COST = 1_000;
-const MAX_KNOWN_REFS = 4_096;
-const namedRefs = new Map(); // "&name;" -> the text it stands for, or null for no such name
+// its 2,231 names would be most of this file), each once. A name HTML knows costs nothing of
+// the block's work budget; any other costs a lookup's worth each time it is met, whether it
+// was looked up before or not, so that a block renders the same whatever the page rendered
+// before it, and a flood of made-up names ends as literal text.
+const UNKNOWN_REF_COST = 3_000;
+const MAX_UNKNOWN_REFS = 4_096; // remembered only to spare the browser the parse
+const knownRefs = new Map(); // "&name;" -> the text it stands for
+const unknownRefs = new Set();
 
 /** The character reference at `at` ("&amp;", "&#35;", "&#x22;"): {text, end} or null. */
 function charRefAt(text, at) {
@@ -531,13 +528,17 @@ function charRefAt(text, at) {
     const valid = code !== 0 && code <= 0x10ffff && !(code >= 0xd800 && code <= 0xdfff);
     return { text: valid ? String.fromCodePoint(code) : "\uFFFD", end };
   }
-  let decoded = namedRefs.get(m[0]);
-  if (decoded === undefined) {
-    if (!spend(NAMED_REF_COST)) return null;
-    decoded = decodeNamedRef(m[0]);
-    if (namedRefs.size < MAX_KNOWN_REFS) namedRefs.set(m[0], decoded);
+  const known = knownRefs.get(m[0]);
+  if (known !== undefined) return { text: known, end };
+  if (!spend(UNKNOWN_REF_COST) || unknownRefs.has(m[0])) return null;
+  const decoded = decodeNamedRef(m[0]);
+  if (decoded === null) {
+    if (unknownRefs.size < MAX_UNKNOWN_REFS) unknownRefs.add(m[0]);
+    return null;
   }
-  return decoded === null ? null : { text: decoded, end };
+  budget += UNKNOWN_REF_COST; // a name HTML knows after all: free, as when met again
+  knownRefs.set(m[0], decoded);
+  return { text: decoded, end };
 }
 
 /** What "&name;" stands for in HTML, or null. The parser also reads a few names without their
