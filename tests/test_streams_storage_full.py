@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 import requests
 
+from streams_server.backend import DataDirectoryError, StreamsBackend
 from streams_server.errors import NotFound, StorageFailure, StorageFull
-from streams_server.storage import groupcommit, room, schema
+from streams_server.storage import groupcommit, room
 from streams_server.storage.engine import StreamStore
 from streams_server.storage.models import Expiry
 from tests.support import ServerProcess, start_streams_server
@@ -185,25 +186,24 @@ print(RoomCheck(sys.argv[1]).explains(error))
 """
 
 
-def test_the_start_check_refuses_a_database_sqlite_may_only_read(tmp_path: Path) -> None:
+def test_a_database_sqlite_may_only_read_is_refused_as_the_store_opens(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite opens a file it may not write (its permissions; a read-only mount) read-only,
     silently: the server started and answered every append with a 503 for as long as it ran.
-    (Root may write any file, so the read-only opening is SQLite's `mode=ro` here.)"""
+    (Root may write any file: here SQLite is asked to open it read-only, with `mode=ro`.)"""
     StreamStore.open_directory(str(tmp_path)).close()
-    database = tmp_path / "streams.sqlite3"
-    read_only = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, isolation_level=None)
-    try:
-        with pytest.raises(sqlite3.OperationalError, match="readonly database"):
-            schema.check_writable(read_only)
-        assert not read_only.in_transaction
-    finally:
-        read_only.close()
-    writable = sqlite3.connect(database, isolation_level=None)
-    try:
-        schema.check_writable(writable)
-        assert writable.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
-    finally:
-        writable.close()
+    connect = sqlite3.connect
+
+    def read_only(target: str, **kwargs: Any) -> sqlite3.Connection:
+        opened: sqlite3.Connection = connect(f"{Path(target).as_uri()}?mode=ro", uri=True,
+                                             **kwargs)
+        return opened
+
+    monkeypatch.setattr(sqlite3, "connect", read_only)  # as the engine calls it
+    with pytest.raises(DataDirectoryError, match="attempt to write a readonly database"):
+        StreamsBackend.open(str(tmp_path))
+    monkeypatch.undo()
+    StreamsBackend.open(str(tmp_path)).close()  # writable again: opens
 
 
 @pytest.mark.parametrize(("limit", "full"), [(None, "False"), (32 * 1024, "True")])
