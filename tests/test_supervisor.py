@@ -1328,17 +1328,24 @@ def test_a_recheck_racing_the_removal_does_not_leave_the_subscription_behind(
     assert conversation_gone(client, doomed)
 
 
-def test_streams_brought_back_while_no_supervisor_runs_are_removed_at_the_next_start(
-    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
-    logs: LogWatch,
-) -> None:
-    root = streams_root(streams_server)
+def removed_by_a_supervisor_since_stopped(root: str, in_process: StartInProcess,
+                                          logs: LogWatch) -> tuple[StreamsClient, str]:
+    """A conversation deleted, and removed by a supervisor that has stopped since."""
     sup = in_process(root)
     client, chat = connect(root)
     doomed = chat.start_conversation("doomed")
     chat.delete_conversation(doomed)
     logs.wait_for(f"removed deleted conversation={doomed}")
     sup.stop(timeout=30)
+    return client, doomed
+
+
+def test_streams_brought_back_while_no_supervisor_runs_are_removed_at_the_next_start(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    root = streams_root(streams_server)
+    client, doomed = removed_by_a_supervisor_since_stopped(root, in_process, logs)
     bring_back(client, doomed)  # its wake comes while no supervisor reads the wake stream
 
     removals = len(logs.matching(f"removed deleted conversation={doomed}"))
@@ -1355,13 +1362,8 @@ def test_a_subscription_brought_back_while_no_supervisor_runs_is_removed_at_the_
     """Alone (no stream, so no wake tells of it), beside one whose id sorts just before it:
     the start finds it in the listing of subscriptions."""
     root = streams_root(streams_server)
-    sup = in_process(root)
-    client, chat = connect(root)
-    doomed = chat.start_conversation("doomed")
-    chat.delete_conversation(doomed)
-    logs.wait_for(f"removed deleted conversation={doomed}")
-    sup.stop(timeout=30)
-    neighbour = doomed[:-1] + chr(ord(doomed[-1]) - 1)
+    client, doomed = removed_by_a_supervisor_since_stopped(root, in_process, logs)
+    neighbour = doomed[:-1]
     for cid in (neighbour, doomed):
         client.put_subscription(layout.subscription_id(cid),
                                 layout.subscription_config(cid, lease_ttl_ms=LEASE_TTL_MS))
