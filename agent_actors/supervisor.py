@@ -65,6 +65,7 @@ from agent_actors.schema import parse_conversation_entry, parse_deletion
 from agent_actors.stream_types import (
     EnsureResult,
     Lease,
+    ListedStream,
     ListingPage,
     ReadResult,
     Subscription,
@@ -715,19 +716,29 @@ class Supervisor(pykka.ThreadingActor):
     def _listed_subscriptions(self) -> dict[str, str | None]:
         """The conversations whose subscription is as this supervisor makes it (what a `PUT`
         of it would confirm), each with its prompts stream's acked offset (None: not linked)."""
-        prefix = layout.SUBSCRIPTION_PREFIX
         found: dict[str, str | None] = {}
+        for subscription in self._conversations_subscriptions():
+            cid = layout.conversation_of_subscription(subscription.id)
+            if cid is not None and self._made_here(cid, subscription):
+                found[cid] = _prompts_acked(cid, subscription)
+        return found
+
+    def _conversations_subscriptions(self) -> Iterator[Subscription]:
+        """The subscriptions whose ids have the conversations' prefix, from the listing."""
+        prefix = layout.SUBSCRIPTION_PREFIX
         # Ids sort: every conversation's comes after the bare prefix, and those after its
         # last are not conversations'.
         for page in _pages(lambda after: self.client.list_subscriptions(
                 after=after, limit=LISTING_PAGE), after=prefix):
-            for subscription in page.items:
-                cid = layout.conversation_of_subscription(subscription.id)
-                if cid is not None and self._made_here(cid, subscription):
-                    found[cid] = _prompts_acked(cid, subscription)
+            yield from (s for s in page.items if s.id.startswith(prefix))
             if page.next_after is not None and not page.next_after.startswith(prefix):
-                break
-        return found
+                return
+
+    def _conversations_streams(self) -> Iterator[ListedStream]:
+        """Every stream of every conversation, from the listing."""
+        for page in _pages(lambda after: self.client.list_streams(
+                layout.CONVERSATIONS_PREFIX, after=after, limit=LISTING_PAGE)):
+            yield from page.items
 
     def _made_here(self, cid: str, subscription: Subscription) -> bool:
         made = layout.subscription_config(cid, self.settings.wake_stream,
@@ -739,10 +750,8 @@ class Supervisor(pykka.ThreadingActor):
 
     def _listed_prompt_tails(self) -> dict[str, str]:
         """Every conversation's prompts stream, by path, with its tail."""
-        return {s.path: s.next_offset
-                for page in _pages(lambda after: self.client.list_streams(
-                    layout.CONVERSATIONS_PREFIX, after=after, limit=LISTING_PAGE))
-                for s in page.items if s.path.endswith(layout.PROMPTS_SUFFIX)}
+        return {s.path: s.next_offset for s in self._conversations_streams()
+                if s.path.endswith(layout.PROMPTS_SUFFIX)}
 
     def _note_lease(self, cid: str, ttl: int | None) -> None:
         """Say once that a conversation's subscription has another lease than the one this
@@ -865,17 +874,9 @@ class Supervisor(pykka.ThreadingActor):
         could not list them."""
         if self._start_listing is None:
             try:
-                prefix = layout.SUBSCRIPTION_PREFIX
-                subscriptions: set[str] = set()
-                for page in _pages(lambda after: self.client.list_subscriptions(
-                        after=after, limit=LISTING_PAGE), after=prefix):
-                    subscriptions.update(s.id for s in page.items if s.id.startswith(prefix))
-                    if page.next_after is not None and not page.next_after.startswith(prefix):
-                        break
-                streams = {s.path for page in _pages(lambda after: self.client.list_streams(
-                    layout.CONVERSATIONS_PREFIX, after=after, limit=LISTING_PAGE))
-                    for s in page.items}
-                self._start_listing = _ServerListing(frozenset(subscriptions), frozenset(streams))
+                self._start_listing = _ServerListing(
+                    frozenset(s.id for s in self._conversations_subscriptions()),
+                    frozenset(s.path for s in self._conversations_streams()))
             except NotFound:
                 self._start_listing = _UNLISTED
             except StreamsError as exc:
