@@ -21,7 +21,7 @@ def is_http_url(value: str) -> bool:
     that is a port if it has one; without a query or fragment, which paths appended to it
     would land in, or spaces. ASCII only: a request line carries nothing else, so a path
     must be percent-encoded and a host name written in its xn-- form."""
-    if not value.isascii() or not value.isprintable():
+    if not is_visible_ascii(value):
         return False
     try:
         parts = urlsplit(value)
@@ -30,7 +30,7 @@ def is_http_url(value: str) -> bool:
         return False
     return (parts.scheme in ("http", "https") and _is_host(parts.hostname or "")
             and not parts.query and not parts.fragment and "?" not in value
-            and "#" not in value and " " not in value)
+            and "#" not in value)
 
 
 def _is_host(host: str) -> bool:
@@ -47,6 +47,11 @@ def is_token(value: str) -> bool:
     """A credential that goes into an HTTP header as it is: visible ASCII, no spaces. (A
     newline read from a file, or a non-Latin-1 character, failed every request later, far
     from its cause.)"""
+    return is_visible_ascii(value)
+
+
+def is_visible_ascii(value: str) -> bool:
+    """Not empty, and only visible ASCII characters: no spaces, tabs or line breaks."""
     return bool(value) and all("!" <= c <= "~" for c in value)
 
 

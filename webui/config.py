@@ -25,6 +25,7 @@ from agent_actors.validation import (
     is_http_url,
     is_stream_path,
     is_token,
+    is_visible_ascii,
 )
 from streams_server.config import LARGEST_BODY_MIB
 
@@ -151,8 +152,8 @@ _STREAM_PATH = (lambda value: isinstance(value, str) and is_stream_path(value),
                 "a stream path such as agents/wake")
 # The page's streams root: a path on this app, or another server's URL.
 _BROWSER_URL = (lambda value: isinstance(value, str) and (
-    (value.startswith("/") and not value.startswith("//") and value.isascii()
-     and value.isprintable() and " " not in value) or is_http_url(value)),
+    (value.startswith("/") and not value.startswith("//") and is_visible_ascii(value))
+    or is_http_url(value)),
     "a path starting with / (ASCII, without spaces) or " + HTTP_URL)
 
 
