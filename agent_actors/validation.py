@@ -29,7 +29,7 @@ def is_http_url(value: str) -> bool:
     except ValueError:
         return False
     return (parts.scheme in ("http", "https") and _is_host(parts.hostname or "")
-            and not parts.query and not parts.fragment and "?" not in value
+            and _ends_after_host(parts.netloc) and not parts.query and not parts.fragment and "?" not in value
             and "#" not in value)
 
 
@@ -41,6 +41,13 @@ def _is_host(host: str) -> bool:
     return bool(host) and all(
         0 < len(label) <= 63 and all(c.isalnum() or c in "-_" for c in label)
         for label in labels)
+
+
+def _ends_after_host(netloc: str) -> bool:
+    """Nothing but a port after a bracketed host: urlsplit drops the rest (`[::1]x`)."""
+    host_and_port = netloc.rpartition("@")[2]
+    after = host_and_port.partition("]")[2] if host_and_port.startswith("[") else ""
+    return not after or after.startswith(":")
 
 
 def is_token(value: str) -> bool:

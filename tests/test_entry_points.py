@@ -497,6 +497,9 @@ def test_a_model_url_that_is_not_one_is_refused_at_start(tmp_path: Path, url: st
      f"--streams-url must be {HTTP_URL}"),
     (["agent_actors", "supervisor", "--streams-url", "http://127.0.0.1:4437/v1/\udcff"],
      f"--streams-url must be {HTTP_URL}"),
+    # Taken, and the supervisor asked [::1] on port 80: what followed the bracket was dropped.
+    (["agent_actors", "supervisor", "--streams-url", "http://[::1]4437/v1/stream"],
+     f"--streams-url must be {HTTP_URL}"),
     (["agent_actors", "supervisor", "--wake-stream", ""],  # a traceback, then LoopExit
      "--wake-stream must be a stream path such as agents/wake"),
     (["agent_actors", "supervisor", "--wake-stream", "../x"],  # no answers, ever
