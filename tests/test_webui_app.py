@@ -157,6 +157,40 @@ def test_the_embedded_supervisor_names_its_settings_as_the_app_has_them(
             app.terminate()
 
 
+def test_a_second_ctrl_c_stops_flask_run_at_once_without_a_traceback(tmp_path: Path) -> None:
+    """A Ctrl+C in the middle of the exit (while the agents stopped, or in any other exit
+    callback) raised KeyboardInterrupt there and printed a traceback. It now cuts the wait
+    for the agents short. Here their streams server does not answer (stopped with SIGSTOP),
+    so that the agents' stop waits for it, and the second Ctrl+C lands in that wait."""
+    with FakeAnthropic(reply=" ".join(f"word{i}" for i in range(400)), tokens_per_second=20) as model:
+        server = start_streams_server(tmp_path / "streams")
+        app = start_chat_app(tmp_path / "app", model_url=model.url, interruptible=True,
+                             config={"AGENT_STREAMS_URL": f"{server.url}/v1/stream"})
+        try:
+            client = StreamsClient(f"{server.url}/v1/stream")
+            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
+            cid = chat.start_conversation("stopped twice")
+            chat.send_prompt(cid, "a long answer, please")
+            wait_until_streaming(client, cid)
+            server.send_signal(signal.SIGSTOP)
+            app.send_signal(signal.SIGINT)
+            wait_until(lambda: "stopping the embedded agents" in app.log_since_start(),
+                       timeout=20, what="the agents' stop")
+            started = time.monotonic()
+            app.send_signal(signal.SIGINT)
+            code = app.wait(timeout=20)
+            elapsed = time.monotonic() - started
+        finally:
+            server.send_signal(signal.SIGCONT)
+            app.terminate()
+            server.terminate()
+    log = app.log_since_start()
+    assert code == 0, app.log_tail()
+    assert "Traceback" not in log, app.log_tail()
+    assert "stopped without waiting for the embedded agents" in log, app.log_tail()
+    assert elapsed < 2, f"the second Ctrl+C took {elapsed:.1f} s"
+
+
 def test_an_answer_stopped_by_ctrl_c_again_and_again_is_still_finished(tmp_path: Path) -> None:
     """Each Ctrl+C in the middle of the same answer counted as an agent dying in it: after
     the fourth, the next start gave up on the answer ("cut off 4 times") instead of

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 from typing import Any
 
 import click
@@ -27,6 +25,7 @@ from webui.access_log import configure_access_log
 from webui.config import ConfigError, load_config
 from webui.embedded import BackgroundWork
 from webui.flask_run import flask_run_address
+from webui.stop_signals import take_stop_signals
 
 STREAMS_PREFIX = "/v1/stream"
 
@@ -74,19 +73,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["background_work"] = work
     if serving is not None:
         work.start_when_listening(serving)
-    _stop_on_sigterm_as_on_ctrl_c()
+    # `kill` (and systemd's or docker's stop) ends `flask run` the way Ctrl+C does, through
+    # its clean exit, where the embedded agents' leases are released: killed outright, the
+    # next start waits out the lease before finishing their answers.
+    take_stop_signals()
     return app
-
-
-def _stop_on_sigterm_as_on_ctrl_c() -> None:
-    """`kill` (and systemd's or docker's stop) ends `flask run` the way Ctrl+C does, through
-    its clean exit, where the embedded agents' leases are released: killed outright, the
-    next start waits out the lease before finishing their answers. Only where no one
-    handles SIGTERM yet: a WSGI server that has its own handler keeps it."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 class StartupError(click.ClickException):

@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any
 
+import pykka
 from flask import Flask
 
 from agent_actors.agent import AgentSettings
@@ -30,6 +31,7 @@ from agent_actors.supervisor import Supervisor, SupervisorSettings
 from streams_server import StreamsBackend
 from streams_server.storage.dirlock import DirectoryInUse
 from webui.flask_run import ServingAddress, local_root_url
+from webui.stop_signals import STOP_AT_ONCE
 
 log = logging.getLogger(__name__)
 
@@ -161,16 +163,35 @@ class BackgroundWork:
     def stop(self) -> None:
         with self._lock:
             if self.supervisor is not None:
-                try:
-                    self.supervisor.stop(timeout=SHUTDOWN_TIMEOUT_S + 1)
-                except Exception:  # already dead, or too slow: the process exits anyway
-                    pass
+                self._stop_supervisor()
                 self.supervisor = None
                 self._release_leases()
             elif self._offsets is not None:  # no supervisor started to own and close it
                 self._offsets.close()
             self._offsets = None
         self._backend.close()
+
+    def _stop_supervisor(self) -> None:
+        """Wait for the agents to stop, at most SHUTDOWN_TIMEOUT_S + 1, or until a second
+        Ctrl+C (`stop_signals`). Their leases are released in `stop` either way."""
+        log.info("stopping the embedded agents (up to %.0f s; Ctrl+C again to stop at once)",
+                 SHUTDOWN_TIMEOUT_S + 1)
+        try:
+            stopped = self.supervisor.stop(block=False)
+        except Exception:  # noqa: BLE001 - already dead: the process exits anyway
+            return
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S + 1
+        while not STOP_AT_ONCE.is_set() and time.monotonic() < deadline:
+            try:
+                stopped.get(timeout=0.05)
+                return
+            except pykka.Timeout:
+                continue
+            except Exception:  # noqa: BLE001 - it failed as it stopped: exiting anyway
+                return
+        if STOP_AT_ONCE.is_set():
+            log.warning("stopped without waiting for the embedded agents: answers under way"
+                        " resume at the next start")
 
     def _release_leases_of_earlier_runs(self, worker_name: str) -> None:
         """Leases the embedded agents of this app's earlier run held when it was killed
