@@ -481,6 +481,40 @@ def test_a_prompt_of_characters_the_agents_count_as_blank_is_not_sent(
     assert titles == [code.split("\n")[0].strip()]
 
 
+def test_on_a_touch_screen_enter_starts_a_new_line_and_send_sends(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """A phone's keyboard has no Shift+Enter, and Enter sent the message: a prompt of more
+    than one line could only be pasted. On a touch screen Enter now starts a new line and
+    the Send button sends; Ctrl+Enter sends on every device."""
+    phone = open_chat(new_context(viewport=PHONE, is_mobile=True, has_touch=True), chat_app.url)
+    box = phone.get_by_test_id("composer-input")
+    expect(box).to_have_attribute("enterkeyhint", "enter")
+    expect(phone.get_by_test_id("composer-hint")).to_contain_text("Enter for a new line")
+    first_line = unique("A first line")
+    box.fill(first_line)
+    box.press("Enter")
+    box.press_sequentially("and a second")
+    prompt = f"{first_line}\nand a second"
+    expect(box).to_have_value(prompt)  # not sent
+    replies.set(prompt, "Two lines read.")
+    phone.get_by_test_id("send-button").tap()
+    expect(box).to_have_value("")
+    expect(phone.get_by_test_id("turn")).to_have_attribute("data-state", "done")
+    assert [m.get("content") for m in prompt_messages(chat_app.url, conversation_id(phone))
+            if m.get("type") == "prompt"] == [prompt]
+    box.fill(unique("Sent with Ctrl+Enter"))
+    box.press("Control+Enter")
+    expect(box).to_have_value("")
+
+    desktop = open_chat(new_context(), chat_app.url)
+    box = desktop.get_by_test_id("composer-input")
+    expect(box).to_have_attribute("enterkeyhint", "send")
+    expect(desktop.get_by_test_id("composer-hint")).to_contain_text("Enter to send")
+    box.fill(unique("Sent with Ctrl+Enter on a desktop"))
+    box.press("Control+Enter")
+    expect(box).to_have_value("")
+
+
 def test_a_second_stop_just_after_the_first_answer_stopped_leaves_the_next_prompt_alone(
     chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
     new_context: NewContext,

@@ -56,8 +56,12 @@ const ui = {
   composerError: $("composer-error"),
   composerClosed: $("composer-closed"),
   streamsMissing: $("streams-missing"),
-  main: document.getElementById("main"),
+  hint: $("composer-hint"),
 };
+
+// A touch screen's keyboard has no Shift+Enter: there Enter starts a new line and the Send
+// button sends. Ctrl+Enter (⌘+Enter) sends on every device.
+const TOUCH_KEYBOARD = window.matchMedia("(pointer: coarse)");
 
 const drawers = new Drawers({
   sidebar: ui.sidebar,
@@ -899,6 +903,14 @@ function followTextDirection() {
   if (ui.input.dir !== dir) ui.input.dir = dir;
 }
 
+function describeEnterKey() {
+  const touch = TOUCH_KEYBOARD.matches;
+  ui.input.enterKeyHint = touch ? "enter" : "send";
+  ui.hint.textContent = touch
+    ? "Enter for a new line · Send (or Ctrl+Enter) to send · Esc to stop"
+    : "Enter to send · Shift+Enter for a new line · Esc to stop";
+}
+
 function offerSend() {
   ui.send.disabled = ui.input.disabled || protocol.isBlank(ui.input.value);
 }
@@ -911,11 +923,14 @@ function wire() {
     send();
   });
   ui.input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    if (event.key !== "Enter" || event.isComposing) return;
+    if (event.ctrlKey || event.metaKey || (!event.shiftKey && !TOUCH_KEYBOARD.matches)) {
       event.preventDefault();
       send();
     }
   });
+  describeEnterKey();
+  TOUCH_KEYBOARD.addEventListener("change", describeEnterKey);
   // Esc stops the answer from anywhere on the page, not only from the message box (the
   // rename box and an open drawer take their own Esc first).
   document.addEventListener("keydown", (event) => {
