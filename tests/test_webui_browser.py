@@ -3731,6 +3731,33 @@ def test_a_listed_conversation_without_streams_says_so_and_a_message_starts_it(
     expect(notice).to_be_hidden()
 
 
+def test_a_conversation_without_streams_is_asked_for_them_ever_less_often(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """A tab left on a listed conversation whose streams are missing asked for both every
+    1-2 s, for good (a 404 each, and an error in the console). It now backs off to 30 s;
+    a message another tab sends there still shows at once, as that tab lists the
+    conversation as active and this one reads the streams again on seeing it."""
+    cid = f"nostreams{uuid.uuid4().hex[:8]}"
+    append_to_conversations(chat_app, {"type": "conversation", "id": cid, "title": "Left open",
+                                       "timestamp": int(time.time() * 1000)})
+    page = open_chat(new_context(), f"{chat_app.url}/#/c/{cid}")
+    expect(page.get_by_test_id("streams-missing")).to_be_visible()
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url)
+            if f"conversations/{cid}/" in request.url else None)
+    page.wait_for_timeout(12_000)
+    # Backing off from 0.25-0.5 s, doubling: at most 6 reads of each stream in 12 s; at
+    # 1-2 s between reads, there were at least 8.
+    assert len(asked) <= 12, asked
+
+    other = open_chat(new_context(), f"{chat_app.url}/#/c/{cid}")
+    prompt = unique("Sent from another tab")
+    send_prompt(other, prompt)
+    expect(turn_for(page, prompt)).to_have_count(1, timeout=5_000)
+    wait_state(page, prompt, "done")
+    expect(page.get_by_test_id("streams-missing")).to_be_hidden()
+
+
 def test_answers_whose_prompts_stream_was_deleted_are_still_shown(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     page = open_chat(new_context(), chat_app.url)

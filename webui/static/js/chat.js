@@ -243,6 +243,12 @@ function followConversations() {
           giveBack(forgetDeleted(m.id), named(conversations.deletedTitle(m.id)));
         }
       }
+      // Listed again or active while its streams are missing: another tab has probably just
+      // made them, so read them now, not at the end of a backoff of up to 30 s.
+      if (current && (current.missing.prompts || current.missing.responses)
+          && (batch.messages ?? []).some((m) => m?.id === current.id && m.type !== "delete")) {
+        refollow(current);
+      }
       if (batch.upToDate) {
         conversationsLoaded = true;
         listingRead(); // what it held is applied: its deletions are known
@@ -702,9 +708,10 @@ function sendPrompt(text, promptId = undefined) {
   protocol.sendPrompt(outbox, id, text, promptId, { ensured: !remake });
   // Lists show the most recently active first, with the time of that activity: say so
   // unless the list says it already.
+  // (Always after its streams were made again: that is how other tabs learn of them.)
   const first = listedConversations(1).shown[0];
   const listedAt = first?.activeAt || first?.timestamp || 0;
-  if (first?.id !== id || Date.now() - listedAt > ACTIVITY_SHOWN_FOR_MS) protocol.markActive(outbox, id);
+  if (remake || first?.id !== id || Date.now() - listedAt > ACTIVITY_SHOWN_FOR_MS) protocol.markActive(outbox, id);
   maybeFollow();
   renderConversationList();
   scheduleRender();

@@ -11,7 +11,7 @@
 // offset. Without Web Locks (plain-http LAN origins) every tab simply reads on its own.
 
 import { backoff, sleep } from "./util.js";
-import { bodyKind, parseJsonBody } from "./streams.js";
+import { MISSING_RETRY_MAX_MS, bodyKind, parseJsonBody } from "./streams.js";
 
 /** Offsets are opaque but lexicographically ordered; "-1" is before everything. */
 export function compareOffsets(a, b) {
@@ -209,7 +209,8 @@ class Follow {
         attempt += 1;
         this.#failedHere = true;
         this.#setStatus({ state: err?.status === 404 ? "missing" : "reconnecting", attempt, error: String(err?.message || err) });
-        await sleep(backoff(attempt), this.#abort.signal).catch(() => {});
+        const missing = err?.status === 404;
+        await sleep(missing ? backoff(attempt, 500, MISSING_RETRY_MAX_MS) : backoff(attempt), this.#abort.signal).catch(() => {});
       }
     }
   }

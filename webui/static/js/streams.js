@@ -92,6 +92,13 @@ const TIMED_BODY_BYTES = 64 * 1024;
 const SLOWEST_UPLOAD_BYTES_PER_S = 16 * 1024;
 const LONGEST_TIMER_MS = 2 ** 31 - 1;
 
+/** How long a read of a missing stream waits, at most, before it asks again. A client makes
+ * the stream with its next message; the chat asks again at once when that message is its
+ * own or is listed (an `activity` in the conversations stream), so this bounds only how soon a
+ * stream made by some other client is seen. (Every 1-2 s, a tab left on a conversation whose
+ * streams were deleted asked forever.) */
+export const MISSING_RETRY_MAX_MS = 30_000;
+
 /** Live reads that lost the server nap through their backoff (up to 5 s), or until any
  * request of their client hears from it again: after an outage each read otherwise came
  * back on its own schedule, text streaming in while the page still said "Reconnecting".
@@ -400,7 +407,7 @@ export class StreamsClient {
         status(missing ? "missing" : "reconnecting", { error: err, attempt });
         if (!missing) this.#reach.lost();
         try {
-          const nap = sleep(backoff(attempt, missing ? 300 : 250, missing ? 2000 : 5000), signal);
+          const nap = sleep(missing ? backoff(attempt, 500, MISSING_RETRY_MAX_MS) : backoff(attempt), signal);
           await (missing ? nap : Promise.race([nap, this.#reach.back()]));
         } catch {
           break;
