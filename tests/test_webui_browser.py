@@ -2373,6 +2373,36 @@ def contrast(first: str, second: str) -> float:
     return (lighter + 0.05) / (darker + 0.05)
 
 
+TITLES_FROM_PROMPTS = [
+    ("```python\ndef merge(a, b):\n    pass\n```", "def merge(a, b):"),
+    ("# Big heading\nand more", "Big heading"),
+    ("## Closed heading ##", "Closed heading"),
+    ("**Bold** question about `code`?", "Bold question about code?"),
+    ("> a *quoted* line", "a quoted line"),
+    ("- [a link](https://example.com) and ![an image](a.png)", "a link and an image"),
+    ("---\n1. First, ~~this~~ that", "First, this that"),
+    ("snake_case_name and _emphasis_", "snake_case_name and emphasis"),
+    ("2 * 3 * 4 and #hashtag", "2 * 3 * 4 and #hashtag"),
+    ("```\n```", "Untitled"),
+]
+
+
+def test_a_title_made_from_a_prompt_leaves_its_markdown_out(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """A first prompt of code was titled "```python", others "# Big heading" or
+    "**Bold** question about `code`?": the title is now the text the line shows."""
+    page = open_chat(new_context(), chat_app.url)
+    titles = page.evaluate("""async (prompts) => {
+        const protocol = await import("/ui/js/chat-protocol.js");
+        return prompts.map((prompt) => protocol.titleFrom(prompt));
+    }""", [prompt for prompt, _ in TITLES_FROM_PROMPTS])
+    assert titles == [title for _, title in TITLES_FROM_PROMPTS]
+    prompt = "## " + unique("A **heading** asked")
+    send_prompt(page, prompt)
+    expect(page.get_by_test_id("conversation-title")).to_have_text(
+        prompt.removeprefix("## ").replace("**", ""))
+
+
 def test_a_conversation_in_the_list_opens_in_a_new_tab_and_shows_its_whole_title(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """The list's items were buttons: no Ctrl+click, middle click or "Open in new tab", in a

@@ -46,13 +46,31 @@ export function retryPromptId(promptId) {
 
 const TITLE_LIMIT = 60;
 
-/** A conversation title from its first prompt: the first line, shortened. */
+/** A conversation title from its first prompt: its first line of text without the Markdown
+ * around it (a title read "```python", "# Big heading" or "**Bold** `code`"), shortened. */
 export function titleFrom(text) {
-  const firstLine = String(text).split("\n").find((l) => !isBlank(l)) ?? "";
+  const firstLine = String(text).split("\n").map(plainLine).find((l) => !isBlank(l)) ?? "";
   const line = firstLine.trim().replace(/\s+/g, " ");
   const start = firstCharacters(line, TITLE_LIMIT);
   if (start === line) return line || "Untitled";
   return `${firstCharacters(start, TITLE_LIMIT - 1).replace(/\s+\S*$/, "")}…`;
+}
+
+const FENCE_OR_RULE = /^ {0,3}(?:`{3,}|~{3,}|([-*_])(?:[ \t]*\1){2,}[ \t]*$)/;
+const HEADING = /^ {0,3}#{1,6}(?:[ \t]+|$)(.*?)(?:[ \t]+#+)?[ \t]*$/;
+const QUOTE_OR_ITEM = /^[ \t]*(?:>[ \t]?)*(?:(?:[-*+]|\d{1,9}[.)])[ \t]+)?/;
+const LINK = /!?\[([^\]]*)\]\([^)]*\)/g; // a link or image: its text
+const CODE_SPAN = /(`+)(.+?)(?<!`)\1(?!`)/g;
+const EMPHASIS = /(\*{1,3}|~~)(?=\S)(.*?\S)\1|(?<!\w)(_{1,3})(?=\S)(.*?\S)\3(?!\w)/g;
+
+/** A line of Markdown as the text it shows: a fence or a rule shows none. */
+function plainLine(line) {
+  if (FENCE_OR_RULE.test(line)) return "";
+  const heading = HEADING.exec(line);
+  return (heading ? heading[1] : line.replace(QUOTE_OR_ITEM, ""))
+    .replace(CODE_SPAN, "$2")
+    .replace(LINK, "$1")
+    .replace(EMPHASIS, (_, mark, inner, under, underInner) => (mark ? inner : underInner));
 }
 
 /**
