@@ -2908,6 +2908,50 @@ def test_scrolling_up_a_little_while_an_answer_streams_stops_following_it(
     page.wait_for_function(AT_BOTTOM_JS)  # the list did not change; its box shrank
 
 
+def test_a_reader_scrolled_up_is_offered_the_way_back_to_the_newest_text(
+    chat_app: ServerProcess, new_context: NewContext, model: FakeAnthropic,
+    replies: ScriptedReplies,
+) -> None:
+    """Scrolled up while an answer streamed, nothing said that text was coming in below,
+    and there was no one-click way back to it."""
+    model.tokens_per_second = 200
+    page = open_chat(new_context(), chat_app.url)
+    page.get_by_test_id("new-conversation").click()
+    tall = unique("\n".join(f"line {i}" for i in range(120)))  # the view scrolls
+    replies.set(tall, "Noted.")
+    send_prompt(page, tall)
+    wait_state(page, tall, "done")
+    jump = page.get_by_test_id("jump-latest")
+    expect(jump).to_be_hidden()
+    model.tokens_per_second = 10
+    prompt, prompt_id = start_long_answer(page, replies, "Tell me a long story",
+                                          words("story", 200), shown=5)
+    page.wait_for_function(AT_BOTTOM_JS)
+    scroll = page.get_by_test_id("message-scroll")
+    box = scroll.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -600)
+    expect(jump).to_be_visible()
+    expect(jump).to_have_class(re.compile(r"\bhas-new\b"))  # the answer goes on below
+    expect(jump).to_have_text("New text below")
+    jump.click()
+    page.wait_for_function(AT_BOTTOM_JS)
+    expect(jump).to_be_hidden()
+    shown = len(answer_text(page, prompt).split())
+    wait_words(page, prompt_id, shown + 10)
+    page.wait_for_function(AT_BOTTOM_JS)  # following again
+    page.get_by_test_id("stop-button").click()
+    wait_state(page, prompt, "cancelled")
+
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -600)  # nothing comes in: the button only leads back
+    expect(jump).to_be_visible()
+    expect(jump).to_have_text("Newest")
+    page.get_by_test_id("new-conversation").click()
+    expect(jump).to_be_hidden()
+
+
 def test_a_deep_link_scrolls_the_conversation_list_to_its_conversation(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     app = start_chat_app(tmp_path / "app", model_url=model.url,

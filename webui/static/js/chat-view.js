@@ -44,6 +44,7 @@ export class ChatView {
   /** Whether the agent of an answer shown by the last `render` waits to ask the model again. */
   anyWaiting = false;
   #lastTop = 0;
+  #below = 0; // pixels of turns below the screen, as the reader last left them
   #readerActiveAt = -Infinity; // the reader's last wheel, touch, pointer or key on the view
   #shownTurns = SHOWN_TURNS; // how many of the newest turns are on the page
   #turnCount = 0; // of the last `render`
@@ -57,9 +58,11 @@ export class ChatView {
    *   what the turns' buttons do; `announce` says what a copy did to a screen reader (the
    *   button's own new label is seldom read out)
    */
-  constructor(list, scroller, { onRetry = () => {}, announce = () => {} } = {}) {
+  constructor(list, scroller, { onRetry = () => {}, announce = () => {}, jumpButton = null } = {}) {
     this.list = list;
     this.scroller = scroller;
+    this.jumpButton = jumpButton;
+    jumpButton?.addEventListener("click", () => this.scrollToBottom());
     const readerActive = () => { this.#readerActiveAt = performance.now(); };
     for (const type of ["wheel", "touchmove", "pointerdown", "keydown"]) {
       scroller.addEventListener(type, readerActive, { passive: true });
@@ -69,7 +72,14 @@ export class ChatView {
     });
     scroller.addEventListener("scroll", () => this.#onScroll(), { passive: true });
     // Turns laid out late, a taller composer, a resized window: back to the bottom if following.
-    const observer = new ResizeObserver(() => { if (this.#following) this.#toBottom(); });
+    const observer = new ResizeObserver(() => {
+      if (this.#following) this.#toBottom();
+      // More below the screen than the reader left there: text came in (turns shown above
+      // keep the reader's place, so leave it as it was).
+      const below = this.#pixelsBelow();
+      if (!this.#following && below > this.#below + 1) this.#offerJump(true);
+      this.#below = below;
+    });
     observer.observe(list);
     observer.observe(scroller);
     this.#earlier.firstChild.addEventListener("click", () => this.#showEarlier());
@@ -103,6 +113,7 @@ export class ChatView {
     this.#shownTurns = SHOWN_TURNS;
     this.#turnCount = 0;
     this.#lastRender = null;
+    this.#offerJump();
   }
 
   /**
@@ -197,6 +208,24 @@ export class ChatView {
   scrollToBottom() {
     this.#following = true;
     this.#toBottom();
+    this.#offerJump();
+  }
+
+  /** The button back to the newest text, while the reader is away from it; it says when
+   * text has come in below since. */
+  #offerJump(newText = false) {
+    const button = this.jumpButton;
+    if (!button) return;
+    const away = !this.#following;
+    if (button.hidden === away) button.hidden = !away;
+    if (!away) button.classList.remove("has-new");
+    else if (newText && !button.classList.contains("has-new")) {
+      button.classList.add("has-new");
+      button.querySelector(".button-label").textContent = "New text below";
+    }
+    if (!away && button.querySelector(".button-label").textContent !== "Newest") {
+      button.querySelector(".button-label").textContent = "Newest";
+    }
   }
 
   #toBottom() {
@@ -211,11 +240,17 @@ export class ChatView {
     this.#lastTop = top;
     const byReader = performance.now() - this.#readerActiveAt < READER_SCROLL_MS;
     this.#following = this.#nearBottom() && !(up && byReader);
+    this.#below = this.#pixelsBelow();
+    this.#offerJump();
   }
 
   #nearBottom() {
+    return this.#pixelsBelow() < 80;
+  }
+
+  #pixelsBelow() {
     const s = this.scroller;
-    return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
+    return s.scrollHeight - s.scrollTop - s.clientHeight;
   }
 }
 

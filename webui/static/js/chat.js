@@ -73,7 +73,7 @@ const drawers = new Drawers({
   closeStreams: $("close-streams"),
   firstInSidebar: ui.newConversation,
 });
-const view = new ChatView(ui.messages, $("message-scroll"), { onRetry: retry, announce });
+const view = new ChatView(ui.messages, $("message-scroll"), { onRetry: retry, announce, jumpButton: $("jump-latest") });
 const flow = new FlowDiagram($("flow-diagram"));
 const promptsPanel = new RawStreamPanel("prompts");
 const responsesPanel = new RawStreamPanel("responses");
