@@ -42,7 +42,7 @@ from agent_actors.answering import (
     end_with_stopped_text,
     refuse_prompt,
 )
-from agent_actors.conversation_log import ConversationLog
+from agent_actors.conversation_log import ConversationLog, StoppedAnswer
 from agent_actors.errors import (
     ContentTypeMismatch,
     ProducerFenced,
@@ -150,7 +150,7 @@ class _Current:
     attempt: int
     cancel: threading.Event
     abort: threading.Event
-    stopped_text: str | None = None  # set before `cancel`: see ConversationLog.stopped_text
+    stopped_text: StoppedAnswer | None = None  # set before `cancel`: see ConversationLog.stopped_text
 
 
 class ConversationAgent(pykka.ThreadingActor):
@@ -370,7 +370,7 @@ class ConversationAgent(pykka.ThreadingActor):
                                             code=schema.INTERRUPTED)
                 elif current.cancel.is_set() and current.stopped_text is not None:
                     outcome = end_with_stopped_text(producer=producer, prompt_id=prompt.id,
-                                                    attempt=attempt, text=current.stopped_text,
+                                                    attempt=attempt, stopped=current.stopped_text,
                                                     model=self.model.name)
                 else:
                     outcome = answer_prompt(

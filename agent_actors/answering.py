@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent_actors import schema
+from agent_actors.conversation_log import StoppedAnswer
 from agent_actors.errors import ModelError
 from agent_actors.faults import crash_point
 from agent_actors.models.base import Model, ModelResult, ModelWait, TextDelta, Turn
@@ -149,13 +150,15 @@ def refuse_prompt(*, producer: Producer, prompt_id: str, attempt: int,
 STOPPED_EARLIER = "its user had stopped the answer before it was restarted"
 
 
-def end_with_stopped_text(*, producer: Producer, prompt_id: str, attempt: int, text: str,
-                          model: str) -> AnswerOutcome:
-    """End the answer as stopped with `text`, what an attempt before a restart had said when
-    its user stopped it: under a new attempt (`attempt`), so that every reader drops the
-    restarted text. One append: no reader sees the restart without the text."""
+def end_with_stopped_text(*, producer: Producer, prompt_id: str, attempt: int,
+                          stopped: StoppedAnswer, model: str) -> AnswerOutcome:
+    """End the answer as stopped with what an attempt before a restart (`stopped`) had said
+    when its user stopped it: under a new attempt (`attempt`), so that every reader drops
+    the restarted text. One append: no reader sees the restart without the text. (The
+    tokens the stopped attempt used are not known: its agent died before it could say.)"""
     started = time.monotonic()
-    producer.append([schema.restart(prompt_id, attempt, STOPPED_EARLIER),
+    text = stopped.text
+    producer.append([schema.restart(prompt_id, attempt, STOPPED_EARLIER, restores=stopped.attempt),
                      schema.chunk(prompt_id, attempt, 0, text),
                      schema.done(prompt_id, attempt, "cancelled", 0, 0, model)])
     return AnswerOutcome(prompt_id=prompt_id, attempt=attempt, text=text, outcome="done",
@@ -175,7 +178,7 @@ def answer_prompt(
     cancel: threading.Event,
     abort: threading.Event,
     window_s: float,
-    stopped_text: Callable[[], str | None] = lambda: None,
+    stopped_text: Callable[[], StoppedAnswer | None] = lambda: None,
 ) -> AnswerOutcome:
     """Stream the model's answer to the end into the responses stream.
 
@@ -236,7 +239,7 @@ def answer_prompt(
     kept = stopped_text() if cancel.is_set() and failure is None else None
     if kept is not None:
         return end_with_stopped_text(producer=producer, prompt_id=prompt_id,
-                                     attempt=attempt + 1, text=kept, model=model.name)
+                                     attempt=attempt + 1, stopped=kept, model=model.name)
     if failure is not None:
         producer.append([schema.error(prompt_id, attempt, failure.message, failure.code)])
         outcome, stop_reason, tokens_in, tokens_out, model_name = "error", None, 0, 0, model.name

@@ -8,11 +8,18 @@ never answered again, and a prompt with a partial answer is restarted with a `re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent_actors import schema
 from agent_actors.models.base import ASSISTANT, USER, Turn
 from agent_actors.schema import Cancel, Prompt, Unanswerable, parse_prompt_message
+
+
+class StoppedAnswer(NamedTuple):
+    """An attempt its user stopped, since restarted, and the text it had then."""
+
+    attempt: int
+    text: str
 
 
 @dataclass
@@ -132,15 +139,17 @@ class ConversationLog:
             return (answer.attempt if answer else 0), False
         return answer.attempt + 1, True
 
-    def stopped_text(self, prompt_id: str, writing: int) -> str | None:
-        """The text its user stopped the answer at, when a cancel named an attempt before
-        `writing` (the attempt being written, or about to be) that had text: that attempt
-        was restarted before the cancel arrived, and its text is what the user saw."""
+    def stopped_text(self, prompt_id: str, writing: int) -> StoppedAnswer | None:
+        """The attempt its user stopped the answer at and its text, when a cancel named an
+        attempt before `writing` (the attempt being written, or about to be) that had text:
+        that attempt was restarted before the cancel arrived, and its text is what the user
+        saw."""
         named = self.cancel_requests.get(prompt_id)
         answer = self.answers.get(prompt_id)
         if named is None or answer is None or named >= writing:
             return None
-        return answer.text_of(named) or None
+        text = answer.text_of(named)
+        return StoppedAnswer(named, text) if text else None
 
     def unanswered(self) -> list[Prompt]:
         return [p for p in self.prompts if not self.is_finished(p.id)]

@@ -186,9 +186,12 @@ def chunk(prompt_id: str, attempt: int, index: int, content: str) -> dict[str, A
             "attempt": attempt, "content": content, "isComplete": False, "timestamp": now_ms()}
 
 
-def restart(prompt_id: str, attempt: int, reason: str) -> dict[str, Any]:
+def restart(prompt_id: str, attempt: int, reason: str, *, restores: int | None = None
+            ) -> dict[str, Any]:
+    """`restores`: the attempt whose text this one puts back, as its user stopped it."""
+    restored = {} if restores is None else {"restores": restores}
     return {"type": "restart", "promptId": prompt_id, "attempt": attempt, "reason": reason,
-            "isComplete": False, "timestamp": now_ms()}
+            **restored, "isComplete": False, "timestamp": now_ms()}
 
 
 def wait(prompt_id: str, attempt: int, reason: str, code: str, retry_in_ms: int, retry: int,

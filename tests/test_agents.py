@@ -585,6 +585,11 @@ def test_a_stop_of_an_attempt_since_restarted_ends_the_answer_with_that_attempts
     assert answer.text == seen
     assert answer.terminal["stopReason"] == "cancelled"
     assert answer.attempt == 2
+    # The restart says whose text it puts back: the page counts no restart for it.
+    restarts = [m for m in client.read_all(layout.responses_path(cid)).messages
+                if m.get("type") == "restart" and m.get("promptId") == first]
+    assert [m["attempt"] for m in restarts] == [1, 2]
+    assert "restores" not in restarts[0] and restarts[1]["restores"] == 0
     assert rendered.answers[second].text == reply_to("second question")
     # The next question's history holds the answer as its user saw it.
     assert fake.requests[-1]["messages"][:2] == [

@@ -112,7 +112,7 @@ def test_a_cancel_naming_an_attempt_since_restarted_gives_the_text_its_user_stop
     assert log.stopped_text("a", writing=1) is None  # no cancel yet
     log.add_prompt_messages([{"type": "cancel", "promptId": "a", "attempt": 0}])
     log.add_prompt_messages([{"type": "cancel", "promptId": "a", "attempt": 1}])  # the first counts
-    assert log.stopped_text("a", writing=2) == "What the user saw"
+    assert log.stopped_text("a", writing=2) == (0, "What the user saw")
     assert log.stopped_text("a", writing=0) is None  # the attempt being written: a plain stop
 
     unnamed = ConversationLog()

@@ -2059,6 +2059,12 @@ def test_a_stop_pressed_while_the_server_is_down_keeps_the_text_it_stopped_at(
         wait_ready(page)
         wait_state(page, prompt, "cancelled")
         assert answer_text(page, prompt) == norm(stored_first)
+        # Its meta line said "Answer restarted 2×" and "0 in · 0 out tokens": the answer
+        # shown is the one its user stopped, and what it used is not known.
+        meta = turn_for(page, prompt).get_by_test_id("answer-meta")
+        expect(meta).to_contain_text("Stopped by request")
+        expect(meta).not_to_contain_text("restarted")
+        expect(meta).not_to_contain_text("tokens")
     finally:
         app.terminate()
 

@@ -470,7 +470,8 @@ function metaItems(turn, state) {
   const input = usage.input_tokens ?? usage.inputTokens;
   const output = usage.output_tokens ?? usage.outputTokens;
   const count = (n) => n.toLocaleString("en");
-  if (Number.isFinite(output)) add(Number.isFinite(input) ? `${count(input)} in · ${count(output)} out tokens` : `${count(output)} tokens`);
+  // (0 and 0: not known, as of an answer stopped before a restart; or nothing used.)
+  if (Number.isFinite(output) && (output > 0 || input > 0)) add(Number.isFinite(input) ? `${count(input)} in · ${count(output)} out tokens` : `${count(output)} tokens`);
   if (turn.model) add(String(turn.model));
   if (turn.finishedAt) add(formatTime(turn.finishedAt));
   return items;

@@ -251,6 +251,7 @@ function newTurn(promptId) {
     error: null,
     cancelRequested: false,
     restarts: 0,
+    restartsOf: new Map(), // attempt -> how many restarts the answer had been through by it
     attempt: 0, // the answer attempt being shown; earlier attempts are void
     chunkIds: new Set(),
     firstChunkAt: null,
@@ -262,7 +263,10 @@ function newTurn(promptId) {
   };
 }
 
-function restartTurn(turn, attempt) {
+/** `restores`: the earlier attempt whose text this one puts back (its user stopped it, and
+ * the stop arrived after a restart): the answer is then as restarted as that attempt was,
+ * not once more (it said "restarted 2×" of an answer its user saw at most one restart of). */
+function restartTurn(turn, attempt, restores) {
   turn.text = "";
   turn.chunks = 0;
   turn.chunkIds.clear();
@@ -276,7 +280,10 @@ function restartTurn(turn, attempt) {
   turn.wait = null;
   turn.waits = 0;
   turn.attempt = attempt;
-  turn.restarts += 1;
+  turn.restarts = Number.isInteger(restores) && restores >= 0 && restores < attempt
+    ? turn.restartsOf.get(restores) ?? 0
+    : turn.restarts + 1;
+  turn.restartsOf.set(attempt, turn.restarts);
 }
 
 const RESPONSES_CLOSED = "No answer can be written: this conversation's responses stream has been closed.";
@@ -409,7 +416,7 @@ export class Transcript {
     }
     if (type === "restart" || attempt > turn.attempt) {
       // The agent starts this answer again: what was streamed so far is void.
-      restartTurn(turn, attempt);
+      restartTurn(turn, attempt, type === "restart" ? m.restores : undefined);
       changed.add(m.promptId);
       if (type === "restart") return;
     }
