@@ -481,6 +481,21 @@ def test_a_prompt_of_characters_the_agents_count_as_blank_is_not_sent(
     assert titles == [code.split("\n")[0].strip()]
 
 
+def test_the_writes_of_a_message_do_not_show_as_failed_requests(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Every PUT and POST whose answer the page had no use for was left unread, and the
+    browser cancelled it: its developer tools listed each as failed (net::ERR_ABORTED)."""
+    page = open_chat(new_context(), chat_app.url)
+    failed: list[str] = []
+    page.on("requestfailed", lambda request: failed.append(
+        f"{request.method} {request.url}: {request.failure}") if request.method != "GET" else None)
+    prompt = unique("Nothing cancelled")
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+    page.wait_for_timeout(500)  # a cancel comes once the response is collected
+    assert failed == []
+
+
 def test_on_a_touch_screen_enter_starts_a_new_line_and_send_sends(
         chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
     """A phone's keyboard has no Shift+Enter, and Enter sent the message: a prompt of more

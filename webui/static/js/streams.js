@@ -196,6 +196,7 @@ export class StreamsClient {
       signal,
     });
     if (res.status === 200 || res.status === 201) {
+      await drain(res);
       return { created: res.status === 201, nextOffset: res.headers.get("Stream-Next-Offset") };
     }
     throw await httpError(res);
@@ -210,6 +211,7 @@ export class StreamsClient {
       signal,
     });
     if (!res.ok) throw await httpError(res);
+    await drain(res);
     return { status: res.status, nextOffset: res.headers.get("Stream-Next-Offset") };
   }
 
@@ -285,7 +287,7 @@ export class StreamsClient {
       producerEpoch: h.get("Producer-Epoch"),
       expectedSeq: h.get("Producer-Expected-Seq"),
       receivedSeq: h.get("Producer-Received-Seq"),
-      detail: res.ok ? "" : await safeText(res),
+      detail: res.ok ? await drain(res) : await safeText(res),
     };
   }
 
@@ -493,6 +495,14 @@ async function httpError(res) {
   const error = new HttpError(res.status, message, res.headers);
   error.code = code; // the server's machine-readable reason, when it gave one
   return error;
+}
+
+/** Read the body of an answer whose headers say all (an empty one, mostly): left unread,
+ * the browser cancels the request once the response is collected, and its developer tools
+ * list every PUT and POST as failed (net::ERR_ABORTED). Resolves with "". */
+async function drain(res) {
+  await res.arrayBuffer().catch(() => {});
+  return "";
 }
 
 async function safeText(res) {
