@@ -530,6 +530,36 @@ def test_on_a_touch_screen_enter_starts_a_new_line_and_send_sends(
     expect(box).to_have_value("")
 
 
+def test_a_message_waiting_for_the_answer_above_can_be_cancelled_before_it_is_asked(
+    chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+    new_context: NewContext,
+) -> None:
+    """Stop and Esc reach only the answer being written: a message sent by mistake behind a
+    long answer could not be withdrawn, and the model was asked it once its turn came."""
+    model.tokens_per_second = 15
+    page = open_chat(new_context(), chat_app.url)
+    first, first_reply = unique("A long answer first"), words("long", 60)
+    mistake, after = unique("Sent by mistake"), unique("Then the right question")
+    replies.set(first, first_reply)
+    replies.set(after, "The right answer.")
+    first_id = send_prompt(page, first)
+    wait_words(page, first_id, 3)
+    mistake_id = send_prompt(page, mistake)
+    send_prompt(page, after)
+    wait_state(page, mistake, "queued")
+    turn_for(page, mistake).get_by_test_id("cancel-queued").click()
+    wait_state(page, mistake, "cancelling")
+    expect(turn_for(page, after).get_by_test_id("cancel-queued")).to_be_visible()
+    wait_state(page, first, "done", timeout=30_000)
+    wait_state(page, mistake, "cancelled")
+    wait_state(page, after, "done")
+    assert answer_text(page, first) == norm(first_reply)
+    asked = [request["messages"][-1]["content"] for request in model.requests]
+    assert mistake not in asked and after in asked
+    cancels = [m for m in prompt_messages(chat_app.url, conversation_id(page)) if m.get("type") == "cancel"]
+    assert [m["promptId"] for m in cancels] == [mistake_id]
+
+
 def test_a_second_stop_just_after_the_first_answer_stopped_leaves_the_next_prompt_alone(
     chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
     new_context: NewContext,

@@ -54,11 +54,12 @@ export class ChatView {
 
   /**
    * @param {HTMLElement} list the <ol> of turns; @param {HTMLElement} scroller its scroll box
-   * @param {{onRetry?: (promptId: string) => void, announce?: (text: string) => void}} actions
-   *   what the turns' buttons do; `announce` says what a copy did to a screen reader (the
+   * @param {{onRetry?: (promptId: string) => void, onCancel?: (promptId: string) => void,
+   *   announce?: (text: string) => void}} actions
+   *   what the turns' buttons do (Try again, Cancel of a message waiting its turn); `announce` says what a copy did to a screen reader (the
    *   button's own new label is seldom read out)
    */
-  constructor(list, scroller, { onRetry = () => {}, announce = () => {}, jumpButton = null } = {}) {
+  constructor(list, scroller, { onRetry = () => {}, onCancel = () => {}, announce = () => {}, jumpButton = null } = {}) {
     this.list = list;
     this.scroller = scroller;
     this.jumpButton = jumpButton;
@@ -102,6 +103,9 @@ export class ChatView {
       } else if (button.dataset.retry !== undefined) {
         button.disabled = true; // a double click asks once; the next render removes it
         if (!onRetry(promptId)) button.disabled = false; // not asked: the turn stays as it is
+      } else if (button.dataset.cancelQueued !== undefined) {
+        button.disabled = true;
+        onCancel(promptId);
       }
     });
   }
@@ -439,6 +443,9 @@ function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
   const actions = el("span", { class: "meta-actions" });
   if (turn.text && (state === "done" || state === "cancelled" || state === "error")) {
     actions.append(el("button", { type: "button", class: "meta-action", dataset: { copyAnswer: "", testid: "copy-answer" }, "aria-label": "Copy the answer (Markdown)" }, "Copy"));
+  }
+  if (state === "queued") {
+    actions.append(el("button", { type: "button", class: "meta-action", dataset: { cancelQueued: "", testid: "cancel-queued" }, "aria-label": "Cancel this message: it will not be answered" }, "Cancel"));
   }
   if (latest && canAskAgain(turn.prompt) && (state === "error" || state === "cancelled")) {
     actions.append(el("button", { type: "button", class: "meta-action", dataset: { retry: "", testid: "retry" } }, "Try again"));

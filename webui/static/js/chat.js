@@ -73,7 +73,7 @@ const drawers = new Drawers({
   closeStreams: $("close-streams"),
   firstInSidebar: ui.newConversation,
 });
-const view = new ChatView(ui.messages, $("message-scroll"), { onRetry: retry, announce, jumpButton: $("jump-latest") });
+const view = new ChatView(ui.messages, $("message-scroll"), { onRetry: retry, onCancel: cancelWaiting, announce, jumpButton: $("jump-latest") });
 const flow = new FlowDiagram($("flow-diagram"));
 const promptsPanel = new RawStreamPanel("prompts");
 const responsesPanel = new RawStreamPanel("responses");
@@ -734,6 +734,16 @@ function stop() {
     // until it is back, and the answer went on saying "Answering…" meanwhile.
     if (turn && !turn.final) turn.cancelRequested = true;
   }
+  scheduleRender();
+}
+
+/** Withdraw a message still waiting for the answer before it: the agent then ends it as
+ * stopped without asking the model (Stop and Esc reach only the answer being written). */
+function cancelWaiting(promptId) {
+  const turn = current?.transcript.turns.get(promptId);
+  if (!turn || turn.final || turn.cancelRequested) return;
+  protocol.cancelPrompt(outbox, current.id, promptId, turn.attempt);
+  turn.cancelRequested = true;
   scheduleRender();
 }
 
