@@ -1129,6 +1129,49 @@ def append_to_conversations(app: ServerProcess, message: dict[str, Any]) -> None
     assert response.status_code in (200, 204), response.text
 
 
+def test_the_conversation_list_can_be_searched_by_title(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """With dozens of conversations the list could only be scrolled. Past a few, a search
+    field narrows it to the titles that hold what is typed (case and accents aside)."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"EMBEDDED_SUPERVISOR": "false"})
+    try:
+        now_ms = int(time.time() * 1000)
+        requests.put(f"{app.url}/v1/stream/conversations", timeout=10,
+                     headers={"Content-Type": "application/json"}).raise_for_status()
+
+        def listed(title: str) -> None:
+            append_to_conversations(app, {"type": "conversation", "id": uuid.uuid4().hex[:12],
+                                          "title": title, "timestamp": now_ms})
+
+        for title in ["Café ordering", "Trip to Lisbon", "Budget 2027", "Lisbon restaurants"]:
+            listed(title)
+        page = open_chat(new_context(), app.url)
+        search = page.get_by_test_id("conversation-search")
+        items = page.get_by_test_id("conversation-item")
+        expect(items).to_have_count(4)
+        expect(search).to_be_hidden()  # four are seen at a glance
+        for n in range(6):
+            listed(f"Other topic {n}")
+        expect(items).to_have_count(10)
+        expect(search).to_be_visible()
+        search.fill("LISBON")
+        expect(items).to_have_count(2)
+        expect(items.first).to_contain_text("Lisbon restaurants")  # still newest first
+        search.fill("cafe  ")
+        expect(items).to_have_count(1)
+        expect(items.first).to_contain_text("Café ordering")
+        search.fill("nothing like it")
+        expect(items).to_have_count(0)
+        expect(page.get_by_test_id("conversation-list-empty")).to_have_text(
+            "No conversation title holds “nothing like it”.")
+        search.press("Escape")
+        expect(search).to_have_value("")
+        expect(items).to_have_count(10)
+        expect(page.get_by_test_id("conversation-list-empty")).to_be_hidden()
+    finally:
+        app.terminate()
+
+
 def test_the_list_copes_with_an_impossible_time_and_a_title_of_many_lines(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)

@@ -37,6 +37,7 @@ const ui = {
   toggleStreams: $("toggle-streams"),
   conversationList: $("conversation-list"),
   conversationEmpty: $("conversation-list-empty"),
+  conversationSearch: $("conversation-search"),
   newConversation: $("new-conversation"),
   title: $("conversation-title"),
   rename: $("rename-conversation"),
@@ -131,13 +132,24 @@ function* listOrder(pending, hidden) {
 }
 
 /** The first `limit` conversations of the list as shown, the one `openId` names if it is
- * listed further down, and how many the list holds. */
-function listedConversations(limit, openId = null) {
+ * listed further down, and how many the list holds; only those whose title `matches`, if
+ * given. */
+function listedConversations(limit, openId = null, matches = null) {
   const pending = pendingState();
   const titles = new Map(pending.conversations.map((c) => [c.id, c.title])); // the latest wins
   const titled = (c) => ({ ...c, title: titles.get(c.id) ?? c.title });
   const hidden = new Set([...pending.deleted, ...deletedHere].filter((id) => conversations.has(id)));
   const shown = [];
+  if (matches) {
+    let total = 0;
+    for (const c of listOrder(pending, hidden)) {
+      const entry = titled(c);
+      if (!matches(entry.title)) continue;
+      total += 1;
+      if (shown.length < limit) shown.push(entry);
+    }
+    return { shown, open: null, total };
+  }
   if (limit > 0) {
     for (const c of listOrder(pending, hidden)) {
       shown.push(titled(c));
@@ -158,7 +170,9 @@ function renderConversationList() {
   const focusedId = document.activeElement?.closest?.("[data-conversation-id]")?.dataset.conversationId;
   // The open conversation is listed however far down it is (a deep link to an old one): after
   // the page of recent ones, until "Show more" reaches it.
-  const { shown: listed, open, total } = listedConversations(listShown, current?.id ?? null);
+  const query = searchText(ui.conversationSearch.value);
+  const matches = query ? (title) => searchText(title).includes(query) : null;
+  const { shown: listed, open, total } = listedConversations(listShown, current?.id ?? null, matches);
   if (open) listed.push(open);
   const shown = listed.map((c) => {
     const active = current?.id === c.id;
@@ -191,8 +205,19 @@ function renderConversationList() {
   }
   setChildren(ui.conversationList, shown);
   if (focusedId) ui.conversationList.querySelector(`[data-conversation-id="${CSS.escape(focusedId)}"]`)?.focus();
+  const everything = matches ? listedConversations(0).total : total;
+  // Offered once the list is long enough to look through, and kept while it holds a query.
+  ui.conversationSearch.hidden = everything < SEARCH_FROM && !query;
+  ui.conversationEmpty.textContent = query ? `No conversation title holds “${ui.conversationSearch.value.trim()}”.` : "No conversations yet.";
   ui.conversationEmpty.hidden = total > 0 || !conversationsLoaded;
   revealActiveConversation();
+}
+
+const SEARCH_FROM = 8; // conversations listed before the search field shows
+
+/** Text as a search compares it: case, accents and runs of spaces do not count. */
+function searchText(text) {
+  return String(text).normalize("NFKD").replace(/\p{M}/gu, "").toLocaleLowerCase().replace(/\s+/g, " ").trim();
 }
 
 let revealed = null; // the conversation the list last scrolled to: the user's scrolling wins after
@@ -977,6 +1002,17 @@ function wire() {
     }
     endRename(true);
     ui.rename.focus();
+  });
+  ui.conversationSearch.addEventListener("input", () => {
+    listShown = LIST_PAGE;
+    renderConversationList();
+  });
+  ui.conversationSearch.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || event.isComposing || !ui.conversationSearch.value) return;
+    event.preventDefault(); // clears the search, and stops no answer
+    ui.conversationSearch.value = "";
+    listShown = LIST_PAGE;
+    renderConversationList();
   });
   ui.renameInput.addEventListener("input", () => ui.renameInput.setCustomValidity(""));
   ui.renameInput.addEventListener("keydown", (event) => {
