@@ -121,7 +121,8 @@ class _LeaseLost:
 
 @dataclass(frozen=True)
 class AgentStopped:
-    """The agent ended normally: `idle` (passivated), `renew` (its lease handed back to be
+    """The agent ended normally: `idle` (passivated), `make-room` (passivated early, asked
+    by `MakeRoom`), `renew` (its lease handed back to be
     claimed again), `replaced`, `lease-lost`, `shutdown`, `deleted`."""
 
     conversation_id: str
@@ -132,6 +133,27 @@ class AgentStopped:
 class AgentCrashed:
     conversation_id: str
     error: str
+
+
+@dataclass(frozen=True)
+class AgentIdle:
+    """The agent has nothing to answer: it may be asked to make room (`MakeRoom`)."""
+
+    conversation_id: str
+
+
+@dataclass(frozen=True)
+class AgentBusy:
+    """The agent asked to make room had work again by then: it stays."""
+
+    conversation_id: str
+
+
+@dataclass(frozen=True)
+class MakeRoom:
+    """From the supervisor, to an idle agent: conversations wait for a place
+    (`max_agents`). It hands its lease back at once if it is still idle, as after its idle
+    timeout; else it says it is busy."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +215,7 @@ class ConversationAgent(pykka.ThreadingActor):
         self._failure = ""  # why the server failed it, when it stops for that ("failed")
         self._passivating = False
         self._answered_any = False
+        self._said_idle = False  # told the supervisor it has nothing to answer (AgentIdle)
         heartbeat = settings.heartbeat_s or max(0.5, lease.lease_ttl_ms / 3000)
         self._keeper = LeaseKeeper(
             client,
@@ -289,6 +312,8 @@ class ConversationAgent(pykka.ThreadingActor):
             self._on_tick()
         elif isinstance(message, ConversationDeleted):
             self._stop_with("deleted")
+        elif isinstance(message, MakeRoom):
+            self._on_make_room()
         elif isinstance(message, _LeaseLost):
             log.warning("agent %s: %s", self.conversation_id, message.reason)
             self._stop_with("lease-lost")
@@ -382,7 +407,11 @@ class ConversationAgent(pykka.ThreadingActor):
                 self.actor_ref.tell(_AnswerFinished(outcome))
 
             self._spawn(f"answer-{prompt.id}", run)
+            self._said_idle = False
             return
+        if not self._said_idle:  # nothing to answer: the supervisor may want the place
+            self._said_idle = True
+            self._notify(AgentIdle(self.conversation_id))
 
     def _interrupted_attempts(self, prompt_id: str, attempt: int) -> int:
         """How many attempts before `attempt` ended with their agent killed or failing, not
@@ -428,11 +457,23 @@ class ConversationAgent(pykka.ThreadingActor):
     def _on_tick(self) -> None:
         if self._stop_requested or self._passivating:  # a tick queued before that decision
             return
-        idle = self._current is None and not self._queue and self._producer is not None
+        idle = self._is_idle()
         if idle and time.monotonic() - self._last_active >= self.settings.idle_timeout_s:
             self._hand_back("idle")
         elif idle and self._lease_due_for_renewal():
             self._hand_back("renew")
+
+    def _is_idle(self) -> bool:
+        return self._current is None and not self._queue and self._producer is not None
+
+    def _on_make_room(self) -> None:
+        if self._stop_requested or self._passivating:
+            return  # leaving anyway
+        if self._is_idle():
+            self._hand_back("make-room")
+        else:
+            self._said_idle = False
+            self._notify(AgentBusy(self.conversation_id))
 
     def _lease_due_for_renewal(self) -> bool:
         return time.monotonic() - self._claimed_at >= self.settings.renew_lease_s
@@ -442,8 +483,9 @@ class ConversationAgent(pykka.ThreadingActor):
         again at once if a prompt is waiting, and the supervisor claims it afresh."""
         self._passivating = True
         next_wake = self._keeper.finish()
-        if reason == "idle":
-            log.info("agent passivated conversation=%s next_wake=%s", self.conversation_id,
+        if reason in ("idle", "make-room"):
+            log.info("agent passivated conversation=%s%s next_wake=%s", self.conversation_id,
+                     " to make room for a waiting conversation" if reason == "make-room" else "",
                      next_wake)
         else:
             log.info("agent handed back its lease to renew it conversation=%s held_s=%.0f"

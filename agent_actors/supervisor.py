@@ -42,11 +42,14 @@ import pykka
 
 from agent_actors import layout
 from agent_actors.agent import (
+    AgentBusy,
     AgentCrashed,
+    AgentIdle,
     AgentSettings,
     AgentStopped,
     ConversationAgent,
     ConversationDeleted,
+    MakeRoom,
 )
 from agent_actors.conversation_log import ConversationLog
 from agent_actors.errors import (
@@ -245,6 +248,10 @@ class Supervisor(pykka.ThreadingActor):
         # comes back empty, since the lease may have been let go after the server refused it.
         self._woken_while_claiming: set[str] = set()
         self._deferred: list[str] = []
+        # Agents with nothing to answer, the longest idle first, and those of them asked to
+        # make room for the deferred claims (see `_make_room`).
+        self._idle: dict[str, None] = {}
+        self._leaving: set[str] = set()
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
         self._jobs = _JobQueue()
@@ -373,6 +380,15 @@ class Supervisor(pykka.ThreadingActor):
                      message.reason)
         elif isinstance(message, AgentCrashed):
             self._on_agent_crashed(message)
+        elif isinstance(message, AgentIdle):
+            if message.conversation_id in self.agents:
+                self._idle.pop(message.conversation_id, None)
+                self._idle[message.conversation_id] = None
+                self._make_room()
+        elif isinstance(message, AgentBusy):
+            self._idle.pop(message.conversation_id, None)
+            self._leaving.discard(message.conversation_id)
+            self._make_room()
         elif message == "status":
             return {"agents": sorted(self.agents), "deferred": list(self._deferred)}
         return None
@@ -392,6 +408,7 @@ class Supervisor(pykka.ThreadingActor):
         if len(self.agents) + len(self._claiming) >= self.settings.max_agents:
             if cid not in self._deferred:
                 self._deferred.append(cid)
+                self._make_room()
             return
         self._claiming.add(cid)
         self._jobs.put(lambda: self._claim(cid))
@@ -436,8 +453,13 @@ class Supervisor(pykka.ThreadingActor):
             self._jobs.put(functools.partial(self._release_quietly, claimed.lease))
             self._on_agent_crashed(AgentCrashed(cid, f"its agent could not start: {exc}"))
 
-    def _on_agent_gone(self, cid: str) -> None:
+    def _forget_agent(self, cid: str) -> None:
         self.agents.pop(cid, None)
+        self._idle.pop(cid, None)
+        self._leaving.discard(cid)
+
+    def _on_agent_gone(self, cid: str) -> None:
+        self._forget_agent(cid)
         self._failures.pop(cid, None)
         if cid in self._deleted:
             self._remove_after_agent(cid)
@@ -451,7 +473,7 @@ class Supervisor(pykka.ThreadingActor):
 
     def _on_agent_crashed(self, crashed: AgentCrashed) -> None:
         cid = crashed.conversation_id
-        self.agents.pop(cid, None)
+        self._forget_agent(cid)
         if cid in self._deleted:  # e.g. its streams went first: nothing to restart
             log.info("agent of deleted conversation=%s ended: %s", cid, crashed.error)
             self._remove_after_agent(cid)
@@ -515,6 +537,25 @@ class Supervisor(pykka.ThreadingActor):
         delay = min(MAX_BACKOFF_S, self.settings.restart_backoff_s * 2 ** (failures - 1))
         self._not_before[cid] = time.monotonic() + delay
         return failures, delay
+
+    def _make_room(self) -> None:
+        """Ask idle agents to hand their leases back, the longest idle first, one for each
+        deferred claim not yet covered: an idle agent used to keep its place until its idle
+        timeout (60 s), while conversations with prompts waited for one."""
+        wanted = len(self._deferred) - len(self._leaving)
+        for cid in list(self._idle):
+            if wanted <= 0:
+                return
+            agent = self.agents.get(cid)
+            if agent is None:
+                self._idle.pop(cid, None)
+                continue
+            if cid in self._leaving:
+                continue
+            self._leaving.add(cid)
+            wanted -= 1
+            with contextlib.suppress(pykka.ActorDeadError):
+                agent.tell(MakeRoom())
 
     def _admit_deferred(self) -> None:
         while self._deferred and len(self.agents) + len(self._claiming) < self.settings.max_agents:
