@@ -165,14 +165,20 @@ def test_a_database_at_its_file_size_limit_refuses_writes_with_507_and_loses_not
         log = limited.log_since_start()
         assert "disk I/O error: no room left (the file-size limit or the disk quota)" in log, log
         assert "Traceback" not in log, log
+        # SQLite moves its write-ahead log into the database only past 4 MB of log: under a
+        # smaller limit, every write failed, a delete too, until a restart. A write that
+        # fails for lack of room now moves it, so what needs no new room goes through.
+        assert http.delete("log").status_code == 204
+        assert http.put("log", content_type=BINARY).status_code == 201
+        assert http.post("log", b"after the delete").status_code == 204
     finally:
         limited.terminate()
     unlimited = start_streams_server(data)
     try:
         http = StreamsHttp(unlimited.url)
-        assert http.catch_up("log").content == b"".join(stored)
+        assert http.catch_up("log").content == b"after the delete"
         assert http.post("log", b"more").status_code == 204
-        assert http.catch_up("log").content == b"".join(stored) + b"more"
+        assert http.catch_up("log").content == b"after the delete" + b"more"
     finally:
         unlimited.terminate()
 

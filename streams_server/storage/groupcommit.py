@@ -11,6 +11,7 @@ cost, is paid once per batch instead of once per request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -26,6 +27,9 @@ from .models import StreamInfo
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+CHECKPOINT_EVERY_S = 1.0
+"""How often, at most, a write that failed for lack of room moves the log into the database."""
 
 
 @dataclass
@@ -171,6 +175,7 @@ class GroupCommitter:
         self._queue_lock = threading.Lock()
         self._leader_lock = leader_lock
         self._outage = _OutageLog()
+        self._checkpointed_at = -CHECKPOINT_EVERY_S
         self._out_of_room = out_of_room
         self._live = live
         self.batches = 0
@@ -208,6 +213,8 @@ class GroupCommitter:
                     pending.result, pending.error = None, None
                     self._lead([pending])
                 return
+            if full:
+                self._checkpoint_for_room()
             cause = str(exc)
             if full and code != sqlite3.SQLITE_FULL:
                 cause += ": no room left (the file-size limit or the disk quota)"
@@ -236,6 +243,21 @@ class GroupCommitter:
         self.batches += 1
         self.operations += len(batch)
         self._apply_effects(effects)
+
+    def _checkpoint_for_room(self) -> None:
+        """Move the write-ahead log into the database file, so that the next write starts
+        the log over instead of growing it. SQLite does so by itself only past 1,000 pages
+        of log (4 MB): under a smaller file-size limit the log filled up, and every write
+        failed, a delete too, until a restart (whose clean close moves it). The request
+        that failed is not tried again: an append would take the room back at once. At most
+        once a second, as an outage fails every write."""
+        now = time.monotonic()
+        if now - self._checkpointed_at < CHECKPOINT_EVERY_S:
+            return
+        self._checkpointed_at = now
+        conn = self._conn
+        with contextlib.suppress(sqlite3.Error):  # no room for it either: nothing to do
+            run_blocking(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
 
     def _lacks_room(self, exc: sqlite3.Error) -> bool:
         try:
