@@ -239,6 +239,8 @@ class Supervisor(pykka.ThreadingActor):
         # Read by the job threads too (a set's `in` is atomic): nothing of these is claimed.
         self._deleted: set[str] = set()
         self._lease_note_given = False  # see _note_lease
+        self._said_held: set[str] = set()  # see _say_held (on the job threads)
+        self._held_lock = threading.Lock()
         self._unusable_ids: set[str] = set()  # said once each (see _unusable_id)
         self._other_wake_noted: set[str] = set()  # see _note_wake_stream
         self._removing: set[str] = set()
@@ -932,7 +934,9 @@ class Supervisor(pykka.ThreadingActor):
         try:
             lease = self.client.claim(layout.subscription_id(cid), self.settings.worker_name)
             self._note_lease(cid, lease.lease_ttl_ms)
-        except (AlreadyClaimed, NoPendingWork) as exc:
+        except AlreadyClaimed as exc:
+            self._say_held(cid, exc)
+        except NoPendingWork as exc:
             log.debug("not claiming %s: %s", cid, exc)
         except NotFound as exc:
             log.warning("not claiming %s: %s", cid, exc)
@@ -951,6 +955,24 @@ class Supervisor(pykka.ThreadingActor):
                 self._release_quietly(lease)
                 return
         self._tell(_Claimed(cid, lease, error))
+
+    def _say_held(self, cid: str, held: AlreadyClaimed) -> None:
+        """Say, once per conversation, that another worker's lease holds it: after a
+        supervisor was killed, its successor waited out the lease (30 s by default) without
+        a word. Then only at debug level: two supervisors meet like this all the time."""
+        with self._held_lock:
+            first = cid not in self._said_held
+            self._said_held.add(cid)
+        if first and held.current_holder == self.settings.worker_name:
+            log.info("conversation %s waits: a lease under this supervisor's worker name holds"
+                     " it (an earlier run stopped without releasing it?): answered once the"
+                     " lease runs out", cid)
+        elif first:
+            log.info("conversation %s waits: worker %s holds its lease; that worker answers"
+                     " it, or, if it has stopped, this supervisor does once the lease runs out",
+                     cid, held.current_holder or "(not named)")
+        else:
+            log.debug("not claiming %s: %s", cid, held)
 
     def _release_quietly(self, lease: Lease) -> None:
         try:

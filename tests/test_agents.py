@@ -491,6 +491,9 @@ def test_kill_9_then_restart_gives_exactly_one_clean_answer_per_prompt(
         assert crashed.text != reply_to(prompts[first])  # cut off mid-answer
         assert rendered.answers[first].restarts == 1
         assert rendered.answers[first].attempt == 1
+        # The killed run's lease held the conversation: the new run said why it waited.
+        assert any(f"conversation {cid} waits: a lease under this supervisor's worker name"
+                   in line for line in sup.lines), sup.log_tail()
     else:  # after-done: answered before the kill, never again after
         assert crashed is not None and crashed.complete and crashed.text == reply_to(
             prompts[first])
