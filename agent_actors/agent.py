@@ -583,8 +583,24 @@ class ConversationAgent(pykka.ThreadingActor):
         added = conversation.add_prompt_messages(prompts.messages)
         self._report_unanswerable(self._not_yet_reported(
             [item for item in added if isinstance(item, Unanswerable)], prompts.next_offset))
+        self._end_answers_without_prompts(conversation, producer)
         self.actor_ref.tell(_Booted(conversation, producer, prompts.next_offset,
                                     self.offsets.clean_stops(self.conversation_id)))
+
+    def _end_answers_without_prompts(self, conversation: ConversationLog,
+                                     producer: Producer) -> None:
+        """End with an error the answers cut short whose prompts are gone (the prompts
+        stream deleted in their middle): they stayed unfinished for good, and a page showed
+        them as being written."""
+        orphans = conversation.unfinished_without_prompt()
+        if not orphans:
+            return
+        producer.append([schema.error(prompt_id, attempt, schema.PROMPT_GONE_MESSAGE,
+                                      schema.PROMPT_GONE) for prompt_id, attempt in orphans])
+        for prompt_id, attempt in orphans:
+            conversation.record_finished(prompt_id, attempt, "", "error", None)
+        log.warning("conversation %s: ended %d unfinished answer(s) whose prompts are no longer"
+                    " in its prompts stream", self.conversation_id, len(orphans))
 
     def _not_yet_reported(self, skipped: list[Unanswerable], tail: str) -> list[Unanswerable]:
         """Of the prompts a boot skipped, those past this supervisor's processed offset: the

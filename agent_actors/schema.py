@@ -77,6 +77,11 @@ stopped mid-answer, and an answer that kills its agent every time (a crash in th
 output handling, memory) must not block its conversation, or re-bill the model, forever."""
 INTERRUPTED = "interrupted"
 """The `code` of the error that ends an answer after `MAX_ANSWER_ATTEMPTS`."""
+PROMPT_GONE = "prompt_gone"
+"""The `code` of the error that ends an unfinished answer whose prompt has left the prompts
+stream (deleted, and made again): no agent could ever finish it."""
+PROMPT_GONE_MESSAGE = ("This answer was cut short, and its question is no longer on the"
+                       " server (the conversation's prompts were deleted).")
 
 
 def gave_up_message(attempts: int) -> str:

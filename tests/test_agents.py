@@ -859,6 +859,30 @@ def test_a_soft_deleted_prompts_stream_is_reported_not_retried_forever(
     assert "agent crashed" not in log and "could not check" not in log, sup.log_tail()
 
 
+def test_an_answer_whose_prompts_stream_is_deleted_in_its_middle_is_ended_not_left_open(
+    streams_server: ServerProcess, fake: FakeAnthropic, start_supervisor: StartSupervisor,
+) -> None:
+    """Its agent failed (the prompts stream gone), the next one made the stream again and
+    found no prompt for the answer cut short: it stayed unfinished for good, and a page
+    showed it as being written. It now ends in an error that says why."""
+    fake.tokens_per_second = 10
+    sup = start_supervisor(streams_root(streams_server))
+    client, chat = connect(streams_server)
+    cid = chat.start_conversation("prompts deleted mid-answer")
+    first = chat.send_prompt(cid, "a long answer, please")
+    wait_for_answers(client, cid, [first], until=mid_answer(first, 0))
+    client.delete(layout.prompts_path(cid))
+    rendered = wait_for_answers(client, cid, [first], timeout=30)
+    ended = rendered.answers[first].terminal
+    assert ended["type"] == "error" and ended["code"] == schema.PROMPT_GONE, ended
+    assert sup.wait_for_line(f"conversation {cid}: ended 1 unfinished answer", timeout=10)
+    later = "p-after-the-deletion"  # from a new writer: the stream made again has no producers
+    client.producer(layout.prompts_path(cid), "after-the-deletion").append(
+        [{"type": "prompt", "id": later, "content": "a question after that"}])
+    rendered = wait_for_answers(client, cid, [later], timeout=30)
+    assert_clean_answers(rendered, {later: "a question after that"})
+
+
 # -- 6. passivation ---------------------------------------------------------------------------------
 
 
