@@ -591,6 +591,23 @@ def test_an_app_that_never_served_closes_the_agents_offsets_file_when_stopped(
     assert open_offsets_files() == []
 
 
+def test_an_app_built_outside_flask_run_leaves_ctrl_c_as_it_was(tmp_path: Path) -> None:
+    """Only `flask run` takes Ctrl+C for its two-step stop: taken wherever the app was built
+    (`flask shell`, another WSGI server, the tests), every Ctrl+C after a first one was
+    swallowed for good. Elsewhere SIGTERM still stops the app as Ctrl+C does."""
+    sigterm = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        app = create_app({"DATA_DIR": str(tmp_path), "EMBEDDED_SUPERVISOR": False})
+        try:
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+        finally:
+            app.extensions["background_work"].stop()
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+
+
 def test_a_mistyped_setting_is_named_with_the_one_probably_meant(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path,
 ) -> None:

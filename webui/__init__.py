@@ -24,7 +24,7 @@ from webui import chat
 from webui.access_log import configure_access_log
 from webui.config import ConfigError, load_config
 from webui.embedded import BackgroundWork
-from webui.flask_run import flask_run_address
+from webui.flask_run import flask_run_address, under_flask_run
 from webui.stop_signals import take_stop_signals
 
 STREAMS_PREFIX = "/v1/stream"
@@ -76,7 +76,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # `kill` (and systemd's or docker's stop) ends `flask run` the way Ctrl+C does, through
     # its clean exit, where the embedded agents' leases are released: killed outright, the
     # next start waits out the lease before finishing their answers.
-    take_stop_signals()
+    take_stop_signals(flask_run=under_flask_run())
     return app
 
 

@@ -31,7 +31,7 @@ from agent_actors.supervisor import Supervisor, SupervisorSettings
 from streams_server import StreamsBackend
 from streams_server.storage.dirlock import DirectoryInUse
 from webui.flask_run import ServingAddress, local_root_url
-from webui.stop_signals import STOP_AT_ONCE
+from webui.stop_signals import STOP_AT_ONCE, hurry_offered
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,8 @@ class BackgroundWork:
     def _stop_supervisor(self) -> None:
         """Wait for the agents to stop, at most SHUTDOWN_TIMEOUT_S + 1, or until a second
         Ctrl+C (`stop_signals`). Their leases are released in `stop` either way."""
-        log.info("stopping the embedded agents (up to %.0f s; Ctrl+C again to stop at once)",
-                 SHUTDOWN_TIMEOUT_S + 1)
+        log.info("stopping the embedded agents (up to %.0f s%s)", SHUTDOWN_TIMEOUT_S + 1,
+                 "; Ctrl+C again to stop at once" if hurry_offered() else "")
         try:
             stopped = self.supervisor.stop(block=False)
         except Exception:  # noqa: BLE001 - already dead: the process exits anyway
@@ -191,7 +191,8 @@ class BackgroundWork:
                 return
         if STOP_AT_ONCE.is_set():
             log.warning("stopped without waiting for the embedded agents: answers under way"
-                        " resume at the next start")
+                        " resume at the next start, and count this stop among their"
+                        " interruptions")
 
     def _release_leases_of_earlier_runs(self, worker_name: str) -> None:
         """Leases the embedded agents of this app's earlier run held when it was killed

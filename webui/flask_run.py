@@ -29,15 +29,20 @@ class ServingAddress:
     port: int
 
 
+def under_flask_run() -> bool:
+    """Whether this process is `flask run` (its serving process, or a reloader's watcher)."""
+    context = click.get_current_context(silent=True)
+    return context is not None and context.command is flask_cli.run_command
+
+
 def flask_run_address() -> ServingAddress | None:
     """The address this process's `flask run` will serve on; None where that is not known
     (see the module's docstring), or with TLS (``--cert``: the agents' URL must then name
     the certificate's host, ``CHAT_AGENT_STREAMS_URL``) or port 0 (picked as it binds).
     Raises ValueError for a port no server can listen on (Werkzeug took 99999 as 34463)."""
-    context = click.get_current_context(silent=True)
-    if context is None or context.command is not flask_cli.run_command:
+    if not under_flask_run():
         return None
-    params = context.params
+    params = click.get_current_context().params
     host, port = params.get("host"), params.get("port")
     if not isinstance(host, str) or not isinstance(port, int):
         return None
