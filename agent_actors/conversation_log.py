@@ -152,12 +152,13 @@ class ConversationLog:
         return StoppedAnswer(named, text) if text else None
 
     def unfinished_without_prompt(self) -> list[tuple[str, int]]:
-        """(prompt id, attempt) of each answer begun and never finished whose prompt the
-        prompts stream no longer holds: read after the answers, it holds every prompt they
-        answer unless it was deleted (and made again) since."""
+        """(prompt id, attempt) of each answer begun (a chunk, or only a `wait` for the
+        model) and never finished whose prompt the prompts stream no longer holds: read
+        after the answers, it holds every prompt they answer unless it was deleted (and made
+        again) since."""
         asked = {prompt.id for prompt in self.prompts}
         return [(prompt_id, answer.attempt) for prompt_id, answer in self.answers.items()
-                if answer.started and not answer.finished and prompt_id not in asked]
+                if not answer.finished and prompt_id not in asked]
 
     def unanswered(self) -> list[Prompt]:
         return [p for p in self.prompts if not self.is_finished(p.id)]

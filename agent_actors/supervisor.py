@@ -495,6 +495,8 @@ class Supervisor(pykka.ThreadingActor):
         self._deleted.add(cid)
         self._known.add(cid)
         self._failures.pop(cid, None)
+        with self._held_lock:
+            self._said_held.discard(cid)
         self._not_before.pop(cid, None)
         if cid in self._deferred:
             self._deferred.remove(cid)
@@ -934,6 +936,8 @@ class Supervisor(pykka.ThreadingActor):
         try:
             lease = self.client.claim(layout.subscription_id(cid), self.settings.worker_name)
             self._note_lease(cid, lease.lease_ttl_ms)
+            with self._held_lock:  # a hold after this one is news again
+                self._said_held.discard(cid)
         except AlreadyClaimed as exc:
             self._say_held(cid, exc)
         except NoPendingWork as exc:
@@ -957,9 +961,10 @@ class Supervisor(pykka.ThreadingActor):
         self._tell(_Claimed(cid, lease, error))
 
     def _say_held(self, cid: str, held: AlreadyClaimed) -> None:
-        """Say, once per conversation, that another worker's lease holds it: after a
-        supervisor was killed, its successor waited out the lease (30 s by default) without
-        a word. Then only at debug level: two supervisors meet like this all the time."""
+        """Say that another worker's lease holds the conversation, once until this
+        supervisor claims it: after a supervisor was killed, its successor waited out the
+        lease (30 s by default) without a word. Repeats only at debug level: two supervisors
+        meet like this all the time."""
         with self._held_lock:
             first = cid not in self._said_held
             self._said_held.add(cid)

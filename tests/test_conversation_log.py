@@ -125,3 +125,16 @@ def test_a_cancel_naming_an_attempt_since_restarted_gives_the_text_its_user_stop
                                {"type": "cancel", "promptId": "a", "attempt": 0}])
     empty.apply_response({"type": "restart", "promptId": "a", "attempt": 1})
     assert empty.stopped_text("a", writing=1) is None
+
+
+def test_answers_begun_whose_prompts_are_gone_are_found_even_before_their_text() -> None:
+    """An answer cut short whose prompt left the prompts stream (deleted, then made again)
+    is for no agent to finish, also one that had only waited for the model (a `wait`)."""
+    log = ConversationLog()
+    log.add_prompt_messages([prompt("kept", "Still asked")])
+    for message in [chunk("kept", "Half"), chunk("gone", "Half an answer"),
+                    {"type": "wait", "promptId": "waited", "attempt": 0, "code": "overloaded"},
+                    {**chunk("done", "All"), "attempt": 0},
+                    {"type": "done", "promptId": "done", "attempt": 0}]:
+        log.apply_response(message)
+    assert sorted(log.unfinished_without_prompt()) == [("gone", 0), ("waited", 0)]
