@@ -245,14 +245,15 @@ class GroupCommitter:
         self._apply_effects(effects)
 
     def _checkpoint_for_room(self) -> None:
-        """Move the write-ahead log into the database file, so that the next write starts
-        the log over instead of growing it. SQLite does so by itself only past 1,000 pages
-        of log (4 MB): under a smaller file-size limit the log filled up, and every write
-        failed, a delete too, until a restart (whose clean close moves it). The request
-        that failed is not tried again: an append would take the room back at once. At most
-        once a second, as an outage fails every write."""
+        """Copy the write-ahead log into the database file, so that a later write can start
+        the log over instead of growing it (once no reader still reads an older state from
+        it). SQLite does so by itself only past 1,000 pages of log (4 MB): under a smaller
+        file-size limit the log filled up, and every write failed, a delete too, until a
+        restart (whose clean close copies it). The request that failed is not tried again:
+        an append would take the room back at once. At most once a second, as an outage
+        fails every write; not for an in-memory database, which has no log."""
         now = time.monotonic()
-        if now - self._checkpointed_at < CHECKPOINT_EVERY_S:
+        if not self._commit_off_loop or now - self._checkpointed_at < CHECKPOINT_EVERY_S:
             return
         self._checkpointed_at = now
         conn = self._conn
