@@ -2478,6 +2478,9 @@ TITLES_FROM_PROMPTS = [
     ("snake_case_name and _emphasis_", "snake_case_name and emphasis"),
     ("2 * 3 * 4 and #hashtag", "2 * 3 * 4 and #hashtag"),
     ("```\n```", "Untitled"),
+    ("What is 5*5*5?", "What is 5*5*5?"),  # no emphasis inside words
+    ("2024. A year to remember", "2024. A year to remember"),  # not a numbered item
+    ("\\*Not emphasis\\*", "*Not emphasis*"),
 ]
 
 
@@ -2959,15 +2962,11 @@ def test_a_long_prompt_shows_its_first_lines_until_the_reader_asks_for_all_of_it
     expect(toggle).to_be_in_viewport()
 
 
-def test_scrolling_up_a_little_while_an_answer_streams_stops_following_it(
-    chat_app: ServerProcess, new_context: NewContext, model: FakeAnthropic,
-    replies: ScriptedReplies,
-) -> None:
-    """A reader who scrolled up less than the "near the bottom" margin (an arrow key, a slow
-    drag on a phone) was pulled back down by the next words of the answer. And a taller
-    composer hid the newest text behind it."""
+def long_answer_below_a_tall_turn(page: Page, model: FakeAnthropic, replies: ScriptedReplies
+                                  ) -> tuple[str, str, Locator]:
+    """A new conversation tall enough to scroll, and a long answer streaming at its bottom,
+    the pointer over the turns: (the prompt, its id, the turns' scroll box)."""
     model.tokens_per_second = 200
-    page = open_chat(new_context(), chat_app.url)
     page.get_by_test_id("new-conversation").click()
     tall = unique("\n".join(f"line {i}" for i in range(120)))  # the view scrolls
     replies.set(tall, "Noted.")
@@ -2978,9 +2977,25 @@ def test_scrolling_up_a_little_while_an_answer_streams_stops_following_it(
                                           words("story", 200), shown=5)
     page.wait_for_function(AT_BOTTOM_JS)
     scroll = page.get_by_test_id("message-scroll")
-    box = scroll.bounding_box()
+    pointer_over(page, scroll)
+    return prompt, prompt_id, scroll
+
+
+def pointer_over(page: Page, target: Locator) -> None:
+    box = target.bounding_box()
     assert box is not None
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+
+def test_scrolling_up_a_little_while_an_answer_streams_stops_following_it(
+    chat_app: ServerProcess, new_context: NewContext, model: FakeAnthropic,
+    replies: ScriptedReplies,
+) -> None:
+    """A reader who scrolled up less than the "near the bottom" margin (an arrow key, a slow
+    drag on a phone) was pulled back down by the next words of the answer. And a taller
+    composer hid the newest text behind it."""
+    page = open_chat(new_context(), chat_app.url)
+    prompt, prompt_id, scroll = long_answer_below_a_tall_turn(page, model, replies)
     page.mouse.wheel(0, -40)
     page.wait_for_function("""() => {
       const s = document.querySelector('[data-testid="message-scroll"]');
@@ -3008,23 +3023,10 @@ def test_a_reader_scrolled_up_is_offered_the_way_back_to_the_newest_text(
 ) -> None:
     """Scrolled up while an answer streamed, nothing said that text was coming in below,
     and there was no one-click way back to it."""
-    model.tokens_per_second = 200
     page = open_chat(new_context(), chat_app.url)
-    page.get_by_test_id("new-conversation").click()
-    tall = unique("\n".join(f"line {i}" for i in range(120)))  # the view scrolls
-    replies.set(tall, "Noted.")
-    send_prompt(page, tall)
-    wait_state(page, tall, "done")
+    prompt, prompt_id, scroll = long_answer_below_a_tall_turn(page, model, replies)
     jump = page.get_by_test_id("jump-latest")
-    expect(jump).to_be_hidden()
-    model.tokens_per_second = 10
-    prompt, prompt_id = start_long_answer(page, replies, "Tell me a long story",
-                                          words("story", 200), shown=5)
-    page.wait_for_function(AT_BOTTOM_JS)
-    scroll = page.get_by_test_id("message-scroll")
-    box = scroll.bounding_box()
-    assert box is not None
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    expect(jump).to_be_hidden()  # following the answer
     page.mouse.wheel(0, -600)
     expect(jump).to_be_visible()
     expect(jump).to_have_class(re.compile(r"\bhas-new\b"))  # the answer goes on below
@@ -3038,7 +3040,7 @@ def test_a_reader_scrolled_up_is_offered_the_way_back_to_the_newest_text(
     page.get_by_test_id("stop-button").click()
     wait_state(page, prompt, "cancelled")
 
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    pointer_over(page, scroll)
     page.mouse.wheel(0, -600)  # nothing comes in: the button only leads back
     expect(jump).to_be_visible()
     expect(jump).to_have_text("Newest")
@@ -3919,6 +3921,11 @@ def test_a_conversation_without_streams_is_asked_for_them_ever_less_often(
     assert len(asked) <= 12, asked
 
     other = open_chat(new_context(), f"{chat_app.url}/#/c/{cid}")
+    # Just after a read of the prompts stream, at this point of the backoff the next one is
+    # 8-16 s away: the message must show sooner than that.
+    with page.expect_request(lambda request: f"conversations/{cid}/prompts?" in request.url,
+                             timeout=20_000):
+        pass
     prompt = unique("Sent from another tab")
     send_prompt(other, prompt)
     expect(turn_for(page, prompt)).to_have_count(1, timeout=5_000)

@@ -58,10 +58,13 @@ export function titleFrom(text) {
 
 const FENCE_OR_RULE = /^ {0,3}(?:`{3,}|~{3,}|([-*_])(?:[ \t]*\1){2,}[ \t]*$)/;
 const HEADING = /^ {0,3}#{1,6}(?:[ \t]+|$)(.*?)(?:[ \t]+#+)?[ \t]*$/;
-const QUOTE_OR_ITEM = /^[ \t]*(?:>[ \t]?)*(?:(?:[-*+]|\d{1,9}[.)])[ \t]+)?/;
+// (Numbered items up to 999: "2024. A year" is a sentence.)
+const QUOTE_OR_ITEM = /^[ \t]*(?:>[ \t]?)*(?:(?:[-*+]|\d{1,3}[.)])[ \t]+)?/;
 const LINK = /!?\[([^\]]*)\]\([^)]*\)/g; // a link or image: its text
 const CODE_SPAN = /(`+)(.+?)(?<!`)\1(?!`)/g;
-const EMPHASIS = /(\*{1,3}|~~)(?=\S)(.*?\S)\1|(?<!\w)(_{1,3})(?=\S)(.*?\S)\3(?!\w)/g;
+// Not inside words ("5*5*5", snake_case), nor escaped ("\*not emphasis\*").
+const EMPHASIS = /(?<![\w\\])(\*{1,3}|_{1,3}|~~)(?=\S)(.*?[^\s\\])\1(?!\w)/g;
+const ESCAPE = /\\([!-/:-@[-`{-~])/g;
 
 /** A line of Markdown as the text it shows: a fence or a rule shows none. */
 function plainLine(line) {
@@ -70,7 +73,8 @@ function plainLine(line) {
   return (heading ? heading[1] : line.replace(QUOTE_OR_ITEM, ""))
     .replace(CODE_SPAN, "$2")
     .replace(LINK, "$1")
-    .replace(EMPHASIS, (_, mark, inner, under, underInner) => (mark ? inner : underInner));
+    .replace(EMPHASIS, "$2")
+    .replace(ESCAPE, "$1");
 }
 
 /**

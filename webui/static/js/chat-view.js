@@ -44,7 +44,7 @@ export class ChatView {
   /** Whether the agent of an answer shown by the last `render` waits to ask the model again. */
   anyWaiting = false;
   #lastTop = 0;
-  #below = 0; // pixels of turns below the screen, as the reader last left them
+  #newest = null; // what the newest turn holds, as of the last `render` (see there)
   #readerActiveAt = -Infinity; // the reader's last wheel, touch, pointer or key on the view
   #shownTurns = SHOWN_TURNS; // how many of the newest turns are on the page
   #turnCount = 0; // of the last `render`
@@ -73,14 +73,7 @@ export class ChatView {
     });
     scroller.addEventListener("scroll", () => this.#onScroll(), { passive: true });
     // Turns laid out late, a taller composer, a resized window: back to the bottom if following.
-    const observer = new ResizeObserver(() => {
-      if (this.#following) this.#toBottom();
-      // More below the screen than the reader left there: text came in (turns shown above
-      // keep the reader's place, so leave it as it was).
-      const below = this.#pixelsBelow();
-      if (!this.#following && below > this.#below + 1) this.#offerJump(true);
-      this.#below = below;
-    });
+    const observer = new ResizeObserver(() => { if (this.#following) this.#toBottom(); });
     observer.observe(list);
     observer.observe(scroller);
     this.#earlier.firstChild.addEventListener("click", () => this.#showEarlier());
@@ -117,6 +110,7 @@ export class ChatView {
     this.#shownTurns = SHOWN_TURNS;
     this.#turnCount = 0;
     this.#lastRender = null;
+    this.#newest = null;
     this.#offerJump();
   }
 
@@ -132,6 +126,12 @@ export class ChatView {
     // nothing here reads the layout (the ResizeObserver keeps a following view at the
     // bottom once the page is laid out), and finished turns cost a few comparisons.
     this.#lastRender = [turns, pending, { offline, closed, answersMissing }];
+    // Text only comes in at the end: a new turn, or more of the newest one's answer. (Not
+    // the layout's height, which a taller composer or a narrower window changes too.)
+    const latest = turns[turns.length - 1];
+    const newest = `${turns.length} ${pending.length} ${latest?.attempt ?? 0} ${latest?.text.length ?? 0}`;
+    if (this.#newest !== null && newest !== this.#newest && !this.#following) this.#offerJump(true);
+    this.#newest = newest;
     // A reader scrolled up keeps the turns they may be reading as new ones come in.
     if (!this.#following && this.#turnCount && turns.length > this.#turnCount) this.#shownTurns += turns.length - this.#turnCount;
     this.#turnCount = turns.length;
@@ -244,17 +244,12 @@ export class ChatView {
     this.#lastTop = top;
     const byReader = performance.now() - this.#readerActiveAt < READER_SCROLL_MS;
     this.#following = this.#nearBottom() && !(up && byReader);
-    this.#below = this.#pixelsBelow();
     this.#offerJump();
   }
 
   #nearBottom() {
-    return this.#pixelsBelow() < 80;
-  }
-
-  #pixelsBelow() {
     const s = this.scroller;
-    return s.scrollHeight - s.scrollTop - s.clientHeight;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
   }
 }
 

@@ -260,6 +260,7 @@ function followConversations() {
   client.ensure(protocol.CONVERSATIONS_PATH).catch(() => {}); // so a fresh server has the list
   conversationsFollow = hub.follow(protocol.CONVERSATIONS_PATH, {
     onBatch(batch) {
+      const caughtUp = conversationsLoaded; // before this batch: news, not history
       const changed = conversations.apply(batch.messages ?? []);
       // Started here before the list was read, but listed: sent, the start would rename it.
       if (changed) protocol.dropStartsOfListed(outbox, (id) => conversations.has(id));
@@ -270,7 +271,7 @@ function followConversations() {
       }
       // Listed again or active while its streams are missing: another tab has probably just
       // made them, so read them now, not at the end of a backoff of up to 30 s.
-      if (current && (current.missing.prompts || current.missing.responses)
+      if (caughtUp && current && (current.missing.prompts || current.missing.responses)
           && (batch.messages ?? []).some((m) => m?.id === current.id && m.type !== "delete")) {
         refollow(current);
       }

@@ -179,6 +179,7 @@ class Follow {
 
   async #catchUp() {
     let attempt = 0;
+    let lastMissing = false;
     while (!this.stopped) {
       try {
         for (;;) {
@@ -206,10 +207,12 @@ class Follow {
           this.#setStatus({ state: "error", error: String(err?.message || err), errorCode: err?.code });
           return;
         }
+        const missing = err?.status === 404;
+        if (missing !== lastMissing) attempt = 0; // counted apart, as in streams.js
+        lastMissing = missing;
         attempt += 1;
         this.#failedHere = true;
-        this.#setStatus({ state: err?.status === 404 ? "missing" : "reconnecting", attempt, error: String(err?.message || err) });
-        const missing = err?.status === 404;
+        this.#setStatus({ state: missing ? "missing" : "reconnecting", attempt, error: String(err?.message || err) });
         await sleep(missing ? backoff(attempt, 500, MISSING_RETRY_MAX_MS) : backoff(attempt), this.#abort.signal).catch(() => {});
       }
     }

@@ -358,6 +358,7 @@ export class StreamsClient {
   async live(path, { offset = "-1", contentType = "application/json", onBatch, onStatus, signal } = {}) {
     let current = offset;
     let attempt = 0;
+    let lastMissing = false;
     let lastStatus = "";
     const status = (state, extra = {}) => {
       const key = `${state}|${extra.upToDate ?? ""}`;
@@ -404,8 +405,12 @@ export class StreamsClient {
           status("error", { error: err });
           return { offset: current, error: err };
         }
-        attempt += 1;
         const missing = http === 404;
+        // Counted apart: a stream found missing after a long outage waited out the
+        // outage's backoff.
+        if (missing !== lastMissing) attempt = 0;
+        lastMissing = missing;
+        attempt += 1;
         status(missing ? "missing" : "reconnecting", { error: err, attempt });
         if (!missing) this.#reach.lost();
         try {
