@@ -21,6 +21,16 @@ from tests.support.agents import ChatClient, mid_answer, wait_for_answers, wait_
 from tests.support.webapp import start_chat_app
 
 
+def ask(streams_url: str, title: str, content: str, *,
+        lease_ttl_ms: int = layout.DEFAULT_LEASE_TTL_MS) -> tuple[StreamsClient, str, str]:
+    """A new conversation titled `title`, asked `content`, through the streams at
+    `streams_url` as the page does: (a client of them, the conversation's id, the prompt's)."""
+    client = StreamsClient(streams_url)
+    chat = ChatClient(client, lease_ttl_ms=lease_ttl_ms)
+    cid = chat.start_conversation(title)
+    return client, cid, chat.send_prompt(cid, content)
+
+
 def wait_until_streaming(client: StreamsClient, cid: str) -> None:
     """Until the conversation's agent has written a chunk of its answer."""
     for batch in client.tail(layout.responses_path(cid), "-1"):
@@ -38,10 +48,7 @@ def test_ctrl_c_stops_flask_run_promptly_in_the_middle_of_an_answer(
     with FakeAnthropic(reply=" ".join(f"word{i}" for i in range(400)), tokens_per_second=20) as model:
         app = start_chat_app(tmp_path / "data", model_url=model.url, interruptible=True)
         try:
-            client = StreamsClient(f"{app.url}/v1/stream")
-            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
-            cid = chat.start_conversation("interrupted")
-            chat.send_prompt(cid, "a long answer, please")
+            client, cid, _ = ask(f"{app.url}/v1/stream", "interrupted", "a long answer, please")
             wait_until_streaming(client, cid)
             started = time.monotonic()
             app.send_signal(sig)
@@ -80,10 +87,8 @@ def test_after_ctrl_c_the_next_start_resumes_the_answer_without_waiting_for_the_
         app = start_chat_app(tmp_path / "data", model_url=model.url, interruptible=True,
                              config={"AGENT_LEASE_TTL_MS": str(ten_minutes)})
         try:
-            client = StreamsClient(f"{app.url}/v1/stream")
-            chat = ChatClient(client, lease_ttl_ms=ten_minutes)
-            cid = chat.start_conversation("interrupted, then resumed")
-            prompt = chat.send_prompt(cid, "a long answer, please")
+            client, cid, prompt = ask(f"{app.url}/v1/stream", "interrupted, then resumed",
+                                      "a long answer, please", lease_ttl_ms=ten_minutes)
             wait_until_streaming(client, cid)
             app.send_signal(sig)
             assert app.wait(timeout=20) == (-sig if sig == signal.SIGKILL else 0), app.log_tail()
@@ -106,10 +111,8 @@ def test_after_a_crash_the_next_start_finishes_the_answer_before_anyone_asks(
     with FakeAnthropic(reply=reply, tokens_per_second=20) as model:
         app = start_chat_app(tmp_path / "data", model_url=model.url)
         try:
-            client = StreamsClient(f"{app.url}/v1/stream")
-            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
-            cid = chat.start_conversation("cut short by a crash")
-            prompt = chat.send_prompt(cid, "a long answer, please")
+            client, cid, prompt = ask(f"{app.url}/v1/stream", "cut short by a crash",
+                                      "a long answer, please")
             wait_until_streaming(client, cid)
             client.close()
             app.kill()
@@ -167,10 +170,8 @@ def test_a_second_ctrl_c_stops_flask_run_at_once_without_a_traceback(tmp_path: P
         app = start_chat_app(tmp_path / "app", model_url=model.url, interruptible=True,
                              config={"AGENT_STREAMS_URL": f"{server.url}/v1/stream"})
         try:
-            client = StreamsClient(f"{server.url}/v1/stream")
-            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
-            cid = chat.start_conversation("stopped twice")
-            chat.send_prompt(cid, "a long answer, please")
+            client, cid, _ = ask(f"{server.url}/v1/stream", "stopped twice",
+                                 "a long answer, please")
             wait_until_streaming(client, cid)
             server.send_signal(signal.SIGSTOP)
             app.send_signal(signal.SIGINT)
@@ -199,10 +200,8 @@ def test_an_answer_stopped_by_ctrl_c_again_and_again_is_still_finished(tmp_path:
     with FakeAnthropic(reply=reply, tokens_per_second=20) as model:
         app = start_chat_app(tmp_path / "data", model_url=model.url, interruptible=True)
         try:
-            client = StreamsClient(f"{app.url}/v1/stream")
-            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
-            cid = chat.start_conversation("stopped again and again")
-            prompt = chat.send_prompt(cid, "a long answer, please")
+            client, cid, prompt = ask(f"{app.url}/v1/stream", "stopped again and again",
+                                      "a long answer, please")
             for attempt in range(schema.MAX_ANSWER_ATTEMPTS + 1):
                 wait_for_answers(client, cid, [prompt], timeout=30,
                                  until=mid_answer(prompt, attempt))
@@ -228,10 +227,7 @@ def test_with_its_own_streams_in_memory_the_agents_of_another_server_still_keep_
         app = start_chat_app(tmp_path / "app", model_url=model.url, config={
             "STREAMS_MEMORY": "true", "AGENT_STREAMS_URL": f"{server.url}/v1/stream"})
         try:
-            client = StreamsClient(f"{server.url}/v1/stream")
-            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
-            cid = chat.start_conversation("offsets kept")
-            prompt = chat.send_prompt(cid, "hello")
+            client, cid, prompt = ask(f"{server.url}/v1/stream", "offsets kept", "hello")
             assert wait_for_answers(client, cid, [prompt], timeout=30).answers[prompt].text == "kept"
             prompts_tail = client.head(layout.prompts_path(cid)).next_offset
             app.send_signal(signal.SIGTERM)
@@ -261,10 +257,7 @@ def test_the_first_requests_host_header_does_not_choose_where_the_agents_connect
             page = requests.get(f"{app.url}/", headers={"Host": f"127.0.0.1:{trap_port}"},
                                 timeout=10)
             assert page.status_code == 200
-            client = StreamsClient(f"{app.url}/v1/stream")
-            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
-            cid = chat.start_conversation("after a forged Host")
-            prompt = chat.send_prompt(cid, "hello?")
+            client, cid, prompt = ask(f"{app.url}/v1/stream", "after a forged Host", "hello?")
             answer = wait_for_answers(client, cid, [prompt]).answers[prompt]
             assert answer.text == "Answered by the app's own agents."
         finally:
@@ -317,10 +310,8 @@ def test_a_record_of_this_run_that_cannot_be_written_only_costs_a_warning(
     with FakeAnthropic(reply="Answered all the same.") as model:
         app = start_chat_app(tmp_path / "data", model_url=model.url)
         try:
-            client = StreamsClient(f"{app.url}/v1/stream")
-            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
-            cid = chat.start_conversation("with no record of this run")
-            prompt = chat.send_prompt(cid, "answered?")
+            client, cid, prompt = ask(f"{app.url}/v1/stream", "with no record of this run",
+                                      "answered?")
             answer = wait_for_answers(client, cid, [prompt], timeout=30).answers[prompt]
             assert answer.text == "Answered all the same."
             log = app.log_since_start()
@@ -339,10 +330,8 @@ def test_an_unreadable_record_of_the_earlier_run_only_costs_a_warning(tmp_path: 
         app = start_chat_app(tmp_path / "data", model_url=model.url)
         try:
             assert requests.get(f"{app.url}/", timeout=10).status_code == 200
-            client = StreamsClient(f"{app.url}/v1/stream")
-            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
-            cid = chat.start_conversation("after a damaged record")
-            prompt = chat.send_prompt(cid, "still answered?")
+            client, cid, prompt = ask(f"{app.url}/v1/stream", "after a damaged record",
+                                      "still answered?")
             wait_for_answers(client, cid, [prompt], timeout=30)
             log = app.log_since_start()
             assert "could not read" in log and "Traceback" not in log, app.log_tail()
@@ -365,10 +354,7 @@ def test_the_access_log_leaves_out_the_streams_requests_that_succeed(
         app = start_chat_app(tmp_path / "data", model_url=model.url,
                              config={"LOG_STREAM_REQUESTS": str(every_request).lower()})
         try:
-            client = StreamsClient(f"{app.url}/v1/stream")
-            chat = ChatClient(client, lease_ttl_ms=layout.DEFAULT_LEASE_TTL_MS)
-            cid = chat.start_conversation("logged")
-            prompt = chat.send_prompt(cid, "five words, please")
+            client, cid, prompt = ask(f"{app.url}/v1/stream", "logged", "five words, please")
             wait_for_answers(client, cid, [prompt], timeout=30)
             assert requests.get(f"{app.url}/", timeout=10).status_code == 200
             missing = f"{app.url}/v1/stream/no/such/stream"
