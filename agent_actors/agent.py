@@ -172,7 +172,7 @@ class _Current:
     attempt: int
     cancel: threading.Event
     abort: threading.Event
-    stopped_text: StoppedAnswer | None = None  # set before `cancel`: see ConversationLog.stopped_text
+    stopped_text: StoppedAnswer | None = None  # set before `cancel` (ConversationLog.stopped_text)
 
 
 class ConversationAgent(pykka.ThreadingActor):

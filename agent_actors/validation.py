@@ -29,7 +29,8 @@ def is_http_url(value: str) -> bool:
     except ValueError:
         return False
     return (parts.scheme in ("http", "https") and _is_host(parts.hostname or "")
-            and _ends_after_host(parts.netloc) and not parts.query and not parts.fragment and "?" not in value
+            and _ends_after_host(parts.netloc)
+            and not parts.query and not parts.fragment and "?" not in value
             and "#" not in value)
 
 

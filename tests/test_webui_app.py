@@ -165,7 +165,8 @@ def test_a_second_ctrl_c_stops_flask_run_at_once_without_a_traceback(tmp_path: P
     callback) raised KeyboardInterrupt there and printed a traceback. It now cuts the wait
     for the agents short. Here their streams server does not answer (stopped with SIGSTOP),
     so that the agents' stop waits for it, and the second Ctrl+C lands in that wait."""
-    with FakeAnthropic(reply=" ".join(f"word{i}" for i in range(400)), tokens_per_second=20) as model:
+    reply = " ".join(f"word{i}" for i in range(400))
+    with FakeAnthropic(reply=reply, tokens_per_second=20) as model:
         server = start_streams_server(tmp_path / "streams")
         app = start_chat_app(tmp_path / "app", model_url=model.url, interruptible=True,
                              config={"AGENT_STREAMS_URL": f"{server.url}/v1/stream"})

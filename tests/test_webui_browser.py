@@ -556,7 +556,8 @@ def test_a_message_waiting_for_the_answer_above_can_be_cancelled_before_it_is_as
     assert answer_text(page, first) == norm(first_reply)
     asked = [request["messages"][-1]["content"] for request in model.requests]
     assert mistake not in asked and after in asked
-    cancels = [m for m in prompt_messages(chat_app.url, conversation_id(page)) if m.get("type") == "cancel"]
+    cancels = [m for m in prompt_messages(chat_app.url, conversation_id(page))
+               if m.get("type") == "cancel"]
     assert [m["promptId"] for m in cancels] == [mistake_id]
 
 
@@ -1133,7 +1134,8 @@ def test_the_conversation_list_can_be_searched_by_title(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     """With dozens of conversations the list could only be scrolled. Past a few, a search
     field narrows it to the titles that hold what is typed (case and accents aside)."""
-    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"EMBEDDED_SUPERVISOR": "false"})
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"EMBEDDED_SUPERVISOR": "false"})
     try:
         now_ms = int(time.time() * 1000)
         requests.put(f"{app.url}/v1/stream/conversations", timeout=10,
