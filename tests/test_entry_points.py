@@ -595,7 +595,9 @@ def test_an_app_built_outside_flask_run_leaves_ctrl_c_as_it_was(tmp_path: Path) 
     """Only `flask run` takes Ctrl+C for its two-step stop: taken wherever the app was built
     (`flask shell`, another WSGI server, the tests), every Ctrl+C after a first one was
     swallowed for good. Elsewhere SIGTERM still stops the app as Ctrl+C does."""
-    sigterm = signal.getsignal(signal.SIGTERM)
+    # The defaults a terminal gives (a background job, as CI runs, starts with SIGINT ignored).
+    sigint, sigterm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         app = create_app({"DATA_DIR": str(tmp_path), "EMBEDDED_SUPERVISOR": False})
@@ -605,6 +607,7 @@ def test_an_app_built_outside_flask_run_leaves_ctrl_c_as_it_was(tmp_path: Path) 
         finally:
             app.extensions["background_work"].stop()
     finally:
+        signal.signal(signal.SIGINT, sigint)
         signal.signal(signal.SIGTERM, sigterm)
 
 
