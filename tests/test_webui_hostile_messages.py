@@ -561,6 +561,51 @@ def test_ordinary_markdown_still_renders(conversation: Callable[[str], Conversat
     assert console_errors == [], console_errors
 
 
+CODE_PY = 'def greet(name="world"):\n    """Say hello."""\n    return f"hi {name}" + str(0x1F)  # note\n'
+CODE_JS = "const total = items.length; // count\nif (total > 1.5e3) return null;"
+CODE_OVER_LIMIT = "x = 'long' # line\n" * 1_200  # 21,600 characters: past the 20,000 coloured
+CODE_OPEN = "query = '''\nSELECT * FROM t"  # the fence still open, as while it streams in
+
+
+def test_code_is_coloured_by_language_and_keeps_every_character(
+        conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    c = conversation("coloured code")
+    c.prompt("p1", "code question")
+    c.answer("p1", "\n\n".join([
+        f"```python\n{CODE_PY}```", f"```js\n{CODE_JS}\n```", "```text\nif x return 1\n```",
+        f"```py\n{CODE_OVER_LIMIT}```", f"```python\n{CODE_OPEN}",
+    ]))
+    page, console_errors = open_conversation(new_context, c)
+    expect(turn_for(page, "code question")).to_have_attribute("data-state", "done")
+    codes = turn_for(page, "code question").get_by_test_id("answer-text").locator("pre code")
+    expect(codes).to_have_count(5)
+    # Colouring only wraps text in spans: find, selection and the Copy button see the source.
+    assert codes.all_text_contents() == [
+        CODE_PY.rstrip("\n"), CODE_JS, "if x return 1", CODE_OVER_LIMIT.rstrip("\n"), CODE_OPEN]
+
+    def tokens(n: int) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = codes.nth(n).evaluate(
+            "code => { const kinds = {}; for (const s of code.querySelectorAll('span'))"
+            " (kinds[s.className] ??= []).push(s.textContent); return kinds; }")
+        return found
+
+    assert tokens(0) == {
+        "tok-keyword": ["def", "return"],
+        "tok-string": ['"world"', '"""Say hello."""', '"hi {name}"'],
+        "tok-number": ["0x1F"],
+        "tok-comment": ["# note"],
+    }
+    assert tokens(1) == {"tok-keyword": ["const", "if", "return"], "tok-comment": ["// count"],
+                         "tok-number": ["1.5e3"], "tok-literal": ["null"]}
+    assert tokens(2) == {}  # no language named: nothing guessed
+    assert tokens(3) == {}  # too long to colour again at every frame while it streams
+    assert tokens(4) == {}  # coloured once closed: laid out again at every frame until then
+    keyword = codes.first.locator(".tok-keyword").first
+    assert keyword.evaluate("el => getComputedStyle(el).color") != codes.first.evaluate(
+        "el => getComputedStyle(el).color")
+    assert console_errors == [], console_errors
+
+
 # -- D: the inspector and stream names that are not percent-encoding ------------------------------
 
 

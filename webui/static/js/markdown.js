@@ -15,6 +15,8 @@
 // nesting is limited to MAX_NESTING levels, and only the first MAX_MARKDOWN characters are
 // parsed as Markdown (the rest is shown as plain text, with a note).
 
+import { renderHighlighted } from "./highlight.js";
+
 /** Characters of an answer rendered as Markdown; the rest is plain text. */
 export const MAX_MARKDOWN = 200_000;
 /** Lines longer than this are never taken for block syntax (a heading, an item, a quote). */
@@ -880,7 +882,11 @@ function renderCode(block) {
   const pre = document.createElement("pre");
   const code = document.createElement("code");
   if (block.lang) code.dataset.lang = block.lang;
-  code.textContent = block.text;
+  // Coloured once its fence closes: a block still streaming in is rendered again at every
+  // frame, and laying out its hundreds of coloured runs each time took 40 ms (10,000
+  // characters of Python in Chromium) against 5 ms for one plain text.
+  if (block.closed) renderHighlighted(code, block.text, block.lang);
+  else code.textContent = block.text;
   pre.append(code);
   pre.tabIndex = 0; // wide code scrolls horizontally: let keyboard users reach it
   wrap.append(head, pre);
