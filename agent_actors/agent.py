@@ -396,7 +396,7 @@ class ConversationAgent(pykka.ThreadingActor):
                 elif current.cancel.is_set() and current.stopped_text is not None:
                     outcome = end_with_stopped_text(producer=producer, prompt_id=prompt.id,
                                                     attempt=attempt, stopped=current.stopped_text,
-                                                    model=self.model.name)
+                                                    model=self.model.model_id)
                 else:
                     outcome = answer_prompt(
                         model=self.model, turns=turns, producer=producer, prompt_id=prompt.id,

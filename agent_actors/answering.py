@@ -239,13 +239,13 @@ def answer_prompt(
     kept = stopped_text() if cancel.is_set() and failure is None else None
     if kept is not None:
         return end_with_stopped_text(producer=producer, prompt_id=prompt_id,
-                                     attempt=attempt + 1, stopped=kept, model=model.name)
+                                     attempt=attempt + 1, stopped=kept, model=model.model_id)
     if failure is not None:
         producer.append([schema.error(prompt_id, attempt, failure.message, failure.code)])
         outcome, stop_reason, tokens_in, tokens_out, model_name = "error", None, 0, 0, model.name
     else:
         if result is None:  # cancelled before the model was even asked
-            result = ModelResult("cancelled", 0, 0, model.name)
+            result = ModelResult("cancelled", 0, 0, model.model_id)
         producer.append([schema.done(prompt_id, attempt, result.stop_reason, result.input_tokens,
                                      result.output_tokens, result.model)])
         outcome, stop_reason = "done", result.stop_reason

@@ -389,6 +389,7 @@ def test_cancel_stops_the_model_within_a_second(
 
     assert answer.terminal["type"] == "done"
     assert answer.terminal["stopReason"] == "cancelled"
+    assert answer.terminal["model"] == "claude-fake-1"  # as the answers the model finished
     assert answer.text and long_reply.startswith(answer.text) and answer.text != long_reply
     assert done_s < 2.0, f"cancelled answer ended {done_s:.2f}s after the cancel"
     assert fake.tokens_sent < 200, "the model kept streaming after the cancel"

@@ -31,7 +31,7 @@ class RecordingProducer:
 class BrokenModel:
     """Streams one delta, then fails the way a bug in an adapter would."""
 
-    name = "broken"
+    name = model_id = "broken"
 
     def stream(self, turns: Sequence[Turn | tuple[str, str]], *,
                cancel: threading.Event | None = None) -> Iterator[ModelEvent]:
@@ -66,7 +66,7 @@ class FencedProducer:
 class EndlessModel:
     """Streams a word every 10 ms, up to 500, until its `cancel` is set."""
 
-    name = "endless"
+    name = model_id = "endless"
 
     def __init__(self) -> None:
         self.streamed = 0
@@ -144,3 +144,31 @@ def test_a_wait_that_cannot_be_written_stops_the_answer_with_the_append_error() 
     with pytest.raises(ProducerFenced):
         answer_with(WaitingModel(), producer)
     assert producer.messages == []
+
+
+class NamedModel:
+    """A model whose log name and id differ, as the Anthropic adapter's do."""
+
+    name = "anthropic:claude-named-1"
+    model_id = "claude-named-1"
+
+    def stream(self, turns: Sequence[Turn | tuple[str, str]], *,
+               cancel: threading.Event | None = None) -> Iterator[ModelEvent]:
+        yield TextDelta("never asked")
+        yield ModelResult("end_turn", 1, 1, self.model_id)
+
+
+def test_an_answer_withdrawn_before_the_model_was_asked_names_the_model_as_answers_do() -> None:
+    """Withdrawn and stopped answers said "anthropic:claude-..." (the log name) where the
+    model's own answers say "claude-...": the page showed two names for one model."""
+    producer = RecordingProducer()
+    withdrawn = threading.Event()
+    withdrawn.set()
+    outcome = answer_prompt(
+        model=cast(Any, NamedModel()), turns=[Turn("user", "hi")],
+        producer=cast(Producer, producer), prompt_id="p1", attempt=0, drop_partial=False,
+        cancel=withdrawn, abort=threading.Event(), window_s=0.0)
+    assert outcome.outcome == "done"
+    done = producer.messages[-1]
+    assert (done["type"], done["stopReason"], done["model"]) == (
+        "done", "cancelled", "claude-named-1")

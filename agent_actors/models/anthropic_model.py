@@ -101,6 +101,10 @@ class AnthropicModel:
         """``"anthropic:<model id>"``."""
         return f"anthropic:{self.model}"
 
+    @property
+    def model_id(self) -> str:
+        return self.model
+
     def problem(self) -> str | None:
         """What would fail every answer, if a look at the model's own entry in the API shows
         it: no connection, the key rejected or not allowed, or no such model. None when it

@@ -79,6 +79,12 @@ class Model(Protocol):
         """A short description for logs, e.g. ``"anthropic:claude-sonnet-5-5"``."""
         ...
 
+    @property
+    def model_id(self) -> str:
+        """The model's own id, as answers name it (``done``'s ``model``): what an answer
+        that ends without asking the model (stopped, withdrawn, put back) says too."""
+        ...
+
     def stream(
         self, turns: Sequence[Turn | tuple[str, str]], *, cancel: threading.Event | None = None,
     ) -> Iterator[ModelEvent]:

@@ -46,6 +46,10 @@ class DemoModel:
         """``"demo"``."""
         return "demo"
 
+    @property
+    def model_id(self) -> str:
+        return "demo"
+
     def stream(
         self, turns: Sequence[Turn | tuple[str, str]], *, cancel: threading.Event | None = None,
     ) -> Iterator[ModelEvent]:
