@@ -514,6 +514,7 @@ def test_on_a_touch_screen_enter_starts_a_new_line_and_send_sends(
     replies.set(prompt, "Two lines read.")
     phone.get_by_test_id("send-button").tap()
     expect(box).to_have_value("")
+    expect(box).to_be_focused()  # the keyboard stays for the next message
     expect(phone.get_by_test_id("turn")).to_have_attribute("data-state", "done")
     assert [m.get("content") for m in prompt_messages(chat_app.url, conversation_id(phone))
             if m.get("type") == "prompt"] == [prompt]
@@ -528,6 +529,11 @@ def test_on_a_touch_screen_enter_starts_a_new_line_and_send_sends(
     box.fill(unique("Sent with Ctrl+Enter on a desktop"))
     box.press("Control+Enter")
     expect(box).to_have_value("")
+    box.fill(unique("Sent with the button"))
+    desktop.get_by_test_id("send-button").click()
+    expect(box).to_have_value("")
+    # The button took the focus and is disabled on an empty box: typing went nowhere.
+    expect(box).to_be_focused()
 
 
 def test_a_message_waiting_for_the_answer_above_can_be_cancelled_before_it_is_asked(
@@ -3029,18 +3035,26 @@ def test_a_reader_scrolled_up_is_offered_the_way_back_to_the_newest_text(
     prompt, prompt_id, scroll = long_answer_below_a_tall_turn(page, model, replies)
     jump = page.get_by_test_id("jump-latest")
     expect(jump).to_be_hidden()  # following the answer
+    # A message waiting after it: the text still comes in above the last turn (it said
+    # "Newest", from the last turn alone).
+    waiting = unique("Waiting behind the story")
+    send_prompt(page, waiting)
+    pointer_over(page, scroll)
     page.mouse.wheel(0, -600)
     expect(jump).to_be_visible()
     expect(jump).to_have_class(re.compile(r"\bhas-new\b"))  # the answer goes on below
     expect(jump).to_have_text("New text below")
-    jump.click()
+    jump.focus()
+    page.keyboard.press("Enter")
     page.wait_for_function(AT_BOTTOM_JS)
     expect(jump).to_be_hidden()
+    expect(page.get_by_test_id("composer-input")).to_be_focused()  # not the page's body
     shown = len(answer_text(page, prompt).split())
     wait_words(page, prompt_id, shown + 10)
     page.wait_for_function(AT_BOTTOM_JS)  # following again
     page.get_by_test_id("stop-button").click()
     wait_state(page, prompt, "cancelled")
+    wait_state(page, waiting, "done")
 
     pointer_over(page, scroll)
     page.mouse.wheel(0, -600)  # nothing comes in: the button only leads back
@@ -3048,6 +3062,13 @@ def test_a_reader_scrolled_up_is_offered_the_way_back_to_the_newest_text(
     expect(jump).to_have_text("Newest")
     page.get_by_test_id("new-conversation").click()
     expect(jump).to_be_hidden()
+    # From a new conversation to another: Back stepped through one entry per click.
+    entries = page.evaluate("history.length")
+    page.get_by_test_id("new-conversation").click()
+    page.get_by_test_id("new-conversation").click()
+    assert page.evaluate("history.length") == entries
+    page.go_back()
+    expect(turn_for(page, prompt)).to_be_visible()
 
 
 def test_a_deep_link_scrolls_the_conversation_list_to_its_conversation(

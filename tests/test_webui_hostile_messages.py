@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -126,8 +127,12 @@ def watch_console(page: Page) -> list[str]:
     return errors
 
 
-def open_conversation(new_context: NewContext, c: Conversation) -> tuple[Page, list[str]]:
-    page = new_context().new_page()
+SCROLLER = "const s = document.querySelector('[data-testid=\"message-scroll\"]')"
+
+
+def open_conversation(new_context: NewContext, c: Conversation,
+                      **context: Any) -> tuple[Page, list[str]]:
+    page = new_context(**context).new_page()
     errors = watch_console(page)
     page.goto(c.url)
     expect(page.get_by_test_id("app")).to_have_attribute("data-ready", "true")
@@ -600,9 +605,58 @@ def test_code_is_coloured_by_language_and_keeps_every_character(
     assert tokens(2) == {}  # no language named: nothing guessed
     assert tokens(3) == {}  # too long to colour again at every frame while it streams
     assert tokens(4) == {}  # coloured once closed: laid out again at every frame until then
+    # Code reads left to right, in an answer in Hebrew too (its indentation was mirrored).
+    c.prompt("p2", "rtl question")
+    c.answer("p2", "הנה הקוד:\n\n```python\ndef f(x):\n    return x\n```")
+    rtl = turn_for(page, "rtl question").get_by_test_id("answer-text")
+    expect(rtl.locator("pre")).to_have_count(1)
+    assert rtl.evaluate("el => getComputedStyle(el).direction") == "rtl"
+    assert rtl.locator("pre").evaluate("el => getComputedStyle(el).direction") == "ltr"
     keyword = codes.first.locator(".tok-keyword").first
     assert keyword.evaluate("el => getComputedStyle(el).color") != codes.first.evaluate(
         "el => getComputedStyle(el).color")
+    assert console_errors == [], console_errors
+
+
+def test_cancelling_a_waiting_message_keeps_following_the_answer_above(
+        conversation: Callable[[str], Conversation], new_context: NewContext) -> None:
+    """Its Cancel row went away, the page grew shorter, and the scroll that followed counted
+    as the reader's own (the press was on the turns): the view stopped following the answer,
+    and the focus fell to the page's body. (The answer is written here, chunk by chunk, so
+    that it streams at an even pace.)"""
+    c = conversation("follow after a cancel")
+    c.prompt("p1", "first question")
+    page, console_errors = open_conversation(new_context, c, viewport={"width": 1280, "height": 560})
+    stop = threading.Event()
+
+    def write_answer() -> None:
+        n = 0
+        while not stop.is_set():
+            c.respond({"type": "chunk", "id": f"p1-c{n}", "promptId": "p1", "attempt": ATTEMPT,
+                       "content": ("\n\n" if n % 40 == 0 else "") + " lorem ipsum",
+                       "isComplete": False, "timestamp": now()})
+            n += 1
+            stop.wait(0.04)
+
+    writer = threading.Thread(target=write_answer, daemon=True)
+    writer.start()
+    try:
+        page.wait_for_function(f"() => {{ {SCROLLER}; return s.scrollHeight > s.clientHeight + 300; }}")
+        box = page.get_by_test_id("composer-input")
+        box.fill("second question")
+        box.press("Enter")
+        cancel = turn_for(page, "second question").get_by_test_id("cancel-queued")
+        expect(cancel).to_be_visible()
+        page.wait_for_timeout(1000)
+        cancel.click()
+        expect(turn_for(page, "second question")).to_have_attribute("data-state", "cancelling")
+        expect(box).to_be_focused()
+        page.wait_for_timeout(2000)  # the answer grew meanwhile: the view went with it
+        assert page.evaluate(f"() => {{ {SCROLLER}; return s.scrollHeight - s.scrollTop - s.clientHeight; }}") < 80
+        expect(page.get_by_test_id("jump-latest")).to_be_hidden()
+    finally:
+        stop.set()
+        writer.join()
     assert console_errors == [], console_errors
 
 

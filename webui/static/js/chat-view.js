@@ -64,12 +64,18 @@ export class ChatView {
     this.scroller = scroller;
     this.jumpButton = jumpButton;
     jumpButton?.addEventListener("click", () => this.scrollToBottom());
-    const readerActive = () => { this.#readerActiveAt = performance.now(); };
+    // A press on a button is no scroll, though what it does may shorten the page (Cancel of a
+    // waiting message): counted as the reader's, the clamped scroll stopped the following.
+    const readerActive = (event) => {
+      const press = event.type === "pointerdown" || event.key === "Enter" || event.key === " ";
+      if (press && event.target.closest?.("button")) return;
+      this.#readerActiveAt = performance.now();
+    };
     for (const type of ["wheel", "touchmove", "pointerdown", "keydown"]) {
       scroller.addEventListener(type, readerActive, { passive: true });
     }
     window.addEventListener("keydown", (event) => {
-      if (SCROLL_KEYS.has(event.key) && !event.target.closest?.("input, textarea")) readerActive();
+      if (SCROLL_KEYS.has(event.key) && !event.target.closest?.("input, textarea")) readerActive(event);
     });
     scroller.addEventListener("scroll", () => this.#onScroll(), { passive: true });
     // Turns laid out late, a taller composer, a resized window: back to the bottom if following.
@@ -126,10 +132,12 @@ export class ChatView {
     // nothing here reads the layout (the ResizeObserver keeps a following view at the
     // bottom once the page is laid out), and finished turns cost a few comparisons.
     this.#lastRender = [turns, pending, { offline, closed, answersMissing }];
-    // Text only comes in at the end: a new turn, or more of the newest one's answer. (Not
-    // the layout's height, which a taller composer or a narrower window changes too.)
-    const latest = turns[turns.length - 1];
-    const newest = `${turns.length} ${pending.length} ${latest?.attempt ?? 0} ${latest?.text.length ?? 0}`;
+    // New text: a new turn, or more of an answer, which need not be the last turn (messages
+    // may wait after the one being answered). Not the layout's height, which a taller
+    // composer or a narrower window changes too. (A sum over every turn: microseconds.)
+    let text = 0;
+    for (const turn of turns) text += turn.text.length + turn.attempt;
+    const newest = `${turns.length} ${pending.length} ${text}`;
     if (this.#newest !== null && newest !== this.#newest && !this.#following) this.#offerJump(true);
     this.#newest = newest;
     // A reader scrolled up keeps the turns they may be reading as new ones come in.

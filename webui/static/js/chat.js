@@ -75,6 +75,7 @@ const drawers = new Drawers({
   firstInSidebar: ui.newConversation,
 });
 const view = new ChatView(ui.messages, $("message-scroll"), { onRetry: retry, onCancel: cancelWaiting, announce, jumpButton: $("jump-latest") });
+$("jump-latest").addEventListener("click", () => focusAfterButton()); // it hides once there
 const flow = new FlowDiagram($("flow-diagram"));
 const promptsPanel = new RawStreamPanel("prompts");
 const responsesPanel = new RawStreamPanel("responses");
@@ -328,7 +329,11 @@ let openedAddress = null; // where the conversation shown was opened from
 function navigateTo(id) {
   if (id) window.location.hash = `#/c/${id}`;
   else {
-    history.pushState(null, "", window.location.pathname + window.location.search);
+    // From a new conversation (no address of its own yet) to another: one history entry,
+    // not one per click that Back then steps through.
+    const address = window.location.pathname + window.location.search;
+    if (window.location.hash) history.pushState(null, "", address);
+    else history.replaceState(null, "", address);
     openConversation(null);
   }
   // A conversation picked in the drawer of a narrow screen: the focused item goes with the
@@ -771,6 +776,13 @@ function cancelWaiting(promptId) {
   protocol.cancelPrompt(outbox, current.id, promptId, turn.attempt);
   turn.cancelRequested = true;
   scheduleRender();
+  focusAfterButton(); // its Cancel button, focused, goes with the next render
+}
+
+/** After a button that goes away once pressed: the focus to the message box, not to the
+ * page's body; but not on a touch screen, where that would open the keyboard. */
+function focusAfterButton() {
+  if (!TOUCH_KEYBOARD.matches) focusComposer();
 }
 
 function startRename() {
@@ -964,6 +976,9 @@ function wire() {
   ui.composer.addEventListener("submit", (event) => {
     event.preventDefault();
     send();
+    // Send clicked or tapped took the focus, and is disabled with the box empty: the next
+    // message typed went nowhere.
+    focusComposer();
   });
   ui.input.addEventListener("keydown", (event) => {
     if (event.key !== "Enter" || event.isComposing) return;

@@ -867,6 +867,7 @@ function listItem(item, list) {
 function renderCode(block) {
   const wrap = document.createElement("div");
   wrap.className = "md-code";
+  wrap.dir = "ltr"; // code reads left to right, in an answer in Hebrew or Arabic too
   const head = document.createElement("div");
   head.className = "md-code-head";
   const lang = document.createElement("span");
