@@ -2489,6 +2489,8 @@ TITLES_FROM_PROMPTS = [
     ("What is 5*5*5?", "What is 5*5*5?"),  # no emphasis inside words
     ("2024. A year to remember", "2024. A year to remember"),  # not a numbered item
     ("\\*Not emphasis\\*", "*Not emphasis*"),
+    ("See [Rust](https://en.wikipedia.org/wiki/Rust_(programming_language)) and explain",
+     "See Rust and explain"),  # the URL's parentheses: it said "See Rust) and explain"
 ]
 
 

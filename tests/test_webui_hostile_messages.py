@@ -502,6 +502,7 @@ ORDINARY_MARKDOWN = "\n".join([
     "Text with *em*, **strong**, ***both***, ~~gone~~, `code`, [a link](https://example.com/x \"t\")",
     "and https://example.org/path. Also snake_case_name stays. You said: “see",
     "https://example.net/docs”, or ‘https://example.net/q?a=1’ «https://example.net/fr».",
+    "(See https://en.wikipedia.org/wiki/Rust_(language).)",
     "",
     "| left | center | right |",
     "|:-----|:------:|------:|",
@@ -546,6 +547,8 @@ def test_ordinary_markdown_still_renders(conversation: Callable[[str], Conversat
     # A closing quote after a URL is the prose's: the demo model quotes each prompt so.
     assert [links.nth(n).get_attribute("href") for n in (2, 3, 4)] == [
         "https://example.net/docs", "https://example.net/q?a=1", "https://example.net/fr"]
+    # A closing parenthesis is the URL's when it closes one the URL opened (it was cut off).
+    assert links.nth(5).get_attribute("href") == "https://en.wikipedia.org/wiki/Rust_(language)"
     assert "snake_case_name" in norm(answer.text_content() or "")
     assert answer.locator("th").all_text_contents() == ["left", "center", "right"]
     assert answer.locator("th").evaluate_all("ths => ths.map(th => th.className)") == [

@@ -60,7 +60,7 @@ const FENCE_OR_RULE = /^ {0,3}(?:`{3,}|~{3,}|([-*_])(?:[ \t]*\1){2,}[ \t]*$)/;
 const HEADING = /^ {0,3}#{1,6}(?:[ \t]+|$)(.*?)(?:[ \t]+#+)?[ \t]*$/;
 // (Numbered items up to 999: "2024. A year" is a sentence.)
 const QUOTE_OR_ITEM = /^[ \t]*(?:>[ \t]?)*(?:(?:[-*+]|\d{1,3}[.)])[ \t]+)?/;
-const LINK = /!?\[([^\]]*)\]\([^)]*\)/g; // a link or image: its text
+const LINK = /!?\[([^\]]*)\]\((?:[^()]|\([^()]*\))*\)/g; // a link or image: its text (its URL may hold (one) pair of parentheses)
 const CODE_SPAN = /(`+)(.+?)(?<!`)\1(?!`)/g;
 // Not inside words ("5*5*5", snake_case), nor escaped ("\*not emphasis\*").
 const EMPHASIS = /(?<![\w\\])(\*{1,3}|_{1,3}|~~)(?=\S)(.*?[^\s\\])\1(?!\w)/g;

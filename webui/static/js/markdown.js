@@ -585,7 +585,17 @@ const URL_LEADING = /[\s("'“‘«‹]/; // what a bare URL may follow: a space
 
 function trimUrlPunctuation(url) {
   let end = url.length;
-  while (end > 0 && URL_TRAILING.has(url[end - 1])) end -= 1;
+  // A closing parenthesis stays where it closes one opened in the URL (as GitHub's
+  // Markdown has it): https://en.wikipedia.org/wiki/Rust_(programming_language).
+  let unclosed = 0;
+  for (const c of url) unclosed += c === "(" ? 1 : c === ")" ? -1 : 0;
+  while (end > 0 && URL_TRAILING.has(url[end - 1])) {
+    if (url[end - 1] === ")") {
+      if (unclosed >= 0) break;
+      unclosed += 1;
+    }
+    end -= 1;
+  }
   return url.slice(0, end);
 }
 
