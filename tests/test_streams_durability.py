@@ -716,3 +716,38 @@ def test_reads_keep_a_ttl_stream_alive_across_restarts(server: ServerProcess) ->
     assert c.head("ttl").status_code == 200, "the read before the restart did not count"
     time.sleep(max(0.0, read_at + 2.4 - time.time()))
     assert c.head("ttl").status_code == 404
+
+
+def test_a_damaged_page_under_a_read_gets_a_503_and_a_log_line_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """Damage inside a database that still opens: writes got a 503 and one log line, but a
+    read of the damaged rows got a bare 500 and a traceback per request (each retry of a
+    client's added one)."""
+    data = tmp_path / "data"
+    server = start_streams_server(data)
+    url = f"{server.url}/v1/stream/damaged"
+    try:
+        assert requests.put(url, headers={"Content-Type": "application/octet-stream"}
+                            ).status_code == 201
+        chunk = bytes(range(256)) * 1024  # 256 KiB: the stream fills most of the file
+        for _ in range(8):
+            assert requests.post(url, data=chunk, headers={
+                "Content-Type": "application/octet-stream"}).status_code in (200, 204)
+    finally:
+        server.terminate()  # a clean stop copies the log into the database file
+    database = data / "streams.sqlite3"
+    with database.open("r+b") as file:
+        file.seek(database.stat().st_size // 2)
+        file.write(b"\xa5" * 16384)
+    server.start()
+    try:
+        for _ in range(3):
+            answer = requests.get(url, params={"offset": "-1"})
+            assert answer.status_code == 503, (answer.status_code, answer.text[:300])
+            assert answer.json()["error"]["code"] == "STORAGE_UNAVAILABLE"
+        log = server.log_since_start()
+        assert "Traceback" not in log, log[-3000:]
+        assert log.count("reads are failing") == 1, log[-3000:]
+    finally:
+        server.terminate()

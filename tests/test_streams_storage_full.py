@@ -232,7 +232,7 @@ def test_an_outage_is_logged_once_and_its_end_after_a_quiet_spell(
 ) -> None:
     now = [100.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    outage = groupcommit._OutageLog()
+    outage = groupcommit.OutageLog()
     full = "database or disk is full"
     with caplog.at_level(logging.WARNING, logger=groupcommit.log.name):
         outage.succeeded()

@@ -30,7 +30,7 @@ from typing import TypeVar
 from ..errors import BadRequest, Gone, NotFound, StorageFailure
 from . import writes
 from .blocking import run_blocking
-from .groupcommit import Effects, GroupCommitter, Transaction
+from .groupcommit import Effects, GroupCommitter, OutageLog, Transaction
 from .models import (
     AppendResult,
     CreateResult,
@@ -102,6 +102,7 @@ class StreamStore:
         self._readers: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._reader_count = 0
         self._reader_lock = threading.Lock()
+        self._read_failures = OutageLog("reads", "read requests", "reads")
         self._streams: dict[int, _Known] = {}
         self._touched: set[int] = set()  # sliding TTLs reset by reads, not yet persisted
         self._touched_lock = threading.Lock()
@@ -405,19 +406,26 @@ class StreamStore:
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        if self._memory:  # one connection: readers must not see a batch half-written
-            with self._leader_lock:
-                yield self._writer
-            return
-        conn = self._take_reader()
         try:
-            conn.execute("BEGIN")
+            if self._memory:  # one connection: readers must not see a batch half-written
+                with self._leader_lock:
+                    yield self._writer
+                return
+            conn = self._take_reader()
             try:
-                yield conn
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                finally:
+                    conn.execute("COMMIT")
             finally:
-                conn.execute("COMMIT")
-        finally:
-            self._give_back_reader(conn)
+                self._give_back_reader(conn)
+        except sqlite3.DatabaseError as exc:
+            # A damaged page (or a failing disk) under the rows read: the client gets a 503,
+            # as writes do, and the log a line now and then, not a traceback per request.
+            self._read_failures.failed(str(exc), 1)
+            raise StorageFailure("the storage engine could not read the stream") from exc
+        self._read_failures.succeeded()
 
     def _take_reader(self) -> sqlite3.Connection:
         """A pooled connection, or a new one when all are in use: a read never waits for

@@ -109,16 +109,18 @@ class _Pending(Generic[T]):
         self.error: BaseException | None = None
 
 
-class _OutageLog:
-    """Logs failing commits once per outage (a full disk fails every write until space is
-    freed: one line per request would bury everything else), then a reminder every minute,
-    then the recovery. Near full, small writes still fit between refused ones: the outage
-    ends only with a commit `QUIET_S` after the last failure."""
+class OutageLog:
+    """Logs failing commits (or reads) once per outage (a full disk fails every write until
+    space is freed: one line per request would bury everything else), then a reminder every
+    minute, then the recovery. Near full, small writes still fit between refused ones: the
+    outage ends only with a success `QUIET_S` after the last failure."""
 
     REMIND_S = 60.0
     QUIET_S = 10.0
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "commits", requests: str = "write requests",
+                 operations: str = "write operations") -> None:
+        self._what, self._requests, self._operations = what, requests, operations
         self._since: float | None = None
         self._reminded = 0.0
         self._last_failure = 0.0
@@ -129,18 +131,18 @@ class _OutageLog:
         self._refused += operations
         if self._since is None:
             self._since = self._reminded = now
-            log.error("commits are failing (%s): write requests get an error until the"
-                      " storage recovers", cause)
+            log.error("%s are failing (%s): %s get an error until the storage recovers",
+                      self._what, cause, self._requests)
         elif now - self._reminded >= self.REMIND_S:
             self._reminded = now
-            log.error("commits still failing (%s) after %.0f s; %d write operations refused",
-                      cause, now - self._since, self._refused)
+            log.error("%s still failing (%s) after %.0f s; %d %s refused", self._what, cause,
+                      now - self._since, self._refused, self._operations)
 
     def succeeded(self) -> None:
         if self._since is not None and time.monotonic() - self._last_failure >= self.QUIET_S:
-            log.warning("commits succeed again, %.0f s after they began to fail; %d write"
-                        " operations were refused", time.monotonic() - self._since,
-                        self._refused)
+            log.warning("%s succeed again, %.0f s after they began to fail; %d %s were"
+                        " refused", self._what, time.monotonic() - self._since, self._refused,
+                        self._operations)
             self._since, self._refused = None, 0
 
 
@@ -174,7 +176,7 @@ class GroupCommitter:
         self._queue: list[_Pending[Any]] = []
         self._queue_lock = threading.Lock()
         self._leader_lock = leader_lock
-        self._outage = _OutageLog()
+        self._outage = OutageLog()
         self._checkpointed_at = -CHECKPOINT_EVERY_S
         self._out_of_room = out_of_room
         self._live = live
