@@ -554,7 +554,10 @@ def test_a_message_waiting_for_the_answer_above_can_be_cancelled_before_it_is_as
     send_prompt(page, after)
     wait_state(page, mistake, "queued")
     turn_for(page, mistake).get_by_test_id("cancel-queued").click()
-    wait_state(page, mistake, "cancelling")
+    # Not "Stopping…" until the answer above ends: nothing of it has begun.
+    wait_state(page, mistake, "withdrawn")
+    expect(turn_for(page, mistake).get_by_test_id("answer-status")).to_have_text(
+        "Withdrawn: it will not be answered")
     expect(turn_for(page, after).get_by_test_id("cancel-queued")).to_be_visible()
     wait_state(page, first, "done", timeout=30_000)
     wait_state(page, mistake, "cancelled")
@@ -3086,6 +3089,8 @@ def test_a_deep_link_scrolls_the_conversation_list_to_its_conversation(
         item = page.locator(f'[data-conversation-id="{oldest}"]')
         expect(item).to_have_attribute("aria-current", "page")
         expect(item).to_be_in_viewport()
+        # Only the list scrolled: New conversation went out of sight with it.
+        expect(page.get_by_test_id("new-conversation")).to_be_in_viewport()
     finally:
         app.terminate()
 

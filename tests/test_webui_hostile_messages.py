@@ -652,7 +652,7 @@ def test_cancelling_a_waiting_message_keeps_following_the_answer_above(
         expect(cancel).to_be_visible()
         page.wait_for_timeout(1000)
         cancel.click()
-        expect(turn_for(page, "second question")).to_have_attribute("data-state", "cancelling")
+        expect(turn_for(page, "second question")).to_have_attribute("data-state", "withdrawn")
         expect(box).to_be_focused()
         page.wait_for_timeout(2000)  # the answer grew meanwhile: the view went with it
         assert page.evaluate(f"() => {{ {SCROLLER}; return s.scrollHeight - s.scrollTop - s.clientHeight; }}") < 80

@@ -1,5 +1,5 @@
 // Renders a conversation's turns: the prompt, then the answer as sanitised Markdown with its
-// state (sending, queued, thinking, streaming, cancelling, done, cancelled, error).
+// state (sending, queued, thinking, streaming, cancelling, withdrawn, done, cancelled, error).
 
 import { config } from "./config.js";
 import { MarkdownView } from "./markdown.js";
@@ -27,6 +27,7 @@ const STATE_LABEL = {
   thinking: "Thinking…",
   streaming: "Answering…",
   cancelling: "Stopping…",
+  withdrawn: "Withdrawn: it will not be answered",
   done: "",
   cancelled: "Stopped",
   error: "Error",
@@ -336,7 +337,7 @@ function setState(parts, state, note = "", { stalled = false, waiting = false } 
   parts.li.dataset.stalled = String(stalled);
   parts.li.dataset.waiting = String(waiting);
   parts.statusText.textContent = label;
-  parts.status.hidden = !["sending", "queued", "thinking", "streaming", "cancelling"].includes(state);
+  parts.status.hidden = !["sending", "queued", "thinking", "streaming", "cancelling", "withdrawn"].includes(state);
   parts.answer.setAttribute("aria-busy", String(state === "thinking" || state === "streaming"));
 }
 
@@ -403,7 +404,10 @@ function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
     ? { final: turn.final, length: turn.text.length, prompt: turn.prompt, restarts: turn.restarts, error: turn.error, latest }
     : null;
   const shown = turnState(turn);
-  const state = shown === "thinking" && waitingTurn ? "queued" : shown;
+  // A message cancelled while it waits is ended by the agent only once its turn comes, which
+  // may be minutes away: it said "Stopping…" all that while.
+  const state = !waitingTurn || turn.chunks ? shown
+    : shown === "thinking" ? "queued" : shown === "cancelling" ? "withdrawn" : shown;
   const progress = [state, turn.text.length, turn.restarts, turn.waits].join("\u0000");
   if (parts.progress !== progress) {
     parts.progress = progress;

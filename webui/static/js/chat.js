@@ -228,7 +228,7 @@ let revealed = null; // the conversation the list last scrolled to: the user's s
 function revealActiveConversation() {
   if (!current || revealed === current.id) return;
   const item = ui.conversationList.querySelector('[aria-current="page"]');
-  const box = ui.conversationList.closest(".sidebar");
+  const box = ui.conversationList.closest(".conversation-scroll");
   if (!item || !box) return;
   revealed = current.id;
   const top = item.getBoundingClientRect().top - box.getBoundingClientRect().top + box.scrollTop;
