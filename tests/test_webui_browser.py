@@ -2965,10 +2965,15 @@ def test_a_long_prompt_shows_its_first_lines_until_the_reader_asks_for_all_of_it
     assert 200 < box_height < 700, box_height
     assert turn.locator(".bubble-text").text_content() == pasted
 
+    scroll = page.get_by_test_id("message-scroll")
+    where = scroll.evaluate("s => s.scrollTop")
     toggle.click()
     expect(toggle).to_have_text("Show less")
     expect(toggle).to_have_attribute("aria-expanded", "true")
     assert bubble.evaluate("node => node.getBoundingClientRect().height") > 50_000
+    # Read on from where the fold was: the view stays (it went to the prompt's end).
+    page.wait_for_timeout(300)
+    assert scroll.evaluate("s => s.scrollTop") == where
     toggle.click()
     expect(toggle).to_have_attribute("aria-expanded", "false")
     assert bubble.evaluate("node => node.getBoundingClientRect().height") == box_height

@@ -96,6 +96,12 @@ export class ChatView {
         const parts = this.#nodes.get(promptId);
         if (parts) {
           parts.promptExpanded = !parts.promptExpanded;
+          // Shown whole, the prompt is read on from where its fold was: a view following the
+          // newest text jumped to its end instead (80,000 px down for 200 KB).
+          if (parts.promptExpanded) {
+            this.#following = false;
+            this.#offerJump();
+          }
           showPromptClamp(parts);
           // Shown less, the prompt's start may be far above: bring its bubble back in view.
           if (!parts.promptExpanded) parts.prompt.scrollIntoView({ block: "nearest" });
