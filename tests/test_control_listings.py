@@ -100,6 +100,21 @@ def test_a_listing_limit_out_of_range_is_refused_with_its_range(
     assert error["code"] == "INVALID_LIMIT" and "1 to 1000" in error["message"]
 
 
+@pytest.mark.parametrize(("kind", "query"), [
+    ("streams", "limit=1&limit=2"), ("streams", "after=a&after=b"),
+    ("streams", "prefix=a&prefix=b"), ("subscriptions", "limit=5&limit=1"),
+])
+def test_a_listing_parameter_given_twice_is_refused(
+    streams_server: ServerProcess, http: requests.Session, kind: str, query: str
+) -> None:
+    """`?limit=1&limit=2` listed by the first, where a read's repeated offset is refused."""
+    response = http.get(f"{_root(streams_server)}/__ds/{kind}?{query}")
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "DUPLICATE_PARAMETER"
+    assert error["message"] == f"{query.split('=')[0]} is given more than once"
+
+
 def test_a_prefix_lists_exactly_the_paths_that_start_with_it(tmp_path: Path) -> None:
     """The prefix is read as a range of the path index (SQLite compares UTF-8 bytes): its
     end is the prefix's last character's successor, past the surrogates and U+10FFFF."""

@@ -85,6 +85,7 @@ class ControlOperations:
 
     def _list_streams(self, request: StreamRequest) -> Reply:
         _only(request, "GET")
+        _given_once(request, "prefix", "after", "limit")
         listing = self.store.list_streams(request.args.get("prefix", ""),
                                           after=request.args.get("after", ""),
                                           limit=_listing_limit(request))
@@ -111,6 +112,7 @@ class ControlOperations:
 
     def _list_subscriptions(self, request: StreamRequest, root: str) -> Reply:
         _only(request, "GET")
+        _given_once(request, "after", "limit")
         states, total, next_after = self.service.list(after=request.args.get("after", ""),
                                                       limit=_listing_limit(request))
         return _json_reply(200, {"total": total, "next_after": next_after,
@@ -193,6 +195,14 @@ class ControlOperations:
             "next_attempt_at": _iso(state.next_attempt_at_ms),
             "last_error": state.last_error,
         }
+
+
+def _given_once(request: StreamRequest, *names: str) -> None:
+    """Refuse a listing's parameter given twice: which one was meant is not ours to guess
+    (`?limit=1&limit=2` listed by the first)."""
+    for name in names:
+        if name in request.repeated_args:
+            raise BadRequest(f"{name} is given more than once", code="DUPLICATE_PARAMETER")
 
 
 def _listing_limit(request: StreamRequest) -> int:
