@@ -3617,6 +3617,77 @@ LAST_ENTRY_IN_VIEW_JS = """() => {
 }"""
 
 
+def test_the_inspector_opens_the_stream_picked_even_with_percent_or_question_mark_in_its_name(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """A name picked from a list was decoded once more: "t/x%41" opened the other stream
+    "t/xA" and showed its data, "t/what?x" opened "t/what"; a reload did the same."""
+    tag = f"names-{uuid.uuid4().hex[:8]}"
+    root = f"{chat_app.url}/v1/stream"
+    for name, text in ((f"{tag}/x%41", "the percent one"), (f"{tag}/xA", "the other one"),
+                       (f"{tag}/what?x", "the question one")):
+        created(requests.put(f"{root}/{quote(name, safe='/')}", timeout=10,
+                             headers={"Content-Type": "text/plain"}, data=text))
+    page = open_chat(new_context(), f"{chat_app.url}/inspector")
+    page.get_by_test_id("stream-filter").fill(tag)
+    for name, text in ((f"{tag}/x%41", "the percent one"), (f"{tag}/what?x", "the question one")):
+        page.locator(f'[data-testid="stream-list-item"][data-path="{name}"]').click()
+        expect(page.get_by_test_id("inspector-title")).to_have_text(name)
+        expect(page.get_by_test_id("content-view")).to_contain_text(text)
+        page.reload()
+        expect(page.get_by_test_id("inspector-title")).to_have_text(name)
+        expect(page.get_by_test_id("content-view")).to_contain_text(text)
+        page.get_by_test_id("stream-filter").fill(tag)
+
+
+def test_the_inspector_follows_on_from_its_read_and_leaves_a_reader_scrolled_up_alone(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """Follow live read the whole stream again from its start (50 MB held the page for
+    16 s), and every live batch pulled a reader who had scrolled up back to the bottom."""
+    path = f"inspect-{uuid.uuid4().hex[:8]}/followed-on"
+    url = f"{chat_app.url}/v1/stream/{path}"
+    json_type = {"Content-Type": "application/json"}
+    created(requests.put(url, headers=json_type, timeout=10,
+                         data=json.dumps([{"n": n, "text": "word " * 30} for n in range(300)])))
+    page = open_chat(new_context(viewport={"width": 900, "height": 700}),
+                     f"{chat_app.url}/inspector#path={quote(path, safe='')}")
+    view = page.get_by_test_id("content-view")
+    expect(page.get_by_test_id("content-entry")).to_have_count(300)
+    page.get_by_test_id("follow-toggle").click()
+    expect(page.get_by_test_id("follow-state")).to_contain_text("up to date")
+    requests.post(url, headers=json_type, data=json.dumps({"live": 1}), timeout=10)
+    expect(page.get_by_test_id("content-entry").last).to_contain_text('"live": 1')
+    # The read's 300 and the live one: nothing read twice.
+    expect(page.get_by_test_id("content-entry")).to_have_count(301)
+    view.evaluate("v => { v.scrollTop = 500; }")
+    where = view.evaluate("v => v.scrollTop")
+    requests.post(url, headers=json_type, data=json.dumps({"live": 2}), timeout=10)
+    expect(page.get_by_test_id("content-entry").last).to_contain_text('"live": 2')
+    page.wait_for_timeout(200)
+    assert view.evaluate("v => v.scrollTop") == where
+
+
+def test_the_inspector_shows_the_start_of_a_large_binary_entry_as_text_and_a_remade_stream_anew(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """As text, an entry of 8 MiB of random bytes was laid out whole (42 s of a frozen page);
+    and a stream deleted and made again showed the old one's content under the new one's
+    metadata after a Refresh."""
+    path = f"inspect-{uuid.uuid4().hex[:8]}/binary"
+    url = f"{chat_app.url}/v1/stream/{path}"
+    octets = {"Content-Type": "application/octet-stream"}
+    created(requests.put(url, headers=octets, timeout=10, data=bytes(range(256)) * 1024))
+    page = open_chat(new_context(), f"{chat_app.url}/inspector#path={quote(path, safe='')}")
+    page.get_by_test_id("read-view").select_option("text")
+    entry = page.get_by_test_id("content-entry").last
+    expect(entry).to_contain_text(f"… {256 * 1024 - 64 * 1024} more bytes")
+    assert len(entry.locator("pre").text_content() or "") < 70 * 1024
+
+    assert requests.delete(url, timeout=10).status_code in (200, 204)
+    created(requests.put(url, headers={"Content-Type": "text/plain"}, data="brand new", timeout=10))
+    page.get_by_test_id("meta-refresh").click()
+    expect(page.get_by_test_id("content-view")).to_contain_text("brand new")
+    expect(page.get_by_test_id("content-entry")).to_have_count(1)
+
+
 def test_a_followed_stream_lays_out_only_the_entries_on_screen(
         chat_app: ServerProcess, new_context: NewContext) -> None:
     """Following a stream of thousands of entries, each frame that added a few laid out and
@@ -3644,7 +3715,7 @@ def test_a_followed_stream_lays_out_only_the_entries_on_screen(
     wait_until(lambda: page.evaluate(LAST_ENTRY_IN_VIEW_JS), timeout=10,
                what="the newest entry in view after a change of view")
     page.get_by_test_id("read-view").select_option("json")
-    page.get_by_test_id("follow-toggle").click()  # from offset -1: the 2,050, then live
+    page.get_by_test_id("follow-toggle").click()  # on from the read's 2,050: live
     expect(page.get_by_test_id("follow-state")).to_contain_text("Following live")
     requests.post(f"{root}/{path}", headers=json_type, timeout=10, data=json.dumps(
         [{"burst": n, "text": "word " * 80} for n in range(1, 151)])).raise_for_status()

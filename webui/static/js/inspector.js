@@ -24,6 +24,7 @@ const status = new ConnectionStatus({ pill: $("connection-pill"), banner: $("con
 
 const RECENT_KEY = "inspector:recent";
 const RENDER_LIMIT = 2000; // entries built for a view; older ones are counted, not shown
+const SHOWN_BYTES = 64 * 1024; // of one entry's bytes, as text or hex; the rest is counted
 // Entries (and their batches' marks) go into groups of this many nodes, which the page
 // neither lays out nor paints while off screen (CSS `content-visibility`). In one flat list,
 // each frame of a followed stream laid out all of its thousands of nodes to add a few.
@@ -403,15 +404,18 @@ function arrowKeys(event) {
 // ------------------------------------------------------------------------------- opening
 
 /** Show the stream at `path`. `reveal`: bring its title to the top of the screen (picked
- * from a list above it, on a phone, the stream showed a screen or more further down). */
-async function open(path, { reveal = false } = {}) {
-  const offset = offsetIn(path);
-  path = normalizePath(path);
+ * from a list above it, on a phone, the stream showed a screen or more further down).
+ * `typed`: the path is as a person typed or pasted it (maybe a URL, percent-encoded, with
+ * an offset); else it is a stream's exact path, which may hold "%" or "?" itself (decoded
+ * again, "t/x%41" opened the stream "t/xA"). */
+async function open(path, { reveal = false, typed = false } = {}) {
+  const offset = typed ? offsetIn(path) : null;
+  if (typed) path = normalizePath(path);
   if (!path) return;
   // A URL's offset is where to read from; another stream is read from its beginning (an
   // offset of one stream, carried over, skipped entries of the next or showed it empty).
   if (offset) $("read-offset").value = offset;
-  else if (path !== normalizePath(state.path ?? "")) $("read-offset").value = "";
+  else if (path !== state.path) $("read-offset").value = "";
   stopFollowing();
   if (path !== state.path) {
     // What was said about another stream's reads and writes is not about this one.
@@ -466,8 +470,16 @@ async function refreshMeta() {
     meta = { exists: false, status: err instanceof HttpError ? err.status : 0, error: String(err.message || err) };
   }
   if (path !== state.path) return;
+  const before = state.meta;
   state.meta = meta;
   renderMeta();
+  // Deleted and made again since it was read (seen missing, another type, a shorter tail):
+  // what the content shows was another stream's, under a "200 OK" for the new one.
+  const shownTo = state.pages.at(-1)?.to;
+  if (meta.exists && shownTo && !state.follow && before
+      && (!before.exists || meta.contentType !== before.contentType || meta.nextOffset < shownTo)) {
+    await readFrom("-1");
+  }
 }
 
 /** A HEAD answer has no body to give the server's reason: the usual ones, by status. */
@@ -610,7 +622,7 @@ const renderNewPages = frameThrottle(() => {
   const view = $("content-view");
   const stick = view.scrollHeight - view.scrollTop - view.clientHeight < 40;
   showNewPages(view, 0);
-  if (stick || state.follow) view.scrollTop = view.scrollHeight;
+  if (stick) view.scrollTop = view.scrollHeight; // a reader scrolled up stays where they are
 });
 
 /** Append the pages not shown yet, their first `skip` entries counted but not built; then
@@ -661,7 +673,7 @@ function showNewPages(view, skip) {
       const base = shown.byteBase;
       shown.byteBase += page.bytes.length;
       if (skipped()) continue;
-      const text = mode === "hex" ? hexDump(page.bytes, base) : mode === "json" ? prettyJsonText(page.bytes) : new TextDecoder().decode(page.bytes);
+      const text = mode === "hex" ? hexDump(page.bytes, base, SHOWN_BYTES) : mode === "json" ? prettyJsonText(page.bytes) : textStart(page.bytes);
       addEntry(el("div", { class: "entry", dataset: { testid: "content-entry" } },
         el("div", { class: "entry-head" }, el("span", {}, `${page.bytes.length} bytes`)),
         el("pre", {}, text)), text);
@@ -718,7 +730,16 @@ function rowCount(text, lineChars) {
   return rows;
 }
 
+/** An entry's bytes as text, up to SHOWN_BYTES of them as the hex dump shows: 8 MiB of
+ * random bytes laid out as text held the page for 42 s. */
+function textStart(bytes) {
+  if (bytes.length <= SHOWN_BYTES) return new TextDecoder().decode(bytes);
+  const start = new TextDecoder().decode(bytes.subarray(0, SHOWN_BYTES), { stream: true });
+  return `${start}\n… ${bytes.length - SHOWN_BYTES} more bytes`;
+}
+
 function prettyJsonText(bytes) {
+  if (bytes.length > SHOWN_BYTES) return textStart(bytes);
   const text = new TextDecoder().decode(bytes);
   try {
     return JSON.stringify(JSON.parse(text), null, 2);
@@ -731,11 +752,15 @@ function prettyJsonText(bytes) {
 
 function startFollowing() {
   const path = state.path;
-  const offset = $("read-offset").value.trim() || "-1";
+  // From the offset typed, else on from what the last read showed (from the start, it read
+  // the whole stream again: 50 MB held the page for 16 s), else from the start.
+  const typed = $("read-offset").value.trim();
+  const after = !typed && state.pages.length ? state.pages.at(-1).to : null;
+  const offset = typed || after || "-1";
   const abort = new AbortController();
   state.follow = abort;
-  state.followedTo = null;
-  state.pages = [];
+  state.followedTo = after; // where what is shown ends (null: nothing read yet)
+  if (after === null) state.pages = [];
   renderContent();
   setFollowButton(true);
   client.live(path, {
@@ -756,6 +781,8 @@ function startFollowing() {
     onStatus(s) {
       if (state.follow !== abort) return;
       status.setStream("inspected", s);
+      // Followed from the tail, the first answer may hold no batch: it says so all the same.
+      if (s.state === "live") $("follow-state").textContent = `Following live · offset ${state.followedTo ?? offset}${s.upToDate ? " · up to date" : ""}`;
       if (s.state === "reconnecting") $("follow-state").textContent = `Connection lost, reconnecting (attempt ${s.attempt})…`;
       if (s.state === "error") {
         stopFollowing(true, `Live read refused: ${s.error?.message ?? s.error}`);
@@ -889,7 +916,7 @@ function main() {
       pathInput.reportValidity();
       return;
     }
-    open(pathInput.value);
+    open(pathInput.value, { typed: true });
   });
   pathInput.addEventListener("input", () => pathInput.setCustomValidity(""));
   $("meta-refresh").addEventListener("click", () => refreshMeta());

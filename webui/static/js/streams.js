@@ -218,6 +218,7 @@ export class StreamsClient {
   /** HEAD: metadata, or `{exists: false, status}` for 404/410. */
   async head(path, { signal } = {}) {
     const res = await this.#fetch(this.url(path), { method: "HEAD", headers: this.headers(), signal, cache: "no-store" });
+    await drain(res); // none to read, but unread the request shows as failed in DevTools
     if (res.status === 404 || res.status === 410) return { exists: false, status: res.status };
     if (!res.ok) throw await httpError(res);
     const h = res.headers;
