@@ -2456,6 +2456,20 @@ def test_muted_text_is_readable_on_every_background_it_is_on(
         assert ratio >= 4.5, (scheme, surface, round(ratio, 3))
 
 
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_diagram_lines_and_code_colours_stand_out_from_their_background(
+        chat_app: ServerProcess, new_context: NewContext, scheme: str) -> None:
+    """The flow diagram's idle arrows were the colour of borders, 1.6:1 against the panel
+    (WCAG asks 3:1 of graphics that carry meaning); coloured code must read as text does."""
+    page = open_chat(new_context(color_scheme=scheme), chat_app.url)
+    surface = css_color(page, "--surface")
+    edge = page.locator(".flow-edge").first.evaluate("el => getComputedStyle(el).stroke")
+    assert contrast(edge, surface) >= 3, (scheme, edge, surface)
+    for token in ("keyword", "string", "comment", "number", "literal"):
+        ratio = contrast(css_color(page, f"--tok-{token}"), surface)
+        assert ratio >= 4.5, (scheme, token, round(ratio, 2))
+
 def css_color(page: Page, variable: str) -> str:
     """The page's CSS colour variable as the browser computes it ("rgb(r, g, b)")."""
     return str(page.evaluate("""(name) => {

@@ -916,7 +916,7 @@ function main() {
       pathInput.reportValidity();
       return;
     }
-    open(pathInput.value, { typed: true });
+    open(pathInput.value, { typed: true, reveal: true }); // on a phone, the title is far below
   });
   pathInput.addEventListener("input", () => pathInput.setCustomValidity(""));
   $("meta-refresh").addEventListener("click", () => refreshMeta());
