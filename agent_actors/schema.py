@@ -86,7 +86,7 @@ PROMPT_GONE_MESSAGE = ("This answer was cut short, and its question is no longer
 
 def gave_up_message(attempts: int) -> str:
     return (f"The agent was cut off in the middle of this answer {attempts} times, so it was"
-            " not tried again. Send the prompt again to retry.")
+            " not tried again. Ask again, as a new prompt (a new id), to retry.")
 
 
 # Characters that show nothing and are not whitespace to Python's `str.strip` (U+FEFF is
