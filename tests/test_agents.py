@@ -467,7 +467,10 @@ def test_kill_9_then_restart_gives_exactly_one_clean_answer_per_prompt(
     fake.tokens_per_second = 50  # ~0.4 s per answer: several chunks, the kill lands inside
     root = streams_root(any_server)
     sup = start_supervisor(root, crash_at=crash_at)
-    client, chat = connect(any_server)
+    client = StreamsClient(root)
+    # The killed run's lease must outlast the restart, which took 2.4 s on a busy machine: a
+    # lease of LEASE_TTL_MS (2 s) had lapsed by then, and nothing was waited for.
+    chat = ChatClient(client, lease_ttl_ms=6_000)
     cid = chat.start_conversation(f"crash {crash_at}")
     prompts = {chat.send_prompt(cid, content): content
                for content in ("first question", "second question")}
