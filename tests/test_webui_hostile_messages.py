@@ -34,7 +34,14 @@ from tests.support import ServerProcess
 from tests.support.agents import wait_until
 from tests.support.browser import turn_for, unsafe_nodes
 from tests.support.webapp import start_chat_app
-from tests.test_webui_browser import NewContext, browser, new_context, norm, open_chat  # noqa: F401 (fixtures)
+from tests.test_webui_browser import (  # noqa: F401 (fixtures)
+    AT_BOTTOM_JS,
+    NewContext,
+    browser,
+    new_context,
+    norm,
+    open_chat,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -125,9 +132,6 @@ def watch_console(page: Page) -> list[str]:
     errors: list[str] = []
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     return errors
-
-
-SCROLLER = "const s = document.querySelector('[data-testid=\"message-scroll\"]')"
 
 
 def open_conversation(new_context: NewContext, c: Conversation,
@@ -569,7 +573,8 @@ def test_ordinary_markdown_still_renders(conversation: Callable[[str], Conversat
     assert console_errors == [], console_errors
 
 
-CODE_PY = 'def greet(name="world"):\n    """Say hello."""\n    return f"hi {name}" + str(0x1F)  # note\n'
+CODE_PY = ('def greet(name="world"):\n    """Say hello."""\n'
+           '    return f"hi {name}" + str(0x1F)  # note\n')
 CODE_JS = "const total = items.length; // count\nif (total > 1.5e3) return null;"
 CODE_OVER_LIMIT = "x = 'long' # line\n" * 1_200  # 21,600 characters: past the 20,000 coloured
 CODE_OPEN = "query = '''\nSELECT * FROM t"  # the fence still open, as while it streams in
@@ -629,7 +634,8 @@ def test_cancelling_a_waiting_message_keeps_following_the_answer_above(
     that it streams at an even pace.)"""
     c = conversation("follow after a cancel")
     c.prompt("p1", "first question")
-    page, console_errors = open_conversation(new_context, c, viewport={"width": 1280, "height": 560})
+    page, console_errors = open_conversation(new_context, c,
+                                             viewport={"width": 1280, "height": 560})
     stop = threading.Event()
 
     def write_answer() -> None:
@@ -644,7 +650,9 @@ def test_cancelling_a_waiting_message_keeps_following_the_answer_above(
     writer = threading.Thread(target=write_answer, daemon=True)
     writer.start()
     try:
-        page.wait_for_function(f"() => {{ {SCROLLER}; return s.scrollHeight > s.clientHeight + 300; }}")
+        scroll = page.get_by_test_id("message-scroll")
+        wait_until(lambda: scroll.evaluate("s => s.scrollHeight > s.clientHeight + 300"),
+                   timeout=15, what="an answer taller than the view")
         box = page.get_by_test_id("composer-input")
         box.fill("second question")
         box.press("Enter")
@@ -655,7 +663,7 @@ def test_cancelling_a_waiting_message_keeps_following_the_answer_above(
         expect(turn_for(page, "second question")).to_have_attribute("data-state", "withdrawn")
         expect(box).to_be_focused()
         page.wait_for_timeout(2000)  # the answer grew meanwhile: the view went with it
-        assert page.evaluate(f"() => {{ {SCROLLER}; return s.scrollHeight - s.scrollTop - s.clientHeight; }}") < 80
+        assert page.evaluate(AT_BOTTOM_JS)
         expect(page.get_by_test_id("jump-latest")).to_be_hidden()
     finally:
         stop.set()
