@@ -3680,6 +3680,73 @@ def test_the_inspector_follows_on_from_its_read_and_leaves_a_reader_scrolled_up_
     assert view.evaluate("v => v.scrollTop") == where
 
 
+def test_the_inspector_says_a_stream_is_empty_and_announces_following_once_per_change(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """An empty stream showed nothing at all where its entries go (the "nothing read" note
+    never showed), and the follow status line, a live region rewritten at every batch, had a
+    screen reader read out each new offset."""
+    path = f"inspect-{uuid.uuid4().hex[:8]}/empty"
+    url = f"{chat_app.url}/v1/stream/{path}"
+    json_type = {"Content-Type": "application/json"}
+    created(requests.put(url, headers=json_type, timeout=10))
+    page = open_chat(new_context(), f"{chat_app.url}/inspector#path={quote(path, safe='')}")
+    placeholder = page.get_by_test_id("content-placeholder")
+    expect(placeholder).to_have_text("The stream is empty.")
+    expect(placeholder).to_be_visible()
+    page.get_by_test_id("follow-toggle").click()
+    announcer = page.get_by_test_id("follow-announcer")
+    expect(announcer).to_contain_text("Following live")
+    expect(announcer).to_have_attribute("aria-live", "polite")
+    assert page.get_by_test_id("follow-state").get_attribute("aria-live") is None
+    announcer.evaluate("""a => {
+        window.announced = 0;
+        new MutationObserver(() => { window.announced += 1; })
+            .observe(a, { childList: true, characterData: true, subtree: true });
+    }""")
+    with requests.Session() as http:
+        for n in range(1, 11):
+            assert http.post(url, headers=json_type, data=json.dumps({"n": n}), timeout=10).ok
+            expect(page.get_by_test_id("content-entry")).to_have_count(n)
+        tail = http.head(url, timeout=10).headers["Stream-Next-Offset"]
+    expect(page.get_by_test_id("follow-state")).to_contain_text(tail)
+    expect(placeholder).to_be_hidden()
+    # Ten batches, each a new offset on the visible line: at most "up to date" coming and
+    # going is announced, not the offsets.
+    assert page.evaluate("window.announced") <= 4
+    page.get_by_test_id("follow-toggle").click()
+    expect(announcer).to_contain_text("Stopped following")
+
+
+def test_each_list_of_the_inspector_is_one_tab_stop(chat_app: ServerProcess,
+                                                    new_context: NewContext) -> None:
+    """Every listed stream was a Tab stop: up to 500 of them between the filter and the rest
+    of the page. A list is one stop now (the arrows move within it), which comes back to the
+    item last focused."""
+    root = f"{chat_app.url}/v1/stream"
+    tag = uuid.uuid4().hex[:8]
+    with requests.Session() as http:
+        for name in ("a", "b", "c"):
+            created(http.put(f"{root}/tabs-{tag}/{name}", headers={"Content-Type": "text/plain"}))
+    page = open_chat(new_context(), f"{chat_app.url}/inspector")
+    page.get_by_test_id("stream-filter").fill(f"tabs-{tag}/")
+    items = page.get_by_test_id("stream-list-item")
+    expect(items).to_have_count(3)
+    focused_path = "() => document.activeElement?.dataset.path ?? null"
+    page.get_by_test_id("stream-filter").press("Tab")
+    assert page.evaluate(focused_path) == f"tabs-{tag}/a"
+    page.keyboard.press("Tab")
+    assert page.evaluate(focused_path) not in {f"tabs-{tag}/b", f"tabs-{tag}/c"}
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate(focused_path) == f"tabs-{tag}/a"
+    page.keyboard.press("ArrowDown")
+    assert page.evaluate(focused_path) == f"tabs-{tag}/b"
+    page.keyboard.press("Shift+Tab")  # back to the filter
+    assert page.evaluate("() => document.activeElement?.dataset.testid") == "stream-filter"
+    page.keyboard.press("Tab")
+    assert page.evaluate(focused_path) == f"tabs-{tag}/b"
+    assert page.locator('[data-testid="stream-list"] button[tabindex="0"]').count() == 1
+
+
 def test_the_inspector_shows_the_start_of_a_large_binary_entry_as_text_and_a_remade_stream_anew(
         chat_app: ServerProcess, new_context: NewContext) -> None:
     """As text, an entry of 8 MiB of random bytes was laid out whole (42 s of a frozen page);

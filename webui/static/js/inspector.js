@@ -285,6 +285,7 @@ function renderStreamList() {
   const { listed, extra } = matchingStreams();
   const shown = extra.length ? [...listed, ...extra] : listed;
   setChildren($("stream-list"), shown.slice(0, LIST_LIMIT).map(streamItem));
+  rovingTabStop($("stream-list"));
   const fetched = listing.streams.length;
   let text = plural(listing.streamsTotal, "stream");
   // The server lists a page at a time: the filter looks at the page, and the path box opens any.
@@ -340,6 +341,7 @@ async function loadSubscriptions({ probe = false } = {}) {
   $("subscriptions-refresh").hidden = false;
   const list = listing.subscriptions;
   setChildren($("subscription-list"), list.slice(0, LIST_LIMIT).map(subscriptionItem));
+  rovingTabStop($("subscription-list"));
   let text = total ? plural(total, "subscription") : "No subscriptions on this server";
   if (Math.min(list.length, LIST_LIMIT) < total) text += ` · the first ${Math.min(list.length, LIST_LIMIT)} by id are shown; open others by their id`;
   result.textContent = `${text} · listed at ${clock()}`;
@@ -391,6 +393,20 @@ function markSelectedSubscription() {
   }
 }
 
+/** A list is one Tab stop (each of up to 500 items was one): `stop`, else the item marked
+ * current, else the first. The arrows move between the items. */
+function rovingTabStop(list, stop = null) {
+  const items = [...list.querySelectorAll("button.list-item")];
+  stop ??= items.find((b) => b.getAttribute("aria-current") === "true") ?? items[0];
+  for (const b of items) b.tabIndex = b === stop ? 0 : -1;
+}
+
+/** Tab leads back to the item last focused in a list. */
+function keepTabStop(event) {
+  const item = event.target.closest("button.list-item");
+  if (item) rovingTabStop(event.currentTarget, item);
+}
+
 /** Up and down arrows move between the items of a list (Tab still leaves it). */
 function arrowKeys(event) {
   if (event.key !== "ArrowDown" && event.key !== "ArrowUp") return;
@@ -419,7 +435,8 @@ async function open(path, { reveal = false, typed = false } = {}) {
   stopFollowing();
   if (path !== state.path) {
     // What was said about another stream's reads and writes is not about this one.
-    for (const id of ["follow-state", "append-result", "create-result"]) {
+    followStateKind = null;
+    for (const id of ["follow-state", "follow-announcer", "append-result", "create-result"]) {
       $(id).textContent = "";
       $(id).className = $(id).className.replace(/\s*\b(ok|error)\b/g, "");
     }
@@ -562,15 +579,15 @@ function relative(iso) {
 async function readFrom(offset) {
   const path = state.path;
   const kind = bodyKind(state.meta?.contentType);
-  $("follow-state").textContent = "Reading…";
+  sayFollowState("Reading…");
   try {
     const { pages, nextOffset, closed, truncated } = await client.readAll(path, offset);
     if (path !== state.path) return;
     state.pages = pages.map((p) => decodePage(kind, p));
     renderContent();
-    $("follow-state").textContent = `Read up to offset ${nextOffset}${closed ? " · stream closed (EOF)" : ""}${truncated ? " · stopped after 8 MiB" : ""}`;
+    sayFollowState(`Read up to offset ${nextOffset}${closed ? " · stream closed (EOF)" : ""}${truncated ? " · stopped after 8 MiB" : ""}`);
   } catch (err) {
-    $("follow-state").textContent = `Read failed: ${err.message || err}`;
+    sayFollowState(`Read failed: ${err.message || err}`);
   }
 }
 
@@ -599,7 +616,7 @@ function viewMode() {
 // What the content view shows of `state.pages`, so that a live batch adds only its own nodes:
 // rebuilt whole at every batch, a stream followed while it grew by hundreds of appends a
 // second froze the page for minutes.
-const shown = { mode: null, pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, groups: [], summary: null, lineChars: 80 };
+const shown = { mode: null, pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, groups: [], summary: null, placeholder: null, lineChars: 80 };
 
 /** Show `state.pages` afresh (another stream, read or view). */
 function renderContent() {
@@ -607,7 +624,8 @@ function renderContent() {
   const stick = view.scrollHeight - view.scrollTop - view.clientHeight < 40;
   Object.assign(shown, { mode: viewMode(), pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, groups: [] });
   shown.summary = el("div", { class: "batch-mark", hidden: true });
-  view.replaceChildren(shown.summary);
+  shown.placeholder = el("p", { class: "content-placeholder", dataset: { testid: "content-placeholder" } });
+  view.replaceChildren(shown.placeholder, shown.summary);
   shown.lineChars = charsPerLine(view);
   // Only the newest RENDER_LIMIT entries are built.
   let entries = 0;
@@ -624,6 +642,13 @@ const renderNewPages = frameThrottle(() => {
   showNewPages(view, 0);
   if (stick) view.scrollTop = view.scrollHeight; // a reader scrolled up stays where they are
 });
+
+/** What the content view says while it shows no entry. */
+function placeholderText() {
+  const from = state.pages[0]?.from;
+  if (from === undefined) return state.follow ? "Nothing appended since following began." : "Nothing read yet.";
+  return from === "-1" ? "The stream is empty." : `No entries from offset ${from}.`;
+}
 
 /** Append the pages not shown yet, their first `skip` entries counted but not built; then
  * drop the oldest groups that RENDER_LIMIT entries are shown without. */
@@ -694,6 +719,8 @@ function showNewPages(view, skip) {
     // of entries read at once are mostly off screen), so that the scroll bar is about right.
     group.node.style.containIntrinsicSize = `auto ${Math.round(group.height)}px`;
   }
+  shown.placeholder.hidden = shown.entries > 0;
+  shown.placeholder.textContent = placeholderText();
   shown.summary.hidden = shown.hidden === 0;
   shown.summary.textContent = `${shown.hidden} earlier ${shown.hidden === 1 ? "entry" : "entries"} not shown`;
   $("content-summary").textContent = shown.messages ? `${shown.messages} message${shown.messages === 1 ? "" : "s"}` : shown.bytes ? `${shown.bytes} bytes` : "";
@@ -774,7 +801,7 @@ function startFollowing() {
       else page.bytes = batch.bytes ?? new TextEncoder().encode(batch.text ?? "");
       if ((page.messages?.length ?? page.bytes.length) > 0 || batch.closed) state.pages.push(page);
       state.followedTo = batch.to;
-      $("follow-state").textContent = `Following live · offset ${batch.to}${batch.upToDate ? " · up to date" : ""}${batch.closed ? " · stream closed (EOF)" : ""}`;
+      sayFollowing(batch.to, batch.upToDate, batch.closed);
       $("meta-tail-offset").textContent = batch.to;
       renderNewPages();
     },
@@ -782,8 +809,8 @@ function startFollowing() {
       if (state.follow !== abort) return;
       status.setStream("inspected", s);
       // Followed from the tail, the first answer may hold no batch: it says so all the same.
-      if (s.state === "live") $("follow-state").textContent = `Following live · offset ${state.followedTo ?? offset}${s.upToDate ? " · up to date" : ""}`;
-      if (s.state === "reconnecting") $("follow-state").textContent = `Connection lost, reconnecting (attempt ${s.attempt})…`;
+      if (s.state === "live") sayFollowing(state.followedTo ?? offset, s.upToDate, false);
+      if (s.state === "reconnecting") sayFollowState(`Connection lost, reconnecting (attempt ${s.attempt})…`, "reconnecting");
       if (s.state === "error") {
         stopFollowing(true, `Live read refused: ${s.error?.message ?? s.error}`);
         refreshMeta(); // e.g. 410: deleted, kept for its forks
@@ -811,7 +838,23 @@ function stopFollowing(abort = true, why = null) {
   state.follow = null;
   status.removeStream("inspected");
   setFollowButton(false);
-  $("follow-state").textContent = why ?? `Stopped following${atOffset()}.`;
+  sayFollowState(why ?? `Stopped following${atOffset()}.`);
+}
+
+let followStateKind = null;
+
+/** Set the status line of reads and live reads. What it says is announced to a screen reader
+ * only when its `kind` changes: a followed stream rewrites it at every batch. */
+function sayFollowState(text, kind = text) {
+  $("follow-state").textContent = text;
+  if (kind === followStateKind) return;
+  followStateKind = kind;
+  $("follow-announcer").textContent = text;
+}
+
+function sayFollowing(offset, upToDate, closed) {
+  const kind = `following${upToDate ? " up to date" : ""}${closed ? " closed" : ""}`;
+  sayFollowState(`Following live · offset ${offset}${upToDate ? " · up to date" : ""}${closed ? " · stream closed (EOF)" : ""}`, kind);
 }
 
 function atOffset() {
@@ -953,8 +996,10 @@ function main() {
       items[0].focus();
     }
   });
-  $("stream-list").addEventListener("keydown", arrowKeys);
-  $("subscription-list").addEventListener("keydown", arrowKeys);
+  for (const list of [$("stream-list"), $("subscription-list")]) {
+    list.addEventListener("keydown", arrowKeys);
+    list.addEventListener("focusin", keepTabStop);
+  }
   loadStreams({ probe: true });
   loadSubscriptions({ probe: true });
   document.body.dataset.ready = "true";
