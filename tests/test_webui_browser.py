@@ -2881,6 +2881,38 @@ def test_a_page_ahead_of_a_wiped_server_says_so(
         app.terminate()
 
 
+def test_a_message_sent_after_the_server_lost_everything_lists_its_conversation_again(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """The data directory wiped with no agents running, nothing made the conversation list
+    again: a message the open page sent made the conversation's streams anew, and nobody
+    listed it, so no page loaded afterwards showed that conversation."""
+    data = tmp_path / "app"
+    app = start_chat_app(data, model_url=model.url, config={"EMBEDDED_SUPERVISOR": "false"})
+    try:
+        page = open_chat(new_context(), app.url)
+        before = unique("Before the wipe")
+        send_prompt(page, before)
+        cid = page.evaluate("() => location.hash.slice('#/c/'.length)")
+        deadline = time.monotonic() + 10
+        while not any(m.get("id") == cid for m in read_json_stream(app.url, "conversations")):
+            assert time.monotonic() < deadline, "the conversation was never listed"
+            time.sleep(0.1)
+        app.terminate()
+        shutil.rmtree(data)
+        app.start()
+        expect(page.get_by_test_id("streams-missing")).to_contain_text(
+            "Nothing of this conversation is on the server", timeout=20_000)
+        after = unique("After the wipe")
+        send_prompt(page, after)
+        fresh = open_chat(new_context(), app.url)
+        item = fresh.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+        expect(item).to_contain_text("Before the wipe")
+        item.click()
+        expect(turn_for(fresh, after)).to_have_count(1)
+    finally:
+        app.terminate()
+
+
 def test_a_prompt_too_long_to_keep_is_refused_in_the_page_and_its_text_kept(
         chat_app: ServerProcess, new_context: NewContext) -> None:
     """Over about 2.5 million characters a prompt no longer fit the tab's sessionStorage,

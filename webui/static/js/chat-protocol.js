@@ -126,9 +126,10 @@ export function sendPrompt(outbox, conversationId, content, promptId = newPrompt
   return { promptId, ...entry };
 }
 
-/** Give a listed conversation a new title: its `conversation` message again, every tab
- * taking the latest title. Returns null when `title` is blank (nothing to rename to). */
-export function renameConversation(outbox, { id, title }) {
+/** List a conversation again under `title`: its `conversation` message again. Every tab
+ * takes the latest title (a rename), and a list that lost it (a server whose data was
+ * wiped) has it again; a deleted one stays deleted. Returns null when `title` is blank. */
+export function listConversation(outbox, { id, title }) {
   const clean = cleanTitle(title);
   if (!clean) return null;
   return outbox.enqueue(

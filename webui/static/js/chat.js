@@ -730,12 +730,16 @@ function retry(promptId) {
 
 function sendPrompt(text, promptId = undefined) {
   const id = current.id;
-  if (!isKnown(id)) {
+  const known = isKnown(id);
+  if (!known) {
     protocol.startConversation(outbox, { id, title: protocol.titleFrom(text) });
     if (idFromHash() !== id) history.replaceState(null, "", `#/c/${id}`);
   }
   // A stream found missing is made again first (else only a missing prompts stream is).
   const remake = current.missing.prompts || current.missing.responses;
+  // Its streams gone, the server may have lost its list too (its data wiped): without its
+  // listing again, no page loaded from now on would show the conversation.
+  if (remake && known) protocol.listConversation(outbox, { id, title: conversationTitle(id) });
   protocol.sendPrompt(outbox, id, text, promptId, { ensured: !remake });
   // Lists show the most recently active first, with the time of that activity: say so
   // unless the list says it already.
@@ -805,7 +809,7 @@ function endRename(save) {
   ui.title.classList.remove("visually-hidden");
   ui.rename.hidden = false;
   if (save && current && !protocol.isBlank(title) && title.trim() !== conversationTitle(current.id)) {
-    protocol.renameConversation(outbox, { id: current.id, title });
+    protocol.listConversation(outbox, { id: current.id, title });
     if (protocol.titleIsCut(title)) showTitleNote(`Title cut to ${protocol.MAX_TITLE_CHARS} characters`);
   }
   scheduleRender();
