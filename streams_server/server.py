@@ -27,6 +27,13 @@ _HTTP_VERSION = re.compile(r"HTTP/(\d+)\.(\d+)")
 _ABSOLUTE_FORM = re.compile(r"(?i:https?)://([^/?#]*)([^#]*)")  # RFC 9112, 3.2.2
 _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a token (RFC 9110, 5.1)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a field value only HTAB may be
+# Request headers that hold one value. pywsgi joins a repeated header's values with a comma:
+# "Stream-Closed: true" twice read as "true,true" (not closed), two Producer-Ids as one id
+# "a,b". A repeat with the same value is dropped; one with another value is refused.
+_SINGLE_VALUED = {name.lower(): name for name in (
+    "Authorization", "Content-Type", "Last-Event-ID", "Origin", "Producer-Epoch", "Producer-Id",
+    "Producer-Seq", "Stream-Closed", "Stream-Expires-At", "Stream-Fork-Offset",
+    "Stream-Fork-Sub-Offset", "Stream-Forked-From", "Stream-Seq", "Stream-TTL")}
 
 SOCKET_TIMEOUT_S = 120.0
 """How long a connection may send or take nothing while the server waits on it (see `serve`)."""
@@ -429,6 +436,7 @@ class RequestHeaders:
 
     def __init__(self, rfile: Any) -> None:
         self._lines: list[tuple[str, str]] = []  # (lower-case name, line)
+        self._seen: set[str] = set()  # lower-case names
         for _ in range(self.MAX_HEADERS + 1):
             raw = rfile.readline(self.MAX_LINE + 1)
             if len(raw) > self.MAX_LINE:
@@ -459,10 +467,14 @@ class RequestHeaders:
             key = name.lower()
             if key == "host" and any(k == "host" for k, _ in self._lines):
                 raise UnreadableRequest("the request has more than one Host header")
-            if key == "content-type" and any(
-                    k == key and _value(earlier) != _value(line) for k, earlier in self._lines):
-                # This server would take the first, Werkzeug's the last: a proxy may too.
-                raise UnreadableRequest("the request has conflicting Content-Type headers")
+            if key in _SINGLE_VALUED and key in self._seen:
+                if any(k == key and _value(earlier) != _value(line) for k, earlier in self._lines):
+                    # Which one counts? This server would take the first, Werkzeug's the
+                    # last, and a proxy either.
+                    raise UnreadableRequest(
+                        f"the request has conflicting {_SINGLE_VALUED[key]} headers")
+                continue
+            self._seen.add(key)
             self._lines.append((key, line))
         raise _too_large(f"the request has more than {self.MAX_HEADERS} headers")
 

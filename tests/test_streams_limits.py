@@ -485,6 +485,31 @@ def test_conflicting_content_lengths_are_refused_by_the_standalone_server(
                                  b"Content-Length: 10\r\nContent-Length: 3\r\n", b"abcGET /v1")
 
 
+def test_a_protocol_header_given_twice_counts_once_or_is_refused_by_the_standalone_server(
+    roomy: StreamsHttp,
+) -> None:
+    """pywsgi joined a repeated header's values with a comma: `Stream-Closed: true` twice
+    read as "true,true", so the append left the stream open, and two different Producer-Ids
+    made one producer "a,b". (Werkzeug's server joins them too: `flask run` cannot tell.)"""
+    roomy.put("closed-twice", content_type=BINARY).raise_for_status()
+    head = (b"POST /v1/stream/closed-twice HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+            b"Stream-Closed: true\r\nStream-Closed: true\r\nContent-Length: 3\r\n\r\n"
+            % BINARY.encode())
+    status, payload = _raw_exchange(roomy.base_url, head, b"abc")
+    assert status in (200, 204), payload
+    assert roomy.head("closed-twice").headers.get("Stream-Closed") == "true"
+    assert roomy.get("closed-twice").content == b"abc"
+
+    roomy.put("two-producers", content_type=BINARY).raise_for_status()
+    head = (b"POST /v1/stream/two-producers HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+            b"Producer-Id: a\r\nProducer-Id: b\r\nProducer-Epoch: 0\r\nProducer-Seq: 0\r\n"
+            b"Content-Length: 3\r\n\r\n" % BINARY.encode())
+    status, payload = _raw_exchange(roomy.base_url, head, b"abc")
+    assert status == 400, payload
+    assert "conflicting Producer-Id headers" in json.loads(payload)["error"]["message"]
+    assert roomy.get("two-producers").content == b""
+
+
 def test_the_shared_encodings_of_sse_batches_are_bounded_in_bytes() -> None:
     """Every SSE batch's encoding was kept for its other readers, up to 512 of them whatever
     their size: one reader catching up with a large stream left hundreds of MB behind."""
