@@ -709,6 +709,10 @@ def test_explicit_settings_win_and_demo_can_be_forced(caplog: pytest.LogCaptureF
         assert isinstance(model_from_settings("demo", env=env), DemoModel)
     # Not "set ANTHROPIC_API_KEY to use Claude": it is set.
     assert "model: demo (offline, 30 tokens/s); as asked (the API key is not used)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="agent_actors.models"):
+        model_from_settings("demo", env={}, demo_tokens_per_second=2.5)
+    assert "model: demo (offline, 2.5 tokens/s)" in caplog.text  # was "2 tokens/s"
 
 
 def test_normalize_turns() -> None:

@@ -52,7 +52,7 @@ def model_from_settings(
         why = ("as asked (the API key is not used)" if api_key
                else "ANTHROPIC_API_KEY is blank" if given_key is not None
                else "set ANTHROPIC_API_KEY to use Claude")
-        log.info("model: demo (offline, %.0f tokens/s); %s", demo_tokens_per_second, why)
+        log.info("model: demo (offline, %g tokens/s); %s", demo_tokens_per_second, why)
         return DemoModel(tokens_per_second=demo_tokens_per_second,
                          first_token_latency=demo_first_token_latency)
     model = AnthropicModel(api_key=api_key, model=name or DEFAULT_ANTHROPIC_MODEL,
