@@ -342,6 +342,9 @@ def test_flask_run_refuses_a_damaged_data_dir_clearly(tmp_path: Path, damaged: s
     ("STREAMS_AUTH_TOKEN", "t\u00f6k\u20acn",
      "CHAT_STREAMS_AUTH_TOKEN must be visible ASCII characters without spaces"),
     ("DATA_DIR", "", "CHAT_DATA_DIR must be a directory, not ''"),  # it said "text"
+    # No such user: it made a directory named "~nosuchuser" where `flask run` started.
+    ("DATA_DIR", "~nosuchuser/chat",
+     "CHAT_DATA_DIR starts with '~nosuchuser', which names no home directory on this machine"),
     ("DATA_DIR__X", "1",  # Flask's syntax for a key inside a setting: a traceback
      "CHAT_DATA_DIR__X is not a setting: CHAT_DATA_DIR has no parts to set"),
     ("AGENT_STREAMS_URL", "localhost:4437/v1/stream",

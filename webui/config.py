@@ -196,6 +196,11 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 def check_config(config: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> None:
     problems = [f"CHAT_{key} must be {wanted}, not {config[key]!r}"
                 for key, (ok, wanted) in _CHECKS.items() if not ok(config[key])]
+    data_dir = config["DATA_DIR"]
+    if isinstance(data_dir, str) and data_dir.startswith("~"):
+        # Still so once expanded: the app made a directory named "~nouser" where it started.
+        problems.append(f"CHAT_DATA_DIR starts with {data_dir.split('/')[0]!r}, which names no"
+                        " home directory on this machine")
     model_url = env.get("ANTHROPIC_BASE_URL") or None
     if model_url is not None and not is_http_url(model_url):
         problems.append(f"ANTHROPIC_BASE_URL must be {HTTP_URL}, not {model_url!r}")
