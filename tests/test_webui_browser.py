@@ -3779,6 +3779,39 @@ def test_each_list_of_the_inspector_is_one_tab_stop(chat_app: ServerProcess,
     assert page.locator('[data-testid="stream-list"] button[tabindex="0"]').count() == 1
 
 
+def test_the_inspector_reads_on_past_8_mib_and_saves_an_entry_whole(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """A read stopped after 8 MiB, with no way on to the rest of the stream; and of an entry
+    only the first 64 KiB could be seen, or saved."""
+    path = f"inspect-{uuid.uuid4().hex[:8]}/large"
+    url = f"{chat_app.url}/v1/stream/{path}"
+    octets = {"Content-Type": "application/octet-stream"}
+    created(requests.put(url, headers=octets, timeout=10))
+    with requests.Session() as http:
+        for n in range(10):
+            assert http.post(url, headers=octets, data=bytes([n]) * 1_000_000, timeout=30).ok
+        tail = http.head(url, timeout=10).headers["Stream-Next-Offset"]
+    page = open_chat(new_context(accept_downloads=True),
+                     f"{chat_app.url}/inspector#path={quote(path, safe='')}")
+    state = page.get_by_test_id("follow-state")
+    expect(state).to_contain_text("stopped after 8 MiB")
+    expect(state).not_to_contain_text(tail)
+    read_on = page.get_by_test_id("read-on")
+    read_on.click()
+    expect(state).to_have_text(f"Read up to offset {tail}")
+    expect(read_on).to_be_hidden()
+    assert page.get_by_test_id("read-offset").input_value() not in ("", "-1")  # where it begins
+    last = page.get_by_test_id("content-entry").last
+    size = re.match(r"\d+", last.locator(".entry-head").inner_text())
+    assert size
+    shown = int(size.group())
+    with page.expect_download() as download:
+        last.get_by_test_id("entry-save").click()
+    saved = Path(download.value.path()).read_bytes()
+    assert len(saved) == shown > 64 * 1024
+    assert saved == bytes([9]) * shown  # the stream's last bytes, all of them
+
+
 def test_the_inspector_shows_the_start_of_a_large_binary_entry_as_text_and_a_remade_stream_anew(
         chat_app: ServerProcess, new_context: NewContext) -> None:
     """As text, an entry of 8 MiB of random bytes was laid out whole (42 s of a frozen page);

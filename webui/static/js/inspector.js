@@ -37,6 +37,7 @@ const state = {
   pages: [], // [{from, to, messages?, bytes?, live?}]
   follow: null, // AbortController of the live read
   followedTo: null, // the offset the live read had reached (null: none delivered yet)
+  readOn: null, // where a read stopped after 8 MiB, to read on from
 };
 
 // --------------------------------------------------------------------------------- paths
@@ -443,6 +444,7 @@ async function open(path, { reveal = false, typed = false } = {}) {
   }
   state.path = path;
   state.pages = [];
+  setReadOn(null);
   $("inspector-path").value = path;
   $("inspector-title").textContent = path;
   document.title = `${path} · Stream inspector`;
@@ -576,9 +578,12 @@ function relative(iso) {
 
 // ------------------------------------------------------------------------------- content
 
+/** Read from `offset` up to the tail, or 8 MiB of it: the "Read the next 8 MiB" button then
+ * reads on from where that stopped, in place of what it shows. */
 async function readFrom(offset) {
   const path = state.path;
   const kind = bodyKind(state.meta?.contentType);
+  setReadOn(null);
   sayFollowState("Reading…");
   try {
     const { pages, nextOffset, closed, truncated } = await client.readAll(path, offset);
@@ -586,9 +591,22 @@ async function readFrom(offset) {
     state.pages = pages.map((p) => decodePage(kind, p));
     renderContent();
     sayFollowState(`Read up to offset ${nextOffset}${closed ? " · stream closed (EOF)" : ""}${truncated ? " · stopped after 8 MiB" : ""}`);
+    if (truncated && !state.follow) setReadOn(nextOffset);
   } catch (err) {
     sayFollowState(`Read failed: ${err.message || err}`);
   }
+}
+
+function setReadOn(offset) {
+  state.readOn = offset;
+  $("read-on").hidden = offset === null;
+}
+
+function readOn() {
+  const offset = state.readOn;
+  if (offset === null) return;
+  $("read-offset").value = offset; // where what is shown begins
+  readFrom(offset);
 }
 
 function decodePage(kind, page) {
@@ -700,7 +718,15 @@ function showNewPages(view, skip) {
       if (skipped()) continue;
       const text = mode === "hex" ? hexDump(page.bytes, base, SHOWN_BYTES) : mode === "json" ? prettyJsonText(page.bytes) : textStart(page.bytes);
       addEntry(el("div", { class: "entry", dataset: { testid: "content-entry" } },
-        el("div", { class: "entry-head" }, el("span", {}, `${page.bytes.length} bytes`)),
+        el("div", { class: "entry-head" }, el("span", {}, `${page.bytes.length} bytes`),
+          // Only its first SHOWN_BYTES are shown: the rest is there to save.
+          page.bytes.length > SHOWN_BYTES ? el("button", {
+            type: "button",
+            class: "entry-save",
+            dataset: { testid: "entry-save" },
+            "aria-label": `Save all ${page.bytes.length} bytes of this entry`,
+            onclick: () => saveBytes(page),
+          }, "Save all") : null),
         el("pre", {}, text)), text);
     }
     if (mark && !page.messages?.length && !page.bytes?.length && skip <= 0) add(mark, false, MARK_PX);
@@ -765,6 +791,17 @@ function textStart(bytes) {
   return `${start}\n… ${bytes.length - SHOWN_BYTES} more bytes`;
 }
 
+/** Download an entry's bytes as a file. */
+function saveBytes(page) {
+  const url = URL.createObjectURL(new Blob([page.bytes], { type: "application/octet-stream" }));
+  const name = `${state.path.split("/").pop() || "stream"}-${page.from}.bin`;
+  const link = el("a", { href: url, download: name, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
 function prettyJsonText(bytes) {
   if (bytes.length > SHOWN_BYTES) return textStart(bytes);
   const text = new TextDecoder().decode(bytes);
@@ -787,6 +824,7 @@ function startFollowing() {
   const abort = new AbortController();
   state.follow = abort;
   state.followedTo = after; // where what is shown ends (null: nothing read yet)
+  setReadOn(null);
   if (after === null) state.pages = [];
   renderContent();
   setFollowButton(true);
@@ -968,6 +1006,7 @@ function main() {
     stopFollowing();
     readFrom($("read-offset").value.trim() || "-1");
   });
+  $("read-on").addEventListener("click", readOn);
   $("read-view").addEventListener("change", renderContent);
   $("follow-toggle").addEventListener("click", () => (state.follow ? stopFollowing() : startFollowing()));
   $("append-form").addEventListener("submit", appendData);
