@@ -561,6 +561,9 @@ def test_a_message_waiting_for_the_answer_above_can_be_cancelled_before_it_is_as
     expect(turn_for(page, after).get_by_test_id("cancel-queued")).to_be_visible()
     wait_state(page, first, "done", timeout=30_000)
     wait_state(page, mistake, "cancelled")
+    # Once the agent has ended it: still withdrawn, not "Stopped by request".
+    expect(turn_for(page, mistake).get_by_test_id("answer-meta")).to_contain_text(
+        "Withdrawn: not answered")
     wait_state(page, after, "done")
     assert answer_text(page, first) == norm(first_reply)
     asked = [request["messages"][-1]["content"] for request in model.requests]

@@ -480,7 +480,9 @@ const STOP_REASONS = {
 function metaItems(turn, state) {
   const items = [];
   const add = (text, cls) => items.push(el("span", { class: cls ?? "" }, text));
-  if (state === "cancelled") add("Stopped by request", "tag tag-warn");
+  // Stopped before a word of it was written (most often withdrawn while it waited): it said
+  // "Stopped by request", as if an answer had been begun.
+  if (state === "cancelled") add(turn.text ? "Stopped by request" : "Withdrawn: not answered", "tag tag-warn");
   if (state === "error") add("Failed", "tag tag-error");
   if (turn.restarts > 0) add(turn.restarts === 1 ? "↻ Answer restarted" : `↻ Answer restarted ${turn.restarts}×`, "tag");
   if (state === "done" && turn.stopReason && turn.stopReason !== "end_turn") {
