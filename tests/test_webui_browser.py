@@ -3773,6 +3773,10 @@ def test_each_list_of_the_inspector_is_one_tab_stop(chat_app: ServerProcess,
     assert page.evaluate(focused_path) not in {f"tabs-{tag}/b", f"tabs-{tag}/c"}
     page.keyboard.press("Shift+Tab")
     assert page.evaluate(focused_path) == f"tabs-{tag}/a"
+    page.keyboard.press("End")
+    assert page.evaluate(focused_path) == f"tabs-{tag}/c"
+    page.keyboard.press("Home")
+    assert page.evaluate(focused_path) == f"tabs-{tag}/a"
     page.keyboard.press("ArrowDown")
     assert page.evaluate(focused_path) == f"tabs-{tag}/b"
     page.keyboard.press("Shift+Tab")  # back to the filter
@@ -3797,19 +3801,32 @@ def test_the_inspector_reads_on_past_8_mib_and_saves_an_entry_whole(
     page = open_chat(new_context(accept_downloads=True),
                      f"{chat_app.url}/inspector#path={quote(path, safe='')}")
     state = page.get_by_test_id("follow-state")
-    expect(state).to_contain_text("stopped after 8 MiB")
+    expect(state).to_contain_text("stopped after")
     expect(state).not_to_contain_text(tail)
+    summary = page.get_by_test_id("content-summary")
+    expect(summary).to_have_text(re.compile(r"^\d+ bytes$"))
+    first_read = int(summary.inner_text().split()[0])
+    assert first_read >= 8 * 1024 * 1024
+    # How much it read, not "8 MiB" whatever it was.
+    expect(state).to_contain_text(f"stopped after {first_read / 1024 / 1024:.1f} MiB")
     read_on = page.get_by_test_id("read-on")
     read_on.click()
     expect(state).to_have_text(f"Read up to offset {tail}")
     expect(read_on).to_be_hidden()
+    expect(summary).to_have_text(f"{10_000_000 - first_read} bytes")
     assert page.get_by_test_id("read-offset").input_value() not in ("", "-1")  # where it begins
+    # A hex dump's addresses go on from the first read's (they began at 0 again).
+    page.get_by_test_id("read-view").select_option("hex")
+    first_row = page.get_by_test_id("content-entry").first.locator("pre")
+    expect(first_row).to_contain_text(f"{first_read:08x}  ")
+    page.get_by_test_id("read-view").select_option("auto")
     last = page.get_by_test_id("content-entry").last
     size = re.match(r"\d+", last.locator(".entry-head").inner_text())
     assert size
     shown = int(size.group())
     with page.expect_download() as download:
         last.get_by_test_id("entry-save").click()
+    assert download.value.suggested_filename.endswith(".bin")
     saved = Path(download.value.path()).read_bytes()
     assert len(saved) == shown > 64 * 1024
     assert saved == bytes([9]) * shown  # the stream's last bytes, all of them
@@ -3914,6 +3931,9 @@ def test_the_inspector_says_when_and_why_following_stopped(
     follow_state = page.get_by_test_id("follow-state")
     toggle = page.get_by_test_id("follow-toggle")
     expect(page.get_by_test_id("content-view")).to_contain_text('"n": 1')
+    page.get_by_test_id("stream-filter").fill(path)
+    listed = page.locator(f'[data-testid="stream-list-item"][data-path="{path}"]')
+    expect(listed).to_have_count(1)
     tail = requests.head(f"{root}/{path}", timeout=10).headers["Stream-Next-Offset"]
     toggle.click()
     expect(follow_state).to_contain_text("Following live")
@@ -3928,6 +3948,11 @@ def test_the_inspector_says_when_and_why_following_stopped(
         "Stopped following: the stream no longer exists (404), it was deleted or expired.")
     expect(toggle).to_have_text("Follow live")
     expect(page.get_by_test_id("meta-status")).to_contain_text("404")
+    # That line went with the content card, hidden as the stream is gone: said where it shows.
+    expect(page.get_by_test_id("content-card")).to_be_hidden()
+    expect(page.get_by_test_id("meta-note")).to_be_visible()
+    expect(page.get_by_test_id("meta-note")).to_contain_text("deleted (or expired) while it was followed")
+    expect(listed).to_have_count(0)  # the list of streams, seen to be out of date, read again
 
     for n in (1, 2):  # a missing path, created here; then another
         page.get_by_test_id("inspector-path").fill(f"inspect-{tag}/new-{n}")

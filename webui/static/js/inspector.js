@@ -38,6 +38,7 @@ const state = {
   follow: null, // AbortController of the live read
   followedTo: null, // the offset the live read had reached (null: none delivered yet)
   readOn: null, // where a read stopped after 8 MiB, to read on from
+  byteBase: 0, // the byte the pages start at, as far as this page knows (hex addresses)
 };
 
 // --------------------------------------------------------------------------------- paths
@@ -408,14 +409,16 @@ function keepTabStop(event) {
   if (item) rovingTabStop(event.currentTarget, item);
 }
 
-/** Up and down arrows move between the items of a list (Tab still leaves it). */
+/** Up and down arrows move between the items of a list, Home and End to its first and last
+ * (Tab still leaves it). */
 function arrowKeys(event) {
-  if (event.key !== "ArrowDown" && event.key !== "ArrowUp") return;
+  const step = { ArrowDown: 1, ArrowUp: -1, Home: -Infinity, End: Infinity }[event.key];
+  if (step === undefined) return;
   const items = [...event.currentTarget.querySelectorAll("button.list-item")];
   const at = items.indexOf(document.activeElement);
   if (at < 0) return;
   event.preventDefault();
-  items[Math.max(0, Math.min(items.length - 1, at + (event.key === "ArrowDown" ? 1 : -1)))].focus();
+  items[Math.max(0, Math.min(items.length - 1, at + step))].focus();
 }
 
 // ------------------------------------------------------------------------------- opening
@@ -444,7 +447,9 @@ async function open(path, { reveal = false, typed = false } = {}) {
   }
   state.path = path;
   state.pages = [];
+  state.byteBase = 0;
   setReadOn(null);
+  sayInMeta("");
   $("inspector-path").value = path;
   $("inspector-title").textContent = path;
   document.title = `${path} · Stream inspector`;
@@ -492,6 +497,8 @@ async function refreshMeta() {
   const before = state.meta;
   state.meta = meta;
   renderMeta();
+  if (meta.exists) sayInMeta("");
+  else if (meta.status === 404 && listing.streams?.some((s) => s.path === path)) loadStreams(); // listed, now gone
   // Deleted and made again since it was read (seen missing, another type, a shorter tail):
   // what the content shows was another stream's, under a "200 OK" for the new one.
   const shownTo = state.pages.at(-1)?.to;
@@ -579,8 +586,9 @@ function relative(iso) {
 // ------------------------------------------------------------------------------- content
 
 /** Read from `offset` up to the tail, or 8 MiB of it: the "Read the next 8 MiB" button then
- * reads on from where that stopped, in place of what it shows. */
-async function readFrom(offset) {
+ * reads on from where that stopped, in place of what it shows. `byteBase`: the byte of the
+ * stream `offset` is at, if known (where a hex dump's addresses start). */
+async function readFrom(offset, { byteBase = 0 } = {}) {
   const path = state.path;
   const kind = bodyKind(state.meta?.contentType);
   setReadOn(null);
@@ -589,8 +597,10 @@ async function readFrom(offset) {
     const { pages, nextOffset, closed, truncated } = await client.readAll(path, offset);
     if (path !== state.path) return;
     state.pages = pages.map((p) => decodePage(kind, p));
+    state.byteBase = byteBase;
     renderContent();
-    sayFollowState(`Read up to offset ${nextOffset}${closed ? " · stream closed (EOF)" : ""}${truncated ? " · stopped after 8 MiB" : ""}`);
+    const read = pages.reduce((sum, p) => sum + p.bytes.length, 0);
+    sayFollowState(`Read up to offset ${nextOffset}${closed ? " · stream closed (EOF)" : ""}${truncated ? ` · stopped after ${mib(read)}` : ""}`);
     if (truncated && !state.follow) setReadOn(nextOffset);
   } catch (err) {
     sayFollowState(`Read failed: ${err.message || err}`);
@@ -606,7 +616,11 @@ function readOn() {
   const offset = state.readOn;
   if (offset === null) return;
   $("read-offset").value = offset; // where what is shown begins
-  readFrom(offset);
+  readFrom(offset, { byteBase: shown.byteBase }); // a hex dump's addresses go on
+}
+
+function mib(bytes) {
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
 }
 
 function decodePage(kind, page) {
@@ -640,7 +654,7 @@ const shown = { mode: null, pages: 0, entries: 0, hidden: 0, messages: 0, bytes:
 function renderContent() {
   const view = $("content-view");
   const stick = view.scrollHeight - view.scrollTop - view.clientHeight < 40;
-  Object.assign(shown, { mode: viewMode(), pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, groups: [] });
+  Object.assign(shown, { mode: viewMode(), pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: state.byteBase, groups: [] });
   shown.summary = el("div", { class: "batch-mark", hidden: true });
   shown.placeholder = el("p", { class: "content-placeholder", dataset: { testid: "content-placeholder" } });
   view.replaceChildren(shown.placeholder, shown.summary);
@@ -794,7 +808,8 @@ function textStart(bytes) {
 /** Download an entry's bytes as a file. */
 function saveBytes(page) {
   const url = URL.createObjectURL(new Blob([page.bytes], { type: "application/octet-stream" }));
-  const name = `${state.path.split("/").pop() || "stream"}-${page.from}.bin`;
+  const extension = { json: "json", text: "txt" }[bodyKind(state.meta?.contentType)] ?? "bin";
+  const name = `${state.path.split("/").pop() || "stream"}-${page.from}.${extension}`;
   const link = el("a", { href: url, download: name, hidden: true });
   document.body.append(link);
   link.click();
@@ -825,7 +840,10 @@ function startFollowing() {
   state.follow = abort;
   state.followedTo = after; // where what is shown ends (null: nothing read yet)
   setReadOn(null);
-  if (after === null) state.pages = [];
+  if (after === null) {
+    state.pages = [];
+    state.byteBase = 0;
+  }
   renderContent();
   setFollowButton(true);
   client.live(path, {
@@ -851,11 +869,13 @@ function startFollowing() {
       if (s.state === "reconnecting") sayFollowState(`Connection lost, reconnecting (attempt ${s.attempt})…`, "reconnecting");
       if (s.state === "error") {
         stopFollowing(true, `Live read refused: ${s.error?.message ?? s.error}`);
+        sayInMeta(`Following stopped: the live read was refused (${s.error?.message ?? s.error}).`);
         refreshMeta(); // e.g. 410: deleted, kept for its forks
       }
       // The stream was there when following began: gone now, it was deleted (or expired).
       if (s.state === "missing") {
         stopFollowing(true, "Stopped following: the stream no longer exists (404), it was deleted or expired.");
+        sayInMeta("Following stopped: the stream was deleted (or expired) while it was followed.");
         refreshMeta();
       }
       if (s.state === "closed") {
@@ -893,6 +913,12 @@ function sayFollowState(text, kind = text) {
 function sayFollowing(offset, upToDate, closed) {
   const kind = `following${upToDate ? " up to date" : ""}${closed ? " closed" : ""}`;
   sayFollowState(`Following live · offset ${offset}${upToDate ? " · up to date" : ""}${closed ? " · stream closed (EOF)" : ""}`, kind);
+}
+
+/** A word about the stream that stays when its content card goes (a stream gone away). */
+function sayInMeta(text) {
+  $("meta-note").textContent = text;
+  $("meta-note").hidden = !text;
 }
 
 function atOffset() {
