@@ -3831,6 +3831,22 @@ def test_the_inspector_reads_on_past_8_mib_and_saves_an_entry_whole(
     assert len(saved) == shown > 64 * 1024
     assert saved == bytes([9]) * shown  # the stream's last bytes, all of them
 
+    # On a phone a hex dump's row took three lines: it scrolls sideways now, one line a row.
+    phone = open_chat(new_context(viewport=PHONE),
+                      f"{chat_app.url}/inspector#path={quote(path, safe='')}")
+    expect(phone.get_by_test_id("follow-state")).to_contain_text("stopped after")
+    phone.get_by_test_id("read-view").select_option("hex")
+    row = phone.get_by_test_id("content-entry").first.locator("pre")
+    expect(row).to_contain_text("00000000  ")
+    lines_of_first_row = row.evaluate("""pre => {
+        const text = pre.firstChild;
+        const range = document.createRange();
+        range.setStart(text, 0);
+        range.setEnd(text, text.data.indexOf("\\n"));
+        return new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size;
+    }""")
+    assert lines_of_first_row == 1
+
 
 def test_the_inspector_shows_the_start_of_a_large_binary_entry_as_text_and_a_remade_stream_anew(
         chat_app: ServerProcess, new_context: NewContext) -> None:

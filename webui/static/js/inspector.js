@@ -658,7 +658,9 @@ function renderContent() {
   shown.summary = el("div", { class: "batch-mark", hidden: true });
   shown.placeholder = el("p", { class: "content-placeholder", dataset: { testid: "content-placeholder" } });
   view.replaceChildren(shown.placeholder, shown.summary);
-  shown.lineChars = charsPerLine(view);
+  // A hex dump's rows are not wrapped (on a phone each made three lines): they scroll.
+  view.dataset.mode = shown.mode;
+  shown.lineChars = shown.mode === "hex" ? Infinity : charsPerLine(view);
   // Only the newest RENDER_LIMIT entries are built.
   let entries = 0;
   for (const page of state.pages) entries += page.messages ? page.messages.length : page.bytes?.length ? 1 : 0;
