@@ -1068,6 +1068,34 @@ def test_a_failed_answer_can_be_tried_again_from_the_last_turn(
     expect(turns.first.get_by_test_id("retry")).to_have_count(0)
 
 
+def test_an_answer_stopped_behind_a_withdrawn_message_can_be_tried_again(
+    chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+    new_context: NewContext,
+) -> None:
+    """Stopped once the message behind it was withdrawn, an answer offered no Try again:
+    only the last turn did, the withdrawn one."""
+    model.tokens_per_second = 15
+    page = open_chat(new_context(), chat_app.url)
+    first, withdrawn = unique("Stopped after the next was withdrawn"), unique("Withdrawn behind it")
+    replies.set(first, words("long", 200))
+    first_id = send_prompt(page, first)
+    wait_words(page, first_id, 3)
+    send_prompt(page, withdrawn)
+    wait_state(page, withdrawn, "queued")
+    turn_for(page, withdrawn).get_by_test_id("cancel-queued").click()
+    wait_state(page, withdrawn, "withdrawn")
+    page.get_by_test_id("stop-button").click()
+    wait_state(page, first, "cancelled")
+    wait_state(page, withdrawn, "cancelled")
+    turn_for(page, first).get_by_test_id("retry").click()
+    turns = page.get_by_test_id("turn")
+    expect(turns).to_have_count(3)
+    expect(turns.nth(2).get_by_test_id("prompt")).to_contain_text(first)
+    contents = [m["content"] for m in prompt_messages(chat_app.url, conversation_id(page))
+                if m.get("type") == "prompt"]
+    assert contents == [first, withdrawn, first]
+
+
 def test_an_answer_tried_again_can_be_tried_again(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """Each Try again is a new prompt id (`~again1`, `~again2`): reusing one would be the

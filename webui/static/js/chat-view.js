@@ -170,6 +170,10 @@ export class ChatView {
     let stalled = false;
     let waiting = false;
     const last = wanted.at(-1);
+    // Messages withdrawn behind an answer (ended without a word of one) do not take its Try
+    // again: stopped, with the next question withdrawn, it could not be asked again.
+    let lastAsked = last;
+    for (let i = wanted.length - 1; i > 0 && neverAnswered(wanted[i].turn); i--) lastAsked = wanted[i - 1];
     for (const item of wanted) {
       let parts = this.#nodes.get(item.id);
       if (!parts) {
@@ -180,7 +184,7 @@ export class ChatView {
       if (expectedPosition !== parts.li) this.list.insertBefore(parts.li, expectedPosition);
       try {
         if (item.turn) {
-          updateTurn(parts, item.turn, earlierUnfinished, item === last && !closed, offline, answersMissing);
+          updateTurn(parts, item.turn, earlierUnfinished, (item === last || item === lastAsked) && !closed, offline, answersMissing);
           // The agent answers the prompts stream in order: an answer without its prompt there
           // holds up none of them.
           earlierUnfinished ||= !item.turn.final && !!item.turn.prompt;
@@ -397,8 +401,13 @@ function updatePending(parts, pending) {
   parts.answer.hidden = !!pending.failed;
 }
 
-/** `latest`: the conversation's last turn, the one a failed or stopped answer can be tried
- * again from (sending its prompt again). */
+/** A turn stopped before a word of its answer came: most often withdrawn while it waited. */
+function neverAnswered(turn) {
+  return !!turn && !turn.text && turnState(turn) === "cancelled";
+}
+
+/** `latest`: the conversation's last turn (or the last before messages withdrawn after
+ * it), one a failed or stopped answer can be tried again from (sending its prompt again). */
 function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
   // A finished turn changes only with a message (a prompt read after its answer, a restart)
   // or as it stops being the latest: the rest of this is for the turn still being answered.
@@ -482,7 +491,7 @@ function metaItems(turn, state) {
   const add = (text, cls) => items.push(el("span", { class: cls ?? "" }, text));
   // Stopped before a word of it was written (most often withdrawn while it waited): it said
   // "Stopped by request", as if an answer had been begun.
-  if (state === "cancelled") add(turn.text ? "Stopped by request" : "Withdrawn: not answered", "tag tag-warn");
+  if (state === "cancelled") add(neverAnswered(turn) ? "Withdrawn: not answered" : "Stopped by request", "tag tag-warn");
   if (state === "error") add("Failed", "tag tag-error");
   if (turn.restarts > 0) add(turn.restarts === 1 ? "↻ Answer restarted" : `↻ Answer restarted ${turn.restarts}×`, "tag");
   if (state === "done" && turn.stopReason && turn.stopReason !== "end_turn") {
