@@ -2289,6 +2289,37 @@ def test_an_announcement_made_at_once_after_another_joins_it_instead_of_replacin
         "Answer complete. The agent is thinking.")
 
 
+def test_a_message_waiting_for_the_answer_above_is_announced_as_waiting(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """A message sent behind an answer being written was announced as "The agent is
+    thinking." (twice, joined) where the page shows it waiting; withdrawn, it was later
+    announced as "Answer stopped." once the agent had ended it."""
+    model.tokens_per_second = 15
+    page = open_chat(new_context(), chat_app.url)
+    first, second = unique("A long answer to wait for"), unique("Waiting behind it")
+    replies.set(first, words("long", 60))
+    first_id = send_prompt(page, first)
+    wait_words(page, first_id, 3)
+    page.get_by_test_id("announcer").evaluate("""a => {
+        window.said = [];
+        new MutationObserver(() => { if (a.textContent) window.said.push(a.textContent); })
+            .observe(a, { childList: true, characterData: true, subtree: true });
+    }""")
+    send_prompt(page, second)
+    wait_state(page, second, "queued")
+    expect(page.get_by_test_id("announcer")).to_contain_text("Your message waits for the answer above.")
+    turn_for(page, second).get_by_test_id("cancel-queued").click()
+    expect(page.get_by_test_id("announcer")).to_contain_text("Message withdrawn: it will not be answered.")
+    wait_state(page, first, "done", timeout=30_000)
+    wait_state(page, second, "cancelled")
+    expect(page.get_by_test_id("announcer")).to_contain_text("Answer complete.")
+    page.wait_for_timeout(300)
+    said = page.evaluate("window.said")
+    assert not any(text.endswith("The agent is thinking.") for text in said), said
+    assert not any("Answer stopped" in text for text in said), said
+
+
 def test_answers_are_announced_while_the_streams_panel_covers_the_chat(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """Under 1180 px the streams panel opens over the chat, which is then inert: the live

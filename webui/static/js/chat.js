@@ -377,6 +377,7 @@ function openConversation(id) {
     states: new Map(),
     waits: new Map(), // promptId -> how many `wait`s its answer had at the last announcement
   };
+  lastAnnounced = { text: "", at: -Infinity }; // not joined to what another conversation said
   view.clear();
   promptsPanel.reset(null);
   responsesPanel.reset(null);
@@ -637,9 +638,18 @@ function missingStreamsNotice({ prompts, responses }) {
 }
 
 function announceChanges(c, turns, loaded) {
-  const words = { thinking: "The agent is thinking.", done: "Answer complete.", cancelled: "Answer stopped.", error: "The answer failed." };
+  const words = {
+    queued: "Your message waits for the answer above.",
+    thinking: "The agent is thinking.",
+    withdrawn: "Message withdrawn: it will not be answered.",
+    done: "Answer complete.",
+    cancelled: "Answer stopped.",
+    error: "The answer failed.",
+  };
+  let earlierUnfinished = false; // the agent answers in order, as the view shows
   for (const turn of turns) {
-    const state = turnState(turn);
+    const state = announcedState(turn, earlierUnfinished);
+    earlierUnfinished ||= !turn.final && !!turn.prompt;
     const before = c.states.get(turn.promptId);
     c.states.set(turn.promptId, state);
     const waitsBefore = c.waits.get(turn.promptId) ?? 0;
@@ -657,6 +667,16 @@ function announceChanges(c, turns, loaded) {
   if (loaded) c.announceReady = true;
 }
 
+/** A turn's state as the view shows it: one waiting behind an unfinished answer is "queued"
+ * (it was announced as "thinking") and, cancelled, "withdrawn", as it stays once the agent
+ * has ended it without a word (it was "Answer stopped" a second time). */
+function announcedState(turn, waitingBehind) {
+  const state = turnState(turn);
+  if (state === "cancelled" && !turn.text) return "withdrawn";
+  if (!waitingBehind || turn.chunks) return state;
+  return state === "thinking" ? "queued" : state === "cancelling" ? "withdrawn" : state;
+}
+
 const ANNOUNCE_JOIN_MS = 3000; // about the time a screen reader takes to say one of them
 let lastAnnounced = { text: "", at: -Infinity };
 
@@ -665,7 +685,8 @@ let lastAnnounced = { text: "", at: -Infinity };
  * by "The agent is thinking." (the next prompt starting) was never heard. */
 function announce(text) {
   const now = performance.now();
-  const joined = now - lastAnnounced.at < ANNOUNCE_JOIN_MS ? `${lastAnnounced.text} ${text}` : text;
+  const join = now - lastAnnounced.at < ANNOUNCE_JOIN_MS && lastAnnounced.text !== text;
+  const joined = join ? `${lastAnnounced.text} ${text}` : text;
   lastAnnounced = { text, at: now };
   ui.announcer.textContent = "";
   requestAnimationFrame(() => (ui.announcer.textContent = joined));
