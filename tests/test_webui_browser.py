@@ -1210,6 +1210,18 @@ def test_the_conversation_list_can_be_searched_by_title(
         expect(search).to_have_value("")
         expect(items).to_have_count(10)
         expect(page.get_by_test_id("conversation-list-empty")).to_be_hidden()
+
+        # In a narrow screen's drawer, that Escape closed the drawer too.
+        phone = open_chat(new_context(viewport=PHONE), app.url)
+        phone.get_by_test_id("toggle-sidebar").click()
+        phone_search = phone.get_by_test_id("conversation-search")
+        phone_search.fill("lisbon")
+        phone_search.press("Escape")
+        expect(phone_search).to_have_value("")
+        expect(phone_search).to_be_visible()
+        expect(phone_search).to_be_focused()
+        phone_search.press("Escape")  # a second one closes it
+        expect(phone_search).to_be_hidden()
     finally:
         app.terminate()
 

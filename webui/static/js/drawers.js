@@ -17,7 +17,8 @@ export class Drawers {
     closeStreams.addEventListener("click", () => this.setStreamsOpen(false, { focus: true }));
     scrim.addEventListener("click", () => this.close());
     document.addEventListener("keydown", (event) => {
-      if (event.key === "Escape" && this.isOverlayOpen()) {
+      // (Not an Escape a field took for itself, such as the search clearing its text.)
+      if (event.key === "Escape" && !event.defaultPrevented && this.isOverlayOpen()) {
         event.preventDefault();
         this.close({ focus: true });
       }
