@@ -2432,6 +2432,25 @@ def test_a_refused_prompt_is_kept_in_its_conversation_s_draft_whatever_the_box_h
     expect(box).to_have_value("Refused while I am elsewhere")
 
 
+def test_focus_on_a_waiting_messages_cancel_goes_to_the_message_box_when_its_answer_begins(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """The Cancel button of a message waiting behind an answer goes once its own answer
+    begins: focused, the focus fell to the page's body."""
+    model.tokens_per_second = 20
+    page = open_chat(new_context(), chat_app.url)
+    first, second = unique("Answered first"), unique("Then this one")
+    replies.set(first, words("first", 30))
+    first_id = send_prompt(page, first)
+    wait_words(page, first_id, 2)
+    send_prompt(page, second)
+    wait_state(page, second, "queued")
+    turn_for(page, second).get_by_test_id("cancel-queued").focus()
+    wait_state(page, first, "done", timeout=30_000)
+    expect(turn_for(page, second).get_by_test_id("cancel-queued")).to_have_count(0)
+    expect(page.get_by_test_id("composer-input")).to_be_focused()
+
+
 def test_focus_stays_in_the_conversation_when_stop_goes_or_a_drawer_opens_one(
         chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
         new_context: NewContext) -> None:

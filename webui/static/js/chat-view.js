@@ -50,6 +50,7 @@ export class ChatView {
   #shownTurns = SHOWN_TURNS; // how many of the newest turns are on the page
   #turnCount = 0; // of the last `render`
   #lastRender = null; // the arguments of the last `render`, to render again with more turns
+  #onFocusLost; // the focused button of a turn went with no other to take it
   #earlier = el("li", { class: "earlier-turns" },
     el("button", { type: "button", class: "earlier-turns-button", dataset: { testid: "earlier-turns" } }));
 
@@ -60,8 +61,9 @@ export class ChatView {
    *   what the turns' buttons do (Try again, Cancel of a message waiting its turn); `announce` says what a copy did to a screen reader (the
    *   button's own new label is seldom read out)
    */
-  constructor(list, scroller, { onRetry = () => {}, onCancel = () => {}, announce = () => {}, jumpButton = null } = {}) {
+  constructor(list, scroller, { onRetry = () => {}, onCancel = () => {}, onFocusLost = () => {}, announce = () => {}, jumpButton = null } = {}) {
     this.list = list;
+    this.#onFocusLost = onFocusLost;
     this.scroller = scroller;
     this.jumpButton = jumpButton;
     jumpButton?.addEventListener("click", () => this.scrollToBottom());
@@ -184,7 +186,7 @@ export class ChatView {
       if (expectedPosition !== parts.li) this.list.insertBefore(parts.li, expectedPosition);
       try {
         if (item.turn) {
-          updateTurn(parts, item.turn, earlierUnfinished, (item === last || item === lastAsked) && !closed, offline, answersMissing);
+          updateTurn(parts, item.turn, earlierUnfinished, (item === last || item === lastAsked) && !closed, offline, answersMissing, this.#onFocusLost);
           // The agent answers the prompts stream in order: an answer without its prompt there
           // holds up none of them.
           earlierUnfinished ||= !item.turn.final && !!item.turn.prompt;
@@ -408,7 +410,7 @@ function neverAnswered(turn) {
 
 /** `latest`: the conversation's last turn (or the last before messages withdrawn after
  * it), one a failed or stopped answer can be tried again from (sending its prompt again). */
-function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
+function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing, onFocusLost) {
   // A finished turn changes only with a message (a prompt read after its answer, a restart)
   // or as it stops being the latest: the rest of this is for the turn still being answered.
   const settled = parts.settled;
@@ -458,7 +460,8 @@ function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
   } else parts.error.hidden = true;
   parts.text = turn.text;
   // The buttons are made anew: one that had the focus hands it to its successor (or, if it
-  // went, to the other one), else the focus would fall to the page's body.
+  // went, to the other one, or with none left to `onFocusLost`), else the focus would fall
+  // to the page's body (a waiting message's Cancel goes as its answer begins).
   const focused = parts.meta.contains(document.activeElement) ? document.activeElement.dataset.testid : null;
   parts.meta.replaceChildren(...metaItems(turn, state));
   // The buttons wrap onto a line of their own together, not one at a time.
@@ -473,7 +476,11 @@ function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing) {
     actions.append(el("button", { type: "button", class: "meta-action", dataset: { retry: "", testid: "retry" } }, "Try again"));
   }
   if (actions.childElementCount) parts.meta.append(actions);
-  if (focused) (parts.meta.querySelector(`[data-testid="${focused}"]`) ?? parts.meta.querySelector("button"))?.focus();
+  if (focused) {
+    const next = parts.meta.querySelector(`[data-testid="${focused}"]`) ?? parts.meta.querySelector("button");
+    if (next) next.focus();
+    else onFocusLost();
+  }
 }
 
 /** Why the model ended an answer that it did not simply finish (the Messages API's names). */

@@ -74,7 +74,14 @@ const drawers = new Drawers({
   closeStreams: $("close-streams"),
   firstInSidebar: ui.newConversation,
 });
-const view = new ChatView(ui.messages, $("message-scroll"), { onRetry: retry, onCancel: cancelWaiting, announce, jumpButton: $("jump-latest") });
+const view = new ChatView(ui.messages, $("message-scroll"), {
+  onRetry: retry,
+  onCancel: cancelWaiting,
+  // Not the message box on a touch screen: that would open the keyboard.
+  onFocusLost: () => (TOUCH_KEYBOARD.matches ? ui.main.focus() : focusComposer()),
+  announce,
+  jumpButton: $("jump-latest"),
+});
 $("jump-latest").addEventListener("click", () => focusAfterButton()); // it hides once there
 const flow = new FlowDiagram($("flow-diagram"));
 const promptsPanel = new RawStreamPanel("prompts");
