@@ -2451,6 +2451,31 @@ def test_focus_on_a_waiting_messages_cancel_goes_to_the_message_box_when_its_ans
     expect(page.get_by_test_id("composer-input")).to_be_focused()
 
 
+def test_a_code_block_streaming_in_keeps_its_node_and_the_focus_on_its_copy_button(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """A code block still streaming in was built anew at every chunk: its Copy button,
+    focused, lost the focus to the page's body within a frame, so a keyboard user could not
+    copy the block until the answer ended (and a block scrolled sideways went back)."""
+    model.tokens_per_second = 25
+    page = open_chat(new_context(), chat_app.url)
+    prompt = unique("Some code, slowly")
+    replies.set(prompt, "Here it is:\n\n```python\n"
+                + "\n".join(f"value_{n} = {n}" for n in range(40)) + "\n```\n\nThat is all.")
+    send_prompt(page, prompt)
+    block = turn_for(page, prompt).locator(".md-code")
+    copy = block.locator(".md-code-copy")
+    expect(copy).to_have_count(1)
+    copy.focus()
+    copy.evaluate("button => { button.dataset.marked = 'kept'; }")
+    expect(block.locator("code")).to_contain_text("value_15")
+    expect(copy).to_be_focused()
+    wait_state(page, prompt, "done")
+    expect(copy).to_have_attribute("data-marked", "kept")  # the same button all along
+    expect(copy).to_be_focused()
+    expect(block.locator("code [class^='tok-']").first).to_be_attached()  # coloured once closed
+
+
 def test_focus_stays_in_the_conversation_when_stop_goes_or_a_drawer_opens_one(
         chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
         new_context: NewContext) -> None:

@@ -1091,10 +1091,10 @@ function workSpent(node, block) {
 
 /**
  * Brings `node`, rendered from block `old`, to show `block` instead, keeping the nodes of
- * what did not change: a list's items, a table's rows. False when it cannot (the block is
- * then rendered anew). A list or table streamed as one block of thousands of items or rows
- * was rebuilt whole at every frame: a 150,000-character one froze the page for 380-540 ms
- * at a time.
+ * what did not change: a list's items, a table's rows, a code block's frame. False when it
+ * cannot (the block is then rendered anew). A list or table streamed as one block of
+ * thousands of items or rows was rebuilt whole at every frame: a 150,000-character one
+ * froze the page for 380-540 ms at a time.
  */
 function patchBlock(node, old, block) {
   if (old.type !== block.type) return false;
@@ -1106,6 +1106,17 @@ function patchBlock(node, old, block) {
     if (!sameCells(block.header, old.header) || !sameCells(block.align, old.align)) return false;
     const tbody = node.querySelector("tbody");
     return replaceTail(tbody, old, block, old.rows, block.rows, sameCells, (row) => tableRow(row, block));
+  }
+  if (block.type === "code") {
+    // A code block streaming in keeps its node: rebuilt at every frame, its Copy button
+    // (or the block, scrolled sideways) lost the keyboard's focus and the scroll.
+    if (old.closed || block.lang !== old.lang) return false;
+    const code = node.querySelector("code");
+    if (block.closed) {
+      code.replaceChildren();
+      renderHighlighted(code, block.text, block.lang);
+    } else code.textContent = block.text;
+    return true;
   }
   return false;
 }
