@@ -13,15 +13,17 @@ import signal
 import sys
 
 
-def _interrupted_while_starting(_signum: int, _frame: object) -> None:
+def _interrupted_while_starting(signum: int, _frame: object) -> None:
     # Ctrl+C before the supervisor's own stop handler is in place (loading alone takes
     # seconds on a busy machine): a KeyboardInterrupt would print a traceback, or hang the
     # exit if it lands inside gevent's monkey-patching. Nothing has started yet.
-    print("interrupted while starting", file=sys.stderr, flush=True)
-    os._exit(130)
+    print("interrupted while starting" if signum == signal.SIGINT else "stopped while starting",
+          file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
-signal.signal(signal.SIGINT, _interrupted_while_starting)
+for _sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl+C, or a service manager's stop
+    signal.signal(_sig, _interrupted_while_starting)
 
 from gevent import monkey  # noqa: E402
 

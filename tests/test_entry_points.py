@@ -631,16 +631,21 @@ def test_a_mistyped_setting_is_named_with_the_one_probably_meant(
         " (did you mean CHAT_AGENT_MAX_AGENTS?)"]
 
 
+@pytest.mark.parametrize(("sig", "says"), [
+    (signal.SIGINT, "interrupted while starting"),
+    (signal.SIGTERM, "stopped while starting"),
+], ids=["ctrl-c", "sigterm"])
 @pytest.mark.parametrize("command", [
     ["agent_actors", "supervisor", "--streams-url", "http://127.0.0.1:9/v1/stream"],
     ["streams_server", "--port", "0"],
 ], ids=["supervisor", "streams-server"])
-def test_ctrl_c_while_a_command_loads_stops_it_without_a_traceback(tmp_path: Path,
-                                                                  command: list[str]) -> None:
+def test_ctrl_c_while_a_command_loads_stops_it_without_a_traceback(
+        tmp_path: Path, command: list[str], sig: signal.Signals, says: str) -> None:
     """Loading the modules takes a second or more (seconds on a busy machine) before the
     command's own stop handler is in place: a Ctrl+C then printed a KeyboardInterrupt
-    traceback. The signal is sent once gevent's C extension is loaded: the ``__main__`` module
-    runs, and the heavy imports are still ahead."""
+    traceback, and a SIGTERM (a service manager's stop) ended it without a word. The signal
+    is sent once gevent's C extension is loaded: the ``__main__`` module runs, and the heavy
+    imports are still ahead."""
     process = subprocess.Popen([sys.executable, "-m", *command, "--data-dir", str(tmp_path)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=REPO_ROOT)
@@ -648,13 +653,13 @@ def test_ctrl_c_while_a_command_loads_stops_it_without_a_traceback(tmp_path: Pat
     try:
         while process.poll() is None and "gevent" not in maps.read_text():
             pass  # a busy wait: the window is a fraction of a second on a fast machine
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sig)
         _, stderr = process.communicate(timeout=30)
     finally:
         process.kill()
     assert "Traceback" not in stderr, stderr[-2000:]
-    assert process.returncode == 130, (process.returncode, stderr[-2000:])
-    assert "interrupted while starting" in stderr
+    assert process.returncode == 128 + sig, (process.returncode, stderr[-2000:])
+    assert says in stderr
 
 
 def test_the_token_may_be_given_in_the_environment_out_of_sight_of_ps(
