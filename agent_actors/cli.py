@@ -14,7 +14,9 @@ import threading
 from agent_actors import layout
 from agent_actors.agent import AgentSettings
 from agent_actors.errors import ConfigurationError
-from agent_actors.models.settings import model_from_settings, warn_if_unusable
+from agent_actors.models.settings import (
+    model_from_settings, quiet_http_client_logs, warn_if_unusable,
+)
 from agent_actors.offsets_store import OffsetsFileError
 from agent_actors.supervisor import Supervisor, SupervisorSettings
 from agent_actors.validation import (
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     check_args(parser, args)
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_http_client_logs()
     model = model_from_settings(args.model, demo_tokens_per_second=args.demo_tokens_per_second)
     settings = settings_from_args(args)
     # Everything imported so far (the SDK, pydantic, ...) lives as long as the process: kept

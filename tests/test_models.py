@@ -34,6 +34,7 @@ from agent_actors.models import (
 from agent_actors.models import anthropic_model
 from agent_actors.models._retry_policy import retry_after
 from agent_actors.models.base import estimate_tokens
+from agent_actors.models.settings import quiet_http_client_logs
 from tests.fake_anthropic import FakeAnthropic
 from tests.support.agents import wait_until
 
@@ -698,6 +699,26 @@ def test_with_a_key_claude_is_used_with_model_and_base_url_from_the_environment(
     assert "anthropic:claude-from-env" in caplog.text and API_KEY not in caplog.text
     split(list(model.stream([("user", "Hi")])))
     assert fake.requests[0]["model"] == "claude-from-env"
+
+
+def test_the_sdk_http_client_logs_only_its_warnings_unless_debugging(
+    fake: FakeAnthropic, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The SDK's HTTP client logged "HTTP Request: POST .../v1/messages" at INFO for every
+    answer, in the supervisor's and the web app's logs."""
+    model = model_from_settings(env={"ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_BASE_URL": fake.url})
+    try:
+        for level, logged in [(logging.INFO, False), (logging.DEBUG, True)]:
+            caplog.clear()
+            caplog.set_level(level)
+            for name in ("httpx", "httpx2"):
+                logging.getLogger(name).setLevel(logging.NOTSET)
+            quiet_http_client_logs()
+            split(list(model.stream([("user", "Hi")])))
+            assert ("HTTP Request: POST" in caplog.text) is logged, (level, caplog.text)
+    finally:
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def test_explicit_settings_win_and_demo_can_be_forced(caplog: pytest.LogCaptureFixture) -> None:

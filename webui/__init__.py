@@ -14,6 +14,7 @@ from typing import Any
 import click
 from flask import Flask
 
+from agent_actors.models.settings import quiet_http_client_logs
 from agent_actors.offsets_store import OffsetsFileError
 from streams_server import StreamsBackend, StreamsSettings
 from streams_server.backend import DataDirectoryError
@@ -89,3 +90,4 @@ def _configure_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        quiet_http_client_logs()

@@ -13,6 +13,17 @@ from agent_actors.models.demo import DemoModel
 
 log = logging.getLogger("agent_actors.models")
 
+# The SDK's HTTP client logs every request at INFO: a line per answer, and at start a "501
+# Unsupported method" that reads like a failure (an endpoint without the models API is fine).
+_HTTP_CLIENT_LOGGERS = ("httpx", "httpx2")
+
+
+def quiet_http_client_logs() -> None:
+    """Keep the SDK's HTTP client to its warnings, unless the process logs at debug level."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in _HTTP_CLIENT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
 DEMO = "demo"
 """The model name that selects the offline demo model even when a key is set."""
 
