@@ -501,7 +501,9 @@ class Supervisor(pykka.ThreadingActor):
         if cid in self._deferred:
             self._deferred.remove(cid)
         agent = self.agents.get(cid)
-        log.info("conversation %s was deleted%s", cid, ": stopping its agent" if agent else "")
+        # Found deleted at a start, every deletion ever made would be said again at each one.
+        log.log(logging.INFO if live else logging.DEBUG, "conversation %s was deleted%s", cid,
+                ": stopping its agent" if agent else "")
         if agent is not None:
             # One that stopped already has its AgentStopped/AgentCrashed on its way here.
             with contextlib.suppress(pykka.ActorDeadError):
@@ -973,9 +975,10 @@ class Supervisor(pykka.ThreadingActor):
                      " it (an earlier run stopped without releasing it?): answered once the"
                      " lease runs out", cid)
         elif first:
-            log.info("conversation %s waits: worker %s holds its lease; that worker answers"
-                     " it, or, if it has stopped, this supervisor does once the lease runs out",
-                     cid, held.current_holder or "(not named)")
+            # Said as what goes on: with two supervisors, "waits" read like a stall.
+            log.info("conversation %s is answered by worker %s, which holds its lease (this"
+                     " supervisor takes it over only if that worker stops and the lease runs"
+                     " out)", cid, held.current_holder or "(not named)")
         else:
             log.debug("not claiming %s: %s", cid, held)
 

@@ -1469,11 +1469,14 @@ class Recording(StreamsClient):
 
 def test_a_start_claims_pending_work_without_deleting_again_what_it_removed_before(
     streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
-    logs: LogWatch,
+    logs: LogWatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Anyone may append `delete` messages: a start pays a few reads for each conversation
     removed before, on their own thread, and no write transaction. Listings, not a look at
-    each stream and subscription: their 404s filled `flask run`'s access log at each start."""
+    each stream and subscription: their 404s filled `flask run`'s access log at each start.
+    Nor does a start say again that each of them was deleted (at INFO, every start said so
+    of every deletion ever made)."""
+    caplog.set_level(logging.DEBUG, logger="agent_actors.supervisor")
     root = streams_root(streams_server)
     client, chat = connect(root)
     kept = chat.start_conversation("kept")
@@ -1483,6 +1486,8 @@ def test_a_start_claims_pending_work_without_deleting_again_what_it_removed_befo
     sup = in_process(root)
     logs.wait_for("removed deleted conversation=", count=len(deleted), timeout=60)
     sup.stop(timeout=30)
+    assert not [r for r in caplog.records
+                if r.levelno >= logging.INFO and "was deleted" in r.getMessage()]
 
     prompt = chat.send_prompt(kept, "hello")
     recording = Recording(root)
