@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     warn_if_unusable(model)
     while not stop.is_set():  # timed waits: under gevent, an untimed one with nothing
         stop.wait(60)  # else to run would end in LoopExit
-    print(f"stopping: the agents let go of their leases (up to {settings.shutdown_timeout_s:.0f}"
+    print(f"stopping: the agents let go of their leases (about {settings.shutdown_timeout_s:.0f}"
           " s if the streams server does not answer; Ctrl+C again to stop at once)",
           file=sys.stderr, flush=True)
     supervisor.stop(timeout=30)
