@@ -762,7 +762,8 @@ function showNewPages(view, skip) {
     group.node.style.containIntrinsicSize = `auto ${Math.round(group.height)}px`;
   }
   shown.placeholder.hidden = shown.entries > 0;
-  shown.placeholder.textContent = placeholderText();
+  // Hidden, it holds no text either: the view's text (a copy of it) begins with its entries.
+  shown.placeholder.textContent = shown.entries > 0 ? "" : placeholderText();
   shown.summary.hidden = shown.hidden === 0;
   shown.summary.textContent = `${shown.hidden} earlier ${shown.hidden === 1 ? "entry" : "entries"} not shown`;
   $("content-summary").textContent = shown.messages ? `${shown.messages} message${shown.messages === 1 ? "" : "s"}` : shown.bytes ? `${shown.bytes} bytes` : "";
