@@ -171,6 +171,18 @@ def wait_words(page: Page, prompt_id: str, count: int) -> None:
     )
 
 
+def queue_behind_an_answer(page: Page, replies: ScriptedReplies, first: str, reply: str,
+                           queued: str, shown: int) -> str:
+    """Send `first` (answered with `reply`) and, once `shown` words of its answer are on the
+    page, `queued`, which then waits for that answer; the first prompt's id."""
+    replies.set(first, reply)
+    first_id = send_prompt(page, first)
+    wait_words(page, first_id, shown)
+    send_prompt(page, queued)
+    wait_state(page, queued, "queued")
+    return first_id
+
+
 def start_long_answer(page: Page, replies: ScriptedReplies, text: str, reply: str,
                       shown: int) -> tuple[str, str]:
     """Send a prompt (`text`, made unique) whose scripted `reply` is long, and wait until
@@ -1077,11 +1089,7 @@ def test_an_answer_stopped_behind_a_withdrawn_message_can_be_tried_again(
     model.tokens_per_second = 15
     page = open_chat(new_context(), chat_app.url)
     first, withdrawn = unique("Stopped after the next was withdrawn"), unique("Withdrawn behind it")
-    replies.set(first, words("long", 200))
-    first_id = send_prompt(page, first)
-    wait_words(page, first_id, 3)
-    send_prompt(page, withdrawn)
-    wait_state(page, withdrawn, "queued")
+    queue_behind_an_answer(page, replies, first, words("long", 200), withdrawn, 3)
     turn_for(page, withdrawn).get_by_test_id("cancel-queued").click()
     wait_state(page, withdrawn, "withdrawn")
     page.get_by_test_id("stop-button").click()
@@ -2440,11 +2448,7 @@ def test_focus_on_a_waiting_messages_cancel_goes_to_the_message_box_when_its_ans
     model.tokens_per_second = 20
     page = open_chat(new_context(), chat_app.url)
     first, second = unique("Answered first"), unique("Then this one")
-    replies.set(first, words("first", 30))
-    first_id = send_prompt(page, first)
-    wait_words(page, first_id, 2)
-    send_prompt(page, second)
-    wait_state(page, second, "queued")
+    queue_behind_an_answer(page, replies, first, words("first", 30), second, 2)
     turn_for(page, second).get_by_test_id("cancel-queued").focus()
     wait_state(page, first, "done", timeout=30_000)
     expect(turn_for(page, second).get_by_test_id("cancel-queued")).to_have_count(0)
