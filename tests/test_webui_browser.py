@@ -2566,6 +2566,28 @@ def test_the_message_box_shows_its_focus_and_a_readable_placeholder_in_the_dark(
     assert placeholder == css_color(page, "--muted"), placeholder
 
 
+def test_the_focus_ring_of_an_answers_button_is_drawn_whole(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """A turn is not painted outside its box (it skips layout while off screen), which cut
+    off the bottom of the focus ring of the buttons under an answer."""
+    page = open_chat(new_context(device_scale_factor=2), chat_app.url)
+    prompt = unique("Ring")
+    replies.set(prompt, "A short answer.")
+    send_prompt(page, prompt)
+    wait_state(page, prompt, "done")
+    copy = turn_for(page, prompt).get_by_test_id("copy-answer")
+    box = copy.bounding_box()
+    assert box
+    # 1-4 px under the button, where the ring's lower edge is (2 px offset, 2 px wide)
+    under = {"x": box["x"] - 4, "y": box["y"] + box["height"] + 1, "width": box["width"] + 8, "height": 3}
+    unfocused = page.screenshot(clip=under)
+    copy.focus()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Tab")  # from the keyboard, so that :focus-visible draws the ring
+    expect(copy).to_be_focused()
+    assert page.screenshot(clip=under) != unfocused, "no focus ring under the button"
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_muted_text_is_readable_on_every_background_it_is_on(
         chat_app: ServerProcess, new_context: NewContext, scheme: str) -> None:
