@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request, Route, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, FloatRect, Locator, Page, Request, Route, expect, sync_playwright
 
 from agent_actors.streams_client import StreamsClient
 from tests.fake_anthropic import FakeAnthropic
@@ -2579,7 +2579,7 @@ def test_the_focus_ring_of_an_answers_button_is_drawn_whole(
     box = copy.bounding_box()
     assert box
     # 1-4 px under the button, where the ring's lower edge is (2 px offset, 2 px wide)
-    under = {"x": box["x"] - 4, "y": box["y"] + box["height"] + 1, "width": box["width"] + 8, "height": 3}
+    under: FloatRect = {"x": box["x"] - 4, "y": box["y"] + box["height"] + 1, "width": box["width"] + 8, "height": 3}
     unfocused = page.screenshot(clip=under)
     copy.focus()
     page.keyboard.press("Shift+Tab")
