@@ -26,13 +26,19 @@ closed mid-stream, without the final chunk), ``"drop_after_stop"`` (the whole an
 ``"drop_before_stop"`` (the whole answer and its ``message_delta`` with the stop reason, then
 the connection closed before ``message_stop``), ``"stall"`` (the stream
 stops sending after some tokens until the client goes away or the fake stops).
+
+``python -m tests.fake_anthropic`` serves one on a port of its own, answering every message
+with a labelled echo of it, so that the agents can run through the real SDK with no key and
+no network (the README's "Running the parts separately" shows how).
 """
 
 from __future__ import annotations
 
+import argparse
 import http.server
 import json
 import re
+import signal
 import sys
 import threading
 import uuid
@@ -67,7 +73,8 @@ class FakeAnthropic:
     """A threaded HTTP server imitating ``POST /v1/messages`` streaming; a context manager."""
 
     def __init__(self, reply: Reply = "Hello from the fake model.", *,
-                 tokens_per_second: float = 200.0, model: str = "claude-fake-1") -> None:
+                 tokens_per_second: float = 200.0, model: str = "claude-fake-1",
+                 host: str = "127.0.0.1", port: int = 0) -> None:
         self.reply: Reply = reply
         self.tokens_per_second = tokens_per_second
         self.first_token_delay = 0.0
@@ -83,11 +90,11 @@ class FakeAnthropic:
         self._failures: list[Failure] = []
         self._lock = threading.Condition()
         self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
+        self._server = _Server((host, port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         daemon=True, name="fake-anthropic")
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.url = f"http://{host}:{self._server.server_address[1]}"
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -276,3 +283,50 @@ def _count_input_tokens(body: dict[str, Any]) -> int:
         elif isinstance(content, list):
             texts.extend(str(block.get("text", "")) for block in content if isinstance(block, dict))
     return sum(len(_TOKEN_RE.findall(text)) for text in texts)
+
+
+def echo_reply(messages: list[dict[str, Any]]) -> str:
+    """The command's answer: what the last message said, quoted, under a label."""
+    content = messages[-1].get("content", "") if messages else ""
+    if isinstance(content, list):
+        content = " ".join(str(block.get("text", "")) for block in content if isinstance(block, dict))
+    quoted = "\n".join(f"> {line}" for line in str(content).splitlines()) or "> (nothing)"
+    return (f"**Fake Anthropic API** (this answer came through the real `anthropic` SDK, from a "
+            f"local fake of the Messages API). Your message was:\n\n{quoted}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fake_anthropic",
+        description="Serve a local fake of the Anthropic Messages API (streaming only) that "
+                    "echoes each message: the agents' real SDK path, with no key and no network.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=4450, help="port to listen on, 0 for any free one (4450)")
+    parser.add_argument("--tokens-per-second", type=float, default=30.0,
+                        help="pace of the answers, 0 for all at once (30)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be 0 to 65535, not {args.port}")
+    if not 0 <= args.tokens_per_second <= 100_000:
+        parser.error(f"--tokens-per-second must be 0 to 100000, not {args.tokens_per_second:g}")
+    try:
+        fake = FakeAnthropic(echo_reply, tokens_per_second=args.tokens_per_second,
+                             host=args.host, port=args.port)
+    except OSError as error:
+        print(f"fake Anthropic API: cannot listen on {args.host}:{args.port}: "
+              f"{error.strerror or error}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    fake.start()
+    print(f"fake Anthropic Messages API on {fake.url} (ANTHROPIC_BASE_URL={fake.url}, "
+          f"any ANTHROPIC_API_KEY)", flush=True)
+    while not stop.wait(1.0):
+        pass
+    fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

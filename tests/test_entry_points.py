@@ -29,7 +29,8 @@ from agent_actors.cli import build_parser, check_args
 from agent_actors.validation import HTTP_URL
 from streams_server.subscriptions.keys import SIGNING_KEY_FILE, TOKEN_KEY_FILE
 from tests.support import REPO_ROOT, start_streams_server
-from tests.support.agents import wait_until
+from agent_actors import StreamsClient
+from tests.support.agents import ChatClient, wait_for_answers, wait_until
 from tests.support.webapp import start_chat_app
 from webui import create_app
 from webui.config import load_config
@@ -684,3 +685,42 @@ def test_the_token_may_be_given_in_the_environment_out_of_sight_of_ps(
     args = parser.parse_args(["supervisor"])
     check_args(parser, args)
     assert args.auth_token is None
+
+
+def test_the_fake_anthropic_command_answers_the_chat_through_the_real_sdk(tmp_path: Path) -> None:
+    """`python -m tests.fake_anthropic` (the README's way to run the SDK path offline) serves
+    until stopped, and the chat's agents answer through it."""
+    fake = subprocess.Popen([sys.executable, "-m", "tests.fake_anthropic", "--port", "0",
+                             "--tokens-per-second", "0"], cwd=REPO_ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    app = None
+    try:
+        assert fake.stdout is not None
+        line = fake.stdout.readline()
+        url = line.split(" on ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:"), line
+        app = start_chat_app(tmp_path, model_url=url)
+        client = StreamsClient(f"{app.url}/v1/stream")
+        chat = ChatClient(client, lease_ttl_ms=30_000)
+        cid = chat.start_conversation("fake")
+        prompt_id = chat.send_prompt(cid, "first line\nsecond line")
+        answer = wait_for_answers(client, cid, [prompt_id], timeout=30).answers[prompt_id]
+        assert answer.terminal["type"] == "done", answer.terminal
+        assert "came through the real `anthropic` SDK" in answer.text, answer.text
+        assert "> first line\n> second line" in answer.text, answer.text
+    finally:
+        if app is not None:
+            app.terminate()
+        fake.send_signal(signal.SIGTERM)
+        _, errors = fake.communicate(timeout=15)
+    assert fake.returncode == 0, errors
+    assert "Traceback" not in errors, errors
+
+
+def test_the_fake_anthropic_command_refuses_a_busy_port_clearly() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run([sys.executable, "-m", "tests.fake_anthropic", "--port", str(port)])
+    _assert_refused_clearly(done, f"cannot listen on 127.0.0.1:{port}")
