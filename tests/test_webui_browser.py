@@ -3893,6 +3893,59 @@ def test_the_inspector_says_a_stream_is_empty_and_announces_following_once_per_c
     expect(announcer).to_contain_text("Stopped following")
 
 
+def test_a_failed_read_in_the_inspector_clears_what_an_earlier_one_showed(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """A read from an offset the server refused left the entries of the read before on
+    show, under the new offset, as if they were what it had read."""
+    path = f"inspect-{uuid.uuid4().hex[:8]}/refused"
+    created(requests.put(f"{chat_app.url}/v1/stream/{path}", headers={"Content-Type": "application/json"},
+                         data=json.dumps([{"n": 1}, {"n": 2}]), timeout=10))
+    page = open_chat(new_context(), f"{chat_app.url}/inspector#path={quote(path, safe='')}")
+    expect(page.get_by_test_id("content-entry")).to_have_count(2)
+    page.get_by_test_id("read-offset").fill("not-an-offset")
+    page.get_by_test_id("read-offset").press("Enter")
+    expect(page.get_by_test_id("follow-state")).to_contain_text("Read failed")
+    expect(page.get_by_test_id("content-entry")).to_have_count(0)
+    expect(page.get_by_test_id("content-placeholder")).to_have_text("Nothing to show: the read failed.")
+    page.get_by_test_id("read-offset").fill("-1")
+    page.get_by_test_id("read-offset").press("Enter")
+    expect(page.get_by_test_id("content-entry")).to_have_count(2)
+    expect(page.get_by_test_id("content-placeholder")).to_be_hidden()
+
+
+def test_a_read_still_on_its_way_when_following_begins_does_not_replace_what_follows(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """Following began while the stream's first read was on its way: when that read came
+    back, it put its older entries in place of the live ones and said "Read up to offset"
+    over "Following live"."""
+    path = f"inspect-{uuid.uuid4().hex[:8]}/late-read"
+    url = f"{chat_app.url}/v1/stream/{path}"
+    json_type = {"Content-Type": "application/json"}
+    created(requests.put(url, headers=json_type, data=json.dumps([{"n": 1}]), timeout=10))
+    page = new_context().new_page()
+    held: list[Route] = []
+
+    def hold_the_first_read(route: Route) -> None:
+        request = route.request
+        if request.method == "GET" and "live=" not in request.url and not held:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(re.compile(re.escape(path) + r"\?"), hold_the_first_read)
+    page.goto(f"{chat_app.url}/inspector#path={quote(path, safe='')}")
+    expect(page.get_by_test_id("follow-state")).to_contain_text("Reading")
+    assert len(held) == 1
+    page.get_by_test_id("follow-toggle").click()
+    expect(page.get_by_test_id("follow-state")).to_contain_text("up to date")
+    assert requests.post(url, headers=json_type, data=json.dumps({"n": 2}), timeout=10).ok
+    expect(page.get_by_test_id("content-entry")).to_have_count(2)
+    held[0].continue_()
+    page.wait_for_timeout(500)
+    expect(page.get_by_test_id("content-entry")).to_have_count(2)
+    expect(page.get_by_test_id("follow-state")).to_contain_text("Following live")
+
+
 def test_each_list_of_the_inspector_is_one_tab_stop(chat_app: ServerProcess,
                                                     new_context: NewContext) -> None:
     """Every listed stream was a Tab stop: up to 500 of them between the filter and the rest

@@ -39,6 +39,8 @@ const state = {
   followedTo: null, // the offset the live read had reached (null: none delivered yet)
   readOn: null, // where a read stopped after 8 MiB, to read on from
   byteBase: 0, // the byte the pages start at, as far as this page knows (hex addresses)
+  readFailed: false, // the last read failed (what the pages showed is cleared)
+  read: null, // AbortController of the catch-up read on its way
 };
 
 // --------------------------------------------------------------------------------- paths
@@ -446,7 +448,9 @@ async function open(path, { reveal = false, typed = false } = {}) {
     }
   }
   state.path = path;
+  supersedeRead();
   state.pages = [];
+  state.readFailed = false;
   state.byteBase = 0;
   setReadOn(null);
   sayInMeta("");
@@ -589,22 +593,36 @@ function relative(iso) {
  * reads on from where that stopped, in place of what it shows. `byteBase`: the byte of the
  * stream `offset` is at, if known (where a hex dump's addresses start). */
 async function readFrom(offset, { byteBase = 0 } = {}) {
-  const path = state.path;
   const kind = bodyKind(state.meta?.contentType);
+  const read = supersedeRead(new AbortController());
   setReadOn(null);
+  state.readFailed = false;
   sayFollowState("Reading…");
   try {
-    const { pages, nextOffset, closed, truncated } = await client.readAll(path, offset);
-    if (path !== state.path) return;
+    const { pages, nextOffset, closed, truncated } = await client.readAll(state.path, offset, { signal: read.signal });
+    if (read !== state.read) return;
     state.pages = pages.map((p) => decodePage(kind, p));
     state.byteBase = byteBase;
     renderContent();
-    const read = pages.reduce((sum, p) => sum + p.bytes.length, 0);
-    sayFollowState(`Read up to offset ${nextOffset}${closed ? " · stream closed (EOF)" : ""}${truncated ? ` · stopped after ${mib(read)}` : ""}`);
+    const bytesRead = pages.reduce((sum, p) => sum + p.bytes.length, 0);
+    sayFollowState(`Read up to offset ${nextOffset}${closed ? " · stream closed (EOF)" : ""}${truncated ? ` · stopped after ${mib(bytesRead)}` : ""}`);
     if (truncated && !state.follow) setReadOn(nextOffset);
   } catch (err) {
+    if (read !== state.read) return;
+    // What an earlier read showed would pass for what this one asked for.
+    state.pages = [];
+    state.readFailed = true;
+    renderContent();
     sayFollowState(`Read failed: ${err.message || err}`);
   }
+}
+
+/** Stop the catch-up read on its way, if any: what it would show is not wanted any more
+ * (another stream, a read from elsewhere, or a live read now fills the view). */
+function supersedeRead(next = null) {
+  state.read?.abort();
+  state.read = next;
+  return next;
 }
 
 function setReadOn(offset) {
@@ -680,7 +698,10 @@ const renderNewPages = frameThrottle(() => {
 /** What the content view says while it shows no entry. */
 function placeholderText() {
   const from = state.pages[0]?.from;
-  if (from === undefined) return state.follow ? "Nothing appended since following began." : "Nothing read yet.";
+  if (from === undefined) {
+    if (state.readFailed) return "Nothing to show: the read failed.";
+    return state.follow ? "Nothing appended since following began." : "Nothing read yet.";
+  }
   return from === "-1" ? "The stream is empty." : `No entries from offset ${from}.`;
 }
 
@@ -842,7 +863,9 @@ function startFollowing() {
   const abort = new AbortController();
   state.follow = abort;
   state.followedTo = after; // where what is shown ends (null: nothing read yet)
+  supersedeRead();
   setReadOn(null);
+  state.readFailed = false;
   if (after === null) {
     state.pages = [];
     state.byteBase = 0;
