@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 from flask import Flask, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import NotFound as NoSuchRoute
 from werkzeug.wsgi import get_content_length, get_input_stream
 
 from .backend import StreamsBackend
@@ -112,10 +113,11 @@ def init_app(app: Flask, backend: StreamsBackend, url_prefix: str = "/v1/stream"
     app.wsgi_app = StreamsMiddleware(app.wsgi_app, backend, url_prefix)  # type: ignore[method-assign]
 
 
-def answer_flask_errors_in_json(app: Flask, under: str) -> None:
+def answer_flask_errors_in_json(app: Flask, under: str, streams_at: str = "/v1/stream") -> None:
     """Flask's own errors (an unknown path, a method a route does not take) in the streams
     API's JSON for requests at `under` or below it ("" for all): a client that mistypes an
-    API URL gets an error it can parse, not an HTML page meant for a browser."""
+    API URL gets an error it can parse, not an HTML page meant for a browser, and an unknown
+    URL's error says where the streams are (`streams_at`)."""
     root = under.rstrip("/")
 
     def in_json(error: HTTPException) -> Any:
@@ -124,7 +126,10 @@ def answer_flask_errors_in_json(app: Flask, under: str) -> None:
             return error  # a page's URL: Flask's page
         response = error.get_response()
         code = re.sub(r"[^A-Z]+", "_", (error.name or "error").upper()).strip("_")
-        response.set_data(_error_body(code, error.description or error.name))
+        message = error.description or error.name
+        if isinstance(error, NoSuchRoute):  # Werkzeug's text asks to check the spelling
+            message = f"nothing is at this URL: the streams are under {streams_at}/"
+        response.set_data(_error_body(code, message))
         response.content_type = "application/json"
         for name, value in _api_headers(request.headers.get("Origin")):
             response.headers.add(name, value)
@@ -164,8 +169,7 @@ class StreamsMiddleware:
                 path: str) -> Reply:
         stream_path = path[len(self.root) + 1:]
         if stream_path.startswith("/"):
-            raise NotFound("The requested URL was not found on the server. If you entered the "
-                           "URL manually please check your spelling and try again.")
+            raise NotFound(f"no stream path begins with '/': the streams are under {self.root}/")
         if method not in _METHODS:
             raise MethodNotAllowed("The method is not allowed for the requested URL.",
                                    code="METHOD_NOT_ALLOWED", headers={"Allow": ALLOWED_METHODS})

@@ -563,12 +563,18 @@ def test_an_api_url_outside_the_streams_is_refused_in_json(
     assert response.headers["Access-Control-Allow-Origin"] == "http://elsewhere.example"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Content-Security-Policy"] == "sandbox; default-src 'none'"
+    if status == 404:  # not Werkzeug's "please check your spelling"
+        assert "the streams are under /v1/stream/" in error_body(response)["error"]["message"]
 
 
 def test_the_standalone_server_answers_every_url_in_json(http: StreamsHttp) -> None:
-    """It serves only the API: its own 404s and 405s are JSON too (the 405 keeps its Allow)."""
-    response = http.session.get(http.base_url + "/", timeout=10)
-    assert_error(response, 404, "NOT_FOUND")
+    """It serves only the API: its own 404s and 405s are JSON too (the 405 keeps its Allow).
+    A 404 says where the streams are (an agent given the server's root as its streams URL
+    logged Werkzeug's "check your spelling" at every retry)."""
+    for path in ("/", "/agents/wake", "/v1/stream//x"):
+        response = http.session.put(http.base_url + path, timeout=10)
+        assert_error(response, 404, "NOT_FOUND")
+        assert "the streams are under /v1/stream/" in error_body(response)["error"]["message"]
     response = http.session.delete(http.base_url + "/healthz", timeout=10)
     assert_error(response, 405, "METHOD_NOT_ALLOWED")
     assert "GET" in response.headers["Allow"]

@@ -64,7 +64,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     except DataDirectoryError as exc:
         raise StartupError(str(exc)) from exc
     init_streams(app, backend, STREAMS_PREFIX)
-    answer_flask_errors_in_json(app, under="/v1")  # the API's URLs; pages keep Flask's pages
+    # The API's URLs answer in JSON; the pages keep Flask's pages.
+    answer_flask_errors_in_json(app, under="/v1", streams_at=STREAMS_PREFIX)
     chat.init_app(app)
     try:
         work = BackgroundWork(app, backend)
