@@ -3730,6 +3730,24 @@ def test_the_inspector_lists_streams_and_subscriptions(chat_app: ServerProcess,
     screenshot(phone, "inspector-lists-phone.png")
 
 
+def test_a_listed_subscription_found_gone_is_listed_no_more(chat_app: ServerProcess,
+                                                          new_context: NewContext) -> None:
+    """A subscription deleted after the list was made (a deleted conversation's, say) stayed
+    listed when picked: "No subscription" beside it, until Refresh was pressed."""
+    root = f"{chat_app.url}/v1/stream"
+    sub_id = f"inspect-{uuid.uuid4().hex[:8]}"
+    created(requests.put(f"{root}/__ds/subscriptions/{sub_id}", timeout=10, json={
+        "type": "pull-wake", "streams": [f"{sub_id}/notes"], "wake_stream": f"{sub_id}/wake",
+        "lease_ttl_ms": 600_000}))
+    page = open_chat(new_context(), f"{chat_app.url}/inspector")
+    item = page.locator(f'[data-testid="subscription-list-item"][data-subscription-id="{sub_id}"]')
+    expect(item).to_have_count(1)
+    assert requests.delete(f"{root}/__ds/subscriptions/{sub_id}", timeout=10).status_code in (200, 204)
+    item.click()
+    expect(page.get_by_test_id("subscription-view")).to_contain_text(f'No subscription "{sub_id}"')
+    expect(item).to_have_count(0)
+
+
 def test_the_inspector_reads_a_pasted_url_from_its_offset(chat_app: ServerProcess,
                                                          new_context: NewContext) -> None:
     """A stream URL pasted with `?offset=...` was opened from -1: its offset was dropped."""

@@ -1027,8 +1027,10 @@ async function showSubscriptionById(id, { reveal = false } = {}) {
     const sub = await client.subscription(id);
     nodes = renderSubscription(sub, { onOpenPath: (path) => open(path, { reveal: true }) });
   } catch (err) {
-    const text = err instanceof HttpError && err.status === 404 ? `No subscription "${id}" on this server.` : `Could not load it: ${err.message || err}`;
+    const gone = err instanceof HttpError && err.status === 404;
+    const text = gone ? `No subscription "${id}" on this server.` : `Could not load it: ${err.message || err}`;
     nodes = [el("p", { class: "form-result error" }, text)];
+    if (gone && listing.subscriptions?.some((s) => subscriptionKey(s) === id)) loadSubscriptions(); // listed, now gone
   }
   if (listing.selected !== id) return; // another one was asked for meanwhile
   view.replaceChildren(el("h3", { class: "subscription-view-title", dataset: { testid: "subscription-view-id" } }, id), ...nodes);
