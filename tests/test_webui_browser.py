@@ -3748,6 +3748,21 @@ def test_a_listed_subscription_found_gone_is_listed_no_more(chat_app: ServerProc
     expect(item).to_have_count(0)
 
 
+def test_a_stream_opened_from_a_link_on_a_phone_is_brought_into_view(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """The chat's link to a stream in the inspector opened it under the lists, a screen
+    and more below the top of a phone's page: it looked as if nothing had opened."""
+    path = f"inspect-{uuid.uuid4().hex[:8]}/linked"
+    created(requests.put(f"{chat_app.url}/v1/stream/{path}", headers={"Content-Type": "application/json"},
+                         data=json.dumps([{"n": 1}]), timeout=10))
+    page = open_chat(new_context(viewport=PHONE), f"{chat_app.url}/inspector#path={quote(path, safe='')}")
+    expect(page.get_by_test_id("content-entry")).to_have_count(1)
+    title = page.get_by_test_id("inspector-title")
+    expect(title).to_have_text(path)
+    expect(title).to_be_in_viewport()
+    expect(page.get_by_test_id("content-entry")).to_be_in_viewport()  # what it opened, too
+
+
 def test_the_inspector_reads_a_pasted_url_from_its_offset(chat_app: ServerProcess,
                                                          new_context: NewContext) -> None:
     """A stream URL pasted with `?offset=...` was opened from -1: its offset was dropped."""

@@ -1098,7 +1098,8 @@ function main() {
   document.body.dataset.ready = "true";
   const openFromHash = () => {
     const fromHash = /^#path=(.+)$/.exec(window.location.hash);
-    if (fromHash) open(decodeOrRaw(fromHash[1]));
+    // Opened from the chat's link: on a phone the title is under the lists, off screen.
+    if (fromHash) open(decodeOrRaw(fromHash[1]), { reveal: true });
   };
   window.addEventListener("hashchange", openFromHash);
   openFromHash();
