@@ -217,8 +217,28 @@ class _EnvironHeaders:
         self._environ = environ
 
     def get(self, name: str) -> str | None:
-        value = self._environ.get(_environ_key(name))
-        return None if value is None else str(value)
+        key = _environ_key(name)
+        value = self._environ.get(key)
+        if value is None:
+            return None
+        value = str(value)
+        if "," in value and key in _NO_COMMA_KEYS:
+            # Werkzeug's server (`flask run`) joins a repeated header's values with a comma
+            # ("Stream-Closed: true" twice read as "true,true": not closed). The standalone
+            # server's parser takes a repeat of one value once and refuses two: so here.
+            values = {part.strip() for part in value.split(",")}
+            if len(values) > 1:
+                raise BadRequest(f"the request has conflicting {name} headers",
+                                 code="MALFORMED_REQUEST")
+            value = values.pop()
+        return value
+
+
+# The protocol's request headers whose values never hold a comma: one that does was joined.
+_NO_COMMA_KEYS = frozenset(
+    f"HTTP_{name.upper().replace('-', '_')}" for name in (
+        "Producer-Epoch", "Producer-Seq", "Stream-Closed", "Stream-Expires-At",
+        "Stream-Fork-Offset", "Stream-Fork-Sub-Offset", "Stream-TTL"))
 
 
 @functools.lru_cache(maxsize=256)

@@ -490,7 +490,8 @@ def test_a_protocol_header_given_twice_counts_once_or_is_refused_by_the_standalo
 ) -> None:
     """pywsgi joined a repeated header's values with a comma: `Stream-Closed: true` twice
     read as "true,true", so the append left the stream open, and two different Producer-Ids
-    made one producer "a,b". (Werkzeug's server joins them too: `flask run` cannot tell.)"""
+    made one producer "a,b". (Werkzeug's server joins them too, and as a Producer-Id may
+    hold a comma, `flask run` cannot tell.)"""
     roomy.put("closed-twice", content_type=BINARY).raise_for_status()
     head = (b"POST /v1/stream/closed-twice HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
             b"Stream-Closed: true\r\nStream-Closed: true\r\nContent-Length: 3\r\n\r\n"
@@ -508,6 +509,31 @@ def test_a_protocol_header_given_twice_counts_once_or_is_refused_by_the_standalo
     assert status == 400, payload
     assert "conflicting Producer-Id headers" in json.loads(payload)["error"]["message"]
     assert roomy.get("two-producers").content == b""
+
+
+def test_a_comma_free_protocol_header_given_twice_counts_once_or_is_refused_by_both_servers(
+    front: StreamsHttp,
+) -> None:
+    """Werkzeug's server joins a repeated header's values with a comma, which a header that
+    never holds one gives away: on `flask run` two `Stream-Closed: true` left the stream
+    open (the standalone server closed it), and two Producer-Epochs were one bad number."""
+    front.put("closed-twice-both", content_type=BINARY).raise_for_status()
+    head = (b"POST /v1/stream/closed-twice-both HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+            b"Stream-Closed: true\r\nStream-Closed: true\r\nContent-Length: 3\r\n\r\n"
+            % BINARY.encode())
+    status, payload = _raw_exchange(front.base_url, head, b"abc")
+    assert status in (200, 204), payload
+    assert front.head("closed-twice-both").headers.get("Stream-Closed") == "true"
+    assert front.get("closed-twice-both").content == b"abc"
+
+    front.put("two-epochs", content_type=BINARY).raise_for_status()
+    head = (b"POST /v1/stream/two-epochs HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+            b"Producer-Id: p\r\nProducer-Epoch: 0\r\nProducer-Epoch: 1\r\nProducer-Seq: 0\r\n"
+            b"Content-Length: 3\r\n\r\n" % BINARY.encode())
+    status, payload = _raw_exchange(front.base_url, head, b"abc")
+    assert status == 400, payload
+    assert "conflicting Producer-Epoch headers" in json.loads(payload)["error"]["message"]
+    assert front.get("two-epochs").content == b""
 
 
 def test_the_shared_encodings_of_sse_batches_are_bounded_in_bytes() -> None:
