@@ -317,6 +317,18 @@ def test_a_leap_second_is_a_valid_expiry_time(http: StreamsHttp) -> None:
     assert http.head(path).headers["Stream-Expires-At"].startswith("2031-01-01T00:00:00")
 
 
+@pytest.mark.parametrize("offset", ["+00:60", "+00:99", "+23:99", "+24:00", "-25:00"])
+def test_an_expiry_time_with_an_offset_out_of_range_is_refused(http: StreamsHttp,
+                                                               offset: str) -> None:
+    """RFC 3339 (5.6) offsets have hours 00-23 and minutes 00-59: "+00:60" was taken as an
+    hour, and "+23:99" refused with a message about Python's timedelta."""
+    made = http.request("PUT", f"expires-offset-{offset[1:3]}-{offset[4:]}-{offset[0] == '+'}",
+                        headers={"Content-Type": TEXT, "Stream-Expires-At": f"2030-01-01T00:00:00{offset}"})
+    assert made.status_code == 400, made.content
+    message = made.json()["error"]["message"]
+    assert message.startswith("Stream-Expires-At must be an RFC 3339 timestamp"), message
+
+
 # -- caching (section 5.6) ------------------------------------------------------------------------
 
 

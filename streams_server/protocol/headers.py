@@ -13,8 +13,8 @@ MAX_SAFE_INTEGER = 2**53 - 1
 MAX_CONTENT_TYPE_LENGTH = 1024
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+_RFC3339 = re.compile(  # an offset's hours 00-23, its minutes 00-59 (RFC 3339, 5.6)
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)"
 )
 
 
