@@ -490,6 +490,22 @@ def test_the_sse_keepalive_is_a_server_option(tmp_path_factory: pytest.TempPathF
         server.terminate()
 
 
+@pytest.mark.parametrize("sent_type", ["garbage", 'application/json; charset="x', "json/"])
+def test_an_append_whose_content_type_is_no_media_type_is_a_400(http: StreamsHttp,
+                                                                sent_type: str) -> None:
+    """Section 5.2: a 409 is for a type that is valid but not the stream's. "garbage" was a
+    409 and an unterminated quoted parameter was taken (where a PUT refuses both); a close
+    with no body still ignores its type."""
+    path = f"append-type-{len(sent_type)}"
+    assert http.put(path, content_type="application/json").status_code == 201
+    response = http.request("POST", path, body=b"[1]", headers={"Content-Type": sent_type})
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] == "INVALID_CONTENT_TYPE"
+    assert http.get(path).content == b"[]"
+    closing = http.request("POST", path, headers={"Content-Type": sent_type, "Stream-Closed": "true"})
+    assert closing.status_code == 204, closing.content
+
+
 @pytest.mark.parametrize(("stream_type", "sent_type", "body"), [
     ("application/octet-stream", "application/json", b"\x00\x01"),
     ("application/octet-stream", "text/plain", b"\xff"),

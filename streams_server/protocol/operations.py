@@ -142,8 +142,8 @@ class StreamOperations:
         stream_seq = headers.stream_seq(h)
         info = self.store.info(request.path)  # 404/410 before reading a body for nothing
         bodies.check_declared_length(request.content_length, self.settings)
-        try:
-            content_type, unusable_type = headers.content_type(h), None
+        try:  # 409 only for a type that is one but not the stream's; a malformed one is a 400
+            content_type, unusable_type = headers.stream_content_type(h), None
         except BadRequest as unusable:  # refused only with a body: an empty one has no type
             content_type, unusable_type = None, unusable  # (5.2)
         if content_type is None:
