@@ -1436,14 +1436,18 @@ def test_an_oversized_pattern_is_refused_over_http(local_hooks_server: ServerPro
     (r'{"type":"pull-wake","streams":["a\u0000b"],"wake_stream":"w"}', "INVALID_STREAM"),
     (r'{"type":"pull-wake","streams":["a"],"wake_stream":"w\n"}', "INVALID_STREAM"),
     (r'{"type":"pull-wake","pattern":"x/\u0007*","wake_stream":"w"}', "INVALID_PATTERN"),
+    (r'{"type":"pull-wake","pattern":"dw/*","wake_stream":"../wk"}', "INVALID_STREAM"),
+    (r'{"type":"pull-wake","streams":["a/./b"],"wake_stream":"w"}', "INVALID_STREAM"),
+    (r'{"type":"pull-wake","pattern":"../*","wake_stream":"w"}', "INVALID_PATTERN"),
 ], ids=["surrogate-description", "surrogate-pattern", "surrogate-url", "nul-in-stream",
-        "newline-in-wake-stream", "bell-in-pattern"])
+        "newline-in-wake-stream", "bell-in-pattern", "dot-dot-wake-stream", "dot-in-stream",
+        "dot-dot-in-pattern"])
 def test_what_no_stream_or_text_can_hold_is_refused_in_a_subscription(
     local_hooks_server: ServerProcess, body: str, code: str,
 ) -> None:
     """A lone surrogate escape was a 503 STORAGE_UNAVAILABLE (a retry forever) with a
-    traceback, failing only as SQLite stored it; control characters were taken in names
-    no stream can have."""
+    traceback, failing only as SQLite stored it; control characters and '.' or '..'
+    segments were taken in names no stream can have (a wake stream "../wk" never woke)."""
     base = f"{local_hooks_server.url}/v1/stream/__ds/subscriptions"
     response = requests.put(f"{base}/odd", data=body.encode(), timeout=10,
                             headers={"Content-Type": "application/json"})

@@ -55,6 +55,8 @@ def validate_pattern(pattern: str) -> str:
     for segment in segments:
         if not segment:
             raise _invalid("pattern has an empty path segment")
+        if segment in (".", ".."):
+            raise _invalid("pattern has a '.' or '..' segment, which no stream path has")
         if DOUBLE_STAR in segment and segment != DOUBLE_STAR:
             raise _invalid("'**' must be a whole path segment")
     return pattern

@@ -131,6 +131,8 @@ def stream_path(value: Any, field: str) -> str:
         raise BadRequest(f"{field} contains control characters", code="INVALID_STREAM")
     if value.split("/", 1)[0] == "__ds":
         raise BadRequest(f"{field} must not be under the reserved __ds prefix", code="INVALID_STREAM")
+    if any(segment in (".", "..") for segment in value.split("/")):  # as no stream's path has
+        raise BadRequest(f"{field} must not have '.' or '..' segments", code="INVALID_STREAM")
     return value
 
 
