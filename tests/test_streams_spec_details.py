@@ -506,6 +506,21 @@ def test_an_append_whose_content_type_is_no_media_type_is_a_400(http: StreamsHtt
     assert closing.status_code == 204, closing.content
 
 
+@pytest.mark.parametrize("content_type", ["text/plain; charset=iso-8859-1",
+                                          'application/json; CHARSET="utf-16"'])
+def test_a_text_or_json_stream_in_another_charset_than_utf8_is_refused(
+        http: StreamsHttp, content_type: str) -> None:
+    """SSE readers get a text or JSON stream as UTF-8 text (section 5.8), so its bytes must
+    be UTF-8: a stream made "charset=iso-8859-1" took no append of Latin-1 text at all."""
+    path = f"charset-{content_type.split('/')[0]}"
+    made = http.request("PUT", path, headers={"Content-Type": content_type})
+    assert made.status_code == 400, made.content
+    assert made.json()["error"]["code"] == "INVALID_CONTENT_TYPE"
+    assert "holds UTF-8" in made.json()["error"]["message"]
+    for fine in ("text/plain; charset=UTF-8", "text/plain; charset=us-ascii", "text/plain"):
+        assert http.request("PUT", f"{path}-{len(fine)}", headers={"Content-Type": fine}).status_code == 201
+
+
 @pytest.mark.parametrize(("stream_type", "sent_type", "body"), [
     ("application/octet-stream", "application/json", b"\x00\x01"),
     ("application/octet-stream", "text/plain", b"\xff"),

@@ -6,7 +6,7 @@ import re
 from datetime import datetime, timedelta, timezone
 
 from ..errors import BadRequest
-from ..storage.models import Expiry, ProducerRef
+from ..storage.models import Expiry, ProducerRef, media_type
 from .messages import HeaderLookup
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -63,11 +63,27 @@ def stream_content_type(headers: HeaderLookup) -> str | None:
     """The Content-Type a stream is created with, or None: a media type (`type/subtype`,
     with parameters), as every reader of the stream is told it is."""
     value = content_type(headers)
-    if value is not None and not _MEDIA_TYPE.fullmatch(value):
+    if value is None:
+        return None
+    if not _MEDIA_TYPE.fullmatch(value):
         raise BadRequest(f"Content-Type {value[:80]!r} is not a media type (such as"
                          " application/json or text/plain; charset=utf-8)",
                          code="INVALID_CONTENT_TYPE")
+    media = media_type(value)
+    if media.startswith("text/") or media == "application/json":
+        charset = _CHARSET.search(value)
+        name = charset and charset.group(1).strip('"').lower()
+        if name and name not in _UTF8_CHARSETS:
+            # Refused as its bytes would be, one append after another (see bodies._TextCheck).
+            raise BadRequest(
+                f"a {media} stream holds UTF-8 (its SSE readers get it as UTF-8 text, section"
+                f" 5.8), not charset={name[:40]}: send it as UTF-8, with charset=utf-8",
+                code="INVALID_CONTENT_TYPE")
     return value
+
+
+_CHARSET = re.compile(r";[ \t]*charset=(\"[^\"]*\"|[^; \t]*)", re.IGNORECASE)
+_UTF8_CHARSETS = {"utf-8", "utf8", "us-ascii"}  # ASCII text is UTF-8 too
 
 
 def non_negative_integer(value: str, name: str, maximum: int = MAX_SAFE_INTEGER) -> int:
