@@ -105,6 +105,18 @@ def _ack(
     )
 
 
+def test_a_claim_by_a_worker_with_a_name_too_long_says_so(
+    streams_server: ServerProcess, http: requests.Session
+) -> None:
+    """It was told "claim needs {"worker": "<name>"}", which it had given."""
+    root = _root(streams_server)
+    _pull_subscription(http, root, "long-worker", "wake/long-worker", "long-jobs/*", 30_000)
+    response = _claim(http, root, "long-worker", "w" * 257)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"] == "a worker's name is at most 256 characters long"
+    assert _claim(http, root, "long-worker", "w" * 256).status_code == 200
+
+
 def test_two_workers_racing_for_a_claim_exactly_one_wins(
     streams_server: ServerProcess, http: requests.Session
 ) -> None:

@@ -34,6 +34,9 @@ from .model import (
 
 log = logging.getLogger(__name__)
 
+MAX_WORKER_NAME = 256
+"""The longest worker name a claim takes (it is stored with the lease and shown in listings)."""
+
 IDLE_CHECK_S = 30.0
 
 
@@ -115,8 +118,11 @@ class SubscriptionService:
 
     def claim(self, sub_id: str, body: Any) -> tuple[WakeGrant, str]:
         worker = body.get("worker") if isinstance(body, dict) else None
-        if not isinstance(worker, str) or not worker or len(worker) > 256:
+        if not isinstance(worker, str) or not worker:
             raise BadRequest("claim needs {\"worker\": \"<name>\"}", code="INVALID_WORKER")
+        if len(worker) > MAX_WORKER_NAME:
+            raise BadRequest(f"a worker's name is at most {MAX_WORKER_NAME} characters long",
+                             code="INVALID_WORKER")
         grant = self.store.transact(lambda tx: db.claim(tx, sub_id, worker))
         token = tokens.mint(
             self.keys.token_key,
