@@ -1687,6 +1687,31 @@ def test_a_prompt_unsent_when_its_tab_closed_is_sent_by_another_tab_once(
     assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompt]
 
 
+def test_a_tab_opened_after_one_closed_with_unsent_messages_sends_them_at_once(
+        chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
+    """The grace a closed tab is given to come back (a reload) was counted from when the
+    next tab opened, not from when the tab closed: a Stop pressed while the server was out
+    of reach, its tab closed, reached the server five seconds after a new tab opened, by
+    when the answer it was to stop had been written whole."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    cid = chat.start_conversation(unique("Closed with a message unsent"))
+    context = new_context()
+    writer = open_chat(context, f"{chat_app.url}/#/c/{cid}")
+    writer.route("**/prompts", lambda route, request: route.abort("connectionrefused")
+                 if request.method == "POST" else route.continue_())
+    prompt = unique("Left unsent in a closed tab")
+    replies.set(prompt, "Sent by the next tab.")
+    send_unsent(writer, prompt)
+    writer.close()
+    time.sleep(6)  # longer than the grace, with no page open to count it
+    later = open_chat(context, chat_app.url)
+    opened = time.monotonic()
+    wait_until(lambda: bool(later.evaluate("() => true")) and bool(prompt_messages(chat_app.url, cid)),
+               timeout=20, what="the closed tab's message sent")
+    assert time.monotonic() - opened < 4, "it waited for a tab that had gone long before"
+    assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompt]
+
+
 def test_a_reloaded_tab_keeps_its_unsent_prompt_with_another_tab_open(
         chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
     """The other tab, waiting for this one's outbox, took it on at the reload: the prompt

@@ -18,8 +18,9 @@ import { randomId, sleep } from "./util.js";
 
 const PREFIX = "ds-outbox:";
 const PREDECESSOR = "ds-outbox-of-this-tab:";
+const GONE_AT = "ds-outbox-gone:"; // + a page's key: when it went, leaving entries
 /** How long a page that has gone is given to come back (a reload) before another takes on
- * its entries. */
+ * its entries: counted from when it went, so that a tab opened later takes them at once. */
 const RELOAD_GRACE_MS = 5000;
 
 export class OutboxStorage {
@@ -49,6 +50,15 @@ export class OutboxStorage {
     }
     this.#storage = window.localStorage;
     this.#key = `${tabKey}#${randomId()}`; // "#": no part of a URL the page is given
+    window.addEventListener("pagehide", () => {
+      if (this.#storage.getItem(this.#key) === null) return; // nothing left for another page
+      try {
+        this.#storage.setItem(GONE_AT + this.#key, String(Date.now()));
+      } catch {} // storage full: other pages give it the whole grace
+    });
+    window.addEventListener("pageshow", (event) => {
+      if (event.persisted) this.#storage.removeItem(GONE_AT + this.#key); // back from the cache
+    });
     this.#leftInTab = read(window.sessionStorage, tabKey);
     const predecessor = window.sessionStorage.getItem(PREDECESSOR + baseUrl);
     window.sessionStorage.setItem(PREDECESSOR + baseUrl, this.#key);
@@ -121,7 +131,7 @@ export class OutboxStorage {
     this.#watched.add(key);
     navigator.locks
       .request(key, () => {}) // granted once its page has gone
-      .then(() => sleep(RELOAD_GRACE_MS))
+      .then(() => sleep(graceLeft(this.#storage, key)))
       .then(() => {
         this.#watched.delete(key);
         if (this.#storage.getItem(key) !== null) this.#adoptNow(key);
@@ -131,6 +141,7 @@ export class OutboxStorage {
 
   /** Called holding the lock of `key`: its page has gone. */
   #adopt(key) {
+    this.#storage.removeItem(GONE_AT + key);
     const stored = this.#storage.getItem(key);
     if (stored === null) return;
     const entries = read(this.#storage, key);
@@ -140,6 +151,14 @@ export class OutboxStorage {
     this.#storage.removeItem(key);
     if (entries.length && !this.#onAdopt(entries)) write(this.#storage, key, entries, stored);
   }
+}
+
+/** What is left of the grace of the page of `key`, gone (all of it if when is unknown: it
+ * crashed, or went as this page started). */
+function graceLeft(storage, key) {
+  const goneAt = Number(storage.getItem(GONE_AT + key));
+  if (!goneAt) return RELOAD_GRACE_MS;
+  return Math.min(RELOAD_GRACE_MS, Math.max(0, goneAt + RELOAD_GRACE_MS - Date.now()));
 }
 
 function read(storage, key) {
