@@ -596,6 +596,7 @@ class Supervisor(pykka.ThreadingActor):
             retry, deadline=min(retry.deadline, STARTUP_PROBE_S), log_retries=False))
         delay = 0.5
         wake_created = False
+        failed = 0
         while not self._stopping.is_set():
             try:
                 wake_created |= self._ensure_shared(probe, self.settings.wake_stream).created
@@ -605,6 +606,10 @@ class Supervisor(pykka.ThreadingActor):
                 wake_tail = ("-1" if wake_created
                              else probe.head(self.settings.wake_stream).next_offset)
                 conversations_tail = probe.head(layout.CONVERSATIONS_STREAM).next_offset
+                # After the warnings above, the operator learns they are over.
+                log.info("streams server reached at %s%s: answering its conversations",
+                         self.settings.streams_url,
+                         f" after {failed} failed attempt(s)" if failed else "")
                 self._tell(_Ready(wake_tail, conversations_tail))
                 return
             except _UnusableSharedStream as exc:
@@ -627,6 +632,7 @@ class Supervisor(pykka.ThreadingActor):
                                 " --streams-url if it is not a Durable Streams server;"
                                 " retrying in %.1fs", self.settings.streams_url, exc.status,
                                 exc, delay)
+            failed += 1
             self._stopping.wait(delay)
             delay = min(10.0, delay * 2)
 

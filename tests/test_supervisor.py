@@ -850,7 +850,7 @@ def test_supervisor_waits_for_an_unreachable_streams_server(
     tmp_path: Path, start_supervisor: StartSupervisor,
 ) -> None:
     """Started before the server, it says the server is unreachable, keeps trying (no exit),
-    and answers once the server is up on that port."""
+    and answers once the server is up on that port, saying it has reached it."""
     port = free_port()
     root = f"http://127.0.0.1:{port}/v1/stream"
     sup = start_supervisor(root)
@@ -865,10 +865,14 @@ def test_supervisor_waits_for_an_unreachable_streams_server(
                                      " retrying in")) == sup.count_lines(unreachable)
     assert sup.count_lines("retrying PUT") == 0, sup.log_tail()
 
+    assert sup.count_lines("streams server reached") == 0
     server = start_streams_server(tmp_path / "streams", port=port, long_poll_timeout=2.0)
     try:
         answer_one(root, "late server", "are you there?")
         assert sup.running
+        # The warnings stop: it says they are over (it said nothing, as if still waiting).
+        assert sup.count_lines(re.escape(f"streams server reached at {root} after ")
+                               + r"\d+ failed attempt\(s\): answering its conversations") == 1
     finally:
         server.terminate()
 
