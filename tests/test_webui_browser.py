@@ -1099,9 +1099,14 @@ def test_an_answer_stopped_behind_a_withdrawn_message_can_be_tried_again(
     turns = page.get_by_test_id("turn")
     expect(turns).to_have_count(3)
     expect(turns.nth(2).get_by_test_id("prompt")).to_contain_text(first)
-    contents = [m["content"] for m in prompt_messages(chat_app.url, conversation_id(page))
-                if m.get("type") == "prompt"]
-    assert contents == [first, withdrawn, first]
+    cid = conversation_id(page)
+
+    def contents() -> list[str]:
+        return [m["content"] for m in prompt_messages(chat_app.url, cid) if m.get("type") == "prompt"]
+
+    # The new turn shows as it is sent: stored a moment later.
+    wait_until(lambda: len(contents()) == 3, timeout=10, what="the third prompt stored")
+    assert contents() == [first, withdrawn, first]
 
 
 def test_an_answer_tried_again_can_be_tried_again(
