@@ -406,6 +406,34 @@ def test_stop_button_cancels_a_streaming_answer(chat_app: ServerProcess, model: 
     assert norm(streamed_answer(chat_app.url, cid, prompt_id)) == text
 
 
+def test_bold_and_code_left_open_by_an_answer_being_written_show_closed(
+        chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
+        new_context: NewContext) -> None:
+    """Until its closing marks came, a bold phrase or code span being written showed its
+    opening marks as text ("**Before that you"), and an answer stopped there kept them. A
+    finished answer is left as written: marks it never closed are text."""
+    model.tokens_per_second = 15
+    page = open_chat(new_context(), chat_app.url)
+    reply = ("Here is **what you asked before this** and then `a small piece of code` and "
+             + words("tail", 60))
+    prompt, prompt_id = start_long_answer(page, replies, "Marks left open", reply, 8)
+    answer = turn_for(page, prompt).get_by_test_id("answer-text")
+    expect(answer.locator("strong")).to_have_text("what you asked before this")
+    expect(answer.locator("code")).to_have_text("a small piece of code")
+    page.get_by_test_id("stop-button").click()
+    wait_state(page, prompt, "cancelled")
+    shown = [entry["text"] for entry in turn_log(page, prompt_id)]
+    assert any("Here is what you" in text and "this" not in text for text in shown), shown
+    assert not [text for text in shown if "*" in text or "`" in text], shown
+
+    unclosed = unique("A bold never closed")
+    replies.set(unclosed, "Ends with **an open mark")
+    model.tokens_per_second = 200
+    send_prompt(page, unclosed)
+    wait_state(page, unclosed, "done")
+    assert answer_text(page, unclosed) == "Ends with **an open mark"
+
+
 def test_escape_stops_the_answer_wherever_the_focus_is_in_the_conversation(
         chat_app: ServerProcess, model: FakeAnthropic, replies: ScriptedReplies,
         new_context: NewContext) -> None:

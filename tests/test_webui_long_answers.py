@@ -220,8 +220,9 @@ def test_the_view_of_a_growing_answer_matches_a_fresh_rendering(page: Page) -> N
         const text = randomMarkdown(random, 400); // enough for several parts
         const container = document.createElement("div");
         const view = new md.MarkdownView(container);
+        const open = seed % 2 === 0; // as an answer being written shows it (marks left open closed)
         for (let end = 0; end <= text.length + 40; end += 1 + Math.floor(random() * 40)) {
-          view.update(text.slice(0, end));
+          view.update(text.slice(0, end), { open });
         }
         view.update(text);
         if (html(container) !== fresh(text)) mismatches.push(seed);
@@ -240,6 +241,35 @@ def test_the_view_of_a_growing_answer_matches_a_fresh_rendering(page: Page) -> N
     assert result["mismatches"] == []
     assert result["kept"]
     assert result["parts"] > 1
+
+
+def test_a_text_being_written_shows_the_bold_or_code_it_left_open_closed_but_not_in_code(
+        page: Page) -> None:
+    shown: dict[str, str] = page.evaluate("""() => {
+      const cases = {
+        paragraph: "Say **Before that you", heading: "## A **bold head", span: "Run `pip inst",
+        both: "**Use `pip inst", item: "- first\\n- **Label", nested: "- first\\n  - **deep",
+        closed: "Say **this** and `that`", fenced: "```python\\nf(**kwargs",
+        fenced_in_item: "- item\\n\\n  ```\\n  f(**kw", after_space: "Say **this ",
+        just_opened: "Say **", no_opener: "a ** b", escaped: "a \\\\**b",
+      };
+      const shown = {};
+      for (const [name, source] of Object.entries(cases)) {
+        const div = document.createElement("div");
+        new md.MarkdownView(div).update(source, { open: true });
+        shown[name] = div.querySelector(".md-part").innerHTML;
+      }
+      return shown;
+    }""")
+    assert "<strong>Before that you</strong>" in shown["paragraph"], shown
+    assert "<strong>bold head</strong>" in shown["heading"], shown
+    assert "<code>pip inst</code>" in shown["span"], shown
+    assert "<strong>Use <code>pip inst</code></strong>" in shown["both"], shown
+    assert "<strong>Label</strong>" in shown["item"] and "<strong>deep</strong>" in shown["nested"], shown
+    assert shown["closed"].count("<strong>") == 1 and "*" not in shown["closed"], shown
+    assert "f(**kwargs</code>" in shown["fenced"] and "f(**kw</code>" in shown["fenced_in_item"], shown
+    for name in ("after_space", "just_opened", "no_opener", "escaped"):  # nothing to close
+        assert "<strong>" not in shown[name] and "**" in shown[name], shown
 
 
 def test_a_long_list_or_table_grows_without_rebuilding_what_is_settled(page: Page) -> None:

@@ -451,7 +451,7 @@ function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing, o
   showPromptText(parts, !turn.prompt ? "This answer's question is not on the server." : blank ? "(an empty message)" : turn.prompt.content);
   parts.promptMeta.textContent = turn.prompt ? formatTime(turn.prompt.timestamp) : "";
   setState(parts, state, note, { stalled: stallNote !== "", waiting: !!wait && !stallNote });
-  parts.md.update(turn.text);
+  parts.md.update(turn.text, { open: state !== "done" });
   parts.body.classList.toggle("is-streaming", state === "streaming");
   parts.body.hidden = turn.text === "" && state !== "done";
   if (turn.error) {

@@ -1184,17 +1184,21 @@ export class MarkdownView {
   #rendered = []; // [{block, node, part}]
   #parts = [];    // [{node, chars, lines}]
   #source = null;
+  #open = false;
   #plain = false; // the container shows the source as plain text (after a failed render)
 
   constructor(container) {
     this.container = container;
   }
 
-  update(source) {
-    if (source === this.#source) return;
+  /** Show `source`; `open`: the text is still being written, or was cut short (its last
+   * paragraph's open bold or code span is shown closed, see `withClosers`). */
+  update(source, { open = false } = {}) {
+    if (source === this.#source && open === this.#open) return;
     this.#source = source;
+    this.#open = open;
     try {
-      this.#render(source);
+      this.#render(source, open);
     } catch (err) {
       // Never expected; if it happens, the answer is still readable.
       console.warn("could not render an answer as Markdown", err);
@@ -1206,12 +1210,13 @@ export class MarkdownView {
     }
   }
 
-  #render(source) {
+  #render(source, open) {
     if (this.#plain) { // what a failed render showed instead
       this.container.replaceChildren();
       this.#plain = false;
     }
     const blocks = this.#parse.blocks(source);
+    if (open && blocks.length) blocks[blocks.length - 1] = withClosers(blocks.at(-1));
     let k = 0;
     while (k < blocks.length && k < this.#rendered.length && sameBlock(blocks[k], this.#rendered[k].block)) k += 1;
     const changed = new Set();
@@ -1271,6 +1276,74 @@ export class MarkdownView {
     this.#parts.push({ node, chars: 0, lines: 0 });
     return this.#parts.at(-1);
   }
+}
+
+/**
+ * `block`, the last of a text still being written (or cut short), with the closers of the
+ * bold (`**`) or code span (`` ` ``) that its last paragraph has opened, so that it shows as
+ * it will once they come: the marks themselves showed until then ("**Before that you").
+ * Not inside code, where they are text.
+ */
+function withClosers(block) {
+  if (block.type === "paragraph" || block.type === "heading") {
+    const closers = danglingClosers(block.text);
+    return closers ? { ...block, text: block.text + closers, raw: block.raw + closers } : block;
+  }
+  if (block.type === "list" && block.items.length) {
+    const item = block.items.at(-1);
+    const start = item.lines.findLastIndex((line) => isBlank(line)) + 1; // its last paragraph
+    const closers = danglingClosers(item.lines.slice(start).join("\n"));
+    if (!closers) return block;
+    const lines = item.lines.slice(0, -1).concat(item.lines.at(-1) + closers);
+    const children = parseBlocks(lines, 1);
+    if (endsInCode(children)) return block;
+    const closed = { ...item, lines, children };
+    return { ...block, items: block.items.slice(0, -1).concat(closed), raw: block.raw + closers };
+  }
+  return block;
+}
+
+function endsInCode(blocks) {
+  const last = blocks.at(-1);
+  if (!last) return false;
+  if (last.type === "code") return true;
+  if (last.type === "list") return endsInCode(last.items.at(-1)?.children ?? []);
+  return last.type === "quote" && endsInCode(last.children);
+}
+
+/** What closes the code span and the bold that `text` leaves open ("" if none, or if a
+ * closer would close nothing: after a space, or right after its opener). */
+function danglingClosers(text) {
+  if (!text || isSpaceOrTab(text.at(-1))) return "";
+  let bolds = 0;
+  let lastBold = -1;
+  let code = "";
+  for (let i = 0; i < text.length;) {
+    const c = text[i];
+    if (c === "\\") {
+      i += 2;
+    } else if (c === "`") {
+      const n = runLength(text, i);
+      const run = "`".repeat(n);
+      const end = text.indexOf(run, i + n); // (a longer run closes nothing: good enough here)
+      if (end < 0) {
+        if (i + n < text.length) code = run;
+        break;
+      }
+      i = end + n;
+    } else if (c === "*") {
+      const n = runLength(text, i);
+      if (n === 2) {
+        bolds += 1;
+        lastBold = i;
+      }
+      i += n;
+    } else {
+      i += 1;
+    }
+  }
+  const boldOpen = bolds % 2 === 1 && lastBold + 2 < text.length && !/\s/.test(text[lastBold + 2]);
+  return code + (boldOpen ? "**" : "");
 }
 
 /** Source lines of a block, and one for the space after it. */
