@@ -5,7 +5,8 @@ almost always in the last few appends. Serving those from memory means a thousan
 woken by one append cost a thousand dictionary lookups, not a thousand SQLite queries.
 Each stream keeps its newest entries up to `per_stream_bytes`; across all streams at most
 `total_bytes` are kept, dropping the buffers of the streams written least recently first.
-Only a stream's own entries are cached (a fork's inherited range is read from disk).
+Both count what an entry costs in memory, not only its bytes (`ENTRY_OVERHEAD`). Only a
+stream's own entries are cached (a fork's inherited range is read from disk).
 """
 
 from __future__ import annotations
@@ -17,13 +18,18 @@ from .models import StreamInfo
 
 PER_STREAM_BYTES = 256 * 1024
 TOTAL_BYTES = 64 * 1024 * 1024
+ENTRY_OVERHEAD = 128
+"""Python's memory for a cached entry beside its bytes (its tuple, position, bytes header and
+deque slot). Counting the bytes alone, a "64 MiB" cache of the agents' token chunks (about
+100 bytes each) held 175 MB."""
 
 
 @dataclass
 class _Buffer:
     start: int  # position of the first cached entry (or the tail when empty)
     entries: deque[tuple[int, bytes]] = field(default_factory=deque)
-    size: int = 0
+    size: int = 0  # the entries' bytes: where they end is `start + size`
+    cost: int = 0  # what they take in memory, as counted against the limits
 
 
 class TailCache:
@@ -55,14 +61,15 @@ class TailCache:
         for start, data in entries:
             buffer.entries.append((start, data))
             buffer.size += len(data)
-            self._total += len(data)
+            buffer.cost += len(data) + ENTRY_OVERHEAD
+            self._total += len(data) + ENTRY_OVERHEAD
         self._buffers.move_to_end(stream_id)
         self._trim(buffer)
 
     def forget(self, stream_id: int) -> None:
         buffer = self._buffers.pop(stream_id, None)
         if buffer is not None:
-            self._total -= buffer.size
+            self._total -= buffer.cost
 
     def read(
         self, stream_id: int, position: int, tail: int, max_bytes: int
@@ -99,10 +106,11 @@ class TailCache:
         return out, next_position
 
     def _trim(self, buffer: _Buffer) -> None:
-        while buffer.size > self._per_stream and buffer.entries:
+        while buffer.cost > self._per_stream and buffer.entries:
             start, data = buffer.entries.popleft()
             buffer.size -= len(data)
-            self._total -= len(data)
+            buffer.cost -= len(data) + ENTRY_OVERHEAD
+            self._total -= len(data) + ENTRY_OVERHEAD
             buffer.start = start + len(data)
         while self._total > self._total_limit and self._buffers:
             oldest_id = next(iter(self._buffers))
