@@ -74,8 +74,11 @@ class FakeAnthropic:
 
     def __init__(self, reply: Reply = "Hello from the fake model.", *,
                  tokens_per_second: float = 200.0, model: str = "claude-fake-1",
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, record: bool = True) -> None:
         self.reply: Reply = reply
+        self.record = record
+        """Keep every request in `requests` and `headers` (not when serving as a command: a
+        long session would keep them all)."""
         self.tokens_per_second = tokens_per_second
         self.first_token_delay = 0.0
         """Seconds between the stream's start and its first token (the model "thinking")."""
@@ -141,9 +144,10 @@ class FakeAnthropic:
 
     def _record(self, body: dict[str, Any], headers: dict[str, str]) -> Failure | None:
         with self._lock:
-            self.requests.append(body)
-            self.headers.append(headers)
-            self._lock.notify_all()
+            if self.record:
+                self.requests.append(body)
+                self.headers.append(headers)
+                self._lock.notify_all()
             return self._failures.pop(0) if self._failures else None
 
 
@@ -295,6 +299,12 @@ def echo_reply(messages: list[dict[str, Any]]) -> str:
             f"local fake of the Messages API). Your message was:\n\n{quoted}\n")
 
 
+def command_fake(host: str, port: int, tokens_per_second: float) -> FakeAnthropic:
+    """The command's fake: it echoes, and keeps no request (it may serve for days)."""
+    return FakeAnthropic(echo_reply, tokens_per_second=tokens_per_second, host=host, port=port,
+                         record=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.fake_anthropic",
@@ -310,8 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.tokens_per_second <= 100_000:
         parser.error(f"--tokens-per-second must be 0 to 100000, not {args.tokens_per_second:g}")
     try:
-        fake = FakeAnthropic(echo_reply, tokens_per_second=args.tokens_per_second,
-                             host=args.host, port=args.port)
+        fake = command_fake(args.host, args.port, args.tokens_per_second)
     except OSError as error:
         print(f"fake Anthropic API: cannot listen on {args.host}:{args.port}: "
               f"{error.strerror or error}", file=sys.stderr)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anthropic
 import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
@@ -31,6 +32,7 @@ from streams_server.subscriptions.keys import SIGNING_KEY_FILE, TOKEN_KEY_FILE
 from tests.support import REPO_ROOT, start_streams_server
 from agent_actors import StreamsClient
 from tests.support.agents import ChatClient, wait_for_answers, wait_until
+from tests.fake_anthropic import command_fake
 from tests.support.webapp import start_chat_app
 from webui import create_app
 from webui.config import load_config
@@ -715,6 +717,17 @@ def test_the_fake_anthropic_command_answers_the_chat_through_the_real_sdk(tmp_pa
         _, errors = fake.communicate(timeout=15)
     assert fake.returncode == 0, errors
     assert "Traceback" not in errors, errors
+
+
+def test_the_fake_anthropic_command_keeps_no_request() -> None:
+    """It kept every request's body for the tests' sake: left running beside the chat, it
+    grew by the size of every conversation sent to it (448 MB in a 15-minute soak)."""
+    with command_fake("127.0.0.1", 0, 0) as fake:
+        client = anthropic.Anthropic(base_url=fake.url, api_key="any")
+        with client.messages.stream(model="claude-fake-1", max_tokens=50,
+                                    messages=[{"role": "user", "content": "x" * 10_000}]) as stream:
+            assert "> " + "x" * 10_000 in stream.get_final_text()
+        assert fake.requests == [] and fake.headers == []
 
 
 def test_the_fake_anthropic_command_refuses_a_busy_port_clearly() -> None:
