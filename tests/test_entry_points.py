@@ -711,10 +711,12 @@ def test_the_fake_anthropic_command_answers_the_chat_through_the_real_sdk(tmp_pa
         assert "came through the real `anthropic` SDK" in answer.text, answer.text
         assert "> first line\n> second line" in answer.text, answer.text
     finally:
-        if app is not None:
-            app.terminate()
-        fake.send_signal(signal.SIGTERM)
-        _, errors = fake.communicate(timeout=15)
+        try:
+            if app is not None:
+                app.terminate()
+        finally:  # the fake goes whatever happened to the app (it was left running once)
+            fake.send_signal(signal.SIGTERM)
+            _, errors = fake.communicate(timeout=15)
     assert fake.returncode == 0, errors
     assert "Traceback" not in errors, errors
 
