@@ -227,8 +227,9 @@ class _EnvironHeaders:
             # ("Stream-Closed: true" twice read as "true,true": not closed). The standalone
             # server's parser takes a repeat of one value once and refuses two: so here.
             values = {part.strip() for part in value.split(",")}
-            if len(values) > 1:
-                raise BadRequest(f"the request has conflicting {name} headers",
+            if len(values) > 1:  # two values, or one malformed ("Tue, 01 Jan 2030 ...")
+                raise BadRequest(f"{name} holds a comma, which no value of it has: it was given"
+                                 f" twice with different values, or is malformed ({value[:60]!r})",
                                  code="MALFORMED_REQUEST")
             value = values.pop()
         return value

@@ -519,6 +519,11 @@ def test_a_text_or_json_stream_in_another_charset_than_utf8_is_refused(
     assert "holds UTF-8" in made.json()["error"]["message"]
     for fine in ("text/plain; charset=UTF-8", "text/plain; charset=us-ascii", "text/plain"):
         assert http.request("PUT", f"{path}-{len(fine)}", headers={"Content-Type": fine}).status_code == 201
+    # Sent to a stream of another type, it is that other type's conflict (section 5.2).
+    binary = f"{path}-binary"
+    assert http.put(binary, content_type="application/octet-stream").status_code == 201
+    appended = http.request("POST", binary, body=b"x", headers={"Content-Type": content_type})
+    assert appended.status_code == 409, appended.content
 
 
 @pytest.mark.parametrize(("stream_type", "sent_type", "body"), [

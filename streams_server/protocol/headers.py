@@ -69,17 +69,23 @@ def stream_content_type(headers: HeaderLookup) -> str | None:
         raise BadRequest(f"Content-Type {value[:80]!r} is not a media type (such as"
                          " application/json or text/plain; charset=utf-8)",
                          code="INVALID_CONTENT_TYPE")
-    media = media_type(value)
-    if media.startswith("text/") or media == "application/json":
-        charset = _CHARSET.search(value)
-        name = charset and charset.group(1).strip('"').lower()
-        if name and name not in _UTF8_CHARSETS:
-            # Refused as its bytes would be, one append after another (see bodies._TextCheck).
-            raise BadRequest(
-                f"a {media} stream holds UTF-8 (its SSE readers get it as UTF-8 text, section"
-                f" 5.8), not charset={name[:40]}: send it as UTF-8, with charset=utf-8",
-                code="INVALID_CONTENT_TYPE")
     return value
+
+
+def check_utf8_charset(content_type: str) -> None:
+    """A text or JSON stream is made in UTF-8: its SSE readers get it as UTF-8 text (5.8),
+    so its bytes are checked as UTF-8 (see `bodies._TextCheck`), and one declared in another
+    charset would refuse every append of text in that charset."""
+    media = media_type(content_type)
+    if not (media.startswith("text/") or media == "application/json"):
+        return
+    charset = _CHARSET.search(content_type)
+    name = charset and charset.group(1).strip('"').lower()
+    if name and name not in _UTF8_CHARSETS:
+        raise BadRequest(
+            f"a {media} stream holds UTF-8 (its SSE readers get it as UTF-8 text, section"
+            f" 5.8), not charset={name[:40]}: send it as UTF-8, with charset=utf-8",
+            code="INVALID_CONTENT_TYPE")
 
 
 _CHARSET = re.compile(r";[ \t]*charset=(\"[^\"]*\"|[^; \t]*)", re.IGNORECASE)

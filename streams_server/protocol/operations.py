@@ -69,6 +69,8 @@ class StreamOperations:
                              code="INVALID_PATH")
         h = request.headers
         given_type = headers.stream_content_type(h)
+        if given_type is not None:
+            headers.check_utf8_charset(given_type)
         content_type_given = given_type is not None
         content_type = given_type or DEFAULT_CONTENT_TYPE
         expiry = headers.expiry(h)
