@@ -4037,6 +4037,36 @@ def test_a_read_still_on_its_way_when_following_begins_does_not_replace_what_fol
     expect(page.get_by_test_id("follow-state")).to_contain_text("Following live")
 
 
+def test_a_stream_followed_while_its_metadata_loads_is_not_read_over_afterwards(
+        chat_app: ServerProcess, new_context: NewContext) -> None:
+    """Follow pressed while a newly opened stream's metadata was on its way: once it came,
+    the first read began all the same, and replaced what the live read showed."""
+    first, second = (f"inspect-{uuid.uuid4().hex[:8]}/{name}" for name in ("first", "second"))
+    json_type = {"Content-Type": "application/json"}
+    for path in (first, second):
+        created(requests.put(f"{chat_app.url}/v1/stream/{path}", headers=json_type,
+                             data=json.dumps([{"n": 1}]), timeout=10))
+    page = open_chat(new_context(), f"{chat_app.url}/inspector#path={quote(first, safe='')}")
+    expect(page.get_by_test_id("content-entry")).to_have_count(1)
+    held: list[Route] = []
+    page.route(re.compile(re.escape(second) + "$"), lambda route: held.append(route)
+               if route.request.method == "HEAD" and not held else route.continue_())
+    page.evaluate("path => { location.hash = `#path=${encodeURIComponent(path)}`; }", second)
+    expect(page.get_by_test_id("inspector-title")).to_have_text(second)
+    wait_until(lambda: bool(page.evaluate("() => true")) and len(held) == 1, timeout=10,
+               what="the second stream's HEAD held")
+    page.get_by_test_id("follow-toggle").click()
+    expect(page.get_by_test_id("follow-state")).to_contain_text("up to date")
+    assert requests.post(f"{chat_app.url}/v1/stream/{second}", headers=json_type,
+                         data=json.dumps({"n": 2}), timeout=10).ok
+    expect(page.get_by_test_id("content-entry")).to_have_count(2)
+    held[0].continue_()
+    expect(page.get_by_test_id("meta-tail-offset")).not_to_have_text("—")
+    page.wait_for_timeout(500)
+    expect(page.get_by_test_id("follow-state")).to_contain_text("Following live")
+    expect(page.get_by_test_id("content-entry")).to_have_count(2)
+
+
 def test_each_list_of_the_inspector_is_one_tab_stop(chat_app: ServerProcess,
                                                     new_context: NewContext) -> None:
     """Every listed stream was a Tab stop: up to 500 of them between the filter and the rest

@@ -466,10 +466,11 @@ async function open(path, { reveal = false, typed = false } = {}) {
   renderContent();
   await refreshMeta();
   if (reveal && state.path === path) revealTitle(); // now that its cards make the page long enough
-  if (state.meta?.exists) {
+  if (state.path === path && state.meta?.exists) {
     remember(path);
     if (listing.streams && !listing.streams.some((s) => s.path === path)) loadStreams(); // newer than the list
-    await readFrom($("read-offset").value.trim() || "-1");
+    // Followed meanwhile (its button is there while the metadata loads): the live read shows it.
+    if (!state.follow) await readFrom($("read-offset").value.trim() || "-1");
   }
   markCurrent();
 }
