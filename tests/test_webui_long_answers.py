@@ -252,6 +252,8 @@ def test_a_text_being_written_shows_the_bold_or_code_it_left_open_closed_but_not
         closed: "Say **this** and `that`", fenced: "```python\\nf(**kwargs",
         fenced_in_item: "- item\\n\\n  ```\\n  f(**kw", after_space: "Say **this ",
         just_opened: "Say **", no_opener: "a ** b", escaped: "a \\\\**b",
+        backslash: "**C:\\\\", half_closer: "**bold*", url: "see https://x.com/**foo",
+        spaced_first: "2 ** 3 and **note", nested_last: "1. **x\\n   - y **z",
       };
       const shown = {};
       for (const [name, source] of Object.entries(cases)) {
@@ -270,6 +272,12 @@ def test_a_text_being_written_shows_the_bold_or_code_it_left_open_closed_but_not
     assert "f(**kwargs</code>" in shown["fenced"] and "f(**kw</code>" in shown["fenced_in_item"], shown
     for name in ("after_space", "just_opened", "no_opener", "escaped"):  # nothing to close
         assert "<strong>" not in shown[name] and "**" in shown[name], shown
+    # A closer after a backslash would be escaped: text that is not in the answer.
+    assert shown["backslash"].endswith("<p>**C:\\</p>"), shown  # as written
+    assert "<strong>bold</strong>" in shown["half_closer"] and "*" not in shown["half_closer"], shown
+    assert "foo**" not in shown["url"], shown  # a link's URL holds no mark
+    assert "<strong>note</strong>" in shown["spaced_first"], shown
+    assert "<strong>z</strong>" in shown["nested_last"], shown
 
 
 def test_a_long_list_or_table_grows_without_rebuilding_what_is_settled(page: Page) -> None:

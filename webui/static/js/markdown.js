@@ -1280,41 +1280,36 @@ export class MarkdownView {
 
 /**
  * `block`, the last of a text still being written (or cut short), with the closers of the
- * bold (`**`) or code span (`` ` ``) that its last paragraph has opened, so that it shows as
- * it will once they come: the marks themselves showed until then ("**Before that you").
- * Not inside code, where they are text.
+ * bold (`**`) or code span (`` ` ``) that the paragraph it ends with has opened (a paragraph,
+ * a heading, or the last paragraph of a list's last item), so that it shows as it will once
+ * they come: the marks themselves showed until then ("**Before that you"). Code, quotes and
+ * tables are left as they are.
  */
 function withClosers(block) {
-  if (block.type === "paragraph" || block.type === "heading") {
-    const closers = danglingClosers(block.text);
-    return closers ? { ...block, text: block.text + closers, raw: block.raw + closers } : block;
-  }
-  if (block.type === "list" && block.items.length) {
-    const item = block.items.at(-1);
-    const start = item.lines.findLastIndex((line) => isBlank(line)) + 1; // its last paragraph
-    const closers = danglingClosers(item.lines.slice(start).join("\n"));
-    if (!closers) return block;
-    const lines = item.lines.slice(0, -1).concat(item.lines.at(-1) + closers);
-    const children = parseBlocks(lines, 1);
-    if (endsInCode(children)) return block;
-    const closed = { ...item, lines, children };
-    return { ...block, items: block.items.slice(0, -1).concat(closed), raw: block.raw + closers };
-  }
-  return block;
+  const text = lastParagraphText(block);
+  const closers = text ? danglingClosers(text) : "";
+  if (!closers) return block;
+  if (block.type !== "list") return { ...block, text: block.text + closers, raw: block.raw + closers };
+  const item = block.items.at(-1);
+  const lines = item.lines.slice(0, -1).concat(item.lines.at(-1) + closers);
+  const closed = { ...item, lines, children: parseBlocks(lines, 1) };
+  const list = { ...block, items: block.items.slice(0, -1).concat(closed), raw: block.raw + closers };
+  // The closers went to the paragraph they close, or the item is shown as it was.
+  return lastParagraphText(list) === text + closers ? list : block;
 }
 
-function endsInCode(blocks) {
-  const last = blocks.at(-1);
-  if (!last) return false;
-  if (last.type === "code") return true;
-  if (last.type === "list") return endsInCode(last.items.at(-1)?.children ?? []);
-  return last.type === "quote" && endsInCode(last.children);
+/** The text of the paragraph `block` ends with, if it ends with one ("" if not). */
+function lastParagraphText(block) {
+  if (!block) return "";
+  if (block.type === "paragraph" || block.type === "heading") return block.text;
+  if (block.type === "list") return lastParagraphText(block.items.at(-1)?.children.at(-1));
+  return "";
 }
 
-/** What closes the code span and the bold that `text` leaves open ("" if none, or if a
- * closer would close nothing: after a space, or right after its opener). */
+/** What closes the code span and the bold that `text` leaves open: "" if none, or if a
+ * closer would close nothing (after a space or a backslash, or right after its opener). */
 function danglingClosers(text) {
-  if (!text || isSpaceOrTab(text.at(-1))) return "";
+  if (!text || isSpaceOrTab(text.at(-1)) || /(^|[^\\])(\\\\)*\\$/.test(text)) return "";
   let bolds = 0;
   let lastBold = -1;
   let code = "";
@@ -1333,7 +1328,8 @@ function danglingClosers(text) {
       i = end + n;
     } else if (c === "*") {
       const n = runLength(text, i);
-      if (n === 2) {
+      // Between spaces a "**" neither opens nor closes ("2 ** 3").
+      if (n === 2 && !(/^\s?$/.test(text[i - 1] ?? "") && /^\s?$/.test(text[i + 2] ?? ""))) {
         bolds += 1;
         lastBold = i;
       }
@@ -1342,8 +1338,12 @@ function danglingClosers(text) {
       i += 1;
     }
   }
-  const boldOpen = bolds % 2 === 1 && lastBold + 2 < text.length && !/\s/.test(text[lastBold + 2]);
-  return code + (boldOpen ? "**" : "");
+  const word = text.slice(text.lastIndexOf(" ", lastBold) + 1, lastBold);
+  const boldOpen = bolds % 2 === 1 && lastBold + 2 < text.length && !/\s/.test(text[lastBold + 2])
+    && !/https?:\/\/|www\./i.test(word); // in a link's URL, not a mark
+  if (!boldOpen) return code;
+  // Half its closer written ("**bold*"): the other half.
+  return code + (!code && text.at(-1) === "*" && text.at(-2) !== "*" ? "*" : "**");
 }
 
 /** Source lines of a block, and one for the space after it. */
