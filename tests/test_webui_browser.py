@@ -1743,6 +1743,9 @@ def test_a_tab_opened_after_one_closed_with_unsent_messages_sends_them_at_once(
                timeout=20, what="the closed tab's message sent")
     assert time.monotonic() - opened < 4, "it waited for a tab that had gone long before"
     assert [m.get("content") for m in prompt_messages(chat_app.url, cid)] == [prompt]
+    wait_until(lambda: later.evaluate(  # when the closed tab went: not kept once taken on
+        "() => !Object.keys(localStorage).some(k => k.startsWith('ds-outbox-gone:'))"),
+        timeout=10, what="the closed tab's note removed")
 
 
 def test_a_reloaded_tab_keeps_its_unsent_prompt_with_another_tab_open(

@@ -20,8 +20,11 @@ const PREFIX = "ds-outbox:";
 const PREDECESSOR = "ds-outbox-of-this-tab:";
 const GONE_AT = "ds-outbox-gone:"; // + a page's key: when it went, leaving entries
 /** How long a page that has gone is given to come back (a reload) before another takes on
- * its entries: counted from when it went, so that a tab opened later takes them at once. */
+ * its entries: counted from when it went, so that a tab opened later takes them without
+ * waiting it out; but at least `RESTORE_GRACE_MS`, for the tabs of a browser restarted
+ * together to take back their own first. */
 const RELOAD_GRACE_MS = 5000;
+const RESTORE_GRACE_MS = 1500;
 
 export class OutboxStorage {
   #key;
@@ -51,7 +54,7 @@ export class OutboxStorage {
     this.#storage = window.localStorage;
     this.#key = `${tabKey}#${randomId()}`; // "#": no part of a URL the page is given
     window.addEventListener("pagehide", () => {
-      if (this.#storage.getItem(this.#key) === null) return; // nothing left for another page
+      if (!this.#shared || this.#storage.getItem(this.#key) === null) return; // none for others
       try {
         this.#storage.setItem(GONE_AT + this.#key, String(Date.now()));
       } catch {} // storage full: other pages give it the whole grace
@@ -135,6 +138,7 @@ export class OutboxStorage {
       .then(() => {
         this.#watched.delete(key);
         if (this.#storage.getItem(key) !== null) this.#adoptNow(key);
+        else this.#storage.removeItem(GONE_AT + key); // taken by another page, or sent
       })
       .catch((err) => console.warn("outbox adoption failed", err));
   }
@@ -158,7 +162,7 @@ export class OutboxStorage {
 function graceLeft(storage, key) {
   const goneAt = Number(storage.getItem(GONE_AT + key));
   if (!goneAt) return RELOAD_GRACE_MS;
-  return Math.min(RELOAD_GRACE_MS, Math.max(0, goneAt + RELOAD_GRACE_MS - Date.now()));
+  return Math.min(RELOAD_GRACE_MS, Math.max(RESTORE_GRACE_MS, goneAt + RELOAD_GRACE_MS - Date.now()));
 }
 
 function read(storage, key) {
