@@ -235,14 +235,16 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
             if self.request_line_timed_out:
                 # pywsgi closes without a word on any socket error in the request line;
                 # past its first byte (the peek above), a request that stalls gets its 408.
-                return self._refuse(UnreadableRequest(
+                outcome = self._refuse(UnreadableRequest(
                     f"the request line did not arrive within {socket_timeout_s:g} s",
                     status="408 Request Timeout", code="REQUEST_TIMEOUT"))
-            if isinstance(outcome, tuple) and outcome[0] == "414":
-                refusal = UnreadableRequest(
+            elif isinstance(outcome, tuple) and outcome[0] == "414":
+                outcome = self._refuse(UnreadableRequest(
                     f"the request line is longer than {MAX_REQUEST_LINE - 1} bytes",
-                    status="414 URI Too Long", code="REQUEST_LINE_TOO_LONG")
-                return self._refuse(refusal)
+                    status="414 URI Too Long", code="REQUEST_LINE_TOO_LONG"))
+            if isinstance(outcome, tuple):  # a refusal, answered here rather than by pywsgi
+                self._answer_and_close(outcome[1])
+                return None
             if self.drain_before_close:
                 # Closed with the client's body unread, the kernel would reset the
                 # connection, and a client still sending might never read the answer.
@@ -297,6 +299,16 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
         def _refuse(self, refusal: UnreadableRequest) -> tuple[str, bytes]:
             log.info("refused a request from %s: %s", self.client_address[0], refusal)
             return refusal.status[:3], refusal.response()
+
+        def _answer_and_close(self, response: bytes) -> None:
+            """pywsgi sends a refusal and closes at once: with the rest of a head (a header
+            far too long, a dripped byte) still coming, the kernel answers it with a reset,
+            which can drop the refusal before the client reads it."""
+            try:
+                self.socket.sendall(response)
+            except OSError:  # the client reset or went away: nothing to add
+                return
+            _shut_and_drain(self.socket)
 
     server = NoDelayWSGIServer((host, port), app, log=None, error_log=logging.getLogger("wsgi"),
                                handler_class=LeanHeadersHandler)
