@@ -335,14 +335,21 @@ def serve(app: Any, host: str, port: int, on_stop: Callable[[], None],
     on_stop()
 
 
-_STOPPING_BODY = json.dumps({"error": {
-    "code": "SERVER_STOPPING", "message": "the server is stopping: try again in a moment"}})
-_STOPPING_HEAD = (
-    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    "Retry-After: 1\r\nAccess-Control-Allow-Origin: *\r\n"
-    "Access-Control-Expose-Headers: Retry-After\r\n"
-    f"Content-Length: {len(_STOPPING_BODY)}\r\nConnection: close\r\n\r\n").encode("latin-1")
-_STOPPING = _STOPPING_HEAD + _STOPPING_BODY.encode("latin-1")
+def _raw_error(status: str, code: str, message: str, extra_headers: str = "") -> bytes:
+    """A whole JSON error response for a request the app never saw, with the CORS header
+    (its origin unread, any) that lets a page of another origin read why, and the connection
+    closed. `extra_headers` are header lines, each ending in CR LF."""
+    body = json.dumps({"error": {"code": code, "message": message}})
+    head = (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra_headers}"
+            "Access-Control-Allow-Origin: *\r\nX-Content-Type-Options: nosniff\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + body.encode("latin-1")
+
+
+_STOPPING = _raw_error(
+    "503 Service Unavailable", "SERVER_STOPPING", "the server is stopping: try again in a moment",
+    "Retry-After: 1\r\nAccess-Control-Expose-Headers: Retry-After\r\n")
+_STOPPING_HEAD = _STOPPING.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
 _FULL_PAUSE_S = 0.5  # out of file descriptors: how long until accepting is tried again
 _MAX_DESCRIPTORS = 1 << 20
 _UNREAD_AT_CLOSE_BYTES = 64 << 20
@@ -415,10 +422,7 @@ class UnreadableRequest(ValueError):
         self.code = code
 
     def response(self) -> bytes:
-        body = json.dumps({"error": {"code": self.code, "message": str(self)}}).encode()
-        head = (f"HTTP/1.1 {self.status}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-        return head.encode("latin-1") + body
+        return _raw_error(self.status, self.code, str(self))
 
 
 def _value(header_line: str) -> str:

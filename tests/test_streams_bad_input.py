@@ -254,11 +254,15 @@ def test_requests_refused_before_the_app_get_a_json_error(
 ) -> None:
     """What gevent's HTTP parser refuses (before any app sees the request) is answered like
     every other error: JSON with a code, the connection closed, and an info line in the log,
-    not an ERROR (pywsgi's own answers were empty, and logged as errors with the socket)."""
+    not an ERROR (pywsgi's own answers were empty, and logged as errors with the socket).
+    They lacked the CORS header, so a page of another origin could not read why."""
     got_status, headers, body = _raw_answer(server.url, request_bytes)
     assert got_status == status, body
     assert headers["content-type"] == "application/json"
     assert headers["connection"] == "close"
+    # Readable by a page of another origin, like every other error of the API.
+    assert headers["access-control-allow-origin"] == "*"
+    assert headers["x-content-type-options"] == "nosniff"
     assert json.loads(body)["error"]["code"] == code
     log = server.log_path.read_text(errors="replace")
     assert " ERROR " not in log and "Traceback" not in log, server.log_tail()
