@@ -480,7 +480,9 @@ class ConversationAgent(pykka.ThreadingActor):
 
     def _hand_back(self, reason: str) -> None:
         """Between answers: ack what was processed with `done` and stop. The server wakes
-        again at once if a prompt is waiting, and the supervisor claims it afresh."""
+        again at once if a prompt is waiting, and the supervisor claims it afresh. The ack
+        holds this agent's inbox for its round trip (its retries, with the server down):
+        the agent is leaving, and the supervisor's stop is bounded by its own timeout."""
         self._passivating = True
         next_wake = self._keeper.finish()
         if reason in ("idle", "make-room"):

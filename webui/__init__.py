@@ -23,12 +23,10 @@ from streams_server.config import mib_to_bytes
 from streams_server.routes import answer_flask_errors_in_json
 from webui import chat
 from webui.access_log import configure_access_log
-from webui.config import ConfigError, load_config
+from webui.config import STREAMS_PREFIX, ConfigError, load_config
 from webui.embedded import BackgroundWork
 from webui.flask_run import flask_run_address, under_flask_run
 from webui.stop_signals import take_stop_signals
-
-STREAMS_PREFIX = "/v1/stream"
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

@@ -28,23 +28,22 @@ from agent_actors.validation import (
     is_visible_ascii,
 )
 from streams_server.config import LARGEST_BODY_MIB
+from webui.chat import DEFAULTS as PAGE_DEFAULTS
 
 log = logging.getLogger(__name__)
+
+STREAMS_PREFIX = "/v1/stream"
+"""Where the app serves the streams protocol."""
 
 DEFAULTS: dict[str, Any] = {
     # Where the streams database and the agents' offsets live.
     "DATA_DIR": "./data",
     # Keep streams in memory instead (nothing survives a restart).
     "STREAMS_MEMORY": False,
-    # The streams root the browser talks to (same origin by default).
-    "STREAMS_BROWSER_URL": "/v1/stream",
-    # Require `Authorization: Bearer <token>` on the streams API (the page sends it).
-    "STREAMS_AUTH_TOKEN": None,
+    # The streams root the browser talks to, the bearer token the streams API then requires
+    # (the page sends it), and the SSE keep-alive and duration the server and page share.
+    **PAGE_DEFAULTS,
     "LONG_POLL_TIMEOUT_S": 30.0,
-    # SSE keep-alive comments this often; the page reconnects after 2.5 of them are missed.
-    "SSE_KEEPALIVE_S": 15.0,
-    # SSE responses end after this long (section 10.2) and the reader reconnects.
-    "SSE_MAX_DURATION_S": 60.0,
     "MAX_BODY_MIB": 64,
     "MAX_JSON_MESSAGES": 10_000,
     # The streams database's quota: writes past it get 507 (default: no limit but the disk).

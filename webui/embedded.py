@@ -4,7 +4,9 @@ Under `flask run` they start as soon as its server listens; under any other serv
 the first request. Not in `create_app`, because Flask's reloader (`flask run --debug`)
 builds the app in a watcher process that never serves: starting there would run a second
 supervisor beside the real one. The embedded supervisor reaches the streams over HTTP,
-through this app's own URL, exactly as a separate supervisor process would.
+through this app's own URL, exactly as a separate supervisor process would. Only its leases
+are touched in-process, at the edges of a run: the leases of a killed earlier run at the
+start, and its own at exit, when the server it would ask has usually stopped.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from agent_actors.offsets_store import OffsetsStore
 from agent_actors.supervisor import Supervisor, SupervisorSettings
 from streams_server import StreamsBackend
 from streams_server.storage.dirlock import DirectoryInUse
+from webui.config import STREAMS_PREFIX
 from webui.flask_run import ServingAddress, local_root_url
 from webui.stop_signals import STOP_AT_ONCE, hurry_offered
 
@@ -121,7 +124,7 @@ class BackgroundWork:
 
     def _start_supervisor(self, root_url: str) -> Any:
         config = self._app.config
-        streams_url = config["AGENT_STREAMS_URL"] or root_url.rstrip("/") + "/v1/stream"
+        streams_url = config["AGENT_STREAMS_URL"] or root_url.rstrip("/") + STREAMS_PREFIX
         if not config["AGENT_STREAMS_URL"] and root_url.startswith("https:"):
             log.warning("the embedded supervisor connects to %s; if the TLS certificate does "
                         "not name that address, set CHAT_AGENT_STREAMS_URL", streams_url)
