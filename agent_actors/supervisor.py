@@ -89,6 +89,17 @@ LISTING_PAGE = 1000
 
 
 @dataclass(frozen=True)
+class SettingNames:
+    """What the person running the supervisor calls its settings, for the log's advice: the
+    command's flags, or the web app's environment variables for its embedded supervisor."""
+
+    streams_url: str = "--streams-url"
+    auth_token: str = "--auth-token"
+    lease_ttl: str = "--lease-ttl-ms"
+    wake_stream: str = "--wake-stream"
+
+
+@dataclass(frozen=True)
 class SupervisorSettings:
     streams_url: str
     data_dir: str | None = "./data/agents"
@@ -102,10 +113,7 @@ class SupervisorSettings:
     # How long stopping waits for agents to release their leases; after that the leases
     # simply expire (e.g. when the streams server is already gone).
     shutdown_timeout_s: float = 15.0
-    # What the person running it calls these two settings, for the log's advice (the web
-    # app's embedded supervisor has environment variables instead of flags).
-    lease_ttl_setting: str = "--lease-ttl-ms"
-    wake_stream_setting: str = "--wake-stream"
+    named: SettingNames = SettingNames()
     # Threads for claims and start-up checks, a few requests each: conversations woken
     # together (a burst of prompts, a restart's scan) do not queue behind one another's.
     job_threads: int = 8
@@ -616,22 +624,22 @@ class Supervisor(pykka.ThreadingActor):
                 log.error("%s; retrying in %.1fs", exc, delay)
             except Unauthorized as exc:
                 log.error("the streams server at %s refuses this supervisor (%s): check its"
-                          " --auth-token; retrying in %.1fs", self.settings.streams_url, exc,
-                          delay)
+                          " %s; retrying in %.1fs", self.settings.streams_url, exc,
+                          self.settings.named.auth_token, delay)
             except NotFound as exc:  # a PUT creates: a 404 is not from a streams root
-                log.error("no Durable Streams server answers at %s (%s): check"
-                          " --streams-url; retrying in %.1fs", self.settings.streams_url, exc,
-                          delay)
+                log.error("no Durable Streams server answers at %s (%s): check %s; retrying"
+                          " in %.1fs", self.settings.streams_url, exc,
+                          self.settings.named.streams_url, delay)
             except StreamsError as exc:
                 if exc.status is None:
                     reason = exc.reason if isinstance(exc, StreamsUnavailable) else exc
                     log.warning("streams server unreachable at %s (%s); retrying in %.1fs",
                                 self.settings.streams_url, reason, delay)
                 else:  # it answers, but fails or refuses: perhaps not a streams server
-                    log.warning("the streams server at %s answers HTTP %d (%s): check"
-                                " --streams-url if it is not a Durable Streams server;"
-                                " retrying in %.1fs", self.settings.streams_url, exc.status,
-                                exc, delay)
+                    log.warning("the streams server at %s answers HTTP %d (%s): check %s"
+                                " if it is not a Durable Streams server; retrying in %.1fs",
+                                self.settings.streams_url, exc.status, exc,
+                                self.settings.named.streams_url, delay)
             failed += 1
             self._stopping.wait(delay)
             delay = min(10.0, delay * 2)
@@ -809,14 +817,14 @@ class Supervisor(pykka.ThreadingActor):
     def _note_lease(self, cid: str, ttl: int | None) -> None:
         """Say once that a conversation's subscription has another lease than the one this
         supervisor was told to use: whoever creates it first (a client, before its first
-        prompt) sets it, so `--lease-ttl-ms` was not what a takeover waits for there."""
+        prompt) sets it, so this supervisor's lease TTL was not what a takeover waits for."""
         if ttl is None or ttl == self.settings.lease_ttl_ms or self._lease_note_given:
             return
         self._lease_note_given = True
         log.warning("conversation %s: its subscription was made with a lease of %d ms, not this"
                     " supervisor's %d (%s): the client that creates a conversation sets it,"
                     " and an agent that dies there is replaced after %d ms (said once)", cid,
-                    ttl, self.settings.lease_ttl_ms, self.settings.lease_ttl_setting, ttl)
+                    ttl, self.settings.lease_ttl_ms, self.settings.named.lease_ttl, ttl)
 
     def _note_wake_stream(self, cid: str, wake_stream: str | None) -> None:
         """Say once per conversation that its subscription wakes another stream than the
@@ -830,7 +838,7 @@ class Supervisor(pykka.ThreadingActor):
                     " conversation (at its start, or when the conversation is announced), not"
                     " as they come; a client must create it as every supervisor does", cid,
                     "nothing" if wake_stream is None else repr(wake_stream),
-                    self.settings.wake_stream, self.settings.wake_stream_setting)
+                    self.settings.wake_stream, self.settings.named.wake_stream)
 
     def _unanswered(self, cid: str) -> bool | None:
         """Whether the streams show a prompt with no finished answer; None if they could

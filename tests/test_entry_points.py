@@ -30,6 +30,7 @@ from agent_actors.cli import build_parser, check_args
 from agent_actors.validation import HTTP_URL
 from streams_server.subscriptions.keys import SIGNING_KEY_FILE, TOKEN_KEY_FILE
 from tests.support import REPO_ROOT, start_streams_server
+from tests.support.processes import free_port
 from agent_actors import StreamsClient
 from tests.support.agents import ChatClient, wait_for_answers, wait_until
 from tests.fake_anthropic import command_fake
@@ -288,6 +289,23 @@ def test_an_app_that_waited_for_its_data_dir_serves_what_is_there_when_it_gets_i
         assert read.status_code == 200 and read.text == "hello", (read.status_code, read.text)
     finally:
         app.extensions["background_work"].stop()
+
+
+def test_flask_runs_embedded_supervisor_names_the_apps_settings_in_its_advice(
+        tmp_path: Path) -> None:
+    """The advice named the supervisor command's flags (check --streams-url), which a
+    person running `flask run` has no way to give: it names the environment variables."""
+    port = free_port()
+    wrong = f"http://127.0.0.1:{port}/not-streams"
+    app = start_chat_app(tmp_path / "data", model_url="http://127.0.0.1:9", port=port,
+                         config={"AGENT_STREAMS_URL": wrong})
+    try:
+        wait_until(lambda: f"no Durable Streams server answers at {wrong}"
+                   in app.log_since_start(), timeout=20, what="the supervisor's advice")
+        assert "check CHAT_AGENT_STREAMS_URL;" in app.log_since_start()
+        assert "--streams-url" not in app.log_since_start()
+    finally:
+        app.terminate()
 
 
 def test_flask_run_refuses_a_port_no_server_can_listen_on(tmp_path: Path) -> None:

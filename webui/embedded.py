@@ -29,7 +29,7 @@ from agent_actors.agent import AgentSettings
 from agent_actors.errors import ConfigurationError
 from agent_actors.models.settings import model_from_settings, warn_if_unusable
 from agent_actors.offsets_store import OffsetsStore
-from agent_actors.supervisor import Supervisor, SupervisorSettings
+from agent_actors.supervisor import SettingNames, Supervisor, SupervisorSettings
 from streams_server import StreamsBackend
 from streams_server.storage.dirlock import DirectoryInUse
 from webui.config import STREAMS_PREFIX
@@ -136,8 +136,10 @@ class BackgroundWork:
             max_agents=config["AGENT_MAX_AGENTS"],
             lease_ttl_ms=config["AGENT_LEASE_TTL_MS"],
             wake_stream=config["AGENT_WAKE_STREAM"],
-            lease_ttl_setting="CHAT_AGENT_LEASE_TTL_MS",
-            wake_stream_setting="CHAT_AGENT_WAKE_STREAM",
+            named=SettingNames(streams_url="CHAT_AGENT_STREAMS_URL",
+                               auth_token="CHAT_STREAMS_AUTH_TOKEN",
+                               lease_ttl="CHAT_AGENT_LEASE_TTL_MS",
+                               wake_stream="CHAT_AGENT_WAKE_STREAM"),
             auth_token=config["STREAMS_AUTH_TOKEN"],
             # At exit the app's own server has usually stopped already, so agents cannot
             # release their leases over HTTP: one try each (the leases are released
