@@ -46,10 +46,14 @@ class Unauthorized(StreamError):
 
 
 class ProducerFenced(StreamError):
-    """A producer epoch older than the server's (section 5.2.1): a zombie writer."""
+    """A producer epoch older than the server's (section 5.2.1): a zombie writer, told the
+    current epoch."""
 
     status = 403
     code = "PRODUCER_FENCED"
+
+    def __init__(self, message: str, *, current_epoch: int) -> None:
+        super().__init__(message, headers={"Producer-Epoch": str(current_epoch)})
 
 
 class NotFound(StreamError):
@@ -72,6 +76,29 @@ class RequestTimeout(StreamError):
 class Conflict(StreamError):
     status = 409
     code = "CONFLICT"
+
+
+class StreamClosedConflict(Conflict):
+    """Data for a closed stream (section 5.2): refused with the stream's final offset, and
+    ``Stream-Closed`` for clients that do not read bodies."""
+
+    code = "STREAM_CLOSED"
+
+    def __init__(self, path: str, final_offset: str) -> None:
+        super().__init__(f"stream {path!r} is closed",
+                         headers={"Stream-Closed": "true", "Stream-Next-Offset": final_offset})
+
+
+class ProducerSeqGap(Conflict):
+    """A producer's sequence number past the next one expected (section 5.2.1)."""
+
+    code = "PRODUCER_SEQ_GAP"
+
+    def __init__(self, expected: int, received: int) -> None:
+        super().__init__(
+            f"producer sequence gap: expected {expected}, received {received}",
+            headers={"Producer-Expected-Seq": str(expected),
+                     "Producer-Received-Seq": str(received)})
 
 
 class Gone(StreamError):

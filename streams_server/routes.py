@@ -42,9 +42,9 @@ from .errors import (
     UriTooLong,
 )
 from .protocol.control import is_public, uses_wake_token
-from .protocol.headers import has_control_characters
 from .protocol.messages import Reply, StreamRequest
 from .server import FRAMING_PROBLEM_KEY
+from .text import has_control_characters
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from ..storage.models import (
     is_json_content_type,
     is_text_content_type,
 )
+from ..text import has_control_characters
 from . import bodies, headers, jsonmode, sse
 from .cursor import later_cursor, next_cursor
 from .messages import Reply, StreamRequest
@@ -118,7 +119,7 @@ class StreamOperations:
                              code="INVALID_FORK") from None
         if not source_path:
             raise BadRequest("Stream-Forked-From names no stream", code="INVALID_FORK")
-        if headers.has_control_characters(source_path):
+        if has_control_characters(source_path):
             raise BadRequest("Stream-Forked-From contains control characters",
                              code="INVALID_FORK")
         return ForkSpec(

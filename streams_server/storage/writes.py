@@ -10,7 +10,15 @@ import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from ..errors import BadRequest, Conflict, Gone, NotFound, ProducerFenced
+from ..errors import (
+    BadRequest,
+    Conflict,
+    Gone,
+    NotFound,
+    ProducerFenced,
+    ProducerSeqGap,
+    StreamClosedConflict,
+)
 from ..offsets import format_offset
 from . import subscriptions
 from .groupcommit import Transaction
@@ -415,14 +423,9 @@ def _append_to_closed(
     raise closed_conflict(info)
 
 
-def closed_conflict(info: StreamInfo) -> Conflict:
-    """The refusal of data for a closed stream (section 5.2: its final offset, and
-    ``Stream-Closed`` for clients that do not read bodies)."""
-    return Conflict(
-        f"stream {info.path!r} is closed",
-        code="STREAM_CLOSED",
-        headers={"Stream-Closed": "true", "Stream-Next-Offset": format_offset(info.tail)},
-    )
+def closed_conflict(info: StreamInfo) -> StreamClosedConflict:
+    """The refusal of data for a closed stream."""
+    return StreamClosedConflict(info.path, format_offset(info.tail))
 
 
 def type_conflict(info: StreamInfo, content_type: str | None) -> Conflict | None:
@@ -446,20 +449,20 @@ def _check_producer(tx: Transaction, stream_id: int, producer: ProducerRef) -> i
         if producer.epoch < epoch:
             raise ProducerFenced(
                 f"producer epoch {producer.epoch} is older than the current epoch {epoch}",
-                headers={"Producer-Epoch": str(epoch)},
+                current_epoch=epoch,
             )
         if producer.epoch == epoch:
             if producer.seq <= last_seq:
                 return int(last_seq)
             if producer.seq != last_seq + 1:
-                _sequence_gap(last_seq + 1, producer.seq)
+                raise ProducerSeqGap(last_seq + 1, producer.seq)
     if (state is None or producer.epoch > state["epoch"]) and producer.seq != 0:
         if state is not None:
             raise BadRequest(
                 "a new producer epoch must start at Producer-Seq 0",
                 code="INVALID_PRODUCER_SEQ",
             )
-        _sequence_gap(0, producer.seq)
+        raise ProducerSeqGap(0, producer.seq)
     tx.conn.execute(
         "INSERT INTO producers (stream_id, producer_id, epoch, last_seq, updated_at_ms)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id, producer_id) DO UPDATE SET"
@@ -468,14 +471,6 @@ def _check_producer(tx: Transaction, stream_id: int, producer: ProducerRef) -> i
         (stream_id, producer.producer_id, producer.epoch, producer.seq, tx.now_ms),
     )
     return None
-
-
-def _sequence_gap(expected: int, received: int) -> None:
-    raise Conflict(
-        f"producer sequence gap: expected {expected}, received {received}",
-        code="PRODUCER_SEQ_GAP",
-        headers={"Producer-Expected-Seq": str(expected), "Producer-Received-Seq": str(received)},
-    )
 
 
 def _write_entries(

@@ -17,7 +17,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ..errors import BadRequest
-from ..protocol.headers import has_control_characters
+from ..text import has_control_characters
 
 DOUBLE_STAR = "**"
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadRequest
-from ..protocol.headers import has_control_characters
+from ..text import has_control_characters
 from .globs import matches, validate_pattern
 from .urlcheck import validate_webhook_url
 
