@@ -409,7 +409,7 @@ function neverAnswered(turn) {
 }
 
 /** `latest`: the conversation's last turn (or the last before messages withdrawn after
- * it), one a failed or stopped answer can be tried again from (sending its prompt again). */
+ * it), the one whose answer can be tried again (by sending its prompt again). */
 function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing, onFocusLost) {
   // A finished turn changes only with a message (a prompt read after its answer, a restart)
   // or as it stops being the latest: the rest of this is for the turn still being answered.
@@ -472,8 +472,9 @@ function updateTurn(parts, turn, waitingTurn, latest, offline, answersMissing, o
   if (state === "queued") {
     actions.append(el("button", { type: "button", class: "meta-action", dataset: { cancelQueued: "", testid: "cancel-queued" }, "aria-label": "Cancel this message: it will not be answered" }, "Cancel"));
   }
-  if (latest && canAskAgain(turn.prompt) && (state === "error" || state === "cancelled")) {
-    actions.append(el("button", { type: "button", class: "meta-action", dataset: { retry: "", testid: "retry" } }, "Try again"));
+  // The last answer, whole or not, can be had anew: its question asked again below it.
+  if (latest && canAskAgain(turn.prompt) && (state === "done" || state === "error" || state === "cancelled")) {
+    actions.append(el("button", { type: "button", class: "meta-action", dataset: { retry: "", testid: "retry" }, "aria-label": "Try again: ask this question again" }, "Try again"));
   }
   if (actions.childElementCount) parts.meta.append(actions);
   if (focused) {

@@ -743,7 +743,7 @@ function refuseToSend(reason) {
   ui.composerError.hidden = false;
 }
 
-/** Send the prompt of a failed or stopped answer again, as a new prompt; whether it was. */
+/** Send the prompt of the last answer again, as a new prompt; whether it was. */
 function retry(promptId) {
   const prompt = current?.transcript.turns.get(promptId)?.prompt;
   let asked = false;
