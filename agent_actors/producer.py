@@ -105,13 +105,6 @@ class Producer:
         """Append a single JSON value (which may itself be a list) as its own batch."""
         return self.append([message], close=close)
 
-    def flush_pending(self) -> AppendResult | None:
-        """Re-send the pending batches now, if there are any; the last one's outcome."""
-        with self._lock:
-            if not self._queued:
-                return None
-            return self._send_queued()
-
     def _send_queued(self) -> AppendResult:
         """Send the queued batches in order; the last one's outcome."""
         while True:

@@ -14,7 +14,6 @@ import re
 from .errors import BadRequest
 
 FIELD_WIDTH = 16
-MAX_POSITION = 10**FIELD_WIDTH - 1
 START_SENTINEL = "-1"
 TAIL_SENTINEL = "now"
 STORAGE_EPOCH = 0

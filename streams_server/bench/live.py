@@ -18,7 +18,6 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from streams_server.bench.httpclient import build_request, open_socket, split_base_url
@@ -268,9 +267,3 @@ def parse_log(log: list[tuple[float, bytes]]) -> ParsedResponse:
     for at, data in log:
         parser.feed(at, data)
     return parser.result
-
-
-def iter_events(readers: list[LiveReader]) -> Iterator[tuple[LiveReader, SseEvent]]:
-    for reader in readers:
-        for event in parse_log(reader.log).events:
-            yield reader, event

@@ -40,7 +40,7 @@ def split_messages(body: bytes, *, allow_empty_array: bool, max_messages: int) -
     if text[start] != "[":
         end = _value_end(text, start)
         if _skip(text, end) != len(text):
-            raise _invalid(text, _skip(text, end), "unexpected data after the JSON value")
+            raise _invalid(_skip(text, end), "unexpected data after the JSON value")
         return [text[start:end].encode("utf-8")]
     messages = _array_elements(text, start, max_messages)
     if not messages and not allow_empty_array:
@@ -76,9 +76,9 @@ def _array_elements(text: str, start: int, max_messages: int) -> list[bytes]:
             if i < len(text) and text[i] == "]":
                 i += 1
                 break
-            raise _invalid(text, i, "expected ',' or ']' in the JSON array")
+            raise _invalid(i, "expected ',' or ']' in the JSON array")
     if _skip(text, i) != len(text):
-        raise _invalid(text, _skip(text, i), "unexpected data after the JSON array")
+        raise _invalid(_skip(text, i), "unexpected data after the JSON array")
     return messages
 
 
@@ -100,5 +100,5 @@ def _skip(text: str, i: int) -> int:
     return i
 
 
-def _invalid(text: str, position: int, message: str) -> BadRequest:
+def _invalid(position: int, message: str) -> BadRequest:
     return BadRequest(f"invalid JSON at character {position}: {message}", code="INVALID_JSON")

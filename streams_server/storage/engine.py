@@ -550,8 +550,6 @@ class StreamStore:
                     signal.fire()
                 continue
             self._notify(stream_id)
-        for hook in effects.hooks:
-            hook()
         if effects.wakes_issued and self._wake_listener is not None:
             self._wake_listener()
 

@@ -51,7 +51,6 @@ class Effects:
     """What committed operations changed, applied only once the commit is durable."""
 
     changes: dict[int, StreamChange] = field(default_factory=dict)
-    hooks: list[Callable[[], None]] = field(default_factory=list)
     wakes_issued: bool = False  # subscription state changed: the scheduler should look
 
     def record(self, stream_id: int, change: StreamChange) -> None:
@@ -66,7 +65,6 @@ class Effects:
     def merge(self, other: Effects) -> None:
         for stream_id, change in other.changes.items():
             self.record(stream_id, change)
-        self.hooks.extend(other.hooks)
         self.wakes_issued = self.wakes_issued or other.wakes_issued
 
 
@@ -91,9 +89,6 @@ class Transaction:
 
     def stream_removed(self, stream_id: int) -> None:
         self.effects.record(stream_id, StreamChange(None))
-
-    def after_commit(self, hook: Callable[[], None]) -> None:
-        self.effects.hooks.append(hook)
 
 
 Operation = Callable[[Transaction], T]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from .models import Expiry, StreamInfo
@@ -49,13 +48,6 @@ class Segment(NamedTuple):
     stream_id: int
     start: int
     end: int
-
-
-@dataclass(frozen=True)
-class _ChainLink:
-    stream_id: int
-    fork_source_id: int | None
-    fork_offset: int | None
 
 
 def stream_chain(conn: sqlite3.Connection, stream_id: int, tail: int) -> list[Segment]:

@@ -11,7 +11,7 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..errors import BadRequest, Conflict, NotFound
 from ..offsets import format_offset
@@ -649,7 +649,3 @@ def record_delivery(
             (retry_at_ms, error, tx.now_ms + row["lease_ttl_ms"], state.id),
         )
     tx.effects.wakes_issued = True
-
-
-def with_links(state: SubscriptionState, links: tuple[LinkState, ...]) -> SubscriptionState:
-    return replace(state, links=links)
