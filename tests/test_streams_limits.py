@@ -454,14 +454,21 @@ def test_a_large_response_reaches_a_slow_steady_reader(tmp_path: Path) -> None:
         server.terminate()
 
 
+def _raw_post_to_new_stream(client: StreamsHttp, path: str, headers: bytes,
+                            body: bytes) -> tuple[int, bytes]:
+    """Create a binary stream at `path`, then POST `body` to it with the header lines
+    `headers` sent as they are, repeats included: the answer's status and body."""
+    client.put(path, content_type=BINARY).raise_for_status()
+    head = (b"POST /v1/stream/%s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+            % (path.encode(), BINARY.encode())) + headers + b"\r\n"
+    return _raw_exchange(client.base_url, head, body)
+
+
 def _assert_refused_as_ambiguous(client: StreamsHttp, path: str, framing: bytes,
                                  body: bytes) -> None:
     """POST `body` to a fresh binary stream with the `framing` headers: a 400 INVALID_FRAMING,
     and the stream stays empty."""
-    client.put(path, content_type=BINARY).raise_for_status()
-    head = (b"POST /v1/stream/%s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
-            % (path.encode(), BINARY.encode())) + framing + b"\r\n"
-    status, payload = _raw_exchange(client.base_url, head, body)
+    status, payload = _raw_post_to_new_stream(client, path, framing, body)
     assert status == 400, payload
     assert json.loads(payload)["error"]["code"] == "INVALID_FRAMING"
     assert client.get(path).content == b""
@@ -485,6 +492,15 @@ def test_conflicting_content_lengths_are_refused_by_the_standalone_server(
                                  b"Content-Length: 10\r\nContent-Length: 3\r\n", b"abcGET /v1")
 
 
+def _assert_closed_by_stream_closed_given_twice(client: StreamsHttp, path: str) -> None:
+    status, payload = _raw_post_to_new_stream(
+        client, path,
+        b"Stream-Closed: true\r\nStream-Closed: true\r\nContent-Length: 3\r\n", b"abc")
+    assert status in (200, 204), payload
+    assert client.head(path).headers.get("Stream-Closed") == "true"
+    assert client.get(path).content == b"abc"
+
+
 def test_a_protocol_header_given_twice_counts_once_or_is_refused_by_the_standalone_server(
     roomy: StreamsHttp,
 ) -> None:
@@ -492,20 +508,12 @@ def test_a_protocol_header_given_twice_counts_once_or_is_refused_by_the_standalo
     read as "true,true", so the append left the stream open, and two different Producer-Ids
     made one producer "a,b". (Werkzeug's server joins them too, and as a Producer-Id may
     hold a comma, `flask run` cannot tell.)"""
-    roomy.put("closed-twice", content_type=BINARY).raise_for_status()
-    head = (b"POST /v1/stream/closed-twice HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
-            b"Stream-Closed: true\r\nStream-Closed: true\r\nContent-Length: 3\r\n\r\n"
-            % BINARY.encode())
-    status, payload = _raw_exchange(roomy.base_url, head, b"abc")
-    assert status in (200, 204), payload
-    assert roomy.head("closed-twice").headers.get("Stream-Closed") == "true"
-    assert roomy.get("closed-twice").content == b"abc"
+    _assert_closed_by_stream_closed_given_twice(roomy, "closed-twice")
 
-    roomy.put("two-producers", content_type=BINARY).raise_for_status()
-    head = (b"POST /v1/stream/two-producers HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
-            b"Producer-Id: a\r\nProducer-Id: b\r\nProducer-Epoch: 0\r\nProducer-Seq: 0\r\n"
-            b"Content-Length: 3\r\n\r\n" % BINARY.encode())
-    status, payload = _raw_exchange(roomy.base_url, head, b"abc")
+    status, payload = _raw_post_to_new_stream(
+        roomy, "two-producers",
+        b"Producer-Id: a\r\nProducer-Id: b\r\nProducer-Epoch: 0\r\nProducer-Seq: 0\r\n"
+        b"Content-Length: 3\r\n", b"abc")
     assert status == 400, payload
     assert "conflicting Producer-Id headers" in json.loads(payload)["error"]["message"]
     assert roomy.get("two-producers").content == b""
@@ -517,20 +525,12 @@ def test_a_comma_free_protocol_header_given_twice_counts_once_or_is_refused_by_b
     """Werkzeug's server joins a repeated header's values with a comma, which a header that
     never holds one gives away: on `flask run` two `Stream-Closed: true` left the stream
     open (the standalone server closed it), and two Producer-Epochs were one bad number."""
-    front.put("closed-twice-both", content_type=BINARY).raise_for_status()
-    head = (b"POST /v1/stream/closed-twice-both HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
-            b"Stream-Closed: true\r\nStream-Closed: true\r\nContent-Length: 3\r\n\r\n"
-            % BINARY.encode())
-    status, payload = _raw_exchange(front.base_url, head, b"abc")
-    assert status in (200, 204), payload
-    assert front.head("closed-twice-both").headers.get("Stream-Closed") == "true"
-    assert front.get("closed-twice-both").content == b"abc"
+    _assert_closed_by_stream_closed_given_twice(front, "closed-twice-both")
 
-    front.put("two-epochs", content_type=BINARY).raise_for_status()
-    head = (b"POST /v1/stream/two-epochs HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
-            b"Producer-Id: p\r\nProducer-Epoch: 0\r\nProducer-Epoch: 1\r\nProducer-Seq: 0\r\n"
-            b"Content-Length: 3\r\n\r\n" % BINARY.encode())
-    status, payload = _raw_exchange(front.base_url, head, b"abc")
+    status, payload = _raw_post_to_new_stream(
+        front, "two-epochs",
+        b"Producer-Id: p\r\nProducer-Epoch: 0\r\nProducer-Epoch: 1\r\nProducer-Seq: 0\r\n"
+        b"Content-Length: 3\r\n", b"abc")
     assert status == 400, payload
     message = json.loads(payload)["error"]["message"]
     assert ("conflicting Producer-Epoch headers" in message  # the standalone server's parser

@@ -1697,6 +1697,16 @@ def outbox_keys(page: Page) -> list[str]:
     return keys
 
 
+def open_tab_with_prompt_unsent(context: BrowserContext, url: str, cid: str, prompt: str) -> Page:
+    """A tab on conversation `cid` whose prompts cannot reach the server (their POSTs are
+    refused), with `prompt` sent from it and waiting in its outbox."""
+    writer = open_chat(context, f"{url}/#/c/{cid}")
+    writer.route("**/prompts", lambda route, request: route.abort("connectionrefused")
+                 if request.method == "POST" else route.continue_())
+    send_unsent(writer, prompt)
+    return writer
+
+
 def test_a_prompt_unsent_when_its_tab_closed_is_sent_by_another_tab_once(
         chat_app: ServerProcess, replies: ScriptedReplies, new_context: NewContext) -> None:
     """Unsent prompts were kept in the tab's sessionStorage: closing the tab, or the browser,
@@ -1755,12 +1765,9 @@ def test_a_tab_opened_after_one_closed_with_unsent_messages_sends_them_at_once(
     chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
     cid = chat.start_conversation(unique("Closed with a message unsent"))
     context = new_context()
-    writer = open_chat(context, f"{chat_app.url}/#/c/{cid}")
-    writer.route("**/prompts", lambda route, request: route.abort("connectionrefused")
-                 if request.method == "POST" else route.continue_())
     prompt = unique("Left unsent in a closed tab")
     replies.set(prompt, "Sent by the next tab.")
-    send_unsent(writer, prompt)
+    writer = open_tab_with_prompt_unsent(context, chat_app.url, cid, prompt)
     writer.close()
     time.sleep(6)  # longer than the grace, with no page open to count it
     later = open_chat(context, chat_app.url)
@@ -1782,12 +1789,9 @@ def test_a_reloaded_tab_keeps_its_unsent_prompt_with_another_tab_open(
     cid = chat.start_conversation(unique("Reloaded beside another tab"))
     context = new_context()
     other = open_chat(context, chat_app.url)
-    writer = open_chat(context, f"{chat_app.url}/#/c/{cid}")
-    writer.route("**/prompts", lambda route, request: route.abort("connectionrefused")
-                 if request.method == "POST" else route.continue_())
     prompt = unique("Still being sent after a reload")
     replies.set(prompt, "Answered in the tab that sent it.")
-    send_unsent(writer, prompt)
+    writer = open_tab_with_prompt_unsent(context, chat_app.url, cid, prompt)
     writer.reload()
     wait_ready(writer)
     wait_state(writer, prompt, "sending")
