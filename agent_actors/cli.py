@@ -18,7 +18,8 @@ from agent_actors.models.settings import (
     model_from_settings, quiet_http_client_logs, warn_if_unusable,
 )
 from agent_actors.offsets_store import OffsetsFileError
-from agent_actors.supervisor import Supervisor, SupervisorSettings
+from agent_actors.supervisor import Supervisor
+from agent_actors.supervisor_settings import SupervisorSettings
 from agent_actors.validation import (
     HTTP_URL,
     MAX_COALESCE_MS,

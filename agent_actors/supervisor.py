@@ -30,13 +30,11 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pykka
 
@@ -45,13 +43,11 @@ from agent_actors.agent import (
     AgentBusy,
     AgentCrashed,
     AgentIdle,
-    AgentSettings,
     AgentStopped,
     ConversationAgent,
     ConversationDeleted,
     MakeRoom,
 )
-from agent_actors.conversation_log import ConversationLog
 from agent_actors.errors import (
     AlreadyClaimed,
     Conflict,
@@ -64,16 +60,11 @@ from agent_actors.errors import (
 )
 from agent_actors.models.base import Model
 from agent_actors.offsets_store import OffsetsStore
+from agent_actors.pending_prompts import PendingPrompts, pending_by_offsets
 from agent_actors.schema import parse_conversation_entry, parse_deletion
-from agent_actors.stream_types import (
-    EnsureResult,
-    Lease,
-    ListedStream,
-    ListingPage,
-    ReadResult,
-    Subscription,
-)
+from agent_actors.stream_types import EnsureResult, Lease, ReadResult
 from agent_actors.streams_client import StreamsClient, Tail
+from agent_actors.supervisor_settings import SupervisorSettings
 from agent_actors.timers import Timers
 
 log = logging.getLogger(__name__)
@@ -82,42 +73,6 @@ MAX_BACKOFF_S = 30.0
 STARTUP_PROBE_S = 2.0
 """How long one startup attempt retries before the supervisor reports the server unreachable."""
 START_OVER_RESET_S = 60.0  # a shared stream lost again within this: wait longer first
-T = TypeVar("T")
-
-LISTING_PAGE = 1000
-"""How many subscriptions or streams a start asks the server's listings for at once."""
-
-
-@dataclass(frozen=True)
-class SettingNames:
-    """What the person running the supervisor calls its settings, for the log's advice: the
-    command's flags, or the web app's environment variables for its embedded supervisor."""
-
-    streams_url: str = "--streams-url"
-    auth_token: str = "--auth-token"
-    lease_ttl: str = "--lease-ttl-ms"
-    wake_stream: str = "--wake-stream"
-
-
-@dataclass(frozen=True)
-class SupervisorSettings:
-    streams_url: str
-    data_dir: str | None = "./data/agents"
-    worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    wake_stream: str = layout.DEFAULT_WAKE_STREAM
-    lease_ttl_ms: int = layout.DEFAULT_LEASE_TTL_MS
-    max_agents: int = 100
-    restart_backoff_s: float = 1.0
-    auth_token: str | None = None
-    agent: AgentSettings = AgentSettings()
-    # How long stopping waits for agents to release their leases; after that the leases
-    # simply expire (e.g. when the streams server is already gone).
-    shutdown_timeout_s: float = 15.0
-    named: SettingNames = SettingNames()
-    # Threads for claims and start-up checks, a few requests each: conversations woken
-    # together (a burst of prompts, a restart's scan) do not queue behind one another's.
-    job_threads: int = 8
-
 
 # -- messages to the supervisor (from its own threads) ---------------------------------------
 
@@ -242,15 +197,14 @@ class Supervisor(pykka.ThreadingActor):
             settings.streams_url, auth_token=settings.auth_token,
             pool_size=2 * settings.max_agents + settings.job_threads + 4)
         self.offsets = offsets or OffsetsStore(settings.data_dir)  # closed when it stops
+        self._pending = PendingPrompts(self.client, self.offsets, settings)
         self.agents: dict[str, pykka.ActorRef[Any]] = {}
         self._known: set[str] = set()
         # Read by the job threads too (a set's `in` is atomic): nothing of these is claimed.
         self._deleted: set[str] = set()
-        self._lease_note_given = False  # see _note_lease
         self._said_held: set[str] = set()  # see _say_held (on the job threads)
         self._held_lock = threading.Lock()
         self._unusable_ids: set[str] = set()  # said once each (see _unusable_id)
-        self._other_wake_noted: set[str] = set()  # see _note_wake_stream
         self._removing: set[str] = set()
         self._remove_again: set[str] = set()  # asked while a removal was under way
         self._claiming: set[str] = set()
@@ -681,34 +635,10 @@ class Supervisor(pykka.ThreadingActor):
     def _check_pending(self, cid: str) -> bool:
         """Ensure the conversation's subscription; report it if prompts await an answer.
         False if the server could not be asked."""
-        sub_id = layout.subscription_id(cid)
-        config = layout.subscription_config(cid, self.settings.wake_stream,
-                                            self.settings.lease_ttl_ms)
-        try:
-            try:
-                subscription = self.client.put_subscription(sub_id, config)
-            except Conflict:  # created by a client with other settings (e.g. lease TTL)
-                subscription = self.client.get_subscription(sub_id)
-                self._note_lease(cid, subscription.lease_ttl_ms)
-                self._note_wake_stream(cid, subscription.wake_stream)
-            prompts = self.client.head(layout.prompts_path(cid))
-        except NotFound:
-            return True  # prompts stream not created yet: its creation will wake us
-        except StreamGone:  # soft-deleted, for good: no prompt can come
-            log.info("checked conversation=%s: its prompts stream is gone (410)", cid)
-            return True
-        except StreamsError as exc:
-            log.warning("could not check conversation %s: %s", cid, exc)
-            return False
-        pending = _pending_by_offsets(_prompts_acked(cid, subscription), prompts.next_offset,
-                                      self.offsets.get(cid))
-        if pending is None:
-            pending = self._unanswered(cid)
-            if pending is None:
-                return False  # the streams could not be read: looked at again, later
+        pending = self._pending.check(cid)
         if pending:
             self._tell(_Pending(cid))
-        return True
+        return pending is not None
 
     def _look_at_listed(self, cids: tuple[str, ...]) -> None:
         """A start's look at the conversations listed at its start (`_check_pending` for
@@ -721,8 +651,7 @@ class Supervisor(pykka.ThreadingActor):
             return
         started = time.monotonic()
         try:
-            acked = self._listed_subscriptions()
-            tails = self._listed_prompt_tails()
+            acked, tails = self._pending.listed()
         except StreamsError as exc:
             if isinstance(exc, NotFound):
                 log.info("the streams server has no listings (%s): looking at %s one by one",
@@ -747,7 +676,7 @@ class Supervisor(pykka.ThreadingActor):
             tail = tails.get(layout.prompts_path(cid))
             if tail is None:
                 continue  # no prompts stream (or a deleted one): its creation wakes an agent
-            pending = _pending_by_offsets(acked[cid], tail, processed.get(cid))
+            pending = pending_by_offsets(acked[cid], tail, processed.get(cid))
             if pending:
                 waiting += 1
                 self._tell(_Pending(cid))
@@ -767,101 +696,12 @@ class Supervisor(pykka.ThreadingActor):
         """The rest of a start's look at a conversation whose streams alone can tell."""
         if self._stopping.is_set() or cid in self._deleted:
             return
-        unanswered = self._unanswered(cid)
+        unanswered = self._pending.unanswered(cid)
         if unanswered:
             self._tell(_Pending(cid))
         elif unanswered is None:  # unreadable for now: the whole look, again, later
             self._timers.call_later(self.settings.restart_backoff_s, lambda: self._jobs.put(
                 functools.partial(self._recheck, cid, 1, background=True), background=True))
-
-    def _listed_subscriptions(self) -> dict[str, str | None]:
-        """The conversations whose subscription is as this supervisor makes it (what a `PUT`
-        of it would confirm), each with its prompts stream's acked offset (None: not linked)."""
-        found: dict[str, str | None] = {}
-        for subscription in self._conversations_subscriptions():
-            cid = layout.conversation_of_subscription(subscription.id)
-            if cid is not None and self._made_here(cid, subscription):
-                found[cid] = _prompts_acked(cid, subscription)
-        return found
-
-    def _conversations_subscriptions(self) -> Iterator[Subscription]:
-        """The subscriptions whose ids have the conversations' prefix, from the listing."""
-        prefix = layout.SUBSCRIPTION_PREFIX
-        # Ids sort: every conversation's comes after the bare prefix, and those after its
-        # last are not conversations'.
-        for page in _pages(lambda after: self.client.list_subscriptions(
-                after=after, limit=LISTING_PAGE), after=prefix):
-            yield from (s for s in page.items if s.id.startswith(prefix))
-            if page.next_after is not None and not page.next_after.startswith(prefix):
-                return
-
-    def _conversations_streams(self) -> Iterator[ListedStream]:
-        """Every stream of every conversation, from the listing."""
-        for page in _pages(lambda after: self.client.list_streams(
-                layout.CONVERSATIONS_PREFIX, after=after, limit=LISTING_PAGE)):
-            yield from page.items
-
-    def _made_here(self, cid: str, subscription: Subscription) -> bool:
-        made = layout.subscription_config(cid, self.settings.wake_stream,
-                                          self.settings.lease_ttl_ms)
-        return (subscription.type == made.type and subscription.pattern == made.pattern
-                and subscription.wake_stream == made.wake_stream
-                and subscription.lease_ttl_ms == made.lease_ttl_ms
-                and subscription.description is None)
-
-    def _listed_prompt_tails(self) -> dict[str, str]:
-        """Every conversation's prompts stream, by path, with its tail."""
-        return {s.path: s.next_offset for s in self._conversations_streams()
-                if s.path.endswith(layout.PROMPTS_SUFFIX)}
-
-    def _note_lease(self, cid: str, ttl: int | None) -> None:
-        """Say once that a conversation's subscription has another lease than the one this
-        supervisor was told to use: whoever creates it first (a client, before its first
-        prompt) sets it, so this supervisor's lease TTL was not what a takeover waits for."""
-        if ttl is None or ttl == self.settings.lease_ttl_ms or self._lease_note_given:
-            return
-        self._lease_note_given = True
-        log.warning("conversation %s: its subscription was made with a lease of %d ms, not this"
-                    " supervisor's %d (%s): the client that creates a conversation sets it,"
-                    " and an agent that dies there is replaced after %d ms (said once)", cid,
-                    ttl, self.settings.lease_ttl_ms, self.settings.named.lease_ttl, ttl)
-
-    def _note_wake_stream(self, cid: str, wake_stream: str | None) -> None:
-        """Say once per conversation that its subscription wakes another stream than the
-        one this supervisor watches: its prompts are then seen only at a start, or when the
-        conversation is announced again, not as they come."""
-        if wake_stream == self.settings.wake_stream or cid in self._other_wake_noted:
-            return
-        self._other_wake_noted.add(cid)
-        log.warning("conversation %s: its subscription wakes %s, not this supervisor's %r"
-                    " (%s): its prompts are seen only when a supervisor looks at the whole"
-                    " conversation (at its start, or when the conversation is announced), not"
-                    " as they come; a client must create it as every supervisor does", cid,
-                    "nothing" if wake_stream is None else repr(wake_stream),
-                    self.settings.wake_stream, self.settings.named.wake_stream)
-
-    def _unanswered(self, cid: str) -> bool | None:
-        """Whether the streams show a prompt with no finished answer; None if they could
-        not be read.
-
-        Needed where this supervisor's processed offset is behind (or it has none) and the
-        subscription's is not: a subscription created after a prompt (by a client that did
-        not create it first, or made again) starts at the stream's tail, and no wake would
-        ever come for that prompt.
-        """
-        conversation = ConversationLog()
-        try:
-            prompts = self.client.read_all(layout.prompts_path(cid)).messages
-            if self.client.exists(layout.responses_path(cid)):  # else: nothing answered yet
-                for message in self.client.read_all(layout.responses_path(cid)).messages:
-                    conversation.apply_response(message)
-        except (NotFound, StreamGone):
-            return False  # no prompts stream: no work
-        except StreamsError as exc:
-            log.warning("could not read conversation %s: %s; trying again", cid, exc)
-            return None
-        conversation.add_prompt_messages(prompts)
-        return bool(conversation.unanswered())
 
     def _release_and_remove(self, lease: Lease) -> None:
         self._release_quietly(lease)
@@ -936,8 +776,8 @@ class Supervisor(pykka.ThreadingActor):
         if self._start_listing is None:
             try:
                 self._start_listing = _ServerListing(
-                    frozenset(s.id for s in self._conversations_subscriptions()),
-                    frozenset(s.path for s in self._conversations_streams()))
+                    frozenset(s.id for s in self._pending.subscriptions()),
+                    frozenset(s.path for s in self._pending.streams()))
             except NotFound:
                 self._start_listing = _UNLISTED
             except StreamsError as exc:
@@ -951,7 +791,7 @@ class Supervisor(pykka.ThreadingActor):
         error: str | None = None
         try:
             lease = self.client.claim(layout.subscription_id(cid), self.settings.worker_name)
-            self._note_lease(cid, lease.lease_ttl_ms)
+            self._pending.note_lease(cid, lease.lease_ttl_ms)
             with self._held_lock:  # a hold after this one is news again
                 self._said_held.discard(cid)
         except AlreadyClaimed as exc:
@@ -1094,39 +934,5 @@ class Supervisor(pykka.ThreadingActor):
         seen.deleted.clear()
 
 
-def _pages(list_page: Callable[[str], ListingPage[T]], after: str = "",
-           ) -> Iterator[ListingPage[T]]:
-    """Every page of a listing, from the one after `after`. `StreamsError` if a page does not
-    move on past the one before (a server answering the same page would be read forever)."""
-    while True:
-        page = list_page(after)
-        yield page
-        if page.next_after is None:
-            return
-        if page.next_after <= after:
-            raise StreamsError(f"the listing does not move on past {after!r}")
-        after = page.next_after
-
-
 def _listed(count: int) -> str:
     return f"{count} listed conversation{'' if count == 1 else 's'}"
-
-
-def _prompts_acked(cid: str, subscription: Subscription) -> str | None:
-    """Where the subscription acked the conversation's prompts stream; None if not linked."""
-    path = layout.prompts_path(cid)
-    return next((s.acked_offset for s in subscription.streams if s.path == path), None)
-
-
-def _pending_by_offsets(acked: str | None, prompts_tail: str, processed: str | None,
-                        ) -> bool | None:
-    """Whether prompts wait for an answer: True where the prompts stream's tail is past what
-    its subscription acked (None: not linked); False where neither the subscription nor this
-    supervisor's processed offset is behind it; None where only the streams can tell."""
-    # Offsets of one stream sort lexicographically (section 8).
-    if acked is None or prompts_tail > acked:
-        return True
-    # This supervisor's offset alone behind: a subscription made again links the stream at
-    # its tail, hiding unanswered prompts; or another supervisor (with its own data
-    # directory) answered them since. Only the streams tell the two apart.
-    return None if processed is None or prompts_tail > processed else False

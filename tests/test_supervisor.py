@@ -33,8 +33,9 @@ from agent_actors.errors import LeaseFenced, NotFound, StreamsUnavailable
 from agent_actors.models.anthropic_model import AnthropicModel
 from agent_actors.stream_types import Lease, ListingPage, ReadResult, SubscriptionConfig
 from agent_actors.streams_client import RetryPolicy, StreamsClient, Tail
-from agent_actors import supervisor as supervisor_module
-from agent_actors.supervisor import Supervisor, SupervisorSettings
+from agent_actors import pending_prompts
+from agent_actors.supervisor import Supervisor
+from agent_actors.supervisor_settings import SupervisorSettings
 from tests.fake_anthropic import FakeAnthropic
 from tests.support import ServerProcess, free_port, start_reference_server, start_streams_server
 from tests.support.agents import (
@@ -646,7 +647,7 @@ def test_a_start_looks_at_the_listed_conversations_a_page_of_listings_at_a_time(
     only where they do not settle it: here a subscription made with another lease, and a
     prompts stream with no subscription at all. The prompts waiting in those and in a quiet
     one are answered."""
-    monkeypatch.setattr(supervisor_module, "LISTING_PAGE", 100)
+    monkeypatch.setattr(pending_prompts, "LISTING_PAGE", 100)
     root = streams_root(streams_server)
     quiet = quiet_conversations(root, 250)
     client, chat = connect(root)

@@ -29,7 +29,8 @@ from agent_actors.agent import AgentSettings
 from agent_actors.errors import ConfigurationError
 from agent_actors.models.settings import model_from_settings, warn_if_unusable
 from agent_actors.offsets_store import OffsetsStore
-from agent_actors.supervisor import SettingNames, Supervisor, SupervisorSettings
+from agent_actors.supervisor import Supervisor
+from agent_actors.supervisor_settings import SettingNames, SupervisorSettings
 from streams_server import StreamsBackend
 from streams_server.storage.dirlock import DirectoryInUse
 from webui.config import STREAMS_PREFIX
