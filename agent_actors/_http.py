@@ -145,8 +145,8 @@ class Transport:
                     return response
                 status = response.status_code
                 retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-                body = response.text[:200]
-                failure = f"HTTP {status} {body!r}" if body else f"HTTP {status}"
+                said = _error_code_and_message(response.text)[1]
+                failure = f"HTTP {status}: {said}" if said else f"HTTP {status}"
                 response.close()
             wait = policy.delay(attempt, retry_after)
             if time.monotonic() - started + wait > policy.deadline:

@@ -585,14 +585,15 @@ class Supervisor(pykka.ThreadingActor):
                           " in %.1fs", self.settings.streams_url, exc,
                           self.settings.named.streams_url, delay)
             except StreamsError as exc:
+                # The client's own "giving up" is not the supervisor's: it tries again.
+                reason = exc.reason if isinstance(exc, StreamsUnavailable) else exc
                 if exc.status is None:
-                    reason = exc.reason if isinstance(exc, StreamsUnavailable) else exc
                     log.warning("streams server unreachable at %s (%s); retrying in %.1fs",
                                 self.settings.streams_url, reason, delay)
                 else:  # it answers, but fails or refuses: perhaps not a streams server
                     log.warning("the streams server at %s answers HTTP %d (%s): check %s"
                                 " if it is not a Durable Streams server; retrying in %.1fs",
-                                self.settings.streams_url, exc.status, exc,
+                                self.settings.streams_url, exc.status, reason,
                                 self.settings.named.streams_url, delay)
             failed += 1
             self._stopping.wait(delay)

@@ -974,6 +974,10 @@ def test_a_supervisor_pointed_at_the_wrong_url_or_without_the_token_says_so(
             f"the streams server at {url} answers HTTP 501"), timeout=15), elsewhere.log_tail()
         assert "check --streams-url" in elsewhere.log_tail()
         assert "unreachable" not in elsewhere.log_tail()
+        # Said in words, once: not the other server's page, nor "giving up" as it retries.
+        assert "an HTML page" in elsewhere.log_tail()
+        assert "<html" not in elsewhere.log_tail().lower()
+        assert "giving up" not in elsewhere.log_tail()
     finally:
         other.shutdown()
         other.server_close()
