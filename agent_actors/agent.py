@@ -623,13 +623,16 @@ class ConversationAgent(pykka.ThreadingActor):
                 if isinstance(item, Unanswerable)]
 
     def _report_unanswerable(self, items: list[Unanswerable]) -> None:
-        """Say that prompts were skipped: their writer waits for an answer that cannot come,
-        not even an error (there is no id to write it under)."""
-        if items:
-            more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
-            log.warning("conversation %s: skipped %s%s in its prompts stream: an answer is"
-                        " written under the prompt's id, a string of 1 to %d characters",
-                        self.conversation_id, items[0].reason, more, schema.MAX_PROMPT_ID_CHARS)
+        """Say that messages were skipped: their writer waits for an answer that cannot come,
+        not even an error (there is no prompt id to write it under). One line for each kind
+        of fault (what it takes), naming the first."""
+        by_rule: dict[str, list[Unanswerable]] = {}
+        for item in items:
+            by_rule.setdefault(item.rule, []).append(item)
+        for rule, alike in by_rule.items():
+            more = f" (and {len(alike) - 1} more)" if len(alike) > 1 else ""
+            log.warning("conversation %s: skipped %s%s in its prompts stream: %s",
+                        self.conversation_id, alike[0].reason, more, rule)
 
     def _read_all_creating(self, path: str) -> ReadResult:
         """The whole stream, created first if it is missing. Clients create a conversation's

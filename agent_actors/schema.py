@@ -29,6 +29,10 @@ from typing import Any
 from agent_actors.layout import is_conversation_id
 
 
+MAX_PROMPT_ID_CHARS = 256
+"""The longest prompt id answered: every piece of the answer carries it, twice."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -54,10 +58,14 @@ class Cancel:
 
 @dataclass(frozen=True)
 class Unanswerable:
-    """A message meant as a prompt with no id an answer could be written under: it is
-    skipped (the agent's log says why), as it cannot be answered even with an error."""
+    """A prompts-stream message nothing can be done with: a prompt with no id an answer
+    could be written under (so not even an error), or no message an agent reads (a mistyped
+    `type`, a cancel naming no prompt). Skipped, and the agent's log says why (`reason`)
+    and what it takes (`rule`): its writer would otherwise wait for good without a sign."""
 
     reason: str
+    rule: str = ("an answer is written under the prompt's id, a string of 1 to"
+                 f" {MAX_PROMPT_ID_CHARS} characters")
 
 
 @dataclass(frozen=True)
@@ -106,34 +114,42 @@ def is_blank(text: str) -> bool:
     return not _INVISIBLE.sub("", text).strip()
 
 
-MAX_PROMPT_ID_CHARS = 256
-"""The longest prompt id answered: every piece of the answer carries it, twice."""
 _PLAIN_ID = re.compile(r"[!-~]+")  # visible ASCII, no spaces
 MAX_PRODUCER_EPOCH = 2**53 - 1  # the protocol's largest Producer-Epoch (a JSON-safe integer)
 
 
-def parse_prompt_message(message: Any) -> Prompt | Cancel | Unanswerable | None:
-    """A message of a prompts stream, or None for anything this agent does not understand."""
+def parse_prompt_message(message: Any) -> Prompt | Cancel | Unanswerable:
+    """What a message of a prompts stream asks of an agent."""
     if not isinstance(message, dict):
-        return None
+        return Unanswerable(f"a message that is not a JSON object but {_json_kind(message)}",
+                            _MESSAGE_RULE)
     kind = message.get("type", "prompt")  # the original example had no type field
     if kind == "prompt":
         pid, content = message.get("id"), message.get("content")
-        meant_as_prompt = "type" in message or "content" in message
+        if "type" not in message and "content" not in message:
+            return Unanswerable("a message with neither a type nor a content", _MESSAGE_RULE)
         if not isinstance(pid, str) or not pid or len(pid) > MAX_PROMPT_ID_CHARS:
-            return Unanswerable(_id_problem(pid)) if meant_as_prompt else None
+            return Unanswerable(_id_problem(pid))
         stamp = message.get("timestamp")
         stamp = stamp if isinstance(stamp, int) else 0
         if isinstance(content, str):
             blank = is_blank(content)
             return Prompt(pid, content, stamp, problem=BLANK_PROMPT if blank else None)
-        if meant_as_prompt:  # say why it is not answered
-            return Prompt(pid, "", stamp, problem=UNREADABLE_PROMPT)
-    elif kind == "cancel":
+        return Prompt(pid, "", stamp, problem=UNREADABLE_PROMPT)  # says why it is not answered
+    if kind == "cancel":
         pid = message.get("promptId")
         if isinstance(pid, str) and pid:
             return Cancel(pid, whole_number(message.get("attempt")))
-    return None
+        return Unanswerable("a cancel naming no prompt (its promptId is not a non-empty string)",
+                            _MESSAGE_RULE)
+    if isinstance(kind, str):
+        return Unanswerable(f"a message of type {kind[:40]!r}", _MESSAGE_RULE)
+    return Unanswerable(f"a message whose type is not a string but {_json_kind(kind)}",
+                        _MESSAGE_RULE)
+
+
+_MESSAGE_RULE = ('an agent reads "prompt" and "cancel" messages (see the message schema in'
+                 " the README)")
 
 
 def json_integer(value: Any) -> int | None:
@@ -156,11 +172,16 @@ def _id_problem(pid: Any) -> str:
     if pid is None:
         return "a prompt without an id"
     if not isinstance(pid, str):
-        kind = {bool: "boolean", int: "number", float: "number", list: "array"}.get(type(pid), "object")
-        return f"a prompt whose id is not a string but a JSON {kind}"
+        return f"a prompt whose id is not a string but {_json_kind(pid)}"
     if not pid:
         return "a prompt whose id is empty"
     return f"a prompt whose id is {len(pid):,} characters long (at most {MAX_PROMPT_ID_CHARS})"
+
+
+def _json_kind(value: Any) -> str:
+    kind = {bool: "boolean", int: "number", float: "number", list: "array", str: "string",
+            type(None): "null"}.get(type(value), "object")
+    return f"a JSON {kind}"
 
 
 def parse_deletion(message: Any) -> str | None:

@@ -291,6 +291,8 @@ def test_a_prompt_without_a_usable_id_is_skipped_and_logged(
         prompts = client.producer(layout.prompts_path(cid), "a-careless-client")
         for bad_id in ({"id": 7}, {"id": ""}, {}, {"id": "i" * (schema.MAX_PROMPT_ID_CHARS + 1)}):
             prompts.append([{"type": "prompt", "content": "an id no answer can carry", **bad_id}])
+        # No message an agent reads (a mistyped type): it too was skipped without a word.
+        prompts.append([{"type": "promt", "id": "p-typo", "content": "a typo in the type"}])
         # An id may hold anything: logged as it was, this one forged a line of the log.
         forging = "x\n2026-12-03 09:00:00,000 ERROR agent_actors.supervisor: FORGED\x00"
         prompts.append([{"type": "prompt", "id": forging, "content": "an odd id"}])
@@ -302,6 +304,9 @@ def test_a_prompt_without_a_usable_id_is_skipped_and_logged(
         # One line for what one read found (the reasons: see test_schema).
         assert sup.wait_for_line(f"conversation {cid}: skipped a prompt whose id is not a"
                                  " string but a JSON number", timeout=10)
+        assert sup.wait_for_line(re.escape(
+            f"conversation {cid}: skipped a message of type 'promt' in its prompts stream: an"
+            ' agent reads "prompt" and "cancel" messages'), timeout=10)
         assert sup.wait_for_line(re.escape(f"prompt={forging!r} outcome=done"), timeout=10)
         assert sup.count_lines("FORGED") == 1 and sup.count_lines("\x00") == 0
 

@@ -9,6 +9,9 @@ import pytest
 from agent_actors.schema import (BLANK_PROMPT, UNREADABLE_PROMPT, Cancel, Prompt, Unanswerable,
                                   parse_prompt_message)
 
+MESSAGE_RULE = ('an agent reads "prompt" and "cancel" messages (see the message schema in the'
+                " README)")
+
 
 @pytest.mark.parametrize(("message", "parsed"), [
     ({"type": "prompt", "id": "p1", "content": "hi", "timestamp": 5}, Prompt("p1", "hi", 5)),
@@ -48,12 +51,18 @@ from agent_actors.schema import (BLANK_PROMPT, UNREADABLE_PROMPT, Cancel, Prompt
     ({"type": "prompt", "id": "i" * 257, "content": "hi"},
      Unanswerable("a prompt whose id is 257 characters long (at most 256)")),
     ({"type": "prompt", "id": "i" * 256, "content": "hi"}, Prompt("i" * 256, "hi", 0)),
-    # Not prompts at all: ignored.
-    ({"id": "p1"}, None),
-    ({"type": "note", "id": "p1", "content": "hi"}, None),
-    ({"type": "cancel"}, None),
-    (["not", "an", "object"], None),
-    ("text", None),
+    # No message an agent reads: skipped too, and said so (they were skipped without a word,
+    # and a client that mistyped "type" waited for good).
+    ({"id": "p1"}, Unanswerable("a message with neither a type nor a content", MESSAGE_RULE)),
+    ({"type": "promt", "id": "p1", "content": "hi"},
+     Unanswerable("a message of type 'promt'", MESSAGE_RULE)),
+    ({"type": 3, "id": "p1"},
+     Unanswerable("a message whose type is not a string but a JSON number", MESSAGE_RULE)),
+    ({"type": "cancel"}, Unanswerable(
+        "a cancel naming no prompt (its promptId is not a non-empty string)", MESSAGE_RULE)),
+    (["not", "an", "object"],
+     Unanswerable("a message that is not a JSON object but a JSON array", MESSAGE_RULE)),
+    ("text", Unanswerable("a message that is not a JSON object but a JSON string", MESSAGE_RULE)),
 ])
-def test_prompts_stream_messages(message: Any, parsed: Prompt | Cancel | Unanswerable | None) -> None:
+def test_prompts_stream_messages(message: Any, parsed: Prompt | Cancel | Unanswerable) -> None:
     assert parse_prompt_message(message) == parsed
