@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     # out of the collector, a full collection no longer stops every conversation for 100+ ms.
     gc.freeze()
     stop = threading.Event()
+    stopped_by: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
         if stop.is_set():
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             # A second Ctrl+C: the leases expire by themselves (their TTL).
             print("stopped without waiting for the agents", file=sys.stderr, flush=True)
             os._exit(130)
+        stopped_by.append(signum)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -170,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     warn_if_unusable(model)
     while not stop.is_set():  # timed waits: under gevent, an untimed one with nothing
         stop.wait(60)  # else to run would end in LoopExit
+    hurry = "Ctrl+C again" if stopped_by == [signal.SIGINT] else "Ctrl+C (SIGINT)"
     print(f"stopping: the agents let go of their leases (about {settings.shutdown_timeout_s:.0f}"
-          " s if the streams server does not answer; Ctrl+C again to stop at once)",
+          f" s if the streams server does not answer; {hurry} to stop at once)",
           file=sys.stderr, flush=True)
     supervisor.stop(timeout=30)
     return 0

@@ -1016,6 +1016,9 @@ def test_signal_stops_the_supervisor_cleanly_and_frees_its_leases(
     exit_s = time.monotonic() - signalled
     assert exit_s < 5, f"exit took {exit_s:.1f}s"
     assert first.count_lines("supervisor first stopped") == 1
+    # How to stop at once: a SIGTERM is no Ctrl+C to press "again".
+    hurry = "Ctrl+C again" if sig == signal.SIGINT else "Ctrl+C (SIGINT)"
+    assert first.count_lines(re.escape(f"; {hurry} to stop at once)")) == 1, first.log_tail()
     assert lease_holder(client, idle) is None and lease_holder(client, busy) is None
 
     second = start_supervisor(root, worker="second", lease_ttl_ms=ttl_ms, idle_timeout=60)

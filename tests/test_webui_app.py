@@ -69,6 +69,9 @@ def test_ctrl_c_stops_flask_run_promptly_in_the_middle_of_an_answer(
     assert "did not stop in time" not in log, app.log_tail()
     assert "released 1 lease(s) of the stopped embedded agents" in log
     assert "could not release the lease" not in log, app.log_tail()  # expected: not news
+    # How to stop at once: a `kill` is no Ctrl+C to press "again".
+    hurry = "Ctrl+C again" if sig == signal.SIGINT else "Ctrl+C (SIGINT)"
+    assert f"; {hurry} to stop at once)" in log, app.log_tail()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],

@@ -35,7 +35,7 @@ from streams_server import StreamsBackend
 from streams_server.storage.dirlock import DirectoryInUse
 from webui.config import STREAMS_PREFIX
 from webui.flask_run import ServingAddress, local_root_url
-from webui.stop_signals import STOP_AT_ONCE, hurry_offered
+from webui.stop_signals import STOP_AT_ONCE, how_to_hurry
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +180,9 @@ class BackgroundWork:
     def _stop_supervisor(self) -> None:
         """Wait for the agents to stop, at most SHUTDOWN_TIMEOUT_S + 1, or until a second
         Ctrl+C (`stop_signals`). Their leases are released in `stop` either way."""
+        hurry = how_to_hurry()
         log.info("stopping the embedded agents (up to %.0f s%s)", SHUTDOWN_TIMEOUT_S + 1,
-                 "; Ctrl+C again to stop at once" if hurry_offered() else "")
+                 f"; {hurry} to stop at once" if hurry else "")
         try:
             stopped = self.supervisor.stop(block=False)
         except Exception:  # noqa: BLE001 - already dead: the process exits anyway

@@ -43,14 +43,21 @@ def take_stop_signals(*, flask_run: bool) -> None:
         signal.signal(signal.SIGTERM, _on_stop_signal)
 
 
-def hurry_offered() -> bool:
-    """Whether a second Ctrl+C stops this process at once (see the module's docstring)."""
-    return _taken.is_set()
+def how_to_hurry() -> str | None:
+    """What stops this process at once while it stops (see the module's docstring): another
+    Ctrl+C, or a first one after a SIGTERM; None where signals were not taken."""
+    if not _taken.is_set():
+        return None
+    return "Ctrl+C again" if _stopped_by == [signal.SIGINT] else "Ctrl+C (SIGINT)"
+
+
+_stopped_by: list[int] = []
 
 
 def _on_stop_signal(signum: int, _frame: FrameType | None) -> None:
     if not _stopping.is_set():
         _stopping.set()
+        _stopped_by.append(signum)
         raise KeyboardInterrupt
     if signum != signal.SIGINT:
         return
