@@ -58,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--wake-stream", default=layout.DEFAULT_WAKE_STREAM,
                      help="where the server writes wake events, relative to the streams root "
                           f"(default {layout.DEFAULT_WAKE_STREAM})")
-    sup.add_argument("--worker-name", default=None, help="this supervisor's name in leases")
+    sup.add_argument("--worker-name", default=None,
+                     help="this supervisor's name in leases: 1 to"
+                          f" {MAX_WORKER_NAME_CHARS} printable characters (default: the host"
+                          " name and the process id, as host-1234)")
     sup.add_argument("--auth-token", default=os.environ.get("STREAMS_AUTH_TOKEN"),
                      help="bearer token for the streams server (default: $STREAMS_AUTH_TOKEN,"
                           " which other users cannot read in ps)")

@@ -114,6 +114,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not is_host_text(args.host):
         parser.error("--host must name an address (0.0.0.0 or :: for every network interface)"
                      " or a host name")
+    token = args.auth_token
+    if token is not None and token.strip() and not all("!" <= c <= "~" for c in token):
+        # A newline from a file, or a non-Latin-1 character: no client could ever send it.
+        # (An empty one is said in `main` to leave the server open.)
+        parser.error(f"--auth-token (or {TOKEN_VARIABLE}) must be visible ASCII characters"
+                     " without spaces")
     return args
 
 
@@ -134,12 +140,6 @@ def main(argv: list[str] | None = None) -> int:
             f"--auth-token (or {TOKEN_VARIABLE}) is empty: no token is required (the server is open to anyone who"
             " can reach it)")
         args.auth_token = None
-    if args.auth_token is not None and not all("!" <= c <= "~" for c in args.auth_token):
-        # A newline from a file, or a non-Latin-1 character: no client could ever send it.
-        print(f"error: --auth-token (or {TOKEN_VARIABLE}) must be visible ASCII characters"
-              " without spaces",
-              file=sys.stderr)
-        return 2
     if (not args.memory and args.data_dir == DEFAULT_DATA_DIR
             and os.path.exists(EARLIER_DEFAULT_DATABASE)):
         logging.getLogger("streams_server").warning(

@@ -562,6 +562,7 @@ def test_a_command_refuses_an_option_out_of_range_as_a_usage_error(argv: list[st
     done = _run([sys.executable, "-m", *argv])
     assert done.returncode == 2, done.stderr[-2000:]
     assert says in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.startswith("usage: "), done.stderr[-2000:]  # as argparse's own are
 
 
 def test_settings_left_empty_written_as_digits_or_zero_are_taken(
