@@ -507,6 +507,15 @@ class ConversationAgent(pykka.ThreadingActor):
         if why is not None:
             self._give_up_unanswerable(why, failed.error)
             return
+        if isinstance(failed.error, StreamNotFound) and self._which_stream(failed.error) is not None:
+            # Deleted by a request, not by a `delete` message (which stops the agent first):
+            # the next agent makes the streams again and ends the answer cut short.
+            self._failure = (f"its {self._which_stream(failed.error)} stream was deleted (not"
+                             " by a delete message); the next agent ends what was being"
+                             " answered")
+            log.warning("agent %s stops: %s", self.conversation_id, self._failure)
+            self._stop_with("failed")
+            return
         if isinstance(failed.error, StreamsError):
             # The server refused, or stayed unreachable past the client's retries: expected
             # while it is down. The supervisor restarts the agent (backing off), and the new
@@ -524,16 +533,20 @@ class ConversationAgent(pykka.ThreadingActor):
             return "its responses stream is closed"
         if not isinstance(error, (ContentTypeMismatch, StreamGone)):
             return None
-        failed_path = urllib.parse.urlsplit(error.url).path
-        which = next((name for name, path in (("prompts", self.prompts_path),
-                                             ("responses", self.responses_path))
-                      if failed_path == urllib.parse.urlsplit(self.client.stream_url(path)).path),
-                     None)
+        which = self._which_stream(error)
         if which is None:
             return None
         if isinstance(error, ContentTypeMismatch):
             return f"its {which} stream is not {JSON_CONTENT_TYPE}"
         return f"its {which} stream was deleted while a fork of it remains (410 Gone)"
+
+    def _which_stream(self, error: StreamsError) -> str | None:
+        """Which of the conversation's streams `error` is about ("prompts" or "responses")."""
+        failed_path = urllib.parse.urlsplit(error.url).path
+        return next((name for name, path in (("prompts", self.prompts_path),
+                                            ("responses", self.responses_path))
+                     if failed_path == urllib.parse.urlsplit(self.client.stream_url(path)).path),
+                    None)
 
     def _give_up_unanswerable(self, why: str, error: BaseException) -> None:
         """Ack every prompt so far and stop: restarting would fail the same way for good. A

@@ -885,6 +885,10 @@ def test_an_answer_whose_prompts_stream_is_deleted_in_its_middle_is_ended_not_le
     ended = rendered.answers[first].terminal
     assert ended["type"] == "error" and ended["code"] == schema.PROMPT_GONE, ended
     assert sup.wait_for_line(f"conversation {cid}: ended 1 unfinished answer", timeout=10)
+    # Said in words: it was "prompt-reader failed: HTTP 404: stream ... does not exist".
+    assert sup.count_lines(re.escape(
+        f"agent {cid} stops: its prompts stream was deleted (not by a delete message); the"
+        " next agent ends what was being answered")) == 1, sup.log_tail()
     later = "p-after-the-deletion"  # from a new writer: the stream made again has no producers
     client.producer(layout.prompts_path(cid), "after-the-deletion").append(
         [{"type": "prompt", "id": later, "content": "a question after that"}])
