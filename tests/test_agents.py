@@ -769,7 +769,7 @@ def test_an_agent_failed_by_the_server_stops_with_a_warning_not_a_traceback(
     sup, client, _, cid = answered_once(streams_server, start_supervisor,
                                         "pulled from under the agent")
     client.delete(layout.prompts_path(cid))
-    assert sup.wait_for_line(f"agent {cid} stops: prompt-reader failed", timeout=15)
+    assert sup.wait_for_line(f"agent {cid} stops: its prompts stream was deleted", timeout=15)
     assert sup.wait_for_line(f"agent crashed conversation={cid} failures=1", timeout=5)
     log = "\n".join(sup.lines)  # this process's lines (the file keeps earlier runs')
     assert "Traceback" not in log and "Unhandled exception" not in log, sup.log_tail()
