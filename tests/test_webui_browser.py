@@ -3132,6 +3132,11 @@ def test_a_message_sent_after_the_server_lost_everything_lists_its_conversation_
         while not any(m.get("id") == cid for m in read_json_stream(app.url, "conversations")):
             assert time.monotonic() < deadline, "the conversation was never listed"
             time.sleep(0.1)
+        # Sent, not only shown: a prompt still on its way at the wipe is sent again after
+        # it, making the conversation's streams again (CI once caught that half done).
+        wait_until(lambda: any(m.get("content") == before for m in read_json_stream(
+            app.url, f"conversations/{cid}/prompts")), timeout=10, what="the prompt stored")
+        wait_state(page, before, "thinking")
         app.terminate()
         shutil.rmtree(data)
         app.start()
