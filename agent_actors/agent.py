@@ -507,12 +507,13 @@ class ConversationAgent(pykka.ThreadingActor):
         if why is not None:
             self._give_up_unanswerable(why, failed.error)
             return
-        if isinstance(failed.error, StreamNotFound) and self._which_stream(failed.error) is not None:
+        deleted = (self._which_stream(failed.error)
+                   if isinstance(failed.error, StreamNotFound) else None)
+        if deleted is not None:
             # Deleted by a request, not by a `delete` message (which stops the agent first):
             # the next agent makes the streams again and ends the answer cut short.
-            self._failure = (f"its {self._which_stream(failed.error)} stream was deleted (not"
-                             " by a delete message); the next agent ends what was being"
-                             " answered")
+            self._failure = (f"its {deleted} stream was deleted (not by a delete message);"
+                             " the next agent ends what was being answered")
             log.warning("agent %s stops: %s", self.conversation_id, self._failure)
             self._stop_with("failed")
             return

@@ -24,6 +24,7 @@ STOP_AT_ONCE = threading.Event()
 
 _stopping = threading.Event()
 _taken = threading.Event()
+_stopped_by: list[int] = []  # the signal that began the stop
 
 
 def take_stop_signals(*, flask_run: bool) -> None:
@@ -49,9 +50,6 @@ def how_to_hurry() -> str | None:
     if not _taken.is_set():
         return None
     return "Ctrl+C again" if _stopped_by == [signal.SIGINT] else "Ctrl+C (SIGINT)"
-
-
-_stopped_by: list[int] = []
 
 
 def _on_stop_signal(signum: int, _frame: FrameType | None) -> None:
