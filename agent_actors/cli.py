@@ -18,6 +18,7 @@ from agent_actors.models.settings import (
     model_from_settings, quiet_http_client_logs, warn_if_unusable,
 )
 from agent_actors.offsets_store import OffsetsFileError
+from agent_actors.stop_hint import how_to_stop_at_once
 from agent_actors.supervisor import Supervisor
 from agent_actors.supervisor_settings import SupervisorSettings
 from agent_actors.validation import (
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     warn_if_unusable(model)
     while not stop.is_set():  # timed waits: under gevent, an untimed one with nothing
         stop.wait(60)  # else to run would end in LoopExit
-    hurry = "Ctrl+C again" if stopped_by == [signal.SIGINT] else "Ctrl+C (SIGINT)"
+    hurry = how_to_stop_at_once(stopped_by[0])
     print(f"stopping: the agents let go of their leases (about {settings.shutdown_timeout_s:.0f}"
           f" s if the streams server does not answer; {hurry} to stop at once)",
           file=sys.stderr, flush=True)

@@ -19,6 +19,8 @@ import signal
 import threading
 from types import FrameType
 
+from agent_actors.stop_hint import how_to_stop_at_once
+
 STOP_AT_ONCE = threading.Event()
 """Set by the second Ctrl+C under `flask run`: stop without waiting for the agents."""
 
@@ -49,7 +51,7 @@ def how_to_hurry() -> str | None:
     Ctrl+C, or a first one after a SIGTERM; None where signals were not taken."""
     if not _taken.is_set():
         return None
-    return "Ctrl+C again" if _stopped_by == [signal.SIGINT] else "Ctrl+C (SIGINT)"
+    return how_to_stop_at_once(_stopped_by[0] if _stopped_by else None)
 
 
 def _on_stop_signal(signum: int, _frame: FrameType | None) -> None:
