@@ -11,6 +11,7 @@ import { FlowDiagram } from "./flow.js";
 import { RawStreamPanel } from "./stream-panels.js";
 import { ConnectionStatus, SERVER_RESET, STATE_LABELS } from "./status.js";
 import { Drawers } from "./drawers.js";
+import { MessageBox, TOUCH_KEYBOARD, keepInDraft, loadDraft, saveDraft } from "./message-box.js";
 import { el, formatTime, frameThrottle, setChildren, wireSkipLink } from "./util.js";
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
@@ -60,10 +61,6 @@ const ui = {
   hint: $("composer-hint"),
 };
 
-// A touch screen's keyboard has no Shift+Enter: there Enter starts a new line and the Send
-// button sends. Ctrl+Enter (⌘+Enter) sends on every device.
-const TOUCH_KEYBOARD = window.matchMedia("(pointer: coarse)");
-
 const drawers = new Drawers({
   sidebar: ui.sidebar,
   streamsPanel: ui.streamsPanel,
@@ -74,6 +71,8 @@ const drawers = new Drawers({
   closeStreams: $("close-streams"),
   firstInSidebar: ui.newConversation,
 });
+const messageBox = new MessageBox({ input: ui.input, send: ui.send, hint: ui.hint });
+
 const view = new ChatView(ui.messages, $("message-scroll"), {
   onRetry: retry,
   onCancel: cancelWaiting,
@@ -391,8 +390,8 @@ function openConversation(id) {
   flow.setSub("prompts", "");
   flow.setSub("responses", "");
   flow.setAgentState("idle");
-  ui.input.value = sessionStorage.getItem(draftKey()) ?? "";
-  refreshComposer();
+  ui.input.value = loadDraft(draftKey());
+  messageBox.fit();
   maybeFollow();
   renderConversationList();
   scheduleRender();
@@ -599,7 +598,7 @@ function render() {
     ? "This conversation takes no more prompts: its responses stream has been closed, so no answer can be written. Start a new conversation to go on."
     : "This conversation takes no more prompts: its prompts stream has been closed. Start a new conversation to go on.";
   ui.input.disabled = closed;
-  offerSend();
+  messageBox.offerSend();
   const known = isKnown(c.id);
   const read = (name) => c.upToDate[name] || c.missing[name];
   const loaded = known ? read("prompts") && read("responses") : conversationsLoaded;
@@ -734,7 +733,7 @@ function send() {
   const draft = draftKey();
   ui.input.value = "";
   saveDraft(draft, "");
-  refreshComposer();
+  messageBox.fit();
   sendPrompt(text);
 }
 
@@ -877,7 +876,7 @@ function leaveDeleted(id, title = conversations.deletedTitle(id)) {
   const focusWasHere = ui.main.contains(document.activeElement) || document.activeElement === document.body;
   openConversation(null);
   // What was being written, or sent but never delivered, is kept for the new conversation.
-  keepInMessageBox([...unsent, typed]);
+  messageBox.add([...unsent, typed], draftKey());
   if (focusWasHere) ui.input.focus(); // its header buttons or title field are gone
   const what = title ? named(title) : "The conversation at this link";
   tell(unsent.length ? givenBack(what, unsent.length) : `${what} was deleted.`);
@@ -906,7 +905,7 @@ function promptTexts(messages) {
  * not lost without a word: they go back in the message box, and the page says so. */
 function giveBack(texts, what) {
   if (!texts.length) return;
-  keepInMessageBox(texts);
+  messageBox.add(texts, draftKey());
   tell(givenBack(what, texts.length));
 }
 
@@ -914,29 +913,6 @@ function givenBack(what, count) {
   return count === 1
     ? `${what} was deleted before a message sent to it reached the server: it is back in the message box.`
     : `${what} was deleted before ${count} messages sent to it reached the server: they are back in the message box.`;
-}
-
-/** `kept` with `texts` after it (each once, none already there), parted by blank lines. */
-function withTexts(kept, texts) {
-  const parts = [kept.trim()];
-  for (const text of texts.map((t) => t.trim())) if (text && !parts.includes(text)) parts.push(text);
-  return parts.filter(Boolean).join("\n\n");
-}
-
-/** Add `texts` to the message box, after what it holds (each once), as its draft. */
-function keepInMessageBox(texts) {
-  const value = withTexts(ui.input.value, texts);
-  if (value === ui.input.value) return;
-  ui.input.value = value;
-  saveDraft(draftKey(), value);
-  refreshComposer();
-}
-
-/** `keepInMessageBox` for a conversation not shown: its stored draft. */
-function keepInDraft(key, text) {
-  const kept = sessionStorage.getItem(key) ?? "";
-  const value = withTexts(kept, [text]);
-  if (value !== kept) saveDraft(key, value);
 }
 
 function tell(text) {
@@ -952,56 +928,6 @@ function draftKey() {
   return `draft:${linked ? current.id : "new"}`;
 }
 
-function saveDraft(key, text) {
-  try {
-    if (text) sessionStorage.setItem(key, text);
-    else sessionStorage.removeItem(key);
-  } catch (err) {
-    console.warn("draft not kept (sessionStorage is full)", err); // the text stays in the box
-  }
-}
-
-/** Fit the message box to its text, and offer Send only when there is something to send. */
-function refreshComposer() {
-  followTextDirection();
-  ui.input.style.height = "auto";
-  const max = parseFloat(getComputedStyle(ui.input).maxHeight) || 220; // it follows the window's height
-  ui.input.style.height = `${Math.min(ui.input.scrollHeight, max)}px`;
-  offerSend();
-}
-
-// The message box's direction follows its text, as `dir="auto"` would have it (a
-// right-to-left language is written right to left). Not `dir="auto"` itself: Chromium works
-// that out over the whole text as it changes: a million characters pasted as one paragraph
-// froze the tab for 4 s (three million: 40 s), against 0.5 s with a set direction. Here it
-// comes from the text's beginning, worked out on a short copy.
-const DIRECTION_FROM_CHARS = 10_000;
-const directionProbe = document.createElement("div");
-directionProbe.dir = "auto";
-
-function followTextDirection() {
-  directionProbe.textContent = ui.input.value.slice(0, DIRECTION_FROM_CHARS);
-  let dir = "auto"; // where `:dir()` is not known (Chromium before 120, Safari before 16.4)
-  try {
-    dir = directionProbe.matches(":dir(rtl)") ? "rtl" : "ltr";
-  } catch {
-    /* left to the browser */
-  }
-  if (ui.input.dir !== dir) ui.input.dir = dir;
-}
-
-function describeEnterKey() {
-  const touch = TOUCH_KEYBOARD.matches;
-  ui.input.enterKeyHint = touch ? "enter" : "send";
-  ui.hint.textContent = touch
-    ? "Enter for a new line · Send (or Ctrl+Enter) to send · Esc to stop"
-    : "Enter to send · Shift+Enter for a new line · Esc to stop";
-}
-
-function offerSend() {
-  ui.send.disabled = ui.input.disabled || protocol.isBlank(ui.input.value);
-}
-
 // ---------------------------------------------------------------------------------- wiring
 
 function wire() {
@@ -1012,6 +938,8 @@ function wire() {
     // message typed went nowhere.
     focusComposer();
   });
+  // A touch screen's keyboard has no Shift+Enter: there Enter starts a new line and the Send
+  // button sends. Ctrl+Enter (⌘+Enter) sends on every device.
   ui.input.addEventListener("keydown", (event) => {
     if (event.key !== "Enter" || event.isComposing) return;
     if (event.ctrlKey || event.metaKey || (!event.shiftKey && !TOUCH_KEYBOARD.matches)) {
@@ -1019,8 +947,8 @@ function wire() {
       send();
     }
   });
-  describeEnterKey();
-  TOUCH_KEYBOARD.addEventListener("change", describeEnterKey);
+  messageBox.describeEnterKey();
+  TOUCH_KEYBOARD.addEventListener("change", () => messageBox.describeEnterKey());
   // Esc stops the answer from anywhere on the page, not only from the message box (the
   // rename box and an open drawer take their own Esc first).
   document.addEventListener("keydown", (event) => {
@@ -1030,7 +958,7 @@ function wire() {
     }
   });
   ui.input.addEventListener("input", () => {
-    refreshComposer();
+    messageBox.fit();
     saveDraft(draftKey(), ui.input.value);
     if (!ui.composerError.hidden && typedPrompt().length <= protocol.MAX_PROMPT_CHARS) ui.composerError.hidden = true;
   });
@@ -1138,11 +1066,11 @@ function wire() {
       scheduleRender();
       return;
     }
-    if (ui.input.value.trim()) keepInMessageBox([body.content]);
+    if (ui.input.value.trim()) messageBox.add([body.content], draftKey());
     else {
       ui.input.value = body.content;
       saveDraft(draftKey(), body.content);
-      refreshComposer();
+      messageBox.fit();
     }
     const reason = firstCharacters(error.message, 300).replace(/[.\s]+$/, "");
     announce(`Your message was not sent: ${reason}. It is back in the message box.`);
