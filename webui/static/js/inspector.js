@@ -13,7 +13,8 @@ import { StreamHub } from "./hub.js";
 import { ConversationList } from "./conversation-model.js";
 import { CONVERSATIONS_PATH, promptsPath, responsesPath, subscriptionId } from "./chat-protocol.js";
 import { ConnectionStatus } from "./status.js";
-import { asText, hexDump } from "./format.js";
+import { asText } from "./format.js";
+import { EntryView } from "./inspector-entries.js";
 import { renderSubscription } from "./subscription-view.js";
 import { el, frameThrottle, setChildren, wireSkipLink } from "./util.js";
 
@@ -23,12 +24,6 @@ const hub = new StreamHub(client);
 const status = new ConnectionStatus({ pill: $("connection-pill"), banner: $("connection-banner") });
 
 const RECENT_KEY = "inspector:recent";
-const RENDER_LIMIT = 2000; // entries built for a view; older ones are counted, not shown
-const SHOWN_BYTES = 64 * 1024; // of one entry's bytes, as text or hex; the rest is counted
-// Entries (and their batches' marks) go into groups of this many nodes, which the page
-// neither lays out nor paints while off screen (CSS `content-visibility`). In one flat list,
-// each frame of a followed stream laid out all of its thousands of nodes to add a few.
-const GROUP_SIZE = 100;
 const LIST_LIMIT = 500; // streams or subscriptions listed at most; the filter narrows them
 
 const state = {
@@ -635,7 +630,7 @@ function readOn() {
   const offset = state.readOn;
   if (offset === null) return;
   $("read-offset").value = offset; // where what is shown begins
-  readFrom(offset, { byteBase: shown.byteBase }); // a hex dump's addresses go on
+  readFrom(offset, { byteBase: entries.byteBase }); // a hex dump's addresses go on
 }
 
 function mib(bytes) {
@@ -664,36 +659,21 @@ function viewMode() {
   return sample && asText(sample.subarray(0, 4096), { cut: sample.length > 4096 }) !== null ? "text" : "hex";
 }
 
-// What the content view shows of `state.pages`, so that a live batch adds only its own nodes:
-// rebuilt whole at every batch, a stream followed while it grew by hundreds of appends a
-// second froze the page for minutes.
-const shown = { mode: null, pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: 0, groups: [], summary: null, placeholder: null, lineChars: 80 };
+const entries = new EntryView({
+  view: $("content-view"),
+  summary: $("content-summary"),
+  placeholderText: () => placeholderText(),
+  onSave: (page) => saveBytes(page),
+});
 
 /** Show `state.pages` afresh (another stream, read or view). */
 function renderContent() {
-  const view = $("content-view");
-  const stick = view.scrollHeight - view.scrollTop - view.clientHeight < 40;
-  Object.assign(shown, { mode: viewMode(), pages: 0, entries: 0, hidden: 0, messages: 0, bytes: 0, byteBase: state.byteBase, groups: [] });
-  shown.summary = el("div", { class: "batch-mark", hidden: true });
-  shown.placeholder = el("p", { class: "content-placeholder", dataset: { testid: "content-placeholder" } });
-  view.replaceChildren(shown.placeholder, shown.summary);
-  // A hex dump's rows are not wrapped (on a phone each made three lines): they scroll.
-  view.dataset.mode = shown.mode;
-  shown.lineChars = shown.mode === "hex" ? Infinity : charsPerLine(view);
-  // Only the newest RENDER_LIMIT entries are built.
-  let entries = 0;
-  for (const page of state.pages) entries += page.messages ? page.messages.length : page.bytes?.length ? 1 : 0;
-  showNewPages(view, entries - RENDER_LIMIT);
-  if (stick || state.follow) view.scrollTop = view.scrollHeight;
+  entries.showAll(state.pages, { mode: viewMode(), byteBase: state.byteBase, stick: Boolean(state.follow) });
 }
 
 /** Add the pages a live read delivered since the view was last drawn: once a frame. */
 const renderNewPages = frameThrottle(() => {
-  if (shown.mode !== viewMode() || shown.pages > state.pages.length) return renderContent();
-  const view = $("content-view");
-  const stick = view.scrollHeight - view.scrollTop - view.clientHeight < 40;
-  showNewPages(view, 0);
-  if (stick) view.scrollTop = view.scrollHeight; // a reader scrolled up stays where they are
+  if (!entries.showNew(state.pages, viewMode())) renderContent();
 });
 
 /** What the content view says while it shows no entry. */
@@ -706,130 +686,6 @@ function placeholderText() {
   return from === "-1" ? "The stream is empty." : `No entries from offset ${from}.`;
 }
 
-/** Append the pages not shown yet, their first `skip` entries counted but not built; then
- * drop the oldest groups that RENDER_LIMIT entries are shown without. */
-function showNewPages(view, skip) {
-  const mode = shown.mode;
-  const grown = new Set();
-  const add = (node, entry, height) => {
-    let group = shown.groups.at(-1);
-    if (!group || group.nodes >= GROUP_SIZE) {
-      group = { node: el("div", { class: "entry-group" }), nodes: 0, entries: 0, height: 0 };
-      shown.groups.push(group);
-      view.append(group.node);
-    }
-    group.node.append(node);
-    group.nodes += 1;
-    group.height += height;
-    if (entry) group.entries += 1;
-    grown.add(group);
-  };
-  const skipped = () => {
-    if (skip <= 0) return false;
-    skip -= 1;
-    shown.hidden += 1;
-    return true;
-  };
-  for (const page of state.pages.slice(shown.pages)) {
-    // A page's mark goes before its first entry shown (a page of none is marked too).
-    let mark = el("div", { class: "batch-mark", dataset: { testid: "batch-mark" } }, `${page.live ? "live" : "read"} ${page.from} → ${page.to}`);
-    const addEntry = (node, text) => {
-      if (mark) add(mark, false, MARK_PX);
-      mark = null;
-      add(node, true, ENTRY_PX + LINE_PX * rowCount(text, shown.lineChars));
-    };
-    if (page.messages) {
-      for (const m of page.messages) {
-        shown.entries += 1;
-        shown.messages += 1;
-        if (skipped()) continue;
-        const text = mode === "json" ? JSON.stringify(m, null, 2) : mode === "hex" ? hexDump(new TextEncoder().encode(JSON.stringify(m))) : JSON.stringify(m);
-        addEntry(el("div", { class: "entry", dataset: { testid: "content-entry" } },
-          el("div", { class: "entry-head" }, el("span", {}, `#${shown.entries}`), m && typeof m === "object" && typeof m.type === "string" ? el("span", {}, m.type) : null),
-          el("pre", {}, text)), text);
-      }
-    } else if (page.bytes?.length) {
-      shown.entries += 1;
-      shown.bytes += page.bytes.length;
-      const base = shown.byteBase;
-      shown.byteBase += page.bytes.length;
-      if (skipped()) continue;
-      const text = mode === "hex" ? hexDump(page.bytes, base, SHOWN_BYTES) : mode === "json" ? prettyJsonText(page.bytes) : textStart(page.bytes);
-      addEntry(el("div", { class: "entry", dataset: { testid: "content-entry" } },
-        el("div", { class: "entry-head" }, el("span", {}, `${page.bytes.length} bytes`),
-          // Only its first SHOWN_BYTES are shown: the rest is there to save.
-          page.bytes.length > SHOWN_BYTES ? el("button", {
-            type: "button",
-            class: "entry-save",
-            dataset: { testid: "entry-save" },
-            "aria-label": `Save all ${page.bytes.length} bytes of this entry`,
-            onclick: () => saveBytes(page),
-          }, "Save all") : null),
-        el("pre", {}, text)), text);
-    }
-    if (mark && !page.messages?.length && !page.bytes?.length && skip <= 0) add(mark, false, MARK_PX);
-  }
-  shown.pages = state.pages.length;
-  let built = 0;
-  for (const group of shown.groups) built += group.entries;
-  while (shown.groups.length > 1 && built - shown.groups[0].entries >= RENDER_LIMIT) {
-    const oldest = shown.groups.shift();
-    oldest.node.remove();
-    built -= oldest.entries;
-    shown.hidden += oldest.entries;
-  }
-  for (const group of grown) {
-    // A group never laid out is taken to be as tall as its rows of text make it (hundreds
-    // of entries read at once are mostly off screen), so that the scroll bar is about right.
-    group.node.style.containIntrinsicSize = `auto ${Math.round(group.height)}px`;
-  }
-  shown.placeholder.hidden = shown.entries > 0;
-  // Hidden, it holds no text either: the view's text (a copy of it) begins with its entries.
-  shown.placeholder.textContent = shown.entries > 0 ? "" : placeholderText();
-  shown.summary.hidden = shown.hidden === 0;
-  shown.summary.textContent = `${shown.hidden} earlier ${shown.hidden === 1 ? "entry" : "entries"} not shown`;
-  $("content-summary").textContent = shown.messages ? `${shown.messages} message${shown.messages === 1 ? "" : "s"}` : shown.bytes ? `${shown.bytes} bytes` : "";
-}
-
-// An entry's height as the stylesheet makes it: its head, padding and border, and each row
-// of its text; a batch's mark.
-const ENTRY_PX = 34;
-const LINE_PX = 19.4;
-const MARK_PX = 20;
-
-/** How many characters of an entry's text fit on a row of `view` (measured). */
-function charsPerLine(view) {
-  const sample = el("span", {}, "0".repeat(10));
-  const probe = el("pre", {}, sample);
-  const entry = el("div", { class: "entry" }, probe);
-  view.append(entry);
-  const charWidth = sample.getBoundingClientRect().width / 10;
-  const style = getComputedStyle(probe);
-  const width = probe.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
-  entry.remove();
-  return Math.max(10, Math.floor(width / charWidth) || 80);
-}
-
-/** Rows `text` takes in a pre-wrap block `lineChars` characters wide. */
-function rowCount(text, lineChars) {
-  let rows = 0;
-  for (let start = 0; start <= text.length;) {
-    let end = text.indexOf("\n", start);
-    if (end < 0) end = text.length;
-    rows += Math.max(1, Math.ceil((end - start) / lineChars));
-    start = end + 1;
-  }
-  return rows;
-}
-
-/** An entry's bytes as text, up to SHOWN_BYTES of them as the hex dump shows: 8 MiB of
- * random bytes laid out as text held the page for 42 s. */
-function textStart(bytes) {
-  if (bytes.length <= SHOWN_BYTES) return new TextDecoder().decode(bytes);
-  const start = new TextDecoder().decode(bytes.subarray(0, SHOWN_BYTES), { stream: true });
-  return `${start}\n… ${bytes.length - SHOWN_BYTES} more bytes`;
-}
-
 /** Download an entry's bytes as a file. */
 function saveBytes(page) {
   const url = URL.createObjectURL(new Blob([page.bytes], { type: "application/octet-stream" }));
@@ -840,16 +696,6 @@ function saveBytes(page) {
   link.click();
   link.remove();
   setTimeout(() => URL.revokeObjectURL(url), 60_000);
-}
-
-function prettyJsonText(bytes) {
-  if (bytes.length > SHOWN_BYTES) return textStart(bytes);
-  const text = new TextDecoder().decode(bytes);
-  try {
-    return JSON.stringify(JSON.parse(text), null, 2);
-  } catch {
-    return text;
-  }
 }
 
 // ---------------------------------------------------------------------------------- live
