@@ -43,7 +43,7 @@ from .errors import (
 )
 from .protocol.control import is_public, uses_wake_token
 from .protocol.messages import Reply, StreamRequest
-from .server import FRAMING_PROBLEM_KEY
+from .request_head import FRAMING_PROBLEM_KEY
 from .text import has_control_characters
 
 log = logging.getLogger(__name__)

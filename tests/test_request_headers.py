@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from streams_server.server import RequestHeaders, UnreadableRequest
+from streams_server.request_head import RequestHeaders, UnreadableRequest
 
 
 def parse(block: bytes) -> RequestHeaders:
