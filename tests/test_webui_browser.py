@@ -1041,6 +1041,37 @@ def test_a_deleted_conversation_leaves_every_tab_and_the_server(
     assert not client.exists(f"conversations/{cid}/prompts")
 
 
+def test_a_tab_whose_list_lags_leaves_a_conversation_deleted_elsewhere_without_failed_reads(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """The streams of a conversation deleted in another tab are removed by the supervisor,
+    which ends this tab's live reads of them; read again at once, they answered 404 (a
+    console error each, and reads retried for as long as this tab's copy of the list had not
+    brought the deletion: here, for good). The list, read first, says why they ended."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
+    try:
+        title = unique("Deleted in another tab")
+        cid = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000).start_conversation(title)
+        page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
+        held: list[Route] = []
+        page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
+                   lambda route, _: held.append(route))  # the list's live read lags
+        wait_held(page, held)  # (its response ended after SSE_MAX_DURATION_S)
+        failed: list[str] = []
+        page.on("response", lambda r: failed.append(f"{r.status} {r.url}")
+                if r.status >= 400 and f"/conversations/{cid}/" in r.url else None)
+
+        append_to_conversations(app, {"type": "delete", "id": cid, "timestamp": int(time.time() * 1000)})
+        expect(page.get_by_test_id("deleted-conversation")).to_have_text(f"“{title}” was deleted.")
+        expect(page.get_by_test_id("conversation-title")).to_have_text("New conversation")
+        expect(page.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')).to_have_count(0)
+        wait_removed(StreamsClient(f"{app.url}/v1/stream"), cid)
+        page.wait_for_timeout(1500)  # a read made again after the removal would have failed by now
+        assert not failed, failed
+        page.unroute_all(behavior="ignoreErrors")
+    finally:
+        app.terminate()
+
+
 def test_a_prompt_waiting_to_be_sent_is_dropped_with_its_deleted_conversation(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """Its retries would bring the deleted streams back (a 404 makes the outbox create them)."""

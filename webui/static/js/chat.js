@@ -89,7 +89,7 @@ const status = new ConnectionStatus({ pill: $("connection-pill"), banner: $("con
 
 const conversations = new ConversationList();
 let conversationsLoaded = false;
-const deletedHere = new Set(); // conversations this tab deleted
+const deletedHere = new Set(); // conversations this tab deleted, or found deleted before its list did
 const ACTIVITY_SHOWN_FOR_MS = 60_000; // a list's time of the first conversation, kept this long
 const failedPrompts = new Map(); // promptId -> {conversationId, id, content, timestamp, failed}
 // Stored, but not read back from the stream yet: still shown, or they would vanish in between.
@@ -421,6 +421,7 @@ function maybeFollow() {
       scheduleRender();
     },
     onStatus: (s) => streamStatus(c, "prompts", s),
+    beforeReconnect: () => leaveIfDeleted(c),
   }));
   c.follows.push(hub.follow(responsesPath, {
     offset: c.offsets.responses,
@@ -435,7 +436,19 @@ function maybeFollow() {
       scheduleRender();
     },
     onStatus: (s) => streamStatus(c, "responses", s),
+    beforeReconnect: () => leaveIfDeleted(c),
   }));
+}
+
+/** The live reads of `c`'s streams were ended by the server: it ends them now and then, and
+ * when a deletion of the conversation (in another tab, maybe unseen here yet: this tab's copy
+ * of the list may lag) had its streams removed. Read again, those answered 404. The list is
+ * written first, so it says which: if deleted, leave it (which stops the reads), as its own
+ * copy of the list will when it comes. */
+async function leaveIfDeleted(c) {
+  if (c !== current || (await stillListed(c.id).catch(() => true)) || c !== current) return;
+  deletedHere.add(c.id); // not listed until the list's own read brings the deletion
+  leaveDeleted(c.id, conversationTitle(c.id));
 }
 
 // Browsers share about six connections per host among all tabs. A tab hidden for a while

@@ -39,11 +39,12 @@ export class StreamHub {
   /**
    * Follow `path` from `offset` (default: its beginning). `onBatch(batch)` receives contiguous batches
    * ({from, to, messages|text|bytes, upToDate, closed}); `onStatus(status)` the connection
-   * state ({state: "connecting"|"live"|"reconnecting"|"missing"|"closed"|"error"}).
+   * state ({state: "connecting"|"live"|"reconnecting"|"missing"|"closed"|"error"});
+   * `beforeReconnect(signal)` is the live read's (streams.js), when this tab holds it.
    * Returns {stop(), offset} where offset is the end of the last batch delivered.
    */
-  follow(path, { offset = "-1", onBatch, onStatus, contentType = "application/json" } = {}) {
-    const follow = new Follow(this, path, contentType, { onBatch, onStatus });
+  follow(path, { offset = "-1", onBatch, onStatus, beforeReconnect, contentType = "application/json" } = {}) {
+    const follow = new Follow(this, path, contentType, { onBatch, onStatus, beforeReconnect });
     follow.offset = offset;
     const key = `${path}\n${Math.random()}`;
     this.#follows.set(key, follow);
@@ -153,6 +154,7 @@ class Follow {
       offset: this.offset,
       contentType: this.contentType,
       signal: this.#abort.signal,
+      beforeReconnect: this.listener.beforeReconnect,
       onBatch: (batch) => {
         if (this.stopped) return;
         this.#apply(batch);

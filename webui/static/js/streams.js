@@ -353,10 +353,13 @@ export class StreamsClient {
    *
    * onBatch({from, to, messages|text|bytes, upToDate, closed}) and onStatus({state, ...}) where
    * state is "connecting" | "live" | "reconnecting" | "missing" | "closed" | "error".
+   * `beforeReconnect(signal)`, if given, is awaited before a response the server ended is
+   * read on: a deleted stream's reads end too, and a caller that can tell (from another
+   * stream) stops here, with `signal`, rather than be answered 404.
    * Resolves with the final offset when the stream is closed, the signal aborts, or the server
    * answers with an error that retrying cannot fix (400, 401, 403, 410).
    */
-  async live(path, { offset = "-1", contentType = "application/json", onBatch, onStatus, signal } = {}) {
+  async live(path, { offset = "-1", contentType = "application/json", onBatch, onStatus, beforeReconnect, signal } = {}) {
     let current = offset;
     let attempt = 0;
     let lastMissing = false;
@@ -398,7 +401,9 @@ export class StreamsClient {
           return { offset: current, closed: true };
         }
         if (!delivered) throw new Error("SSE response ended without a control event");
-        // The server ended the response normally (it does so periodically): reconnect at once.
+        // The server ended the response normally (it does so periodically, and when the
+        // stream is deleted): reconnect at once, once the caller has had its say.
+        await beforeReconnect?.(signal);
       } catch (err) {
         if (signal?.aborted) break;
         const http = err instanceof HttpError ? err.status : 0;
