@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 
@@ -41,6 +42,35 @@ def test_a_refused_read_whose_error_is_kept_leaves_later_reads_current(tmp_path:
         assert result.up_to_date
     finally:
         store.close()
+
+
+def test_a_wait_on_a_stream_deleted_since_its_read_keeps_nothing(tmp_path: Path) -> None:
+    """A long-poll or an SSE loop reads its stream, then waits for more. A delete that
+    committed between the two (a conversation deleted while a tab followed it) left the wait
+    a change signal for the gone stream's id that nothing removed again: half a KiB for every
+    such reader, for as long as the server ran."""
+    store = StreamStore.open_directory(str(tmp_path))
+
+    def follow_a_stream_deleted_under_it(path: str) -> None:
+        store.create(path, content_type=JSON, expiry=Expiry(None, None))
+        read = store.read(path, 0, 1 << 20)
+        store.delete(path)
+        assert store.wait_for_data(read.info.stream_id, read.next_position, 30)
+
+    try:
+        for i in range(50):  # whatever the first ones leave (statement caches) left now
+            follow_a_stream_deleted_under_it(f"warm/{i}")
+        tracemalloc.start()
+        try:
+            before, _ = tracemalloc.get_traced_memory()
+            for i in range(1000):
+                follow_a_stream_deleted_under_it(f"gone/{i}")
+            after, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    finally:
+        store.close()
+    assert after - before < 100_000, f"{(after - before) / 1024:.0f} KiB kept by 1000 readers"
 
 
 def test_more_reads_at_once_than_pooled_connections_all_succeed(streams_server: ServerProcess) -> None:

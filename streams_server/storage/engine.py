@@ -268,6 +268,8 @@ class StreamStore:
         until `timeout` passes (False). A live reader meanwhile (see `live_reader`)."""
         deadline = time.monotonic() + timeout
         signal = self._signal(stream_id)
+        if signal is None:  # deleted since the caller read it
+            return True
         with self.live_reader(stream_id):
             while True:
                 changed = signal.current()  # taken before looking: a change after this sets it
@@ -485,10 +487,16 @@ class StreamStore:
 
         return read() if self._memory else run_blocking(read)
 
-    def _signal(self, stream_id: int) -> _ChangeSignal:
+    def _signal(self, stream_id: int) -> _ChangeSignal | None:
+        """The stream's change signal, made at its first wait; None once the stream is gone.
+        Its deletion drops the signal (after dropping the stream, see `_apply_effects`), so
+        one made for it later would never be dropped: a wait that began after a delete it did
+        not see would have left one behind for good."""
         with self._signals_lock:
             signal = self._signals.get(stream_id)
             if signal is None:
+                if stream_id not in self._streams:
+                    return None
                 signal = self._signals[stream_id] = _ChangeSignal()
             return signal
 
