@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
 STARTUP_PROBE_S = 2.0
 """How long one startup attempt retries before the supervisor reports the server unreachable."""
+REMOVAL_THREADS = 4
+"""Threads removing deleted conversations: on one, a removal the server was slow to answer
+(or never answered, until the client's retry deadline) held up every one after it."""
 START_OVER_RESET_S = 60.0  # a shared stream lost again within this: wait longer first
 
 # -- messages to the supervisor (from its own threads) ---------------------------------------
@@ -195,7 +198,7 @@ class Supervisor(pykka.ThreadingActor):
         # and so may each job thread.
         self.client = client or StreamsClient(
             settings.streams_url, auth_token=settings.auth_token,
-            pool_size=2 * settings.max_agents + settings.job_threads + 4)
+            pool_size=2 * settings.max_agents + settings.job_threads + REMOVAL_THREADS + 4)
         self.offsets = offsets or OffsetsStore(settings.data_dir)  # closed when it stops
         self._pending = PendingPrompts(self.client, self.offsets, settings)
         self.agents: dict[str, pykka.ActorRef[Any]] = {}
@@ -221,6 +224,7 @@ class Supervisor(pykka.ThreadingActor):
         self._jobs = _JobQueue()
         self._removals = _JobQueue()
         self._start_listing: _ServerListing | None = None  # see _listed_at_start
+        self._start_listing_lock = threading.Lock()
         # Past this, no request of a stopped agent is still under way: its retries have
         # stopped (the deadline) and the last attempt has had its full timeout.
         self._stragglers_s = self.client.transport.retry.deadline + self.client.transport.timeout
@@ -247,8 +251,9 @@ class Supervisor(pykka.ThreadingActor):
         for index in range(self.settings.job_threads):
             threading.Thread(target=self._run_jobs, args=(self._jobs,),
                              name=f"supervisor-jobs-{index}", daemon=True).start()
-        threading.Thread(target=self._run_jobs, args=(self._removals,),
-                         name="supervisor-removals", daemon=True).start()
+        for index in range(REMOVAL_THREADS):
+            threading.Thread(target=self._run_jobs, args=(self._removals,),
+                             name=f"supervisor-removals-{index}", daemon=True).start()
         self._jobs.put(self._prepare)
 
     def on_stop(self) -> None:
@@ -276,7 +281,8 @@ class Supervisor(pykka.ThreadingActor):
         self._timers.close()
         for _ in range(self.settings.job_threads):
             self._jobs.put(None)
-        self._removals.put(None)
+        for _ in range(REMOVAL_THREADS):
+            self._removals.put(None)
         self.offsets.close()
         log.info("supervisor %s stopped", self.settings.worker_name)
 
@@ -772,20 +778,21 @@ class Supervisor(pykka.ThreadingActor):
 
     def _listed_at_start(self) -> _ServerListing | None:
         """The conversations' subscriptions and streams, listed once for a start's look at
-        the deleted ones (on the removals thread); None where the server has no listings or
-        could not list them."""
-        if self._start_listing is None:
-            try:
-                self._start_listing = _ServerListing(
-                    frozenset(s.id for s in self._pending.subscriptions()),
-                    frozenset(s.path for s in self._pending.streams()))
-            except NotFound:
-                self._start_listing = _UNLISTED
-            except StreamsError as exc:
-                log.info("could not list the subscriptions and streams (%s): looking at each"
-                         " deleted conversation alone", exc)
-                return None
-        return None if self._start_listing is _UNLISTED else self._start_listing
+        the deleted ones (on the removal threads, listed by the first to ask); None where the
+        server has no listings or could not list them."""
+        with self._start_listing_lock:
+            if self._start_listing is None:
+                try:
+                    self._start_listing = _ServerListing(
+                        frozenset(s.id for s in self._pending.subscriptions()),
+                        frozenset(s.path for s in self._pending.streams()))
+                except NotFound:
+                    self._start_listing = _UNLISTED
+                except StreamsError as exc:
+                    log.info("could not list the subscriptions and streams (%s): looking at"
+                             " each deleted conversation alone", exc)
+                    return None
+            return None if self._start_listing is _UNLISTED else self._start_listing
 
     def _claim(self, cid: str) -> None:
         lease: Lease | None = None

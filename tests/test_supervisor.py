@@ -1302,6 +1302,33 @@ def test_a_conversation_deleted_while_its_agent_boots_is_not_brought_back_by_the
     assert conversation_gone(client, doomed), "the boot brought the deleted streams back"
 
 
+def test_a_removal_held_up_by_the_server_does_not_hold_up_the_next_ones(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """Deleted conversations were removed one at a time, on one thread: a DELETE the server
+    was slow to answer (or never answered, until the client's retry deadline) held up every
+    deletion after it, and under load they queued for minutes."""
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    stuck = chat.start_conversation("its removal is held up")
+    others = [chat.start_conversation(f"deleted after it {n}") for n in range(3)]
+    held = HeldCall(root, lambda name, args: name == "delete"
+                    and args == (layout.prompts_path(stuck),))
+    in_process(root, client=held)
+    chat.delete_conversation(stuck)
+    assert held.reached.wait(20), "the removal never began"
+    for cid in others:
+        chat.delete_conversation(cid)
+    for cid in others:  # while the first removal is still held
+        logs.wait_for(f"removed deleted conversation={cid}")
+        assert conversation_gone(client, cid)
+    assert not logs.matching(f"removed deleted conversation={stuck}")
+    held.go.set()
+    logs.wait_for(f"removed deleted conversation={stuck}")
+    assert conversation_gone(client, stuck)
+
+
 def test_a_deletion_during_a_claim_that_fails_is_still_carried_out(
     streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
     logs: LogWatch,
