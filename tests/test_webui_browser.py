@@ -1047,15 +1047,28 @@ def test_a_tab_whose_list_lags_leaves_a_conversation_deleted_elsewhere_without_f
     which ends this tab's live reads of them; read again at once, they answered 404 (a
     console error each, and reads retried for as long as this tab's copy of the list had not
     brought the deletion: here, for good). The list, read first, says why they ended."""
-    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
+    app = start_chat_app(tmp_path / "app", model_url=model.url)
     try:
         title = unique("Deleted in another tab")
         cid = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000).start_conversation(title)
         page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
+        expect(page.get_by_test_id("conversation-title")).to_have_text(title)
         held: list[Route] = []
         page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
                    lambda route, _: held.append(route))  # the list's live read lags
-        wait_held(page, held)  # (its response ended after SSE_MAX_DURATION_S)
+        live_reads: set[str] = set()
+        page.on("response", lambda r: live_reads.add(r.url.split("?")[0].rsplit("/", 1)[-1])
+                if r.ok and f"/conversations/{cid}/" in r.url and "live=sse" in r.url else None)
+        # A restart ends every read: the list's is held from then on. (The server's periodic
+        # end of a read would do too, but that of a conversation's stream, landing between the
+        # deletion and the removal, answers 404 whatever the page does.)
+        app.terminate()
+        app.start()
+        wait_held(page, held)
+        deadline = time.monotonic() + 20
+        while live_reads != {"prompts", "responses"}:
+            assert time.monotonic() < deadline, f"only {live_reads} read live again"
+            page.wait_for_timeout(50)  # (the page's events are called only while it is waited on)
         failed: list[str] = []
         page.on("response", lambda r: failed.append(f"{r.status} {r.url}")
                 if r.status >= 400 and f"/conversations/{cid}/" in r.url else None)
@@ -1067,6 +1080,73 @@ def test_a_tab_whose_list_lags_leaves_a_conversation_deleted_elsewhere_without_f
         wait_removed(StreamsClient(f"{app.url}/v1/stream"), cid)
         page.wait_for_timeout(1500)  # a read made again after the removal would have failed by now
         assert not failed, failed
+        page.unroute_all(behavior="ignoreErrors")
+    finally:
+        app.terminate()
+
+
+def test_a_tab_whose_list_lags_leaves_a_conversation_whose_reads_found_it_removed(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Deleted in another tab between the list read made before a reconnect and the
+    reconnect, the conversation's streams answered 404: the page said "nothing of this
+    conversation is on the server" and asked again for good, as its list lagged."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
+    try:
+        title = unique("Deleted mid-reconnect")
+        cid = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000).start_conversation(title)
+        page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
+        expect(page.get_by_test_id("conversation-title")).to_have_text(title)
+        held_list: list[Route] = []
+        page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
+                   lambda route, _: held_list.append(route))  # the list's live read lags
+        held_reads: list[Route] = []
+
+        def a_live_read_of_its_streams(url: str) -> bool:
+            return f"/conversations/{cid}/" in url and "live=sse" in url
+
+        page.route(a_live_read_of_its_streams, lambda route, _: held_reads.append(route))  # made after the check
+        wait_held(page, held_list)
+        wait_held(page, held_reads, count=2)
+
+        append_to_conversations(app, {"type": "delete", "id": cid, "timestamp": int(time.time() * 1000)})
+        wait_removed(StreamsClient(f"{app.url}/v1/stream"), cid)
+        page.unroute(a_live_read_of_its_streams)
+        for route in held_reads:
+            route.continue_()
+        expect(page.get_by_test_id("deleted-conversation")).to_have_text(f"“{title}” was deleted.")
+        expect(page.get_by_test_id("conversation-title")).to_have_text("New conversation")
+        expect(page.get_by_test_id("streams-missing")).to_be_hidden()
+        page.unroute_all(behavior="ignoreErrors")
+    finally:
+        app.terminate()
+
+
+def test_a_new_conversation_stays_listed_under_its_name_until_the_list_brings_it_back(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Its listing sent, a new conversation was known to the page only once the list read it
+    back: in between it went from the list, and a prompt sent then started it again, renamed
+    after that prompt for every tab."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
+    try:
+        page = open_chat(new_context(), app.url)
+        held: list[Route] = []
+        page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
+                   lambda route, _: held.append(route))  # the list's live read lags
+        wait_held(page, held)
+        first = unique("The first prompt")
+        send_prompt(page, first)
+        cid = conversation_id(page)
+        item = page.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+        expect(item).to_contain_text(first)
+        expect(item).not_to_contain_text("sending…")  # sent; the list has not read it back
+        second = unique("The second prompt")
+        send_prompt(page, second)
+        wait_state(page, second, "done")
+        expect(item).to_contain_text(first)
+        expect(page.get_by_test_id("conversation-title")).to_have_text(first)
+        listings = [m for m in read_json_stream(app.url, "conversations")
+                    if m.get("id") == cid and m.get("type") == "conversation"]
+        assert [m["title"] for m in listings] == [first], listings
         page.unroute_all(behavior="ignoreErrors")
     finally:
         app.terminate()

@@ -2,7 +2,7 @@
 
 import { config } from "./config.js";
 import { StreamsClient, parseJsonBody } from "./streams.js";
-import { StreamHub } from "./hub.js";
+import { StreamHub, compareOffsets } from "./hub.js";
 import { Outbox } from "./outbox.js";
 import * as protocol from "./chat-protocol.js";
 import { ConversationList, Transcript, firstCharacters, turnState } from "./conversation-model.js";
@@ -94,12 +94,18 @@ const ACTIVITY_SHOWN_FOR_MS = 60_000; // a list's time of the first conversation
 const failedPrompts = new Map(); // promptId -> {conversationId, id, content, timestamp, failed}
 // Stored, but not read back from the stream yet: still shown, or they would vanish in between.
 const sentPrompts = new Map(); // promptId -> {conversationId, id, content, timestamp, sent: true}
+// So are listings (a new conversation, a rename): else a new one went from the list, and a
+// prompt sent meanwhile started it again, named after that prompt.
+const sentListings = new Map(); // conversationId -> {body, until: the list's offset after it}
 let current = null;
 
 // ------------------------------------------------------------------------ conversation list
 
 function pendingState() {
-  return protocol.pendingItems(outbox.pending());
+  const state = protocol.pendingItems(outbox.pending());
+  const sent = [...sentListings.values()].map(({ body }) => ({ ...body, pending: false, streamsReady: true }));
+  state.conversations = [...sent, ...state.conversations]; // what is still to send is newer
+  return state;
 }
 
 function isKnown(id) {
@@ -125,7 +131,7 @@ function* listOrder(pending, hidden) {
     const start = pending.conversations[i];
     if (conversations.has(start.id) || seen.has(start.id)) continue;
     seen.add(start.id);
-    yield { id: start.id, title: start.title, timestamp: start.timestamp, pending: true };
+    yield { id: start.id, title: start.title, timestamp: start.timestamp, pending: start.pending };
   }
   for (let i = pending.activity.length - 1; i >= 0; i--) {
     const id = pending.activity[i];
@@ -269,6 +275,7 @@ function followConversations() {
     onBatch(batch) {
       const caughtUp = conversationsLoaded; // before this batch: news, not history
       const changed = conversations.apply(batch.messages ?? []);
+      for (const [id, { until }] of sentListings) if (compareOffsets(until, batch.to) <= 0) sentListings.delete(id);
       // Started here before the list was read, but listed: sent, the start would rename it.
       if (changed) protocol.dropStartsOfListed(outbox, (id) => conversations.has(id));
       for (const m of batch.messages ?? []) {
@@ -440,11 +447,11 @@ function maybeFollow() {
   }));
 }
 
-/** The live reads of `c`'s streams were ended by the server: it ends them now and then, and
- * when a deletion of the conversation (in another tab, maybe unseen here yet: this tab's copy
- * of the list may lag) had its streams removed. Read again, those answered 404. The list is
- * written first, so it says which: if deleted, leave it (which stops the reads), as its own
- * copy of the list will when it comes. */
+/** The live reads of `c`'s streams were ended by the server (it ends them now and then, and
+ * when a deletion of the conversation, in another tab and maybe unseen here yet, as this
+ * tab's copy of the list may lag, had its streams removed), or found them missing. Read
+ * again, removed streams answer 404. The list is written first, so it says which: if deleted,
+ * leave it (which stops the reads), as its own copy of the list will when it comes. */
 async function leaveIfDeleted(c) {
   if (c !== current || (await stillListed(c.id).catch(() => true)) || c !== current) return;
   deletedHere.add(c.id); // not listed until the list's own read brings the deletion
@@ -508,6 +515,9 @@ function streamStatus(c, name, s) {
   // ("connecting", or a moment's "reconnecting", says nothing either way.)
   if (c.missing[name] !== missing && (missing || s.state === "live")) {
     c.missing[name] = missing;
+    // Deleted in another tab, between the list read before reconnecting and the reconnect:
+    // this tab's copy of the list may lag.
+    if (missing) leaveIfDeleted(c);
     scheduleRender();
   }
   if (missing && c.offsets[name] !== "-1") {
@@ -906,6 +916,7 @@ function forgetDeleted(id) {
   saveDraft(`draft:${id}`, "");
   for (const [promptId, failed] of failedPrompts) if (failed.conversationId === id) failedPrompts.delete(promptId);
   for (const [promptId, sent] of sentPrompts) if (sent.conversationId === id) sentPrompts.delete(promptId);
+  sentListings.delete(id);
   return promptTexts(protocol.dropUnsent(outbox, id));
 }
 
@@ -1052,7 +1063,12 @@ function wire() {
     status.setOutbox(state, error);
     updateBrowserNode(); // the diagram says what the pill says
   });
-  outbox.on("sent", ({ path, body }) => {
+  outbox.on("sent", ({ path, body, result }) => {
+    const until = result?.nextOffset;
+    if (path === protocol.CONVERSATIONS_PATH && body?.type === "conversation" && until
+        && compareOffsets(until, conversationsFollow?.offset ?? "-1") > 0) {
+      sentListings.set(body.id, { body, until });
+    }
     if (current && path === protocol.promptsPath(current.id)) {
       flow.promptSent();
       // Made again for this message: read them now, not at the end of a retry's backoff.
