@@ -1152,6 +1152,37 @@ def test_a_new_conversation_stays_listed_under_its_name_until_the_list_brings_it
         app.terminate()
 
 
+def test_a_conversation_with_a_new_prompt_stays_on_top_until_the_list_brings_its_activity_back(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Its `activity` sent, the conversation went back down the list until the list's read
+    brought it back (for as long as that read lagged), and the next prompt sent it again."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
+    try:
+        chat = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000)
+        older = chat.start_conversation(unique("Older"))
+        newer = chat.start_conversation(unique("Newer"))
+        page = open_chat(new_context(), f"{app.url}/#/c/{older}")
+        listed = page.get_by_test_id("conversation-item")
+        expect(listed.first).to_have_attribute("data-conversation-id", newer)
+        held: list[Route] = []
+        page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
+                   lambda route, _: held.append(route))  # the list's live read lags
+        wait_held(page, held)
+        prompt = unique("Bring this one back up")
+        send_prompt(page, prompt)
+        wait_state(page, prompt, "done")  # its activity, sent after it, is stored
+        expect(listed.first).to_have_attribute("data-conversation-id", older)
+        follow_up = unique("And again")
+        send_prompt(page, follow_up)
+        wait_state(page, follow_up, "done")
+        expect(listed.first).to_have_attribute("data-conversation-id", older)
+        activity = [m["id"] for m in read_json_stream(app.url, "conversations") if m.get("type") == "activity"]
+        assert activity == [older]
+        page.unroute_all(behavior="ignoreErrors")
+    finally:
+        app.terminate()
+
+
 def test_a_prompt_waiting_to_be_sent_is_dropped_with_its_deleted_conversation(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """Its retries would bring the deleted streams back (a 404 makes the outbox create them)."""

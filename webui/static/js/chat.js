@@ -95,16 +95,21 @@ const failedPrompts = new Map(); // promptId -> {conversationId, id, content, ti
 // Stored, but not read back from the stream yet: still shown, or they would vanish in between.
 const sentPrompts = new Map(); // promptId -> {conversationId, id, content, timestamp, sent: true}
 // So are listings (a new conversation, a rename): else a new one went from the list, and a
-// prompt sent meanwhile started it again, named after that prompt.
-const sentListings = new Map(); // conversationId -> {body, until: the list's offset after it}
+// prompt sent meanwhile started it again, named after that prompt. And activity: else an
+// active one went back down the list, and its next prompt said so again.
+const sentListings = new Map(); // outbox key -> {body, until: the list's offset after it}
 let current = null;
 
 // ------------------------------------------------------------------------ conversation list
 
 function pendingState() {
   const state = protocol.pendingItems(outbox.pending());
-  const sent = [...sentListings.values()].map(({ body }) => ({ ...body, pending: false, streamsReady: true }));
-  state.conversations = [...sent, ...state.conversations]; // what is still to send is newer
+  const sent = [...sentListings.values()].map(({ body }) => body); // what is still to send is newer
+  state.conversations = [
+    ...sent.filter((b) => b.type === "conversation").map((b) => ({ ...b, pending: false, streamsReady: true })),
+    ...state.conversations,
+  ];
+  state.activity = [...sent.filter((b) => b.type === "activity").map((b) => b.id), ...state.activity];
   return state;
 }
 
@@ -275,7 +280,7 @@ function followConversations() {
     onBatch(batch) {
       const caughtUp = conversationsLoaded; // before this batch: news, not history
       const changed = conversations.apply(batch.messages ?? []);
-      for (const [id, { until }] of sentListings) if (compareOffsets(until, batch.to) <= 0) sentListings.delete(id);
+      for (const [key, { until }] of sentListings) if (compareOffsets(until, batch.to) <= 0) sentListings.delete(key);
       // Started here before the list was read, but listed: sent, the start would rename it.
       if (changed) protocol.dropStartsOfListed(outbox, (id) => conversations.has(id));
       for (const m of batch.messages ?? []) {
@@ -916,7 +921,7 @@ function forgetDeleted(id) {
   saveDraft(`draft:${id}`, "");
   for (const [promptId, failed] of failedPrompts) if (failed.conversationId === id) failedPrompts.delete(promptId);
   for (const [promptId, sent] of sentPrompts) if (sent.conversationId === id) sentPrompts.delete(promptId);
-  sentListings.delete(id);
+  for (const [key, { body }] of sentListings) if (body.id === id) sentListings.delete(key);
   return promptTexts(protocol.dropUnsent(outbox, id));
 }
 
@@ -1063,11 +1068,11 @@ function wire() {
     status.setOutbox(state, error);
     updateBrowserNode(); // the diagram says what the pill says
   });
-  outbox.on("sent", ({ path, body, result }) => {
+  outbox.on("sent", ({ key, path, body, result }) => {
     const until = result?.nextOffset;
-    if (path === protocol.CONVERSATIONS_PATH && body?.type === "conversation" && until
+    if (path === protocol.CONVERSATIONS_PATH && (body?.type === "conversation" || body?.type === "activity") && until
         && compareOffsets(until, conversationsFollow?.offset ?? "-1") > 0) {
-      sentListings.set(body.id, { body, until });
+      sentListings.set(key, { body, until });
     }
     if (current && path === protocol.promptsPath(current.id)) {
       flow.promptSent();
