@@ -690,6 +690,37 @@ def test_stop_on_a_prompt_not_sent_yet_shows_it_stopping_then_stopped(
     wait_state(page, stuck, "cancelled")
 
 
+def test_stop_on_a_prompt_sent_but_not_read_back_shows_it_stopping_and_goes(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Stopped between its acknowledgement and its prompt's read back (a read that lags), a
+    prompt went on saying "thinking", and once the cancel was sent Stop came back for it."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url,
+                         config={"EMBEDDED_SUPERVISOR": "false", "SSE_MAX_DURATION_S": "1"})
+    try:
+        cid = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000).start_conversation(
+            unique("Stopped while its read lags"))
+        page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
+        held: list[Route] = []
+        page.route(lambda url: f"/conversations/{cid}/prompts?" in url and "live=sse" in url,
+                   lambda route, _: held.append(route))  # the prompts' live read lags
+        wait_held(page, held)
+        prompt = unique("Answered by nobody")
+        prompt_id = send_prompt(page, prompt)
+        wait_state(page, prompt, "thinking")  # sent; not read back
+        page.get_by_test_id("stop-button").click()
+        wait_state(page, prompt, "cancelling")
+        wait_until(lambda: any(m.get("type") == "cancel" for m in prompt_messages(app.url, cid)),
+                   timeout=10, what="the cancel to be stored")
+        page.get_by_test_id("composer-input").fill("typed after")  # a round trip to the page
+        expect(page.get_by_test_id("stop-button")).to_be_hidden()
+        wait_state(page, prompt, "cancelling")
+        cancels = [m.get("promptId") for m in prompt_messages(app.url, cid) if m.get("type") == "cancel"]
+        assert cancels == [prompt_id]
+        page.unroute_all(behavior="ignoreErrors")
+    finally:
+        app.terminate()
+
+
 def test_a_second_stop_while_the_first_is_being_cancelled_leaves_the_next_prompt_alone(
     tmp_path: Path, model: FakeAnthropic, new_context: NewContext,
 ) -> None:

@@ -98,6 +98,9 @@ const sentPrompts = new Map(); // promptId -> {conversationId, id, content, time
 // prompt sent meanwhile started it again, named after that prompt. And activity: else an
 // active one went back down the list, and its next prompt said so again.
 const sentListings = new Map(); // outbox key -> {body, until: the list's offset after it}
+// Prompts stopped here before their turn was read: shown being stopped, and so is their turn
+// once read, until the cancel is read back (else Stop came back for them in between).
+const stoppedUnread = new Set(); // promptIds
 let current = null;
 
 // ------------------------------------------------------------------------ conversation list
@@ -572,10 +575,12 @@ function updateBrowserNode() {
 
 function pendingPrompts(conversationId) {
   const queued = pendingState().prompts.filter((p) => p.conversationId === conversationId);
-  const stopping = new Set(queued.filter((p) => p.type === "cancel").map((p) => p.promptId));
+  const stopping = new Set([...stoppedUnread, ...queued.filter((p) => p.type === "cancel").map((p) => p.promptId)]);
   // A prompt stopped before it was sent shows that it is being stopped (the cancel goes after it).
   const items = queued.filter((p) => p.type === "prompt").map((p) => (stopping.has(p.id) ? { ...p, stopping: true } : p));
-  for (const sent of sentPrompts.values()) if (sent.conversationId === conversationId) items.push(sent);
+  for (const sent of sentPrompts.values()) {
+    if (sent.conversationId === conversationId) items.push(stopping.has(sent.id) ? { ...sent, stopping: true } : sent);
+  }
   for (const failed of failedPrompts.values()) if (failed.conversationId === conversationId) items.push(failed);
   return items;
 }
@@ -589,7 +594,7 @@ function promptToStop() {
   const unsent = pendingPrompts(current.id).find((p) => !p.failed && !current.transcript.turns.get(p.id)?.prompt);
   const id = first?.promptId ?? unsent?.id;
   if (!id || first?.cancelRequested) return null;
-  const cancelSent = pendingState().prompts.some((p) => p.type === "cancel" && p.promptId === id);
+  const cancelSent = stoppedUnread.has(id) || pendingState().prompts.some((p) => p.type === "cancel" && p.promptId === id);
   return cancelSent ? null : id;
 }
 
@@ -615,6 +620,12 @@ function render() {
   const turns = c.transcript.visibleTurns();
   for (const [id, sent] of sentPrompts) {
     if (sent.conversationId === c.id && c.transcript.turns.get(id)?.prompt) sentPrompts.delete(id);
+  }
+  for (const id of stoppedUnread) {
+    const turn = c.transcript.turns.get(id);
+    if (!turn) continue;
+    if (!turn.final) turn.cancelRequested = true;
+    stoppedUnread.delete(id);
   }
   const pending = pendingPrompts(c.id);
   const offline = status.readsInterrupted();
@@ -822,7 +833,8 @@ function stop() {
     stopAim.stoppedAt = now;
     // Shown at once, not when the cancel is read back: with the server away that takes
     // until it is back, and the answer went on saying "Answering…" meanwhile.
-    if (turn && !turn.final) turn.cancelRequested = true;
+    if (!turn) stoppedUnread.add(id);
+    else if (!turn.final) turn.cancelRequested = true;
   }
   scheduleRender();
 }
