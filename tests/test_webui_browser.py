@@ -1012,6 +1012,33 @@ def test_a_rename_reaches_every_tab_and_escape_or_a_blank_title_keeps_the_old_on
     wait_state(renamer, prompt, "done")
 
 
+def test_a_title_field_left_unchanged_keeps_a_rename_made_meanwhile_in_another_tab(
+        chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
+    """The field opened on the old title, a rename made meanwhile in another tab was undone
+    when the field was left as it was: it was saved as differing from the (new) title."""
+    chat = ChatClient(StreamsClient(f"{chat_app.url}/v1/stream"), lease_ttl_ms=30_000)
+    before, after = unique("Before"), unique("Renamed in the other tab")
+    cid = chat.start_conversation(before)
+    link = f"{chat_app.url}/#/c/{cid}"
+    idle, renamer = open_chat(new_context(), link), open_chat(new_context(), link)
+    idle.get_by_test_id("rename-conversation").click()
+    expect(idle.get_by_test_id("rename-input")).to_have_value(before)
+    renamer.get_by_test_id("rename-conversation").click()
+    renamer.get_by_test_id("rename-input").fill(after)
+    renamer.get_by_test_id("rename-input").press("Enter")
+    item = idle.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+    expect(item).to_contain_text(after)
+    idle.get_by_test_id("rename-input").press("Enter")  # left as it was
+    for page in (idle, renamer):
+        expect(page.get_by_test_id("conversation-title")).to_have_text(after)
+    idle.reload()
+    wait_ready(idle)
+    expect(idle.get_by_test_id("conversation-title")).to_have_text(after)
+    listings = [m for m in read_json_stream(chat_app.url, "conversations")
+                if m.get("type") == "conversation" and m.get("id") == cid]
+    assert [m["title"] for m in listings] == [before, after]
+
+
 def test_a_deleted_conversation_leaves_every_tab_and_the_server(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     title = unique("To be deleted")

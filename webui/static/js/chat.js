@@ -856,9 +856,14 @@ function focusAfterButton() {
   if (!TOUCH_KEYBOARD.matches) focusComposer();
 }
 
+// The title the field opened with: left as it was, it renames nothing (saved, it undid a
+// rename made meanwhile in another tab).
+let titleBeforeRename = "";
+
 function startRename() {
   if (!current || !conversations.has(current.id)) return;
-  ui.renameInput.value = conversationTitle(current.id) ?? "";
+  titleBeforeRename = conversationTitle(current.id) ?? "";
+  ui.renameInput.value = titleBeforeRename;
   ui.title.classList.add("visually-hidden"); // still the page's heading
   ui.rename.hidden = true;
   ui.renameForm.hidden = false;
@@ -875,7 +880,8 @@ function endRename(save) {
   ui.renameForm.hidden = true;
   ui.title.classList.remove("visually-hidden");
   ui.rename.hidden = false;
-  if (save && current && !protocol.isBlank(title) && title.trim() !== conversationTitle(current.id)) {
+  if (save && current && !protocol.isBlank(title) && title.trim() !== titleBeforeRename
+      && title.trim() !== conversationTitle(current.id)) {
     protocol.listConversation(outbox, { id: current.id, title });
     if (protocol.titleIsCut(title)) showTitleNote(`Title cut to ${protocol.MAX_TITLE_CHARS} characters`);
   }
