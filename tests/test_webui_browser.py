@@ -1807,6 +1807,49 @@ def test_a_prompt_unsent_for_a_conversation_deleted_while_another_is_open_is_giv
         " the message box.")
 
 
+def test_a_prompt_found_deleted_before_the_list_says_so_holds_up_no_other_message(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """A prompt to a conversation deleted elsewhere, sent while another is open, found its
+    streams gone and the list saying so: it was tried again and again (the page saying
+    "Reconnecting" to a server that answered), and every message behind it, a new
+    conversation's prompt too, waited for as long as this tab's list read lagged."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
+    try:
+        title = unique("Deleted while its prompt waited")
+        chat = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000)
+        cid = chat.start_conversation(title)
+        page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
+        held: list[Route] = []
+        page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
+                   lambda route, _: held.append(route))  # the list's live read lags
+        wait_held(page, held)
+
+        def unreachable(url: str) -> bool:
+            return f"/conversations/{cid}/" in url and "live=" not in url
+
+        page.route(unreachable, lambda route: route.abort("connectionrefused"))
+        stuck = unique("Sent, then the tab moved on")
+        send_unsent(page, stuck)
+        page.get_by_test_id("new-conversation").click()
+        chat.delete_conversation(cid)
+        wait_removed(StreamsClient(f"{app.url}/v1/stream"), cid)
+        page.unroute(unreachable)
+        page.evaluate("() => window.dispatchEvent(new Event('online'))")
+        expect(page.get_by_test_id("composer-input")).to_have_value(stuck)
+        expect(page.get_by_test_id("deleted-conversation")).to_have_text(
+            f"“{title}” was deleted before a message sent to it reached the server: it is back in"
+            " the message box.")
+        expect(page.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')).to_have_count(0)
+        after = unique("A new conversation meanwhile")
+        send_prompt(page, after)
+        wait_state(page, after, "done")
+        expect(page.get_by_test_id("connection-pill")).to_have_attribute("data-state", "live")
+        assert not StreamsClient(f"{app.url}/v1/stream").exists(f"conversations/{cid}/prompts")
+        page.unroute_all(behavior="ignoreErrors")
+    finally:
+        app.terminate()
+
+
 def test_a_tab_back_online_before_it_saw_a_deletion_does_not_bring_the_conversation_back(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """Offline, with a prompt queued, while the conversation was deleted elsewhere; online

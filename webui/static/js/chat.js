@@ -26,7 +26,14 @@ let conversationsFollow = null; // the live read of the list (see followConversa
 let listingRead;
 const outbox = new Outbox(client, {
   sendAfter: new Promise((resolve) => (listingRead = resolve)),
-  mayRemake: (entry) => stillListed(protocol.conversationOfPrompts(entry.path)),
+  mayRemake: async (entry) => {
+    const id = protocol.conversationOfPrompts(entry.path);
+    if (await stillListed(id)) return true;
+    // Else tried again until this tab's list brought the deletion, and everything behind it
+    // in the outbox waited (with the page saying "Reconnecting").
+    foundDeleted(id);
+    return false;
+  },
 });
 
 const ui = {
@@ -260,8 +267,8 @@ function revealActiveConversation() {
 /** Whether conversation `id` (undefined: none) is not deleted, as the list says up to its
  * tail now. A prompt's stream gone (404) is made again before the prompt is sent again: that
  * brought back a conversation deleted in another tab while this one was offline, if its live
- * read of the list had not caught up yet (it waits out its own backoff). The deletion, when
- * that read brings it, drops the prompt and gives it back (`forgetDeleted`). */
+ * read of the list had not caught up yet (it waits out its own backoff). The deletion found
+ * drops the prompt and gives it back (`foundDeleted`). */
 async function stillListed(id) {
   if (id === undefined) return true;
   if (conversations.isDeleted(id)) return false;
@@ -462,8 +469,16 @@ function maybeFollow() {
  * leave it (which stops the reads), as its own copy of the list will when it comes. */
 async function leaveIfDeleted(c) {
   if (c !== current || (await stillListed(c.id).catch(() => true)) || c !== current) return;
-  deletedHere.add(c.id); // not listed until the list's own read brings the deletion
-  leaveDeleted(c.id, conversationTitle(c.id));
+  foundDeleted(c.id);
+}
+
+/** Conversation `id` was found deleted before this tab's copy of the list says so: it is left,
+ * or what this tab had not sent to it is given back. */
+function foundDeleted(id) {
+  const title = conversationTitle(id);
+  deletedHere.add(id); // not listed until the list's own read brings the deletion
+  if (current?.id === id) leaveDeleted(id, title);
+  else giveBack(forgetDeleted(id), named(title));
 }
 
 // Browsers share about six connections per host among all tabs. A tab hidden for a while
