@@ -1213,15 +1213,21 @@ def test_a_new_conversation_stays_listed_under_its_name_until_the_list_brings_it
 def test_a_conversation_with_a_new_prompt_stays_on_top_until_the_list_brings_its_activity_back(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     """Its `activity` sent, the conversation went back down the list until the list's read
-    brought it back (for as long as that read lagged), and the next prompt sent it again."""
+    brought it back (for as long as that read lagged), and the next prompt sent it again.
+    Meanwhile it showed the time of its last activity before, not that of this one."""
     app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
     try:
         chat = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000)
-        older = chat.start_conversation(unique("Older"))
+        older = chat.start_conversation(listed=False)
+        requests.put(f"{app.url}/v1/stream/conversations", timeout=10,
+                     headers={"Content-Type": "application/json"}).raise_for_status()
+        append_to_conversations(app, {"type": "conversation", "id": older, "title": unique("Older"),
+                                      "timestamp": 1_590_000_000_000})  # in 2020
         newer = chat.start_conversation(unique("Newer"))
         page = open_chat(new_context(), f"{app.url}/#/c/{older}")
         listed = page.get_by_test_id("conversation-item")
         expect(listed.first).to_have_attribute("data-conversation-id", newer)
+        expect(listed.nth(1).locator(".conversation-item-time")).to_contain_text("2020")
         held: list[Route] = []
         page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
                    lambda route, _: held.append(route))  # the list's live read lags
@@ -1230,6 +1236,7 @@ def test_a_conversation_with_a_new_prompt_stays_on_top_until_the_list_brings_its
         send_prompt(page, prompt)
         wait_state(page, prompt, "done")  # its activity, sent after it, is stored
         expect(listed.first).to_have_attribute("data-conversation-id", older)
+        expect(listed.first.locator(".conversation-item-time")).not_to_contain_text("2020")
         follow_up = unique("And again")
         send_prompt(page, follow_up)
         wait_state(page, follow_up, "done")
@@ -1239,7 +1246,6 @@ def test_a_conversation_with_a_new_prompt_stays_on_top_until_the_list_brings_its
         page.unroute_all(behavior="ignoreErrors")
     finally:
         app.terminate()
-
 
 def test_a_prompt_waiting_to_be_sent_is_dropped_with_its_deleted_conversation(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:

@@ -205,7 +205,7 @@ export function cancelPrompt(outbox, conversationId, promptId, attempt) {
  * stored. */
 export function pendingItems(entries) {
   const conversations = [];
-  const activity = []; // conversation ids, oldest first
+  const activity = []; // {id, timestamp} of conversations, oldest first
   const deleted = [];
   const prompts = [];
   for (const entry of entries) {
@@ -213,7 +213,7 @@ export function pendingItems(entries) {
     if (entry.path === CONVERSATIONS_PATH && body.type === "conversation") {
       conversations.push({ ...body, pending: true, streamsReady: !!entry.ensured });
     }
-    if (entry.path === CONVERSATIONS_PATH && body.type === "activity") activity.push(body.id);
+    if (entry.path === CONVERSATIONS_PATH && body.type === "activity") activity.push({ id: body.id, timestamp: body.timestamp });
     if (entry.path === CONVERSATIONS_PATH && body.type === "delete") deleted.push(body.id);
     const conversationId = conversationOfPrompts(entry.path);
     if (conversationId && (body.type === "prompt" || body.type === "cancel")) {

@@ -119,7 +119,7 @@ function pendingState() {
     ...sent.filter((b) => b.type === "conversation").map((b) => ({ ...b, pending: false, streamsReady: true })),
     ...state.conversations,
   ];
-  state.activity = [...sent.filter((b) => b.type === "activity").map((b) => b.id), ...state.activity];
+  state.activity = [...sent.filter((b) => b.type === "activity"), ...state.activity];
   return state;
 }
 
@@ -149,10 +149,10 @@ function* listOrder(pending, hidden) {
     yield { id: start.id, title: start.title, timestamp: start.timestamp, pending: start.pending };
   }
   for (let i = pending.activity.length - 1; i >= 0; i--) {
-    const id = pending.activity[i];
+    const { id, timestamp } = pending.activity[i];
     if (seen.has(id) || hidden.has(id) || !conversations.has(id)) continue;
     seen.add(id);
-    yield conversations.entry(id);
+    yield { ...conversations.entry(id), activeAt: timestamp }; // as the list will have it
   }
   for (const c of conversations.recent()) {
     if (!seen.has(c.id) && !hidden.has(c.id)) yield c;
