@@ -1247,6 +1247,36 @@ def test_a_conversation_with_a_new_prompt_stays_on_top_until_the_list_brings_its
     finally:
         app.terminate()
 
+def test_a_link_to_a_conversation_the_lagging_list_has_not_read_opens_it_under_its_name(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """A link opened in a tab whose list had not read the conversation yet (made a moment
+    ago on another device) said there was no conversation at it, and a message sent there
+    started it again: renamed after that message, for every tab."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
+    try:
+        page = open_chat(new_context(), app.url)
+        held: list[Route] = []
+        page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
+                   lambda route, _: held.append(route))  # the list's live read lags
+        wait_held(page, held)
+        title = unique("Made on another device")
+        cid = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000).start_conversation(title)
+        page.evaluate("(id) => { location.hash = `#/c/${id}`; }", cid)  # pasted in the address bar
+        expect(page.get_by_test_id("conversation-title")).to_have_text(title)
+        expect(page.get_by_test_id("unknown-conversation")).to_be_hidden()
+        expect(page.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')).to_contain_text(title)
+        prompt = unique("Asked from the link")
+        send_prompt(page, prompt)
+        wait_state(page, prompt, "done")
+        expect(page.get_by_test_id("conversation-title")).to_have_text(title)
+        listings = [m["title"] for m in read_json_stream(app.url, "conversations")
+                    if m.get("id") == cid and m.get("type") == "conversation"]
+        assert listings == [title]
+        page.unroute_all(behavior="ignoreErrors")
+    finally:
+        app.terminate()
+
+
 def test_a_prompt_waiting_to_be_sent_is_dropped_with_its_deleted_conversation(
         chat_app: ServerProcess, model: FakeAnthropic, new_context: NewContext) -> None:
     """Its retries would bring the deleted streams back (a 404 makes the outbox create them)."""

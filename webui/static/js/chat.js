@@ -414,6 +414,30 @@ function openConversation(id) {
   flow.setAgentState("idle");
   ui.input.value = loadDraft(draftKey());
   messageBox.fit();
+  if (id && conversationsLoaded && !isKnown(id)) lookUpUnlisted(current);
+  maybeFollow();
+  renderConversationList();
+  scheduleRender();
+}
+
+/** A link names a conversation this tab's list does not hold, and that list may lag (another
+ * tab or device has just made it): its unread tail is read, and a listing found there is kept
+ * as one sent from here is, until the list brings it. Else the page said there was no such
+ * conversation, and a message sent then started it again, renamed after that message. */
+async function lookUpUnlisted(c) {
+  const tail = new ConversationList();
+  let unread;
+  try {
+    unread = await client.readAll(protocol.CONVERSATIONS_PATH, conversationsFollow?.offset ?? "-1");
+    const decoder = new TextDecoder();
+    for (const { bytes } of unread.pages) tail.apply(parseJsonBody(decoder.decode(bytes)));
+  } catch {
+    return; // the list's own read will tell
+  }
+  const listed = tail.get(c.id);
+  if (c !== current || conversations.has(c.id) || !listed) return;
+  sentListings.set(`unread:${c.id}`, { body: { type: "conversation", ...listed }, until: unread.nextOffset });
+  protocol.dropStartsOfListed(outbox, (id) => id === c.id); // started meanwhile: sent, it would rename it
   maybeFollow();
   renderConversationList();
   scheduleRender();
