@@ -1247,6 +1247,7 @@ def test_a_conversation_with_a_new_prompt_stays_on_top_until_the_list_brings_its
     finally:
         app.terminate()
 
+
 def test_a_link_to_a_conversation_the_lagging_list_has_not_read_opens_it_under_its_name(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     """A link opened in a tab whose list had not read the conversation yet (made a moment
