@@ -3023,6 +3023,8 @@ TITLES_FROM_PROMPTS = [
     ("\\*Not emphasis\\*", "*Not emphasis*"),
     ("See [Rust](https://en.wikipedia.org/wiki/Rust_(programming_language)) and explain",
      "See Rust and explain"),  # the URL's parentheses: it said "See Rust) and explain"
+    ("\u202eReversed\u200b and\u2066 isolated", "Reversed and isolated"),  # as the list shows it
+    ("\u200b\u2060", "Untitled"),
 ]
 
 

@@ -52,8 +52,9 @@ export function titleFrom(text) {
   const firstLine = String(text).split("\n").map(plainLine).find((l) => !isBlank(l)) ?? "";
   const line = firstLine.trim().replace(/\s+/g, " ");
   const start = firstCharacters(line, TITLE_LIMIT);
-  if (start === line) return line || "Untitled";
-  return `${firstCharacters(start, TITLE_LIMIT - 1).replace(/\s+\S*$/, "")}…`;
+  const title = start === line ? line : `${firstCharacters(start, TITLE_LIMIT - 1).replace(/\s+\S*$/, "")}…`;
+  // As the list shows it once read back (invisible characters left out), not otherwise until then.
+  return cleanTitle(title) ?? "Untitled";
 }
 
 const FENCE_OR_RULE = /^ {0,3}(?:`{3,}|~{3,}|([-*_])(?:[ \t]*\1){2,}[ \t]*$)/;
