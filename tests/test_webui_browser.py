@@ -1111,9 +1111,7 @@ def test_a_tab_whose_list_lags_leaves_a_conversation_deleted_elsewhere_without_f
         cid = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000).start_conversation(title)
         page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
         expect(page.get_by_test_id("conversation-title")).to_have_text(title)
-        held: list[Route] = []
-        page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
-                   lambda route, _: held.append(route))  # the list's live read lags
+        held = hold_list_reads(page)  # the list's live read lags
         live_reads: set[str] = set()
         page.on("response", lambda r: live_reads.add(r.url.split("?")[0].rsplit("/", 1)[-1])
                 if r.ok and f"/conversations/{cid}/" in r.url and "live=sse" in r.url else None)
@@ -1154,9 +1152,7 @@ def test_a_tab_whose_list_lags_leaves_a_conversation_whose_reads_found_it_remove
         cid = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000).start_conversation(title)
         page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
         expect(page.get_by_test_id("conversation-title")).to_have_text(title)
-        held_list: list[Route] = []
-        page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
-                   lambda route, _: held_list.append(route))  # the list's live read lags
+        held_list = hold_list_reads(page)  # the list's live read lags
         held_reads: list[Route] = []
 
         def a_live_read_of_its_streams(url: str) -> bool:
@@ -1187,9 +1183,7 @@ def test_a_new_conversation_stays_listed_under_its_name_until_the_list_brings_it
     app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
     try:
         page = open_chat(new_context(), app.url)
-        held: list[Route] = []
-        page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
-                   lambda route, _: held.append(route))  # the list's live read lags
+        held = hold_list_reads(page)  # the list's live read lags
         wait_held(page, held)
         first = unique("The first prompt")
         send_prompt(page, first)
@@ -1228,9 +1222,7 @@ def test_a_conversation_with_a_new_prompt_stays_on_top_until_the_list_brings_its
         listed = page.get_by_test_id("conversation-item")
         expect(listed.first).to_have_attribute("data-conversation-id", newer)
         expect(listed.nth(1).locator(".conversation-item-time")).to_contain_text("2020")
-        held: list[Route] = []
-        page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
-                   lambda route, _: held.append(route))  # the list's live read lags
+        held = hold_list_reads(page)  # the list's live read lags
         wait_held(page, held)
         prompt = unique("Bring this one back up")
         send_prompt(page, prompt)
@@ -1256,9 +1248,7 @@ def test_a_link_to_a_conversation_the_lagging_list_has_not_read_opens_it_under_i
     app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
     try:
         page = open_chat(new_context(), app.url)
-        held: list[Route] = []
-        page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
-                   lambda route, _: held.append(route))  # the list's live read lags
+        held = hold_list_reads(page)  # the list's live read lags
         wait_held(page, held)
         title = unique("Made on another device")
         cid = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000).start_conversation(title)
@@ -1856,9 +1846,7 @@ def test_a_prompt_found_deleted_before_the_list_says_so_holds_up_no_other_messag
         chat = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000)
         cid = chat.start_conversation(title)
         page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
-        held: list[Route] = []
-        page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
-                   lambda route, _: held.append(route))  # the list's live read lags
+        held = hold_list_reads(page)  # the list's live read lags
         wait_held(page, held)
 
         def unreachable(url: str) -> bool:
@@ -1959,6 +1947,15 @@ def assert_it_stays_deleted(page: Page, sent: list[str], client: StreamsClient, 
     wait_state(page, later, "done")
     assert not [s for s in sent if cid in s], sent
     assert not client.exists(f"conversations/{cid}/prompts")
+
+
+def hold_list_reads(page: Page) -> list[Route]:
+    """Hold back the page's live reads of the conversation list from now on (the list
+    lags): they land in the list returned, unanswered."""
+    held: list[Route] = []
+    page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
+               lambda route, _: held.append(route))
+    return held
 
 
 def wait_held(page: Page, held: list[Route], count: int = 1) -> None:

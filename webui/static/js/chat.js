@@ -274,14 +274,20 @@ async function stillListed(id) {
   if (conversations.isDeleted(id)) return false;
   let unread;
   try {
-    unread = await client.readAll(protocol.CONVERSATIONS_PATH, conversationsFollow?.offset ?? "-1");
+    unread = await readUnreadList();
   } catch (err) {
     if (err?.status === 404) return true; // no list at all (a server that restarted empty)
     throw err;
   }
+  return !unread.messages.some((m) => m?.type === "delete" && m.id === id);
+}
+
+/** The list's messages past what this tab's read of it has applied, and the offset after
+ * them. */
+async function readUnreadList() {
+  const unread = await client.readAll(protocol.CONVERSATIONS_PATH, conversationsFollow?.offset ?? "-1");
   const decoder = new TextDecoder();
-  return !unread.pages.some(({ bytes }) => parseJsonBody(decoder.decode(bytes))
-    .some((m) => m?.type === "delete" && m.id === id));
+  return { messages: unread.pages.flatMap(({ bytes }) => parseJsonBody(decoder.decode(bytes))), nextOffset: unread.nextOffset };
 }
 
 function followConversations() {
@@ -428,9 +434,8 @@ async function lookUpUnlisted(c) {
   const tail = new ConversationList();
   let unread;
   try {
-    unread = await client.readAll(protocol.CONVERSATIONS_PATH, conversationsFollow?.offset ?? "-1");
-    const decoder = new TextDecoder();
-    for (const { bytes } of unread.pages) tail.apply(parseJsonBody(decoder.decode(bytes)));
+    unread = await readUnreadList();
+    tail.apply(unread.messages);
   } catch {
     return; // the list's own read will tell
   }
