@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +77,7 @@ REMOVAL_THREADS = 4
 """Threads removing deleted conversations: on one, a removal the server was slow to answer
 (or never answered, until the client's retry deadline) held up every one after it."""
 START_OVER_RESET_S = 60.0  # a shared stream lost again within this: wait longer first
+ENDS_KEPT_S = 600.0  # how long an agent's end is remembered (see `_on_pending`)
 
 # -- messages to the supervisor (from its own threads) ---------------------------------------
 
@@ -140,6 +142,7 @@ class _Removed:
 @dataclass(frozen=True)
 class _Pending:
     conversation_id: str
+    as_of: float  # `time.monotonic()` before the server was asked
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,10 @@ class Supervisor(pykka.ThreadingActor):
         self._leaving: set[str] = set()
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
+        # When each conversation's agent last stopped, the oldest first, kept `ENDS_KEPT_S`;
+        # complete from `_ends_since` on (see `_on_pending`).
+        self._agent_ends: dict[str, float] = {}
+        self._ends_since = time.monotonic()
         self._jobs = _JobQueue()
         self._removals = _JobQueue()
         self._start_listing: _ServerListing | None = None  # see _listed_at_start
@@ -333,7 +340,9 @@ class Supervisor(pykka.ThreadingActor):
             self._remove(message.conversation_id)
         elif isinstance(message, _Remove):
             self._remove(message.conversation_id, unless_removed_before=message.check_first)
-        elif isinstance(message, (_Pending, _Woken, _Retry)):
+        elif isinstance(message, _Pending):
+            self._on_pending(message)
+        elif isinstance(message, (_Woken, _Retry)):
             self._known.add(message.conversation_id)
             self._try_claim(message.conversation_id)
         elif isinstance(message, _Removed):
@@ -362,6 +371,36 @@ class Supervisor(pykka.ThreadingActor):
         elif message == "status":
             return {"agents": sorted(self.agents), "deferred": list(self._deferred)}
         return None
+
+    def _on_pending(self, pending: _Pending) -> None:
+        """Claim a conversation found with prompts waiting, unless its agent stopped after
+        the server was asked. That agent may have answered and acked those prompts, and the
+        look its end started is newer news: a claim on the older news started an agent with
+        nothing to do (our server grants a claim whatever is pending), and one of a
+        conversation that cannot be answered said so a second time. News older than the
+        ends remembered is checked afresh."""
+        cid = pending.conversation_id
+        self._known.add(cid)
+        if pending.as_of < self._ends_since:
+            log.debug("conversation %s was found with prompts waiting before the agents' ends"
+                      " remembered: looked at again", cid)
+            self._look_alone(cid)
+        elif self._agent_ends.get(cid, -math.inf) > pending.as_of:
+            log.debug("conversation %s: its agent stopped since it was found with prompts"
+                      " waiting: not claimed on that news", cid)
+        else:
+            self._try_claim(cid)
+
+    def _note_agent_end(self, cid: str) -> None:
+        now = time.monotonic()
+        self._agent_ends.pop(cid, None)  # to the end: the dict stays in order of time
+        self._agent_ends[cid] = now
+        while self._agent_ends:
+            oldest, ended = next(iter(self._agent_ends.items()))
+            if now - ended < ENDS_KEPT_S:
+                break
+            del self._agent_ends[oldest]
+            self._ends_since = ended
 
     def _try_claim(self, cid: str) -> None:
         if cid in self._claiming:
@@ -430,6 +469,7 @@ class Supervisor(pykka.ThreadingActor):
 
     def _on_agent_gone(self, cid: str) -> None:
         self._forget_agent(cid)
+        self._note_agent_end(cid)
         self._failures.pop(cid, None)
         if cid in self._deleted:
             self._remove_after_agent(cid)
@@ -642,9 +682,10 @@ class Supervisor(pykka.ThreadingActor):
     def _check_pending(self, cid: str) -> bool:
         """Ensure the conversation's subscription; report it if prompts await an answer.
         False if the server could not be asked."""
+        asked = time.monotonic()
         pending = self._pending.check(cid)
         if pending:
-            self._tell(_Pending(cid))
+            self._tell(_Pending(cid, asked))
         return pending is not None
 
     def _look_at_listed(self, cids: tuple[str, ...]) -> None:
@@ -686,7 +727,7 @@ class Supervisor(pykka.ThreadingActor):
             pending = pending_by_offsets(acked[cid], tail, processed.get(cid))
             if pending:
                 waiting += 1
-                self._tell(_Pending(cid))
+                self._tell(_Pending(cid, started))
             elif pending is None:
                 to_read += 1
                 self._jobs.put(functools.partial(self._read_whether_unanswered, cid),
@@ -703,9 +744,10 @@ class Supervisor(pykka.ThreadingActor):
         """The rest of a start's look at a conversation whose streams alone can tell."""
         if self._stopping.is_set() or cid in self._deleted:
             return
+        asked = time.monotonic()
         unanswered = self._pending.unanswered(cid)
         if unanswered:
-            self._tell(_Pending(cid))
+            self._tell(_Pending(cid, asked))
         elif unanswered is None:  # unreadable for now: the whole look, again, later
             self._timers.call_later(self.settings.restart_backoff_s, lambda: self._jobs.put(
                 functools.partial(self._recheck, cid, 1, background=True), background=True))

@@ -34,6 +34,7 @@ from agent_actors.models.anthropic_model import AnthropicModel
 from agent_actors.stream_types import Lease, ListingPage, ReadResult, SubscriptionConfig
 from agent_actors.streams_client import RetryPolicy, StreamsClient, Tail
 from agent_actors import pending_prompts
+from agent_actors import supervisor as supervisor_module
 from agent_actors.supervisor import Supervisor
 from agent_actors.supervisor_settings import SupervisorSettings
 from tests.fake_anthropic import FakeAnthropic
@@ -896,7 +897,8 @@ def test_a_wake_stream_deleted_under_the_supervisor_is_made_again_and_followed(
     second = chat.send_prompt(cid, "second question")
     rendered = wait_for_answers(client, cid, [first, second], timeout=30)
     assert_clean_answers(rendered, {first: "first question", second: "second question"})
-    assert client.exists(layout.DEFAULT_WAKE_STREAM) and sup.running
+    wait_until_wake_stream_made_again(client)
+    assert sup.running
 
 
 def test_a_wake_stream_closed_under_the_supervisor_is_reported_until_it_is_made_again(
@@ -922,7 +924,15 @@ def test_a_wake_stream_closed_under_the_supervisor_is_reported_until_it_is_made_
     client.delete(layout.DEFAULT_WAKE_STREAM)
     rendered = wait_for_answers(client, cid, [first, second], timeout=30)
     assert_clean_answers(rendered, {first: "first question", second: "second question"})
-    assert client.exists(layout.DEFAULT_WAKE_STREAM) and sup.running
+    wait_until_wake_stream_made_again(client)
+    assert sup.running
+
+
+def wait_until_wake_stream_made_again(client: StreamsClient) -> None:
+    """The supervisor makes the wake stream again half a second after its watch ended; the
+    answer may come sooner, from the look it takes when the idle agent stops."""
+    wait_until(lambda: client.exists(layout.DEFAULT_WAKE_STREAM), timeout=15,
+               what="the supervisor to make the wake stream again")
 
 
 def test_a_supervisor_follows_a_memory_server_that_restarted_empty(
@@ -1270,6 +1280,10 @@ class HeldCall(StreamsClient):
             if held:
                 self.done.set()
 
+    def list_streams(self, *args: Any, **kwargs: Any) -> Any:
+        self._hold("list_streams", *args)
+        return super().list_streams(*args, **kwargs)
+
     def put_subscription(self, subscription_id: str, config: Any) -> Any:
         held = self._hold("put_subscription", subscription_id)
         try:
@@ -1389,6 +1403,40 @@ def test_a_recheck_racing_the_removal_does_not_leave_the_subscription_behind(
     assert held.done.wait(10)
     logs.wait_for(f"removed deleted conversation={doomed}", count=2)
     assert conversation_gone(client, doomed)
+
+
+@pytest.mark.parametrize("ends_kept_s", [600.0, 0.0], ids=["end-remembered", "end-forgotten"])
+def test_prompts_a_start_found_waiting_are_not_claimed_again_once_their_agent_answered_them(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch, monkeypatch: pytest.MonkeyPatch, ends_kept_s: float,
+) -> None:
+    """A start's look at the listed conversations read the listings; a wake read meanwhile
+    started the conversation's agent, which answered, acked and stopped before the look's
+    news came: that older news claimed the conversation again (our server grants a claim
+    whatever is pending), an agent with nothing to do. One of a conversation that cannot
+    be answered said so once more for the same prompt. Held here until the agent stopped,
+    the look finds the prompt waiting; an end older than those remembered
+    (`end-forgotten`) gets the conversation looked at afresh."""
+    monkeypatch.setattr(supervisor_module, "ENDS_KEPT_S", ends_kept_s)
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    cid = chat.start_conversation("answered while the start looked")
+    prompt = chat.send_prompt(cid, "hello")
+    held = HeldCall(root, lambda name, args: name == "list_streams")
+    sup = in_process(root, client=held, idle_timeout=0.5)
+    assert held.reached.wait(20), "the start never listed the streams"
+    wait_for_answers(client, cid, [prompt])
+    logs.wait_for(f"agent stopped conversation={cid} reason=idle")
+    held.go.set()
+    logs.wait_for(r"looked at 1 listed conversation .*: 1 with prompts waiting")
+    if ends_kept_s:
+        logs.wait_for(f"conversation {cid}: its agent stopped since it was found with prompts"
+                      " waiting: not claimed")
+    else:
+        logs.wait_for(f"conversation {cid} was found with prompts waiting before the agents'"
+                      " ends remembered: looked at again")
+    assert status(sup) == {"agents": [], "deferred": []}
+    assert not logs.matching(f"agent started conversation={cid} generation=2")
 
 
 def removed_by_a_supervisor_since_stopped(root: str, in_process: StartInProcess,
