@@ -131,8 +131,12 @@ class AgentStopped:
 
 @dataclass(frozen=True)
 class AgentCrashed:
+    """The agent ended on a failure: restarted, backing off. `unexpected`: a crash; else it
+    stopped by itself on a failure it knows (the server refused, or stayed unreachable)."""
+
     conversation_id: str
     error: str
+    unexpected: bool = True
 
 
 @dataclass(frozen=True)
@@ -258,7 +262,7 @@ class ConversationAgent(pykka.ThreadingActor):
         else:
             self._keeper.stop()
         if self._stop_reason == "failed":
-            self._notify(AgentCrashed(self.conversation_id, self._failure))
+            self._notify(AgentCrashed(self.conversation_id, self._failure, unexpected=False))
         else:
             self._notify(AgentStopped(self.conversation_id, self._stop_reason))
 

@@ -490,8 +490,12 @@ class Supervisor(pykka.ThreadingActor):
             self._admit_deferred()
             return
         failures, delay = self._back_off(cid)
-        log.warning("agent crashed conversation=%s failures=%d restart_in_s=%.1f error=%s",
-                    cid, failures, delay, crashed.error)
+        # A stop on a known failure reads like the other stops: "crashed" alarmed operators
+        # who had only deleted a stream by hand, or restarted the streams server.
+        ended = "crashed" if crashed.unexpected else "stopped"
+        log.warning("agent %s conversation=%s%s failures=%d restart_in_s=%.1f error=%s", ended,
+                    cid, "" if crashed.unexpected else " reason=failed", failures, delay,
+                    crashed.error)
         self._try_claim(cid)
         self._admit_deferred()
 

@@ -770,7 +770,8 @@ def test_an_agent_failed_by_the_server_stops_with_a_warning_not_a_traceback(
                                         "pulled from under the agent")
     client.delete(layout.prompts_path(cid))
     assert sup.wait_for_line(f"agent {cid} stops: its prompts stream was deleted", timeout=15)
-    assert sup.wait_for_line(f"agent crashed conversation={cid} failures=1", timeout=5)
+    assert sup.wait_for_line(f"agent stopped conversation={cid} reason=failed failures=1",
+                             timeout=5)
     log = "\n".join(sup.lines)  # this process's lines (the file keeps earlier runs')
     assert "Traceback" not in log and "Unhandled exception" not in log, sup.log_tail()
 
@@ -783,7 +784,8 @@ def test_a_crash_after_a_normal_stop_is_backed_off_as_a_first_failure(
     sup, client, _, cid = answered_once(streams_server, start_supervisor,
                                         "fails now and then", idle_timeout=1.0)
     client.delete(layout.prompts_path(cid))  # fails the agent; its restart makes it again
-    assert sup.wait_for_line(f"agent crashed conversation={cid} failures=1", timeout=15)
+    assert sup.wait_for_line(f"agent stopped conversation={cid} reason=failed failures=1",
+                             timeout=15)
     assert sup.wait_for_line(f"agent stopped conversation={cid} reason=idle", timeout=15)
     since = len(sup.lines)
     prompt = client.producer(layout.prompts_path(cid), "after-the-failure")
@@ -791,7 +793,8 @@ def test_a_crash_after_a_normal_stop_is_backed_off_as_a_first_failure(
                     "timestamp": schema.now_ms()}])
     wait_for_answers(client, cid, ["p-later"])
     client.delete(layout.prompts_path(cid))
-    crashed = sup.wait_for_line(f"agent crashed conversation={cid}", timeout=15, since=since)
+    crashed = sup.wait_for_line(f"agent stopped conversation={cid} reason=failed", timeout=15,
+                                since=since)
     assert crashed and "failures=1 restart_in_s=1.0" in crashed, crashed
 
 
@@ -814,7 +817,8 @@ def assert_unanswerable_once_per_prompt(sup: SupervisorProcess, client: StreamsC
     wait_until(lambda: all_prompts_acked(client, cid), timeout=10,
                what="the next prompt to be acked")
     log = "\n".join(sup.lines)
-    assert "agent crashed" not in log and "Traceback" not in log, sup.log_tail()
+    assert "agent crashed" not in log and "reason=failed" not in log, sup.log_tail()
+    assert "Traceback" not in log, sup.log_tail()
 
 
 def test_a_closed_responses_stream_is_reported_once_per_prompt_not_retried_forever(
@@ -865,7 +869,8 @@ def test_a_soft_deleted_prompts_stream_is_reported_not_retried_forever(
     assert sup.wait_for_line(f"checked conversation={cid}: its prompts stream is gone",
                              timeout=10), sup.log_tail()
     log = "\n".join(sup.lines)
-    assert "agent crashed" not in log and "could not check" not in log, sup.log_tail()
+    assert "agent crashed" not in log and "reason=failed" not in log, sup.log_tail()
+    assert "could not check" not in log, sup.log_tail()
 
 
 def test_an_answer_whose_prompts_stream_is_deleted_in_its_middle_is_ended_not_left_open(

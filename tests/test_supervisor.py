@@ -223,21 +223,21 @@ def test_a_crashed_agent_is_restarted_with_backoff_and_answers_once(
     logs: LogWatch,
 ) -> None:
     """The streams server dies twice while the agent streams an answer: each time the agent's
-    appends fail past the retry deadline and it crashes (not a model error, not a fence); the
-    supervisor restarts it later each time, and the answer ends complete, once."""
+    appends fail past the retry deadline and it stops on that failure (not a model error, not
+    a fence); the supervisor restarts it later each time, and the answer ends complete, once."""
     fake.tokens_per_second = 40  # the long reply takes ~4 s: both outages land mid-answer
     root = streams_root(streams_server)
     in_process(root, retry_deadline=1.0, restart_backoff_s=0.5)
     client, chat = connect(root)
     cid = chat.start_conversation("crashes")
     prompt = chat.send_prompt(cid, "long")
-    crash_lines = rf"agent crashed conversation={cid} failures="
+    failed_stops = rf"agent stopped conversation={cid} reason=failed failures="
 
     for outage in (1, 2):
         # The agent of this round is streaming its attempt; kill the server under it.
         wait_for_answers(client, cid, [prompt], until=mid_answer(prompt, outage - 1))
         streams_server.kill()
-        logs.wait_for(crash_lines, count=outage, timeout=20)
+        logs.wait_for(failed_stops, count=outage, timeout=20)
         streams_server.start()
 
     rendered = wait_for_answers(client, cid, [prompt], timeout=30)
@@ -253,8 +253,9 @@ def test_a_crashed_agent_is_restarted_with_backoff_and_answers_once(
     # Backoff: each crash counts one more failure and waits twice as long as the one before
     # (claims that failed while the server was down count too), and no agent started before
     # its restart delay had passed.
-    crashes = backoffs(logs, crash_lines)
-    everything = backoffs(logs, rf"(?:agent crashed|claim failed) conversation={cid} failures=")
+    crashes = backoffs(logs, failed_stops)
+    everything = backoffs(
+        logs, rf"(?:agent stopped|claim failed) conversation={cid} (?:reason=failed )?failures=")
     assert len(crashes) == 2, crashes
     assert [n for _, n, _ in everything] == list(range(1, len(everything) + 1))
     assert all(delay == min(30.0, 0.5 * 2 ** (n - 1)) for _, n, delay in everything)
@@ -303,7 +304,8 @@ def test_an_agent_hands_its_lease_back_between_answers_before_its_token_runs_out
         assert answer.chunks_after_terminal == 0 and answer.restarts == 0, answer
         assert len(logs.matching(f"answered conversation={cid} prompt={prompt_id} ")) == 1
     assert len(logs.matching(f"agent started conversation={cid} ")) >= 4
-    assert not logs.matching(rf"lease lost|agent crashed conversation={cid} ")
+    assert not logs.matching(rf"lease lost|agent crashed conversation={cid} "
+                             rf"|agent stopped conversation={cid} reason=failed")
 
 
 def test_a_wake_that_comes_while_a_claim_is_refused_is_claimed_again(
@@ -1105,7 +1107,8 @@ def test_a_conversation_deleted_mid_answer_is_stopped_removed_and_never_answered
     assert conversation_gone(client, doomed)
     wait_until(lambda: doomed not in status(sup)["agents"], timeout=10, what="the agent to stop")
     assert logs.matching(f"agent stopped conversation={doomed} reason=deleted")
-    assert not logs.matching(rf"agent crashed conversation={doomed} ")
+    assert not logs.matching(
+        rf"agent (crashed|stopped) conversation={doomed} (reason=failed )?failures=")
 
     # A late writer (a tab that missed the deletion) brings the streams back with a prompt:
     # they are removed again, and no agent answers it.
