@@ -30,12 +30,11 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pykka
 
@@ -77,7 +76,9 @@ REMOVAL_THREADS = 4
 """Threads removing deleted conversations: on one, a removal the server was slow to answer
 (or never answered, until the client's retry deadline) held up every one after it."""
 START_OVER_RESET_S = 60.0  # a shared stream lost again within this: wait longer first
-ENDS_KEPT_S = 600.0  # how long an agent's end is remembered (see `_on_pending`)
+RECENT_KEPT_S = 600.0
+"""How long the supervisor remembers when a conversation's agent last ended, and which wake
+generation it last claimed: what tells stale news of it (see `_on_pending`, `_on_woken`)."""
 
 # -- messages to the supervisor (from its own threads) ---------------------------------------
 
@@ -148,6 +149,8 @@ class _Pending:
 @dataclass(frozen=True)
 class _Woken:
     conversation_id: str
+    generation: int | None = None  # the wake event's (7.2), where it says
+    wake_id: str | None = None  # our server's wake events say it too
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,34 @@ class _Claimed:
 @dataclass(frozen=True)
 class _Retry:
     conversation_id: str
+
+
+T = TypeVar("T")
+
+
+class _Recent(Generic[T]):
+    """A value per conversation, forgotten `RECENT_KEPT_S` after it was last set; what is
+    remembered is complete for whatever happened from `since` on."""
+
+    def __init__(self) -> None:
+        self._kept_s = RECENT_KEPT_S
+        self._items: dict[str, tuple[float, T]] = {}  # cid -> (set at, value), oldest first
+        self.since = time.monotonic()
+
+    def set(self, cid: str, value: T) -> None:
+        now = time.monotonic()
+        self._items.pop(cid, None)  # to the end: the dict stays in the order of time
+        self._items[cid] = (now, value)
+        while self._items:
+            oldest, (set_at, _) = next(iter(self._items.items()))
+            if now - set_at < self._kept_s:
+                break
+            del self._items[oldest]
+            self.since = set_at
+
+    def get(self, cid: str) -> T | None:
+        item = self._items.get(cid)
+        return None if item is None else item[1]
 
 
 Job = Callable[[], None]
@@ -224,10 +255,8 @@ class Supervisor(pykka.ThreadingActor):
         self._leaving: set[str] = set()
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
-        # When each conversation's agent last stopped, the oldest first, kept `ENDS_KEPT_S`;
-        # complete from `_ends_since` on (see `_on_pending`).
-        self._agent_ends: dict[str, float] = {}
-        self._ends_since = time.monotonic()
+        self._agent_ends: _Recent[float] = _Recent()  # when each one's agent last stopped
+        self._claimed_wakes: _Recent[tuple[int, str]] = _Recent()  # (generation, wake_id)
         self._jobs = _JobQueue()
         self._removals = _JobQueue()
         self._start_listing: _ServerListing | None = None  # see _listed_at_start
@@ -244,7 +273,7 @@ class Supervisor(pykka.ThreadingActor):
         self._tails: list[Tail] = []
         self._conversations_seen = _Gathered()  # the `conversations` watch thread's own
         self._listing_read = False  # since the last (re)start: see on_receive's _Woken
-        self._held_wakes: list[str] = []
+        self._held_wakes: dict[str, _Woken] = {}  # by conversation
         self._watch_generation = 0  # one more at each start over: older watches are moot
         self._last_start_over = 0.0
         self._start_over_delay = 0.0
@@ -324,16 +353,15 @@ class Supervisor(pykka.ThreadingActor):
                 self._on_deleted(cid, live=message.live)
             if not self._listing_read:
                 self._listing_read = True
-                for cid in dict.fromkeys(self._held_wakes):
-                    self._known.add(cid)
-                    self._try_claim(cid)  # unless deleted
+                for woken in self._held_wakes.values():
+                    self._on_woken(woken)  # unless deleted
                 self._held_wakes.clear()
         elif isinstance(message, _WatchLost):
             if message.generation == self._watch_generation:
                 self._start_over(message.path)
         elif isinstance(message, _Woken) and not self._listing_read:
             # Until the list of conversations is read, a wake may be for one deleted since.
-            self._held_wakes.append(message.conversation_id)
+            self._held_wakes[message.conversation_id] = message
         elif isinstance(message, _Woken) and message.conversation_id in self._deleted:
             log.info("a wake for deleted conversation %s: removing it again",
                      message.conversation_id)  # a late writer brought its streams back
@@ -342,7 +370,9 @@ class Supervisor(pykka.ThreadingActor):
             self._remove(message.conversation_id, unless_removed_before=message.check_first)
         elif isinstance(message, _Pending):
             self._on_pending(message)
-        elif isinstance(message, (_Woken, _Retry)):
+        elif isinstance(message, _Woken):
+            self._on_woken(message)
+        elif isinstance(message, _Retry):
             self._known.add(message.conversation_id)
             self._try_claim(message.conversation_id)
         elif isinstance(message, _Removed):
@@ -381,26 +411,32 @@ class Supervisor(pykka.ThreadingActor):
         ends remembered is checked afresh."""
         cid = pending.conversation_id
         self._known.add(cid)
-        if pending.as_of < self._ends_since:
+        if pending.as_of < self._agent_ends.since:
             log.debug("conversation %s was found with prompts waiting before the agents' ends"
                       " remembered: looked at again", cid)
             self._look_alone(cid)
-        elif self._agent_ends.get(cid, -math.inf) > pending.as_of:
+        elif (ended := self._agent_ends.get(cid)) is not None and ended > pending.as_of:
             log.debug("conversation %s: its agent stopped since it was found with prompts"
                       " waiting: not claimed on that news", cid)
         else:
             self._try_claim(cid)
 
-    def _note_agent_end(self, cid: str) -> None:
-        now = time.monotonic()
-        self._agent_ends.pop(cid, None)  # to the end: the dict stays in order of time
-        self._agent_ends[cid] = now
-        while self._agent_ends:
-            oldest, ended = next(iter(self._agent_ends.items()))
-            if now - ended < ENDS_KEPT_S:
-                break
-            del self._agent_ends[oldest]
-            self._ends_since = ended
+    def _on_woken(self, woken: _Woken) -> None:
+        """Claim a woken conversation, unless the last claim of ours took that very wake: a
+        look (a start's, or the one after an agent's end) claims what it finds waiting,
+        taking the wake the server wrote for it, and the wake itself may be read after
+        that agent has ended. Claimed again, it started an agent with nothing to do (our
+        server grants a claim whatever is pending). Only the same wake is passed over: a
+        subscription made again counts its generations from the start again."""
+        cid = woken.conversation_id
+        self._known.add(cid)
+        claimed = self._claimed_wakes.get(cid)
+        if (claimed is not None and woken.generation == claimed[0]
+                and woken.wake_id in (None, claimed[1])):
+            log.debug("conversation %s: its wake of generation %d was claimed already",
+                      cid, woken.generation)
+        else:
+            self._try_claim(cid)
 
     def _try_claim(self, cid: str) -> None:
         if cid in self._claiming:
@@ -447,6 +483,7 @@ class Supervisor(pykka.ThreadingActor):
                 self._try_claim(cid)
             self._admit_deferred()
             return
+        self._claimed_wakes.set(cid, (claimed.lease.generation, claimed.lease.wake_id))
         try:
             self.agents[cid] = ConversationAgent.start(
                 conversation_id=cid,
@@ -469,7 +506,7 @@ class Supervisor(pykka.ThreadingActor):
 
     def _on_agent_gone(self, cid: str) -> None:
         self._forget_agent(cid)
-        self._note_agent_end(cid)
+        self._agent_ends.set(cid, time.monotonic())
         self._failures.pop(cid, None)
         if cid in self._deleted:
             self._remove_after_agent(cid)
@@ -949,8 +986,10 @@ class Supervisor(pykka.ThreadingActor):
             if isinstance(message, dict) and isinstance(message.get("subscription_id"), str):
                 sub_id = message["subscription_id"]
                 cid = layout.conversation_of_subscription(sub_id)
+                generation, wake_id = message.get("generation"), message.get("wake_id")
                 if cid is not None:
-                    self._tell(_Woken(cid))
+                    self._tell(_Woken(cid, generation if type(generation) is int else None,
+                                      wake_id if isinstance(wake_id, str) else None))
                 elif sub_id.startswith(layout.SUBSCRIPTION_PREFIX):
                     self._unusable_id(sub_id[len(layout.SUBSCRIPTION_PREFIX):])
 

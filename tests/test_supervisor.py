@@ -1172,6 +1172,59 @@ class LateListing(StreamsClient):
                         request_timeout=self.live_timeout)
 
 
+class HeldTail(Tail):
+    """A tail that hands over each batch it read only once `go` is set."""
+
+    go = threading.Event()  # replaced on each instance
+
+    def __next__(self) -> ReadResult:
+        batch = super().__next__()
+        assert self.go.wait(30), "the batches were never let through"
+        return batch
+
+
+class HeldWakes(StreamsClient):
+    """A streams client whose reads of the wake stream are handed over only once `go` is
+    set, as a loaded server's may come late."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.go = threading.Event()
+
+    def tail(self, path: str, offset: str = "-1", **kwargs: Any) -> Tail:
+        if path != layout.DEFAULT_WAKE_STREAM:
+            return super().tail(path, offset, **kwargs)
+        tail = HeldTail(self, path, offset, live=kwargs.get("live", "long-poll"),
+                        stop_event=kwargs.get("stop_event"),
+                        yield_empty=kwargs.get("yield_empty", False),
+                        request_timeout=self.live_timeout)
+        tail.go = self.go
+        return tail
+
+
+def test_a_wake_read_after_a_claim_took_it_starts_no_second_agent(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """A start's look claims a conversation found waiting, which takes the wake the server
+    wrote for its prompt; that wake, read after the agent had answered and stopped, was
+    claimed again: an agent with nothing to do (our server grants a claim whatever is
+    pending). For a conversation that cannot be answered, that is the third agent CI saw
+    say so for one prompt."""
+    root = streams_root(streams_server)
+    client, chat = connect(root)
+    cid = chat.start_conversation("its wake read late")
+    prompt = chat.send_prompt(cid, "hello")
+    assert not client.exists(layout.DEFAULT_WAKE_STREAM)  # made by the supervisor, read from -1
+    held = HeldWakes(root)
+    in_process(root, client=held, idle_timeout=0.5)
+    wait_for_answers(client, cid, [prompt])
+    logs.wait_for(f"agent stopped conversation={cid} reason=idle")
+    held.go.set()
+    logs.wait_for(f"conversation {cid}: its wake of generation 1 was claimed already")
+    assert len(logs.matching(f"agent started conversation={cid} ")) == 1
+
+
 def test_a_wake_read_before_the_list_of_conversations_does_not_start_a_deleted_one(
     streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
     logs: LogWatch,
@@ -1420,7 +1473,7 @@ def test_prompts_a_start_found_waiting_are_not_claimed_again_once_their_agent_an
     be answered said so once more for the same prompt. Held here until the agent stopped,
     the look finds the prompt waiting; an end older than those remembered
     (`end-forgotten`) gets the conversation looked at afresh."""
-    monkeypatch.setattr(supervisor_module, "ENDS_KEPT_S", ends_kept_s)
+    monkeypatch.setattr(supervisor_module, "RECENT_KEPT_S", ends_kept_s)
     root = streams_root(streams_server)
     client, chat = connect(root)
     cid = chat.start_conversation("answered while the start looked")
