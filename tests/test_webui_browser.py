@@ -1175,6 +1175,67 @@ def test_a_tab_whose_list_lags_leaves_a_conversation_whose_reads_found_it_remove
         app.terminate()
 
 
+def test_a_prompt_sent_while_a_lagging_tab_checks_a_deleted_conversation_does_not_remake_it(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Its streams found missing (deleted in another tab, which this tab's list had not
+    brought yet), the page asks the list whether the conversation was deleted. A prompt sent
+    before that answer came made the subscription and streams again, before asking, and was
+    sent: the deleted conversation came back, and the prompt was lost when the answer came."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
+    try:
+        title = unique("Deleted as a prompt was sent")
+        client = StreamsClient(f"{app.url}/v1/stream")
+        cid = ChatClient(client, lease_ttl_ms=30_000).start_conversation(title)
+        page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
+        expect(page.get_by_test_id("conversation-title")).to_have_text(title)
+        held_list = hold_list_reads(page)  # the list's live read lags
+        held_reads: list[Route] = []
+
+        def a_live_read_of_its_streams(url: str) -> bool:
+            return f"/conversations/{cid}/" in url and "live=sse" in url
+
+        page.route(a_live_read_of_its_streams, lambda route, _: held_reads.append(route))
+        wait_held(page, held_list)
+        wait_held(page, held_reads, count=2)
+        append_to_conversations(app, {"type": "delete", "id": cid, "timestamp": int(time.time() * 1000)})
+        wait_removed(client, cid)
+
+        held_checks: list[Route] = []
+
+        def a_check_of_the_list(url: str) -> bool:
+            return "/v1/stream/conversations?" in url and "live=" not in url
+
+        page.route(a_check_of_the_list, lambda route, _: held_checks.append(route))
+        page.unroute(a_live_read_of_its_streams)
+        for route in held_reads:
+            route.continue_()
+        expect(page.get_by_test_id("streams-missing")).to_be_visible()
+        wait_held(page, held_checks)
+        written: list[str] = []
+        page.on("request", lambda r: written.append(f"{r.method} {r.url} {r.post_data}")
+                if r.method != "GET" and cid in f"{r.url} {r.post_data}" else None)
+
+        stuck = unique("Sent before the check came back")
+        send_prompt(page, stuck)
+        page.unroute(a_check_of_the_list)
+        for route in held_checks:
+            route.continue_()
+        expect(page.get_by_test_id("composer-input")).to_have_value(stuck)
+        expect(page.get_by_test_id("deleted-conversation")).to_have_text(
+            f"“{title}” was deleted before a message sent to it reached the server: it is back in"
+            " the message box.")
+        expect(page.get_by_test_id("conversation-title")).to_have_text("New conversation")
+        wait_until(lambda: outbox_keys(page) == [], timeout=10, what="the outbox to be empty")
+        assert not written, written
+        assert not client.exists(f"conversations/{cid}/prompts")
+        assert not client.exists(f"conversations/{cid}/responses")
+        listings = [m for m in read_json_stream(app.url, "conversations") if m.get("id") == cid]
+        assert [m["type"] for m in listings] == ["conversation", "delete"]
+        page.unroute_all(behavior="ignoreErrors")
+    finally:
+        app.terminate()
+
+
 def test_a_new_conversation_stays_listed_under_its_name_until_the_list_brings_it_back(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     """Its listing sent, a new conversation was known to the page only once the list read it

@@ -265,9 +265,10 @@ function revealActiveConversation() {
 }
 
 /** Whether conversation `id` (undefined: none) is not deleted, as the list says up to its
- * tail now. A prompt's stream gone (404) is made again before the prompt is sent again: that
- * brought back a conversation deleted in another tab while this one was offline, if its live
- * read of the list had not caught up yet (it waits out its own backoff). The deletion found
+ * tail now. A prompt's streams gone (found missing, or a 404) are made again before the
+ * prompt is sent: that brought back a conversation deleted in another tab, if this tab's live
+ * read of the list had not caught up yet (offline, it waits out its own backoff; online, the
+ * prompt went while the check of a stream found missing was on its way). The deletion found
  * drops the prompt and gives it back (`foundDeleted`). */
 async function stillListed(id) {
   if (id === undefined) return true;
@@ -847,10 +848,11 @@ function sendPrompt(text, promptId = undefined) {
   }
   // A stream found missing is made again first (else only a missing prompts stream is).
   const remake = current.missing.prompts || current.missing.responses;
-  // Its streams gone, the server may have lost its list too (its data wiped): without its
-  // listing again, no page loaded from now on would show the conversation.
-  if (remake && known) protocol.listConversation(outbox, { id, title: conversationTitle(id) });
   protocol.sendPrompt(outbox, id, text, promptId, { ensured: !remake });
+  // Its streams gone, the server may have lost its list too (its data wiped): without its
+  // listing again, no page loaded from now on would show the conversation. After the prompt,
+  // which asks first whether it was deleted instead (then both are dropped, unsent).
+  if (remake && known) protocol.listConversation(outbox, { id, title: conversationTitle(id) });
   // Lists show the most recently active first, with the time of that activity: say so
   // unless the list says it already.
   // (Always after its streams were made again: that is how other tabs learn of them.)

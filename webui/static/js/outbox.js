@@ -43,8 +43,9 @@ export class Outbox extends Emitter {
   /**
    * @param {import("./streams.js").StreamsClient} client
    * @param {{sendAfter?: Promise<unknown>, mayRemake?: (entry: object) => Promise<boolean>}} options
-   *   nothing is sent before `sendAfter` resolves; after a 404, an entry's streams are made
-   *   again only if `mayRemake(entry)` says so (false: it is retried later, unmade)
+   *   nothing is sent before `sendAfter` resolves; an entry's streams (and subscription) are
+   *   made, at first or again after a 404, only if `mayRemake(entry)` says so (false: it is
+   *   retried later, unmade)
    */
   constructor(client, { sendAfter = Promise.resolve(), mayRemake = async () => true } = {}) {
     super();
@@ -151,7 +152,9 @@ export class Outbox extends Emitter {
   }
 
   async #attempt(entry) {
-    if (!entry.ensured && entry.retriedEnsure && !(await this.#mayRemake(entry))) {
+    // Asked before the first making too: a prompt sent to a conversation whose streams were
+    // found missing makes them again, and they may be missing because another tab deleted it.
+    if (!entry.ensured && !(await this.#mayRemake(entry))) {
       return { retry: true, error: new Error("its conversation was deleted") };
     }
     if (!entry.ensured) {
