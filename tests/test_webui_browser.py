@@ -1112,9 +1112,7 @@ def test_a_tab_whose_list_lags_leaves_a_conversation_deleted_elsewhere_without_f
         page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
         expect(page.get_by_test_id("conversation-title")).to_have_text(title)
         held = hold_list_reads(page)  # the list's live read lags
-        live_reads: set[str] = set()
-        page.on("response", lambda r: live_reads.add(r.url.split("?")[0].rsplit("/", 1)[-1])
-                if r.ok and f"/conversations/{cid}/" in r.url and "live=sse" in r.url else None)
+        live_reads = record_live_reads(page, cid)
         # A restart ends every read: the list's is held from then on. (The server's periodic
         # end of a read would do too, but that of a conversation's stream, landing between the
         # deletion and the removal, answers 404 whatever the page does.)
@@ -1234,6 +1232,69 @@ def test_a_prompt_sent_while_a_lagging_tab_checks_a_deleted_conversation_does_no
         page.unroute_all(behavior="ignoreErrors")
     finally:
         app.terminate()
+
+
+def test_prompts_stored_just_after_their_conversation_was_deleted_elsewhere_are_given_back(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Sent as another tab deleted the conversation, a prompt may still be stored: after the
+    deletion in the list, before the agents' supervisor removes the streams. Nothing answers
+    it, and the tab that sent it dropped it with the conversation, saying only "was deleted".
+    One tab has read its prompt back from the stream, the other not yet."""
+    # No supervisor: the streams stay until the list's deletion reaches the tabs, as they do
+    # for the moment the supervisor takes to remove them.
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"EMBEDDED_SUPERVISOR": "false"})
+    try:
+        title = unique("Deleted as prompts were stored")
+        chat = ChatClient(StreamsClient(f"{app.url}/v1/stream"), lease_ttl_ms=30_000)
+        cid = chat.start_conversation(title)
+        link = f"{app.url}/#/c/{cid}"
+        reads_back = open_chat(new_context(), link)
+        not_yet = new_context().new_page()
+        not_yet.route(lambda url: f"/conversations/{cid}/prompts?" in url and "live=sse" in url,
+                      lambda route, _: None)  # its prompts are never read
+        not_yet.goto(link)
+        expect(not_yet.get_by_test_id("conversation-title")).to_have_text(title)
+        held = {page: hold_list_reads(page) for page in (reads_back, not_yet)}  # their lists lag
+        live_reads = {page: record_live_reads(page, cid) for page in (reads_back, not_yet)}
+        # A restart ends every read: the lists' are held from then on. The others are made
+        # again before the deletion (made after, they would find it by reading the list).
+        app.terminate()
+        app.start()
+        for page in (reads_back, not_yet):
+            wait_held(page, held[page])
+        deadline = time.monotonic() + 20
+        while live_reads != {reads_back: {"prompts", "responses"}, not_yet: {"responses"}}:
+            assert time.monotonic() < deadline, f"only {live_reads} read live again"
+            reads_back.wait_for_timeout(50)  # (the pages' events are called only while one is waited on)
+        chat.delete_conversation(cid)
+
+        stored = {page: unique("Stored after the deletion") for page in (reads_back, not_yet)}
+        for page, prompt in stored.items():
+            send_prompt(page, prompt)
+        wait_until(lambda: all(outbox_keys(page) == [] for page in stored), timeout=10,
+                   what="the prompts stored")
+        expect(reads_back.get_by_test_id("raw-prompts-list")).to_contain_text(stored[reads_back])
+        assert sorted(m["content"] for m in prompt_messages(app.url, cid)) == sorted(stored.values())
+        for page, prompt in stored.items():
+            for route in held[page]:
+                route.continue_()
+            expect(page.get_by_test_id("conversation-title")).to_have_text("New conversation")
+            expect(page.get_by_test_id("composer-input")).to_have_value(prompt)
+            expect(page.get_by_test_id("deleted-conversation")).to_have_text(
+                f"“{title}” was deleted before a message sent to it was answered: it is back in the"
+                " message box.")
+            page.unroute_all(behavior="ignoreErrors")
+    finally:
+        app.terminate()
+
+
+def record_live_reads(page: Page, cid: str) -> set[str]:
+    """The names of conversation `cid`'s streams that `page` reads live from now on, added
+    as the server answers each read."""
+    names: set[str] = set()
+    page.on("response", lambda r: names.add(r.url.split("?")[0].rsplit("/", 1)[-1])
+            if r.ok and f"/conversations/{cid}/" in r.url and "live=sse" in r.url else None)
+    return names
 
 
 def test_a_new_conversation_stays_listed_under_its_name_until_the_list_brings_it_back(

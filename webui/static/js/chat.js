@@ -101,6 +101,9 @@ const ACTIVITY_SHOWN_FOR_MS = 60_000; // a list's time of the first conversation
 const failedPrompts = new Map(); // promptId -> {conversationId, id, content, timestamp, failed}
 // Stored, but not read back from the stream yet: still shown, or they would vanish in between.
 const sentPrompts = new Map(); // promptId -> {conversationId, id, content, timestamp, sent: true}
+// The prompts this page load had stored: those a deletion made elsewhere leaves unanswered
+// are given back (see `unansweredSentHere`).
+const sentHere = new Set(); // promptIds
 // So are listings (a new conversation, a rename): else a new one went from the list, and a
 // prompt sent meanwhile started it again, named after that prompt. And activity: else an
 // active one went back down the list, and its next prompt said so again.
@@ -955,23 +958,44 @@ function deleteCurrent() {
   if (!window.confirm(question)) return;
   protocol.deleteConversation(outbox, id);
   deletedHere.add(id); // not listed again between the server's answer and the stream's copy
-  leaveDeleted(id, title);
+  leaveDeleted(id, title, { byThisTab: true });
   ui.input.focus();
 }
 
-/** Show a new conversation in place of `id`, which was deleted (here, elsewhere, or before
- * its link was opened), and say so. */
-function leaveDeleted(id, title = conversations.deletedTitle(id)) {
+/** Show a new conversation in place of `id`, which was deleted (here, `byThisTab`,
+ * elsewhere, or before its link was opened), and say so. */
+function leaveDeleted(id, title = conversations.deletedTitle(id), { byThisTab = false } = {}) {
+  // Deleted here, they were on the screen when the user chose to delete them.
+  const unanswered = byThisTab ? [] : unansweredSentHere(id);
   const unsent = forgetDeleted(id);
   if (idFromHash() === id) history.replaceState(null, "", window.location.pathname + window.location.search);
   const typed = current?.id === id ? ui.input.value.trim() : "";
   const focusWasHere = ui.main.contains(document.activeElement) || document.activeElement === document.body;
   openConversation(null);
-  // What was being written, or sent but never delivered, is kept for the new conversation.
-  messageBox.add([...unsent, typed], draftKey());
+  // What was being written, or sent but never delivered or answered, is kept for the new
+  // conversation.
+  messageBox.add([...unanswered, ...unsent, typed], draftKey());
   if (focusWasHere) ui.input.focus(); // its header buttons or title field are gone
   const what = title ? named(title) : "The conversation at this link";
-  tell(unsent.length ? givenBack(what, unsent.length) : `${what} was deleted.`);
+  const count = unanswered.length + unsent.length;
+  tell(count ? givenBack(what, count, { stored: unanswered.length > 0 }) : `${what} was deleted.`);
+}
+
+/** The text of the prompts this tab sent to the open conversation `id` that the server
+ * stored but that have no answer (nor a Stop), oldest first. Deleted in another tab just
+ * before or after one was stored, the conversation will answer none of them: the page
+ * dropped them with it, saying only that it was deleted. */
+function unansweredSentHere(id) {
+  if (current?.id !== id) return [];
+  const { turns, order } = current.transcript;
+  const unanswered = order.map((promptId) => turns.get(promptId))
+    .filter((turn) => sentHere.has(turn.promptId) && turn.prompt?.isText && !turn.final && !turn.cancelRequested)
+    .map((turn) => turn.prompt.content);
+  // Stored, but not read back yet.
+  for (const sent of sentPrompts.values()) {
+    if (sent.conversationId === id && !turns.get(sent.id)?.prompt && !stoppedUnread.has(sent.id)) unanswered.push(sent.content);
+  }
+  return unanswered;
 }
 
 function named(title) {
@@ -1002,10 +1026,12 @@ function giveBack(texts, what) {
   tell(givenBack(what, texts.length));
 }
 
-function givenBack(what, count) {
-  return count === 1
-    ? `${what} was deleted before a message sent to it reached the server: it is back in the message box.`
-    : `${what} was deleted before ${count} messages sent to it reached the server: they are back in the message box.`;
+/** `stored`: some of them reached the server, but were not answered. */
+function givenBack(what, count, { stored = false } = {}) {
+  if (count === 1) {
+    return `${what} was deleted before a message sent to it ${stored ? "was answered" : "reached the server"}: it is back in the message box.`;
+  }
+  return `${what} was deleted before ${count} messages sent to it ${stored ? "were answered" : "reached the server"}: they are back in the message box.`;
 }
 
 function tell(text) {
@@ -1145,6 +1171,7 @@ function wire() {
     }
     const conversationId = protocol.conversationOfPrompts(path);
     if (body?.type === "prompt" && conversationId) {
+      sentHere.add(body.id);
       sentPrompts.set(body.id, { conversationId, id: body.id, content: body.content, timestamp: body.timestamp, sent: true });
     }
   });
