@@ -256,7 +256,10 @@ class ConversationAgent(pykka.ThreadingActor):
             if self._stop_reason == "shutdown":  # a stopping supervisor, not a crash
                 self.offsets.record_clean_stop(self.conversation_id, self._current.prompt.id,
                                                self._current.attempt)
-        if self._stop_reason in ("shutdown", "failed", "deleted"):
+        # Deleted, its lease is kept until the supervisor deletes the subscription: handed
+        # back with a prompt unanswered, it woke the deleted conversation again, for any
+        # supervisor (one that has not read the deletion yet too) to claim.
+        if self._stop_reason in ("shutdown", "failed"):
             self._keeper.release(quick=self.settings.quick_release,
                                  at_exit=self._stop_reason == "shutdown")
         else:

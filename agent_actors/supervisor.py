@@ -465,11 +465,8 @@ class Supervisor(pykka.ThreadingActor):
         self._claiming.discard(cid)
         woken_meanwhile = cid in self._woken_while_claiming
         self._woken_while_claiming.discard(cid)
-        if cid in self._deleted:  # deleted while being claimed
-            if claimed.lease is not None:
-                self._jobs.put(functools.partial(self._release_and_remove, claimed.lease))
-            else:
-                self._remove(cid)
+        if cid in self._deleted:  # deleted while being claimed: the removal ends the lease
+            self._remove(cid)
             self._admit_deferred()
             return
         if claimed.lease is None:
@@ -792,12 +789,6 @@ class Supervisor(pykka.ThreadingActor):
         elif unanswered is None:  # unreadable for now: the whole look, again, later
             self._timers.call_later(self.settings.restart_backoff_s, lambda: self._jobs.put(
                 functools.partial(self._recheck, cid, 1, background=True), background=True))
-
-    def _release_and_remove(self, lease: Lease) -> None:
-        self._release_quietly(lease)
-        cid = layout.conversation_of_subscription(lease.subscription_id)
-        if cid is not None:
-            self._tell(_Remove(cid))
 
     def _remove_conversation(self, cid: str, attempt: int = 0, *,
                              check_first: bool = False, at_start: bool = False) -> None:

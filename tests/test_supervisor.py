@@ -1109,6 +1109,10 @@ def test_a_conversation_deleted_mid_answer_is_stopped_removed_and_never_answered
     assert logs.matching(f"agent stopped conversation={doomed} reason=deleted")
     assert not logs.matching(
         rf"agent (crashed|stopped) conversation={doomed} (reason=failed )?failures=")
+    # Its agent did not hand its lease back: with the prompt unanswered, the server would
+    # have woken the deleted conversation again, for any supervisor to claim.
+    wakes = client.read_all(layout.DEFAULT_WAKE_STREAM).messages
+    assert [w["subscription_id"] for w in wakes].count(layout.subscription_id(doomed)) == 1
 
     # A late writer (a tab that missed the deletion) brings the streams back with a prompt:
     # they are removed again, and no agent answers it.
@@ -1399,12 +1403,33 @@ def test_a_removal_held_up_by_the_server_does_not_hold_up_the_next_ones(
     assert conversation_gone(client, stuck)
 
 
-def test_a_deletion_during_a_claim_that_fails_is_still_carried_out(
+class ClaimAnsweredLate(StreamsClient):
+    """A streams client whose first claim is made, and its lease handed over only once `go`
+    is set."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.reached = threading.Event()
+        self.go = threading.Event()
+
+    def claim(self, subscription_id: str, worker: str) -> Any:
+        lease = super().claim(subscription_id, worker)
+        if not self.reached.is_set():
+            self.reached.set()
+            assert self.go.wait(30)
+        return lease
+
+
+@pytest.mark.parametrize("claim", ["fails", "succeeds"])
+def test_a_deletion_during_a_claim_is_still_carried_out(
     streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
-    logs: LogWatch,
+    logs: LogWatch, claim: str,
 ) -> None:
+    """A lease the claim got is not handed back, but ends with the subscription: handed
+    back with the prompt unanswered, the server woke the deleted conversation again."""
     root = streams_root(streams_server)
-    held = HeldCall(root, lambda name, args: name == "claim")
+    held = (HeldCall(root, lambda name, args: name == "claim") if claim == "fails"
+            else ClaimAnsweredLate(root))
     in_process(root, client=held, restart_backoff_s=0.2)
     client, chat = connect(root)
     doomed = chat.start_conversation("deleted while claiming")
@@ -1412,10 +1437,12 @@ def test_a_deletion_during_a_claim_that_fails_is_still_carried_out(
     assert held.reached.wait(20)
     chat.delete_conversation(doomed)
     logs.wait_for(f"conversation {doomed} was deleted")  # while the claim is out
-    held.go.set()  # and the claim fails
+    held.go.set()
     logs.wait_for(f"removed deleted conversation={doomed}")
     assert conversation_gone(client, doomed)
     assert not logs.matching(f"agent started conversation={doomed} ")
+    wakes = client.read_all(layout.DEFAULT_WAKE_STREAM).messages
+    assert [w["subscription_id"] for w in wakes].count(layout.subscription_id(doomed)) == 1
 
 
 def test_a_late_writer_during_the_removal_gets_its_streams_removed_too(
