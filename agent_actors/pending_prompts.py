@@ -15,7 +15,13 @@ from typing import TypeVar
 
 from agent_actors import layout
 from agent_actors.conversation_log import ConversationLog
-from agent_actors.errors import Conflict, NotFound, StreamGone, StreamsError
+from agent_actors.errors import (
+    Conflict,
+    ContentTypeMismatch,
+    NotFound,
+    StreamGone,
+    StreamsError,
+)
 from agent_actors.offsets_store import OffsetsStore
 from agent_actors.stream_types import ListedStream, ListingPage, Subscription
 from agent_actors.streams_client import StreamsClient
@@ -112,6 +118,10 @@ class PendingPrompts:
                     conversation.apply_response(message)
         except (NotFound, StreamGone):
             return False  # no prompts stream: no work
+        except ContentTypeMismatch:
+            # Not JSON: no answer can be read or written. Taken for a server that could not
+            # answer, it was read again every 30 s for good; an agent says why, once.
+            return True
         except StreamsError as exc:
             log.warning("could not read conversation %s: %s; trying again", cid, exc)
             return None

@@ -848,6 +848,31 @@ def test_a_responses_stream_of_another_type_is_reported_not_retried_forever(
                                         "its responses stream is not application/json")
 
 
+def test_a_supervisor_new_to_a_responses_stream_of_another_type_reports_it_not_rereads_it(
+    streams_server: ServerProcess, start_supervisor: StartSupervisor,
+) -> None:
+    """A supervisor without the processed offsets of the one that gave up (its own data
+    directory) reads the streams to learn whether prompts wait: a `text/plain` responses
+    stream failed that read, which it took for a server that could not answer, and it read
+    it again every 30 s for good, with a warning each time."""
+    root = streams_root(streams_server)
+    first = start_supervisor(root)
+    client, chat = connect(streams_server)
+    cid = chat.start_conversation("wrong type", responses_stream=False)
+    client.ensure_stream(layout.responses_path(cid), "text/plain")
+    chat.send_prompt(cid, "hello")
+    said = f"conversation {cid} cannot be answered: its responses stream is not application/json"
+    assert first.wait_for_line(said, timeout=15), first.log_tail()
+    assert first.wait_for_line(f"agent stopped conversation={cid} reason=unanswerable",
+                               timeout=10), first.log_tail()
+    first.terminate(timeout=15)
+    second = start_supervisor(root, worker="w2")
+    assert second.wait_for_line(said, timeout=15), second.log_tail()
+    assert second.wait_for_line(f"agent stopped conversation={cid} reason=unanswerable",
+                                timeout=10), second.log_tail()
+    assert second.count_lines("could not read conversation") == 0, second.log_tail()
+
+
 def test_a_soft_deleted_prompts_stream_is_reported_not_retried_forever(
     streams_server: ServerProcess, start_supervisor: StartSupervisor,
 ) -> None:
