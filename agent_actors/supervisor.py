@@ -706,7 +706,11 @@ class Supervisor(pykka.ThreadingActor):
         look at the whole list runs in the `background` (see `_JobQueue`)."""
         if self._stopping.is_set() or cid in self._deleted:
             return
-        checked = self._check_pending(cid)
+        try:
+            checked = self._check_pending(cid)
+        except Exception:  # (a reply no streams server gives): tried again all the same
+            log.exception("checking conversation %s failed unexpectedly", cid)
+            checked = False
         if cid in self._deleted:  # meanwhile: its `PUT` may have brought the subscription back
             self._tell(_Remove(cid))
         if checked:
@@ -796,6 +800,16 @@ class Supervisor(pykka.ThreadingActor):
         while the server cannot answer. Gone already (404, or 410 for a stream that forks
         still read) is done. `check_first`: if the offsets file says they were removed
         before, only look (reads, not a write transaction each) whether any came back."""
+        try:
+            self._remove_conversation_now(cid, attempt, check_first=check_first,
+                                          at_start=at_start)
+        except Exception:  # (a reply no streams server gives): else the conversation stayed
+            # "being removed" for good, and every later removal of it waited behind that
+            log.exception("removing deleted conversation %s failed unexpectedly", cid)
+            self._tell(_Removed(cid))
+
+    def _remove_conversation_now(self, cid: str, attempt: int, *, check_first: bool,
+                                 at_start: bool) -> None:
         if check_first and self.offsets.is_removed(cid) and not self._left_behind(cid, at_start):
             log.debug("deleted conversation %s: nothing left", cid)
             self._tell(_Removed(cid))

@@ -824,6 +824,45 @@ def test_a_claim_that_fails_unexpectedly_is_tried_again(
     logs.wait_for(f"claim failed conversation={cid} failures=1 .*injected")
 
 
+class OddFirstSubscriptionPut(StreamsClient):
+    """A streams client whose first `PUT` of a subscription fails with what no streams error
+    is (see `OddFirstClaim`)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.failed = False
+
+    def put_subscription(self, subscription_id: str, config: SubscriptionConfig) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise ValueError("Expecting value: line 1 column 1 (char 0) (injected)")
+        return super().put_subscription(subscription_id, config)
+
+
+def test_a_look_at_a_conversation_that_fails_unexpectedly_is_tried_again(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """Only streams errors were caught: any other ended the look, and a conversation whose
+    client made no subscription (so no wake tells of its prompts) was never answered."""
+    root = streams_root(streams_server)
+    odd = OddFirstSubscriptionPut(root)
+    in_process(root, client=odd, restart_backoff_s=0.2)
+    logs.wait_for("streams server reached")  # the list is there
+    client = StreamsClient(root)
+    cid = f"c{uuid.uuid4().hex[:12]}"
+    client.ensure_stream(layout.prompts_path(cid))
+    client.ensure_stream(layout.responses_path(cid))
+    client.producer(layout.prompts_path(cid), "tab", auto_claim=True).append(
+        [{"type": "prompt", "id": "p-1", "content": "no subscription", "timestamp": 1}])
+    client.producer(layout.CONVERSATIONS_STREAM, "tab", auto_claim=True).append(
+        [{"type": "conversation", "id": cid, "title": "no subscription", "timestamp": 1}])
+    rendered = wait_for_answers(client, cid, ["p-1"], timeout=30)
+    assert_clean_answers(rendered, {"p-1": "no subscription"})
+    assert odd.failed
+    assert logs.matching(f"checking conversation {cid} failed unexpectedly")
+
+
 def test_a_start_leaves_alone_what_another_supervisor_answered_since(
     streams_server: ServerProcess, in_process: StartInProcess,
 ) -> None:
@@ -1443,6 +1482,41 @@ def test_a_deletion_during_a_claim_is_still_carried_out(
     assert not logs.matching(f"agent started conversation={doomed} ")
     wakes = client.read_all(layout.DEFAULT_WAKE_STREAM).messages
     assert [w["subscription_id"] for w in wakes].count(layout.subscription_id(doomed)) == 1
+
+
+class OddFirstSubscriptionDelete(StreamsClient):
+    """A streams client whose first deletion of a subscription fails with what no streams
+    error is (see `OddFirstClaim`)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.failed = False
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        if not self.failed:
+            self.failed = True
+            raise ValueError("Expecting value: line 1 column 1 (char 0) (injected)")
+        super().delete_subscription(subscription_id)
+
+
+def test_a_removal_that_fails_unexpectedly_leaves_later_removals_free_to_run(
+    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
+    logs: LogWatch,
+) -> None:
+    """Only streams errors were caught: any other left the conversation marked as being
+    removed, and every later removal of it (of streams a late writer brought back) waited
+    behind that one for good."""
+    root = streams_root(streams_server)
+    odd = OddFirstSubscriptionDelete(root)
+    in_process(root, client=odd)
+    client, chat = connect(root)
+    doomed = chat.start_conversation("its first removal fails")
+    chat.delete_conversation(doomed)
+    wait_until(lambda: odd.failed, timeout=10, what="the first removal")
+    bring_back(client, doomed)
+    logs.wait_for(f"removed deleted conversation={doomed}")
+    assert conversation_gone(client, doomed)
+    assert logs.matching(f"removing deleted conversation {doomed} failed unexpectedly")
 
 
 def test_a_late_writer_during_the_removal_gets_its_streams_removed_too(
