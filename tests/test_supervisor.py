@@ -832,7 +832,7 @@ class OddFirstSubscriptionPut(StreamsClient):
         super().__init__(root)
         self.failed = False
 
-    def put_subscription(self, subscription_id: str, config: SubscriptionConfig) -> Any:
+    def put_subscription(self, subscription_id: str, config: Any) -> Any:
         if not self.failed:
             self.failed = True
             raise ValueError("Expecting value: line 1 column 1 (char 0) (injected)")
