@@ -240,6 +240,8 @@ class Supervisor(pykka.ThreadingActor):
         # Read by the job threads too (a set's `in` is atomic): nothing of these is claimed.
         self._deleted: set[str] = set()
         self._said_held: set[str] = set()  # see _say_held (on the job threads)
+        # Claims whose answer was lost, which the server may have granted (on the job threads).
+        self._claims_in_doubt: set[str] = set()
         self._held_lock = threading.Lock()
         self._unusable_ids: set[str] = set()  # said once each (see _unusable_id)
         self._removing: set[str] = set()
@@ -543,6 +545,7 @@ class Supervisor(pykka.ThreadingActor):
         self._failures.pop(cid, None)
         with self._held_lock:
             self._said_held.discard(cid)
+            self._claims_in_doubt.discard(cid)
         self._not_before.pop(cid, None)
         if cid in self._deferred:
             self._deferred.remove(cid)
@@ -890,6 +893,7 @@ class Supervisor(pykka.ThreadingActor):
             self._pending.note_lease(cid, lease.lease_ttl_ms)
             with self._held_lock:  # a hold after this one is news again
                 self._said_held.discard(cid)
+                self._claims_in_doubt.discard(cid)
         except AlreadyClaimed as exc:
             self._say_held(cid, exc)
         except NoPendingWork as exc:
@@ -898,6 +902,9 @@ class Supervisor(pykka.ThreadingActor):
             log.warning("not claiming %s: %s", cid, exc)
         except StreamsError as exc:
             error = str(exc)
+            if isinstance(exc, StreamsUnavailable):  # the request may have reached the server
+                with self._held_lock:
+                    self._claims_in_doubt.add(cid)
         except Exception as exc:  # (a reply no streams server gives): the claim is retried all
             # the same, or the conversation would stay "being claimed" for good
             log.exception("claiming %s failed unexpectedly", cid)
@@ -920,7 +927,12 @@ class Supervisor(pykka.ThreadingActor):
         with self._held_lock:
             first = cid not in self._said_held
             self._said_held.add(cid)
-        if first and held.current_holder == self.settings.worker_name:
+            in_doubt = cid in self._claims_in_doubt
+        if first and held.current_holder == self.settings.worker_name and in_doubt:
+            # Not an earlier run's: the claim is not repeated for fear of this very case.
+            log.info("conversation %s waits: a claim of it by this supervisor, whose answer was"
+                     " lost, took its lease after all: answered once that lease runs out", cid)
+        elif first and held.current_holder == self.settings.worker_name:
             log.info("conversation %s waits: a lease under this supervisor's worker name holds"
                      " it (an earlier run stopped without releasing it?): answered once the"
                      " lease runs out", cid)
