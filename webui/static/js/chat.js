@@ -12,7 +12,8 @@ import { RawStreamPanel } from "./stream-panels.js";
 import { ConnectionStatus, SERVER_RESET, STATE_LABELS } from "./status.js";
 import { Drawers } from "./drawers.js";
 import { MessageBox, TOUCH_KEYBOARD, keepInDraft, loadDraft, saveDraft } from "./message-box.js";
-import { el, formatTime, frameThrottle, setChildren, wireSkipLink } from "./util.js";
+import { ConversationSidebar } from "./conversation-sidebar.js";
+import { frameThrottle, wireSkipLink } from "./util.js";
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 
@@ -115,6 +116,14 @@ let current = null;
 
 // ------------------------------------------------------------------------ conversation list
 
+const sidebar = new ConversationSidebar({
+  list: ui.conversationList,
+  search: ui.conversationSearch,
+  empty: ui.conversationEmpty,
+  state: () => ({ conversations, pending: pendingState(), deleted: deletedHere, openId: current?.id ?? null, loaded: conversationsLoaded }),
+  onOpen: (id) => navigateTo(id),
+});
+
 function pendingState() {
   const state = protocol.pendingItems(outbox.pending());
   const sent = [...sentListings.values()].map(({ body }) => body); // what is still to send is newer
@@ -140,132 +149,6 @@ function conversationTitle(id) {
   return pendingState().conversations.findLast((c) => c.id === id)?.title ?? conversations.get(id)?.title ?? null;
 }
 
-/** The list in the order shown, most recently active first, with what our own pending
- * messages will make of it: unlisted starts, then conversations with pending activity, then
- * the rest. Lazily: a list may hold hundreds of thousands. */
-function* listOrder(pending, hidden) {
-  const seen = new Set();
-  for (let i = pending.conversations.length - 1; i >= 0; i--) {
-    const start = pending.conversations[i];
-    if (conversations.has(start.id) || seen.has(start.id)) continue;
-    seen.add(start.id);
-    yield { id: start.id, title: start.title, timestamp: start.timestamp, pending: start.pending };
-  }
-  for (let i = pending.activity.length - 1; i >= 0; i--) {
-    const { id, timestamp } = pending.activity[i];
-    if (seen.has(id) || hidden.has(id) || !conversations.has(id)) continue;
-    seen.add(id);
-    yield { ...conversations.entry(id), activeAt: timestamp }; // as the list will have it
-  }
-  for (const c of conversations.recent()) {
-    if (!seen.has(c.id) && !hidden.has(c.id)) yield c;
-  }
-}
-
-/** The first `limit` conversations of the list as shown, the one `openId` names if it is
- * listed further down, and how many the list holds; only those whose title `matches`, if
- * given. */
-function listedConversations(limit, openId = null, matches = null) {
-  const pending = pendingState();
-  const titles = new Map(pending.conversations.map((c) => [c.id, c.title])); // the latest wins
-  const titled = (c) => ({ ...c, title: titles.get(c.id) ?? c.title });
-  const hidden = new Set([...pending.deleted, ...deletedHere].filter((id) => conversations.has(id)));
-  const shown = [];
-  if (matches) {
-    let total = 0;
-    for (const c of listOrder(pending, hidden)) {
-      const entry = titled(c);
-      if (!matches(entry.title)) continue;
-      total += 1;
-      if (shown.length < limit) shown.push(entry);
-    }
-    return { shown, open: null, total };
-  }
-  if (limit > 0) {
-    for (const c of listOrder(pending, hidden)) {
-      shown.push(titled(c));
-      if (shown.length >= limit) break;
-    }
-  }
-  const listed = (id) => conversations.has(id) && !hidden.has(id);
-  const open = openId !== null && listed(openId) && !shown.some((c) => c.id === openId)
-    ? titled(conversations.entry(openId)) : null;
-  const starts = new Set(pending.conversations.map((c) => c.id).filter((id) => !conversations.has(id)));
-  return { shown, open, total: starts.size + conversations.size - hidden.size };
-}
-
-const LIST_PAGE = 200; // conversations shown at first, and added by each "Show more"
-let listShown = LIST_PAGE;
-
-function renderConversationList() {
-  const focusedId = document.activeElement?.closest?.("[data-conversation-id]")?.dataset.conversationId;
-  // The open conversation is listed however far down it is (a deep link to an old one): after
-  // the page of recent ones, until "Show more" reaches it.
-  const query = searchText(ui.conversationSearch.value);
-  const matches = query ? (title) => searchText(title).includes(query) : null;
-  const { shown: listed, open, total } = listedConversations(listShown, current?.id ?? null, matches);
-  if (open) listed.push(open);
-  const shown = listed.map((c) => {
-    const active = current?.id === c.id;
-    // A link, so that it opens in a new tab too (Ctrl+click, middle click, the menu).
-    const link = el("a", {
-      href: `#/c/${c.id}`,
-      class: "conversation-item",
-      dataset: { testid: "conversation-item", conversationId: c.id },
-      "aria-current": active ? "page" : null,
-      onclick: (event) => {
-        if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
-        event.preventDefault();
-        navigateTo(c.id);
-      },
-    }, el("span", { class: "conversation-item-title", dir: "auto", title: c.title }, c.title), el("span", { class: "conversation-item-time" }, c.pending ? "sending…" : formatTime(c.activeAt || c.timestamp)));
-    return el("li", {}, link);
-  });
-  const hidden = total - listed.length;
-  if (hidden > 0) {
-    shown.push(el("li", {}, el("button", {
-      type: "button",
-      class: "conversation-list-more",
-      dataset: { testid: "conversation-list-more" },
-      onclick: () => {
-        listShown += LIST_PAGE;
-        renderConversationList();
-        ui.conversationList.querySelectorAll("[data-conversation-id]")[listShown - LIST_PAGE]?.focus();
-      },
-    }, `Show ${Math.min(hidden, LIST_PAGE).toLocaleString("en-US")} more (${hidden.toLocaleString("en-US")} not shown)`)));
-  }
-  setChildren(ui.conversationList, shown);
-  if (focusedId) ui.conversationList.querySelector(`[data-conversation-id="${CSS.escape(focusedId)}"]`)?.focus();
-  const everything = matches ? listedConversations(0).total : total;
-  // Offered once the list is long enough to look through, and kept while it holds a query.
-  ui.conversationSearch.hidden = everything < SEARCH_FROM && !query;
-  ui.conversationEmpty.textContent = query ? `No conversation title holds “${ui.conversationSearch.value.trim()}”.` : "No conversations yet.";
-  ui.conversationEmpty.hidden = total > 0 || !conversationsLoaded;
-  revealActiveConversation();
-}
-
-const SEARCH_FROM = 8; // conversations listed before the search field shows
-
-/** Text as a search compares it: case, accents and runs of spaces do not count. */
-function searchText(text) {
-  return String(text).normalize("NFKD").replace(/\p{M}/gu, "").toLocaleLowerCase().replace(/\s+/g, " ").trim();
-}
-
-let revealed = null; // the conversation the list last scrolled to: the user's scrolling wins after
-
-/** Scroll the list (only the list: the sidebar may be an off-screen drawer) to the open
- * conversation once, when it is opened or first appears in the list (a deep link). */
-function revealActiveConversation() {
-  if (!current || revealed === current.id) return;
-  const item = ui.conversationList.querySelector('[aria-current="page"]');
-  const box = ui.conversationList.closest(".conversation-scroll");
-  if (!item || !box) return;
-  revealed = current.id;
-  const top = item.getBoundingClientRect().top - box.getBoundingClientRect().top + box.scrollTop;
-  if (top < box.scrollTop || top + item.offsetHeight > box.scrollTop + box.clientHeight) {
-    box.scrollTop = Math.max(0, top - box.clientHeight / 3);
-  }
-}
 
 /** Whether conversation `id` (undefined: none) is not deleted, as the list says up to its
  * tail now. A prompt's streams gone (found missing, or a 404) are made again before the
@@ -320,7 +203,7 @@ function followConversations() {
       }
       if (current && conversations.isDeleted(current.id)) leaveDeleted(current.id);
       if (changed || batch.upToDate) {
-        renderConversationList();
+        sidebar.render();
         maybeFollow();
         scheduleRender();
       }
@@ -331,7 +214,7 @@ function followConversations() {
       if (s.state === "missing" || s.state === "error") listingRead();
       if (s.state === "missing" || (s.state === "live" && s.upToDate)) {
         conversationsLoaded = true;
-        renderConversationList();
+        sidebar.render();
         scheduleRender();
       }
       status.setStream("conversations", s.state === "missing" ? { state: "live" } : s);
@@ -426,7 +309,7 @@ function openConversation(id) {
   messageBox.fit();
   if (id && conversationsLoaded && !isKnown(id)) lookUpUnlisted(current);
   maybeFollow();
-  renderConversationList();
+  sidebar.render();
   scheduleRender();
 }
 
@@ -448,7 +331,7 @@ async function lookUpUnlisted(c) {
   sentListings.set(`unread:${c.id}`, { body: { type: "conversation", ...listed }, until: unread.nextOffset });
   protocol.dropStartsOfListed(outbox, (id) => id === c.id); // started meanwhile: sent, it would rename it
   maybeFollow();
-  renderConversationList();
+  sidebar.render();
   scheduleRender();
 }
 
@@ -859,11 +742,11 @@ function sendPrompt(text, promptId = undefined) {
   // Lists show the most recently active first, with the time of that activity: say so
   // unless the list says it already.
   // (Always after its streams were made again: that is how other tabs learn of them.)
-  const first = listedConversations(1).shown[0];
+  const [first] = sidebar.first(1);
   const listedAt = first?.activeAt || first?.timestamp || 0;
   if (remake || first?.id !== id || Date.now() - listedAt > ACTIVITY_SHOWN_FOR_MS) protocol.markActive(outbox, id);
   maybeFollow();
-  renderConversationList();
+  sidebar.render();
   scheduleRender();
   view.scrollToBottom();
 }
@@ -1098,17 +981,6 @@ function wire() {
     endRename(true);
     ui.rename.focus();
   });
-  ui.conversationSearch.addEventListener("input", () => {
-    listShown = LIST_PAGE;
-    renderConversationList();
-  });
-  ui.conversationSearch.addEventListener("keydown", (event) => {
-    if (event.key !== "Escape" || event.isComposing || !ui.conversationSearch.value) return;
-    event.preventDefault(); // clears the search, and stops no answer
-    ui.conversationSearch.value = "";
-    listShown = LIST_PAGE;
-    renderConversationList();
-  });
   ui.renameInput.addEventListener("input", () => ui.renameInput.setCustomValidity(""));
   ui.renameInput.addEventListener("keydown", (event) => {
     if (event.key !== "Escape") return;
@@ -1139,7 +1011,7 @@ function wire() {
   if (document.visibilityState === "visible") tabs?.postMessage({ type: "shown" });
 
   outbox.on("change", () => {
-    renderConversationList();
+    sidebar.render();
     maybeFollow();
     scheduleRender();
   });
