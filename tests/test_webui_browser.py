@@ -1178,7 +1178,8 @@ def test_a_prompt_sent_while_a_lagging_tab_checks_a_deleted_conversation_does_no
     """Its streams found missing (deleted in another tab, which this tab's list had not
     brought yet), the page asks the list whether the conversation was deleted. A prompt sent
     before that answer came made the subscription and streams again, before asking, and was
-    sent: the deleted conversation came back, and the prompt was lost when the answer came."""
+    sent: the deleted conversation came back, and the prompt was lost when the answer came.
+    Meanwhile the page said "Nothing of this conversation is on the server", and then left."""
     app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
     try:
         title = unique("Deleted as a prompt was sent")
@@ -1207,8 +1208,9 @@ def test_a_prompt_sent_while_a_lagging_tab_checks_a_deleted_conversation_does_no
         page.unroute(a_live_read_of_its_streams)
         for route in held_reads:
             route.continue_()
-        expect(page.get_by_test_id("streams-missing")).to_be_visible()
         wait_held(page, held_checks)
+        after_two_frames(page)
+        expect(page.get_by_test_id("streams-missing")).to_be_hidden()
         written: list[str] = []
         page.on("request", lambda r: written.append(f"{r.method} {r.url} {r.post_data}")
                 if r.method != "GET" and cid in f"{r.url} {r.post_data}" else None)
@@ -2087,6 +2089,11 @@ def wait_held(page: Page, held: list[Route], count: int = 1) -> None:
     while len(held) < count:
         assert time.monotonic() < deadline, f"{len(held)} of {count} requests held"
         page.wait_for_timeout(50)
+
+
+def after_two_frames(page: Page) -> None:
+    """Until the page has drawn twice: what it was asked to draw is on the screen."""
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 
 
 def outbox_keys(page: Page) -> list[str]:
@@ -3606,7 +3613,7 @@ def test_a_conversation_of_long_turns_opens_and_stays_at_its_newest_text(
     wait_ready(page)
     wait_state(page, question, "done")
     # Each turn near the bottom is laid out for real a frame after it is first shown.
-    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    after_two_frames(page)
     page.wait_for_function(AT_BOTTOM_JS, timeout=5000)
     expect(turn_for(page, question).get_by_test_id("answer-text")).to_be_in_viewport()
 

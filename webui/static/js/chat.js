@@ -291,6 +291,7 @@ function openConversation(id) {
     following: false,
     upToDate: { prompts: false, responses: false },
     missing: { prompts: false, responses: false }, // the server has no such stream (yet)
+    deletionChecks: 0, // reads of the list under way, asking whether it was deleted
     settled: false, // both streams read once: see `Transcript.settleAnswersWithoutPrompt`
     offsets: { prompts: "-1", responses: "-1" }, // where reading resumes after a pause
     panelsReady: false,
@@ -384,8 +385,17 @@ function maybeFollow() {
  * again, removed streams answer 404. The list is written first, so it says which: if deleted,
  * leave it (which stops the reads), as its own copy of the list will when it comes. */
 async function leaveIfDeleted(c) {
-  if (c !== current || (await stillListed(c.id).catch(() => true)) || c !== current) return;
-  foundDeleted(c.id);
+  if (c !== current) return;
+  // Meanwhile the streams found missing are not said to be: the page flashed "Nothing of
+  // this conversation is on the server" before it left one deleted elsewhere.
+  c.deletionChecks += 1;
+  try {
+    if ((await stillListed(c.id).catch(() => true)) || c !== current) return;
+    foundDeleted(c.id);
+  } finally {
+    c.deletionChecks -= 1;
+    if (c === current) scheduleRender();
+  }
 }
 
 /** Conversation `id` was found deleted before this tab's copy of the list says so: it is left,
@@ -577,7 +587,7 @@ function render() {
     c.transcript.settleAnswersWithoutPrompt();
     scheduleRender(); // with the answers it has just found to have no prompt
   }
-  ui.streamsMissing.hidden = !known || closed || !(c.missing.prompts || c.missing.responses);
+  ui.streamsMissing.hidden = !known || closed || c.deletionChecks > 0 || !(c.missing.prompts || c.missing.responses);
   const notice = missingStreamsNotice(c.missing);
   if (ui.streamsMissing.textContent !== notice) ui.streamsMissing.textContent = notice; // a live region
   ui.welcome.hidden = count > 0 || !loaded;
