@@ -1328,6 +1328,42 @@ def test_a_new_conversation_stays_listed_under_its_name_until_the_list_brings_it
         app.terminate()
 
 
+def test_a_new_conversation_the_list_has_not_read_back_can_be_renamed_and_deleted(
+        tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
+    """Rename and Delete showed only once the list's read brought the new conversation back:
+    for as long as that read lagged, a conversation already on the server had neither."""
+    app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
+    try:
+        page = open_chat(new_context(), app.url)
+        held = hold_list_reads(page)  # the list's live read lags
+        wait_held(page, held)
+        first = unique("The first prompt")
+        send_prompt(page, first)
+        cid = conversation_id(page)
+        item = page.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+        expect(item).not_to_contain_text("sending…")  # sent; the list has not read it back
+        page.get_by_test_id("rename-conversation").click()
+        renamed = unique("Renamed before the list brought it")
+        page.get_by_test_id("rename-input").fill(renamed)
+        page.get_by_test_id("rename-input").press("Enter")
+        expect(page.get_by_test_id("conversation-title")).to_have_text(renamed)
+        expect(item).to_contain_text(renamed)
+        wait_until(lambda: outbox_keys(page) == [], timeout=10, what="the rename to be sent")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_test_id("delete-conversation").click()
+        expect(page.get_by_test_id("deleted-conversation")).to_contain_text(renamed)
+        expect(item).to_have_count(0)
+        page.unroute_all(behavior="ignoreErrors")
+        wait_until(lambda: [m["type"] for m in read_json_stream(app.url, "conversations")
+                            if m.get("id") == cid] == ["conversation", "conversation", "delete"],
+                   timeout=10, what="the rename and the deletion in the list")
+        page.reload()
+        wait_ready(page)
+        expect(page.locator('[data-testid="conversation-item"]')).to_have_count(0)
+    finally:
+        app.terminate()
+
+
 def test_a_conversation_with_a_new_prompt_stays_on_top_until_the_list_brings_its_activity_back(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     """Its `activity` sent, the conversation went back down the list until the list's read

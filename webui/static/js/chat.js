@@ -139,6 +139,12 @@ function isKnown(id) {
   return conversations.has(id) || pendingState().conversations.some((c) => c.id === id);
 }
 
+/** On the server's list: read from it, or sent to it from here (not read back yet). A
+ * conversation is renamed or deleted only then: not while its start is still to be sent. */
+function isListed(id) {
+  return conversations.has(id) || [...sentListings.values()].some(({ body }) => body.type === "conversation" && body.id === id);
+}
+
 /** Its streams exist (listed, or created by our own pending start), so reading can begin. */
 function canFollow(id) {
   return conversations.has(id) || pendingState().conversations.some((c) => c.id === id && c.streamsReady);
@@ -596,7 +602,7 @@ function render() {
   const title = conversationTitle(c.id) ?? "New conversation";
   ui.title.textContent = title;
   ui.title.title = title; // a long one is cut short on screen
-  ui.rename.hidden = !conversations.has(c.id) || !ui.renameForm.hidden;
+  ui.rename.hidden = !isListed(c.id) || !ui.renameForm.hidden;
   ui.delete.hidden = ui.rename.hidden;
   document.title = `${title} · Durable Agent Chat`;
   const stopTarget = promptToStop();
@@ -803,7 +809,7 @@ function focusAfterButton() {
 let titleBeforeRename = "";
 
 function startRename() {
-  if (!current || !conversations.has(current.id)) return;
+  if (!current || !isListed(current.id)) return;
   titleBeforeRename = conversationTitle(current.id) ?? "";
   ui.renameInput.value = titleBeforeRename;
   ui.title.classList.add("visually-hidden"); // still the page's heading
@@ -844,7 +850,7 @@ function showTitleNote(text) {
 }
 
 function deleteCurrent() {
-  if (!current || !conversations.has(current.id)) return;
+  if (!current || !isListed(current.id)) return;
   const id = current.id;
   const title = conversationTitle(id);
   const question = `Delete “${title}”?\n\nIts prompts and answers are removed for every tab and device. This cannot be undone.`;
