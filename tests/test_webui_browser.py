@@ -1151,12 +1151,7 @@ def test_a_tab_whose_list_lags_leaves_a_conversation_whose_reads_found_it_remove
         page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
         expect(page.get_by_test_id("conversation-title")).to_have_text(title)
         held_list = hold_list_reads(page)  # the list's live read lags
-        held_reads: list[Route] = []
-
-        def a_live_read_of_its_streams(url: str) -> bool:
-            return f"/conversations/{cid}/" in url and "live=sse" in url
-
-        page.route(a_live_read_of_its_streams, lambda route, _: held_reads.append(route))  # made after the check
+        a_live_read_of_its_streams, held_reads = hold_live_reads_of(page, cid)  # after the check
         wait_held(page, held_list)
         wait_held(page, held_reads, count=2)
 
@@ -1188,12 +1183,7 @@ def test_a_prompt_sent_while_a_lagging_tab_checks_a_deleted_conversation_does_no
         page = open_chat(new_context(), f"{app.url}/#/c/{cid}")
         expect(page.get_by_test_id("conversation-title")).to_have_text(title)
         held_list = hold_list_reads(page)  # the list's live read lags
-        held_reads: list[Route] = []
-
-        def a_live_read_of_its_streams(url: str) -> bool:
-            return f"/conversations/{cid}/" in url and "live=sse" in url
-
-        page.route(a_live_read_of_its_streams, lambda route, _: held_reads.append(route))
+        a_live_read_of_its_streams, held_reads = hold_live_reads_of(page, cid)
         wait_held(page, held_list)
         wait_held(page, held_reads, count=2)
         append_to_conversations(app, {"type": "delete", "id": cid, "timestamp": int(time.time() * 1000)})
@@ -1299,6 +1289,19 @@ def record_live_reads(page: Page, cid: str) -> set[str]:
     return names
 
 
+def started_while_the_list_lags(page: Page) -> tuple[str, str, Locator]:
+    """A conversation started by its first prompt, sent and stored, while the page's live
+    read of the list lags (from now on): that prompt, the conversation's id, its list item."""
+    held = hold_list_reads(page)
+    wait_held(page, held)
+    first = unique("The first prompt")
+    send_prompt(page, first)
+    cid = conversation_id(page)
+    item = page.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+    expect(item).not_to_contain_text("sending…")  # sent; the list has not read it back
+    return first, cid, item
+
+
 def test_a_new_conversation_stays_listed_under_its_name_until_the_list_brings_it_back(
         tmp_path: Path, model: FakeAnthropic, new_context: NewContext) -> None:
     """Its listing sent, a new conversation was known to the page only once the list read it
@@ -1307,14 +1310,8 @@ def test_a_new_conversation_stays_listed_under_its_name_until_the_list_brings_it
     app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
     try:
         page = open_chat(new_context(), app.url)
-        held = hold_list_reads(page)  # the list's live read lags
-        wait_held(page, held)
-        first = unique("The first prompt")
-        send_prompt(page, first)
-        cid = conversation_id(page)
-        item = page.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+        first, cid, item = started_while_the_list_lags(page)
         expect(item).to_contain_text(first)
-        expect(item).not_to_contain_text("sending…")  # sent; the list has not read it back
         second = unique("The second prompt")
         send_prompt(page, second)
         wait_state(page, second, "done")
@@ -1335,13 +1332,7 @@ def test_a_new_conversation_the_list_has_not_read_back_can_be_renamed_and_delete
     app = start_chat_app(tmp_path / "app", model_url=model.url, config={"SSE_MAX_DURATION_S": "1"})
     try:
         page = open_chat(new_context(), app.url)
-        held = hold_list_reads(page)  # the list's live read lags
-        wait_held(page, held)
-        first = unique("The first prompt")
-        send_prompt(page, first)
-        cid = conversation_id(page)
-        item = page.locator(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
-        expect(item).not_to_contain_text("sending…")  # sent; the list has not read it back
+        _, cid, item = started_while_the_list_lags(page)
         page.get_by_test_id("rename-conversation").click()
         renamed = unique("Renamed before the list brought it")
         page.get_by_test_id("rename-input").fill(renamed)
@@ -2116,6 +2107,18 @@ def hold_list_reads(page: Page) -> list[Route]:
     page.route(lambda url: "/v1/stream/conversations?" in url and "live=sse" in url,
                lambda route, _: held.append(route))
     return held
+
+
+def hold_live_reads_of(page: Page, cid: str) -> tuple[Callable[[str], bool], list[Route]]:
+    """Hold back the page's live reads of conversation `cid`'s streams from now on: what the
+    route matches (to unroute it), and the list the held requests land in."""
+    held: list[Route] = []
+
+    def a_live_read_of_its_streams(url: str) -> bool:
+        return f"/conversations/{cid}/" in url and "live=sse" in url
+
+    page.route(a_live_read_of_its_streams, lambda route, _: held.append(route))
+    return a_live_read_of_its_streams, held
 
 
 def wait_held(page: Page, held: list[Route], count: int = 1) -> None:
