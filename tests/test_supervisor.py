@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pykka
 import pytest
@@ -792,53 +792,31 @@ def test_a_start_whose_look_at_a_conversation_fails_looks_again(
     logs.wait_for(f"could not read conversation {cid}")
 
 
-class OddFirstClaim(StreamsClient):
-    """A streams client whose first claim fails with what no streams error is: a 2xx reply
-    that is not JSON (a proxy's page) makes `response.json()` raise."""
+class OddFirstCall(StreamsClient):
+    """A streams client whose first call of `method` fails with what no streams error is: a
+    2xx reply that is not JSON (a proxy's page) makes `response.json()` raise."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, method: str) -> None:
         super().__init__(root)
+        self.method = method
         self.failed = False
 
-    def claim(self, subscription_id: str, worker: str) -> Lease:
-        if not self.failed:
+    def _fail_once(self, method: str) -> None:
+        if method == self.method and not self.failed:
             self.failed = True
             raise ValueError("Expecting value: line 1 column 1 (char 0) (injected)")
-        return super().claim(subscription_id, worker)
-
-
-class ClaimAnswerLost(StreamsClient):
-    """A streams client whose first claim reaches the server, which grants it, and whose
-    answer is lost on the way back."""
-
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
-        self.lost = False
 
     def claim(self, subscription_id: str, worker: str) -> Lease:
-        lease = super().claim(subscription_id, worker)
-        if not self.lost:
-            self.lost = True
-            raise StreamsUnavailable("connection reset (injected)")
-        return lease
+        self._fail_once("claim")
+        return super().claim(subscription_id, worker)
 
+    def put_subscription(self, subscription_id: str, config: Any) -> Any:
+        self._fail_once("put_subscription")
+        return super().put_subscription(subscription_id, config)
 
-def test_a_claim_whose_answer_was_lost_is_said_so_and_answered_once_its_lease_runs_out(
-    streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
-    logs: LogWatch,
-) -> None:
-    """The claim is not repeated, as the server may have granted it: the next one finds the
-    lease held under this supervisor's own name, which was said to be an earlier run's."""
-    root = streams_root(streams_server)
-    in_process(root, client=ClaimAnswerLost(root), restart_backoff_s=0.2)
-    client, chat = connect(root)
-    cid = chat.start_conversation("its claim's answer lost")
-    prompt = chat.send_prompt(cid, "answer after the lease")
-    rendered = wait_for_answers(client, cid, [prompt], timeout=30)
-    assert_clean_answers(rendered, {prompt: "answer after the lease"})
-    logs.wait_for(f"conversation {cid} waits: a claim of it by this supervisor, whose answer"
-                  " was lost, took its lease after all")
-    assert not logs.matching("an earlier run stopped without releasing it")
+    def delete_subscription(self, subscription_id: str) -> None:
+        self._fail_once("delete_subscription")
+        super().delete_subscription(subscription_id)
 
 
 def test_a_claim_that_fails_unexpectedly_is_tried_again(
@@ -848,7 +826,7 @@ def test_a_claim_that_fails_unexpectedly_is_tried_again(
     claimed, so that it was never claimed again by this supervisor and held an agent slot."""
     root = streams_root(streams_server)
     client, chat = connect(root)
-    odd = OddFirstClaim(root)
+    odd = OddFirstCall(root, "claim")
     in_process(root, client=odd, restart_backoff_s=0.2)
     cid = chat.start_conversation("claimed at the second try")
     prompt = chat.send_prompt(cid, "answer after all")
@@ -858,21 +836,6 @@ def test_a_claim_that_fails_unexpectedly_is_tried_again(
     logs.wait_for(f"claim failed conversation={cid} failures=1 .*injected")
 
 
-class OddFirstSubscriptionPut(StreamsClient):
-    """A streams client whose first `PUT` of a subscription fails with what no streams error
-    is (see `OddFirstClaim`)."""
-
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
-        self.failed = False
-
-    def put_subscription(self, subscription_id: str, config: Any) -> Any:
-        if not self.failed:
-            self.failed = True
-            raise ValueError("Expecting value: line 1 column 1 (char 0) (injected)")
-        return super().put_subscription(subscription_id, config)
-
-
 def test_a_look_at_a_conversation_that_fails_unexpectedly_is_tried_again(
     streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
     logs: LogWatch,
@@ -880,7 +843,7 @@ def test_a_look_at_a_conversation_that_fails_unexpectedly_is_tried_again(
     """Only streams errors were caught: any other ended the look, and a conversation whose
     client made no subscription (so no wake tells of its prompts) was never answered."""
     root = streams_root(streams_server)
-    odd = OddFirstSubscriptionPut(root)
+    odd = OddFirstCall(root, "put_subscription")
     in_process(root, client=odd, restart_backoff_s=0.2)
     logs.wait_for("streams server reached")  # the list is there
     client = StreamsClient(root)
@@ -1237,16 +1200,25 @@ class LateTail(Tail):
         return super().__next__()
 
 
+TailKind = TypeVar("TailKind", bound=Tail)
+
+
+def tail_of_kind(kind: type[TailKind], client: StreamsClient, path: str, offset: str,
+                 options: Mapping[str, Any]) -> TailKind:
+    """A tail of class `kind`, made as `StreamsClient.tail` makes one with `options`."""
+    return kind(client, path, offset, live=options.get("live", "long-poll"),
+                stop_event=options.get("stop_event"),
+                yield_empty=options.get("yield_empty", False),
+                request_timeout=client.live_timeout)
+
+
 class LateListing(StreamsClient):
     """A streams client that reads the list of conversations late (see `LateTail`)."""
 
     def tail(self, path: str, offset: str = "-1", **kwargs: Any) -> Tail:
         if path != layout.CONVERSATIONS_STREAM:
             return super().tail(path, offset, **kwargs)
-        return LateTail(self, path, offset, live=kwargs.get("live", "long-poll"),
-                        stop_event=kwargs.get("stop_event"),
-                        yield_empty=kwargs.get("yield_empty", False),
-                        request_timeout=self.live_timeout)
+        return tail_of_kind(LateTail, self, path, offset, kwargs)
 
 
 class HeldTail(Tail):
@@ -1271,10 +1243,7 @@ class HeldWakes(StreamsClient):
     def tail(self, path: str, offset: str = "-1", **kwargs: Any) -> Tail:
         if path != layout.DEFAULT_WAKE_STREAM:
             return super().tail(path, offset, **kwargs)
-        tail = HeldTail(self, path, offset, live=kwargs.get("live", "long-poll"),
-                        stop_event=kwargs.get("stop_event"),
-                        yield_empty=kwargs.get("yield_empty", False),
-                        request_timeout=self.live_timeout)
+        tail = tail_of_kind(HeldTail, self, path, offset, kwargs)
         tail.go = self.go
         return tail
 
@@ -1518,21 +1487,6 @@ def test_a_deletion_during_a_claim_is_still_carried_out(
     assert [w["subscription_id"] for w in wakes].count(layout.subscription_id(doomed)) == 1
 
 
-class OddFirstSubscriptionDelete(StreamsClient):
-    """A streams client whose first deletion of a subscription fails with what no streams
-    error is (see `OddFirstClaim`)."""
-
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
-        self.failed = False
-
-    def delete_subscription(self, subscription_id: str) -> None:
-        if not self.failed:
-            self.failed = True
-            raise ValueError("Expecting value: line 1 column 1 (char 0) (injected)")
-        super().delete_subscription(subscription_id)
-
-
 def test_a_removal_that_fails_unexpectedly_leaves_later_removals_free_to_run(
     streams_server: ServerProcess, fake: FakeAnthropic, in_process: StartInProcess,
     logs: LogWatch,
@@ -1541,7 +1495,7 @@ def test_a_removal_that_fails_unexpectedly_leaves_later_removals_free_to_run(
     removed, and every later removal of it (of streams a late writer brought back) waited
     behind that one for good."""
     root = streams_root(streams_server)
-    odd = OddFirstSubscriptionDelete(root)
+    odd = OddFirstCall(root, "delete_subscription")
     in_process(root, client=odd)
     client, chat = connect(root)
     doomed = chat.start_conversation("its first removal fails")
